@@ -1,0 +1,657 @@
+//! Configuration: the TOML schema ([`raw`]) is validated into a [`Config`] that
+//! cannot exist in an invalid form, so no later phase re-checks it.
+//! Every refusal carries the file and line it came from.
+
+mod raw;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+use toml::Spanned;
+
+use raw::{RawClient, RawConfig, RawKey, RawRoute};
+
+/// A configuration that was refused: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is the file as a whole (e.g. unreadable).
+    pub line: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The grants a client may be allowed. Parsed once, matched everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    ClientCredentials,
+    Password,
+    AuthorizationCode,
+    RefreshToken,
+}
+
+impl GrantType {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client_credentials" => Some(Self::ClientCredentials),
+            "password" => Some(Self::Password),
+            "authorization_code" => Some(Self::AuthorizationCode),
+            "refresh_token" => Some(Self::RefreshToken),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::Password => "password",
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// Signature algorithms an operator may configure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    EdDSA,
+    ES256,
+    RS256,
+    HS256,
+}
+
+impl KeyAlgorithm {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "EdDSA" => Some(Self::EdDSA),
+            "ES256" => Some(Self::ES256),
+            "RS256" => Some(Self::RS256),
+            "HS256" => Some(Self::HS256),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Generate a self-signed localhost certificate when the files are missing.
+    pub dev_certificate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_token_body_bytes: usize,
+    pub max_proxy_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub id: String,
+    pub algorithm: KeyAlgorithm,
+    pub file: PathBuf,
+    /// Signing-capable; inactive keys only verify.
+    pub active: bool,
+    /// Create the key file on first start when it is missing.
+    pub generate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: String,
+    pub name: String,
+    /// argon2id PHC string; `None` for a public client.
+    pub secret_hash: Option<String>,
+    pub grants: HashSet<GrantType>,
+    pub scopes: Vec<String>,
+    pub default_scopes: Vec<String>,
+    pub user: Option<String>,
+    pub enabled: bool,
+    pub token_lifetime: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Normalised: starts with `/`, no trailing `/` unless it is `/` itself.
+    pub prefix: String,
+    /// Lower-case host without port.
+    pub host: Option<String>,
+    pub methods: Option<Vec<Method>>,
+    pub upstream: Upstream,
+    pub scopes: Vec<String>,
+    pub public: bool,
+    pub strip_prefix: bool,
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Base path without trailing `/` (empty for none).
+    pub base_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub client_id: HeaderName,
+    pub subject: HeaderName,
+    pub scope: HeaderName,
+    pub token_id: HeaderName,
+    pub user: HeaderName,
+}
+
+impl IdentityHeaders {
+    pub fn all(&self) -> [&HeaderName; 5] {
+        [&self.client_id, &self.subject, &self.scope, &self.token_id, &self.user]
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+    pub realm: String,
+    pub token_lifetime: Duration,
+    pub listeners: Vec<Listener>,
+    pub tls: Option<TlsFiles>,
+    pub limits: Limits,
+    pub token_path: String,
+    pub trusted_proxies: Vec<IpNet>,
+    pub upstream_ca: Option<PathBuf>,
+    pub headers: IdentityHeaders,
+    pub cache_max_tokens: u64,
+    pub cache_max_client_secrets: u64,
+    pub keys: Vec<KeyConfig>,
+    pub clients: HashMap<String, Arc<Client>>,
+    /// Sorted longest prefix first, so the first match is the longest.
+    pub routes: Vec<Arc<Route>>,
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validate configuration text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let v = Validator { text, file: path };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| v.line_of(s.start)).unwrap_or(0);
+            v.err_at(line, e.message().trim_end().to_string())
+        })?;
+        v.validate(raw)
+    }
+
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Parse a scope list separated by spaces or commas, keeping first occurrences in order.
+pub fn split_scopes(s: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in s.split([' ', ',']).filter(|p| !p.is_empty()) {
+        if !out.iter().any(|o| o == part) {
+            out.push(part.to_string());
+        }
+    }
+    out
+}
+
+/// RFC 6749 §3.3 scope-token: %x21 / %x23-5B / %x5D-7E.
+fn valid_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        && !s.contains(',')
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    fn err_at(&self, line: usize, reason: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.to_path_buf(), line, reason: reason.into() }
+    }
+
+    fn err(&self, span: Range<usize>, reason: impl Into<String>) -> ConfigError {
+        self.err_at(self.line_of(span.start), reason)
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        match self.file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    fn duration(&self, v: &Option<Spanned<String>>, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+            self.err(v.span(), format!("bad duration {:?}: {e} (write e.g. \"30s\", \"15m\", \"1h\")", v.get_ref()))
+        })?;
+        if d.is_zero() {
+            return Err(self.err(v.span(), "duration must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn number(&self, v: &Option<Spanned<u64>>, default: u64) -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) if *n.get_ref() == 0 => Err(self.err(n.span(), "must be greater than zero")),
+            Some(n) => Ok(*n.get_ref()),
+        }
+    }
+
+    fn scopes(&self, list: &[Spanned<String>]) -> Result<Vec<String>, ConfigError> {
+        let mut out = Vec::new();
+        for s in list {
+            if !valid_scope_token(s.get_ref()) {
+                return Err(self.err(
+                    s.span(),
+                    format!(
+                        "invalid scope {:?}: scopes are printable ASCII without spaces, commas, quotes or backslashes",
+                        s.get_ref()
+                    ),
+                ));
+            }
+            if !out.contains(s.get_ref()) {
+                out.push(s.get_ref().clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn header(&self, v: &Option<Spanned<String>>, default: &'static str) -> Result<HeaderName, ConfigError> {
+        match v {
+            None => Ok(HeaderName::from_static(default)),
+            Some(v) => HeaderName::from_bytes(v.get_ref().as_bytes())
+                .map_err(|_| self.err(v.span(), format!("invalid header name {:?}", v.get_ref()))),
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let issuer = raw.issuer.get_ref().trim().to_string();
+        let issuer_url = url::Url::parse(&issuer)
+            .map_err(|e| self.err(raw.issuer.span(), format!("issuer must be an absolute URL: {e}")))?;
+        if issuer_url.scheme() != "https" && issuer_url.scheme() != "http" {
+            return Err(self.err(raw.issuer.span(), "issuer must be an http(s) URL"));
+        }
+        let audience = match &raw.audience {
+            Some(a) if a.get_ref().trim().is_empty() => return Err(self.err(a.span(), "audience must not be empty")),
+            Some(a) => a.get_ref().trim().to_string(),
+            None => issuer.clone(),
+        };
+        let token_lifetime = self.duration(&raw.token_lifetime, Duration::from_secs(3600))?;
+
+        if raw.listeners.is_empty() {
+            return Err(self.err_at(1, "no [[listener]]: at least one listener address is required"));
+        }
+        let mut listeners = Vec::new();
+        for l in &raw.listeners {
+            let l = l.get_ref();
+            let address: SocketAddr = l.address.get_ref().parse().map_err(|_| {
+                self.err(
+                    l.address.span(),
+                    format!("bad listener address {:?}: write ip:port, e.g. \"127.0.0.1:8443\"", l.address.get_ref()),
+                )
+            })?;
+            listeners.push(Listener { address, tls: l.tls.unwrap_or(true) });
+        }
+        let tls = raw.tls.as_ref().map(|t| {
+            let t = t.get_ref();
+            TlsFiles { cert: self.path(&t.cert), key: self.path(&t.key), dev_certificate: t.dev_certificate }
+        });
+        if tls.is_none()
+            && let Some(l) = raw.listeners.iter().find(|l| l.get_ref().tls.unwrap_or(true))
+        {
+            return Err(
+                self.err(l.span(), "a TLS listener needs a [tls] section with cert and key (or set tls = false)")
+            );
+        }
+
+        let rl = &raw.limits;
+        let limits = Limits {
+            max_header_bytes: self.number(&rl.max_header_bytes, 16 * 1024)? as usize,
+            max_token_body_bytes: self.number(&rl.max_token_body_bytes, 16 * 1024)? as usize,
+            max_proxy_body_bytes: self.number(&rl.max_proxy_body_bytes, 10 * 1024 * 1024)?,
+            header_read_timeout: self.duration(&rl.header_read_timeout, Duration::from_secs(10))?,
+            idle_timeout: self.duration(&rl.idle_timeout, Duration::from_secs(60))?,
+            upstream_connect_timeout: self.duration(&rl.upstream_connect_timeout, Duration::from_secs(5))?,
+            upstream_timeout: self.duration(&rl.upstream_timeout, Duration::from_secs(30))?,
+            tls_handshake_timeout: self.duration(&rl.tls_handshake_timeout, Duration::from_secs(10))?,
+            shutdown_grace: self.duration(&rl.shutdown_grace, Duration::from_secs(30))?,
+            max_connections: self.number(&rl.max_connections, 10_000)? as usize,
+        };
+        if limits.max_header_bytes < 8192
+            && let Some(v) = &rl.max_header_bytes
+        {
+            return Err(self.err(v.span(), "max_header_bytes must be at least 8192"));
+        }
+
+        let token_path = match &raw.endpoints.token {
+            Some(p) if !p.get_ref().starts_with('/') => return Err(self.err(p.span(), "endpoint paths start with '/'")),
+            Some(p) => p.get_ref().clone(),
+            None => "/oauth/token".to_string(),
+        };
+
+        let mut trusted_proxies = Vec::new();
+        for p in &raw.proxy.trusted_proxies {
+            let s = p.get_ref().trim();
+            let net = s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
+                self.err(p.span(), format!("bad trusted proxy {s:?}: write an address or CIDR, e.g. \"10.0.0.0/8\""))
+            })?;
+            trusted_proxies.push(net);
+        }
+        let h = &raw.proxy.headers;
+        let headers = IdentityHeaders {
+            client_id: self.header(&h.client_id, "x-auth-client-id")?,
+            subject: self.header(&h.subject, "x-auth-subject")?,
+            scope: self.header(&h.scope, "x-auth-scope")?,
+            token_id: self.header(&h.token_id, "x-auth-token-id")?,
+            user: self.header(&h.user, "x-auth-user")?,
+        };
+
+        let keys = self.keys(&raw.keys)?;
+        let clients = self.clients(&raw.clients, token_lifetime)?;
+        let mut routes = Vec::new();
+        let mut seen = HashSet::new();
+        for r in &raw.routes {
+            let route = self.route(r)?;
+            let key = (route.prefix.clone(), route.host.clone(), route.methods.as_ref().map(|m| format!("{m:?}")));
+            if !seen.insert(key) {
+                return Err(self.err(r.span(), format!("duplicate route for prefix {:?}", route.prefix)));
+            }
+            routes.push(Arc::new(route));
+        }
+        // Longest prefix first; routes with a host or method filter before the catch-all of the same prefix.
+        routes.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then_with(|| b.host.is_some().cmp(&a.host.is_some()))
+                .then_with(|| b.methods.is_some().cmp(&a.methods.is_some()))
+        });
+
+        Ok(Config {
+            source: self.file.to_path_buf(),
+            issuer,
+            audience,
+            realm: raw.realm.unwrap_or_else(|| "portcullis".to_string()).replace(['"', '\\'], ""),
+            token_lifetime,
+            listeners,
+            tls,
+            limits,
+            token_path,
+            trusted_proxies,
+            upstream_ca: raw.proxy.upstream_ca.as_deref().map(|p| self.path(p)),
+            headers,
+            cache_max_tokens: self.number(&raw.cache.max_tokens, 100_000)?,
+            cache_max_client_secrets: self.number(&raw.cache.max_client_secrets, 10_000)?,
+            keys,
+            clients,
+            routes,
+        })
+    }
+
+    fn keys(&self, raw: &[Spanned<RawKey>]) -> Result<Vec<KeyConfig>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.err_at(1, "no [[key]]: at least one signing key is required"));
+        }
+        let mut keys: Vec<KeyConfig> = Vec::new();
+        for k in raw {
+            let span = k.span();
+            let k = k.get_ref();
+            let id = k.id.get_ref().trim();
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                return Err(self.err(k.id.span(), format!("bad key id {id:?}: use letters, digits, '-', '_' or '.'")));
+            }
+            if keys.iter().any(|o| o.id == id) {
+                return Err(self.err(k.id.span(), format!("duplicate key id {id:?}")));
+            }
+            let algorithm = match &k.algorithm {
+                None => KeyAlgorithm::EdDSA,
+                Some(a) => KeyAlgorithm::parse(a.get_ref()).ok_or_else(|| {
+                    self.err(a.span(), format!("unknown algorithm {:?}: use EdDSA, ES256, RS256 or HS256", a.get_ref()))
+                })?,
+            };
+            let generate = k.generate.unwrap_or(true);
+            if generate && algorithm == KeyAlgorithm::RS256 && !self.path(k.file.get_ref()).exists() {
+                return Err(self.err(span, "RS256 keys are not generated: create the PEM file (e.g. openssl genpkey -algorithm RSA) or set generate = false"));
+            }
+            keys.push(KeyConfig {
+                id: id.to_string(),
+                algorithm,
+                file: self.path(k.file.get_ref()),
+                active: k.active.unwrap_or(true),
+                generate,
+            });
+        }
+        if !keys.iter().any(|k| k.active) {
+            return Err(
+                self.err(raw[0].span(), "no active key: at least one [[key]] must have active = true to sign tokens")
+            );
+        }
+        Ok(keys)
+    }
+
+    fn clients(
+        &self,
+        raw: &[Spanned<RawClient>],
+        default_lifetime: Duration,
+    ) -> Result<HashMap<String, Arc<Client>>, ConfigError> {
+        let mut clients = HashMap::new();
+        for c in raw {
+            let span = c.span();
+            let c = c.get_ref();
+            let id = c.id.get_ref();
+            if id.is_empty() || id.chars().any(|ch| ch.is_control()) {
+                return Err(self.err(c.id.span(), "client id must be non-empty printable text"));
+            }
+            if clients.contains_key(id) {
+                return Err(self.err(c.id.span(), format!("duplicate client id {id:?}")));
+            }
+            let secret_hash = match &c.secret_hash {
+                None => None,
+                Some(h) => {
+                    let parsed = argon2::PasswordHash::new(h.get_ref()).map_err(|e| {
+                        self.err(
+                            h.span(),
+                            format!("secret_hash is not a PHC string ({e}): make one with `portcullis hash-secret`"),
+                        )
+                    })?;
+                    if parsed.algorithm.as_str() != "argon2id" {
+                        return Err(self.err(
+                            h.span(),
+                            "secret_hash must be an argon2id hash: make one with `portcullis hash-secret`",
+                        ));
+                    }
+                    Some(h.get_ref().clone())
+                }
+            };
+            let mut grants = HashSet::new();
+            for g in &c.grants {
+                let grant = GrantType::parse(g.get_ref()).ok_or_else(|| {
+                    self.err(
+                        g.span(),
+                        format!(
+                            "unknown grant {:?}: use client_credentials, password, authorization_code or refresh_token",
+                            g.get_ref()
+                        ),
+                    )
+                })?;
+                if secret_hash.is_none() && matches!(grant, GrantType::ClientCredentials | GrantType::Password) {
+                    return Err(self.err(
+                        g.span(),
+                        format!("grant {:?} needs a confidential client: set secret_hash", g.get_ref()),
+                    ));
+                }
+                grants.insert(grant);
+            }
+            let scopes = self.scopes(&c.scopes)?;
+            let default_scopes = match &c.default_scopes {
+                None => scopes.clone(),
+                Some(list) => {
+                    let d = self.scopes(list)?;
+                    if let Some(bad) = list.iter().find(|s| !scopes.contains(s.get_ref())) {
+                        return Err(self.err(
+                            bad.span(),
+                            format!("default scope {:?} is not in the client's scopes", bad.get_ref()),
+                        ));
+                    }
+                    d
+                }
+            };
+            let user = match &c.user {
+                Some(u) if u.get_ref().trim().is_empty() => return Err(self.err(u.span(), "user must not be empty")),
+                Some(u) => Some(u.get_ref().clone()),
+                None => None,
+            };
+            if user.as_deref() == Some(id.as_str()) {
+                return Err(self.err(span, "a client's linked user must differ from its id"));
+            }
+            let client = Client {
+                id: id.clone(),
+                name: c.name.clone().unwrap_or_else(|| id.clone()),
+                secret_hash,
+                grants,
+                scopes,
+                default_scopes,
+                user,
+                enabled: c.enabled.unwrap_or(true),
+                token_lifetime: self.duration(&c.token_lifetime, default_lifetime)?,
+            };
+            clients.insert(id.clone(), Arc::new(client));
+        }
+        Ok(clients)
+    }
+
+    fn route(&self, r: &Spanned<RawRoute>) -> Result<Route, ConfigError> {
+        let r = r.get_ref();
+        let p = r.prefix.get_ref();
+        if !p.starts_with('/') || p.contains(['?', '#']) || p.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(self.err(
+                r.prefix.span(),
+                format!("bad route prefix {p:?}: a path starting with '/', without '?', '#' or dot segments"),
+            ));
+        }
+        let prefix = if p.len() > 1 { p.trim_end_matches('/').to_string() } else { p.clone() };
+        let prefix = if prefix.is_empty() { "/".to_string() } else { prefix };
+
+        let up = r.upstream.get_ref();
+        let url =
+            url::Url::parse(up).map_err(|e| self.err(r.upstream.span(), format!("bad upstream URL {up:?}: {e}")))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(self.err(r.upstream.span(), format!("bad upstream URL {up:?}: scheme must be http or https")));
+        }
+        if url.host_str().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(self.err(
+                r.upstream.span(),
+                format!("bad upstream URL {up:?}: needs a host and no query, fragment or credentials"),
+            ));
+        }
+        let uri: http::Uri =
+            url.as_str().parse().map_err(|e| self.err(r.upstream.span(), format!("bad upstream URL {up:?}: {e}")))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+            return Err(self.err(r.upstream.span(), format!("bad upstream URL {up:?}")));
+        };
+        let upstream = Upstream { scheme, authority, base_path: url.path().trim_end_matches('/').to_string() };
+
+        let host = match &r.host {
+            None => None,
+            Some(h) if h.get_ref().trim().is_empty() || h.get_ref().contains(['/', ' ']) => {
+                return Err(self.err(h.span(), format!("bad route host {:?}", h.get_ref())));
+            }
+            Some(h) => Some(h.get_ref().trim().to_ascii_lowercase()),
+        };
+        let methods = match &r.methods {
+            None => None,
+            Some(list) => {
+                let mut out = Vec::new();
+                for m in list {
+                    let method = Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes())
+                        .map_err(|_| self.err(m.span(), format!("bad method {:?}", m.get_ref())))?;
+                    out.push(method);
+                }
+                Some(out)
+            }
+        };
+        let scopes = self.scopes(&r.scopes)?;
+        if r.public && !scopes.is_empty() {
+            return Err(self.err(r.prefix.span(), "a public route cannot require scopes"));
+        }
+        Ok(Route {
+            prefix,
+            host,
+            methods,
+            upstream,
+            scopes,
+            public: r.public,
+            strip_prefix: r.strip_prefix,
+            forward_token: r.forward_token,
+        })
+    }
+}

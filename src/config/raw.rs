@@ -1,0 +1,138 @@
+//! The TOML schema exactly as an operator writes it. Nothing here is trusted:
+//! `super::validate` turns it into a [`super::Config`] or a `file:line` error.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub issuer: Spanned<String>,
+    pub audience: Option<Spanned<String>>,
+    pub realm: Option<String>,
+    pub token_lifetime: Option<Spanned<String>>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Spanned<RawListener>>,
+    pub tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub endpoints: RawEndpoints,
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default, rename = "key")]
+    pub keys: Vec<Spanned<RawKey>>,
+    #[serde(default, rename = "client")]
+    pub clients: Vec<Spanned<RawClient>>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: Spanned<String>,
+    pub tls: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub dev_certificate: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<Spanned<u64>>,
+    pub max_token_body_bytes: Option<Spanned<u64>>,
+    pub max_proxy_body_bytes: Option<Spanned<u64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub upstream_connect_timeout: Option<Spanned<String>>,
+    pub upstream_timeout: Option<Spanned<String>>,
+    pub tls_handshake_timeout: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoints {
+    pub token: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub upstream_ca: Option<String>,
+    #[serde(default)]
+    pub headers: RawHeaders,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    pub client_id: Option<Spanned<String>>,
+    pub subject: Option<Spanned<String>>,
+    pub scope: Option<Spanned<String>>,
+    pub token_id: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub max_tokens: Option<Spanned<u64>>,
+    pub max_client_secrets: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: Spanned<String>,
+    pub algorithm: Option<Spanned<String>>,
+    pub file: Spanned<String>,
+    pub active: Option<bool>,
+    pub generate: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub id: Spanned<String>,
+    pub name: Option<String>,
+    pub secret_hash: Option<Spanned<String>>,
+    #[serde(default)]
+    pub grants: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub scopes: Vec<Spanned<String>>,
+    pub default_scopes: Option<Vec<Spanned<String>>>,
+    pub user: Option<Spanned<String>>,
+    pub enabled: Option<bool>,
+    pub token_lifetime: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub prefix: Spanned<String>,
+    pub host: Option<Spanned<String>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub upstream: Spanned<String>,
+    #[serde(default)]
+    pub scopes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub forward_token: bool,
+}

@@ -1,0 +1,19 @@
+//! portcullis: an OAuth 2.0 enforcing reverse-proxy gateway.
+//!
+//! A request enters through [`server`], which dispatches it either to an OAuth endpoint
+//! ([`oauth`]) or through the proxy phases ([`proxy`]): route → authenticate → authorize →
+//! forward. [`state::Gateway`] holds what every request reads.
+
+pub mod config;
+pub mod http;
+pub mod oauth;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod tls;
+pub mod tokens;
+
+/// Install the process-wide rustls crypto provider (aws-lc-rs). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

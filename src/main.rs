@@ -1,0 +1,235 @@
+//! The `portcullis` command: serve | check | hash-secret | gen-key.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::config::Config;
+use portcullis::server::Server;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "An OAuth 2.0 enforcing reverse-proxy gateway")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve {
+        #[arg(long, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print what it would serve.
+    Check {
+        #[arg(long, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Read a secret or password from stdin and print its argon2id PHC hash.
+    HashSecret,
+    /// Write a new Ed25519 signing key (PKCS#8 PEM) to a file, or to stdout.
+    GenKey {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command.unwrap_or(Command::Serve { config: PathBuf::from("gateway.toml") }) {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+        Command::HashSecret => hash_secret(),
+        Command::GenKey { out } => gen_key(out),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        for (addr, tls) in server.local_addrs() {
+            tracing::info!(address = %addr, scheme = if tls { "https" } else { "http" }, "listening");
+        }
+        server.run(shutdown_signal()).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}: OK", path.display());
+    println!("issuer    {}", config.issuer);
+    println!("audience  {}", config.audience);
+    for l in &config.listeners {
+        println!("listener  {} ({})", l.address, if l.tls { "https" } else { "http" });
+    }
+    println!("token     POST {}", config.token_path);
+    for k in &config.keys {
+        let state = if k.file.exists() {
+            "present"
+        } else if k.generate {
+            "generated on first start"
+        } else {
+            "MISSING"
+        };
+        println!(
+            "key       {} {:?} {} ({}){}",
+            k.id,
+            k.algorithm,
+            k.file.display(),
+            state,
+            if k.active { "" } else { " verify-only" }
+        );
+    }
+    let mut clients: Vec<_> = config.clients.values().collect();
+    clients.sort_by(|a, b| a.id.cmp(&b.id));
+    for c in clients {
+        let mut grants: Vec<_> = c.grants.iter().map(|g| g.as_str()).collect();
+        grants.sort_unstable();
+        println!(
+            "client    {} grants=[{}] scopes=[{}]{}{}",
+            c.id,
+            grants.join(","),
+            c.scopes.join(","),
+            c.user.as_ref().map(|u| format!(" user={u}")).unwrap_or_default(),
+            if c.enabled { "" } else { " DISABLED" }
+        );
+    }
+    for r in &config.routes {
+        println!(
+            "route     {}{}{} -> {}://{}{}{}{}",
+            r.host.as_deref().map(|h| format!("{h} ")).unwrap_or_default(),
+            r.prefix,
+            r.methods.as_ref().map(|m| format!(" {m:?}")).unwrap_or_default(),
+            r.upstream.scheme,
+            r.upstream.authority,
+            r.upstream.base_path,
+            if r.public { " public".to_string() } else { format!(" scopes=[{}]", r.scopes.join(",")) },
+            if r.strip_prefix { " strip_prefix" } else { "" },
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn hash_secret() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let secret = input.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&input);
+    if secret.is_empty() {
+        eprintln!("empty secret: pipe the secret on stdin, e.g. `printf %s 's3cret' | portcullis hash-secret`");
+        return ExitCode::FAILURE;
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    match argon2::Argon2::default().hash_password(secret.as_bytes(), &salt) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hashing failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn gen_key(out: Option<PathBuf>) -> ExitCode {
+    let pem = match portcullis::tokens::keys::generate_ed25519_pem() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("key generation failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match out {
+        None => {
+            print!("{pem}");
+            ExitCode::SUCCESS
+        }
+        Some(path) => match portcullis::tokens::keys::write_private(&path, pem.as_bytes()) {
+            Ok(()) => {
+                eprintln!("wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,179 @@
+//! Client authentication at the token endpoint (RFC 6749 §2.3.1): HTTP Basic
+//! (`client_secret_basic`) or body parameters (`client_secret_post`), never both.
+//!
+//! Secrets are argon2id hashes in config. Verifying one costs tens of milliseconds by
+//! design, so a successful verification is remembered in a bounded cache keyed by an
+//! HMAC (with a per-process random key) of the client id and the presented secret: the
+//! cache never holds anything from which a secret could be recovered offline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use aws_lc_rs::hmac;
+use base64::Engine;
+use http::{HeaderMap, header};
+use moka::sync::Cache;
+use percent_encoding::percent_decode_str;
+use subtle::ConstantTimeEq;
+
+use super::error::OAuthError;
+use super::params::Params;
+use crate::config::Client;
+use crate::state::Runtime;
+
+/// Remembers (client, secret) pairs that verified, and against which hash.
+pub struct SecretCache {
+    key: hmac::Key,
+    verified: Cache<[u8; 32], Arc<str>>,
+}
+
+impl SecretCache {
+    pub fn new(max_entries: u64) -> Self {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        // Without a working RNG nothing else here is safe either.
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| panic!("system RNG unavailable"));
+        let verified = Cache::builder().max_capacity(max_entries).time_to_live(Duration::from_secs(600)).build();
+        SecretCache { key, verified }
+    }
+
+    fn tag(&self, client_id: &str, secret: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(&(client_id.len() as u64).to_be_bytes());
+        ctx.update(client_id.as_bytes());
+        ctx.update(secret.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    /// Does `secret` match the argon2id `phc` hash? Constant-time either way.
+    pub async fn verify(&self, client_id: &str, secret: &str, phc: &str) -> bool {
+        let tag = self.tag(client_id, secret);
+        if let Some(hash) = self.verified.get(&tag) {
+            // The hash may have changed since (secret rotation): only the same hash counts.
+            if bool::from(hash.as_bytes().ct_eq(phc.as_bytes())) {
+                return true;
+            }
+        }
+        let (secret_owned, phc_owned) = (secret.to_string(), phc.to_string());
+        let ok = tokio::task::spawn_blocking(move || verify_argon2(&secret_owned, &phc_owned)).await.unwrap_or(false);
+        if ok {
+            self.verified.insert(tag, Arc::from(phc));
+        }
+        ok
+    }
+}
+
+/// argon2's own comparison of the derived output is constant-time.
+pub fn verify_argon2(secret: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(hash) => Argon2::default().verify_password(secret.as_bytes(), &hash).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Credentials as presented, before any lookup.
+struct Presented {
+    client_id: String,
+    secret: Option<String>,
+    basic: bool,
+}
+
+/// Parse `Authorization: Basic` if present. Other schemes are not client authentication.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let bad = || OAuthError::InvalidClient { basic: true };
+    let value = value.to_str().map_err(|_| bad())?;
+    let Some((scheme, rest)) = value.split_once(' ') else { return Ok(None) };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+    // RFC 6749 §2.3.1: both halves are form-url-encoded before Basic encoding.
+    let unform = |s: &str| percent_decode_str(&s.replace('+', " ")).decode_utf8().map(|c| c.into_owned());
+    Ok(Some((unform(id).map_err(|_| bad())?, unform(secret).map_err(|_| bad())?)))
+}
+
+fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, OAuthError> {
+    match basic_credentials(headers)? {
+        Some((id, secret)) => {
+            if params.get("client_secret").is_some() {
+                return Err(OAuthError::InvalidRequest(
+                    "The request uses more than one client authentication method. Check the \"client_secret\" parameter.".into(),
+                ));
+            }
+            if params.get("client_id").is_some_and(|body_id| body_id != id) {
+                return Err(OAuthError::invalid_param("client_id"));
+            }
+            Ok(Presented { client_id: id, secret: Some(secret), basic: true })
+        }
+        None => {
+            let client_id = params.get("client_id").ok_or(OAuthError::InvalidClient { basic: false })?;
+            Ok(Presented {
+                client_id: client_id.to_string(),
+                secret: params.get("client_secret").map(str::to_string),
+                basic: false,
+            })
+        }
+    }
+}
+
+/// Authenticate the client of a token request against the configuration in force.
+/// A public client (no secret configured) is identified, not authenticated; grants
+/// that need a confidential client must check [`Client::secret_hash`].
+pub async fn authenticate(
+    secrets: &SecretCache,
+    rt: &Runtime,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Arc<Client>, OAuthError> {
+    let p = presented(headers, params)?;
+    let fail = OAuthError::InvalidClient { basic: p.basic };
+    let Some(client) = rt.config.clients.get(&p.client_id) else {
+        tracing::debug!(client_id = %p.client_id, "unknown client");
+        return Err(fail);
+    };
+    if !client.enabled {
+        tracing::debug!(client_id = %p.client_id, "disabled client");
+        return Err(fail);
+    }
+    match (&client.secret_hash, &p.secret) {
+        (Some(hash), Some(secret)) => {
+            if !secrets.verify(&client.id, secret, hash).await {
+                tracing::debug!(client_id = %p.client_id, "wrong client secret");
+                return Err(fail);
+            }
+        }
+        (None, None) => {}
+        // A confidential client without its secret, or a secret offered by a public client.
+        _ => return Err(fail),
+    }
+    Ok(client.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn basic_halves_are_form_decoded() {
+        let enc = base64::engine::general_purpose::STANDARD.encode("my%20app:s%3Acret+x");
+        let got = basic_credentials(&basic(&format!("basic {enc}"))).unwrap().unwrap();
+        assert_eq!(got, ("my app".to_string(), "s:cret x".to_string()));
+    }
+
+    #[test]
+    fn garbage_basic_is_invalid_client() {
+        assert_eq!(basic_credentials(&basic("Basic !!!")), Err(OAuthError::InvalidClient { basic: true }));
+        assert_eq!(basic_credentials(&basic("Bearer abc")), Ok(None));
+    }
+}

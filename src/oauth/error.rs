@@ -1,0 +1,126 @@
+//! The one place where an OAuth failure becomes a wire response (RFC 6749 §5.2).
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::http::{Body, json};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    /// A parameter is missing, repeated, malformed, or the request itself is (§5.2).
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    /// Unknown client, wrong secret, disabled client, or no authentication at all.
+    /// `basic` says whether the client tried HTTP Basic, which earns a `WWW-Authenticate`.
+    #[error("invalid_client")]
+    InvalidClient { basic: bool },
+    /// The grant (code, refresh token, user credentials) is invalid.
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(String),
+    /// The client may not use this grant type.
+    #[error("unauthorized_client")]
+    UnauthorizedClient,
+    /// A grant type this server does not implement; carries the type as given.
+    #[error("unsupported_grant_type: {0}")]
+    UnsupportedGrantType(String),
+    /// A requested scope the client may not have; carries the first offending scope.
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    /// The body exceeded the configured limit.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The body did not arrive in time.
+    #[error("request body timed out")]
+    BodyTimeout,
+    /// Token endpoint called with something other than POST.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Something on our side failed (signing, a panic-free internal error); details are logged.
+    #[error("server_error")]
+    ServerError,
+}
+
+impl OAuthError {
+    pub fn missing(param: &str) -> Self {
+        OAuthError::InvalidRequest(format!(
+            "The request is missing a required parameter. Check the \"{param}\" parameter."
+        ))
+    }
+
+    pub fn invalid_param(param: &str) -> Self {
+        OAuthError::InvalidRequest(format!(
+            "The request includes an invalid parameter value. Check the \"{param}\" parameter."
+        ))
+    }
+
+    pub fn repeated(param: &str) -> Self {
+        OAuthError::InvalidRequest(format!(
+            "The request includes a parameter more than once. Check the \"{param}\" parameter."
+        ))
+    }
+
+    /// The `error` code as registered in RFC 6749.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_)
+            | OAuthError::PayloadTooLarge
+            | OAuthError::BodyTimeout
+            | OAuthError::MethodNotAllowed => "invalid_request",
+            OAuthError::InvalidClient { .. } => "invalid_client",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::UnauthorizedClient => "unauthorized_client",
+            OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
+            OAuthError::InvalidScope(_) => "invalid_scope",
+            OAuthError::ServerError => "server_error",
+        }
+    }
+
+    pub fn into_response(self, realm: &str) -> Response<Body> {
+        let (status, description) = match &self {
+            OAuthError::InvalidRequest(d) => (StatusCode::BAD_REQUEST, d.clone()),
+            OAuthError::InvalidClient { .. } => (StatusCode::UNAUTHORIZED, "Client authentication failed.".to_string()),
+            OAuthError::InvalidGrant(d) => (StatusCode::BAD_REQUEST, d.clone()),
+            OAuthError::UnauthorizedClient => (
+                StatusCode::BAD_REQUEST,
+                "The client is not authorized to request an access token using this method. Check the \"grant_type\" parameter."
+                    .to_string(),
+            ),
+            OAuthError::UnsupportedGrantType(g) => (
+                StatusCode::BAD_REQUEST,
+                format!("The authorization grant type \"{}\" is not supported by the authorization server.", printable(g)),
+            ),
+            OAuthError::InvalidScope(s) => (
+                StatusCode::BAD_REQUEST,
+                format!("The requested scope is invalid, unknown, or malformed. Check the \"{}\" scope.", printable(s)),
+            ),
+            OAuthError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "The request body is too large.".to_string()),
+            OAuthError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "The request body did not arrive in time.".to_string()),
+            OAuthError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "The token endpoint accepts POST only.".to_string()),
+            OAuthError::ServerError => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The authorization server encountered an unexpected condition.".to_string(),
+            ),
+        };
+        let mut resp = json(status, &json!({ "error": self.code(), "error_description": description }));
+        let h = resp.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        match self {
+            OAuthError::InvalidClient { basic: true } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            OAuthError::MethodNotAllowed => {
+                h.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// Echo caller input into a description safely: bounded, printable ASCII, no quotes.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\').take(64).collect()
+}

@@ -1,0 +1,7 @@
+//! The OAuth 2.0 endpoints the gateway answers itself.
+
+pub mod client_auth;
+pub mod error;
+pub mod grants;
+pub mod params;
+pub mod token;

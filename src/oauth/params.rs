@@ -1,0 +1,126 @@
+//! Token request bodies: `application/x-www-form-urlencoded` (RFC 6749) or
+//! `application/json`, both flattened to one map where a repeated parameter is an error.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+use super::error::OAuthError;
+
+/// Request parameters; empty values count as absent (RFC 6749 §3.1).
+#[derive(Debug, Default)]
+pub struct Params {
+    map: HashMap<String, String>,
+}
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.map.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The value of a required parameter, or the error that names it.
+    pub fn require(&self, name: &str) -> Result<&str, OAuthError> {
+        self.get(name).ok_or_else(|| OAuthError::missing(name))
+    }
+
+    fn insert(&mut self, name: String, value: String) -> Result<(), OAuthError> {
+        if self.map.contains_key(&name) {
+            return Err(OAuthError::repeated(&name));
+        }
+        self.map.insert(name, value);
+        Ok(())
+    }
+
+    pub fn from_form(body: &[u8]) -> Result<Params, OAuthError> {
+        let mut p = Params::default();
+        for (k, v) in form_urlencoded::parse(body) {
+            p.insert(k.into_owned(), v.into_owned())?;
+        }
+        Ok(p)
+    }
+
+    pub fn from_json(body: &[u8]) -> Result<Params, OAuthError> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let p = de.deserialize_map(ParamsVisitor).map_err(|e| {
+            // Our own errors travel through serde as custom messages; keep them intact.
+            let msg = e.to_string();
+            match msg.split_once(" at line ") {
+                Some((m, _)) if m.starts_with("The request") => OAuthError::InvalidRequest(m.to_string()),
+                _ => OAuthError::InvalidRequest("The request body is not a JSON object of parameters.".to_string()),
+            }
+        })?;
+        de.end().map_err(|_| {
+            OAuthError::InvalidRequest("The request body is not a JSON object of parameters.".to_string())
+        })?;
+        Ok(p)
+    }
+}
+
+struct ParamsVisitor;
+
+impl<'de> Visitor<'de> for ParamsVisitor {
+    type Value = Params;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object of string parameters")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Params, A::Error> {
+        let mut p = Params::default();
+        while let Some(key) = access.next_key::<String>()? {
+            let value: serde_json::Value = access.next_value()?;
+            let value = match value {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Null => String::new(),
+                _ => return Err(de::Error::custom(OAuthError::invalid_param(&key).description())),
+            };
+            p.insert(key, value).map_err(|e| de::Error::custom(e.description()))?;
+        }
+        Ok(p)
+    }
+}
+
+impl OAuthError {
+    fn description(&self) -> String {
+        match self {
+            OAuthError::InvalidRequest(d) => d.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_repeated_parameter_is_refused() {
+        let e = Params::from_form(b"grant_type=a&grant_type=b").unwrap_err();
+        assert!(matches!(e, OAuthError::InvalidRequest(d) if d.contains("\"grant_type\"")));
+    }
+
+    #[test]
+    fn json_repeated_parameter_is_refused() {
+        let e = Params::from_json(br#"{"scope":"a","scope":"b"}"#).unwrap_err();
+        assert!(matches!(e, OAuthError::InvalidRequest(d) if d.contains("more than once") && d.contains("\"scope\"")));
+    }
+
+    #[test]
+    fn json_numbers_become_strings_and_nesting_is_refused() {
+        let p = Params::from_json(br#"{"client_id":42,"grant_type":"client_credentials"}"#).unwrap();
+        assert_eq!(p.get("client_id"), Some("42"));
+        assert!(Params::from_json(br#"{"scope":["a"]}"#).is_err());
+        assert!(Params::from_json(b"[1,2]").is_err());
+        assert!(Params::from_json(b"{} trailing").is_err());
+    }
+
+    #[test]
+    fn empty_values_count_as_absent() {
+        let p = Params::from_form(b"scope=&grant_type=x").unwrap();
+        assert_eq!(p.get("scope"), None);
+        assert_eq!(p.get("grant_type"), Some("x"));
+    }
+}

@@ -1,0 +1,154 @@
+//! POST /oauth/token (RFC 6749 §3.2): read and parse the body, authenticate the client,
+//! then hand over to the one grant named by `grant_type`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http_body::Body as HttpBody;
+use http_body_util::{BodyExt, Limited};
+use serde::Serialize;
+
+use super::client_auth;
+use super::error::OAuthError;
+use super::grants;
+use super::params::Params;
+use crate::config::GrantType;
+use crate::http::{Body, full};
+use crate::state::Gateway;
+use crate::tokens::issue::IssuedToken;
+use crate::tokens::now_secs;
+
+/// The successful token response (§5.1), plus `expires` (unix time) for clients that want it.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    expires: u64,
+    scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+}
+
+impl TokenResponse {
+    pub fn new(token: IssuedToken, refresh_token: Option<String>) -> Self {
+        TokenResponse {
+            access_token: token.access_token,
+            token_type: "Bearer",
+            expires_in: token.expires_in,
+            expires: token.expires_at,
+            scope: token.scope,
+            refresh_token,
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut resp = Response::new(full(body));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        resp
+    }
+}
+
+/// What the outcome of a token request was, for the access log.
+pub struct Outcome {
+    pub client_id: Option<String>,
+    pub grant: Option<GrantType>,
+}
+
+pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Outcome)
+where
+    B: HttpBody<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut outcome = Outcome { client_id: None, grant: None };
+    let realm = gw.runtime().config.realm.clone();
+    match token(gw, req, &mut outcome).await {
+        Ok(resp) => (resp.into_response(), outcome),
+        Err(e) => {
+            tracing::debug!(error = %e, "token request refused");
+            (e.into_response(&realm), outcome)
+        }
+    }
+}
+
+async fn token<B>(gw: &Gateway, req: Request<B>, outcome: &mut Outcome) -> Result<TokenResponse, OAuthError>
+where
+    B: HttpBody<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if req.method() != Method::POST {
+        return Err(OAuthError::MethodNotAllowed);
+    }
+    let (limit, timeout) = {
+        let rt = gw.runtime();
+        (rt.config.limits.max_token_body_bytes, rt.config.limits.header_read_timeout)
+    };
+    let (parts, body) = req.into_parts();
+    let kind = body_kind(&parts.headers)?;
+    let bytes = read_body(body, &parts.headers, limit, timeout).await?;
+    let params = match kind {
+        BodyKind::Form => Params::from_form(&bytes)?,
+        BodyKind::Json => Params::from_json(&bytes)?,
+    };
+
+    // Cheap checks first: no argon2 work for a request that names no known grant.
+    let grant_name = params.require("grant_type")?;
+    let grant = GrantType::parse(grant_name).ok_or_else(|| OAuthError::UnsupportedGrantType(grant_name.to_string()))?;
+    outcome.grant = Some(grant);
+
+    let rt = gw.runtime_full();
+    let client = client_auth::authenticate(&gw.secrets, &rt, &parts.headers, &params).await?;
+    outcome.client_id = Some(client.id.clone());
+    if !client.grants.contains(&grant) {
+        return Err(OAuthError::UnauthorizedClient);
+    }
+    let now = now_secs();
+    match grant {
+        GrantType::ClientCredentials => grants::client_credentials::grant(&rt, &client, &params, now),
+        GrantType::Password | GrantType::AuthorizationCode | GrantType::RefreshToken => {
+            Err(OAuthError::UnsupportedGrantType(grant.as_str().to_string()))
+        }
+    }
+}
+
+enum BodyKind {
+    Form,
+    Json,
+}
+
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, OAuthError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
+        "application/json" => Ok(BodyKind::Json),
+        _ => Err(OAuthError::InvalidRequest(
+            "The request body must be application/x-www-form-urlencoded or application/json. Check the \"Content-Type\" header."
+                .into(),
+        )),
+    }
+}
+
+/// Read the whole (small) body within the size limit and the time limit.
+async fn read_body<B>(body: B, headers: &HeaderMap, limit: usize, timeout: Duration) -> Result<Bytes, OAuthError>
+where
+    B: HttpBody<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(OAuthError::PayloadTooLarge);
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(OAuthError::BodyTimeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(OAuthError::PayloadTooLarge),
+        Ok(Err(_)) => Err(OAuthError::InvalidRequest("The request body could not be read.".into())),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}

@@ -1,0 +1,35 @@
+//! Phase 2, authenticate: the bearer token (RFC 6750 §2.1) through the validator.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, header};
+
+use super::error::ProxyError;
+use crate::state::{Gateway, Runtime};
+use crate::tokens::validate::Principal;
+
+/// The token from `Authorization: Bearer <token>`; the scheme is case-insensitive.
+/// Exactly one Authorization header is accepted.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Err(ProxyError::MissingToken) };
+    if values.next().is_some() {
+        return Err(ProxyError::MalformedRequest("more than one Authorization header"));
+    }
+    let value = value.to_str().map_err(|_| ProxyError::MalformedRequest("Authorization header is not ASCII"))?;
+    let (scheme, token) = value.trim_start().split_once(' ').ok_or(ProxyError::MissingToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ProxyError::MissingToken);
+    }
+    let token = token.trim();
+    // RFC 6750 b64token; anything else cannot be one of ours.
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)) {
+        return Err(ProxyError::MalformedRequest("bearer token has characters a token cannot have"));
+    }
+    Ok(token)
+}
+
+pub async fn authenticate(gw: &Gateway, rt: &Runtime, headers: &HeaderMap) -> Result<Arc<Principal>, ProxyError> {
+    let token = bearer(headers)?;
+    gw.validator.validate(token, &rt.keys, &rt.config.clients).await.map_err(ProxyError::InvalidToken)
+}

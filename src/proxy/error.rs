@@ -1,0 +1,102 @@
+//! The one place where a proxy-path failure becomes a wire response:
+//! RFC 6750 §3 for token problems, JSON bodies for everything else.
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::http::{Body, json};
+use crate::tokens::validate::TokenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route covers the request.
+    #[error("no route")]
+    NoRoute,
+    /// The path would mean something else upstream (dot segments, encoded separators).
+    #[error("unsafe path")]
+    UnsafePath,
+    /// No bearer token was presented (§3.1: no error code, just the challenge).
+    #[error("no bearer token")]
+    MissingToken,
+    /// The Authorization header is present but cannot hold a token.
+    #[error("malformed request: {0}")]
+    MalformedRequest(&'static str),
+    /// A token was presented and refused.
+    #[error("invalid token: {0}")]
+    InvalidToken(TokenError),
+    /// The token lacks a scope the route requires; carries the required scopes.
+    #[error("insufficient scope")]
+    InsufficientScope(String),
+    /// The declared request body exceeds the proxy limit.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The upstream refused, reset or broke the connection.
+    #[error("upstream unavailable: {0}")]
+    BadGateway(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    GatewayTimeout,
+}
+
+impl ProxyError {
+    pub fn into_response(self, realm: &str) -> Response<Body> {
+        let challenge = |extra: &str| -> Option<HeaderValue> {
+            HeaderValue::from_str(&format!("Bearer realm=\"{realm}\"{extra}")).ok()
+        };
+        let (status, body, www) = match &self {
+            ProxyError::NoRoute => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "error_description": "No route matches this request."}),
+                None,
+            ),
+            ProxyError::UnsafePath => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": "The request path is not allowed."}),
+                None,
+            ),
+            ProxyError::MissingToken => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "unauthorized", "error_description": "A bearer token is required."}),
+                challenge(""),
+            ),
+            ProxyError::MalformedRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": "The Authorization header is malformed."}),
+                challenge(", error=\"invalid_request\""),
+            ),
+            ProxyError::InvalidToken(e) => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "invalid_token", "error_description": e.description()}),
+                challenge(&format!(", error=\"invalid_token\", error_description=\"{}\"", e.description())),
+            ),
+            ProxyError::InsufficientScope(scope) => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "insufficient_scope", "error_description": "The access token lacks a required scope.", "scope": scope}),
+                challenge(&format!(", error=\"insufficient_scope\", scope=\"{scope}\"")),
+            ),
+            ProxyError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "payload_too_large", "error_description": "The request body is too large."}),
+                None,
+            ),
+            ProxyError::BadGateway(_) => (
+                StatusCode::BAD_GATEWAY,
+                json!({"error": "bad_gateway", "error_description": "The upstream service is unavailable."}),
+                None,
+            ),
+            ProxyError::GatewayTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                json!({"error": "gateway_timeout", "error_description": "The upstream service did not answer in time."}),
+                None,
+            ),
+        };
+        let mut resp = json(status, &body);
+        if let Some(v) = www {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,219 @@
+//! Phase 4, forward: header hygiene, identity headers, and the pooled upstream client.
+//! Bodies stream both ways; nothing is buffered.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body::Body as HttpBody;
+use http_body_util::{BodyExt, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use super::error::ProxyError;
+use crate::config::{Config, Route};
+use crate::http::{Body, BoxError};
+use crate::state::Runtime;
+use crate::tokens::validate::Principal;
+
+/// The pooled client for every upstream, HTTP and HTTPS (rustls, platform roots plus
+/// an optional operator CA).
+pub struct Upstreams {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config) -> Result<Upstreams, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(ca) = &config.upstream_ca {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("upstream_ca {}: {e}", ca.display()))?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| format!("upstream_ca {}: {e}", ca.display()))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
+        let https =
+            HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Ok(Upstreams { client })
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Remove hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Where the request came from, as the listener saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// Rewrite inbound headers for the upstream: hygiene first, then what we vouch for.
+fn upstream_headers(
+    headers: &mut HeaderMap,
+    rt: &Runtime,
+    route: &Route,
+    principal: Option<&Principal>,
+    peer: Peer,
+    original_host: Option<HeaderValue>,
+) -> Result<(), ProxyError> {
+    strip_hop_by_hop(headers);
+    let ids = &rt.config.headers;
+    for name in ids.all() {
+        headers.remove(name);
+    }
+    if !route.forward_token {
+        headers.remove(header::AUTHORIZATION);
+    }
+    headers.remove(header::HOST);
+
+    let trusted = rt.config.is_trusted_proxy(peer.addr.ip());
+    let ip = peer.addr.ip().to_canonical().to_string();
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if trusted => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    headers.remove(X_FORWARDED_FOR);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !trusted {
+        headers.remove(X_FORWARDED_PROTO);
+        headers.remove(X_FORWARDED_HOST);
+        headers.remove(FORWARDED);
+    }
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
+    }
+    if !headers.contains_key(X_FORWARDED_HOST)
+        && let Some(h) = original_host
+    {
+        headers.insert(X_FORWARDED_HOST, h);
+    }
+
+    if let Some(p) = principal {
+        let value = |s: &str| {
+            HeaderValue::from_bytes(s.as_bytes()).map_err(|_| ProxyError::BadGateway("identity not encodable".into()))
+        };
+        headers.insert(ids.client_id.clone(), value(p.client_id())?);
+        headers.insert(ids.subject.clone(), value(p.subject())?);
+        headers.insert(ids.scope.clone(), value(p.scope())?);
+        headers.insert(ids.token_id.clone(), value(p.token_id())?);
+        if let Some(user) = p.user() {
+            headers.insert(ids.user.clone(), value(user)?);
+        }
+    }
+    Ok(())
+}
+
+pub async fn forward<B>(
+    rt: &Runtime,
+    upstreams: &Upstreams,
+    route: &Route,
+    principal: Option<&Principal>,
+    req: Request<B>,
+    peer: Peer,
+) -> Result<Response<Body>, ProxyError>
+where
+    B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let limits = &rt.config.limits;
+    let (mut parts, body) = req.into_parts();
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_proxy_body_bytes) {
+        return Err(ProxyError::PayloadTooLarge);
+    }
+
+    let path = super::route::upstream_path(route, parts.uri.path());
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let uri = Uri::builder()
+        .scheme(route.upstream.scheme.clone())
+        .authority(route.upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| ProxyError::UnsafePath)?;
+
+    let original_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    upstream_headers(&mut parts.headers, rt, route, principal, peer, original_host)?;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+
+    let body = Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed();
+    let req = Request::from_parts(parts, body);
+
+    let resp = match tokio::time::timeout(limits.upstream_timeout, upstreams.client.request(req)).await {
+        Err(_) => return Err(ProxyError::GatewayTimeout),
+        Ok(Err(e)) => return Err(ProxyError::BadGateway(error_chain(&e))),
+        Ok(Ok(resp)) => resp,
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,97 @@
+//! The proxy path, one phase per file, run in order by [`handle`]:
+//! route → authenticate → authorize → forward.
+
+pub mod authenticate;
+pub mod authorize;
+pub mod error;
+pub mod forward;
+pub mod route;
+
+use std::sync::Arc;
+
+use http::{Request, Response, header};
+use http_body::Body as HttpBody;
+
+use crate::http::{Body, BoxError};
+use crate::state::Gateway;
+use error::ProxyError;
+use forward::Peer;
+
+/// What the access log records about a proxied request.
+#[derive(Default)]
+pub struct Outcome {
+    pub route: Option<String>,
+    pub client_id: Option<String>,
+}
+
+pub async fn handle<B>(gw: &Gateway, req: Request<B>, peer: Peer) -> (Response<Body>, Outcome)
+where
+    B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let rt = gw.runtime_full();
+    let mut outcome = Outcome::default();
+    let result = run(gw, &rt, req, peer, &mut outcome).await;
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            match &e {
+                ProxyError::BadGateway(detail) => {
+                    tracing::warn!(route = ?outcome.route, detail = %detail, "upstream failed")
+                }
+                ProxyError::GatewayTimeout => tracing::warn!(route = ?outcome.route, "upstream timed out"),
+                other => tracing::debug!(error = %other, "request refused"),
+            }
+            e.into_response(&rt.config.realm)
+        }
+    };
+    (resp, outcome)
+}
+
+async fn run<B>(
+    gw: &Gateway,
+    rt: &crate::state::Runtime,
+    req: Request<B>,
+    peer: Peer,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError>
+where
+    B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let path = req.uri().path();
+    if !route::is_safe_path(path) {
+        return Err(ProxyError::UnsafePath);
+    }
+    let host = request_host(&req);
+    let route: &Arc<_> =
+        route::route(&rt.config.routes, host.as_deref(), req.method(), path).ok_or(ProxyError::NoRoute)?;
+    outcome.route = Some(route.prefix.clone());
+
+    let principal = if route.public {
+        None
+    } else {
+        let p = authenticate::authenticate(gw, rt, req.headers()).await?;
+        outcome.client_id = Some(p.client_id().to_string());
+        authorize::authorize(route, &p)?;
+        Some(p)
+    };
+    forward::forward(rt, &gw.upstreams, route, principal.as_deref(), req, peer).await
+}
+
+/// The host the caller addressed, without port, lower-cased: `:authority` for HTTP/2,
+/// the Host header for HTTP/1.1.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw =
+        req.uri().authority().map(|a| a.host().to_string()).or_else(|| {
+            req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| strip_port(h).to_string())
+        })?;
+    Some(raw.to_ascii_lowercase())
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map(|(h, _)| &host[..h.len() + 1]).unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}

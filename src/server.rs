@@ -1,0 +1,319 @@
+//! Listeners and connections: accept, TLS, HTTP/1.1 or HTTP/2 (hyper-util auto), limits
+//! and timeouts, graceful shutdown, and the dispatch of each request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::http::Body;
+use crate::proxy::forward::Peer;
+use crate::state::{Gateway, StartError};
+use crate::tls::{self, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// A bound, not yet running gateway.
+pub struct Server {
+    gateway: Arc<Gateway>,
+    listeners: Vec<(TcpListener, bool)>,
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+}
+
+impl Server {
+    /// Load keys and certificates and bind every listener (port 0 picks a free port).
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        crate::install_crypto_provider();
+        let tls = match &config.tls {
+            Some(files) => {
+                tls::ensure_dev_certificate(files)?;
+                Some(TlsAcceptor::from(tls::server_config(files)?))
+            }
+            None => None,
+        };
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let listener =
+                TcpListener::bind(l.address).await.map_err(|source| ServeError::Bind { addr: l.address, source })?;
+            listeners.push((listener, l.tls));
+        }
+        let gateway = Gateway::new(config)?;
+        Ok(Server { gateway, listeners, tls: Arc::new(ArcSwapOption::from(tls.map(Arc::new))) })
+    }
+
+    /// The bound addresses, in config order, with whether each speaks TLS.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
+        self.listeners.iter().filter_map(|(l, tls)| l.local_addr().ok().map(|a| (a, *tls))).collect()
+    }
+
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting and let in-flight requests
+    /// finish (bounded by the configured grace period).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let limits = self.gateway.runtime().config.limits.clone();
+        let graceful = Arc::new(GracefulShutdown::new());
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut accept_tasks = Vec::new();
+        for (listener, use_tls) in self.listeners {
+            let ctx = AcceptCtx {
+                gateway: self.gateway.clone(),
+                tls: use_tls.then(|| self.tls.clone()),
+                graceful: graceful.clone(),
+                slots: slots.clone(),
+            };
+            let mut stop = stop_rx.clone();
+            accept_tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = accept_loop(listener, ctx) => {}
+                    _ = stop.changed() => {}
+                }
+            }));
+        }
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        // The accept tasks held the only other handles; each connection holds a watcher.
+        let Ok(graceful) = Arc::try_unwrap(graceful) else {
+            tracing::error!("shutdown coordinator still shared; not waiting for connections");
+            return;
+        };
+        if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
+    }
+}
+
+struct AcceptCtx {
+    gateway: Arc<Gateway>,
+    tls: Option<Arc<ArcSwapOption<TlsAcceptor>>>,
+    graceful: Arc<GracefulShutdown>,
+    slots: Arc<Semaphore>,
+}
+
+async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %addr, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = ctx.gateway.clone();
+        let tls = ctx.tls.as_ref().and_then(|t| t.load_full());
+        let graceful = ctx.graceful.watcher();
+        tokio::spawn(async move {
+            serve_connection(gateway, stream, addr, tls, graceful).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: Option<Arc<TlsAcceptor>>,
+    graceful: Watcher,
+) {
+    let limits = gw.runtime().config.limits.clone();
+    let activity = Arc::new(Activity::new());
+    let io = ActivityIo { inner: stream, activity: activity.clone() };
+    let peer = Peer { addr, tls: tls.is_some() };
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let gw = gw.clone();
+        async move { Ok::<_, Infallible>(dispatch(&gw, req, peer).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(Duration::from_secs(20));
+
+    let served = match tls {
+        Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
+            Ok(Ok(tls_stream)) => {
+                let conn = builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned();
+                run_until_idle(graceful.watch(conn), &activity, limits.idle_timeout).await
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %addr, "TLS handshake timed out");
+                return;
+            }
+        },
+        None => {
+            let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+            run_until_idle(graceful.watch(conn), &activity, limits.idle_timeout).await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+    }
+}
+
+type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Drive a connection, closing it once no byte has moved either way for `idle`.
+async fn run_until_idle<F>(conn: F, activity: &Activity, idle: Duration) -> ConnResult
+where
+    F: Future<Output = ConnResult>,
+{
+    tokio::pin!(conn);
+    let tick = (idle / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            r = &mut conn => return r,
+            _ = tokio::time::sleep(tick) => {
+                if activity.idle_for() >= idle {
+                    return Err("idle timeout".into());
+                }
+            }
+        }
+    }
+}
+
+/// Dispatch one request: our OAuth endpoints, or the proxy phases. Writes the access log.
+async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    // The path only: a query string may carry credentials and never reaches the log.
+    let path = req.uri().path().to_string();
+    let token_path = { gw.runtime().config.token_path == path };
+    let (resp, route, client_id) = if token_path {
+        let (resp, outcome) = crate::oauth::token::handle(gw, req).await;
+        (resp, Some("oauth:token".to_string()), outcome.client_id)
+    } else {
+        let (resp, outcome) = crate::proxy::handle(gw, req, peer).await;
+        (resp, outcome.route, outcome.client_id)
+    };
+    tracing::info!(
+        target: "portcullis::access",
+        peer = %peer.addr.ip(),
+        method = %method,
+        path = %path,
+        route = route.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+        client_id = client_id.as_deref().unwrap_or("-"),
+    );
+    resp
+}
+
+/// Last time a connection moved a byte, in milliseconds since it opened.
+struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { opened: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+    fn touch(&self) {
+        self.last_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle_for(&self) -> Duration {
+        let now = self.opened.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// A socket that records when it last read or wrote, for the idle timeout.
+struct ActivityIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,189 @@
+//! Signing keys: loaded from PEM files (or generated on first start), the first active
+//! key signs, every listed key verifies. The verifier allows only the algorithm of the
+//! key named by `kid`, never the token header's `alg` on its own.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
+
+use crate::config::{Config, KeyAlgorithm, KeyConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key {kid}: cannot read {path}: {source}")]
+    Read { kid: String, path: String, source: std::io::Error },
+    #[error("key {kid}: cannot write {path}: {source}")]
+    Write { kid: String, path: String, source: std::io::Error },
+    #[error("key {kid}: {path} is not a usable {alg:?} key: {reason}")]
+    Invalid { kid: String, path: String, alg: KeyAlgorithm, reason: String },
+    #[error("key {kid}: {path} does not exist and generate = false")]
+    Missing { kid: String, path: String },
+}
+
+/// One usable key: signs if it has an encoding half and is active, always verifies.
+pub struct Key {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub active: bool,
+    pub(crate) encoding: EncodingKey,
+    pub(crate) decoding: DecodingKey,
+    /// Pre-built so the hot path does not rebuild it: this key's algorithm only, iss, aud.
+    pub(crate) validation: Validation,
+}
+
+/// The keys in force for one configuration.
+pub struct KeySet {
+    signer: Arc<Key>,
+    by_kid: HashMap<String, Arc<Key>>,
+}
+
+impl KeySet {
+    /// Load every configured key, generating missing ones where the config allows it.
+    pub fn load(config: &Config) -> Result<KeySet, KeyError> {
+        let mut by_kid = HashMap::new();
+        let mut signer = None;
+        for kc in &config.keys {
+            let key = Arc::new(load_key(kc, config)?);
+            if kc.active && signer.is_none() {
+                signer = Some(key.clone());
+            }
+            by_kid.insert(kc.id.clone(), key);
+        }
+        // Config validation guarantees at least one active key.
+        let signer = signer.ok_or_else(|| KeyError::Missing { kid: "<active>".into(), path: "-".into() })?;
+        Ok(KeySet { signer, by_kid })
+    }
+
+    pub fn signer(&self) -> &Key {
+        &self.signer
+    }
+
+    pub fn get(&self, kid: &str) -> Option<&Key> {
+        self.by_kid.get(kid).map(|k| k.as_ref())
+    }
+}
+
+fn alg_of(a: KeyAlgorithm) -> Algorithm {
+    match a {
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::HS256 => Algorithm::HS256,
+    }
+}
+
+fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
+    let path = kc.file.display().to_string();
+    let invalid =
+        |reason: String| KeyError::Invalid { kid: kc.id.clone(), path: path.clone(), alg: kc.algorithm, reason };
+    if !kc.file.exists() {
+        if !kc.generate {
+            return Err(KeyError::Missing { kid: kc.id.clone(), path });
+        }
+        let contents = generate(kc.algorithm).map_err(invalid)?;
+        write_private(&kc.file, contents.as_bytes()).map_err(|source| KeyError::Write {
+            kid: kc.id.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        tracing::info!(kid = %kc.id, path = %path, alg = ?kc.algorithm, "generated a new signing key");
+    }
+    let bytes =
+        std::fs::read(&kc.file).map_err(|source| KeyError::Read { kid: kc.id.clone(), path: path.clone(), source })?;
+    let (encoding, decoding) = match kc.algorithm {
+        KeyAlgorithm::HS256 => {
+            let text = String::from_utf8(bytes).map_err(|_| invalid("HS256 key file must hold base64 text".into()))?;
+            let secret =
+                decode_b64(text.trim()).ok_or_else(|| invalid("HS256 key file must hold base64 text".into()))?;
+            if secret.len() < 32 {
+                return Err(invalid("HS256 secret must be at least 32 bytes".into()));
+            }
+            (EncodingKey::from_secret(&secret), DecodingKey::from_secret(&secret))
+        }
+        alg => {
+            let pem = pem::parse(&bytes).map_err(|e| invalid(format!("not PEM: {e}")))?;
+            let der = pem.contents();
+            match alg {
+                KeyAlgorithm::EdDSA => {
+                    let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| invalid(e.to_string()))?;
+                    (EncodingKey::from_ed_der(der), DecodingKey::from_ed_der(kp.public_key().as_ref()))
+                }
+                KeyAlgorithm::ES256 => {
+                    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                        .map_err(|e| invalid(e.to_string()))?;
+                    (EncodingKey::from_ec_der(der), DecodingKey::from_ec_der(kp.public_key().as_ref()))
+                }
+                _ => {
+                    let kp = aws_lc_rs::rsa::KeyPair::from_pkcs8(der)
+                        .or_else(|_| aws_lc_rs::rsa::KeyPair::from_der(der))
+                        .map_err(|e| invalid(e.to_string()))?;
+                    let enc = EncodingKey::from_rsa_pem(&bytes).map_err(|e| invalid(e.to_string()))?;
+                    (enc, DecodingKey::from_rsa_der(kp.public_key().as_ref()))
+                }
+            }
+        }
+    };
+    let alg = alg_of(kc.algorithm);
+    let mut validation = Validation::new(alg);
+    validation.leeway = super::validate::LEEWAY_SECS;
+    validation.validate_nbf = true;
+    validation.set_issuer(&[&config.issuer]);
+    validation.set_audience(&[&config.audience]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    Ok(Key { kid: kc.id.clone(), alg, active: kc.active, encoding, decoding, validation })
+}
+
+fn decode_b64(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    STANDARD.decode(s).ok().or_else(|| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok())
+}
+
+/// A fresh private key in the file format `load_key` reads.
+fn generate(alg: KeyAlgorithm) -> Result<String, String> {
+    let pkcs8 = |der: &[u8]| pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec()));
+    match alg {
+        KeyAlgorithm::EdDSA => {
+            let kp = Ed25519KeyPair::generate().map_err(|e| e.to_string())?;
+            let doc = kp.to_pkcs8v1().map_err(|e| e.to_string())?;
+            Ok(pkcs8(doc.as_ref()))
+        }
+        KeyAlgorithm::ES256 => {
+            let kp = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(|e| e.to_string())?;
+            let doc = kp.to_pkcs8v1().map_err(|e| e.to_string())?;
+            Ok(pkcs8(doc.as_ref()))
+        }
+        KeyAlgorithm::HS256 => {
+            let mut secret = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut secret).map_err(|e| e.to_string())?;
+            Ok(format!("{}\n", base64::engine::general_purpose::STANDARD.encode(secret)))
+        }
+        KeyAlgorithm::RS256 => Err("RS256 keys are not generated; provide a PEM file".into()),
+    }
+}
+
+/// Write a secret file readable by the owner only.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+/// `portcullis gen-key`: a new Ed25519 private key as PKCS#8 PEM.
+pub fn generate_ed25519_pem() -> Result<String, String> {
+    generate(KeyAlgorithm::EdDSA)
+}
