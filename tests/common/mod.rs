@@ -1,0 +1,394 @@
+//! Shared end-to-end helpers: a test PKI, an echoing upstream, a gateway on an ephemeral
+//! port with real TLS, and an HTTPS client that trusts the test CA.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::config::Config;
+use portcullis::server::Server;
+use portcullis::state::Gateway;
+use tokio::net::TcpListener;
+
+/// Secret of client `svc` (hash below).
+pub const SVC_SECRET: &str = "svc-secret";
+pub const SVC_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$NDYTW6/8Jb0QvNtu/HAEsg$50KFYCT9MCJVGUAcSiitFKy6q9BorQxPHViybm55BfY";
+/// Secret of the other clients.
+pub const OTHER_SECRET: &str = "other-secret";
+pub const OTHER_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$bfvdNrf2I4dnZKtN8XZqIA$cVSC4XrogpedQjyCA0MATCnO225EByVri6brmsYzpJ4";
+
+/// A CA and a localhost certificate it signed, written into `dir`.
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+impl Pki {
+    pub fn create(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "portcullis test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let cert_path = dir.join("server.crt.pem");
+        let key_path = dir.join("server.key.pem");
+        std::fs::write(&cert_path, leaf.pem()).unwrap();
+        std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+        Pki { ca_pem: ca_cert.pem(), cert_path, key_path }
+    }
+}
+
+/// What the echo upstream reports about the request it received.
+#[derive(Debug, serde::Deserialize)]
+pub struct Echo {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub version: String,
+    /// Header names lower-cased, every value in order.
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+    pub body_sha256: String,
+}
+
+impl Echo {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An upstream that answers every request with a JSON description of it.
+/// `/stream/...` instead streams the request body back as it arrives;
+/// `/big/<n>` answers with `n` bytes of a repeating pattern;
+/// `/slow/<ms>` waits that long before answering.
+pub struct EchoUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/stream") {
+        return Ok(Response::new(req.into_body().boxed()));
+    }
+    if let Some(n) = path.strip_prefix("/big/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let chunks = (0..n.div_ceil(65536)).map(move |i| {
+            let len = (n - i * 65536).min(65536);
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![(i % 251) as u8; len])))
+        });
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        return Ok(Response::new(BodyExt::boxed(body)));
+    }
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    let method = req.method().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let version = format!("{:?}", req.version());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let out = serde_json::json!({
+        "method": method, "path": path, "query": query, "version": version, "headers": headers,
+        "body_len": body.len(), "body_sha256": sha256_hex(&body),
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(out.to_string())).map_err(|n| match n {}).boxed());
+    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    // A hop-by-hop header the gateway must not pass back.
+    resp.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+    Ok(resp)
+}
+
+impl EchoUpstream {
+    pub async fn start() -> EchoUpstream {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> EchoUpstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service_fn(echo))
+                        .await;
+                });
+            }
+        });
+        EchoUpstream { addr, task }
+    }
+}
+
+/// The clients every test configuration has.
+pub fn clients_toml() -> String {
+    format!(
+        r#"
+[[client]]
+id = "svc"
+name = "Service"
+secret_hash = "{SVC_HASH}"
+grants = ["client_credentials"]
+scopes = ["read", "write", "admin"]
+default_scopes = ["read"]
+
+[[client]]
+id = "linked"
+secret_hash = "{OTHER_HASH}"
+grants = ["client_credentials"]
+scopes = ["read"]
+user = "alice"
+
+[[client]]
+id = "off"
+secret_hash = "{OTHER_HASH}"
+grants = ["client_credentials"]
+scopes = ["read"]
+enabled = false
+
+[[client]]
+id = "nogrant"
+secret_hash = "{OTHER_HASH}"
+grants = ["authorization_code"]
+scopes = ["read"]
+"#
+    )
+}
+
+/// Routes to `upstream`: /api (read), /admin (admin), /public, /strip (strip_prefix),
+/// /tok (forward_token).
+pub fn routes_toml(upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[[route]]
+prefix = "/api"
+upstream = "http://{upstream}"
+scopes = ["read"]
+
+[[route]]
+prefix = "/admin"
+upstream = "http://{upstream}"
+scopes = ["admin"]
+
+[[route]]
+prefix = "/public"
+upstream = "http://{upstream}"
+public = true
+
+[[route]]
+prefix = "/strip"
+upstream = "http://{upstream}/base"
+scopes = ["read"]
+strip_prefix = true
+
+[[route]]
+prefix = "/tok"
+upstream = "http://{upstream}"
+scopes = ["read"]
+forward_token = true
+
+[[route]]
+prefix = "/stream"
+upstream = "http://{upstream}"
+scopes = ["read"]
+
+[[route]]
+prefix = "/big"
+upstream = "http://{upstream}"
+scopes = ["read"]
+
+[[route]]
+prefix = "/slow"
+upstream = "http://{upstream}"
+scopes = ["read"]
+"#
+    )
+}
+
+pub const ISSUER: &str = "https://gateway.test";
+
+/// A full configuration: one TLS listener and one plaintext listener on ephemeral ports.
+pub fn config_toml(dir: &Path, pki: &Pki, upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+issuer = "{ISSUER}"
+{extra}
+
+[[listener]]
+address = "127.0.0.1:0"
+
+[[listener]]
+address = "127.0.0.1:0"
+tls = false
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[limits]
+upstream_timeout = "2s"
+upstream_connect_timeout = "1s"
+max_proxy_body_bytes = 67108864
+
+[[key]]
+id = "k1"
+file = "{dir}/k1.pem"
+{clients}
+{routes}
+"#,
+        cert = pki.cert_path.display(),
+        key = pki.key_path.display(),
+        dir = dir.display(),
+        clients = clients_toml(),
+        routes = routes_toml(upstream),
+    )
+}
+
+/// A running gateway (in this process, over real sockets).
+pub struct TestGateway {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub config_path: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// Start with the default test configuration routing to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> TestGateway {
+        Self::start_with(upstream, "").await
+    }
+
+    /// Start with `extra` top-level TOML inserted after `issuer`.
+    pub async fn start_with(upstream: SocketAddr, extra: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::create(dir.path());
+        let text = config_toml(dir.path(), &pki, upstream, extra);
+        Self::start_text(dir, pki, &text).await
+    }
+
+    pub async fn start_text(dir: tempfile::TempDir, pki: Pki, text: &str) -> TestGateway {
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
+        let server = Server::bind(config).await.unwrap();
+        let addrs = server.local_addrs();
+        let https = addrs.iter().find(|(_, tls)| *tls).map(|(a, _)| *a).unwrap();
+        let http = addrs.iter().find(|(_, tls)| !*tls).map(|(a, _)| *a).unwrap();
+        let gateway = server.gateway();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        TestGateway { dir, pki, https, http, gateway, config_path, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https.port())
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http.port())
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        https_client(&self.pki.ca_pem, false)
+    }
+
+    /// Re-read the configuration file after `edit` changed its text, and apply it.
+    pub fn rewrite_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, edit(text)).unwrap();
+        let config = Config::load(&self.config_path).unwrap_or_else(|e| panic!("{e}"));
+        self.gateway.apply(config).unwrap();
+    }
+
+    /// Obtain a token with client_credentials over Basic auth; panics on failure.
+    pub async fn token(&self, client_id: &str, secret: &str, scope: Option<&str>) -> String {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        let resp = self
+            .client()
+            .post(self.url("/oauth/token"))
+            .basic_auth(client_id, Some(secret))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "token request failed: {}", resp.text().await.unwrap());
+        let v: serde_json::Value = resp.json().await.unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// Stop accepting and wait for in-flight requests to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// An HTTPS client trusting the test CA; `http2_only` forces HTTP/2 (ALPN still negotiates).
+pub fn https_client(ca_pem: &str, http2_only: bool) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+    let mut b = reqwest::Client::builder().tls_certs_only([ca]).no_proxy();
+    if http2_only {
+        b = b.http2_prior_knowledge();
+    }
+    b.build().unwrap()
+}
