@@ -17,3 +17,4 @@ pub mod tokens;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+pub mod store;

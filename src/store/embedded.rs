@@ -1,0 +1,393 @@
+//! The default store: one redb file. Every mutation is one write transaction, committed
+//! durably before we answer, so `kill -9` loses nothing that a client was told about.
+//! redb serialises write transactions, which makes take-once and rotate-once atomic.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Session, Store, StoreError, TakeCode};
+
+type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
+const CODES: Table = TableDefinition::new("codes");
+const REFRESH: Table = TableDefinition::new("refresh_tokens");
+const FAMILIES: Table = TableDefinition::new("families");
+const REVOKED: Table = TableDefinition::new("revoked_access");
+const SESSIONS: Table = TableDefinition::new("sessions");
+
+/// How long a used code is remembered so that a replay can be detected and punished.
+const USED_CODE_MEMORY_SECS: u64 = 600;
+
+#[derive(Serialize, Deserialize)]
+enum CodeState {
+    Fresh(CodeGrant),
+    Used { family: String, expires_at: u64 },
+}
+
+#[derive(Serialize, Deserialize)]
+struct RefreshState {
+    grant: RefreshGrant,
+    spent: bool,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Family {
+    revoked: bool,
+    expires_at: u64,
+    access: Vec<IssuedAccess>,
+}
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn now_secs() -> u64 {
+    crate::tokens::now_secs()
+}
+
+/// Read one record inside a write transaction.
+fn get<T: DeserializeOwned>(txn: &WriteTransaction, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
+    let t = txn.open_table(table).map_err(unavailable)?;
+    let bytes = t.get(key).map_err(unavailable)?.map(|g| g.value().to_vec());
+    bytes.map(|b| decode(&b)).transpose()
+}
+
+fn put<T: Serialize>(txn: &WriteTransaction, table: Table, key: &[u8], value: &T) -> Result<(), StoreError> {
+    let mut t = txn.open_table(table).map_err(unavailable)?;
+    t.insert(key, encode(value)?.as_slice()).map_err(unavailable)?;
+    Ok(())
+}
+
+/// Mark a family revoked and its access tokens revoked, inside `txn`.
+fn revoke_family_in(txn: &WriteTransaction, family: &str) -> Result<Vec<IssuedAccess>, StoreError> {
+    let mut fam: Family = get(txn, FAMILIES, family.as_bytes())?.unwrap_or_default();
+    fam.revoked = true;
+    fam.expires_at = fam.expires_at.max(now_secs() + USED_CODE_MEMORY_SECS);
+    let revoked = std::mem::take(&mut fam.access);
+    put(txn, FAMILIES, family.as_bytes(), &fam)?;
+    for a in &revoked {
+        put(txn, REVOKED, a.jti.as_bytes(), &a.expires_at)?;
+    }
+    Ok(revoked)
+}
+
+/// Open (or extend) a family so that it lives at least until `expires_at`.
+fn open_family_in(txn: &WriteTransaction, family: &str, expires_at: u64) -> Result<(), StoreError> {
+    let mut fam: Family = get(txn, FAMILIES, family.as_bytes())?.unwrap_or_default();
+    fam.expires_at = fam.expires_at.max(expires_at);
+    put(txn, FAMILIES, family.as_bytes(), &fam)
+}
+
+impl EmbeddedStore {
+    /// Open or create the store file (and its directory).
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        // Create every table up front so that readers never see a missing table.
+        let txn = db.begin_write().map_err(unavailable)?;
+        for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS] {
+            txn.open_table(table).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    /// Run one write transaction on the blocking pool (commits fsync) and commit it.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let out = f(&txn)?;
+            txn.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn read<T, F>(&self, table: Table, key: Vec<u8>, f: F) -> Result<Option<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&[u8]) -> Result<Option<T>, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(table).map_err(unavailable)?;
+            let bytes = t.get(key.as_slice()).map_err(unavailable)?.map(|g| g.value().to_vec());
+            match bytes {
+                Some(b) => f(&b),
+                None => Ok(None),
+            }
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn put_code(&self, code: Hash, grant: CodeGrant) -> Result<(), StoreError> {
+        self.write(move |txn| put(txn, CODES, &code, &CodeState::Fresh(grant))).await
+    }
+
+    async fn take_code(&self, code: Hash, family: &str, now: u64) -> Result<TakeCode, StoreError> {
+        let family = family.to_string();
+        self.write(move |txn| match get::<CodeState>(txn, CODES, &code)? {
+            None => Ok(TakeCode::Unknown),
+            Some(CodeState::Fresh(grant)) if grant.expires_at <= now => {
+                txn.open_table(CODES).map_err(unavailable)?.remove(code.as_slice()).map_err(unavailable)?;
+                Ok(TakeCode::Unknown)
+            }
+            Some(CodeState::Fresh(grant)) => {
+                let expires_at = now + USED_CODE_MEMORY_SECS;
+                put(txn, CODES, &code, &CodeState::Used { family: family.clone(), expires_at })?;
+                open_family_in(txn, &family, expires_at)?;
+                Ok(TakeCode::Taken(grant))
+            }
+            Some(CodeState::Used { family: used_by, .. }) => {
+                Ok(TakeCode::Replayed { revoked: revoke_family_in(txn, &used_by)? })
+            }
+        })
+        .await
+    }
+
+    async fn put_refresh(&self, token: Hash, grant: RefreshGrant) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            open_family_in(txn, &grant.family, grant.expires_at)?;
+            put(txn, REFRESH, &token, &RefreshState { grant, spent: false })
+        })
+        .await
+    }
+
+    async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<RefreshGrant>, StoreError> {
+        let db = self.db.clone();
+        let state = self.read(REFRESH, token.to_vec(), |b| decode::<RefreshState>(b).map(Some)).await?;
+        let Some(state) = state else { return Ok(None) };
+        if state.spent || state.grant.expires_at <= now {
+            return Ok(None);
+        }
+        let family = state.grant.family.clone();
+        let revoked = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(FAMILIES).map_err(unavailable)?;
+            let fam = t.get(family.as_bytes()).map_err(unavailable)?.map(|g| g.value().to_vec());
+            Ok(fam.map(|b| decode::<Family>(&b)).transpose()?.is_some_and(|f| f.revoked))
+        })
+        .await
+        .map_err(unavailable)??;
+        Ok((!revoked).then_some(state.grant))
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old: Hash,
+        client_id: &str,
+        new: Hash,
+        new_expires_at: u64,
+        now: u64,
+    ) -> Result<Rotate, StoreError> {
+        let client_id = client_id.to_string();
+        self.write(move |txn| {
+            let Some(mut state) = get::<RefreshState>(txn, REFRESH, &old)? else { return Ok(Rotate::Invalid) };
+            let fam: Family = get(txn, FAMILIES, state.grant.family.as_bytes())?.unwrap_or_default();
+            if fam.revoked || state.grant.expires_at <= now || state.grant.client_id != client_id {
+                return Ok(Rotate::Invalid);
+            }
+            if state.spent {
+                return Ok(Rotate::Reused { revoked: revoke_family_in(txn, &state.grant.family)? });
+            }
+            state.spent = true;
+            put(txn, REFRESH, &old, &state)?;
+            let mut next = state.grant.clone();
+            next.expires_at = new_expires_at;
+            open_family_in(txn, &next.family, new_expires_at)?;
+            put(txn, REFRESH, &new, &RefreshState { grant: next, spent: false })?;
+            Ok(Rotate::Rotated(state.grant))
+        })
+        .await
+    }
+
+    async fn add_access(&self, family: &str, access: IssuedAccess) -> Result<(), StoreError> {
+        let family = family.to_string();
+        self.write(move |txn| {
+            let mut fam: Family = get(txn, FAMILIES, family.as_bytes())?.unwrap_or_default();
+            if fam.revoked {
+                // Issued concurrently with a revocation: revoke it too.
+                return put(txn, REVOKED, access.jti.as_bytes(), &access.expires_at);
+            }
+            let now = now_secs();
+            fam.access.retain(|a| a.expires_at > now);
+            fam.expires_at = fam.expires_at.max(access.expires_at);
+            fam.access.push(access);
+            put(txn, FAMILIES, family.as_bytes(), &fam)
+        })
+        .await
+    }
+
+    async fn revoke_family(&self, family: &str) -> Result<Vec<IssuedAccess>, StoreError> {
+        let family = family.to_string();
+        self.write(move |txn| revoke_family_in(txn, &family)).await
+    }
+
+    async fn revoke_access(&self, access: IssuedAccess) -> Result<(), StoreError> {
+        self.write(move |txn| put(txn, REVOKED, access.jti.as_bytes(), &access.expires_at)).await
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        Ok(self.read(REVOKED, jti.as_bytes().to_vec(), |_| Ok(Some(()))).await?.is_some())
+    }
+
+    async fn put_session(&self, id: Hash, session: Session) -> Result<(), StoreError> {
+        self.write(move |txn| put(txn, SESSIONS, &id, &session)).await
+    }
+
+    async fn get_session(&self, id: Hash, now: u64) -> Result<Option<Session>, StoreError> {
+        let s = self.read(SESSIONS, id.to_vec(), |b| decode::<Session>(b).map(Some)).await?;
+        Ok(s.filter(|s| s.expires_at > now))
+    }
+
+    async fn delete_session(&self, id: Hash) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            txn.open_table(SESSIONS).map_err(unavailable)?.remove(id.as_slice()).map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        self.write(move |txn| {
+            let mut removed = 0u64;
+            // Unreadable records are kept: deleting what we cannot parse could hide a bug.
+            let mut sweep = |table: Table, expired: &dyn Fn(&[u8]) -> bool| -> Result<(), StoreError> {
+                let mut t = txn.open_table(table).map_err(unavailable)?;
+                let before = t.len().map_err(unavailable)?;
+                t.retain(|_, v| !expired(v)).map_err(unavailable)?;
+                removed += before - t.len().map_err(unavailable)?;
+                Ok(())
+            };
+            sweep(CODES, &|v| match decode::<CodeState>(v) {
+                Ok(CodeState::Fresh(g)) => g.expires_at <= now,
+                Ok(CodeState::Used { expires_at, .. }) => expires_at <= now,
+                Err(_) => false,
+            })?;
+            sweep(REFRESH, &|v| decode::<RefreshState>(v).is_ok_and(|s| s.grant.expires_at <= now))?;
+            sweep(FAMILIES, &|v| decode::<Family>(v).is_ok_and(|f| f.expires_at <= now))?;
+            sweep(REVOKED, &|v| decode::<u64>(v).is_ok_and(|exp| exp <= now))?;
+            sweep(SESSIONS, &|v| decode::<Session>(v).is_ok_and(|s| s.expires_at <= now))?;
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(family: &str, exp: u64) -> RefreshGrant {
+        RefreshGrant {
+            family: family.into(),
+            client_id: "c".into(),
+            subject: "alice".into(),
+            user: Some("alice".into()),
+            scopes: vec!["read".into()],
+            expires_at: exp,
+        }
+    }
+
+    #[tokio::test]
+    async fn code_is_taken_once_and_replay_revokes_the_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let code = CodeGrant {
+            client_id: "c".into(),
+            redirect_uri: "https://app/cb".into(),
+            redirect_uri_given: true,
+            scopes: vec![],
+            user: "alice".into(),
+            code_challenge: None,
+            expires_at: 1060,
+        };
+        s.put_code([1; 32], code.clone()).await.unwrap();
+        assert_eq!(s.take_code([1; 32], "f1", 1000).await.unwrap(), TakeCode::Taken(code));
+        s.add_access("f1", IssuedAccess { jti: "j1".into(), expires_at: u64::MAX }).await.unwrap();
+        s.put_refresh([2; 32], grant("f1", u64::MAX)).await.unwrap();
+        let again = s.take_code([1; 32], "f2", 1001).await.unwrap();
+        assert_eq!(again, TakeCode::Replayed { revoked: vec![IssuedAccess { jti: "j1".into(), expires_at: u64::MAX }] });
+        assert!(s.is_revoked("j1").await.unwrap());
+        assert_eq!(s.get_refresh([2; 32], 1002).await.unwrap(), None, "family refresh tokens die with the replay");
+        assert_eq!(s.take_code([9; 32], "f3", 1000).await.unwrap(), TakeCode::Unknown);
+    }
+
+    #[tokio::test]
+    async fn expired_code_is_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let mut code = CodeGrant {
+            client_id: "c".into(),
+            redirect_uri: "x".into(),
+            redirect_uri_given: false,
+            scopes: vec![],
+            user: "u".into(),
+            code_challenge: None,
+            expires_at: 100,
+        };
+        s.put_code([1; 32], code.clone()).await.unwrap();
+        assert_eq!(s.take_code([1; 32], "f", 100).await.unwrap(), TakeCode::Unknown);
+        code.expires_at = 200;
+        s.put_code([1; 32], code).await.unwrap();
+        assert!(matches!(s.take_code([1; 32], "f", 150).await.unwrap(), TakeCode::Taken(_)));
+    }
+
+    #[tokio::test]
+    async fn refresh_rotates_once_and_reuse_revokes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        s.put_refresh([1; 32], grant("f", 5000)).await.unwrap();
+        assert_eq!(s.rotate_refresh([1; 32], "other", [2; 32], 6000, 100).await.unwrap(), Rotate::Invalid);
+        assert!(matches!(s.rotate_refresh([1; 32], "c", [2; 32], 6000, 100).await.unwrap(), Rotate::Rotated(_)));
+        assert_eq!(s.get_refresh([2; 32], 100).await.unwrap().unwrap().expires_at, 6000);
+        assert!(matches!(s.rotate_refresh([1; 32], "c", [3; 32], 6000, 101).await.unwrap(), Rotate::Reused { .. }));
+        assert_eq!(s.rotate_refresh([2; 32], "c", [4; 32], 6000, 102).await.unwrap(), Rotate::Invalid);
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_sweep_removes_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            s.put_refresh([1; 32], grant("f", 5000)).await.unwrap();
+            s.put_refresh([2; 32], grant("g", 50)).await.unwrap();
+            s.put_session([3; 32], Session { user: "alice".into(), expires_at: 50 }).await.unwrap();
+        }
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some());
+        let removed = s.sweep(100).await.unwrap();
+        assert_eq!(removed, 3, "refresh g, family g, session");
+        assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some());
+    }
+}

@@ -1,0 +1,131 @@
+//! Durable grant state: authorization codes, refresh tokens (in rotation families),
+//! revoked access tokens and login sessions. Two implementations share this trait: the
+//! embedded redb file (default) and Redis (for replicas). The operations that must be
+//! atomic — take a code once, rotate a refresh token once — are single trait methods, so
+//! each implementation makes them atomic in its own way.
+//!
+//! Secrets are never stored: codes, refresh tokens and session ids are keyed by SHA-256.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// A store key: the SHA-256 of an opaque secret.
+pub type Hash = [u8; 32];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What an authorization code stands for, bound at /authorize (RFC 6749 §4.1.2, RFC 7636).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CodeGrant {
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// Whether the authorization request named the redirect_uri (then the token request must too).
+    pub redirect_uri_given: bool,
+    pub scopes: Vec<String>,
+    pub user: String,
+    /// S256 challenge; `None` only for confidential clients that did not use PKCE.
+    pub code_challenge: Option<String>,
+    pub expires_at: u64,
+}
+
+/// An access token that was issued from a grant, so it can be revoked with it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IssuedAccess {
+    pub jti: String,
+    pub expires_at: u64,
+}
+
+/// The outcome of presenting an authorization code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TakeCode {
+    /// First use: the grant, now consumed and recorded under the given family.
+    Taken(CodeGrant),
+    /// Second use: everything issued from the first use was revoked (RFC 6749 §4.1.2).
+    Replayed { revoked: Vec<IssuedAccess> },
+    /// Never issued, or expired and swept.
+    Unknown,
+}
+
+/// A refresh token's grant. Rotation keeps `family` and `scopes`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefreshGrant {
+    pub family: String,
+    pub client_id: String,
+    pub subject: String,
+    /// The resource owner, when there is one (password / authorization_code).
+    pub user: Option<String>,
+    /// The scopes originally granted; a refresh may narrow, never widen.
+    pub scopes: Vec<String>,
+    pub expires_at: u64,
+}
+
+/// The outcome of presenting a refresh token for rotation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rotate {
+    /// The presented token is now spent; the new one is stored in its place.
+    Rotated(RefreshGrant),
+    /// The presented token was already rotated: the whole family is now revoked.
+    Reused { revoked: Vec<IssuedAccess> },
+    /// Unknown, expired, revoked, or belonging to another client.
+    Invalid,
+}
+
+/// A logged-in browser session at /authorize.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Session {
+    pub user: String,
+    pub expires_at: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Remember a freshly issued authorization code.
+    async fn put_code(&self, code: Hash, grant: CodeGrant) -> Result<(), StoreError>;
+
+    /// Consume a code exactly once. The first taker gets the grant and the code is
+    /// recorded as used by `family`; any later taker revokes that family.
+    async fn take_code(&self, code: Hash, family: &str, now: u64) -> Result<TakeCode, StoreError>;
+
+    /// Store a new refresh token (opening its family if new).
+    async fn put_refresh(&self, token: Hash, grant: RefreshGrant) -> Result<(), StoreError>;
+
+    /// Look a refresh token up without changing anything (for pre-checks).
+    async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<RefreshGrant>, StoreError>;
+
+    /// Rotate exactly once: if `old` is live and belongs to `client_id`, spend it and
+    /// store `new` with `new_expires_at` in the same family. A spent `old` revokes the family.
+    async fn rotate_refresh(
+        &self,
+        old: Hash,
+        client_id: &str,
+        new: Hash,
+        new_expires_at: u64,
+        now: u64,
+    ) -> Result<Rotate, StoreError>;
+
+    /// Link an access token to a family so revoking the family revokes it.
+    async fn add_access(&self, family: &str, access: IssuedAccess) -> Result<(), StoreError>;
+
+    /// Revoke a family: its refresh tokens stop working and its access tokens are revoked.
+    async fn revoke_family(&self, family: &str) -> Result<Vec<IssuedAccess>, StoreError>;
+
+    /// Revoke one access token until it would have expired anyway.
+    async fn revoke_access(&self, access: IssuedAccess) -> Result<(), StoreError>;
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+
+    async fn put_session(&self, id: Hash, session: Session) -> Result<(), StoreError>;
+    async fn get_session(&self, id: Hash, now: u64) -> Result<Option<Session>, StoreError>;
+    async fn delete_session(&self, id: Hash) -> Result<(), StoreError>;
+
+    /// Remove expired records; returns how many.
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError>;
+}
