@@ -7,7 +7,9 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use portcullis::config::Config;
-use portcullis::oauth::client_auth::SecretCache;
+use portcullis::oauth::client_auth::{Kind, SecretCache};
+use portcullis::store::Store;
+use portcullis::store::embedded::EmbeddedStore;
 use portcullis::tokens::issue::{Grant, issue};
 use portcullis::tokens::keys::KeySet;
 use portcullis::tokens::now_secs;
@@ -55,6 +57,8 @@ fn benches(c: &mut Criterion) {
     portcullis::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(&dir.path().join("bench.redb")).expect("store");
+    let store: &dyn Store = &store;
 
     for alg in ["EdDSA", "ES256"] {
         let config = config(dir.path(), alg);
@@ -64,25 +68,26 @@ fn benches(c: &mut Criterion) {
 
         let validator = Validator::new(100_000);
         let token = mint(&keys, &config);
-        rt.block_on(validator.validate(&token, &keys, &config.clients)).expect("valid");
+        rt.block_on(validator.validate(&token, &keys, &config.clients, store)).expect("valid");
         c.bench_function(&format!("validate/hit/{alg}"), |b| {
-            b.to_async(&rt).iter(|| async { black_box(validator.validate(&token, &keys, &config.clients).await.is_ok()) })
+            b.to_async(&rt)
+                .iter(|| async { black_box(validator.validate(&token, &keys, &config.clients, store).await.is_ok()) })
         });
 
         let (keys_ref, clients) = (&keys, &config.clients);
         c.bench_function(&format!("validate/miss/{alg}"), |b| {
             b.to_async(&rt).iter_batched(
                 || (Validator::new(16), mint(&keys, &config)),
-                |(v, t)| async move { black_box(v.validate(&t, keys_ref, clients).await.is_ok()) },
+                |(v, t)| async move { black_box(v.validate(&t, keys_ref, clients, store).await.is_ok()) },
                 BatchSize::SmallInput,
             )
         });
     }
 
     let cache = SecretCache::new(1000);
-    rt.block_on(cache.verify("svc", "svc-secret", SECRET_HASH));
+    rt.block_on(cache.verify(Kind::Client, "svc", "svc-secret", SECRET_HASH));
     c.bench_function("client_secret/cached", |b| {
-        b.to_async(&rt).iter(|| async { black_box(cache.verify("svc", "svc-secret", SECRET_HASH).await) })
+        b.to_async(&rt).iter(|| async { black_box(cache.verify(Kind::Client, "svc", "svc-secret", SECRET_HASH).await) })
     });
     let mut slow = c.benchmark_group("client_secret");
     slow.sample_size(10);

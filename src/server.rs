@@ -99,7 +99,9 @@ impl Server {
                 }
             }));
         }
+        let sweeper = tokio::spawn(sweep_store(self.gateway.clone()));
         shutdown.await;
+        sweeper.abort();
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = stop_tx.send(true);
         for t in accept_tasks {
@@ -112,6 +114,19 @@ impl Server {
         };
         if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
             tracing::warn!("grace period over; closing remaining connections");
+        }
+    }
+}
+
+/// Remove expired codes, refresh tokens, revocations and sessions now and then.
+async fn sweep_store(gw: Arc<Gateway>) {
+    loop {
+        let every = gw.runtime().config.store_sweep_interval;
+        tokio::time::sleep(every).await;
+        match gw.store.sweep(crate::tokens::now_secs()).await {
+            Ok(n) if n > 0 => tracing::debug!(removed = n, "store sweep"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "store sweep failed"),
         }
     }
 }
@@ -231,10 +246,16 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
     let method = req.method().clone();
     // The path only: a query string may carry credentials and never reaches the log.
     let path = req.uri().path().to_string();
-    let token_path = { gw.runtime().config.token_path == path };
+    let (token_path, authorize_path) = {
+        let rt = gw.runtime();
+        (rt.config.token_path == path, rt.config.authorize_path == path)
+    };
     let (resp, route, client_id) = if token_path {
         let (resp, outcome) = crate::oauth::token::handle(gw, req).await;
         (resp, Some("oauth:token".to_string()), outcome.client_id)
+    } else if authorize_path {
+        let (resp, outcome) = crate::oauth::authorize::handle(gw, req).await;
+        (resp, Some("oauth:authorize".to_string()), outcome.client_id)
     } else {
         let (resp, outcome) = crate::proxy::handle(gw, req, peer).await;
         (resp, outcome.route, outcome.client_id)

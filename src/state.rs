@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::oauth::client_auth::SecretCache;
 use crate::proxy::forward::Upstreams;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{IssuedAccess, Store, StoreError};
 use crate::tokens::keys::{KeyError, KeySet};
 use crate::tokens::validate::Validator;
 
@@ -23,6 +25,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("upstream TLS: {0}")]
     UpstreamTls(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
 }
 
 pub struct Gateway {
@@ -30,13 +34,18 @@ pub struct Gateway {
     pub validator: Validator,
     pub secrets: SecretCache,
     pub upstreams: Upstreams,
+    pub store: Arc<dyn Store>,
 }
 
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
         let keys = KeySet::load(&config)?;
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Embedded { path } => Arc::new(EmbeddedStore::open(path)?),
+        };
         Ok(Arc::new(Gateway {
+            store,
             validator: Validator::new(config.cache_max_tokens),
             secrets: SecretCache::new(config.cache_max_client_secrets),
             upstreams,
@@ -52,6 +61,13 @@ impl Gateway {
     /// The configuration and keys in force, as an owned handle to keep across awaits.
     pub fn runtime_full(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// Make revoked access tokens fail on the proxy path from the next request on.
+    pub async fn revoke_access(&self, revoked: &[IssuedAccess]) {
+        for a in revoked {
+            self.validator.revoke(&a.jti, a.expires_at).await;
+        }
     }
 
     /// Put a new, already validated configuration in force. Keys are loaded first, so a

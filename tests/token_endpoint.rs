@@ -112,13 +112,16 @@ async fn raw(
     (status, v, headers)
 }
 
+/// name, content type, body, Basic credentials, status, error code, description fragment.
+type Case<'a> = (&'a str, Option<&'a str>, String, Option<(&'a str, &'a str)>, u16, &'a str, &'a str);
+
 const FORM: &str = "application/x-www-form-urlencoded";
 
 #[tokio::test]
 async fn every_error_case_has_its_status_and_code() {
     let (_up, gw) = setup().await;
     let svc = Some(("svc", SVC_SECRET));
-    let cases: Vec<(&str, Option<&str>, String, Option<(&str, &str)>, u16, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("missing grant_type", Some(FORM), "scope=read".into(), svc, 400, "invalid_request", "\"grant_type\""),
         ("unknown grant type", Some(FORM), "grant_type=magic".into(), svc, 400, "unsupported_grant_type", "\"magic\""),
         (

@@ -16,7 +16,7 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 use toml::Spanned;
 
-use raw::{RawClient, RawConfig, RawKey, RawRoute};
+use raw::{RawClient, RawConfig, RawKey, RawRoute, RawUser};
 
 /// A configuration that was refused: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +141,34 @@ pub struct Client {
     pub user: Option<String>,
     pub enabled: bool,
     pub token_lifetime: Duration,
+    /// Registered redirect URIs, compared exactly (RFC 9700 §2.1).
+    pub redirect_uris: Vec<String>,
+    /// Skip the consent page (the operator's own applications).
+    pub first_party: bool,
+    /// May use `response_type=token` (listed as grant "implicit").
+    pub implicit: bool,
+    pub refresh_on_client_credentials: bool,
+}
+
+impl Client {
+    /// A public client has no secret: it may only use authorization_code with PKCE and refresh_token.
+    pub fn is_public(&self) -> bool {
+        self.secret_hash.is_none()
+    }
+}
+
+/// A resource owner who can log in at /authorize or use the password grant.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub username: String,
+    pub password_hash: String,
+    pub display_name: String,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Embedded { path: PathBuf },
 }
 
 #[derive(Debug, Clone)]
@@ -189,10 +217,13 @@ pub struct Config {
     pub audience: String,
     pub realm: String,
     pub token_lifetime: Duration,
+    pub refresh_token_lifetime: Duration,
+    pub session_lifetime: Duration,
     pub listeners: Vec<Listener>,
     pub tls: Option<TlsFiles>,
     pub limits: Limits,
     pub token_path: String,
+    pub authorize_path: String,
     pub trusted_proxies: Vec<IpNet>,
     pub upstream_ca: Option<PathBuf>,
     pub headers: IdentityHeaders,
@@ -202,6 +233,9 @@ pub struct Config {
     pub clients: HashMap<String, Arc<Client>>,
     /// Sorted longest prefix first, so the first match is the longest.
     pub routes: Vec<Arc<Route>>,
+    pub users: HashMap<String, Arc<User>>,
+    pub store: StoreConfig,
+    pub store_sweep_interval: Duration,
 }
 
 impl Config {
@@ -387,11 +421,11 @@ impl Validator<'_> {
             return Err(self.err(v.span(), "max_header_bytes must be at least 8192"));
         }
 
-        let token_path = match &raw.endpoints.token {
-            Some(p) if !p.get_ref().starts_with('/') => return Err(self.err(p.span(), "endpoint paths start with '/'")),
-            Some(p) => p.get_ref().clone(),
-            None => "/oauth/token".to_string(),
-        };
+        let token_path = self.endpoint(&raw.endpoints.token, "/oauth/token")?;
+        let authorize_path = self.endpoint(&raw.endpoints.authorize, "/oauth/authorize")?;
+        if token_path == authorize_path {
+            return Err(self.err_at(1, "the token and authorize endpoints need different paths"));
+        }
 
         let mut trusted_proxies = Vec::new();
         for p in &raw.proxy.trusted_proxies {
@@ -412,6 +446,13 @@ impl Validator<'_> {
 
         let keys = self.keys(&raw.keys)?;
         let clients = self.clients(&raw.clients, token_lifetime)?;
+        let users = self.users(&raw.users)?;
+        let store = match &raw.store.kind {
+            Some(k) if k.get_ref() != "embedded" => {
+                return Err(self.err(k.span(), format!("unknown store kind {:?}: use \"embedded\"", k.get_ref())));
+            }
+            _ => StoreConfig::Embedded { path: self.path(raw.store.path.as_deref().unwrap_or("data/portcullis.redb")) },
+        };
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
         for r in &raw.routes {
@@ -437,10 +478,13 @@ impl Validator<'_> {
             audience,
             realm: raw.realm.unwrap_or_else(|| "portcullis".to_string()).replace(['"', '\\'], ""),
             token_lifetime,
+            refresh_token_lifetime: self.duration(&raw.refresh_token_lifetime, Duration::from_secs(30 * 24 * 3600))?,
+            session_lifetime: self.duration(&raw.session_lifetime, Duration::from_secs(8 * 3600))?,
             listeners,
             tls,
             limits,
             token_path,
+            authorize_path,
             trusted_proxies,
             upstream_ca: raw.proxy.upstream_ca.as_deref().map(|p| self.path(p)),
             headers,
@@ -449,7 +493,70 @@ impl Validator<'_> {
             keys,
             clients,
             routes,
+            users,
+            store,
+            store_sweep_interval: self.duration(&raw.store.sweep_interval, Duration::from_secs(60))?,
         })
+    }
+
+    fn endpoint(&self, v: &Option<Spanned<String>>, default: &str) -> Result<String, ConfigError> {
+        match v {
+            Some(p) if !p.get_ref().starts_with('/') || p.get_ref().contains(['?', '#']) => {
+                Err(self.err(p.span(), "endpoint paths start with '/' and have no query or fragment"))
+            }
+            Some(p) => Ok(p.get_ref().clone()),
+            None => Ok(default.to_string()),
+        }
+    }
+
+    fn users(&self, raw: &[Spanned<RawUser>]) -> Result<HashMap<String, Arc<User>>, ConfigError> {
+        let mut users = HashMap::new();
+        for u in raw {
+            let u = u.get_ref();
+            let name = u.username.get_ref();
+            if name.is_empty() || name.chars().any(|c| c.is_control()) || name.len() > 256 {
+                return Err(self.err(u.username.span(), "username must be 1-256 printable characters"));
+            }
+            if users.contains_key(name) {
+                return Err(self.err(u.username.span(), format!("duplicate user {name:?}")));
+            }
+            let password_hash = self.argon2id(&u.password_hash, "password_hash")?;
+            let user = User {
+                username: name.clone(),
+                password_hash,
+                display_name: u.display_name.clone().unwrap_or_else(|| name.clone()),
+                enabled: u.enabled.unwrap_or(true),
+            };
+            users.insert(name.clone(), Arc::new(user));
+        }
+        Ok(users)
+    }
+
+    fn argon2id(&self, h: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
+        let parsed = argon2::PasswordHash::new(h.get_ref()).map_err(|e| {
+            self.err(h.span(), format!("{field} is not a PHC string ({e}): make one with `portcullis hash-secret`"))
+        })?;
+        if parsed.algorithm.as_str() != "argon2id" {
+            return Err(
+                self.err(h.span(), format!("{field} must be an argon2id hash: make one with `portcullis hash-secret`"))
+            );
+        }
+        Ok(h.get_ref().clone())
+    }
+
+    /// RFC 6749 §3.1.2: absolute, no fragment; plain http only for loopback (RFC 8252 §7.3).
+    fn redirect_uri(&self, v: &Spanned<String>) -> Result<String, ConfigError> {
+        let s = v.get_ref();
+        let url = url::Url::parse(s).map_err(|e| self.err(v.span(), format!("bad redirect_uri {s:?}: {e}")))?;
+        if url.fragment().is_some() {
+            return Err(self.err(v.span(), format!("bad redirect_uri {s:?}: a fragment is not allowed")));
+        }
+        if url.scheme() == "http" && !matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) {
+            return Err(
+                self.err(v.span(), format!("bad redirect_uri {s:?}: http is only allowed for loopback; use https"))
+            );
+        }
+        Ok(s.clone())
     }
 
     fn keys(&self, raw: &[Spanned<RawKey>]) -> Result<Vec<KeyConfig>, ConfigError> {
@@ -509,34 +616,16 @@ impl Validator<'_> {
             if clients.contains_key(id) {
                 return Err(self.err(c.id.span(), format!("duplicate client id {id:?}")));
             }
-            let secret_hash = match &c.secret_hash {
-                None => None,
-                Some(h) => {
-                    let parsed = argon2::PasswordHash::new(h.get_ref()).map_err(|e| {
-                        self.err(
-                            h.span(),
-                            format!("secret_hash is not a PHC string ({e}): make one with `portcullis hash-secret`"),
-                        )
-                    })?;
-                    if parsed.algorithm.as_str() != "argon2id" {
-                        return Err(self.err(
-                            h.span(),
-                            "secret_hash must be an argon2id hash: make one with `portcullis hash-secret`",
-                        ));
-                    }
-                    Some(h.get_ref().clone())
-                }
-            };
+            let secret_hash = c.secret_hash.as_ref().map(|h| self.argon2id(h, "secret_hash")).transpose()?;
             let mut grants = HashSet::new();
+            let mut implicit = false;
             for g in &c.grants {
+                if g.get_ref() == "implicit" {
+                    implicit = true;
+                    continue;
+                }
                 let grant = GrantType::parse(g.get_ref()).ok_or_else(|| {
-                    self.err(
-                        g.span(),
-                        format!(
-                            "unknown grant {:?}: use client_credentials, password, authorization_code or refresh_token",
-                            g.get_ref()
-                        ),
-                    )
+                    self.err(g.span(), format!("unknown grant {:?}: use client_credentials, password, authorization_code, refresh_token or implicit", g.get_ref()))
                 })?;
                 if secret_hash.is_none() && matches!(grant, GrantType::ClientCredentials | GrantType::Password) {
                     return Err(self.err(
@@ -568,6 +657,10 @@ impl Validator<'_> {
             if user.as_deref() == Some(id.as_str()) {
                 return Err(self.err(span, "a client's linked user must differ from its id"));
             }
+            let redirect_uris = c.redirect_uris.iter().map(|r| self.redirect_uri(r)).collect::<Result<Vec<_>, _>>()?;
+            if redirect_uris.is_empty() && (implicit || grants.contains(&GrantType::AuthorizationCode)) {
+                return Err(self.err(span, "authorization_code and implicit need at least one redirect_uris entry"));
+            }
             let client = Client {
                 id: id.clone(),
                 name: c.name.clone().unwrap_or_else(|| id.clone()),
@@ -578,6 +671,10 @@ impl Validator<'_> {
                 user,
                 enabled: c.enabled.unwrap_or(true),
                 token_lifetime: self.duration(&c.token_lifetime, default_lifetime)?,
+                redirect_uris,
+                first_party: c.first_party.unwrap_or(false),
+                implicit,
+                refresh_on_client_credentials: c.refresh_on_client_credentials.unwrap_or(false),
             };
             clients.insert(id.clone(), Arc::new(client));
         }

@@ -11,6 +11,8 @@ pub struct RawConfig {
     pub audience: Option<Spanned<String>>,
     pub realm: Option<String>,
     pub token_lifetime: Option<Spanned<String>>,
+    pub refresh_token_lifetime: Option<Spanned<String>>,
+    pub session_lifetime: Option<Spanned<String>>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<Spanned<RawListener>>,
     pub tls: Option<Spanned<RawTls>>,
@@ -28,6 +30,27 @@ pub struct RawConfig {
     pub clients: Vec<Spanned<RawClient>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default, rename = "user")]
+    pub users: Vec<Spanned<RawUser>>,
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub username: Spanned<String>,
+    pub password_hash: Spanned<String>,
+    pub display_name: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: Option<Spanned<String>>,
+    pub path: Option<String>,
+    pub sweep_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +88,7 @@ pub struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawEndpoints {
     pub token: Option<Spanned<String>>,
+    pub authorize: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +142,10 @@ pub struct RawClient {
     pub user: Option<Spanned<String>>,
     pub enabled: Option<bool>,
     pub token_lifetime: Option<Spanned<String>>,
+    #[serde(default)]
+    pub redirect_uris: Vec<Spanned<String>>,
+    pub first_party: Option<bool>,
+    pub refresh_on_client_credentials: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,13 @@ use super::params::Params;
 use crate::config::Client;
 use crate::state::Runtime;
 
+/// Whose secret is being checked; client and user names live in separate namespaces.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Client = 1,
+    User = 2,
+}
+
 /// Remembers (client, secret) pairs that verified, and against which hash.
 pub struct SecretCache {
     key: hmac::Key,
@@ -37,19 +44,20 @@ impl SecretCache {
         SecretCache { key, verified }
     }
 
-    fn tag(&self, client_id: &str, secret: &str) -> [u8; 32] {
+    fn tag(&self, kind: Kind, id: &str, secret: &str) -> [u8; 32] {
         let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(&(client_id.len() as u64).to_be_bytes());
-        ctx.update(client_id.as_bytes());
+        ctx.update(&[kind as u8]);
+        ctx.update(&(id.len() as u64).to_be_bytes());
+        ctx.update(id.as_bytes());
         ctx.update(secret.as_bytes());
         let mut out = [0u8; 32];
         out.copy_from_slice(ctx.sign().as_ref());
         out
     }
 
-    /// Does `secret` match the argon2id `phc` hash? Constant-time either way.
-    pub async fn verify(&self, client_id: &str, secret: &str, phc: &str) -> bool {
-        let tag = self.tag(client_id, secret);
+    /// Does `secret` match the argon2id `phc` hash of client or user `id`? Constant-time either way.
+    pub async fn verify(&self, kind: Kind, id: &str, secret: &str, phc: &str) -> bool {
+        let tag = self.tag(kind, id, secret);
         if let Some(hash) = self.verified.get(&tag) {
             // The hash may have changed since (secret rotation): only the same hash counts.
             if bool::from(hash.as_bytes().ct_eq(phc.as_bytes())) {
@@ -142,7 +150,7 @@ pub async fn authenticate(
     }
     match (&client.secret_hash, &p.secret) {
         (Some(hash), Some(secret)) => {
-            if !secrets.verify(&client.id, secret, hash).await {
+            if !secrets.verify(Kind::Client, &client.id, secret, hash).await {
                 tracing::debug!(client_id = %p.client_id, "wrong client secret");
                 return Err(fail);
             }

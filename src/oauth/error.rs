@@ -38,6 +38,16 @@ pub enum OAuthError {
     /// Something on our side failed (signing, a panic-free internal error); details are logged.
     #[error("server_error")]
     ServerError,
+    /// The store cannot be reached; the client may retry later.
+    #[error("temporarily_unavailable")]
+    TemporarilyUnavailable,
+}
+
+impl From<crate::store::StoreError> for OAuthError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store operation failed");
+        OAuthError::TemporarilyUnavailable
+    }
 }
 
 impl OAuthError {
@@ -72,6 +82,7 @@ impl OAuthError {
             OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
             OAuthError::InvalidScope(_) => "invalid_scope",
             OAuthError::ServerError => "server_error",
+            OAuthError::TemporarilyUnavailable => "temporarily_unavailable",
         }
     }
 
@@ -99,6 +110,10 @@ impl OAuthError {
             OAuthError::ServerError => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "The authorization server encountered an unexpected condition.".to_string(),
+            ),
+            OAuthError::TemporarilyUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The authorization server is temporarily unable to handle the request.".to_string(),
             ),
         };
         let mut resp = json(status, &json!({ "error": self.code(), "error_description": description }));

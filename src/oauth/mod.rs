@@ -1,7 +1,10 @@
 //! The OAuth 2.0 endpoints the gateway answers itself.
 
+pub mod authorize;
 pub mod client_auth;
 pub mod error;
 pub mod grants;
+pub mod pages;
 pub mod params;
 pub mod token;
+pub mod users;

@@ -109,10 +109,10 @@ where
     }
     let now = now_secs();
     match grant {
-        GrantType::ClientCredentials => grants::client_credentials::grant(&rt, &client, &params, now),
-        GrantType::Password | GrantType::AuthorizationCode | GrantType::RefreshToken => {
-            Err(OAuthError::UnsupportedGrantType(grant.as_str().to_string()))
-        }
+        GrantType::ClientCredentials => grants::client_credentials::grant(gw, &rt, &client, &params, now).await,
+        GrantType::Password => grants::password::grant(gw, &rt, &client, &params, now).await,
+        GrantType::AuthorizationCode => grants::authorization_code::grant(gw, &rt, &client, &params, now).await,
+        GrantType::RefreshToken => grants::refresh_token::grant(gw, &rt, &client, &params, now).await,
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as HttpBody;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -88,6 +88,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// HTTP/2 may split `Cookie` into several fields; an HTTP/1.1 upstream must get them as one,
+/// joined with "; " (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<u8> =
+        headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Where the request came from, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -105,8 +118,23 @@ fn upstream_headers(
     original_host: Option<HeaderValue>,
 ) -> Result<(), ProxyError> {
     strip_hop_by_hop(headers);
+    join_cookies(headers);
     let ids = &rt.config.headers;
     for name in ids.all() {
+        headers.remove(name);
+    }
+    // CGI-style upstreams (WSGI, Rack, PHP) read `X_Auth_User` as `X-Auth-User`: drop those
+    // spellings of our identity headers too.
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| {
+            let dashed = n.as_str().replace('_', "-");
+            ids.all().iter().any(|id| id.as_str().replace('_', "-") == dashed)
+        })
+        .cloned()
+        .collect();
+    for name in lookalikes {
         headers.remove(name);
     }
     if !route.forward_token {
@@ -116,10 +144,9 @@ fn upstream_headers(
 
     let trusted = rt.config.is_trusted_proxy(peer.addr.ip());
     let ip = peer.addr.ip().to_canonical().to_string();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if trusted => format!("{prior}, {ip}"),
-        _ => ip,
-    };
+    // Several X-Forwarded-For lines are one comma-separated list (RFC 9110 §5.3).
+    let prior: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    let xff = if trusted && !prior.is_empty() { format!("{}, {ip}", prior.join(", ")) } else { ip };
     headers.remove(X_FORWARDED_FOR);
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
@@ -199,12 +226,25 @@ where
 
     let resp = match tokio::time::timeout(limits.upstream_timeout, upstreams.client.request(req)).await {
         Err(_) => return Err(ProxyError::GatewayTimeout),
+        // An undeclared body crossed the limit while being sent: the caller's fault, not the upstream's.
+        Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => return Err(ProxyError::PayloadTooLarge),
         Ok(Err(e)) => return Err(ProxyError::BadGateway(error_chain(&e))),
         Ok(Ok(resp)) => resp,
     };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+}
+
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

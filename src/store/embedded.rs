@@ -186,7 +186,7 @@ impl Store for EmbeddedStore {
         let db = self.db.clone();
         let state = self.read(REFRESH, token.to_vec(), |b| decode::<RefreshState>(b).map(Some)).await?;
         let Some(state) = state else { return Ok(None) };
-        if state.spent || state.grant.expires_at <= now {
+        if state.grant.expires_at <= now {
             return Ok(None);
         }
         let family = state.grant.family.clone();
@@ -336,7 +336,10 @@ mod tests {
         s.add_access("f1", IssuedAccess { jti: "j1".into(), expires_at: u64::MAX }).await.unwrap();
         s.put_refresh([2; 32], grant("f1", u64::MAX)).await.unwrap();
         let again = s.take_code([1; 32], "f2", 1001).await.unwrap();
-        assert_eq!(again, TakeCode::Replayed { revoked: vec![IssuedAccess { jti: "j1".into(), expires_at: u64::MAX }] });
+        assert_eq!(
+            again,
+            TakeCode::Replayed { revoked: vec![IssuedAccess { jti: "j1".into(), expires_at: u64::MAX }] }
+        );
         assert!(s.is_revoked("j1").await.unwrap());
         assert_eq!(s.get_refresh([2; 32], 1002).await.unwrap(), None, "family refresh tokens die with the replay");
         assert_eq!(s.take_code([9; 32], "f3", 1000).await.unwrap(), TakeCode::Unknown);
@@ -370,8 +373,10 @@ mod tests {
         assert_eq!(s.rotate_refresh([1; 32], "other", [2; 32], 6000, 100).await.unwrap(), Rotate::Invalid);
         assert!(matches!(s.rotate_refresh([1; 32], "c", [2; 32], 6000, 100).await.unwrap(), Rotate::Rotated(_)));
         assert_eq!(s.get_refresh([2; 32], 100).await.unwrap().unwrap().expires_at, 6000);
+        assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some(), "spent but not yet reused");
         assert!(matches!(s.rotate_refresh([1; 32], "c", [3; 32], 6000, 101).await.unwrap(), Rotate::Reused { .. }));
         assert_eq!(s.rotate_refresh([2; 32], "c", [4; 32], 6000, 102).await.unwrap(), Rotate::Invalid);
+        assert_eq!(s.get_refresh([2; 32], 102).await.unwrap(), None, "revoked family");
     }
 
     #[tokio::test]

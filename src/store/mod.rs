@@ -97,7 +97,9 @@ pub trait Store: Send + Sync {
     /// Store a new refresh token (opening its family if new).
     async fn put_refresh(&self, token: Hash, grant: RefreshGrant) -> Result<(), StoreError>;
 
-    /// Look a refresh token up without changing anything (for pre-checks).
+    /// Look a refresh token up without changing anything (for pre-checks). A spent token
+    /// is still returned (its reuse is detected by `rotate_refresh`); an expired one or one
+    /// of a revoked family is not.
     async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<RefreshGrant>, StoreError>;
 
     /// Rotate exactly once: if `old` is live and belongs to `client_id`, spend it and

@@ -13,6 +13,7 @@ use moka::future::Cache;
 use super::keys::KeySet;
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Client;
+use crate::store::Store;
 
 /// Tokens longer than this are refused before any parsing or hashing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -85,6 +86,8 @@ pub enum TokenError {
     UnknownClient,
     #[error("token's client is disabled")]
     ClientDisabled,
+    #[error("token was revoked")]
+    Revoked,
 }
 
 impl TokenError {
@@ -105,23 +108,51 @@ impl Expiry<[u8; 32], Arc<Principal>> for UntilTokenExpiry {
     }
 }
 
+struct UntilRevocationLapses;
+
+impl Expiry<String, u64> for UntilRevocationLapses {
+    fn expire_after_create(&self, _key: &String, expires_at: &u64, _created_at: Instant) -> Option<Duration> {
+        Some(Duration::from_secs((expires_at + LEEWAY_SECS).saturating_sub(now_secs())))
+    }
+}
+
 /// Verifies bearer tokens and remembers the verdict until the token expires.
 pub struct Validator {
     cache: Cache<[u8; 32], Arc<Principal>>,
+    /// jti → cache key, so a revocation can evict the cached verdict at once.
+    by_jti: moka::sync::Cache<String, [u8; 32]>,
+    /// Revoked jtis seen by this process, until the token would have expired anyway.
+    /// Checked on every hit: it closes the race where a verification that started
+    /// before a revocation caches its verdict after the eviction.
+    revoked: moka::sync::Cache<String, u64>,
 }
 
 impl Validator {
     pub fn new(max_entries: u64) -> Self {
         let cache = Cache::builder().max_capacity(max_entries).expire_after(UntilTokenExpiry).build();
-        Validator { cache }
+        let by_jti =
+            moka::sync::Cache::builder().max_capacity(max_entries).time_to_live(Duration::from_secs(24 * 3600)).build();
+        let revoked = moka::sync::Cache::builder().max_capacity(1_000_000).expire_after(UntilRevocationLapses).build();
+        Validator { cache, by_jti, revoked }
+    }
+
+    /// Refuse a token from now on, in this process: evict its cached verdict.
+    pub async fn revoke(&self, jti: &str, expires_at: u64) {
+        self.revoked.insert(jti.to_string(), expires_at);
+        if let Some(digest) = self.by_jti.remove(jti) {
+            self.cache.invalidate(&digest).await;
+        }
     }
 
     /// Validate `token` against the keys and clients in force now.
+    /// On a miss the store is asked whether the token was revoked; if the store cannot
+    /// answer, the token is judged on its own (it is self-contained) and a warning logged.
     pub async fn validate(
         &self,
         token: &str,
         keys: &KeySet,
         clients: &HashMap<String, Arc<Client>>,
+        store: &dyn Store,
     ) -> Result<Arc<Principal>, TokenError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
@@ -137,10 +168,25 @@ impl Validator {
             if keys.get(&p.kid).is_none() {
                 return Err(TokenError::UnknownKey);
             }
+            if self.revoked.contains_key(&p.token_id) {
+                return Err(TokenError::Revoked);
+            }
             return Ok(p);
         }
         let principal = Arc::new(verify(token, keys, now)?);
         check_client(clients, &principal.client_id)?;
+        if self.revoked.contains_key(&principal.token_id) {
+            return Err(TokenError::Revoked);
+        }
+        match store.is_revoked(&principal.token_id).await {
+            Ok(true) => {
+                self.revoked.insert(principal.token_id.clone(), principal.expires_at);
+                return Err(TokenError::Revoked);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "revocation check unavailable; judging the token on its own"),
+        }
+        self.by_jti.insert(principal.token_id.clone(), digest);
         self.cache.insert(digest, principal.clone()).await;
         Ok(principal)
     }

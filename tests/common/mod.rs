@@ -27,6 +27,10 @@ pub const OTHER_SECRET: &str = "other-secret";
 pub const OTHER_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$bfvdNrf2I4dnZKtN8XZqIA$cVSC4XrogpedQjyCA0MATCnO225EByVri6brmsYzpJ4";
 
+/// Password of users `alice` (and disabled `bob`).
+pub const ALICE_PASSWORD: &str = "other-secret";
+pub const ALICE_HASH: &str = OTHER_HASH;
+
 /// A CA and a localhost certificate it signed, written into `dir`.
 pub struct Pki {
     pub ca_pem: String,
@@ -190,6 +194,52 @@ id = "nogrant"
 secret_hash = "{OTHER_HASH}"
 grants = ["authorization_code"]
 scopes = ["read"]
+redirect_uris = ["https://nogrant.test/cb"]
+
+# A confidential web app: code (+ optional PKCE), refresh, password.
+[[client]]
+id = "webapp"
+name = "Web App"
+secret_hash = "{SVC_HASH}"
+grants = ["authorization_code", "refresh_token", "password"]
+scopes = ["read", "write", "profile"]
+default_scopes = ["read"]
+redirect_uris = ["https://app.test/callback", "http://127.0.0.1:9/cb?x=1"]
+
+# A public SPA / native app: code with PKCE only, refresh, implicit.
+[[client]]
+id = "spa"
+name = "Single Page App"
+grants = ["authorization_code", "refresh_token", "implicit"]
+scopes = ["read", "profile"]
+redirect_uris = ["https://spa.test/cb"]
+
+# The operator's own app: no consent page.
+[[client]]
+id = "first"
+name = "First Party"
+secret_hash = "{SVC_HASH}"
+grants = ["authorization_code", "refresh_token"]
+scopes = ["read"]
+redirect_uris = ["https://first.test/cb"]
+first_party = true
+
+# Password grant without refresh tokens.
+[[client]]
+id = "pwonly"
+secret_hash = "{SVC_HASH}"
+grants = ["password"]
+scopes = ["read"]
+
+[[user]]
+username = "alice"
+password_hash = "{ALICE_HASH}"
+display_name = "Alice"
+
+[[user]]
+username = "bob"
+password_hash = "{ALICE_HASH}"
+enabled = false
 "#
     )
 }

@@ -1,31 +1,36 @@
 //! RFC 6749 §4.4: the client acts on its own behalf (or as the user linked to it).
 
-use super::resolve_scopes;
+use super::{Issue, issue_tokens, new_family, resolve_scopes};
 use crate::config::Client;
 use crate::oauth::error::OAuthError;
 use crate::oauth::params::Params;
 use crate::oauth::token::TokenResponse;
-use crate::state::Runtime;
-use crate::tokens::issue::{Grant, issue};
+use crate::state::{Gateway, Runtime};
 
-/// §4.4.2: only `scope` is read; the client is already authenticated as confidential.
-pub fn grant(rt: &Runtime, client: &Client, params: &Params, now: u64) -> Result<TokenResponse, OAuthError> {
-    if client.secret_hash.is_none() {
+/// §4.4.2: only `scope` is read; the client is already authenticated.
+pub async fn grant(
+    gw: &Gateway,
+    rt: &Runtime,
+    client: &Client,
+    params: &Params,
+    now: u64,
+) -> Result<TokenResponse, OAuthError> {
+    if client.is_public() {
         return Err(OAuthError::UnauthorizedClient);
     }
     let scopes = resolve_scopes(client, params.get("scope"))?;
     let subject = client.user.as_deref().unwrap_or(&client.id);
-    let grant = Grant {
-        issuer: &rt.config.issuer,
-        audience: &rt.config.audience,
-        client_id: &client.id,
+    // §4.4.3 says a refresh token SHOULD NOT be issued here; only on explicit opt-in.
+    let family = client.refresh_on_client_credentials.then(new_family);
+    let what = Issue {
+        client,
         subject,
+        user: client.user.as_deref(),
         scopes: &scopes,
-        lifetime_secs: client.token_lifetime.as_secs(),
+        refresh_scopes: &scopes,
+        family: family.as_deref(),
+        new_refresh: family.is_some(),
+        rotated_refresh: None,
     };
-    let token = issue(&rt.keys, &grant, now).map_err(|e| {
-        tracing::error!(error = %e, "signing an access token failed");
-        OAuthError::ServerError
-    })?;
-    Ok(TokenResponse::new(token, None))
+    issue_tokens(gw, rt, what, now).await
 }

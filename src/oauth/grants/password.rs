@@ -1,0 +1,40 @@
+//! RFC 6749 §4.3: resource owner password credentials, for confidential clients that
+//! the operator allowed to use it.
+
+use super::{Issue, issue_tokens, new_family, resolve_scopes};
+use crate::config::{Client, GrantType};
+use crate::oauth::error::OAuthError;
+use crate::oauth::params::Params;
+use crate::oauth::token::TokenResponse;
+use crate::oauth::users;
+use crate::state::{Gateway, Runtime};
+
+pub async fn grant(
+    gw: &Gateway,
+    rt: &Runtime,
+    client: &Client,
+    params: &Params,
+    now: u64,
+) -> Result<TokenResponse, OAuthError> {
+    if client.is_public() {
+        return Err(OAuthError::UnauthorizedClient);
+    }
+    let username = params.require("username")?;
+    let password = params.require("password")?;
+    let scopes = resolve_scopes(client, params.get("scope"))?;
+    let Some(user) = users::authenticate(&gw.secrets, rt, username, password).await else {
+        return Err(OAuthError::InvalidGrant("The user credentials were incorrect.".into()));
+    };
+    let family = client.grants.contains(&GrantType::RefreshToken).then(new_family);
+    let what = Issue {
+        client,
+        subject: &user.username,
+        user: Some(&user.username),
+        scopes: &scopes,
+        refresh_scopes: &scopes,
+        family: family.as_deref(),
+        new_refresh: family.is_some(),
+        rotated_refresh: None,
+    };
+    issue_tokens(gw, rt, what, now).await
+}
