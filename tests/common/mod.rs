@@ -414,6 +414,27 @@ impl TestGateway {
         v["access_token"].as_str().unwrap().to_string()
     }
 
+    /// Stop this gateway and start a new one on the same directory (config, keys, store
+    /// file). Ports change.
+    pub async fn restart(mut self) -> TestGateway {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let pki = Pki {
+            ca_pem: self.pki.ca_pem.clone(),
+            cert_path: self.pki.cert_path.clone(),
+            key_path: self.pki.key_path.clone(),
+        };
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        // The store file may be opened by one gateway at a time: release ours first.
+        drop(self);
+        TestGateway::start_text(dir, pki, &text).await
+    }
+
     /// Stop accepting and wait for in-flight requests to finish.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -1,0 +1,571 @@
+//! Resource-owner grants end to end: /authorize (login, consent, CSRF, sessions), the
+//! authorization_code grant with PKCE, implicit, password, and refresh rotation.
+
+mod common;
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use common::*;
+use serde_json::Value;
+
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+/// A minimal browser: keeps cookies, never follows redirects.
+struct Browser {
+    http: reqwest::Client,
+    cookies: HashMap<String, String>,
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    body: String,
+}
+
+impl Page {
+    /// Hidden and other named inputs of the page's form.
+    fn fields(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for chunk in self.body.split("<input").skip(1) {
+            let attr = |name: &str| {
+                let key = format!("{name}=\"");
+                chunk.find(&key).map(|i| {
+                    let rest = &chunk[i + key.len()..];
+                    unescape(&rest[..rest.find('"').unwrap_or(0)])
+                })
+            };
+            if let (Some(n), Some(v)) = (attr("name"), attr("value")) {
+                out.push((n, v));
+            }
+        }
+        out
+    }
+
+    fn location_param(&self, key: &str) -> Option<String> {
+        let loc = self.location.as_deref()?;
+        let query = loc.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(q)).unwrap_or("");
+        let fragment = loc.split_once('#').map(|(_, f)| f).unwrap_or("");
+        form_urlencoded::parse(query.as_bytes())
+            .chain(form_urlencoded::parse(fragment.as_bytes()))
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+impl Browser {
+    fn new(gw: &TestGateway) -> Browser {
+        let ca = reqwest::Certificate::from_pem(gw.pki.ca_pem.as_bytes()).unwrap();
+        let http = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .unwrap();
+        Browser { http, cookies: HashMap::new() }
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let cookie: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let req = if cookie.is_empty() { req } else { req.header("cookie", cookie.join("; ")) };
+        let resp = req.send().await.unwrap();
+        for sc in resp.headers().get_all("set-cookie") {
+            let sc = sc.to_str().unwrap();
+            assert!(
+                sc.contains("HttpOnly") && sc.contains("Secure") && sc.contains("SameSite=Lax"),
+                "cookie flags: {sc}"
+            );
+            let (pair, _) = sc.split_once(';').unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            self.cookies.insert(k.to_string(), v.to_string());
+        }
+        let status = resp.status().as_u16();
+        let location = resp.headers().get("location").map(|v| v.to_str().unwrap().to_string());
+        Page { status, location, body: resp.text().await.unwrap() }
+    }
+
+    async fn get(&mut self, url: &str) -> Page {
+        let req = self.http.get(url);
+        self.send(req).await
+    }
+
+    async fn post(&mut self, url: &str, fields: &[(String, String)]) -> Page {
+        let req = self.http.post(url).form(fields);
+        self.send(req).await
+    }
+
+    /// Submit the page's form with some fields set or replaced.
+    async fn submit(&mut self, gw: &TestGateway, page: &Page, set: &[(&str, &str)]) -> Page {
+        let mut fields: Vec<(String, String)> =
+            page.fields().into_iter().filter(|(k, _)| !set.iter().any(|(s, _)| s == k)).collect();
+        fields.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.post(&gw.url("/oauth/authorize"), &fields).await
+    }
+}
+
+fn authorize_url(gw: &TestGateway, pairs: &[(&str, &str)]) -> String {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    ser.extend_pairs(pairs);
+    gw.url(&format!("/oauth/authorize?{}", ser.finish()))
+}
+
+/// Log in as alice and allow: returns the final redirect page.
+async fn login_and_consent(b: &mut Browser, gw: &TestGateway, query: &[(&str, &str)]) -> Page {
+    let login = b.get(&authorize_url(gw, query)).await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    assert!(login.body.contains("name=\"password\""), "login page expected: {}", login.body);
+    let consent = b.submit(gw, &login, &[("username", "alice"), ("password", ALICE_PASSWORD)]).await;
+    assert_eq!(consent.status, 200, "{}", consent.body);
+    assert!(consent.body.contains("Allow access?"), "{}", consent.body);
+    let done = b.submit(gw, &consent, &[("decision", "allow")]).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    done
+}
+
+async fn token_request(gw: &TestGateway, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = gw.client().post(gw.url("/oauth/token")).form(form);
+    if let Some((id, secret)) = basic {
+        req = req.basic_auth(id, Some(secret));
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+async fn proxied_status(gw: &TestGateway, token: &str) -> u16 {
+    gw.client().get(gw.url("/api/x")).bearer_auth(token).send().await.unwrap().status().as_u16()
+}
+
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+async fn setup() -> (EchoUpstream, TestGateway) {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    (up, gw)
+}
+
+fn spa_query<'a>() -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("response_type", "code"),
+        ("client_id", "spa"),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("scope", "read,profile"),
+        ("state", "xyz-123"),
+        ("code_challenge", CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ]
+}
+
+#[tokio::test]
+async fn public_client_code_flow_with_pkce_end_to_end() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let done = login_and_consent(&mut b, &gw, &spa_query()).await;
+    let loc = done.location.clone().unwrap();
+    assert!(loc.starts_with("https://spa.test/cb?"), "{loc}");
+    assert_eq!(done.location_param("state").as_deref(), Some("xyz-123"));
+    let code = done.location_param("code").unwrap();
+
+    let (status, v) = token_request(
+        &gw,
+        None,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", "spa"),
+            ("redirect_uri", "https://spa.test/cb"),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["scope"], "read profile");
+    assert!(v["refresh_token"].as_str().unwrap().len() >= 43);
+    let at = v["access_token"].as_str().unwrap();
+    let c = claims(at);
+    assert_eq!(c["sub"], "alice");
+    assert_eq!(c["client_id"], "spa");
+
+    let echo: Echo = gw.client().get(gw.url("/api/me")).bearer_auth(at).send().await.unwrap().json().await.unwrap();
+    assert_eq!(echo.header("x-auth-user"), Some("alice"));
+    assert_eq!(echo.header("x-auth-subject"), Some("alice"));
+    assert_eq!(echo.header("x-auth-client-id"), Some("spa"));
+}
+
+#[tokio::test]
+async fn confidential_client_code_flow_and_registered_query_is_kept() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let q = [
+        ("response_type", "code"),
+        ("client_id", "webapp"),
+        ("redirect_uri", "http://127.0.0.1:9/cb?x=1"),
+        ("state", "s1"),
+    ];
+    let done = login_and_consent(&mut b, &gw, &q).await;
+    let loc = done.location.clone().unwrap();
+    assert!(loc.starts_with("http://127.0.0.1:9/cb?x=1&code="), "{loc}");
+    let code = done.location_param("code").unwrap();
+    let form =
+        [("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", "http://127.0.0.1:9/cb?x=1")];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["scope"], "read");
+    assert_eq!(proxied_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
+}
+
+#[tokio::test]
+async fn code_replay_is_refused_and_revokes_what_the_first_use_issued() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let code = login_and_consent(&mut b, &gw, &spa_query()).await.location_param("code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("client_id", "spa"),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("code_verifier", VERIFIER),
+    ];
+    let (status, first) = token_request(&gw, None, &form).await;
+    assert_eq!(status, 200);
+    let at = first["access_token"].as_str().unwrap();
+    assert_eq!(proxied_status(&gw, at).await, 200, "cached as valid first");
+
+    let (status, v) = token_request(&gw, None, &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    assert_eq!(proxied_status(&gw, at).await, 401, "the first use's access token is revoked at once");
+    let rt = first["refresh_token"].as_str().unwrap();
+    let (status, v) =
+        token_request(&gw, None, &[("grant_type", "refresh_token"), ("refresh_token", rt), ("client_id", "spa")]).await;
+    assert_eq!((status, v["error_description"].as_str()), (400, Some("The refresh token is invalid.")));
+}
+
+#[tokio::test]
+async fn pkce_mismatch_missing_verifier_and_downgrade_are_invalid_grant() {
+    let (_up, gw) = setup().await;
+    for (verifier, what) in [(Some("a".repeat(43)), "mismatch"), (None, "missing")] {
+        let mut b = Browser::new(&gw);
+        let code = login_and_consent(&mut b, &gw, &spa_query()).await.location_param("code").unwrap();
+        let mut form = vec![("grant_type", "authorization_code"), ("code", code.as_str()), ("client_id", "spa")];
+        form.push(("redirect_uri", "https://spa.test/cb"));
+        if let Some(v) = verifier.as_deref() {
+            form.push(("code_verifier", v));
+        }
+        let (status, v) = token_request(&gw, None, &form).await;
+        assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{what}: {v}");
+        assert!(v["error_description"].as_str().unwrap().contains("code_verifier"), "{what}: {v}");
+    }
+    // A code obtained without PKCE must not accept a verifier (downgrade protection).
+    let mut b = Browser::new(&gw);
+    let q = [("response_type", "code"), ("client_id", "webapp"), ("redirect_uri", "https://app.test/callback")];
+    let code = login_and_consent(&mut b, &gw, &q).await.location_param("code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "https://app.test/callback"),
+        ("code_verifier", VERIFIER),
+    ];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+}
+
+#[tokio::test]
+async fn redirect_uri_must_match_at_authorize_and_at_token() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    for bad in [
+        "https://spa.test/cb/",
+        "https://spa.test/cb?x=1",
+        "https://SPA.test/cb",
+        "https://evil.test/cb",
+        "https://spa.test:444/cb",
+    ] {
+        let mut q = spa_query();
+        q[2] = ("redirect_uri", bad);
+        let page = b.get(&authorize_url(&gw, &q)).await;
+        assert_eq!(page.status, 400, "{bad}");
+        assert!(page.location.is_none(), "never redirect to an unregistered URI: {bad}");
+        assert!(page.body.contains("redirect URI is not registered"), "{bad}");
+    }
+    let page = b.get(&authorize_url(&gw, &[("response_type", "code"), ("client_id", "ghost")])).await;
+    assert_eq!((page.status, page.location.is_none()), (400, true));
+
+    let code = login_and_consent(&mut b, &gw, &spa_query()).await.location_param("code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("client_id", "spa"),
+        ("redirect_uri", "https://spa.test/other"),
+        ("code_verifier", VERIFIER),
+    ];
+    let (status, v) = token_request(&gw, None, &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+}
+
+#[tokio::test]
+async fn code_of_another_client_is_invalid_grant() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let code = login_and_consent(&mut b, &gw, &spa_query()).await.location_param("code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("code_verifier", VERIFIER),
+    ];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+}
+
+#[tokio::test]
+async fn authorize_errors_redirect_with_state() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("client_id", "spa"), ("state", "st")], "invalid_request"),
+        (vec![("response_type", "magic"), ("client_id", "spa"), ("state", "st")], "unsupported_response_type"),
+        (
+            vec![
+                ("response_type", "token"),
+                ("client_id", "webapp"),
+                ("redirect_uri", "https://app.test/callback"),
+                ("state", "st"),
+            ],
+            "unauthorized_client",
+        ),
+        (
+            vec![
+                ("response_type", "code"),
+                ("client_id", "spa"),
+                ("scope", "admin"),
+                ("state", "st"),
+                ("code_challenge", CHALLENGE),
+                ("code_challenge_method", "S256"),
+            ],
+            "invalid_scope",
+        ),
+        (vec![("response_type", "code"), ("client_id", "spa"), ("state", "st")], "invalid_request"),
+        (
+            vec![
+                ("response_type", "code"),
+                ("client_id", "spa"),
+                ("state", "st"),
+                ("code_challenge", CHALLENGE),
+                ("code_challenge_method", "plain"),
+            ],
+            "invalid_request",
+        ),
+        (
+            vec![("response_type", "code"), ("client_id", "spa"), ("state", "st"), ("code_challenge", CHALLENGE)],
+            "invalid_request",
+        ),
+    ];
+    for (q, error) in cases {
+        let page = b.get(&authorize_url(&gw, &q)).await;
+        assert_eq!(page.status, 302, "{q:?}: {}", page.body);
+        assert_eq!(page.location_param("error").as_deref(), Some(error), "{q:?}: {:?}", page.location);
+        assert_eq!(page.location_param("state").as_deref(), Some("st"), "{q:?}");
+        assert!(page.location_param("error_description").is_some());
+    }
+}
+
+#[tokio::test]
+async fn implicit_flow_returns_the_token_in_the_fragment() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let q = [("response_type", "token"), ("client_id", "spa"), ("scope", "read"), ("state", "imp")];
+    let done = login_and_consent(&mut b, &gw, &q).await;
+    let loc = done.location.clone().unwrap();
+    assert!(loc.starts_with("https://spa.test/cb#access_token="), "{loc}");
+    assert_eq!(done.location_param("token_type").as_deref(), Some("Bearer"));
+    assert_eq!(done.location_param("expires_in").as_deref(), Some("3600"));
+    assert_eq!(done.location_param("scope").as_deref(), Some("read"));
+    assert_eq!(done.location_param("state").as_deref(), Some("imp"));
+    assert!(done.location_param("refresh_token").is_none());
+    let at = done.location_param("access_token").unwrap();
+    assert_eq!(proxied_status(&gw, &at).await, 200);
+}
+
+#[tokio::test]
+async fn denied_consent_redirects_access_denied() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let login = b.get(&authorize_url(&gw, &spa_query())).await;
+    let consent = b.submit(&gw, &login, &[("username", "alice"), ("password", ALICE_PASSWORD)]).await;
+    assert!(
+        consent.body.contains("Single Page App") && consent.body.contains("<code>profile</code>"),
+        "{}",
+        consent.body
+    );
+    let done = b.submit(&gw, &consent, &[("decision", "deny")]).await;
+    assert_eq!(done.status, 303);
+    assert_eq!(done.location_param("error").as_deref(), Some("access_denied"));
+    assert_eq!(done.location_param("state").as_deref(), Some("xyz-123"));
+}
+
+#[tokio::test]
+async fn wrong_credentials_show_one_message_and_no_session() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let login = b.get(&authorize_url(&gw, &spa_query())).await;
+    let mut bodies = Vec::new();
+    for (u, p) in [("alice", "wrong"), ("nobody", "wrong"), ("bob", ALICE_PASSWORD)] {
+        let again = b.submit(&gw, &login, &[("username", u), ("password", p)]).await;
+        assert_eq!(again.status, 401, "{u}");
+        assert!(again.body.contains("The username or password is incorrect."), "{u}: {}", again.body);
+        assert!(!b.cookies.contains_key("__Host-portcullis_session"), "{u}");
+        bodies.push(again.body.replace(u, "USER"));
+    }
+    assert_eq!(bodies[0], bodies[1], "unknown user indistinguishable from wrong password");
+}
+
+#[tokio::test]
+async fn login_post_without_the_csrf_cookie_or_token_is_refused() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let login = b.get(&authorize_url(&gw, &spa_query())).await;
+    let mut fields = login.fields();
+    fields.push(("username".into(), "alice".into()));
+    fields.push(("password".into(), ALICE_PASSWORD.into()));
+
+    let mut no_cookie = Browser::new(&gw);
+    let page = no_cookie.post(&gw.url("/oauth/authorize"), &fields).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+
+    let forged: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| if k == "csrf" { (k.clone(), "A".repeat(43)) } else { (k.clone(), v.clone()) })
+        .collect();
+    let page = b.post(&gw.url("/oauth/authorize"), &forged).await;
+    assert_eq!(page.status, 403);
+    let without: Vec<(String, String)> = fields.iter().filter(|(k, _)| k != "csrf").cloned().collect();
+    let page = b.post(&gw.url("/oauth/authorize"), &without).await;
+    assert_eq!(page.status, 403);
+    assert!(!b.cookies.contains_key("__Host-portcullis_session"));
+}
+
+#[tokio::test]
+async fn a_session_skips_login_and_first_party_skips_consent() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    login_and_consent(&mut b, &gw, &spa_query()).await;
+    let again = b.get(&authorize_url(&gw, &spa_query())).await;
+    assert_eq!(again.status, 200);
+    assert!(again.body.contains("Allow access?") && !again.body.contains("name=\"password\""), "{}", again.body);
+
+    let first = b.get(&authorize_url(&gw, &[("response_type", "code"), ("client_id", "first"), ("state", "f")])).await;
+    assert_eq!(first.status, 302, "{}", first.body);
+    assert!(first.location.as_deref().unwrap().starts_with("https://first.test/cb?code="));
+    assert_eq!(first.location_param("state").as_deref(), Some("f"));
+}
+
+#[tokio::test]
+async fn password_grant_success_and_errors() {
+    let (_up, gw) = setup().await;
+    let ok = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD), ("scope", "read write")];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &ok).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(claims(v["access_token"].as_str().unwrap())["sub"], "alice");
+    assert_eq!(v["scope"], "read write");
+    assert!(v["refresh_token"].is_string());
+
+    let (status, v) = token_request(&gw, Some(("pwonly", SVC_SECRET)), &ok[..3]).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v.get("refresh_token").is_none(), "no refresh_token grant, no refresh token");
+
+    for (user, pass) in [("alice", "nope"), ("nobody", "nope"), ("bob", ALICE_PASSWORD)] {
+        let form = [("grant_type", "password"), ("username", user), ("password", pass)];
+        let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+        assert_eq!(status, 400, "{user}");
+        assert_eq!(v["error"], "invalid_grant");
+        assert_eq!(v["error_description"], "The user credentials were incorrect.");
+    }
+    let (status, v) = token_request(&gw, Some(("svc", SVC_SECRET)), &ok).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("unauthorized_client")));
+    let (status, v) =
+        token_request(&gw, Some(("webapp", SVC_SECRET)), &[("grant_type", "password"), ("password", "x")]).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_request")));
+    assert!(v["error_description"].as_str().unwrap().contains("\"username\""));
+}
+
+async fn password_tokens(gw: &TestGateway) -> (String, String) {
+    let form =
+        [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD), ("scope", "read write")];
+    let (status, v) = token_request(gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!(status, 200, "{v}");
+    (v["access_token"].as_str().unwrap().to_string(), v["refresh_token"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_revokes_the_family() {
+    let (_up, gw) = setup().await;
+    let (at0, rt0) = password_tokens(&gw).await;
+    assert_eq!(proxied_status(&gw, &at0).await, 200);
+
+    let refresh = |rt: String| {
+        let gw = &gw;
+        async move {
+            token_request(gw, Some(("webapp", SVC_SECRET)), &[("grant_type", "refresh_token"), ("refresh_token", &rt)])
+                .await
+        }
+    };
+    let (status, v) = refresh(rt0.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let rt1 = v["refresh_token"].as_str().unwrap().to_string();
+    let at1 = v["access_token"].as_str().unwrap().to_string();
+    assert_ne!(rt1, rt0);
+    assert_eq!(v["scope"], "read write");
+    assert_eq!(claims(&at1)["sub"], "alice");
+    assert_eq!(proxied_status(&gw, &at1).await, 200);
+
+    // The spent token again: refused, and the whole family with it.
+    let (status, v) = refresh(rt0).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(v["error_description"], "The refresh token is invalid.");
+    let (status, _) = refresh(rt1).await;
+    assert_eq!(status, 400, "the newest token of a revoked family is dead too");
+    assert_eq!(proxied_status(&gw, &at0).await, 401);
+    assert_eq!(proxied_status(&gw, &at1).await, 401);
+}
+
+#[tokio::test]
+async fn refresh_scope_may_narrow_not_widen_and_only_for_its_client() {
+    let (_up, gw) = setup().await;
+    let (_, rt0) = password_tokens(&gw).await;
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str()), ("scope", "read profile")];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_scope")), "widening");
+
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str()), ("client_id", "spa")];
+    let (status, v) = token_request(&gw, None, &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "another client: {v}");
+
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str()), ("scope", "read")];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!(status, 200, "narrowing after refused attempts still works: {v}");
+    assert_eq!(v["scope"], "read");
+    // The narrowed refresh keeps the original grant: it may ask for write again.
+    let rt1 = v["refresh_token"].as_str().unwrap();
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt1), ("scope", "write")];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["scope"].as_str()), (200, Some("write")));
+}
+
+#[tokio::test]
+async fn refresh_tokens_survive_a_gateway_restart() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    let (_, rt0) = password_tokens(&gw).await;
+    let gw = gw.restart().await;
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str())];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(proxied_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
+}
