@@ -100,8 +100,13 @@ impl Server {
             }));
         }
         let sweeper = tokio::spawn(sweep_store(self.gateway.clone()));
+        let follower = {
+            let gw = self.gateway.clone();
+            tokio::spawn(async move { gw.follow_revocations().await })
+        };
         shutdown.await;
         sweeper.abort();
+        follower.abort();
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = stop_tx.send(true);
         for t in accept_tasks {

@@ -9,7 +9,8 @@ use crate::config::{Config, StoreConfig};
 use crate::oauth::client_auth::SecretCache;
 use crate::proxy::forward::Upstreams;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{IssuedAccess, Store, StoreError};
+use crate::store::redis::RedisStore;
+use crate::store::{IssuedAccess, RevocationEvent, Store, StoreError};
 use crate::tokens::keys::{KeyError, KeySet};
 use crate::tokens::validate::Validator;
 
@@ -35,17 +36,25 @@ pub struct Gateway {
     pub secrets: SecretCache,
     pub upstreams: Upstreams,
     pub store: Arc<dyn Store>,
+    /// Revocations made by other replicas (shared store only); taken once by the server.
+    revocation_feed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<RevocationEvent>>>,
 }
 
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
         let keys = KeySet::load(&config)?;
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
-        let store: Arc<dyn Store> = match &config.store {
-            StoreConfig::Embedded { path } => Arc::new(EmbeddedStore::open(path)?),
+        let (store, feed): (Arc<dyn Store>, _) = match &config.store {
+            StoreConfig::Embedded { path } => (Arc::new(EmbeddedStore::open(path)?), None),
+            StoreConfig::Redis { url, key_prefix, pool_size, timeout } => {
+                let redis = Arc::new(RedisStore::new(url, key_prefix, *pool_size, *timeout)?);
+                let feed = redis.spawn_listener();
+                (redis, Some(feed))
+            }
         };
         Ok(Arc::new(Gateway {
             store,
+            revocation_feed: std::sync::Mutex::new(feed),
             validator: Validator::new(config.cache_max_tokens),
             secrets: SecretCache::new(config.cache_max_client_secrets),
             upstreams,
@@ -67,6 +76,18 @@ impl Gateway {
     pub async fn revoke_access(&self, revoked: &[IssuedAccess]) {
         for a in revoked {
             self.validator.revoke(&a.jti, a.expires_at).await;
+        }
+    }
+
+    /// Apply revocations published by other replicas until the feed ends.
+    pub async fn follow_revocations(&self) {
+        let feed = self.revocation_feed.lock().ok().and_then(|mut f| f.take());
+        let Some(mut feed) = feed else { return };
+        while let Some(event) = feed.recv().await {
+            match event {
+                RevocationEvent::Revoked(a) => self.validator.revoke(&a.jti, a.expires_at).await,
+                RevocationEvent::Resync => self.validator.clear(),
+            }
         }
     }
 

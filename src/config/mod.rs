@@ -168,7 +168,16 @@ pub struct User {
 
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    Embedded { path: PathBuf },
+    Embedded {
+        path: PathBuf,
+    },
+    /// Shared by several replicas.
+    Redis {
+        url: String,
+        key_prefix: String,
+        pool_size: usize,
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -447,12 +456,7 @@ impl Validator<'_> {
         let keys = self.keys(&raw.keys)?;
         let clients = self.clients(&raw.clients, token_lifetime)?;
         let users = self.users(&raw.users)?;
-        let store = match &raw.store.kind {
-            Some(k) if k.get_ref() != "embedded" => {
-                return Err(self.err(k.span(), format!("unknown store kind {:?}: use \"embedded\"", k.get_ref())));
-            }
-            _ => StoreConfig::Embedded { path: self.path(raw.store.path.as_deref().unwrap_or("data/portcullis.redb")) },
-        };
+        let store = self.store(&raw.store)?;
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
         for r in &raw.routes {
@@ -497,6 +501,37 @@ impl Validator<'_> {
             store,
             store_sweep_interval: self.duration(&raw.store.sweep_interval, Duration::from_secs(60))?,
         })
+    }
+
+    fn store(&self, raw: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
+        match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+            None | Some(("embedded", _)) => {
+                if let Some(u) = &raw.url {
+                    return Err(self.err(u.span(), "url is for kind = \"redis\""));
+                }
+                Ok(StoreConfig::Embedded { path: self.path(raw.path.as_deref().unwrap_or("data/portcullis.redb")) })
+            }
+            Some(("redis", span)) => {
+                let url = raw
+                    .url
+                    .as_ref()
+                    .ok_or_else(|| self.err(span.clone(), "a redis store needs url = \"redis://host:port\""))?;
+                let parsed =
+                    url::Url::parse(url.get_ref()).map_err(|e| self.err(url.span(), format!("bad redis url: {e}")))?;
+                if !matches!(parsed.scheme(), "redis" | "rediss") || parsed.host_str().is_none() {
+                    return Err(self.err(url.span(), "redis url must be redis://host[:port][/db] or rediss://..."));
+                }
+                Ok(StoreConfig::Redis {
+                    url: url.get_ref().clone(),
+                    key_prefix: raw.key_prefix.clone().unwrap_or_else(|| "portcullis:".to_string()),
+                    pool_size: self.number(&raw.pool_size, 4)? as usize,
+                    timeout: self.duration(&raw.timeout, Duration::from_secs(1))?,
+                })
+            }
+            Some((other, span)) => {
+                Err(self.err(span, format!("unknown store kind {other:?}: use \"embedded\" or \"redis\"")))
+            }
+        }
     }
 
     fn endpoint(&self, v: &Option<Spanned<String>>, default: &str) -> Result<String, ConfigError> {

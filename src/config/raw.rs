@@ -51,6 +51,10 @@ pub struct RawStore {
     pub kind: Option<Spanned<String>>,
     pub path: Option<String>,
     pub sweep_interval: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub key_prefix: Option<String>,
+    pub pool_size: Option<Spanned<u64>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -277,6 +277,13 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.begin_read().map(|_| ()).map_err(unavailable))
+            .await
+            .map_err(unavailable)?
+    }
+
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
         self.write(move |txn| {
             let mut removed = 0u64;

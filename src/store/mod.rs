@@ -7,6 +7,7 @@
 //! Secrets are never stored: codes, refresh tokens and session ids are keyed by SHA-256.
 
 pub mod embedded;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,15 @@ pub enum Rotate {
     Invalid,
 }
 
+/// What another replica told us through the shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationEvent {
+    /// This access token was revoked somewhere: refuse it here too.
+    Revoked(IssuedAccess),
+    /// The feed was interrupted and events may be lost: drop every cached verdict.
+    Resync,
+}
+
 /// A logged-in browser session at /authorize.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Session {
@@ -130,4 +140,7 @@ pub trait Store: Send + Sync {
 
     /// Remove expired records; returns how many.
     async fn sweep(&self, now: u64) -> Result<u64, StoreError>;
+
+    /// Is the store reachable and usable right now (for readiness)?
+    async fn ping(&self) -> Result<(), StoreError>;
 }

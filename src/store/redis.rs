@@ -1,0 +1,424 @@
+//! The shared store for several gateway replicas: Redis. Records expire with Redis TTLs;
+//! the operations that must be atomic are Lua scripts (a script runs alone on the server),
+//! and every revocation is published on a channel so each replica evicts its cache.
+//!
+//! Layout under the key prefix `P`:
+//! `P code:<hex>`  "F"+grant JSON (fresh) or "U"+family (used)       TTL: code lifetime / replay memory
+//! `P rt:<hex>`    "A"/"S" (active/spent) + grant JSON               TTL: refresh lifetime
+//! `P fam:<id>`    hash {revoked}                                    TTL: longest member
+//! `P famacc:<id>` hash jti → exp of access tokens from the family   TTL: longest member
+//! `P rev:<jti>`   exp of a revoked access token                     TTL: until it expires
+//! `P sess:<hex>`  session JSON                                      TTL: session lifetime
+//! channel `P revocations`: "<jti> <exp>" per revoked access token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tokio::sync::{RwLock, mpsc};
+
+use super::{
+    CodeGrant, Hash, IssuedAccess, RefreshGrant, RevocationEvent, Rotate, Session, Store, StoreError, TakeCode,
+};
+use crate::tokens::now_secs;
+
+/// How long a used code is remembered so that a replay can be detected and punished.
+const USED_CODE_MEMORY_SECS: u64 = 600;
+
+/// Revoke a family (KEYS[1]=fam, KEYS[2]=famacc; ARGV[1]=prefix, ARGV[2]=now, ARGV[3]=min ttl).
+/// Returns the revoked access tokens as a flat list jti, exp, jti, exp...
+const REVOKE_FAMILY_LUA: &str = r#"
+local function revoke_family(fam, famacc, prefix, now, minttl)
+  redis.call('HSET', fam, 'revoked', '1')
+  if redis.call('TTL', fam) < minttl then redis.call('EXPIRE', fam, minttl) end
+  local all = redis.call('HGETALL', famacc)
+  local out = {}
+  for i = 1, #all, 2 do
+    local jti, exp = all[i], tonumber(all[i + 1])
+    if exp > now then
+      redis.call('SET', prefix .. 'rev:' .. jti, tostring(exp), 'EX', exp - now + 5)
+      redis.call('PUBLISH', prefix .. 'revocations', jti .. ' ' .. tostring(exp))
+      table.insert(out, jti)
+      table.insert(out, tostring(exp))
+    end
+  end
+  redis.call('DEL', famacc)
+  return out
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{REVOKE_FAMILY_LUA}\n{body}"))
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    prefix: String,
+    pool: Vec<RwLock<Option<ConnectionManager>>>,
+    next: AtomicUsize,
+    take_code: Script,
+    put_refresh: Script,
+    rotate: Script,
+    add_access: Script,
+    revoke_family: Script,
+    revoke_access: Script,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn hex(h: &Hash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Pairs jti, exp from a flat script reply.
+fn accesses(flat: &[String]) -> Vec<IssuedAccess> {
+    flat.chunks_exact(2)
+        .filter_map(|p| p[1].parse().ok().map(|expires_at| IssuedAccess { jti: p[0].clone(), expires_at }))
+        .collect()
+}
+
+impl RedisStore {
+    /// Prepare the store; connections are made on first use and re-made after failures,
+    /// so the gateway starts (not ready) while Redis is down and recovers by itself.
+    pub fn new(url: &str, prefix: &str, pool_size: usize, timeout: Duration) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        Ok(RedisStore {
+            client,
+            config,
+            prefix: prefix.to_string(),
+            pool: (0..pool_size.max(1)).map(|_| RwLock::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            take_code: script(
+                r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return {'unknown'} end
+local now, prefix, family = tonumber(ARGV[2]), ARGV[1], ARGV[3]
+local kind, rest = string.sub(v, 1, 1), string.sub(v, 2)
+if kind == 'F' then
+  local g = cjson.decode(rest)
+  if tonumber(g.expires_at) <= now then redis.call('DEL', KEYS[1]); return {'unknown'} end
+  local memory = tonumber(ARGV[4])
+  redis.call('SET', KEYS[1], 'U' .. family, 'EX', memory)
+  local fam = prefix .. 'fam:' .. family
+  redis.call('HSETNX', fam, 'revoked', '0')
+  if redis.call('TTL', fam) < memory then redis.call('EXPIRE', fam, memory) end
+  return {'taken', rest}
+end
+local out = revoke_family(prefix .. 'fam:' .. rest, prefix .. 'famacc:' .. rest, prefix, now, tonumber(ARGV[4]))
+table.insert(out, 1, 'replayed')
+return out
+"#,
+            ),
+            put_refresh: script(
+                r#"
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], 'A' .. ARGV[1], 'EX', ttl)
+redis.call('HSETNX', KEYS[2], 'revoked', '0')
+if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
+return 'ok'
+"#,
+            ),
+            // KEYS: old rt, new rt, fam, famacc; ARGV: prefix, now, client_id, expected grant json, new grant json, new ttl
+            rotate: script(
+                r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return {'invalid'} end
+local kind, gj = string.sub(v, 1, 1), string.sub(v, 2)
+if gj ~= ARGV[4] then return {'invalid'} end
+local g = cjson.decode(gj)
+local now = tonumber(ARGV[2])
+if redis.call('HGET', KEYS[3], 'revoked') == '1' then return {'invalid'} end
+if tonumber(g.expires_at) <= now or g.client_id ~= ARGV[3] then return {'invalid'} end
+if kind == 'S' then
+  local out = revoke_family(KEYS[3], KEYS[4], ARGV[1], now, 600)
+  table.insert(out, 1, 'reused')
+  return out
+end
+redis.call('SET', KEYS[1], 'S' .. gj, 'KEEPTTL')
+local ttl = tonumber(ARGV[6])
+redis.call('SET', KEYS[2], 'A' .. ARGV[5], 'EX', ttl)
+if redis.call('TTL', KEYS[3]) < ttl then redis.call('EXPIRE', KEYS[3], ttl) end
+return {'rotated'}
+"#,
+            ),
+            // KEYS: fam, famacc; ARGV: prefix, jti, exp, now
+            add_access: script(
+                r#"
+local exp, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+if exp <= now then return 'expired' end
+if redis.call('HGET', KEYS[1], 'revoked') == '1' then
+  redis.call('SET', ARGV[1] .. 'rev:' .. ARGV[2], ARGV[3], 'EX', exp - now + 5)
+  redis.call('PUBLISH', ARGV[1] .. 'revocations', ARGV[2] .. ' ' .. ARGV[3])
+  return 'revoked'
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if redis.call('TTL', KEYS[2]) < exp - now then redis.call('EXPIRE', KEYS[2], exp - now) end
+return 'ok'
+"#,
+            ),
+            revoke_family: script("return revoke_family(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), 600)"),
+            revoke_access: script(
+                r#"
+local exp, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+if exp <= now then return 'expired' end
+redis.call('SET', ARGV[1] .. 'rev:' .. ARGV[2], ARGV[3], 'EX', exp - now + 5)
+redis.call('PUBLISH', ARGV[1] .. 'revocations', ARGV[2] .. ' ' .. ARGV[3])
+return 'ok'
+"#,
+            ),
+        })
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+
+    /// A connection from the pool, connecting (again) if needed.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
+        if let Some(c) = slot.read().await.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut w = slot.write().await;
+        if let Some(c) = w.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self.client.get_connection_manager_with_config(self.config.clone()).await.map_err(unavailable)?;
+        *w = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Follow the revocation channel, forever: each message becomes an event; after any
+    /// interruption a `Resync` comes first, because messages may have been missed.
+    pub fn spawn_listener(self: &Arc<Self>) -> mpsc::Receiver<RevocationEvent> {
+        let (tx, rx) = mpsc::channel(1024);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let channel = format!("{}revocations", this.prefix);
+            let mut first = true;
+            loop {
+                match this.client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub.subscribe(&channel).await.is_ok() {
+                            if !first {
+                                tracing::info!("revocation channel re-subscribed; clearing the validation cache");
+                                if tx.send(RevocationEvent::Resync).await.is_err() {
+                                    return;
+                                }
+                            }
+                            let mut messages = pubsub.on_message();
+                            while let Some(msg) = messages.next().await {
+                                let Ok(payload) = msg.get_payload::<String>() else { continue };
+                                let Some((jti, exp)) = payload.split_once(' ') else { continue };
+                                let Ok(expires_at) = exp.parse() else { continue };
+                                let event = RevocationEvent::Revoked(IssuedAccess { jti: jti.to_string(), expires_at });
+                                if tx.send(event).await.is_err() {
+                                    return;
+                                }
+                            }
+                            tracing::warn!("revocation channel lost");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "revocation channel unavailable"),
+                }
+                first = false;
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        rx
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn put_code(&self, code: Hash, grant: CodeGrant) -> Result<(), StoreError> {
+        let ttl = grant.expires_at.saturating_sub(now_secs()).max(1);
+        let value = format!("F{}", encode(&grant)?);
+        let mut c = self.conn().await?;
+        c.set_ex::<_, _, ()>(self.key("code", &hex(&code)), value, ttl).await.map_err(unavailable)
+    }
+
+    async fn take_code(&self, code: Hash, family: &str, now: u64) -> Result<TakeCode, StoreError> {
+        let mut c = self.conn().await?;
+        let reply: Vec<String> = self
+            .take_code
+            .key(self.key("code", &hex(&code)))
+            .arg(&self.prefix)
+            .arg(now)
+            .arg(family)
+            .arg(USED_CODE_MEMORY_SECS)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        match reply.first().map(String::as_str) {
+            Some("taken") => Ok(TakeCode::Taken(decode(reply.get(1).map(String::as_str).unwrap_or(""))?)),
+            Some("replayed") => Ok(TakeCode::Replayed { revoked: accesses(&reply[1..]) }),
+            _ => Ok(TakeCode::Unknown),
+        }
+    }
+
+    async fn put_refresh(&self, token: Hash, grant: RefreshGrant) -> Result<(), StoreError> {
+        let ttl = grant.expires_at.saturating_sub(now_secs()).max(1);
+        let fam = self.key("fam", &grant.family);
+        let mut c = self.conn().await?;
+        let _: String = self
+            .put_refresh
+            .key(self.key("rt", &hex(&token)))
+            .key(fam)
+            .arg(encode(&grant)?)
+            .arg(ttl)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<RefreshGrant>, StoreError> {
+        let mut c = self.conn().await?;
+        let v: Option<String> = c.get(self.key("rt", &hex(&token))).await.map_err(unavailable)?;
+        let Some(v) = v else { return Ok(None) };
+        let grant: RefreshGrant = decode(v.get(1..).unwrap_or(""))?;
+        if grant.expires_at <= now {
+            return Ok(None);
+        }
+        let revoked: Option<String> = c.hget(self.key("fam", &grant.family), "revoked").await.map_err(unavailable)?;
+        Ok((revoked.as_deref() != Some("1")).then_some(grant))
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old: Hash,
+        client_id: &str,
+        new: Hash,
+        new_expires_at: u64,
+        now: u64,
+    ) -> Result<Rotate, StoreError> {
+        let mut c = self.conn().await?;
+        let old_key = self.key("rt", &hex(&old));
+        let v: Option<String> = c.get(&old_key).await.map_err(unavailable)?;
+        let Some(v) = v else { return Ok(Rotate::Invalid) };
+        let expected = v.get(1..).unwrap_or("").to_string();
+        let grant: RefreshGrant = decode(&expected)?;
+        let mut next = grant.clone();
+        next.expires_at = new_expires_at;
+        let reply: Vec<String> = self
+            .rotate
+            .key(&old_key)
+            .key(self.key("rt", &hex(&new)))
+            .key(self.key("fam", &grant.family))
+            .key(self.key("famacc", &grant.family))
+            .arg(&self.prefix)
+            .arg(now)
+            .arg(client_id)
+            .arg(&expected)
+            .arg(encode(&next)?)
+            .arg(new_expires_at.saturating_sub(now).max(1))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        match reply.first().map(String::as_str) {
+            Some("rotated") => Ok(Rotate::Rotated(grant)),
+            Some("reused") => Ok(Rotate::Reused { revoked: accesses(&reply[1..]) }),
+            _ => Ok(Rotate::Invalid),
+        }
+    }
+
+    async fn add_access(&self, family: &str, access: IssuedAccess) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: String = self
+            .add_access
+            .key(self.key("fam", family))
+            .key(self.key("famacc", family))
+            .arg(&self.prefix)
+            .arg(&access.jti)
+            .arg(access.expires_at)
+            .arg(now_secs())
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn revoke_family(&self, family: &str) -> Result<Vec<IssuedAccess>, StoreError> {
+        let mut c = self.conn().await?;
+        let reply: Vec<String> = self
+            .revoke_family
+            .key(self.key("fam", family))
+            .key(self.key("famacc", family))
+            .arg(&self.prefix)
+            .arg(now_secs())
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(accesses(&reply))
+    }
+
+    async fn revoke_access(&self, access: IssuedAccess) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: String = self
+            .revoke_access
+            .arg(&self.prefix)
+            .arg(&access.jti)
+            .arg(access.expires_at)
+            .arg(now_secs())
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        c.exists(self.key("rev", jti)).await.map_err(unavailable)
+    }
+
+    async fn put_session(&self, id: Hash, session: Session) -> Result<(), StoreError> {
+        let ttl = session.expires_at.saturating_sub(now_secs()).max(1);
+        let mut c = self.conn().await?;
+        c.set_ex::<_, _, ()>(self.key("sess", &hex(&id)), encode(&session)?, ttl).await.map_err(unavailable)
+    }
+
+    async fn get_session(&self, id: Hash, now: u64) -> Result<Option<Session>, StoreError> {
+        let mut c = self.conn().await?;
+        let v: Option<String> = c.get(self.key("sess", &hex(&id))).await.map_err(unavailable)?;
+        Ok(v.map(|v| decode::<Session>(&v)).transpose()?.filter(|s| s.expires_at > now))
+    }
+
+    async fn delete_session(&self, id: Hash) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        c.del::<_, ()>(self.key("sess", &hex(&id))).await.map_err(unavailable)
+    }
+
+    /// Redis expires records itself.
+    async fn sweep(&self, _now: u64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ()).map_err(unavailable)
+    }
+}
