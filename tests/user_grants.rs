@@ -3,110 +3,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use base64::Engine;
 use common::*;
 use serde_json::Value;
 
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-
-/// A minimal browser: keeps cookies, never follows redirects.
-struct Browser {
-    http: reqwest::Client,
-    cookies: HashMap<String, String>,
-}
-
-struct Page {
-    status: u16,
-    location: Option<String>,
-    body: String,
-}
-
-impl Page {
-    /// Hidden and other named inputs of the page's form.
-    fn fields(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for chunk in self.body.split("<input").skip(1) {
-            let attr = |name: &str| {
-                let key = format!("{name}=\"");
-                chunk.find(&key).map(|i| {
-                    let rest = &chunk[i + key.len()..];
-                    unescape(&rest[..rest.find('"').unwrap_or(0)])
-                })
-            };
-            if let (Some(n), Some(v)) = (attr("name"), attr("value")) {
-                out.push((n, v));
-            }
-        }
-        out
-    }
-
-    fn location_param(&self, key: &str) -> Option<String> {
-        let loc = self.location.as_deref()?;
-        let query = loc.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(q)).unwrap_or("");
-        let fragment = loc.split_once('#').map(|(_, f)| f).unwrap_or("");
-        form_urlencoded::parse(query.as_bytes())
-            .chain(form_urlencoded::parse(fragment.as_bytes()))
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
-    }
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-}
-
-impl Browser {
-    fn new(gw: &TestGateway) -> Browser {
-        let ca = reqwest::Certificate::from_pem(gw.pki.ca_pem.as_bytes()).unwrap();
-        let http = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .unwrap();
-        Browser { http, cookies: HashMap::new() }
-    }
-
-    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
-        let cookie: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let req = if cookie.is_empty() { req } else { req.header("cookie", cookie.join("; ")) };
-        let resp = req.send().await.unwrap();
-        for sc in resp.headers().get_all("set-cookie") {
-            let sc = sc.to_str().unwrap();
-            assert!(
-                sc.contains("HttpOnly") && sc.contains("Secure") && sc.contains("SameSite=Lax"),
-                "cookie flags: {sc}"
-            );
-            let (pair, _) = sc.split_once(';').unwrap();
-            let (k, v) = pair.split_once('=').unwrap();
-            self.cookies.insert(k.to_string(), v.to_string());
-        }
-        let status = resp.status().as_u16();
-        let location = resp.headers().get("location").map(|v| v.to_str().unwrap().to_string());
-        Page { status, location, body: resp.text().await.unwrap() }
-    }
-
-    async fn get(&mut self, url: &str) -> Page {
-        let req = self.http.get(url);
-        self.send(req).await
-    }
-
-    async fn post(&mut self, url: &str, fields: &[(String, String)]) -> Page {
-        let req = self.http.post(url).form(fields);
-        self.send(req).await
-    }
-
-    /// Submit the page's form with some fields set or replaced.
-    async fn submit(&mut self, gw: &TestGateway, page: &Page, set: &[(&str, &str)]) -> Page {
-        let mut fields: Vec<(String, String)> =
-            page.fields().into_iter().filter(|(k, _)| !set.iter().any(|(s, _)| s == k)).collect();
-        fields.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        self.post(&gw.url("/oauth/authorize"), &fields).await
-    }
-}
 
 fn authorize_url(gw: &TestGateway, pairs: &[(&str, &str)]) -> String {
     let mut ser = form_urlencoded::Serializer::new(String::new());

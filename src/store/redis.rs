@@ -55,6 +55,24 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{REVOKE_FAMILY_LUA}\n{body}"))
 }
 
+/// A pooled connection; a failure through it discards it, so the next use reconnects
+/// from scratch instead of trusting a connection that may be dead for good.
+struct Conn<'a> {
+    c: ConnectionManager,
+    slot: &'a RwLock<Option<ConnectionManager>>,
+}
+
+impl Conn<'_> {
+    fn fail(&self, e: redis::RedisError) -> StoreError {
+        if !e.is_timeout()
+            && let Ok(mut w) = self.slot.try_write()
+        {
+            *w = None;
+        }
+        unavailable(e)
+    }
+}
+
 pub struct RedisStore {
     client: redis::Client,
     config: ConnectionManagerConfig,
@@ -194,18 +212,18 @@ return 'ok'
     }
 
     /// A connection from the pool, connecting (again) if needed.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<Conn<'_>, StoreError> {
         let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
         if let Some(c) = slot.read().await.as_ref() {
-            return Ok(c.clone());
+            return Ok(Conn { c: c.clone(), slot });
         }
         let mut w = slot.write().await;
         if let Some(c) = w.as_ref() {
-            return Ok(c.clone());
+            return Ok(Conn { c: c.clone(), slot });
         }
         let c = self.client.get_connection_manager_with_config(self.config.clone()).await.map_err(unavailable)?;
         *w = Some(c.clone());
-        Ok(c)
+        Ok(Conn { c, slot })
     }
 
     /// Follow the revocation channel, forever: each message becomes an event; after any
@@ -257,12 +275,12 @@ impl Store for RedisStore {
     async fn put_code(&self, code: Hash, grant: CodeGrant) -> Result<(), StoreError> {
         let ttl = grant.expires_at.saturating_sub(now_secs()).max(1);
         let value = format!("F{}", encode(&grant)?);
-        let mut c = self.conn().await?;
-        c.set_ex::<_, _, ()>(self.key("code", &hex(&code)), value, ttl).await.map_err(unavailable)
+        let mut conn = self.conn().await?;
+        conn.c.set_ex::<_, _, ()>(self.key("code", &hex(&code)), value, ttl).await.map_err(|e| conn.fail(e))
     }
 
     async fn take_code(&self, code: Hash, family: &str, now: u64) -> Result<TakeCode, StoreError> {
-        let mut c = self.conn().await?;
+        let mut conn = self.conn().await?;
         let reply: Vec<String> = self
             .take_code
             .key(self.key("code", &hex(&code)))
@@ -270,9 +288,9 @@ impl Store for RedisStore {
             .arg(now)
             .arg(family)
             .arg(USED_CODE_MEMORY_SECS)
-            .invoke_async(&mut c)
+            .invoke_async(&mut conn.c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| conn.fail(e))?;
         match reply.first().map(String::as_str) {
             Some("taken") => Ok(TakeCode::Taken(decode(reply.get(1).map(String::as_str).unwrap_or(""))?)),
             Some("replayed") => Ok(TakeCode::Replayed { revoked: accesses(&reply[1..]) }),
@@ -283,28 +301,29 @@ impl Store for RedisStore {
     async fn put_refresh(&self, token: Hash, grant: RefreshGrant) -> Result<(), StoreError> {
         let ttl = grant.expires_at.saturating_sub(now_secs()).max(1);
         let fam = self.key("fam", &grant.family);
-        let mut c = self.conn().await?;
+        let mut conn = self.conn().await?;
         let _: String = self
             .put_refresh
             .key(self.key("rt", &hex(&token)))
             .key(fam)
             .arg(encode(&grant)?)
             .arg(ttl)
-            .invoke_async(&mut c)
+            .invoke_async(&mut conn.c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| conn.fail(e))?;
         Ok(())
     }
 
     async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<RefreshGrant>, StoreError> {
-        let mut c = self.conn().await?;
-        let v: Option<String> = c.get(self.key("rt", &hex(&token))).await.map_err(unavailable)?;
+        let mut conn = self.conn().await?;
+        let v: Option<String> = conn.c.get(self.key("rt", &hex(&token))).await.map_err(|e| conn.fail(e))?;
         let Some(v) = v else { return Ok(None) };
         let grant: RefreshGrant = decode(v.get(1..).unwrap_or(""))?;
         if grant.expires_at <= now {
             return Ok(None);
         }
-        let revoked: Option<String> = c.hget(self.key("fam", &grant.family), "revoked").await.map_err(unavailable)?;
+        let revoked: Option<String> =
+            conn.c.hget(self.key("fam", &grant.family), "revoked").await.map_err(|e| conn.fail(e))?;
         Ok((revoked.as_deref() != Some("1")).then_some(grant))
     }
 
@@ -316,9 +335,9 @@ impl Store for RedisStore {
         new_expires_at: u64,
         now: u64,
     ) -> Result<Rotate, StoreError> {
-        let mut c = self.conn().await?;
+        let mut conn = self.conn().await?;
         let old_key = self.key("rt", &hex(&old));
-        let v: Option<String> = c.get(&old_key).await.map_err(unavailable)?;
+        let v: Option<String> = conn.c.get(&old_key).await.map_err(|e| conn.fail(e))?;
         let Some(v) = v else { return Ok(Rotate::Invalid) };
         let expected = v.get(1..).unwrap_or("").to_string();
         let grant: RefreshGrant = decode(&expected)?;
@@ -336,9 +355,9 @@ impl Store for RedisStore {
             .arg(&expected)
             .arg(encode(&next)?)
             .arg(new_expires_at.saturating_sub(now).max(1))
-            .invoke_async(&mut c)
+            .invoke_async(&mut conn.c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| conn.fail(e))?;
         match reply.first().map(String::as_str) {
             Some("rotated") => Ok(Rotate::Rotated(grant)),
             Some("reused") => Ok(Rotate::Reused { revoked: accesses(&reply[1..]) }),
@@ -347,7 +366,7 @@ impl Store for RedisStore {
     }
 
     async fn add_access(&self, family: &str, access: IssuedAccess) -> Result<(), StoreError> {
-        let mut c = self.conn().await?;
+        let mut conn = self.conn().await?;
         let _: String = self
             .add_access
             .key(self.key("fam", family))
@@ -356,60 +375,60 @@ impl Store for RedisStore {
             .arg(&access.jti)
             .arg(access.expires_at)
             .arg(now_secs())
-            .invoke_async(&mut c)
+            .invoke_async(&mut conn.c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| conn.fail(e))?;
         Ok(())
     }
 
     async fn revoke_family(&self, family: &str) -> Result<Vec<IssuedAccess>, StoreError> {
-        let mut c = self.conn().await?;
+        let mut conn = self.conn().await?;
         let reply: Vec<String> = self
             .revoke_family
             .key(self.key("fam", family))
             .key(self.key("famacc", family))
             .arg(&self.prefix)
             .arg(now_secs())
-            .invoke_async(&mut c)
+            .invoke_async(&mut conn.c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| conn.fail(e))?;
         Ok(accesses(&reply))
     }
 
     async fn revoke_access(&self, access: IssuedAccess) -> Result<(), StoreError> {
-        let mut c = self.conn().await?;
+        let mut conn = self.conn().await?;
         let _: String = self
             .revoke_access
             .arg(&self.prefix)
             .arg(&access.jti)
             .arg(access.expires_at)
             .arg(now_secs())
-            .invoke_async(&mut c)
+            .invoke_async(&mut conn.c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| conn.fail(e))?;
         Ok(())
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        let mut c = self.conn().await?;
-        c.exists(self.key("rev", jti)).await.map_err(unavailable)
+        let mut conn = self.conn().await?;
+        conn.c.exists(self.key("rev", jti)).await.map_err(|e| conn.fail(e))
     }
 
     async fn put_session(&self, id: Hash, session: Session) -> Result<(), StoreError> {
         let ttl = session.expires_at.saturating_sub(now_secs()).max(1);
-        let mut c = self.conn().await?;
-        c.set_ex::<_, _, ()>(self.key("sess", &hex(&id)), encode(&session)?, ttl).await.map_err(unavailable)
+        let mut conn = self.conn().await?;
+        conn.c.set_ex::<_, _, ()>(self.key("sess", &hex(&id)), encode(&session)?, ttl).await.map_err(|e| conn.fail(e))
     }
 
     async fn get_session(&self, id: Hash, now: u64) -> Result<Option<Session>, StoreError> {
-        let mut c = self.conn().await?;
-        let v: Option<String> = c.get(self.key("sess", &hex(&id))).await.map_err(unavailable)?;
+        let mut conn = self.conn().await?;
+        let v: Option<String> = conn.c.get(self.key("sess", &hex(&id))).await.map_err(|e| conn.fail(e))?;
         Ok(v.map(|v| decode::<Session>(&v)).transpose()?.filter(|s| s.expires_at > now))
     }
 
     async fn delete_session(&self, id: Hash) -> Result<(), StoreError> {
-        let mut c = self.conn().await?;
-        c.del::<_, ()>(self.key("sess", &hex(&id))).await.map_err(unavailable)
+        let mut conn = self.conn().await?;
+        conn.c.del::<_, ()>(self.key("sess", &hex(&id))).await.map_err(|e| conn.fail(e))
     }
 
     /// Redis expires records itself.
@@ -418,7 +437,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut c = self.conn().await?;
-        redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ()).map_err(unavailable)
+        let mut conn = self.conn().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn.c).await.map(|_| ()).map_err(|e| conn.fail(e))
     }
 }

@@ -2,6 +2,7 @@
 //! port with real TLS, and an HTTPS client that trusts the test CA.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -462,4 +463,108 @@ pub fn https_client(ca_pem: &str, http2_only: bool) -> reqwest::Client {
         b = b.http2_prior_knowledge();
     }
     b.build().unwrap()
+}
+
+/// A minimal browser: keeps cookies, never follows redirects.
+pub struct Browser {
+    http: reqwest::Client,
+    pub cookies: HashMap<String, String>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: String,
+}
+
+impl Page {
+    /// Hidden and other named inputs of the page's form.
+    pub fn fields(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for chunk in self.body.split("<input").skip(1) {
+            let attr = |name: &str| {
+                let key = format!("{name}=\"");
+                chunk.find(&key).map(|i| {
+                    let rest = &chunk[i + key.len()..];
+                    unescape(&rest[..rest.find('"').unwrap_or(0)])
+                })
+            };
+            if let (Some(n), Some(v)) = (attr("name"), attr("value")) {
+                out.push((n, v));
+            }
+        }
+        out
+    }
+
+    pub fn location_param(&self, key: &str) -> Option<String> {
+        let loc = self.location.as_deref()?;
+        let query = loc.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(q)).unwrap_or("");
+        let fragment = loc.split_once('#').map(|(_, f)| f).unwrap_or("");
+        form_urlencoded::parse(query.as_bytes())
+            .chain(form_urlencoded::parse(fragment.as_bytes()))
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+impl Browser {
+    pub fn new(gw: &TestGateway) -> Browser {
+        Browser::with_ca(&gw.pki.ca_pem)
+    }
+
+    pub fn with_ca(ca_pem: &str) -> Browser {
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+        let http = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .unwrap();
+        Browser { http, cookies: HashMap::new() }
+    }
+
+    pub async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let cookie: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let req = if cookie.is_empty() { req } else { req.header("cookie", cookie.join("; ")) };
+        let resp = req.send().await.unwrap();
+        for sc in resp.headers().get_all("set-cookie") {
+            let sc = sc.to_str().unwrap();
+            assert!(
+                sc.contains("HttpOnly") && sc.contains("Secure") && sc.contains("SameSite=Lax"),
+                "cookie flags: {sc}"
+            );
+            let (pair, _) = sc.split_once(';').unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            self.cookies.insert(k.to_string(), v.to_string());
+        }
+        let status = resp.status().as_u16();
+        let location = resp.headers().get("location").map(|v| v.to_str().unwrap().to_string());
+        Page { status, location, body: resp.text().await.unwrap() }
+    }
+
+    pub async fn get(&mut self, url: &str) -> Page {
+        let req = self.http.get(url);
+        self.send(req).await
+    }
+
+    pub async fn post(&mut self, url: &str, fields: &[(String, String)]) -> Page {
+        let req = self.http.post(url).form(fields);
+        self.send(req).await
+    }
+
+    /// Submit the page's form with some fields set or replaced.
+    pub async fn submit(&mut self, gw: &TestGateway, page: &Page, set: &[(&str, &str)]) -> Page {
+        self.submit_to(&gw.url("/oauth/authorize"), page, set).await
+    }
+
+    pub async fn submit_to(&mut self, url: &str, page: &Page, set: &[(&str, &str)]) -> Page {
+        let mut fields: Vec<(String, String)> =
+            page.fields().into_iter().filter(|(k, _)| !set.iter().any(|(s, _)| s == k)).collect();
+        fields.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.post(url, &fields).await
+    }
 }
