@@ -66,7 +66,8 @@ fn benches(c: &mut Criterion) {
         let token = mint(&keys, &config);
         rt.block_on(validator.validate(&token, &keys, &config.clients)).expect("valid");
         c.bench_function(&format!("validate/hit/{alg}"), |b| {
-            b.to_async(&rt).iter(|| async { black_box(validator.validate(&token, &keys, &config.clients).await.is_ok()) })
+            b.to_async(&rt)
+                .iter(|| async { black_box(validator.validate(&token, &keys, &config.clients).await.is_ok()) })
         });
 
         let (keys_ref, clients) = (&keys, &config.clients);

@@ -3,6 +3,7 @@
 //! Every refusal carries the file and line it came from.
 
 mod raw;
+pub mod reload;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -16,7 +17,7 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 use toml::Spanned;
 
-use raw::{RawClient, RawConfig, RawKey, RawRoute};
+use raw::{RawAdmin, RawClient, RawConfig, RawKey, RawRoute};
 
 /// A configuration that was refused: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +95,8 @@ impl KeyAlgorithm {
 pub struct Listener {
     pub address: SocketAddr,
     pub tls: bool,
+    /// Where it is configured, for errors found after validation (e.g. on reload).
+    pub line: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +105,16 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// Generate a self-signed localhost certificate when the files are missing.
     pub dev_certificate: bool,
+    /// Where `[tls]` is configured, for errors found when the files are loaded.
+    pub line: usize,
+}
+
+/// The admin listener (health, readiness, metrics).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+    /// Where it is configured; 0 for the default.
+    pub line: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +140,8 @@ pub struct KeyConfig {
     pub active: bool,
     /// Create the key file on first start when it is missing.
     pub generate: bool,
+    /// Where this `[[key]]` is configured, for errors found when the file is loaded.
+    pub line: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +208,12 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub limits: Limits,
     pub token_path: String,
+    /// RFC 8414 authorization server metadata.
+    pub metadata_path: String,
+    /// The public signing keys (RFC 7517 JWK Set).
+    pub jwks_path: String,
+    /// Plaintext listener for health, readiness and metrics; `None` when disabled.
+    pub admin: Option<Admin>,
     pub trusted_proxies: Vec<IpNet>,
     pub upstream_ca: Option<PathBuf>,
     pub headers: IdentityHeaders,
@@ -354,11 +375,20 @@ impl Validator<'_> {
                     format!("bad listener address {:?}: write ip:port, e.g. \"127.0.0.1:8443\"", l.address.get_ref()),
                 )
             })?;
-            listeners.push(Listener { address, tls: l.tls.unwrap_or(true) });
+            listeners.push(Listener {
+                address,
+                tls: l.tls.unwrap_or(true),
+                line: self.line_of(l.address.span().start),
+            });
         }
-        let tls = raw.tls.as_ref().map(|t| {
-            let t = t.get_ref();
-            TlsFiles { cert: self.path(&t.cert), key: self.path(&t.key), dev_certificate: t.dev_certificate }
+        let tls = raw.tls.as_ref().map(|spanned| {
+            let t = spanned.get_ref();
+            TlsFiles {
+                cert: self.path(&t.cert),
+                key: self.path(&t.key),
+                dev_certificate: t.dev_certificate,
+                line: self.line_of(spanned.span().start),
+            }
         });
         if tls.is_none()
             && let Some(l) = raw.listeners.iter().find(|l| l.get_ref().tls.unwrap_or(true))
@@ -387,11 +417,22 @@ impl Validator<'_> {
             return Err(self.err(v.span(), "max_header_bytes must be at least 8192"));
         }
 
-        let token_path = match &raw.endpoints.token {
-            Some(p) if !p.get_ref().starts_with('/') => return Err(self.err(p.span(), "endpoint paths start with '/'")),
-            Some(p) => p.get_ref().clone(),
-            None => "/oauth/token".to_string(),
-        };
+        let token_path = self.endpoint(&raw.endpoints.token, "/oauth/token")?;
+        let metadata_path = self.endpoint(&raw.endpoints.metadata, "/.well-known/oauth-authorization-server")?;
+        let jwks_path = self.endpoint(&raw.endpoints.jwks, "/.well-known/jwks.json")?;
+        let named = [
+            (&raw.endpoints.token, &token_path),
+            (&raw.endpoints.metadata, &metadata_path),
+            (&raw.endpoints.jwks, &jwks_path),
+        ];
+        for (i, (raw_a, a)) in named.iter().enumerate() {
+            if let Some((raw_b, b)) = named[i + 1..].iter().find(|(_, b)| b == a) {
+                // At least one of the two was configured, or the defaults would differ.
+                let line = raw_b.as_ref().or(raw_a.as_ref()).map(|p| self.line_of(p.span().start)).unwrap_or(1);
+                return Err(self.err_at(line, format!("endpoint path {b:?} is used by two endpoints")));
+            }
+        }
+        let admin = self.admin(raw.admin.as_ref(), &listeners)?;
 
         let mut trusted_proxies = Vec::new();
         for p in &raw.proxy.trusted_proxies {
@@ -441,6 +482,9 @@ impl Validator<'_> {
             tls,
             limits,
             token_path,
+            metadata_path,
+            jwks_path,
+            admin,
             trusted_proxies,
             upstream_ca: raw.proxy.upstream_ca.as_deref().map(|p| self.path(p)),
             headers,
@@ -450,6 +494,40 @@ impl Validator<'_> {
             clients,
             routes,
         })
+    }
+
+    /// An endpoint path: absolute, without query or fragment.
+    fn endpoint(&self, v: &Option<Spanned<String>>, default: &str) -> Result<String, ConfigError> {
+        match v {
+            None => Ok(default.to_string()),
+            Some(p) if !p.get_ref().starts_with('/') || p.get_ref().contains(['?', '#', ' ']) => {
+                Err(self.err(p.span(), "endpoint paths start with '/' and have no query, fragment or spaces"))
+            }
+            Some(p) => Ok(p.get_ref().clone()),
+        }
+    }
+
+    /// The admin listener: on 127.0.0.1:9901 unless moved or disabled; never shared
+    /// with a gateway listener, since it is plaintext and unauthenticated.
+    fn admin(&self, raw: Option<&Spanned<RawAdmin>>, listeners: &[Listener]) -> Result<Option<Admin>, ConfigError> {
+        let default = SocketAddr::from(([127, 0, 0, 1], 9901));
+        let Some(raw) = raw else { return Ok(Some(Admin { address: default, line: 0 })) };
+        let line = self.line_of(raw.span().start);
+        let a = raw.get_ref();
+        if a.enabled == Some(false) {
+            return Ok(None);
+        }
+        let Some(addr) = &a.address else { return Ok(Some(Admin { address: default, line })) };
+        let address: SocketAddr = addr.get_ref().parse().map_err(|_| {
+            self.err(
+                addr.span(),
+                format!("bad admin address {:?}: write ip:port, e.g. \"127.0.0.1:9901\"", addr.get_ref()),
+            )
+        })?;
+        if address.port() != 0 && listeners.iter().any(|l| l.address == address) {
+            return Err(self.err(addr.span(), "the admin address must differ from every [[listener]] address"));
+        }
+        Ok(Some(Admin { address, line }))
     }
 
     fn keys(&self, raw: &[Spanned<RawKey>]) -> Result<Vec<KeyConfig>, ConfigError> {
@@ -483,6 +561,7 @@ impl Validator<'_> {
                 file: self.path(k.file.get_ref()),
                 active: k.active.unwrap_or(true),
                 generate,
+                line: self.line_of(span.start),
             });
         }
         if !keys.iter().any(|k| k.active) {

@@ -3,5 +3,7 @@
 pub mod client_auth;
 pub mod error;
 pub mod grants;
+pub mod jwks;
+pub mod metadata;
 pub mod params;
 pub mod token;

@@ -4,12 +4,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::errors::ErrorKind;
 use moka::Expiry;
 use moka::future::Cache;
 
+#[cfg(doc)]
+use super::keys::Key;
 use super::keys::KeySet;
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Client;
@@ -29,6 +32,8 @@ pub struct Principal {
     token_id: String,
     user: Option<String>,
     kid: String,
+    /// The [`Key::fingerprint`] of the key that verified it, under that key's policy.
+    key_fingerprint: [u8; 32],
     expires_at: u64,
 }
 
@@ -105,15 +110,25 @@ impl Expiry<[u8; 32], Arc<Principal>> for UntilTokenExpiry {
     }
 }
 
+/// How well the validation cache is doing, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: u64,
+}
+
 /// Verifies bearer tokens and remembers the verdict until the token expires.
 pub struct Validator {
     cache: Cache<[u8; 32], Arc<Principal>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl Validator {
     pub fn new(max_entries: u64) -> Self {
         let cache = Cache::builder().max_capacity(max_entries).expire_after(UntilTokenExpiry).build();
-        Validator { cache }
+        Validator { cache, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
     }
 
     /// Validate `token` against the keys and clients in force now.
@@ -130,15 +145,22 @@ impl Validator {
         let digest = sha256(token.as_bytes());
         if let Some(p) = self.cache.get(&digest).await {
             // Cached verdicts still answer to the current config: expiry, client, key.
-            if p.expires_at + LEEWAY_SECS <= now {
-                return Err(TokenError::Expired);
+            let key = keys.get(&p.kid);
+            // A replaced key file, or a changed issuer or audience, voids the verdict
+            // but not necessarily the token: verify it again below.
+            if key.is_none_or(|k| k.fingerprint == p.key_fingerprint) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                if p.expires_at + LEEWAY_SECS <= now {
+                    return Err(TokenError::Expired);
+                }
+                check_client(clients, &p.client_id)?;
+                if key.is_none() {
+                    return Err(TokenError::UnknownKey);
+                }
+                return Ok(p);
             }
-            check_client(clients, &p.client_id)?;
-            if keys.get(&p.kid).is_none() {
-                return Err(TokenError::UnknownKey);
-            }
-            return Ok(p);
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let principal = Arc::new(verify(token, keys, now)?);
         check_client(clients, &principal.client_id)?;
         self.cache.insert(digest, principal.clone()).await;
@@ -152,6 +174,16 @@ impl Validator {
 
     pub fn cached_entries(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    /// Hit and miss counts, and the entry count once pending cache maintenance has run.
+    pub async fn stats(&self) -> CacheStats {
+        self.cache.run_pending_tasks().await;
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self.cache.entry_count(),
+        }
     }
 }
 
@@ -207,6 +239,7 @@ fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError>
         token_id: c.jti,
         user,
         kid: kid.to_string(),
+        key_fingerprint: key.fingerprint,
         expires_at: c.exp,
     })
 }

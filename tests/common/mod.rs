@@ -269,6 +269,9 @@ upstream_timeout = "2s"
 upstream_connect_timeout = "1s"
 max_proxy_body_bytes = 67108864
 
+[admin]
+address = "127.0.0.1:0"
+
 [[key]]
 id = "k1"
 file = "{dir}/k1.pem"
@@ -289,6 +292,8 @@ pub struct TestGateway {
     pub pki: Pki,
     pub https: SocketAddr,
     pub http: SocketAddr,
+    /// The admin listener (health, readiness, metrics), plaintext.
+    pub admin: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub config_path: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -317,12 +322,13 @@ impl TestGateway {
         let addrs = server.local_addrs();
         let https = addrs.iter().find(|(_, tls)| *tls).map(|(a, _)| *a).unwrap();
         let http = addrs.iter().find(|(_, tls)| !*tls).map(|(a, _)| *a).unwrap();
+        let admin = server.admin_addr().expect("the test config enables [admin]");
         let gateway = server.gateway();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
-        TestGateway { dir, pki, https, http, gateway, config_path, stop: Some(stop), task: Some(task) }
+        TestGateway { dir, pki, https, http, admin, gateway, config_path, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -331,6 +337,10 @@ impl TestGateway {
 
     pub fn http_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http.port())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     pub fn client(&self) -> reqwest::Client {
