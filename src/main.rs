@@ -93,6 +93,10 @@ fn serve(path: PathBuf) -> ExitCode {
         for (addr, tls) in server.local_addrs() {
             tracing::info!(address = %addr, scheme = if tls { "https" } else { "http" }, "listening");
         }
+        if let Some(addr) = server.admin_addr() {
+            tracing::info!(address = %addr, "admin listening (/healthz, /readyz, /metrics)");
+        }
+        tracing::info!(config = %path.display(), "reloads on SIGHUP and when the config or TLS files change");
         server.run(shutdown_signal()).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS

@@ -512,12 +512,14 @@ impl Validator<'_> {
     fn admin(&self, raw: Option<&Spanned<RawAdmin>>, listeners: &[Listener]) -> Result<Option<Admin>, ConfigError> {
         let default = SocketAddr::from(([127, 0, 0, 1], 9901));
         let Some(raw) = raw else { return Ok(Some(Admin { address: default, line: 0 })) };
-        let line = self.line_of(raw.span().start);
         let a = raw.get_ref();
         if a.enabled == Some(false) {
             return Ok(None);
         }
-        let Some(addr) = &a.address else { return Ok(Some(Admin { address: default, line })) };
+        let Some(addr) = &a.address else {
+            return Ok(Some(Admin { address: default, line: self.line_of(raw.span().start) }));
+        };
+        let line = self.line_of(addr.span().start);
         let address: SocketAddr = addr.get_ref().parse().map_err(|_| {
             self.err(
                 addr.span(),
@@ -561,7 +563,7 @@ impl Validator<'_> {
                 file: self.path(k.file.get_ref()),
                 active: k.active.unwrap_or(true),
                 generate,
-                line: self.line_of(span.start),
+                line: self.line_of(k.id.span().start),
             });
         }
         if !keys.iter().any(|k| k.active) {

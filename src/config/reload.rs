@@ -68,10 +68,13 @@ fn config_error(config: &Config, line: usize, reason: String) -> ConfigError {
 /// Sockets are bound once, at start; a config that moves them is refused as a whole
 /// rather than applied in part.
 fn restart_only_unchanged(old: &Config, new: &Config) -> Result<(), ConfigError> {
-    let same_listeners = old.listeners.len() == new.listeners.len()
-        && old.listeners.iter().zip(&new.listeners).all(|(a, b)| a.address == b.address && a.tls == b.tls);
-    if !same_listeners {
-        let line = new.listeners.first().map_or(0, |l| l.line);
+    let differs = |i: usize| match (old.listeners.get(i), new.listeners.get(i)) {
+        (Some(a), Some(b)) => a.address != b.address || a.tls != b.tls,
+        (a, b) => a.is_some() || b.is_some(),
+    };
+    if let Some(i) = (0..old.listeners.len().max(new.listeners.len())).find(|&i| differs(i)) {
+        // Point at the listener that changed, or the last one left when one was removed.
+        let line = new.listeners.get(i).or(new.listeners.last()).map_or(0, |l| l.line);
         return Err(config_error(
             new,
             line,

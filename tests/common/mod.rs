@@ -32,6 +32,7 @@ pub struct Pki {
     pub ca_pem: String,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
@@ -43,15 +44,25 @@ impl Pki {
         ca_params.distinguished_name.push(rcgen::DnType::CommonName, "portcullis test CA");
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let pki = Pki {
+            ca_pem: ca_cert.pem(),
+            cert_path: dir.join("server.crt.pem"),
+            key_path: dir.join("server.key.pem"),
+            issuer,
+        };
+        let (cert, key) = pki.leaf();
+        std::fs::write(&pki.cert_path, cert).unwrap();
+        std::fs::write(&pki.key_path, key).unwrap();
+        pki
+    }
 
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf_params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-        let cert_path = dir.join("server.crt.pem");
-        let key_path = dir.join("server.key.pem");
-        std::fs::write(&cert_path, leaf.pem()).unwrap();
-        std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
-        Pki { ca_pem: ca_cert.pem(), cert_path, key_path }
+    /// A new localhost certificate and key (PEM) from the same CA.
+    pub fn leaf(&self) -> (String, String) {
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &self.issuer).unwrap();
+        (leaf.pem(), leaf_key.serialize_pem())
     }
 }
 
