@@ -726,3 +726,181 @@ async fn metrics_parse_and_the_counters_move_as_expected() {
     assert!(sample(&after, "portcullis_config_last_reload_success_timestamp_seconds", &[]) > 1.7e9);
     assert_eq!(sample(&after, "portcullis_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
 }
+
+// ---------------------------------------------------------------------------------------
+// The real binary: SIGHUP and the JSON access log
+
+/// The gateway binary as a child process, its stderr collected line by line.
+struct Binary {
+    child: std::process::Child,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    fn spawn(config: &Path) -> Binary {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Binary { child, lines }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    fn raw(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The JSON log lines (anything else, e.g. a panic message, is skipped here).
+    fn json(&self) -> Vec<Value> {
+        self.raw().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    fn access(&self) -> Vec<Value> {
+        self.json().into_iter().filter(|v| v["target"] == "portcullis::access").map(|v| v["fields"].clone()).collect()
+    }
+
+    /// Wait for a line whose message is `message` and that satisfies `also`.
+    async fn wait_for(&self, message: &str, also: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(v) = self.json().into_iter().find(|v| v["fields"]["message"] == message && also(&v["fields"])) {
+                return v["fields"].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {message:?} line; stderr so far:\n{}",
+                self.raw().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_binary_logs_one_json_access_line_per_request_without_secrets_and_reloads_on_sighup() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let config_path = dir.path().join("gateway.toml");
+    let good = config_toml(dir.path(), &pki, up.addr, "");
+    std::fs::write(&config_path, &good).unwrap();
+    let bin = Binary::spawn(&config_path);
+
+    let https = bin.wait_for("listening", |f| f["scheme"] == "https").await["address"].as_str().unwrap().to_string();
+    let port = https.rsplit_once(':').unwrap().1.to_string();
+    let url = |p: &str| format!("https://localhost:{port}{p}");
+    let admin = bin.wait_for("admin listening (/healthz, /readyz, /metrics)", |_| true).await["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = https_client(&pki.ca_pem, false);
+
+    // Six requests, each with something that must never reach the log.
+    let resp = c
+        .post(url("/oauth/token"))
+        .basic_auth("svc", Some(SVC_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let token = resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let code = "the-authorization-code-value";
+    let resp =
+        c.get(url(&format!("/api/x?access_token={token}&code={code}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(c.get(url("/admin/x")).bearer_auth(&token).send().await.unwrap().status(), 403);
+    assert_eq!(c.get(url("/nowhere")).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(url("/.well-known/jwks.json")).send().await.unwrap().status(), 200);
+    let password = "wrong-password-xyz";
+    let resp = c
+        .post(url("/oauth/token"))
+        .form(&[("grant_type", "client_credentials"), ("client_id", "svc"), ("client_secret", password)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // Admin requests are not access-logged at info.
+    assert_eq!(reqwest::get(format!("http://{admin}/healthz")).await.unwrap().status(), 200);
+
+    wait_until("six access lines", || async { bin.access().len() >= 6 }).await;
+    let access = bin.access();
+    assert_eq!(access.len(), 6, "one line per request: {access:#?}");
+    let seen: Vec<(String, u64, String)> = access
+        .iter()
+        .map(|f| {
+            assert!(f["latency_us"].is_u64(), "{f}");
+            assert!(f["peer"].is_string() && f["method"].is_string() && f["path"].is_string(), "{f}");
+            (
+                f["route"].as_str().unwrap().to_string(),
+                f["status"].as_u64().unwrap(),
+                f["client_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("oauth:token", 200, "svc"),
+        ("/api", 200, "svc"),
+        ("/admin", 403, "svc"),
+        ("unmatched", 404, "-"),
+        ("oauth:jwks", 200, "-"),
+        ("oauth:token", 401, "-"),
+    ];
+    let want: Vec<(String, u64, String)> = want.iter().map(|(r, s, c)| (r.to_string(), *s, c.to_string())).collect();
+    assert_eq!(seen, want);
+    assert_eq!(access[1]["path"], "/api/x", "the query string is never logged");
+
+    // SIGHUP reloads although no file changed.
+    bin.signal(libc::SIGHUP);
+    bin.wait_for("configuration reloaded", |f| f["trigger"] == "Signal").await;
+
+    // A bad config on disk: refused with file:line, and the old one keeps serving.
+    let bad = good.replacen("upstream_timeout = \"2s\"", "upstream_timeout = \"soon\"", 1);
+    let line = bad[..bad.find("upstream_timeout").unwrap()].lines().count() + 1;
+    write_atomic(&config_path, &bad);
+    let want_prefix = format!("{}:{line}:", config_path.display());
+    let refused = bin
+        .wait_for("configuration refused; the previous one keeps serving", |f| {
+            f["error"].as_str().is_some_and(|e| e.starts_with(&want_prefix))
+        })
+        .await;
+    assert!(refused["error"].as_str().unwrap().contains("bad duration"), "{refused}");
+    assert_eq!(c.get(url("/api/y")).bearer_auth(&token).send().await.unwrap().status(), 200);
+
+    // SIGTERM: graceful stop.
+    bin.signal(libc::SIGTERM);
+    bin.wait_for("stopped", |_| true).await;
+
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("svc:{SVC_SECRET}"));
+    for line in bin.raw() {
+        for secret in [token.as_str(), SVC_SECRET, code, password, basic.as_str()] {
+            assert!(!line.contains(secret), "secret {secret:?} in log line {line}");
+        }
+    }
+}
