@@ -464,7 +464,7 @@ async fn load_worker(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             let resp = client
                 .post(gw_url("/oauth/token"))
                 .basic_auth("svc", Some(SVC_SECRET))
@@ -481,7 +481,7 @@ async fn load_worker(
                 },
                 other => tally.record("token", other.map(|r| r.status().as_u16())),
             }
-        } else if n % 7 == 0 {
+        } else if n.is_multiple_of(7) {
             let fresh = https_client(&ca_pem, false);
             let r = fresh.get(gw_url(&format!("/api/fresh/{id}/{n}"))).bearer_auth(&token).send().await;
             tally.record("fresh connection", r.map(|r| r.status().as_u16()));

@@ -118,6 +118,7 @@ const FORM: &str = "application/x-www-form-urlencoded";
 async fn every_error_case_has_its_status_and_code() {
     let (_up, gw) = setup().await;
     let svc = Some(("svc", SVC_SECRET));
+    #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, Option<&str>, String, Option<(&str, &str)>, u16, &str, &str)> = vec![
         ("missing grant_type", Some(FORM), "scope=read".into(), svc, 400, "invalid_request", "\"grant_type\""),
         ("unknown grant type", Some(FORM), "grant_type=magic".into(), svc, 400, "unsupported_grant_type", "\"magic\""),
