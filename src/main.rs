@@ -141,6 +141,12 @@ fn check(path: PathBuf) -> ExitCode {
         println!("listener  {} ({})", l.address, if l.tls { "https" } else { "http" });
     }
     println!("token     POST {}", config.token_path);
+    println!("metadata  GET  {}", config.metadata_path);
+    println!("jwks      GET  {}", config.jwks_path);
+    match &config.admin {
+        Some(a) => println!("admin     {} (http: /healthz /readyz /metrics)", a.address),
+        None => println!("admin     disabled"),
+    }
     for k in &config.keys {
         let state = if k.file.exists() {
             "present"

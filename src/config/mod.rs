@@ -736,3 +736,55 @@ impl Validator<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "issuer = \"https://auth.example\"\n[[listener]]\naddress = \"127.0.0.1:8443\"\ntls = false\n\
+             [[key]]\nid = \"k\"\nfile = \"k.pem\"\n{extra}"
+        );
+        Config::parse(&text, Path::new("gw.toml"))
+    }
+
+    #[test]
+    fn admin_defaults_to_loopback_and_can_move_or_be_disabled() {
+        let a = parse("").unwrap().admin.unwrap();
+        assert_eq!(a.address, "127.0.0.1:9901".parse().unwrap());
+        let a = parse("[admin]\naddress = \"0.0.0.0:9000\"\n").unwrap().admin.unwrap();
+        assert_eq!((a.address, a.line), ("0.0.0.0:9000".parse().unwrap(), 9));
+        assert!(parse("[admin]\nenabled = false\n").unwrap().admin.is_none());
+    }
+
+    #[test]
+    fn admin_errors_carry_their_line() {
+        let e = parse("[admin]\naddress = \"localhost\"\n").unwrap_err();
+        assert_eq!((e.line, e.to_string().starts_with("gw.toml:9: bad admin address")), (9, true));
+        let e = parse("[admin]\naddress = \"127.0.0.1:8443\"\n").unwrap_err();
+        assert_eq!(e.line, 9);
+        assert!(e.reason.contains("differ"), "{e}");
+        assert_eq!(parse("[admin]\nport = 1\n").unwrap_err().line, 9);
+    }
+
+    #[test]
+    fn endpoint_paths_default_validate_and_do_not_collide() {
+        let c = parse("").unwrap();
+        assert_eq!(c.metadata_path, "/.well-known/oauth-authorization-server");
+        assert_eq!(c.jwks_path, "/.well-known/jwks.json");
+        let e = parse("[endpoints]\njwks = \"keys\"\n").unwrap_err();
+        assert_eq!(e.line, 9);
+        let e = parse("[endpoints]\nmetadata = \"/x\"\njwks = \"/x\"\n").unwrap_err();
+        assert_eq!(e.line, 10, "{e}");
+        let e = parse("[endpoints]\ntoken = \"/.well-known/jwks.json\"\n").unwrap_err();
+        assert_eq!(e.line, 9, "a default taken by another endpoint points at the one configured: {e}");
+    }
+
+    #[test]
+    fn keys_listeners_and_tls_remember_their_lines() {
+        let c = parse("[[key]]\nid = \"k2\"\nfile = \"k2.pem\"\n").unwrap();
+        assert_eq!(c.keys.iter().map(|k| k.line).collect::<Vec<_>>(), [6, 9]);
+        assert_eq!(c.listeners[0].line, 3);
+    }
+}

@@ -270,3 +270,32 @@ impl Hangup {
         std::future::pending().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listeners: &str, admin: &str) -> Config {
+        let text = format!("issuer = \"https://a.example\"\n{listeners}{admin}[[key]]\nid = \"k\"\nfile = \"k.pem\"\n");
+        Config::parse(&text, Path::new("gw.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const ONE: &str = "[[listener]]\naddress = \"127.0.0.1:1\"\ntls = false\n";
+    const TWO: &str =
+        "[[listener]]\naddress = \"127.0.0.1:1\"\ntls = false\n[[listener]]\naddress = \"127.0.0.1:2\"\ntls = false\n";
+
+    #[test]
+    fn listeners_and_admin_address_need_a_restart() {
+        let base = config(ONE, "");
+        assert!(restart_only_unchanged(&base, &config(ONE, "")).is_ok());
+        let e = restart_only_unchanged(&base, &config(TWO, "")).unwrap_err();
+        assert_eq!(e.line, 6, "points at the added listener: {e}");
+        let e = restart_only_unchanged(&config(TWO, ""), &base).unwrap_err();
+        assert_eq!(e.line, 3, "a removal points at the last listener left: {e}");
+        let e = restart_only_unchanged(&base, &config(ONE, "[admin]\naddress = \"127.0.0.1:3\"\n")).unwrap_err();
+        assert_eq!(e.line, 6);
+        assert!(e.reason.contains("restart"));
+        // Stating the default explicitly is no change.
+        assert!(restart_only_unchanged(&base, &config(ONE, "[admin]\naddress = \"127.0.0.1:9901\"\n")).is_ok());
+    }
+}
