@@ -159,15 +159,20 @@ impl Reloader {
                 continue;
             }
             self.fingerprint = fingerprint;
+            let files_before = self.files();
             let (gw, tls, path) = (self.gw.clone(), self.tls.clone(), self.path.clone());
             let result = tokio::task::spawn_blocking(move || reload(&gw, &tls, &path)).await;
             match result {
                 Ok(Ok(())) => {
                     self.gw.metrics.reload(true);
                     tracing::info!(trigger = ?trigger, config = %self.path.display(), "configuration reloaded");
-                    // New TLS file paths may need watching; the fingerprint follows them.
-                    self.update_watches();
-                    self.fingerprint = self.current_fingerprint();
+                    // New TLS file paths need watching, and the fingerprint must cover
+                    // them. Otherwise keep the one taken before reading: a change made
+                    // while we reloaded must still count as a change.
+                    if self.files() != files_before {
+                        self.update_watches();
+                        self.fingerprint = self.current_fingerprint();
+                    }
                 }
                 Ok(Err(e)) => {
                     self.gw.metrics.reload(false);
