@@ -11,8 +11,6 @@ use jsonwebtoken::errors::ErrorKind;
 use moka::Expiry;
 use moka::future::Cache;
 
-#[cfg(doc)]
-use super::keys::Key;
 use super::keys::KeySet;
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Client;
@@ -32,7 +30,8 @@ pub struct Principal {
     token_id: String,
     user: Option<String>,
     kid: String,
-    /// The [`Key::fingerprint`] of the key that verified it, under that key's policy.
+    /// The fingerprint of the key that verified it (key file, issuer, audience): a hit
+    /// under a key with another fingerprint is verified again.
     key_fingerprint: [u8; 32],
     expires_at: u64,
 }
