@@ -4,8 +4,10 @@
 //! ([`oauth`]) or through the proxy phases ([`proxy`]): route → authenticate → authorize →
 //! forward. [`state::Gateway`] holds what every request reads.
 
+pub mod admin;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod oauth;
 pub mod proxy;
 pub mod server;

@@ -93,6 +93,10 @@ fn serve(path: PathBuf) -> ExitCode {
         for (addr, tls) in server.local_addrs() {
             tracing::info!(address = %addr, scheme = if tls { "https" } else { "http" }, "listening");
         }
+        if let Some(addr) = server.admin_addr() {
+            tracing::info!(address = %addr, "admin listening (/healthz, /readyz, /metrics)");
+        }
+        tracing::info!(config = %path.display(), "reloads on SIGHUP and when the config or TLS files change");
         server.run(shutdown_signal()).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
@@ -137,6 +141,12 @@ fn check(path: PathBuf) -> ExitCode {
         println!("listener  {} ({})", l.address, if l.tls { "https" } else { "http" });
     }
     println!("token     POST {}", config.token_path);
+    println!("metadata  GET  {}", config.metadata_path);
+    println!("jwks      GET  {}", config.jwks_path);
+    match &config.admin {
+        Some(a) => println!("admin     {} (http: /healthz /readyz /metrics)", a.address),
+        None => println!("admin     disabled"),
+    }
     for k in &config.keys {
         let state = if k.file.exists() {
             "present"

@@ -1,6 +1,7 @@
 //! Listeners and connections: accept, TLS, HTTP/1.1 or HTTP/2 (hyper-util auto), limits
 //! and timeouts, graceful shutdown, and the dispatch of each request.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -24,7 +25,9 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::config::reload::Reloader;
 use crate::http::Body;
+use crate::metrics;
 use crate::proxy::forward::Peer;
 use crate::state::{Gateway, StartError};
 use crate::tls::{self, TlsError};
@@ -43,7 +46,10 @@ pub enum ServeError {
 pub struct Server {
     gateway: Arc<Gateway>,
     listeners: Vec<(TcpListener, bool)>,
+    admin: Option<TcpListener>,
+    /// Swapped by a reload; each new connection takes the one in force.
     tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    reloader: Reloader,
 }
 
 impl Server {
@@ -63,13 +69,27 @@ impl Server {
                 TcpListener::bind(l.address).await.map_err(|source| ServeError::Bind { addr: l.address, source })?;
             listeners.push((listener, l.tls));
         }
+        let admin = match &config.admin {
+            Some(a) => Some(
+                TcpListener::bind(a.address).await.map_err(|source| ServeError::Bind { addr: a.address, source })?,
+            ),
+            None => None,
+        };
         let gateway = Gateway::new(config)?;
-        Ok(Server { gateway, listeners, tls: Arc::new(ArcSwapOption::from(tls.map(Arc::new))) })
+        let tls = Arc::new(ArcSwapOption::from(tls.map(Arc::new)));
+        // Now, not in `run`: from here on SIGHUP reloads instead of ending the process.
+        let reloader = Reloader::new(gateway.clone(), tls.clone());
+        Ok(Server { gateway, listeners, admin, tls, reloader })
     }
 
     /// The bound addresses, in config order, with whether each speaks TLS.
     pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
         self.listeners.iter().filter_map(|(l, tls)| l.local_addr().ok().map(|a| (a, *tls))).collect()
+    }
+
+    /// The bound admin address, unless `[admin]` is disabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn gateway(&self) -> Arc<Gateway> {
@@ -104,11 +124,20 @@ impl Server {
             let gw = self.gateway.clone();
             tokio::spawn(async move { gw.follow_revocations().await })
         };
+        // The admin listener outlives the gateway listeners, so /readyz can say "draining".
+        let admin = self.admin.map(|l| tokio::spawn(crate::admin::serve(l, self.gateway.clone())));
+        let mut stop = stop_rx.clone();
+        let reloader = tokio::spawn(self.reloader.run(async move {
+            let _ = stop.changed().await;
+        }));
+        self.gateway.set_serving(true);
         shutdown.await;
         sweeper.abort();
         follower.abort();
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        self.gateway.set_serving(false);
         let _ = stop_tx.send(true);
+        let _ = reloader.await;
         for t in accept_tasks {
             let _ = t.await;
         }
@@ -119,6 +148,9 @@ impl Server {
         };
         if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
             tracing::warn!("grace period over; closing remaining connections");
+        }
+        if let Some(admin) = admin {
+            admin.abort();
         }
     }
 }
@@ -161,7 +193,17 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
         };
         let _ = stream.set_nodelay(true);
         let gateway = ctx.gateway.clone();
-        let tls = ctx.tls.as_ref().and_then(|t| t.load_full());
+        let tls = match &ctx.tls {
+            None => None,
+            Some(slot) => match slot.load_full() {
+                Some(acceptor) => Some(acceptor),
+                None => {
+                    // A TLS listener never falls back to plaintext.
+                    tracing::error!(peer = %addr, "no TLS certificate loaded; closing connection");
+                    continue;
+                }
+            },
+        };
         let graceful = ctx.graceful.watcher();
         tokio::spawn(async move {
             serve_connection(gateway, stream, addr, tls, graceful).await;
@@ -245,33 +287,60 @@ where
     }
 }
 
-/// Dispatch one request: our OAuth endpoints, or the proxy phases. Writes the access log.
+/// The endpoints we answer ourselves, matched by exact path before any proxy route.
+enum Endpoint {
+    Token,
+    Authorize,
+    Metadata,
+    Jwks,
+    Proxy,
+}
+
+/// Dispatch one request: our OAuth endpoints, or the proxy phases. Writes the access
+/// log line and counts the request.
 async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     // The path only: a query string may carry credentials and never reaches the log.
     let path = req.uri().path().to_string();
-    let (token_path, authorize_path) = {
+    let endpoint = {
         let rt = gw.runtime();
-        (rt.config.token_path == path, rt.config.authorize_path == path)
+        let c = &rt.config;
+        match path.as_str() {
+            p if p == c.token_path => Endpoint::Token,
+            p if p == c.authorize_path => Endpoint::Authorize,
+            p if p == c.metadata_path => Endpoint::Metadata,
+            p if p == c.jwks_path => Endpoint::Jwks,
+            _ => Endpoint::Proxy,
+        }
     };
-    let (resp, route, client_id) = if token_path {
-        let (resp, outcome) = crate::oauth::token::handle(gw, req).await;
-        (resp, Some("oauth:token".to_string()), outcome.client_id)
-    } else if authorize_path {
-        let (resp, outcome) = crate::oauth::authorize::handle(gw, req).await;
-        (resp, Some("oauth:authorize".to_string()), outcome.client_id)
-    } else {
-        let (resp, outcome) = crate::proxy::handle(gw, req, peer).await;
-        (resp, outcome.route, outcome.client_id)
+    let (resp, route, client_id): (_, Cow<'static, str>, _) = match endpoint {
+        Endpoint::Token => {
+            let (resp, outcome) = crate::oauth::token::handle(gw, req).await;
+            let grant = outcome.grant.map_or(metrics::NO_GRANT, |g| g.as_str());
+            gw.metrics.token_request(grant, outcome.error.unwrap_or(metrics::ISSUED));
+            (resp, "oauth:token".into(), outcome.client_id)
+        }
+        Endpoint::Authorize => {
+            let (resp, outcome) = crate::oauth::authorize::handle(gw, req).await;
+            (resp, "oauth:authorize".into(), outcome.client_id)
+        }
+        Endpoint::Metadata => (crate::oauth::metadata::handle(gw, &req), "oauth:metadata".into(), None),
+        Endpoint::Jwks => (crate::oauth::jwks::handle(gw, &req), "oauth:jwks".into(), None),
+        Endpoint::Proxy => {
+            let (resp, outcome) = crate::proxy::handle(gw, req, peer).await;
+            (resp, outcome.route.map_or(metrics::UNMATCHED.into(), Cow::Owned), outcome.client_id)
+        }
     };
+    let status = resp.status().as_u16();
+    gw.metrics.request(&route, status);
     tracing::info!(
         target: "portcullis::access",
         peer = %peer.addr.ip(),
         method = %method,
         path = %path,
-        route = route.as_deref().unwrap_or("-"),
-        status = resp.status().as_u16(),
+        route = %route,
+        status,
         latency_us = started.elapsed().as_micros() as u64,
         client_id = client_id.as_deref().unwrap_or("-"),
     );

@@ -2,10 +2,12 @@
 //! reload), and the long-lived caches and upstream pool that outlive a reload.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, StoreConfig};
+use crate::metrics::Metrics;
 use crate::oauth::client_auth::SecretCache;
 use crate::proxy::forward::Upstreams;
 use crate::store::embedded::EmbeddedStore;
@@ -38,6 +40,9 @@ pub struct Gateway {
     pub store: Arc<dyn Store>,
     /// Revocations made by other replicas (shared store only); taken once by the server.
     revocation_feed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<RevocationEvent>>>,
+    pub metrics: Metrics,
+    /// Serving: set once the listeners run, cleared when shutdown starts (for /readyz).
+    serving: AtomicBool,
 }
 
 impl Gateway {
@@ -58,8 +63,20 @@ impl Gateway {
             validator: Validator::new(config.cache_max_tokens),
             secrets: SecretCache::new(config.cache_max_client_secrets),
             upstreams,
+            metrics: Metrics::new(),
+            serving: AtomicBool::new(false),
             runtime: ArcSwap::from_pointee(Runtime { config, keys }),
         }))
+    }
+
+    /// Ready for traffic: a config and its keys are loaded (they are, or this Gateway
+    /// would not exist) and the listeners are serving, not draining.
+    pub fn is_ready(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
     }
 
     /// The configuration and keys in force; cheap, lock-free.
@@ -93,6 +110,8 @@ impl Gateway {
 
     /// Put a new, already validated configuration in force. Keys are loaded first, so a
     /// configuration whose keys cannot be loaded leaves the old one serving.
+    /// Cached validation verdicts need no flush: each hit is re-checked against the
+    /// runtime in force (client enabled, kid listed, same key file, issuer, audience).
     pub fn apply(&self, config: Config) -> Result<(), StartError> {
         let keys = KeySet::load(&config)?;
         self.runtime.store(Arc::new(Runtime { config, keys }));

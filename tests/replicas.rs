@@ -98,8 +98,17 @@ impl Replica {
             .stderr(log)
             .spawn()
             .expect("start gateway");
-        wait_for_port(port, name);
-        Replica { port, child }
+        let mut replica = Replica { port, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = replica.child.try_wait() {
+                let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+                panic!("gateway {name} exited with {status}:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "gateway {name} did not start listening on {port}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        replica
     }
 
     fn url(&self, path: &str) -> String {
@@ -122,6 +131,9 @@ issuer = "{ISSUER}"
 [[listener]]
 address = "127.0.0.1:{port}"
 tls = false
+
+[admin]
+address = "127.0.0.1:0"
 
 [store]
 kind = "redis"

@@ -3,6 +3,7 @@
 //! Every refusal carries the file and line it came from.
 
 mod raw;
+pub mod reload;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -16,7 +17,7 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 use toml::Spanned;
 
-use raw::{RawClient, RawConfig, RawKey, RawRoute, RawUser};
+use raw::{RawAdmin, RawClient, RawConfig, RawKey, RawRoute, RawUser};
 
 /// A configuration that was refused: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +95,8 @@ impl KeyAlgorithm {
 pub struct Listener {
     pub address: SocketAddr,
     pub tls: bool,
+    /// Where it is configured, for errors found after validation (e.g. on reload).
+    pub line: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +105,16 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// Generate a self-signed localhost certificate when the files are missing.
     pub dev_certificate: bool,
+    /// Where `[tls]` is configured, for errors found when the files are loaded.
+    pub line: usize,
+}
+
+/// The admin listener (health, readiness, metrics).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+    /// Where it is configured; 0 for the default.
+    pub line: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +140,8 @@ pub struct KeyConfig {
     pub active: bool,
     /// Create the key file on first start when it is missing.
     pub generate: bool,
+    /// Where this `[[key]]` is configured, for errors found when the file is loaded.
+    pub line: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -166,7 +181,7 @@ pub struct User {
     pub enabled: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreConfig {
     Embedded {
         path: PathBuf,
@@ -233,6 +248,12 @@ pub struct Config {
     pub limits: Limits,
     pub token_path: String,
     pub authorize_path: String,
+    /// RFC 8414 authorization server metadata.
+    pub metadata_path: String,
+    /// The public signing keys (RFC 7517 JWK Set).
+    pub jwks_path: String,
+    /// Plaintext listener for health, readiness and metrics; `None` when disabled.
+    pub admin: Option<Admin>,
     pub trusted_proxies: Vec<IpNet>,
     pub upstream_ca: Option<PathBuf>,
     pub headers: IdentityHeaders,
@@ -397,11 +418,20 @@ impl Validator<'_> {
                     format!("bad listener address {:?}: write ip:port, e.g. \"127.0.0.1:8443\"", l.address.get_ref()),
                 )
             })?;
-            listeners.push(Listener { address, tls: l.tls.unwrap_or(true) });
+            listeners.push(Listener {
+                address,
+                tls: l.tls.unwrap_or(true),
+                line: self.line_of(l.address.span().start),
+            });
         }
-        let tls = raw.tls.as_ref().map(|t| {
-            let t = t.get_ref();
-            TlsFiles { cert: self.path(&t.cert), key: self.path(&t.key), dev_certificate: t.dev_certificate }
+        let tls = raw.tls.as_ref().map(|spanned| {
+            let t = spanned.get_ref();
+            TlsFiles {
+                cert: self.path(&t.cert),
+                key: self.path(&t.key),
+                dev_certificate: t.dev_certificate,
+                line: self.line_of(spanned.span().start),
+            }
         });
         if tls.is_none()
             && let Some(l) = raw.listeners.iter().find(|l| l.get_ref().tls.unwrap_or(true))
@@ -432,9 +462,22 @@ impl Validator<'_> {
 
         let token_path = self.endpoint(&raw.endpoints.token, "/oauth/token")?;
         let authorize_path = self.endpoint(&raw.endpoints.authorize, "/oauth/authorize")?;
-        if token_path == authorize_path {
-            return Err(self.err_at(1, "the token and authorize endpoints need different paths"));
+        let metadata_path = self.endpoint(&raw.endpoints.metadata, "/.well-known/oauth-authorization-server")?;
+        let jwks_path = self.endpoint(&raw.endpoints.jwks, "/.well-known/jwks.json")?;
+        let named = [
+            (&raw.endpoints.token, &token_path),
+            (&raw.endpoints.authorize, &authorize_path),
+            (&raw.endpoints.metadata, &metadata_path),
+            (&raw.endpoints.jwks, &jwks_path),
+        ];
+        for (i, (raw_a, a)) in named.iter().enumerate() {
+            if let Some((raw_b, b)) = named[i + 1..].iter().find(|(_, b)| b == a) {
+                // At least one of the two was configured, or the defaults would differ.
+                let line = raw_b.as_ref().or(raw_a.as_ref()).map(|p| self.line_of(p.span().start)).unwrap_or(1);
+                return Err(self.err_at(line, format!("endpoint path {b:?} is used by two endpoints")));
+            }
         }
+        let admin = self.admin(raw.admin.as_ref(), &listeners)?;
 
         let mut trusted_proxies = Vec::new();
         for p in &raw.proxy.trusted_proxies {
@@ -489,6 +532,9 @@ impl Validator<'_> {
             limits,
             token_path,
             authorize_path,
+            metadata_path,
+            jwks_path,
+            admin,
             trusted_proxies,
             upstream_ca: raw.proxy.upstream_ca.as_deref().map(|p| self.path(p)),
             headers,
@@ -531,16 +577,6 @@ impl Validator<'_> {
             Some((other, span)) => {
                 Err(self.err(span, format!("unknown store kind {other:?}: use \"embedded\" or \"redis\"")))
             }
-        }
-    }
-
-    fn endpoint(&self, v: &Option<Spanned<String>>, default: &str) -> Result<String, ConfigError> {
-        match v {
-            Some(p) if !p.get_ref().starts_with('/') || p.get_ref().contains(['?', '#']) => {
-                Err(self.err(p.span(), "endpoint paths start with '/' and have no query or fragment"))
-            }
-            Some(p) => Ok(p.get_ref().clone()),
-            None => Ok(default.to_string()),
         }
     }
 
@@ -594,6 +630,42 @@ impl Validator<'_> {
         Ok(s.clone())
     }
 
+    /// An endpoint path: absolute, without query or fragment.
+    fn endpoint(&self, v: &Option<Spanned<String>>, default: &str) -> Result<String, ConfigError> {
+        match v {
+            None => Ok(default.to_string()),
+            Some(p) if !p.get_ref().starts_with('/') || p.get_ref().contains(['?', '#', ' ']) => {
+                Err(self.err(p.span(), "endpoint paths start with '/' and have no query, fragment or spaces"))
+            }
+            Some(p) => Ok(p.get_ref().clone()),
+        }
+    }
+
+    /// The admin listener: on 127.0.0.1:9901 unless moved or disabled; never shared
+    /// with a gateway listener, since it is plaintext and unauthenticated.
+    fn admin(&self, raw: Option<&Spanned<RawAdmin>>, listeners: &[Listener]) -> Result<Option<Admin>, ConfigError> {
+        let default = SocketAddr::from(([127, 0, 0, 1], 9901));
+        let Some(raw) = raw else { return Ok(Some(Admin { address: default, line: 0 })) };
+        let a = raw.get_ref();
+        if a.enabled == Some(false) {
+            return Ok(None);
+        }
+        let Some(addr) = &a.address else {
+            return Ok(Some(Admin { address: default, line: self.line_of(raw.span().start) }));
+        };
+        let line = self.line_of(addr.span().start);
+        let address: SocketAddr = addr.get_ref().parse().map_err(|_| {
+            self.err(
+                addr.span(),
+                format!("bad admin address {:?}: write ip:port, e.g. \"127.0.0.1:9901\"", addr.get_ref()),
+            )
+        })?;
+        if address.port() != 0 && listeners.iter().any(|l| l.address == address) {
+            return Err(self.err(addr.span(), "the admin address must differ from every [[listener]] address"));
+        }
+        Ok(Some(Admin { address, line }))
+    }
+
     fn keys(&self, raw: &[Spanned<RawKey>]) -> Result<Vec<KeyConfig>, ConfigError> {
         if raw.is_empty() {
             return Err(self.err_at(1, "no [[key]]: at least one signing key is required"));
@@ -625,6 +697,7 @@ impl Validator<'_> {
                 file: self.path(k.file.get_ref()),
                 active: k.active.unwrap_or(true),
                 generate,
+                line: self.line_of(k.id.span().start),
             });
         }
         if !keys.iter().any(|k| k.active) {
@@ -785,5 +858,57 @@ impl Validator<'_> {
             strip_prefix: r.strip_prefix,
             forward_token: r.forward_token,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "issuer = \"https://auth.example\"\n[[listener]]\naddress = \"127.0.0.1:8443\"\ntls = false\n\
+             [[key]]\nid = \"k\"\nfile = \"k.pem\"\n{extra}"
+        );
+        Config::parse(&text, Path::new("gw.toml"))
+    }
+
+    #[test]
+    fn admin_defaults_to_loopback_and_can_move_or_be_disabled() {
+        let a = parse("").unwrap().admin.unwrap();
+        assert_eq!(a.address, "127.0.0.1:9901".parse().unwrap());
+        let a = parse("[admin]\naddress = \"0.0.0.0:9000\"\n").unwrap().admin.unwrap();
+        assert_eq!((a.address, a.line), ("0.0.0.0:9000".parse().unwrap(), 9));
+        assert!(parse("[admin]\nenabled = false\n").unwrap().admin.is_none());
+    }
+
+    #[test]
+    fn admin_errors_carry_their_line() {
+        let e = parse("[admin]\naddress = \"localhost\"\n").unwrap_err();
+        assert_eq!((e.line, e.to_string().starts_with("gw.toml:9: bad admin address")), (9, true));
+        let e = parse("[admin]\naddress = \"127.0.0.1:8443\"\n").unwrap_err();
+        assert_eq!(e.line, 9);
+        assert!(e.reason.contains("differ"), "{e}");
+        assert_eq!(parse("[admin]\nport = 1\n").unwrap_err().line, 9);
+    }
+
+    #[test]
+    fn endpoint_paths_default_validate_and_do_not_collide() {
+        let c = parse("").unwrap();
+        assert_eq!(c.metadata_path, "/.well-known/oauth-authorization-server");
+        assert_eq!(c.jwks_path, "/.well-known/jwks.json");
+        let e = parse("[endpoints]\njwks = \"keys\"\n").unwrap_err();
+        assert_eq!(e.line, 9);
+        let e = parse("[endpoints]\nmetadata = \"/x\"\njwks = \"/x\"\n").unwrap_err();
+        assert_eq!(e.line, 10, "{e}");
+        let e = parse("[endpoints]\ntoken = \"/.well-known/jwks.json\"\n").unwrap_err();
+        assert_eq!(e.line, 9, "a default taken by another endpoint points at the one configured: {e}");
+    }
+
+    #[test]
+    fn keys_listeners_and_tls_remember_their_lines() {
+        let c = parse("[[key]]\nid = \"k2\"\nfile = \"k2.pem\"\n").unwrap();
+        assert_eq!(c.keys.iter().map(|k| k.line).collect::<Vec<_>>(), [6, 9]);
+        assert_eq!(c.listeners[0].line, 3);
     }
 }

@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub endpoints: RawEndpoints,
+    pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     pub proxy: RawProxy,
     #[serde(default)]
@@ -93,6 +94,15 @@ pub struct RawLimits {
 pub struct RawEndpoints {
     pub token: Option<Spanned<String>>,
     pub authorize: Option<Spanned<String>>,
+    pub metadata: Option<Spanned<String>>,
+    pub jwks: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: Option<Spanned<String>>,
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,6 +4,8 @@ pub mod authorize;
 pub mod client_auth;
 pub mod error;
 pub mod grants;
+pub mod jwks;
+pub mod metadata;
 pub mod pages;
 pub mod params;
 pub mod token;

@@ -58,6 +58,8 @@ impl TokenResponse {
 pub struct Outcome {
     pub client_id: Option<String>,
     pub grant: Option<GrantType>,
+    /// The RFC 6749 error code of a refusal; `None` when a token was issued.
+    pub error: Option<&'static str>,
 }
 
 pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Outcome)
@@ -65,12 +67,13 @@ where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let mut outcome = Outcome { client_id: None, grant: None };
+    let mut outcome = Outcome { client_id: None, grant: None, error: None };
     let realm = gw.runtime().config.realm.clone();
     match token(gw, req, &mut outcome).await {
         Ok(resp) => (resp.into_response(), outcome),
         Err(e) => {
             tracing::debug!(error = %e, "token request refused");
+            outcome.error = Some(e.code());
             (e.into_response(&realm), outcome)
         }
     }

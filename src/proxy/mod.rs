@@ -76,7 +76,13 @@ where
         authorize::authorize(route, &p)?;
         Some(p)
     };
-    forward::forward(rt, &gw.upstreams, route, principal.as_deref(), req, peer).await
+    let started = std::time::Instant::now();
+    let result = forward::forward(rt, &gw.upstreams, route, principal.as_deref(), req, peer).await;
+    // Only attempts that reached the upstream: a refused body never left the gateway.
+    if matches!(result, Ok(_) | Err(ProxyError::BadGateway(_) | ProxyError::GatewayTimeout)) {
+        gw.metrics.upstream_latency(&route.prefix, started.elapsed());
+    }
+    result
 }
 
 /// The host the caller addressed, without port, lower-cased: `:authority` for HTTP/2,

@@ -24,6 +24,18 @@ pub enum KeyError {
     Missing { kid: String, path: String },
 }
 
+impl KeyError {
+    /// The `[[key]]` the error is about.
+    pub fn kid(&self) -> &str {
+        match self {
+            KeyError::Read { kid, .. }
+            | KeyError::Write { kid, .. }
+            | KeyError::Invalid { kid, .. }
+            | KeyError::Missing { kid, .. } => kid,
+        }
+    }
+}
+
 /// One usable key: signs if it has an encoding half and is active, always verifies.
 pub struct Key {
     pub kid: String,
@@ -33,29 +45,45 @@ pub struct Key {
     pub(crate) decoding: DecodingKey,
     /// Pre-built so the hot path does not rebuild it: this key's algorithm only, iss, aud.
     pub(crate) validation: Validation,
+    /// The public half as a JWK (RFC 7517 §4, RFC 7518 §6, RFC 8037); `None` for HS256,
+    /// whose key is a shared secret and never published.
+    pub jwk: Option<serde_json::Value>,
+    /// SHA-256 of the key file and of the issuer and audience `validation` checks: a
+    /// cached verdict reached under another fingerprint proves nothing under this one.
+    pub(crate) fingerprint: [u8; 32],
 }
 
 /// The keys in force for one configuration.
 pub struct KeySet {
     signer: Arc<Key>,
     by_kid: HashMap<String, Arc<Key>>,
+    /// In config order, for the JWK Set.
+    ordered: Vec<Arc<Key>>,
 }
 
 impl KeySet {
     /// Load every configured key, generating missing ones where the config allows it.
     pub fn load(config: &Config) -> Result<KeySet, KeyError> {
         let mut by_kid = HashMap::new();
+        let mut ordered = Vec::new();
         let mut signer = None;
         for kc in &config.keys {
             let key = Arc::new(load_key(kc, config)?);
             if kc.active && signer.is_none() {
                 signer = Some(key.clone());
             }
-            by_kid.insert(kc.id.clone(), key);
+            by_kid.insert(kc.id.clone(), key.clone());
+            ordered.push(key);
         }
         // Config validation guarantees at least one active key.
         let signer = signer.ok_or_else(|| KeyError::Missing { kid: "<active>".into(), path: "-".into() })?;
-        Ok(KeySet { signer, by_kid })
+        Ok(KeySet { signer, by_kid, ordered })
+    }
+
+    /// The JWK Set (RFC 7517 §5) of every listed asymmetric key, signing or verify-only.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<_> = self.ordered.iter().filter_map(|k| k.jwk.clone()).collect();
+        serde_json::json!({ "keys": keys })
     }
 
     pub fn signer(&self) -> &Key {
@@ -94,7 +122,15 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
     }
     let bytes =
         std::fs::read(&kc.file).map_err(|source| KeyError::Read { kid: kc.id.clone(), path: path.clone(), source })?;
-    let (encoding, decoding) = match kc.algorithm {
+    let fingerprint = {
+        let mut policy = bytes.clone();
+        for part in [&config.issuer, &config.audience] {
+            policy.push(0);
+            policy.extend_from_slice(part.as_bytes());
+        }
+        super::sha256(&policy)
+    };
+    let (encoding, decoding, public) = match kc.algorithm {
         KeyAlgorithm::HS256 => {
             let text = String::from_utf8(bytes).map_err(|_| invalid("HS256 key file must hold base64 text".into()))?;
             let secret =
@@ -102,7 +138,7 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
             if secret.len() < 32 {
                 return Err(invalid("HS256 secret must be at least 32 bytes".into()));
             }
-            (EncodingKey::from_secret(&secret), DecodingKey::from_secret(&secret))
+            (EncodingKey::from_secret(&secret), DecodingKey::from_secret(&secret), None)
         }
         alg => {
             let pem = pem::parse(&bytes).map_err(|e| invalid(format!("not PEM: {e}")))?;
@@ -110,31 +146,66 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
             match alg {
                 KeyAlgorithm::EdDSA => {
                     let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| invalid(e.to_string()))?;
-                    (EncodingKey::from_ed_der(der), DecodingKey::from_ed_der(kp.public_key().as_ref()))
+                    let public = kp.public_key().as_ref();
+                    let jwk = serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": b64url(public) });
+                    (EncodingKey::from_ed_der(der), DecodingKey::from_ed_der(public), Some(jwk))
                 }
                 KeyAlgorithm::ES256 => {
                     let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
                         .map_err(|e| invalid(e.to_string()))?;
-                    (EncodingKey::from_ec_der(der), DecodingKey::from_ec_der(kp.public_key().as_ref()))
+                    let public = kp.public_key().as_ref();
+                    // SEC1 uncompressed point: 0x04 || x (32 bytes) || y (32 bytes).
+                    let (x, y) = match public {
+                        [0x04, xy @ ..] if xy.len() == 64 => xy.split_at(32),
+                        _ => return Err(invalid("unexpected P-256 public key encoding".into())),
+                    };
+                    let jwk = serde_json::json!({ "kty": "EC", "crv": "P-256", "x": b64url(x), "y": b64url(y) });
+                    (EncodingKey::from_ec_der(der), DecodingKey::from_ec_der(public), Some(jwk))
                 }
                 _ => {
                     let kp = aws_lc_rs::rsa::KeyPair::from_pkcs8(der)
                         .or_else(|_| aws_lc_rs::rsa::KeyPair::from_der(der))
                         .map_err(|e| invalid(e.to_string()))?;
                     let enc = EncodingKey::from_rsa_pem(&bytes).map_err(|e| invalid(e.to_string()))?;
-                    (enc, DecodingKey::from_rsa_der(kp.public_key().as_ref()))
+                    let public = kp.public_key();
+                    let jwk = serde_json::json!({
+                        "kty": "RSA",
+                        "n": b64url(public.modulus().big_endian_without_leading_zero()),
+                        "e": b64url(public.exponent().big_endian_without_leading_zero()),
+                    });
+                    (enc, DecodingKey::from_rsa_der(public.as_ref()), Some(jwk))
                 }
             }
         }
     };
     let alg = alg_of(kc.algorithm);
+    let jwk = public.map(|mut jwk| {
+        jwk["kid"] = serde_json::Value::from(kc.id.as_str());
+        jwk["alg"] = serde_json::Value::from(alg_name(kc.algorithm));
+        jwk["use"] = serde_json::Value::from("sig");
+        jwk
+    });
     let mut validation = Validation::new(alg);
     validation.leeway = super::validate::LEEWAY_SECS;
     validation.validate_nbf = true;
     validation.set_issuer(&[&config.issuer]);
     validation.set_audience(&[&config.audience]);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-    Ok(Key { kid: kc.id.clone(), alg, active: kc.active, encoding, decoding, validation })
+    Ok(Key { kid: kc.id.clone(), alg, active: kc.active, encoding, decoding, validation, jwk, fingerprint })
+}
+
+/// The JOSE `alg` name (RFC 7518 §3.1, RFC 8037 §3.1).
+fn alg_name(a: KeyAlgorithm) -> &'static str {
+    match a {
+        KeyAlgorithm::EdDSA => "EdDSA",
+        KeyAlgorithm::ES256 => "ES256",
+        KeyAlgorithm::RS256 => "RS256",
+        KeyAlgorithm::HS256 => "HS256",
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 fn decode_b64(s: &str) -> Option<Vec<u8>> {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -30,6 +31,9 @@ pub struct Principal {
     token_id: String,
     user: Option<String>,
     kid: String,
+    /// The fingerprint of the key that verified it (key file, issuer, audience): a hit
+    /// under a key with another fingerprint is verified again.
+    key_fingerprint: [u8; 32],
     expires_at: u64,
 }
 
@@ -116,6 +120,14 @@ impl Expiry<String, u64> for UntilRevocationLapses {
     }
 }
 
+/// How well the validation cache is doing, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: u64,
+}
+
 /// Verifies bearer tokens and remembers the verdict until the token expires.
 pub struct Validator {
     cache: Cache<[u8; 32], Arc<Principal>>,
@@ -125,6 +137,8 @@ pub struct Validator {
     /// Checked on every hit: it closes the race where a verification that started
     /// before a revocation caches its verdict after the eviction.
     revoked: moka::sync::Cache<String, u64>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl Validator {
@@ -133,7 +147,7 @@ impl Validator {
         let by_jti =
             moka::sync::Cache::builder().max_capacity(max_entries).time_to_live(Duration::from_secs(24 * 3600)).build();
         let revoked = moka::sync::Cache::builder().max_capacity(1_000_000).expire_after(UntilRevocationLapses).build();
-        Validator { cache, by_jti, revoked }
+        Validator { cache, by_jti, revoked, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
     }
 
     /// Refuse a token from now on, in this process: evict its cached verdict.
@@ -161,18 +175,25 @@ impl Validator {
         let digest = sha256(token.as_bytes());
         if let Some(p) = self.cache.get(&digest).await {
             // Cached verdicts still answer to the current config: expiry, client, key.
-            if p.expires_at + LEEWAY_SECS <= now {
-                return Err(TokenError::Expired);
+            let key = keys.get(&p.kid);
+            // A replaced key file, or a changed issuer or audience, voids the verdict
+            // but not necessarily the token: verify it again below.
+            if key.is_none_or(|k| k.fingerprint == p.key_fingerprint) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                if p.expires_at + LEEWAY_SECS <= now {
+                    return Err(TokenError::Expired);
+                }
+                check_client(clients, &p.client_id)?;
+                if key.is_none() {
+                    return Err(TokenError::UnknownKey);
+                }
+                if self.revoked.contains_key(&p.token_id) {
+                    return Err(TokenError::Revoked);
+                }
+                return Ok(p);
             }
-            check_client(clients, &p.client_id)?;
-            if keys.get(&p.kid).is_none() {
-                return Err(TokenError::UnknownKey);
-            }
-            if self.revoked.contains_key(&p.token_id) {
-                return Err(TokenError::Revoked);
-            }
-            return Ok(p);
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let principal = Arc::new(verify(token, keys, now)?);
         check_client(clients, &principal.client_id)?;
         if self.revoked.contains_key(&principal.token_id) {
@@ -198,6 +219,16 @@ impl Validator {
 
     pub fn cached_entries(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    /// Hit and miss counts, and the entry count once pending cache maintenance has run.
+    pub async fn stats(&self) -> CacheStats {
+        self.cache.run_pending_tasks().await;
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self.cache.entry_count(),
+        }
     }
 }
 
@@ -253,6 +284,7 @@ fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError>
         token_id: c.jti,
         user,
         kid: kid.to_string(),
+        key_fingerprint: key.fingerprint,
         expires_at: c.exp,
     })
 }

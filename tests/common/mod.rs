@@ -37,6 +37,7 @@ pub struct Pki {
     pub ca_pem: String,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
@@ -48,15 +49,25 @@ impl Pki {
         ca_params.distinguished_name.push(rcgen::DnType::CommonName, "portcullis test CA");
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let pki = Pki {
+            ca_pem: ca_cert.pem(),
+            cert_path: dir.join("server.crt.pem"),
+            key_path: dir.join("server.key.pem"),
+            issuer,
+        };
+        let (cert, key) = pki.leaf();
+        std::fs::write(&pki.cert_path, cert).unwrap();
+        std::fs::write(&pki.key_path, key).unwrap();
+        pki
+    }
 
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf_params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-        let cert_path = dir.join("server.crt.pem");
-        let key_path = dir.join("server.key.pem");
-        std::fs::write(&cert_path, leaf.pem()).unwrap();
-        std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
-        Pki { ca_pem: ca_cert.pem(), cert_path, key_path }
+    /// A new localhost certificate and key (PEM) from the same CA.
+    pub fn leaf(&self) -> (String, String) {
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &self.issuer).unwrap();
+        (leaf.pem(), leaf_key.serialize_pem())
     }
 }
 
@@ -320,6 +331,9 @@ upstream_timeout = "2s"
 upstream_connect_timeout = "1s"
 max_proxy_body_bytes = 67108864
 
+[admin]
+address = "127.0.0.1:0"
+
 [[key]]
 id = "k1"
 file = "{dir}/k1.pem"
@@ -340,6 +354,8 @@ pub struct TestGateway {
     pub pki: Pki,
     pub https: SocketAddr,
     pub http: SocketAddr,
+    /// The admin listener (health, readiness, metrics), plaintext.
+    pub admin: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub config_path: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -368,12 +384,13 @@ impl TestGateway {
         let addrs = server.local_addrs();
         let https = addrs.iter().find(|(_, tls)| *tls).map(|(a, _)| *a).unwrap();
         let http = addrs.iter().find(|(_, tls)| !*tls).map(|(a, _)| *a).unwrap();
+        let admin = server.admin_addr().expect("the test config enables [admin]");
         let gateway = server.gateway();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
-        TestGateway { dir, pki, https, http, gateway, config_path, stop: Some(stop), task: Some(task) }
+        TestGateway { dir, pki, https, http, admin, gateway, config_path, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -382,6 +399,10 @@ impl TestGateway {
 
     pub fn http_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http.port())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     pub fn client(&self) -> reqwest::Client {
@@ -425,11 +446,8 @@ impl TestGateway {
             let _ = task.await;
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let pki = Pki {
-            ca_pem: self.pki.ca_pem.clone(),
-            cert_path: self.pki.cert_path.clone(),
-            key_path: self.pki.key_path.clone(),
-        };
+        let scratch = tempfile::tempdir().unwrap();
+        let pki = std::mem::replace(&mut self.pki, Pki::create(scratch.path()));
         let text = std::fs::read_to_string(&self.config_path).unwrap();
         // The store file may be opened by one gateway at a time: release ours first.
         drop(self);

@@ -1,0 +1,320 @@
+//! Prometheus metrics. The request path only touches atomics (and a lock-free map
+//! lookup for labelled series); text is built only when the admin listener's
+//! `/metrics` is scraped.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::tokens::validate::CacheStats;
+
+/// Upper bounds (seconds) of the upstream latency buckets.
+const LATENCY_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Route label of a request that matched no route (and of refusals before routing).
+pub const UNMATCHED: &str = "unmatched";
+
+/// Grant label of a token request whose `grant_type` was missing or unknown.
+pub const NO_GRANT: &str = "none";
+
+/// Token request outcome label of a success; failures use their RFC 6749 error code.
+pub const ISSUED: &str = "issued";
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    requests: Family<String, StatusCounters>,
+    upstream_latency: Family<String, Histogram>,
+    token_requests: Family<(&'static str, &'static str), AtomicU64>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    last_reload_success: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            requests: Family::default(),
+            upstream_latency: Family::default(),
+            token_requests: Family::default(),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload_success: AtomicU64::new(crate::tokens::now_secs()),
+        }
+    }
+
+    /// One answered request on the gateway listeners.
+    pub fn request(&self, route: &str, status: u16) {
+        self.requests.with(route, |c| c.inc(status));
+    }
+
+    /// Time from sending a request upstream to its response head (or failure).
+    pub fn upstream_latency(&self, route: &str, elapsed: Duration) {
+        self.upstream_latency.with(route, |h| h.observe(elapsed));
+    }
+
+    /// One token endpoint request: the grant asked for and `ISSUED` or the error code.
+    pub fn token_request(&self, grant: &'static str, outcome: &'static str) {
+        self.token_requests.with(&(grant, outcome), |c| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    pub fn reload(&self, ok: bool) {
+        if ok {
+            self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            self.last_reload_success.store(crate::tokens::now_secs(), Ordering::Relaxed);
+        } else {
+            self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (successful, refused) reloads so far.
+    pub fn reloads(&self) -> (u64, u64) {
+        (self.reloads_ok.load(Ordering::Relaxed), self.reloads_failed.load(Ordering::Relaxed))
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, cache: &CacheStats) -> String {
+        let mut out = String::with_capacity(4096);
+        header(&mut out, "portcullis_build_info", "gauge", "Always 1; the version label names the running build.");
+        let _ = writeln!(out, "portcullis_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+
+        header(
+            &mut out,
+            "portcullis_requests_total",
+            "counter",
+            "Requests answered on the gateway listeners, by route and status.",
+        );
+        for (route, counters) in self.requests.snapshot() {
+            for (status, n) in counters.nonzero() {
+                let _ =
+                    writeln!(out, "portcullis_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(&route));
+            }
+        }
+
+        header(
+            &mut out,
+            "portcullis_upstream_latency_seconds",
+            "histogram",
+            "Time from forwarding a request upstream to its response head, by route.",
+        );
+        for (route, h) in self.upstream_latency.snapshot() {
+            let route = escape(&route);
+            let mut cumulative = 0;
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += h.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "portcullis_upstream_latency_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            cumulative += h.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "portcullis_upstream_latency_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "portcullis_upstream_latency_seconds_sum{{route=\"{route}\"}} {sum}");
+            let _ = writeln!(out, "portcullis_upstream_latency_seconds_count{{route=\"{route}\"}} {cumulative}");
+        }
+
+        header(
+            &mut out,
+            "portcullis_token_requests_total",
+            "counter",
+            "Token endpoint requests, by grant type and outcome (issued or the OAuth error code).",
+        );
+        for ((grant, outcome), n) in self.token_requests.snapshot() {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "portcullis_token_requests_total{{grant=\"{grant}\",outcome=\"{outcome}\"}} {n}");
+        }
+
+        header(
+            &mut out,
+            "portcullis_validation_cache_hits_total",
+            "counter",
+            "Bearer tokens answered from the validation cache.",
+        );
+        let _ = writeln!(out, "portcullis_validation_cache_hits_total {}", cache.hits);
+        header(
+            &mut out,
+            "portcullis_validation_cache_misses_total",
+            "counter",
+            "Bearer tokens that needed a full signature verification.",
+        );
+        let _ = writeln!(out, "portcullis_validation_cache_misses_total {}", cache.misses);
+        header(&mut out, "portcullis_validation_cache_entries", "gauge", "Verified tokens currently cached.");
+        let _ = writeln!(out, "portcullis_validation_cache_entries {}", cache.entries);
+
+        header(
+            &mut out,
+            "portcullis_config_reloads_total",
+            "counter",
+            "Configuration reloads, by result (ok: in force; failed: refused, the previous one kept serving).",
+        );
+        let (ok, failed) = self.reloads();
+        let _ = writeln!(out, "portcullis_config_reloads_total{{result=\"ok\"}} {ok}");
+        let _ = writeln!(out, "portcullis_config_reloads_total{{result=\"failed\"}} {failed}");
+        header(
+            &mut out,
+            "portcullis_config_last_reload_success_timestamp_seconds",
+            "gauge",
+            "When the configuration in force was loaded (start or last successful reload), as Unix time.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_config_last_reload_success_timestamp_seconds {}",
+            self.last_reload_success.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Label values may hold `\`, `"` and newlines only escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// A set of series sharing a metric name, one per label value. Reads are a lock-free
+/// snapshot lookup; only the first use of a new label value takes the lock.
+struct Family<K, V> {
+    series: ArcSwap<HashMap<K, Arc<V>>>,
+    grow: Mutex<()>,
+}
+
+impl<K, V> Default for Family<K, V> {
+    fn default() -> Self {
+        Family { series: ArcSwap::from_pointee(HashMap::new()), grow: Mutex::new(()) }
+    }
+}
+
+impl<K: Hash + Eq + Clone + Ord, V: Default> Family<K, V> {
+    fn with<Q>(&self, key: &Q, f: impl FnOnce(&V))
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(v) = self.series.load().get(key) {
+            return f(v);
+        }
+        // A poisoned lock only means another thread panicked while adding a series.
+        let _guard = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.series.load_full();
+        if let Some(v) = current.get(key) {
+            return f(v);
+        }
+        let mut next = (*current).clone();
+        let v = Arc::new(V::default());
+        next.insert(key.to_owned(), v.clone());
+        self.series.store(Arc::new(next));
+        f(&v)
+    }
+
+    /// Every series, sorted by label so the output is stable.
+    fn snapshot(&self) -> Vec<(K, Arc<V>)> {
+        let mut all: Vec<_> = self.series.load().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// Request counts of one route, indexed by status code 100..=599.
+struct StatusCounters(Box<[AtomicU64]>);
+
+impl Default for StatusCounters {
+    fn default() -> Self {
+        StatusCounters((100..=599).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl StatusCounters {
+    fn inc(&self, status: u16) {
+        // http::StatusCode guarantees 100..=999; codes above 599 are counted as 599.
+        let i = usize::from(status.clamp(100, 599) - 100);
+        if let Some(c) = self.0.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn nonzero(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.0.iter().enumerate().map(|(i, c)| (i + 100, c.load(Ordering::Relaxed))).filter(|(_, n)| *n > 0)
+    }
+}
+
+/// Bucket counts (not cumulative; the last one is +Inf) and the sum of observations.
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), sum_nanos: AtomicU64::new(0) }
+    }
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|le| secs <= *le).unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_created_once_and_rendered_sorted() {
+        let m = Metrics::new();
+        m.request("/b", 200);
+        m.request("/a", 404);
+        m.request("/b", 200);
+        m.token_request("client_credentials", ISSUED);
+        m.upstream_latency("/b", Duration::from_millis(3));
+        m.upstream_latency("/b", Duration::from_secs(60));
+        let text = m.render(&CacheStats { hits: 1, misses: 2, entries: 3 });
+        let a = text.find("route=\"/a\",status=\"404\"} 1").unwrap();
+        let b = text.find("route=\"/b\",status=\"200\"} 2").unwrap();
+        assert!(a < b);
+        assert!(text.contains("portcullis_upstream_latency_seconds_bucket{route=\"/b\",le=\"0.0025\"} 0"));
+        assert!(text.contains("portcullis_upstream_latency_seconds_bucket{route=\"/b\",le=\"0.005\"} 1"));
+        assert!(text.contains("portcullis_upstream_latency_seconds_bucket{route=\"/b\",le=\"10\"} 1"));
+        assert!(text.contains("portcullis_upstream_latency_seconds_bucket{route=\"/b\",le=\"+Inf\"} 2"));
+        assert!(text.contains("portcullis_upstream_latency_seconds_count{route=\"/b\"} 2"));
+        assert!(text.contains("portcullis_token_requests_total{grant=\"client_credentials\",outcome=\"issued\"} 1"));
+        assert!(text.contains("portcullis_validation_cache_entries 3"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn out_of_range_statuses_do_not_panic() {
+        let c = StatusCounters::default();
+        c.inc(999);
+        c.inc(0);
+        assert_eq!(c.nonzero().collect::<Vec<_>>(), vec![(100, 1), (599, 1)]);
+    }
+}
