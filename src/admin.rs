@@ -1,7 +1,7 @@
 //! The admin listener: plaintext HTTP/1.1 on its own address (loopback by default), apart
 //! from the gateway listeners so probes and scrapes neither compete with traffic nor
 //! widen the public surface. `/healthz`: the process answers. `/readyz`: config and keys
-//! are loaded and the listeners serve (not draining). `/metrics`: Prometheus text.
+//! are loaded, the listeners serve (not draining) and the store answers. `/metrics`: Prometheus text.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,6 +32,9 @@ pub enum AdminError {
     /// Starting up or draining: load balancers should send traffic elsewhere.
     #[error("not ready")]
     NotReady,
+    /// The store (codes, refresh tokens, sessions) cannot be reached.
+    #[error("store unavailable")]
+    StoreDown,
 }
 
 impl AdminError {
@@ -41,6 +44,7 @@ impl AdminError {
             AdminError::NotFound => (StatusCode::NOT_FOUND, "not found\n"),
             AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             AdminError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            AdminError::StoreDown => (StatusCode::SERVICE_UNAVAILABLE, "not ready: store unavailable\n"),
         };
         let mut resp = text_response(status, text.to_string(), "text/plain; charset=utf-8");
         if self == AdminError::MethodNotAllowed {
@@ -119,8 +123,14 @@ async fn route<B>(gw: &Gateway, req: &Request<B>) -> Result<Response<Body>, Admi
     let plain = "text/plain; charset=utf-8";
     match path {
         "/healthz" => Ok(text_response(StatusCode::OK, "ok\n".into(), plain)),
-        "/readyz" if gw.is_ready() => Ok(text_response(StatusCode::OK, "ready\n".into(), plain)),
-        "/readyz" => Err(AdminError::NotReady),
+        "/readyz" if !gw.is_ready() => Err(AdminError::NotReady),
+        "/readyz" => match gw.store.ping().await {
+            Ok(()) => Ok(text_response(StatusCode::OK, "ready\n".into(), plain)),
+            Err(e) => {
+                tracing::warn!(error = %e, "not ready: store unavailable");
+                Err(AdminError::StoreDown)
+            }
+        },
         _ => {
             let stats = gw.validator.stats().await;
             let text = gw.metrics.render(&stats);

@@ -31,6 +31,7 @@ pub struct Metrics {
     requests: Family<String, StatusCounters>,
     upstream_latency: Family<String, Histogram>,
     token_requests: Family<(&'static str, &'static str), AtomicU64>,
+    revocations: Family<(&'static str, &'static str), AtomicU64>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_success: AtomicU64,
@@ -42,6 +43,7 @@ impl Metrics {
             requests: Family::default(),
             upstream_latency: Family::default(),
             token_requests: Family::default(),
+            revocations: Family::default(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload_success: AtomicU64::new(crate::tokens::now_secs()),
@@ -62,6 +64,14 @@ impl Metrics {
     pub fn token_request(&self, grant: &'static str, outcome: &'static str) {
         self.token_requests.with(&(grant, outcome), |c| {
             c.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// `n` tokens of `kind` (access_token, refresh_family) revoked for `reason`
+    /// (revoke_endpoint, code_replay, refresh_reuse).
+    pub fn revoked(&self, kind: &'static str, reason: &'static str, n: u64) {
+        self.revocations.with(&(kind, reason), |c| {
+            c.fetch_add(n, Ordering::Relaxed);
         });
     }
 
@@ -133,6 +143,17 @@ impl Metrics {
         for ((grant, outcome), n) in self.token_requests.snapshot() {
             let n = n.load(Ordering::Relaxed);
             let _ = writeln!(out, "portcullis_token_requests_total{{grant=\"{grant}\",outcome=\"{outcome}\"}} {n}");
+        }
+
+        header(
+            &mut out,
+            "portcullis_revocations_total",
+            "counter",
+            "Revoked access tokens and refresh families, by kind and reason.",
+        );
+        for ((kind, reason), n) in self.revocations.snapshot() {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "portcullis_revocations_total{{kind=\"{kind}\",reason=\"{reason}\"}} {n}");
         }
 
         header(

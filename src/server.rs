@@ -291,6 +291,8 @@ where
 enum Endpoint {
     Token,
     Authorize,
+    Revoke,
+    Introspect,
     Metadata,
     Jwks,
     Proxy,
@@ -309,6 +311,8 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
         match path.as_str() {
             p if p == c.token_path => Endpoint::Token,
             p if p == c.authorize_path => Endpoint::Authorize,
+            p if p == c.revoke_path => Endpoint::Revoke,
+            p if p == c.introspect_path => Endpoint::Introspect,
             p if p == c.metadata_path => Endpoint::Metadata,
             p if p == c.jwks_path => Endpoint::Jwks,
             _ => Endpoint::Proxy,
@@ -324,6 +328,14 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
         Endpoint::Authorize => {
             let (resp, outcome) = crate::oauth::authorize::handle(gw, req).await;
             (resp, "oauth:authorize".into(), outcome.client_id)
+        }
+        Endpoint::Revoke => {
+            let (resp, outcome) = crate::oauth::revoke::handle(gw, req).await;
+            (resp, "oauth:revoke".into(), outcome.client_id)
+        }
+        Endpoint::Introspect => {
+            let (resp, outcome) = crate::oauth::introspect::handle(gw, req).await;
+            (resp, "oauth:introspect".into(), outcome.client_id)
         }
         Endpoint::Metadata => (crate::oauth::metadata::handle(gw, &req), "oauth:metadata".into(), None),
         Endpoint::Jwks => (crate::oauth::jwks::handle(gw, &req), "oauth:jwks".into(), None),

@@ -81,14 +81,15 @@ impl Drop for Redis {
 /// One gateway process.
 struct Replica {
     port: u16,
+    admin: u16,
     child: Child,
 }
 
 impl Replica {
     fn start(dir: &Path, name: &str, redis: &Redis, upstream: SocketAddr) -> Replica {
-        let port = free_port();
+        let (port, admin) = (free_port(), free_port());
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, replica_config(dir, port, &redis.url(), upstream)).unwrap();
+        std::fs::write(&config, replica_config(dir, port, admin, &redis.url(), upstream)).unwrap();
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["serve", "--config"])
@@ -98,7 +99,7 @@ impl Replica {
             .stderr(log)
             .spawn()
             .expect("start gateway");
-        let mut replica = Replica { port, child };
+        let mut replica = Replica { port, admin, child };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = replica.child.try_wait() {
@@ -114,6 +115,10 @@ impl Replica {
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
 }
 
 impl Drop for Replica {
@@ -123,7 +128,7 @@ impl Drop for Replica {
     }
 }
 
-fn replica_config(dir: &Path, port: u16, redis_url: &str, upstream: SocketAddr) -> String {
+fn replica_config(dir: &Path, port: u16, admin: u16, redis_url: &str, upstream: SocketAddr) -> String {
     format!(
         r#"
 issuer = "{ISSUER}"
@@ -133,7 +138,7 @@ address = "127.0.0.1:{port}"
 tls = false
 
 [admin]
-address = "127.0.0.1:0"
+address = "127.0.0.1:{admin}"
 
 [store]
 kind = "redis"
@@ -316,7 +321,10 @@ async fn redis_down_keeps_the_proxy_path_and_grants_recover() {
     assert_eq!(status, 200);
     let unseen = v["access_token"].as_str().unwrap().to_string();
 
+    let ready = async |r: &Replica| c.http.get(r.admin_url("/readyz")).send().await.unwrap().status().as_u16();
+    assert_eq!(ready(&c.a).await, 200);
     c.redis.stop();
+    assert_eq!(ready(&c.a).await, 503, "readiness reports the store down");
     assert_eq!(c.get_api(&c.a, &cached).await, 200, "cached token keeps working");
     assert_eq!(c.get_api(&c.b, &unseen).await, 200, "uncached token is still verified on its own");
     let (status, v) = c.refresh(&c.a, &rt).await;
@@ -331,4 +339,5 @@ async fn redis_down_keeps_the_proxy_path_and_grants_recover() {
     let recovered =
         within(Duration::from_secs(10), async || c.token(&c.b, &pw, Some(("webapp", SVC_SECRET))).await.0 == 200).await;
     assert!(recovered.is_some(), "log B:\n{}", c.log("b"));
+    assert_eq!(ready(&c.b).await, 200);
 }

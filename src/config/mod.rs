@@ -248,6 +248,10 @@ pub struct Config {
     pub limits: Limits,
     pub token_path: String,
     pub authorize_path: String,
+    /// RFC 7009 token revocation.
+    pub revoke_path: String,
+    /// RFC 7662 token introspection.
+    pub introspect_path: String,
     /// RFC 8414 authorization server metadata.
     pub metadata_path: String,
     /// The public signing keys (RFC 7517 JWK Set).
@@ -462,11 +466,15 @@ impl Validator<'_> {
 
         let token_path = self.endpoint(&raw.endpoints.token, "/oauth/token")?;
         let authorize_path = self.endpoint(&raw.endpoints.authorize, "/oauth/authorize")?;
+        let revoke_path = self.endpoint(&raw.endpoints.revoke, "/oauth/revoke")?;
+        let introspect_path = self.endpoint(&raw.endpoints.introspect, "/oauth/introspect")?;
         let metadata_path = self.endpoint(&raw.endpoints.metadata, "/.well-known/oauth-authorization-server")?;
         let jwks_path = self.endpoint(&raw.endpoints.jwks, "/.well-known/jwks.json")?;
         let named = [
             (&raw.endpoints.token, &token_path),
             (&raw.endpoints.authorize, &authorize_path),
+            (&raw.endpoints.revoke, &revoke_path),
+            (&raw.endpoints.introspect, &introspect_path),
             (&raw.endpoints.metadata, &metadata_path),
             (&raw.endpoints.jwks, &jwks_path),
         ];
@@ -532,6 +540,8 @@ impl Validator<'_> {
             limits,
             token_path,
             authorize_path,
+            revoke_path,
+            introspect_path,
             metadata_path,
             jwks_path,
             admin,

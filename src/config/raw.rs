@@ -94,6 +94,8 @@ pub struct RawLimits {
 pub struct RawEndpoints {
     pub token: Option<Spanned<String>>,
     pub authorize: Option<Spanned<String>>,
+    pub revoke: Option<Spanned<String>>,
+    pub introspect: Option<Spanned<String>>,
     pub metadata: Option<Spanned<String>>,
     pub jwks: Option<Spanned<String>>,
 }

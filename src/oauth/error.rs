@@ -32,7 +32,7 @@ pub enum OAuthError {
     /// The body did not arrive in time.
     #[error("request body timed out")]
     BodyTimeout,
-    /// Token endpoint called with something other than POST.
+    /// A POST-only endpoint called with another method.
     #[error("method not allowed")]
     MethodNotAllowed,
     /// Something on our side failed (signing, a panic-free internal error); details are logged.
@@ -106,7 +106,7 @@ impl OAuthError {
             ),
             OAuthError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "The request body is too large.".to_string()),
             OAuthError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "The request body did not arrive in time.".to_string()),
-            OAuthError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "The token endpoint accepts POST only.".to_string()),
+            OAuthError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "This endpoint accepts POST only.".to_string()),
             OAuthError::ServerError => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "The authorization server encountered an unexpected condition.".to_string(),

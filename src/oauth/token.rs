@@ -84,20 +84,7 @@ where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    if req.method() != Method::POST {
-        return Err(OAuthError::MethodNotAllowed);
-    }
-    let (limit, timeout) = {
-        let rt = gw.runtime();
-        (rt.config.limits.max_token_body_bytes, rt.config.limits.header_read_timeout)
-    };
-    let (parts, body) = req.into_parts();
-    let kind = body_kind(&parts.headers)?;
-    let bytes = read_body(body, &parts.headers, limit, timeout).await?;
-    let params = match kind {
-        BodyKind::Form => Params::from_form(&bytes)?,
-        BodyKind::Json => Params::from_json(&bytes)?,
-    };
+    let (parts, params) = read_post(gw, req).await?;
 
     // Cheap checks first: no argon2 work for a request that names no known grant.
     let grant_name = params.require("grant_type")?;
@@ -117,6 +104,30 @@ where
         GrantType::AuthorizationCode => grants::authorization_code::grant(gw, &rt, &client, &params, now).await,
         GrantType::RefreshToken => grants::refresh_token::grant(gw, &rt, &client, &params, now).await,
     }
+}
+
+/// The parameters of a POST to one of our endpoints (token, revoke, introspect):
+/// POST only, form or JSON body, within the body size and time limits.
+pub(crate) async fn read_post<B>(gw: &Gateway, req: Request<B>) -> Result<(http::request::Parts, Params), OAuthError>
+where
+    B: HttpBody<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if req.method() != Method::POST {
+        return Err(OAuthError::MethodNotAllowed);
+    }
+    let (limit, timeout) = {
+        let rt = gw.runtime();
+        (rt.config.limits.max_token_body_bytes, rt.config.limits.header_read_timeout)
+    };
+    let (parts, body) = req.into_parts();
+    let kind = body_kind(&parts.headers)?;
+    let bytes = read_body(body, &parts.headers, limit, timeout).await?;
+    let params = match kind {
+        BodyKind::Form => Params::from_form(&bytes)?,
+        BodyKind::Json => Params::from_json(&bytes)?,
+    };
+    Ok((parts, params))
 }
 
 enum BodyKind {

@@ -11,7 +11,7 @@ use jsonwebtoken::errors::ErrorKind;
 use moka::Expiry;
 use moka::future::Cache;
 
-use super::keys::KeySet;
+use super::keys::{Key, KeySet};
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Client;
 use crate::store::Store;
@@ -212,6 +212,11 @@ impl Validator {
         Ok(principal)
     }
 
+    /// Has this process seen `jti` revoked (by itself or through a replica's event)?
+    pub fn is_revoked_locally(&self, jti: &str) -> bool {
+        self.revoked.contains_key(jti)
+    }
+
     /// Drop every cached verdict (e.g. after the keys changed).
     pub fn clear(&self) {
         self.cache.invalidate_all();
@@ -240,8 +245,33 @@ fn check_client(clients: &HashMap<String, Arc<Client>>, id: &str) -> Result<(), 
     }
 }
 
+/// The verified claims of one of our access tokens, for introspection and revocation
+/// (RFC 7662, RFC 7009): signature, typ, iss, aud and time checks, but no client or
+/// revocation check — the caller decides what those mean for its answer.
+pub fn inspect(token: &str, keys: &KeySet, now: u64) -> Result<AccessClaims, TokenError> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Malformed);
+    }
+    verify_claims(token, keys, now).map(|(claims, _)| claims)
+}
+
 /// Full cryptographic and claim verification of a token not seen before.
 fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError> {
+    let (c, key) = verify_claims(token, keys, now)?;
+    let user = (c.sub != c.client_id).then(|| c.sub.clone());
+    Ok(Principal {
+        client_id: c.client_id,
+        subject: c.sub,
+        scope: c.scope,
+        token_id: c.jti,
+        user,
+        kid: key.kid.clone(),
+        key_fingerprint: key.fingerprint,
+        expires_at: c.exp,
+    })
+}
+
+fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessClaims, &'k Key), TokenError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
     let key = keys.get(kid).ok_or(TokenError::UnknownKey)?;
@@ -276,15 +306,5 @@ fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError>
     if c.jti.is_empty() || c.client_id.is_empty() || c.sub.is_empty() {
         return Err(TokenError::BadClaims);
     }
-    let user = (c.sub != c.client_id).then(|| c.sub.clone());
-    Ok(Principal {
-        client_id: c.client_id,
-        subject: c.sub,
-        scope: c.scope,
-        token_id: c.jti,
-        user,
-        kid: kid.to_string(),
-        key_fingerprint: key.fingerprint,
-        expires_at: c.exp,
-    })
+    Ok((c, key))
 }

@@ -45,6 +45,8 @@ pub async fn grant(
         TakeCode::Replayed { revoked } => {
             tracing::warn!(client_id = %client.id, revoked = revoked.len(), "authorization code replayed; its tokens are revoked");
             gw.revoke_access(&revoked).await;
+            gw.metrics.revoked("refresh_family", "code_replay", 1);
+            gw.metrics.revoked("access_token", "code_replay", revoked.len() as u64);
             return Err(invalid_code());
         }
         TakeCode::Taken(grant) => grant,

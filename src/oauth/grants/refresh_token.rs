@@ -48,6 +48,8 @@ pub async fn grant(
         Rotate::Reused { revoked } => {
             tracing::warn!(client_id = %client.id, revoked = revoked.len(), "refresh token reused; its family is revoked");
             gw.revoke_access(&revoked).await;
+            gw.metrics.revoked("refresh_family", "refresh_reuse", 1);
+            gw.metrics.revoked("access_token", "refresh_reuse", revoked.len() as u64);
             return Err(invalid());
         }
         Rotate::Invalid => return Err(invalid()),

@@ -1,0 +1,107 @@
+//! POST /oauth/introspect (RFC 7662): a confidential client (typically a resource server)
+//! asks whether a token is active. Anything invalid, expired, revoked, not ours, or of a
+//! disabled client is simply `{"active": false}` (§2.2).
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body as HttpBody;
+use serde_json::{Value, json};
+
+use super::client_auth;
+use super::error::OAuthError;
+use super::token::read_post;
+use crate::http::{Body, json};
+use crate::state::{Gateway, Runtime};
+use crate::tokens::validate::inspect;
+use crate::tokens::{now_secs, sha256};
+
+#[derive(Default)]
+pub struct Outcome {
+    pub client_id: Option<String>,
+}
+
+pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Outcome)
+where
+    B: HttpBody<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut outcome = Outcome::default();
+    let realm = gw.runtime().config.realm.clone();
+    match introspect(gw, req, &mut outcome).await {
+        Ok(v) => {
+            let mut resp = json(StatusCode::OK, &v);
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            (resp, outcome)
+        }
+        Err(e) => (e.into_response(&realm), outcome),
+    }
+}
+
+fn inactive() -> Value {
+    json!({ "active": false })
+}
+
+async fn introspect<B>(gw: &Gateway, req: Request<B>, outcome: &mut Outcome) -> Result<Value, OAuthError>
+where
+    B: HttpBody<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let (parts, params) = read_post(gw, req).await?;
+    let rt = gw.runtime_full();
+    let client = client_auth::authenticate(&gw.secrets, &rt, &parts.headers, &params).await?;
+    outcome.client_id = Some(client.id.clone());
+    // §2.1: the endpoint must be protected; a public client proves nothing.
+    if client.is_public() {
+        return Err(OAuthError::InvalidClient { basic: false });
+    }
+    let token = params.require("token")?;
+    let now = now_secs();
+    if let Some(v) = access_token(gw, &rt, token, now).await? {
+        return Ok(v);
+    }
+    // Refresh tokens are shown only to the client they were issued to.
+    if let Some(grant) = gw.store.get_refresh(sha256(token.as_bytes()), now).await?
+        && grant.client_id == client.id
+        && rt.config.clients.get(&grant.client_id).is_some_and(|c| c.enabled)
+    {
+        let mut v = json!({
+            "active": true,
+            "token_type": "refresh_token",
+            "client_id": grant.client_id,
+            "sub": grant.subject,
+            "scope": grant.scopes.join(" "),
+            "exp": grant.expires_at,
+            "iss": rt.config.issuer,
+        });
+        if let Some(user) = grant.user {
+            v["username"] = Value::String(user);
+        }
+        return Ok(v);
+    }
+    Ok(inactive())
+}
+
+async fn access_token(gw: &Gateway, rt: &Runtime, token: &str, now: u64) -> Result<Option<Value>, OAuthError> {
+    let Ok(c) = inspect(token, &rt.keys, now) else { return Ok(None) };
+    let client_ok = rt.config.clients.get(&c.client_id).is_some_and(|cl| cl.enabled);
+    if !client_ok || gw.validator.is_revoked_locally(&c.jti) || gw.store.is_revoked(&c.jti).await? {
+        return Ok(Some(inactive()));
+    }
+    let mut v = json!({
+        "active": true,
+        "token_type": "Bearer",
+        "scope": c.scope,
+        "client_id": c.client_id,
+        "sub": c.sub,
+        "exp": c.exp,
+        "iat": c.iat,
+        "iss": c.iss,
+        "aud": c.aud,
+        "jti": c.jti,
+    });
+    if c.sub != c.client_id {
+        v["username"] = Value::String(c.sub);
+    }
+    Ok(Some(v))
+}

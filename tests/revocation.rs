@@ -1,0 +1,196 @@
+//! RFC 7009 revocation and RFC 7662 introspection end to end, and the metrics and
+//! readiness they feed.
+
+mod common;
+
+use aws_lc_rs::signature::Ed25519KeyPair;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::*;
+use serde_json::{Value, json};
+
+async fn setup() -> (EchoUpstream, TestGateway) {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    (up, gw)
+}
+
+async fn post(gw: &TestGateway, path: &str, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = gw.client().post(gw.url(path)).form(form);
+    if let Some((id, secret)) = basic {
+        req = req.basic_auth(id, Some(secret));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    if status == 200 {
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
+    }
+    let text = resp.text().await.unwrap();
+    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+}
+
+async fn api(gw: &TestGateway, token: &str) -> u16 {
+    gw.client().get(gw.url("/api/x")).bearer_auth(token).send().await.unwrap().status().as_u16()
+}
+
+async fn password_tokens(gw: &TestGateway) -> (String, String) {
+    let form = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)];
+    let (status, v) = post(gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!(status, 200, "{v}");
+    (v["access_token"].as_str().unwrap().into(), v["refresh_token"].as_str().unwrap().into())
+}
+
+/// A token with the gateway's own key and the given claims (for expired tokens).
+fn signed(gw: &TestGateway, claims: Value) -> String {
+    let pem = std::fs::read(gw.dir.path().join("k1.pem")).unwrap();
+    let key = Ed25519KeyPair::from_pkcs8(pem::parse(pem).unwrap().contents()).unwrap();
+    let header = json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k1"});
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).as_ref()))
+}
+
+#[tokio::test]
+async fn a_revoked_access_token_fails_on_the_very_next_request_although_cached() {
+    let (_up, gw) = setup().await;
+    let token = gw.token("svc", SVC_SECRET, None).await;
+    assert_eq!(api(&gw, &token).await, 200);
+    assert_eq!(api(&gw, &token).await, 200, "now served from the cache");
+
+    let (status, body) = post(&gw, "/oauth/revoke", Some(("svc", SVC_SECRET)), &[("token", &token)]).await;
+    assert_eq!((status, body), (200, Value::Null));
+    assert_eq!(api(&gw, &token).await, 401);
+    // Revoking again, or something unknown, is still 200 (RFC 7009 §2.2).
+    for t in [token.as_str(), "not-a-token", "a.b.c"] {
+        let (status, _) = post(&gw, "/oauth/revoke", Some(("svc", SVC_SECRET)), &[("token", t)]).await;
+        assert_eq!(status, 200, "{t}");
+    }
+    // The revocation is in the store: a restart does not bring the token back.
+    let gw = gw.restart().await;
+    assert_eq!(api(&gw, &token).await, 401);
+}
+
+#[tokio::test]
+async fn revoking_a_refresh_token_revokes_its_family_and_access_tokens() {
+    let (_up, gw) = setup().await;
+    let (at0, rt0) = password_tokens(&gw).await;
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str())];
+    let (_, v) = post(&gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &form).await;
+    let (at1, rt1) =
+        (v["access_token"].as_str().unwrap().to_string(), v["refresh_token"].as_str().unwrap().to_string());
+    assert_eq!(api(&gw, &at0).await, 200);
+    assert_eq!(api(&gw, &at1).await, 200);
+
+    let form = [("token", rt1.as_str()), ("token_type_hint", "refresh_token")];
+    let (status, _) = post(&gw, "/oauth/revoke", Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!(status, 200);
+    assert_eq!(api(&gw, &at0).await, 401);
+    assert_eq!(api(&gw, &at1).await, 401);
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt1.as_str())];
+    let (status, v) = post(&gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+}
+
+#[tokio::test]
+async fn a_client_may_revoke_only_its_own_tokens_and_must_authenticate() {
+    let (_up, gw) = setup().await;
+    let token = gw.token("svc", SVC_SECRET, None).await;
+    let (_, rt) = password_tokens(&gw).await;
+    for t in [&token, &rt] {
+        let (status, v) = post(&gw, "/oauth/revoke", Some(("linked", OTHER_SECRET)), &[("token", t)]).await;
+        assert_eq!((status, v["error"].as_str()), (400, Some("invalid_request")), "{v}");
+    }
+    assert_eq!(api(&gw, &token).await, 200, "still valid");
+    let (status, v) = post(&gw, "/oauth/revoke", None, &[("token", &token)]).await;
+    assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
+    let (status, v) = post(&gw, "/oauth/revoke", Some(("svc", "wrong")), &[("token", &token)]).await;
+    assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
+    let (status, v) = post(&gw, "/oauth/revoke", Some(("svc", SVC_SECRET)), &[]).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_request")));
+    assert_eq!(api(&gw, &token).await, 200);
+}
+
+#[tokio::test]
+async fn introspection_of_valid_expired_revoked_and_foreign_tokens() {
+    let (_up, gw) = setup().await;
+    let rs = Some(("svc", SVC_SECRET));
+    let token = gw.token("linked", OTHER_SECRET, None).await;
+    let (status, v) = post(&gw, "/oauth/introspect", rs, &[("token", &token)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["active"], true);
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["client_id"], "linked");
+    assert_eq!(v["sub"], "alice");
+    assert_eq!(v["username"], "alice");
+    assert_eq!(v["scope"], "read");
+    assert_eq!(v["iss"], ISSUER);
+    assert_eq!(v["aud"], ISSUER);
+    assert!(v["exp"].as_u64().unwrap() > v["iat"].as_u64().unwrap());
+    assert!(v["jti"].as_str().unwrap().len() >= 16);
+
+    let now = portcullis::tokens::now_secs();
+    let expired = signed(
+        &gw,
+        json!({"iss": ISSUER, "aud": ISSUER, "sub": "svc", "client_id": "svc", "scope": "read",
+               "jti": "expired-1", "iat": now - 7200, "exp": now - 3600}),
+    );
+    let foreign_key = Ed25519KeyPair::generate().unwrap();
+    let mut foreign = gw.token("svc", SVC_SECRET, None).await;
+    let sig_at = foreign.rfind('.').unwrap();
+    foreign.truncate(sig_at + 1);
+    foreign.push_str(&URL_SAFE_NO_PAD.encode(foreign_key.sign(foreign.as_bytes()).as_ref()));
+    for t in [expired.as_str(), foreign.as_str(), "garbage", "a.b.c"] {
+        let (status, v) = post(&gw, "/oauth/introspect", rs, &[("token", t)]).await;
+        assert_eq!((status, v), (200, json!({"active": false})), "{t}");
+    }
+
+    post(&gw, "/oauth/revoke", Some(("linked", OTHER_SECRET)), &[("token", &token)]).await;
+    let (_, v) = post(&gw, "/oauth/introspect", rs, &[("token", &token)]).await;
+    assert_eq!(v, json!({"active": false}), "revoked");
+
+    // A disabled client's tokens are inactive.
+    let t2 = gw.token("svc", SVC_SECRET, None).await;
+    gw.rewrite_config(|t| t.replacen("id = \"svc\"\n", "id = \"svc\"\nenabled = false\n", 1));
+    let (_, v) = post(&gw, "/oauth/introspect", Some(("webapp", SVC_SECRET)), &[("token", &t2)]).await;
+    assert_eq!(v, json!({"active": false}));
+}
+
+#[tokio::test]
+async fn refresh_tokens_are_introspectable_by_their_client_only_and_public_clients_may_not_introspect() {
+    let (_up, gw) = setup().await;
+    let (_, rt) = password_tokens(&gw).await;
+    let (status, v) = post(&gw, "/oauth/introspect", Some(("webapp", SVC_SECRET)), &[("token", &rt)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["active"], true);
+    assert_eq!(v["token_type"], "refresh_token");
+    assert_eq!(v["client_id"], "webapp");
+    assert_eq!(v["sub"], "alice");
+    let (_, v) = post(&gw, "/oauth/introspect", Some(("svc", SVC_SECRET)), &[("token", &rt)]).await;
+    assert_eq!(v, json!({"active": false}));
+    let (status, v) = post(&gw, "/oauth/introspect", None, &[("token", &rt), ("client_id", "spa")]).await;
+    assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
+}
+
+#[tokio::test]
+async fn revocations_are_counted_and_metadata_lists_the_endpoints() {
+    let (_up, gw) = setup().await;
+    let token = gw.token("svc", SVC_SECRET, None).await;
+    post(&gw, "/oauth/revoke", Some(("svc", SVC_SECRET)), &[("token", &token)]).await;
+    let (_, rt) = password_tokens(&gw).await;
+    // The family's one access token is revoked with it: 2 access tokens in all.
+    post(&gw, "/oauth/revoke", Some(("webapp", SVC_SECRET)), &[("token", &rt)]).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let metrics = http.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("portcullis_revocations_total{kind=\"access_token\",reason=\"revoke_endpoint\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("portcullis_revocations_total{kind=\"refresh_family\",reason=\"revoke_endpoint\"} 1"));
+    let ready = http.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let d: Value =
+        gw.client().get(gw.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(d["revocation_endpoint"], format!("{ISSUER}/oauth/revoke"));
+    assert_eq!(d["introspection_endpoint"], format!("{ISSUER}/oauth/introspect"));
+}
