@@ -141,11 +141,24 @@ fn check(path: PathBuf) -> ExitCode {
         println!("listener  {} ({})", l.address, if l.tls { "https" } else { "http" });
     }
     println!("token     POST {}", config.token_path);
+    println!("authorize GET  {} (login and consent pages)", config.authorize_path);
+    println!("revoke    POST {}", config.revoke_path);
+    println!("introspect POST {}", config.introspect_path);
     println!("metadata  GET  {}", config.metadata_path);
     println!("jwks      GET  {}", config.jwks_path);
     match &config.admin {
         Some(a) => println!("admin     {} (http: /healthz /readyz /metrics)", a.address),
         None => println!("admin     disabled"),
+    }
+    match &config.store {
+        portcullis::config::StoreConfig::Embedded { path } => println!("store     embedded {}", path.display()),
+        portcullis::config::StoreConfig::Redis { url, key_prefix, .. } => {
+            // The URL may carry a password: print only scheme, host and port.
+            let shown = url::Url::parse(url)
+                .map(|u| format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or("?"), u.port().unwrap_or(6379)))
+                .unwrap_or_default();
+            println!("store     redis {shown} prefix={key_prefix}");
+        }
     }
     for k in &config.keys {
         let state = if k.file.exists() {
@@ -168,6 +181,9 @@ fn check(path: PathBuf) -> ExitCode {
     clients.sort_by(|a, b| a.id.cmp(&b.id));
     for c in clients {
         let mut grants: Vec<_> = c.grants.iter().map(|g| g.as_str()).collect();
+        if c.implicit {
+            grants.push("implicit");
+        }
         grants.sort_unstable();
         println!(
             "client    {} grants=[{}] scopes=[{}]{}{}",
@@ -177,6 +193,11 @@ fn check(path: PathBuf) -> ExitCode {
             c.user.as_ref().map(|u| format!(" user={u}")).unwrap_or_default(),
             if c.enabled { "" } else { " DISABLED" }
         );
+    }
+    let mut users: Vec<_> = config.users.values().collect();
+    users.sort_by(|a, b| a.username.cmp(&b.username));
+    for u in users {
+        println!("user      {}{}", u.username, if u.enabled { "" } else { " DISABLED" });
     }
     for r in &config.routes {
         println!(
