@@ -745,12 +745,55 @@ async fn public_route_needs_no_token_and_strips_spoofed_identity() {
 async fn no_route_is_404_json() {
     let (_up, gw) = setup().await;
     let token = svc_token(&gw).await;
-    for path in ["/nowhere", "/", "/apix", "/API/x"] {
+    for path in ["/nowhere", "/", "/apix"] {
         let resp = gw.client().get(gw.url(path)).bearer_auth(&token).send().await.unwrap();
         let (status, www, v) = refused(resp).await;
         assert_eq!(status, 404, "{path}");
         assert!(www.is_none());
         assert_eq!(v["error"], "not_found", "{path}");
+    }
+    // Prefixes match case-insensitively, so a case variant is held to the route's rules
+    // (here: a token with `read`) instead of slipping past it.
+    let resp = gw.client().get(gw.url("/API/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn gateway_cookies_and_client_ip_headers_never_reach_the_upstream() {
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    let resp = gw
+        .client()
+        .get(gw.url("/api/c"))
+        .bearer_auth(&token)
+        .header("cookie", "a=1; __Host-portcullis_session=SECRET; b=2; __Host-portcullis_csrf=C")
+        .header("x-real-ip", "1.2.3.4")
+        .header("true-client-ip", "1.2.3.4")
+        .send()
+        .await
+        .unwrap();
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header("cookie"), Some("a=1; b=2"));
+    assert!(echo.header("x-real-ip").is_none() && echo.header("true-client-ip").is_none(), "{echo:?}");
+    let resp = gw
+        .client()
+        .get(gw.url("/api/c"))
+        .bearer_auth(&token)
+        .header("cookie", "__Host-portcullis_session=SECRET")
+        .send()
+        .await
+        .unwrap();
+    let echo: Echo = resp.json().await.unwrap();
+    assert!(echo.header("cookie").is_none(), "{echo:?}");
+}
+
+#[tokio::test]
+async fn paths_an_upstream_could_normalise_differently_are_refused() {
+    let (_up, gw) = setup().await;
+    for path in ["//api/x", "/%61pi/x", "/api;x/y", "/api//x"] {
+        let resp =
+            raw_plain(gw.http, &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"), b"").await;
+        assert_eq!(resp.status, 400, "{path}");
     }
 }
 

@@ -6,7 +6,7 @@ use http::{HeaderMap, header};
 
 use super::error::ProxyError;
 use crate::state::{Gateway, Runtime};
-use crate::tokens::validate::Principal;
+use crate::tokens::validate::{Principal, TokenError};
 
 /// The token from `Authorization: Bearer <token>`; the scheme is case-insensitive.
 /// Exactly one Authorization header is accepted.
@@ -22,9 +22,9 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
         return Err(ProxyError::MissingToken);
     }
     let token = token.trim();
-    // RFC 6750 b64token; anything else cannot be one of ours.
+    // RFC 6750 b64token; anything else cannot be one of ours: an invalid token (401).
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)) {
-        return Err(ProxyError::MalformedRequest("bearer token has characters a token cannot have"));
+        return Err(ProxyError::InvalidToken(TokenError::Malformed));
     }
     Ok(token)
 }

@@ -17,6 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use super::error::ProxyError;
 use crate::config::{Config, Route};
 use crate::http::{Body, BoxError};
+use crate::oauth::authorize::GATEWAY_COOKIES;
 use crate::state::Runtime;
 use crate::tokens::validate::Principal;
 
@@ -101,6 +102,58 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// The gateway's own cookies (the login session and its CSRF token) are for the gateway
+/// alone: an upstream must neither read them (it could replay the session at /authorize)
+/// nor set them (session fixation).
+fn is_gateway_cookie(name: &str) -> bool {
+    GATEWAY_COOKIES.contains(&name.trim())
+}
+
+fn strip_gateway_cookies(headers: &mut HeaderMap) {
+    let Some(v) = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()) else { return };
+    if !v.split(';').any(|pair| is_gateway_cookie(pair.split('=').next().unwrap_or(""))) {
+        return;
+    }
+    let kept: Vec<&str> =
+        v.split(';').map(str::trim).filter(|pair| !is_gateway_cookie(pair.split('=').next().unwrap_or(""))).collect();
+    let kept = kept.join("; ");
+    match HeaderValue::from_str(&kept) {
+        Ok(v) if !kept.is_empty() => {
+            headers.insert(header::COOKIE, v);
+        }
+        _ => {
+            headers.remove(header::COOKIE);
+        }
+    }
+}
+
+fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
+    let mut kept = Vec::new();
+    let mut dropped = false;
+    for v in headers.get_all(header::SET_COOKIE) {
+        let name = v.to_str().ok().and_then(|s| s.split('=').next()).unwrap_or("");
+        if is_gateway_cookie(name) {
+            dropped = true;
+        } else {
+            kept.push(v.clone());
+        }
+    }
+    if dropped {
+        headers.remove(header::SET_COOKIE);
+        for v in kept {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
+/// Client-address headers that some upstreams trust as much as `X-Forwarded-For`.
+const CLIENT_IP_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+];
+
 /// Where the request came from, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -119,6 +172,7 @@ fn upstream_headers(
 ) -> Result<(), ProxyError> {
     strip_hop_by_hop(headers);
     join_cookies(headers);
+    strip_gateway_cookies(headers);
     let ids = &rt.config.headers;
     for name in ids.all() {
         headers.remove(name);
@@ -155,6 +209,9 @@ fn upstream_headers(
         headers.remove(X_FORWARDED_PROTO);
         headers.remove(X_FORWARDED_HOST);
         headers.remove(FORWARDED);
+        for name in &CLIENT_IP_HEADERS {
+            headers.remove(name);
+        }
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
@@ -187,6 +244,7 @@ pub async fn forward<B>(
     principal: Option<&Principal>,
     req: Request<B>,
     peer: Peer,
+    authority: Option<String>,
 ) -> Result<Response<Body>, ProxyError>
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
@@ -212,11 +270,7 @@ where
         .build()
         .map_err(|_| ProxyError::UnsafePath)?;
 
-    let original_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let original_host = authority.and_then(|a| HeaderValue::from_str(&a).ok());
     upstream_headers(&mut parts.headers, rt, route, principal, peer, original_host)?;
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -233,6 +287,7 @@ where
     };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    drop_gateway_set_cookies(&mut parts.headers);
     Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
 }
 

@@ -63,7 +63,8 @@ where
     if !route::is_safe_path(path) {
         return Err(ProxyError::UnsafePath);
     }
-    let host = request_host(&req);
+    let authority = request_authority(&req)?;
+    let host = authority.as_deref().map(|a| strip_port(a).to_ascii_lowercase());
     let route: &Arc<_> =
         route::route(&rt.config.routes, host.as_deref(), req.method(), path).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route.prefix.clone());
@@ -77,7 +78,7 @@ where
         Some(p)
     };
     let started = std::time::Instant::now();
-    let result = forward::forward(rt, &gw.upstreams, route, principal.as_deref(), req, peer).await;
+    let result = forward::forward(rt, &gw.upstreams, route, principal.as_deref(), req, peer, authority).await;
     // Only attempts that reached the upstream: a refused body never left the gateway.
     if matches!(result, Ok(_) | Err(ProxyError::BadGateway(_) | ProxyError::GatewayTimeout)) {
         gw.metrics.upstream_latency(&route.prefix, started.elapsed());
@@ -85,14 +86,22 @@ where
     result
 }
 
-/// The host the caller addressed, without port, lower-cased: `:authority` for HTTP/2,
-/// the Host header for HTTP/1.1.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw =
-        req.uri().authority().map(|a| a.host().to_string()).or_else(|| {
-            req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| strip_port(h).to_string())
-        })?;
-    Some(raw.to_ascii_lowercase())
+/// The authority the caller addressed: `:authority` (HTTP/2) or the absolute-form target,
+/// else the Host header. When both are present they must name the same host (RFC 9113
+/// §8.3.1, RFC 9112 §3.2.2), so routing and `X-Forwarded-Host` cannot disagree.
+fn request_authority<B>(req: &Request<B>) -> Result<Option<String>, ProxyError> {
+    let from_uri = req.uri().authority().map(|a| a.as_str().to_string());
+    let from_header = match req.headers().get(header::HOST) {
+        Some(h) => Some(h.to_str().map_err(|_| ProxyError::MalformedRequest("Host header is not ASCII"))?.to_string()),
+        None => None,
+    };
+    match (from_uri, from_header) {
+        (Some(u), Some(h)) if !strip_port(&u).eq_ignore_ascii_case(strip_port(&h)) => {
+            Err(ProxyError::MalformedRequest("Host header differs from the request target"))
+        }
+        (Some(u), _) => Ok(Some(u)),
+        (None, h) => Ok(h),
+    }
 }
 
 fn strip_port(host: &str) -> &str {

@@ -7,11 +7,16 @@ use http::Method;
 use crate::config::Route;
 
 /// Does `path` fall under `prefix` on a segment boundary (`/api` covers `/api/x`, not `/apix`)?
+/// Case-insensitive, so that `/API/x` is held to `/api`'s rules rather than falling through
+/// to a broader route on an upstream that ignores case: a mismatch fails closed.
 fn under(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return true;
     }
-    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    match (path.get(..prefix.len()), path.get(prefix.len()..)) {
+        (Some(head), Some(rest)) => head.eq_ignore_ascii_case(prefix) && (rest.is_empty() || rest.starts_with('/')),
+        _ => false,
+    }
 }
 
 /// `routes` is sorted longest prefix first, so the first match is the longest.
@@ -23,20 +28,33 @@ pub fn route<'a>(routes: &'a [Arc<Route>], host: Option<&str>, method: &Method, 
     })
 }
 
-/// Refuse paths that could mean something else upstream than the route we matched:
-/// dot segments (plain or percent-encoded), backslashes and encoded slashes.
+/// Refuse paths that an upstream could normalise into something else than the route we
+/// matched: dot segments (plain or percent-encoded), empty segments (`//`), backslashes,
+/// `;` path parameters, and percent-encodings of anything but reserved or non-ASCII bytes
+/// (`%61` for `a`, `%2f` for `/`, `%00`). What we route on is then exactly what the
+/// upstream sees.
 pub fn is_safe_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') {
+    if !path.starts_with('/') || path.contains(['\\', ';']) || path.contains("//") {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
-        return false;
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let Some(hex) = path.get(i + 1..i + 3) else { return false };
+            let Ok(b) = u8::from_str_radix(hex, 16) else { return false };
+            // Only escapes that cannot be decoded into path syntax or an unreserved
+            // character: non-ASCII bytes and reserved delimiters other than '/'.
+            let allowed = b >= 0x80 || b" !\"#$&'()*+,:<=>?@[]^`{|}".contains(&b);
+            if !allowed {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
     }
-    !lower.split('/').any(|seg| {
-        let seg = seg.replace("%2e", ".");
-        seg == "." || seg == ".."
-    })
+    !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// The path the upstream sees: the upstream's base path, then the request path with the
@@ -61,6 +79,22 @@ mod tests {
         assert!(under("/api", "/api/v1"));
         assert!(!under("/api", "/apix"));
         assert!(under("/", "/anything"));
+    }
+
+    #[test]
+    fn prefix_match_ignores_case() {
+        assert!(under("/api", "/API/x"));
+        assert!(!under("/api", "/APIx"));
+    }
+
+    #[test]
+    fn paths_an_upstream_would_normalise_are_unsafe() {
+        for p in ["//api/x", "/api//x", "/%61pi/x", "/api;x/secret", "/api/%7e", "/api/%zz", "/api/%4"] {
+            assert!(!is_safe_path(p), "{p}");
+        }
+        for p in ["/api/x%20y", "/api/caf%C3%A9", "/api/a%3Fb", "/"] {
+            assert!(is_safe_path(p), "{p}");
+        }
     }
 
     #[test]
