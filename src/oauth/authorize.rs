@@ -165,7 +165,10 @@ where
             .await;
     let bytes = match collected {
         Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(_)) => return Err(pages::error(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.")),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(pages::error(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large."));
+        }
+        Ok(Err(_)) => return Err(pages::error(StatusCode::BAD_REQUEST, "The form could not be read.")),
         Err(_) => return Err(pages::error(StatusCode::REQUEST_TIMEOUT, "The form did not arrive in time.")),
     };
     Params::from_form(&bytes).map_err(|_| pages::error(StatusCode::BAD_REQUEST, "The form repeats a field."))
@@ -220,7 +223,9 @@ fn parse_request(rt: &Runtime, p: &Params) -> Result<AuthRequest, Refusal> {
         Ok(s) => s,
         Err(e) => {
             let desc = match e {
-                super::error::OAuthError::InvalidScope(s) => format!("Check the \"{s}\" scope."),
+                super::error::OAuthError::InvalidScope(s) => {
+                    format!("Check the \"{}\" scope.", super::error::printable(&s))
+                }
                 _ => "Check the \"scope\" parameter.".into(),
             };
             return Err(fail(to, "invalid_scope", desc));

@@ -33,6 +33,9 @@ pub enum Kind {
 pub struct SecretCache {
     key: hmac::Key,
     verified: Cache<[u8; 32], Arc<str>>,
+    /// argon2 runs at most this many at once (one per core): each costs ~19 MiB and tens of
+    /// milliseconds, so a flood of wrong secrets queues here instead of exhausting memory.
+    hashing: tokio::sync::Semaphore,
 }
 
 impl SecretCache {
@@ -41,7 +44,8 @@ impl SecretCache {
         // Without a working RNG nothing else here is safe either.
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| panic!("system RNG unavailable"));
         let verified = Cache::builder().max_capacity(max_entries).time_to_live(Duration::from_secs(600)).build();
-        SecretCache { key, verified }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        SecretCache { key, verified, hashing: tokio::sync::Semaphore::new(cores) }
     }
 
     fn tag(&self, kind: Kind, id: &str, secret: &str) -> [u8; 32] {
@@ -64,12 +68,18 @@ impl SecretCache {
                 return true;
             }
         }
-        let (secret_owned, phc_owned) = (secret.to_string(), phc.to_string());
-        let ok = tokio::task::spawn_blocking(move || verify_argon2(&secret_owned, &phc_owned)).await.unwrap_or(false);
+        let ok = self.verify_uncached(secret, phc).await;
         if ok {
             self.verified.insert(tag, Arc::from(phc));
         }
         ok
+    }
+
+    /// A full argon2 verification on the blocking pool, within the concurrency bound.
+    pub async fn verify_uncached(&self, secret: &str, phc: &str) -> bool {
+        let Ok(_permit) = self.hashing.acquire().await else { return false };
+        let (secret, phc) = (secret.to_string(), phc.to_string());
+        tokio::task::spawn_blocking(move || verify_argon2(&secret, &phc)).await.unwrap_or(false)
     }
 }
 
@@ -141,7 +151,8 @@ pub async fn authenticate(
     let p = presented(headers, params)?;
     let fail = OAuthError::InvalidClient { basic: p.basic };
     let Some(client) = rt.config.clients.get(&p.client_id) else {
-        tracing::debug!(client_id = %p.client_id, "unknown client");
+        // Not the presented id: people paste secrets into the wrong field.
+        tracing::debug!("unknown client");
         return Err(fail);
     };
     if !client.enabled {

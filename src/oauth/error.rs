@@ -53,19 +53,22 @@ impl From<crate::store::StoreError> for OAuthError {
 impl OAuthError {
     pub fn missing(param: &str) -> Self {
         OAuthError::InvalidRequest(format!(
-            "The request is missing a required parameter. Check the \"{param}\" parameter."
+            "The request is missing a required parameter. Check the \"{}\" parameter.",
+            printable(param)
         ))
     }
 
     pub fn invalid_param(param: &str) -> Self {
         OAuthError::InvalidRequest(format!(
-            "The request includes an invalid parameter value. Check the \"{param}\" parameter."
+            "The request includes an invalid parameter value. Check the \"{}\" parameter.",
+            printable(param)
         ))
     }
 
     pub fn repeated(param: &str) -> Self {
         OAuthError::InvalidRequest(format!(
-            "The request includes a parameter more than once. Check the \"{param}\" parameter."
+            "The request includes a parameter more than once. Check the \"{}\" parameter.",
+            printable(param)
         ))
     }
 
@@ -135,7 +138,8 @@ impl OAuthError {
     }
 }
 
-/// Echo caller input into a description safely: bounded, printable ASCII, no quotes.
-fn printable(s: &str) -> String {
+/// Echo caller input into a description safely: bounded, printable ASCII, no quotes
+/// (RFC 6749 §5.2 restricts error_description to %x20-21 / %x23-5B / %x5D-7E).
+pub(crate) fn printable(s: &str) -> String {
     s.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\').take(64).collect()
 }
