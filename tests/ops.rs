@@ -112,7 +112,7 @@ async fn metadata_document_matches_the_config_in_force_and_follows_reloads() {
 
     // Disable every client but `linked` (client_credentials, read).
     edit_config(&gw, |t| {
-        ["svc", "nogrant", "webapp", "spa", "first", "pwonly"]
+        ["svc", "nogrant", "webapp", "spa", "first", "pwonly", "ccr"]
             .iter()
             .fold(t, |t, id| t.replacen(&format!("id = \"{id}\"\n"), &format!("id = \"{id}\"\nenabled = false\n"), 1))
     });

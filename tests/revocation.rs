@@ -167,6 +167,17 @@ async fn refresh_tokens_are_introspectable_by_their_client_only_and_public_clien
     assert_eq!(v["sub"], "alice");
     let (_, v) = post(&gw, "/oauth/introspect", Some(("svc", SVC_SECRET)), &[("token", &rt)]).await;
     assert_eq!(v, json!({"active": false}));
+    // Once rotated away it is no longer active (presenting it would revoke its family).
+    let (status, _) = post(
+        &gw,
+        "/oauth/token",
+        Some(("webapp", SVC_SECRET)),
+        &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, v) = post(&gw, "/oauth/introspect", Some(("webapp", SVC_SECRET)), &[("token", &rt)]).await;
+    assert_eq!(v, json!({"active": false}), "spent");
     let (status, v) = post(&gw, "/oauth/introspect", None, &[("token", &rt), ("client_id", "spa")]).await;
     assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
 }

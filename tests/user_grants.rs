@@ -471,3 +471,32 @@ async fn refresh_tokens_survive_a_gateway_restart() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(proxied_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
 }
+
+#[tokio::test]
+async fn refresh_loses_a_scope_the_operator_took_from_the_client() {
+    let (_up, gw) = setup().await;
+    let (_, rt0) = password_tokens(&gw).await;
+    gw.rewrite_config(|t| {
+        t.replacen("scopes = [\"read\", \"write\", \"profile\"]", "scopes = [\"read\", \"profile\"]", 1)
+    });
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str()), ("scope", "write")];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_scope")), "{v}");
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str())];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["scope"].as_str()), (200, Some("read")), "{v}");
+}
+
+#[tokio::test]
+async fn client_credentials_refresh_works_for_a_linked_user_that_is_not_a_login_user() {
+    let (_up, gw) = setup().await;
+    let (status, v) = token_request(&gw, Some(("ccr", SVC_SECRET)), &[("grant_type", "client_credentials")]).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(claims(v["access_token"].as_str().unwrap())["sub"], "robot");
+    let rt = v["refresh_token"].as_str().unwrap();
+    let (status, v) =
+        token_request(&gw, Some(("ccr", SVC_SECRET)), &[("grant_type", "refresh_token"), ("refresh_token", rt)]).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(claims(v["access_token"].as_str().unwrap())["sub"], "robot");
+    assert_eq!(proxied_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
+}

@@ -507,6 +507,12 @@ impl Validator<'_> {
         let keys = self.keys(&raw.keys)?;
         let clients = self.clients(&raw.clients, token_lifetime)?;
         let users = self.users(&raw.users)?;
+        // A name that is both a user and a client would make a user's token and the
+        // client's own token indistinguishable to upstreams.
+        if let Some(u) = raw.users.iter().find(|u| clients.contains_key(u.get_ref().username.get_ref())) {
+            let name = u.get_ref().username.get_ref();
+            return Err(self.err(u.get_ref().username.span(), format!("username {name:?} is also a client id")));
+        }
         let store = self.store(&raw.store)?;
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
@@ -774,6 +780,9 @@ impl Validator<'_> {
             };
             if user.as_deref() == Some(id.as_str()) {
                 return Err(self.err(span, "a client's linked user must differ from its id"));
+            }
+            if c.refresh_on_client_credentials == Some(true) && !grants.contains(&GrantType::RefreshToken) {
+                return Err(self.err(span, "refresh_on_client_credentials needs \"refresh_token\" in grants"));
             }
             let redirect_uris = c.redirect_uris.iter().map(|r| self.redirect_uri(r)).collect::<Result<Vec<_>, _>>()?;
             if redirect_uris.is_empty() && (implicit || grants.contains(&GrantType::AuthorizationCode)) {

@@ -61,10 +61,13 @@ where
         return Ok(v);
     }
     // Refresh tokens are shown only to the client they were issued to.
-    if let Some(grant) = gw.store.get_refresh(sha256(token.as_bytes()), now).await?
-        && grant.client_id == client.id
-        && rt.config.clients.get(&grant.client_id).is_some_and(|c| c.enabled)
+    // A spent (rotated) refresh token is not active: presenting it would revoke its family.
+    if let Some(stored) = gw.store.get_refresh(sha256(token.as_bytes()), now).await?
+        && !stored.spent
+        && stored.grant.client_id == client.id
+        && rt.config.clients.get(&stored.grant.client_id).is_some_and(|c| c.enabled)
     {
+        let grant = stored.grant;
         let mut v = json!({
             "active": true,
             "token_type": "refresh_token",

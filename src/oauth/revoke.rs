@@ -72,7 +72,8 @@ where
                 return Ok(());
             }
             Kind::Refresh => {
-                let Some(grant) = gw.store.get_refresh(sha256(token.as_bytes()), now).await? else { continue };
+                let Some(stored) = gw.store.get_refresh(sha256(token.as_bytes()), now).await? else { continue };
+                let grant = stored.grant;
                 if grant.client_id != client.id {
                     return Err(not_yours());
                 }

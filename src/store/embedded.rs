@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Session, Store, StoreError, TakeCode};
+use super::{CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Session, Store, StoreError, StoredRefresh, TakeCode};
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 const CODES: Table = TableDefinition::new("codes");
@@ -182,7 +182,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<RefreshGrant>, StoreError> {
+    async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<StoredRefresh>, StoreError> {
         let db = self.db.clone();
         let state = self.read(REFRESH, token.to_vec(), |b| decode::<RefreshState>(b).map(Some)).await?;
         let Some(state) = state else { return Ok(None) };
@@ -198,7 +198,7 @@ impl Store for EmbeddedStore {
         })
         .await
         .map_err(unavailable)??;
-        Ok((!revoked).then_some(state.grant))
+        Ok((!revoked).then_some(StoredRefresh { grant: state.grant, spent: state.spent }))
     }
 
     async fn rotate_refresh(
@@ -207,6 +207,7 @@ impl Store for EmbeddedStore {
         client_id: &str,
         new: Hash,
         new_expires_at: u64,
+        access: IssuedAccess,
         now: u64,
     ) -> Result<Rotate, StoreError> {
         let client_id = client_id.to_string();
@@ -223,7 +224,11 @@ impl Store for EmbeddedStore {
             put(txn, REFRESH, &old, &state)?;
             let mut next = state.grant.clone();
             next.expires_at = new_expires_at;
-            open_family_in(txn, &next.family, new_expires_at)?;
+            let mut fam: Family = get(txn, FAMILIES, next.family.as_bytes())?.unwrap_or_default();
+            fam.access.retain(|a| a.expires_at > now);
+            fam.expires_at = fam.expires_at.max(new_expires_at).max(access.expires_at);
+            fam.access.push(access);
+            put(txn, FAMILIES, next.family.as_bytes(), &fam)?;
             put(txn, REFRESH, &new, &RefreshState { grant: next, spent: false })?;
             Ok(Rotate::Rotated(state.grant))
         })
@@ -377,12 +382,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
         s.put_refresh([1; 32], grant("f", 5000)).await.unwrap();
-        assert_eq!(s.rotate_refresh([1; 32], "other", [2; 32], 6000, 100).await.unwrap(), Rotate::Invalid);
-        assert!(matches!(s.rotate_refresh([1; 32], "c", [2; 32], 6000, 100).await.unwrap(), Rotate::Rotated(_)));
-        assert_eq!(s.get_refresh([2; 32], 100).await.unwrap().unwrap().expires_at, 6000);
-        assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some(), "spent but not yet reused");
-        assert!(matches!(s.rotate_refresh([1; 32], "c", [3; 32], 6000, 101).await.unwrap(), Rotate::Reused { .. }));
-        assert_eq!(s.rotate_refresh([2; 32], "c", [4; 32], 6000, 102).await.unwrap(), Rotate::Invalid);
+        let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: u64::MAX };
+        assert_eq!(s.rotate_refresh([1; 32], "other", [2; 32], 6000, at("x"), 100).await.unwrap(), Rotate::Invalid);
+        assert!(matches!(
+            s.rotate_refresh([1; 32], "c", [2; 32], 6000, at("j1"), 100).await.unwrap(),
+            Rotate::Rotated(_)
+        ));
+        let next = s.get_refresh([2; 32], 100).await.unwrap().unwrap();
+        assert_eq!((next.grant.expires_at, next.spent), (6000, false));
+        assert!(s.get_refresh([1; 32], 100).await.unwrap().unwrap().spent, "spent but not yet reused");
+        let reused = s.rotate_refresh([1; 32], "c", [3; 32], 6000, at("j2"), 101).await.unwrap();
+        assert_eq!(
+            reused,
+            Rotate::Reused { revoked: vec![at("j1")] },
+            "the access token of the rotation is revoked too"
+        );
+        assert_eq!(s.rotate_refresh([2; 32], "c", [4; 32], 6000, at("j3"), 102).await.unwrap(), Rotate::Invalid);
         assert_eq!(s.get_refresh([2; 32], 102).await.unwrap(), None, "revoked family");
     }
 

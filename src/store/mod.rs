@@ -68,6 +68,14 @@ pub struct RefreshGrant {
     pub expires_at: u64,
 }
 
+/// A refresh token as stored: its grant, and whether it was already rotated away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRefresh {
+    pub grant: RefreshGrant,
+    /// Spent by a rotation: presenting it again is reuse (and revokes the family).
+    pub spent: bool,
+}
+
 /// The outcome of presenting a refresh token for rotation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotate {
@@ -110,16 +118,19 @@ pub trait Store: Send + Sync {
     /// Look a refresh token up without changing anything (for pre-checks). A spent token
     /// is still returned (its reuse is detected by `rotate_refresh`); an expired one or one
     /// of a revoked family is not.
-    async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<RefreshGrant>, StoreError>;
+    async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<StoredRefresh>, StoreError>;
 
-    /// Rotate exactly once: if `old` is live and belongs to `client_id`, spend it and
-    /// store `new` with `new_expires_at` in the same family. A spent `old` revokes the family.
+    /// Rotate exactly once: if `old` is live and belongs to `client_id`, spend it, store
+    /// `new` with `new_expires_at` in the same family and link `access` (the access token
+    /// issued with it) to the family — all in one atomic step, so a failure leaves the old
+    /// token usable. A spent `old` revokes the family instead.
     async fn rotate_refresh(
         &self,
         old: Hash,
         client_id: &str,
         new: Hash,
         new_expires_at: u64,
+        access: IssuedAccess,
         now: u64,
     ) -> Result<Rotate, StoreError>;
 

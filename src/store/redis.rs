@@ -22,7 +22,8 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::{RwLock, mpsc};
 
 use super::{
-    CodeGrant, Hash, IssuedAccess, RefreshGrant, RevocationEvent, Rotate, Session, Store, StoreError, TakeCode,
+    CodeGrant, Hash, IssuedAccess, RefreshGrant, RevocationEvent, Rotate, Session, Store, StoreError, StoredRefresh,
+    TakeCode,
 };
 use crate::tokens::now_secs;
 
@@ -156,7 +157,8 @@ if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
 return 'ok'
 "#,
             ),
-            // KEYS: old rt, new rt, fam, famacc; ARGV: prefix, now, client_id, expected grant json, new grant json, new ttl
+            // KEYS: old rt, new rt, fam, famacc; ARGV: prefix, now, client_id, expected grant json,
+            // new grant json, new ttl, access jti, access exp
             rotate: script(
                 r#"
 local v = redis.call('GET', KEYS[1])
@@ -176,6 +178,11 @@ redis.call('SET', KEYS[1], 'S' .. gj, 'KEEPTTL')
 local ttl = tonumber(ARGV[6])
 redis.call('SET', KEYS[2], 'A' .. ARGV[5], 'EX', ttl)
 if redis.call('TTL', KEYS[3]) < ttl then redis.call('EXPIRE', KEYS[3], ttl) end
+local aexp = tonumber(ARGV[8])
+if aexp > now then
+  redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
+  if redis.call('TTL', KEYS[4]) < aexp - now then redis.call('EXPIRE', KEYS[4], aexp - now) end
+end
 return {'rotated'}
 "#,
             ),
@@ -314,17 +321,18 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<RefreshGrant>, StoreError> {
+    async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<StoredRefresh>, StoreError> {
         let mut conn = self.conn().await?;
         let v: Option<String> = conn.c.get(self.key("rt", &hex(&token))).await.map_err(|e| conn.fail(e))?;
         let Some(v) = v else { return Ok(None) };
+        let spent = v.starts_with('S');
         let grant: RefreshGrant = decode(v.get(1..).unwrap_or(""))?;
         if grant.expires_at <= now {
             return Ok(None);
         }
         let revoked: Option<String> =
             conn.c.hget(self.key("fam", &grant.family), "revoked").await.map_err(|e| conn.fail(e))?;
-        Ok((revoked.as_deref() != Some("1")).then_some(grant))
+        Ok((revoked.as_deref() != Some("1")).then_some(StoredRefresh { grant, spent }))
     }
 
     async fn rotate_refresh(
@@ -333,6 +341,7 @@ impl Store for RedisStore {
         client_id: &str,
         new: Hash,
         new_expires_at: u64,
+        access: IssuedAccess,
         now: u64,
     ) -> Result<Rotate, StoreError> {
         let mut conn = self.conn().await?;
@@ -355,6 +364,8 @@ impl Store for RedisStore {
             .arg(&expected)
             .arg(encode(&next)?)
             .arg(new_expires_at.saturating_sub(now).max(1))
+            .arg(&access.jti)
+            .arg(access.expires_at)
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;

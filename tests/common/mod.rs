@@ -236,6 +236,15 @@ scopes = ["read"]
 redirect_uris = ["https://first.test/cb"]
 first_party = true
 
+# client_credentials with refresh tokens, acting as a linked user that is no [[user]].
+[[client]]
+id = "ccr"
+secret_hash = "{SVC_HASH}"
+grants = ["client_credentials", "refresh_token"]
+scopes = ["read"]
+user = "robot"
+refresh_on_client_credentials = true
+
 # Password grant without refresh tokens.
 [[client]]
 id = "pwonly"

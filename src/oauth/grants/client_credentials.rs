@@ -25,7 +25,9 @@ pub async fn grant(
     let what = Issue {
         client,
         subject,
-        user: client.user.as_deref(),
+        // The linked user is who the token speaks for, not a resource owner who logged in:
+        // its refresh tokens must not depend on a [[user]] entry.
+        user: None,
         scopes: &scopes,
         refresh_scopes: &scopes,
         family: family.as_deref(),
