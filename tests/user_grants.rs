@@ -73,6 +73,7 @@ async fn public_client_code_flow_with_pkce_end_to_end() {
     let loc = done.location.clone().unwrap();
     assert!(loc.starts_with("https://spa.test/cb?"), "{loc}");
     assert_eq!(done.location_param("state").as_deref(), Some("xyz-123"));
+    assert_eq!(done.location_param("iss").as_deref(), Some(ISSUER), "RFC 9207");
     let code = done.location_param("code").unwrap();
 
     let (status, v) = token_request(

@@ -45,6 +45,19 @@ struct AuthRequest {
     scopes: Vec<String>,
     state: Option<String>,
     code_challenge: Option<String>,
+    iss: String,
+}
+
+impl AuthRequest {
+    /// The way back to this client (query or fragment, with state and iss).
+    fn redirect(&self) -> Redirect {
+        Redirect {
+            uri: self.redirect_uri.clone(),
+            fragment: self.response_type == ResponseType::Token,
+            state: self.state.clone(),
+            iss: self.iss.clone(),
+        }
+    }
 }
 
 /// Why an authorization request was refused, and how to tell the user agent.
@@ -60,6 +73,8 @@ struct Redirect {
     uri: String,
     fragment: bool,
     state: Option<String>,
+    /// RFC 9207: who answers, so a client talking to several servers detects mix-ups.
+    iss: String,
 }
 
 impl Redirect {
@@ -68,6 +83,7 @@ impl Redirect {
         if let Some(state) = &self.state {
             all.push(("state", state));
         }
+        all.push(("iss", &self.iss));
         let location = if self.fragment {
             let mut ser = form_urlencoded::Serializer::new(String::new());
             ser.extend_pairs(all);
@@ -195,7 +211,12 @@ fn parse_request(rt: &Runtime, p: &Params) -> Result<AuthRequest, Refusal> {
     };
     let state = p.get("state").map(str::to_string);
     let response_type = p.get("response_type");
-    let mut to = Redirect { uri: redirect_uri.clone(), fragment: response_type == Some("token"), state };
+    let mut to = Redirect {
+        uri: redirect_uri.clone(),
+        fragment: response_type == Some("token"),
+        state,
+        iss: rt.config.issuer.clone(),
+    };
     let fail = |to: Redirect, error: &'static str, description: String| Refusal::Redirect { to, error, description };
 
     let response_type = match response_type {
@@ -260,7 +281,16 @@ fn parse_request(rt: &Runtime, p: &Params) -> Result<AuthRequest, Refusal> {
     } else {
         None
     };
-    Ok(AuthRequest { client, response_type, redirect_uri, redirect_uri_given, scopes, state: to.state, code_challenge })
+    Ok(AuthRequest {
+        client,
+        response_type,
+        redirect_uri,
+        redirect_uri_given,
+        scopes,
+        state: to.state,
+        code_challenge,
+        iss: to.iss,
+    })
 }
 
 /// The request parameters to carry through the login and consent forms.
@@ -312,11 +342,7 @@ async fn current_user(gw: &Gateway, rt: &Runtime, headers: &HeaderMap) -> Result
 }
 
 fn unavailable(req: &AuthRequest, post: bool) -> Response<Body> {
-    let to = Redirect {
-        uri: req.redirect_uri.clone(),
-        fragment: req.response_type == ResponseType::Token,
-        state: req.state.clone(),
-    };
+    let to = req.redirect();
     to.with(
         &[
             ("error", "temporarily_unavailable"),
@@ -398,11 +424,7 @@ async fn on_post(gw: &Gateway, rt: &Runtime, headers: &HeaderMap, form: &Params,
             if form.get("decision") == Some("allow") {
                 finish(gw, rt, &req, &user, true).await
             } else {
-                let to = Redirect {
-                    uri: req.redirect_uri.clone(),
-                    fragment: req.response_type == ResponseType::Token,
-                    state: req.state.clone(),
-                };
+                let to = req.redirect();
                 to.with(
                     &[("error", "access_denied"), ("error_description", "The user denied the request.")],
                     StatusCode::SEE_OTHER,
@@ -416,11 +438,7 @@ async fn on_post(gw: &Gateway, rt: &Runtime, headers: &HeaderMap, form: &Params,
 /// Issue the code (or, for the implicit flow, the token) and send the browser back.
 async fn finish(gw: &Gateway, rt: &Runtime, req: &AuthRequest, user: &str, post: bool) -> Response<Body> {
     let now = now_secs();
-    let to = Redirect {
-        uri: req.redirect_uri.clone(),
-        fragment: req.response_type == ResponseType::Token,
-        state: req.state.clone(),
-    };
+    let to = req.redirect();
     match req.response_type {
         ResponseType::Code => {
             let code = random_token(32);

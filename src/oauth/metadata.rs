@@ -105,6 +105,8 @@ pub fn document(config: &Config) -> Value {
     });
     if !response_types_empty(&doc) {
         doc["authorization_endpoint"] = Value::String(endpoint_url(config, &config.authorize_path));
+        // RFC 9207: authorization responses carry `iss`.
+        doc["authorization_response_iss_parameter_supported"] = Value::Bool(true);
     }
     doc
 }
