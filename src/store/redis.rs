@@ -235,36 +235,71 @@ return 'ok'
 
     /// Follow the revocation channel, forever: each message becomes an event; after any
     /// interruption a `Resync` comes first, because messages may have been missed.
+    ///
+    /// A subscription can also die silently (a dropped NAT flow, a failover without a
+    /// reset). So the replica publishes a heartbeat on the channel itself every
+    /// `HEARTBEAT`; hearing nothing for `3 × HEARTBEAT` means the feed is deaf, and it is
+    /// rebuilt (with a `Resync`).
     pub fn spawn_listener(self: &Arc<Self>) -> mpsc::Receiver<RevocationEvent> {
+        const HEARTBEAT: Duration = Duration::from_secs(1);
         let (tx, rx) = mpsc::channel(1024);
+        let channel = format!("{}revocations", self.prefix);
+        let beat = self.clone();
+        let beat_channel = channel.clone();
+        let beat_tx = tx.clone();
+        tokio::spawn(async move {
+            while !beat_tx.is_closed() {
+                if let Ok(mut conn) = beat.conn().await {
+                    let sent: Result<i64, _> = conn.c.publish(&beat_channel, "heartbeat").await;
+                    if let Err(e) = sent {
+                        conn.fail(e);
+                    }
+                }
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+        });
         let this = self.clone();
         tokio::spawn(async move {
-            let channel = format!("{}revocations", this.prefix);
             let mut first = true;
             loop {
-                match this.client.get_async_pubsub().await {
-                    Ok(mut pubsub) => {
-                        if pubsub.subscribe(&channel).await.is_ok() {
-                            if !first {
-                                tracing::info!("revocation channel re-subscribed; clearing the validation cache");
-                                if tx.send(RevocationEvent::Resync).await.is_err() {
-                                    return;
-                                }
+                let subscribed = tokio::time::timeout(HEARTBEAT * 3, async {
+                    let mut pubsub = this.client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                })
+                .await;
+                match subscribed {
+                    Ok(Ok(mut pubsub)) => {
+                        if !first {
+                            tracing::info!("revocation channel re-subscribed; clearing the validation cache");
+                            if tx.send(RevocationEvent::Resync).await.is_err() {
+                                return;
                             }
-                            let mut messages = pubsub.on_message();
-                            while let Some(msg) = messages.next().await {
-                                let Ok(payload) = msg.get_payload::<String>() else { continue };
-                                let Some((jti, exp)) = payload.split_once(' ') else { continue };
-                                let Ok(expires_at) = exp.parse() else { continue };
-                                let event = RevocationEvent::Revoked(IssuedAccess { jti: jti.to_string(), expires_at });
-                                if tx.send(event).await.is_err() {
-                                    return;
+                        }
+                        let mut messages = pubsub.on_message();
+                        loop {
+                            let msg = match tokio::time::timeout(HEARTBEAT * 3, messages.next()).await {
+                                Ok(Some(msg)) => msg,
+                                Ok(None) => {
+                                    tracing::warn!("revocation channel lost");
+                                    break;
                                 }
+                                Err(_) => {
+                                    tracing::warn!("revocation channel silent; reconnecting");
+                                    break;
+                                }
+                            };
+                            let Ok(payload) = msg.get_payload::<String>() else { continue };
+                            let Some((jti, exp)) = payload.split_once(' ') else { continue };
+                            let Ok(expires_at) = exp.parse() else { continue };
+                            let event = RevocationEvent::Revoked(IssuedAccess { jti: jti.to_string(), expires_at });
+                            if tx.send(event).await.is_err() {
+                                return;
                             }
-                            tracing::warn!("revocation channel lost");
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "revocation channel unavailable"),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "revocation channel unavailable"),
+                    Err(_) => tracing::debug!("revocation channel: subscribing timed out"),
                 }
                 first = false;
                 if tx.is_closed() {
