@@ -16,10 +16,12 @@ use crate::store::{IssuedAccess, RevocationEvent, Store, StoreError};
 use crate::tokens::keys::{KeyError, KeySet};
 use crate::tokens::validate::Validator;
 
-/// One consistent view: a config and the keys loaded from it.
+/// One consistent view: a config, the keys loaded from it and the upstream client built
+/// for it (its CA and connect timeout come from the config, so it is rebuilt on reload).
 pub struct Runtime {
     pub config: Config,
     pub keys: KeySet,
+    pub upstreams: Upstreams,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +38,6 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub validator: Validator,
     pub secrets: SecretCache,
-    pub upstreams: Upstreams,
     pub store: Arc<dyn Store>,
     /// Revocations made by other replicas (shared store only); taken once by the server.
     revocation_feed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<RevocationEvent>>>,
@@ -62,10 +63,9 @@ impl Gateway {
             revocation_feed: std::sync::Mutex::new(feed),
             validator: Validator::new(config.cache_max_tokens),
             secrets: SecretCache::new(config.cache_max_client_secrets),
-            upstreams,
             metrics: Metrics::new(),
             serving: AtomicBool::new(false),
-            runtime: ArcSwap::from_pointee(Runtime { config, keys }),
+            runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams }),
         }))
     }
 
@@ -114,7 +114,8 @@ impl Gateway {
     /// runtime in force (client enabled, kid listed, same key file, issuer, audience).
     pub fn apply(&self, config: Config) -> Result<(), StartError> {
         let keys = KeySet::load(&config)?;
-        self.runtime.store(Arc::new(Runtime { config, keys }));
+        let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
+        self.runtime.store(Arc::new(Runtime { config, keys, upstreams }));
         Ok(())
     }
 }

@@ -89,6 +89,18 @@ fn restart_only_unchanged(old: &Config, new: &Config) -> Result<(), ConfigError>
             "[admin] changed: the admin listener is bound at start; restart to apply".into(),
         ));
     }
+    // Read once at start; a reload still applies everything else, and says so.
+    let later = [
+        ("limits.max_connections", old.limits.max_connections != new.limits.max_connections),
+        ("limits.shutdown_grace", old.limits.shutdown_grace != new.limits.shutdown_grace),
+        ("cache.max_tokens", old.cache_max_tokens != new.cache_max_tokens),
+        ("cache.max_client_secrets", old.cache_max_client_secrets != new.cache_max_client_secrets),
+    ];
+    for (name, changed) in later {
+        if changed {
+            tracing::warn!(setting = name, "changed; it takes effect at the next restart");
+        }
+    }
     if old.store != new.store {
         return Err(config_error(new, 0, "[store] changed: the store is opened at start; restart to apply".into()));
     }

@@ -78,7 +78,7 @@ where
         Some(p)
     };
     let started = std::time::Instant::now();
-    let result = forward::forward(rt, &gw.upstreams, route, principal.as_deref(), req, peer, authority).await;
+    let result = forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, peer, authority).await;
     // Only attempts that reached the upstream: a refused body never left the gateway.
     if matches!(result, Ok(_) | Err(ProxyError::BadGateway(_) | ProxyError::GatewayTimeout)) {
         gw.metrics.upstream_latency(&route.prefix, started.elapsed());
