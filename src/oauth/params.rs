@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 
 use super::error::OAuthError;
 
@@ -41,54 +41,43 @@ impl Params {
     }
 
     pub fn from_json(body: &[u8]) -> Result<Params, OAuthError> {
+        let not_an_object =
+            || OAuthError::InvalidRequest("The request body is not a JSON object of parameters.".to_string());
         let mut de = serde_json::Deserializer::from_slice(body);
-        let p = de.deserialize_map(ParamsVisitor).map_err(|e| {
-            // Our own errors travel through serde as custom messages; keep them intact.
-            let msg = e.to_string();
-            match msg.split_once(" at line ") {
-                Some((m, _)) if m.starts_with("The request") => OAuthError::InvalidRequest(m.to_string()),
-                _ => OAuthError::InvalidRequest("The request body is not a JSON object of parameters.".to_string()),
-            }
-        })?;
-        de.end().map_err(|_| {
-            OAuthError::InvalidRequest("The request body is not a JSON object of parameters.".to_string())
-        })?;
-        Ok(p)
-    }
-}
-
-struct ParamsVisitor;
-
-impl<'de> Visitor<'de> for ParamsVisitor {
-    type Value = Params;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object of string parameters")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Params, A::Error> {
+        let pairs = de.deserialize_map(PairsVisitor).map_err(|_| not_an_object())?;
+        de.end().map_err(|_| not_an_object())?;
         let mut p = Params::default();
-        while let Some(key) = access.next_key::<String>()? {
-            let value: serde_json::Value = access.next_value()?;
+        for (key, value) in pairs {
             let value = match value {
                 serde_json::Value::String(s) => s,
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Bool(b) => b.to_string(),
                 serde_json::Value::Null => String::new(),
-                _ => return Err(de::Error::custom(OAuthError::invalid_param(&key).description())),
+                _ => return Err(OAuthError::invalid_param(&key)),
             };
-            p.insert(key, value).map_err(|e| de::Error::custom(e.description()))?;
+            p.insert(key, value)?;
         }
         Ok(p)
     }
 }
 
-impl OAuthError {
-    fn description(&self) -> String {
-        match self {
-            OAuthError::InvalidRequest(d) => d.clone(),
-            other => other.to_string(),
+/// A JSON object as its members in order, duplicates kept (serde_json's own map would
+/// silently keep the last one; a repeated parameter must be refused instead).
+struct PairsVisitor;
+
+impl<'de> Visitor<'de> for PairsVisitor {
+    type Value = Vec<(String, serde_json::Value)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object of parameters")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut pairs = Vec::new();
+        while let Some(key) = access.next_key::<String>()? {
+            pairs.push((key, access.next_value()?));
         }
+        Ok(pairs)
     }
 }
 
