@@ -31,6 +31,7 @@ pub struct Metrics {
     requests: Family<String, StatusCounters>,
     upstream_latency: Family<String, Histogram>,
     token_requests: Family<(&'static str, &'static str), AtomicU64>,
+    rate_limited: Family<&'static str, AtomicU64>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_success: AtomicU64,
@@ -42,6 +43,7 @@ impl Metrics {
             requests: Family::default(),
             upstream_latency: Family::default(),
             token_requests: Family::default(),
+            rate_limited: Family::default(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload_success: AtomicU64::new(crate::tokens::now_secs()),
@@ -61,6 +63,13 @@ impl Metrics {
     /// One token endpoint request: the grant asked for and `ISSUED` or the error code.
     pub fn token_request(&self, grant: &'static str, outcome: &'static str) {
         self.token_requests.with(&(grant, outcome), |c| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// One request refused with 429 at `endpoint` (`token` or `login`).
+    pub fn rate_limited(&self, endpoint: &'static str) {
+        self.rate_limited.with(&endpoint, |c| {
             c.fetch_add(1, Ordering::Relaxed);
         });
     }
@@ -133,6 +142,17 @@ impl Metrics {
         for ((grant, outcome), n) in self.token_requests.snapshot() {
             let n = n.load(Ordering::Relaxed);
             let _ = writeln!(out, "portcullis_token_requests_total{{grant=\"{grant}\",outcome=\"{outcome}\"}} {n}");
+        }
+
+        header(
+            &mut out,
+            "portcullis_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by the rate limits, by endpoint (token or login).",
+        );
+        for (endpoint, n) in self.rate_limited.snapshot() {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "portcullis_rate_limited_total{{endpoint=\"{endpoint}\"}} {n}");
         }
 
         header(
@@ -290,6 +310,8 @@ mod tests {
         m.request("/a", 404);
         m.request("/b", 200);
         m.token_request("client_credentials", ISSUED);
+        m.rate_limited("login");
+        m.rate_limited("login");
         m.upstream_latency("/b", Duration::from_millis(3));
         m.upstream_latency("/b", Duration::from_secs(60));
         let text = m.render(&CacheStats { hits: 1, misses: 2, entries: 3 });
@@ -303,6 +325,7 @@ mod tests {
         assert!(text.contains("portcullis_upstream_latency_seconds_count{route=\"/b\"} 2"));
         assert!(text.contains("portcullis_token_requests_total{grant=\"client_credentials\",outcome=\"issued\"} 1"));
         assert!(text.contains("portcullis_validation_cache_entries 3"));
+        assert!(text.contains("portcullis_rate_limited_total{endpoint=\"login\"} 2"));
     }
 
     #[test]

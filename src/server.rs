@@ -29,6 +29,7 @@ use crate::config::reload::Reloader;
 use crate::http::Body;
 use crate::metrics;
 use crate::proxy::forward::Peer;
+use crate::ratelimit;
 use crate::state::{Gateway, StartError};
 use crate::tls::{self, TlsError};
 
@@ -316,13 +317,15 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
     };
     let (resp, route, client_id): (_, Cow<'static, str>, _) = match endpoint {
         Endpoint::Token => {
-            let (resp, outcome) = crate::oauth::token::handle(gw, req).await;
+            let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
+            let (resp, outcome) = crate::oauth::token::handle(gw, req, source).await;
             let grant = outcome.grant.map_or(metrics::NO_GRANT, |g| g.as_str());
             gw.metrics.token_request(grant, outcome.error.unwrap_or(metrics::ISSUED));
             (resp, "oauth:token".into(), outcome.client_id)
         }
         Endpoint::Authorize => {
-            let (resp, outcome) = crate::oauth::authorize::handle(gw, req).await;
+            let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
+            let (resp, outcome) = crate::oauth::authorize::handle(gw, req, source).await;
             (resp, "oauth:authorize".into(), outcome.client_id)
         }
         Endpoint::Metadata => (crate::oauth::metadata::handle(gw, &req), "oauth:metadata".into(), None),
