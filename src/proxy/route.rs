@@ -24,7 +24,8 @@ pub fn route<'a>(routes: &'a [Arc<Route>], host: Option<&str>, method: &Method, 
 }
 
 /// Refuse paths that could mean something else upstream than the route we matched:
-/// dot segments (plain or percent-encoded), backslashes and encoded slashes.
+/// dot segments (plain or percent-encoded, also with `;parameters` after them, which
+/// servlet containers drop before resolving them), backslashes and encoded slashes.
 pub fn is_safe_path(path: &str) -> bool {
     if !path.starts_with('/') || path.contains('\\') {
         return false;
@@ -34,7 +35,8 @@ pub fn is_safe_path(path: &str) -> bool {
         return false;
     }
     !lower.split('/').any(|seg| {
-        let seg = seg.replace("%2e", ".");
+        let seg = seg.replace("%2e", ".").replace("%3b", ";");
+        let seg = seg.split(';').next().unwrap_or_default();
         seg == "." || seg == ".."
     })
 }
@@ -73,5 +75,11 @@ mod tests {
         assert!(!is_safe_path("/api/./x"));
         assert!(!is_safe_path("/api%2fadmin"));
         assert!(!is_safe_path("/api\\admin"));
+        assert!(!is_safe_path("/api/..;/admin"));
+        assert!(!is_safe_path("/api/..;jsessionid=x/admin"));
+        assert!(!is_safe_path("/api/%2e%2e%3b/admin"));
+        assert!(!is_safe_path("/api/.;x"));
+        assert!(is_safe_path("/api/x;jsessionid=1/y"));
+        assert!(is_safe_path("/api/...;/y"));
     }
 }
