@@ -909,6 +909,42 @@ async fn slowloris_headers_are_cut_off_after_the_header_read_timeout() {
     assert!(r.is_ok(), "TLS slowloris still connected after 15 s");
     assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
 
+    // The HTTP/2 preface, a byte every 1.5 s (within the 2 s idle timeout): no request ever
+    // starts, so no header timeout of HTTP/1.1 or HTTP/2 applies, and the idle timer is reset
+    // by every byte. The first request must arrive within header_read_timeout all the same.
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let started = Instant::now();
+    let mut cut = None;
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".iter();
+    let mut last_write: Option<Instant> = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let due = last_write.is_none_or(|t| t.elapsed() >= Duration::from_millis(1500));
+        let wrote = match if due { preface.next() } else { None } {
+            Some(b) => {
+                last_write = Some(Instant::now());
+                s.write_all(&[*b]).await.is_ok()
+            }
+            None => true,
+        };
+        let mut probe = [0u8; 256];
+        let closed = loop {
+            // Skip the server's SETTINGS frame once the preface is complete.
+            match tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        };
+        if !wrote || closed {
+            cut = Some(started.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("a slow HTTP/2 preface held the connection for 10 s");
+    eprintln!("slow HTTP/2 preface cut after {cut:?}");
+    assert!(cut >= Duration::from_millis(900), "cut after {cut:?}");
+
     // A TLS handshake that never completes is cut after tls_handshake_timeout.
     let mut s = TcpStream::connect(gw.https).await.unwrap();
     s.write_all(&[0x16, 0x03, 0x01]).await.unwrap();

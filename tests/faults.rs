@@ -439,7 +439,10 @@ async fn idle_connections_beyond_max_connections_are_refused_cleanly_and_freed()
     let total = 10_000.min(raise_nofile_limit().saturating_sub(2 * MAX as u64 + 1_000) as usize);
     assert!(total > 2 * MAX, "descriptor limit too low for this test");
     let up = EchoUpstream::start().await;
-    let gw = gateway_with_limits(up.addr, "", &format!("max_connections = {MAX}\n")).await;
+    // Silent connections are closed after header_read_timeout (no first request): keep them
+    // for the length of the test.
+    let limits = format!("max_connections = {MAX}\nheader_read_timeout = \"120s\"\n");
+    let gw = gateway_with_limits(up.addr, "", &limits).await;
     let started = Instant::now();
 
     // The first MAX are admitted and held (they send nothing).
