@@ -147,6 +147,22 @@ fn check(path: PathBuf) -> ExitCode {
         Some(a) => println!("admin     {} (http: /healthz /readyz /metrics)", a.address),
         None => println!("admin     disabled"),
     }
+    let r = &config.rate_limit;
+    if r.enabled {
+        let per_min = |q: portcullis::config::Quota| q.refill_per_sec * 60.0;
+        println!(
+            "limits    per IP {} then {}/s (failure counts {}); per client {} failures, {:.1}/min; per user {} failures, {:.1}/min",
+            r.ip.burst,
+            r.ip.refill_per_sec,
+            r.failure_cost,
+            r.client_failures.burst,
+            per_min(r.client_failures),
+            r.user_failures.burst,
+            per_min(r.user_failures),
+        );
+    } else {
+        println!("limits    rate limiting disabled");
+    }
     for k in &config.keys {
         let state = if k.file.exists() {
             "present"
