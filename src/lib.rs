@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod oauth;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod tls;

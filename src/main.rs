@@ -160,6 +160,22 @@ fn check(path: PathBuf) -> ExitCode {
             println!("store     redis {shown} prefix={key_prefix}");
         }
     }
+    let r = &config.rate_limit;
+    if r.enabled {
+        let per_min = |q: portcullis::config::Quota| q.refill_per_sec * 60.0;
+        println!(
+            "limits    per IP {} then {}/s (failure counts {}); per client {} failures, {:.1}/min; per user {} failures, {:.1}/min",
+            r.ip.burst,
+            r.ip.refill_per_sec,
+            r.failure_cost,
+            r.client_failures.burst,
+            per_min(r.client_failures),
+            r.user_failures.burst,
+            per_min(r.user_failures),
+        );
+    } else {
+        println!("limits    rate limiting disabled");
+    }
     for k in &config.keys {
         let state = if k.file.exists() {
             "present"

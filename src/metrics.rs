@@ -32,6 +32,7 @@ pub struct Metrics {
     upstream_latency: Family<String, Histogram>,
     token_requests: Family<(&'static str, &'static str), AtomicU64>,
     revocations: Family<(&'static str, &'static str), AtomicU64>,
+    rate_limited: Family<&'static str, AtomicU64>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_success: AtomicU64,
@@ -44,6 +45,7 @@ impl Metrics {
             upstream_latency: Family::default(),
             token_requests: Family::default(),
             revocations: Family::default(),
+            rate_limited: Family::default(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload_success: AtomicU64::new(crate::tokens::now_secs()),
@@ -72,6 +74,13 @@ impl Metrics {
     pub fn revoked(&self, kind: &'static str, reason: &'static str, n: u64) {
         self.revocations.with(&(kind, reason), |c| {
             c.fetch_add(n, Ordering::Relaxed);
+        });
+    }
+
+    /// One request refused with 429 at `endpoint` (`token` or `login`).
+    pub fn rate_limited(&self, endpoint: &'static str) {
+        self.rate_limited.with(&endpoint, |c| {
+            c.fetch_add(1, Ordering::Relaxed);
         });
     }
 
@@ -154,6 +163,17 @@ impl Metrics {
         for ((kind, reason), n) in self.revocations.snapshot() {
             let n = n.load(Ordering::Relaxed);
             let _ = writeln!(out, "portcullis_revocations_total{{kind=\"{kind}\",reason=\"{reason}\"}} {n}");
+        }
+
+        header(
+            &mut out,
+            "portcullis_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by the rate limits, by endpoint (token or login).",
+        );
+        for (endpoint, n) in self.rate_limited.snapshot() {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "portcullis_rate_limited_total{{endpoint=\"{endpoint}\"}} {n}");
         }
 
         header(
@@ -311,6 +331,8 @@ mod tests {
         m.request("/a", 404);
         m.request("/b", 200);
         m.token_request("client_credentials", ISSUED);
+        m.rate_limited("login");
+        m.rate_limited("login");
         m.upstream_latency("/b", Duration::from_millis(3));
         m.upstream_latency("/b", Duration::from_secs(60));
         let text = m.render(&CacheStats { hits: 1, misses: 2, entries: 3 });
@@ -324,6 +346,7 @@ mod tests {
         assert!(text.contains("portcullis_upstream_latency_seconds_count{route=\"/b\"} 2"));
         assert!(text.contains("portcullis_token_requests_total{grant=\"client_credentials\",outcome=\"issued\"} 1"));
         assert!(text.contains("portcullis_validation_cache_entries 3"));
+        assert!(text.contains("portcullis_rate_limited_total{endpoint=\"login\"} 2"));
     }
 
     #[test]

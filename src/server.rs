@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -24,11 +24,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
 use crate::config::reload::Reloader;
+use crate::config::{Config, Limits};
 use crate::http::Body;
 use crate::metrics;
 use crate::proxy::forward::Peer;
+use crate::ratelimit;
 use crate::state::{Gateway, StartError};
 use crate::tls::{self, TlsError};
 
@@ -223,7 +224,9 @@ async fn serve_connection(
     let activity = Arc::new(Activity::new());
     let io = ActivityIo { inner: stream, activity: activity.clone() };
     let peer = Peer { addr, tls: tls.is_some() };
+    let seen = activity.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
+        seen.requested.store(true, Ordering::Relaxed);
         let gw = gw.clone();
         async move { Ok::<_, Infallible>(dispatch(&gw, req, peer).await) }
     });
@@ -243,7 +246,7 @@ async fn serve_connection(
         Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
             Ok(Ok(tls_stream)) => {
                 let conn = builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned();
-                run_until_idle(graceful.watch(conn), &activity, limits.idle_timeout).await
+                run_until_idle(graceful.watch(conn), &activity, &limits).await
             }
             Ok(Err(e)) => {
                 tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
@@ -256,7 +259,7 @@ async fn serve_connection(
         },
         None => {
             let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-            run_until_idle(graceful.watch(conn), &activity, limits.idle_timeout).await
+            run_until_idle(graceful.watch(conn), &activity, &limits).await
         }
     };
     if let Err(e) = served {
@@ -266,16 +269,29 @@ async fn serve_connection(
 
 type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// Drive a connection, closing it once no byte has moved either way for `idle`.
-async fn run_until_idle<F>(conn: F, activity: &Activity, idle: Duration) -> ConnResult
+/// Drive a connection, closing it once no byte has moved either way for `idle_timeout`,
+/// or when no first request has arrived within `header_read_timeout`. hyper times out
+/// HTTP/1.1 headers itself, but nothing else bounds a client that dribbles the HTTP/2
+/// preface, or bytes that never make a request, while staying under the idle timeout.
+async fn run_until_idle<F>(conn: F, activity: &Activity, limits: &Limits) -> ConnResult
 where
     F: Future<Output = ConnResult>,
 {
     tokio::pin!(conn);
+    let idle = limits.idle_timeout;
     let tick = (idle / 4).max(Duration::from_millis(100));
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_request);
+    let mut waiting_for_first = true;
     loop {
         tokio::select! {
             r = &mut conn => return r,
+            _ = &mut first_request, if waiting_for_first => {
+                if !activity.requested.load(Ordering::Relaxed) {
+                    return Err("no request within the header read timeout".into());
+                }
+                waiting_for_first = false;
+            }
             _ = tokio::time::sleep(tick) => {
                 if activity.idle_for() >= idle {
                     return Err("idle timeout".into());
@@ -318,13 +334,15 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
     };
     let (resp, route, client_id): (_, Cow<'static, str>, _) = match endpoint {
         Endpoint::Token => {
-            let (resp, outcome) = crate::oauth::token::handle(gw, req).await;
+            let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
+            let (resp, outcome) = crate::oauth::token::handle(gw, req, source).await;
             let grant = outcome.grant.map_or(metrics::NO_GRANT, |g| g.as_str());
             gw.metrics.token_request(grant, outcome.error.unwrap_or(metrics::ISSUED));
             (resp, "oauth:token".into(), outcome.client_id)
         }
         Endpoint::Authorize => {
-            let (resp, outcome) = crate::oauth::authorize::handle(gw, req).await;
+            let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
+            let (resp, outcome) = crate::oauth::authorize::handle(gw, req, source).await;
             (resp, "oauth:authorize".into(), outcome.client_id)
         }
         Endpoint::Revoke => {
@@ -357,15 +375,17 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
     resp
 }
 
-/// Last time a connection moved a byte, in milliseconds since it opened.
+/// Last time a connection moved a byte, in milliseconds since it opened, and whether a
+/// request has arrived on it yet.
 struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    requested: AtomicBool,
 }
 
 impl Activity {
     fn new() -> Self {
-        Activity { opened: Instant::now(), last_ms: AtomicU64::new(0) }
+        Activity { opened: Instant::now(), last_ms: AtomicU64::new(0), requested: AtomicBool::new(false) }
     }
     fn touch(&self) {
         self.last_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);

@@ -10,6 +10,7 @@ use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
 use crate::oauth::client_auth::SecretCache;
 use crate::proxy::forward::Upstreams;
+use crate::ratelimit::RateLimiter;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{IssuedAccess, RevocationEvent, Store, StoreError};
@@ -38,6 +39,8 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub validator: Validator,
     pub secrets: SecretCache,
+    /// Rate limits of the token endpoint and the login form.
+    pub limiter: RateLimiter,
     pub store: Arc<dyn Store>,
     /// Revocations made by other replicas (shared store only); taken once by the server.
     revocation_feed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<RevocationEvent>>>,
@@ -63,6 +66,7 @@ impl Gateway {
             revocation_feed: std::sync::Mutex::new(feed),
             validator: Validator::new(config.cache_max_tokens),
             secrets: SecretCache::new(config.cache_max_client_secrets),
+            limiter: RateLimiter::new(config.rate_limit.max_tracked),
             metrics: Metrics::new(),
             serving: AtomicBool::new(false),
             runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams }),

@@ -507,7 +507,10 @@ async fn load_worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_drops_and_fails_no_request() {
-    let (_up, gw) = setup().await;
+    // All the load comes from one address: lift its token endpoint rate limit, so that only
+    // a reload could fail a request.
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(up.addr, "[rate_limit]\nip_burst = 100000\nip_rate = 100000\n").await;
     let token = gw.token("svc", SVC_SECRET, None).await;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());

@@ -17,7 +17,7 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 use toml::Spanned;
 
-use raw::{RawAdmin, RawClient, RawConfig, RawKey, RawRoute, RawUser};
+use raw::{RawAdmin, RawClient, RawConfig, RawKey, RawRateLimit, RawRoute, RawUser};
 
 /// A configuration that was refused: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +129,30 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+}
+
+/// A token bucket: `burst` units at once, then `refill_per_sec` units a second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    pub burst: u32,
+    pub refill_per_sec: f64,
+}
+
+/// `[rate_limit]`: the token endpoint and the login form (see `crate::ratelimit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimits {
+    /// `false` turns every limit off.
+    pub enabled: bool,
+    /// Requests per source IP, per endpoint.
+    pub ip: Quota,
+    /// How many requests a failed authentication counts for in the per-IP bucket.
+    pub failure_cost: u32,
+    /// Failed secret verifications per client id.
+    pub client_failures: Quota,
+    /// Failed password verifications per username (login form and password grant).
+    pub user_failures: Quota,
+    /// Keys remembered per bucket kind; read at start only.
+    pub max_tracked: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -270,6 +294,7 @@ pub struct Config {
     pub users: HashMap<String, Arc<User>>,
     pub store: StoreConfig,
     pub store_sweep_interval: Duration,
+    pub rate_limit: RateLimits,
 }
 
 impl Config {
@@ -562,6 +587,47 @@ impl Validator<'_> {
             users,
             store,
             store_sweep_interval: self.duration(&raw.store.sweep_interval, Duration::from_secs(60))?,
+            rate_limit: self.rate_limit(&raw.rate_limit)?,
+        })
+    }
+
+    /// `[rate_limit]`, defaulting to: per IP a burst of 60 then 20/s, a failure counting
+    /// as 5 requests; 20 failed authentications per client a minute; 10 failed logins per
+    /// username in 5 minutes.
+    fn rate_limit(&self, r: &RawRateLimit) -> Result<RateLimits, ConfigError> {
+        const MAX: u64 = 1_000_000;
+        let count = |v: &Option<Spanned<u64>>, default: u64| -> Result<u32, ConfigError> {
+            let n = self.number(v, default)?;
+            match v {
+                Some(s) if n > MAX => Err(self.err(s.span(), format!("must be at most {MAX}"))),
+                _ => Ok(u32::try_from(n.min(MAX)).unwrap_or(u32::MAX)),
+            }
+        };
+        let quota = |burst: u32, rate: u32, window: Duration| Quota {
+            burst,
+            refill_per_sec: f64::from(rate) / window.as_secs_f64(),
+        };
+        let ip_burst = count(&r.ip_burst, 60)?;
+        let ip = quota(ip_burst, count(&r.ip_rate, 20)?, self.duration(&r.ip_window, Duration::from_secs(1))?);
+        let failure_cost = count(&r.failure_cost, 5)?;
+        if failure_cost > ip_burst
+            && let Some(v) = r.failure_cost.as_ref().or(r.ip_burst.as_ref())
+        {
+            return Err(
+                self.err(v.span(), format!("failure_cost ({failure_cost}) must not exceed ip_burst ({ip_burst})"))
+            );
+        }
+        let failures = |n: &Option<Spanned<u64>>, default_n: u64, w: &Option<Spanned<String>>, default_w: u64| {
+            let n = count(n, default_n)?;
+            Ok::<_, ConfigError>(quota(n, n, self.duration(w, Duration::from_secs(default_w))?))
+        };
+        Ok(RateLimits {
+            enabled: r.enabled.unwrap_or(true),
+            ip,
+            failure_cost,
+            client_failures: failures(&r.client_failures, 20, &r.client_failures_window, 60)?,
+            user_failures: failures(&r.user_failures, 10, &r.user_failures_window, 300)?,
+            max_tracked: self.number(&r.max_tracked, 100_000)?,
         })
     }
 
@@ -922,6 +988,30 @@ mod tests {
         assert_eq!(e.line, 10, "{e}");
         let e = parse("[endpoints]\ntoken = \"/.well-known/jwks.json\"\n").unwrap_err();
         assert_eq!(e.line, 9, "a default taken by another endpoint points at the one configured: {e}");
+    }
+
+    #[test]
+    fn rate_limit_defaults_and_errors_carry_their_line() {
+        let r = parse("").unwrap().rate_limit;
+        assert!(r.enabled);
+        assert_eq!(r.ip, Quota { burst: 60, refill_per_sec: 20.0 });
+        assert_eq!(r.failure_cost, 5);
+        assert_eq!(r.client_failures, Quota { burst: 20, refill_per_sec: 20.0 / 60.0 });
+        assert_eq!(r.user_failures, Quota { burst: 10, refill_per_sec: 10.0 / 300.0 });
+        let r = parse("[rate_limit]\nip_burst = 5\nip_rate = 1\nip_window = \"1m\"\nfailure_cost = 5\n").unwrap();
+        assert_eq!(r.rate_limit.ip, Quota { burst: 5, refill_per_sec: 1.0 / 60.0 });
+        assert!(!parse("[rate_limit]\nenabled = false\n").unwrap().rate_limit.enabled);
+
+        let e = parse("[rate_limit]\nip_burst = 0\n").unwrap_err();
+        assert_eq!((e.line, e.reason.as_str()), (9, "must be greater than zero"));
+        let e = parse("[rate_limit]\nip_burst = 10\n\nfailure_cost = 11\n").unwrap_err();
+        assert_eq!(e.line, 11, "{e}");
+        assert!(e.reason.contains("must not exceed ip_burst"), "{e}");
+        let e = parse("[rate_limit]\nuser_failures_window = \"soon\"\n").unwrap_err();
+        assert_eq!(e.line, 9, "{e}");
+        let e = parse("[rate_limit]\nclient_failures = 2000000\n").unwrap_err();
+        assert_eq!((e.line, e.reason.as_str()), (9, "must be at most 1000000"));
+        assert_eq!(parse("[rate_limit]\nper_ip = 1\n").unwrap_err().line, 9);
     }
 
     #[test]

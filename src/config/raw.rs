@@ -35,6 +35,23 @@ pub struct RawConfig {
     pub users: Vec<Spanned<RawUser>>,
     #[serde(default)]
     pub store: RawStore,
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub enabled: Option<bool>,
+    pub ip_burst: Option<Spanned<u64>>,
+    pub ip_rate: Option<Spanned<u64>>,
+    pub ip_window: Option<Spanned<String>>,
+    pub failure_cost: Option<Spanned<u64>>,
+    pub client_failures: Option<Spanned<u64>>,
+    pub client_failures_window: Option<Spanned<String>>,
+    pub user_failures: Option<Spanned<u64>>,
+    pub user_failures_window: Option<Spanned<String>>,
+    pub max_tracked: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@
 //! Errors before the client and redirect URI are known to be genuine are shown as a page,
 //! never redirected (§4.1.2.1); errors after that go back to the client's redirect URI.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use super::params::Params;
 use super::{pages, users};
 use crate::config::{Client, GrantType};
 use crate::http::{Body, full};
+use crate::ratelimit::{Endpoint, Throttled};
 use crate::state::{Gateway, Runtime};
 use crate::store::{CodeGrant, Session};
 use crate::tokens::{now_secs, random_token, sha256};
@@ -114,7 +116,9 @@ pub struct Outcome {
     pub client_id: Option<String>,
 }
 
-pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Outcome)
+/// Answer one /authorize request from `source` (the caller's address, for the login
+/// form's rate limit).
+pub async fn handle<B>(gw: &Gateway, req: Request<B>, source: IpAddr) -> (Response<Body>, Outcome)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -145,7 +149,7 @@ where
     };
     outcome.client_id = Some(request.client.id.clone());
     let resp = if post {
-        on_post(gw, &rt, &parts.headers, &params, request).await
+        on_post(gw, &rt, &parts.headers, &params, request, source).await
     } else {
         on_get(gw, &rt, &parts.headers, request).await
     };
@@ -372,7 +376,14 @@ async fn on_get(gw: &Gateway, rt: &Runtime, headers: &HeaderMap, req: AuthReques
     resp
 }
 
-async fn on_post(gw: &Gateway, rt: &Runtime, headers: &HeaderMap, form: &Params, req: AuthRequest) -> Response<Body> {
+async fn on_post(
+    gw: &Gateway,
+    rt: &Runtime,
+    headers: &HeaderMap,
+    form: &Params,
+    req: AuthRequest,
+    source: IpAddr,
+) -> Response<Body> {
     // Double-submit CSRF check: the form must carry the value of our HttpOnly, SameSite cookie.
     let csrf_ok = match (cookie(headers, CSRF_COOKIE), form.get("csrf")) {
         (Some(c), Some(f)) if well_formed(c) => bool::from(c.as_bytes().ct_eq(f.as_bytes())),
@@ -389,10 +400,29 @@ async fn on_post(gw: &Gateway, rt: &Runtime, headers: &HeaderMap, form: &Params,
     let action = rt.config.authorize_path.clone();
     match form.get("action") {
         Some("login") => {
+            let fields = carried(&req, &raw_scope, &csrf);
+            let throttled = |t: Throttled| {
+                gw.metrics.rate_limited(Endpoint::Login.as_str());
+                tracing::info!(client_id = %req.client.id, "login rate limited");
+                let msg = format!("Too many sign-in attempts. Try again in {} seconds.", t.retry_after_secs());
+                let mut resp = pages::login(&action, &req.client.name, &fields, Some(&msg));
+                *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(t.retry_after_secs()));
+                resp
+            };
+            let limits = &rt.config.rate_limit;
+            if let Err(t) = gw.limiter.admit(limits, Endpoint::Login, source) {
+                return throttled(t);
+            }
             let (username, password) = (form.get("username").unwrap_or(""), form.get("password").unwrap_or(""));
-            let Some(user) = users::authenticate(&gw.secrets, rt, username, password).await else {
-                tracing::info!(client_id = %req.client.id, "login failed");
-                return pages::login(&action, &req.client.name, &carried(&req, &raw_scope, &csrf), Some(LOGIN_FAILED));
+            let user = match users::authenticate(gw, rt, username, password).await {
+                Ok(Some(user)) => user,
+                Ok(None) => {
+                    tracing::info!(client_id = %req.client.id, "login failed");
+                    gw.limiter.failed(limits, Endpoint::Login, source);
+                    return pages::login(&action, &req.client.name, &fields, Some(LOGIN_FAILED));
+                }
+                Err(t) => return throttled(t),
             };
             let session_id = random_token(32);
             let lifetime = rt.config.session_lifetime.as_secs();

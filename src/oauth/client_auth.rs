@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use super::error::OAuthError;
 use super::params::Params;
 use crate::config::Client;
-use crate::state::Runtime;
+use crate::state::{Gateway, Runtime};
 
 /// Whose secret is being checked; client and user names live in separate namespaces.
 #[derive(Debug, Clone, Copy)]
@@ -142,8 +142,9 @@ fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, OAuthErr
 /// Authenticate the client of a token request against the configuration in force.
 /// A public client (no secret configured) is identified, not authenticated; grants
 /// that need a confidential client must check [`Client::secret_hash`].
+/// A client with too many recent failures is refused before its secret is verified.
 pub async fn authenticate(
-    secrets: &SecretCache,
+    gw: &Gateway,
     rt: &Runtime,
     headers: &HeaderMap,
     params: &Params,
@@ -161,10 +162,13 @@ pub async fn authenticate(
     }
     match (&client.secret_hash, &p.secret) {
         (Some(hash), Some(secret)) => {
-            if !secrets.verify(Kind::Client, &client.id, secret, hash).await {
+            let limits = &rt.config.rate_limit;
+            gw.limiter.reserve_client(limits, &client.id).map_err(OAuthError::RateLimited)?;
+            if !gw.secrets.verify(Kind::Client, &client.id, secret, hash).await {
                 tracing::debug!(client_id = %p.client_id, "wrong client secret");
                 return Err(fail);
             }
+            gw.limiter.release_client(limits, &client.id);
         }
         (None, None) => {}
         // A confidential client without its secret, or a secret offered by a public client.

@@ -4,6 +4,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
 use crate::http::{Body, json};
+use crate::ratelimit::Throttled;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OAuthError {
@@ -14,9 +15,13 @@ pub enum OAuthError {
     /// `basic` says whether the client tried HTTP Basic, which earns a `WWW-Authenticate`.
     #[error("invalid_client")]
     InvalidClient { basic: bool },
-    /// The grant (code, refresh token, user credentials) is invalid.
+    /// The grant (code, refresh token) is invalid.
     #[error("invalid_grant: {0}")]
     InvalidGrant(String),
+    /// The password grant's username and password do not match an enabled user; an
+    /// `invalid_grant` that counts as a failed authentication for the rate limits.
+    #[error("invalid_grant: wrong user credentials")]
+    InvalidUserCredentials,
     /// The client may not use this grant type.
     #[error("unauthorized_client")]
     UnauthorizedClient,
@@ -41,6 +46,10 @@ pub enum OAuthError {
     /// The store cannot be reached; the client may retry later.
     #[error("temporarily_unavailable")]
     TemporarilyUnavailable,
+    /// Too many requests from this source, or too many failed authentications of this
+    /// client or user; answered 429 with `Retry-After`.
+    #[error("slow_down")]
+    RateLimited(Throttled),
 }
 
 impl From<crate::store::StoreError> for OAuthError {
@@ -51,6 +60,12 @@ impl From<crate::store::StoreError> for OAuthError {
 }
 
 impl OAuthError {
+    /// A failed authentication (client secret or user password): costs more in the
+    /// per-IP rate limit than other requests.
+    pub fn is_failed_authentication(&self) -> bool {
+        matches!(self, OAuthError::InvalidClient { .. } | OAuthError::InvalidUserCredentials)
+    }
+
     pub fn missing(param: &str) -> Self {
         OAuthError::InvalidRequest(format!(
             "The request is missing a required parameter. Check the \"{}\" parameter.",
@@ -80,12 +95,14 @@ impl OAuthError {
             | OAuthError::BodyTimeout
             | OAuthError::MethodNotAllowed => "invalid_request",
             OAuthError::InvalidClient { .. } => "invalid_client",
-            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::InvalidGrant(_) | OAuthError::InvalidUserCredentials => "invalid_grant",
             OAuthError::UnauthorizedClient => "unauthorized_client",
             OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
             OAuthError::InvalidScope(_) => "invalid_scope",
             OAuthError::ServerError => "server_error",
             OAuthError::TemporarilyUnavailable => "temporarily_unavailable",
+            // RFC 8628 §3.5's code for "poll less often"; the status and Retry-After say the rest.
+            OAuthError::RateLimited(_) => "slow_down",
         }
     }
 
@@ -94,6 +111,9 @@ impl OAuthError {
             OAuthError::InvalidRequest(d) => (StatusCode::BAD_REQUEST, d.clone()),
             OAuthError::InvalidClient { .. } => (StatusCode::UNAUTHORIZED, "Client authentication failed.".to_string()),
             OAuthError::InvalidGrant(d) => (StatusCode::BAD_REQUEST, d.clone()),
+            OAuthError::InvalidUserCredentials => {
+                (StatusCode::BAD_REQUEST, "The user credentials were incorrect.".to_string())
+            }
             OAuthError::UnauthorizedClient => (
                 StatusCode::BAD_REQUEST,
                 "The client is not authorized to request an access token using this method. Check the \"grant_type\" parameter."
@@ -118,6 +138,10 @@ impl OAuthError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The authorization server is temporarily unable to handle the request.".to_string(),
             ),
+            OAuthError::RateLimited(t) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many requests. Retry after {} seconds.", t.retry_after_secs()),
+            ),
         };
         let mut resp = json(status, &json!({ "error": self.code(), "error_description": description }));
         let h = resp.headers_mut();
@@ -131,6 +155,9 @@ impl OAuthError {
             }
             OAuthError::MethodNotAllowed => {
                 h.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            OAuthError::RateLimited(t) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(t.retry_after_secs()));
             }
             _ => {}
         }

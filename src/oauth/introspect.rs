@@ -49,7 +49,7 @@ where
 {
     let (parts, params) = read_post(gw, req).await?;
     let rt = gw.runtime_full();
-    let client = client_auth::authenticate(&gw.secrets, &rt, &parts.headers, &params).await?;
+    let client = client_auth::authenticate(gw, &rt, &parts.headers, &params).await?;
     outcome.client_id = Some(client.id.clone());
     // §2.1: the endpoint must be protected; a public client proves nothing.
     if client.is_public() {

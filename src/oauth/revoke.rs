@@ -51,7 +51,7 @@ where
 {
     let (parts, params) = read_post(gw, req).await?;
     let rt = gw.runtime_full();
-    let client = client_auth::authenticate(&gw.secrets, &rt, &parts.headers, &params).await?;
+    let client = client_auth::authenticate(gw, &rt, &parts.headers, &params).await?;
     outcome.client_id = Some(client.id.clone());
     let token = params.require("token")?;
     let now = now_secs();

@@ -1,6 +1,7 @@
 //! POST /oauth/token (RFC 6749 §3.2): read and parse the body, authenticate the client,
 //! then hand over to the one grant named by `grant_type`.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use super::grants;
 use super::params::Params;
 use crate::config::GrantType;
 use crate::http::{Body, full};
+use crate::ratelimit::Endpoint;
 use crate::state::Gateway;
 use crate::tokens::issue::IssuedToken;
 use crate::tokens::now_secs;
@@ -62,17 +64,32 @@ pub struct Outcome {
     pub error: Option<&'static str>,
 }
 
-pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Outcome)
+/// Answer one token request from `source` (the caller's address, see
+/// [`crate::ratelimit::source_ip`]).
+pub async fn handle<B>(gw: &Gateway, req: Request<B>, source: IpAddr) -> (Response<Body>, Outcome)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut outcome = Outcome { client_id: None, grant: None, error: None };
-    let realm = gw.runtime().config.realm.clone();
-    match token(gw, req, &mut outcome).await {
+    let (realm, limits) = {
+        let rt = gw.runtime();
+        (rt.config.realm.clone(), rt.config.rate_limit.clone())
+    };
+    let result = match gw.limiter.admit(&limits, Endpoint::Token, source) {
+        Ok(()) => token(gw, req, &mut outcome).await,
+        Err(t) => Err(OAuthError::RateLimited(t)),
+    };
+    match result {
         Ok(resp) => (resp.into_response(), outcome),
         Err(e) => {
             tracing::debug!(error = %e, "token request refused");
+            if e.is_failed_authentication() {
+                gw.limiter.failed(&limits, Endpoint::Token, source);
+            }
+            if let OAuthError::RateLimited(_) = e {
+                gw.metrics.rate_limited(Endpoint::Token.as_str());
+            }
             outcome.error = Some(e.code());
             (e.into_response(&realm), outcome)
         }
@@ -92,7 +109,7 @@ where
     outcome.grant = Some(grant);
 
     let rt = gw.runtime_full();
-    let client = client_auth::authenticate(&gw.secrets, &rt, &parts.headers, &params).await?;
+    let client = client_auth::authenticate(gw, &rt, &parts.headers, &params).await?;
     outcome.client_id = Some(client.id.clone());
     if !client.grants.contains(&grant) {
         return Err(OAuthError::UnauthorizedClient);

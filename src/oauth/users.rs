@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use super::client_auth::{Kind, SecretCache};
+use super::client_auth::Kind;
 use crate::config::User;
-use crate::state::Runtime;
+use crate::ratelimit::Throttled;
+use crate::state::{Gateway, Runtime};
 
 /// A valid argon2id hash of a random string, verified against when the user does not
 /// exist, so that "no such user" and "wrong password" take the same time.
@@ -12,17 +13,29 @@ const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$bfvdNrf2I4dnZKtN8XZqIA$cVSC4XrogpedQjyCA0MATCnO225EByVri6brmsYzpJ4";
 
 /// The user if `username` exists, is enabled and `password` is theirs; `None` otherwise,
-/// without saying which of these failed.
-pub async fn authenticate(secrets: &SecretCache, rt: &Runtime, username: &str, password: &str) -> Option<Arc<User>> {
-    match rt.config.users.get(username) {
+/// without saying which of these failed. Refused unchecked while `username` has too many
+/// recent failures (known or not, so a refusal tells nothing about who exists).
+pub async fn authenticate(
+    gw: &Gateway,
+    rt: &Runtime,
+    username: &str,
+    password: &str,
+) -> Result<Option<Arc<User>>, Throttled> {
+    let limits = &rt.config.rate_limit;
+    gw.limiter.reserve_user(limits, username)?;
+    let user = match rt.config.users.get(username) {
         Some(user) if user.enabled => {
-            secrets.verify(Kind::User, &user.username, password, &user.password_hash).await.then(|| user.clone())
+            gw.secrets.verify(Kind::User, &user.username, password, &user.password_hash).await.then(|| user.clone())
         }
         _ => {
-            secrets.verify_uncached(password, DUMMY_HASH).await;
+            gw.secrets.verify_uncached(password, DUMMY_HASH).await;
             None
         }
+    };
+    if user.is_some() {
+        gw.limiter.release_user(limits, username);
     }
+    Ok(user)
 }
 
 /// Is `username` still someone who may hold tokens (exists and enabled)?

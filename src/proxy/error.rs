@@ -30,6 +30,10 @@ pub enum ProxyError {
     /// The declared request body exceeds the proxy limit.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The caller's body broke off or was badly framed (e.g. an invalid chunk size)
+    /// while it was being forwarded: the caller's fault, not the upstream's.
+    #[error("request body unreadable")]
+    BadRequestBody,
     /// The upstream refused, reset or broke the connection.
     #[error("upstream unavailable: {0}")]
     BadGateway(String),
@@ -77,6 +81,11 @@ impl ProxyError {
             ProxyError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": "payload_too_large", "error_description": "The request body is too large."}),
+                None,
+            ),
+            ProxyError::BadRequestBody => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": "The request body could not be read."}),
                 None,
             ),
             ProxyError::BadGateway(_) => (

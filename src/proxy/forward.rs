@@ -275,6 +275,7 @@ where
     parts.uri = uri;
     parts.version = Version::HTTP_11;
 
+    let body = body.map_err(|e| BoxError::from(InboundBodyError(e.into())));
     let body = Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed();
     let req = Request::from_parts(parts, body);
 
@@ -282,6 +283,7 @@ where
         Err(_) => return Err(ProxyError::GatewayTimeout),
         // An undeclared body crossed the limit while being sent: the caller's fault, not the upstream's.
         Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => return Err(ProxyError::PayloadTooLarge),
+        Ok(Err(e)) if caused_by::<InboundBodyError>(&e) => return Err(ProxyError::BadRequestBody),
         Ok(Err(e)) => return Err(ProxyError::BadGateway(error_chain(&e))),
         Ok(Ok(resp)) => resp,
     };
@@ -289,6 +291,22 @@ where
     strip_hop_by_hop(&mut parts.headers);
     drop_gateway_set_cookies(&mut parts.headers);
     Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+}
+
+/// Marks a failure of the caller's request body, so that it is not blamed on the upstream.
+#[derive(Debug)]
+struct InboundBodyError(BoxError);
+
+impl std::fmt::Display for InboundBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for InboundBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
 }
 
 fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -107,5 +107,13 @@ mod tests {
         assert!(!is_safe_path("/api/./x"));
         assert!(!is_safe_path("/api%2fadmin"));
         assert!(!is_safe_path("/api\\admin"));
+        assert!(!is_safe_path("/api/..;/admin"));
+        assert!(!is_safe_path("/api/..;jsessionid=x/admin"));
+        assert!(!is_safe_path("/api/%2e%2e%3b/admin"));
+        assert!(!is_safe_path("/api/.;x"));
+        // `;` path parameters are refused outright: servlet containers strip them before
+        // resolving the path, so nothing after a `;` can be trusted to mean what we routed.
+        assert!(!is_safe_path("/api/x;jsessionid=1/y"));
+        assert!(!is_safe_path("/api/...;/y"));
     }
 }

@@ -22,8 +22,9 @@ pub async fn grant(
     let username = params.require("username")?;
     let password = params.require("password")?;
     let scopes = resolve_scopes(client, params.get("scope"))?;
-    let Some(user) = users::authenticate(&gw.secrets, rt, username, password).await else {
-        return Err(OAuthError::InvalidGrant("The user credentials were incorrect.".into()));
+    let user = users::authenticate(gw, rt, username, password).await.map_err(OAuthError::RateLimited)?;
+    let Some(user) = user else {
+        return Err(OAuthError::InvalidUserCredentials);
     };
     let family = client.grants.contains(&GrantType::RefreshToken).then(new_family);
     let what = Issue {

@@ -1,0 +1,312 @@
+//! Rate limits on the token endpoint and the login form (DESIGN: "429 + Retry-After").
+//!
+//! Token buckets — a burst, then a steady refill — keyed by source IP, client id and
+//! username, each kept in a bounded moka cache. An entry expires once its bucket would be
+//! full again, so forgetting it changes nothing.
+//!
+//! Failed authentications cost more than successful ones. Per source IP, every request
+//! takes one unit and a failed authentication `failure_cost` units in all. Per client and
+//! per username only failures count: one unit is reserved *before* a secret is verified
+//! (so concurrent guesses are bounded too) and refunded when it verifies. A brute force
+//! against one client or user throttles that name and that source, nobody else.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use moka::Expiry;
+use moka::ops::compute::Op;
+use moka::sync::Cache;
+
+use crate::config::{Config, Quota, RateLimits};
+
+/// Which endpoint a per-IP bucket belongs to; also the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Login,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Token => "token",
+            Endpoint::Login => "login",
+        }
+    }
+}
+
+/// A request refused for its rate; the caller may retry after `retry_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    pub retry_after: Duration,
+}
+
+impl Throttled {
+    /// Whole seconds for the `Retry-After` header, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let whole = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        whole.max(1)
+    }
+}
+
+/// Every bucket the gateway keeps; outlives configuration reloads (the quotas are read
+/// from the configuration in force on each call).
+pub struct RateLimiter {
+    token_ip: Buckets<IpAddr>,
+    login_ip: Buckets<IpAddr>,
+    clients: Buckets<String>,
+    users: Buckets<String>,
+}
+
+impl RateLimiter {
+    /// `max_tracked` bounds each of the four caches.
+    pub fn new(max_tracked: u64) -> Self {
+        RateLimiter {
+            token_ip: Buckets::new(max_tracked),
+            login_ip: Buckets::new(max_tracked),
+            clients: Buckets::new(max_tracked),
+            users: Buckets::new(max_tracked),
+        }
+    }
+
+    fn ip_buckets(&self, endpoint: Endpoint) -> &Buckets<IpAddr> {
+        match endpoint {
+            Endpoint::Token => &self.token_ip,
+            Endpoint::Login => &self.login_ip,
+        }
+    }
+
+    /// One request from `ip` at `endpoint`: takes a unit, or refuses.
+    pub fn admit(&self, cfg: &RateLimits, endpoint: Endpoint, ip: IpAddr) -> Result<(), Throttled> {
+        if !cfg.enabled {
+            return Ok(());
+        }
+        self.ip_buckets(endpoint).take(ip_key(ip), cfg.ip, 1.0)
+    }
+
+    /// A failed authentication from `ip`: charge the rest of `failure_cost`.
+    pub fn failed(&self, cfg: &RateLimits, endpoint: Endpoint, ip: IpAddr) {
+        if cfg.enabled {
+            self.ip_buckets(endpoint).charge(ip_key(ip), cfg.ip, f64::from(cfg.failure_cost) - 1.0);
+        }
+    }
+
+    /// Before verifying `client_id`'s secret: reserve one failure, or refuse.
+    pub fn reserve_client(&self, cfg: &RateLimits, client_id: &str) -> Result<(), Throttled> {
+        if !cfg.enabled {
+            return Ok(());
+        }
+        self.clients.take(client_id.to_string(), cfg.client_failures, 1.0)
+    }
+
+    /// The secret verified: give the reserved failure back.
+    pub fn release_client(&self, cfg: &RateLimits, client_id: &str) {
+        if cfg.enabled {
+            self.clients.charge(client_id.to_string(), cfg.client_failures, -1.0);
+        }
+    }
+
+    /// Before verifying `username`'s password: reserve one failure, or refuse. Every name
+    /// is tracked, known or not, so a refusal says nothing about who exists.
+    pub fn reserve_user(&self, cfg: &RateLimits, username: &str) -> Result<(), Throttled> {
+        if !cfg.enabled {
+            return Ok(());
+        }
+        self.users.take(username.to_string(), cfg.user_failures, 1.0)
+    }
+
+    /// The password verified: give the reserved failure back.
+    pub fn release_user(&self, cfg: &RateLimits, username: &str) {
+        if cfg.enabled {
+            self.users.charge(username.to_string(), cfg.user_failures, -1.0);
+        }
+    }
+}
+
+/// IPv4 (and IPv4-mapped IPv6) addresses count alone; IPv6 by /64, the block one
+/// subscriber usually holds.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// The address a request comes from: the peer, or — when the peer is a trusted proxy —
+/// the nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn source_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !config.is_trusted_proxy(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut nearest = peer;
+    for hop in hops.iter().rev() {
+        // A value we cannot read was written by someone we do not trust: stop at the last
+        // address we could vouch for.
+        let Ok(ip) = hop.parse::<IpAddr>() else { break };
+        nearest = ip.to_canonical();
+        if !config.is_trusted_proxy(nearest) {
+            break;
+        }
+    }
+    nearest
+}
+
+/// One bucket: `level` units were available at `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    level: f64,
+    at: Instant,
+    /// How long until the bucket is full again; the cache forgets it then.
+    full_in: Duration,
+}
+
+impl Bucket {
+    fn refilled(self, quota: Quota, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.level + elapsed * quota.refill_per_sec).min(f64::from(quota.burst))
+    }
+
+    fn at_level(level: f64, quota: Quota, now: Instant) -> Bucket {
+        let missing = (f64::from(quota.burst) - level).max(0.0);
+        let full_in = Duration::from_secs_f64((missing / quota.refill_per_sec).min(1e9)).max(Duration::from_secs(1));
+        Bucket { level, at: now, full_in }
+    }
+}
+
+struct UntilFull;
+
+impl<K> Expiry<K, Bucket> for UntilFull {
+    fn expire_after_create(&self, _: &K, b: &Bucket, _: Instant) -> Option<Duration> {
+        Some(b.full_in)
+    }
+    fn expire_after_update(&self, _: &K, b: &Bucket, _: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(b.full_in)
+    }
+}
+
+/// Buckets of one kind of key.
+struct Buckets<K> {
+    cache: Cache<K, Bucket>,
+}
+
+impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Buckets<K> {
+    fn new(max_tracked: u64) -> Self {
+        Buckets { cache: Cache::builder().max_capacity(max_tracked).expire_after(UntilFull).build() }
+    }
+
+    /// Take `n` units if that many are available; otherwise say when they will be.
+    fn take(&self, key: K, quota: Quota, n: f64) -> Result<(), Throttled> {
+        let now = Instant::now();
+        let mut verdict = Ok(());
+        self.cache.entry(key).and_compute_with(|entry| {
+            let level = entry.map_or(f64::from(quota.burst), |e| e.into_value().refilled(quota, now));
+            if level < n {
+                let wait = (n - level) / quota.refill_per_sec;
+                verdict = Err(Throttled { retry_after: Duration::from_secs_f64(wait.min(1e9)) });
+                return Op::Put(Bucket::at_level(level, quota, now));
+            }
+            Op::Put(Bucket::at_level(level - n, quota, now))
+        });
+        verdict
+    }
+
+    /// Remove `n` more units (never below empty), or give `-n` back (never above full).
+    fn charge(&self, key: K, quota: Quota, n: f64) {
+        let now = Instant::now();
+        self.cache.entry(key).and_compute_with(|entry| {
+            let level = entry.map_or(f64::from(quota.burst), |e| e.into_value().refilled(quota, now));
+            let level = (level - n).clamp(0.0, f64::from(quota.burst));
+            Op::Put(Bucket::at_level(level, quota, now))
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota(burst: u32, per_sec: f64) -> Quota {
+        Quota { burst, refill_per_sec: per_sec }
+    }
+
+    #[test]
+    fn a_burst_then_refusal_with_a_retry_time() {
+        let b = Buckets::new(100);
+        let q = quota(3, 1.0 / 60.0);
+        for _ in 0..3 {
+            assert_eq!(b.take("k", q, 1.0), Ok(()));
+        }
+        let t = b.take("k", q, 1.0).unwrap_err();
+        assert!(t.retry_after > Duration::from_secs(55) && t.retry_after <= Duration::from_secs(60), "{t:?}");
+        assert_eq!(t.retry_after_secs(), 60);
+        assert_eq!(b.take("other", q, 1.0), Ok(()), "keys are independent");
+    }
+
+    #[test]
+    fn a_refund_restores_and_a_charge_never_overflows() {
+        let b = Buckets::new(100);
+        let q = quota(2, 1e-6);
+        b.take("k", q, 1.0).unwrap();
+        b.take("k", q, 1.0).unwrap();
+        b.charge("k", q, -1.0);
+        b.take("k", q, 1.0).unwrap();
+        b.charge("k", q, -5.0);
+        b.take("k", q, 1.0).unwrap();
+        b.take("k", q, 1.0).unwrap();
+        assert!(b.take("k", q, 1.0).is_err(), "refunds never fill above the burst");
+        b.charge("k", q, 10.0);
+        b.charge("k", q, -1.0);
+        assert!(b.take("k", q, 1.0).is_ok(), "charges never go below empty");
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64_prefix_and_mapped_v4_as_v4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        assert_eq!(ip_key("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn source_ip_follows_forwarded_for_only_through_trusted_proxies() {
+        let text = "issuer = \"https://a.example\"\n[[listener]]\naddress = \"127.0.0.1:1\"\ntls = false\n\
+                    [[key]]\nid = \"k\"\nfile = \"k.pem\"\n[proxy]\ntrusted_proxies = [\"10.0.0.0/8\"]\n";
+        let config = Config::parse(text, std::path::Path::new("gw.toml")).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            h
+        };
+        let h = xff(&["203.0.113.9, 10.0.0.2"]);
+        assert_eq!(source_ip(&config, ip("192.0.2.1"), &h), ip("192.0.2.1"), "untrusted peer: its own address");
+        assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("203.0.113.9"), "through two trusted hops");
+        let h = xff(&["6.6.6.6", "203.0.113.9"]);
+        assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("203.0.113.9"), "a caller's own prefix is ignored");
+        let h = xff(&["garbage, 10.0.0.3"]);
+        assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("10.0.0.3"), "stop at what cannot be read");
+        assert_eq!(source_ip(&config, ip("::ffff:10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let t = |ms| Throttled { retry_after: Duration::from_millis(ms) }.retry_after_secs();
+        assert_eq!((t(0), t(1), t(1000), t(1001)), (1, 1, 1, 2));
+    }
+}
