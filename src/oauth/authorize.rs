@@ -14,6 +14,7 @@ use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, Limited};
 use subtle::ConstantTimeEq;
 
+use super::Caller;
 use super::grants::{resolve_scopes, sign};
 use super::params::Params;
 use super::{pages, users};
@@ -110,21 +111,15 @@ impl Redirect {
     }
 }
 
-/// Who the access log names for this request.
-#[derive(Default)]
-pub struct Outcome {
-    pub client_id: Option<String>,
-}
-
 /// Answer one /authorize request from `source` (the caller's address, for the login
 /// form's rate limit).
-pub async fn handle<B>(gw: &Gateway, req: Request<B>, source: IpAddr) -> (Response<Body>, Outcome)
+pub async fn handle<B>(gw: &Gateway, req: Request<B>, source: IpAddr) -> (Response<Body>, Caller)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let rt = gw.runtime_full();
-    let mut outcome = Outcome::default();
+    let mut outcome = Caller::default();
     let post = req.method() == Method::POST;
     if !post && req.method() != Method::GET {
         let mut resp = pages::error(StatusCode::METHOD_NOT_ALLOWED, "Use GET or POST.");

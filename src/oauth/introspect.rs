@@ -7,6 +7,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
 use serde_json::{Value, json};
 
+use super::Caller;
 use super::client_auth;
 use super::error::OAuthError;
 use super::token::read_post;
@@ -15,17 +16,12 @@ use crate::state::{Gateway, Runtime};
 use crate::tokens::validate::inspect;
 use crate::tokens::{now_secs, sha256};
 
-#[derive(Default)]
-pub struct Outcome {
-    pub client_id: Option<String>,
-}
-
-pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Outcome)
+pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Caller)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let mut outcome = Outcome::default();
+    let mut outcome = Caller::default();
     let realm = gw.runtime().config.realm.clone();
     match introspect(gw, req, &mut outcome).await {
         Ok(v) => {
@@ -42,7 +38,7 @@ fn inactive() -> Value {
     json!({ "active": false })
 }
 
-async fn introspect<B>(gw: &Gateway, req: Request<B>, outcome: &mut Outcome) -> Result<Value, OAuthError>
+async fn introspect<B>(gw: &Gateway, req: Request<B>, outcome: &mut Caller) -> Result<Value, OAuthError>
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,

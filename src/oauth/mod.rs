@@ -12,3 +12,9 @@ pub mod params;
 pub mod revoke;
 pub mod token;
 pub mod users;
+
+/// Who an endpoint request came from (the authenticated or named client), for the access log.
+#[derive(Debug, Default)]
+pub struct Caller {
+    pub client_id: Option<String>,
+}

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use http_body::Body as HttpBody;
 
+use super::Caller;
 use super::client_auth;
 use super::error::OAuthError;
 use super::token::read_post;
@@ -16,18 +17,12 @@ use crate::store::IssuedAccess;
 use crate::tokens::validate::inspect;
 use crate::tokens::{now_secs, sha256};
 
-/// Who asked, for the access log.
-#[derive(Default)]
-pub struct Outcome {
-    pub client_id: Option<String>,
-}
-
-pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Outcome)
+pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Caller)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let mut outcome = Outcome::default();
+    let mut outcome = Caller::default();
     let realm = gw.runtime().config.realm.clone();
     match revoke(gw, req, &mut outcome).await {
         // §2.2: 200 whether or not the token was valid or known.
@@ -44,7 +39,7 @@ fn not_yours() -> OAuthError {
     OAuthError::InvalidRequest("The token was not issued to this client. Check the \"token\" parameter.".into())
 }
 
-async fn revoke<B>(gw: &Gateway, req: Request<B>, outcome: &mut Outcome) -> Result<(), OAuthError>
+async fn revoke<B>(gw: &Gateway, req: Request<B>, outcome: &mut Caller) -> Result<(), OAuthError>
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
