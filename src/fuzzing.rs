@@ -173,7 +173,7 @@ impl Fixture {
         assert_eq!(claims.iss, rt.config.issuer, "accepted with a foreign issuer");
         assert_eq!(claims.aud, rt.config.audience, "accepted with a foreign audience");
         assert_eq!(claims.jti, principal.token_id());
-        assert!(principal.expires_at() + LEEWAY_SECS > before, "accepted after expiry");
+        assert!(principal.expires_at().saturating_add(LEEWAY_SECS) > before, "accepted after expiry");
         let client = clients.get(principal.client_id()).expect("accepted for an unknown client");
         assert!(client.enabled, "accepted for a disabled client");
         assert!(!principal.token_id().starts_with("revoked"), "accepted a revoked token");
@@ -322,6 +322,14 @@ mod tests {
             assert!(f.validate(&tampered).is_err());
         }
         assert_eq!(f.validate(&f.mint("ed", "off")), Err(TokenError::ClientDisabled));
+        // Found by the jwt target: exp near u64::MAX overflowed `exp + leeway` (a panic
+        // with overflow checks). Such a token is simply valid until then.
+        let claims = format!(
+            r#"{{"iss":"https://gw.fuzz.test","sub":"s","aud":"https://api.fuzz.test","exp":{},"iat":0,"jti":"j","client_id":"svc"}}"#,
+            u64::MAX
+        );
+        let header = br#"{"alg":"EdDSA","typ":"at+jwt","kid":"ed"}"#;
+        assert_eq!(f.validate(&f.sign_segments("ed", header, claims.as_bytes()).unwrap()), Ok(()));
         assert!(f.authorize_query(b"response_type=token&client_id=web&redirect_uri=https://app.fuzz.test/cb").is_ok());
         assert_eq!(f.authorize_query(b"response_type=code&client_id=web"), Err(StatusCode::BAD_REQUEST));
         assert_eq!(f.authorize_query(b"response_type=code&client_id=conf&scope=nope"), Err(StatusCode::FOUND));
