@@ -322,7 +322,7 @@ mod tests {
             assert!(f.validate(&tampered).is_err());
         }
         assert_eq!(f.validate(&f.mint("ed", "off")), Err(TokenError::ClientDisabled));
-        // Found by the jwt target: exp near u64::MAX overflowed `exp + leeway` (a panic
+        // Found through the jwt target: exp near u64::MAX overflowed `exp + leeway` (a panic
         // with overflow checks). Such a token is simply valid until then.
         let claims = format!(
             r#"{{"iss":"https://gw.fuzz.test","sub":"s","aud":"https://api.fuzz.test","exp":{},"iat":0,"jti":"j","client_id":"svc"}}"#,
