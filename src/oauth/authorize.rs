@@ -34,21 +34,21 @@ const CODE_LIFETIME_SECS: u64 = 60;
 const LOGIN_FAILED: &str = "The username or password is incorrect.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ResponseType {
+pub(crate) enum ResponseType {
     Code,
     Token,
 }
 
 /// A validated authorization request.
-struct AuthRequest {
-    client: Arc<Client>,
-    response_type: ResponseType,
-    redirect_uri: String,
-    redirect_uri_given: bool,
-    scopes: Vec<String>,
-    state: Option<String>,
-    code_challenge: Option<String>,
-    iss: String,
+pub(crate) struct AuthRequest {
+    pub(crate) client: Arc<Client>,
+    pub(crate) response_type: ResponseType,
+    pub(crate) redirect_uri: String,
+    pub(crate) redirect_uri_given: bool,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) state: Option<String>,
+    pub(crate) code_challenge: Option<String>,
+    pub(crate) iss: String,
 }
 
 impl AuthRequest {
@@ -64,7 +64,7 @@ impl AuthRequest {
 }
 
 /// Why an authorization request was refused, and how to tell the user agent.
-enum Refusal {
+pub(crate) enum Refusal {
     /// Show a page: the redirect URI cannot be trusted (or there is none).
     Page(StatusCode, String),
     /// Send the error back to the client (§4.1.2.1, §4.2.2.1).
@@ -72,7 +72,7 @@ enum Refusal {
 }
 
 /// Where and how to return to the client.
-struct Redirect {
+pub(crate) struct Redirect {
     uri: String,
     fragment: bool,
     state: Option<String>,
@@ -156,7 +156,7 @@ fn redirect_status(post: bool) -> StatusCode {
     if post { StatusCode::SEE_OTHER } else { StatusCode::FOUND }
 }
 
-fn refuse(refusal: Refusal, post: bool) -> Response<Body> {
+pub(crate) fn refuse(refusal: Refusal, post: bool) -> Response<Body> {
     match refusal {
         Refusal::Page(status, msg) => pages::error(status, &msg),
         Refusal::Redirect { to, error, description } => {
@@ -194,7 +194,7 @@ fn valid_challenge(c: &str) -> bool {
     (43..=128).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
-fn parse_request(rt: &Runtime, p: &Params) -> Result<AuthRequest, Refusal> {
+pub(crate) fn parse_request(rt: &Runtime, p: &Params) -> Result<AuthRequest, Refusal> {
     let page = |msg: &str| Refusal::Page(StatusCode::BAD_REQUEST, msg.to_string());
     let client_id = p.get("client_id").ok_or_else(|| page("The request names no client (client_id is missing)."))?;
     let client = match rt.config.clients.get(client_id) {

@@ -92,14 +92,14 @@ pub fn verify_argon2(secret: &str, phc: &str) -> bool {
 }
 
 /// Credentials as presented, before any lookup.
-struct Presented {
-    client_id: String,
-    secret: Option<String>,
-    basic: bool,
+pub(crate) struct Presented {
+    pub(crate) client_id: String,
+    pub(crate) secret: Option<String>,
+    pub(crate) basic: bool,
 }
 
 /// Parse `Authorization: Basic` if present. Other schemes are not client authentication.
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+pub(crate) fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let bad = || OAuthError::InvalidClient { basic: true };
     let value = value.to_str().map_err(|_| bad())?;
@@ -115,7 +115,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OA
     Ok(Some((unform(id).map_err(|_| bad())?, unform(secret).map_err(|_| bad())?)))
 }
 
-fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, OAuthError> {
+pub(crate) fn presented(headers: &HeaderMap, params: &Params) -> Result<Presented, OAuthError> {
     match basic_credentials(headers)? {
         Some((id, secret)) => {
             if params.get("client_secret").is_some() {

@@ -147,12 +147,12 @@ where
     Ok((parts, params))
 }
 
-enum BodyKind {
+pub(crate) enum BodyKind {
     Form,
     Json,
 }
 
-fn body_kind(headers: &HeaderMap) -> Result<BodyKind, OAuthError> {
+pub(crate) fn body_kind(headers: &HeaderMap) -> Result<BodyKind, OAuthError> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {

@@ -108,7 +108,7 @@ struct UntilTokenExpiry;
 
 impl Expiry<[u8; 32], Arc<Principal>> for UntilTokenExpiry {
     fn expire_after_create(&self, _key: &[u8; 32], value: &Arc<Principal>, _created_at: Instant) -> Option<Duration> {
-        Some(Duration::from_secs((value.expires_at + LEEWAY_SECS).saturating_sub(now_secs())))
+        Some(Duration::from_secs(value.expires_at.saturating_add(LEEWAY_SECS).saturating_sub(now_secs())))
     }
 }
 
@@ -116,7 +116,7 @@ struct UntilRevocationLapses;
 
 impl Expiry<String, u64> for UntilRevocationLapses {
     fn expire_after_create(&self, _key: &String, expires_at: &u64, _created_at: Instant) -> Option<Duration> {
-        Some(Duration::from_secs((expires_at + LEEWAY_SECS).saturating_sub(now_secs())))
+        Some(Duration::from_secs(expires_at.saturating_add(LEEWAY_SECS).saturating_sub(now_secs())))
     }
 }
 
@@ -180,7 +180,7 @@ impl Validator {
             // but not necessarily the token: verify it again below.
             if key.is_none_or(|k| k.fingerprint == p.key_fingerprint) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                if p.expires_at + LEEWAY_SECS <= now {
+                if p.expires_at.saturating_add(LEEWAY_SECS) <= now {
                     return Err(TokenError::Expired);
                 }
                 check_client(clients, &p.client_id)?;
@@ -297,7 +297,8 @@ fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessC
             _ => TokenError::Malformed,
         })?;
     let c = data.claims;
-    if c.exp + LEEWAY_SECS <= now {
+    // exp is signed, but any u64 parses: near u64::MAX the sum must not overflow.
+    if c.exp.saturating_add(LEEWAY_SECS) <= now {
         return Err(TokenError::Expired);
     }
     if c.iat > now + LEEWAY_SECS {

@@ -1,0 +1,397 @@
+//! Entry points for the fuzz targets in `fuzz/` (see docs/fuzzing.md). Not part of the
+//! gateway's API: hidden from the docs, and nothing in the gateway calls it.
+//!
+//! Each function drives one parser the way a request reaches it, on input the fuzzer
+//! controls, and then checks what must hold whatever the input. A broken invariant panics,
+//! which the fuzzer reports as a crash, just like a panic inside the code under test.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine;
+use http::{HeaderMap, StatusCode, header};
+
+use crate::config::{Client, Config, ConfigError, GrantType};
+use crate::oauth::authorize::{self, ResponseType};
+use crate::oauth::client_auth;
+use crate::oauth::error::OAuthError;
+use crate::oauth::params::Params;
+use crate::oauth::token::{self, BodyKind};
+use crate::proxy::authenticate;
+use crate::proxy::error::ProxyError;
+use crate::proxy::forward::Upstreams;
+use crate::state::Runtime;
+use crate::store::{
+    CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Session, Store, StoreError, StoredRefresh, TakeCode,
+};
+use crate::tokens::keys::KeySet;
+use crate::tokens::validate::{LEEWAY_SECS, TokenError, Validator};
+use crate::tokens::{AccessClaims, now_secs};
+
+/// Token endpoint, up to the client lookup: the Content-Type decides form or JSON, the
+/// body becomes [`Params`] (a repeated parameter is refused), `grant_type` is parsed, and
+/// the client's credentials are taken from HTTP Basic or the body. A refusal is rendered
+/// as the wire response it would become.
+pub fn token_request(headers: &HeaderMap, body: &[u8]) -> Result<(), OAuthError> {
+    let result: Result<(), OAuthError> = (|| {
+        let params = match token::body_kind(headers)? {
+            BodyKind::Form => Params::from_form(body)?,
+            BodyKind::Json => Params::from_json(body)?,
+        };
+        let grant_name = params.require("grant_type")?;
+        let grant =
+            GrantType::parse(grant_name).ok_or_else(|| OAuthError::UnsupportedGrantType(grant_name.to_string()))?;
+        assert_eq!(grant.as_str(), grant_name);
+        let basic = client_auth::basic_credentials(headers)?;
+        let presented = client_auth::presented(headers, &params)?;
+        assert_eq!(presented.basic, basic.is_some());
+        if let Some((id, secret)) = basic {
+            assert!(params.get("client_secret").is_none(), "two client authentication methods were accepted");
+            assert_eq!(presented.client_id, id);
+            assert_eq!(presented.secret.as_deref(), Some(secret.as_str()));
+        } else {
+            assert_eq!(Some(presented.client_id.as_str()), params.get("client_id"));
+        }
+        Ok(())
+    })();
+    if let Err(e) = &result {
+        let resp = e.clone().into_response("fuzz");
+        assert!(resp.status().is_client_error(), "a malformed token request answered {}", resp.status());
+    }
+    result
+}
+
+/// Proxy path, phase 2: the bearer token from the Authorization header(s).
+pub fn bearer(headers: &HeaderMap) -> Result<String, ProxyError> {
+    match authenticate::bearer(headers) {
+        Ok(token) => {
+            assert!(!token.is_empty());
+            assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)));
+            let values: Vec<_> = headers.get_all(header::AUTHORIZATION).iter().collect();
+            assert_eq!(values.len(), 1, "a token was taken from several Authorization headers");
+            let value = values[0].to_str().expect("a token from a non-ASCII header");
+            assert!(value.contains(token));
+            Ok(token.to_string())
+        }
+        Err(e) => {
+            let status = e.into_response("fuzz").status();
+            assert!(matches!(status, StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST), "answered {status}");
+            Err(authenticate::bearer(headers).expect_err("bearer() is not deterministic"))
+        }
+    }
+}
+
+/// Configuration text through [`Config::parse`]; a refusal must name a line of the text.
+pub fn config(text: &str) -> Result<Config, ConfigError> {
+    let path = Path::new("/nonexistent/portcullis-fuzz/gateway.toml");
+    let result = Config::parse(text, path);
+    if let Err(e) = &result {
+        let lines = text.split('\n').count();
+        assert!(e.line <= lines, "error on line {} of a {lines}-line text: {e}", e.line);
+        assert_eq!(e.file, path);
+    }
+    result
+}
+
+/// A configuration, its keys, a validator and a store: what validation and /authorize
+/// read. Built once per fuzzing process from a config file whose key files exist.
+pub struct Fixture {
+    runtime: Runtime,
+    validator: Validator,
+    store: FuzzStore,
+    executor: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    /// Load `path` (a gateway config; relative key paths resolve next to it).
+    pub fn load(path: &Path) -> Fixture {
+        crate::install_crypto_provider();
+        let config = Config::load(path).unwrap_or_else(|e| panic!("fuzz fixture config: {e}"));
+        let keys = KeySet::load(&config).unwrap_or_else(|e| panic!("fuzz fixture keys: {e}"));
+        let executor = tokio::runtime::Builder::new_current_thread().build().expect("tokio runtime");
+        let upstreams = Upstreams::new(&config).unwrap_or_else(|e| panic!("fuzz fixture upstreams: {e}"));
+        Fixture {
+            runtime: Runtime { config, keys, upstreams },
+            validator: Validator::new(1024),
+            store: FuzzStore,
+            executor,
+        }
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The kids of the configured keys, in config order.
+    pub fn kids(&self) -> Vec<String> {
+        self.runtime.config.keys.iter().map(|k| k.id.clone()).collect()
+    }
+
+    /// A well-formed access token signed by key `kid` for `client_id`, valid for a day.
+    pub fn mint(&self, kid: &str, client_id: &str) -> String {
+        let now = now_secs();
+        let claims = AccessClaims {
+            iss: self.runtime.config.issuer.clone(),
+            sub: client_id.to_string(),
+            aud: self.runtime.config.audience.clone(),
+            exp: now + 86_400,
+            iat: now,
+            jti: crate::tokens::random_token(16),
+            client_id: client_id.to_string(),
+            scope: "read".into(),
+        };
+        let key = self.runtime.keys.get(kid).expect("kid of the fixture");
+        let header = serde_json::json!({"alg": key.alg, "typ": "at+jwt", "kid": kid});
+        self.sign_segments(kid, header.to_string().as_bytes(), serde_json::to_string(&claims).unwrap().as_bytes())
+            .expect("signing a fixture token")
+    }
+
+    /// `base64url(header).base64url(payload).signature`, signed by key `kid` whatever the
+    /// bytes say: lets the fuzzer reach the claim checks behind the signature.
+    pub fn sign_segments(&self, kid: &str, header: &[u8], payload: &[u8]) -> Option<String> {
+        let key = self.runtime.keys.get(kid)?;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let message = format!("{}.{}", b64.encode(header), b64.encode(payload));
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key.encoding, key.alg).ok()?;
+        Some(format!("{message}.{signature}"))
+    }
+
+    /// The proxy path's validation of `token`, twice (a miss, then a possible cache hit):
+    /// both verdicts must agree, and an accepted token must say what the config demands.
+    pub fn validate(&self, token: &str) -> Result<(), TokenError> {
+        let rt = &self.runtime;
+        let clients = &rt.config.clients;
+        let before = now_secs();
+        let first = self.executor.block_on(self.validator.validate(token, &rt.keys, clients, &self.store));
+        let second = self.executor.block_on(self.validator.validate(token, &rt.keys, clients, &self.store));
+        if now_secs() == before {
+            match (&first, &second) {
+                (Ok(a), Ok(b)) => assert_eq!(a.token_id(), b.token_id()),
+                (Err(a), Err(b)) => assert_eq!(a, b, "a cached verdict differs"),
+                _ => panic!("verdicts differ: {:?} then {:?}", first.as_ref().err(), second.as_ref().err()),
+            }
+        }
+        let principal = first?;
+        // Accepted: the signed claims must be the configured ones. (Parsed as the validator
+        // parses them: a claim it ignores may even hold invalid UTF-8, since serde skips it
+        // unchecked; only our own keys can sign such a payload.)
+        let payload = token.split('.').nth(1).expect("an accepted token has a payload");
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url payload");
+        let claims: AccessClaims = serde_json::from_slice(&payload).expect("JSON payload");
+        assert_eq!(claims.iss, rt.config.issuer, "accepted with a foreign issuer");
+        assert_eq!(claims.aud, rt.config.audience, "accepted with a foreign audience");
+        assert_eq!(claims.jti, principal.token_id());
+        assert!(principal.expires_at().saturating_add(LEEWAY_SECS) > before, "accepted after expiry");
+        let client = clients.get(principal.client_id()).expect("accepted for an unknown client");
+        assert!(client.enabled, "accepted for a disabled client");
+        assert!(!principal.token_id().starts_with("revoked"), "accepted a revoked token");
+        let header = jsonwebtoken::decode_header(token).expect("accepted with a bad header");
+        let key = rt.keys.get(header.kid.as_deref().expect("accepted without kid")).expect("accepted unknown kid");
+        assert_eq!(header.alg, key.alg, "accepted under another algorithm than its key's");
+        Ok(())
+    }
+
+    /// GET /authorize from the query string to the validated request, or to the response
+    /// that refuses it. What is accepted must be what the client registered; a refusal
+    /// either shows a page or goes back to a registered redirect URI, never elsewhere.
+    pub fn authorize_query(&self, query: &[u8]) -> Result<(), StatusCode> {
+        let rt = &self.runtime;
+        let Ok(params) = Params::from_form(query) else { return Err(StatusCode::BAD_REQUEST) };
+        match authorize::parse_request(rt, &params) {
+            Ok(req) => {
+                check_accepted(rt, &params, &req);
+                Ok(())
+            }
+            Err(refusal) => {
+                let resp = authorize::refuse(refusal, false);
+                let status = resp.status();
+                if status == StatusCode::FOUND {
+                    let location = resp.headers().get(header::LOCATION).expect("a redirect without Location");
+                    let location = location.to_str().expect("Location is not ASCII");
+                    let client = params.get("client_id").and_then(|id| rt.config.clients.get(id));
+                    let client = client.expect("redirected for an unknown client");
+                    let registered = client.redirect_uris.iter().any(|r| {
+                        location.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with(['?', '&', '#']))
+                    });
+                    assert!(registered, "redirected to an unregistered place: {location}");
+                    assert!(location.contains("error="), "a refusal redirect without error: {location}");
+                } else {
+                    assert_eq!(status, StatusCode::BAD_REQUEST, "refused with {status}");
+                }
+                Err(status)
+            }
+        }
+    }
+}
+
+fn check_accepted(rt: &Runtime, params: &Params, req: &authorize::AuthRequest) {
+    let client: &Arc<Client> = rt
+        .config
+        .clients
+        .get(params.get("client_id").expect("accepted without client_id"))
+        .expect("accepted an unknown client");
+    assert!(Arc::ptr_eq(client, &req.client));
+    assert!(client.enabled, "accepted a disabled client");
+    assert!(client.redirect_uris.contains(&req.redirect_uri), "accepted an unregistered redirect URI");
+    assert_eq!(req.redirect_uri_given, params.get("redirect_uri").is_some());
+    for s in &req.scopes {
+        assert!(client.scopes.contains(s) || client.default_scopes.contains(s), "granted scope {s:?}");
+    }
+    match req.response_type {
+        ResponseType::Code => {
+            assert!(client.grants.contains(&GrantType::AuthorizationCode));
+            assert_eq!(params.get("response_type"), Some("code"));
+            if client.is_public() {
+                assert!(req.code_challenge.is_some(), "a public client without PKCE");
+            }
+            if let Some(c) = &req.code_challenge {
+                assert_eq!(params.get("code_challenge_method"), Some("S256"));
+                assert!((43..=128).contains(&c.len()));
+            }
+        }
+        ResponseType::Token => {
+            assert!(client.implicit);
+            assert_eq!(params.get("response_type"), Some("token"));
+            assert!(req.code_challenge.is_none());
+        }
+    }
+    assert_eq!(req.state.as_deref(), params.get("state"));
+}
+
+/// A store that holds nothing: a jti starting with `revoked` is revoked, every other
+/// operation is unavailable (validation only asks `is_revoked`).
+struct FuzzStore;
+
+fn unavailable<T>() -> Result<T, StoreError> {
+    Err(StoreError::Unavailable("fuzzing store".into()))
+}
+
+#[async_trait]
+impl Store for FuzzStore {
+    async fn put_code(&self, _: Hash, _: CodeGrant) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn take_code(&self, _: Hash, _: &str, _: u64) -> Result<TakeCode, StoreError> {
+        unavailable()
+    }
+    async fn put_refresh(&self, _: Hash, _: RefreshGrant) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn get_refresh(&self, _: Hash, _: u64) -> Result<Option<StoredRefresh>, StoreError> {
+        unavailable()
+    }
+    async fn rotate_refresh(
+        &self,
+        _: Hash,
+        _: &str,
+        _: Hash,
+        _: u64,
+        _: IssuedAccess,
+        _: u64,
+    ) -> Result<Rotate, StoreError> {
+        unavailable()
+    }
+    async fn add_access(&self, _: &str, _: IssuedAccess) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn revoke_family(&self, _: &str) -> Result<Vec<IssuedAccess>, StoreError> {
+        unavailable()
+    }
+    async fn revoke_access(&self, _: IssuedAccess) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        Ok(jti.starts_with("revoked"))
+    }
+    async fn put_session(&self, _: Hash, _: Session) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn get_session(&self, _: Hash, _: u64) -> Result<Option<Session>, StoreError> {
+        unavailable()
+    }
+    async fn delete_session(&self, _: Hash) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn sweep(&self, _: u64) -> Result<u64, StoreError> {
+        unavailable()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        unavailable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/fixture/gateway.toml");
+    /// 2100-01-01: seed tokens stay valid.
+    const FAR_FUTURE: u64 = 4_102_444_800;
+
+    #[test]
+    fn fixture_accepts_its_own_tokens_and_refuses_tampering() {
+        let f = Fixture::load(Path::new(FIXTURE));
+        for kid in f.kids() {
+            let token = f.mint(&kid, "svc");
+            assert_eq!(f.validate(&token), Ok(()), "kid {kid}");
+            let tampered = format!("{}x", &token[..token.len() - 1]);
+            assert!(f.validate(&tampered).is_err());
+        }
+        assert_eq!(f.validate(&f.mint("ed", "off")), Err(TokenError::ClientDisabled));
+        // Found through the jwt target: exp near u64::MAX overflowed `exp + leeway` (a panic
+        // with overflow checks). Such a token is simply valid until then.
+        let claims = format!(
+            r#"{{"iss":"https://gw.fuzz.test","sub":"s","aud":"https://api.fuzz.test","exp":{},"iat":0,"jti":"j","client_id":"svc"}}"#,
+            u64::MAX
+        );
+        let header = br#"{"alg":"EdDSA","typ":"at+jwt","kid":"ed"}"#;
+        assert_eq!(f.validate(&f.sign_segments("ed", header, claims.as_bytes()).unwrap()), Ok(()));
+        assert!(f.authorize_query(b"response_type=token&client_id=web&redirect_uri=https://app.fuzz.test/cb").is_ok());
+        assert_eq!(f.authorize_query(b"response_type=code&client_id=web"), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(f.authorize_query(b"response_type=code&client_id=conf&scope=nope"), Err(StatusCode::FOUND));
+    }
+
+    #[test]
+    fn entry_points_refuse_garbage() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "Basic c3ZjOnM=".parse().unwrap());
+        assert!(token_request(&h, br#"{"grant_type":"client_credentials"}"#).is_ok());
+        assert!(token_request(&h, br#"{"grant_type":"client_credentials","client_secret":"s"}"#).is_err());
+        assert!(bearer(&h).is_err());
+        assert!(config("issuer = 1").is_err());
+    }
+
+    /// Writes the signed-token seeds of the `jwt` fuzz target (fuzz/seeds/jwt/token-*).
+    /// Run: `cargo test --lib fuzzing::tests::write_jwt_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_jwt_seeds() {
+        let f = Fixture::load(Path::new(FIXTURE));
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/jwt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let rt = f.runtime();
+        let claims = |client: &str, sub: &str, jti: &str, scope: &str| {
+            serde_json::json!({
+                "iss": rt.config.issuer, "sub": sub, "aud": rt.config.audience, "exp": FAR_FUTURE,
+                "iat": 1_764_000_000u64, "jti": jti, "client_id": client, "scope": scope,
+            })
+            .to_string()
+        };
+        let header = |alg: &str, kid: &str| serde_json::json!({"alg": alg, "typ": "at+jwt", "kid": kid}).to_string();
+        let seeds = [
+            ("ed", header("EdDSA", "ed"), claims("svc", "alice", "seed-ed", "read write")),
+            ("es", header("ES256", "es"), claims("svc", "svc", "seed-es", "read")),
+            ("rs", header("RS256", "rs"), claims("web", "bob", "seed-rs", "profile")),
+            ("hs", header("HS256", "hs"), claims("conf", "carol", "seed-hs", "admin:all")),
+            ("ed", header("EdDSA", "ed"), claims("off", "off", "seed-disabled", "read")),
+            ("ed", header("EdDSA", "ed"), claims("svc", "svc", "revoked-seed", "read")),
+            ("hs", header("HS256", "ed"), claims("svc", "svc", "seed-confused", "read")),
+        ];
+        for (n, (kid, h, c)) in seeds.iter().enumerate() {
+            let token = f.sign_segments(kid, h.as_bytes(), c.as_bytes()).unwrap();
+            std::fs::write(dir.join(format!("token-{n}-{kid}")), token).unwrap();
+        }
+    }
+}
