@@ -31,6 +31,9 @@ enum Command {
     Serve {
         #[arg(long, default_value = "gateway.toml")]
         config: PathBuf,
+        /// Runtime worker threads (default: one per CPU core).
+        #[arg(long, env = "PORTCULLIS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
     },
     /// Validate a configuration and print what it would serve.
     Check {
@@ -49,8 +52,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command.unwrap_or(Command::Serve { config: PathBuf::from("gateway.toml") }) {
-        Command::Serve { config } => serve(config),
+    match cli.command.unwrap_or(Command::Serve { config: PathBuf::from("gateway.toml"), threads: None }) {
+        Command::Serve { config, threads } => serve(config, threads),
         Command::Check { config } => check(config),
         Command::HashSecret => hash_secret(),
         Command::GenKey { out } => gen_key(out),
@@ -67,7 +70,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(path: PathBuf) -> ExitCode {
+fn serve(path: PathBuf, threads: Option<u16>) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -75,7 +78,11 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
