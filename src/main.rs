@@ -51,7 +51,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Held until main returns: dropping it writes out what is still queued.
+    let _log = init_logging(cli.log_format);
     match cli.command.unwrap_or(Command::Serve { config: PathBuf::from("gateway.toml"), threads: None }) {
         Command::Serve { config, threads } => serve(config, threads),
         Command::Check { config } => check(config),
@@ -60,14 +61,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines (one access line per request among them) are formatted on the thread that
+/// logs and written to stderr by a dedicated thread, in batches: a request never waits
+/// for a write(2), and a busy gateway writes many lines per call (the writer flushes
+/// whenever the queue is empty). The queue blocks rather than drop lines when stderr
+/// cannot keep up.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("portcullis-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 fn serve(path: PathBuf, threads: Option<u16>) -> ExitCode {
