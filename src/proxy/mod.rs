@@ -12,16 +12,29 @@ use std::sync::Arc;
 use http::{Request, Response, header};
 use http_body::Body as HttpBody;
 
+use crate::config::Route;
 use crate::http::{Body, BoxError};
 use crate::state::Gateway;
+use crate::tokens::validate::Principal;
 use error::ProxyError;
 use forward::Peer;
 
 /// What the access log records about a proxied request.
 #[derive(Default)]
 pub struct Outcome {
-    pub route: Option<String>,
-    pub client_id: Option<String>,
+    pub route: Option<Arc<Route>>,
+    pub principal: Option<Arc<Principal>>,
+}
+
+impl Outcome {
+    /// The matched route's prefix.
+    pub fn route_prefix(&self) -> Option<&str> {
+        self.route.as_deref().map(|r| r.prefix.as_str())
+    }
+
+    pub fn client_id(&self) -> Option<&str> {
+        self.principal.as_deref().map(Principal::client_id)
+    }
 }
 
 pub async fn handle<B>(gw: &Gateway, req: Request<B>, peer: Peer) -> (Response<Body>, Outcome)
@@ -37,9 +50,9 @@ where
         Err(e) => {
             match &e {
                 ProxyError::BadGateway(detail) => {
-                    tracing::warn!(route = ?outcome.route, detail = %detail, "upstream failed")
+                    tracing::warn!(route = ?outcome.route_prefix(), detail = %detail, "upstream failed")
                 }
-                ProxyError::GatewayTimeout => tracing::warn!(route = ?outcome.route, "upstream timed out"),
+                ProxyError::GatewayTimeout => tracing::warn!(route = ?outcome.route_prefix(), "upstream timed out"),
                 other => tracing::debug!(error = %other, "request refused"),
             }
             e.into_response(&rt.config.realm)
@@ -63,16 +76,15 @@ where
     if !route::is_safe_path(path) {
         return Err(ProxyError::UnsafePath);
     }
-    let host = request_host(&req);
     let route: &Arc<_> =
-        route::route(&rt.config.routes, host.as_deref(), req.method(), path).ok_or(ProxyError::NoRoute)?;
-    outcome.route = Some(route.prefix.clone());
+        route::route(&rt.config.routes, request_host(&req), req.method(), path).ok_or(ProxyError::NoRoute)?;
+    outcome.route = Some(route.clone());
 
     let principal = if route.public {
         None
     } else {
         let p = authenticate::authenticate(gw, rt, req.headers()).await?;
-        outcome.client_id = Some(p.client_id().to_string());
+        outcome.principal = Some(p.clone());
         authorize::authorize(route, &p)?;
         Some(p)
     };
@@ -85,14 +97,13 @@ where
     result
 }
 
-/// The host the caller addressed, without port, lower-cased: `:authority` for HTTP/2,
-/// the Host header for HTTP/1.1.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw =
-        req.uri().authority().map(|a| a.host().to_string()).or_else(|| {
-            req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| strip_port(h).to_string())
-        })?;
-    Some(raw.to_ascii_lowercase())
+/// The host the caller addressed, without port (routes compare it case-insensitively):
+/// `:authority` for HTTP/2, the Host header for HTTP/1.1.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.host())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(strip_port))
 }
 
 fn strip_port(host: &str) -> &str {
