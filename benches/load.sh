@@ -14,7 +14,14 @@
 # the table shows the median of each column over the rounds), PORT_BASE (18000),
 # GEN_CPU (0), PROXY_CPU (1), MISS_TOKENS (50000), CACHE_TOKENS (1024),
 # ONLY (extended regex over "proto/scenario", e.g. 'portcullis'), RSS_TOKENS
-# (1000000; 0 skips the memory bench), KEEP=1 keeps the work directory.
+# (1000000; 0 skips the memory bench), KEEP=1 keeps the work directory, NO_BUILD=1 uses
+# the binaries already in target/release, PERF (extended regex over "proto/scenario":
+# `perf record` the portcullis process during those runs; reports land in
+# benches/results/perf-*.txt).
+#
+# Besides wrk's req/s and latency, each row has the CPU time the process under test used
+# per request (user + system, all its threads; for "direct" the upstream's): on a shared
+# machine it moves less than throughput does.
 #
 # Results: the table on stdout, benches/results/load-<time>.{csv,json} and
 # benches/results/rss-<time>.json. See docs/performance.md.
@@ -59,8 +66,10 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (generator+upstream on one, proxy on the other)"
 
-log "building portcullis and the bench helper (release)"
-cargo build --release --quiet --bin portcullis --example loadkit
+if [ "${NO_BUILD:-0}" != 1 ]; then
+    log "building portcullis and the bench helper (release)"
+    cargo build --release --quiet --bin portcullis --example loadkit
+fi
 BIN=$ROOT/target/release/portcullis
 KIT=$ROOT/target/release/examples/loadkit
 
@@ -76,6 +85,10 @@ PC=$((PORT_BASE + 30)) PCS=$((PORT_BASE + 31)) PCADMIN=$((PORT_BASE + 39))
 
 WORK=$(mktemp -d /tmp/portcullis-load.XXXXXX)
 chmod 755 "$WORK"
+# portcullis watches the directories of its config and TLS files for changes: keep
+# everything written during the run (logs, store, temp files) out of etc/.
+ETC=$WORK/etc RUN=$WORK/run
+mkdir -p "$ETC" "$RUN"
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -88,8 +101,8 @@ trap cleanup EXIT
 # 2. One self-signed certificate for every TLS listener; keys; configs.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
-cat "$WORK/tls.crt" "$WORK/tls.key" >"$WORK/tls.pem"
+    -keyout "$ETC/tls.key" -out "$ETC/tls.crt" 2>/dev/null
+cat "$ETC/tls.crt" "$ETC/tls.key" >"$ETC/tls.pem"
 
 SECRET=bench-secret
 HASH=$(printf %s "$SECRET" | "$BIN" hash-secret)
@@ -97,7 +110,7 @@ ISSUER=https://bench.local
 
 # portcullis: EdDSA signs (token endpoint); the ES256 key verifies the tokens minted below,
 # which HAProxy verifies too (HAProxy 2.6 has no EdDSA).
-cat >"$WORK/portcullis.toml" <<EOF
+cat >"$ETC/portcullis.toml" <<EOF
 issuer = "$ISSUER"
 [[listener]]
 address = "127.0.0.1:$PC"
@@ -106,14 +119,14 @@ tls = false
 address = "127.0.0.1:$PCS"
 tls = true
 [tls]
-cert = "$WORK/tls.crt"
-key = "$WORK/tls.key"
+cert = "$ETC/tls.crt"
+key = "$ETC/tls.key"
 [admin]
 address = "127.0.0.1:$PCADMIN"
 [cache]
 max_tokens = $CACHE_TOKENS
 [store]
-path = "$WORK/portcullis.redb"
+path = "$RUN/portcullis.redb"
 [[key]]
 id = "bench-ed25519"
 algorithm = "EdDSA"
@@ -134,8 +147,8 @@ upstream = "http://127.0.0.1:$UP"
 scopes = ["read"]
 EOF
 # The same ES256 key as the only (active) one: what `loadkit mint` signs with.
-sed -e '/^\[\[key\]\]$/,$d' "$WORK/portcullis.toml" >"$WORK/mint.toml"
-cat >>"$WORK/mint.toml" <<EOF
+sed -e '/^\[\[key\]\]$/,$d' "$ETC/portcullis.toml" >"$ETC/mint.toml"
+cat >>"$ETC/mint.toml" <<EOF
 [[key]]
 id = "bench-es256"
 algorithm = "ES256"
@@ -147,8 +160,8 @@ grants = ["client_credentials"]
 scopes = ["read"]
 EOF
 log "minting 1 + $MISS_TOKENS ES256 tokens"
-"$KIT" mint --config "$WORK/mint.toml" --count 1 --out "$WORK/token.txt"
-"$KIT" mint --config "$WORK/mint.toml" --count "$MISS_TOKENS" --out "$WORK/tokens.txt"
+"$KIT" mint --config "$ETC/mint.toml" --count 1 --out "$WORK/token.txt"
+"$KIT" mint --config "$ETC/mint.toml" --count "$MISS_TOKENS" --out "$WORK/tokens.txt"
 openssl pkey -in "$WORK/es256.pem" -pubout -out "$WORK/es256.pub.pem"
 TOKEN=$(cat "$WORK/token.txt")
 
@@ -159,19 +172,19 @@ nginx_common() {
 $user_line
 worker_processes 1;
 daemon off;
-pid $WORK/$1.pid;
-error_log $WORK/$1-error.log warn;
+pid $RUN/$1.pid;
+error_log $RUN/$1-error.log warn;
 events { worker_connections 4096; }
 http {
-    client_body_temp_path $WORK/$1-body;
-    proxy_temp_path $WORK/$1-proxy;
-    fastcgi_temp_path $WORK/$1-fastcgi;
-    uwsgi_temp_path $WORK/$1-uwsgi;
-    scgi_temp_path $WORK/$1-scgi;
+    client_body_temp_path $RUN/$1-body;
+    proxy_temp_path $RUN/$1-proxy;
+    fastcgi_temp_path $RUN/$1-fastcgi;
+    uwsgi_temp_path $RUN/$1-uwsgi;
+    scgi_temp_path $RUN/$1-scgi;
     keepalive_requests 10000000;
     keepalive_timeout 300s;
-    ssl_certificate $WORK/tls.crt;
-    ssl_certificate_key $WORK/tls.key;
+    ssl_certificate $ETC/tls.crt;
+    ssl_certificate_key $ETC/tls.key;
     ssl_protocols TLSv1.2 TLSv1.3;
 EOF
 }
@@ -187,13 +200,13 @@ EOF
     }
 }
 EOF
-} >"$WORK/up.conf"
+} >"$ETC/up.conf"
 # nginx as a plain reverse proxy: pooled keep-alive upstream, X-Forwarded-*, an access log
 # line per request (buffered, as portcullis's is).
 {
     nginx_common nginx
     cat <<EOF
-    access_log $WORK/nginx-access.log combined buffer=64k flush=1s;
+    access_log $RUN/nginx-access.log combined buffer=64k flush=1s;
     upstream up { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 10000000; }
     server {
         listen 127.0.0.1:$NGX;
@@ -209,10 +222,10 @@ EOF
     }
 }
 EOF
-} >"$WORK/nginx.conf"
+} >"$ETC/nginx.conf"
 # HAProxy 2.6: jwt_verify with the algorithm pinned here (never taken from the token) and
 # the public key as a PEM file, then exp against the clock via jwt_payload_query.
-cat >"$WORK/haproxy.cfg" <<EOF
+cat >"$ETC/haproxy.cfg" <<EOF
 global
     nbthread 1
     maxconn 4096
@@ -225,7 +238,7 @@ defaults
     http-reuse always
 frontend fe
     bind 127.0.0.1:$HAP
-    bind 127.0.0.1:$HAPS ssl crt $WORK/tls.pem alpn http/1.1
+    bind 127.0.0.1:$HAPS ssl crt $ETC/tls.pem alpn http/1.1
     option forwardfor
     http-request set-var(txn.bearer) http_auth_bearer
     http-request set-var(txn.now) date
@@ -236,20 +249,24 @@ frontend fe
 backend be
     server up 127.0.0.1:$UP maxconn 1000
 EOF
-haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy config refused"
+haproxy -c -q -f "$ETC/haproxy.cfg" || die "haproxy config refused"
 
 # ---------------------------------------------------------------------------------------
 # 3. Start everything, pinned.
 start() { # name cpu cmd...
     local name=$1 cpu=$2
     shift 2
-    taskset -c "$cpu" "$@" >"$WORK/$name.out" 2>&1 &
+    taskset -c "$cpu" "$@" >"$RUN/$name.out" 2>&1 &
     PIDS+=($!)
 }
-start upstream "$GEN_CPU" nginx -p "$WORK" -c "$WORK/up.conf"
-start nginx "$PROXY_CPU" nginx -p "$WORK" -c "$WORK/nginx.conf"
-start haproxy "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg"
-PORTCULLIS_WORKER_THREADS=1 start portcullis "$PROXY_CPU" "$BIN" serve --config "$WORK/portcullis.toml"
+start upstream "$GEN_CPU" nginx -p "$WORK" -c "$ETC/up.conf"
+UPSTREAM_PID=$!
+start nginx "$PROXY_CPU" nginx -p "$WORK" -c "$ETC/nginx.conf"
+NGINX_PID=$!
+start haproxy "$PROXY_CPU" haproxy -db -f "$ETC/haproxy.cfg"
+HAPROXY_PID=$!
+PORTCULLIS_WORKER_THREADS=1 start portcullis "$PROXY_CPU" "$BIN" serve --config "$ETC/portcullis.toml"
+PORTCULLIS_PID=$!
 
 wait_port() {
     for _ in $(seq 100); do
@@ -309,6 +326,17 @@ check() { # proto scenario url lua want
     [ "$got" = "$5" ] || die "$1/$2: $3 answered $got, expected $5"
 }
 
+# CPU time (user + system, clock ticks) used so far by these processes, all threads.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() {
+    local sum=0 pid
+    for pid in "$@"; do
+        # Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+        sum=$((sum + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')))
+    done
+    echo "$sum"
+}
+
 metric() { curl -s "http://127.0.0.1:$PCADMIN/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 
 to_ms() { # wrk latency ("812.00us", "1.20ms", "1.01s") -> milliseconds
@@ -333,11 +361,34 @@ run() { # round proto scenario
     if [ "$WARMUP" -gt 0 ]; then
         taskset -c "$GEN_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${script[@]}" "$url" >/dev/null
     fi
+    local pids
+    case $name in
+        direct) pids=$(pgrep -P "$UPSTREAM_PID" | tr '\n' ' ') ;;
+        nginx) pids=$(pgrep -P "$NGINX_PID" | tr '\n' ' ') ;;
+        haproxy-jwt) pids=$HAPROXY_PID ;;
+        *) pids=$PORTCULLIS_PID ;;
+    esac
+    local cpu0
+    cpu0=$(cpu_ticks $pids)
     local hits0 miss0 note=""
     hits0=$(metric portcullis_validation_cache_hits_total)
     miss0=$(metric portcullis_validation_cache_misses_total)
-    local out
+    local out perf_pid=""
+    if [ -n "${PERF:-}" ] && [[ "$proto/$name" =~ $PERF ]]; then
+        mkdir -p "$ROOT/benches/results"
+        perf record -q -F 1999 ${PERF_CALLGRAPH:+--call-graph $PERF_CALLGRAPH} -p "$PORTCULLIS_PID" \
+            -o "$WORK/perf-$proto-$name.data" -- sleep "$DURATION" 2>/dev/null &
+        perf_pid=$!
+    fi
     out=$(taskset -c "$GEN_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${script[@]}" "$url")
+    if [ -n "$perf_pid" ]; then
+        wait "$perf_pid" || true
+        perf report -i "$WORK/perf-$proto-$name.data" --no-children --percent-limit 0.3 --stdio \
+            ${PERF_CALLGRAPH:+-g caller,0.5,callee --percent-limit 2} 2>/dev/null \
+            >"$ROOT/benches/results/perf-$proto-$name.txt" || true
+    fi
+    local cpu1
+    cpu1=$(cpu_ticks $pids)
     echo "$out" >"$WORK/wrk-$round-$proto-$name.txt"
     local rps p50 p99 non2xx errors
     rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
@@ -345,6 +396,9 @@ run() { # round proto scenario
     p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
     non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")
     errors=$(awk '/Socket errors:/ { print }' <<<"$out")
+    local total cpu_us
+    total=$(awk '/requests in/ { print $1 }' <<<"$out")
+    cpu_us=$(awk -v t="$((cpu1 - cpu0))" -v n="$total" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
     [ -n "$errors" ] && note="wrk: ${errors#*: }"
     if [[ $name == portcullis-hit || $name == portcullis-miss ]]; then
         local hits miss
@@ -352,8 +406,8 @@ run() { # round proto scenario
         miss=$(($(metric portcullis_validation_cache_misses_total) - miss0))
         note="${note:+$note; }cache hits $hits misses $miss"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$proto" "$rps" "$p50" "$p99" "${non2xx:-0}" "$note" >>"$RAW"
-    log "$(printf '%-6s %-18s %10s req/s  p50 %s ms  p99 %s ms  %s' "$proto" "$name" "$rps" "$p50" "$p99" "$note")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$proto" "$rps" "$p50" "$p99" "${non2xx:-0}" "$cpu_us" "$note" >>"$RAW"
+    log "$(printf '%-6s %-18s %10s req/s  p50 %s ms  p99 %s ms  cpu %s us/req  %s' "$proto" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$note")"
 }
 
 log "measuring: wrk -t1 -c$CONNS -d${DURATION}s (warm-up ${WARMUP}s), $ROUNDS round(s)"

@@ -49,7 +49,8 @@ enum Command {
         #[arg(long, default_value = "HS256")]
         alg: String,
     },
-    /// Summarise raw results (TSV: round, scenario, proto, rps, p50_ms, p99_ms, non2xx, note).
+    /// Summarise raw results (TSV: round, scenario, proto, rps, p50_ms, p99_ms, non2xx,
+    /// cpu_us_per_req, note).
     Report {
         #[arg(long)]
         raw: PathBuf,
@@ -189,6 +190,7 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     non2xx: u64,
+    cpu_us: f64,
     note: String,
 }
 
@@ -208,7 +210,7 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
     let mut raw_json = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split('\t').collect();
-        anyhow::ensure!(f.len() >= 7, "bad raw line: {line}");
+        anyhow::ensure!(f.len() >= 8, "bad raw line: {line}");
         let row = Row {
             scenario: f[1].to_string(),
             proto: f[2].to_string(),
@@ -216,11 +218,13 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             p50_ms: f[4].parse()?,
             p99_ms: f[5].parse()?,
             non2xx: f[6].parse()?,
-            note: f.get(7).unwrap_or(&"").to_string(),
+            cpu_us: f[7].parse()?,
+            note: f.get(8).unwrap_or(&"").to_string(),
         };
         raw_json.push(serde_json::json!({
             "round": f[0].parse::<u32>()?, "scenario": row.scenario, "proto": row.proto, "rps": row.rps,
-            "p50_ms": row.p50_ms, "p99_ms": row.p99_ms, "non2xx": row.non2xx, "note": row.note,
+            "p50_ms": row.p50_ms, "p99_ms": row.p99_ms, "non2xx": row.non2xx, "cpu_us_per_req": row.cpu_us,
+            "note": row.note,
         }));
         let key = (row.proto.clone(), row.scenario.clone());
         if !order.contains(&key) {
@@ -237,6 +241,7 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             r.rps = median(rs.iter().map(|r| r.rps).collect());
             r.p50_ms = median(rs.iter().map(|r| r.p50_ms).collect());
             r.p99_ms = median(rs.iter().map(|r| r.p99_ms).collect());
+            r.cpu_us = median(rs.iter().map(|r| r.cpu_us).collect());
             r.non2xx = rs.iter().map(|r| r.non2xx).max().unwrap_or(0);
             r.note = rs.iter().map(|r| r.note.as_str()).filter(|n| !n.is_empty()).collect::<Vec<_>>().join("; ");
             r
@@ -253,16 +258,16 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
     };
     let fmt_ratio = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
 
-    let mut csv = String::from("proto,scenario,rps,p50_ms,p99_ms,vs_nginx,vs_direct,non2xx,note\n");
+    let mut csv = String::from("proto,scenario,rps,p50_ms,p99_ms,vs_nginx,vs_direct,cpu_us_per_req,non2xx,note\n");
     let mut rows_json = Vec::new();
     println!(
-        "{:<6} {:<18} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}  note",
-        "proto", "scenario", "req/s", "p50 ms", "p99 ms", "/nginx", "/direct", "non2xx"
+        "{:<6} {:<18} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>8}  note",
+        "proto", "scenario", "req/s", "p50 ms", "p99 ms", "/nginx", "/direct", "cpu us/req", "non2xx"
     );
     for r in &summary {
         let (vn, vd) = (ratio(r, "nginx"), ratio(r, "direct"));
         println!(
-            "{:<6} {:<18} {:>10.0} {:>9.3} {:>9.3} {:>9} {:>9} {:>8}  {}",
+            "{:<6} {:<18} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>8} {:>10.1} {:>8}  {}",
             r.proto,
             r.scenario,
             r.rps,
@@ -270,11 +275,12 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             r.p99_ms,
             fmt_ratio(vn),
             fmt_ratio(vd),
+            r.cpu_us,
             r.non2xx,
             r.note
         );
         csv.push_str(&format!(
-            "{},{},{:.0},{:.3},{:.3},{},{},{},\"{}\"\n",
+            "{},{},{:.0},{:.3},{:.3},{},{},{:.1},{},\"{}\"\n",
             r.proto,
             r.scenario,
             r.rps,
@@ -282,12 +288,13 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             r.p99_ms,
             vn.map_or(String::new(), |x| format!("{x:.3}")),
             vd.map_or(String::new(), |x| format!("{x:.3}")),
+            r.cpu_us,
             r.non2xx,
             r.note.replace('"', "'")
         ));
         rows_json.push(serde_json::json!({
             "proto": r.proto, "scenario": r.scenario, "rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-            "vs_nginx": vn, "vs_direct": vd, "non2xx": r.non2xx, "note": r.note,
+            "vs_nginx": vn, "vs_direct": vd, "cpu_us_per_req": r.cpu_us, "non2xx": r.non2xx, "note": r.note,
         }));
     }
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(meta)?)?;
