@@ -70,7 +70,7 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
     log "building portcullis and the bench helper (release)"
     cargo build --release --quiet --bin portcullis --example loadkit
 fi
-BIN=$ROOT/target/release/portcullis
+BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 KIT=$ROOT/target/release/examples/loadkit
 
 for p in $(seq "$PORT_BASE" $((PORT_BASE + 40))); do
