@@ -17,6 +17,10 @@ use portcullis::tokens::keys::KeySet;
 use portcullis::tokens::now_secs;
 use portcullis::tokens::validate::Validator;
 
+/// The gateway binary's allocator, so that `fill-cache` measures what the gateway would hold.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
