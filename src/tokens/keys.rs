@@ -43,7 +43,7 @@ pub(crate) enum Signer {
     Ed25519(Ed25519KeyPair),
     Ecdsa(EcdsaKeyPair),
     Rsa(aws_lc_rs::rsa::KeyPair),
-    Hmac(aws_lc_rs::hmac::Key),
+    Hmac(Box<aws_lc_rs::hmac::Key>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +187,7 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
             if secret.len() < 32 {
                 return Err(invalid("HS256 secret must be at least 32 bytes".into()));
             }
-            let signer = Signer::Hmac(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret));
+            let signer = Signer::Hmac(Box::new(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret)));
             (signer, DecodingKey::from_secret(&secret), None)
         }
         alg => {
