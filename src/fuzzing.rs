@@ -153,7 +153,7 @@ impl Fixture {
         let key = self.runtime.keys.get(kid)?;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let message = format!("{}.{}", b64.encode(header), b64.encode(payload));
-        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key.encoding, key.alg).ok()?;
+        let signature = b64.encode(key.sign_raw(message.as_bytes()).ok()?);
         Some(format!("{message}.{signature}"))
     }
 

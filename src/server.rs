@@ -1,14 +1,13 @@
 //! Listeners and connections: accept, TLS, HTTP/1.1 or HTTP/2 (hyper-util auto), limits
 //! and timeouts, graceful shutdown, and the dispatch of each request.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -269,10 +268,11 @@ async fn serve_connection(
 
 type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// Drive a connection, closing it once no byte has moved either way for `idle_timeout`,
-/// or when no first request has arrived within `header_read_timeout`. hyper times out
-/// HTTP/1.1 headers itself, but nothing else bounds a client that dribbles the HTTP/2
-/// preface, or bytes that never make a request, while staying under the idle timeout.
+/// Drive a connection, closing it once no byte has moved either way for `idle_timeout`
+/// (checked every quarter of it, so it closes between 1 and 1.25 × `idle_timeout` after the
+/// last byte), or when no first request has arrived within `header_read_timeout`. hyper
+/// times out HTTP/1.1 headers itself, but nothing else bounds a client that dribbles the
+/// HTTP/2 preface, or bytes that never make a request, while staying under the idle timeout.
 async fn run_until_idle<F>(conn: F, activity: &Activity, limits: &Limits) -> ConnResult
 where
     F: Future<Output = ConnResult>,
@@ -283,6 +283,7 @@ where
     let first_request = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(first_request);
     let mut waiting_for_first = true;
+    let mut last_moved = Instant::now();
     loop {
         tokio::select! {
             r = &mut conn => return r,
@@ -293,7 +294,9 @@ where
                 waiting_for_first = false;
             }
             _ = tokio::time::sleep(tick) => {
-                if activity.idle_for() >= idle {
+                if activity.take() {
+                    last_moved = Instant::now();
+                } else if last_moved.elapsed() >= idle {
                     return Err("idle timeout".into());
                 }
             }
@@ -318,11 +321,13 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
     let started = Instant::now();
     let method = req.method().clone();
     // The path only: a query string may carry credentials and never reaches the log.
-    let path = req.uri().path().to_string();
+    // (A clone of the parsed URI shares its bytes.)
+    let uri = req.uri().clone();
+    let path = uri.path();
     let endpoint = {
         let rt = gw.runtime();
         let c = &rt.config;
-        match path.as_str() {
+        match path {
             p if p == c.token_path => Endpoint::Token,
             p if p == c.authorize_path => Endpoint::Authorize,
             p if p == c.revoke_path => Endpoint::Revoke,
@@ -332,36 +337,45 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
             _ => Endpoint::Proxy,
         }
     };
-    let (resp, route, client_id): (_, Cow<'static, str>, _) = match endpoint {
+    // What the log line names, kept here so the line can borrow from it.
+    let mut oauth_client: Option<String> = None;
+    let mut proxied = crate::proxy::Outcome::default();
+    let (resp, route): (_, &str) = match endpoint {
         Endpoint::Token => {
             let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
             let (resp, outcome) = crate::oauth::token::handle(gw, req, source).await;
             let grant = outcome.grant.map_or(metrics::NO_GRANT, |g| g.as_str());
             gw.metrics.token_request(grant, outcome.error.unwrap_or(metrics::ISSUED));
-            (resp, "oauth:token".into(), outcome.client_id)
+            oauth_client = outcome.client_id;
+            (resp, "oauth:token")
         }
         Endpoint::Authorize => {
             let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
             let (resp, outcome) = crate::oauth::authorize::handle(gw, req, source).await;
-            (resp, "oauth:authorize".into(), outcome.client_id)
+            oauth_client = outcome.client_id;
+            (resp, "oauth:authorize")
         }
         Endpoint::Revoke => {
             let (resp, outcome) = crate::oauth::revoke::handle(gw, req).await;
-            (resp, "oauth:revoke".into(), outcome.client_id)
+            oauth_client = outcome.client_id;
+            (resp, "oauth:revoke")
         }
         Endpoint::Introspect => {
             let (resp, outcome) = crate::oauth::introspect::handle(gw, req).await;
-            (resp, "oauth:introspect".into(), outcome.client_id)
+            oauth_client = outcome.client_id;
+            (resp, "oauth:introspect")
         }
-        Endpoint::Metadata => (crate::oauth::metadata::handle(gw, &req), "oauth:metadata".into(), None),
-        Endpoint::Jwks => (crate::oauth::jwks::handle(gw, &req), "oauth:jwks".into(), None),
+        Endpoint::Metadata => (crate::oauth::metadata::handle(gw, &req), "oauth:metadata"),
+        Endpoint::Jwks => (crate::oauth::jwks::handle(gw, &req), "oauth:jwks"),
         Endpoint::Proxy => {
             let (resp, outcome) = crate::proxy::handle(gw, req, peer).await;
-            (resp, outcome.route.map_or(metrics::UNMATCHED.into(), Cow::Owned), outcome.client_id)
+            proxied = outcome;
+            (resp, proxied.route_prefix().unwrap_or(metrics::UNMATCHED))
         }
     };
+    let client_id = oauth_client.as_deref().or_else(|| proxied.client_id());
     let status = resp.status().as_u16();
-    gw.metrics.request(&route, status);
+    gw.metrics.request(route, status);
     tracing::info!(
         target: "portcullis::access",
         peer = %peer.addr.ip(),
@@ -370,29 +384,28 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
         route = %route,
         status,
         latency_us = started.elapsed().as_micros() as u64,
-        client_id = client_id.as_deref().unwrap_or("-"),
+        client_id = client_id.unwrap_or("-"),
     );
     resp
 }
 
-/// Last time a connection moved a byte, in milliseconds since it opened, and whether a
-/// request has arrived on it yet.
+/// Whether a connection moved a byte since the idle check last looked (a flag, not a
+/// timestamp, so the I/O path reads no clock), and whether a request has arrived on it yet.
 struct Activity {
-    opened: Instant,
-    last_ms: AtomicU64,
+    moved: AtomicBool,
     requested: AtomicBool,
 }
 
 impl Activity {
     fn new() -> Self {
-        Activity { opened: Instant::now(), last_ms: AtomicU64::new(0), requested: AtomicBool::new(false) }
+        Activity { moved: AtomicBool::new(false), requested: AtomicBool::new(false) }
     }
     fn touch(&self) {
-        self.last_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
     }
-    fn idle_for(&self) -> Duration {
-        let now = self.opened.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    /// Whether anything moved since the last call.
+    fn take(&self) -> bool {
+        self.moved.swap(false, Ordering::Relaxed)
     }
 }
 

@@ -202,7 +202,7 @@ fn upstream_headers(
     let prior: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
     let xff = if trusted && !prior.is_empty() { format!("{}, {ip}", prior.join(", ")) } else { ip };
     headers.remove(X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !trusted {
@@ -258,11 +258,11 @@ where
         return Err(ProxyError::PayloadTooLarge);
     }
 
-    let path = super::route::upstream_path(route, parts.uri.path());
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
+    let mut path_and_query = super::route::upstream_path(route, parts.uri.path());
+    if let Some(q) = parts.uri.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
     let uri = Uri::builder()
         .scheme(route.upstream.scheme.clone())
         .authority(route.upstream.authority.clone())

@@ -12,16 +12,29 @@ use std::sync::Arc;
 use http::{Request, Response, header};
 use http_body::Body as HttpBody;
 
+use crate::config::Route;
 use crate::http::{Body, BoxError};
 use crate::state::Gateway;
+use crate::tokens::validate::Principal;
 use error::ProxyError;
 use forward::Peer;
 
 /// What the access log records about a proxied request.
 #[derive(Default)]
 pub struct Outcome {
-    pub route: Option<String>,
-    pub client_id: Option<String>,
+    pub route: Option<Arc<Route>>,
+    pub principal: Option<Arc<Principal>>,
+}
+
+impl Outcome {
+    /// The matched route's prefix.
+    pub fn route_prefix(&self) -> Option<&str> {
+        self.route.as_deref().map(|r| r.prefix.as_str())
+    }
+
+    pub fn client_id(&self) -> Option<&str> {
+        self.principal.as_deref().map(Principal::client_id)
+    }
 }
 
 pub async fn handle<B>(gw: &Gateway, req: Request<B>, peer: Peer) -> (Response<Body>, Outcome)
@@ -37,9 +50,9 @@ where
         Err(e) => {
             match &e {
                 ProxyError::BadGateway(detail) => {
-                    tracing::warn!(route = ?outcome.route, detail = %detail, "upstream failed")
+                    tracing::warn!(route = ?outcome.route_prefix(), detail = %detail, "upstream failed")
                 }
-                ProxyError::GatewayTimeout => tracing::warn!(route = ?outcome.route, "upstream timed out"),
+                ProxyError::GatewayTimeout => tracing::warn!(route = ?outcome.route_prefix(), "upstream timed out"),
                 other => tracing::debug!(error = %other, "request refused"),
             }
             e.into_response(&rt.config.realm)
@@ -64,16 +77,15 @@ where
         return Err(ProxyError::UnsafePath);
     }
     let authority = request_authority(&req)?;
-    let host = authority.as_deref().map(|a| strip_port(a).to_ascii_lowercase());
-    let route: &Arc<_> =
-        route::route(&rt.config.routes, host.as_deref(), req.method(), path).ok_or(ProxyError::NoRoute)?;
-    outcome.route = Some(route.prefix.clone());
+    let host = authority.as_deref().map(strip_port);
+    let route: &Arc<_> = route::route(&rt.config.routes, host, req.method(), path).ok_or(ProxyError::NoRoute)?;
+    outcome.route = Some(route.clone());
 
     let principal = if route.public {
         None
     } else {
         let p = authenticate::authenticate(gw, rt, req.headers()).await?;
-        outcome.client_id = Some(p.client_id().to_string());
+        outcome.principal = Some(p.clone());
         authorize::authorize(route, &p)?;
         Some(p)
     };

@@ -1,9 +1,10 @@
 //! Minting RFC 9068 access tokens with the active signing key.
 
-use jsonwebtoken::Header;
+use serde::Serialize;
 
 use super::keys::KeySet;
-use super::{AccessClaims, random_token};
+pub use super::keys::SignError;
+use super::random_token;
 
 /// A signed access token and what the token response reports about it.
 pub struct IssuedToken {
@@ -13,10 +14,6 @@ pub struct IssuedToken {
     pub expires_at: u64,
     pub scope: String,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("signing failed: {0}")]
-pub struct SignError(#[from] jsonwebtoken::errors::Error);
 
 /// What a grant decided; the token says exactly this.
 pub struct Grant<'a> {
@@ -28,29 +25,34 @@ pub struct Grant<'a> {
     pub lifetime_secs: u64,
 }
 
+/// The claims as signed: [`super::AccessClaims`], borrowed.
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    exp: u64,
+    iat: u64,
+    jti: &'a str,
+    client_id: &'a str,
+    scope: &'a str,
+}
+
 /// Sign an access token for `grant` at time `now`.
 pub fn issue(keys: &KeySet, grant: &Grant<'_>, now: u64) -> Result<IssuedToken, SignError> {
-    let key = keys.signer();
-    let mut header = Header::new(key.alg);
-    header.typ = Some("at+jwt".to_string());
-    header.kid = Some(key.kid.clone());
     let scope = grant.scopes.join(" ");
-    let claims = AccessClaims {
-        iss: grant.issuer.to_string(),
-        sub: grant.subject.to_string(),
-        aud: grant.audience.to_string(),
-        exp: now + grant.lifetime_secs,
+    let jti = random_token(16);
+    let exp = now + grant.lifetime_secs;
+    let claims = Claims {
+        iss: grant.issuer,
+        sub: grant.subject,
+        aud: grant.audience,
+        exp,
         iat: now,
-        jti: random_token(16),
-        client_id: grant.client_id.to_string(),
-        scope,
+        jti: &jti,
+        client_id: grant.client_id,
+        scope: &scope,
     };
-    let access_token = jsonwebtoken::encode(&header, &claims, &key.encoding)?;
-    Ok(IssuedToken {
-        access_token,
-        jti: claims.jti,
-        expires_in: grant.lifetime_secs,
-        expires_at: claims.exp,
-        scope: claims.scope,
-    })
+    let access_token = keys.signer().sign_jwt(&claims)?;
+    Ok(IssuedToken { access_token, jti, expires_in: grant.lifetime_secs, expires_at: exp, scope })
 }

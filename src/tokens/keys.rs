@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Serialize;
 
 use crate::config::{Config, KeyAlgorithm, KeyConfig};
 
@@ -36,12 +37,44 @@ impl KeyError {
     }
 }
 
-/// One usable key: signs if it has an encoding half and is active, always verifies.
+/// The private half, parsed once: signing a token is then one signature, not a key
+/// parse (PKCS#8 decoding and public-key derivation) plus a signature.
+pub(crate) enum Signer {
+    Ed25519(Ed25519KeyPair),
+    Ecdsa(EcdsaKeyPair),
+    Rsa(aws_lc_rs::rsa::KeyPair),
+    Hmac(Box<aws_lc_rs::hmac::Key>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("signing failed")]
+pub struct SignError;
+
+impl Signer {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        match self {
+            Signer::Ed25519(kp) => Ok(kp.sign(message).as_ref().to_vec()),
+            // The fixed encoding is JWS's r || s (RFC 7518 §3.4).
+            Signer::Ecdsa(kp) => kp.sign(&rng, message).map(|s| s.as_ref().to_vec()).map_err(|_| SignError),
+            Signer::Rsa(kp) => {
+                let mut sig = vec![0u8; kp.public_modulus_len()];
+                kp.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, message, &mut sig).map_err(|_| SignError)?;
+                Ok(sig)
+            }
+            Signer::Hmac(key) => Ok(aws_lc_rs::hmac::sign(key, message).as_ref().to_vec()),
+        }
+    }
+}
+
+/// One usable key: signs if it is active, always verifies.
 pub struct Key {
     pub kid: String,
     pub alg: Algorithm,
     pub active: bool,
-    pub(crate) encoding: EncodingKey,
+    signer: Signer,
+    /// The encoded JOSE header every token this key signs carries (`typ`, `alg`, `kid`).
+    header_b64: String,
     pub(crate) decoding: DecodingKey,
     /// Pre-built so the hot path does not rebuild it: this key's algorithm only, iss, aud.
     pub(crate) validation: Validation,
@@ -59,6 +92,27 @@ pub struct KeySet {
     by_kid: HashMap<String, Arc<Key>>,
     /// In config order, for the JWK Set.
     ordered: Vec<Arc<Key>>,
+}
+
+impl Key {
+    /// A raw signature over `message` with this key (for tests and fuzzing fixtures).
+    pub(crate) fn sign_raw(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        self.signer.sign(message)
+    }
+
+    /// A compact JWS (RFC 7515 §7.1) of `claims` under this key.
+    pub fn sign_jwt<T: Serialize>(&self, claims: &T) -> Result<String, SignError> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = serde_json::to_vec(claims).map_err(|_| SignError)?;
+        let mut jws = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 700);
+        jws.push_str(&self.header_b64);
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut jws);
+        let signature = self.signer.sign(jws.as_bytes())?;
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut jws);
+        Ok(jws)
+    }
 }
 
 impl KeySet {
@@ -130,7 +184,7 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
         }
         super::sha256(&policy)
     };
-    let (encoding, decoding, public) = match kc.algorithm {
+    let (signer, decoding, public) = match kc.algorithm {
         KeyAlgorithm::HS256 => {
             let text = String::from_utf8(bytes).map_err(|_| invalid("HS256 key file must hold base64 text".into()))?;
             let secret =
@@ -138,7 +192,8 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
             if secret.len() < 32 {
                 return Err(invalid("HS256 secret must be at least 32 bytes".into()));
             }
-            (EncodingKey::from_secret(&secret), DecodingKey::from_secret(&secret), None)
+            let signer = Signer::Hmac(Box::new(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret)));
+            (signer, DecodingKey::from_secret(&secret), None)
         }
         alg => {
             let pem = pem::parse(&bytes).map_err(|e| invalid(format!("not PEM: {e}")))?;
@@ -148,7 +203,8 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
                     let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| invalid(e.to_string()))?;
                     let public = kp.public_key().as_ref();
                     let jwk = serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": b64url(public) });
-                    (EncodingKey::from_ed_der(der), DecodingKey::from_ed_der(public), Some(jwk))
+                    let decoding = DecodingKey::from_ed_der(public);
+                    (Signer::Ed25519(kp), decoding, Some(jwk))
                 }
                 KeyAlgorithm::ES256 => {
                     let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
@@ -160,20 +216,21 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
                         _ => return Err(invalid("unexpected P-256 public key encoding".into())),
                     };
                     let jwk = serde_json::json!({ "kty": "EC", "crv": "P-256", "x": b64url(x), "y": b64url(y) });
-                    (EncodingKey::from_ec_der(der), DecodingKey::from_ec_der(public), Some(jwk))
+                    let decoding = DecodingKey::from_ec_der(public);
+                    (Signer::Ecdsa(kp), decoding, Some(jwk))
                 }
                 _ => {
                     let kp = aws_lc_rs::rsa::KeyPair::from_pkcs8(der)
                         .or_else(|_| aws_lc_rs::rsa::KeyPair::from_der(der))
                         .map_err(|e| invalid(e.to_string()))?;
-                    let enc = EncodingKey::from_rsa_pem(&bytes).map_err(|e| invalid(e.to_string()))?;
                     let public = kp.public_key();
                     let jwk = serde_json::json!({
                         "kty": "RSA",
                         "n": b64url(public.modulus().big_endian_without_leading_zero()),
                         "e": b64url(public.exponent().big_endian_without_leading_zero()),
                     });
-                    (enc, DecodingKey::from_rsa_der(public.as_ref()), Some(jwk))
+                    let decoding = DecodingKey::from_rsa_der(public.as_ref());
+                    (Signer::Rsa(kp), decoding, Some(jwk))
                 }
             }
         }
@@ -191,7 +248,10 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
     validation.set_issuer(&[&config.issuer]);
     validation.set_audience(&[&config.audience]);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-    Ok(Key { kid: kc.id.clone(), alg, active: kc.active, encoding, decoding, validation, jwk, fingerprint })
+    // RFC 9068 §2.1: typ at+jwt; the verifier picks the key by kid.
+    let header = serde_json::json!({ "typ": "at+jwt", "alg": alg_name(kc.algorithm), "kid": kc.id });
+    let header_b64 = b64url(header.to_string().as_bytes());
+    Ok(Key { kid: kc.id.clone(), alg, active: kc.active, signer, header_b64, decoding, validation, jwk, fingerprint })
 }
 
 /// The JOSE `alg` name (RFC 7518 §3.1, RFC 8037 §3.1).

@@ -1,5 +1,6 @@
 //! Access tokens: signing keys, issuance and validation (RFC 9068 JWTs).
 
+pub mod cache;
 pub mod issue;
 pub mod keys;
 pub mod validate;

@@ -1,16 +1,14 @@
-//! Bearer token validation: verify once, then serve from a moka cache keyed by the
-//! token's SHA-256. The validator is the only constructor of [`Principal`], so no
+//! Bearer token validation: verify once, then serve from a cache keyed by the
+//! token's SHA-256 ([`super::cache`]). The validator is the only constructor of [`Principal`], so no
 //! later phase can act on an unchecked token.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::errors::ErrorKind;
-use moka::Expiry;
-use moka::future::Cache;
 
+use super::cache::{Digest, Lookup, VerdictCache};
 use super::keys::{Key, KeySet};
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Client;
@@ -23,14 +21,15 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 pub const LEEWAY_SECS: u64 = 5;
 
 /// Who a valid token speaks for.
+///
+/// Compact, because up to `[cache] max_tokens` of them stay in memory: the five strings
+/// share one allocation, and the user is derived (the subject, when it is not the client).
 #[derive(Debug)]
 pub struct Principal {
-    client_id: String,
-    subject: String,
-    scope: String,
-    token_id: String,
-    user: Option<String>,
-    kid: String,
+    /// client_id, subject, scope, token_id and kid, back to back.
+    text: Box<str>,
+    /// Where each of those five ends in `text`.
+    ends: [u16; 5],
     /// The fingerprint of the key that verified it (key file, issuer, audience): a hit
     /// under a key with another fingerprint is verified again.
     key_fingerprint: [u8; 32],
@@ -38,25 +37,54 @@ pub struct Principal {
 }
 
 impl Principal {
+    pub(super) fn new(
+        client_id: &str,
+        subject: &str,
+        scope: &str,
+        token_id: &str,
+        kid: &str,
+        key_fingerprint: [u8; 32],
+        expires_at: u64,
+    ) -> Result<Principal, TokenError> {
+        let parts = [client_id, subject, scope, token_id, kid];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u16; 5];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            text.push_str(part);
+            *end = u16::try_from(text.len()).map_err(|_| TokenError::BadClaims)?;
+        }
+        Ok(Principal { text: text.into_boxed_str(), ends, key_fingerprint, expires_at })
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { usize::from(self.ends[i - 1]) };
+        // Every boundary was a `str` boundary when `text` was built.
+        self.text.get(start..usize::from(self.ends[i])).unwrap_or_default()
+    }
+
     pub fn client_id(&self) -> &str {
-        &self.client_id
+        self.part(0)
     }
     pub fn subject(&self) -> &str {
-        &self.subject
+        self.part(1)
     }
     /// Space-separated, as in the token.
     pub fn scope(&self) -> &str {
-        &self.scope
+        self.part(2)
     }
     pub fn has_scope(&self, wanted: &str) -> bool {
-        self.scope.split(' ').any(|s| s == wanted)
+        self.scope().split(' ').any(|s| s == wanted)
     }
     pub fn token_id(&self) -> &str {
-        &self.token_id
+        self.part(3)
+    }
+    fn kid(&self) -> &str {
+        self.part(4)
     }
     /// The resource owner, when the token acts for a user rather than the client itself.
     pub fn user(&self) -> Option<&str> {
-        self.user.as_deref()
+        let sub = self.subject();
+        (sub != self.client_id()).then_some(sub)
     }
     pub fn expires_at(&self) -> u64 {
         self.expires_at
@@ -104,22 +132,6 @@ impl TokenError {
     }
 }
 
-struct UntilTokenExpiry;
-
-impl Expiry<[u8; 32], Arc<Principal>> for UntilTokenExpiry {
-    fn expire_after_create(&self, _key: &[u8; 32], value: &Arc<Principal>, _created_at: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(value.expires_at.saturating_add(LEEWAY_SECS).saturating_sub(now_secs())))
-    }
-}
-
-struct UntilRevocationLapses;
-
-impl Expiry<String, u64> for UntilRevocationLapses {
-    fn expire_after_create(&self, _key: &String, expires_at: &u64, _created_at: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(expires_at.saturating_add(LEEWAY_SECS).saturating_sub(now_secs())))
-    }
-}
-
 /// How well the validation cache is doing, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CacheStats {
@@ -128,33 +140,72 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
+/// Revoked jtis seen by this process, each until its token would have expired anyway.
+struct Revoked {
+    map: RwLock<HashMap<Box<str>, u64>>,
+    /// Whether `map` may hold anything: lets the hit path skip the lock in the usual case.
+    any: AtomicBool,
+    max_entries: usize,
+}
+
+impl Revoked {
+    fn contains(&self, jti: &str) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        self.map.read().unwrap_or_else(|e| e.into_inner()).contains_key(jti)
+    }
+
+    /// Remember a revocation. Returns false when the set was full of live revocations and
+    /// was emptied to make room: what it held must then be asked of the store again.
+    fn insert(&self, jti: &str, expires_at: u64) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut kept_all = true;
+        if map.len() >= self.max_entries {
+            let now = now_secs();
+            map.retain(|_, exp| exp.saturating_add(LEEWAY_SECS) > now);
+            if map.len() >= self.max_entries {
+                map.clear();
+                kept_all = false;
+            }
+        }
+        map.insert(jti.into(), expires_at);
+        self.any.store(true, Ordering::Release);
+        kept_all
+    }
+}
+
 /// Verifies bearer tokens and remembers the verdict until the token expires.
 pub struct Validator {
-    cache: Cache<[u8; 32], Arc<Principal>>,
-    /// jti → cache key, so a revocation can evict the cached verdict at once.
-    by_jti: moka::sync::Cache<String, [u8; 32]>,
-    /// Revoked jtis seen by this process, until the token would have expired anyway.
-    /// Checked on every hit: it closes the race where a verification that started
-    /// before a revocation caches its verdict after the eviction.
-    revoked: moka::sync::Cache<String, u64>,
+    cache: VerdictCache,
+    /// Checked on every hit, so a revocation takes effect at once, including for a
+    /// verification that started before the revocation and cached its verdict after it.
+    revoked: Revoked,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 impl Validator {
     pub fn new(max_entries: u64) -> Self {
-        let cache = Cache::builder().max_capacity(max_entries).expire_after(UntilTokenExpiry).build();
-        let by_jti =
-            moka::sync::Cache::builder().max_capacity(max_entries).time_to_live(Duration::from_secs(24 * 3600)).build();
-        let revoked = moka::sync::Cache::builder().max_capacity(1_000_000).expire_after(UntilRevocationLapses).build();
-        Validator { cache, by_jti, revoked, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        Validator {
+            cache: VerdictCache::new(max_entries),
+            revoked: Revoked { map: RwLock::default(), any: AtomicBool::new(false), max_entries: 1_000_000 },
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
     }
 
-    /// Refuse a token from now on, in this process: evict its cached verdict.
+    /// Refuse a token from now on, in this process.
     pub async fn revoke(&self, jti: &str, expires_at: u64) {
-        self.revoked.insert(jti.to_string(), expires_at);
-        if let Some(digest) = self.by_jti.remove(jti) {
-            self.cache.invalidate(&digest).await;
+        self.remember_revoked(jti, expires_at);
+    }
+
+    fn remember_revoked(&self, jti: &str, expires_at: u64) {
+        if !self.revoked.insert(jti, expires_at) {
+            // Revocations this process no longer remembers are still in the store, which
+            // every miss asks: drop every cached verdict so each token is checked again.
+            tracing::warn!("more live revocations than the revocation set holds; validation cache cleared");
+            self.cache.clear();
         }
     }
 
@@ -172,67 +223,71 @@ impl Validator {
             return Err(TokenError::Malformed);
         }
         let now = now_secs();
-        let digest = sha256(token.as_bytes());
-        if let Some(p) = self.cache.get(&digest).await {
-            // Cached verdicts still answer to the current config: expiry, client, key.
-            let key = keys.get(&p.kid);
-            // A replaced key file, or a changed issuer or audience, voids the verdict
-            // but not necessarily the token: verify it again below.
-            if key.is_none_or(|k| k.fingerprint == p.key_fingerprint) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                if p.expires_at.saturating_add(LEEWAY_SECS) <= now {
-                    return Err(TokenError::Expired);
+        let digest = Digest(sha256(token.as_bytes()));
+        match self.cache.get(&digest, now) {
+            Lookup::Hit(p) => {
+                // Cached verdicts still answer to the current config: client, key, revocation.
+                let key = keys.get(p.kid());
+                // A replaced key file, or a changed issuer or audience, voids the verdict
+                // but not necessarily the token: verify it again below.
+                if key.is_none_or(|k| k.fingerprint == p.key_fingerprint) {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    check_client(clients, p.client_id())?;
+                    if key.is_none() {
+                        return Err(TokenError::UnknownKey);
+                    }
+                    if self.revoked.contains(p.token_id()) {
+                        return Err(TokenError::Revoked);
+                    }
+                    return Ok(p);
                 }
-                check_client(clients, &p.client_id)?;
-                if key.is_none() {
-                    return Err(TokenError::UnknownKey);
-                }
-                if self.revoked.contains_key(&p.token_id) {
-                    return Err(TokenError::Revoked);
-                }
-                return Ok(p);
             }
+            Lookup::Expired => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Err(TokenError::Expired);
+            }
+            Lookup::Miss => {}
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let principal = Arc::new(verify(token, keys, now)?);
-        check_client(clients, &principal.client_id)?;
-        if self.revoked.contains_key(&principal.token_id) {
+        check_client(clients, principal.client_id())?;
+        if self.revoked.contains(principal.token_id()) {
             return Err(TokenError::Revoked);
         }
-        match store.is_revoked(&principal.token_id).await {
+        match store.is_revoked(principal.token_id()).await {
             Ok(true) => {
-                self.revoked.insert(principal.token_id.clone(), principal.expires_at);
+                self.remember_revoked(principal.token_id(), principal.expires_at);
                 return Err(TokenError::Revoked);
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "revocation check unavailable; judging the token on its own"),
         }
-        self.by_jti.insert(principal.token_id.clone(), digest);
-        self.cache.insert(digest, principal.clone()).await;
+        // A revocation that landed while the store was asked is in `revoked` by now, and
+        // every hit checks it.
+        self.cache.insert(digest, principal.clone(), now);
         Ok(principal)
     }
 
     /// Has this process seen `jti` revoked (by itself or through a replica's event)?
     pub fn is_revoked_locally(&self, jti: &str) -> bool {
-        self.revoked.contains_key(jti)
+        self.revoked.contains(jti)
     }
 
     /// Drop every cached verdict (e.g. after the keys changed).
     pub fn clear(&self) {
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 
     pub fn cached_entries(&self) -> u64 {
-        self.cache.entry_count()
+        self.cache.len() as u64
     }
 
-    /// Hit and miss counts, and the entry count once pending cache maintenance has run.
+    /// Hit and miss counts, and the number of cached verdicts.
     pub async fn stats(&self) -> CacheStats {
-        self.cache.run_pending_tasks().await;
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
-            entries: self.cache.entry_count(),
+            entries: self.cached_entries(),
         }
     }
 }
@@ -258,17 +313,7 @@ pub fn inspect(token: &str, keys: &KeySet, now: u64) -> Result<AccessClaims, Tok
 /// Full cryptographic and claim verification of a token not seen before.
 fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError> {
     let (c, key) = verify_claims(token, keys, now)?;
-    let user = (c.sub != c.client_id).then(|| c.sub.clone());
-    Ok(Principal {
-        client_id: c.client_id,
-        subject: c.sub,
-        scope: c.scope,
-        token_id: c.jti,
-        user,
-        kid: key.kid.clone(),
-        key_fingerprint: key.fingerprint,
-        expires_at: c.exp,
-    })
+    Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, key.fingerprint, c.exp)
 }
 
 fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessClaims, &'k Key), TokenError> {
@@ -297,11 +342,11 @@ fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessC
             _ => TokenError::Malformed,
         })?;
     let c = data.claims;
-    // exp is signed, but any u64 parses: near u64::MAX the sum must not overflow.
+    // Saturating: a forged-but-signed exp near u64::MAX must not overflow (fuzzing found it).
     if c.exp.saturating_add(LEEWAY_SECS) <= now {
         return Err(TokenError::Expired);
     }
-    if c.iat > now + LEEWAY_SECS {
+    if c.iat > now.saturating_add(LEEWAY_SECS) {
         return Err(TokenError::NotYetValid);
     }
     if c.jti.is_empty() || c.client_id.is_empty() || c.sub.is_empty() {

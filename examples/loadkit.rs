@@ -1,0 +1,309 @@
+//! Helpers for `benches/load.sh` (built in release mode by that script only):
+//!
+//! - `mint`: sign access tokens with the active key of a gateway config, one per line;
+//! - `fill-cache`: put N distinct valid tokens into a `Validator` and report resident memory;
+//! - `report`: turn the raw wrk results into the table, a CSV and a JSON file.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use portcullis::config::Config;
+use portcullis::store::embedded::EmbeddedStore;
+use portcullis::tokens::issue::{Grant, issue};
+use portcullis::tokens::keys::KeySet;
+use portcullis::tokens::now_secs;
+use portcullis::tokens::validate::Validator;
+
+/// The gateway binary's allocator, so that `fill-cache` measures what the gateway would hold.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sign `count` tokens for `client` with the active key of `config`, one per line.
+    Mint {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value = "bench")]
+        client: String,
+        #[arg(long, default_value = "read")]
+        scope: String,
+        #[arg(long, default_value_t = 3600)]
+        lifetime: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Validate `count` distinct tokens into one validator; print resident memory as JSON.
+    FillCache {
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// Signing algorithm of the tokens (the cached verdict does not depend on it;
+        /// HS256 only makes the fill quicker).
+        #[arg(long, default_value = "HS256")]
+        alg: String,
+    },
+    /// Summarise raw results (TSV: round, scenario, proto, rps, p50_ms, p99_ms, non2xx,
+    /// cpu_us_per_req, note).
+    Report {
+        #[arg(long)]
+        raw: PathBuf,
+        #[arg(long)]
+        meta: PathBuf,
+        /// Writes `<out>.csv` and `<out>.json`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    portcullis::install_crypto_provider();
+    match Cli::parse().command {
+        Command::Mint { config, count, client, scope, lifetime, out } => {
+            mint(&config, count, &client, &scope, lifetime, &out)
+        }
+        Command::FillCache { count, alg } => fill_cache(count, &alg),
+        Command::Report { raw, meta, out } => report(&raw, &meta, &out),
+    }
+}
+
+fn mint(config: &Path, count: usize, client: &str, scope: &str, lifetime: u64, out: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keys = KeySet::load(&config)?;
+    let scopes: Vec<String> = scope.split(' ').map(str::to_string).collect();
+    let grant = Grant {
+        issuer: &config.issuer,
+        audience: &config.audience,
+        client_id: client,
+        subject: client,
+        scopes: &scopes,
+        lifetime_secs: lifetime,
+    };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
+    let now = now_secs();
+    for _ in 0..count {
+        writeln!(w, "{}", issue(&keys, &grant, now)?.access_token)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Resident set size of this process, in bytes (Linux).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn fill_cache(count: u64, alg: &str) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let text = format!(
+        r#"
+issuer = "https://bench.local"
+[[listener]]
+address = "127.0.0.1:0"
+tls = false
+[cache]
+max_tokens = {count}
+[store]
+path = "{dir}/fill.redb"
+[[key]]
+id = "fill-{alg}"
+algorithm = "{alg}"
+file = "{dir}/fill-{alg}.pem"
+[[client]]
+id = "bench"
+secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$NDYTW6/8Jb0QvNtu/HAEsg$50KFYCT9MCJVGUAcSiitFKy6q9BorQxPHViybm55BfY"
+grants = ["client_credentials"]
+scopes = ["read", "write"]
+"#,
+        dir = dir.display()
+    );
+    let config = Config::parse(&text, &dir.join("fill.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keys = KeySet::load(&config)?;
+    let store = EmbeddedStore::open(&dir.join("fill.redb"))?;
+    let scopes = vec!["read".to_string(), "write".to_string()];
+    let grant = Grant {
+        issuer: &config.issuer,
+        audience: &config.audience,
+        client_id: "bench",
+        subject: "bench",
+        scopes: &scopes,
+        lifetime_secs: 3600,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let validator = Validator::new(config.cache_max_tokens);
+    let before = rss_bytes();
+    let started = Instant::now();
+    rt.block_on(async {
+        let now = now_secs();
+        for _ in 0..count {
+            let token = issue(&keys, &grant, now)?.access_token;
+            validator
+                .validate(&token, &keys, &config.clients, &store)
+                .await
+                .map_err(|e| anyhow::anyhow!("fill token refused: {e}"))?;
+        }
+        anyhow::Ok(())
+    })?;
+    let stats = rt.block_on(validator.stats());
+    let after = rss_bytes();
+    let out = serde_json::json!({
+        "tokens": count,
+        "alg": alg,
+        "cached_entries": stats.entries,
+        "rss_before_mb": mb(before),
+        "rss_after_mb": mb(after),
+        "bytes_per_token": (after.saturating_sub(before)) as f64 / count.max(1) as f64,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    println!("{out}");
+    drop(validator);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn mb(bytes: u64) -> f64 {
+    (bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("portcullis-fill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[derive(Clone)]
+struct Row {
+    scenario: String,
+    proto: String,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non2xx: u64,
+    cpu_us: f64,
+    note: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(raw)?;
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut runs: BTreeMap<(String, String), Vec<Row>> = BTreeMap::new();
+    let mut raw_json = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        anyhow::ensure!(f.len() >= 8, "bad raw line: {line}");
+        let row = Row {
+            scenario: f[1].to_string(),
+            proto: f[2].to_string(),
+            rps: f[3].parse()?,
+            p50_ms: f[4].parse()?,
+            p99_ms: f[5].parse()?,
+            non2xx: f[6].parse()?,
+            cpu_us: f[7].parse()?,
+            note: f.get(8).unwrap_or(&"").to_string(),
+        };
+        raw_json.push(serde_json::json!({
+            "round": f[0].parse::<u32>()?, "scenario": row.scenario, "proto": row.proto, "rps": row.rps,
+            "p50_ms": row.p50_ms, "p99_ms": row.p99_ms, "non2xx": row.non2xx, "cpu_us_per_req": row.cpu_us,
+            "note": row.note,
+        }));
+        let key = (row.proto.clone(), row.scenario.clone());
+        if !order.contains(&key) {
+            order.push(key.clone());
+        }
+        runs.entry(key).or_default().push(row);
+    }
+    // The median of each column over the rounds.
+    let summary: Vec<Row> = order
+        .iter()
+        .map(|k| {
+            let rs = &runs[k];
+            let mut r = rs[0].clone();
+            r.rps = median(rs.iter().map(|r| r.rps).collect());
+            r.p50_ms = median(rs.iter().map(|r| r.p50_ms).collect());
+            r.p99_ms = median(rs.iter().map(|r| r.p99_ms).collect());
+            r.cpu_us = median(rs.iter().map(|r| r.cpu_us).collect());
+            r.non2xx = rs.iter().map(|r| r.non2xx).max().unwrap_or(0);
+            r.note = rs.iter().map(|r| r.note.as_str()).filter(|n| !n.is_empty()).collect::<Vec<_>>().join("; ");
+            r
+        })
+        .collect();
+    let base = |proto: &str, scenario: &str| {
+        summary.iter().find(|r| r.proto == proto && r.scenario == scenario).map(|r| r.rps)
+    };
+    let ratio = |r: &Row, to: &str| -> Option<f64> {
+        if r.scenario == "portcullis-token" {
+            return None;
+        }
+        base(&r.proto, to).filter(|b| *b > 0.0).map(|b| r.rps / b)
+    };
+    let fmt_ratio = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
+
+    let mut csv = String::from("proto,scenario,rps,p50_ms,p99_ms,vs_nginx,vs_direct,cpu_us_per_req,non2xx,note\n");
+    let mut rows_json = Vec::new();
+    println!(
+        "{:<6} {:<18} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>8}  note",
+        "proto", "scenario", "req/s", "p50 ms", "p99 ms", "/nginx", "/direct", "cpu us/req", "non2xx"
+    );
+    for r in &summary {
+        let (vn, vd) = (ratio(r, "nginx"), ratio(r, "direct"));
+        println!(
+            "{:<6} {:<18} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>8} {:>10.1} {:>8}  {}",
+            r.proto,
+            r.scenario,
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            fmt_ratio(vn),
+            fmt_ratio(vd),
+            r.cpu_us,
+            r.non2xx,
+            r.note
+        );
+        csv.push_str(&format!(
+            "{},{},{:.0},{:.3},{:.3},{},{},{:.1},{},\"{}\"\n",
+            r.proto,
+            r.scenario,
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            vn.map_or(String::new(), |x| format!("{x:.3}")),
+            vd.map_or(String::new(), |x| format!("{x:.3}")),
+            r.cpu_us,
+            r.non2xx,
+            r.note.replace('"', "'")
+        ));
+        rows_json.push(serde_json::json!({
+            "proto": r.proto, "scenario": r.scenario, "rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+            "vs_nginx": vn, "vs_direct": vd, "cpu_us_per_req": r.cpu_us, "non2xx": r.non2xx, "note": r.note,
+        }));
+    }
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(meta)?)?;
+    let json = serde_json::json!({ "meta": meta, "summary": rows_json, "runs": raw_json });
+    std::fs::write(out.with_extension("csv"), csv)?;
+    std::fs::write(out.with_extension("json"), serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}
