@@ -169,6 +169,9 @@ scopes = ["read", "write"]
         "rss_after_mb": mb(after),
         "bytes_per_token": (after.saturating_sub(before)) as f64 / count.max(1) as f64,
         "seconds": started.elapsed().as_secs_f64(),
+        // Issue 6: a million cached tokens in less than 400 MB resident.
+        "goal_rss_mb": 400,
+        "met": mb(after) < 400.0,
     });
     println!("{out}");
     drop(validator);
@@ -188,6 +191,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 #[derive(Clone)]
 struct Row {
+    round: u32,
     scenario: String,
     proto: String,
     rps: f64,
@@ -216,6 +220,7 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
         let f: Vec<&str> = line.split('\t').collect();
         anyhow::ensure!(f.len() >= 8, "bad raw line: {line}");
         let row = Row {
+            round: f[0].parse()?,
             scenario: f[1].to_string(),
             proto: f[2].to_string(),
             rps: f[3].parse()?,
@@ -226,7 +231,7 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             note: f.get(8).unwrap_or(&"").to_string(),
         };
         raw_json.push(serde_json::json!({
-            "round": f[0].parse::<u32>()?, "scenario": row.scenario, "proto": row.proto, "rps": row.rps,
+            "round": row.round, "scenario": row.scenario, "proto": row.proto, "rps": row.rps,
             "p50_ms": row.p50_ms, "p99_ms": row.p99_ms, "non2xx": row.non2xx, "cpu_us_per_req": row.cpu_us,
             "note": row.note,
         }));
@@ -251,14 +256,23 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             r
         })
         .collect();
-    let base = |proto: &str, scenario: &str| {
-        summary.iter().find(|r| r.proto == proto && r.scenario == scenario).map(|r| r.rps)
+    // A ratio compares two rows of the same round (minutes apart, not a whole run apart),
+    // then takes the median over the rounds: steadier on a shared machine than a ratio
+    // of medians.
+    let ratio_of = |proto: &str, scenario: &str, to: &str| -> Option<f64> {
+        let rows = runs.get(&(proto.to_string(), scenario.to_string()))?;
+        let bases = runs.get(&(proto.to_string(), to.to_string()))?;
+        let per_round: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| bases.iter().find(|b| b.round == r.round && b.rps > 0.0).map(|b| r.rps / b.rps))
+            .collect();
+        (!per_round.is_empty()).then(|| median(per_round))
     };
     let ratio = |r: &Row, to: &str| -> Option<f64> {
         if r.scenario == "portcullis-token" {
             return None;
         }
-        base(&r.proto, to).filter(|b| *b > 0.0).map(|b| r.rps / b)
+        ratio_of(&r.proto, &r.scenario, to)
     };
     let fmt_ratio = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
 
@@ -301,8 +315,59 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             "vs_nginx": vn, "vs_direct": vd, "cpu_us_per_req": r.cpu_us, "non2xx": r.non2xx, "note": r.note,
         }));
     }
+    // The goals of issue 6, as far as this run measured them.
+    let row = |proto: &str, scenario: &str| summary.iter().find(|r| r.proto == proto && r.scenario == scenario);
+    let mut goals = Vec::new();
+    for proto in ["http", "https"] {
+        let mut goal = |name: String, value: Option<f64>, target: f64, unit: &str, at_least: bool| {
+            if let Some(v) = value {
+                let met = if at_least { v >= target } else { v <= target };
+                goals.push(serde_json::json!({ "goal": name, "value": v, "target": target, "unit": unit, "met": met }));
+            }
+        };
+        goal(format!("{proto}: cache hit / nginx"), ratio_of(proto, "portcullis-hit", "nginx"), 1.0, "x", true);
+        if let (Some(hit), Some(nginx)) = (row(proto, "portcullis-hit"), row(proto, "nginx")) {
+            goal(format!("{proto}: cache hit p99 (ms), at most nginx's"), Some(hit.p99_ms), nginx.p99_ms, "ms", false);
+        }
+        goal(
+            format!("{proto}: cache hit / haproxy-jwt"),
+            ratio_of(proto, "portcullis-hit", "haproxy-jwt"),
+            5.0,
+            "x",
+            true,
+        );
+        goal(
+            format!("{proto}: cache miss / haproxy-jwt"),
+            ratio_of(proto, "portcullis-miss", "haproxy-jwt"),
+            1.2,
+            "x",
+            true,
+        );
+        goal(
+            format!("{proto}: token endpoint (EdDSA) tokens/s"),
+            row(proto, "portcullis-token").map(|r| r.rps),
+            10_000.0,
+            "/s",
+            true,
+        );
+    }
+    if !goals.is_empty() {
+        println!("\ngoals (issue 6)");
+        for g in &goals {
+            println!(
+                "  {:<44} {:>9.2}{:<3} target {}{}{:<4} {}",
+                g["goal"].as_str().unwrap_or_default(),
+                g["value"].as_f64().unwrap_or_default(),
+                g["unit"].as_str().unwrap_or_default(),
+                if g["unit"] == "ms" { "<= " } else { ">= " },
+                g["target"].as_f64().unwrap_or_default(),
+                g["unit"].as_str().unwrap_or_default(),
+                if g["met"] == true { "met" } else { "NOT met" },
+            );
+        }
+    }
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(meta)?)?;
-    let json = serde_json::json!({ "meta": meta, "summary": rows_json, "runs": raw_json });
+    let json = serde_json::json!({ "meta": meta, "summary": rows_json, "goals": goals, "runs": raw_json });
     std::fs::write(out.with_extension("csv"), csv)?;
     std::fs::write(out.with_extension("json"), serde_json::to_string_pretty(&json)?)?;
     Ok(())
