@@ -429,6 +429,7 @@ cat >"$WORK/meta.json" <<EOF
 {
   "date_utc": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo -dirty)",
+  "portcullis_bin": "$BIN",
   "cpus": $(nproc),
   "cpu_model": "$cpu_model",
   "kernel": "$(uname -r)",
