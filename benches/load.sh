@@ -42,6 +42,12 @@ ONLY=${ONLY:-}
 RSS_TOKENS=${RSS_TOKENS:-1000000}
 PATH_UNDER_TEST=/api/hello
 
+# The miss row means nothing if the rotated tokens fit in the cache.
+[ "$MISS_TOKENS" -gt $((CACHE_TOKENS * 2)) ] || {
+    echo "load.sh: MISS_TOKENS ($MISS_TOKENS) must be well above CACHE_TOKENS ($CACHE_TOKENS)" >&2
+    exit 1
+}
+
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'load.sh: %s\n' "$*" >&2; exit 1; }
 
