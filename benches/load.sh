@@ -42,11 +42,17 @@ ONLY=${ONLY:-}
 RSS_TOKENS=${RSS_TOKENS:-1000000}
 PATH_UNDER_TEST=/api/hello
 
+# The miss row means nothing if the rotated tokens fit in the cache.
+[ "$MISS_TOKENS" -gt $((CACHE_TOKENS * 2)) ] || {
+    echo "load.sh: MISS_TOKENS ($MISS_TOKENS) must be well above CACHE_TOKENS ($CACHE_TOKENS)" >&2
+    exit 1
+}
+
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'load.sh: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------
-# 1. What it needs: Debian's nginx, haproxy, wrk (and openssl, curl); a release build.
+# 1. What it needs: Debian's nginx, haproxy, wrk (and openssl, curl, procps); a release build.
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
@@ -54,6 +60,7 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v pgrep >/dev/null 2>&1 || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
@@ -429,6 +436,7 @@ cat >"$WORK/meta.json" <<EOF
 {
   "date_utc": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo -dirty)",
+  "portcullis_bin": "$BIN",
   "cpus": $(nproc),
   "cpu_model": "$cpu_model",
   "kernel": "$(uname -r)",

@@ -121,10 +121,6 @@ impl VerdictCache {
         }
     }
 
-    pub fn remove(&self, key: &Digest) {
-        self.shard(key).map.remove(key);
-    }
-
     pub fn clear(&self) {
         for s in self.shards.iter() {
             let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
