@@ -129,6 +129,8 @@ impl VerdictCache {
         }
     }
 
+    /// Entries held, lapsed ones not yet dropped included (they are never served, and go
+    /// when looked up or when they reach the front of their shard's ring).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len()).sum()
     }
