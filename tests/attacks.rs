@@ -29,15 +29,6 @@ async fn setup() -> (EchoUpstream, TestGateway) {
     (up, gw)
 }
 
-async fn token_request(gw: &TestGateway, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> (u16, Value) {
-    let mut req = gw.client().post(gw.url("/oauth/token")).form(form);
-    if let Some((id, secret)) = basic {
-        req = req.basic_auth(id, Some(secret));
-    }
-    let resp = req.send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
 /// Status, `error` and `WWW-Authenticate` of a GET on /api/x with `token`.
 async fn proxied(gw: &TestGateway, token: &str) -> (u16, Value, Option<String>) {
     let resp = gw.client().get(gw.url("/api/x")).bearer_auth(token).send().await.unwrap();
@@ -50,23 +41,6 @@ async fn assert_invalid_token(gw: &TestGateway, label: &str, token: &str) {
     let (status, v, www) = proxied(gw, token).await;
     assert_eq!((status, v["error"].as_str()), (401, Some("invalid_token")), "{label}: {v}");
     assert!(www.unwrap_or_default().contains("error=\"invalid_token\""), "{label}");
-}
-
-fn authorize_url(gw: &TestGateway, pairs: &[(&str, &str)]) -> String {
-    let mut ser = form_urlencoded::Serializer::new(String::new());
-    ser.extend_pairs(pairs);
-    gw.url(&format!("/oauth/authorize?{}", ser.finish()))
-}
-
-/// Log in as `user` and allow: the final redirect page.
-async fn login_and_consent(b: &mut Browser, gw: &TestGateway, query: &[(&str, &str)]) -> Page {
-    let login = b.get(&authorize_url(gw, query)).await;
-    assert_eq!(login.status, 200, "{}", login.body);
-    let consent = b.submit(gw, &login, &[("username", "alice"), ("password", ALICE_PASSWORD)]).await;
-    assert!(consent.body.contains("Allow access?"), "{}", consent.body);
-    let done = b.submit(gw, &consent, &[("decision", "allow")]).await;
-    assert_eq!(done.status, 303, "{}", done.body);
-    done
 }
 
 fn spa_query<'a>() -> Vec<(&'a str, &'a str)> {

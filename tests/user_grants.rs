@@ -10,34 +10,6 @@ use serde_json::Value;
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
-fn authorize_url(gw: &TestGateway, pairs: &[(&str, &str)]) -> String {
-    let mut ser = form_urlencoded::Serializer::new(String::new());
-    ser.extend_pairs(pairs);
-    gw.url(&format!("/oauth/authorize?{}", ser.finish()))
-}
-
-/// Log in as alice and allow: returns the final redirect page.
-async fn login_and_consent(b: &mut Browser, gw: &TestGateway, query: &[(&str, &str)]) -> Page {
-    let login = b.get(&authorize_url(gw, query)).await;
-    assert_eq!(login.status, 200, "{}", login.body);
-    assert!(login.body.contains("name=\"password\""), "login page expected: {}", login.body);
-    let consent = b.submit(gw, &login, &[("username", "alice"), ("password", ALICE_PASSWORD)]).await;
-    assert_eq!(consent.status, 200, "{}", consent.body);
-    assert!(consent.body.contains("Allow access?"), "{}", consent.body);
-    let done = b.submit(gw, &consent, &[("decision", "allow")]).await;
-    assert_eq!(done.status, 303, "{}", done.body);
-    done
-}
-
-async fn token_request(gw: &TestGateway, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> (u16, Value) {
-    let mut req = gw.client().post(gw.url("/oauth/token")).form(form);
-    if let Some((id, secret)) = basic {
-        req = req.basic_auth(id, Some(secret));
-    }
-    let resp = req.send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
 async fn proxied_status(gw: &TestGateway, token: &str) -> u16 {
     gw.client().get(gw.url("/api/x")).bearer_auth(token).send().await.unwrap().status().as_u16()
 }

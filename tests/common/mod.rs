@@ -595,3 +595,37 @@ impl Browser {
         self.post(url, &fields).await
     }
 }
+
+/// The /authorize URL with `pairs` as its query.
+pub fn authorize_url(gw: &TestGateway, pairs: &[(&str, &str)]) -> String {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    ser.extend_pairs(pairs);
+    gw.url(&format!("/oauth/authorize?{}", ser.finish()))
+}
+
+/// Log in as alice and allow: returns the final redirect page.
+pub async fn login_and_consent(b: &mut Browser, gw: &TestGateway, query: &[(&str, &str)]) -> Page {
+    let login = b.get(&authorize_url(gw, query)).await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    assert!(login.body.contains("name=\"password\""), "login page expected: {}", login.body);
+    let consent = b.submit(gw, &login, &[("username", "alice"), ("password", ALICE_PASSWORD)]).await;
+    assert_eq!(consent.status, 200, "{}", consent.body);
+    assert!(consent.body.contains("Allow access?"), "{}", consent.body);
+    let done = b.submit(gw, &consent, &[("decision", "allow")]).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    done
+}
+
+/// POST /oauth/token with `form` (and Basic credentials if given): status and JSON body.
+pub async fn token_request(
+    gw: &TestGateway,
+    basic: Option<(&str, &str)>,
+    form: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut req = gw.client().post(gw.url("/oauth/token")).form(form);
+    if let Some((id, secret)) = basic {
+        req = req.basic_auth(id, Some(secret));
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
