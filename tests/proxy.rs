@@ -1133,3 +1133,106 @@ async fn plaintext_listener_serves_the_proxy_path() {
     let resp = plain.get(gw.http_url("/api/x")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+// ---------------------------------------------------------------------------------------
+// Upstream connections: kept alive, reused, replaced when stale, closed when abandoned.
+
+fn accepted(up: &EchoUpstream) -> usize {
+    up.accepted.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    for i in 0..20 {
+        echo_get(&gw, &format!("/api/seq/{i}"), &token).await;
+        // A response without a body (HEAD) and a large streamed one free the connection too.
+        let head = gw.client().head(gw.url("/api/head")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        let big = gw.client().get(gw.url("/big/300000")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(big.bytes().await.unwrap().len(), 300_000);
+    }
+    assert_eq!(accepted(&up), 1, "60 sequential requests should share one upstream connection");
+
+    // Concurrent requests open at most one connection each, and all of them are kept.
+    let burst = || {
+        futures_util::future::join_all((0..8).map(|i| {
+            let (gw, token) = (&gw, &token);
+            async move { echo_get(gw, &format!("/slow/50?{i}"), token).await }
+        }))
+    };
+    burst().await;
+    let after_burst = accepted(&up);
+    assert!((2..=9).contains(&after_burst), "8 concurrent requests opened {after_burst} connections in all");
+    burst().await;
+    for i in 0..10 {
+        echo_get(&gw, &format!("/api/again/{i}"), &token).await;
+    }
+    // The second burst may find one or two connections still on their way back to the pool.
+    assert!(accepted(&up) <= after_burst + 2, "{} connections after reuse, {after_burst} before", accepted(&up));
+}
+
+/// An upstream that answers one request per connection and then closes it without saying
+/// so (no `Connection: close`): every idle connection the gateway keeps goes stale.
+async fn one_shot_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { continue };
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, count, task)
+}
+
+#[tokio::test]
+async fn stale_idle_upstream_connections_are_replaced_without_failing_requests() {
+    let up = EchoUpstream::start().await;
+    let (addr, count, task) = one_shot_upstream().await;
+    let extra = format!("[[route]]\nprefix = \"/once\"\nupstream = \"http://{addr}\"\nscopes = [\"read\"]\n");
+    let gw = TestGateway::start_with(up.addr, &extra).await;
+    let token = svc_token(&gw).await;
+    for i in 0..10 {
+        let resp = gw.client().get(gw.url(&format!("/once/{i}"))).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(resp.text().await.unwrap(), "ok");
+        // Let the upstream's close arrive before the next request, as it would between
+        // requests that are not back to back.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 10);
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_abandoned_response_closes_its_upstream_connection_and_the_next_request_works() {
+    let (up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    for _ in 0..3 {
+        let mut resp = gw.client().get(gw.url("/big/20000000")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // Read a little of 20 MB, then walk away.
+        let first = resp.chunk().await.unwrap().unwrap();
+        assert!(!first.is_empty());
+        drop(resp);
+        echo_get(&gw, "/api/after", &token).await;
+    }
+    // The abandoned connections were not reused (their responses were unfinished).
+    assert!(accepted(&up) >= 2, "{}", accepted(&up));
+}

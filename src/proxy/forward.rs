@@ -2,29 +2,29 @@
 //! Bodies stream both ways; nothing is buffered.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::error::ProxyError;
+use super::pool::Pool;
 use crate::config::{Config, Route};
 use crate::http::{Body, BoxError};
 use crate::oauth::authorize::GATEWAY_COOKIES;
 use crate::state::Runtime;
 use crate::tokens::validate::Principal;
 
-/// The pooled client for every upstream, HTTP and HTTPS (rustls, platform roots plus
-/// an optional operator CA).
+/// The kept-alive connections to every upstream, HTTP and HTTPS (rustls, platform roots
+/// plus an optional operator CA).
 pub struct Upstreams {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    pool: Arc<Pool>,
 }
 
 impl Upstreams {
@@ -47,13 +47,7 @@ impl Upstreams {
         http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
         let https =
             HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https);
-        Ok(Upstreams { client })
+        Ok(Upstreams { pool: Pool::new(https, std::time::Duration::from_secs(90), 256) })
     }
 }
 
@@ -263,15 +257,12 @@ where
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
-    let uri = Uri::builder()
-        .scheme(route.upstream.scheme.clone())
-        .authority(route.upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::UnsafePath)?;
+    // Origin-form: the connection already says which upstream this is.
+    let uri = Uri::try_from(path_and_query).map_err(|_| ProxyError::UnsafePath)?;
 
     let original_host = authority.and_then(|a| HeaderValue::from_str(&a).ok());
     upstream_headers(&mut parts.headers, rt, route, principal, peer, original_host)?;
+    parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
     parts.uri = uri;
     parts.version = Version::HTTP_11;
 
@@ -279,18 +270,31 @@ where
     let body = Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed();
     let req = Request::from_parts(parts, body);
 
-    let resp = match tokio::time::timeout(limits.upstream_timeout, upstreams.client.request(req)).await {
+    let upstream = &route.upstream;
+    let sent = upstreams.pool.send(&upstream.scheme, &upstream.authority, req);
+    let resp = match tokio::time::timeout(limits.upstream_timeout, sent).await {
         Err(_) => return Err(ProxyError::GatewayTimeout),
         // An undeclared body crossed the limit while being sent: the caller's fault, not the upstream's.
-        Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => return Err(ProxyError::PayloadTooLarge),
-        Ok(Err(e)) if caused_by::<InboundBodyError>(&e) => return Err(ProxyError::BadRequestBody),
-        Ok(Err(e)) => return Err(ProxyError::BadGateway(error_chain(&e))),
+        Ok(Err(e)) if caused_by::<LengthLimitError>(&*e) => return Err(ProxyError::PayloadTooLarge),
+        Ok(Err(e)) if caused_by::<InboundBodyError>(&*e) => return Err(ProxyError::BadRequestBody),
+        Ok(Err(e)) => return Err(ProxyError::BadGateway(error_chain(&*e))),
         Ok(Ok(resp)) => resp,
     };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     drop_gateway_set_cookies(&mut parts.headers);
     Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+}
+
+/// The `Host` an upstream gets: its own authority, without the scheme's default port.
+fn upstream_host(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> HeaderValue {
+    let default_port = if *scheme == http::uri::Scheme::HTTPS { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(port) if port == default_port => authority.host(),
+        _ => authority.as_str(),
+    };
+    // An `Authority` is valid header text.
+    HeaderValue::from_str(host).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
 /// Marks a failure of the caller's request body, so that it is not blamed on the upstream.

@@ -104,6 +104,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// `/slow/<ms>` waits that long before answering.
 pub struct EchoUpstream {
     pub addr: SocketAddr,
+    /// TCP connections accepted so far (the gateway's pool should keep this low).
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -161,9 +163,12 @@ impl EchoUpstream {
     pub async fn start_on(addr: &str) -> EchoUpstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service_fn(echo))
@@ -171,7 +176,7 @@ impl EchoUpstream {
                 });
             }
         });
-        EchoUpstream { addr, task }
+        EchoUpstream { addr, accepted, task }
     }
 }
 
