@@ -71,6 +71,9 @@ enum PoolError {
 /// The kept-alive connections to every upstream of one configuration.
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
+    /// Boxed: a connection moves from here to a request and on into its response body,
+    /// and hyper's connection state is several hundred bytes.
+    #[allow(clippy::vec_box)]
     idle: Mutex<HashMap<Key, Vec<Box<Conn>>>>,
     idle_timeout: Duration,
     max_idle_per_upstream: usize,
