@@ -9,6 +9,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod oauth;
 pub mod proxy;

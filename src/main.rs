@@ -67,19 +67,13 @@ fn main() -> ExitCode {
 }
 
 /// Log lines (one access line per request among them) are formatted on the thread that
-/// logs and written to stderr by a dedicated thread, in batches: a request never waits
-/// for a write(2), and a busy gateway writes many lines per call (the writer flushes
-/// whenever the queue is empty). The queue blocks rather than drop lines when stderr
-/// cannot keep up.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// logs and written to stderr in batches by a dedicated thread (`portcullis::logging`).
+fn init_logging(format: LogFormat) -> portcullis::logging::FlushGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("portcullis-log")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let (writer, guard) = portcullis::logging::BatchedStderr::new();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
     match format {
         LogFormat::Pretty => builder.init(),
