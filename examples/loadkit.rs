@@ -2,7 +2,9 @@
 //!
 //! - `mint`: sign access tokens with the active key of a gateway config, one per line;
 //! - `fill-cache`: put N distinct valid tokens into a `Validator` and report resident memory;
-//! - `report`: turn the raw wrk results into the table, a CSV and a JSON file.
+//! - `report`: turn the raw wrk results into the table, a CSV and a JSON file;
+//! - `bare-proxy`: the least a hyper + tokio reverse proxy can do (no authentication, no
+//!   header rewriting, no log): the floor under portcullis's own proxy path.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -64,6 +66,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Listen on `listen` (plain HTTP/1.1) and pass every request to `upstream` over one
+    /// kept-alive upstream connection per client connection, on one current-thread runtime.
+    BareProxy {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,7 +84,38 @@ fn main() -> anyhow::Result<()> {
         }
         Command::FillCache { count, alg } => fill_cache(count, &alg),
         Command::Report { raw, meta, out } => report(&raw, &meta, &out),
+        Command::BareProxy { listen, upstream } => bare_proxy(listen, upstream),
     }
+}
+
+fn bare_proxy(listen: std::net::SocketAddr, upstream: std::net::SocketAddr) -> anyhow::Result<()> {
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use std::sync::Arc;
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        loop {
+            let (client, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let _ = client.set_nodelay(true);
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let _ = up.set_nodelay(true);
+                let Ok((sender, conn)) = hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(up)).await
+                else {
+                    return;
+                };
+                tokio::spawn(conn);
+                let sender = Arc::new(tokio::sync::Mutex::new(sender));
+                let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let sender = sender.clone();
+                    async move { sender.lock().await.send_request(req).await }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), svc).await;
+            });
+        }
+    })
 }
 
 fn mint(config: &Path, count: usize, client: &str, scope: &str, lifetime: u64, out: &Path) -> anyhow::Result<()> {

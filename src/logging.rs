@@ -136,6 +136,31 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchedStderr {
     }
 }
 
+/// RFC 3339 timestamps with microseconds, like tracing-subscriber's default, but the
+/// date and time of day are formatted once per second (per thread) rather than per line.
+pub struct CachedClock;
+
+impl tracing_subscriber::fmt::time::FormatTime for CachedClock {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        thread_local! {
+            /// Unix second, and "YYYY-MM-DDTHH:MM:SS" for it.
+            static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        }
+        let now = std::time::SystemTime::now();
+        let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        SECOND.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            if cached.0 != since.as_secs() {
+                let whole = std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs());
+                let mut text = humantime::format_rfc3339_seconds(whole).to_string();
+                text.pop(); // the trailing 'Z'
+                *cached = (since.as_secs(), text);
+            }
+            write!(w, "{}.{:06}Z", cached.1, since.subsec_micros())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +218,18 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(&*lock(&sink.0), b"one line\n");
+    }
+
+    #[test]
+    fn cached_clock_writes_rfc3339_with_microseconds() {
+        use tracing_subscriber::fmt::time::FormatTime;
+        for _ in 0..3 {
+            let mut out = String::new();
+            CachedClock.format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut out)).unwrap();
+            let parsed = humantime::parse_rfc3339(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+            let off = std::time::SystemTime::now().duration_since(parsed).unwrap_or_default();
+            assert!(off < Duration::from_secs(5), "{out}");
+            assert_eq!(out.len(), "2026-11-25T10:36:39.630462Z".len(), "{out}");
+        }
     }
 }

@@ -74,7 +74,11 @@ fn init_logging(format: LogFormat) -> portcullis::logging::FlushGuard {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = portcullis::logging::BatchedStderr::new();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_timer(portcullis::logging::CachedClock)
+        .with_writer(writer);
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -52,35 +52,49 @@ impl Upstreams {
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Remove hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// The fields a `Connection` header names: hop-by-hop for this message too.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        .collect()
+}
+
+/// Remove the fields `doomed` says go, in one pass over the names (each `remove` hashes
+/// its name, so asking for every name that might be there costs more than looking).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let gone: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in gone {
         headers.remove(name);
     }
+}
+
+/// Remove hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed = connection_listed(headers);
+    remove_where(headers, |n| is_hop_by_hop(n.as_str()) || listed.contains(n));
 }
 
 /// HTTP/2 may split `Cookie` into several fields; an HTTP/1.1 upstream must get them as one,
@@ -140,13 +154,27 @@ fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Client-address headers that some upstreams trust as much as `X-Forwarded-For`.
-const CLIENT_IP_HEADERS: [HeaderName; 4] = [
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-];
+/// Headers about the client's address or the original request that some upstreams trust
+/// as much as `X-Forwarded-For`: kept only from a trusted proxy.
+fn is_forwarding_claim(name: &str) -> bool {
+    matches!(
+        name,
+        "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "forwarded"
+            | "x-real-ip"
+            | "true-client-ip"
+            | "x-client-ip"
+            | "x-cluster-client-ip"
+    )
+}
+
+/// `a` and `b` name the same header once `_` is read as `-` — CGI-style upstreams (WSGI,
+/// Rack, PHP) see `X_Auth_User` as `X-Auth-User`.
+fn same_when_dashed(a: &str, b: &str) -> bool {
+    let dash = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| dash(x) == dash(y))
+}
 
 /// Where the request came from, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
@@ -164,48 +192,34 @@ fn upstream_headers(
     peer: Peer,
     original_host: Option<HeaderValue>,
 ) -> Result<(), ProxyError> {
-    strip_hop_by_hop(headers);
     join_cookies(headers);
     strip_gateway_cookies(headers);
     let ids = &rt.config.headers;
-    for name in ids.all() {
-        headers.remove(name);
-    }
-    // CGI-style upstreams (WSGI, Rack, PHP) read `X_Auth_User` as `X-Auth-User`: drop those
-    // spellings of our identity headers too.
-    let lookalikes: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().contains('_'))
-        .filter(|n| {
-            let dashed = n.as_str().replace('_', "-");
-            ids.all().iter().any(|id| id.as_str().replace('_', "-") == dashed)
-        })
-        .cloned()
-        .collect();
-    for name in lookalikes {
-        headers.remove(name);
-    }
-    if !route.forward_token {
-        headers.remove(header::AUTHORIZATION);
-    }
-    headers.remove(header::HOST);
-
     let trusted = rt.config.is_trusted_proxy(peer.addr.ip());
+
     let ip = peer.addr.ip().to_canonical().to_string();
     // Several X-Forwarded-For lines are one comma-separated list (RFC 9110 §5.3).
-    let prior: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-    let xff = if trusted && !prior.is_empty() { format!("{}, {ip}", prior.join(", ")) } else { ip };
-    headers.remove(X_FORWARDED_FOR);
+    let xff = match headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>() {
+        prior if trusted && !prior.is_empty() => format!("{}, {ip}", prior.join(", ")),
+        _ => ip,
+    };
+
+    let listed = connection_listed(headers);
+    remove_where(headers, |name| {
+        let n = name.as_str();
+        is_hop_by_hop(n)
+            || listed.contains(name)
+            // Ours to set: the upstream's own authority, the address we saw.
+            || n == "host"
+            || n == "x-forwarded-for"
+            || (n == "authorization" && !route.forward_token)
+            || (!trusted && is_forwarding_claim(n))
+            // Identity headers, and their underscore spellings, come only from us.
+            || ids.all().iter().any(|id| id.as_str() == n || (n.contains('_') && same_when_dashed(id.as_str(), n)))
+    });
+
     if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR, v);
-    }
-    if !trusted {
-        headers.remove(X_FORWARDED_PROTO);
-        headers.remove(X_FORWARDED_HOST);
-        headers.remove(FORWARDED);
-        for name in &CLIENT_IP_HEADERS {
-            headers.remove(name);
-        }
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
