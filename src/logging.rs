@@ -136,6 +136,111 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchedStderr {
     }
 }
 
+/// One access log line: what `server::dispatch` knows about a finished request.
+pub struct Access<'a> {
+    pub peer: std::net::IpAddr,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub latency_us: u64,
+    pub client_id: &'a str,
+}
+
+/// The log format the binary chose, for access lines written without `tracing`'s
+/// per-field formatting (see [`access`]).
+#[derive(Clone, Copy)]
+pub enum Format {
+    Pretty,
+    Json,
+}
+
+static ACCESS_SINK: std::sync::OnceLock<(BatchedStderr, Format)> = std::sync::OnceLock::new();
+
+/// Write access lines straight to `sink`, in `format`, as tracing-subscriber's formatter
+/// would (without colours). Set once, by the binary.
+pub fn install_access_sink(sink: BatchedStderr, format: Format) {
+    let _ = ACCESS_SINK.set((sink, format));
+}
+
+/// Log one access line under the `portcullis::access` target, which `RUST_LOG` filters as
+/// usual. With a sink installed the line is formatted here — the same text at a third of
+/// the cost of a `tracing` event with seven fields; otherwise (tests, library use) it is
+/// an ordinary `tracing` event.
+pub fn access(a: &Access<'_>) {
+    if !tracing::enabled!(target: "portcullis::access", tracing::Level::INFO) {
+        return;
+    }
+    let Some((sink, format)) = ACCESS_SINK.get() else {
+        tracing::info!(
+            target: "portcullis::access",
+            peer = %a.peer,
+            method = %a.method,
+            path = %a.path,
+            route = %a.route,
+            status = a.status,
+            latency_us = a.latency_us,
+            client_id = a.client_id,
+        );
+        return;
+    };
+    thread_local! {
+        static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    LINE.with(|cell| {
+        let Ok(mut line) = cell.try_borrow_mut() else { return };
+        line.clear();
+        let _ = format_access(&mut line, *format, a);
+        let _ = (&*sink).write_all(line.as_bytes());
+    });
+}
+
+fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    use tracing_subscriber::fmt::time::FormatTime;
+    let time = |out: &mut String| CachedClock.format_time(&mut tracing_subscriber::fmt::format::Writer::new(out));
+    match format {
+        Format::Pretty => {
+            time(out)?;
+            write!(
+                out,
+                "  INFO portcullis::access: peer={} method={} path={} route={} status={} latency_us={} client_id={:?}\n",
+                a.peer, a.method, a.path, a.route, a.status, a.latency_us, a.client_id
+            )
+        }
+        Format::Json => {
+            out.push_str("{\"timestamp\":\"");
+            time(out)?;
+            write!(out, "\",\"level\":\"INFO\",\"fields\":{{\"peer\":\"{}\"", a.peer)?;
+            for (key, value) in [("method", a.method), ("path", a.path), ("route", a.route)] {
+                write!(out, ",\"{key}\":")?;
+                json_string(out, value);
+            }
+            write!(out, ",\"status\":{},\"latency_us\":{},\"client_id\":", a.status, a.latency_us)?;
+            json_string(out, a.client_id);
+            out.push_str("},\"target\":\"portcullis::access\"}\n");
+            Ok(())
+        }
+    }
+}
+
+/// `s` as a JSON string literal.
+fn json_string(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 /// RFC 3339 timestamps with microseconds, like tracing-subscriber's default, but the
 /// date and time of day are formatted once per second (per thread) rather than per line.
 pub struct CachedClock;
@@ -218,6 +323,40 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(&*lock(&sink.0), b"one line\n");
+    }
+
+    #[test]
+    fn access_lines_are_valid_json_with_the_fields_of_a_tracing_event() {
+        let a = Access {
+            peer: "::1".parse().unwrap(),
+            method: "GET",
+            path: "/a\"b\\c\u{1}d",
+            route: "/a",
+            status: 404,
+            latency_us: 17,
+            client_id: "-",
+        };
+        let mut line = String::new();
+        format_access(&mut line, Format::Json, &a).unwrap();
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(v["target"], "portcullis::access");
+        assert_eq!(v["level"], "INFO");
+        assert!(humantime::parse_rfc3339(v["timestamp"].as_str().unwrap()).is_ok());
+        let f = &v["fields"];
+        assert_eq!(f["peer"], "::1");
+        assert_eq!(f["path"], "/a\"b\\c\u{1}d");
+        assert_eq!((f["status"].as_u64(), f["latency_us"].as_u64()), (Some(404), Some(17)));
+        assert_eq!(
+            (f["method"].as_str(), f["route"].as_str(), f["client_id"].as_str()),
+            (Some("GET"), Some("/a"), Some("-"))
+        );
+
+        line.clear();
+        format_access(&mut line, Format::Pretty, &a).unwrap();
+        let (_, rest) = line.split_once("  INFO portcullis::access: ").unwrap();
+        assert!(rest.starts_with("peer=::1 method=GET path="), "{line}");
+        assert!(rest.ends_with(" route=/a status=404 latency_us=17 client_id=\"-\"\n"), "{line}");
     }
 
     #[test]

@@ -74,6 +74,14 @@ fn init_logging(format: LogFormat) -> portcullis::logging::FlushGuard {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = portcullis::logging::BatchedStderr::new();
+    // Access lines skip tracing's field formatting; with colours (a terminal) they do not.
+    if !ansi {
+        let f = match format {
+            LogFormat::Pretty => portcullis::logging::Format::Pretty,
+            LogFormat::Json => portcullis::logging::Format::Json,
+        };
+        portcullis::logging::install_access_sink(writer.clone(), f);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

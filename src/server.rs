@@ -376,16 +376,15 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
     let client_id = oauth_client.as_deref().or_else(|| proxied.client_id());
     let status = resp.status().as_u16();
     gw.metrics.request(route, status);
-    tracing::info!(
-        target: "portcullis::access",
-        peer = %peer.addr.ip(),
-        method = %method,
-        path = %path,
-        route = %route,
+    crate::logging::access(&crate::logging::Access {
+        peer: peer.addr.ip(),
+        method: method.as_str(),
+        path,
+        route,
         status,
-        latency_us = started.elapsed().as_micros() as u64,
-        client_id = client_id.unwrap_or("-"),
-    );
+        latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        client_id: client_id.unwrap_or("-"),
+    });
     resp
 }
 
