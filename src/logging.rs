@@ -202,9 +202,9 @@ fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::
     match format {
         Format::Pretty => {
             time(out)?;
-            write!(
+            writeln!(
                 out,
-                "  INFO portcullis::access: peer={} method={} path={} route={} status={} latency_us={} client_id={:?}\n",
+                "  INFO portcullis::access: peer={} method={} path={} route={} status={} latency_us={} client_id={:?}",
                 a.peer, a.method, a.path, a.route, a.status, a.latency_us, a.client_id
             )
         }
