@@ -89,6 +89,7 @@ UP=$PORT_BASE UPS=$((PORT_BASE + 1))
 NGX=$((PORT_BASE + 10)) NGXS=$((PORT_BASE + 11))
 HAP=$((PORT_BASE + 20)) HAPS=$((PORT_BASE + 21))
 PC=$((PORT_BASE + 30)) PCS=$((PORT_BASE + 31)) PCADMIN=$((PORT_BASE + 39))
+BARE=$((PORT_BASE + 35))
 
 WORK=$(mktemp -d /tmp/portcullis-load.XXXXXX)
 chmod 755 "$WORK"
@@ -274,6 +275,9 @@ start haproxy "$PROXY_CPU" haproxy -db -f "$ETC/haproxy.cfg"
 HAPROXY_PID=$!
 PORTCULLIS_WORKER_THREADS=1 start portcullis "$PROXY_CPU" "$BIN" serve --config "$ETC/portcullis.toml"
 PORTCULLIS_PID=$!
+# The floor: the least a hyper + tokio proxy does (no auth, no header work, no log).
+start hyper-floor "$PROXY_CPU" "$KIT" bare-proxy --listen "127.0.0.1:$BARE" --upstream "127.0.0.1:$UP"
+BARE_PID=$!
 
 wait_port() {
     for _ in $(seq 100); do
@@ -282,7 +286,7 @@ wait_port() {
     done
     die "nothing listens on $1 (logs in $WORK; KEEP=1 keeps them)"
 }
-for p in $UP $UPS $NGX $NGXS $HAP $HAPS $PC $PCS $PCADMIN; do wait_port "$p"; done
+for p in $UP $UPS $NGX $NGXS $HAP $HAPS $PC $PCS $PCADMIN $BARE; do wait_port "$p"; done
 
 # ---------------------------------------------------------------------------------------
 # 4. Scenarios.
@@ -313,13 +317,14 @@ export BENCH_TOKEN=$TOKEN BENCH_TOKENS=$WORK/tokens.txt BENCH_BASIC=$BASIC
 declare -A SC=(
     [direct]="$UP $UPS $PATH_UNDER_TEST bearer 200"
     [nginx]="$NGX $NGXS $PATH_UNDER_TEST bearer 200"
+    [hyper-floor]="$BARE - $PATH_UNDER_TEST bearer 200"
     [haproxy-jwt]="$HAP $HAPS $PATH_UNDER_TEST bearer 200"
     [portcullis-hit]="$PC $PCS $PATH_UNDER_TEST bearer 200"
     [portcullis-miss]="$PC $PCS $PATH_UNDER_TEST rotate 200"
     [portcullis-401]="$PC $PCS $PATH_UNDER_TEST none 401"
     [portcullis-token]="$PC $PCS /oauth/token token 200"
 )
-ORDER=(direct nginx haproxy-jwt portcullis-hit portcullis-miss portcullis-401 portcullis-token)
+ORDER=(direct nginx hyper-floor haproxy-jwt portcullis-hit portcullis-miss portcullis-401 portcullis-token)
 
 # Check each endpoint answers as expected before measuring it.
 check() { # proto scenario url lua want
@@ -333,15 +338,16 @@ check() { # proto scenario url lua want
     [ "$got" = "$5" ] || die "$1/$2: $3 answered $got, expected $5"
 }
 
-# CPU time (user + system, clock ticks) used so far by these processes, all threads.
+# CPU time used so far by these processes, all threads: "user system" in clock ticks.
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() {
-    local sum=0 pid
+    local user=0 sys=0 pid u s
     for pid in "$@"; do
         # Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
-        sum=$((sum + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')))
+        read -r u s < <(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }')
+        user=$((user + u)) sys=$((sys + s))
     done
-    echo "$sum"
+    echo "$user $sys"
 }
 
 metric() { curl -s "http://127.0.0.1:$PCADMIN/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
@@ -361,6 +367,7 @@ run() { # round proto scenario
     set -- ${SC[$name]}
     local port=$1 path=$3 lua=$4 want=$5
     [ "$proto" = https ] && port=$2
+    [ "$port" = - ] && return 0
     local url="$proto://127.0.0.1:$port$path"
     check "$proto" "$name" "$url" "$lua" "$want"
     local script=()
@@ -373,10 +380,11 @@ run() { # round proto scenario
         direct) pids=$(pgrep -P "$UPSTREAM_PID" | tr '\n' ' ') ;;
         nginx) pids=$(pgrep -P "$NGINX_PID" | tr '\n' ' ') ;;
         haproxy-jwt) pids=$HAPROXY_PID ;;
+        hyper-floor) pids=$BARE_PID ;;
         *) pids=$PORTCULLIS_PID ;;
     esac
-    local cpu0
-    cpu0=$(cpu_ticks $pids)
+    local user0 sys0
+    read -r user0 sys0 < <(cpu_ticks $pids)
     local hits0 miss0 note=""
     hits0=$(metric portcullis_validation_cache_hits_total)
     miss0=$(metric portcullis_validation_cache_misses_total)
@@ -394,8 +402,8 @@ run() { # round proto scenario
             ${PERF_CALLGRAPH:+-g caller,0.5,callee --percent-limit 2} 2>/dev/null \
             >"$ROOT/benches/results/perf-$proto-$name.txt" || true
     fi
-    local cpu1
-    cpu1=$(cpu_ticks $pids)
+    local user1 sys1
+    read -r user1 sys1 < <(cpu_ticks $pids)
     echo "$out" >"$WORK/wrk-$round-$proto-$name.txt"
     local rps p50 p99 non2xx errors
     rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
@@ -403,9 +411,12 @@ run() { # round proto scenario
     p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
     non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")
     errors=$(awk '/Socket errors:/ { print }' <<<"$out")
-    local total cpu_us
+    local total cpu_us user_us sys_us
     total=$(awk '/requests in/ { print $1 }' <<<"$out")
-    cpu_us=$(awk -v t="$((cpu1 - cpu0))" -v n="$total" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+    per_req() { awk -v t="$1" -v n="$total" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }'; }
+    cpu_us=$(per_req $((user1 - user0 + sys1 - sys0)))
+    user_us=$(per_req $((user1 - user0)))
+    sys_us=$(per_req $((sys1 - sys0)))
     [ -n "$errors" ] && note="wrk: ${errors#*: }"
     if [[ $name == portcullis-hit || $name == portcullis-miss ]]; then
         local hits miss
@@ -413,8 +424,8 @@ run() { # round proto scenario
         miss=$(($(metric portcullis_validation_cache_misses_total) - miss0))
         note="${note:+$note; }cache hits $hits misses $miss"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$proto" "$rps" "$p50" "$p99" "${non2xx:-0}" "$cpu_us" "$note" >>"$RAW"
-    log "$(printf '%-6s %-18s %10s req/s  p50 %s ms  p99 %s ms  cpu %s us/req  %s' "$proto" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$note")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$proto" "$rps" "$p50" "$p99" "${non2xx:-0}" "$cpu_us" "$user_us" "$sys_us" "$note" >>"$RAW"
+    log "$(printf '%-6s %-18s %10s req/s  p50 %s ms  p99 %s ms  cpu %s us/req (user %s, sys %s)  %s' "$proto" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$user_us" "$sys_us" "$note")"
 }
 
 log "measuring: wrk -t1 -c$CONNS -d${DURATION}s (warm-up ${WARMUP}s), $ROUNDS round(s)"

@@ -56,7 +56,7 @@ enum Command {
         alg: String,
     },
     /// Summarise raw results (TSV: round, scenario, proto, rps, p50_ms, p99_ms, non2xx,
-    /// cpu_us_per_req, note).
+    /// cpu_us_per_req, user_us_per_req, sys_us_per_req, note).
     Report {
         #[arg(long)]
         raw: PathBuf,
@@ -240,6 +240,8 @@ struct Row {
     p99_ms: f64,
     non2xx: u64,
     cpu_us: f64,
+    user_us: f64,
+    sys_us: f64,
     note: String,
 }
 
@@ -259,7 +261,7 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
     let mut raw_json = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split('\t').collect();
-        anyhow::ensure!(f.len() >= 8, "bad raw line: {line}");
+        anyhow::ensure!(f.len() >= 10, "bad raw line: {line}");
         let row = Row {
             round: f[0].parse()?,
             scenario: f[1].to_string(),
@@ -269,12 +271,14 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             p99_ms: f[5].parse()?,
             non2xx: f[6].parse()?,
             cpu_us: f[7].parse()?,
-            note: f.get(8).unwrap_or(&"").to_string(),
+            user_us: f[8].parse()?,
+            sys_us: f[9].parse()?,
+            note: f.get(10).unwrap_or(&"").to_string(),
         };
         raw_json.push(serde_json::json!({
             "round": row.round, "scenario": row.scenario, "proto": row.proto, "rps": row.rps,
             "p50_ms": row.p50_ms, "p99_ms": row.p99_ms, "non2xx": row.non2xx, "cpu_us_per_req": row.cpu_us,
-            "note": row.note,
+            "user_us_per_req": row.user_us, "sys_us_per_req": row.sys_us, "note": row.note,
         }));
         let key = (row.proto.clone(), row.scenario.clone());
         if !order.contains(&key) {
@@ -292,6 +296,8 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             r.p50_ms = median(rs.iter().map(|r| r.p50_ms).collect());
             r.p99_ms = median(rs.iter().map(|r| r.p99_ms).collect());
             r.cpu_us = median(rs.iter().map(|r| r.cpu_us).collect());
+            r.user_us = median(rs.iter().map(|r| r.user_us).collect());
+            r.sys_us = median(rs.iter().map(|r| r.sys_us).collect());
             r.non2xx = rs.iter().map(|r| r.non2xx).max().unwrap_or(0);
             r.note = rs.iter().map(|r| r.note.as_str()).filter(|n| !n.is_empty()).collect::<Vec<_>>().join("; ");
             r
@@ -317,16 +323,18 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
     };
     let fmt_ratio = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
 
-    let mut csv = String::from("proto,scenario,rps,p50_ms,p99_ms,vs_nginx,vs_direct,cpu_us_per_req,non2xx,note\n");
+    let mut csv = String::from(
+        "proto,scenario,rps,p50_ms,p99_ms,vs_nginx,vs_direct,cpu_us_per_req,user_us_per_req,sys_us_per_req,non2xx,note\n",
+    );
     let mut rows_json = Vec::new();
     println!(
-        "{:<6} {:<18} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>8}  note",
-        "proto", "scenario", "req/s", "p50 ms", "p99 ms", "/nginx", "/direct", "cpu us/req", "non2xx"
+        "{:<6} {:<18} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>7} {:>7} {:>8}  note",
+        "proto", "scenario", "req/s", "p50 ms", "p99 ms", "/nginx", "/direct", "cpu us/req", "user", "sys", "non2xx"
     );
     for r in &summary {
         let (vn, vd) = (ratio(r, "nginx"), ratio(r, "direct"));
         println!(
-            "{:<6} {:<18} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>8} {:>10.1} {:>8}  {}",
+            "{:<6} {:<18} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>8} {:>10.1} {:>7.1} {:>7.1} {:>8}  {}",
             r.proto,
             r.scenario,
             r.rps,
@@ -335,11 +343,13 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             fmt_ratio(vn),
             fmt_ratio(vd),
             r.cpu_us,
+            r.user_us,
+            r.sys_us,
             r.non2xx,
             r.note
         );
         csv.push_str(&format!(
-            "{},{},{:.0},{:.3},{:.3},{},{},{:.1},{},\"{}\"\n",
+            "{},{},{:.0},{:.3},{:.3},{},{},{:.1},{:.1},{:.1},{},\"{}\"\n",
             r.proto,
             r.scenario,
             r.rps,
@@ -348,12 +358,15 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
             vn.map_or(String::new(), |x| format!("{x:.3}")),
             vd.map_or(String::new(), |x| format!("{x:.3}")),
             r.cpu_us,
+            r.user_us,
+            r.sys_us,
             r.non2xx,
             r.note.replace('"', "'")
         ));
         rows_json.push(serde_json::json!({
             "proto": r.proto, "scenario": r.scenario, "rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-            "vs_nginx": vn, "vs_direct": vd, "cpu_us_per_req": r.cpu_us, "non2xx": r.non2xx, "note": r.note,
+            "vs_nginx": vn, "vs_direct": vd, "cpu_us_per_req": r.cpu_us,
+            "user_us_per_req": r.user_us, "sys_us_per_req": r.sys_us, "non2xx": r.non2xx, "note": r.note,
         }));
     }
     // The goals of issue 6, as far as this run measured them.
@@ -408,7 +421,18 @@ fn report(raw: &Path, meta: &Path, out: &Path) -> anyhow::Result<()> {
         }
     }
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(meta)?)?;
-    let json = serde_json::json!({ "meta": meta, "summary": rows_json, "goals": goals, "runs": raw_json });
+    // What a proxy on hyper + tokio can reach at all here, whatever it does per request.
+    let floor = ratio_of("http", "hyper-floor", "nginx");
+    let hit_of_floor = ratio_of("http", "portcullis-hit", "hyper-floor");
+    if let (Some(f), Some(h)) = (floor, hit_of_floor) {
+        println!("\nreference (no target)");
+        println!("  http: hyper-floor / nginx                    {f:>9.2}x  (a bare hyper + tokio proxy)");
+        println!("  http: cache hit / hyper-floor                {h:>9.2}x");
+    }
+    let reference = serde_json::json!({ "http_floor_vs_nginx": floor, "http_hit_vs_floor": hit_of_floor });
+    let json = serde_json::json!({
+        "meta": meta, "summary": rows_json, "goals": goals, "reference": reference, "runs": raw_json,
+    });
     std::fs::write(out.with_extension("csv"), csv)?;
     std::fs::write(out.with_extension("json"), serde_json::to_string_pretty(&json)?)?;
     Ok(())
