@@ -222,12 +222,13 @@ async fn serve_connection(
     let limits = gw.runtime().config.limits.clone();
     let activity = Arc::new(Activity::new());
     let io = ActivityIo { inner: stream, activity: activity.clone() };
-    let peer = Peer { addr, tls: tls.is_some() };
+    let peer = Peer::new(addr, tls.is_some());
     let seen = activity.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         seen.requested.store(true, Ordering::Relaxed);
         let gw = gw.clone();
-        async move { Ok::<_, Infallible>(dispatch(&gw, req, peer).await) }
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(dispatch(&gw, req, &peer).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -317,7 +318,7 @@ enum Endpoint {
 
 /// Dispatch one request: our OAuth endpoints, or the proxy phases. Writes the access
 /// log line and counts the request.
-async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     // The path only: a query string may carry credentials and never reaches the log.
@@ -377,7 +378,7 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: Peer) -> Response<
     let status = resp.status().as_u16();
     gw.metrics.request(route, status);
     crate::logging::access(&crate::logging::Access {
-        peer: peer.addr.ip(),
+        peer: peer.ip_text(),
         method: method.as_str(),
         path,
         route,

@@ -177,10 +177,26 @@ fn same_when_dashed(a: &str, b: &str) -> bool {
 }
 
 /// Where the request came from, as the listener saw it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub tls: bool,
+    /// The address as text (IPv4-mapped IPv6 shown as IPv4), made once per connection
+    /// for `X-Forwarded-For` and the access log.
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, tls: bool) -> Peer {
+        let text = addr.ip().to_canonical().to_string();
+        // An IP address is always valid header text.
+        let ip = HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, tls, ip }
+    }
+
+    pub fn ip_text(&self) -> &str {
+        self.ip.to_str().unwrap_or("unknown")
+    }
 }
 
 /// Rewrite inbound headers for the upstream: hygiene first, then what we vouch for.
@@ -189,7 +205,7 @@ fn upstream_headers(
     rt: &Runtime,
     route: &Route,
     principal: Option<&Principal>,
-    peer: Peer,
+    peer: &Peer,
     original_host: Option<HeaderValue>,
 ) -> Result<(), ProxyError> {
     join_cookies(headers);
@@ -197,11 +213,12 @@ fn upstream_headers(
     let ids = &rt.config.headers;
     let trusted = rt.config.is_trusted_proxy(peer.addr.ip());
 
-    let ip = peer.addr.ip().to_canonical().to_string();
     // Several X-Forwarded-For lines are one comma-separated list (RFC 9110 §5.3).
     let xff = match headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>() {
-        prior if trusted && !prior.is_empty() => format!("{}, {ip}", prior.join(", ")),
-        _ => ip,
+        prior if trusted && !prior.is_empty() => {
+            HeaderValue::try_from(format!("{}, {}", prior.join(", "), peer.ip_text())).ok()
+        }
+        _ => Some(peer.ip.clone()),
     };
 
     let listed = connection_listed(headers);
@@ -218,7 +235,7 @@ fn upstream_headers(
             || ids.all().iter().any(|id| id.as_str() == n || (n.contains('_') && same_when_dashed(id.as_str(), n)))
     });
 
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
@@ -251,8 +268,8 @@ pub async fn forward<B>(
     route: &Route,
     principal: Option<&Principal>,
     req: Request<B>,
-    peer: Peer,
-    authority: Option<String>,
+    peer: &Peer,
+    original_host: Option<HeaderValue>,
 ) -> Result<Response<Body>, ProxyError>
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
@@ -266,15 +283,21 @@ where
         return Err(ProxyError::PayloadTooLarge);
     }
 
-    let mut path_and_query = super::route::upstream_path(route, parts.uri.path());
-    if let Some(q) = parts.uri.query() {
-        path_and_query.push('?');
-        path_and_query.push_str(q);
-    }
-    // Origin-form: the connection already says which upstream this is.
-    let uri = Uri::try_from(path_and_query).map_err(|_| ProxyError::UnsafePath)?;
+    // Origin-form: the connection already says which upstream this is. When the route
+    // maps the path unchanged, the request's own (already parsed) target is reused.
+    let uri = match (super::route::upstream_path(route, parts.uri.path()), parts.uri.path_and_query()) {
+        (None, Some(unchanged)) => Uri::from(unchanged.clone()),
+        (mapped, _) => {
+            let path = parts.uri.path();
+            let mut target = mapped.unwrap_or_else(|| if path.is_empty() { "/" } else { path }.to_string());
+            if let Some(q) = parts.uri.query() {
+                target.push('?');
+                target.push_str(q);
+            }
+            Uri::try_from(target).map_err(|_| ProxyError::UnsafePath)?
+        }
+    };
 
-    let original_host = authority.and_then(|a| HeaderValue::from_str(&a).ok());
     upstream_headers(&mut parts.headers, rt, route, principal, peer, original_host)?;
     parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
     parts.uri = uri;

@@ -10,7 +10,7 @@ pub mod route;
 
 use std::sync::Arc;
 
-use http::{Request, Response, header};
+use http::{HeaderValue, Request, Response, header};
 use http_body::Body as HttpBody;
 
 use crate::config::Route;
@@ -38,7 +38,7 @@ impl Outcome {
     }
 }
 
-pub async fn handle<B>(gw: &Gateway, req: Request<B>, peer: Peer) -> (Response<Body>, Outcome)
+pub async fn handle<B>(gw: &Gateway, req: Request<B>, peer: &Peer) -> (Response<Body>, Outcome)
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
@@ -66,7 +66,7 @@ async fn run<B>(
     gw: &Gateway,
     rt: &crate::state::Runtime,
     req: Request<B>,
-    peer: Peer,
+    peer: &Peer,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError>
 where
@@ -78,7 +78,7 @@ where
         return Err(ProxyError::UnsafePath);
     }
     let authority = request_authority(&req)?;
-    let host = authority.as_deref().map(strip_port);
+    let host = authority.as_ref().and_then(|a| a.to_str().ok()).map(strip_port);
     let route: &Arc<_> = route::route(&rt.config.routes, host, req.method(), path).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route.clone());
 
@@ -102,18 +102,23 @@ where
 /// The authority the caller addressed: `:authority` (HTTP/2) or the absolute-form target,
 /// else the Host header. When both are present they must name the same host (RFC 9113
 /// §8.3.1, RFC 9112 §3.2.2), so routing and `X-Forwarded-Host` cannot disagree.
-fn request_authority<B>(req: &Request<B>) -> Result<Option<String>, ProxyError> {
-    let from_uri = req.uri().authority().map(|a| a.as_str().to_string());
+/// Always valid ASCII text.
+fn request_authority<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
+    let from_uri = req.uri().authority();
     let from_header = match req.headers().get(header::HOST) {
-        Some(h) => Some(h.to_str().map_err(|_| ProxyError::MalformedRequest("Host header is not ASCII"))?.to_string()),
+        Some(h) => Some((h, h.to_str().map_err(|_| ProxyError::MalformedRequest("Host header is not ASCII"))?)),
         None => None,
     };
     match (from_uri, from_header) {
-        (Some(u), Some(h)) if !strip_port(&u).eq_ignore_ascii_case(strip_port(&h)) => {
+        (Some(u), Some((_, h))) if !strip_port(u.as_str()).eq_ignore_ascii_case(strip_port(h)) => {
             Err(ProxyError::MalformedRequest("Host header differs from the request target"))
         }
-        (Some(u), _) => Ok(Some(u)),
-        (None, h) => Ok(h),
+        (Some(u), _) => HeaderValue::from_str(u.as_str())
+            .map(Some)
+            .map_err(|_| ProxyError::MalformedRequest("request target authority is not valid")),
+        // The header as received: cloning it shares its bytes.
+        (None, Some((h, _))) => Ok(Some(h.clone())),
+        (None, None) => Ok(None),
     }
 }
 

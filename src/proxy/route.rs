@@ -58,15 +58,18 @@ pub fn is_safe_path(path: &str) -> bool {
 }
 
 /// The path the upstream sees: the upstream's base path, then the request path with the
-/// route prefix removed when the route says so.
-pub fn upstream_path(route: &Route, path: &str) -> String {
-    let rest =
-        if route.strip_prefix && route.prefix != "/" { &path[route.prefix.len().min(path.len())..] } else { path };
+/// route prefix removed when the route says so. `None` when that is `path` itself.
+pub fn upstream_path(route: &Route, path: &str) -> Option<String> {
+    let stripping = route.strip_prefix && route.prefix != "/";
+    if !stripping && route.upstream.base_path.is_empty() {
+        return None;
+    }
+    let rest = if stripping { &path[route.prefix.len().min(path.len())..] } else { path };
     let rest = if rest.is_empty() { "/" } else { rest };
     let mut out = String::with_capacity(route.upstream.base_path.len() + rest.len());
     out.push_str(&route.upstream.base_path);
     out.push_str(rest);
-    out
+    Some(out)
 }
 
 #[cfg(test)]
