@@ -133,6 +133,10 @@ key = "$ETC/tls.key"
 address = "127.0.0.1:$PCADMIN"
 [cache]
 max_tokens = $CACHE_TOKENS
+# Every request comes from one address: the per-IP limit would answer most of the token
+# endpoint's with 429 (measuring the limiter, not issuance).
+[rate_limit]
+enabled = false
 [store]
 path = "$RUN/portcullis.redb"
 [[key]]
@@ -418,6 +422,9 @@ run() { # round proto scenario
     user_us=$(per_req $((user1 - user0)))
     sys_us=$(per_req $((sys1 - sys0)))
     [ -n "$errors" ] && note="wrk: ${errors#*: }"
+    if [ "$want" = 200 ] && [ "${non2xx:-0}" -gt 0 ]; then
+        note="${note:+$note; }NOT VALID: ${non2xx} answers were not 2xx"
+    fi
     if [[ $name == portcullis-hit || $name == portcullis-miss ]]; then
         local hits miss
         hits=$(($(metric portcullis_validation_cache_hits_total) - hits0))
