@@ -1173,9 +1173,12 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     assert!(accepted(&up) <= after_burst + 2, "{} connections after reuse, {after_burst} before", accepted(&up));
 }
 
-/// An upstream that answers one request per connection and then closes it without saying
-/// so (no `Connection: close`): every idle connection the gateway keeps goes stale.
-async fn one_shot_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+/// An upstream that answers one request per connection and then, `close_after` later,
+/// closes it without saying so (no `Connection: close`): every idle connection the gateway
+/// keeps goes stale.
+async fn one_shot_upstream(
+    close_after: std::time::Duration,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1194,6 +1197,7 @@ async fn one_shot_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>
                     }
                 }
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                tokio::time::sleep(close_after).await;
                 let _ = s.shutdown().await;
             });
         }
@@ -1203,8 +1207,19 @@ async fn one_shot_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>
 
 #[tokio::test]
 async fn stale_idle_upstream_connections_are_replaced_without_failing_requests() {
+    stale_connections_are_replaced(std::time::Duration::ZERO).await;
+}
+
+/// The close arrives while the connection sits idle in the pool (as with an upstream whose
+/// keep-alive timeout is shorter than the gateway's), not while the response is read.
+#[tokio::test]
+async fn upstream_connections_closed_while_idle_are_replaced_without_failing_requests() {
+    stale_connections_are_replaced(std::time::Duration::from_millis(30)).await;
+}
+
+async fn stale_connections_are_replaced(close_after: std::time::Duration) {
     let up = EchoUpstream::start().await;
-    let (addr, count, task) = one_shot_upstream().await;
+    let (addr, count, task) = one_shot_upstream(close_after).await;
     let extra = format!("[[route]]\nprefix = \"/once\"\nupstream = \"http://{addr}\"\nscopes = [\"read\"]\n");
     let gw = TestGateway::start_with(up.addr, &extra).await;
     let token = svc_token(&gw).await;
@@ -1214,7 +1229,7 @@ async fn stale_idle_upstream_connections_are_replaced_without_failing_requests()
         assert_eq!(resp.text().await.unwrap(), "ok");
         // Let the upstream's close arrive before the next request, as it would between
         // requests that are not back to back.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(close_after + std::time::Duration::from_millis(30)).await;
     }
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 10);
     task.abort();

@@ -213,15 +213,17 @@ fn upstream_headers(
     let ids = &rt.config.headers;
     let trusted = rt.config.is_trusted_proxy(peer.addr.ip());
 
-    // Several X-Forwarded-For lines are one comma-separated list (RFC 9110 §5.3).
+    let listed = connection_listed(headers);
+    // Several X-Forwarded-For lines are one comma-separated list (RFC 9110 §5.3); one the
+    // Connection header names is hop-by-hop and not kept.
+    let prior_kept = trusted && !listed.contains(&X_FORWARDED_FOR);
     let xff = match headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>() {
-        prior if trusted && !prior.is_empty() => {
+        prior if prior_kept && !prior.is_empty() => {
             HeaderValue::try_from(format!("{}, {}", prior.join(", "), peer.ip_text())).ok()
         }
         _ => Some(peer.ip.clone()),
     };
 
-    let listed = connection_listed(headers);
     remove_where(headers, |name| {
         let n = name.as_str();
         is_hop_by_hop(n)

@@ -107,10 +107,13 @@ impl Pool {
                 Some(conn) => (conn, true),
                 None => (self.connect(&key).await?, false),
             };
-            let ready = poll_fn(|cx| match conn.sender.poll_ready(cx) {
-                Poll::Ready(r) => Poll::Ready(r.is_ok()),
-                Poll::Pending if conn.drive(cx) => Poll::Ready(false),
-                Poll::Pending => conn.sender.poll_ready(cx).map(|r| r.is_ok()),
+            // Drive first: on an idle connection hyper reads the socket, which is where an
+            // upstream's close (FIN, close_notify) since the last exchange shows up.
+            let ready = poll_fn(|cx| {
+                if conn.drive(cx) {
+                    return Poll::Ready(false);
+                }
+                conn.sender.poll_ready(cx).map(|r| r.is_ok())
             })
             .await;
             if !ready {
@@ -121,18 +124,20 @@ impl Pool {
             }
 
             let mut response = pin!(conn.sender.try_send_request(req));
-            let mut finished = false;
+            let mut conn = Some(conn);
             let result = poll_fn(|cx| {
                 if let Poll::Ready(r) = response.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
-                if finished {
-                    return Poll::Ready(None);
+                let Some(c) = conn.as_mut() else { return Poll::Ready(None) };
+                if c.drive(cx) {
+                    // Finished: dropping it fails the exchange, and hands back a request
+                    // that was never written (the upstream closed first), to retry below.
+                    conn = None;
                 }
-                finished = conn.drive(cx);
                 match response.as_mut().poll(cx) {
                     Poll::Ready(r) => Poll::Ready(Some(r)),
-                    Poll::Pending if finished => Poll::Ready(None),
+                    Poll::Pending if conn.is_none() => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }
             })
@@ -140,7 +145,6 @@ impl Pool {
             match result {
                 Some(Ok(resp)) => {
                     let (parts, body) = resp.into_parts();
-                    let conn = if finished { None } else { Some(conn) };
                     let mut body = UpstreamBody { body, conn, key, pool: Arc::downgrade(self) };
                     // A body with nothing in it (HEAD, 204, 304, length 0) may never be
                     // polled: the connection is free now.
@@ -198,11 +202,16 @@ impl Pool {
         }
     }
 
+    /// Close idle connections past their time or closed by the upstream (one poll each
+    /// reads the close), so that they do not linger half-closed.
     fn sweep_idle(&self) {
         let now = Instant::now();
+        let mut cx = Context::from_waker(Waker::noop());
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         for list in idle.values_mut() {
-            list.retain(|c| now.duration_since(c.idle_since) < self.idle_timeout && !c.sender.is_closed());
+            list.retain_mut(|c| {
+                now.duration_since(c.idle_since) < self.idle_timeout && !c.sender.is_closed() && !c.drive(&mut cx)
+            });
         }
         idle.retain(|_, list| !list.is_empty());
     }
