@@ -864,17 +864,7 @@ async fn slowloris_headers_are_cut_off_after_the_header_read_timeout() {
     eprintln!("slowloris (plaintext) cut after {cut:?}");
 
     // Over TLS: a completed handshake, then headers that never end.
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    portcullis::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(gw.pki.ca_pem.as_bytes()).unwrap()).unwrap();
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(gw.https).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_connect(&gw).await;
     let started = Instant::now();
     tls.write_all(b"GET /public/slow HTTP/1.1\r\nHost: x\r\nX-Slow: a").await.unwrap();
     tls.flush().await.unwrap();

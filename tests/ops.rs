@@ -392,14 +392,7 @@ async fn bad_configs_are_refused_with_file_and_line_and_the_old_one_keeps_servin
 
 /// The leaf certificate a new TLS connection is served.
 async fn served_certificate(gw: &TestGateway) -> Vec<u8> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(gw.pki.ca_pem.as_bytes()).unwrap()).unwrap();
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
+    let tls = tls_connect(gw).await;
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 

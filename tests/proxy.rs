@@ -148,18 +148,7 @@ async fn raw_plain(addr: SocketAddr, head: &str, body: &[u8]) -> RawResponse {
 }
 
 async fn raw_tls(gw: &TestGateway, head: &str, body: &[u8]) -> RawResponse {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    portcullis::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(gw.pki.ca_pem.as_bytes()).unwrap()).unwrap();
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(gw.https).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    raw_exchange(tls, head, body).await
+    raw_exchange(tls_connect(gw).await, head, body).await
 }
 
 // ---------------------------------------------------------------------------------------
