@@ -386,6 +386,24 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
         latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         client_id: client_id.unwrap_or("-"),
     });
+    if method == http::Method::HEAD { headers_only(resp) } else { resp }
+}
+
+/// The answer to a HEAD request: the head of what GET would send, and no body. hyper drops
+/// the body itself on HTTP/1.1 but sends it in DATA frames on HTTP/2 (a protocol error the
+/// client sees), so every answer we build is emptied here. A proxied answer to HEAD is
+/// already empty and left alone.
+fn headers_only(mut resp: Response<Body>) -> Response<Body> {
+    use http_body::Body as _;
+    if resp.body().is_end_stream() {
+        return resp;
+    }
+    if !resp.headers().contains_key(http::header::CONTENT_LENGTH)
+        && let Some(len) = resp.body().size_hint().exact()
+    {
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    }
+    *resp.body_mut() = crate::http::full(bytes::Bytes::new());
     resp
 }
 

@@ -1240,3 +1240,105 @@ async fn an_abandoned_response_closes_its_upstream_connection_and_the_next_reque
     // The abandoned connections were not reused (their responses were unfinished).
     assert!(accepted(&up) >= 2, "{}", accepted(&up));
 }
+
+// ---------------------------------------------------------------------------------------
+// HEAD: headers only, on both protocols, for every answer the gateway builds itself.
+
+/// One request over a fresh HTTP/2 connection (ALPN h2) with a raw h2 client: the response
+/// head, whether its HEADERS frame ended the stream, and every DATA byte that followed.
+async fn h2_exchange(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (http::response::Parts, bool, Vec<u8>) {
+    let tls = tls_connect_alpn(gw, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = http::Request::builder().method(method).uri(gw.url(path));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let (resp, _) = send.send_request(req.body(()).unwrap(), true).unwrap();
+    let resp = resp.await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let (parts, mut body) = resp.into_parts();
+    let ended = body.is_end_stream();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("{method} {path}: stream error {e}"));
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    (parts, ended, data)
+}
+
+/// The paths to HEAD and the status each answers with.
+async fn head_cases(gw: &TestGateway, dead_route: bool) -> Vec<(&'static str, Option<String>, u16)> {
+    let token = svc_token(gw).await;
+    let mut cases = vec![
+        ("/.well-known/jwks.json", None, 200),
+        ("/.well-known/oauth-authorization-server", None, 200),
+        ("/oauth/token", None, 405),
+        ("/api/x", None, 401),
+        ("/admin/x", Some(token.clone()), 403),
+        ("/nowhere", Some(token.clone()), 404),
+        // Proxied: the upstream's HEAD answer has no body already.
+        ("/api/head", Some(token.clone()), 200),
+    ];
+    if dead_route {
+        cases.push(("/dead/x", Some(token), 502));
+    }
+    cases
+}
+
+fn dead_route_toml() -> String {
+    "[[route]]\nprefix = \"/dead\"\nupstream = \"http://127.0.0.1:1\"\nscopes = [\"read\"]\n".to_string()
+}
+
+#[tokio::test]
+async fn head_over_http2_sends_headers_only() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = format!("{}\n{}", config_toml(dir.path(), &pki, up.addr, ""), dead_route_toml());
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    for (path, token, status) in head_cases(&gw, true).await {
+        let (get, _, get_body) = h2_exchange(&gw, "GET", path, token.as_deref()).await;
+        assert_eq!(get.status, status, "GET {path}");
+        let (head, ended, body) = h2_exchange(&gw, "HEAD", path, token.as_deref()).await;
+        assert_eq!(head.status, status, "HEAD {path}");
+        assert!(body.is_empty(), "HEAD {path} sent a body over HTTP/2: {:?}", String::from_utf8_lossy(&body));
+        assert!(ended, "HEAD {path}: the HEADERS frame must end the stream");
+        // What GET would send, when the gateway knows it; never a made-up length.
+        if let Some(len) = head.headers.get("content-length") {
+            if path != "/api/head" {
+                assert_eq!(len.to_str().unwrap(), get_body.len().to_string(), "HEAD {path}");
+            }
+        }
+        assert_eq!(head.headers.get("content-type"), get.headers.get("content-type"), "HEAD {path}");
+    }
+}
+
+#[tokio::test]
+async fn head_over_http1_sends_headers_only() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = format!("{}\n{}", config_toml(dir.path(), &pki, up.addr, ""), dead_route_toml());
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    for (path, token, status) in head_cases(&gw, true).await {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let head = format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n");
+        let mut s = tls_connect(&gw).await;
+        s.write_all(format!("{head}\r\n").as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+        let text = String::from_utf8_lossy(&buf[..end]);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "HEAD {path}: {text}");
+        assert!(buf[end..].is_empty(), "HEAD {path} sent a body: {:?}", String::from_utf8_lossy(&buf[end..]));
+    }
+}
