@@ -1,5 +1,6 @@
-//! Listeners and connections: accept, TLS, HTTP/1.1 or HTTP/2 (hyper-util auto), limits
-//! and timeouts, graceful shutdown, and the dispatch of each request.
+//! Listeners and connections: accept, TLS, HTTP/1.1 or HTTP/2 (by ALPN on TLS, by the first
+//! bytes on plaintext), limits and timeouts, graceful shutdown, and the dispatch of each
+//! request.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -230,21 +231,16 @@ async fn serve_connection(
         let peer = peer.clone();
         async move { Ok::<_, Infallible>(dispatch(&gw, req, &peer).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-
     let served = match tls {
         Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
             Ok(Ok(tls_stream)) => {
+                // ALPN decides, not the first bytes: an h2 connection is never served
+                // HTTP/1.1, and one that chose http/1.1 (or nothing) never HTTP/2.
+                let protocol = match tls_stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Protocol::Http2,
+                    _ => Protocol::Http1,
+                };
+                let builder = conn_builder(&limits, protocol);
                 let conn = builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned();
                 run_until_idle(graceful.watch(conn), &activity, &limits).await
             }
@@ -258,6 +254,8 @@ async fn serve_connection(
             }
         },
         None => {
+            // Plaintext has no ALPN: the first bytes tell HTTP/1.1 from h2c prior knowledge.
+            let builder = conn_builder(&limits, Protocol::Sniff);
             let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
             run_until_idle(graceful.watch(conn), &activity, &limits).await
         }
@@ -265,6 +263,35 @@ async fn serve_connection(
     if let Err(e) = served {
         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
     }
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// Decided by the first bytes (plaintext only).
+    Sniff,
+}
+
+fn conn_builder(limits: &Limits, protocol: Protocol) -> auto::Builder<TokioExecutor> {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+        Protocol::Sniff => builder,
+    };
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
 }
 
 type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;

@@ -1342,3 +1342,64 @@ async fn head_over_http1_sends_headers_only() {
         assert!(buf[end..].is_empty(), "HEAD {path} sent a body: {:?}", String::from_utf8_lossy(&buf[end..]));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// ALPN decides the protocol on TLS: no sniffing of the first bytes there.
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Offer `alpn`, send `bytes`, and read what comes back until the gateway closes.
+async fn tls_bytes(gw: &TestGateway, alpn: &[&[u8]], bytes: &[u8]) -> (Option<Vec<u8>>, Vec<u8>) {
+    let mut s = tls_connect_alpn(gw, alpn).await;
+    let negotiated = s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    s.write_all(bytes).await.unwrap();
+    s.flush().await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the gateway neither answered nor closed: {:?}", String::from_utf8_lossy(&buf));
+    (negotiated, buf)
+}
+
+#[tokio::test]
+async fn h2_by_alpn_is_never_served_http1() {
+    let (_up, gw) = setup().await;
+    let (alpn, buf) = tls_bytes(&gw, &[b"h2"], b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert!(!buf.starts_with(b"HTTP/"), "answered HTTP/1.x on an h2 connection: {:?}", String::from_utf8_lossy(&buf));
+    // If anything came back, it is HTTP/2 frames (a GOAWAY), not an HTTP/1 message.
+    if buf.len() >= 9 {
+        assert!(matches!(buf[3], 0x04 | 0x07), "first frame type {:#x}", buf[3]);
+    }
+}
+
+#[tokio::test]
+async fn http1_by_alpn_or_no_alpn_is_never_served_h2() {
+    let (_up, gw) = setup().await;
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let (negotiated, buf) = tls_bytes(&gw, alpn, H2_PREFACE).await;
+        assert_eq!(negotiated.as_deref(), alpn.first().copied());
+        // An HTTP/2 server answers the preface with a SETTINGS frame (type 4).
+        assert!(
+            buf.is_empty() || buf.starts_with(b"HTTP/1.1 "),
+            "ALPN {alpn:?}: the h2 preface was served as HTTP/2: {buf:?}"
+        );
+        // And HTTP/1.1 itself works there.
+        let (_, buf) = tls_bytes(
+            &gw,
+            alpn,
+            b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(buf.starts_with(b"HTTP/1.1 200 "), "ALPN {alpn:?}: {:?}", String::from_utf8_lossy(&buf));
+    }
+}
+
+#[tokio::test]
+async fn plaintext_listener_still_takes_h2_prior_knowledge() {
+    let (_up, gw) = setup().await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(H2_PREFACE).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut head)).await.unwrap().unwrap();
+    assert_eq!(head[3], 0x04, "a SETTINGS frame first: {head:?}");
+}
