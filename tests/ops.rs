@@ -906,3 +906,45 @@ async fn the_binary_logs_one_json_access_line_per_request_without_secrets_and_re
         }
     }
 }
+
+/// Run the binary with `args`, its stdout a pipe whose reading end is already closed (as
+/// under `| head -1` once head has its line): every subcommand that prints must end
+/// quietly, without a panic or a backtrace.
+fn run_into_closed_pipe(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin);
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn cli_output_into_a_closed_pipe_ends_quietly() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml");
+    let cases: [(&[&str], &[u8]); 5] = [
+        (&["check", "--config", config], b""),
+        (&["hash-secret"], b"s3cret\n"),
+        (&["gen-key"], b""),
+        (&["--help"], b""),
+        (&["--version"], b""),
+    ];
+    for (args, stdin) in cases {
+        let out = run_into_closed_pipe(args, stdin);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("backtrace"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+    }
+}
