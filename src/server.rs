@@ -223,13 +223,20 @@ async fn serve_connection(
     let limits = gw.runtime().config.limits.clone();
     let activity = Arc::new(Activity::new());
     let io = ActivityIo { inner: stream, activity: activity.clone() };
-    let peer = Peer::new(addr, tls.is_some());
+    let over_tls = tls.is_some();
+    let peer = Peer::new(addr, over_tls);
     let seen = activity.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         seen.requested.store(true, Ordering::Relaxed);
         let gw = gw.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(dispatch(&gw, req, &peer).await) }
+        async move {
+            let mut resp = dispatch(&gw, req, &peer).await;
+            if over_tls {
+                add_hsts(&gw, &mut resp);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let served = match tls {
         Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
@@ -262,6 +269,15 @@ async fn serve_connection(
     };
     if let Err(e) = served {
         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+    }
+}
+
+/// `[tls] hsts`, on every response of a TLS connection (ours and proxied: one policy for
+/// the host, replacing an upstream's own). The config in force decides, so a reload
+/// turns it on or off for the next response.
+fn add_hsts(gw: &Gateway, resp: &mut Response<Body>) {
+    if let Some(value) = gw.runtime().config.tls.as_ref().and_then(|t| t.hsts.clone()) {
+        resp.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, value);
     }
 }
 

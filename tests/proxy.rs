@@ -1403,3 +1403,66 @@ async fn plaintext_listener_still_takes_h2_prior_knowledge() {
     tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut head)).await.unwrap().unwrap();
     assert_eq!(head[3], 0x04, "a SETTINGS frame first: {head:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Strict-Transport-Security: opt-in, TLS connections only.
+
+#[tokio::test]
+async fn hsts_is_sent_on_tls_responses_only_when_configured() {
+    const HSTS: &str = "max-age=31536000; includeSubDomains";
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, up.addr, "").replace("[limits]", &format!("hsts = {HSTS:?}\n\n[limits]"));
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    let token = svc_token(&gw).await;
+    let sts = |resp: &reqwest::Response| {
+        resp.headers()
+            .get_all("strict-transport-security")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    for http2 in [false, true] {
+        let client = https_client(&gw.pki.ca_pem, http2);
+        for (path, auth, status) in [
+            ("/.well-known/jwks.json", false, 200),
+            ("/api/x", true, 200),
+            ("/api/x", false, 401),
+            ("/nowhere", true, 404),
+        ] {
+            let mut req = client.get(gw.url(path));
+            if auth {
+                req = req.bearer_auth(&token);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), status, "{path}");
+            assert_eq!(sts(&resp), vec![HSTS], "{path} over TLS (h2: {http2})");
+        }
+        let resp =
+            client.post(gw.url("/oauth/token")).form(&[("grant_type", "client_credentials")]).send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(sts(&resp), vec![HSTS], "/oauth/token over TLS");
+    }
+    // Never on the plaintext listener, ours or proxied.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    for (path, auth) in [("/.well-known/jwks.json", false), ("/api/x", true), ("/api/x", false)] {
+        let mut req = plain.get(gw.http_url(path));
+        if auth {
+            req = req.bearer_auth(&token);
+        }
+        let resp = req.send().await.unwrap();
+        assert!(sts(&resp).is_empty(), "{path} over plaintext: {:?}", sts(&resp));
+    }
+}
+
+#[tokio::test]
+async fn hsts_is_off_by_default() {
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    for path in ["/.well-known/jwks.json", "/api/x"] {
+        let resp = gw.client().get(gw.url(path)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("strict-transport-security").is_none(), "{path}");
+    }
+}
