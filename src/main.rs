@@ -1,7 +1,7 @@
 //! The `portcullis` command: serve | check | hash-secret | gen-key.
 
-use std::io::Read;
-use std::path::PathBuf;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
@@ -172,36 +172,44 @@ fn check(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("{}: OK", path.display());
-    println!("issuer    {}", config.issuer);
-    println!("audience  {}", config.audience);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    finish_output(print_check(&mut out, &path, &config).and_then(|()| out.flush()))
+}
+
+/// What `check` prints about a valid configuration.
+fn print_check(out: &mut impl Write, path: &Path, config: &Config) -> io::Result<()> {
+    writeln!(out, "{}: OK", path.display())?;
+    writeln!(out, "issuer    {}", config.issuer)?;
+    writeln!(out, "audience  {}", config.audience)?;
     for l in &config.listeners {
-        println!("listener  {} ({})", l.address, if l.tls { "https" } else { "http" });
+        writeln!(out, "listener  {} ({})", l.address, if l.tls { "https" } else { "http" })?;
     }
-    println!("token     POST {}", config.token_path);
-    println!("authorize GET  {} (login and consent pages)", config.authorize_path);
-    println!("revoke    POST {}", config.revoke_path);
-    println!("introspect POST {}", config.introspect_path);
-    println!("metadata  GET  {}", config.metadata_path);
-    println!("jwks      GET  {}", config.jwks_path);
+    writeln!(out, "token     POST {}", config.token_path)?;
+    writeln!(out, "authorize GET  {} (login and consent pages)", config.authorize_path)?;
+    writeln!(out, "revoke    POST {}", config.revoke_path)?;
+    writeln!(out, "introspect POST {}", config.introspect_path)?;
+    writeln!(out, "metadata  GET  {}", config.metadata_path)?;
+    writeln!(out, "jwks      GET  {}", config.jwks_path)?;
     match &config.admin {
-        Some(a) => println!("admin     {} (http: /healthz /readyz /metrics)", a.address),
-        None => println!("admin     disabled"),
+        Some(a) => writeln!(out, "admin     {} (http: /healthz /readyz /metrics)", a.address)?,
+        None => writeln!(out, "admin     disabled")?,
     }
     match &config.store {
-        portcullis::config::StoreConfig::Embedded { path } => println!("store     embedded {}", path.display()),
+        portcullis::config::StoreConfig::Embedded { path } => writeln!(out, "store     embedded {}", path.display())?,
         portcullis::config::StoreConfig::Redis { url, key_prefix, .. } => {
             // The URL may carry a password: print only scheme, host and port.
             let shown = url::Url::parse(url)
                 .map(|u| format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or("?"), u.port().unwrap_or(6379)))
                 .unwrap_or_default();
-            println!("store     redis {shown} prefix={key_prefix}");
+            writeln!(out, "store     redis {shown} prefix={key_prefix}")?;
         }
     }
     let r = &config.rate_limit;
     if r.enabled {
         let per_min = |q: portcullis::config::Quota| q.refill_per_sec * 60.0;
-        println!(
+        writeln!(
+            out,
             "limits    per IP {} then {}/s (failure counts {}); per client {} failures, {:.1}/min; per user {} failures, {:.1}/min",
             r.ip.burst,
             r.ip.refill_per_sec,
@@ -210,9 +218,9 @@ fn check(path: PathBuf) -> ExitCode {
             per_min(r.client_failures),
             r.user_failures.burst,
             per_min(r.user_failures),
-        );
+        )?;
     } else {
-        println!("limits    rate limiting disabled");
+        writeln!(out, "limits    rate limiting disabled")?;
     }
     for k in &config.keys {
         let state = if k.file.exists() {
@@ -222,14 +230,15 @@ fn check(path: PathBuf) -> ExitCode {
         } else {
             "MISSING"
         };
-        println!(
+        writeln!(
+            out,
             "key       {} {:?} {} ({}){}",
             k.id,
             k.algorithm,
             k.file.display(),
             state,
             if k.active { "" } else { " verify-only" }
-        );
+        )?;
     }
     let mut clients: Vec<_> = config.clients.values().collect();
     clients.sort_by(|a, b| a.id.cmp(&b.id));
@@ -239,22 +248,24 @@ fn check(path: PathBuf) -> ExitCode {
             grants.push("implicit");
         }
         grants.sort_unstable();
-        println!(
+        writeln!(
+            out,
             "client    {} grants=[{}] scopes=[{}]{}{}",
             c.id,
             grants.join(","),
             c.scopes.join(","),
             c.user.as_ref().map(|u| format!(" user={u}")).unwrap_or_default(),
             if c.enabled { "" } else { " DISABLED" }
-        );
+        )?;
     }
     let mut users: Vec<_> = config.users.values().collect();
     users.sort_by(|a, b| a.username.cmp(&b.username));
     for u in users {
-        println!("user      {}{}", u.username, if u.enabled { "" } else { " DISABLED" });
+        writeln!(out, "user      {}{}", u.username, if u.enabled { "" } else { " DISABLED" })?;
     }
     for r in &config.routes {
-        println!(
+        writeln!(
+            out,
             "route     {}{}{} -> {}://{}{}{}{}",
             r.host.as_deref().map(|h| format!("{h} ")).unwrap_or_default(),
             r.prefix,
@@ -264,9 +275,9 @@ fn check(path: PathBuf) -> ExitCode {
             r.upstream.base_path,
             if r.public { " public".to_string() } else { format!(" scopes=[{}]", r.scopes.join(",")) },
             if r.strip_prefix { " strip_prefix" } else { "" },
-        );
+        )?;
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 fn hash_secret() -> ExitCode {
@@ -283,8 +294,9 @@ fn hash_secret() -> ExitCode {
     let salt = SaltString::generate(&mut OsRng);
     match argon2::Argon2::default().hash_password(secret.as_bytes(), &salt) {
         Ok(hash) => {
-            println!("{hash}");
-            ExitCode::SUCCESS
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            finish_output(writeln!(out, "{hash}").and_then(|()| out.flush()))
         }
         Err(e) => {
             eprintln!("hashing failed: {e}");
@@ -303,8 +315,9 @@ fn gen_key(out: Option<PathBuf>) -> ExitCode {
     };
     match out {
         None => {
-            print!("{pem}");
-            ExitCode::SUCCESS
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            finish_output(out.write_all(pem.as_bytes()).and_then(|()| out.flush()))
         }
         Some(path) => match portcullis::tokens::keys::write_private(&path, pem.as_bytes()) {
             Ok(()) => {
@@ -316,5 +329,18 @@ fn gen_key(out: Option<PathBuf>) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// The end of a command that printed to stdout. A reader that went away (`| head -1`)
+/// ends it quietly and successfully, like any Unix filter; other write errors fail it.
+fn finish_output(written: io::Result<()>) -> ExitCode {
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Listeners and connections: accept, TLS, HTTP/1.1 or HTTP/2 (hyper-util auto), limits
-//! and timeouts, graceful shutdown, and the dispatch of each request.
+//! Listeners and connections: accept, TLS, HTTP/1.1 or HTTP/2 (by ALPN on TLS, by the first
+//! bytes on plaintext), limits and timeouts, graceful shutdown, and the dispatch of each
+//! request.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -222,29 +223,31 @@ async fn serve_connection(
     let limits = gw.runtime().config.limits.clone();
     let activity = Arc::new(Activity::new());
     let io = ActivityIo { inner: stream, activity: activity.clone() };
-    let peer = Peer::new(addr, tls.is_some());
+    let over_tls = tls.is_some();
+    let peer = Peer::new(addr, over_tls);
     let seen = activity.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         seen.requested.store(true, Ordering::Relaxed);
         let gw = gw.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(dispatch(&gw, req, &peer).await) }
+        async move {
+            let mut resp = dispatch(&gw, req, &peer).await;
+            if over_tls {
+                add_hsts(&gw, &mut resp);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-
     let served = match tls {
         Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
             Ok(Ok(tls_stream)) => {
+                // ALPN decides, not the first bytes: an h2 connection is never served
+                // HTTP/1.1, and one that chose http/1.1 (or nothing) never HTTP/2.
+                let protocol = match tls_stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Protocol::Http2,
+                    _ => Protocol::Http1,
+                };
+                let builder = conn_builder(&limits, protocol);
                 let conn = builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned();
                 run_until_idle(graceful.watch(conn), &activity, &limits).await
             }
@@ -258,6 +261,8 @@ async fn serve_connection(
             }
         },
         None => {
+            // Plaintext has no ALPN: the first bytes tell HTTP/1.1 from h2c prior knowledge.
+            let builder = conn_builder(&limits, Protocol::Sniff);
             let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
             run_until_idle(graceful.watch(conn), &activity, &limits).await
         }
@@ -265,6 +270,44 @@ async fn serve_connection(
     if let Err(e) = served {
         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
     }
+}
+
+/// `[tls] hsts`, on every response of a TLS connection (ours and proxied: one policy for
+/// the host, replacing an upstream's own). The config in force decides, so a reload
+/// turns it on or off for the next response.
+fn add_hsts(gw: &Gateway, resp: &mut Response<Body>) {
+    if let Some(value) = gw.runtime().config.tls.as_ref().and_then(|t| t.hsts.clone()) {
+        resp.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, value);
+    }
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// Decided by the first bytes (plaintext only).
+    Sniff,
+}
+
+fn conn_builder(limits: &Limits, protocol: Protocol) -> auto::Builder<TokioExecutor> {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+        Protocol::Sniff => builder,
+    };
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
 }
 
 type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -386,6 +429,24 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
         latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         client_id: client_id.unwrap_or("-"),
     });
+    if method == http::Method::HEAD { headers_only(resp) } else { resp }
+}
+
+/// The answer to a HEAD request: the head of what GET would send, and no body. hyper drops
+/// the body itself on HTTP/1.1 but sends it in DATA frames on HTTP/2 (a protocol error the
+/// client sees), so every answer we build is emptied here. A proxied answer to HEAD is
+/// already empty and left alone.
+fn headers_only(mut resp: Response<Body>) -> Response<Body> {
+    use http_body::Body as _;
+    if resp.body().is_end_stream() {
+        return resp;
+    }
+    if !resp.headers().contains_key(http::header::CONTENT_LENGTH)
+        && let Some(len) = resp.body().size_hint().exact()
+    {
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    }
+    *resp.body_mut() = crate::http::full(bytes::Bytes::new());
     resp
 }
 

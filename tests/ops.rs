@@ -906,3 +906,105 @@ async fn the_binary_logs_one_json_access_line_per_request_without_secrets_and_re
         }
     }
 }
+
+/// Run the binary with `args`, its stdout a pipe whose reading end is already closed (as
+/// under `| head -1` once head has its line): every subcommand that prints must end
+/// quietly, without a panic or a backtrace.
+fn run_into_closed_pipe(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin);
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn cli_output_into_a_closed_pipe_ends_quietly() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml");
+    let cases: [(&[&str], &[u8]); 5] = [
+        (&["check", "--config", config], b""),
+        (&["hash-secret"], b"s3cret\n"),
+        (&["gen-key"], b""),
+        (&["--help"], b""),
+        (&["--version"], b""),
+    ];
+    for (args, stdin) in cases {
+        let out = run_into_closed_pipe(args, stdin);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("backtrace"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { todo.push(path) } else { out.push(path) }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_quick_start_demo_upstream_serves_no_gateway_secret() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).canonicalize().unwrap();
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let commands: Vec<&str> = readme.lines().filter(|l| l.contains("http.server")).collect();
+    assert!(!commands.is_empty(), "the README quick start starts a demo upstream");
+    for line in commands {
+        let args: Vec<&str> = line.split('#').next().unwrap().split_whitespace().collect();
+        let value = |flag: &str| args.iter().position(|a| *a == flag).and_then(|i| args.get(i + 1)).copied();
+        // Loopback only: not the whole network.
+        assert_eq!(value("--bind"), Some("127.0.0.1"), "{line}");
+        // A directory of its own: not the checkout with certs/, keys/ and data/ in it.
+        let dir = value("--directory").unwrap_or_else(|| panic!("no --directory: {line}"));
+        let served = repo.join(dir).canonicalize().unwrap_or_else(|e| panic!("{dir}: {e}"));
+        assert!(!repo.starts_with(&served), "{line} serves the checkout");
+        for file in files_under(&served) {
+            let name = file.to_string_lossy().to_string();
+            assert!(![".pem", ".key", ".redb", ".der"].iter().any(|ext| name.ends_with(ext)), "{name}");
+            let text = std::fs::read(&file).unwrap();
+            assert!(!String::from_utf8_lossy(&text).contains("PRIVATE KEY"), "{name}");
+        }
+        // And none of the example config's generated files lands there.
+        let config = portcullis::config::Config::load(&repo.join("gateway.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let tls = config.tls.as_ref().unwrap();
+        let mut secrets = vec![tls.cert.clone(), tls.key.clone()];
+        secrets.extend(config.keys.iter().map(|k| k.file.clone()));
+        if let portcullis::config::StoreConfig::Embedded { path } = &config.store {
+            secrets.push(path.clone());
+        }
+        for s in secrets {
+            let s = if s.is_absolute() { s } else { repo.join(s) };
+            assert!(!s.starts_with(&served), "{} is under the demo directory {dir}", s.display());
+        }
+    }
+}
+
+#[test]
+fn readme_and_docs_point_only_inside_the_repository() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![repo.join("README.md")];
+    files.extend(files_under(&repo.join("docs")));
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(!text.contains("../shared"), "{} points into ../shared, which a clone does not have", f.display());
+    }
+}

@@ -1240,3 +1240,228 @@ async fn an_abandoned_response_closes_its_upstream_connection_and_the_next_reque
     // The abandoned connections were not reused (their responses were unfinished).
     assert!(accepted(&up) >= 2, "{}", accepted(&up));
 }
+
+// ---------------------------------------------------------------------------------------
+// HEAD: headers only, on both protocols, for every answer the gateway builds itself.
+
+/// One request over a fresh HTTP/2 connection (ALPN h2) with a raw h2 client: the response
+/// head, whether its HEADERS frame ended the stream, and every DATA byte that followed.
+async fn h2_exchange(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (http::response::Parts, bool, Vec<u8>) {
+    let tls = tls_connect_alpn(gw, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = http::Request::builder().method(method).uri(gw.url(path));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let (resp, _) = send.send_request(req.body(()).unwrap(), true).unwrap();
+    let resp = resp.await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let (parts, mut body) = resp.into_parts();
+    let ended = body.is_end_stream();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("{method} {path}: stream error {e}"));
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    (parts, ended, data)
+}
+
+/// The paths to HEAD and the status each answers with.
+async fn head_cases(gw: &TestGateway, dead_route: bool) -> Vec<(&'static str, Option<String>, u16)> {
+    let token = svc_token(gw).await;
+    let mut cases = vec![
+        ("/.well-known/jwks.json", None, 200),
+        ("/.well-known/oauth-authorization-server", None, 200),
+        ("/oauth/token", None, 405),
+        ("/api/x", None, 401),
+        ("/admin/x", Some(token.clone()), 403),
+        ("/nowhere", Some(token.clone()), 404),
+        // Proxied: the upstream's HEAD answer has no body already.
+        ("/api/head", Some(token.clone()), 200),
+    ];
+    if dead_route {
+        cases.push(("/dead/x", Some(token), 502));
+    }
+    cases
+}
+
+fn dead_route_toml() -> String {
+    "[[route]]\nprefix = \"/dead\"\nupstream = \"http://127.0.0.1:1\"\nscopes = [\"read\"]\n".to_string()
+}
+
+#[tokio::test]
+async fn head_over_http2_sends_headers_only() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = format!("{}\n{}", config_toml(dir.path(), &pki, up.addr, ""), dead_route_toml());
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    for (path, token, status) in head_cases(&gw, true).await {
+        let (get, _, get_body) = h2_exchange(&gw, "GET", path, token.as_deref()).await;
+        assert_eq!(get.status, status, "GET {path}");
+        let (head, ended, body) = h2_exchange(&gw, "HEAD", path, token.as_deref()).await;
+        assert_eq!(head.status, status, "HEAD {path}");
+        assert!(body.is_empty(), "HEAD {path} sent a body over HTTP/2: {:?}", String::from_utf8_lossy(&body));
+        assert!(ended, "HEAD {path}: the HEADERS frame must end the stream");
+        // What GET would send (our bodies have a known size); a proxied one is the upstream's.
+        if path != "/api/head" {
+            let len = head.headers.get("content-length").map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(len, Some(get_body.len().to_string()), "HEAD {path}");
+        }
+        assert_eq!(head.headers.get("content-type"), get.headers.get("content-type"), "HEAD {path}");
+    }
+}
+
+#[tokio::test]
+async fn head_over_http1_sends_headers_only() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = format!("{}\n{}", config_toml(dir.path(), &pki, up.addr, ""), dead_route_toml());
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    for (path, token, status) in head_cases(&gw, true).await {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let head = format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n");
+        let mut s = tls_connect(&gw).await;
+        s.write_all(format!("{head}\r\n").as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+        let text = String::from_utf8_lossy(&buf[..end]);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "HEAD {path}: {text}");
+        assert!(buf[end..].is_empty(), "HEAD {path} sent a body: {:?}", String::from_utf8_lossy(&buf[end..]));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ALPN decides the protocol on TLS: no sniffing of the first bytes there.
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Offer `alpn`, send `bytes`, and read what comes back until the gateway closes.
+async fn tls_bytes(gw: &TestGateway, alpn: &[&[u8]], bytes: &[u8]) -> (Option<Vec<u8>>, Vec<u8>) {
+    let mut s = tls_connect_alpn(gw, alpn).await;
+    let negotiated = s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    s.write_all(bytes).await.unwrap();
+    s.flush().await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the gateway neither answered nor closed: {:?}", String::from_utf8_lossy(&buf));
+    (negotiated, buf)
+}
+
+#[tokio::test]
+async fn h2_by_alpn_is_never_served_http1() {
+    let (_up, gw) = setup().await;
+    let (alpn, buf) = tls_bytes(&gw, &[b"h2"], b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert!(!buf.starts_with(b"HTTP/"), "answered HTTP/1.x on an h2 connection: {:?}", String::from_utf8_lossy(&buf));
+    // If anything came back, it is HTTP/2 frames (a GOAWAY), not an HTTP/1 message.
+    if buf.len() >= 9 {
+        assert!(matches!(buf[3], 0x04 | 0x07), "first frame type {:#x}", buf[3]);
+    }
+}
+
+#[tokio::test]
+async fn http1_by_alpn_or_no_alpn_is_never_served_h2() {
+    let (_up, gw) = setup().await;
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let (negotiated, buf) = tls_bytes(&gw, alpn, H2_PREFACE).await;
+        assert_eq!(negotiated.as_deref(), alpn.first().copied());
+        // An HTTP/2 server answers the preface with a SETTINGS frame (type 4).
+        assert!(
+            buf.is_empty() || buf.starts_with(b"HTTP/1.1 "),
+            "ALPN {alpn:?}: the h2 preface was served as HTTP/2: {buf:?}"
+        );
+        // And HTTP/1.1 itself works there.
+        let (_, buf) = tls_bytes(
+            &gw,
+            alpn,
+            b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(buf.starts_with(b"HTTP/1.1 200 "), "ALPN {alpn:?}: {:?}", String::from_utf8_lossy(&buf));
+    }
+}
+
+#[tokio::test]
+async fn plaintext_listener_still_takes_h2_prior_knowledge() {
+    let (_up, gw) = setup().await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(H2_PREFACE).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut head)).await.unwrap().unwrap();
+    assert_eq!(head[3], 0x04, "a SETTINGS frame first: {head:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Strict-Transport-Security: opt-in, TLS connections only.
+
+#[tokio::test]
+async fn hsts_is_sent_on_tls_responses_only_when_configured() {
+    const HSTS: &str = "max-age=31536000; includeSubDomains";
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, up.addr, "").replace("[limits]", &format!("hsts = {HSTS:?}\n\n[limits]"));
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    let token = svc_token(&gw).await;
+    let sts = |resp: &reqwest::Response| {
+        resp.headers()
+            .get_all("strict-transport-security")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    for http2 in [false, true] {
+        let client = https_client(&gw.pki.ca_pem, http2);
+        for (path, auth, status) in [
+            ("/.well-known/jwks.json", false, 200),
+            ("/api/x", true, 200),
+            ("/api/x", false, 401),
+            ("/nowhere", true, 404),
+        ] {
+            let mut req = client.get(gw.url(path));
+            if auth {
+                req = req.bearer_auth(&token);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), status, "{path}");
+            assert_eq!(sts(&resp), vec![HSTS], "{path} over TLS (h2: {http2})");
+        }
+        let resp =
+            client.post(gw.url("/oauth/token")).form(&[("grant_type", "client_credentials")]).send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(sts(&resp), vec![HSTS], "/oauth/token over TLS");
+    }
+    // Never on the plaintext listener, ours or proxied.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    for (path, auth) in [("/.well-known/jwks.json", false), ("/api/x", true), ("/api/x", false)] {
+        let mut req = plain.get(gw.http_url(path));
+        if auth {
+            req = req.bearer_auth(&token);
+        }
+        let resp = req.send().await.unwrap();
+        assert!(sts(&resp).is_empty(), "{path} over plaintext: {:?}", sts(&resp));
+    }
+}
+
+#[tokio::test]
+async fn hsts_is_off_by_default() {
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    for path in ["/.well-known/jwks.json", "/api/x"] {
+        let resp = gw.client().get(gw.url(path)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("strict-transport-security").is_none(), "{path}");
+    }
+}

@@ -107,6 +107,9 @@ pub struct TlsFiles {
     pub dev_certificate: bool,
     /// Where `[tls]` is configured, for errors found when the files are loaded.
     pub line: usize,
+    /// `Strict-Transport-Security` for every response on a TLS connection (never on a
+    /// plaintext one); off unless configured, and refused with a dev certificate.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// The admin listener (health, readiness, metrics).
@@ -375,6 +378,52 @@ impl Validator<'_> {
         }
     }
 
+    /// `[tls] hsts`: `max-age=<seconds>`, then optionally `includeSubDomains` and `preload`,
+    /// separated by `;` (RFC 6797). Refused with `dev_certificate`: a browser that saw the
+    /// header would refuse the host once the self-signed certificate is not trusted.
+    fn hsts(&self, t: &raw::RawTls) -> Result<Option<http::HeaderValue>, ConfigError> {
+        let Some(v) = &t.hsts else { return Ok(None) };
+        let bad = |why: &str| {
+            self.err(
+                v.span(),
+                format!("bad hsts {:?}: {why} (write e.g. \"max-age=31536000; includeSubDomains\")", v.get_ref()),
+            )
+        };
+        let mut max_age = None;
+        let mut seen = Vec::new();
+        for part in v.get_ref().split(';').map(str::trim) {
+            let name = part.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            if seen.contains(&name) {
+                return Err(bad("a directive appears twice"));
+            }
+            match name.as_str() {
+                "max-age" => {
+                    let value = part.split_once('=').map(|(_, v)| v.trim()).unwrap_or("");
+                    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(bad("max-age needs a number of seconds"));
+                    }
+                    max_age = Some(value.parse::<u64>().map_err(|_| bad("max-age is too large"))?);
+                }
+                "includesubdomains" | "preload" if !part.contains('=') => {}
+                "" => return Err(bad("an empty directive")),
+                _ => return Err(bad("directives are max-age, includeSubDomains and preload")),
+            }
+            seen.push(name);
+        }
+        if max_age.is_none() {
+            return Err(bad("max-age is required"));
+        }
+        if t.dev_certificate {
+            return Err(self.err(
+                v.span(),
+                "hsts cannot be used with dev_certificate = true: browsers would then refuse the \
+                 self-signed certificate for max-age seconds; use a real certificate",
+            ));
+        }
+        let value = http::HeaderValue::from_str(v.get_ref().trim()).map_err(|_| bad("not a valid header value"))?;
+        Ok(Some(value))
+    }
+
     fn duration(&self, v: &Option<Spanned<String>>, default: Duration) -> Result<Duration, ConfigError> {
         let Some(v) = v else { return Ok(default) };
         let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
@@ -453,15 +502,19 @@ impl Validator<'_> {
                 line: self.line_of(l.address.span().start),
             });
         }
-        let tls = raw.tls.as_ref().map(|spanned| {
-            let t = spanned.get_ref();
-            TlsFiles {
-                cert: self.path(&t.cert),
-                key: self.path(&t.key),
-                dev_certificate: t.dev_certificate,
-                line: self.line_of(spanned.span().start),
+        let tls = match raw.tls.as_ref() {
+            None => None,
+            Some(spanned) => {
+                let t = spanned.get_ref();
+                Some(TlsFiles {
+                    cert: self.path(&t.cert),
+                    key: self.path(&t.key),
+                    dev_certificate: t.dev_certificate,
+                    line: self.line_of(spanned.span().start),
+                    hsts: self.hsts(t)?,
+                })
             }
-        });
+        };
         if tls.is_none()
             && let Some(l) = raw.listeners.iter().find(|l| l.get_ref().tls.unwrap_or(true))
         {
@@ -1012,6 +1065,26 @@ mod tests {
         let e = parse("[rate_limit]\nclient_failures = 2000000\n").unwrap_err();
         assert_eq!((e.line, e.reason.as_str()), (9, "must be at most 1000000"));
         assert_eq!(parse("[rate_limit]\nper_ip = 1\n").unwrap_err().line, 9);
+    }
+
+    #[test]
+    fn hsts_is_off_by_default_validated_and_refused_with_a_dev_certificate() {
+        let tls = |extra: &str| format!("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{extra}");
+        assert!(parse(&tls("")).unwrap().tls.unwrap().hsts.is_none());
+        for ok in ["max-age=31536000; includeSubDomains", "max-age=0", "max-age=63072000; includeSubDomains; preload"] {
+            let c = parse(&tls(&format!("hsts = {ok:?}\n"))).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(c.tls.unwrap().hsts.unwrap(), ok);
+        }
+        for bad in
+            ["", "includeSubDomains", "max-age=", "max-age=1y", "max-age=1; max-age=2", "max-age=1;", "max-age=1; nope"]
+        {
+            let e = parse(&tls(&format!("hsts = {bad:?}\n"))).unwrap_err();
+            assert_eq!(e.line, 11, "{bad}: {e}");
+            assert!(e.reason.starts_with("bad hsts"), "{bad}: {e}");
+        }
+        let e = parse(&tls("dev_certificate = true\nhsts = \"max-age=60\"\n")).unwrap_err();
+        assert_eq!(e.line, 12, "{e}");
+        assert!(e.reason.contains("dev_certificate"), "{e}");
     }
 
     #[test]

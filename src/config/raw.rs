@@ -89,6 +89,8 @@ pub struct RawTls {
     pub key: String,
     #[serde(default)]
     pub dev_certificate: bool,
+    /// The Strict-Transport-Security value sent on TLS connections (off when absent).
+    pub hsts: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

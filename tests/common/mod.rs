@@ -489,13 +489,21 @@ impl Drop for TestGateway {
 /// A raw TLS connection to the gateway's TLS listener (HTTP/1.1 by ALPN), trusting the
 /// test CA: for requests a URL library would not send as written.
 pub async fn tls_connect(gw: &TestGateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_connect_alpn(gw, &[b"http/1.1"]).await
+}
+
+/// A raw TLS connection offering exactly `alpn` (none when empty).
+pub async fn tls_connect_alpn(
+    gw: &TestGateway,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     portcullis::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(gw.pki.ca_pem.as_bytes()).unwrap()).unwrap();
     let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
