@@ -84,6 +84,9 @@ pub struct Key {
     /// SHA-256 of the key file and of the issuer and audience `validation` checks: a
     /// cached verdict reached under another fingerprint proves nothing under this one.
     pub(crate) fingerprint: [u8; 32],
+    /// A key for the login form's CSRF tokens, derived from this key's file: every replica
+    /// loading the same key files derives the same one, and nobody without the file can.
+    csrf_key: aws_lc_rs::hmac::Key,
 }
 
 /// The keys in force for one configuration.
@@ -144,6 +147,13 @@ impl KeySet {
         &self.signer
     }
 
+    /// The HMAC key binding /authorize CSRF tokens to a login session (or a pre-login
+    /// nonce); derived from the signing key's file, so shared by replicas with the same keys
+    /// and rotated with the signing key.
+    pub fn csrf_key(&self) -> &aws_lc_rs::hmac::Key {
+        &self.signer.csrf_key
+    }
+
     pub fn get(&self, kid: &str) -> Option<&Key> {
         self.by_kid.get(kid).map(|k| k.as_ref())
     }
@@ -176,6 +186,12 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
     }
     let bytes =
         std::fs::read(&kc.file).map_err(|source| KeyError::Read { kid: kc.id.clone(), path: path.clone(), source })?;
+    // HKDF-extract style: HMAC of the secret file bytes under a fixed, public label.
+    let csrf_key = {
+        let label = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"portcullis authorize csrf v1");
+        let prk = aws_lc_rs::hmac::sign(&label, &bytes);
+        aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, prk.as_ref())
+    };
     let fingerprint = {
         let mut policy = bytes.clone();
         for part in [&config.issuer, &config.audience] {
@@ -251,7 +267,18 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
     // RFC 9068 §2.1: typ at+jwt; the verifier picks the key by kid.
     let header = serde_json::json!({ "typ": "at+jwt", "alg": alg_name(kc.algorithm), "kid": kc.id });
     let header_b64 = b64url(header.to_string().as_bytes());
-    Ok(Key { kid: kc.id.clone(), alg, active: kc.active, signer, header_b64, decoding, validation, jwk, fingerprint })
+    Ok(Key {
+        kid: kc.id.clone(),
+        alg,
+        active: kc.active,
+        signer,
+        header_b64,
+        decoding,
+        validation,
+        jwk,
+        fingerprint,
+        csrf_key,
+    })
 }
 
 /// The JOSE `alg` name (RFC 7518 §3.1, RFC 8037 §3.1).
