@@ -163,8 +163,8 @@ impl Fixture {
         let rt = &self.runtime;
         let clients = &rt.config.clients;
         let before = now_secs();
-        let first = self.executor.block_on(self.validator.validate(token, &rt.keys, clients, &self.store));
-        let second = self.executor.block_on(self.validator.validate(token, &rt.keys, clients, &self.store));
+        let first = self.executor.block_on(self.validator.validate(token, &rt.keys, &rt.config, &self.store));
+        let second = self.executor.block_on(self.validator.validate(token, &rt.keys, &rt.config, &self.store));
         if now_secs() == before {
             match (&first, &second) {
                 (Ok(a), Ok(b)) => assert_eq!(a.token_id(), b.token_id()),

@@ -1,6 +1,6 @@
 //! POST /oauth/introspect (RFC 7662): a confidential client (typically a resource server)
 //! asks whether a token is active. Anything invalid, expired, revoked, not ours, or of a
-//! disabled client is simply `{"active": false}` (§2.2).
+//! disabled client or user is simply `{"active": false}` (§2.2).
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -13,7 +13,7 @@ use super::error::OAuthError;
 use super::token::read_post;
 use crate::http::{Body, json};
 use crate::state::{Gateway, Runtime};
-use crate::tokens::validate::inspect;
+use crate::tokens::validate::{check_holder, inspect};
 use crate::tokens::{now_secs, sha256};
 
 pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Caller)
@@ -62,6 +62,7 @@ where
         && !stored.spent
         && stored.grant.client_id == client.id
         && rt.config.clients.get(&stored.grant.client_id).is_some_and(|c| c.enabled)
+        && stored.grant.user.as_deref().is_none_or(|u| super::users::is_active(&rt, u))
     {
         let grant = stored.grant;
         let mut v = json!({
@@ -83,8 +84,9 @@ where
 
 async fn access_token(gw: &Gateway, rt: &Runtime, token: &str, now: u64) -> Result<Option<Value>, OAuthError> {
     let Ok(c) = inspect(token, &rt.keys, now) else { return Ok(None) };
-    let client_ok = rt.config.clients.get(&c.client_id).is_some_and(|cl| cl.enabled);
-    if !client_ok || gw.validator.is_revoked_locally(&c.jti) || gw.store.is_revoked(&c.jti).await? {
+    // The same holder rule as the proxy path: client enabled, user (if any) enabled.
+    let holder_ok = check_holder(&rt.config, &c.client_id, &c.sub).is_ok();
+    if !holder_ok || gw.validator.is_revoked_locally(&c.jti) || gw.store.is_revoked(&c.jti).await? {
         return Ok(Some(inactive()));
     }
     let mut v = json!({
