@@ -278,3 +278,37 @@ async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() 
     let svc = gw.token("svc", SVC_SECRET, None).await;
     assert_eq!(api(&gw, &svc).await, 200);
 }
+
+/// Issue 11: revocation and introspection authenticate clients like the token endpoint,
+/// so a flood from one source is throttled like it (429 with Retry-After).
+#[tokio::test]
+async fn revoke_and_introspect_are_rate_limited_per_source_ip() {
+    let up = EchoUpstream::start().await;
+    let extra = "[rate_limit]\nip_burst = 5\nip_rate = 1\nip_window = \"1h\"\n";
+    let gw = TestGateway::start_with(up.addr, extra).await;
+    for path in ["/oauth/revoke", "/oauth/introspect"] {
+        let mut throttled = None;
+        for i in 0..8 {
+            let resp = gw
+                .client()
+                .post(gw.url(path))
+                .basic_auth("svc", Some(SVC_SECRET))
+                .form(&[("token", "not-a-token")])
+                .send()
+                .await
+                .unwrap();
+            if resp.status() == 429 {
+                let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                let v: Value = resp.json().await.unwrap();
+                assert_eq!(v["error"], "slow_down", "{path}");
+                throttled = Some((i, retry));
+                break;
+            }
+            assert_eq!(resp.status(), 200, "{path} request {i}");
+        }
+        let (i, retry) = throttled.unwrap_or_else(|| panic!("{path}: never throttled"));
+        assert_eq!(i, 5, "{path}: the burst is 5");
+        let secs: u64 = retry.unwrap_or_else(|| panic!("{path}: no Retry-After")).parse().unwrap();
+        assert!((1..=3600).contains(&secs), "{path}: Retry-After {secs}");
+    }
+}

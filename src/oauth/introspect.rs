@@ -2,6 +2,8 @@
 //! asks whether a token is active. Anything invalid, expired, revoked, not ours, or of a
 //! disabled client or user is simply `{"active": false}` (§2.2).
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
@@ -10,27 +12,28 @@ use serde_json::{Value, json};
 use super::Caller;
 use super::client_auth;
 use super::error::OAuthError;
-use super::token::read_post;
+use super::token::{limited, read_post};
 use crate::http::{Body, json};
+use crate::ratelimit::Endpoint;
 use crate::state::{Gateway, Runtime};
 use crate::tokens::validate::{check_holder, inspect};
 use crate::tokens::{now_secs, sha256};
 
-pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Caller)
+/// Answer one introspection request from `source` (rate limited per IP like the token endpoint).
+pub async fn handle<B>(gw: &Gateway, req: Request<B>, source: IpAddr) -> (Response<Body>, Caller)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut outcome = Caller::default();
-    let realm = gw.runtime().config.realm.clone();
-    match introspect(gw, req, &mut outcome).await {
+    match limited(gw, Endpoint::Introspect, source, introspect(gw, req, &mut outcome)).await {
         Ok(v) => {
             let mut resp = json(StatusCode::OK, &v);
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             (resp, outcome)
         }
-        Err(e) => (e.into_response(&realm), outcome),
+        Err((e, realm)) => (e.into_response(&realm), outcome),
     }
 }
 
