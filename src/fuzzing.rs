@@ -128,14 +128,15 @@ impl Fixture {
         self.runtime.config.keys.iter().map(|k| k.id.clone()).collect()
     }
 
-    /// A well-formed access token signed by key `kid` for `client_id`, valid for a day.
+    /// A well-formed access token signed by key `kid` for `client_id`, valid for the
+    /// configured default lifetime.
     pub fn mint(&self, kid: &str, client_id: &str) -> String {
         let now = now_secs();
         let claims = AccessClaims {
             iss: self.runtime.config.issuer.clone(),
             sub: client_id.to_string(),
             aud: self.runtime.config.audience.clone(),
-            exp: now + 86_400,
+            exp: now + self.runtime.config.token_lifetime.as_secs(),
             iat: now,
             jti: crate::tokens::random_token(16),
             client_id: client_id.to_string(),

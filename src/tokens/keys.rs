@@ -84,6 +84,9 @@ pub struct Key {
     /// SHA-256 of the key file and of the issuer and audience `validation` checks: a
     /// cached verdict reached under another fingerprint proves nothing under this one.
     pub(crate) fingerprint: [u8; 32],
+    /// The longest access-token lifetime the configuration can issue (the default and every
+    /// client's): a token claiming a longer `exp - iat` was not minted under it.
+    pub(crate) max_lifetime_secs: u64,
     /// A key for the login form's CSRF tokens, derived from this key's file: every replica
     /// loading the same key files derives the same one, and nobody without the file can.
     csrf_key: aws_lc_rs::hmac::Key,
@@ -186,6 +189,7 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
     }
     let bytes =
         std::fs::read(&kc.file).map_err(|source| KeyError::Read { kid: kc.id.clone(), path: path.clone(), source })?;
+    let max_lifetime_secs = max_lifetime_secs(config);
     // HKDF-extract style: HMAC of the secret file bytes under a fixed, public label.
     let csrf_key = {
         let label = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"portcullis authorize csrf v1");
@@ -198,6 +202,9 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
             policy.push(0);
             policy.extend_from_slice(part.as_bytes());
         }
+        // A shorter ceiling after a reload must reach cached verdicts too.
+        policy.push(0);
+        policy.extend_from_slice(&max_lifetime_secs.to_be_bytes());
         super::sha256(&policy)
     };
     let (signer, decoding, public) = match kc.algorithm {
@@ -277,8 +284,14 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
         validation,
         jwk,
         fingerprint,
+        max_lifetime_secs,
         csrf_key,
     })
+}
+
+/// The longest access-token lifetime `config` can issue.
+fn max_lifetime_secs(config: &Config) -> u64 {
+    config.clients.values().map(|c| c.token_lifetime.as_secs()).fold(config.token_lifetime.as_secs(), u64::max)
 }
 
 /// The JOSE `alg` name (RFC 7518 §3.1, RFC 8037 §3.1).

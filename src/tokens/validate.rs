@@ -122,6 +122,10 @@ pub enum TokenError {
     Revoked,
     #[error("token's user is unknown or disabled")]
     UserInactive,
+    #[error("token header has a crit parameter")]
+    CriticalHeader,
+    #[error("token lifetime exceeds the configured maximum")]
+    LifetimeTooLong,
 }
 
 impl TokenError {
@@ -332,7 +336,24 @@ fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError>
     Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, key.fingerprint, c.exp)
 }
 
+/// RFC 7515 §4.1.11: a `crit` header names extensions the recipient must understand; we
+/// understand none, so any `crit` refuses the token. jsonwebtoken's `Header` does not keep
+/// unknown parameters, so the header segment is read here on its own.
+fn has_crit(token: &str) -> Result<bool, TokenError> {
+    use base64::Engine;
+    let segment = token.split('.').next().ok_or(TokenError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment.trim_end_matches('='))
+        .map_err(|_| TokenError::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    Ok(header.contains_key("crit"))
+}
+
 fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessClaims, &'k Key), TokenError> {
+    if has_crit(token)? {
+        return Err(TokenError::CriticalHeader);
+    }
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
     let key = keys.get(kid).ok_or(TokenError::UnknownKey)?;
@@ -367,6 +388,11 @@ fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessC
     }
     if c.jti.is_empty() || c.client_id.is_empty() || c.sub.is_empty() {
         return Err(TokenError::BadClaims);
+    }
+    // No token we issue lives longer than the longest configured lifetime (iat is required:
+    // a token without one fails to parse above). exp before iat is no lifetime at all.
+    if c.exp < c.iat || c.exp - c.iat > key.max_lifetime_secs.saturating_add(LEEWAY_SECS) {
+        return Err(TokenError::LifetimeTooLong);
     }
     Ok((c, key))
 }
