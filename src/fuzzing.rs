@@ -341,13 +341,15 @@ mod tests {
         }
         assert_eq!(f.validate(&f.mint("ed", "off")), Err(TokenError::ClientDisabled));
         // Found through the jwt target: exp near u64::MAX overflowed `exp + leeway` (a panic
-        // with overflow checks). Such a token is simply valid until then.
+        // with overflow checks). Such a token is now refused (issue 11: no lifetime beyond
+        // the configured maximum), without overflowing on the way.
         let claims = format!(
             r#"{{"iss":"https://gw.fuzz.test","sub":"s","aud":"https://api.fuzz.test","exp":{},"iat":0,"jti":"j","client_id":"svc"}}"#,
             u64::MAX
         );
         let header = br#"{"alg":"EdDSA","typ":"at+jwt","kid":"ed"}"#;
-        assert_eq!(f.validate(&f.sign_segments("ed", header, claims.as_bytes()).unwrap()), Ok(()));
+        let token = f.sign_segments("ed", header, claims.as_bytes()).unwrap();
+        assert_eq!(f.validate(&token), Err(TokenError::LifetimeTooLong));
         assert!(f.authorize_query(b"response_type=token&client_id=web&redirect_uri=https://app.fuzz.test/cb").is_ok());
         assert_eq!(f.authorize_query(b"response_type=code&client_id=web"), Err(StatusCode::BAD_REQUEST));
         assert_eq!(f.authorize_query(b"response_type=code&client_id=conf&scope=nope"), Err(StatusCode::FOUND));
