@@ -75,17 +75,17 @@ fn benches(c: &mut Criterion) {
 
         let validator = Validator::new(100_000);
         let token = mint(&keys, &config);
-        rt.block_on(validator.validate(&token, &keys, &config.clients, store)).expect("valid");
+        rt.block_on(validator.validate(&token, &keys, &config, store)).expect("valid");
         c.bench_function(&format!("validate/hit/{alg}"), |b| {
             b.to_async(&rt)
-                .iter(|| async { black_box(validator.validate(&token, &keys, &config.clients, store).await.is_ok()) })
+                .iter(|| async { black_box(validator.validate(&token, &keys, &config, store).await.is_ok()) })
         });
 
-        let (keys_ref, clients) = (&keys, &config.clients);
+        let (keys_ref, config_ref) = (&keys, &config);
         c.bench_function(&format!("validate/miss/{alg}"), |b| {
             b.to_async(&rt).iter_batched(
                 || (Validator::new(16), mint(&keys, &config)),
-                |(v, t)| async move { black_box(v.validate(&t, keys_ref, clients, store).await.is_ok()) },
+                |(v, t)| async move { black_box(v.validate(&t, keys_ref, config_ref, store).await.is_ok()) },
                 BatchSize::SmallInput,
             )
         });

@@ -194,7 +194,7 @@ scopes = ["read", "write"]
         for _ in 0..count {
             let token = issue(&keys, &grant, now)?.access_token;
             validator
-                .validate(&token, &keys, &config.clients, &store)
+                .validate(&token, &keys, &config, &store)
                 .await
                 .map_err(|e| anyhow::anyhow!("fill token refused: {e}"))?;
         }

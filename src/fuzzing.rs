@@ -128,14 +128,15 @@ impl Fixture {
         self.runtime.config.keys.iter().map(|k| k.id.clone()).collect()
     }
 
-    /// A well-formed access token signed by key `kid` for `client_id`, valid for a day.
+    /// A well-formed access token signed by key `kid` for `client_id`, valid for the
+    /// configured default lifetime.
     pub fn mint(&self, kid: &str, client_id: &str) -> String {
         let now = now_secs();
         let claims = AccessClaims {
             iss: self.runtime.config.issuer.clone(),
             sub: client_id.to_string(),
             aud: self.runtime.config.audience.clone(),
-            exp: now + 86_400,
+            exp: now + self.runtime.config.token_lifetime.as_secs(),
             iat: now,
             jti: crate::tokens::random_token(16),
             client_id: client_id.to_string(),
@@ -163,8 +164,8 @@ impl Fixture {
         let rt = &self.runtime;
         let clients = &rt.config.clients;
         let before = now_secs();
-        let first = self.executor.block_on(self.validator.validate(token, &rt.keys, clients, &self.store));
-        let second = self.executor.block_on(self.validator.validate(token, &rt.keys, clients, &self.store));
+        let first = self.executor.block_on(self.validator.validate(token, &rt.keys, &rt.config, &self.store));
+        let second = self.executor.block_on(self.validator.validate(token, &rt.keys, &rt.config, &self.store));
         if now_secs() == before {
             match (&first, &second) {
                 (Ok(a), Ok(b)) => assert_eq!(a.token_id(), b.token_id()),
@@ -340,13 +341,15 @@ mod tests {
         }
         assert_eq!(f.validate(&f.mint("ed", "off")), Err(TokenError::ClientDisabled));
         // Found through the jwt target: exp near u64::MAX overflowed `exp + leeway` (a panic
-        // with overflow checks). Such a token is simply valid until then.
+        // with overflow checks). Such a token is now refused (issue 11: no lifetime beyond
+        // the configured maximum), without overflowing on the way.
         let claims = format!(
             r#"{{"iss":"https://gw.fuzz.test","sub":"s","aud":"https://api.fuzz.test","exp":{},"iat":0,"jti":"j","client_id":"svc"}}"#,
             u64::MAX
         );
         let header = br#"{"alg":"EdDSA","typ":"at+jwt","kid":"ed"}"#;
-        assert_eq!(f.validate(&f.sign_segments("ed", header, claims.as_bytes()).unwrap()), Ok(()));
+        let token = f.sign_segments("ed", header, claims.as_bytes()).unwrap();
+        assert_eq!(f.validate(&token), Err(TokenError::LifetimeTooLong));
         assert!(f.authorize_query(b"response_type=token&client_id=web&redirect_uri=https://app.fuzz.test/cb").is_ok());
         assert_eq!(f.authorize_query(b"response_type=code&client_id=web"), Err(StatusCode::BAD_REQUEST));
         assert_eq!(f.authorize_query(b"response_type=code&client_id=conf&scope=nope"), Err(StatusCode::FOUND));

@@ -1,4 +1,4 @@
-//! Rate limits on the token endpoint and the login form (DESIGN: "429 + Retry-After").
+//! Rate limits on the token, revocation and introspection endpoints and the login form (DESIGN: "429 + Retry-After").
 //!
 //! Token buckets — a burst, then a steady refill — keyed by source IP, client id and
 //! username, each kept in a bounded moka cache. An entry expires once its bucket would be
@@ -25,6 +25,10 @@ use crate::config::{Config, Quota, RateLimits};
 pub enum Endpoint {
     Token,
     Login,
+    /// RFC 7009 revocation: authenticates clients like the token endpoint, so it is limited like it.
+    Revoke,
+    /// RFC 7662 introspection: likewise.
+    Introspect,
 }
 
 impl Endpoint {
@@ -32,6 +36,8 @@ impl Endpoint {
         match self {
             Endpoint::Token => "token",
             Endpoint::Login => "login",
+            Endpoint::Revoke => "revoke",
+            Endpoint::Introspect => "introspect",
         }
     }
 }
@@ -55,16 +61,20 @@ impl Throttled {
 pub struct RateLimiter {
     token_ip: Buckets<IpAddr>,
     login_ip: Buckets<IpAddr>,
+    revoke_ip: Buckets<IpAddr>,
+    introspect_ip: Buckets<IpAddr>,
     clients: Buckets<String>,
     users: Buckets<String>,
 }
 
 impl RateLimiter {
-    /// `max_tracked` bounds each of the four caches.
+    /// `max_tracked` bounds each of the caches.
     pub fn new(max_tracked: u64) -> Self {
         RateLimiter {
             token_ip: Buckets::new(max_tracked),
             login_ip: Buckets::new(max_tracked),
+            revoke_ip: Buckets::new(max_tracked),
+            introspect_ip: Buckets::new(max_tracked),
             clients: Buckets::new(max_tracked),
             users: Buckets::new(max_tracked),
         }
@@ -74,6 +84,8 @@ impl RateLimiter {
         match endpoint {
             Endpoint::Token => &self.token_ip,
             Endpoint::Login => &self.login_ip,
+            Endpoint::Revoke => &self.revoke_ip,
+            Endpoint::Introspect => &self.introspect_ip,
         }
     }
 
@@ -92,7 +104,9 @@ impl RateLimiter {
         }
     }
 
-    /// Before verifying `client_id`'s secret: reserve one failure, or refuse.
+    /// Before verifying `client_id`'s secret: reserve one failure, or refuse. Unknown ids
+    /// are tracked too (keyed as given, within `max_tracked`), so a 429 says nothing about
+    /// which ids exist.
     pub fn reserve_client(&self, cfg: &RateLimits, client_id: &str) -> Result<(), Throttled> {
         if !cfg.enabled {
             return Ok(());

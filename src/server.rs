@@ -400,12 +400,14 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
             (resp, "oauth:authorize")
         }
         Endpoint::Revoke => {
-            let (resp, outcome) = crate::oauth::revoke::handle(gw, req).await;
+            let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
+            let (resp, outcome) = crate::oauth::revoke::handle(gw, req, source).await;
             oauth_client = outcome.client_id;
             (resp, "oauth:revoke")
         }
         Endpoint::Introspect => {
-            let (resp, outcome) = crate::oauth::introspect::handle(gw, req).await;
+            let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
+            let (resp, outcome) = crate::oauth::introspect::handle(gw, req, source).await;
             oauth_client = outcome.client_id;
             (resp, "oauth:introspect")
         }

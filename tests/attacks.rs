@@ -1221,3 +1221,110 @@ async fn random_inputs_never_5xx_and_the_gateway_keeps_serving() {
     assert_eq!(resp.status(), 200);
     assert!(!gw.task.as_ref().unwrap().is_finished());
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 11: client enumeration, crit headers, token lifetime.
+
+/// Status, body bytes and `WWW-Authenticate` of a client_credentials request.
+async fn token_answer(gw: &TestGateway, id: &str, secret: &str) -> (u16, String, Option<String>) {
+    let resp = gw
+        .client()
+        .post(gw.url("/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let www = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+    (status, resp.text().await.unwrap(), www)
+}
+
+/// An unknown client id and a known one with a wrong secret get the same bytes back, and
+/// the same 429 once the per-client failure budget is spent (timing is not asserted here:
+/// the unknown id runs a dummy argon2 verification, see client_auth.rs).
+#[tokio::test]
+async fn unknown_client_ids_answer_and_throttle_like_wrong_secrets() {
+    let up = EchoUpstream::start().await;
+    let extra = "[rate_limit]\nclient_failures = 3\nclient_failures_window = \"1h\"\n";
+    let gw = TestGateway::start_with(up.addr, extra).await;
+    let mut first = Vec::new();
+    for id in ["svc", "no-such-client"] {
+        let dummy_before = gw.gateway.secrets.dummy_runs();
+        for i in 0..3 {
+            let answer = token_answer(&gw, id, &format!("guess-{i}")).await;
+            assert_eq!(answer.0, 401, "{id} guess {i}: {}", answer.1);
+            if i == 0 {
+                first.push(answer);
+            }
+        }
+        let (c, url) = (gw.client(), gw.url("/oauth/token"));
+        let (status, retry, v) = token_raw(&c, &url, (id, "guess-3"), &[]).await;
+        assert_slow_down(status, retry.as_deref(), &v, 1200, id);
+        // The unknown id paid for an argon2 verification each time it was not throttled.
+        let dummies = gw.gateway.secrets.dummy_runs() - dummy_before;
+        assert_eq!(dummies, if id == "svc" { 0 } else { 3 }, "{id}: dummy verifications");
+    }
+    assert_eq!(first[0], first[1], "known and unknown client ids answered differently");
+    // A public client offered a secret answers the same way too.
+    assert_eq!(token_answer(&gw, "spa", "guess").await, first[0]);
+}
+
+/// A token signed by the gateway's own key with the given header and claims.
+fn signed_with(gw: &TestGateway, header: Value, claims: Value) -> String {
+    use aws_lc_rs::signature::Ed25519KeyPair;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let pem = std::fs::read(gw.dir.path().join("k1.pem")).unwrap();
+    let key = Ed25519KeyPair::from_pkcs8(pem::parse(pem).unwrap().contents()).unwrap();
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).as_ref()))
+}
+
+async fn introspected(gw: &TestGateway, token: &str) -> Value {
+    let resp = gw
+        .client()
+        .post(gw.url("/oauth/introspect"))
+        .basic_auth("svc", Some(SVC_SECRET))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+/// RFC 7515 §4.1.11: a `crit` header names extensions we do not understand, so the token
+/// is refused; and no token may claim a longer life than the configuration issues.
+#[tokio::test]
+async fn tokens_with_crit_or_an_overlong_lifetime_are_refused_even_when_signed_by_our_key() {
+    let (_up, gw) = setup().await;
+    let now = portcullis::tokens::now_secs();
+    let claims = |jti: &str, iat: Option<u64>, exp: u64| {
+        let mut c = serde_json::json!({"iss": ISSUER, "aud": ISSUER, "sub": "svc", "client_id": "svc",
+                                       "scope": "read", "jti": jti, "exp": exp});
+        if let Some(iat) = iat {
+            c["iat"] = iat.into();
+        }
+        c
+    };
+    let header = serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k1"});
+    // The control: a token of ours, minted by hand, is accepted.
+    let good = signed_with(&gw, header.clone(), claims("hand-made", Some(now), now + 600));
+    assert_eq!(proxied(&gw, &good).await.0, 200);
+    assert_eq!(introspected(&gw, &good).await["active"], true);
+
+    let mut crit = header.clone();
+    crit["crit"] = serde_json::json!(["exp"]);
+    let ten_years = 10 * 365 * 86_400;
+    let cases = [
+        ("crit header", signed_with(&gw, crit, claims("crit", Some(now), now + 600))),
+        ("ten-year lifetime", signed_with(&gw, header.clone(), claims("long", Some(now), now + ten_years))),
+        ("missing iat", signed_with(&gw, header.clone(), claims("no-iat", None, now + 600))),
+    ];
+    for (label, token) in &cases {
+        assert_invalid_token(&gw, label, token).await;
+        assert_eq!(introspected(&gw, token).await, serde_json::json!({"active": false}), "{label}");
+    }
+}

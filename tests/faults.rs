@@ -515,3 +515,55 @@ async fn idle_timeout_frees_the_slots_of_idle_connections() {
     assert!(served.is_some());
     drop(held);
 }
+
+/// Issue 11: the store file deleted, or replaced by another file, while the gateway runs.
+/// Writes would go to an inode nobody opens again (and revocations be lost at the next
+/// start), so the gateway says it is not ready and refuses every grant that writes with
+/// 503 temporarily_unavailable. A client_credentials grant writes nothing and still works.
+#[tokio::test]
+async fn store_file_removed_or_replaced_while_running_is_not_ready_and_refuses_writes() {
+    for replace in [false, true] {
+        let up = EchoUpstream::start().await;
+        let gw = TestGateway::start(up.addr).await;
+        let store = gw.dir.path().join("data/portcullis.redb");
+        assert!(store.exists());
+        let readyz = async || reqwest::get(gw.admin_url("/readyz")).await.unwrap().status().as_u16();
+        assert_eq!(readyz().await, 200);
+        let form = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)];
+        let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+        assert_eq!(status, 200, "{v}");
+        let (at, rt) =
+            (v["access_token"].as_str().unwrap().to_string(), v["refresh_token"].as_str().unwrap().to_string());
+
+        std::fs::remove_file(&store).unwrap();
+        if replace {
+            std::fs::write(&store, b"not the store").unwrap();
+        }
+        let label = if replace { "replaced" } else { "removed" };
+        assert!(
+            within(Duration::from_secs(5), async || readyz().await == 503).await.is_some(),
+            "{label}: /readyz stayed ready"
+        );
+        let unavailable = |status: u16, v: &Value, what: &str| {
+            assert_eq!((status, v["error"].as_str()), (503, Some("temporarily_unavailable")), "{label}, {what}: {v}");
+        };
+        let refresh = [("grant_type", "refresh_token"), ("refresh_token", rt.as_str())];
+        let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &refresh).await;
+        unavailable(status, &v, "refresh");
+        let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+        unavailable(status, &v, "password grant with a refresh token");
+        let resp = gw
+            .client()
+            .post(gw.url("/oauth/revoke"))
+            .basic_auth("webapp", Some(SVC_SECRET))
+            .form(&[("token", at.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        unavailable(status, &resp.json().await.unwrap(), "revoke");
+        // Nothing to write: still served.
+        let (status, v) = token_request(&gw, Some(("svc", SVC_SECRET)), &[("grant_type", "client_credentials")]).await;
+        assert_eq!(status, 200, "{label}, client_credentials: {v}");
+    }
+}

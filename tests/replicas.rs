@@ -341,3 +341,43 @@ async fn redis_down_keeps_the_proxy_path_and_grants_recover() {
     assert!(recovered.is_some(), "log B:\n{}", c.log("b"));
     assert_eq!(ready(&c.b).await, 200);
 }
+
+/// Issue 11 across replicas: the CSRF key is derived from the shared signing key, so a
+/// login or consent form served by one replica is accepted by the other; and a user
+/// disabled in each replica's own config (reloaded with SIGHUP) loses every token on
+/// both, cached or not, and their refresh tokens.
+#[tokio::test]
+async fn csrf_tokens_and_a_disabled_user_hold_across_replicas() {
+    let Some(c) = cluster().await else { return };
+    let mut browser = Browser::with_ca(&Pki::create(c.dir.path()).ca_pem);
+    let q = "response_type=code&client_id=webapp&redirect_uri=https%3A%2F%2Fapp.test%2Fcallback&state=s";
+    let login = browser.get(&c.a.url(&format!("/oauth/authorize?{q}"))).await;
+    assert_eq!(login.status, 200);
+    let consent = browser
+        .submit_to(&c.b.url("/oauth/authorize"), &login, &[("username", "alice"), ("password", ALICE_PASSWORD)])
+        .await;
+    assert!(consent.body.contains("Allow access?"), "login form from A refused by B: {}", consent.body);
+    let done = browser.submit_to(&c.a.url("/oauth/authorize"), &consent, &[("decision", "allow")]).await;
+    assert!(done.location_param("code").is_some(), "consent form from B refused by A: {}", done.body);
+
+    let (at, rt) = c.password_tokens(&c.a).await;
+    for r in [&c.a, &c.b, &c.a, &c.b] {
+        assert_eq!(c.get_api(r, &at).await, 200);
+    }
+    for (name, r) in [("a", &c.a), ("b", &c.b)] {
+        let path = c.dir.path().join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let disabled = text.replacen("username = \"alice\"\n", "username = \"alice\"\nenabled = false\n", 1);
+        assert_ne!(text, disabled);
+        std::fs::write(&path, disabled).unwrap();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(r.child.id() as i32, libc::SIGHUP) };
+    }
+    let dead = within(Duration::from_secs(10), async || {
+        c.get_api(&c.a, &at).await == 401 && c.get_api(&c.b, &at).await == 401
+    })
+    .await;
+    assert!(dead.is_some(), "a disabled user's cached token still works on a replica");
+    let (status, v) = c.refresh(&c.b, &rt).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+}

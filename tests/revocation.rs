@@ -205,3 +205,110 @@ async fn revocations_are_counted_and_metadata_lists_the_endpoints() {
     assert_eq!(d["revocation_endpoint"], format!("{ISSUER}/oauth/revoke"));
     assert_eq!(d["introspection_endpoint"], format!("{ISSUER}/oauth/introspect"));
 }
+
+const SPA_VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
+/// An authorization code issued to alice for the public client "spa".
+async fn alice_code(gw: &TestGateway) -> String {
+    let query = [
+        ("response_type", "code"),
+        ("client_id", "spa"),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+        ("code_challenge_method", "S256"),
+    ];
+    let mut b = Browser::new(gw);
+    login_and_consent(&mut b, gw, &query).await.location_param("code").unwrap()
+}
+
+async fn exchange(gw: &TestGateway, code: &str) -> (u16, Value) {
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("client_id", "spa"),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("code_verifier", SPA_VERIFIER),
+    ];
+    post(gw, "/oauth/token", None, &form).await
+}
+
+/// Issue 11: a disabled or deleted user's tokens stop working on the next request, cached
+/// or not, introspect inactive, and neither their refresh tokens nor their codes redeem.
+#[tokio::test]
+async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() {
+    let (_up, gw) = setup().await;
+    let rs = Some(("svc", SVC_SECRET));
+    let (at, rt) = password_tokens(&gw).await;
+    let code = alice_code(&gw).await;
+    assert_eq!(api(&gw, &at).await, 200);
+    assert_eq!(api(&gw, &at).await, 200, "now served from the cache");
+    let uncached = password_tokens(&gw).await.0;
+
+    gw.rewrite_config(|t| t.replacen("username = \"alice\"\n", "username = \"alice\"\nenabled = false\n", 1));
+    assert_eq!(api(&gw, &at).await, 401, "cached token of a disabled user");
+    assert_eq!(api(&gw, &uncached).await, 401, "uncached token of a disabled user");
+    let (_, v) = post(&gw, "/oauth/introspect", rs, &[("token", &at)]).await;
+    assert_eq!(v, json!({"active": false}), "access token of a disabled user");
+    let (_, v) = post(&gw, "/oauth/introspect", Some(("webapp", SVC_SECRET)), &[("token", &rt)]).await;
+    assert_eq!(v, json!({"active": false}), "refresh token of a disabled user");
+    let (status, v) = exchange(&gw, &code).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "code of a disabled user: {v}");
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", rt.as_str())];
+    let (status, v) = post(&gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &refresh).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "refresh of a disabled user: {v}");
+
+    // The rule follows the config: enabled again, the same tokens work again...
+    gw.rewrite_config(|t| t.replacen("username = \"alice\"\nenabled = false\n", "username = \"alice\"\n", 1));
+    assert_eq!(api(&gw, &at).await, 200);
+    // ...and deleted, they fail the same way.
+    let code = alice_code(&gw).await;
+    let block = format!("[[user]]\nusername = \"alice\"\npassword_hash = \"{ALICE_HASH}\"\ndisplay_name = \"Alice\"\n");
+    gw.rewrite_config(|t| {
+        assert!(t.contains(&block));
+        t.replacen(&block, "", 1)
+    });
+    assert_eq!(api(&gw, &at).await, 401, "cached token of a deleted user");
+    let (_, v) = post(&gw, "/oauth/introspect", rs, &[("token", &at)]).await;
+    assert_eq!(v, json!({"active": false}), "access token of a deleted user");
+    let (status, v) = exchange(&gw, &code).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "code of a deleted user: {v}");
+    let (status, v) = post(&gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &refresh).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "refresh of a deleted user: {v}");
+    // Client-only tokens are untouched.
+    let svc = gw.token("svc", SVC_SECRET, None).await;
+    assert_eq!(api(&gw, &svc).await, 200);
+}
+
+/// Issue 11: revocation and introspection authenticate clients like the token endpoint,
+/// so a flood from one source is throttled like it (429 with Retry-After).
+#[tokio::test]
+async fn revoke_and_introspect_are_rate_limited_per_source_ip() {
+    let up = EchoUpstream::start().await;
+    let extra = "[rate_limit]\nip_burst = 5\nip_rate = 1\nip_window = \"1h\"\n";
+    let gw = TestGateway::start_with(up.addr, extra).await;
+    for path in ["/oauth/revoke", "/oauth/introspect"] {
+        let mut throttled = None;
+        for i in 0..8 {
+            let resp = gw
+                .client()
+                .post(gw.url(path))
+                .basic_auth("svc", Some(SVC_SECRET))
+                .form(&[("token", "not-a-token")])
+                .send()
+                .await
+                .unwrap();
+            if resp.status() == 429 {
+                let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                let v: Value = resp.json().await.unwrap();
+                assert_eq!(v["error"], "slow_down", "{path}");
+                throttled = Some((i, retry));
+                break;
+            }
+            assert_eq!(resp.status(), 200, "{path} request {i}");
+        }
+        let (i, retry) = throttled.unwrap_or_else(|| panic!("{path}: never throttled"));
+        assert_eq!(i, 5, "{path}: the burst is 5");
+        let secs: u64 = retry.unwrap_or_else(|| panic!("{path}: no Retry-After")).parse().unwrap();
+        assert!((1..=3600).contains(&secs), "{path}: Retry-After {secs}");
+    }
+}

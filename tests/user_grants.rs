@@ -473,3 +473,50 @@ async fn client_credentials_refresh_works_for_a_linked_user_that_is_not_a_login_
     assert_eq!(claims(v["access_token"].as_str().unwrap())["sub"], "robot");
     assert_eq!(proxied_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
 }
+
+fn field(page: &Page, name: &str) -> String {
+    page.fields().into_iter().find(|(k, _)| k == name).map(|(_, v)| v).unwrap_or_else(|| panic!("no {name} field"))
+}
+
+/// Issue 11: the CSRF token is bound to the login session (or, before login, to the nonce
+/// cookie) with a server key, so a cookie and form value planted together by a sibling
+/// origin or an upstream are refused, and the pre-login token is useless after login.
+#[tokio::test]
+async fn a_planted_csrf_pair_or_the_pre_login_token_cannot_forge_consent() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let login = b.get(&authorize_url(&gw, &spa_query())).await;
+    let pre_login = field(&login, "csrf");
+    let consent = b.submit(&gw, &login, &[("username", "alice"), ("password", ALICE_PASSWORD)]).await;
+    assert!(consent.body.contains("Allow access?"), "{}", consent.body);
+    assert_ne!(field(&consent, "csrf"), pre_login, "a fresh CSRF token at login");
+
+    // The pre-login token (still the value the browser's CSRF cookie was issued with) is refused.
+    let page = b.submit(&gw, &consent, &[("decision", "allow"), ("csrf", &pre_login)]).await;
+    assert_eq!(page.status, 403, "pre-login CSRF accepted after login: {:?}", page.location);
+
+    // A cookie planted next to the genuine session, and a form value equal to it.
+    let planted = "P".repeat(43);
+    b.cookies.insert("__Host-portcullis_csrf".into(), planted.clone());
+    let page = b.submit(&gw, &consent, &[("decision", "allow"), ("csrf", &planted)]).await;
+    assert_eq!(page.status, 403, "planted CSRF pair accepted at consent: {:?}", page.location);
+
+    // The same at the login step: a matching pair the gateway never bound is refused.
+    let mut fresh = Browser::new(&gw);
+    fresh.cookies.insert("__Host-portcullis_csrf".into(), planted.clone());
+    let mut fields = login.fields();
+    fields.retain(|(k, _)| k != "csrf");
+    fields.extend([
+        ("csrf".to_string(), planted.clone()),
+        ("username".to_string(), "alice".to_string()),
+        ("password".to_string(), ALICE_PASSWORD.to_string()),
+    ]);
+    let page = fresh.post(&gw.url("/oauth/authorize"), &fields).await;
+    assert_eq!(page.status, 403, "planted CSRF pair accepted at login");
+    assert!(!fresh.cookies.contains_key("__Host-portcullis_session"));
+
+    // The genuine, session-bound form still works.
+    let done = b.submit(&gw, &consent, &[("decision", "allow")]).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(done.location_param("code").is_some());
+}

@@ -4,10 +4,18 @@
 //!
 //! Errors before the client and redirect URI are known to be genuine are shown as a page,
 //! never redirected (§4.1.2.1); errors after that go back to the client's redirect URI.
+//!
+//! CSRF: a form's `csrf` value is an HMAC, under a key derived from the signing key (so
+//! every replica with the same keys agrees), of what only this browser holds: before
+//! login a random nonce in the CSRF cookie, after login the session id. A cookie planted
+//! by a sibling origin or an upstream cannot be paired with a form value without the key,
+//! and the pre-login value is worthless at the consent step.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use aws_lc_rs::hmac;
+use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
@@ -328,10 +336,54 @@ fn well_formed(v: &str) -> bool {
     (32..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-async fn current_user(gw: &Gateway, rt: &Runtime, headers: &HeaderMap) -> Result<Option<String>, ()> {
+/// What a CSRF token is bound to.
+#[derive(Clone, Copy)]
+enum Binding {
+    /// The random nonce in the CSRF cookie, before login.
+    Nonce = 1,
+    /// The login session id (the session cookie).
+    Session = 2,
+}
+
+/// The form value bound to `value` (a nonce or a session id).
+fn csrf_token(rt: &Runtime, binding: Binding, value: &str) -> String {
+    let mut ctx = hmac::Context::with_key(rt.keys.csrf_key());
+    ctx.update(&[binding as u8]);
+    ctx.update(value.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ctx.sign().as_ref())
+}
+
+/// Is `given` the CSRF token bound to the cookie that `binding` names? Constant-time;
+/// false when the cookie is missing or malformed.
+fn csrf_matches(rt: &Runtime, headers: &HeaderMap, binding: Binding, given: Option<&str>) -> bool {
+    let name = match binding {
+        Binding::Nonce => CSRF_COOKIE,
+        Binding::Session => SESSION_COOKIE,
+    };
+    match (cookie(headers, name).filter(|v| well_formed(v)), given) {
+        (Some(value), Some(given)) => bool::from(csrf_token(rt, binding, value).as_bytes().ct_eq(given.as_bytes())),
+        _ => false,
+    }
+}
+
+/// The pre-login CSRF token for this browser, and the nonce to set as its cookie when it
+/// has none yet.
+fn login_csrf(rt: &Runtime, headers: &HeaderMap) -> (String, Option<String>) {
+    match cookie(headers, CSRF_COOKIE).filter(|v| well_formed(v)) {
+        Some(nonce) => (csrf_token(rt, Binding::Nonce, nonce), None),
+        None => {
+            let nonce = random_token(32);
+            (csrf_token(rt, Binding::Nonce, &nonce), Some(nonce))
+        }
+    }
+}
+
+/// The logged-in user and their session id, if the session cookie names a live session
+/// of an active user.
+async fn current_user(gw: &Gateway, rt: &Runtime, headers: &HeaderMap) -> Result<Option<(String, String)>, ()> {
     let Some(id) = cookie(headers, SESSION_COOKIE).filter(|v| well_formed(v)) else { return Ok(None) };
     match gw.store.get_session(sha256(id.as_bytes()), now_secs()).await {
-        Ok(Some(s)) if users::is_active(rt, &s.user) => Ok(Some(s.user)),
+        Ok(Some(s)) if users::is_active(rt, &s.user) => Ok(Some((s.user, id.to_string()))),
         Ok(_) => Ok(None),
         Err(e) => {
             tracing::error!(error = %e, "session lookup failed");
@@ -351,24 +403,35 @@ fn unavailable(req: &AuthRequest, post: bool) -> Response<Body> {
     )
 }
 
+/// The login page, with a CSRF token bound to this browser's nonce (set if it has none).
+fn login_page(rt: &Runtime, headers: &HeaderMap, req: &AuthRequest, raw_scope: &str) -> Response<Body> {
+    let (csrf, new_nonce) = login_csrf(rt, headers);
+    let action = &rt.config.authorize_path;
+    let mut resp = pages::login(action, &req.client.name, &carried(req, raw_scope, &csrf), None);
+    if let Some(nonce) = new_nonce {
+        set_cookie(&mut resp, CSRF_COOKIE, &nonce, rt.config.session_lifetime.as_secs());
+    }
+    resp
+}
+
+/// The consent page, with a CSRF token bound to the session `session_id`.
+fn consent_page(rt: &Runtime, req: &AuthRequest, raw_scope: &str, user: &str, session_id: &str) -> Response<Body> {
+    let csrf = csrf_token(rt, Binding::Session, session_id);
+    let action = &rt.config.authorize_path;
+    pages::consent(action, &req.client.name, user, &req.scopes, &carried(req, raw_scope, &csrf))
+}
+
 async fn on_get(gw: &Gateway, rt: &Runtime, headers: &HeaderMap, req: AuthRequest) -> Response<Body> {
-    let existing = cookie(headers, CSRF_COOKIE).filter(|v| well_formed(v)).map(str::to_string);
-    let csrf = existing.clone().unwrap_or_else(|| random_token(32));
     let user = match current_user(gw, rt, headers).await {
         Ok(u) => u,
         Err(()) => return unavailable(&req, false),
     };
     let raw_scope = req.scopes.join(" ");
-    let action = rt.config.authorize_path.clone();
-    let mut resp = match user {
-        None => pages::login(&action, &req.client.name, &carried(&req, &raw_scope, &csrf), None),
-        Some(user) if req.client.first_party => return finish(gw, rt, &req, &user, false).await,
-        Some(user) => pages::consent(&action, &req.client.name, &user, &req.scopes, &carried(&req, &raw_scope, &csrf)),
-    };
-    if existing.is_none() {
-        set_cookie(&mut resp, CSRF_COOKIE, &csrf, rt.config.session_lifetime.as_secs());
+    match user {
+        None => login_page(rt, headers, &req, &raw_scope),
+        Some((user, _)) if req.client.first_party => finish(gw, rt, &req, &user, false).await,
+        Some((user, session_id)) => consent_page(rt, &req, &raw_scope, &user, &session_id),
     }
-    resp
 }
 
 async fn on_post(
@@ -379,12 +442,11 @@ async fn on_post(
     req: AuthRequest,
     source: IpAddr,
 ) -> Response<Body> {
-    // Double-submit CSRF check: the form must carry the value of our HttpOnly, SameSite cookie.
-    let csrf_ok = match (cookie(headers, CSRF_COOKIE), form.get("csrf")) {
-        (Some(c), Some(f)) if well_formed(c) => bool::from(c.as_bytes().ct_eq(f.as_bytes())),
-        _ => false,
-    };
-    if !csrf_ok {
+    // CSRF: consent must carry the token bound to the session cookie; every other form
+    // (login) the token bound to the pre-login nonce cookie. A value that merely equals a
+    // cookie proves nothing.
+    let binding = if form.get("action") == Some("consent") { Binding::Session } else { Binding::Nonce };
+    if !csrf_matches(rt, headers, binding, form.get("csrf")) {
         return pages::error(
             StatusCode::FORBIDDEN,
             "This form has expired or did not come from this site. Go back and try again.",
@@ -426,24 +488,19 @@ async fn on_post(
                 tracing::error!(error = %e, "storing a session failed");
                 return unavailable(&req, true);
             }
+            // A fresh CSRF token, bound to the new session: the pre-login one is no use from here.
             let mut resp = if req.client.first_party {
                 finish(gw, rt, &req, &user.username, true).await
             } else {
-                pages::consent(
-                    &action,
-                    &req.client.name,
-                    &user.username,
-                    &req.scopes,
-                    &carried(&req, &raw_scope, &csrf),
-                )
+                consent_page(rt, &req, &raw_scope, &user.username, &session_id)
             };
             set_cookie(&mut resp, SESSION_COOKIE, &session_id, lifetime);
             resp
         }
         Some("consent") => {
             let user = match current_user(gw, rt, headers).await {
-                Ok(Some(u)) => u,
-                Ok(None) => return pages::login(&action, &req.client.name, &carried(&req, &raw_scope, &csrf), None),
+                Ok(Some((u, _))) => u,
+                Ok(None) => return login_page(rt, headers, &req, &raw_scope),
                 Err(()) => return unavailable(&req, true),
             };
             if form.get("decision") == Some("allow") {

@@ -7,6 +7,7 @@
 //! cache never holds anything from which a secret could be recovered offline.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
@@ -36,7 +37,15 @@ pub struct SecretCache {
     /// argon2 runs at most this many at once (one per core): each costs ~19 MiB and tens of
     /// milliseconds, so a flood of wrong secrets queues here instead of exhausting memory.
     hashing: tokio::sync::Semaphore,
+    /// Verifications against [`DUMMY_HASH`] (unknown client or user), for tests and metrics.
+    dummy_runs: AtomicU64,
 }
+
+/// A valid argon2id hash (argon2's default parameters, as `portcullis hash-secret` uses) of
+/// a random string nobody knows. Verified against when the client or user does not exist,
+/// so that "no such name" and "wrong secret" cost the same.
+pub const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$bfvdNrf2I4dnZKtN8XZqIA$cVSC4XrogpedQjyCA0MATCnO225EByVri6brmsYzpJ4";
 
 impl SecretCache {
     pub fn new(max_entries: u64) -> Self {
@@ -45,7 +54,7 @@ impl SecretCache {
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| panic!("system RNG unavailable"));
         let verified = Cache::builder().max_capacity(max_entries).time_to_live(Duration::from_secs(600)).build();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        SecretCache { key, verified, hashing: tokio::sync::Semaphore::new(cores) }
+        SecretCache { key, verified, hashing: tokio::sync::Semaphore::new(cores), dummy_runs: AtomicU64::new(0) }
     }
 
     fn tag(&self, kind: Kind, id: &str, secret: &str) -> [u8; 32] {
@@ -73,6 +82,18 @@ impl SecretCache {
             self.verified.insert(tag, Arc::from(phc));
         }
         ok
+    }
+
+    /// A full verification that cannot succeed, costing what a real one costs: for a name
+    /// that does not exist.
+    pub async fn verify_dummy(&self, secret: &str) {
+        self.dummy_runs.fetch_add(1, Ordering::Relaxed);
+        self.verify_uncached(secret, DUMMY_HASH).await;
+    }
+
+    /// How many dummy verifications ran.
+    pub fn dummy_runs(&self) -> u64 {
+        self.dummy_runs.load(Ordering::Relaxed)
     }
 
     /// A full argon2 verification on the blocking pool, within the concurrency bound.
@@ -143,6 +164,10 @@ pub(crate) fn presented(headers: &HeaderMap, params: &Params) -> Result<Presente
 /// A public client (no secret configured) is identified, not authenticated; grants
 /// that need a confidential client must check [`Client::secret_hash`].
 /// A client with too many recent failures is refused before its secret is verified.
+///
+/// An unknown or disabled client id that comes with a secret is treated like a known one
+/// with a wrong secret: the same failure budget (keyed by the id as given) and a dummy
+/// argon2 verification, so neither the answer, the 429 nor the time taken tells which ids exist.
 pub async fn authenticate(
     gw: &Gateway,
     rt: &Runtime,
@@ -151,18 +176,25 @@ pub async fn authenticate(
 ) -> Result<Arc<Client>, OAuthError> {
     let p = presented(headers, params)?;
     let fail = OAuthError::InvalidClient { basic: p.basic };
-    let Some(client) = rt.config.clients.get(&p.client_id) else {
-        // Not the presented id: people paste secrets into the wrong field.
-        tracing::debug!("unknown client");
-        return Err(fail);
+    let limits = &rt.config.rate_limit;
+    let client = match rt.config.clients.get(&p.client_id) {
+        Some(c) if c.enabled => c,
+        known => {
+            if known.is_some() {
+                tracing::debug!(client_id = %p.client_id, "disabled client");
+            } else {
+                // Not the presented id: people paste secrets into the wrong field.
+                tracing::debug!("unknown client");
+            }
+            if let Some(secret) = &p.secret {
+                gw.limiter.reserve_client(limits, &p.client_id).map_err(OAuthError::RateLimited)?;
+                gw.secrets.verify_dummy(secret).await;
+            }
+            return Err(fail);
+        }
     };
-    if !client.enabled {
-        tracing::debug!(client_id = %p.client_id, "disabled client");
-        return Err(fail);
-    }
     match (&client.secret_hash, &p.secret) {
         (Some(hash), Some(secret)) => {
-            let limits = &rt.config.rate_limit;
             gw.limiter.reserve_client(limits, &client.id).map_err(OAuthError::RateLimited)?;
             if !gw.secrets.verify(Kind::Client, &client.id, secret, hash).await {
                 tracing::debug!(client_id = %p.client_id, "wrong client secret");
@@ -171,8 +203,14 @@ pub async fn authenticate(
             gw.limiter.release_client(limits, &client.id);
         }
         (None, None) => {}
-        // A confidential client without its secret, or a secret offered by a public client.
-        _ => return Err(fail),
+        // A secret offered by a public client: as for an unknown id.
+        (None, Some(secret)) => {
+            gw.limiter.reserve_client(limits, &client.id).map_err(OAuthError::RateLimited)?;
+            gw.secrets.verify_dummy(secret).await;
+            return Err(fail);
+        }
+        // A confidential client without its secret.
+        (Some(_), None) => return Err(fail),
     }
     Ok(client.clone())
 }

@@ -1,6 +1,8 @@
 //! POST /oauth/introspect (RFC 7662): a confidential client (typically a resource server)
 //! asks whether a token is active. Anything invalid, expired, revoked, not ours, or of a
-//! disabled client is simply `{"active": false}` (§2.2).
+//! disabled client or user is simply `{"active": false}` (§2.2).
+
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -10,27 +12,28 @@ use serde_json::{Value, json};
 use super::Caller;
 use super::client_auth;
 use super::error::OAuthError;
-use super::token::read_post;
+use super::token::{limited, read_post};
 use crate::http::{Body, json};
+use crate::ratelimit::Endpoint;
 use crate::state::{Gateway, Runtime};
-use crate::tokens::validate::inspect;
+use crate::tokens::validate::{check_holder, inspect};
 use crate::tokens::{now_secs, sha256};
 
-pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Caller)
+/// Answer one introspection request from `source` (rate limited per IP like the token endpoint).
+pub async fn handle<B>(gw: &Gateway, req: Request<B>, source: IpAddr) -> (Response<Body>, Caller)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut outcome = Caller::default();
-    let realm = gw.runtime().config.realm.clone();
-    match introspect(gw, req, &mut outcome).await {
+    match limited(gw, Endpoint::Introspect, source, introspect(gw, req, &mut outcome)).await {
         Ok(v) => {
             let mut resp = json(StatusCode::OK, &v);
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             (resp, outcome)
         }
-        Err(e) => (e.into_response(&realm), outcome),
+        Err((e, realm)) => (e.into_response(&realm), outcome),
     }
 }
 
@@ -62,6 +65,7 @@ where
         && !stored.spent
         && stored.grant.client_id == client.id
         && rt.config.clients.get(&stored.grant.client_id).is_some_and(|c| c.enabled)
+        && stored.grant.user.as_deref().is_none_or(|u| super::users::is_active(&rt, u))
     {
         let grant = stored.grant;
         let mut v = json!({
@@ -83,8 +87,9 @@ where
 
 async fn access_token(gw: &Gateway, rt: &Runtime, token: &str, now: u64) -> Result<Option<Value>, OAuthError> {
     let Ok(c) = inspect(token, &rt.keys, now) else { return Ok(None) };
-    let client_ok = rt.config.clients.get(&c.client_id).is_some_and(|cl| cl.enabled);
-    if !client_ok || gw.validator.is_revoked_locally(&c.jti) || gw.store.is_revoked(&c.jti).await? {
+    // The same holder rule as the proxy path: client enabled, user (if any) enabled.
+    let holder_ok = check_holder(&rt.config, &c.client_id, &c.sub).is_ok();
+    if !holder_ok || gw.validator.is_revoked_locally(&c.jti) || gw.store.is_revoked(&c.jti).await? {
         return Ok(Some(inactive()));
     }
     let mut v = json!({

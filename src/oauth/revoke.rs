@@ -3,6 +3,8 @@
 //! cache is evicted, here and through the store on every replica); revoking a refresh
 //! token revokes its whole family, access tokens included.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use http_body::Body as HttpBody;
@@ -10,28 +12,29 @@ use http_body::Body as HttpBody;
 use super::Caller;
 use super::client_auth;
 use super::error::OAuthError;
-use super::token::read_post;
+use super::token::{limited, read_post};
 use crate::http::{Body, full};
+use crate::ratelimit::Endpoint;
 use crate::state::Gateway;
 use crate::store::IssuedAccess;
 use crate::tokens::validate::inspect;
 use crate::tokens::{now_secs, sha256};
 
-pub async fn handle<B>(gw: &Gateway, req: Request<B>) -> (Response<Body>, Caller)
+/// Answer one revocation request from `source` (rate limited per IP like the token endpoint).
+pub async fn handle<B>(gw: &Gateway, req: Request<B>, source: IpAddr) -> (Response<Body>, Caller)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut outcome = Caller::default();
-    let realm = gw.runtime().config.realm.clone();
-    match revoke(gw, req, &mut outcome).await {
+    match limited(gw, Endpoint::Revoke, source, revoke(gw, req, &mut outcome)).await {
         // §2.2: 200 whether or not the token was valid or known.
         Ok(()) => {
             let mut resp = Response::new(full(Bytes::new()));
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             (resp, outcome)
         }
-        Err(e) => (e.into_response(&realm), outcome),
+        Err((e, realm)) => (e.into_response(&realm), outcome),
     }
 }
 

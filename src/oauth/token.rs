@@ -72,28 +72,43 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut outcome = Outcome { client_id: None, grant: None, error: None };
-    let (realm, limits) = {
-        let rt = gw.runtime();
-        (rt.config.realm.clone(), rt.config.rate_limit.clone())
-    };
-    let result = match gw.limiter.admit(&limits, Endpoint::Token, source) {
-        Ok(()) => token(gw, req, &mut outcome).await,
-        Err(t) => Err(OAuthError::RateLimited(t)),
-    };
+    let result = limited(gw, Endpoint::Token, source, token(gw, req, &mut outcome)).await;
     match result {
         Ok(resp) => (resp.into_response(), outcome),
-        Err(e) => {
-            tracing::debug!(error = %e, "token request refused");
-            if e.is_failed_authentication() {
-                gw.limiter.failed(&limits, Endpoint::Token, source);
-            }
-            if let OAuthError::RateLimited(_) = e {
-                gw.metrics.rate_limited(Endpoint::Token.as_str());
-            }
+        Err((e, realm)) => {
             outcome.error = Some(e.code());
             (e.into_response(&realm), outcome)
         }
     }
+}
+
+/// Run `work` for a request from `source` at `endpoint` under the per-IP rate limit: refused
+/// with 429 when the source is over its budget, and a failed client authentication charged
+/// as `failure_cost` requests. On failure, also the realm for the error response.
+pub(crate) async fn limited<T>(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    source: IpAddr,
+    work: impl Future<Output = Result<T, OAuthError>>,
+) -> Result<T, (OAuthError, String)> {
+    let (realm, limits) = {
+        let rt = gw.runtime();
+        (rt.config.realm.clone(), rt.config.rate_limit.clone())
+    };
+    let result = match gw.limiter.admit(&limits, endpoint, source) {
+        Ok(()) => work.await,
+        Err(t) => Err(OAuthError::RateLimited(t)),
+    };
+    result.map_err(|e| {
+        tracing::debug!(error = %e, endpoint = endpoint.as_str(), "request refused");
+        if e.is_failed_authentication() {
+            gw.limiter.failed(&limits, endpoint, source);
+        }
+        if let OAuthError::RateLimited(_) = e {
+            gw.metrics.rate_limited(endpoint.as_str());
+        }
+        (e, realm)
+    })
 }
 
 async fn token<B>(gw: &Gateway, req: Request<B>, outcome: &mut Outcome) -> Result<TokenResponse, OAuthError>

@@ -7,11 +7,6 @@ use crate::config::User;
 use crate::ratelimit::Throttled;
 use crate::state::{Gateway, Runtime};
 
-/// A valid argon2id hash of a random string, verified against when the user does not
-/// exist, so that "no such user" and "wrong password" take the same time.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$bfvdNrf2I4dnZKtN8XZqIA$cVSC4XrogpedQjyCA0MATCnO225EByVri6brmsYzpJ4";
-
 /// The user if `username` exists, is enabled and `password` is theirs; `None` otherwise,
 /// without saying which of these failed. Refused unchecked while `username` has too many
 /// recent failures (known or not, so a refusal tells nothing about who exists).
@@ -28,7 +23,8 @@ pub async fn authenticate(
             gw.secrets.verify(Kind::User, &user.username, password, &user.password_hash).await.then(|| user.clone())
         }
         _ => {
-            gw.secrets.verify_uncached(password, DUMMY_HASH).await;
+            // "No such user" and "wrong password" take the same time.
+            gw.secrets.verify_dummy(password).await;
             None
         }
     };

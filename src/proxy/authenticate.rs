@@ -44,8 +44,5 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
 
 pub async fn authenticate(gw: &Gateway, rt: &Runtime, headers: &HeaderMap) -> Result<Arc<Principal>, ProxyError> {
     let token = bearer(headers)?;
-    gw.validator
-        .validate(token, &rt.keys, &rt.config.clients, gw.store.as_ref())
-        .await
-        .map_err(ProxyError::InvalidToken)
+    gw.validator.validate(token, &rt.keys, &rt.config, gw.store.as_ref()).await.map_err(ProxyError::InvalidToken)
 }

@@ -1,9 +1,18 @@
 //! The default store: one redb file. Every mutation is one write transaction, committed
 //! durably before we answer, so `kill -9` loses nothing that a client was told about.
 //! redb serialises write transactions, which makes take-once and rotate-once atomic.
+//!
+//! The configured path must keep naming the file we opened: if it is deleted or replaced
+//! while we run, writes would land in an unlinked inode and vanish at the next start
+//! (revoked tokens working again). So the path's device and inode are compared with the
+//! open file's — at most once a second — before every write and on the readiness probe;
+//! on a mismatch writes fail as unavailable (503 `temporarily_unavailable`) and `/readyz`
+//! answers 503 until the file is back.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
@@ -43,6 +52,75 @@ struct Family {
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    file: FileIdentity,
+}
+
+/// How often the store path is checked against the open file, at most.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Which file the database was opened on, and whether the path still names it.
+struct FileIdentity {
+    path: PathBuf,
+    /// (device, inode) of the file opened at start.
+    id: (u64, u64),
+    start: Instant,
+    /// Milliseconds after `start` of the last check, plus one (0: never checked).
+    checked_at: AtomicU64,
+    intact: AtomicBool,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Option<(u64, u64)> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            std::fs::metadata(path).ok().map(|_| (0, 0))
+        }
+    }
+
+    fn new(path: &Path) -> Result<FileIdentity, StoreError> {
+        let id =
+            Self::of(path).ok_or_else(|| unavailable(format!("{}: cannot stat the store file", path.display())))?;
+        Ok(FileIdentity {
+            path: path.to_path_buf(),
+            id,
+            start: Instant::now(),
+            checked_at: AtomicU64::new(0),
+            intact: AtomicBool::new(true),
+        })
+    }
+
+    /// Does the configured path still name the open file? Cached for a second.
+    fn check(&self) -> Result<(), StoreError> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1);
+        let last = self.checked_at.load(Ordering::Acquire);
+        let fresh = last != 0 && now.saturating_sub(last) < FILE_CHECK_INTERVAL.as_millis() as u64;
+        let intact = if fresh {
+            self.intact.load(Ordering::Acquire)
+        } else {
+            let intact = Self::of(&self.path) == Some(self.id);
+            let was = self.intact.swap(intact, Ordering::AcqRel);
+            self.checked_at.store(now, Ordering::Release);
+            if was && !intact {
+                tracing::error!(
+                    path = %self.path.display(),
+                    "the store file was removed or replaced while in use; refusing writes until it is back (restore it or restart)"
+                );
+            } else if !was && intact {
+                tracing::warn!(path = %self.path.display(), "the store file is back; accepting writes again");
+            }
+            intact
+        };
+        if intact {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!("{}: store file removed or replaced", self.path.display())))
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -107,7 +185,8 @@ impl EmbeddedStore {
             txn.open_table(table).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        let file = FileIdentity::new(path)?;
+        Ok(EmbeddedStore { db: Arc::new(db), file })
     }
 
     /// Run one write transaction on the blocking pool (commits fsync) and commit it.
@@ -116,6 +195,8 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
+        // Refuse rather than write into a file nobody will open again.
+        self.file.check()?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_write().map_err(unavailable)?;
@@ -289,6 +370,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.file.check()?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.begin_read().map(|_| ()).map_err(unavailable))
             .await

@@ -84,6 +84,12 @@ pub struct Key {
     /// SHA-256 of the key file and of the issuer and audience `validation` checks: a
     /// cached verdict reached under another fingerprint proves nothing under this one.
     pub(crate) fingerprint: [u8; 32],
+    /// The longest access-token lifetime the configuration can issue (the default and every
+    /// client's): a token claiming a longer `exp - iat` was not minted under it.
+    pub(crate) max_lifetime_secs: u64,
+    /// A key for the login form's CSRF tokens, derived from this key's file: every replica
+    /// loading the same key files derives the same one, and nobody without the file can.
+    csrf_key: aws_lc_rs::hmac::Key,
 }
 
 /// The keys in force for one configuration.
@@ -144,6 +150,13 @@ impl KeySet {
         &self.signer
     }
 
+    /// The HMAC key binding /authorize CSRF tokens to a login session (or a pre-login
+    /// nonce); derived from the signing key's file, so shared by replicas with the same keys
+    /// and rotated with the signing key.
+    pub fn csrf_key(&self) -> &aws_lc_rs::hmac::Key {
+        &self.signer.csrf_key
+    }
+
     pub fn get(&self, kid: &str) -> Option<&Key> {
         self.by_kid.get(kid).map(|k| k.as_ref())
     }
@@ -176,12 +189,22 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
     }
     let bytes =
         std::fs::read(&kc.file).map_err(|source| KeyError::Read { kid: kc.id.clone(), path: path.clone(), source })?;
+    let max_lifetime_secs = max_lifetime_secs(config);
+    // HKDF-extract style: HMAC of the secret file bytes under a fixed, public label.
+    let csrf_key = {
+        let label = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"portcullis authorize csrf v1");
+        let prk = aws_lc_rs::hmac::sign(&label, &bytes);
+        aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, prk.as_ref())
+    };
     let fingerprint = {
         let mut policy = bytes.clone();
         for part in [&config.issuer, &config.audience] {
             policy.push(0);
             policy.extend_from_slice(part.as_bytes());
         }
+        // A shorter ceiling after a reload must reach cached verdicts too.
+        policy.push(0);
+        policy.extend_from_slice(&max_lifetime_secs.to_be_bytes());
         super::sha256(&policy)
     };
     let (signer, decoding, public) = match kc.algorithm {
@@ -251,7 +274,24 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
     // RFC 9068 §2.1: typ at+jwt; the verifier picks the key by kid.
     let header = serde_json::json!({ "typ": "at+jwt", "alg": alg_name(kc.algorithm), "kid": kc.id });
     let header_b64 = b64url(header.to_string().as_bytes());
-    Ok(Key { kid: kc.id.clone(), alg, active: kc.active, signer, header_b64, decoding, validation, jwk, fingerprint })
+    Ok(Key {
+        kid: kc.id.clone(),
+        alg,
+        active: kc.active,
+        signer,
+        header_b64,
+        decoding,
+        validation,
+        jwk,
+        fingerprint,
+        max_lifetime_secs,
+        csrf_key,
+    })
+}
+
+/// The longest access-token lifetime `config` can issue.
+fn max_lifetime_secs(config: &Config) -> u64 {
+    config.clients.values().map(|c| c.token_lifetime.as_secs()).fold(config.token_lifetime.as_secs(), u64::max)
 }
 
 /// The JOSE `alg` name (RFC 7518 §3.1, RFC 8037 §3.1).

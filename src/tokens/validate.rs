@@ -11,7 +11,7 @@ use jsonwebtoken::errors::ErrorKind;
 use super::cache::{Digest, Lookup, VerdictCache};
 use super::keys::{Key, KeySet};
 use super::{AccessClaims, now_secs, sha256};
-use crate::config::Client;
+use crate::config::Config;
 use crate::store::Store;
 
 /// Tokens longer than this are refused before any parsing or hashing.
@@ -120,6 +120,12 @@ pub enum TokenError {
     ClientDisabled,
     #[error("token was revoked")]
     Revoked,
+    #[error("token's user is unknown or disabled")]
+    UserInactive,
+    #[error("token header has a crit parameter")]
+    CriticalHeader,
+    #[error("token lifetime exceeds the configured maximum")]
+    LifetimeTooLong,
 }
 
 impl TokenError {
@@ -209,14 +215,14 @@ impl Validator {
         }
     }
 
-    /// Validate `token` against the keys and clients in force now.
+    /// Validate `token` against the keys, clients and users in force now.
     /// On a miss the store is asked whether the token was revoked; if the store cannot
     /// answer, the token is judged on its own (it is self-contained) and a warning logged.
     pub async fn validate(
         &self,
         token: &str,
         keys: &KeySet,
-        clients: &HashMap<String, Arc<Client>>,
+        config: &Config,
         store: &dyn Store,
     ) -> Result<Arc<Principal>, TokenError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
@@ -226,13 +232,13 @@ impl Validator {
         let digest = Digest(sha256(token.as_bytes()));
         match self.cache.get(&digest, now) {
             Lookup::Hit(p) => {
-                // Cached verdicts still answer to the current config: client, key, revocation.
+                // Cached verdicts still answer to the current config: client, user, key, revocation.
                 let key = keys.get(p.kid());
                 // A replaced key file, or a changed issuer or audience, voids the verdict
                 // but not necessarily the token: verify it again below.
                 if key.is_none_or(|k| k.fingerprint == p.key_fingerprint) {
                     self.hits.fetch_add(1, Ordering::Relaxed);
-                    check_client(clients, p.client_id())?;
+                    check_holder(config, p.client_id(), p.subject())?;
                     if key.is_none() {
                         return Err(TokenError::UnknownKey);
                     }
@@ -250,7 +256,7 @@ impl Validator {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let principal = Arc::new(verify(token, keys, now)?);
-        check_client(clients, principal.client_id())?;
+        check_holder(config, principal.client_id(), principal.subject())?;
         if self.revoked.contains(principal.token_id()) {
             return Err(TokenError::Revoked);
         }
@@ -292,11 +298,25 @@ impl Validator {
     }
 }
 
-fn check_client(clients: &HashMap<String, Arc<Client>>, id: &str) -> Result<(), TokenError> {
-    match clients.get(id) {
-        None => Err(TokenError::UnknownClient),
-        Some(c) if !c.enabled => Err(TokenError::ClientDisabled),
-        Some(_) => Ok(()),
+/// May a token of client `client_id` for `subject` still be honoured under `config`?
+/// The client must exist and be enabled; a token acting for a user (subject other than the
+/// client) needs that user to exist and be enabled — except the client's own linked user
+/// (`user = ...` on the client), which need not be a `[[user]]`, but if it is one it must
+/// be enabled. On the cache-hit path this is two map lookups (one when there is no user).
+pub fn check_holder(config: &Config, client_id: &str, subject: &str) -> Result<(), TokenError> {
+    let client = match config.clients.get(client_id) {
+        None => return Err(TokenError::UnknownClient),
+        Some(c) if !c.enabled => return Err(TokenError::ClientDisabled),
+        Some(c) => c,
+    };
+    if subject == client_id {
+        return Ok(());
+    }
+    match config.users.get(subject) {
+        Some(u) if u.enabled => Ok(()),
+        Some(_) => Err(TokenError::UserInactive),
+        None if client.user.as_deref() == Some(subject) => Ok(()),
+        None => Err(TokenError::UserInactive),
     }
 }
 
@@ -316,7 +336,24 @@ fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError>
     Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, key.fingerprint, c.exp)
 }
 
+/// RFC 7515 §4.1.11: a `crit` header names extensions the recipient must understand; we
+/// understand none, so any `crit` refuses the token. jsonwebtoken's `Header` does not keep
+/// unknown parameters, so the header segment is read here on its own.
+fn has_crit(token: &str) -> Result<bool, TokenError> {
+    use base64::Engine;
+    let segment = token.split('.').next().ok_or(TokenError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment.trim_end_matches('='))
+        .map_err(|_| TokenError::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    Ok(header.contains_key("crit"))
+}
+
 fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessClaims, &'k Key), TokenError> {
+    if has_crit(token)? {
+        return Err(TokenError::CriticalHeader);
+    }
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
     let key = keys.get(kid).ok_or(TokenError::UnknownKey)?;
@@ -351,6 +388,11 @@ fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessC
     }
     if c.jti.is_empty() || c.client_id.is_empty() || c.sub.is_empty() {
         return Err(TokenError::BadClaims);
+    }
+    // No token we issue lives longer than the longest configured lifetime (iat is required:
+    // a token without one fails to parse above). exp before iat is no lifetime at all.
+    if c.exp < c.iat || c.exp - c.iat > key.max_lifetime_secs.saturating_add(LEEWAY_SECS) {
+        return Err(TokenError::LifetimeTooLong);
     }
     Ok((c, key))
 }
