@@ -257,9 +257,14 @@ async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() 
     let (status, v) = post(&gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &refresh).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "refresh of a disabled user: {v}");
 
-    // The rule follows the config: enabled again, the same tokens work again...
+    // The rule follows the config: enabled again, the user's other tokens work again...
     gw.rewrite_config(|t| t.replacen("username = \"alice\"\nenabled = false\n", "username = \"alice\"\n", 1));
-    assert_eq!(api(&gw, &at).await, 200);
+    assert_eq!(api(&gw, &uncached).await, 200);
+    // ...but a refresh family presented while its user was disabled stays dead, with the
+    // access tokens it issued.
+    let (status, v) = post(&gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &refresh).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "refresh family after re-enabling: {v}");
+    assert_eq!(api(&gw, &at).await, 401, "access token of a family that died");
     // ...and deleted, they fail the same way.
     let code = alice_code(&gw).await;
     let block = format!("[[user]]\nusername = \"alice\"\npassword_hash = \"{ALICE_HASH}\"\ndisplay_name = \"Alice\"\n");
@@ -267,8 +272,8 @@ async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() 
         assert!(t.contains(&block));
         t.replacen(&block, "", 1)
     });
-    assert_eq!(api(&gw, &at).await, 401, "cached token of a deleted user");
-    let (_, v) = post(&gw, "/oauth/introspect", rs, &[("token", &at)]).await;
+    assert_eq!(api(&gw, &uncached).await, 401, "cached token of a deleted user");
+    let (_, v) = post(&gw, "/oauth/introspect", rs, &[("token", &uncached)]).await;
     assert_eq!(v, json!({"active": false}), "access token of a deleted user");
     let (status, v) = exchange(&gw, &code).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "code of a deleted user: {v}");

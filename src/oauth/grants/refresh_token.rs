@@ -42,6 +42,13 @@ pub async fn grant(
         }
     };
     if current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
+        // The user was disabled or removed: the family dies for good (re-enabling the user
+        // does not bring back a refresh token that met the block), its access tokens too.
+        let revoked = gw.store.revoke_family(&current.family).await?;
+        tracing::info!(client_id = %client.id, revoked = revoked.len(), "refresh token of an inactive user; its family is revoked");
+        gw.revoke_access(&revoked).await;
+        gw.metrics.revoked("refresh_family", "user_inactive", 1);
+        gw.metrics.revoked("access_token", "user_inactive", revoked.len() as u64);
         return Err(invalid());
     }
     // Sign first: rotation and linking the new access token to the family are one atomic
