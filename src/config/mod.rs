@@ -988,6 +988,23 @@ mod tests {
     }
 
     #[test]
+    fn route_hosts_are_normalised_like_request_authorities() {
+        let route =
+            |host: &str| format!("[[route]]\nprefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\nhost = \"{host}\"\n");
+        for (given, stored) in
+            [("Internal.Example.COM.", "internal.example.com"), ("[0:0::1]", "[::1]"), ("svc_a", "svc_a")]
+        {
+            let c = parse(&route(given)).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(c.routes[0].host.as_deref(), Some(stored), "{given}");
+        }
+        for bad in ["a@b.example", "b.example:443", "b.example/x", "", " ", "b..example", "ex ample"] {
+            let e = parse(&route(bad)).unwrap_err();
+            assert!(e.reason.contains("bad route host"), "{bad}: {e}");
+        }
+        assert!(!parse("").unwrap().routes.iter().any(|r| r.pass_rewrite_headers));
+    }
+
+    #[test]
     fn admin_errors_carry_their_line() {
         let e = parse("[admin]\naddress = \"localhost\"\n").unwrap_err();
         assert_eq!((e.line, e.to_string().starts_with("gw.toml:9: bad admin address")), (9, true));

@@ -107,7 +107,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// gateway cookie is dropped and every other pair kept byte for byte. HTTP/2 may split
 /// `Cookie` into several fields; an HTTP/1.1 upstream gets them as one, joined with "; "
 /// (RFC 9113 §8.2.3). If the result could not be a header value, no Cookie is sent at all.
-fn filter_cookies(headers: &mut HeaderMap) {
+pub(crate) fn filter_cookies(headers: &mut HeaderMap) {
     let mut fields = headers.get_all(header::COOKIE).iter();
     let Some(first) = fields.next() else { return };
     // The common case, one field naming none of ours: a scan, no allocation.
@@ -137,7 +137,7 @@ fn filter_cookies(headers: &mut HeaderMap) {
 }
 
 /// Drop every `Set-Cookie` that names a gateway cookie, however the rest is encoded.
-fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
+pub(crate) fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
     if !headers.get_all(header::SET_COOKIE).iter().any(|v| cookies::sets_gateway_cookie(v.as_bytes())) {
         return;
     }
@@ -420,4 +420,80 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookie_headers(fields: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for f in fields {
+            h.append(header::COOKIE, HeaderValue::from_bytes(f).unwrap());
+        }
+        h
+    }
+
+    fn filtered(fields: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut h = cookie_headers(fields);
+        filter_cookies(&mut h);
+        h.get_all(header::COOKIE).iter().map(|v| v.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn gateway_cookies_are_dropped_whatever_the_header_holds() {
+        assert_eq!(filtered(&[b"lang=fran\xe7ais; __Host-portcullis_session=S"]), vec![b"lang=fran\xe7ais".to_vec()]);
+        assert_eq!(
+            filtered(&["a=1;__HOST-portcullis_CSRF=c ;\tb=\"é\"".as_bytes()]),
+            vec!["a=1; b=\"é\"".as_bytes().to_vec()]
+        );
+        assert_eq!(filtered(&[b"__Host-portcullis_session"]), Vec::<Vec<u8>>::new());
+        assert_eq!(filtered(&[b"__Host-portcullis_session=S; __Host-portcullis_csrf=C"]), Vec::<Vec<u8>>::new());
+        // HTTP/2 split fields: joined, then filtered.
+        assert_eq!(
+            filtered(&[b"a=1", b"__Host-portcullis_session=S", b"b=\xff; __host-portcullis_csrf=x"]),
+            vec![b"a=1; b=\xff".to_vec()]
+        );
+        assert_eq!(filtered(&[b"a=1", b"b=2"]), vec![b"a=1; b=2".to_vec()]);
+        // Untouched, byte for byte, when none of ours is there.
+        assert_eq!(filtered(&[b" a=1 ;b=\xe9 "]), vec![b" a=1 ;b=\xe9 ".to_vec()]);
+    }
+
+    #[test]
+    fn set_cookies_naming_gateway_cookies_are_dropped() {
+        let mut h = HeaderMap::new();
+        for v in [&b"__Host-portcullis_session=\xe9vil"[..], b"ok=1", b"=__host-portcullis_csrf=x", b"b=\xe9"] {
+            h.append(header::SET_COOKIE, HeaderValue::from_bytes(v).unwrap());
+        }
+        drop_gateway_set_cookies(&mut h);
+        let left: Vec<&[u8]> = h.get_all(header::SET_COOKIE).iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(left, vec![&b"ok=1"[..], b"b=\xe9"]);
+    }
+
+    #[test]
+    fn forwarding_and_rewrite_families_match_every_spelling() {
+        for n in [
+            "x-forwarded-for",
+            "x_forwarded_for",
+            "x-forwarded-prefix",
+            "x_forwarded-anything",
+            "x-forwarded",
+            "forwarded",
+            "x_real_ip",
+            "client-ip",
+            "client_ip",
+            "front-end-https",
+            "x-scheme",
+            "true_client_ip",
+        ] {
+            assert!(is_forwarding_claim(n.as_bytes()), "{n}");
+        }
+        for n in ["x-forwarded-", "x-forwardedfor", "forwarded-for", "x-request-id", "cookie", "x-real-ipv6"] {
+            assert!(!is_forwarding_claim(n.as_bytes()), "{n}");
+        }
+        for n in ["x-original-url", "x_rewrite_url", "x-http-method-override", "x_method_override", "x-http-method"] {
+            assert!(is_rewrite(n.as_bytes()), "{n}");
+        }
+        assert!(!is_rewrite(b"x-http-methods"));
+    }
 }
