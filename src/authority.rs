@@ -41,11 +41,12 @@ impl Authority {
 
     /// Parse authority bytes from any source.
     pub fn parse(input: &[u8]) -> Option<Authority> {
-        let (_, port, normal) = Self::scan(input)?;
+        let (host_len, port, normal) = Self::scan(input)?;
+        if normal {
+            return Some(Authority { value: HeaderValue::from_bytes(input).ok()?, host_len, port });
+        }
         let (host, _) = split(input)?;
-        let mut out: Vec<u8> = if normal {
-            input.to_vec()
-        } else {
+        let out: Vec<u8> = {
             let mut h = if host.first() == Some(&b'[') {
                 let inner = std::str::from_utf8(&host[1..host.len() - 1]).ok()?;
                 let ip: Ipv6Addr = inner.parse().ok()?;
@@ -63,7 +64,6 @@ impl Authority {
             Some(_) => out.iter().rposition(|b| *b == b':')?,
             None => out.len(),
         };
-        out.shrink_to_fit();
         let value = HeaderValue::from_bytes(&out).ok()?;
         Some(Authority { value, host_len, port })
     }

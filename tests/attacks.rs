@@ -1567,6 +1567,12 @@ async fn fail_closed_rewrite_headers_pass_only_from_trusted_proxies_on_routes_th
     let echo = echo_of(&raw(gw.http, spoofing_request("/legacy/f").as_bytes()).await);
     assert_eq!(echo.header_all("x-http-method-override"), vec!["DELETE"]);
     assert_eq!(echo.header_all("x-original-url"), vec!["/admin"]);
+    // A Connection header that names X-Forwarded-For still does beside a non-ASCII byte:
+    // the trusted proxy's chain is hop-by-hop then, and not kept.
+    let req = b"GET /getonly/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: X-Forwarded-For, \xe9\r\n\
+                X-Forwarded-For: 203.0.113.9\r\n\r\n";
+    let echo = echo_of(&raw(gw.http, req).await);
+    assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{echo:?}");
 }
 
 #[tokio::test]

@@ -73,14 +73,14 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The fields a `Connection` header names: hop-by-hop for this message too.
+/// The fields a `Connection` header names: hop-by-hop for this message too. Read as bytes,
+/// so that another byte in the header cannot hide the names it lists.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| HeaderName::from_bytes(cookies::trim(t)).ok())
         .collect()
 }
 
@@ -457,6 +457,13 @@ mod tests {
         assert_eq!(filtered(&[b"a=1", b"b=2"]), vec![b"a=1; b=2".to_vec()]);
         // Untouched, byte for byte, when none of ours is there.
         assert_eq!(filtered(&[b" a=1 ;b=\xe9 "]), vec![b" a=1 ;b=\xe9 ".to_vec()]);
+    }
+
+    #[test]
+    fn connection_names_are_read_even_beside_non_ascii_bytes() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_bytes(b"close, X-Forwarded-For ,\xe9").unwrap());
+        assert_eq!(connection_listed(&h), vec![HeaderName::from_static("close"), X_FORWARDED_FOR]);
     }
 
     #[test]
