@@ -82,6 +82,94 @@ pub fn bearer(headers: &HeaderMap) -> Result<String, ProxyError> {
     }
 }
 
+/// Proxy header hygiene on peer input: the Cookie filter, the Set-Cookie filter and the
+/// authority parser. Input: one item per line, `c:` a Cookie field (several make an
+/// HTTP/2-style split Cookie), `s:` a Set-Cookie field from an upstream, `h:` a Host value;
+/// lines that cannot be header values are skipped, as hyper would never deliver them.
+///
+/// Invariants: no gateway cookie name survives either filter, in any case; every other
+/// cookie pair and Set-Cookie is kept, in order, byte for byte; at most one Cookie field
+/// goes upstream. An accepted authority is normal (lower-case, no trailing dot, only
+/// host characters, port 1..=65535) and parsing it again gives the same.
+pub fn header_hygiene(data: &[u8]) {
+    use crate::authority::Authority;
+    use crate::cookies;
+    use crate::proxy::forward;
+    use http::HeaderValue;
+
+    let mut headers = HeaderMap::new();
+    let mut responses = HeaderMap::new();
+    let mut hosts = Vec::new();
+    for line in data.split(|&b| b == b'\n') {
+        let (kind, rest) = line.split_at(line.len().min(2));
+        let Ok(v) = HeaderValue::from_bytes(rest) else { continue };
+        match kind {
+            b"c:" => headers.append(header::COOKIE, v),
+            b"s:" => responses.append(header::SET_COOKIE, v),
+            b"h:" => {
+                hosts.push(v);
+                true
+            }
+            _ => false,
+        };
+    }
+
+    let expected: Vec<Vec<u8>> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| cookies::raw_pairs(v.as_bytes()))
+        .filter(|p| !cookies::is_gateway_cookie(cookies::pair_name(p)))
+        .map(<[u8]>::to_vec)
+        .collect();
+    forward::filter_cookies(&mut headers);
+    let left: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+    assert!(left.len() <= 1, "{} Cookie fields sent upstream", left.len());
+    let kept: Vec<&[u8]> = left.iter().flat_map(|v| cookies::raw_pairs(v.as_bytes())).collect();
+    for pair in &kept {
+        let name = cookies::pair_name(pair);
+        assert!(!cookies::is_gateway_cookie(name), "a gateway cookie reached the upstream: {pair:?}");
+        for g in cookies::GATEWAY_COOKIES {
+            assert!(!name.eq_ignore_ascii_case(g.as_bytes()), "{g} reached the upstream");
+        }
+    }
+    // Dropped only when it cannot be a header value (it always can: the fields were).
+    assert_eq!(kept, expected.iter().map(Vec::as_slice).collect::<Vec<_>>(), "a cookie pair was lost or changed");
+
+    let others: Vec<HeaderValue> = responses
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !cookies::sets_gateway_cookie(v.as_bytes()))
+        .cloned()
+        .collect();
+    forward::drop_gateway_set_cookies(&mut responses);
+    let left: Vec<HeaderValue> = responses.get_all(header::SET_COOKIE).iter().cloned().collect();
+    for v in &left {
+        let nv = v.as_bytes().split(|b| *b == b';').next().unwrap_or_default();
+        let name = cookies::trim(nv.split(|b| *b == b'=').next().unwrap_or_default());
+        assert!(!cookies::is_gateway_cookie(name), "an upstream set a gateway cookie: {v:?}");
+    }
+    assert_eq!(left, others, "a Set-Cookie was lost or changed");
+
+    for h in hosts {
+        let parsed = Authority::from_header(&h);
+        assert_eq!(parsed, Authority::parse(h.as_bytes()), "from_header and parse disagree on {h:?}");
+        let Some(a) = parsed else { continue };
+        let host = a.host();
+        assert!(!host.is_empty() && !host.ends_with('.'), "{h:?} -> {host:?}");
+        if let Some(ip6) = host.strip_prefix('[') {
+            assert!(ip6.ends_with(']'), "{host:?}");
+        } else {
+            assert!(
+                host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)),
+                "{host:?}"
+            );
+        }
+        assert_ne!(a.port(), Some(0));
+        let again = Authority::parse(a.header_value().as_bytes()).expect("a normalised authority is refused");
+        assert_eq!(again, a, "normalising {h:?} is not idempotent");
+    }
+}
+
 /// Configuration text through [`Config::parse`]; a refusal must name a line of the text.
 pub fn config(text: &str) -> Result<Config, ConfigError> {
     let path = Path::new("/nonexistent/portcullis-fuzz/gateway.toml");
@@ -364,6 +452,16 @@ mod tests {
         assert!(token_request(&h, br#"{"grant_type":"client_credentials","client_secret":"s"}"#).is_err());
         assert!(bearer(&h).is_err());
         assert!(config("issuer = 1").is_err());
+    }
+
+    #[test]
+    fn header_hygiene_holds_on_attacker_inputs() {
+        for seed in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/header_hygiene")).unwrap()
+        {
+            header_hygiene(&std::fs::read(seed.unwrap().path()).unwrap());
+        }
+        header_hygiene(b"");
+        header_hygiene(b"c:\nc:;;\ns:\nh:");
     }
 
     /// Writes the signed-token seeds of the `jwt` fuzz target (fuzz/seeds/jwt/token-*).

@@ -29,3 +29,41 @@ pub fn html(status: StatusCode, body: String) -> Response<Body> {
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     resp
 }
+
+/// Does the request use a transfer coding we do not implement? Only `chunked`, alone and
+/// in a single field, is decoded (by hyper); anything else (`gzip, chunked`, `chunked,
+/// chunked`, two fields) would reach an upstream re-framed but still coded, so it is
+/// refused with 501 (RFC 9112 §6.1) before any endpoint reads the body.
+pub fn unsupported_transfer_coding(headers: &http::HeaderMap) -> bool {
+    let mut fields = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = fields.next() else { return false };
+    fields.next().is_some() || !crate::cookies::trim(first.as_bytes()).eq_ignore_ascii_case(b"chunked")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lone_chunked_is_a_supported_transfer_coding() {
+        let te = |values: &[&[u8]]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_bytes(v).unwrap());
+            }
+            unsupported_transfer_coding(&h)
+        };
+        assert!(!te(&[]));
+        assert!(!te(&[b"chunked"]));
+        assert!(!te(&[b" Chunked\t"]));
+        for bad in [
+            &[&b"gzip, chunked"[..]][..],
+            &[b"chunked, chunked"],
+            &[b"chunked", b"chunked"],
+            &[b"gzip"],
+            &[b"chunked;x=1"],
+        ] {
+            assert!(te(bad), "{bad:?}");
+        }
+    }
+}

@@ -5,7 +5,9 @@
 //! forward. [`state::Gateway`] holds what every request reads.
 
 pub mod admin;
+pub mod authority;
 pub mod config;
+pub mod cookies;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

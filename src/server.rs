@@ -368,6 +368,11 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
     // (A clone of the parsed URI shares its bytes.)
     let uri = req.uri().clone();
     let path = uri.path();
+    // Before any endpoint reads a body: a coding besides a lone chunked is 501 (issue 11).
+    if crate::http::unsupported_transfer_coding(req.headers()) {
+        gw.metrics.request(metrics::UNMATCHED, 501);
+        return crate::proxy::error::ProxyError::NotImplemented.into_response(&gw.runtime().config.realm);
+    }
     let endpoint = {
         let rt = gw.runtime();
         let c = &rt.config;

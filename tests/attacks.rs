@@ -1328,3 +1328,482 @@ async fn tokens_with_crit_or_an_overlong_lifetime_are_refused_even_when_signed_b
         assert_eq!(introspected(&gw, token).await, serde_json::json!({"active": false}), "{label}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 11: filters that failed open. Every check must take the refusing branch when it
+// cannot parse what it is given.
+
+/// An upstream that answers whatever it is sent with `response`, then closes.
+struct Fixed {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fixed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn fixed_upstream(response: Vec<u8>) -> Fixed {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let response = Arc::new(response);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(&response).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Fixed { addr, task }
+}
+
+/// The JSON body of a single raw response from the echo upstream.
+fn echo_of(buf: &[u8]) -> Echo {
+    assert_eq!(statuses(buf), vec![200], "{}", String::from_utf8_lossy(buf));
+    let at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    serde_json::from_slice(&buf[at..]).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(buf)))
+}
+
+/// One HTTP/2 request over TLS (ALPN h2) with a target and header bytes no URL library
+/// would send as written; the status and body.
+async fn h2_request(gw: &TestGateway, method: &str, uri: &str, headers: &[(&str, &[u8])]) -> (u16, Vec<u8>) {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    portcullis::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(gw.pki.ca_pem.as_bytes()).unwrap()).unwrap();
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(gw.https).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().method(method).uri(uri);
+    for (n, v) in headers {
+        req = req.header(*n, http::HeaderValue::from_bytes(v).unwrap());
+    }
+    let resp = send.send_request(req.body(http_body_util::Empty::<Bytes>::new()).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    (status, body)
+}
+
+#[tokio::test]
+async fn fail_closed_gateway_cookies_never_reach_the_upstream_whatever_the_cookie_header_holds() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    let cases: [&[u8]; 6] = [
+        // Not visible ASCII: to_str() failed and the whole header went through.
+        "Cookie: lang=français; __Host-portcullis_session=SECRET; __Host-portcullis_csrf=CSRF\r\n".as_bytes(),
+        b"Cookie: lang=fran\xe7ais; __Host-portcullis_session=SECRET\r\n",
+        // Other cases, whitespace, no '=', an empty pair.
+        "Cookie: lang=français;__HOST-PORTCULLIS_SESSION=SECRET;\t__host-portcullis_csrf =CSRF;;\r\n".as_bytes(),
+        "Cookie: lang=français; __Host-portcullis_session\r\n".as_bytes(),
+        // The same cookie twice, and Cookie split over several lines.
+        "Cookie: lang=français\r\nCookie: __Host-portcullis_session=SECRET\r\nCookie: __Host-portcullis_session=S2\r\n"
+            .as_bytes(),
+        b"Cookie: __Host-portcullis_session=SECRET\r\nCookie: lang=fran\xc3\xa7ais; x=\"quoted\"\r\n",
+    ];
+    for (i, cookie) in cases.iter().enumerate() {
+        let mut req = b"GET /public/cookie HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
+        req.extend_from_slice(cookie);
+        req.extend_from_slice(b"\r\n");
+        let echo = echo_of(&raw(gw.http, &req).await);
+        let cookies = echo.header_all("cookie");
+        assert_eq!(cookies.len(), 1, "case {i}: {echo:?}");
+        assert!(!cookies[0].to_ascii_lowercase().contains("portcullis"), "case {i}: {cookies:?}");
+        assert!(cookies[0].starts_with("lang=fran"), "case {i}: {cookies:?}");
+    }
+    // HTTP/2 may split Cookie into one field per pair (RFC 9113 §8.2.3).
+    let client = https_client(&gw.pki.ca_pem, true);
+    let resp = client
+        .get(gw.url("/public/cookie"))
+        .header("cookie", http::HeaderValue::from_bytes("lang=français".as_bytes()).unwrap())
+        .header("cookie", "__Host-portcullis_session=SECRET")
+        .header("cookie", "a=1; __Host-portcullis_csrf=CSRF")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header_all("cookie"), vec!["lang=français; a=1"], "{echo:?}");
+    let (status, body) = h2_request(
+        &gw,
+        "GET",
+        &gw.url("/public/cookie"),
+        &[("cookie", b"lang=fran\xe7ais"), ("cookie", b"__Host-portcullis_session=SECRET")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let echo: Echo = serde_json::from_slice(&body).unwrap();
+    let cookies = echo.header_all("cookie");
+    assert!(cookies.len() == 1 && !cookies[0].contains("portcullis"), "{echo:?}");
+}
+
+#[tokio::test]
+async fn fail_closed_an_upstream_cannot_set_the_gateways_cookies() {
+    let up = fixed_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
+          Set-Cookie: __Host-portcullis_session=\xe9vil; Path=/; Secure\r\n\
+          Set-Cookie: __Host-portcullis_session=evil; Path=/; Secure; Domain=\xe9\r\n\
+          Set-Cookie: __HOST-PORTCULLIS_CSRF=x; Path=/\r\n\
+          Set-Cookie:  __Host-portcullis_session\t=y\r\n\
+          Set-Cookie: =__Host-portcullis_session=z\r\n\
+          Set-Cookie: lang=fran\xe7ais; Path=/\r\n\
+          Set-Cookie: ok=1\r\n\
+          Connection: close\r\n\r\nok"
+            .to_vec(),
+    )
+    .await;
+    let gw = TestGateway::start(up.addr).await;
+    let got = raw(gw.http, b"GET /public/set HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&got), vec![200], "{}", String::from_utf8_lossy(&got));
+    let head = head_of(&got);
+    assert!(!head.contains("portcullis"), "{head}");
+    assert!(head.contains("set-cookie: ok=1"), "{head}");
+    assert!(head.contains("set-cookie: lang=fran"), "{head}");
+}
+
+fn host_routes(up: SocketAddr) -> String {
+    format!(
+        r#"
+[[route]]
+prefix = "/hosted"
+host = "Internal.Example.COM."
+upstream = "http://{up}"
+scopes = ["admin"]
+
+[[route]]
+prefix = "/hosted"
+upstream = "http://{up}"
+public = true
+"#
+    )
+}
+
+#[tokio::test]
+async fn fail_closed_host_is_normalised_once_and_malformed_hosts_are_400() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(up.addr, &host_routes(up.addr)).await;
+    let get = |host: &str| format!("GET /hosted/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    // The host-filtered route (a token needed: 401), never the weaker one of the same prefix.
+    for host in [
+        "internal.example.com",
+        "internal.example.com.",
+        "INTERNAL.EXAMPLE.COM",
+        "Internal.Example.Com.:8080",
+        "internal.example.com:0443",
+    ] {
+        let got = raw(gw.http, get(host).as_bytes()).await;
+        assert_eq!(statuses(&got), vec![401], "{host}: {}", String::from_utf8_lossy(&got));
+    }
+    for host in [
+        "a@internal.example.com",
+        "internal.example.com@evil.com",
+        "evil.com/x?y",
+        "evil.com#x",
+        "internal.example.com..",
+        ".internal.example.com",
+        "internal.example.com:",
+        "internal.example.com:99999",
+        "internal.example.com:123456",
+        "internal.example.com:8o",
+        "internal%2eexample.com",
+        "internal.example.com\\x",
+        "[::1",
+        "[fe80::1%25eth0]",
+        "[not-an-ip]",
+        "",
+    ] {
+        let got = raw(gw.http, get(host).as_bytes()).await;
+        assert_eq!(statuses(&got), vec![400], "{host:?}: {}", String::from_utf8_lossy(&got));
+    }
+    // Two Host headers (RFC 9112 §3.2), the same or different.
+    for second in ["internal.example.com", "other.example"] {
+        let req = format!(
+            "GET /hosted/x HTTP/1.1\r\nHost: internal.example.com\r\nHost: {second}\r\nConnection: close\r\n\r\n"
+        );
+        let got = raw(gw.http, req.as_bytes()).await;
+        assert_eq!(statuses(&got), vec![400], "{second}: {}", String::from_utf8_lossy(&got));
+    }
+    // X-Forwarded-Host carries the normalised authority.
+    for (host, forwarded) in
+        [("Localhost.:8080", "localhost:8080"), ("[::1]:8443", "[::1]:8443"), ("127.0.0.1", "127.0.0.1")]
+    {
+        let echo = echo_of(&raw(gw.http, get(host).replace("/hosted/x", "/public/h").as_bytes()).await);
+        assert_eq!(echo.header_all("x-forwarded-host"), vec![forwarded], "{host}");
+    }
+    // HTTP/2: the :authority goes through the same parser.
+    let port = gw.https.port();
+    for (authority, status) in [
+        ("internal.example.com.".to_string(), 401),
+        ("INTERNAL.example.com".to_string(), 401),
+        (format!("internal.example.com.:{port}"), 401),
+        ("a@internal.example.com".to_string(), 400),
+        (format!("a:b@internal.example.com:{port}"), 400),
+    ] {
+        let (got, body) = h2_request(&gw, "GET", &format!("https://{authority}/hosted/x"), &[]).await;
+        assert_eq!(got, status, "{authority}: {}", String::from_utf8_lossy(&body));
+    }
+    // :authority and Host must agree.
+    let (got, _) = h2_request(&gw, "GET", "https://localhost/hosted/x", &[("host", b"internal.example.com")]).await;
+    assert_eq!(got, 400);
+}
+
+const FORWARDING_CLAIMS: [&str; 26] = [
+    "X-Forwarded-For",
+    "X_Forwarded_For",
+    "X-Forwarded-Proto",
+    "x_forwarded_proto",
+    "X-Forwarded-Host",
+    "X_Forwarded-Host",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Server",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Ssl",
+    "X-Forwarded-Anything-New",
+    "X_Forwarded_Whatever",
+    "Forwarded",
+    "X-Real-IP",
+    "X_Real_IP",
+    "True-Client-IP",
+    "True_Client_IP",
+    "Client-IP",
+    "Client_IP",
+    "X-Client-IP",
+    "X-Cluster-Client-IP",
+    "Front-End-Https",
+    "Front_End_Https",
+    "X-Scheme",
+    "X_Scheme",
+];
+
+const REWRITES: [&str; 10] = [
+    "X-Original-URL",
+    "X_Original_URL",
+    "X-Rewrite-URL",
+    "X_Rewrite_Url",
+    "X-HTTP-Method-Override",
+    "X_HTTP_Method_Override",
+    "X-Method-Override",
+    "x_method_override",
+    "X-HTTP-Method",
+    "X_HTTP_Method",
+];
+
+fn spoofing_request(path: &str) -> String {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n");
+    for name in FORWARDING_CLAIMS.iter().chain(&REWRITES) {
+        let value = if name.to_ascii_lowercase().contains("method") { "DELETE" } else { "/admin" };
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    req
+}
+
+fn rewrite_routes(up: SocketAddr) -> String {
+    format!(
+        r#"
+[[route]]
+prefix = "/getonly"
+methods = ["GET"]
+upstream = "http://{up}"
+public = true
+
+[[route]]
+prefix = "/legacy"
+upstream = "http://{up}"
+public = true
+pass_rewrite_headers = true
+"#
+    )
+}
+
+#[tokio::test]
+async fn fail_closed_forwarding_and_rewrite_headers_from_untrusted_peers_never_reach_the_upstream() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(up.addr, &rewrite_routes(up.addr)).await;
+    for path in ["/public/f", "/getonly/f", "/legacy/f"] {
+        let echo = echo_of(&raw(gw.http, spoofing_request(path).as_bytes()).await);
+        assert_eq!(echo.method, "GET");
+        let dashed = |n: &str| n.replace('_', "-");
+        let names: Vec<String> = echo.headers.iter().map(|(n, _)| dashed(n)).collect();
+        for name in FORWARDING_CLAIMS.iter().chain(&REWRITES) {
+            let name = dashed(&name.to_ascii_lowercase());
+            let expected =
+                usize::from(matches!(name.as_str(), "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"));
+            assert_eq!(names.iter().filter(|n| **n == name).count(), expected, "{path} {name}: {echo:?}");
+        }
+        // The gateway's own values, not the caller's.
+        assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{path}");
+        assert_eq!(echo.header_all("x-forwarded-proto"), vec!["http"], "{path}");
+        assert_eq!(echo.header_all("x-forwarded-host"), vec!["gw.example"], "{path}");
+    }
+}
+
+#[tokio::test]
+async fn fail_closed_rewrite_headers_pass_only_from_trusted_proxies_on_routes_that_opt_in() {
+    let up = EchoUpstream::start().await;
+    let extra = format!("[proxy]\ntrusted_proxies = [\"127.0.0.1\"]\n{}", rewrite_routes(up.addr));
+    let gw = TestGateway::start_with(up.addr, &extra).await;
+    // A trusted proxy keeps its forwarding headers, but not the rewrite family.
+    let echo = echo_of(&raw(gw.http, spoofing_request("/getonly/f").as_bytes()).await);
+    assert_eq!(echo.header_all("x-forwarded-port"), vec!["/admin"]);
+    for name in REWRITES {
+        let name = name.to_ascii_lowercase();
+        assert!(echo.header(&name).is_none(), "{name}: {echo:?}");
+    }
+    // Unless the route opts in.
+    let echo = echo_of(&raw(gw.http, spoofing_request("/legacy/f").as_bytes()).await);
+    assert_eq!(echo.header_all("x-http-method-override"), vec!["DELETE"]);
+    assert_eq!(echo.header_all("x-original-url"), vec!["/admin"]);
+    // A Connection header that names X-Forwarded-For still does beside a non-ASCII byte:
+    // the trusted proxy's chain is hop-by-hop then, and not kept.
+    let req = b"GET /getonly/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: X-Forwarded-For, \xe9\r\n\
+                X-Forwarded-For: 203.0.113.9\r\n\r\n";
+    let echo = echo_of(&raw(gw.http, req).await);
+    assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{echo:?}");
+}
+
+#[tokio::test]
+async fn fail_closed_transfer_codings_other_than_a_lone_final_chunked_are_501() {
+    let (rec, gw) = recorded_gateway("").await;
+    for te in [
+        "Transfer-Encoding: gzip, chunked",
+        "Transfer-Encoding: chunked, chunked",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: identity, chunked",
+        "Transfer-Encoding: x-custom ,chunked",
+    ] {
+        for path in ["/public/te", "/oauth/token"] {
+            let req = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n{te}\r\n\r\n0\r\n\r\n"
+            );
+            let got = raw(gw.http, req.as_bytes()).await;
+            assert_eq!(statuses(&got), vec![501], "{path} {te:?}: {}", String::from_utf8_lossy(&got));
+            assert!(String::from_utf8_lossy(&got).contains("\"error\""), "{path} {te:?}");
+        }
+    }
+    assert!(rec.paths().is_empty(), "{:?}", rec.paths());
+    // A lone chunked, in any case, is fine.
+    let req = "POST /public/ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    assert_eq!(statuses(&raw(gw.http, req.as_bytes()).await), vec![200]);
+}
+
+#[tokio::test]
+async fn fail_closed_an_upstream_response_head_over_the_limit_is_502() {
+    let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: ".to_vec();
+    resp.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    resp.extend_from_slice(b"\r\n\r\nok");
+    let big = fixed_upstream(resp).await;
+    let echo = EchoUpstream::start().await;
+    let route = format!("[[route]]\nprefix = \"/echo\"\nupstream = \"http://{}\"\npublic = true\n", echo.addr);
+    let gw = TestGateway::start_with(big.addr, &route).await;
+    // HTTP/1.1 to the client: an HTTP/2 client would refuse such a head on its own.
+    let resp = gw.client().get(gw.http_url("/public/big")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "bad_gateway");
+    let resp = gw.client().get(gw.http_url("/echo/after")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn fail_closed_trace_is_405_unless_a_route_lists_it() {
+    let up = EchoUpstream::start().await;
+    let route = format!(
+        "[[route]]\nprefix = \"/traced\"\nmethods = [\"GET\", \"TRACE\"]\nupstream = \"http://{}\"\npublic = true\n",
+        up.addr
+    );
+    let gw = TestGateway::start_with(up.addr, &route).await;
+    let got = raw(gw.http, b"TRACE /public/t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&got), vec![405], "{}", String::from_utf8_lossy(&got));
+    let head = head_of(&got);
+    assert!(head.contains("allow: ") && !head.contains("trace"), "{head}");
+    assert!(String::from_utf8_lossy(&got).contains("\"method_not_allowed\""));
+    let (status, _) = h2_request(&gw, "TRACE", &gw.url("/public/t"), &[]).await;
+    assert_eq!(status, 405);
+    let got = raw(gw.http, b"TRACE /traced/t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(echo_of(&got).method, "TRACE");
+}
+
+#[tokio::test]
+async fn fail_closed_overlong_utf8_and_fullwidth_separators_in_paths_are_400() {
+    let (rec, gw) = recorded_gateway("").await;
+    for path in [
+        "/public/%C0%AE%C0%AE/admin",
+        "/public/%c0%af",
+        "/public/%E0%80%AE%E0%80%AE/admin",
+        "/public/%C1%9C",
+        "/public/%ED%A0%80",
+        "/public/%FF",
+        "/public/%EF%BC%8E%EF%BC%8E/admin",
+        "/public/%ef%bc%8f",
+        "/public/%EF%BC%BC",
+        "/public/%E2%88%95",
+        "/public/%E2%80%A4",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let got = raw(gw.http, req.as_bytes()).await;
+        assert_eq!(statuses(&got), vec![400], "{path}: {}", String::from_utf8_lossy(&got));
+    }
+    // Literal fullwidth dots are refused too (or never parsed as a target at all).
+    let got = raw(gw.http, "GET /public/．．/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_bytes()).await;
+    assert_eq!(statuses(&got), vec![400], "{}", String::from_utf8_lossy(&got));
+    assert!(rec.paths().is_empty(), "{:?}", rec.paths());
+    let got = raw(gw.http, b"GET /public/caf%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&got), vec![200]);
+}
+
+/// Read one response (head and Content-Length body) from a kept-alive connection.
+async fn read_one(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn fail_closed_the_clients_connection_keeps_the_gateways_http_version() {
+    let up = fixed_upstream(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()).await;
+    let gw = TestGateway::start(up.addr).await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    for i in 0..2 {
+        s.write_all(format!("GET /public/v{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let got = read_one(&mut s).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "request {i}: {got}");
+        assert!(got.ends_with("ok"), "request {i}: {got}");
+    }
+}

@@ -123,6 +123,8 @@ pub struct Admin {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_header_bytes: usize,
+    /// The largest response head accepted from an upstream; beyond it, 502.
+    pub max_upstream_header_bytes: usize,
     pub max_token_body_bytes: usize,
     pub max_proxy_body_bytes: u64,
     pub header_read_timeout: Duration,
@@ -234,6 +236,10 @@ pub struct Route {
     pub public: bool,
     pub strip_prefix: bool,
     pub forward_token: bool,
+    /// Keep the rewrite and method-override headers (`X-Original-URL`, `X-Rewrite-URL`,
+    /// `X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`) from a trusted
+    /// proxy. Off: they are removed whoever sends them.
+    pub pass_rewrite_headers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -526,6 +532,7 @@ impl Validator<'_> {
         let rl = &raw.limits;
         let limits = Limits {
             max_header_bytes: self.number(&rl.max_header_bytes, 16 * 1024)? as usize,
+            max_upstream_header_bytes: self.number(&rl.max_upstream_header_bytes, 64 * 1024)? as usize,
             max_token_body_bytes: self.number(&rl.max_token_body_bytes, 16 * 1024)? as usize,
             max_proxy_body_bytes: self.number(&rl.max_proxy_body_bytes, 10 * 1024 * 1024)?,
             header_read_timeout: self.duration(&rl.header_read_timeout, Duration::from_secs(10))?,
@@ -540,6 +547,11 @@ impl Validator<'_> {
             && let Some(v) = &rl.max_header_bytes
         {
             return Err(self.err(v.span(), "max_header_bytes must be at least 8192"));
+        }
+        if limits.max_upstream_header_bytes < 8192
+            && let Some(v) = &rl.max_upstream_header_bytes
+        {
+            return Err(self.err(v.span(), "max_upstream_header_bytes must be at least 8192"));
         }
 
         let token_path = self.endpoint(&raw.endpoints.token, "/oauth/token")?;
@@ -963,12 +975,19 @@ impl Validator<'_> {
         };
         let upstream = Upstream { scheme, authority, base_path: url.path().trim_end_matches('/').to_string() };
 
+        // Normalised as a request's authority is (lower-case, one trailing dot removed),
+        // so that the two compare equal whenever they name the same host.
         let host = match &r.host {
             None => None,
-            Some(h) if h.get_ref().trim().is_empty() || h.get_ref().contains(['/', ' ']) => {
-                return Err(self.err(h.span(), format!("bad route host {:?}", h.get_ref())));
-            }
-            Some(h) => Some(h.get_ref().trim().to_ascii_lowercase()),
+            Some(h) => match crate::authority::Authority::parse(h.get_ref().trim().as_bytes()) {
+                Some(a) if a.port().is_none() => Some(a.host().to_string()),
+                _ => {
+                    return Err(self.err(
+                        h.span(),
+                        format!("bad route host {:?}: a host name or IP address, without port", h.get_ref()),
+                    ));
+                }
+            },
         };
         let methods = match &r.methods {
             None => None,
@@ -995,6 +1014,7 @@ impl Validator<'_> {
             public: r.public,
             strip_prefix: r.strip_prefix,
             forward_token: r.forward_token,
+            pass_rewrite_headers: r.pass_rewrite_headers,
         })
     }
 }
@@ -1018,6 +1038,23 @@ mod tests {
         let a = parse("[admin]\naddress = \"0.0.0.0:9000\"\n").unwrap().admin.unwrap();
         assert_eq!((a.address, a.line), ("0.0.0.0:9000".parse().unwrap(), 9));
         assert!(parse("[admin]\nenabled = false\n").unwrap().admin.is_none());
+    }
+
+    #[test]
+    fn route_hosts_are_normalised_like_request_authorities() {
+        let route =
+            |host: &str| format!("[[route]]\nprefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\nhost = \"{host}\"\n");
+        for (given, stored) in
+            [("Internal.Example.COM.", "internal.example.com"), ("[0:0::1]", "[::1]"), ("svc_a", "svc_a")]
+        {
+            let c = parse(&route(given)).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(c.routes[0].host.as_deref(), Some(stored), "{given}");
+        }
+        for bad in ["a@b.example", "b.example:443", "b.example/x", "", " ", "b..example", "ex ample"] {
+            let e = parse(&route(bad)).unwrap_err();
+            assert!(e.reason.contains("bad route host"), "{bad}: {e}");
+        }
+        assert!(!parse("").unwrap().routes.iter().any(|r| r.pass_rewrite_headers));
     }
 
     #[test]

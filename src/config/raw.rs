@@ -97,6 +97,7 @@ pub struct RawTls {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_header_bytes: Option<Spanned<u64>>,
+    pub max_upstream_header_bytes: Option<Spanned<u64>>,
     pub max_token_body_bytes: Option<Spanned<u64>>,
     pub max_proxy_body_bytes: Option<Spanned<u64>>,
     pub header_read_timeout: Option<Spanned<String>>,
@@ -198,4 +199,6 @@ pub struct RawRoute {
     pub strip_prefix: bool,
     #[serde(default)]
     pub forward_token: bool,
+    #[serde(default)]
+    pub pass_rewrite_headers: bool,
 }

@@ -27,16 +27,13 @@ use super::grants::{resolve_scopes, sign};
 use super::params::Params;
 use super::{pages, users};
 use crate::config::{Client, GrantType};
+use crate::cookies::{CSRF_COOKIE, SESSION_COOKIE};
 use crate::http::{Body, full};
 use crate::ratelimit::{Endpoint, Throttled};
 use crate::state::{Gateway, Runtime};
 use crate::store::{CodeGrant, Session};
 use crate::tokens::{now_secs, random_token, sha256};
 
-const SESSION_COOKIE: &str = "__Host-portcullis_session";
-const CSRF_COOKIE: &str = "__Host-portcullis_csrf";
-/// The cookies the gateway sets; the proxy path keeps them from upstreams.
-pub const GATEWAY_COOKIES: [&str; 2] = [SESSION_COOKIE, CSRF_COOKIE];
 /// Authorization codes live 60 s (RFC 6749 §4.1.2 recommends at most 10 minutes).
 const CODE_LIFETIME_SECS: u64 = 60;
 const LOGIN_FAILED: &str = "The username or password is incorrect.";

@@ -21,6 +21,15 @@ pub enum ProxyError {
     /// The Authorization header is present but cannot hold a token.
     #[error("malformed request: {0}")]
     MalformedRequest(&'static str),
+    /// The Host header or request authority is not one authority we can route on.
+    #[error("bad host: {0}")]
+    BadHost(&'static str),
+    /// TRACE or CONNECT on a route that does not name it.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A transfer coding other than a lone, final `chunked`.
+    #[error("transfer coding not implemented")]
+    NotImplemented,
     /// A token was presented and refused.
     #[error("invalid token: {0}")]
     InvalidToken(TokenError),
@@ -41,6 +50,9 @@ pub enum ProxyError {
     #[error("upstream timed out")]
     GatewayTimeout,
 }
+
+/// What a route without a `methods` list allows: everything but TRACE and CONNECT.
+const ALLOWED_BY_DEFAULT: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 impl ProxyError {
     pub fn into_response(self, realm: &str) -> Response<Body> {
@@ -67,6 +79,21 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST,
                 json!({"error": "invalid_request", "error_description": "The Authorization header is malformed."}),
                 challenge(", error=\"invalid_request\""),
+            ),
+            ProxyError::BadHost(_) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": "The Host header or request authority is invalid."}),
+                None,
+            ),
+            ProxyError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed", "error_description": "This method is not allowed on this route."}),
+                None,
+            ),
+            ProxyError::NotImplemented => (
+                StatusCode::NOT_IMPLEMENTED,
+                json!({"error": "not_implemented", "error_description": "Only the chunked transfer coding is supported."}),
+                None,
             ),
             ProxyError::InvalidToken(e) => (
                 StatusCode::UNAUTHORIZED,
@@ -102,6 +129,16 @@ impl ProxyError {
         let mut resp = json(status, &body);
         if let Some(v) = www {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_BY_DEFAULT));
+            }
+            // The request body was not read: the connection cannot carry another request.
+            StatusCode::NOT_IMPLEMENTED => {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -15,9 +15,10 @@ use rustls_pki_types::pem::PemObject;
 
 use super::error::ProxyError;
 use super::pool::Pool;
+use crate::authority::Authority;
 use crate::config::{Config, Route};
+use crate::cookies;
 use crate::http::{Body, BoxError};
-use crate::oauth::authorize::GATEWAY_COOKIES;
 use crate::state::Runtime;
 use crate::tokens::validate::Principal;
 
@@ -47,7 +48,8 @@ impl Upstreams {
         http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
         let https =
             HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
-        Ok(Upstreams { pool: Pool::new(https, std::time::Duration::from_secs(90), 256) })
+        let max_head = config.limits.max_upstream_header_bytes;
+        Ok(Upstreams { pool: Pool::new(https, std::time::Duration::from_secs(90), 256, max_head) })
     }
 }
 
@@ -71,14 +73,14 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The fields a `Connection` header names: hop-by-hop for this message too.
+/// The fields a `Connection` header names: hop-by-hop for this message too. Read as bytes,
+/// so that another byte in the header cannot hide the names it lists.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| HeaderName::from_bytes(cookies::trim(t)).ok())
         .collect()
 }
 
@@ -97,35 +99,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, |n| is_hop_by_hop(n.as_str()) || listed.contains(n));
 }
 
-/// HTTP/2 may split `Cookie` into several fields; an HTTP/1.1 upstream must get them as one,
-/// joined with "; " (RFC 9113 §8.2.3).
-fn join_cookies(headers: &mut HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
-        return;
-    }
-    let joined: Vec<u8> =
-        headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b"; "[..]);
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        headers.insert(header::COOKIE, v);
-    }
-}
-
 /// The gateway's own cookies (the login session and its CSRF token) are for the gateway
 /// alone: an upstream must neither read them (it could replay the session at /authorize)
 /// nor set them (session fixation).
-fn is_gateway_cookie(name: &str) -> bool {
-    GATEWAY_COOKIES.contains(&name.trim())
-}
-
-fn strip_gateway_cookies(headers: &mut HeaderMap) {
-    let Some(v) = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()) else { return };
-    if !v.split(';').any(|pair| is_gateway_cookie(pair.split('=').next().unwrap_or(""))) {
+///
+/// Pairs are read as bytes (see [`cookies::pairs`]): whatever else the header holds, a
+/// gateway cookie is dropped and every other pair kept byte for byte. HTTP/2 may split
+/// `Cookie` into several fields; an HTTP/1.1 upstream gets them as one, joined with "; "
+/// (RFC 9113 §8.2.3). If the result could not be a header value, no Cookie is sent at all.
+pub(crate) fn filter_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    let Some(first) = fields.next() else { return };
+    // The common case, one field naming none of ours: a scan, no allocation.
+    if fields.next().is_none() && !cookies::pairs(first.as_bytes()).any(|(name, _)| cookies::is_gateway_cookie(name)) {
         return;
     }
-    let kept: Vec<&str> =
-        v.split(';').map(str::trim).filter(|pair| !is_gateway_cookie(pair.split('=').next().unwrap_or(""))).collect();
-    let kept = kept.join("; ");
-    match HeaderValue::from_str(&kept) {
+    let mut kept: Vec<u8> = Vec::new();
+    for field in headers.get_all(header::COOKIE) {
+        for pair in cookies::raw_pairs(field.as_bytes()) {
+            if cookies::is_gateway_cookie(cookies::pair_name(pair)) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(pair);
+        }
+    }
+    match HeaderValue::from_bytes(&kept) {
         Ok(v) if !kept.is_empty() => {
             headers.insert(header::COOKIE, v);
         }
@@ -135,38 +136,77 @@ fn strip_gateway_cookies(headers: &mut HeaderMap) {
     }
 }
 
-fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
-    let mut kept = Vec::new();
-    let mut dropped = false;
-    for v in headers.get_all(header::SET_COOKIE) {
-        let name = v.to_str().ok().and_then(|s| s.split('=').next()).unwrap_or("");
-        if is_gateway_cookie(name) {
-            dropped = true;
-        } else {
-            kept.push(v.clone());
-        }
+/// Drop every `Set-Cookie` that names a gateway cookie, however the rest is encoded.
+pub(crate) fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
+    if !headers.get_all(header::SET_COOKIE).iter().any(|v| cookies::sets_gateway_cookie(v.as_bytes())) {
+        return;
     }
-    if dropped {
-        headers.remove(header::SET_COOKIE);
-        for v in kept {
-            headers.append(header::SET_COOKIE, v);
-        }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !cookies::sets_gateway_cookie(v.as_bytes()))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
     }
 }
 
-/// Headers about the client's address or the original request that some upstreams trust
-/// as much as `X-Forwarded-For`: kept only from a trusted proxy.
-fn is_forwarding_claim(name: &str) -> bool {
-    matches!(
-        name,
-        "x-forwarded-proto"
-            | "x-forwarded-host"
-            | "forwarded"
-            | "x-real-ip"
-            | "true-client-ip"
-            | "x-client-ip"
-            | "x-cluster-client-ip"
-    )
+/// `name` (lower-case, as a `HeaderName` is) equals `lit` once `_` is read as `-`.
+fn dashed_eq(name: &[u8], lit: &[u8]) -> bool {
+    name.len() == lit.len() && name.iter().zip(lit).all(|(x, y)| if *x == b'_' { *y == b'-' } else { x == y })
+}
+
+/// Headers about the client's address, the scheme, host, port or path prefix of the
+/// original request, that some upstream trusts as much as `X-Forwarded-For`: every
+/// `X-Forwarded-*` (a prefix, not a list) and these. Kept only from a trusted proxy.
+const FORWARDING_CLAIMS: [&[u8]; 19] = [
+    b"forwarded",
+    b"x-forwarded",
+    b"x-real-ip",
+    b"true-client-ip",
+    b"client-ip",
+    b"x-client-ip",
+    b"x-cluster-client-ip",
+    b"x-originating-ip",
+    b"x-remote-ip",
+    b"x-remote-addr",
+    b"x-proxyuser-ip",
+    b"cf-connecting-ip",
+    b"fastly-client-ip",
+    b"x-scheme",
+    b"x-url-scheme",
+    b"front-end-https",
+    b"x-original-host",
+    b"x-host",
+    b"x-envoy-external-address",
+];
+
+/// Headers that make some frameworks route or dispatch on something else than the request
+/// line: another path (IIS, Symfony, Zend) or another method (Rails, Express, Spring, ...),
+/// which would escape the route's own path and method filters. Kept only from a trusted
+/// proxy on a route with `pass_rewrite_headers`.
+const REWRITES: [&[u8]; 7] = [
+    b"x-original-url",
+    b"x-original-uri",
+    b"x-rewrite-url",
+    b"x-http-method-override",
+    b"x-method-override",
+    b"x-http-method",
+    b"x-original-method",
+];
+
+/// Any spelling, `_` for `-`, of a forwarding claim.
+fn is_forwarding_claim(name: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"x-forwarded-";
+    (name.len() > PREFIX.len() && dashed_eq(&name[..PREFIX.len()], PREFIX))
+        || FORWARDING_CLAIMS.iter().any(|c| dashed_eq(name, c))
+}
+
+/// Any spelling, `_` for `-`, of a rewrite or method-override header.
+fn is_rewrite(name: &[u8]) -> bool {
+    REWRITES.iter().any(|c| dashed_eq(name, c))
 }
 
 /// `a` and `b` name the same header once `_` is read as `-` — CGI-style upstreams (WSGI,
@@ -206,10 +246,9 @@ fn upstream_headers(
     route: &Route,
     principal: Option<&Principal>,
     peer: &Peer,
-    original_host: Option<HeaderValue>,
+    authority: Option<&Authority>,
 ) -> Result<(), ProxyError> {
-    join_cookies(headers);
-    strip_gateway_cookies(headers);
+    filter_cookies(headers);
     let ids = &rt.config.headers;
     let trusted = rt.config.is_trusted_proxy(peer.addr.ip());
 
@@ -226,13 +265,18 @@ fn upstream_headers(
 
     remove_where(headers, |name| {
         let n = name.as_str();
+        let b = n.as_bytes();
+        // No proxy sends an underscore spelling of these: it can only come from the
+        // caller, and a CGI-style upstream would read it as the real one.
+        let underscored = b.contains(&b'_');
         is_hop_by_hop(n)
             || listed.contains(name)
             // Ours to set: the upstream's own authority, the address we saw.
             || n == "host"
             || n == "x-forwarded-for"
             || (n == "authorization" && !route.forward_token)
-            || (!trusted && is_forwarding_claim(n))
+            || ((!trusted || underscored) && is_forwarding_claim(b))
+            || ((!trusted || underscored || !route.pass_rewrite_headers) && is_rewrite(b))
             // Identity headers, and their underscore spellings, come only from us.
             || ids.all().iter().any(|id| id.as_str() == n || (n.contains('_') && same_when_dashed(id.as_str(), n)))
     });
@@ -244,9 +288,9 @@ fn upstream_headers(
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
     }
     if !headers.contains_key(X_FORWARDED_HOST)
-        && let Some(h) = original_host
+        && let Some(a) = authority
     {
-        headers.insert(X_FORWARDED_HOST, h);
+        headers.insert(X_FORWARDED_HOST, a.header_value().clone());
     }
 
     if let Some(p) = principal {
@@ -271,7 +315,7 @@ pub async fn forward<B>(
     principal: Option<&Principal>,
     req: Request<B>,
     peer: &Peer,
-    original_host: Option<HeaderValue>,
+    authority: Option<&Authority>,
 ) -> Result<Response<Body>, ProxyError>
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
@@ -300,7 +344,7 @@ where
         }
     };
 
-    upstream_headers(&mut parts.headers, rt, route, principal, peer, original_host)?;
+    upstream_headers(&mut parts.headers, rt, route, principal, peer, authority)?;
     parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -320,6 +364,10 @@ where
         Ok(Ok(resp)) => resp,
     };
     let (mut parts, body) = resp.into_parts();
+    // The client's connection is ours, not the upstream's: an HTTP/1.0 upstream must not
+    // make an HTTP/1.1 client's response HTTP/1.0 (and close its connection). hyper
+    // answers an HTTP/1.0 client in HTTP/1.0 whatever this says.
+    parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     drop_gateway_set_cookies(&mut parts.headers);
     Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
@@ -372,4 +420,87 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookie_headers(fields: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for f in fields {
+            h.append(header::COOKIE, HeaderValue::from_bytes(f).unwrap());
+        }
+        h
+    }
+
+    fn filtered(fields: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut h = cookie_headers(fields);
+        filter_cookies(&mut h);
+        h.get_all(header::COOKIE).iter().map(|v| v.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn gateway_cookies_are_dropped_whatever_the_header_holds() {
+        assert_eq!(filtered(&[b"lang=fran\xe7ais; __Host-portcullis_session=S"]), vec![b"lang=fran\xe7ais".to_vec()]);
+        assert_eq!(
+            filtered(&["a=1;__HOST-portcullis_CSRF=c ;\tb=\"é\"".as_bytes()]),
+            vec!["a=1; b=\"é\"".as_bytes().to_vec()]
+        );
+        assert_eq!(filtered(&[b"__Host-portcullis_session"]), Vec::<Vec<u8>>::new());
+        assert_eq!(filtered(&[b"__Host-portcullis_session=S; __Host-portcullis_csrf=C"]), Vec::<Vec<u8>>::new());
+        // HTTP/2 split fields: joined, then filtered.
+        assert_eq!(
+            filtered(&[b"a=1", b"__Host-portcullis_session=S", b"b=\xff; __host-portcullis_csrf=x"]),
+            vec![b"a=1; b=\xff".to_vec()]
+        );
+        assert_eq!(filtered(&[b"a=1", b"b=2"]), vec![b"a=1; b=2".to_vec()]);
+        // Untouched, byte for byte, when none of ours is there.
+        assert_eq!(filtered(&[b" a=1 ;b=\xe9 "]), vec![b" a=1 ;b=\xe9 ".to_vec()]);
+    }
+
+    #[test]
+    fn connection_names_are_read_even_beside_non_ascii_bytes() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_bytes(b"close, X-Forwarded-For ,\xe9").unwrap());
+        assert_eq!(connection_listed(&h), vec![HeaderName::from_static("close"), X_FORWARDED_FOR]);
+    }
+
+    #[test]
+    fn set_cookies_naming_gateway_cookies_are_dropped() {
+        let mut h = HeaderMap::new();
+        for v in [&b"__Host-portcullis_session=\xe9vil"[..], b"ok=1", b"=__host-portcullis_csrf=x", b"b=\xe9"] {
+            h.append(header::SET_COOKIE, HeaderValue::from_bytes(v).unwrap());
+        }
+        drop_gateway_set_cookies(&mut h);
+        let left: Vec<&[u8]> = h.get_all(header::SET_COOKIE).iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(left, vec![&b"ok=1"[..], b"b=\xe9"]);
+    }
+
+    #[test]
+    fn forwarding_and_rewrite_families_match_every_spelling() {
+        for n in [
+            "x-forwarded-for",
+            "x_forwarded_for",
+            "x-forwarded-prefix",
+            "x_forwarded-anything",
+            "x-forwarded",
+            "forwarded",
+            "x_real_ip",
+            "client-ip",
+            "client_ip",
+            "front-end-https",
+            "x-scheme",
+            "true_client_ip",
+        ] {
+            assert!(is_forwarding_claim(n.as_bytes()), "{n}");
+        }
+        for n in ["x-forwarded-", "x-forwardedfor", "forwarded-for", "x-request-id", "cookie", "x-real-ipv6"] {
+            assert!(!is_forwarding_claim(n.as_bytes()), "{n}");
+        }
+        for n in ["x-original-url", "x_rewrite_url", "x-http-method-override", "x_method_override", "x-http-method"] {
+            assert!(is_rewrite(n.as_bytes()), "{n}");
+        }
+        assert!(!is_rewrite(b"x-http-methods"));
+    }
 }

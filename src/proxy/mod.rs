@@ -10,9 +10,10 @@ pub mod route;
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, header};
+use http::{Method, Request, Response, header};
 use http_body::Body as HttpBody;
 
+use crate::authority::Authority;
 use crate::config::Route;
 use crate::http::{Body, BoxError};
 use crate::state::Gateway;
@@ -78,9 +79,16 @@ where
         return Err(ProxyError::UnsafePath);
     }
     let authority = request_authority(&req)?;
-    let host = authority.as_ref().and_then(|a| a.to_str().ok()).map(strip_port);
+    let host = authority.as_ref().map(Authority::host);
     let route: &Arc<_> = route::route(&rt.config.routes, host, req.method(), path).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route.clone());
+    // TRACE reflects the request (cookies, tokens) back; CONNECT makes a tunnel. Neither
+    // goes through unless the route names it.
+    if matches!(*req.method(), Method::TRACE | Method::CONNECT)
+        && !route.methods.as_ref().is_some_and(|ms| ms.contains(req.method()))
+    {
+        return Err(ProxyError::MethodNotAllowed);
+    }
 
     let principal = if route.public {
         None
@@ -91,7 +99,7 @@ where
         Some(p)
     };
     let started = std::time::Instant::now();
-    let result = forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, peer, authority).await;
+    let result = forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, peer, authority.as_ref()).await;
     // Only attempts that reached the upstream: a refused body never left the gateway.
     if matches!(result, Ok(_) | Err(ProxyError::BadGateway(_) | ProxyError::GatewayTimeout)) {
         gw.metrics.upstream_latency(&route.prefix, started.elapsed());
@@ -99,32 +107,33 @@ where
     result
 }
 
-/// The authority the caller addressed: `:authority` (HTTP/2) or the absolute-form target,
-/// else the Host header. When both are present they must name the same host (RFC 9113
-/// §8.3.1, RFC 9112 §3.2.2), so routing and `X-Forwarded-Host` cannot disagree.
-/// Always valid ASCII text.
-fn request_authority<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
-    let from_uri = req.uri().authority();
-    let from_header = match req.headers().get(header::HOST) {
-        Some(h) => Some((h, h.to_str().map_err(|_| ProxyError::MalformedRequest("Host header is not ASCII"))?)),
+/// The authority the caller addressed, parsed and normalised once ([`Authority`]):
+/// `:authority` (HTTP/2) or the absolute-form target, else the Host header. Anything that
+/// is not a valid authority is refused, as is more than one Host header (RFC 9112 §3.2).
+/// When both are present they must name the same host (RFC 9113 §8.3.1, RFC 9112
+/// §3.2.2), so routing and `X-Forwarded-Host` cannot disagree.
+fn request_authority<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadHost("more than one Host header"));
+    }
+    let from_header = match host {
+        Some(h) => Some(Authority::from_header(h).ok_or(ProxyError::BadHost("Host header is not a valid authority"))?),
+        None => None,
+    };
+    let from_uri = match req.uri().authority() {
+        Some(a) => Some(
+            Authority::parse(a.as_str().as_bytes())
+                .ok_or(ProxyError::BadHost("request target authority is not valid"))?,
+        ),
         None => None,
     };
     match (from_uri, from_header) {
-        (Some(u), Some((_, h))) if !strip_port(u.as_str()).eq_ignore_ascii_case(strip_port(h)) => {
-            Err(ProxyError::MalformedRequest("Host header differs from the request target"))
+        (Some(u), Some(h)) if u.host() != h.host() => {
+            Err(ProxyError::BadHost("Host header differs from the request target"))
         }
-        (Some(u), _) => HeaderValue::from_str(u.as_str())
-            .map(Some)
-            .map_err(|_| ProxyError::MalformedRequest("request target authority is not valid")),
-        // The header as received: cloning it shares its bytes.
-        (None, Some((h, _))) => Ok(Some(h.clone())),
-        (None, None) => Ok(None),
+        (Some(u), _) => Ok(Some(u)),
+        (None, h) => Ok(h),
     }
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_once(']').map(|(h, _)| &host[..h.len() + 1]).unwrap_or(host);
-    }
-    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
 }

@@ -77,6 +77,8 @@ pub struct Pool {
     idle: Mutex<HashMap<Key, Vec<Box<Conn>>>>,
     idle_timeout: Duration,
     max_idle_per_upstream: usize,
+    /// The largest response head (status line, headers) taken from an upstream.
+    max_head_bytes: usize,
 }
 
 impl Pool {
@@ -84,8 +86,15 @@ impl Pool {
         connector: HttpsConnector<HttpConnector>,
         idle_timeout: Duration,
         max_idle_per_upstream: usize,
+        max_head_bytes: usize,
     ) -> Arc<Pool> {
-        let pool = Arc::new(Pool { connector, idle: Mutex::default(), idle_timeout, max_idle_per_upstream });
+        let pool = Arc::new(Pool {
+            connector,
+            idle: Mutex::default(),
+            idle_timeout,
+            max_idle_per_upstream,
+            max_head_bytes: max_head_bytes.max(8192),
+        });
         // Outside a runtime (a tool building a config) there is nothing to sweep for.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep(Arc::downgrade(&pool)));
@@ -180,7 +189,8 @@ impl Pool {
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx)).await?;
         let stream = connector.call(uri).await?;
-        let (sender, io) = http1::Builder::new().handshake(stream).await?;
+        // A response head beyond the read buffer fails the exchange: a 502, not memory.
+        let (sender, io) = http1::Builder::new().max_header_size(self.max_head_bytes).handshake(stream).await?;
         Ok(Box::new(Conn { sender, io, idle_since: Instant::now() }))
     }
 
