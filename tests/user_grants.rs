@@ -520,3 +520,28 @@ async fn a_planted_csrf_pair_or_the_pre_login_token_cannot_forge_consent() {
     assert_eq!(done.status, 303, "{}", done.body);
     assert!(done.location_param("code").is_some());
 }
+
+/// Issue 11: the gateway reads its own cookies as bytes too. A browser that also holds a
+/// UTF-8 cookie (which any upstream on the host may set) still logs in and consents; a
+/// duplicated gateway cookie proves nothing and is refused.
+#[tokio::test]
+async fn a_non_ascii_cookie_beside_ours_does_not_hide_them_and_a_duplicate_is_refused() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    b.cookies.insert("lang".into(), "français".into());
+    let login = b.get(&authorize_url(&gw, &spa_query())).await;
+    let consent = b.submit(&gw, &login, &[("username", "alice"), ("password", ALICE_PASSWORD)]).await;
+    assert!(consent.body.contains("Allow access?"), "{}", consent.body);
+
+    // The session cookie twice (same value, other case of the name is another cookie):
+    // ambiguous, so the consent form is not honoured.
+    let session = b.cookies["__Host-portcullis_session"].clone();
+    let mut twice = Browser::new(&gw);
+    twice.cookies.insert("__Host-portcullis_session".into(), format!("{session}; __Host-portcullis_session={session}"));
+    let page = twice.submit(&gw, &consent, &[("decision", "allow")]).await;
+    assert_ne!(page.status, 303, "consent with a duplicated session cookie: {:?}", page.location);
+
+    let done = b.submit(&gw, &consent, &[("decision", "allow")]).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(done.location_param("code").is_some());
+}

@@ -27,7 +27,7 @@ use super::grants::{resolve_scopes, sign};
 use super::params::Params;
 use super::{pages, users};
 use crate::config::{Client, GrantType};
-use crate::cookies::{CSRF_COOKIE, SESSION_COOKIE};
+use crate::cookies::{self, CSRF_COOKIE, SESSION_COOKIE};
 use crate::http::{Body, full};
 use crate::ratelimit::{Endpoint, Throttled};
 use crate::state::{Gateway, Runtime};
@@ -311,15 +311,20 @@ fn carried<'a>(p: &'a AuthRequest, raw_scope: &'a str, csrf: &'a str) -> Vec<(&'
     ]
 }
 
+/// The value of our cookie `name`, read as bytes (another cookie's non-ASCII value must not
+/// hide ours), matched exactly. Absent when the name appears more than once: which copy a
+/// browser sends first is not ours to choose, so an ambiguous pair proves nothing.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+    let mut found = None;
+    for (k, v) in headers.get_all(header::COOKIE).iter().flat_map(|h| cookies::pairs(h.as_bytes())) {
+        if k == name.as_bytes() {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(v);
+        }
+    }
+    found.and_then(|v| std::str::from_utf8(v).ok())
 }
 
 fn set_cookie(resp: &mut Response<Body>, name: &str, value: &str, max_age: u64) {
