@@ -157,18 +157,21 @@ pub fn source_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     if !config.is_trusted_proxy(peer) {
         return peer;
     }
-    let hops: Vec<&str> = headers
+    // A line that is not text stays in the list as a hop that cannot be read (`None`), so
+    // the walk below stops there instead of skipping to what came before it.
+    let hops: Vec<Option<&str>> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| match v.to_str() {
+            Ok(text) => text.split(',').map(|h| Some(h.trim())).collect::<Vec<_>>(),
+            Err(_) => vec![None],
+        })
         .collect();
     let mut nearest = peer;
     for hop in hops.iter().rev() {
         // A value we cannot read was written by someone we do not trust: stop at the last
         // address we could vouch for.
-        let Ok(ip) = hop.parse::<IpAddr>() else { break };
+        let Some(Ok(ip)) = hop.map(str::parse::<IpAddr>) else { break };
         nearest = ip.to_canonical();
         if !config.is_trusted_proxy(nearest) {
             break;
