@@ -223,20 +223,13 @@ async fn serve_connection(
     let limits = gw.runtime().config.limits.clone();
     let activity = Arc::new(Activity::new());
     let io = ActivityIo { inner: stream, activity: activity.clone() };
-    let over_tls = tls.is_some();
-    let peer = Peer::new(addr, over_tls);
+    let peer = Peer::new(addr, tls.is_some());
     let seen = activity.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         seen.requested.store(true, Ordering::Relaxed);
         let gw = gw.clone();
         let peer = peer.clone();
-        async move {
-            let mut resp = dispatch(&gw, req, &peer).await;
-            if over_tls {
-                add_hsts(&gw, &mut resp);
-            }
-            Ok::<_, Infallible>(resp)
-        }
+        async move { Ok::<_, Infallible>(dispatch(&gw, req, &peer).await) }
     });
     let served = match tls {
         Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
@@ -269,15 +262,6 @@ async fn serve_connection(
     };
     if let Err(e) = served {
         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-    }
-}
-
-/// `[tls] hsts`, on every response of a TLS connection (ours and proxied: one policy for
-/// the host, replacing an upstream's own). The config in force decides, so a reload
-/// turns it on or off for the next response.
-fn add_hsts(gw: &Gateway, resp: &mut Response<Body>) {
-    if let Some(value) = gw.runtime().config.tls.as_ref().and_then(|t| t.hsts.clone()) {
-        resp.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, value);
     }
 }
 
@@ -357,6 +341,9 @@ enum Endpoint {
     Metadata,
     Jwks,
     Proxy,
+    /// A request the gateway cannot read safely (a transfer coding besides a lone chunked):
+    /// 501 whatever its path.
+    Unsupported,
 }
 
 /// Dispatch one request: our OAuth endpoints, or the proxy phases. Writes the access
@@ -368,15 +355,14 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
     // (A clone of the parsed URI shares its bytes.)
     let uri = req.uri().clone();
     let path = uri.path();
-    // Before any endpoint reads a body: a coding besides a lone chunked is 501 (issue 11).
-    if crate::http::unsupported_transfer_coding(req.headers()) {
-        gw.metrics.request(metrics::UNMATCHED, 501);
-        return crate::proxy::error::ProxyError::NotImplemented.into_response(&gw.runtime().config.realm);
-    }
-    let endpoint = {
+    let (endpoint, hsts) = {
         let rt = gw.runtime();
         let c = &rt.config;
-        match path {
+        // `[tls] hsts`, for every answer on a TLS connection (ours and proxied).
+        let hsts = if peer.tls { c.tls.as_ref().and_then(|t| t.hsts.clone()) } else { None };
+        let endpoint = match path {
+            // Before any endpoint reads a body: a coding besides a lone chunked is 501.
+            _ if crate::http::unsupported_transfer_coding(req.headers()) => Endpoint::Unsupported,
             p if p == c.token_path => Endpoint::Token,
             p if p == c.authorize_path => Endpoint::Authorize,
             p if p == c.revoke_path => Endpoint::Revoke,
@@ -384,7 +370,8 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
             p if p == c.metadata_path => Endpoint::Metadata,
             p if p == c.jwks_path => Endpoint::Jwks,
             _ => Endpoint::Proxy,
-        }
+        };
+        (endpoint, hsts)
     };
     // What the log line names, kept here so the line can borrow from it.
     let mut oauth_client: Option<String> = None;
@@ -418,6 +405,10 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
         }
         Endpoint::Metadata => (crate::oauth::metadata::handle(gw, &req), "oauth:metadata"),
         Endpoint::Jwks => (crate::oauth::jwks::handle(gw, &req), "oauth:jwks"),
+        Endpoint::Unsupported => (
+            crate::proxy::error::ProxyError::NotImplemented.into_response(&gw.runtime().config.realm),
+            metrics::UNMATCHED,
+        ),
         Endpoint::Proxy => {
             let (resp, outcome) = crate::proxy::handle(gw, req, peer).await;
             proxied = outcome;
@@ -436,7 +427,11 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
         latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         client_id: client_id.unwrap_or("-"),
     });
-    if method == http::Method::HEAD { headers_only(resp) } else { resp }
+    let mut resp = if method == http::Method::HEAD { headers_only(resp) } else { resp };
+    if let Some(value) = hsts {
+        resp.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, value);
+    }
+    resp
 }
 
 /// The answer to a HEAD request: the head of what GET would send, and no body. hyper drops
