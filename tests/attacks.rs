@@ -1566,7 +1566,7 @@ async fn fail_closed_host_is_normalised_once_and_malformed_hosts_are_400() {
     assert_eq!(got, 400);
 }
 
-const FORWARDING_CLAIMS: [&str; 26] = [
+const FORWARDING_CLAIMS: [&str; 28] = [
     "X-Forwarded-For",
     "X_Forwarded_For",
     "X-Forwarded-Proto",
@@ -1593,6 +1593,8 @@ const FORWARDING_CLAIMS: [&str; 26] = [
     "Front_End_Https",
     "X-Scheme",
     "X_Scheme",
+    "X-Original-Forwarded-For",
+    "X_Original_Forwarded_For",
 ];
 
 const REWRITES: [&str; 10] = [

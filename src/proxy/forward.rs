@@ -153,15 +153,10 @@ pub(crate) fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// `name` (lower-case, as a `HeaderName` is) equals `lit` once `_` is read as `-`.
-fn dashed_eq(name: &[u8], lit: &[u8]) -> bool {
-    name.len() == lit.len() && name.iter().zip(lit).all(|(x, y)| if *x == b'_' { *y == b'-' } else { x == y })
-}
-
 /// Headers about the client's address, the scheme, host, port or path prefix of the
 /// original request, that some upstream trusts as much as `X-Forwarded-For`: every
 /// `X-Forwarded-*` (a prefix, not a list) and these. Kept only from a trusted proxy.
-const FORWARDING_CLAIMS: [&[u8]; 19] = [
+const FORWARDING_CLAIMS: [&[u8]; 20] = [
     b"forwarded",
     b"x-forwarded",
     b"x-real-ip",
@@ -181,6 +176,8 @@ const FORWARDING_CLAIMS: [&[u8]; 19] = [
     b"x-original-host",
     b"x-host",
     b"x-envoy-external-address",
+    // ingress-nginx's copy of the client's own X-Forwarded-For.
+    b"x-original-forwarded-for",
 ];
 
 /// Headers that make some frameworks route or dispatch on something else than the request
@@ -200,20 +197,21 @@ const REWRITES: [&[u8]; 7] = [
 /// Any spelling, `_` for `-`, of a forwarding claim.
 fn is_forwarding_claim(name: &[u8]) -> bool {
     const PREFIX: &[u8] = b"x-forwarded-";
-    (name.len() > PREFIX.len() && dashed_eq(&name[..PREFIX.len()], PREFIX))
-        || FORWARDING_CLAIMS.iter().any(|c| dashed_eq(name, c))
+    (name.len() > PREFIX.len() && same_when_dashed(&name[..PREFIX.len()], PREFIX))
+        || FORWARDING_CLAIMS.iter().any(|c| same_when_dashed(name, c))
 }
 
 /// Any spelling, `_` for `-`, of a rewrite or method-override header.
 fn is_rewrite(name: &[u8]) -> bool {
-    REWRITES.iter().any(|c| dashed_eq(name, c))
+    REWRITES.iter().any(|c| same_when_dashed(name, c))
 }
 
 /// `a` and `b` name the same header once `_` is read as `-` — CGI-style upstreams (WSGI,
 /// Rack, PHP) see `X_Auth_User` as `X-Auth-User`.
-fn same_when_dashed(a: &str, b: &str) -> bool {
+/// Both are lower-case, as a `HeaderName` is.
+fn same_when_dashed(a: &[u8], b: &[u8]) -> bool {
     let dash = |c: u8| if c == b'_' { b'-' } else { c };
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| dash(x) == dash(y))
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| dash(*x) == dash(*y))
 }
 
 /// Where the request came from, as the listener saw it.
@@ -278,7 +276,7 @@ fn upstream_headers(
             || ((!trusted || underscored) && is_forwarding_claim(b))
             || ((!trusted || underscored || !route.pass_rewrite_headers) && is_rewrite(b))
             // Identity headers, and their underscore spellings, come only from us.
-            || ids.all().iter().any(|id| id.as_str() == n || (n.contains('_') && same_when_dashed(id.as_str(), n)))
+            || ids.all().iter().any(|id| same_when_dashed(id.as_str().as_bytes(), b))
     });
 
     if let Some(v) = xff {
