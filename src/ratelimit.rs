@@ -111,13 +111,13 @@ impl RateLimiter {
         if !cfg.enabled {
             return Ok(());
         }
-        self.clients.take(client_id.to_string(), cfg.client_failures, 1.0)
+        self.clients.take(name_key(client_id), cfg.client_failures, 1.0)
     }
 
     /// The secret verified: give the reserved failure back.
     pub fn release_client(&self, cfg: &RateLimits, client_id: &str) {
         if cfg.enabled {
-            self.clients.charge(client_id.to_string(), cfg.client_failures, -1.0);
+            self.clients.charge(name_key(client_id), cfg.client_failures, -1.0);
         }
     }
 
@@ -127,13 +127,13 @@ impl RateLimiter {
         if !cfg.enabled {
             return Ok(());
         }
-        self.users.take(username.to_string(), cfg.user_failures, 1.0)
+        self.users.take(name_key(username), cfg.user_failures, 1.0)
     }
 
     /// The password verified: give the reserved failure back.
     pub fn release_user(&self, cfg: &RateLimits, username: &str) {
         if cfg.enabled {
-            self.users.charge(username.to_string(), cfg.user_failures, -1.0);
+            self.users.charge(name_key(username), cfg.user_failures, -1.0);
         }
     }
 }
@@ -148,6 +148,18 @@ fn ip_key(ip: IpAddr) -> IpAddr {
         }
         v4 => v4,
     }
+}
+
+/// The key of a per-name bucket. Names come from callers, known or not (so that a 429
+/// tells nothing about which exist): a long one is kept as its SHA-256, so a tracked
+/// entry costs at most 64 bytes of name whatever was sent.
+fn name_key(name: &str) -> String {
+    const MAX_KEPT: usize = 128;
+    if name.len() <= MAX_KEPT {
+        return name.to_string();
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The address a request comes from: the peer, or — when the peer is a trusted proxy —
@@ -296,6 +308,15 @@ mod tests {
         assert_eq!(ip_key(a), ip_key(b));
         assert_ne!(ip_key(a), ip_key(c));
         assert_eq!(ip_key("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn long_names_are_tracked_by_their_digest() {
+        assert_eq!(name_key("svc"), "svc");
+        let long = "x".repeat(16 * 1024);
+        assert_eq!(name_key(&long).len(), 64);
+        assert_ne!(name_key(&long), name_key(&"y".repeat(16 * 1024)));
+        assert_eq!(name_key(&long), name_key(&long));
     }
 
     #[test]
