@@ -336,25 +336,13 @@ fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError>
     Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, key.fingerprint, c.exp)
 }
 
-/// RFC 7515 §4.1.11: a `crit` header names extensions the recipient must understand; we
-/// understand none, so any `crit` refuses the token. jsonwebtoken's `Header` does not keep
-/// unknown parameters, so the header segment is read here on its own.
-fn has_crit(token: &str) -> Result<bool, TokenError> {
-    use base64::Engine;
-    let segment = token.split('.').next().ok_or(TokenError::Malformed)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(segment.trim_end_matches('='))
-        .map_err(|_| TokenError::Malformed)?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
-    Ok(header.contains_key("crit"))
-}
-
 fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessClaims, &'k Key), TokenError> {
-    if has_crit(token)? {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+    // RFC 7515 §4.1.11: `crit` names extensions the recipient must understand; we
+    // understand none. (A repeated `crit` key fails to decode above.)
+    if header.crit.is_some() {
         return Err(TokenError::CriticalHeader);
     }
-    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
     let key = keys.get(kid).ok_or(TokenError::UnknownKey)?;
     if header.alg != key.alg {
