@@ -20,11 +20,13 @@ fn under(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// `routes` is sorted longest prefix first, so the first match is the longest.
+/// `routes` is sorted longest prefix first, so the first match is the longest. `host` and
+/// each route's host are both in [`crate::authority::Authority`]'s normal form (lower-case,
+/// no trailing dot), so they compare exactly.
 pub fn route<'a>(routes: &'a [Arc<Route>], host: Option<&str>, method: &Method, path: &str) -> Option<&'a Arc<Route>> {
     routes.iter().find(|r| {
         under(&r.prefix, path)
-            && r.host.as_deref().is_none_or(|h| host.is_some_and(|given| given.eq_ignore_ascii_case(h)))
+            && r.host.as_deref().is_none_or(|h| host == Some(h))
             && r.methods.as_ref().is_none_or(|ms| ms.contains(method))
     })
 }
