@@ -1748,7 +1748,7 @@ async fn fail_closed_trace_is_405_unless_a_route_lists_it() {
 }
 
 #[tokio::test]
-async fn fail_closed_overlong_utf8_and_fullwidth_separators_in_paths_are_400() {
+async fn fail_closed_overlong_utf8_and_non_nfkc_or_look_alike_paths_are_400() {
     let (rec, gw) = recorded_gateway("").await;
     for path in [
         "/public/%C0%AE%C0%AE/admin",
@@ -1762,16 +1762,27 @@ async fn fail_closed_overlong_utf8_and_fullwidth_separators_in_paths_are_400() {
         "/public/%EF%BC%BC",
         "/public/%E2%88%95",
         "/public/%E2%80%A4",
+        // Not NFKC: an upstream that normalises folds them into `..`, `admin`, `;`.
+        "/public/%EF%B8%B0/admin",
+        "/public/%EF%BD%81%EF%BD%84%EF%BD%8D%EF%BD%89%EF%BD%8E/x",
+        "/public/x%CD%BEy",
+        // Best-fit backslash that NFKC leaves alone.
+        "/public/a%C2%A5b",
     ] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let got = raw(gw.http, req.as_bytes()).await;
         assert_eq!(statuses(&got), vec![400], "{path}: {}", String::from_utf8_lossy(&got));
     }
     // Literal fullwidth dots are refused too (or never parsed as a target at all).
-    let got = raw(gw.http, "GET /public/．．/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_bytes()).await;
-    assert_eq!(statuses(&got), vec![400], "{}", String::from_utf8_lossy(&got));
+    for path in ["/public/．．/admin", "/public/︰/admin", "/public/ａｄｍｉｎ/x", "/public/x\u{037E}y"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let got = raw(gw.http, req.as_bytes()).await;
+        assert_eq!(statuses(&got), vec![400], "{path}: {}", String::from_utf8_lossy(&got));
+    }
     assert!(rec.paths().is_empty(), "{:?}", rec.paths());
     let got = raw(gw.http, b"GET /public/caf%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&got), vec![200]);
+    let got = raw(gw.http, b"GET /public/%E6%97%A5%E6%9C%AC HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert_eq!(statuses(&got), vec![200]);
 }
 

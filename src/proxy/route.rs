@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use http::Method;
+use icu_normalizer::ComposingNormalizerBorrowed;
 
 use crate::config::Route;
 
@@ -19,11 +20,13 @@ fn under(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// `routes` is sorted longest prefix first, so the first match is the longest.
+/// `routes` is sorted longest prefix first, so the first match is the longest. `host` and
+/// each route's host are both in [`crate::authority::Authority`]'s normal form (lower-case,
+/// no trailing dot), so they compare exactly.
 pub fn route<'a>(routes: &'a [Arc<Route>], host: Option<&str>, method: &Method, path: &str) -> Option<&'a Arc<Route>> {
     routes.iter().find(|r| {
         under(&r.prefix, path)
-            && r.host.as_deref().is_none_or(|h| host.is_some_and(|given| given.eq_ignore_ascii_case(h)))
+            && r.host.as_deref().is_none_or(|h| host == Some(h))
             && r.methods.as_ref().is_none_or(|ms| ms.contains(method))
     })
 }
@@ -32,9 +35,12 @@ pub fn route<'a>(routes: &'a [Arc<Route>], host: Option<&str>, method: &Method, 
 /// matched: dot segments (plain or percent-encoded), empty segments (`//`), backslashes,
 /// `;` path parameters, and percent-encodings of anything but reserved or non-ASCII bytes
 /// (`%61` for `a`, `%2f` for `/`, `%00`). Non-ASCII must decode (escapes and all) to
-/// valid UTF-8, which refuses overlong forms (`%C0%AE` for `.`) and surrogates, and must
-/// hold no look-alike of a separator that an upstream could fold into one (fullwidth
-/// `．／＼`, `∕`, `․`, ...). What we route on is then exactly what the upstream sees.
+/// valid UTF-8, which refuses overlong forms (`%C0%AE` for `.`) and surrogates, must
+/// already be in NFKC form, which refuses everything an upstream could fold into other
+/// characters (fullwidth `．／＼ａｄｍｉｎ`, `︰`, `…`, `⒈`, `℀`, Greek `;`, ...), and must
+/// hold none of the [`BEST_FIT`] look-alikes that NFKC leaves alone (`¥`, `∕`, ...). What
+/// we route on is then exactly what the upstream sees. An all-ASCII path (the usual case)
+/// never reaches the normaliser.
 pub fn is_safe_path(path: &str) -> bool {
     if !path.starts_with('/') || path.contains(['\\', ';']) || path.contains("//") {
         return false;
@@ -65,29 +71,22 @@ pub fn is_safe_path(path: &str) -> bool {
     !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
-/// Characters that Unicode compatibility normalisation (NFKC) or a "best fit" code page
-/// mapping turns into `.`, `/`, `\`, `;` or `%`: an upstream that folds them would see dot
-/// segments or separators we did not route on.
-const CONFUSABLES: [char; 16] = [
-    '\u{FF0E}', // ．fullwidth full stop
-    '\u{FF0F}', // ／fullwidth solidus
-    '\u{FF3C}', // ＼fullwidth reverse solidus
-    '\u{FF1B}', // ；fullwidth semicolon
-    '\u{FF05}', // ％fullwidth percent sign
-    '\u{FF61}', // ｡ halfwidth ideographic full stop
-    '\u{3002}', // 。ideographic full stop (a label separator in IDNA)
-    '\u{2024}', // ․ one dot leader
-    '\u{2025}', // ‥ two dot leader (NFKC: "..")
-    '\u{FE52}', // ﹒small full stop
-    '\u{FE54}', // ﹔small semicolon
-    '\u{FE68}', // ﹨small reverse solidus
+/// Characters that NFKC leaves alone but that a "best fit" code page mapping (or a
+/// look-alike-folding upstream) turns into `.`, `/` or `\`: an upstream that folds them
+/// would see dot segments or separators we did not route on. Everything that NFKC itself
+/// folds (fullwidth `．／＼；％`, `․`, `‥`, `﹒`, ...) is refused by the NFKC check.
+const BEST_FIT: [char; 7] = [
+    '\u{00A5}', // ¥ yen sign (Shift_JIS best fit: `\`)
+    '\u{20A9}', // ₩ won sign (EUC-KR best fit: `\`)
     '\u{2215}', // ∕ division slash
-    '\u{2044}', // ⁄ fraction slash
     '\u{2216}', // ∖ set minus
+    '\u{2044}', // ⁄ fraction slash
     '\u{29F5}', // ⧵ reverse solidus operator
+    '\u{3002}', // 。ideographic full stop (a label separator in IDNA)
 ];
 
-/// The path with its escapes decoded must be valid UTF-8 without confusables.
+/// The path with its escapes decoded must be valid UTF-8, in NFKC form, without a
+/// [`BEST_FIT`] look-alike. Anything else fails closed.
 fn non_ascii_is_safe(bytes: &[u8]) -> bool {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -106,7 +105,7 @@ fn non_ascii_is_safe(bytes: &[u8]) -> bool {
         }
     }
     match std::str::from_utf8(&decoded) {
-        Ok(text) => !text.contains(CONFUSABLES),
+        Ok(text) => !text.contains(BEST_FIT) && ComposingNormalizerBorrowed::new_nfkc().is_normalized(text),
         Err(_) => false,
     }
 }
@@ -190,6 +189,57 @@ mod tests {
             assert!(!is_safe_path(p), "{p}");
         }
         for p in ["/api/caf%C3%A9", "/api/café", "/api/%E2%82%AC", "/api/日本", "/api/%F0%9F%98%80", "/api/a.b"] {
+            assert!(is_safe_path(p), "{p}");
+        }
+    }
+
+    /// `/api/a{text}b`, literally and with every non-ASCII byte percent-encoded.
+    fn both_forms(text: &str) -> [String; 2] {
+        let encoded: String =
+            text.bytes().map(|b| if b.is_ascii() { char::from(b).to_string() } else { format!("%{b:02X}") }).collect();
+        [format!("/api/a{text}b"), format!("/api/a{encoded}b")]
+    }
+
+    #[test]
+    fn characters_that_normalise_into_others_are_unsafe() {
+        let mut texts: Vec<String> = [
+            "\u{FE30}",                                   // ︰ NFKC ".."
+            "\u{2026}",                                   // … NFKC "..."
+            "\u{FE19}",                                   // ︙ NFKC "..."
+            "\u{1F100}",                                  // 🄀 NFKC "0."
+            "\u{2100}",                                   // ℀ NFKC "a/c"
+            "\u{2101}",                                   // ℁ NFKC "a/s"
+            "\u{2105}",                                   // ℅ NFKC "c/o"
+            "\u{2106}",                                   // ℆ NFKC "c/u"
+            "\u{037E}",                                   // ; Greek question mark, NFC ";"
+            "\u{FE14}",                                   // ︔ NFKC ";"
+            "\u{FE6A}",                                   // ﹪ NFKC "%"
+            "\u{00A5}",                                   // ¥ best fit for `\`
+            "\u{20A9}",                                   // ₩ best fit for `\`
+            "\u{2216}",                                   // ∖
+            "\u{2044}",                                   // ⁄
+            "\u{29F5}",                                   // ⧵
+            "\u{FF0E}",                                   // ．
+            "\u{FF61}",                                   // ｡
+            "\u{FE52}",                                   // ﹒
+            "\u{FE68}",                                   // ﹨
+            "/\u{FF41}\u{FF44}\u{FF4D}\u{FF49}\u{FF4E}/", // /ａｄｍｉｎ/ NFKC "/admin/"
+            "e\u{0301}",                                  // decomposed é: NFC composes it
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        texts.extend(('\u{2488}'..='\u{249B}').map(String::from)); // ⒈..⒛ NFKC "1."..."20."
+        for text in &texts {
+            for p in both_forms(text) {
+                assert!(!is_safe_path(&p), "{p}");
+            }
+        }
+        assert!(!is_safe_path("/\u{FF41}\u{FF44}\u{FF4D}\u{FF49}\u{FF4E}/x"));
+        assert!(!is_safe_path("/%EF%BD%81%EF%BD%84%EF%BD%8D%EF%BD%89%EF%BD%8E/x"));
+        // Already NFKC: still served.
+        for p in ["/api/caf%C3%A9", "/api/caf\u{E9}", "/api/%E6%97%A5%E6%9C%AC", "/api/\u{65E5}\u{672C}", "/api/%CE%B1"]
+        {
             assert!(is_safe_path(p), "{p}");
         }
     }
