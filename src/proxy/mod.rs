@@ -10,7 +10,7 @@ pub mod route;
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response, header};
+use http::{Request, Response, header};
 use http_body::Body as HttpBody;
 
 use crate::authority::Authority;
@@ -78,13 +78,19 @@ where
     if !route::is_safe_path(path) {
         return Err(ProxyError::UnsafePath);
     }
+    // Methods are case-sensitive (RFC 9110 §9.1) and every route's are upper case, but many
+    // upstreams read `delete` as DELETE: a lower-case spelling would slip past a route's
+    // method filter to a broader route. Refused before routing.
+    if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(ProxyError::MethodNotAllowed);
+    }
     let authority = request_authority(&req)?;
     let host = authority.as_ref().map(Authority::host);
     let route: &Arc<_> = route::route(&rt.config.routes, host, req.method(), path).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route.clone());
-    // TRACE reflects the request (cookies, tokens) back; CONNECT makes a tunnel. Neither
-    // goes through unless the route names it.
-    if matches!(*req.method(), Method::TRACE | Method::CONNECT)
+    // TRACE (and IIS's TRACK) reflects the request (cookies, tokens) back; CONNECT makes a
+    // tunnel. None goes through unless the route names it.
+    if matches!(req.method().as_str(), "TRACE" | "TRACK" | "CONNECT")
         && !route.methods.as_ref().is_some_and(|ms| ms.contains(req.method()))
     {
         return Err(ProxyError::MethodNotAllowed);
