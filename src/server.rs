@@ -341,6 +341,8 @@ enum Endpoint {
     Metadata,
     Jwks,
     Proxy,
+    /// An HTTP/1.1 request without a Host header, or any request with more than one.
+    BadHost,
     /// A request the gateway cannot read safely (a transfer coding besides a lone chunked):
     /// 501 whatever its path.
     Unsupported,
@@ -363,6 +365,8 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
         let endpoint = match path {
             // Before any endpoint reads a body: a coding besides a lone chunked is 501.
             _ if crate::http::unsupported_transfer_coding(req.headers()) => Endpoint::Unsupported,
+            // RFC 9112 §3.2: an HTTP/1.1 request without a Host, or any with two, is 400.
+            _ if bad_host_count(&req) => Endpoint::BadHost,
             p if p == c.token_path => Endpoint::Token,
             p if p == c.authorize_path => Endpoint::Authorize,
             p if p == c.revoke_path => Endpoint::Revoke,
@@ -405,6 +409,11 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
         }
         Endpoint::Metadata => (crate::oauth::metadata::handle(gw, &req), "oauth:metadata"),
         Endpoint::Jwks => (crate::oauth::jwks::handle(gw, &req), "oauth:jwks"),
+        Endpoint::BadHost => (
+            crate::proxy::error::ProxyError::BadHost("missing or repeated Host header")
+                .into_response(&gw.runtime().config.realm),
+            metrics::UNMATCHED,
+        ),
         Endpoint::Unsupported => (
             crate::proxy::error::ProxyError::NotImplemented.into_response(&gw.runtime().config.realm),
             metrics::UNMATCHED,
@@ -450,6 +459,15 @@ fn headers_only(mut resp: Response<Body>) -> Response<Body> {
     }
     *resp.body_mut() = crate::http::full(bytes::Bytes::new());
     resp
+}
+
+/// Two Host fields, or none on HTTP/1.1 (HTTP/1.0 may omit it; HTTP/2 carries `:authority`).
+fn bad_host_count<B>(req: &Request<B>) -> bool {
+    match req.headers().get_all(http::header::HOST).iter().take(2).count() {
+        0 => req.version() == http::Version::HTTP_11,
+        1 => false,
+        _ => true,
+    }
 }
 
 /// Whether a connection moved a byte since the idle check last looked (a flag, not a

@@ -1820,3 +1820,49 @@ async fn fail_closed_the_clients_connection_keeps_the_gateways_http_version() {
         assert!(got.ends_with("ok"), "request {i}: {got}");
     }
 }
+
+/// Black-box finding: `trace`, `tRaCe`, `connect` and IIS's `TRACK` skipped the TRACE
+/// refusal, and a lower-case `delete` skipped a route's method filter for a broader route
+/// (upstreams that read methods case-insensitively then performed it). Any method with a
+/// lower-case letter is refused before routing; TRACK is held to TRACE's rule.
+#[tokio::test]
+async fn fail_closed_lower_case_methods_and_track_are_405() {
+    let up = EchoUpstream::start().await;
+    // /strict takes DELETE only with the admin scope; a broader public route covers the rest.
+    let route = format!(
+        "[[route]]\nprefix = \"/strict\"\nmethods = [\"DELETE\"]\nupstream = \"http://{0}\"\nscopes = [\"admin\"]\n\
+         [[route]]\nprefix = \"/strict\"\nupstream = \"http://{0}\"\npublic = true\n",
+        up.addr
+    );
+    let gw = TestGateway::start_with(up.addr, &route).await;
+    for method in ["trace", "tRaCe", "connect", "delete", "Delete", "get", "TRACK"] {
+        let req = format!("{method} /strict/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let got = raw(gw.http, req.as_bytes()).await;
+        assert_eq!(statuses(&got), vec![405], "{method}: {}", String::from_utf8_lossy(&got));
+        let (status, _) = h2_request(&gw, method, &gw.url("/strict/x"), &[]).await;
+        assert_eq!(status, 405, "{method} over HTTP/2");
+    }
+    // The upper-case DELETE still needs the admin scope; GET still reaches the public route.
+    let got = raw(gw.http, b"DELETE /strict/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&got), vec![401]);
+    let got = raw(gw.http, b"GET /strict/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(echo_of(&got).method, "GET");
+}
+
+/// Black-box finding: an HTTP/1.1 request without a Host header was routed (RFC 9112 §3.2:
+/// 400), at the OAuth endpoints too; HTTP/1.0 may omit it. Two Host headers are 400 at every
+/// endpoint, not only on the proxy path.
+#[tokio::test]
+async fn fail_closed_http11_without_host_or_with_two_is_400_everywhere() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    for path in ["/public/x", "/.well-known/jwks.json", "/oauth/token"] {
+        let got = raw(gw.http, format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        assert_eq!(statuses(&got), vec![400], "no Host, {path}: {}", String::from_utf8_lossy(&got));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let got = raw(gw.http, req.as_bytes()).await;
+        assert_eq!(statuses(&got), vec![400], "two Hosts, {path}: {}", String::from_utf8_lossy(&got));
+    }
+    let got = raw(gw.http, b"GET /public/x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(echo_of(&got).path, "/public/x", "HTTP/1.0 may omit Host");
+}
