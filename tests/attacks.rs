@@ -1408,7 +1408,7 @@ async fn h2_request(gw: &TestGateway, method: &str, uri: &str, headers: &[(&str,
 async fn fail_closed_gateway_cookies_never_reach_the_upstream_whatever_the_cookie_header_holds() {
     let up = EchoUpstream::start().await;
     let gw = TestGateway::start(up.addr).await;
-    let cases: [&[u8]; 6] = [
+    let cases: [&[u8]; 12] = [
         // Not visible ASCII: to_str() failed and the whole header went through.
         "Cookie: lang=français; __Host-portcullis_session=SECRET; __Host-portcullis_csrf=CSRF\r\n".as_bytes(),
         b"Cookie: lang=fran\xe7ais; __Host-portcullis_session=SECRET\r\n",
@@ -1419,6 +1419,14 @@ async fn fail_closed_gateway_cookies_never_reach_the_upstream_whatever_the_cooki
         "Cookie: lang=français\r\nCookie: __Host-portcullis_session=SECRET\r\nCookie: __Host-portcullis_session=S2\r\n"
             .as_bytes(),
         b"Cookie: __Host-portcullis_session=SECRET\r\nCookie: lang=fran\xc3\xa7ais; x=\"quoted\"\r\n",
+        // Another byte before the name, which Node's `cookie` (`.trim()`), Python and others
+        // skip; a comma for a ';'; quotes; the name inside another pair.
+        b"Cookie: lang=fran\xc3\xa7ais;\xa0__Host-portcullis_csrf=ZZ\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; \x85__Host-portcullis_session=SECRET\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; !__HOST-portcullis_session=SECRET\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; a=1,__Host-portcullis_session=SECRET\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; \"__Host-portcullis_csrf\"=CSRF\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; x=y=__Host-portcullis_session=SECRET\r\n",
     ];
     for (i, cookie) in cases.iter().enumerate() {
         let mut req = b"GET /public/cookie HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
@@ -1465,6 +1473,11 @@ async fn fail_closed_an_upstream_cannot_set_the_gateways_cookies() {
           Set-Cookie: __HOST-PORTCULLIS_CSRF=x; Path=/\r\n\
           Set-Cookie:  __Host-portcullis_session\t=y\r\n\
           Set-Cookie: =__Host-portcullis_session=z\r\n\
+          Set-Cookie: \xa0__Host-portcullis_session=v; Path=/\r\n\
+          Set-Cookie: ==__Host-portcullis_csrf\r\n\
+          Set-Cookie: \"__Host-portcullis_session\"=v\r\n\
+          Set-Cookie: x=1, __Host-portcullis_session=v\r\n\
+          Set-Cookie: x=\x85__host-PORTCULLIS_csrf=v\r\n\
           Set-Cookie: lang=fran\xe7ais; Path=/\r\n\
           Set-Cookie: ok=1\r\n\
           Connection: close\r\n\r\nok"

@@ -103,21 +103,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// alone: an upstream must neither read them (it could replay the session at /authorize)
 /// nor set them (session fixation).
 ///
-/// Pairs are read as bytes (see [`cookies::pairs`]): whatever else the header holds, a
-/// gateway cookie is dropped and every other pair kept byte for byte. HTTP/2 may split
-/// `Cookie` into several fields; an HTTP/1.1 upstream gets them as one, joined with "; "
-/// (RFC 9113 §8.2.3). If the result could not be a header value, no Cookie is sent at all.
+/// Pairs are read as bytes (see [`cookies::raw_pairs`]): a pair in which a gateway cookie
+/// name appears anywhere, in any case ([`cookies::mentions_gateway_cookie`]), is dropped,
+/// since some parser reads `\xa0__Host-…=v` or `a=1,__Host-…=v` as ours; every other pair
+/// is kept byte for byte. HTTP/2 may split `Cookie` into several fields; an HTTP/1.1
+/// upstream gets them as one, joined with "; " (RFC 9113 §8.2.3). If the result could not
+/// be a header value, no Cookie is sent at all.
 pub(crate) fn filter_cookies(headers: &mut HeaderMap) {
     let mut fields = headers.get_all(header::COOKIE).iter();
     let Some(first) = fields.next() else { return };
     // The common case, one field naming none of ours: a scan, no allocation.
-    if fields.next().is_none() && !cookies::pairs(first.as_bytes()).any(|(name, _)| cookies::is_gateway_cookie(name)) {
+    if fields.next().is_none() && !cookies::mentions_gateway_cookie(first.as_bytes()) {
         return;
     }
     let mut kept: Vec<u8> = Vec::new();
     for field in headers.get_all(header::COOKIE) {
         for pair in cookies::raw_pairs(field.as_bytes()) {
-            if cookies::is_gateway_cookie(cookies::pair_name(pair)) {
+            if cookies::mentions_gateway_cookie(pair) {
                 continue;
             }
             if !kept.is_empty() {
@@ -136,7 +138,8 @@ pub(crate) fn filter_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Drop every `Set-Cookie` that names a gateway cookie, however the rest is encoded.
+/// Drop every `Set-Cookie` whose name=value part mentions a gateway cookie name
+/// ([`cookies::sets_gateway_cookie`]), however the rest is encoded.
 pub(crate) fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
     if !headers.get_all(header::SET_COOKIE).iter().any(|v| cookies::sets_gateway_cookie(v.as_bytes())) {
         return;
@@ -455,6 +458,19 @@ mod tests {
         assert_eq!(filtered(&[b"a=1", b"b=2"]), vec![b"a=1; b=2".to_vec()]);
         // Untouched, byte for byte, when none of ours is there.
         assert_eq!(filtered(&[b" a=1 ;b=\xe9 "]), vec![b" a=1 ;b=\xe9 ".to_vec()]);
+        // Other bytes before the name, a comma instead of ';', the name in a value: the
+        // whole pair goes.
+        for v in [
+            &b"a=1;\xa0__Host-portcullis_csrf=ZZ"[..],
+            b"a=1;\x85__Host-portcullis_csrf=ZZ",
+            b"a=1; !__HOST-portcullis_session=S",
+            b"a=1; \"__Host-portcullis_session\"=S",
+            b"a=1; b=2,__Host-portcullis_session=S",
+            b"a=1; x=__host-portcullis_csrf",
+        ] {
+            assert_eq!(filtered(&[v]), vec![b"a=1".to_vec()], "{:?}", String::from_utf8_lossy(v));
+        }
+        assert_eq!(filtered(&[b"a=1,__Host-portcullis_session=S"]), Vec::<Vec<u8>>::new());
     }
 
     #[test]
@@ -467,12 +483,22 @@ mod tests {
     #[test]
     fn set_cookies_naming_gateway_cookies_are_dropped() {
         let mut h = HeaderMap::new();
-        for v in [&b"__Host-portcullis_session=\xe9vil"[..], b"ok=1", b"=__host-portcullis_csrf=x", b"b=\xe9"] {
+        for v in [
+            &b"__Host-portcullis_session=\xe9vil"[..],
+            b"ok=1",
+            b"=__host-portcullis_csrf=x",
+            b"\xa0__Host-portcullis_session=v",
+            b"==__Host-portcullis_csrf",
+            b"\"__Host-portcullis_session\"=v",
+            b"x=1, __Host-portcullis_session=v",
+            b"b=\xe9",
+            b"p=1; Path=/__Host-portcullis_session",
+        ] {
             h.append(header::SET_COOKIE, HeaderValue::from_bytes(v).unwrap());
         }
         drop_gateway_set_cookies(&mut h);
         let left: Vec<&[u8]> = h.get_all(header::SET_COOKIE).iter().map(HeaderValue::as_bytes).collect();
-        assert_eq!(left, vec![&b"ok=1"[..], b"b=\xe9"]);
+        assert_eq!(left, vec![&b"ok=1"[..], b"b=\xe9", b"p=1; Path=/__Host-portcullis_session"]);
     }
 
     #[test]
