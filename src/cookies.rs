@@ -1,6 +1,6 @@
-//! The gateway's own cookies, and a byte-level reader of cookie pairs. Below both the
-//! OAuth endpoints (which set and read the cookies) and the proxy (which keeps them from
-//! upstreams in both directions).
+//! The gateway's own cookies, a byte-level reader of cookie pairs, and a scan for the
+//! gateway's names anywhere in a header. Below both the OAuth endpoints (which set and read
+//! the cookies) and the proxy (which keeps them from upstreams in both directions).
 
 /// The login session at /authorize.
 pub const SESSION_COOKIE: &str = "__Host-portcullis_session";
@@ -48,19 +48,30 @@ pub fn is_gateway_cookie(name: &[u8]) -> bool {
     GATEWAY_COOKIES.iter().any(|g| g.as_bytes().eq_ignore_ascii_case(name))
 }
 
-/// Does a `Set-Cookie` value set one of the gateway's cookies? Its name is read as bytes up
-/// to the first `=` or `;`. A nameless cookie (`=name=value`, or no `=` at all) is sent back
-/// by browsers as its bare value, so the name inside that value counts too.
+// Every gateway name starts with `_`: the only bytes [`mentions_gateway_cookie`] looks at twice.
+const _: () = assert!(SESSION_COOKIE.as_bytes()[0] == b'_' && CSRF_COOKIE.as_bytes()[0] == b'_');
+
+/// Does a gateway cookie name appear anywhere in `bytes`, in any ASCII case? Whatever comes
+/// before or after it (`\xa0`, `"`, `=`, `a=1,`) some cookie parser skips or splits on, so
+/// the filters drop any pair or `Set-Cookie` that mentions one (fail closed). A scan: each
+/// `_` is a candidate, compared in place; no allocation.
+pub fn mentions_gateway_cookie(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, b)| {
+        *b == b'_'
+            && GATEWAY_COOKIES
+                .iter()
+                .any(|g| bytes[i..].get(..g.len()).is_some_and(|w| w.eq_ignore_ascii_case(g.as_bytes())))
+    })
+}
+
+/// Does a `Set-Cookie` value set one of the gateway's cookies, or something a client could
+/// read as one? It does if its name=value part (the bytes before the first `;`) mentions a
+/// gateway cookie name anywhere, in any case: `\xa0__Host-…=v`, `"__Host-…"=v`,
+/// `==__Host-…`, `x=1, __Host-…=v` and the nameless `=__Host-…=v` (sent back by browsers as
+/// its bare value) all do. Attributes after the `;` (`Path=/__Host-…`) set no cookie.
 pub fn sets_gateway_cookie(set_cookie: &[u8]) -> bool {
     let nv = set_cookie.split(|b| *b == b';').next().unwrap_or_default();
-    let (name, value) = match nv.iter().position(|b| *b == b'=') {
-        Some(i) => (trim(&nv[..i]), trim(&nv[i + 1..])),
-        None => (&[][..], trim(nv)),
-    };
-    if is_gateway_cookie(name) {
-        return true;
-    }
-    name.is_empty() && is_gateway_cookie(value.split(|b| *b == b'=').next().unwrap_or_default())
+    mentions_gateway_cookie(nv)
 }
 
 #[cfg(test)]
@@ -101,6 +112,31 @@ mod tests {
     }
 
     #[test]
+    fn gateway_names_are_found_anywhere_in_any_case() {
+        for v in [
+            &b"__Host-portcullis_session"[..],
+            b"a=1;\xa0__Host-portcullis_csrf=ZZ",
+            b"\x85__HOST-portcullis_SESSION",
+            b"a=1,__Host-portcullis_session=S",
+            b"x=__host-portcullis_csrf",
+            b"___Host-portcullis_csrfX",
+            b"_ga=1; __Host-portcullis_session",
+        ] {
+            assert!(mentions_gateway_cookie(v), "{:?}", String::from_utf8_lossy(v));
+        }
+        for v in [
+            &b""[..],
+            b"_",
+            b"_ga=GA1.2; _gid=x",
+            b"__Host-portcullis_sessio",
+            b"__Host-portcullis_",
+            b"portcullis_csrf",
+        ] {
+            assert!(!mentions_gateway_cookie(v), "{:?}", String::from_utf8_lossy(v));
+        }
+    }
+
+    #[test]
     fn set_cookie_naming_a_gateway_cookie_is_recognised_however_encoded() {
         for v in [
             &b"__Host-portcullis_session=\xe9vil; Path=/"[..],
@@ -110,6 +146,12 @@ mod tests {
             b"__Host-portcullis_session",
             b"__Host-portcullis_session; Path=/",
             b"__Host-portcullis_session=ok; Domain=\xff",
+            b"\xa0__Host-portcullis_session=v",
+            b"==__Host-portcullis_csrf",
+            b"\"__Host-portcullis_session\"=v",
+            b"x=1, __Host-portcullis_session=v",
+            b"x=1,__host-PORTCULLIS_csrf=v; Path=/",
+            b"a=__Host-portcullis_session",
         ] {
             assert!(sets_gateway_cookie(v), "{:?}", String::from_utf8_lossy(v));
         }
@@ -118,7 +160,9 @@ mod tests {
             b"ok=1; Path=/__Host-portcullis_session",
             b"",
             b"=",
-            b"a=__Host-portcullis_session",
+            b"a=1; Path=/__Host-portcullis_csrf",
+            b"__Host-portcullis_sessio=1",
+            b"portcullis_session=1",
         ] {
             assert!(!sets_gateway_cookie(v), "{:?}", String::from_utf8_lossy(v));
         }

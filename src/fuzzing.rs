@@ -82,8 +82,8 @@ pub fn bearer(headers: &HeaderMap) -> Result<String, ProxyError> {
     }
 }
 
-/// The `header_hygiene` oracle: which cookies are the gateway's, read from the bytes with
-/// the two names spelled out, sharing no code with `crate::cookies`.
+/// The `header_hygiene` oracle: which cookie pairs and Set-Cookies mention the gateway's
+/// cookies, with the two names spelled out, sharing no code with `crate::cookies`.
 mod oracle {
     const OURS: [&[u8]; 2] = [b"__Host-portcullis_session", b"__Host-portcullis_csrf"];
 
@@ -97,10 +97,14 @@ mod oracle {
         b
     }
 
-    /// Is `name` (SP/HTAB around it ignored) one of ours, in any ASCII case?
-    pub fn is_ours(name: &[u8]) -> bool {
-        let name = strip(name);
-        OURS.iter().any(|o| o.eq_ignore_ascii_case(name))
+    /// Does one of our names appear anywhere in `bytes`, in any ASCII case? (Lower-cased
+    /// copies and a window search: slow and obvious.)
+    pub fn mentions_ours(bytes: &[u8]) -> bool {
+        let hay = bytes.to_ascii_lowercase();
+        OURS.iter().any(|o| {
+            let needle = o.to_ascii_lowercase();
+            hay.windows(needle.len()).any(|w| w == needle.as_slice())
+        })
     }
 
     /// The non-empty `;`-separated pairs of a Cookie value, stripped of SP/HTAB.
@@ -108,21 +112,11 @@ mod oracle {
         value.split(|b| *b == b';').map(strip).filter(|p| !p.is_empty()).collect()
     }
 
-    /// The bytes up to the first `=` (all of them without one).
-    pub fn pair_name(pair: &[u8]) -> &[u8] {
-        pair.split(|b| *b == b'=').next().unwrap_or(pair)
-    }
-
-    /// Does this Set-Cookie make a browser send one of ours back? Its name (up to the first
-    /// `=` of the part before `;`) is ours; or it is nameless (`=ours=v`, or no `=` at all),
-    /// and a browser sends the value alone, which then reads as a cookie named by it.
+    /// Could a client read this Set-Cookie as setting one of ours? Yes if its part before
+    /// the first `;` (name, `=`, value: whatever a parser skips, splits or unquotes there)
+    /// mentions one of our names.
     pub fn sets_ours(set_cookie: &[u8]) -> bool {
-        let first = set_cookie.split(|b| *b == b';').next().unwrap_or(set_cookie);
-        let (name, value) = match first.iter().position(|b| *b == b'=') {
-            Some(i) => (&first[..i], &first[i + 1..]),
-            None => (&first[..0], first),
-        };
-        is_ours(name) || (strip(name).is_empty() && is_ours(pair_name(strip(value))))
+        mentions_ours(set_cookie.split(|b| *b == b';').next().unwrap_or(set_cookie))
     }
 }
 
@@ -131,7 +125,8 @@ mod oracle {
 /// HTTP/2-style split Cookie), `s:` a Set-Cookie field from an upstream, `h:` a Host value;
 /// lines that cannot be header values are skipped, as hyper would never deliver them.
 ///
-/// Invariants: no gateway cookie name survives either filter, in any case; every other
+/// Invariants: no cookie pair that mentions a gateway cookie name anywhere, in any case,
+/// survives the Cookie filter, nor a Set-Cookie whose name=value part does; every other
 /// cookie pair and Set-Cookie is kept, in order, byte for byte; at most one Cookie field
 /// goes upstream. An accepted authority is normal (lower-case, no trailing dot, only
 /// host characters, port 1..=65535) and parsing it again gives the same.
@@ -163,7 +158,7 @@ pub fn header_hygiene(data: &[u8]) {
         .get_all(header::COOKIE)
         .iter()
         .flat_map(|v| oracle::cookie_pairs(v.as_bytes()))
-        .filter(|p| !oracle::is_ours(oracle::pair_name(p)))
+        .filter(|p| !oracle::mentions_ours(p))
         .map(<[u8]>::to_vec)
         .collect();
     forward::filter_cookies(&mut headers);
@@ -171,7 +166,7 @@ pub fn header_hygiene(data: &[u8]) {
     assert!(left.len() <= 1, "{} Cookie fields sent upstream", left.len());
     let kept: Vec<&[u8]> = left.iter().flat_map(|v| oracle::cookie_pairs(v.as_bytes())).collect();
     for pair in &kept {
-        assert!(!oracle::is_ours(oracle::pair_name(pair)), "a gateway cookie reached the upstream: {pair:?}");
+        assert!(!oracle::mentions_ours(pair), "a gateway cookie reached the upstream: {pair:?}");
     }
     // Dropped only when it cannot be a header value (it always can: the fields were).
     assert_eq!(kept, expected.iter().map(Vec::as_slice).collect::<Vec<_>>(), "a cookie pair was lost or changed");
@@ -509,18 +504,35 @@ mod tests {
             "= __HOST-portcullis_csrf=v; Secure",
             "\t=\t__Host-portcullis_session",
             "__Host-portcullis_csrf",
+            "\u{a0}__Host-portcullis_session=v",
+            "==__Host-portcullis_csrf",
+            "\"__Host-portcullis_session\"=v",
+            "x=1, __Host-portcullis_session=v",
+            "x=__Host-portcullis_session",
+            "=ok=__Host-portcullis_session",
+            "__Host-portcullis_sessionx=1",
         ] {
             assert!(oracle::sets_ours(v.as_bytes()), "{v:?}");
         }
-        for v in
-            ["ok=1", "=ok=__Host-portcullis_session", "x=__Host-portcullis_session", "__Host-portcullis_sessionx=1", ""]
+        for v in ["ok=1", "ok=1; Path=/__Host-portcullis_session", "__Host-portcullis_sessio=1", "portcullis_csrf", ""]
         {
             assert!(!oracle::sets_ours(v.as_bytes()), "{v:?}");
         }
-        let pairs = oracle::cookie_pairs(b"a=1;\t__host-portcullis_csrf =x;;b; =__Host-portcullis_session=v");
-        assert_eq!(pairs, [&b"a=1"[..], b"__host-portcullis_csrf =x", b"b", b"=__Host-portcullis_session=v"]);
-        let ours: Vec<bool> = pairs.iter().map(|p| oracle::is_ours(oracle::pair_name(p))).collect();
-        assert_eq!(ours, [false, true, false, false]);
+        let pairs = oracle::cookie_pairs(
+            b"a=1;\t__host-portcullis_csrf =x;;b; =__Host-portcullis_session=v;\xa0__Host-portcullis_csrf",
+        );
+        assert_eq!(
+            pairs,
+            [
+                &b"a=1"[..],
+                b"__host-portcullis_csrf =x",
+                b"b",
+                b"=__Host-portcullis_session=v",
+                b"\xa0__Host-portcullis_csrf"
+            ]
+        );
+        let ours: Vec<bool> = pairs.iter().map(|p| oracle::mentions_ours(p)).collect();
+        assert_eq!(ours, [false, true, false, true, true]);
     }
 
     /// Writes the signed-token seeds of the `jwt` fuzz target (fuzz/seeds/jwt/token-*).

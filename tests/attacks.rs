@@ -1408,7 +1408,7 @@ async fn h2_request(gw: &TestGateway, method: &str, uri: &str, headers: &[(&str,
 async fn fail_closed_gateway_cookies_never_reach_the_upstream_whatever_the_cookie_header_holds() {
     let up = EchoUpstream::start().await;
     let gw = TestGateway::start(up.addr).await;
-    let cases: [&[u8]; 6] = [
+    let cases: [&[u8]; 12] = [
         // Not visible ASCII: to_str() failed and the whole header went through.
         "Cookie: lang=français; __Host-portcullis_session=SECRET; __Host-portcullis_csrf=CSRF\r\n".as_bytes(),
         b"Cookie: lang=fran\xe7ais; __Host-portcullis_session=SECRET\r\n",
@@ -1419,6 +1419,14 @@ async fn fail_closed_gateway_cookies_never_reach_the_upstream_whatever_the_cooki
         "Cookie: lang=français\r\nCookie: __Host-portcullis_session=SECRET\r\nCookie: __Host-portcullis_session=S2\r\n"
             .as_bytes(),
         b"Cookie: __Host-portcullis_session=SECRET\r\nCookie: lang=fran\xc3\xa7ais; x=\"quoted\"\r\n",
+        // Another byte before the name, which Node's `cookie` (`.trim()`), Python and others
+        // skip; a comma for a ';'; quotes; the name inside another pair.
+        b"Cookie: lang=fran\xc3\xa7ais;\xa0__Host-portcullis_csrf=ZZ\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; \x85__Host-portcullis_session=SECRET\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; !__HOST-portcullis_session=SECRET\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; a=1,__Host-portcullis_session=SECRET\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; \"__Host-portcullis_csrf\"=CSRF\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; x=y=__Host-portcullis_session=SECRET\r\n",
     ];
     for (i, cookie) in cases.iter().enumerate() {
         let mut req = b"GET /public/cookie HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
@@ -1465,6 +1473,11 @@ async fn fail_closed_an_upstream_cannot_set_the_gateways_cookies() {
           Set-Cookie: __HOST-PORTCULLIS_CSRF=x; Path=/\r\n\
           Set-Cookie:  __Host-portcullis_session\t=y\r\n\
           Set-Cookie: =__Host-portcullis_session=z\r\n\
+          Set-Cookie: \xa0__Host-portcullis_session=v; Path=/\r\n\
+          Set-Cookie: ==__Host-portcullis_csrf\r\n\
+          Set-Cookie: \"__Host-portcullis_session\"=v\r\n\
+          Set-Cookie: x=1, __Host-portcullis_session=v\r\n\
+          Set-Cookie: x=\x85__host-PORTCULLIS_csrf=v\r\n\
           Set-Cookie: lang=fran\xe7ais; Path=/\r\n\
           Set-Cookie: ok=1\r\n\
           Connection: close\r\n\r\nok"
@@ -1566,7 +1579,7 @@ async fn fail_closed_host_is_normalised_once_and_malformed_hosts_are_400() {
     assert_eq!(got, 400);
 }
 
-const FORWARDING_CLAIMS: [&str; 28] = [
+const FORWARDING_CLAIMS: [&str; 40] = [
     "X-Forwarded-For",
     "X_Forwarded_For",
     "X-Forwarded-Proto",
@@ -1595,9 +1608,64 @@ const FORWARDING_CLAIMS: [&str; 28] = [
     "X_Scheme",
     "X-Original-Forwarded-For",
     "X_Original_Forwarded_For",
+    // Other spellings an upstream reads once it drops separators or loosens names.
+    "Forwarded-For",
+    "Remote-Addr",
+    "Real-IP",
+    "X-Real-Ip-Address",
+    "XForwardedFor",
+    "X.Forwarded.For",
+    "x-_forwarded-for",
+    "Forwarded_",
+    "_Forwarded",
+    // Client certificates, as a TLS-terminating proxy passes them on.
+    "X-Client-Cert",
+    "X-SSL-Client-Cert",
+    "X-Forwarded-Client-Cert",
 ];
 
-const REWRITES: [&str; 10] = [
+/// The spellings of forwarding claims a trusted proxy keeps; every other name in
+/// `FORWARDING_CLAIMS` is removed whoever sends it.
+const CANONICAL_CLAIMS: [&str; 20] = [
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-anything-new",
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "front-end-https",
+    "x-scheme",
+    "x-original-forwarded-for",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "x-forwarded-client-cert",
+];
+
+/// Identity claims other gateways make (the `X-Auth-*` namespace is the gateway's in any
+/// spelling), and httpoxy's `Proxy`: removed from everyone, trusted or not.
+const IDENTITY_CLAIMS: [&str; 11] = [
+    "Proxy",
+    "X-Remote-User",
+    "Remote-User",
+    "X-User",
+    "X-Auth-Request-User",
+    "X-Authenticated-User",
+    "X-Auth-Foo",
+    "X_Auth_Foo",
+    "X.Auth.Bar",
+    "x-auth-subject",
+    "X_AUTH.USER",
+];
+
+const REWRITES: [&str; 13] = [
     "X-Original-URL",
     "X_Original_URL",
     "X-Rewrite-URL",
@@ -1608,15 +1676,19 @@ const REWRITES: [&str; 10] = [
     "x_method_override",
     "X-HTTP-Method",
     "X_HTTP_Method",
+    "X-Envoy-Original-Path",
+    "X-Original-Request-URI",
+    "X-Request-URI",
 ];
 
 fn spoofing_request(path: &str) -> String {
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n");
-    for name in FORWARDING_CLAIMS.iter().chain(&REWRITES) {
+    for name in FORWARDING_CLAIMS.iter().chain(&REWRITES).chain(&IDENTITY_CLAIMS) {
         let value = if name.to_ascii_lowercase().contains("method") { "DELETE" } else { "/admin" };
         req.push_str(&format!("{name}: {value}\r\n"));
     }
-    req.push_str("\r\n");
+    // An API's own credential header, not the gateway's namespace.
+    req.push_str("X-Authorization: api-key\r\n\r\n");
     req
 }
 
@@ -1647,7 +1719,7 @@ async fn fail_closed_forwarding_and_rewrite_headers_from_untrusted_peers_never_r
         assert_eq!(echo.method, "GET");
         let dashed = |n: &str| n.replace('_', "-");
         let names: Vec<String> = echo.headers.iter().map(|(n, _)| dashed(n)).collect();
-        for name in FORWARDING_CLAIMS.iter().chain(&REWRITES) {
+        for name in FORWARDING_CLAIMS.iter().chain(&REWRITES).chain(&IDENTITY_CLAIMS) {
             let name = dashed(&name.to_ascii_lowercase());
             let expected =
                 usize::from(matches!(name.as_str(), "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"));
@@ -1657,6 +1729,7 @@ async fn fail_closed_forwarding_and_rewrite_headers_from_untrusted_peers_never_r
         assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{path}");
         assert_eq!(echo.header_all("x-forwarded-proto"), vec!["http"], "{path}");
         assert_eq!(echo.header_all("x-forwarded-host"), vec!["gw.example"], "{path}");
+        assert_eq!(echo.header_all("x-authorization"), vec!["api-key"], "{path}");
     }
 }
 
@@ -1665,17 +1738,25 @@ async fn fail_closed_rewrite_headers_pass_only_from_trusted_proxies_on_routes_th
     let up = EchoUpstream::start().await;
     let extra = format!("[proxy]\ntrusted_proxies = [\"127.0.0.1\"]\n{}", rewrite_routes(up.addr));
     let gw = TestGateway::start_with(up.addr, &extra).await;
-    // A trusted proxy keeps its forwarding headers, but not the rewrite family.
+    // A trusted proxy keeps its forwarding headers as proxies spell them, nothing else of
+    // the family, no identity claim, and not the rewrite family.
     let echo = echo_of(&raw(gw.http, spoofing_request("/getonly/f").as_bytes()).await);
     assert_eq!(echo.header_all("x-forwarded-port"), vec!["/admin"]);
-    for name in REWRITES {
+    for name in FORWARDING_CLAIMS.iter().chain(&REWRITES).chain(&IDENTITY_CLAIMS) {
         let name = name.to_ascii_lowercase();
-        assert!(echo.header(&name).is_none(), "{name}: {echo:?}");
+        let expected = usize::from(CANONICAL_CLAIMS.contains(&name.as_str()) || name == "x-forwarded-for");
+        assert_eq!(echo.headers.iter().filter(|(n, _)| *n == name).count(), expected, "{name}: {echo:?}");
     }
-    // Unless the route opts in.
+    assert_eq!(echo.header_all("x-authorization"), vec!["api-key"]);
+    // Unless the route opts in, and then only in the usual spelling.
     let echo = echo_of(&raw(gw.http, spoofing_request("/legacy/f").as_bytes()).await);
     assert_eq!(echo.header_all("x-http-method-override"), vec!["DELETE"]);
     assert_eq!(echo.header_all("x-original-url"), vec!["/admin"]);
+    assert_eq!(echo.header_all("x-envoy-original-path"), vec!["/admin"]);
+    assert_eq!(echo.header_all("x-request-uri"), vec!["/admin"]);
+    for name in ["x_original_url", "x_http_method_override", "x_rewrite_url", "proxy", "x-remote-user"] {
+        assert!(echo.header(name).is_none(), "{name}: {echo:?}");
+    }
     // A Connection header that names X-Forwarded-For still does beside a non-ASCII byte:
     // the trusted proxy's chain is hop-by-hop then, and not kept.
     let req = b"GET /getonly/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: X-Forwarded-For, \xe9\r\n\

@@ -103,21 +103,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// alone: an upstream must neither read them (it could replay the session at /authorize)
 /// nor set them (session fixation).
 ///
-/// Pairs are read as bytes (see [`cookies::pairs`]): whatever else the header holds, a
-/// gateway cookie is dropped and every other pair kept byte for byte. HTTP/2 may split
-/// `Cookie` into several fields; an HTTP/1.1 upstream gets them as one, joined with "; "
-/// (RFC 9113 §8.2.3). If the result could not be a header value, no Cookie is sent at all.
+/// Pairs are read as bytes (see [`cookies::raw_pairs`]): a pair in which a gateway cookie
+/// name appears anywhere, in any case ([`cookies::mentions_gateway_cookie`]), is dropped,
+/// since some parser reads `\xa0__Host-…=v` or `a=1,__Host-…=v` as ours; every other pair
+/// is kept byte for byte. HTTP/2 may split `Cookie` into several fields; an HTTP/1.1
+/// upstream gets them as one, joined with "; " (RFC 9113 §8.2.3). If the result could not
+/// be a header value, no Cookie is sent at all.
 pub(crate) fn filter_cookies(headers: &mut HeaderMap) {
     let mut fields = headers.get_all(header::COOKIE).iter();
     let Some(first) = fields.next() else { return };
     // The common case, one field naming none of ours: a scan, no allocation.
-    if fields.next().is_none() && !cookies::pairs(first.as_bytes()).any(|(name, _)| cookies::is_gateway_cookie(name)) {
+    if fields.next().is_none() && !cookies::mentions_gateway_cookie(first.as_bytes()) {
         return;
     }
     let mut kept: Vec<u8> = Vec::new();
     for field in headers.get_all(header::COOKIE) {
         for pair in cookies::raw_pairs(field.as_bytes()) {
-            if cookies::is_gateway_cookie(cookies::pair_name(pair)) {
+            if cookies::mentions_gateway_cookie(pair) {
                 continue;
             }
             if !kept.is_empty() {
@@ -136,7 +138,8 @@ pub(crate) fn filter_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Drop every `Set-Cookie` that names a gateway cookie, however the rest is encoded.
+/// Drop every `Set-Cookie` whose name=value part mentions a gateway cookie name
+/// ([`cookies::sets_gateway_cookie`]), however the rest is encoded.
 pub(crate) fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
     if !headers.get_all(header::SET_COOKIE).iter().any(|v| cookies::sets_gateway_cookie(v.as_bytes())) {
         return;
@@ -153,65 +156,190 @@ pub(crate) fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Headers about the client's address, the scheme, host, port or path prefix of the
-/// original request, that some upstream trusts as much as `X-Forwarded-For`: every
-/// `X-Forwarded-*` (a prefix, not a list) and these. Kept only from a trusted proxy.
-const FORWARDING_CLAIMS: [&[u8]; 20] = [
-    b"forwarded",
-    b"x-forwarded",
-    b"x-real-ip",
-    b"true-client-ip",
-    b"client-ip",
-    b"x-client-ip",
-    b"x-cluster-client-ip",
-    b"x-originating-ip",
-    b"x-remote-ip",
-    b"x-remote-addr",
-    b"x-proxyuser-ip",
-    b"cf-connecting-ip",
-    b"fastly-client-ip",
-    b"x-scheme",
-    b"x-url-scheme",
-    b"front-end-https",
-    b"x-original-host",
-    b"x-host",
-    b"x-envoy-external-address",
+/// A header name squeezed to its ASCII letters and digits: `X-Forwarded-For`,
+/// `x_forwarded.for` and `XForwardedFor` are all `xforwardedfor`, as some upstream reads
+/// them (CGI turns `-` into `_`, some frameworks drop separators). The first 64 such bytes
+/// of a longer name: enough for every family below, and a prefix still matches.
+struct Squeezed {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Squeezed {
+    fn new(name: &[u8]) -> Squeezed {
+        let mut s = Squeezed { buf: [0; 64], len: 0 };
+        for &b in name.iter().filter(|b| b.is_ascii_alphanumeric()) {
+            if s.len == s.buf.len() {
+                break;
+            }
+            s.buf[s.len] = b;
+            s.len += 1;
+        }
+        s
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Does `name` (lower case, as a `HeaderName` is) squeeze to the same bytes?
+    fn is(&self, name: &[u8]) -> bool {
+        name.iter().filter(|b| b.is_ascii_alphanumeric()).take(self.buf.len()).eq(self.bytes())
+    }
+}
+
+/// Headers about the client's address, certificate, or the scheme, host, port or path
+/// prefix of the original request, that some upstream trusts as much as `X-Forwarded-For`,
+/// squeezed: every `X-Forwarded-*` (a prefix, not a list), every `X-SSL-*`, and these.
+fn is_forwarding_claim(sq: &[u8]) -> bool {
+    sq.starts_with(b"xforwarded")
+        || sq.starts_with(b"xssl")
+        || sq.ends_with(b"forwardedfor")
+        || matches!(
+            sq,
+            b"forwarded"
+                | b"xrealip"
+                | b"realip"
+                | b"xrealipaddress"
+                | b"realipaddress"
+                | b"remoteaddr"
+                | b"xremoteaddr"
+                | b"remoteip"
+                | b"xremoteip"
+                | b"trueclientip"
+                | b"clientip"
+                | b"xclientip"
+                | b"xclusterclientip"
+                | b"xoriginatingip"
+                | b"xproxyuserip"
+                | b"cfconnectingip"
+                | b"fastlyclientip"
+                | b"xscheme"
+                | b"xurlscheme"
+                | b"frontendhttps"
+                | b"xoriginalhost"
+                | b"xhost"
+                | b"xenvoyexternaladdress"
+                | b"xclientcert"
+                | b"sslclientcert"
+                | b"xclientverify"
+                | b"xclientdn"
+                | b"xarrclientcert"
+        )
+}
+
+/// The spellings of forwarding claims a trusted proxy sends, kept from one: every
+/// `x-forwarded-*` and `x-ssl-*` of dash-separated letters and digits, and these. Another
+/// spelling of the family (`x_forwarded_for`, `x.forwarded.for`, `xforwardedfor`,
+/// `remote-addr`) comes from no proxy, only from a caller, and is removed from everyone.
+const FORWARDING_CLAIMS: [&str; 24] = [
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-proxyuser-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-scheme",
+    "x-url-scheme",
+    "front-end-https",
+    "x-original-host",
+    "x-host",
+    "x-envoy-external-address",
     // ingress-nginx's copy of the client's own X-Forwarded-For.
-    b"x-original-forwarded-for",
+    "x-original-forwarded-for",
+    "x-client-cert",
+    "ssl-client-cert",
+    "x-client-verify",
+    "x-client-dn",
+    "x-arr-clientcert",
 ];
+
+/// A forwarding claim as a trusted proxy spells it.
+fn is_canonical_forwarding_claim(name: &str) -> bool {
+    let dashed_words = |rest: &str| {
+        !rest.is_empty()
+            && rest.split('-').all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+    };
+    FORWARDING_CLAIMS.contains(&name)
+        || name.strip_prefix("x-forwarded-").is_some_and(dashed_words)
+        || name.strip_prefix("x-ssl-").is_some_and(dashed_words)
+}
 
 /// Headers that make some frameworks route or dispatch on something else than the request
-/// line: another path (IIS, Symfony, Zend) or another method (Rails, Express, Spring, ...),
-/// which would escape the route's own path and method filters. Kept only from a trusted
-/// proxy on a route with `pass_rewrite_headers`.
-const REWRITES: [&[u8]; 7] = [
-    b"x-original-url",
-    b"x-original-uri",
-    b"x-rewrite-url",
-    b"x-http-method-override",
-    b"x-method-override",
-    b"x-http-method",
-    b"x-original-method",
+/// line, squeezed: another path (IIS, Symfony, Zend, Envoy) or another method (Rails,
+/// Express, Spring, ...), which would escape the route's own path and method filters.
+fn is_rewrite(sq: &[u8]) -> bool {
+    matches!(
+        sq,
+        b"xoriginalurl"
+            | b"xoriginaluri"
+            | b"xoriginalpath"
+            | b"xoriginalrequesturi"
+            | b"xrequesturi"
+            | b"xenvoyoriginalpath"
+            | b"xrewriteurl"
+            | b"xhttpmethodoverride"
+            | b"xmethodoverride"
+            | b"xhttpmethod"
+            | b"xoriginalmethod"
+    )
+}
+
+/// The spellings of rewrite headers kept from a trusted proxy on a route with
+/// `pass_rewrite_headers`; any other spelling of the family is removed from everyone.
+const REWRITES: [&str; 11] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-original-path",
+    "x-original-request-uri",
+    "x-request-uri",
+    "x-envoy-original-path",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+    "x-original-method",
 ];
 
-/// Any spelling, `_` for `-`, of a forwarding claim.
-fn is_forwarding_claim(name: &[u8]) -> bool {
-    const PREFIX: &[u8] = b"x-forwarded-";
-    (name.len() > PREFIX.len() && same_when_dashed(&name[..PREFIX.len()], PREFIX))
-        || FORWARDING_CLAIMS.iter().any(|c| same_when_dashed(name, c))
+/// Headers some upstream takes for an authenticated user, squeezed (besides `X-Auth-*`, see
+/// [`is_x_auth`], and the configured identity headers): removed from everyone.
+fn is_identity_claim(sq: &[u8]) -> bool {
+    sq.starts_with(b"xremoteuser")
+        || sq.starts_with(b"xremotegroup")
+        || sq.starts_with(b"xremoteextra")
+        || sq.starts_with(b"remoteuser")
+        || sq.starts_with(b"remotegroup")
+        || matches!(
+            sq,
+            b"xuser"
+                | b"xusername"
+                | b"remoteemail"
+                | b"remotename"
+                | b"xremoteemail"
+                | b"xauthenticateduser"
+                | b"xauthenticateduserid"
+                | b"authenticateduser"
+                | b"xwebauthuser"
+        )
 }
 
-/// Any spelling, `_` for `-`, of a rewrite or method-override header.
-fn is_rewrite(name: &[u8]) -> bool {
-    REWRITES.iter().any(|c| same_when_dashed(name, c))
-}
-
-/// `a` and `b` name the same header once `_` is read as `-` — CGI-style upstreams (WSGI,
-/// Rack, PHP) see `X_Auth_User` as `X-Auth-User`.
-/// Both are lower-case, as a `HeaderName` is.
-fn same_when_dashed(a: &[u8], b: &[u8]) -> bool {
-    let dash = |c: u8| if c == b'_' { b'-' } else { c };
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| dash(*x) == dash(*y))
+/// Is the name in the gateway's `X-Auth-*` namespace, in any spelling (`x_auth_user`,
+/// `x.auth.user`, `xauth-user`)? Its words, the runs of letters and digits, begin `x`,
+/// `auth` (or `xauth`); `x-authorization`, which some APIs use for their own credentials,
+/// does not.
+fn is_x_auth(name: &[u8]) -> bool {
+    let mut words = name.split(|b| !b.is_ascii_alphanumeric()).filter(|w| !w.is_empty());
+    match words.next() {
+        Some(b"x") => words.next() == Some(b"auth"),
+        Some(b"xauth") => true,
+        _ => false,
+    }
 }
 
 /// Where the request came from, as the listener saw it.
@@ -263,20 +391,27 @@ fn upstream_headers(
 
     remove_where(headers, |name| {
         let n = name.as_str();
+        if is_hop_by_hop(n) || listed.contains(name) {
+            return true;
+        }
         let b = n.as_bytes();
-        // No proxy sends an underscore spelling of these: it can only come from the
-        // caller, and a CGI-style upstream would read it as the real one.
-        let underscored = b.contains(&b'_');
-        is_hop_by_hop(n)
-            || listed.contains(name)
-            // Ours to set: the upstream's own authority, the address we saw.
-            || n == "host"
+        // Once per header, on the stack: the name on its letters and digits only.
+        let sq = Squeezed::new(b);
+        let sq_bytes = sq.bytes();
+        // Ours to set: the upstream's own authority, the address we saw.
+        n == "host"
             || n == "x-forwarded-for"
             || (n == "authorization" && !route.forward_token)
-            || ((!trusted || underscored) && is_forwarding_claim(b))
-            || ((!trusted || underscored || !route.pass_rewrite_headers) && is_rewrite(b))
-            // Identity headers, and their underscore spellings, come only from us.
-            || ids.all().iter().any(|id| same_when_dashed(id.as_str().as_bytes(), b))
+            // httpoxy: CGI makes it HTTP_PROXY, the upstream's outbound proxy.
+            || sq_bytes == b"proxy"
+            // Kept from a trusted proxy in the spellings proxies send; never otherwise.
+            || (is_forwarding_claim(sq_bytes) && !(trusted && is_canonical_forwarding_claim(n)))
+            || (is_rewrite(sq_bytes) && !(trusted && route.pass_rewrite_headers && REWRITES.contains(&n)))
+            // Identity comes only from us: the configured headers, the X-Auth-* namespace
+            // and what other gateways use, in every spelling.
+            || is_x_auth(b)
+            || is_identity_claim(sq_bytes)
+            || ids.all().iter().any(|id| sq.is(id.as_str().as_bytes()))
     });
 
     if let Some(v) = xff {
@@ -455,6 +590,19 @@ mod tests {
         assert_eq!(filtered(&[b"a=1", b"b=2"]), vec![b"a=1; b=2".to_vec()]);
         // Untouched, byte for byte, when none of ours is there.
         assert_eq!(filtered(&[b" a=1 ;b=\xe9 "]), vec![b" a=1 ;b=\xe9 ".to_vec()]);
+        // Other bytes before the name, a comma instead of ';', the name in a value: the
+        // whole pair goes.
+        for v in [
+            &b"a=1;\xa0__Host-portcullis_csrf=ZZ"[..],
+            b"a=1;\x85__Host-portcullis_csrf=ZZ",
+            b"a=1; !__HOST-portcullis_session=S",
+            b"a=1; \"__Host-portcullis_session\"=S",
+            b"a=1; b=2,__Host-portcullis_session=S",
+            b"a=1; x=__host-portcullis_csrf",
+        ] {
+            assert_eq!(filtered(&[v]), vec![b"a=1".to_vec()], "{:?}", String::from_utf8_lossy(v));
+        }
+        assert_eq!(filtered(&[b"a=1,__Host-portcullis_session=S"]), Vec::<Vec<u8>>::new());
     }
 
     #[test]
@@ -467,38 +615,129 @@ mod tests {
     #[test]
     fn set_cookies_naming_gateway_cookies_are_dropped() {
         let mut h = HeaderMap::new();
-        for v in [&b"__Host-portcullis_session=\xe9vil"[..], b"ok=1", b"=__host-portcullis_csrf=x", b"b=\xe9"] {
+        for v in [
+            &b"__Host-portcullis_session=\xe9vil"[..],
+            b"ok=1",
+            b"=__host-portcullis_csrf=x",
+            b"\xa0__Host-portcullis_session=v",
+            b"==__Host-portcullis_csrf",
+            b"\"__Host-portcullis_session\"=v",
+            b"x=1, __Host-portcullis_session=v",
+            b"b=\xe9",
+            b"p=1; Path=/__Host-portcullis_session",
+        ] {
             h.append(header::SET_COOKIE, HeaderValue::from_bytes(v).unwrap());
         }
         drop_gateway_set_cookies(&mut h);
         let left: Vec<&[u8]> = h.get_all(header::SET_COOKIE).iter().map(HeaderValue::as_bytes).collect();
-        assert_eq!(left, vec![&b"ok=1"[..], b"b=\xe9"]);
+        assert_eq!(left, vec![&b"ok=1"[..], b"b=\xe9", b"p=1; Path=/__Host-portcullis_session"]);
     }
 
     #[test]
     fn forwarding_and_rewrite_families_match_every_spelling() {
+        let claim = |n: &str| is_forwarding_claim(Squeezed::new(n.as_bytes()).bytes());
         for n in [
             "x-forwarded-for",
             "x_forwarded_for",
             "x-forwarded-prefix",
             "x_forwarded-anything",
             "x-forwarded",
+            "xforwardedfor",
+            "x.forwarded.for",
+            "x-_forwarded-for",
             "forwarded",
+            "forwarded_",
+            "_forwarded",
+            "forwarded-for",
+            "x-original-forwarded-for",
             "x_real_ip",
+            "real-ip",
+            "x-real-ip-address",
+            "remote-addr",
             "client-ip",
             "client_ip",
             "front-end-https",
             "x-scheme",
             "true_client_ip",
+            "x-client-cert",
+            "x-ssl-client-cert",
+            "x-forwarded-client-cert",
         ] {
-            assert!(is_forwarding_claim(n.as_bytes()), "{n}");
+            assert!(claim(n), "{n}");
         }
-        for n in ["x-forwarded-", "x-forwardedfor", "forwarded-for", "x-request-id", "cookie", "x-real-ipv6"] {
-            assert!(!is_forwarding_claim(n.as_bytes()), "{n}");
+        for n in ["x-request-id", "cookie", "x-real-ipv6", "forwarded-proto", "x-authorization", "proxy"] {
+            assert!(!claim(n), "{n}");
         }
-        for n in ["x-original-url", "x_rewrite_url", "x-http-method-override", "x_method_override", "x-http-method"] {
-            assert!(is_rewrite(n.as_bytes()), "{n}");
+        let rewrite = |n: &str| is_rewrite(Squeezed::new(n.as_bytes()).bytes());
+        for n in [
+            "x-original-url",
+            "x_rewrite_url",
+            "x-http-method-override",
+            "x_method_override",
+            "x-http-method",
+            "x.http.method",
+            "x-envoy-original-path",
+            "x-original-request-uri",
+            "x-request-uri",
+        ] {
+            assert!(rewrite(n), "{n}");
         }
-        assert!(!is_rewrite(b"x-http-methods"));
+        assert!(!rewrite("x-http-methods"));
+        // Every canonical spelling is in its family.
+        for n in FORWARDING_CLAIMS {
+            assert!(claim(n) && is_canonical_forwarding_claim(n), "{n}");
+        }
+        for n in REWRITES {
+            assert!(rewrite(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_keep_only_canonical_spellings() {
+        for n in ["x-forwarded-for", "x-forwarded-client-cert", "x-forwarded-port", "x-ssl-client-verify", "x-real-ip"]
+        {
+            assert!(is_canonical_forwarding_claim(n), "{n}");
+        }
+        for n in [
+            "x_forwarded_for",
+            "x.forwarded.for",
+            "xforwardedfor",
+            "x-forwardedfor",
+            "x-forwarded-",
+            "x-forwarded--for",
+            "x-forwarded-.for",
+            "x-_forwarded-for",
+            "forwarded_",
+            "remote-addr",
+            "real-ip",
+            "x-real-ip-address",
+        ] {
+            assert!(!is_canonical_forwarding_claim(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn identity_names_are_matched_in_every_spelling() {
+        for n in
+            ["x-auth-user", "x_auth_user", "x.auth.user", "x-auth-foo", "x-auth-request-user", "xauth-user", "x--auth"]
+        {
+            assert!(is_x_auth(n.as_bytes()), "{n}");
+        }
+        for n in ["x-authorization", "x-authz", "authorization", "auth-x", "x-oauth-user"] {
+            assert!(!is_x_auth(n.as_bytes()), "{n}");
+        }
+        let id = |n: &str| is_identity_claim(Squeezed::new(n.as_bytes()).bytes());
+        for n in ["x-remote-user", "remote-user", "x-user", "x-authenticated-user", "x_remote_group", "remote_groups"] {
+            assert!(id(n), "{n}");
+        }
+        for n in ["x-user-agent", "user-agent", "x-request-id"] {
+            assert!(!id(n), "{n}");
+        }
+        // Configured names compare squeezed, up to 64 letters and digits.
+        let sq = Squeezed::new(b"my_identity.header");
+        assert!(sq.is(b"my-identity-header") && !sq.is(b"my-identity-headers"));
+        let long = "a-".repeat(70);
+        assert_eq!(Squeezed::new(long.as_bytes()).bytes().len(), 64);
+        assert!(Squeezed::new(long.as_bytes()).is("a".repeat(80).as_bytes()));
     }
 }
