@@ -1833,6 +1833,13 @@ async fn fail_closed_overlong_utf8_and_non_nfkc_or_look_alike_paths_are_400() {
     let (rec, gw) = recorded_gateway("").await;
     for path in [
         "/public/%C0%AE%C0%AE/admin",
+        // Case mappings into ASCII (Java equalsIgnoreCase, JS/Python upper()) and invisibles.
+        "/public/adm%C4%B1n/x",
+        "/public/ADM%C4%B0N/x",
+        "/public/acce%C3%9F",
+        "/public/%E2%80%8B../x",
+        "/public/.%C2%AD./x",
+        "/public/%C2%85",
         "/public/%c0%af",
         "/public/%E0%80%AE%E0%80%AE/admin",
         "/public/%C1%9C",

@@ -105,9 +105,46 @@ fn non_ascii_is_safe(bytes: &[u8]) -> bool {
         }
     }
     match std::str::from_utf8(&decoded) {
-        Ok(text) => !text.contains(BEST_FIT) && ComposingNormalizerBorrowed::new_nfkc().is_normalized(text),
+        Ok(text) => {
+            !text.contains(BEST_FIT)
+                && !text.chars().any(|c| !c.is_ascii() && (folds_to_ascii(c) || is_invisible(c)))
+                && ComposingNormalizerBorrowed::new_nfkc().is_normalized(text)
+        }
         Err(_) => false,
     }
+}
+
+/// A non-ASCII character whose upper or lower case holds an ASCII one: `ı` (→ `I`), `İ`
+/// (→ `i̇`), `ß` (→ `SS`), ... NFKC keeps them, but Java's `equalsIgnoreCase`, JavaScript's
+/// and Python's case mappings read `/admın` as `/admin`: a path our ASCII-case-insensitive
+/// prefix match would send to another route than the upstream's comparison means.
+fn folds_to_ascii(c: char) -> bool {
+    c.to_uppercase().any(|u| u.is_ascii()) || c.to_lowercase().any(|l| l.is_ascii())
+}
+
+/// Characters that show nothing and that some upstreams strip before comparing (so
+/// `/%E2%80%8B../x` would become a dot segment there): C1 controls, the soft hyphen,
+/// zero-width and direction marks, line and paragraph separators, the byte-order mark,
+/// variation selectors and tags.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{80}'..='\u{9F}'
+        | '\u{AD}'
+        | '\u{34F}'
+        | '\u{61C}'
+        | '\u{115F}'..='\u{1160}'
+        | '\u{17B4}'..='\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}'
+        | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FEFF}'
+        | '\u{FFA0}'
+        | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// The path the upstream sees: the upstream's base path, then the request path with the
@@ -225,6 +262,15 @@ mod tests {
             "\u{FE68}",                                   // ﹨
             "/\u{FF41}\u{FF44}\u{FF4D}\u{FF49}\u{FF4E}/", // /ａｄｍｉｎ/ NFKC "/admin/"
             "e\u{0301}",                                  // decomposed é: NFC composes it
+            "adm\u{0131}n",                               // ı: upper case I
+            "ADM\u{0130}N",                               // İ: lower case i + dot
+            "acce\u{00DF}",                               // ß: upper case SS
+            "\u{200B}..",                                 // zero-width space before ..
+            "..\u{200B}",                                 // and after
+            ".\u{00AD}.",                                 // soft hyphen
+            "\u{0085}",                                   // NEL
+            "\u{2028}",                                   // line separator
+            "\u{FEFF}",                                   // byte-order mark
         ]
         .iter()
         .map(|t| t.to_string())
