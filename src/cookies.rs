@@ -65,13 +65,13 @@ pub fn mentions_gateway_cookie(bytes: &[u8]) -> bool {
 }
 
 /// Does a `Set-Cookie` value set one of the gateway's cookies, or something a client could
-/// read as one? It does if its name=value part (the bytes before the first `;`) mentions a
-/// gateway cookie name anywhere, in any case: `\xa0__Host-…=v`, `"__Host-…"=v`,
-/// `==__Host-…`, `x=1, __Host-…=v` and the nameless `=__Host-…=v` (sent back by browsers as
-/// its bare value) all do. Attributes after the `;` (`Path=/__Host-…`) set no cookie.
+/// read as one? It does if it mentions a gateway cookie name anywhere, in any case:
+/// `\xa0__Host-…=v`, `"__Host-…"=v`, `==__Host-…`, `x=1, __Host-…=v`, the nameless
+/// `=__Host-…=v` (sent back by browsers as its bare value), and after a comma among the
+/// attributes (`a=b; Path=/, __Host-…=v`, which a Set-Cookie splitter reads as a second
+/// cookie). No upstream has a reason to name our cookies at all.
 pub fn sets_gateway_cookie(set_cookie: &[u8]) -> bool {
-    let nv = set_cookie.split(|b| *b == b';').next().unwrap_or_default();
-    mentions_gateway_cookie(nv)
+    mentions_gateway_cookie(set_cookie)
 }
 
 #[cfg(test)]
@@ -152,15 +152,18 @@ mod tests {
             b"x=1, __Host-portcullis_session=v",
             b"x=1,__host-PORTCULLIS_csrf=v; Path=/",
             b"a=__Host-portcullis_session",
+            b"ok=1; Path=/__Host-portcullis_session",
+            b"a=b; Path=/, __Host-portcullis_session=v",
+            b"a=b; Expires=Wed, 21 Oct 2026 07:28:00 GMT, __Host-portcullis_session=v; Path=/",
+            b"a=b;__Host-portcullis_csrf=v",
         ] {
             assert!(sets_gateway_cookie(v), "{:?}", String::from_utf8_lossy(v));
         }
         for v in [
             &b"lang=fran\xe7ais"[..],
-            b"ok=1; Path=/__Host-portcullis_session",
+            b"ok=1; Path=/",
             b"",
             b"=",
-            b"a=1; Path=/__Host-portcullis_csrf",
             b"__Host-portcullis_sessio=1",
             b"portcullis_session=1",
         ] {
