@@ -1478,6 +1478,8 @@ async fn fail_closed_an_upstream_cannot_set_the_gateways_cookies() {
           Set-Cookie: \"__Host-portcullis_session\"=v\r\n\
           Set-Cookie: x=1, __Host-portcullis_session=v\r\n\
           Set-Cookie: x=\x85__host-PORTCULLIS_csrf=v\r\n\
+          Set-Cookie: a=b; Path=/, __Host-portcullis_session=v\r\n\
+          Set-Cookie: a=b; Expires=Wed, 21 Oct 2026 07:28:00 GMT, __Host-portcullis_csrf=v; Path=/\r\n\
           Set-Cookie: lang=fran\xe7ais; Path=/\r\n\
           Set-Cookie: ok=1\r\n\
           Connection: close\r\n\r\nok"
@@ -1579,7 +1581,7 @@ async fn fail_closed_host_is_normalised_once_and_malformed_hosts_are_400() {
     assert_eq!(got, 400);
 }
 
-const FORWARDING_CLAIMS: [&str; 40] = [
+const FORWARDING_CLAIMS: [&str; 47] = [
     "X-Forwarded-For",
     "X_Forwarded_For",
     "X-Forwarded-Proto",
@@ -1622,6 +1624,13 @@ const FORWARDING_CLAIMS: [&str; 40] = [
     "X-Client-Cert",
     "X-SSL-Client-Cert",
     "X-Forwarded-Client-Cert",
+    "Client-Cert",
+    "Client-Cert-Chain",
+    "X-ARR-SSL",
+    "Akamai-Client-IP",
+    "CF-Connecting-IPv6",
+    "Forwarded-Proto",
+    "X-Https",
 ];
 
 /// The spellings of forwarding claims a trusted proxy keeps; every other name in
@@ -1651,7 +1660,7 @@ const CANONICAL_CLAIMS: [&str; 20] = [
 
 /// Identity claims other gateways make (the `X-Auth-*` namespace is the gateway's in any
 /// spelling), and httpoxy's `Proxy`: removed from everyone, trusted or not.
-const IDENTITY_CLAIMS: [&str; 11] = [
+const IDENTITY_CLAIMS: [&str; 19] = [
     "Proxy",
     "X-Remote-User",
     "Remote-User",
@@ -1663,9 +1672,17 @@ const IDENTITY_CLAIMS: [&str; 11] = [
     "X.Auth.Bar",
     "x-auth-subject",
     "X_AUTH.USER",
+    "X-MS-Client-Principal-Name",
+    "X-Goog-Authenticated-User-Email",
+    "X-Amzn-Oidc-Identity",
+    "Cf-Access-Jwt-Assertion",
+    "X-Consumer-Username",
+    "X-WebAuth-Groups",
+    "Impersonate-User",
+    "X-User-Id",
 ];
 
-const REWRITES: [&str; 13] = [
+const REWRITES: [&str; 17] = [
     "X-Original-URL",
     "X_Original_URL",
     "X-Rewrite-URL",
@@ -1679,6 +1696,10 @@ const REWRITES: [&str; 13] = [
     "X-Envoy-Original-Path",
     "X-Original-Request-URI",
     "X-Request-URI",
+    "X-Middleware-Subrequest",
+    "X-Script-Name",
+    "X-Verb",
+    "X-Host-Override",
 ];
 
 fn spoofing_request(path: &str) -> String {

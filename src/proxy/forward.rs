@@ -138,7 +138,7 @@ pub(crate) fn filter_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Drop every `Set-Cookie` whose name=value part mentions a gateway cookie name
+/// Drop every `Set-Cookie` that mentions a gateway cookie name
 /// ([`cookies::sets_gateway_cookie`]), however the rest is encoded.
 pub(crate) fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
     if !headers.get_all(header::SET_COOKIE).iter().any(|v| cookies::sets_gateway_cookie(v.as_bytes())) {
@@ -194,10 +194,27 @@ impl Squeezed {
 fn is_forwarding_claim(sq: &[u8]) -> bool {
     sq.starts_with(b"xforwarded")
         || sq.starts_with(b"xssl")
+        || sq.starts_with(b"forwarded")
         || sq.ends_with(b"forwardedfor")
+        // RFC 9440 Client-Cert / Client-Cert-Chain, X-Client-Cert*, X-ARR-SSL, ALB's mTLS.
+        || sq.starts_with(b"clientcert")
+        || sq.starts_with(b"xclientcert")
+        || sq.starts_with(b"xamznmtls")
+        || sq.starts_with(b"cfconnectingip")
         || matches!(
             sq,
-            b"forwarded"
+            b"xarrssl"
+                | b"akamaiclientip"
+                | b"xazureclientip"
+                | b"xazuresocketip"
+                | b"xremoteaddress"
+                | b"xclientaddr"
+                | b"xsourceip"
+                | b"xcustomipauthorization"
+                | b"xreal"
+                | b"xhttps"
+                | b"xproto"
+                | b"xprotocol"
                 | b"xrealip"
                 | b"realip"
                 | b"xrealipaddress"
@@ -277,7 +294,27 @@ fn is_canonical_forwarding_claim(name: &str) -> bool {
 fn is_rewrite(sq: &[u8]) -> bool {
     matches!(
         sq,
-        b"xoriginalurl"
+        b"xmethod"
+            | b"xverb"
+            | b"xrequestmethod"
+            | b"xoriginalrequestmethod"
+            | b"methodoverride"
+            | b"xrewritepath"
+            | b"xrequestpath"
+            | b"xoverrideurl"
+            | b"xoriginalurlpath"
+            | b"xscriptname"
+            | b"scriptname"
+            | b"xinvokepath"
+            | b"xmatchedpath"
+            // Next.js's internal-subrequest marker (CVE-2025-29927: middleware skipped).
+            | b"xmiddlewaresubrequest"
+            | b"xhttphostoverride"
+            | b"xhostoverride"
+            | b"xoriginalforwardedhost"
+            | b"xenvoyoriginalhost"
+            | b"xenvoyinternal"
+            | b"xoriginalurl"
             | b"xoriginaluri"
             | b"xoriginalpath"
             | b"xoriginalrequesturi"
@@ -310,14 +347,53 @@ const REWRITES: [&str; 11] = [
 /// Headers some upstream takes for an authenticated user, squeezed (besides `X-Auth-*`, see
 /// [`is_x_auth`], and the configured identity headers): removed from everyone.
 fn is_identity_claim(sq: &[u8]) -> bool {
-    sq.starts_with(b"xremoteuser")
-        || sq.starts_with(b"xremotegroup")
-        || sq.starts_with(b"xremoteextra")
-        || sq.starts_with(b"remoteuser")
-        || sq.starts_with(b"remotegroup")
+    const PREFIXES: [&[u8]; 26] = [
+        b"xremoteuser",
+        b"xremotegroup",
+        b"xremoteextra",
+        b"xremoterole",
+        b"xremotename",
+        b"remoteuser",
+        b"remotegroup",
+        // Azure App Service, Google IAP / Cloud Endpoints / API Gateway, AWS ALB,
+        // Cloudflare Access, Pomerium, Authentik, Tailscale, Vouch, Kong, Grafana,
+        // mod_auth_openidc, Shibboleth, Kubernetes impersonation.
+        b"xmsclientprincipal",
+        b"xgoogauthenticateduser",
+        b"xgoogiap",
+        b"xendpointapiuserinfo",
+        b"xapigatewayapiuserinfo",
+        b"xamznoidc",
+        b"cfaccess",
+        b"xpomerium",
+        b"xauthentik",
+        b"tailscaleuser",
+        b"xtailscaleuser",
+        b"xvouch",
+        b"xconsumer",
+        b"xcredential",
+        b"xauthenticated",
+        b"xwebauth",
+        b"oidcclaim",
+        b"xshib",
+        b"impersonate",
+    ];
+    PREFIXES.iter().any(|p| sq.starts_with(p))
         || matches!(
             sq,
-            b"xuser"
+            b"oidcaccesstoken"
+                | b"eppn"
+                | b"xuserid"
+                | b"xuseremail"
+                | b"xemail"
+                | b"xgroups"
+                | b"xroles"
+                | b"xprincipal"
+                | b"xidentity"
+                | b"xproxyuser"
+                | b"authuser"
+                | b"xsubject"
+                | b"xuser"
                 | b"xusername"
                 | b"remoteemail"
                 | b"remotename"
@@ -625,12 +701,14 @@ mod tests {
             b"x=1, __Host-portcullis_session=v",
             b"b=\xe9",
             b"p=1; Path=/__Host-portcullis_session",
+            b"a=b; Path=/, __Host-portcullis_session=v",
+            b"q=1; Path=/",
         ] {
             h.append(header::SET_COOKIE, HeaderValue::from_bytes(v).unwrap());
         }
         drop_gateway_set_cookies(&mut h);
         let left: Vec<&[u8]> = h.get_all(header::SET_COOKIE).iter().map(HeaderValue::as_bytes).collect();
-        assert_eq!(left, vec![&b"ok=1"[..], b"b=\xe9", b"p=1; Path=/__Host-portcullis_session"]);
+        assert_eq!(left, vec![&b"ok=1"[..], b"b=\xe9", b"q=1; Path=/"]);
     }
 
     #[test]
@@ -662,10 +740,20 @@ mod tests {
             "x-client-cert",
             "x-ssl-client-cert",
             "x-forwarded-client-cert",
+            "forwarded-proto",
+            "client-cert",
+            "client-cert-chain",
+            "x-client-certificate",
+            "x-arr-ssl",
+            "x-amzn-mtls-clientcert",
+            "akamai-client-ip",
+            "cf-connecting-ipv6",
+            "x-source-ip",
+            "x-https",
         ] {
             assert!(claim(n), "{n}");
         }
-        for n in ["x-request-id", "cookie", "x-real-ipv6", "forwarded-proto", "x-authorization", "proxy"] {
+        for n in ["x-request-id", "cookie", "x-real-ipv6", "x-authorization", "proxy", "x-goog-api-key"] {
             assert!(!claim(n), "{n}");
         }
         let rewrite = |n: &str| is_rewrite(Squeezed::new(n.as_bytes()).bytes());
@@ -679,6 +767,10 @@ mod tests {
             "x-envoy-original-path",
             "x-original-request-uri",
             "x-request-uri",
+            "x-middleware-subrequest",
+            "x-script-name",
+            "x-verb",
+            "x-host-override",
         ] {
             assert!(rewrite(n), "{n}");
         }
@@ -727,10 +819,30 @@ mod tests {
             assert!(!is_x_auth(n.as_bytes()), "{n}");
         }
         let id = |n: &str| is_identity_claim(Squeezed::new(n.as_bytes()).bytes());
-        for n in ["x-remote-user", "remote-user", "x-user", "x-authenticated-user", "x_remote_group", "remote_groups"] {
+        for n in [
+            "x-remote-user",
+            "remote-user",
+            "x-user",
+            "x-authenticated-user",
+            "x_remote_group",
+            "remote_groups",
+            "x-ms-client-principal-name",
+            "x-goog-authenticated-user-email",
+            "x-goog-iap-jwt-assertion",
+            "x-amzn-oidc-identity",
+            "cf-access-authenticated-user-email",
+            "x-pomerium-claim-email",
+            "x-consumer-username",
+            "x-authenticated-scope",
+            "x-webauth-groups",
+            "oidc-claim-sub",
+            "impersonate-user",
+            "x-user-id",
+            "x-roles",
+        ] {
             assert!(id(n), "{n}");
         }
-        for n in ["x-user-agent", "user-agent", "x-request-id"] {
+        for n in ["x-user-agent", "user-agent", "x-request-id", "x-goog-api-key", "x-client-id", "x-scope"] {
             assert!(!id(n), "{n}");
         }
         // Configured names compare squeezed, up to 64 letters and digits.
