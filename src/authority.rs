@@ -15,7 +15,7 @@
 
 use std::net::Ipv6Addr;
 
-use http::HeaderValue;
+use http::{HeaderValue, Request, Version, header};
 
 /// A parsed, normalised authority: `host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +123,35 @@ impl Authority {
             }
         };
         Some((host.len(), port, normal))
+    }
+
+    /// The authority `req` addresses: `:authority` (HTTP/2) or an absolute-form target,
+    /// else the Host header; `None` only for an HTTP/1.0 request that names none.
+    /// Refused (the reason, for the log): a value that is not a valid authority, more than
+    /// one Host header, none on HTTP/1.1 (RFC 9112 §3.2) or HTTP/2 (RFC 9113 §8.3.1), and
+    /// a Host that names another host than the target (RFC 9113 §8.3.1, RFC 9112 §3.2.2),
+    /// so that routing and `X-Forwarded-Host` cannot disagree.
+    pub fn of_request<B>(req: &Request<B>) -> Result<Option<Authority>, &'static str> {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err("more than one Host header");
+        }
+        let from_header = match host {
+            Some(h) => Some(Authority::from_header(h).ok_or("Host header is not a valid authority")?),
+            None => None,
+        };
+        let from_uri = match req.uri().authority() {
+            Some(a) => Some(Authority::parse(a.as_str().as_bytes()).ok_or("request target authority is not valid")?),
+            None => None,
+        };
+        match (from_uri, from_header) {
+            (Some(u), Some(h)) if u.host() != h.host() => Err("Host header differs from the request target"),
+            (Some(u), _) => Ok(Some(u)),
+            (None, Some(h)) => Ok(Some(h)),
+            (None, None) if req.version() == Version::HTTP_10 || req.version() == Version::HTTP_09 => Ok(None),
+            (None, None) => Err("no Host header or :authority"),
+        }
     }
 
     /// The host, lower-case, without trailing dot or port (IPv6 with its brackets).

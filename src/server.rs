@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::authority::Authority;
 use crate::config::reload::Reloader;
 use crate::config::{Config, Limits};
 use crate::http::Body;
@@ -341,7 +342,8 @@ enum Endpoint {
     Metadata,
     Jwks,
     Proxy,
-    /// An HTTP/1.1 request without a Host header, or any request with more than one.
+    /// A Host or `:authority` that is missing (HTTP/1.1, HTTP/2), repeated, invalid, or
+    /// that names two hosts: 400 at every endpoint.
     BadHost,
     /// A request the gateway cannot read safely (a transfer coding besides a lone chunked):
     /// 501 whatever its path.
@@ -357,6 +359,7 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
     // (A clone of the parsed URI shares its bytes.)
     let uri = req.uri().clone();
     let path = uri.path();
+    let authority = Authority::of_request(&req);
     let (endpoint, hsts) = {
         let rt = gw.runtime();
         let c = &rt.config;
@@ -365,8 +368,8 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
         let endpoint = match path {
             // Before any endpoint reads a body: a coding besides a lone chunked is 501.
             _ if crate::http::unsupported_transfer_coding(req.headers()) => Endpoint::Unsupported,
-            // RFC 9112 §3.2: an HTTP/1.1 request without a Host, or any with two, is 400.
-            _ if bad_host_count(&req) => Endpoint::BadHost,
+            // Every endpoint: a Host (or `:authority`) that is not one valid authority is 400.
+            _ if authority.is_err() => Endpoint::BadHost,
             p if p == c.token_path => Endpoint::Token,
             p if p == c.authorize_path => Endpoint::Authorize,
             p if p == c.revoke_path => Endpoint::Revoke,
@@ -410,7 +413,7 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
         Endpoint::Metadata => (crate::oauth::metadata::handle(gw, &req), "oauth:metadata"),
         Endpoint::Jwks => (crate::oauth::jwks::handle(gw, &req), "oauth:jwks"),
         Endpoint::BadHost => (
-            crate::proxy::error::ProxyError::BadHost("missing or repeated Host header")
+            crate::proxy::error::ProxyError::BadHost(authority.as_ref().err().copied().unwrap_or("bad Host"))
                 .into_response(&gw.runtime().config.realm),
             metrics::UNMATCHED,
         ),
@@ -419,7 +422,7 @@ async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response
             metrics::UNMATCHED,
         ),
         Endpoint::Proxy => {
-            let (resp, outcome) = crate::proxy::handle(gw, req, peer).await;
+            let (resp, outcome) = crate::proxy::handle(gw, req, peer, authority.ok().flatten()).await;
             proxied = outcome;
             (resp, proxied.route_prefix().unwrap_or(metrics::UNMATCHED))
         }
@@ -459,15 +462,6 @@ fn headers_only(mut resp: Response<Body>) -> Response<Body> {
     }
     *resp.body_mut() = crate::http::full(bytes::Bytes::new());
     resp
-}
-
-/// Two Host fields, or none on HTTP/1.1 (HTTP/1.0 may omit it; HTTP/2 carries `:authority`).
-fn bad_host_count<B>(req: &Request<B>) -> bool {
-    match req.headers().get_all(http::header::HOST).iter().take(2).count() {
-        0 => req.version() == http::Version::HTTP_11,
-        1 => false,
-        _ => true,
-    }
 }
 
 /// Whether a connection moved a byte since the idle check last looked (a flag, not a

@@ -1974,4 +1974,17 @@ async fn fail_closed_http11_without_host_or_with_two_is_400_everywhere() {
     }
     let got = raw(gw.http, b"GET /public/x HTTP/1.0\r\n\r\n").await;
     assert_eq!(echo_of(&got).path, "/public/x", "HTTP/1.0 may omit Host");
+    // Second black-box pass: the OAuth endpoints took any Host value; HTTP/2 with neither
+    // `:authority` nor `host` was served (RFC 9113 §8.3.1: malformed).
+    for path in ["/.well-known/jwks.json", "/oauth/token", "/public/x"] {
+        for host in ["a@evil.com", "evil.com/x?y", "", "x, y"] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            let got = raw(gw.http, req.as_bytes()).await;
+            assert_eq!(statuses(&got), vec![400], "Host {host:?}, {path}: {}", String::from_utf8_lossy(&got));
+        }
+        let (status, _) = h2_request(&gw, "GET", path, &[]).await;
+        assert_eq!(status, 400, "HTTP/2 without :authority or host, {path}");
+        let (status, _) = h2_request(&gw, "GET", &gw.url(path), &[("host", b"other.example")]).await;
+        assert_eq!(status, 400, "HTTP/2 host differs from :authority, {path}");
+    }
 }

@@ -10,7 +10,7 @@ pub mod route;
 
 use std::sync::Arc;
 
-use http::{Request, Response, header};
+use http::{Request, Response};
 use http_body::Body as HttpBody;
 
 use crate::authority::Authority;
@@ -39,14 +39,21 @@ impl Outcome {
     }
 }
 
-pub async fn handle<B>(gw: &Gateway, req: Request<B>, peer: &Peer) -> (Response<Body>, Outcome)
+/// Run the proxy phases for `req`, whose authority `dispatch` has already parsed and
+/// checked ([`Authority::of_request`]).
+pub async fn handle<B>(
+    gw: &Gateway,
+    req: Request<B>,
+    peer: &Peer,
+    authority: Option<Authority>,
+) -> (Response<Body>, Outcome)
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
     let rt = gw.runtime_full();
     let mut outcome = Outcome::default();
-    let result = run(gw, &rt, req, peer, &mut outcome).await;
+    let result = run(gw, &rt, req, peer, authority, &mut outcome).await;
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
@@ -68,6 +75,7 @@ async fn run<B>(
     rt: &crate::state::Runtime,
     req: Request<B>,
     peer: &Peer,
+    authority: Option<Authority>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError>
 where
@@ -84,7 +92,6 @@ where
     if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let authority = request_authority(&req)?;
     let host = authority.as_ref().map(Authority::host);
     let route: &Arc<_> = route::route(&rt.config.routes, host, req.method(), path).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route.clone());
@@ -111,35 +118,4 @@ where
         gw.metrics.upstream_latency(&route.prefix, started.elapsed());
     }
     result
-}
-
-/// The authority the caller addressed, parsed and normalised once ([`Authority`]):
-/// `:authority` (HTTP/2) or the absolute-form target, else the Host header. Anything that
-/// is not a valid authority is refused, as is more than one Host header (RFC 9112 §3.2).
-/// When both are present they must name the same host (RFC 9113 §8.3.1, RFC 9112
-/// §3.2.2), so routing and `X-Forwarded-Host` cannot disagree.
-fn request_authority<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadHost("more than one Host header"));
-    }
-    let from_header = match host {
-        Some(h) => Some(Authority::from_header(h).ok_or(ProxyError::BadHost("Host header is not a valid authority"))?),
-        None => None,
-    };
-    let from_uri = match req.uri().authority() {
-        Some(a) => Some(
-            Authority::parse(a.as_str().as_bytes())
-                .ok_or(ProxyError::BadHost("request target authority is not valid"))?,
-        ),
-        None => None,
-    };
-    match (from_uri, from_header) {
-        (Some(u), Some(h)) if u.host() != h.host() => {
-            Err(ProxyError::BadHost("Host header differs from the request target"))
-        }
-        (Some(u), _) => Ok(Some(u)),
-        (None, h) => Ok(h),
-    }
 }
