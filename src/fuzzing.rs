@@ -121,14 +121,17 @@ mod oracle {
 
 /// Proxy header hygiene on peer input: the Cookie filter, the Set-Cookie filter and the
 /// authority parser. Input: one item per line, `c:` a Cookie field (several make an
-/// HTTP/2-style split Cookie), `s:` a Set-Cookie field from an upstream, `h:` a Host value;
-/// lines that cannot be header values are skipped, as hyper would never deliver them.
+/// HTTP/2-style split Cookie), `s:` a Set-Cookie field from an upstream, `h:` a Host value,
+/// `p:` a request path; lines that cannot be header values are skipped, as hyper would
+/// never deliver them.
 ///
 /// Invariants: no cookie pair that mentions a gateway cookie name anywhere, in any case,
 /// survives the Cookie filter, nor a Set-Cookie that does; every other
 /// cookie pair and Set-Cookie is kept, in order, byte for byte; at most one Cookie field
 /// goes upstream. An accepted authority is normal (lower-case, no trailing dot, only
-/// host characters, port 1..=65535) and parsing it again gives the same.
+/// host characters, port 1..=65535) and parsing it again gives the same. An accepted path,
+/// percent-decoded, is UTF-8 with no `\`, `;` or `%` (nothing left to decode twice), no `.`
+/// or `..` segment, no empty one but the last, and no non-ASCII character that upper- or lower-cases into ASCII.
 pub fn header_hygiene(data: &[u8]) {
     use crate::authority::Authority;
     use crate::proxy::forward;
@@ -137,6 +140,7 @@ pub fn header_hygiene(data: &[u8]) {
     let mut headers = HeaderMap::new();
     let mut responses = HeaderMap::new();
     let mut hosts = Vec::new();
+    let mut paths = Vec::new();
     for line in data.split(|&b| b == b'\n') {
         let (kind, rest) = line.split_at(line.len().min(2));
         let Ok(v) = HeaderValue::from_bytes(rest) else { continue };
@@ -145,6 +149,12 @@ pub fn header_hygiene(data: &[u8]) {
             b"s:" => responses.append(header::SET_COOKIE, v),
             b"h:" => {
                 hosts.push(v);
+                true
+            }
+            b"p:" => {
+                if let Ok(p) = std::str::from_utf8(rest) {
+                    paths.push(p.to_string());
+                }
                 true
             }
             _ => false,
@@ -196,6 +206,29 @@ pub fn header_hygiene(data: &[u8]) {
         assert_ne!(a.port(), Some(0));
         let again = Authority::parse(a.header_value().as_bytes()).expect("a normalised authority is refused");
         assert_eq!(again, a, "normalising {h:?} is not idempotent");
+    }
+
+    for p in paths {
+        if !crate::proxy::route::is_safe_path(&p) {
+            continue;
+        }
+        // An oracle of its own: decode every escape, then look at what an upstream sees.
+        let decoded = percent_encoding::percent_decode_str(&p).collect::<Vec<u8>>();
+        let text = std::str::from_utf8(&decoded).unwrap_or_else(|_| panic!("accepted non-UTF-8 path {p:?}"));
+        assert!(text.starts_with('/'), "{p:?}");
+        assert!(!text.contains(['\\', ';', '%']), "accepted {p:?} decodes to {text:?}");
+        let segments: Vec<&str> = text[1..].split('/').collect();
+        let inner = &segments[..segments.len() - 1];
+        assert!(
+            !inner.iter().any(|s| s.is_empty()) && !segments.iter().any(|s| *s == "." || *s == ".."),
+            "accepted {p:?} -> {text:?}"
+        );
+        for c in text.chars().filter(|c| !c.is_ascii()) {
+            assert!(
+                !c.to_uppercase().chain(c.to_lowercase()).any(|x| x.is_ascii()),
+                "accepted {p:?}: {c:?} case-maps into ASCII"
+            );
+        }
     }
 }
 
