@@ -509,6 +509,23 @@ async fn a_trusted_proxy_keeps_its_forwarded_headers() {
     assert_eq!(echo.header_all("x-forwarded-for"), vec!["203.0.113.9, 127.0.0.1"]);
     assert_eq!(echo.header_all("x-forwarded-proto"), vec!["http"]);
     assert_eq!(echo.header_all("x-forwarded-host"), vec!["api.example"]);
+    // Even a trusted proxy's X-Forwarded-Host must be authorities (a chain of them is kept);
+    // anything else, or two lines, is replaced by the host the gateway saw.
+    for (sent, seen) in [
+        (&["api.example, edge.example:8443"][..], "api.example, edge.example:8443"),
+        (&["evil.com/x?y"], "localhost"),
+        (&["a@internal.example"], "localhost"),
+        (&["api.example", "other.example"], "localhost"),
+    ] {
+        let mut req = gw.client().get(gw.url("/api/fwd")).bearer_auth(&token);
+        for v in sent {
+            req = req.header("x-forwarded-host", *v);
+        }
+        let echo: Echo = req.send().await.unwrap().json().await.unwrap();
+        let got = echo.header_all("x-forwarded-host");
+        assert_eq!(got.len(), 1, "{sent:?}: {got:?}");
+        assert!(got[0].starts_with(seen), "{sent:?}: {got:?}");
+    }
     // A chain split over several header lines is one list (RFC 9110 §5.3).
     let resp = gw
         .client()

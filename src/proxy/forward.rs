@@ -418,6 +418,18 @@ fn is_x_auth(name: &[u8]) -> bool {
     }
 }
 
+/// Is `X-Forwarded-Host` exactly one line whose comma-separated items are all valid
+/// authorities?
+fn valid_forwarded_host(headers: &HeaderMap) -> bool {
+    let mut lines = headers.get_all(X_FORWARDED_HOST).iter();
+    match (lines.next(), lines.next()) {
+        (Some(v), None) => {
+            v.as_bytes().split(|b| *b == b',').all(|item| Authority::parse(cookies::trim(item)).is_some())
+        }
+        _ => false,
+    }
+}
+
 /// Where the request came from, as the listener saw it.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -496,10 +508,16 @@ fn upstream_headers(
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
     }
-    if !headers.contains_key(X_FORWARDED_HOST)
-        && let Some(a) = authority
-    {
-        headers.insert(X_FORWARDED_HOST, a.header_value().clone());
+    // A trusted proxy's own X-Forwarded-Host is kept only when it is one line of valid
+    // authorities (a comma-separated chain of them); anything else is replaced by ours.
+    let theirs = headers.contains_key(X_FORWARDED_HOST);
+    if !(theirs && valid_forwarded_host(headers)) {
+        if theirs {
+            headers.remove(X_FORWARDED_HOST);
+        }
+        if let Some(a) = authority {
+            headers.insert(X_FORWARDED_HOST, a.header_value().clone());
+        }
     }
 
     if let Some(p) = principal {
