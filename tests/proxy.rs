@@ -1311,17 +1311,20 @@ async fn head_cases(gw: &TestGateway, dead_route: bool) -> Vec<(&'static str, Op
     cases
 }
 
-fn dead_route_toml() -> String {
-    "[[route]]\nprefix = \"/dead\"\nupstream = \"http://127.0.0.1:1\"\nscopes = [\"read\"]\n".to_string()
+/// The test gateway plus a `/dead` route to a closed port (for 502 answers).
+async fn gateway_with_dead_route() -> (EchoUpstream, TestGateway) {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let dead = "[[route]]\nprefix = \"/dead\"\nupstream = \"http://127.0.0.1:1\"\nscopes = [\"read\"]\n";
+    let text = format!("{}\n{dead}", config_toml(dir.path(), &pki, up.addr, ""));
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    (up, gw)
 }
 
 #[tokio::test]
 async fn head_over_http2_sends_headers_only() {
-    let up = EchoUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::create(dir.path());
-    let text = format!("{}\n{}", config_toml(dir.path(), &pki, up.addr, ""), dead_route_toml());
-    let gw = TestGateway::start_text(dir, pki, &text).await;
+    let (_up, gw) = gateway_with_dead_route().await;
     for (path, token, status) in head_cases(&gw, true).await {
         let (get, _, get_body) = h2_exchange(&gw, "GET", path, token.as_deref()).await;
         assert_eq!(get.status, status, "GET {path}");
@@ -1340,11 +1343,7 @@ async fn head_over_http2_sends_headers_only() {
 
 #[tokio::test]
 async fn head_over_http1_sends_headers_only() {
-    let up = EchoUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::create(dir.path());
-    let text = format!("{}\n{}", config_toml(dir.path(), &pki, up.addr, ""), dead_route_toml());
-    let gw = TestGateway::start_text(dir, pki, &text).await;
+    let (_up, gw) = gateway_with_dead_route().await;
     for (path, token, status) in head_cases(&gw, true).await {
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         let head = format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n");
