@@ -23,8 +23,9 @@
 # per request (user + system, all its threads; for "direct" the upstream's): on a shared
 # machine it moves less than throughput does.
 #
-# Results: the table on stdout, benches/results/load-<time>.{csv,json} and
-# benches/results/rss-<time>.json. See docs/performance.md.
+# Results: the table on stdout, benches/results/load.{csv,json} and benches/results/rss.json,
+# overwritten by each run: one latest file per kind (earlier runs live in git history).
+# See docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -470,12 +471,12 @@ cat >"$WORK/meta.json" <<EOF
 }
 EOF
 echo
-"$KIT" report --raw "$RAW" --meta "$WORK/meta.json" --out "$ROOT/benches/results/load-$STAMP"
-log "wrote benches/results/load-$STAMP.csv and .json"
+"$KIT" report --raw "$RAW" --meta "$WORK/meta.json" --out "$ROOT/benches/results/load"
+log "wrote benches/results/load.csv and .json (run $STAMP; earlier runs are in git history)"
 
 # ---------------------------------------------------------------------------------------
 # 6. Memory: N distinct valid tokens in one validation cache.
 if [ "$RSS_TOKENS" -gt 0 ]; then
     log "filling a validation cache with $RSS_TOKENS distinct tokens"
-    "$KIT" fill-cache --count "$RSS_TOKENS" | tee "$ROOT/benches/results/rss-$STAMP.json"
+    "$KIT" fill-cache --count "$RSS_TOKENS" | tee "$ROOT/benches/results/rss.json"
 fi
