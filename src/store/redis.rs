@@ -472,11 +472,6 @@ impl Store for RedisStore {
         Ok(v.map(|v| decode::<Session>(&v)).transpose()?.filter(|s| s.expires_at > now))
     }
 
-    async fn delete_session(&self, id: Hash) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        conn.c.del::<_, ()>(self.key("sess", &hex(&id))).await.map_err(|e| conn.fail(e))
-    }
-
     /// Redis expires records itself.
     async fn sweep(&self, _now: u64) -> Result<u64, StoreError> {
         Ok(0)

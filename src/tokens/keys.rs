@@ -102,6 +102,7 @@ pub struct KeySet {
 
 impl Key {
     /// A raw signature over `message` with this key (for tests and fuzzing fixtures).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn sign_raw(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         self.signer.sign(message)
     }
