@@ -461,9 +461,6 @@ impl Store for FuzzStore {
     async fn get_session(&self, _: Hash, _: u64) -> Result<Option<Session>, StoreError> {
         unavailable()
     }
-    async fn delete_session(&self, _: Hash) -> Result<(), StoreError> {
-        unavailable()
-    }
     async fn sweep(&self, _: u64) -> Result<u64, StoreError> {
         unavailable()
     }

@@ -224,21 +224,16 @@ fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::
     }
 }
 
-/// `s` as a JSON string literal.
+/// `s` as a JSON string literal, escaped by serde_json as tracing-subscriber's JSON
+/// formatter does; the usual value needs no escape and is copied as it is.
 fn json_string(out: &mut String, s: &str) {
-    use std::fmt::Write as _;
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else if let Ok(quoted) = serde_json::to_string(s) {
+        out.push_str(&quoted);
     }
-    out.push('"');
 }
 
 /// RFC 3339 timestamps with microseconds, like tracing-subscriber's default, but the
@@ -346,6 +341,10 @@ mod tests {
         let f = &v["fields"];
         assert_eq!(f["peer"], "::1");
         assert_eq!(f["path"], "/a\"b\\c\u{1}d");
+        assert!(line.contains(r#""path":"/a\"b\\c\u0001d""#), "{line}");
+        let mut escaped = String::new();
+        json_string(&mut escaped, "a\nb\t");
+        assert_eq!(escaped, r#""a\nb\t""#, "not serde_json's escapes");
         assert_eq!((f["status"].as_u64(), f["latency_us"].as_u64()), (Some(404), Some(17)));
         assert_eq!(
             (f["method"].as_str(), f["route"].as_str(), f["client_id"].as_str()),

@@ -178,7 +178,12 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
         }
+        let existed = path.exists();
         let db = Database::create(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        if !existed {
+            // The README promises it: the first start says where the grant state went.
+            tracing::info!(path = %path.display(), "created the store file");
+        }
         // Create every table up front so that readers never see a missing table.
         let txn = db.begin_write().map_err(unavailable)?;
         for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS] {
@@ -359,14 +364,6 @@ impl Store for EmbeddedStore {
     async fn get_session(&self, id: Hash, now: u64) -> Result<Option<Session>, StoreError> {
         let s = self.read(SESSIONS, id.to_vec(), |b| decode::<Session>(b).map(Some)).await?;
         Ok(s.filter(|s| s.expires_at > now))
-    }
-
-    async fn delete_session(&self, id: Hash) -> Result<(), StoreError> {
-        self.write(move |txn| {
-            txn.open_table(SESSIONS).map_err(unavailable)?.remove(id.as_slice()).map_err(unavailable)?;
-            Ok(())
-        })
-        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

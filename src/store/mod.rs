@@ -147,7 +147,6 @@ pub trait Store: Send + Sync {
 
     async fn put_session(&self, id: Hash, session: Session) -> Result<(), StoreError>;
     async fn get_session(&self, id: Hash, now: u64) -> Result<Option<Session>, StoreError>;
-    async fn delete_session(&self, id: Hash) -> Result<(), StoreError>;
 
     /// Remove expired records; returns how many.
     async fn sweep(&self, now: u64) -> Result<u64, StoreError>;

@@ -12,7 +12,6 @@
 //! channel `P revocations`: "<jti> <exp>" per revoked access token.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -56,8 +55,9 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{REVOKE_FAMILY_LUA}\n{body}"))
 }
 
-/// A pooled connection; a failure through it discards it, so the next use reconnects
-/// from scratch instead of trusting a connection that may be dead for good.
+/// The shared connection; a failure through it (other than a timeout) discards it, so the
+/// next use reconnects from scratch instead of trusting a manager whose connection may be
+/// dead for good (the replica tests restart Redis under it).
 struct Conn<'a> {
     c: ConnectionManager,
     slot: &'a RwLock<Option<ConnectionManager>>,
@@ -78,8 +78,11 @@ pub struct RedisStore {
     client: redis::Client,
     config: ConnectionManagerConfig,
     prefix: String,
-    pool: Vec<RwLock<Option<ConnectionManager>>>,
-    next: AtomicUsize,
+    /// One multiplexed connection, not a pool: every command here is a short request or a
+    /// Lua script (no blocking command that would hold a connection), a multiplexed
+    /// connection pipelines concurrent requests, Redis runs them one at a time anyway, and
+    /// pub/sub has its own connection (`spawn_listener`).
+    conn: RwLock<Option<ConnectionManager>>,
     take_code: Script,
     put_refresh: Script,
     rotate: Script,
@@ -112,9 +115,10 @@ fn accesses(flat: &[String]) -> Vec<IssuedAccess> {
 }
 
 impl RedisStore {
-    /// Prepare the store; connections are made on first use and re-made after failures,
+    /// Prepare the store; the connection is made on first use and re-made after failures,
     /// so the gateway starts (not ready) while Redis is down and recovers by itself.
-    pub fn new(url: &str, prefix: &str, pool_size: usize, timeout: Duration) -> Result<RedisStore, StoreError> {
+    /// `_pool_size` is ignored (see `conn`); kept until `[store] pool_size` leaves the config.
+    pub fn new(url: &str, prefix: &str, _pool_size: usize, timeout: Duration) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -125,8 +129,7 @@ impl RedisStore {
             client,
             config,
             prefix: prefix.to_string(),
-            pool: (0..pool_size.max(1)).map(|_| RwLock::new(None)).collect(),
-            next: AtomicUsize::new(0),
+            conn: RwLock::new(None),
             take_code: script(
                 r#"
 local v = redis.call('GET', KEYS[1])
@@ -218,9 +221,9 @@ return 'ok'
         format!("{}{kind}:{id}", self.prefix)
     }
 
-    /// A connection from the pool, connecting (again) if needed.
+    /// The connection, connecting (again) if needed.
     async fn conn(&self) -> Result<Conn<'_>, StoreError> {
-        let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
+        let slot = &self.conn;
         if let Some(c) = slot.read().await.as_ref() {
             return Ok(Conn { c: c.clone(), slot });
         }
@@ -470,11 +473,6 @@ impl Store for RedisStore {
         let mut conn = self.conn().await?;
         let v: Option<String> = conn.c.get(self.key("sess", &hex(&id))).await.map_err(|e| conn.fail(e))?;
         Ok(v.map(|v| decode::<Session>(&v)).transpose()?.filter(|s| s.expires_at > now))
-    }
-
-    async fn delete_session(&self, id: Hash) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        conn.c.del::<_, ()>(self.key("sess", &hex(&id))).await.map_err(|e| conn.fail(e))
     }
 
     /// Redis expires records itself.

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 
 use crate::config::{Config, KeyAlgorithm, KeyConfig};
@@ -102,6 +104,7 @@ pub struct KeySet {
 
 impl Key {
     /// A raw signature over `message` with this key (for tests and fuzzing fixtures).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn sign_raw(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         self.signer.sign(message)
     }
@@ -219,8 +222,11 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
             (signer, DecodingKey::from_secret(&secret), None)
         }
         alg => {
-            let pem = pem::parse(&bytes).map_err(|e| invalid(format!("not PEM: {e}")))?;
-            let der = pem.contents();
+            // The first private key in the file, of any encoding (PKCS#8, SEC1, PKCS#1): the
+            // key constructors below refuse a kind that does not fit the algorithm.
+            let key =
+                PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| invalid(format!("not a PEM private key: {e}")))?;
+            let der = key.secret_der();
             match alg {
                 KeyAlgorithm::EdDSA => {
                     let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| invalid(e.to_string()))?;
@@ -315,17 +321,22 @@ fn decode_b64(s: &str) -> Option<Vec<u8>> {
 
 /// A fresh private key in the file format `load_key` reads.
 fn generate(alg: KeyAlgorithm) -> Result<String, String> {
-    let pkcs8 = |der: &[u8]| pem::encode(&pem::Pem::new("PRIVATE KEY", der.to_vec()));
+    // PEM-encoded by rcgen (which the dev certificate needs anyway); the DER stays ours.
+    let pkcs8 = |der: &[u8], alg| {
+        rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(der), alg)
+            .map(|kp| kp.serialize_pem())
+            .map_err(|e| e.to_string())
+    };
     match alg {
         KeyAlgorithm::EdDSA => {
             let kp = Ed25519KeyPair::generate().map_err(|e| e.to_string())?;
             let doc = kp.to_pkcs8v1().map_err(|e| e.to_string())?;
-            Ok(pkcs8(doc.as_ref()))
+            pkcs8(doc.as_ref(), &rcgen::PKCS_ED25519)
         }
         KeyAlgorithm::ES256 => {
             let kp = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(|e| e.to_string())?;
             let doc = kp.to_pkcs8v1().map_err(|e| e.to_string())?;
-            Ok(pkcs8(doc.as_ref()))
+            pkcs8(doc.as_ref(), &rcgen::PKCS_ECDSA_P256_SHA256)
         }
         KeyAlgorithm::HS256 => {
             let mut secret = [0u8; 32];
