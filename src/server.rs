@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authority::Authority;
-use crate::config::reload::Reloader;
+use crate::reload::Reloader;
 use crate::config::{Config, Limits};
 use crate::http::Body;
 use crate::metrics;

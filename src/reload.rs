@@ -16,7 +16,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::state::{Gateway, StartError};
 use crate::tls;
 
