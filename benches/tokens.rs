@@ -50,8 +50,8 @@ scopes = ["read", "write"]
 fn mint(keys: &KeySet, config: &Config) -> String {
     let scopes = vec!["read".to_string(), "write".to_string()];
     let grant = Grant {
-        issuer: &config.issuer,
-        audience: &config.audience,
+        issuer: config.issuer(),
+        audience: config.audience(),
         client_id: "svc",
         subject: "svc",
         scopes: &scopes,

@@ -123,8 +123,8 @@ fn mint(config: &Path, count: usize, client: &str, scope: &str, lifetime: u64, o
     let keys = KeySet::load(&config)?;
     let scopes: Vec<String> = scope.split(' ').map(str::to_string).collect();
     let grant = Grant {
-        issuer: &config.issuer,
-        audience: &config.audience,
+        issuer: config.issuer(),
+        audience: config.audience(),
         client_id: client,
         subject: client,
         scopes: &scopes,
@@ -178,15 +178,15 @@ scopes = ["read", "write"]
     let store = EmbeddedStore::open(&dir.join("fill.redb"))?;
     let scopes = vec!["read".to_string(), "write".to_string()];
     let grant = Grant {
-        issuer: &config.issuer,
-        audience: &config.audience,
+        issuer: config.issuer(),
+        audience: config.audience(),
         client_id: "bench",
         subject: "bench",
         scopes: &scopes,
         lifetime_secs: 3600,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let validator = Validator::new(config.cache_max_tokens);
+    let validator = Validator::new(config.cache_max_tokens());
     let before = rss_bytes();
     let started = Instant::now();
     rt.block_on(async {

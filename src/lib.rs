@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -25,12 +25,12 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authority::Authority;
-use crate::config::reload::Reloader;
 use crate::config::{Config, Limits};
 use crate::http::Body;
 use crate::metrics;
 use crate::proxy::forward::Peer;
 use crate::ratelimit;
+use crate::reload::Reloader;
 use crate::state::{Gateway, StartError};
 use crate::tls::{self, TlsError};
 

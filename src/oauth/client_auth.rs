@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::OAuthError;
 use super::params::Params;
-use crate::config::Client;
+use crate::config::{Client, ClientAuth};
 use crate::state::{Gateway, Runtime};
 
 /// Whose secret is being checked; client and user names live in separate namespaces.
@@ -162,7 +162,7 @@ pub(crate) fn presented(headers: &HeaderMap, params: &Params) -> Result<Presente
 
 /// Authenticate the client of a token request against the configuration in force.
 /// A public client (no secret configured) is identified, not authenticated; grants
-/// that need a confidential client must check [`Client::secret_hash`].
+/// that need a confidential client are refused to public ones by validation.
 /// A client with too many recent failures is refused before its secret is verified.
 ///
 /// An unknown or disabled client id that comes with a secret is treated like a known one
@@ -193,8 +193,8 @@ pub async fn authenticate(
             return Err(fail);
         }
     };
-    match (&client.secret_hash, &p.secret) {
-        (Some(hash), Some(secret)) => {
+    match (&client.auth, &p.secret) {
+        (ClientAuth::Confidential { secret_hash: hash }, Some(secret)) => {
             gw.limiter.reserve_client(limits, &client.id).map_err(OAuthError::RateLimited)?;
             if !gw.secrets.verify(Kind::Client, &client.id, secret, hash).await {
                 tracing::debug!(client_id = %p.client_id, "wrong client secret");
@@ -202,15 +202,15 @@ pub async fn authenticate(
             }
             gw.limiter.release_client(limits, &client.id);
         }
-        (None, None) => {}
+        (ClientAuth::Public, None) => {}
         // A secret offered by a public client: as for an unknown id.
-        (None, Some(secret)) => {
+        (ClientAuth::Public, Some(secret)) => {
             gw.limiter.reserve_client(limits, &client.id).map_err(OAuthError::RateLimited)?;
             gw.secrets.verify_dummy(secret).await;
             return Err(fail);
         }
         // A confidential client without its secret.
-        (Some(_), None) => return Err(fail),
+        (ClientAuth::Confidential { .. }, None) => return Err(fail),
     }
     Ok(client.clone())
 }

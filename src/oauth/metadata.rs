@@ -78,7 +78,7 @@ pub fn document(config: &Config) -> Value {
     }
     let scopes: BTreeSet<&str> = enabled().flat_map(|c| c.scopes.iter().map(String::as_str)).collect();
     let mut auth_methods = vec!["client_secret_basic", "client_secret_post"];
-    if enabled().any(|c| c.secret_hash.is_none()) {
+    if enabled().any(|c| c.is_public()) {
         // Public clients identify themselves with client_id alone (RFC 7591 §2).
         auth_methods.push("none");
     }

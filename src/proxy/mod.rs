@@ -14,7 +14,7 @@ use http::{Request, Response};
 use http_body::Body as HttpBody;
 
 use crate::authority::Authority;
-use crate::config::Route;
+use crate::config::{Access, Route};
 use crate::http::{Body, BoxError};
 use crate::state::Gateway;
 use crate::tokens::validate::Principal;
@@ -103,13 +103,14 @@ where
         return Err(ProxyError::MethodNotAllowed);
     }
 
-    let principal = if route.public {
-        None
-    } else {
-        let p = authenticate::authenticate(gw, rt, req.headers()).await?;
-        outcome.principal = Some(p.clone());
-        authorize::authorize(route, &p)?;
-        Some(p)
+    let principal = match &route.access {
+        Access::Public => None,
+        Access::Scopes(scopes) => {
+            let p = authenticate::authenticate(gw, rt, req.headers()).await?;
+            outcome.principal = Some(p.clone());
+            authorize::authorize(scopes, &p)?;
+            Some(p)
+        }
     };
     let started = std::time::Instant::now();
     let result = forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, peer, authority.as_ref()).await;

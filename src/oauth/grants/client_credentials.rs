@@ -15,9 +15,6 @@ pub async fn grant(
     params: &Params,
     now: u64,
 ) -> Result<TokenResponse, OAuthError> {
-    if client.is_public() {
-        return Err(OAuthError::UnauthorizedClient);
-    }
     let scopes = resolve_scopes(client, params.get("scope"))?;
     let subject = client.user.as_deref().unwrap_or(&client.id);
     // §4.4.3 says a refresh token SHOULD NOT be issued here; only on explicit opt-in.

@@ -16,9 +16,6 @@ pub async fn grant(
     params: &Params,
     now: u64,
 ) -> Result<TokenResponse, OAuthError> {
-    if client.is_public() {
-        return Err(OAuthError::UnauthorizedClient);
-    }
     let username = params.require("username")?;
     let password = params.require("password")?;
     let scopes = resolve_scopes(client, params.get("scope"))?;

@@ -16,7 +16,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::state::{Gateway, StartError};
 use crate::tls;
 
@@ -43,7 +43,7 @@ pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) 
     }
     let acceptor = match &config.tls {
         Some(files) => {
-            let at = |e: tls::TlsError| config_error(&config, files.line, e.to_string());
+            let at = |e: tls::TlsError| config.error_at(files.line, e.to_string());
             tls::ensure_dev_certificate(files).map_err(at)?;
             Some(Arc::new(TlsAcceptor::from(tls::server_config(files).map_err(at)?)))
         }
@@ -51,18 +51,11 @@ pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) 
     };
     // Keys load inside apply; if they fail, neither the runtime nor TLS has changed.
     gw.apply(config.clone()).map_err(|e| match &e {
-        StartError::Key(k) => {
-            let line = config.keys.iter().find(|kc| kc.id == k.kid()).map_or(0, |kc| kc.line);
-            config_error(&config, line, e.to_string())
-        }
-        StartError::UpstreamTls(_) | StartError::Store(_) => config_error(&config, 0, e.to_string()),
+        StartError::Key(k) => config.error_at(config.key_line(k.kid()), e.to_string()),
+        StartError::UpstreamTls(_) | StartError::Store(_) => config.error_at(0, e.to_string()),
     })?;
     tls_slot.store(acceptor);
     Ok(())
-}
-
-fn config_error(config: &Config, line: usize, reason: String) -> ConfigError {
-    ConfigError { file: config.source.clone(), line, reason }
 }
 
 /// Sockets are bound once, at start; a config that moves them is refused as a whole
@@ -75,19 +68,13 @@ fn restart_only_unchanged(old: &Config, new: &Config) -> Result<(), ConfigError>
     if let Some(i) = (0..old.listeners.len().max(new.listeners.len())).find(|&i| differs(i)) {
         // Point at the listener that changed, or the last one left when one was removed.
         let line = new.listeners.get(i).or(new.listeners.last()).map_or(0, |l| l.line);
-        return Err(config_error(
-            new,
-            line,
-            "[[listener]] changed: listeners are bound at start; restart to apply".into(),
-        ));
+        return Err(new.error_at(line, "[[listener]] changed: listeners are bound at start; restart to apply".into()));
     }
     if old.admin.as_ref().map(|a| a.address) != new.admin.as_ref().map(|a| a.address) {
         let line = new.admin.as_ref().map_or(0, |a| a.line);
-        return Err(config_error(
-            new,
-            line,
-            "[admin] changed: the admin listener is bound at start; restart to apply".into(),
-        ));
+        return Err(
+            new.error_at(line, "[admin] changed: the admin listener is bound at start; restart to apply".into())
+        );
     }
     // Read once at start; a reload still applies everything else, and says so.
     let later = [
@@ -102,7 +89,7 @@ fn restart_only_unchanged(old: &Config, new: &Config) -> Result<(), ConfigError>
         }
     }
     if old.store != new.store {
-        return Err(config_error(new, 0, "[store] changed: the store is opened at start; restart to apply".into()));
+        return Err(new.error_at(0, "[store] changed: the store is opened at start; restart to apply".into()));
     }
     Ok(())
 }

@@ -1,0 +1,380 @@
+//! The validated configuration: what the gateway reads. Values here have passed
+//! [`super::validate`]; where two settings must agree, the type says so (a client is
+//! public or has a secret; a route is public or needs a token), so no reader re-checks.
+//!
+//! Fields are `pub(crate)`. The few that are `pub` are read by the integration tests
+//! (`tests/`), which cannot use crate-private items.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+
+/// The grants a client may be allowed. Parsed once, matched everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    ClientCredentials,
+    Password,
+    AuthorizationCode,
+    RefreshToken,
+}
+
+impl GrantType {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client_credentials" => Some(Self::ClientCredentials),
+            "password" => Some(Self::Password),
+            "authorization_code" => Some(Self::AuthorizationCode),
+            "refresh_token" => Some(Self::RefreshToken),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::Password => "password",
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+        }
+    }
+
+    /// Grants in which the client acts with its own credentials, so it must have a
+    /// secret (RFC 6749 §4.3, §4.4); a public client is refused them at validation.
+    pub(crate) fn needs_confidential_client(self) -> bool {
+        matches!(self, Self::ClientCredentials | Self::Password)
+    }
+}
+
+/// Signature algorithms an operator may configure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    EdDSA,
+    ES256,
+    RS256,
+    HS256,
+}
+
+impl KeyAlgorithm {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "EdDSA" => Some(Self::EdDSA),
+            "ES256" => Some(Self::ES256),
+            "RS256" => Some(Self::RS256),
+            "HS256" => Some(Self::HS256),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub(crate) address: SocketAddr,
+    pub(crate) tls: bool,
+    /// Where it is configured, for errors found after validation (e.g. on reload).
+    pub(crate) line: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// `pub`: the tests check that no generated file lands in a served directory.
+    pub cert: PathBuf,
+    /// `pub`: as `cert`.
+    pub key: PathBuf,
+    /// Generate a self-signed localhost certificate when the files are missing.
+    pub(crate) dev_certificate: bool,
+    /// Where `[tls]` is configured, for errors found when the files are loaded.
+    pub(crate) line: usize,
+    /// `Strict-Transport-Security` for every response on a TLS connection (never on a
+    /// plaintext one); off unless configured, and refused with a dev certificate.
+    pub(crate) hsts: Option<http::HeaderValue>,
+}
+
+/// The admin listener (health, readiness, metrics).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub(crate) address: SocketAddr,
+    /// Where it is configured; 0 for the default.
+    pub(crate) line: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub(crate) max_header_bytes: usize,
+    /// The largest response head accepted from an upstream; beyond it, 502.
+    pub(crate) max_upstream_header_bytes: usize,
+    pub(crate) max_token_body_bytes: usize,
+    pub(crate) max_proxy_body_bytes: u64,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) upstream_connect_timeout: Duration,
+    /// `pub`: the fault tests check that a reload changed it.
+    pub upstream_timeout: Duration,
+    pub(crate) tls_handshake_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) max_connections: usize,
+}
+
+/// A token bucket: `burst` units at once, then `refill_per_sec` units a second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    pub(crate) burst: u32,
+    pub(crate) refill_per_sec: f64,
+}
+
+/// `[rate_limit]`: the token endpoint and the login form (see `crate::ratelimit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimits {
+    /// `false` turns every limit off.
+    pub(crate) enabled: bool,
+    /// Requests per source IP, per endpoint.
+    pub(crate) ip: Quota,
+    /// How many requests a failed authentication counts for in the per-IP bucket.
+    pub(crate) failure_cost: u32,
+    /// Failed secret verifications per client id.
+    pub(crate) client_failures: Quota,
+    /// Failed password verifications per username (login form and password grant).
+    pub(crate) user_failures: Quota,
+    /// Keys remembered per bucket kind; read at start only.
+    pub(crate) max_tracked: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub(crate) id: String,
+    pub(crate) algorithm: KeyAlgorithm,
+    /// `pub`: the tests check that no key file lands in a served directory.
+    pub file: PathBuf,
+    /// Signing-capable; inactive keys only verify.
+    pub(crate) active: bool,
+    /// Create the key file on first start when it is missing. Never for RS256: the
+    /// key loader refuses to generate one (validation reads no files).
+    pub(crate) generate: bool,
+    /// Where this `[[key]]` is configured, for errors found when the file is loaded.
+    pub(crate) line: usize,
+}
+
+/// How a client proves who it is at the token endpoint.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No secret: identified, not authenticated. Validation allows it only
+    /// authorization_code (with PKCE) and refresh_token.
+    Public,
+    /// Authenticates with a secret, checked against this argon2id PHC string.
+    Confidential { secret_hash: String },
+}
+
+/// The hash stays out of logs and panics, like the secret it stands for.
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientAuth::Public => f.write_str("Public"),
+            ClientAuth::Confidential { .. } => f.write_str("Confidential"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) auth: ClientAuth,
+    pub(crate) grants: HashSet<GrantType>,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) default_scopes: Vec<String>,
+    pub(crate) user: Option<String>,
+    /// `pub`: the reload tests wait for it to change.
+    pub enabled: bool,
+    /// `pub`: as `enabled`.
+    pub token_lifetime: Duration,
+    /// Registered redirect URIs, compared exactly (RFC 9700 §2.1).
+    pub(crate) redirect_uris: Vec<String>,
+    /// Skip the consent page (the operator's own applications).
+    pub(crate) first_party: bool,
+    /// May use `response_type=token` (listed as grant "implicit").
+    pub(crate) implicit: bool,
+    pub(crate) refresh_on_client_credentials: bool,
+}
+
+impl Client {
+    /// A public client has no secret: it may only use authorization_code with PKCE and refresh_token.
+    pub fn is_public(&self) -> bool {
+        self.auth == ClientAuth::Public
+    }
+}
+
+/// A resource owner who can log in at /authorize or use the password grant.
+#[derive(Clone)]
+pub struct User {
+    pub(crate) username: String,
+    pub(crate) password_hash: String,
+    pub(crate) display_name: String,
+    pub(crate) enabled: bool,
+}
+
+/// The hash stays out of logs and panics.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("username", &self.username)
+            .field("display_name", &self.display_name)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    Embedded {
+        path: PathBuf,
+    },
+    /// Shared by several replicas.
+    Redis {
+        url: String,
+        key_prefix: String,
+        pool_size: usize,
+        timeout: Duration,
+    },
+}
+
+/// Who may pass a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: no token is read, and none is required.
+    Public,
+    /// A valid access token carrying every one of these scopes (none: any valid token).
+    Scopes(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Normalised: starts with `/`, no trailing `/` unless it is `/` itself.
+    /// `pub`: the reload tests look for a new route by it.
+    pub prefix: String,
+    /// Lower-case host without port.
+    pub(crate) host: Option<String>,
+    pub(crate) methods: Option<Vec<Method>>,
+    pub(crate) upstream: Upstream,
+    pub(crate) access: Access,
+    pub(crate) strip_prefix: bool,
+    pub(crate) forward_token: bool,
+    /// Keep the rewrite and method-override headers (`X-Original-URL`, `X-Rewrite-URL`,
+    /// `X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`) from a trusted
+    /// proxy. Off: they are removed whoever sends them.
+    pub(crate) pass_rewrite_headers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http` or `https`.
+    pub(crate) scheme: http::uri::Scheme,
+    pub(crate) authority: http::uri::Authority,
+    /// Base path without trailing `/` (empty for none).
+    pub(crate) base_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub(crate) client_id: HeaderName,
+    pub(crate) subject: HeaderName,
+    pub(crate) scope: HeaderName,
+    pub(crate) token_id: HeaderName,
+    pub(crate) user: HeaderName,
+}
+
+impl IdentityHeaders {
+    pub fn all(&self) -> [&HeaderName; 5] {
+        [&self.client_id, &self.subject, &self.scope, &self.token_id, &self.user]
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) source: PathBuf,
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    pub(crate) realm: String,
+    pub(crate) token_lifetime: Duration,
+    pub(crate) refresh_token_lifetime: Duration,
+    pub(crate) session_lifetime: Duration,
+    pub(crate) listeners: Vec<Listener>,
+    /// `pub`: read by the tests (generated files must not be served).
+    pub tls: Option<TlsFiles>,
+    /// `pub`: read by the fault tests after a reload.
+    pub limits: Limits,
+    pub(crate) token_path: String,
+    pub(crate) authorize_path: String,
+    /// RFC 7009 token revocation.
+    pub(crate) revoke_path: String,
+    /// RFC 7662 token introspection.
+    pub(crate) introspect_path: String,
+    /// RFC 8414 authorization server metadata.
+    pub(crate) metadata_path: String,
+    /// The public signing keys (RFC 7517 JWK Set).
+    pub(crate) jwks_path: String,
+    /// Plaintext listener for health, readiness and metrics; `None` when disabled.
+    pub(crate) admin: Option<Admin>,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) upstream_ca: Option<PathBuf>,
+    pub(crate) headers: IdentityHeaders,
+    pub(crate) cache_max_tokens: u64,
+    pub(crate) cache_max_client_secrets: u64,
+    /// `pub`: read by the tests (key files must not be served).
+    pub keys: Vec<KeyConfig>,
+    /// `pub`: the reload tests watch clients change.
+    pub clients: HashMap<String, Arc<Client>>,
+    /// Sorted longest prefix first, so the first match is the longest.
+    /// `pub`: the reload tests watch routes change.
+    pub routes: Vec<Arc<Route>>,
+    pub(crate) users: HashMap<String, Arc<User>>,
+    /// `pub`: read by the tests (the store file must not be served).
+    pub store: StoreConfig,
+    pub(crate) store_sweep_interval: Duration,
+    pub(crate) rate_limit: RateLimits,
+}
+
+impl Config {
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The file this configuration was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The `iss` of every token issued, and the one accepted.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The `aud` of every token issued, and the one accepted.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// How many validated tokens the verdict cache holds; read at start.
+    pub fn cache_max_tokens(&self) -> u64 {
+        self.cache_max_tokens
+    }
+}
+
+/// Parse a scope list separated by spaces or commas, keeping first occurrences in order.
+pub fn split_scopes(s: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in s.split([' ', ',']).filter(|p| !p.is_empty()) {
+        if !out.iter().any(|o| o == part) {
+            out.push(part.to_string());
+        }
+    }
+    out
+}

@@ -1,0 +1,115 @@
+//! What `portcullis check` prints about a valid configuration: one line per listener,
+//! endpoint, key, client, user and route, so an operator sees what would be served.
+
+use std::io::{self, Write};
+
+use super::model::{Access, Config, KeyAlgorithm, Quota, StoreConfig};
+
+impl Config {
+    /// Print the summary. Key files are looked at (present, to be generated, missing),
+    /// never read.
+    pub fn write_summary(&self, out: &mut impl Write) -> io::Result<()> {
+        let config = self;
+        writeln!(out, "issuer    {}", config.issuer)?;
+        writeln!(out, "audience  {}", config.audience)?;
+        for l in &config.listeners {
+            writeln!(out, "listener  {} ({})", l.address, if l.tls { "https" } else { "http" })?;
+        }
+        writeln!(out, "token     POST {}", config.token_path)?;
+        writeln!(out, "authorize GET  {} (login and consent pages)", config.authorize_path)?;
+        writeln!(out, "revoke    POST {}", config.revoke_path)?;
+        writeln!(out, "introspect POST {}", config.introspect_path)?;
+        writeln!(out, "metadata  GET  {}", config.metadata_path)?;
+        writeln!(out, "jwks      GET  {}", config.jwks_path)?;
+        match &config.admin {
+            Some(a) => writeln!(out, "admin     {} (http: /healthz /readyz /metrics)", a.address)?,
+            None => writeln!(out, "admin     disabled")?,
+        }
+        match &config.store {
+            StoreConfig::Embedded { path } => writeln!(out, "store     embedded {}", path.display())?,
+            StoreConfig::Redis { url, key_prefix, .. } => {
+                // The URL may carry a password: print only scheme, host and port.
+                let shown = url::Url::parse(url)
+                    .map(|u| format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or("?"), u.port().unwrap_or(6379)))
+                    .unwrap_or_default();
+                writeln!(out, "store     redis {shown} prefix={key_prefix}")?;
+            }
+        }
+        let r = &config.rate_limit;
+        if r.enabled {
+            let per_min = |q: Quota| q.refill_per_sec * 60.0;
+            writeln!(
+                out,
+                "limits    per IP {} then {}/s (failure counts {}); per client {} failures, {:.1}/min; per user {} failures, {:.1}/min",
+                r.ip.burst,
+                r.ip.refill_per_sec,
+                r.failure_cost,
+                r.client_failures.burst,
+                per_min(r.client_failures),
+                r.user_failures.burst,
+                per_min(r.user_failures),
+            )?;
+        } else {
+            writeln!(out, "limits    rate limiting disabled")?;
+        }
+        for k in &config.keys {
+            let state = if k.file.exists() {
+                "present"
+            } else if k.generate && k.algorithm != KeyAlgorithm::RS256 {
+                "generated on first start"
+            } else {
+                "MISSING"
+            };
+            writeln!(
+                out,
+                "key       {} {:?} {} ({}){}",
+                k.id,
+                k.algorithm,
+                k.file.display(),
+                state,
+                if k.active { "" } else { " verify-only" }
+            )?;
+        }
+        let mut clients: Vec<_> = config.clients.values().collect();
+        clients.sort_by(|a, b| a.id.cmp(&b.id));
+        for c in clients {
+            let mut grants: Vec<_> = c.grants.iter().map(|g| g.as_str()).collect();
+            if c.implicit {
+                grants.push("implicit");
+            }
+            grants.sort_unstable();
+            writeln!(
+                out,
+                "client    {} grants=[{}] scopes=[{}]{}{}",
+                c.id,
+                grants.join(","),
+                c.scopes.join(","),
+                c.user.as_ref().map(|u| format!(" user={u}")).unwrap_or_default(),
+                if c.enabled { "" } else { " DISABLED" }
+            )?;
+        }
+        let mut users: Vec<_> = config.users.values().collect();
+        users.sort_by(|a, b| a.username.cmp(&b.username));
+        for u in users {
+            writeln!(out, "user      {}{}", u.username, if u.enabled { "" } else { " DISABLED" })?;
+        }
+        for r in &config.routes {
+            writeln!(
+                out,
+                "route     {}{}{} -> {}://{}{}{}{}",
+                r.host.as_deref().map(|h| format!("{h} ")).unwrap_or_default(),
+                r.prefix,
+                r.methods.as_ref().map(|m| format!(" {m:?}")).unwrap_or_default(),
+                r.upstream.scheme,
+                r.upstream.authority,
+                r.upstream.base_path,
+                match &r.access {
+                    Access::Public => " public".to_string(),
+                    Access::Scopes(scopes) => format!(" scopes=[{}]", scopes.join(",")),
+                },
+                if r.strip_prefix { " strip_prefix" } else { "" },
+            )?;
+        }
+        Ok(())
+    }
+}

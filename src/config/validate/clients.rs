@@ -1,0 +1,161 @@
+//! `[[client]]` and `[[user]]`: who may ask for tokens, and who may log in.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::Validator;
+use crate::config::ConfigError;
+use crate::config::model::{Client, ClientAuth, GrantType, User};
+use crate::config::raw::{RawClient, RawUser};
+
+impl Validator<'_> {
+    pub(super) fn clients(
+        &self,
+        raw: &[Spanned<RawClient>],
+        default_lifetime: Duration,
+    ) -> Result<HashMap<String, Arc<Client>>, ConfigError> {
+        let mut clients = HashMap::new();
+        for c in raw {
+            let span = c.span();
+            let c = c.get_ref();
+            let id = c.id.get_ref();
+            if id.is_empty() || id.chars().any(|ch| ch.is_control()) {
+                return Err(self.err(c.id.span(), "client id must be non-empty printable text"));
+            }
+            if clients.contains_key(id) {
+                return Err(self.err(c.id.span(), format!("duplicate client id {id:?}")));
+            }
+            let auth = match &c.secret_hash {
+                Some(h) => ClientAuth::Confidential { secret_hash: self.argon2id(h, "secret_hash")? },
+                None => ClientAuth::Public,
+            };
+            let mut grants = HashSet::new();
+            let mut implicit = false;
+            for g in &c.grants {
+                if g.get_ref() == "implicit" {
+                    implicit = true;
+                    continue;
+                }
+                let grant = GrantType::parse(g.get_ref()).ok_or_else(|| {
+                    self.err(g.span(), format!("unknown grant {:?}: use client_credentials, password, authorization_code, refresh_token or implicit", g.get_ref()))
+                })?;
+                if auth == ClientAuth::Public && grant.needs_confidential_client() {
+                    return Err(self.err(
+                        g.span(),
+                        format!("grant {:?} needs a confidential client: set secret_hash", g.get_ref()),
+                    ));
+                }
+                grants.insert(grant);
+            }
+            let scopes = self.scopes(&c.scopes)?;
+            let default_scopes = match &c.default_scopes {
+                None => scopes.clone(),
+                Some(list) => {
+                    let d = self.scopes(list)?;
+                    if let Some(bad) = list.iter().find(|s| !scopes.contains(s.get_ref())) {
+                        return Err(self.err(
+                            bad.span(),
+                            format!("default scope {:?} is not in the client's scopes", bad.get_ref()),
+                        ));
+                    }
+                    d
+                }
+            };
+            let user = match &c.user {
+                Some(u) if u.get_ref().trim().is_empty() => return Err(self.err(u.span(), "user must not be empty")),
+                Some(u) => Some(u.get_ref().clone()),
+                None => None,
+            };
+            if user.as_deref() == Some(id.as_str()) {
+                return Err(self.err(span, "a client's linked user must differ from its id"));
+            }
+            if c.refresh_on_client_credentials == Some(true) && !grants.contains(&GrantType::RefreshToken) {
+                return Err(self.err(span, "refresh_on_client_credentials needs \"refresh_token\" in grants"));
+            }
+            let redirect_uris = c.redirect_uris.iter().map(|r| self.redirect_uri(r)).collect::<Result<Vec<_>, _>>()?;
+            if redirect_uris.is_empty() && (implicit || grants.contains(&GrantType::AuthorizationCode)) {
+                return Err(self.err(span, "authorization_code and implicit need at least one redirect_uris entry"));
+            }
+            let client = Client {
+                id: id.clone(),
+                name: c.name.clone().unwrap_or_else(|| id.clone()),
+                auth,
+                grants,
+                scopes,
+                default_scopes,
+                user,
+                enabled: c.enabled.unwrap_or(true),
+                token_lifetime: self.duration(&c.token_lifetime, default_lifetime)?,
+                redirect_uris,
+                first_party: c.first_party.unwrap_or(false),
+                implicit,
+                refresh_on_client_credentials: c.refresh_on_client_credentials.unwrap_or(false),
+            };
+            clients.insert(id.clone(), Arc::new(client));
+        }
+        Ok(clients)
+    }
+
+    /// `[[user]]`; a username may not also be a client id: a user's token and the
+    /// client's own token would be indistinguishable to upstreams.
+    pub(super) fn users(
+        &self,
+        raw: &[Spanned<RawUser>],
+        clients: &HashMap<String, Arc<Client>>,
+    ) -> Result<HashMap<String, Arc<User>>, ConfigError> {
+        let mut users = HashMap::new();
+        for u in raw {
+            let u = u.get_ref();
+            let name = u.username.get_ref();
+            if name.is_empty() || name.chars().any(|c| c.is_control()) || name.len() > 256 {
+                return Err(self.err(u.username.span(), "username must be 1-256 printable characters"));
+            }
+            if users.contains_key(name) {
+                return Err(self.err(u.username.span(), format!("duplicate user {name:?}")));
+            }
+            let password_hash = self.argon2id(&u.password_hash, "password_hash")?;
+            let user = User {
+                username: name.clone(),
+                password_hash,
+                display_name: u.display_name.clone().unwrap_or_else(|| name.clone()),
+                enabled: u.enabled.unwrap_or(true),
+            };
+            users.insert(name.clone(), Arc::new(user));
+        }
+        if let Some(u) = raw.iter().find(|u| clients.contains_key(u.get_ref().username.get_ref())) {
+            let name = u.get_ref().username.get_ref();
+            return Err(self.err(u.get_ref().username.span(), format!("username {name:?} is also a client id")));
+        }
+        Ok(users)
+    }
+
+    fn argon2id(&self, h: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
+        let parsed = argon2::PasswordHash::new(h.get_ref()).map_err(|e| {
+            self.err(h.span(), format!("{field} is not a PHC string ({e}): make one with `portcullis hash-secret`"))
+        })?;
+        if parsed.algorithm.as_str() != "argon2id" {
+            return Err(
+                self.err(h.span(), format!("{field} must be an argon2id hash: make one with `portcullis hash-secret`"))
+            );
+        }
+        Ok(h.get_ref().clone())
+    }
+
+    /// RFC 6749 §3.1.2: absolute, no fragment; plain http only for loopback (RFC 8252 §7.3).
+    fn redirect_uri(&self, v: &Spanned<String>) -> Result<String, ConfigError> {
+        let s = v.get_ref();
+        let url = url::Url::parse(s).map_err(|e| self.err(v.span(), format!("bad redirect_uri {s:?}: {e}")))?;
+        if url.fragment().is_some() {
+            return Err(self.err(v.span(), format!("bad redirect_uri {s:?}: a fragment is not allowed")));
+        }
+        if url.scheme() == "http" && !matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) {
+            return Err(
+                self.err(v.span(), format!("bad redirect_uri {s:?}: http is only allowed for loopback; use https"))
+            );
+        }
+        Ok(s.clone())
+    }
+}

@@ -1,0 +1,49 @@
+//! `[[key]]`: the signing keys, by id and file. The files are read (or generated) once,
+//! by `crate::tokens::keys`, which also refuses to generate an RS256 key.
+
+use toml::Spanned;
+
+use super::Validator;
+use crate::config::ConfigError;
+use crate::config::model::{KeyAlgorithm, KeyConfig};
+use crate::config::raw::RawKey;
+
+impl Validator<'_> {
+    pub(super) fn keys(&self, raw: &[Spanned<RawKey>]) -> Result<Vec<KeyConfig>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.err_at(1, "no [[key]]: at least one signing key is required"));
+        }
+        let mut keys: Vec<KeyConfig> = Vec::new();
+        for k in raw {
+            let k = k.get_ref();
+            let id = k.id.get_ref().trim();
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                return Err(self.err(k.id.span(), format!("bad key id {id:?}: use letters, digits, '-', '_' or '.'")));
+            }
+            if keys.iter().any(|o| o.id == id) {
+                return Err(self.err(k.id.span(), format!("duplicate key id {id:?}")));
+            }
+            let algorithm = match &k.algorithm {
+                None => KeyAlgorithm::EdDSA,
+                Some(a) => KeyAlgorithm::parse(a.get_ref()).ok_or_else(|| {
+                    self.err(a.span(), format!("unknown algorithm {:?}: use EdDSA, ES256, RS256 or HS256", a.get_ref()))
+                })?,
+            };
+            let generate = k.generate.unwrap_or(true);
+            keys.push(KeyConfig {
+                id: id.to_string(),
+                algorithm,
+                file: self.path(k.file.get_ref()),
+                active: k.active.unwrap_or(true),
+                generate,
+                line: self.line_of(k.id.span().start),
+            });
+        }
+        if !keys.iter().any(|k| k.active) {
+            return Err(
+                self.err(raw[0].span(), "no active key: at least one [[key]] must have active = true to sign tokens")
+            );
+        }
+        Ok(keys)
+    }
+}
