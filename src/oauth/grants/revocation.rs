@@ -59,3 +59,15 @@ pub async fn revoke(gw: &Gateway, what: Revoke<'_>, reason: Reason) -> Result<us
     gw.metrics.revoked("access_token", reason.as_str(), access.len() as u64);
     Ok(access.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_keep_their_metric_labels() {
+        let labels = [Reason::RevokeEndpoint, Reason::CodeReplay, Reason::RefreshReuse, Reason::UserInactive]
+            .map(Reason::as_str);
+        assert_eq!(labels, ["revoke_endpoint", "code_replay", "refresh_reuse", "user_inactive"]);
+    }
+}
