@@ -18,7 +18,7 @@ use moka::sync::Cache;
 use percent_encoding::percent_decode_str;
 use subtle::ConstantTimeEq;
 
-use super::error::OAuthError;
+use super::error::{BadRequest, OAuthError};
 use super::params::Params;
 use crate::config::{Client, ClientAuth};
 use crate::state::{Gateway, Runtime};
@@ -140,12 +140,10 @@ pub(crate) fn presented(headers: &HeaderMap, params: &Params) -> Result<Presente
     match basic_credentials(headers)? {
         Some((id, secret)) => {
             if params.get("client_secret").is_some() {
-                return Err(OAuthError::InvalidRequest(
-                    "The request uses more than one client authentication method. Check the \"client_secret\" parameter.".into(),
-                ));
+                return Err(BadRequest::TwoClientAuthMethods.into());
             }
             if params.get("client_id").is_some_and(|body_id| body_id != id) {
-                return Err(OAuthError::invalid_param("client_id"));
+                return Err(BadRequest::Invalid("client_id".into()).into());
             }
             Ok(Presented { client_id: id, secret: Some(secret), basic: true })
         }

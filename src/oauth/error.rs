@@ -1,4 +1,8 @@
-//! The one place where an OAuth failure becomes a wire response (RFC 6749 §5.2).
+//! The one place where an OAuth failure becomes a wire response (RFC 6749 §5.2): status,
+//! `error`, `error_description` and headers are all decided by [`OAuthError::into_response`]
+//! from typed reasons; call sites never write wire text.
+
+use std::borrow::Cow;
 
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
@@ -6,51 +10,87 @@ use serde_json::json;
 use crate::http::{Body, json};
 use crate::ratelimit::Throttled;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// An OAuth endpoint's refusal. Its `Display` is the wire `error` and `error_description`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OAuthError {
     /// A parameter is missing, repeated, malformed, or the request itself is (§5.2).
-    #[error("invalid_request: {0}")]
-    InvalidRequest(String),
+    InvalidRequest(BadRequest),
     /// Unknown client, wrong secret, disabled client, or no authentication at all.
     /// `basic` says whether the client tried HTTP Basic, which earns a `WWW-Authenticate`.
-    #[error("invalid_client")]
     InvalidClient { basic: bool },
     /// The grant (code, refresh token) is invalid.
-    #[error("invalid_grant: {0}")]
-    InvalidGrant(String),
+    InvalidGrant(BadGrant),
     /// The password grant's username and password do not match an enabled user; an
     /// `invalid_grant` that counts as a failed authentication for the rate limits.
-    #[error("invalid_grant: wrong user credentials")]
     InvalidUserCredentials,
     /// The client may not use this grant type.
-    #[error("unauthorized_client")]
     UnauthorizedClient,
     /// A grant type this server does not implement; carries the type as given.
-    #[error("unsupported_grant_type: {0}")]
     UnsupportedGrantType(String),
     /// A requested scope the client may not have; carries the first offending scope.
-    #[error("invalid_scope: {0}")]
     InvalidScope(String),
     /// The body exceeded the configured limit.
-    #[error("request body too large")]
     PayloadTooLarge,
     /// The body did not arrive in time.
-    #[error("request body timed out")]
     BodyTimeout,
     /// A POST-only endpoint called with another method.
-    #[error("method not allowed")]
     MethodNotAllowed,
     /// Something on our side failed (signing, a panic-free internal error); details are logged.
-    #[error("server_error")]
     ServerError,
     /// The store cannot be reached; the client may retry later.
-    #[error("temporarily_unavailable")]
     TemporarilyUnavailable,
     /// Too many requests from this source, or too many failed authentications of this
     /// client or user; answered 429 with `Retry-After`.
-    #[error("slow_down")]
     RateLimited(Throttled),
 }
+
+/// Why a request is `invalid_request` (§5.2). Names given by the caller are kept as given
+/// and made printable only when rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadRequest {
+    /// A required parameter is absent or empty (§3.1: empty counts as absent).
+    Missing(&'static str),
+    /// A parameter's value is unusable: a JSON value that is not a scalar, or a body
+    /// `client_id` that disagrees with the one in HTTP Basic.
+    Invalid(String),
+    /// §3.1: a parameter must not appear more than once.
+    Repeated(String),
+    /// A JSON body that is not one flat object.
+    NotJsonObject,
+    /// §2.3: Basic and `client_secret` in the body at once.
+    TwoClientAuthMethods,
+    /// Neither form-urlencoded nor JSON.
+    ContentType,
+    /// The body stream failed before its end.
+    BodyUnreadable,
+    /// RFC 7009 §2.1: a client may revoke only its own tokens.
+    NotYourToken,
+}
+
+/// Why a grant is `invalid_grant` (§5.2). The refresh and code answers deliberately do not
+/// say which check failed (unknown, expired, replayed, other client, inactive user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadGrant {
+    /// The code is unknown, spent, expired, of another client, of an inactive user, or was
+    /// issued without PKCE to a public client.
+    Code,
+    /// §4.1.3: `redirect_uri` differs from the authorization request's.
+    RedirectUri,
+    /// RFC 7636 §4.6: the verifier is absent, malformed or does not match the challenge.
+    CodeVerifier,
+    /// RFC 9700 §2.1.1: a verifier for a code issued without a challenge (a downgrade attempt).
+    UnexpectedVerifier,
+    /// The refresh token is unknown, expired, spent, of another client or of an inactive user.
+    RefreshToken,
+}
+
+impl std::fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code(), self.description())
+    }
+}
+
+impl std::error::Error for OAuthError {}
 
 impl From<crate::store::StoreError> for OAuthError {
     fn from(e: crate::store::StoreError) -> Self {
@@ -59,32 +99,23 @@ impl From<crate::store::StoreError> for OAuthError {
     }
 }
 
+impl From<BadRequest> for OAuthError {
+    fn from(r: BadRequest) -> Self {
+        OAuthError::InvalidRequest(r)
+    }
+}
+
+impl From<BadGrant> for OAuthError {
+    fn from(r: BadGrant) -> Self {
+        OAuthError::InvalidGrant(r)
+    }
+}
+
 impl OAuthError {
     /// A failed authentication (client secret or user password): costs more in the
     /// per-IP rate limit than other requests.
     pub fn is_failed_authentication(&self) -> bool {
         matches!(self, OAuthError::InvalidClient { .. } | OAuthError::InvalidUserCredentials)
-    }
-
-    pub fn missing(param: &str) -> Self {
-        OAuthError::InvalidRequest(format!(
-            "The request is missing a required parameter. Check the \"{}\" parameter.",
-            printable(param)
-        ))
-    }
-
-    pub fn invalid_param(param: &str) -> Self {
-        OAuthError::InvalidRequest(format!(
-            "The request includes an invalid parameter value. Check the \"{}\" parameter.",
-            printable(param)
-        ))
-    }
-
-    pub fn repeated(param: &str) -> Self {
-        OAuthError::InvalidRequest(format!(
-            "The request includes a parameter more than once. Check the \"{}\" parameter.",
-            printable(param)
-        ))
     }
 
     /// The `error` code as registered in RFC 6749.
@@ -106,44 +137,79 @@ impl OAuthError {
         }
     }
 
-    pub fn into_response(self, realm: &str) -> Response<Body> {
-        let (status, description) = match &self {
-            OAuthError::InvalidRequest(d) => (StatusCode::BAD_REQUEST, d.clone()),
-            OAuthError::InvalidClient { .. } => (StatusCode::UNAUTHORIZED, "Client authentication failed.".to_string()),
-            OAuthError::InvalidGrant(d) => (StatusCode::BAD_REQUEST, d.clone()),
-            OAuthError::InvalidUserCredentials => {
-                (StatusCode::BAD_REQUEST, "The user credentials were incorrect.".to_string())
-            }
-            OAuthError::UnauthorizedClient => (
-                StatusCode::BAD_REQUEST,
-                "The client is not authorized to request an access token using this method. Check the \"grant_type\" parameter."
-                    .to_string(),
-            ),
-            OAuthError::UnsupportedGrantType(g) => (
-                StatusCode::BAD_REQUEST,
-                format!("The authorization grant type \"{}\" is not supported by the authorization server.", printable(g)),
-            ),
-            OAuthError::InvalidScope(s) => (
-                StatusCode::BAD_REQUEST,
-                format!("The requested scope is invalid, unknown, or malformed. Check the \"{}\" scope.", printable(s)),
-            ),
-            OAuthError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "The request body is too large.".to_string()),
-            OAuthError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "The request body did not arrive in time.".to_string()),
-            OAuthError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "This endpoint accepts POST only.".to_string()),
-            OAuthError::ServerError => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The authorization server encountered an unexpected condition.".to_string(),
-            ),
-            OAuthError::TemporarilyUnavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The authorization server is temporarily unable to handle the request.".to_string(),
-            ),
-            OAuthError::RateLimited(t) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("Too many requests. Retry after {} seconds.", t.retry_after_secs()),
-            ),
+    fn status(&self) -> StatusCode {
+        match self {
+            OAuthError::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            OAuthError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            OAuthError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            OAuthError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            OAuthError::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            OAuthError::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            OAuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            OAuthError::InvalidRequest(_)
+            | OAuthError::InvalidGrant(_)
+            | OAuthError::InvalidUserCredentials
+            | OAuthError::UnauthorizedClient
+            | OAuthError::UnsupportedGrantType(_)
+            | OAuthError::InvalidScope(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `error_description`: every wire text lives here. Only %x20-21 / %x23-5B / %x5D-7E
+    /// (§5.2), so names are quoted with `'` and caller input goes through [`printable`].
+    fn description(&self) -> Cow<'static, str> {
+        let check = |what: &str, param: &str| -> Cow<'static, str> {
+            format!("{what} Check the '{}' parameter.", printable(param)).into()
         };
-        let mut resp = json(status, &json!({ "error": self.code(), "error_description": description }));
+        match self {
+            OAuthError::InvalidRequest(r) => match r {
+                BadRequest::Missing(p) => check("The request is missing a required parameter.", p),
+                BadRequest::Invalid(p) => check("The request includes an invalid parameter value.", p),
+                BadRequest::Repeated(p) => check("The request includes a parameter more than once.", p),
+                BadRequest::NotJsonObject => "The request body is not a JSON object of parameters.".into(),
+                BadRequest::TwoClientAuthMethods => {
+                    check("The request uses more than one client authentication method.", "client_secret")
+                }
+                BadRequest::ContentType => "The request body must be application/x-www-form-urlencoded or application/json. Check the 'Content-Type' header.".into(),
+                BadRequest::BodyUnreadable => "The request body could not be read.".into(),
+                BadRequest::NotYourToken => check("The token was not issued to this client.", "token"),
+            },
+            OAuthError::InvalidClient { .. } => "Client authentication failed.".into(),
+            OAuthError::InvalidGrant(g) => match g {
+                BadGrant::Code => check("The provided authorization grant is invalid, expired, revoked, does not match the redirection URI used in the authorization request, or was issued to another client.", "code"),
+                BadGrant::RedirectUri => check("The redirect URI does not match.", "redirect_uri"),
+                BadGrant::CodeVerifier => check("The PKCE code verifier does not match.", "code_verifier"),
+                BadGrant::UnexpectedVerifier => check("No PKCE challenge was made for this code.", "code_verifier"),
+                BadGrant::RefreshToken => "The refresh token is invalid.".into(),
+            },
+            OAuthError::InvalidUserCredentials => "The user credentials were incorrect.".into(),
+            OAuthError::UnauthorizedClient => check(
+                "The client is not authorized to request an access token using this method.",
+                "grant_type",
+            ),
+            OAuthError::UnsupportedGrantType(g) => format!(
+                "The authorization grant type '{}' is not supported by the authorization server.",
+                printable(g)
+            )
+            .into(),
+            OAuthError::InvalidScope(s) => format!(
+                "The requested scope is invalid, unknown, or malformed. Check the '{}' scope.",
+                printable(s)
+            )
+            .into(),
+            OAuthError::PayloadTooLarge => "The request body is too large.".into(),
+            OAuthError::BodyTimeout => "The request body did not arrive in time.".into(),
+            OAuthError::MethodNotAllowed => "This endpoint accepts POST only.".into(),
+            OAuthError::ServerError => "The authorization server encountered an unexpected condition.".into(),
+            OAuthError::TemporarilyUnavailable => {
+                "The authorization server is temporarily unable to handle the request.".into()
+            }
+            OAuthError::RateLimited(t) => format!("Too many requests. Retry after {} seconds.", t.retry_after_secs()).into(),
+        }
+    }
+
+    pub fn into_response(self, realm: &str) -> Response<Body> {
+        let mut resp = json(self.status(), &json!({ "error": self.code(), "error_description": self.description() }));
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -169,4 +235,149 @@ impl OAuthError {
 /// (RFC 6749 §5.2 restricts error_description to %x20-21 / %x23-5B / %x5D-7E).
 pub(crate) fn printable(s: &str) -> String {
     s.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\').take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// Every reason, each echoing hostile input where it echoes any.
+    fn every_error() -> Vec<OAuthError> {
+        let hostile = "a\"b\\c d\u{e9}\n".repeat(20);
+        let mut all: Vec<OAuthError> = [
+            BadRequest::Missing("grant_type"),
+            BadRequest::Invalid(hostile.clone()),
+            BadRequest::Repeated(hostile.clone()),
+            BadRequest::NotJsonObject,
+            BadRequest::TwoClientAuthMethods,
+            BadRequest::ContentType,
+            BadRequest::BodyUnreadable,
+            BadRequest::NotYourToken,
+        ]
+        .into_iter()
+        .map(OAuthError::from)
+        .collect();
+        all.extend(
+            [
+                BadGrant::Code,
+                BadGrant::RedirectUri,
+                BadGrant::CodeVerifier,
+                BadGrant::UnexpectedVerifier,
+                BadGrant::RefreshToken,
+            ]
+            .into_iter()
+            .map(OAuthError::from),
+        );
+        all.extend([
+            OAuthError::InvalidClient { basic: true },
+            OAuthError::InvalidClient { basic: false },
+            OAuthError::InvalidUserCredentials,
+            OAuthError::UnauthorizedClient,
+            OAuthError::UnsupportedGrantType(hostile.clone()),
+            OAuthError::InvalidScope(hostile),
+            OAuthError::PayloadTooLarge,
+            OAuthError::BodyTimeout,
+            OAuthError::MethodNotAllowed,
+            OAuthError::ServerError,
+            OAuthError::TemporarilyUnavailable,
+            OAuthError::RateLimited(Throttled { retry_after: Duration::from_millis(1500) }),
+        ]);
+        all
+    }
+
+    #[test]
+    fn every_description_is_in_the_rfc_6749_character_set() {
+        for e in every_error() {
+            let d = e.description();
+            assert!(!d.is_empty(), "{e:?}");
+            let bad = d.bytes().find(|&b| !matches!(b, 0x20..=0x21 | 0x23..=0x5B | 0x5D..=0x7E));
+            assert_eq!(bad, None, "{e:?}: {d}");
+        }
+    }
+
+    #[test]
+    fn descriptions_name_what_to_check() {
+        let d = |e: OAuthError| e.description().into_owned();
+        assert_eq!(
+            d(BadRequest::Missing("grant_type").into()),
+            "The request is missing a required parameter. Check the 'grant_type' parameter."
+        );
+        assert_eq!(
+            d(BadRequest::Repeated("scope".into()).into()),
+            "The request includes a parameter more than once. Check the 'scope' parameter."
+        );
+        assert_eq!(d(BadGrant::RefreshToken.into()), "The refresh token is invalid.");
+        assert_eq!(d(OAuthError::InvalidUserCredentials), "The user credentials were incorrect.");
+        assert!(d(OAuthError::UnsupportedGrantType("magic".into())).contains("'magic'"));
+        assert!(d(OAuthError::InvalidScope("root".into())).contains("'root'"));
+        assert!(d(BadGrant::CodeVerifier.into()).contains("code_verifier"));
+        assert!(d(BadRequest::ContentType.into()).contains("Content-Type"));
+        assert_eq!(
+            d(OAuthError::RateLimited(Throttled { retry_after: Duration::from_millis(1500) })),
+            "Too many requests. Retry after 2 seconds."
+        );
+    }
+
+    #[test]
+    fn status_and_code_of_each_kind() {
+        let cases = [
+            (OAuthError::from(BadRequest::NotJsonObject), 400, "invalid_request"),
+            (OAuthError::InvalidClient { basic: false }, 401, "invalid_client"),
+            (BadGrant::Code.into(), 400, "invalid_grant"),
+            (OAuthError::InvalidUserCredentials, 400, "invalid_grant"),
+            (OAuthError::UnauthorizedClient, 400, "unauthorized_client"),
+            (OAuthError::UnsupportedGrantType("x".into()), 400, "unsupported_grant_type"),
+            (OAuthError::InvalidScope("x".into()), 400, "invalid_scope"),
+            (OAuthError::PayloadTooLarge, 413, "invalid_request"),
+            (OAuthError::BodyTimeout, 408, "invalid_request"),
+            (OAuthError::MethodNotAllowed, 405, "invalid_request"),
+            (OAuthError::ServerError, 500, "server_error"),
+            (OAuthError::TemporarilyUnavailable, 503, "temporarily_unavailable"),
+            (OAuthError::RateLimited(Throttled { retry_after: Duration::ZERO }), 429, "slow_down"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_response_carries_code_description_and_no_store() {
+        let resp = OAuthError::from(BadRequest::Missing("token")).into_response("r");
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(resp.headers()[header::PRAGMA], "no-cache");
+        assert!(resp.headers().get(header::WWW_AUTHENTICATE).is_none());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "invalid_request");
+        assert_eq!(v["error_description"], "The request is missing a required parameter. Check the 'token' parameter.");
+    }
+
+    #[test]
+    fn only_a_basic_attempt_earns_a_challenge() {
+        let basic = OAuthError::InvalidClient { basic: true }.into_response("portcullis");
+        assert_eq!(basic.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"portcullis\", charset=\"UTF-8\"");
+        let post = OAuthError::InvalidClient { basic: false }.into_response("portcullis");
+        assert!(post.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn method_and_rate_limit_headers() {
+        let resp = OAuthError::MethodNotAllowed.into_response("r");
+        assert_eq!(resp.headers()[header::ALLOW], "POST");
+        let resp = OAuthError::RateLimited(Throttled { retry_after: Duration::from_millis(1500) }).into_response("r");
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn only_wrong_secrets_and_passwords_are_failed_authentications() {
+        for e in every_error() {
+            let expected = matches!(e, OAuthError::InvalidClient { .. } | OAuthError::InvalidUserCredentials);
+            assert_eq!(e.is_failed_authentication(), expected, "{e:?}");
+        }
+    }
 }

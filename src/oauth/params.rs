@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 
-use super::error::OAuthError;
+use super::error::{BadRequest, OAuthError};
 
 /// Request parameters; empty values count as absent (RFC 6749 §3.1).
 #[derive(Debug, Default)]
@@ -20,13 +20,13 @@ impl Params {
     }
 
     /// The value of a required parameter, or the error that names it.
-    pub fn require(&self, name: &str) -> Result<&str, OAuthError> {
-        self.get(name).ok_or_else(|| OAuthError::missing(name))
+    pub fn require(&self, name: &'static str) -> Result<&str, OAuthError> {
+        self.get(name).ok_or(OAuthError::InvalidRequest(BadRequest::Missing(name)))
     }
 
     fn insert(&mut self, name: String, value: String) -> Result<(), OAuthError> {
         if self.map.contains_key(&name) {
-            return Err(OAuthError::repeated(&name));
+            return Err(BadRequest::Repeated(name).into());
         }
         self.map.insert(name, value);
         Ok(())
@@ -41,11 +41,10 @@ impl Params {
     }
 
     pub fn from_json(body: &[u8]) -> Result<Params, OAuthError> {
-        let not_an_object =
-            || OAuthError::InvalidRequest("The request body is not a JSON object of parameters.".to_string());
+        let not_an_object = |_| OAuthError::InvalidRequest(BadRequest::NotJsonObject);
         let mut de = serde_json::Deserializer::from_slice(body);
-        let pairs = de.deserialize_map(PairsVisitor).map_err(|_| not_an_object())?;
-        de.end().map_err(|_| not_an_object())?;
+        let pairs = de.deserialize_map(PairsVisitor).map_err(not_an_object)?;
+        de.end().map_err(not_an_object)?;
         let mut p = Params::default();
         for (key, value) in pairs {
             let value = match value {
@@ -53,7 +52,7 @@ impl Params {
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Bool(b) => b.to_string(),
                 serde_json::Value::Null => String::new(),
-                _ => return Err(OAuthError::invalid_param(&key)),
+                _ => return Err(BadRequest::Invalid(key).into()),
             };
             p.insert(key, value)?;
         }
@@ -88,22 +87,23 @@ mod tests {
     #[test]
     fn form_repeated_parameter_is_refused() {
         let e = Params::from_form(b"grant_type=a&grant_type=b").unwrap_err();
-        assert!(matches!(e, OAuthError::InvalidRequest(d) if d.contains("\"grant_type\"")));
+        assert_eq!(e, OAuthError::InvalidRequest(BadRequest::Repeated("grant_type".into())));
     }
 
     #[test]
     fn json_repeated_parameter_is_refused() {
         let e = Params::from_json(br#"{"scope":"a","scope":"b"}"#).unwrap_err();
-        assert!(matches!(e, OAuthError::InvalidRequest(d) if d.contains("more than once") && d.contains("\"scope\"")));
+        assert_eq!(e, OAuthError::InvalidRequest(BadRequest::Repeated("scope".into())));
     }
 
     #[test]
     fn json_numbers_become_strings_and_nesting_is_refused() {
         let p = Params::from_json(br#"{"client_id":42,"grant_type":"client_credentials"}"#).unwrap();
         assert_eq!(p.get("client_id"), Some("42"));
-        assert!(Params::from_json(br#"{"scope":["a"]}"#).is_err());
-        assert!(Params::from_json(b"[1,2]").is_err());
-        assert!(Params::from_json(b"{} trailing").is_err());
+        let not_an_object = Err(OAuthError::InvalidRequest(BadRequest::NotJsonObject));
+        assert_eq!(Params::from_json(br#"{"scope":["a"]}"#).err(), Some(BadRequest::Invalid("scope".into()).into()));
+        assert_eq!(Params::from_json(b"[1,2]").map(|_| ()), not_an_object);
+        assert_eq!(Params::from_json(b"{} trailing").map(|_| ()), not_an_object);
     }
 
     #[test]
@@ -111,5 +111,6 @@ mod tests {
         let p = Params::from_form(b"scope=&grant_type=x").unwrap();
         assert_eq!(p.get("scope"), None);
         assert_eq!(p.get("grant_type"), Some("x"));
+        assert_eq!(p.require("scope"), Err(BadRequest::Missing("scope").into()));
     }
 }

@@ -11,7 +11,8 @@ use http_body::Body as HttpBody;
 
 use super::Caller;
 use super::client_auth;
-use super::error::OAuthError;
+use super::error::{BadRequest, OAuthError};
+use super::grants::revocation::{self, Reason, Revoke};
 use super::token::{limited, read_post};
 use crate::http::{Body, full};
 use crate::ratelimit::Endpoint;
@@ -38,10 +39,6 @@ where
     }
 }
 
-fn not_yours() -> OAuthError {
-    OAuthError::InvalidRequest("The token was not issued to this client. Check the \"token\" parameter.".into())
-}
-
 async fn revoke<B>(gw: &Gateway, req: Request<B>, outcome: &mut Caller) -> Result<(), OAuthError>
 where
     B: HttpBody<Data = Bytes> + Send,
@@ -60,12 +57,10 @@ where
             Kind::Access => {
                 let Ok(claims) = inspect(token, &rt.keys, now) else { continue };
                 if claims.client_id != client.id {
-                    return Err(not_yours());
+                    return Err(BadRequest::NotYourToken.into());
                 }
                 let access = IssuedAccess { jti: claims.jti, expires_at: claims.exp };
-                gw.store.revoke_access(access.clone()).await?;
-                gw.revoke_access(std::slice::from_ref(&access)).await;
-                gw.metrics.revoked("access_token", "revoke_endpoint", 1);
+                revocation::revoke(gw, Revoke::Access(access), Reason::RevokeEndpoint).await?;
                 tracing::info!(client_id = %client.id, "access token revoked");
                 return Ok(());
             }
@@ -73,13 +68,10 @@ where
                 let Some(stored) = gw.store.get_refresh(sha256(token.as_bytes()), now).await? else { continue };
                 let grant = stored.grant;
                 if grant.client_id != client.id {
-                    return Err(not_yours());
+                    return Err(BadRequest::NotYourToken.into());
                 }
-                let revoked = gw.store.revoke_family(&grant.family).await?;
-                gw.revoke_access(&revoked).await;
-                gw.metrics.revoked("refresh_family", "revoke_endpoint", 1);
-                gw.metrics.revoked("access_token", "revoke_endpoint", revoked.len() as u64);
-                tracing::info!(client_id = %client.id, access_tokens = revoked.len(), "refresh token family revoked");
+                let revoked = revocation::revoke(gw, Revoke::Family(&grant.family), Reason::RevokeEndpoint).await?;
+                tracing::info!(client_id = %client.id, access_tokens = revoked, "refresh token family revoked");
                 return Ok(());
             }
         }

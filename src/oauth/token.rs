@@ -5,56 +5,19 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, Method, Request, Response, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, Limited};
-use serde::Serialize;
 
 use super::client_auth;
 use super::error::OAuthError;
-use super::grants;
+use super::grants::{self, TokenResponse};
 use super::params::Params;
 use crate::config::GrantType;
-use crate::http::{Body, full};
+use crate::http::Body;
 use crate::ratelimit::Endpoint;
 use crate::state::Gateway;
-use crate::tokens::issue::IssuedToken;
 use crate::tokens::now_secs;
-
-/// The successful token response (§5.1), plus `expires` (unix time) for clients that want it.
-#[derive(Debug, Serialize)]
-pub struct TokenResponse {
-    access_token: String,
-    token_type: &'static str,
-    expires_in: u64,
-    expires: u64,
-    scope: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refresh_token: Option<String>,
-}
-
-impl TokenResponse {
-    pub fn new(token: IssuedToken, refresh_token: Option<String>) -> Self {
-        TokenResponse {
-            access_token: token.access_token,
-            token_type: "Bearer",
-            expires_in: token.expires_in,
-            expires: token.expires_at,
-            scope: token.scope,
-            refresh_token,
-        }
-    }
-
-    fn into_response(self) -> Response<Body> {
-        let body = serde_json::to_vec(&self).unwrap_or_default();
-        let mut resp = Response::new(full(body));
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        resp
-    }
-}
 
 /// What the outcome of a token request was, for the access log.
 pub struct Outcome {
@@ -173,10 +136,7 @@ pub(crate) fn body_kind(headers: &HeaderMap) -> Result<BodyKind, OAuthError> {
     match essence.as_str() {
         "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
         "application/json" => Ok(BodyKind::Json),
-        _ => Err(OAuthError::InvalidRequest(
-            "The request body must be application/x-www-form-urlencoded or application/json. Check the \"Content-Type\" header."
-                .into(),
-        )),
+        _ => Err(OAuthError::InvalidRequest(super::error::BadRequest::ContentType)),
     }
 }
 
@@ -194,7 +154,7 @@ where
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(OAuthError::BodyTimeout),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(OAuthError::PayloadTooLarge),
-        Ok(Err(_)) => Err(OAuthError::InvalidRequest("The request body could not be read.".into())),
+        Ok(Err(_)) => Err(OAuthError::InvalidRequest(super::error::BadRequest::BodyUnreadable)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }

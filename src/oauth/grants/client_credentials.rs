@@ -1,10 +1,9 @@
 //! RFC 6749 §4.4: the client acts on its own behalf (or as the user linked to it).
 
-use super::{Issue, issue_tokens, new_family, resolve_scopes};
+use super::{Issue, TokenResponse, issue_tokens, new_family, resolve_scopes};
 use crate::config::Client;
 use crate::oauth::error::OAuthError;
 use crate::oauth::params::Params;
-use crate::oauth::token::TokenResponse;
 use crate::state::{Gateway, Runtime};
 
 /// §4.4.2: only `scope` is read; the client is already authenticated.

@@ -4,27 +4,78 @@ pub mod authorization_code;
 pub mod client_credentials;
 pub mod password;
 pub mod refresh_token;
+pub mod revocation;
+
+use http::{HeaderValue, Response, header};
+use serde::Serialize;
 
 use super::error::OAuthError;
-use super::token::TokenResponse;
 use crate::config::{Client, split_scopes};
+use crate::http::{Body, full};
 use crate::state::{Gateway, Runtime};
 use crate::store::{IssuedAccess, RefreshGrant};
 use crate::tokens::issue::{Grant, IssuedToken, issue};
 use crate::tokens::{random_token, sha256};
 
+/// The successful token response (RFC 6749 §5.1), plus `expires` (unix time) for clients that want it.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    expires: u64,
+    scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+}
+
+impl TokenResponse {
+    pub fn new(token: IssuedToken, refresh_token: Option<String>) -> Self {
+        TokenResponse {
+            access_token: token.access_token,
+            token_type: "Bearer",
+            expires_in: token.expires_in,
+            expires: token.expires_at,
+            scope: token.scope,
+            refresh_token,
+        }
+    }
+
+    /// §5.1: JSON, never cached.
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut resp = Response::new(full(body));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        resp
+    }
+}
+
 /// RFC 6749 §3.3: the requested scopes (space or comma separated), or the client's
 /// defaults when absent; each one must be among the client's allowed scopes.
 pub fn resolve_scopes(client: &Client, requested: Option<&str>) -> Result<Vec<String>, OAuthError> {
-    let Some(requested) = requested else { return Ok(client.default_scopes.clone()) };
-    let scopes = split_scopes(requested);
-    if scopes.is_empty() {
-        return Ok(client.default_scopes.clone());
+    scopes_within(&client.scopes, &client.default_scopes, requested)
+}
+
+/// The requested scopes if every one is in `allowed` (else the first that is not, as
+/// `invalid_scope`), or `default` when none are requested. New grants pass the client's
+/// scopes and defaults; a refresh passes what its grant still allows for both (§6: narrow,
+/// never widen).
+pub fn scopes_within(
+    allowed: &[String],
+    default: &[String],
+    requested: Option<&str>,
+) -> Result<Vec<String>, OAuthError> {
+    let requested = requested.map(split_scopes).unwrap_or_default();
+    if requested.is_empty() {
+        return Ok(default.to_vec());
     }
-    if let Some(bad) = scopes.iter().find(|s| !client.scopes.contains(s)) {
-        return Err(OAuthError::InvalidScope(bad.clone()));
+    match requested.iter().find(|s| !allowed.contains(s)) {
+        Some(bad) => Err(OAuthError::InvalidScope(bad.clone())),
+        None => Ok(requested),
     }
-    Ok(scopes)
 }
 
 /// Sign an access token for `subject`.
@@ -93,4 +144,37 @@ pub async fn issue_tokens(gw: &Gateway, rt: &Runtime, what: Issue<'_>, now: u64)
 /// A new random refresh family id.
 pub fn new_family() -> String {
     random_token(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn no_scope_requested_gets_the_default() {
+        let (allowed, default) = (strings(&["read", "write"]), strings(&["read"]));
+        assert_eq!(scopes_within(&allowed, &default, None), Ok(default.clone()));
+        assert_eq!(scopes_within(&allowed, &default, Some("")), Ok(default.clone()));
+        assert_eq!(scopes_within(&allowed, &default, Some(" , ")), Ok(default));
+    }
+
+    #[test]
+    fn requested_scopes_are_kept_in_order_without_duplicates() {
+        let allowed = strings(&["read", "write"]);
+        assert_eq!(scopes_within(&allowed, &[], Some("write,read write")), Ok(strings(&["write", "read"])));
+    }
+
+    #[test]
+    fn a_scope_outside_the_allowed_set_is_named() {
+        let allowed = strings(&["read"]);
+        assert_eq!(
+            scopes_within(&allowed, &allowed, Some("read root admin")),
+            Err(OAuthError::InvalidScope("root".into()))
+        );
+        assert_eq!(scopes_within(&[], &[], Some("read")), Err(OAuthError::InvalidScope("read".into())));
+    }
 }

@@ -1,11 +1,10 @@
 //! RFC 6749 §4.3: resource owner password credentials, for confidential clients that
 //! the operator allowed to use it.
 
-use super::{Issue, issue_tokens, new_family, resolve_scopes};
+use super::{Issue, TokenResponse, issue_tokens, new_family, resolve_scopes};
 use crate::config::{Client, GrantType};
 use crate::oauth::error::OAuthError;
 use crate::oauth::params::Params;
-use crate::oauth::token::TokenResponse;
 use crate::oauth::users;
 use crate::state::{Gateway, Runtime};
 

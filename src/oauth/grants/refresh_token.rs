@@ -1,18 +1,30 @@
 //! RFC 6749 §6 with rotation (RFC 9700 §4.14.2): every use spends the refresh token and
 //! returns a new one; presenting a spent one revokes the whole family.
 
-use super::sign;
-use crate::config::{Client, split_scopes};
-use crate::oauth::error::OAuthError;
+use super::revocation::{Reason, Revoke, revoke};
+use super::{TokenResponse, scopes_within, sign};
+use crate::config::Client;
+use crate::oauth::error::{BadGrant, OAuthError};
 use crate::oauth::params::Params;
-use crate::oauth::token::TokenResponse;
 use crate::oauth::users;
 use crate::state::{Gateway, Runtime};
 use crate::store::{IssuedAccess, Rotate};
 use crate::tokens::{random_token, sha256};
 
 fn invalid() -> OAuthError {
-    OAuthError::InvalidGrant("The refresh token is invalid.".into())
+    OAuthError::InvalidGrant(BadGrant::RefreshToken)
+}
+
+/// §6: the requested scope may narrow the original grant, never widen it; and a scope the
+/// operator has since taken from the client is gone from its refresh tokens too. No scope
+/// requested means all the grant still allows.
+pub fn refreshed_scopes(
+    granted: &[String],
+    client_scopes: &[String],
+    requested: Option<&str>,
+) -> Result<Vec<String>, OAuthError> {
+    let allowed: Vec<String> = granted.iter().filter(|s| client_scopes.contains(s)).cloned().collect();
+    scopes_within(&allowed, &allowed, requested)
 }
 
 pub async fn grant(
@@ -28,27 +40,12 @@ pub async fn grant(
     if current.client_id != client.id {
         return Err(invalid());
     }
-    // §6: the requested scope may narrow the original grant, never widen it; and a scope the
-    // operator has since taken from the client is gone from its refresh tokens too.
-    let allowed: Vec<String> = current.scopes.iter().filter(|s| client.scopes.contains(s)).cloned().collect();
-    let scopes = match params.get("scope").map(split_scopes) {
-        None => allowed.clone(),
-        Some(requested) if requested.is_empty() => allowed.clone(),
-        Some(requested) => {
-            if let Some(bad) = requested.iter().find(|s| !allowed.contains(s)) {
-                return Err(OAuthError::InvalidScope(bad.clone()));
-            }
-            requested
-        }
-    };
+    let scopes = refreshed_scopes(&current.scopes, &client.scopes, params.get("scope"))?;
     if current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
         // The user was disabled or removed: the family dies for good (re-enabling the user
         // does not bring back a refresh token that met the block), its access tokens too.
-        let revoked = gw.store.revoke_family(&current.family).await?;
-        tracing::info!(client_id = %client.id, revoked = revoked.len(), "refresh token of an inactive user; its family is revoked");
-        gw.revoke_access(&revoked).await;
-        gw.metrics.revoked("refresh_family", "user_inactive", 1);
-        gw.metrics.revoked("access_token", "user_inactive", revoked.len() as u64);
+        let revoked = revoke(gw, Revoke::Family(&current.family), Reason::UserInactive).await?;
+        tracing::info!(client_id = %client.id, revoked, "refresh token of an inactive user; its family is revoked");
         return Err(invalid());
     }
     // Sign first: rotation and linking the new access token to the family are one atomic
@@ -61,11 +58,38 @@ pub async fn grant(
         Rotate::Rotated(_) => Ok(TokenResponse::new(token, Some(next))),
         Rotate::Reused { revoked } => {
             tracing::warn!(client_id = %client.id, revoked = revoked.len(), "refresh token reused; its family is revoked");
-            gw.revoke_access(&revoked).await;
-            gw.metrics.revoked("refresh_family", "refresh_reuse", 1);
-            gw.metrics.revoked("access_token", "refresh_reuse", revoked.len() as u64);
+            revoke(gw, Revoke::Revoked(revoked), Reason::RefreshReuse).await?;
             Err(invalid())
         }
         Rotate::Invalid => Err(invalid()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &str) -> Vec<String> {
+        v.split(' ').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_refresh_may_narrow_but_not_widen() {
+        let (granted, client) = (strings("read write"), strings("read write admin"));
+        assert_eq!(refreshed_scopes(&granted, &client, None), Ok(granted.clone()));
+        assert_eq!(refreshed_scopes(&granted, &client, Some("")), Ok(granted.clone()));
+        assert_eq!(refreshed_scopes(&granted, &client, Some("write")), Ok(strings("write")));
+        // The client may have admin, but this grant never had it.
+        assert_eq!(
+            refreshed_scopes(&granted, &client, Some("read admin")),
+            Err(OAuthError::InvalidScope("admin".into()))
+        );
+    }
+
+    #[test]
+    fn a_scope_taken_from_the_client_is_gone_from_its_refresh_tokens() {
+        let (granted, client) = (strings("read write"), strings("read"));
+        assert_eq!(refreshed_scopes(&granted, &client, None), Ok(strings("read")));
+        assert_eq!(refreshed_scopes(&granted, &client, Some("write")), Err(OAuthError::InvalidScope("write".into())));
     }
 }
