@@ -5,7 +5,6 @@ pub mod authenticate;
 pub mod authorize;
 pub mod error;
 pub mod forward;
-mod pool;
 pub mod route;
 
 use std::sync::Arc;

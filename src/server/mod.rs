@@ -2,6 +2,8 @@
 //! bytes on plaintext), limits and timeouts, graceful shutdown, and the dispatch of each
 //! request.
 
+pub mod peer;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -29,10 +31,10 @@ use crate::config::reload::Reloader;
 use crate::config::{Config, Limits};
 use crate::http::Body;
 use crate::metrics;
-use crate::proxy::forward::Peer;
 use crate::ratelimit;
 use crate::state::{Gateway, StartError};
 use crate::tls::{self, TlsError};
+pub use peer::Peer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
