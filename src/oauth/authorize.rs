@@ -19,10 +19,9 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
-use http_body_util::{BodyExt, Limited};
 use subtle::ConstantTimeEq;
 
-use super::Caller;
+use super::BodyError;
 use super::grants::{resolve_scopes, sign};
 use super::params::Params;
 use super::{pages, users};
@@ -30,6 +29,7 @@ use crate::config::{Client, GrantType};
 use crate::cookies::{self, CSRF_COOKIE, SESSION_COOKIE};
 use crate::http::{Body, full};
 use crate::ratelimit::{Endpoint, Throttled};
+use crate::server::context::{Ctx, Outcome};
 use crate::state::{Gateway, Runtime};
 use crate::store::{CodeGrant, Session};
 use crate::tokens::{now_secs, random_token, sha256};
@@ -116,15 +116,14 @@ impl Redirect {
     }
 }
 
-/// Answer one /authorize request from `source` (the caller's address, for the login
-/// form's rate limit).
-pub async fn handle<B>(gw: &Gateway, req: Request<B>, source: IpAddr) -> (Response<Body>, Caller)
+/// Answer one /authorize request (`ctx.source` is whom the login form's rate limit charges).
+pub async fn handle<B>(gw: &Gateway, ctx: &Ctx<'_>, req: Request<B>) -> (Response<Body>, Outcome)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let rt = gw.runtime_full();
-    let mut outcome = Caller::default();
+    let rt = &*ctx.rt;
+    let mut outcome = Outcome::default();
     let post = req.method() == Method::POST;
     if !post && req.method() != Method::GET {
         let mut resp = pages::error(StatusCode::METHOD_NOT_ALLOWED, "Use GET or POST.");
@@ -133,7 +132,7 @@ where
     }
     let (parts, body) = req.into_parts();
     let params = if post {
-        match read_form(body, &parts.headers, &rt).await {
+        match read_form(body, &parts.headers, rt).await {
             Ok(p) => p,
             Err(resp) => return (resp, outcome),
         }
@@ -143,15 +142,15 @@ where
             Err(_) => return (pages::error(StatusCode::BAD_REQUEST, "The request repeats a parameter."), outcome),
         }
     };
-    let request = match parse_request(&rt, &params) {
+    let request = match parse_request(rt, &params) {
         Ok(r) => r,
         Err(refusal) => return (refuse(refusal, post), outcome),
     };
     outcome.client_id = Some(request.client.id.clone());
     let resp = if post {
-        on_post(gw, &rt, &parts.headers, &params, request, source).await
+        on_post(gw, rt, &parts.headers, &params, request, ctx.source, &mut outcome).await
     } else {
-        on_get(gw, &rt, &parts.headers, request).await
+        on_get(gw, rt, &parts.headers, request).await
     };
     (resp, outcome)
 }
@@ -179,18 +178,11 @@ where
     if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         return Err(pages::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "The form was not sent as a form."));
     }
-    let limits = &rt.config.limits;
-    let collected =
-        tokio::time::timeout(limits.header_read_timeout, Limited::new(body, limits.max_token_body_bytes).collect())
-            .await;
-    let bytes = match collected {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(pages::error(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large."));
-        }
-        Ok(Err(_)) => return Err(pages::error(StatusCode::BAD_REQUEST, "The form could not be read.")),
-        Err(_) => return Err(pages::error(StatusCode::REQUEST_TIMEOUT, "The form did not arrive in time.")),
-    };
+    let bytes = super::read_small_body(body, headers, &rt.config.limits).await.map_err(|e| match e {
+        BodyError::TooLarge => pages::error(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large."),
+        BodyError::Unreadable => pages::error(StatusCode::BAD_REQUEST, "The form could not be read."),
+        BodyError::Timeout => pages::error(StatusCode::REQUEST_TIMEOUT, "The form did not arrive in time."),
+    })?;
     Params::from_form(&bytes).map_err(|_| pages::error(StatusCode::BAD_REQUEST, "The form repeats a field."))
 }
 
@@ -443,6 +435,7 @@ async fn on_post(
     form: &Params,
     req: AuthRequest,
     source: IpAddr,
+    outcome: &mut Outcome,
 ) -> Response<Body> {
     // CSRF: consent must carry the token bound to the session cookie; every other form
     // (login) the token bound to the pre-login nonce cookie. A value that merely equals a
@@ -460,8 +453,8 @@ async fn on_post(
     match form.get("action") {
         Some("login") => {
             let fields = carried(&req, &raw_scope, &csrf);
-            let throttled = |t: Throttled| {
-                gw.metrics.rate_limited(Endpoint::Login.as_str());
+            let mut throttled = |t: Throttled| {
+                outcome.rate_limited = Some(Endpoint::Login);
                 tracing::info!(client_id = %req.client.id, "login rate limited");
                 let msg = format!("Too many sign-in attempts. Try again in {} seconds.", t.retry_after_secs());
                 let mut resp = pages::login(&action, &req.client.name, &fields, Some(&msg));
