@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::client_auth;
 use super::error::OAuthError;
-use super::token::{limited, read_post, refused};
+use super::token::read_post;
+use super::{limited, refused};
 use crate::http::{Body, json};
 use crate::ratelimit::Endpoint;
 use crate::server::context::{Ctx, Outcome};

@@ -14,11 +14,16 @@ pub mod token;
 pub mod users;
 
 use bytes::Bytes;
-use http::{HeaderMap, header};
+use http::{HeaderMap, Response, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, Limited};
 
 use crate::config::Limits;
+use crate::http::Body;
+use crate::ratelimit::Endpoint;
+use crate::server::context::{Ctx, Outcome};
+use crate::state::Gateway;
+use error::OAuthError;
 
 /// Why a form body could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,4 +55,35 @@ where
         Ok(Err(_)) => Err(BodyError::Unreadable),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
+}
+
+/// Run `work` for a request at `endpoint` under the per-IP rate limit of `ctx.source`:
+/// refused with 429 when the source is over its budget, and a failed client
+/// authentication charged as `failure_cost` requests.
+pub(crate) async fn limited<T>(
+    gw: &Gateway,
+    ctx: &Ctx<'_>,
+    endpoint: Endpoint,
+    work: impl Future<Output = Result<T, OAuthError>>,
+) -> Result<T, OAuthError> {
+    let limits = &ctx.rt.config.rate_limit;
+    let result = match gw.limiter.admit(limits, endpoint, ctx.source) {
+        Ok(()) => work.await,
+        Err(t) => Err(OAuthError::RateLimited(t)),
+    };
+    result.inspect_err(|e| {
+        tracing::debug!(error = %e, endpoint = endpoint.as_str(), "request refused");
+        if e.is_failed_authentication() {
+            gw.limiter.failed(limits, endpoint, ctx.source);
+        }
+    })
+}
+
+/// The answer to a refused request at `endpoint`, noted in `outcome` for the logging phase.
+pub(crate) fn refused(ctx: &Ctx<'_>, endpoint: Endpoint, e: OAuthError, outcome: &mut Outcome) -> Response<Body> {
+    outcome.error = Some(e.code());
+    if let OAuthError::RateLimited(_) = e {
+        outcome.rate_limited = Some(endpoint);
+    }
+    e.into_response(&ctx.rt.config.realm)
 }

@@ -6,11 +6,11 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body::Body as HttpBody;
 use serde::Serialize;
 
-use super::BodyError;
 use super::client_auth;
 use super::error::OAuthError;
 use super::grants;
 use super::params::Params;
+use super::{BodyError, limited, refused};
 use crate::config::{GrantType, Limits};
 use crate::http::{Body, full};
 use crate::ratelimit::Endpoint;
@@ -69,37 +69,6 @@ where
             (resp, outcome)
         }
     }
-}
-
-/// Run `work` for a request at `endpoint` under the per-IP rate limit of `ctx.source`:
-/// refused with 429 when the source is over its budget, and a failed client
-/// authentication charged as `failure_cost` requests.
-pub(crate) async fn limited<T>(
-    gw: &Gateway,
-    ctx: &Ctx<'_>,
-    endpoint: Endpoint,
-    work: impl Future<Output = Result<T, OAuthError>>,
-) -> Result<T, OAuthError> {
-    let limits = &ctx.rt.config.rate_limit;
-    let result = match gw.limiter.admit(limits, endpoint, ctx.source) {
-        Ok(()) => work.await,
-        Err(t) => Err(OAuthError::RateLimited(t)),
-    };
-    result.inspect_err(|e| {
-        tracing::debug!(error = %e, endpoint = endpoint.as_str(), "request refused");
-        if e.is_failed_authentication() {
-            gw.limiter.failed(limits, endpoint, ctx.source);
-        }
-    })
-}
-
-/// The answer to a refused request at `endpoint`, noted in `outcome` for the logging phase.
-pub(crate) fn refused(ctx: &Ctx<'_>, endpoint: Endpoint, e: OAuthError, outcome: &mut Outcome) -> Response<Body> {
-    outcome.error = Some(e.code());
-    if let OAuthError::RateLimited(_) = e {
-        outcome.rate_limited = Some(endpoint);
-    }
-    e.into_response(&ctx.rt.config.realm)
 }
 
 async fn token<B>(
