@@ -68,40 +68,43 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
         Ok(a) => (None, a),
         Err(why) => (Some(why), None),
     };
-    let ctx = Ctx { rt: rt.clone(), peer, source, started, authority };
-    let (resp, outcome, route): (_, Outcome, &'static str) = match endpoint {
+    let ctx = Ctx { rt, peer, source, started, authority };
+    // The route the metrics and the log name: ours by endpoint, a proxied one by its prefix.
+    let (resp, outcome, label): (_, Outcome, Option<&'static str>) = match endpoint {
         Endpoint::Token => {
             let (resp, outcome) = crate::oauth::token::handle(gw, &ctx, req).await;
-            (resp, outcome, "oauth:token")
+            (resp, outcome, Some("oauth:token"))
         }
         Endpoint::Authorize => {
             let (resp, outcome) = crate::oauth::authorize::handle(gw, &ctx, req).await;
-            (resp, outcome, "oauth:authorize")
+            (resp, outcome, Some("oauth:authorize"))
         }
         Endpoint::Revoke => {
             let (resp, outcome) = crate::oauth::revoke::handle(gw, &ctx, req).await;
-            (resp, outcome, "oauth:revoke")
+            (resp, outcome, Some("oauth:revoke"))
         }
         Endpoint::Introspect => {
             let (resp, outcome) = crate::oauth::introspect::handle(gw, &ctx, req).await;
-            (resp, outcome, "oauth:introspect")
+            (resp, outcome, Some("oauth:introspect"))
         }
-        Endpoint::Metadata => (crate::oauth::metadata::handle(&ctx, &req), Outcome::default(), "oauth:metadata"),
-        Endpoint::Jwks => (crate::oauth::jwks::handle(&ctx, &req), Outcome::default(), "oauth:jwks"),
+        Endpoint::Metadata => (crate::oauth::metadata::handle(&ctx, &req), Outcome::default(), Some("oauth:metadata")),
+        Endpoint::Jwks => (crate::oauth::jwks::handle(&ctx, &req), Outcome::default(), Some("oauth:jwks")),
         Endpoint::BadHost => (
-            ProxyError::BadHost(bad_host.unwrap_or("bad Host")).into_response(&c.realm),
+            ProxyError::BadHost(bad_host.unwrap_or("bad Host")).into_response(&ctx.rt.config.realm),
             Outcome::default(),
-            metrics::UNMATCHED,
+            Some(metrics::UNMATCHED),
         ),
-        Endpoint::Unsupported => {
-            (ProxyError::NotImplemented.into_response(&c.realm), Outcome::default(), metrics::UNMATCHED)
-        }
+        Endpoint::Unsupported => (
+            ProxyError::NotImplemented.into_response(&ctx.rt.config.realm),
+            Outcome::default(),
+            Some(metrics::UNMATCHED),
+        ),
         Endpoint::Proxy => {
             let (resp, outcome) = crate::proxy::handle(gw, &ctx, req).await;
-            (resp, outcome, "")
+            (resp, outcome, None)
         }
     };
-    let route = if route.is_empty() { outcome.route_prefix().unwrap_or(metrics::UNMATCHED) } else { route };
+    let route = label.or(outcome.route_prefix()).unwrap_or(metrics::UNMATCHED);
     let status = resp.status().as_u16();
     log(
         gw,
