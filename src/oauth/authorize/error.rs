@@ -170,3 +170,52 @@ impl Redirect {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn back() -> Redirect {
+        Redirect {
+            uri: "https://app.test/cb".into(),
+            fragment: false,
+            state: Some("s1".into()),
+            iss: "https://gw".into(),
+        }
+    }
+
+    #[test]
+    fn a_redirect_carries_code_state_and_issuer_with_the_status_of_the_method() {
+        for (post, status) in [(false, StatusCode::FOUND), (true, StatusCode::SEE_OTHER)] {
+            let resp = AuthorizeError::Redirect { to: back(), reason: Reason::AccessDenied }.into_response(post);
+            assert_eq!(resp.status(), status);
+            let location = resp.headers()[header::LOCATION].to_str().unwrap();
+            assert!(location.starts_with("https://app.test/cb?error=access_denied&"), "{location}");
+            assert!(location.contains("&state=s1&iss=https%3A%2F%2Fgw"), "{location}");
+        }
+    }
+
+    #[test]
+    fn an_implicit_refusal_goes_in_the_fragment() {
+        let to = Redirect { fragment: true, ..back() };
+        let resp = AuthorizeError::Redirect { to, reason: Reason::InvalidScope(None) }.into_response(false);
+        let location = resp.headers()[header::LOCATION].to_str().unwrap();
+        assert!(location.starts_with("https://app.test/cb#error=invalid_scope&"), "{location}");
+    }
+
+    #[test]
+    fn pages_never_redirect() {
+        let resp = AuthorizeError::MethodNotAllowed.into_response(false);
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[header::ALLOW], "GET, POST");
+        for (e, status) in [
+            (AuthorizeError::Csrf, StatusCode::FORBIDDEN),
+            (AuthorizeError::UnknownClient, StatusCode::BAD_REQUEST),
+            (AuthorizeError::FormTimeout, StatusCode::REQUEST_TIMEOUT),
+        ] {
+            let resp = e.into_response(true);
+            assert_eq!(resp.status(), status);
+            assert!(!resp.headers().contains_key(header::LOCATION));
+        }
+    }
+}
