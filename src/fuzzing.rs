@@ -355,7 +355,7 @@ impl Fixture {
                 Ok(())
             }
             Err(refusal) => {
-                let resp = authorize::refuse(refusal, false);
+                let resp = refusal.into_response(false);
                 let status = resp.status();
                 if status == StatusCode::FOUND {
                     let location = resp.headers().get(header::LOCATION).expect("a redirect without Location");

@@ -20,10 +20,12 @@ pub mod oauth;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod tls;
 pub mod tokens;
+pub mod upstream;
 
 /// Install the process-wide rustls crypto provider (aws-lc-rs). Idempotent.
 pub fn install_crypto_provider() {

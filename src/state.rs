@@ -8,14 +8,14 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
-use crate::oauth::client_auth::SecretCache;
-use crate::proxy::forward::Upstreams;
 use crate::ratelimit::RateLimiter;
+use crate::secrets::SecretCache;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{IssuedAccess, RevocationEvent, Store, StoreError};
 use crate::tokens::keys::{KeyError, KeySet};
 use crate::tokens::validate::Validator;
+use crate::upstream::Upstreams;
 
 /// One consistent view: a config, the keys loaded from it and the upstream client built
 /// for it (its CA and connect timeout come from the config, so it is rebuilt on reload).

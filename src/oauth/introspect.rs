@@ -2,38 +2,40 @@
 //! asks whether a token is active. Anything invalid, expired, revoked, not ours, or of a
 //! disabled client or user is simply `{"active": false}` (§2.2).
 
-use std::net::IpAddr;
-
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as HttpBody;
 use serde_json::{Value, json};
 
-use super::Caller;
 use super::client_auth;
 use super::error::OAuthError;
-use super::token::{limited, read_post};
+use super::token::read_post;
+use super::{limited, refused};
 use crate::http::{Body, json};
 use crate::ratelimit::Endpoint;
+use crate::server::context::{Ctx, Outcome};
 use crate::state::{Gateway, Runtime};
 use crate::tokens::validate::{check_holder, inspect};
 use crate::tokens::{now_secs, sha256};
 
-/// Answer one introspection request from `source` (rate limited per IP like the token endpoint).
-pub async fn handle<B>(gw: &Gateway, req: Request<B>, source: IpAddr) -> (Response<Body>, Caller)
+/// Answer one introspection request (rate limited per IP like the token endpoint).
+pub async fn handle<B>(gw: &Gateway, ctx: &Ctx<'_>, req: Request<B>) -> (Response<Body>, Outcome)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let mut outcome = Caller::default();
-    match limited(gw, Endpoint::Introspect, source, introspect(gw, req, &mut outcome)).await {
+    let mut outcome = Outcome::default();
+    match limited(gw, ctx, Endpoint::Introspect, introspect(gw, ctx, req, &mut outcome)).await {
         Ok(v) => {
             let mut resp = json(StatusCode::OK, &v);
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             (resp, outcome)
         }
-        Err((e, realm)) => (e.into_response(&realm), outcome),
+        Err(e) => {
+            let resp = refused(ctx, Endpoint::Introspect, e, &mut outcome);
+            (resp, outcome)
+        }
     }
 }
 
@@ -41,13 +43,13 @@ fn inactive() -> Value {
     json!({ "active": false })
 }
 
-async fn introspect<B>(gw: &Gateway, req: Request<B>, outcome: &mut Caller) -> Result<Value, OAuthError>
+async fn introspect<B>(gw: &Gateway, ctx: &Ctx<'_>, req: Request<B>, outcome: &mut Outcome) -> Result<Value, OAuthError>
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let (parts, params) = read_post(gw, req).await?;
-    let rt = gw.runtime_full();
+    let (parts, params) = read_post(ctx, req).await?;
+    let rt = ctx.rt.clone();
     let client = client_auth::authenticate(gw, &rt, &parts.headers, &params).await?;
     outcome.client_id = Some(client.id.clone());
     // §2.1: the endpoint must be protected; a public client proves nothing.

@@ -6,11 +6,11 @@ use http::{Request, Response};
 
 use super::metadata::{check_method, document_response};
 use crate::http::Body;
-use crate::state::Gateway;
+use crate::server::context::Ctx;
 
-pub fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
+pub fn handle<B>(ctx: &Ctx<'_>, req: &Request<B>) -> Response<Body> {
     match check_method(req) {
-        Ok(()) => document_response(&gw.runtime().keys.jwks()),
+        Ok(()) => document_response(&ctx.rt.keys.jwks()),
         Err(e) => e.into_response(),
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, GrantType};
 use crate::http::{Body, json};
-use crate::state::Gateway;
+use crate::server::context::Ctx;
 
 /// How long clients may cache the discovery documents. Short, so a reload (a new grant,
 /// a new key published ahead of its use) is seen within minutes.
@@ -55,9 +55,9 @@ pub fn document_response(value: &Value) -> Response<Body> {
     resp
 }
 
-pub fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
+pub fn handle<B>(ctx: &Ctx<'_>, req: &Request<B>) -> Response<Body> {
     match check_method(req) {
-        Ok(()) => document_response(&document(&gw.runtime().config)),
+        Ok(()) => document_response(&document(&ctx.rt.config)),
         Err(e) => e.into_response(),
     }
 }

@@ -3,49 +3,51 @@
 //! cache is evicted, here and through the store on every replica); revoking a refresh
 //! token revokes its whole family, access tokens included.
 
-use std::net::IpAddr;
-
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use http_body::Body as HttpBody;
 
-use super::Caller;
 use super::client_auth;
 use super::error::{BadRequest, OAuthError};
 use super::grants::revocation::{self, Reason, Revoke};
-use super::token::{limited, read_post};
+use super::token::read_post;
+use super::{limited, refused};
 use crate::http::{Body, full};
 use crate::ratelimit::Endpoint;
+use crate::server::context::{Ctx, Outcome};
 use crate::state::Gateway;
 use crate::store::IssuedAccess;
 use crate::tokens::validate::inspect;
 use crate::tokens::{now_secs, sha256};
 
-/// Answer one revocation request from `source` (rate limited per IP like the token endpoint).
-pub async fn handle<B>(gw: &Gateway, req: Request<B>, source: IpAddr) -> (Response<Body>, Caller)
+/// Answer one revocation request (rate limited per IP like the token endpoint).
+pub async fn handle<B>(gw: &Gateway, ctx: &Ctx<'_>, req: Request<B>) -> (Response<Body>, Outcome)
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let mut outcome = Caller::default();
-    match limited(gw, Endpoint::Revoke, source, revoke(gw, req, &mut outcome)).await {
+    let mut outcome = Outcome::default();
+    match limited(gw, ctx, Endpoint::Revoke, revoke(gw, ctx, req, &mut outcome)).await {
         // §2.2: 200 whether or not the token was valid or known.
         Ok(()) => {
             let mut resp = Response::new(full(Bytes::new()));
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             (resp, outcome)
         }
-        Err((e, realm)) => (e.into_response(&realm), outcome),
+        Err(e) => {
+            let resp = refused(ctx, Endpoint::Revoke, e, &mut outcome);
+            (resp, outcome)
+        }
     }
 }
 
-async fn revoke<B>(gw: &Gateway, req: Request<B>, outcome: &mut Caller) -> Result<(), OAuthError>
+async fn revoke<B>(gw: &Gateway, ctx: &Ctx<'_>, req: Request<B>, outcome: &mut Outcome) -> Result<(), OAuthError>
 where
     B: HttpBody<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let (parts, params) = read_post(gw, req).await?;
-    let rt = gw.runtime_full();
+    let (parts, params) = read_post(ctx, req).await?;
+    let rt = ctx.rt.clone();
     let client = client_auth::authenticate(gw, &rt, &parts.headers, &params).await?;
     outcome.client_id = Some(client.id.clone());
     let token = params.require("token")?;

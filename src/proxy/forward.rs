@@ -1,57 +1,20 @@
 //! Phase 4, forward: header hygiene, identity headers, and the pooled upstream client.
 //! Bodies stream both ways; nothing is buffered.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper_rustls::HttpsConnectorBuilder;
-use hyper_util::client::legacy::connect::HttpConnector;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use super::error::ProxyError;
-use super::pool::Pool;
 use crate::authority::Authority;
-use crate::config::{Config, Route};
+use crate::config::Route;
 use crate::cookies;
 use crate::http::{Body, BoxError};
+pub use crate::server::peer::Peer;
 use crate::state::Runtime;
 use crate::tokens::validate::Principal;
-
-/// The kept-alive connections to every upstream, HTTP and HTTPS (rustls, platform roots
-/// plus an optional operator CA).
-pub struct Upstreams {
-    pool: Arc<Pool>,
-}
-
-impl Upstreams {
-    pub fn new(config: &Config) -> Result<Upstreams, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if let Some(ca) = &config.upstream_ca {
-            let certs = CertificateDer::pem_file_iter(ca)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("upstream_ca {}: {e}", ca.display()))?;
-            for cert in certs {
-                roots.add(cert).map_err(|e| format!("upstream_ca {}: {e}", ca.display()))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
-        let https =
-            HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
-        let max_head = config.limits.max_upstream_header_bytes;
-        Ok(Upstreams { pool: Pool::new(https, std::time::Duration::from_secs(90), 256, max_head) })
-    }
-}
+pub use crate::upstream::Upstreams;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 fn is_hop_by_hop(name: &str) -> bool {
@@ -430,29 +393,6 @@ fn valid_forwarded_host(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Where the request came from, as the listener saw it.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub tls: bool,
-    /// The address as text (IPv4-mapped IPv6 shown as IPv4), made once per connection
-    /// for `X-Forwarded-For` and the access log.
-    ip: HeaderValue,
-}
-
-impl Peer {
-    pub fn new(addr: SocketAddr, tls: bool) -> Peer {
-        let text = addr.ip().to_canonical().to_string();
-        // An IP address is always valid header text.
-        let ip = HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, tls, ip }
-    }
-
-    pub fn ip_text(&self) -> &str {
-        self.ip.to_str().unwrap_or("unknown")
-    }
-}
-
 /// Rewrite inbound headers for the upstream: hygiene first, then what we vouch for.
 fn upstream_headers(
     headers: &mut HeaderMap,
@@ -474,7 +414,7 @@ fn upstream_headers(
         prior if prior_kept && !prior.is_empty() => {
             HeaderValue::try_from(format!("{}, {}", prior.join(", "), peer.ip_text())).ok()
         }
-        _ => Some(peer.ip.clone()),
+        _ => Some(peer.ip_header().clone()),
     };
 
     remove_where(headers, |name| {
@@ -581,7 +521,7 @@ where
     let req = Request::from_parts(parts, body);
 
     let upstream = &route.upstream;
-    let sent = upstreams.pool.send(&upstream.scheme, &upstream.authority, req);
+    let sent = upstreams.send(&upstream.scheme, &upstream.authority, req);
     let resp = match tokio::time::timeout(limits.upstream_timeout, sent).await {
         Err(_) => return Err(ProxyError::GatewayTimeout),
         // An undeclared body crossed the limit while being sent: the caller's fault, not the upstream's.

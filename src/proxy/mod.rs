@@ -5,7 +5,6 @@ pub mod authenticate;
 pub mod authorize;
 pub mod error;
 pub mod forward;
-mod pool;
 pub mod route;
 
 use std::sync::Arc;
@@ -14,46 +13,20 @@ use http::{Request, Response};
 use http_body::Body as HttpBody;
 
 use crate::authority::Authority;
-use crate::config::{Access, Route};
+use crate::config::Access;
 use crate::http::{Body, BoxError};
+use crate::server::context::{Ctx, Outcome};
 use crate::state::Gateway;
-use crate::tokens::validate::Principal;
 use error::ProxyError;
-use forward::Peer;
 
-/// What the access log records about a proxied request.
-#[derive(Default)]
-pub struct Outcome {
-    pub route: Option<Arc<Route>>,
-    pub principal: Option<Arc<Principal>>,
-}
-
-impl Outcome {
-    /// The matched route's prefix.
-    pub fn route_prefix(&self) -> Option<&str> {
-        self.route.as_deref().map(|r| r.prefix.as_str())
-    }
-
-    pub fn client_id(&self) -> Option<&str> {
-        self.principal.as_deref().map(Principal::client_id)
-    }
-}
-
-/// Run the proxy phases for `req`, whose authority `dispatch` has already parsed and
-/// checked ([`Authority::of_request`]).
-pub async fn handle<B>(
-    gw: &Gateway,
-    req: Request<B>,
-    peer: &Peer,
-    authority: Option<Authority>,
-) -> (Response<Body>, Outcome)
+/// Run the proxy phases for `req`; `dispatch` has already parsed and checked its authority.
+pub async fn handle<B>(gw: &Gateway, ctx: &Ctx<'_>, req: Request<B>) -> (Response<Body>, Outcome)
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    let rt = gw.runtime_full();
     let mut outcome = Outcome::default();
-    let result = run(gw, &rt, req, peer, authority, &mut outcome).await;
+    let result = run(gw, ctx, req, &mut outcome).await;
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
@@ -64,7 +37,7 @@ where
                 ProxyError::GatewayTimeout => tracing::warn!(route = ?outcome.route_prefix(), "upstream timed out"),
                 other => tracing::debug!(error = %other, "request refused"),
             }
-            e.into_response(&rt.config.realm)
+            e.into_response(&ctx.rt.config.realm)
         }
     };
     (resp, outcome)
@@ -72,10 +45,8 @@ where
 
 async fn run<B>(
     gw: &Gateway,
-    rt: &crate::state::Runtime,
+    ctx: &Ctx<'_>,
     req: Request<B>,
-    peer: &Peer,
-    authority: Option<Authority>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ProxyError>
 where
@@ -92,7 +63,8 @@ where
     if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let host = authority.as_ref().map(Authority::host);
+    let rt = &*ctx.rt;
+    let host = ctx.authority.as_ref().map(Authority::host);
     let route: &Arc<_> = route::route(&rt.config.routes, host, req.method(), path).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route.clone());
     // TRACE (and IIS's TRACK) reflects the request (cookies, tokens) back; CONNECT makes a
@@ -113,10 +85,11 @@ where
         }
     };
     let started = std::time::Instant::now();
-    let result = forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, peer, authority.as_ref()).await;
+    let result =
+        forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, ctx.peer, ctx.authority.as_ref()).await;
     // Only attempts that reached the upstream: a refused body never left the gateway.
     if matches!(result, Ok(_) | Err(ProxyError::BadGateway(_) | ProxyError::GatewayTimeout)) {
-        gw.metrics.upstream_latency(&route.prefix, started.elapsed());
+        outcome.upstream_latency = Some(started.elapsed());
     }
     result
 }

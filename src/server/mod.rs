@@ -2,6 +2,10 @@
 //! bytes on plaintext), limits and timeouts, graceful shutdown, and the dispatch of each
 //! request.
 
+pub mod context;
+mod dispatch;
+pub mod peer;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -13,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,15 +28,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::authority::Authority;
 use crate::config::{Config, Limits};
-use crate::http::Body;
-use crate::metrics;
-use crate::proxy::forward::Peer;
-use crate::ratelimit;
 use crate::reload::Reloader;
 use crate::state::{Gateway, StartError};
 use crate::tls::{self, TlsError};
+pub use peer::Peer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -230,7 +230,7 @@ async fn serve_connection(
         seen.requested.store(true, Ordering::Relaxed);
         let gw = gw.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(dispatch(&gw, req, &peer).await) }
+        async move { Ok::<_, Infallible>(dispatch::dispatch(&gw, req, &peer).await) }
     });
     let served = match tls {
         Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
@@ -331,137 +331,6 @@ where
             }
         }
     }
-}
-
-/// The endpoints we answer ourselves, matched by exact path before any proxy route.
-enum Endpoint {
-    Token,
-    Authorize,
-    Revoke,
-    Introspect,
-    Metadata,
-    Jwks,
-    Proxy,
-    /// A Host or `:authority` that is missing (HTTP/1.1, HTTP/2), repeated, invalid, or
-    /// that names two hosts: 400 at every endpoint.
-    BadHost,
-    /// A request the gateway cannot read safely (a transfer coding besides a lone chunked):
-    /// 501 whatever its path.
-    Unsupported,
-}
-
-/// Dispatch one request: our OAuth endpoints, or the proxy phases. Writes the access
-/// log line and counts the request.
-async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    // The path only: a query string may carry credentials and never reaches the log.
-    // (A clone of the parsed URI shares its bytes.)
-    let uri = req.uri().clone();
-    let path = uri.path();
-    let authority = Authority::of_request(&req);
-    let (endpoint, hsts) = {
-        let rt = gw.runtime();
-        let c = &rt.config;
-        // `[tls] hsts`, for every answer on a TLS connection (ours and proxied).
-        let hsts = if peer.tls { c.tls.as_ref().and_then(|t| t.hsts.clone()) } else { None };
-        let endpoint = match path {
-            // Before any endpoint reads a body: a coding besides a lone chunked is 501.
-            _ if crate::http::unsupported_transfer_coding(req.headers()) => Endpoint::Unsupported,
-            // Every endpoint: a Host (or `:authority`) that is not one valid authority is 400.
-            _ if authority.is_err() => Endpoint::BadHost,
-            p if p == c.token_path => Endpoint::Token,
-            p if p == c.authorize_path => Endpoint::Authorize,
-            p if p == c.revoke_path => Endpoint::Revoke,
-            p if p == c.introspect_path => Endpoint::Introspect,
-            p if p == c.metadata_path => Endpoint::Metadata,
-            p if p == c.jwks_path => Endpoint::Jwks,
-            _ => Endpoint::Proxy,
-        };
-        (endpoint, hsts)
-    };
-    // What the log line names, kept here so the line can borrow from it.
-    let mut oauth_client: Option<String> = None;
-    let mut proxied = crate::proxy::Outcome::default();
-    let (resp, route): (_, &str) = match endpoint {
-        Endpoint::Token => {
-            let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
-            let (resp, outcome) = crate::oauth::token::handle(gw, req, source).await;
-            let grant = outcome.grant.map_or(metrics::NO_GRANT, |g| g.as_str());
-            gw.metrics.token_request(grant, outcome.error.unwrap_or(metrics::ISSUED));
-            oauth_client = outcome.client_id;
-            (resp, "oauth:token")
-        }
-        Endpoint::Authorize => {
-            let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
-            let (resp, outcome) = crate::oauth::authorize::handle(gw, req, source).await;
-            oauth_client = outcome.client_id;
-            (resp, "oauth:authorize")
-        }
-        Endpoint::Revoke => {
-            let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
-            let (resp, outcome) = crate::oauth::revoke::handle(gw, req, source).await;
-            oauth_client = outcome.client_id;
-            (resp, "oauth:revoke")
-        }
-        Endpoint::Introspect => {
-            let source = ratelimit::source_ip(&gw.runtime().config, peer.addr.ip(), req.headers());
-            let (resp, outcome) = crate::oauth::introspect::handle(gw, req, source).await;
-            oauth_client = outcome.client_id;
-            (resp, "oauth:introspect")
-        }
-        Endpoint::Metadata => (crate::oauth::metadata::handle(gw, &req), "oauth:metadata"),
-        Endpoint::Jwks => (crate::oauth::jwks::handle(gw, &req), "oauth:jwks"),
-        Endpoint::BadHost => (
-            crate::proxy::error::ProxyError::BadHost(authority.as_ref().err().copied().unwrap_or("bad Host"))
-                .into_response(&gw.runtime().config.realm),
-            metrics::UNMATCHED,
-        ),
-        Endpoint::Unsupported => (
-            crate::proxy::error::ProxyError::NotImplemented.into_response(&gw.runtime().config.realm),
-            metrics::UNMATCHED,
-        ),
-        Endpoint::Proxy => {
-            let (resp, outcome) = crate::proxy::handle(gw, req, peer, authority.ok().flatten()).await;
-            proxied = outcome;
-            (resp, proxied.route_prefix().unwrap_or(metrics::UNMATCHED))
-        }
-    };
-    let client_id = oauth_client.as_deref().or_else(|| proxied.client_id());
-    let status = resp.status().as_u16();
-    gw.metrics.request(route, status);
-    crate::logging::access(&crate::logging::Access {
-        peer: peer.ip_text(),
-        method: method.as_str(),
-        path,
-        route,
-        status,
-        latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        client_id: client_id.unwrap_or("-"),
-    });
-    let mut resp = if method == http::Method::HEAD { headers_only(resp) } else { resp };
-    if let Some(value) = hsts {
-        resp.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, value);
-    }
-    resp
-}
-
-/// The answer to a HEAD request: the head of what GET would send, and no body. hyper drops
-/// the body itself on HTTP/1.1 but sends it in DATA frames on HTTP/2 (a protocol error the
-/// client sees), so every answer we build is emptied here. A proxied answer to HEAD is
-/// already empty and left alone.
-fn headers_only(mut resp: Response<Body>) -> Response<Body> {
-    use http_body::Body as _;
-    if resp.body().is_end_stream() {
-        return resp;
-    }
-    if !resp.headers().contains_key(http::header::CONTENT_LENGTH)
-        && let Some(len) = resp.body().size_hint().exact()
-    {
-        resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-    }
-    *resp.body_mut() = crate::http::full(bytes::Bytes::new());
-    resp
 }
 
 /// Whether a connection moved a byte since the idle check last looked (a flag, not a

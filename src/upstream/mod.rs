@@ -1,0 +1,58 @@
+//! The client side: kept-alive connections to the upstreams, built from the config in force.
+
+mod pool;
+
+use std::sync::Arc;
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Response};
+use hyper_rustls::HttpsConnectorBuilder;
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::config::Config;
+use crate::http::{Body, BoxError};
+use pool::Pool;
+pub use pool::UpstreamBody;
+
+/// The kept-alive connections to every upstream, HTTP and HTTPS (rustls, platform roots
+/// plus an optional operator CA).
+pub struct Upstreams {
+    pool: Arc<Pool>,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config) -> Result<Upstreams, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(ca) = &config.upstream_ca {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("upstream_ca {}: {e}", ca.display()))?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| format!("upstream_ca {}: {e}", ca.display()))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
+        let https =
+            HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let max_head = config.limits.max_upstream_header_bytes;
+        Ok(Upstreams { pool: Pool::new(https, std::time::Duration::from_secs(90), 256, max_head) })
+    }
+
+    /// Send `req` to `authority` over a kept-alive connection, or a new one.
+    pub(crate) async fn send(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        req: Request<Body>,
+    ) -> Result<Response<UpstreamBody>, BoxError> {
+        self.pool.send(scheme, authority, req).await
+    }
+}
