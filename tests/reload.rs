@@ -78,7 +78,9 @@ async fn key_rotation_keeps_listed_keys_valid_and_removal_rejects_cached_tokens(
     let old = gw.token("svc", SVC_SECRET, None).await;
     assert_eq!(jwt_part(&old, 0)["kid"], "k1");
     assert_eq!(api_status(&gw, &old).await, 200);
+    let hits = cache_hits(&gw).await;
     assert_eq!(api_status(&gw, &old).await, 200, "now answered from the cache");
+    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the second use was a cache hit");
 
     // Step 1: a new key first in the list signs; the old one stays listed and verifies.
     edit_config(&gw, |t| {
@@ -97,7 +99,9 @@ async fn key_rotation_keeps_listed_keys_valid_and_removal_rejects_cached_tokens(
     edit_config(&gw, |t| t.replacen("id = \"k1\"\n", "id = \"k1\"\nactive = false\n", 1));
     wait_until("k1 to be verify-only", || async { gw.gateway.runtime().keys.get("k1").is_some_and(|k| !k.active) })
         .await;
+    let hits = cache_hits(&gw).await;
     assert_eq!(api_status(&gw, &old).await, 200);
+    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the old token's verdict is cached");
 
     // Step 3: k1 removed: its token fails at once although its verdict is cached.
     edit_config(&gw, |t| {
@@ -119,6 +123,9 @@ async fn a_replaced_key_file_under_the_same_kid_voids_cached_verdicts() {
     let (_up, gw) = setup().await;
     let old = gw.token("svc", SVC_SECRET, None).await;
     assert_eq!(api_status(&gw, &old).await, 200);
+    let hits = cache_hits(&gw).await;
+    assert_eq!(api_status(&gw, &old).await, 200);
+    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the old token's verdict is cached");
     // Same kid, new key material (a new file, generated on reload).
     edit_config(&gw, |t| t.replacen("/k1.pem\"", "/k1-next.pem\"", 1));
     wait_until("the new k1 file to be in force", || async { gw.dir.path().join("k1-next.pem").exists() }).await;

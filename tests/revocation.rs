@@ -17,6 +17,7 @@ async fn disabled_clients_cached_token_is_refused_at_once() {
     let (_up, gw) = setup().await;
     let token = svc_token(&gw).await;
     echo_get(&gw, "/api/x", &token).await; // now cached
+    let hits = cache_hits(&gw).await;
 
     gw.rewrite_config(|text| {
         let marker = "default_scopes = [\"read\"]\n";
@@ -28,6 +29,7 @@ async fn disabled_clients_cached_token_is_refused_at_once() {
     assert_eq!(status, 401);
     assert!(www.unwrap().contains("error=\"invalid_token\""));
     assert_eq!(v["error"], "invalid_token");
+    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the refusal was a cache hit");
     // And on the public route nothing changed.
     assert_eq!(gw.client().get(gw.url("/public")).send().await.unwrap().status(), 200);
 
@@ -124,7 +126,9 @@ async fn a_revoked_access_token_fails_on_the_very_next_request_although_cached()
     let (_up, gw) = setup().await;
     let token = gw.token("svc", SVC_SECRET, None).await;
     assert_eq!(api_status(&gw, &token).await, 200);
+    let hits = cache_hits(&gw).await;
     assert_eq!(api_status(&gw, &token).await, 200, "now served from the cache");
+    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the second use was a cache hit");
 
     let (status, body) = post(&gw, "/oauth/revoke", Some(("svc", SVC_SECRET)), &[("token", &token)]).await;
     assert_eq!((status, body), (200, Value::Null));
@@ -296,7 +300,9 @@ async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() 
     let (at, rt) = password_tokens(&gw).await;
     let code = spa_code(&gw).await;
     assert_eq!(api_status(&gw, &at).await, 200);
+    let hits = cache_hits(&gw).await;
     assert_eq!(api_status(&gw, &at).await, 200, "now served from the cache");
+    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the second use was a cache hit");
     let uncached = password_tokens(&gw).await.0;
 
     gw.rewrite_config(|t| t.replacen("username = \"alice\"\n", "username = \"alice\"\nenabled = false\n", 1));

@@ -614,19 +614,33 @@ async fn get_on_the_token_endpoint_is_405() {
     assert_eq!(v["error"], "invalid_request");
 }
 
+/// The secret cache observed directly: a verification answered from the cache completes on
+/// its first poll, while a real argon2 run goes to the blocking pool and cannot (it takes
+/// tens of milliseconds; the future is polled once, right after the work was queued).
+async fn answered_from_the_secret_cache(gw: &TestGateway, id: &str, secret: &str, hash: &str) -> bool {
+    use futures_util::FutureExt;
+    let kind = portcullis::oauth::client_auth::Kind::Client;
+    gw.gateway.secrets.verify(kind, id, secret, hash).now_or_never() == Some(true)
+}
+
 #[tokio::test]
 async fn a_verified_secret_is_remembered_and_a_wrong_one_never_is() {
     let (_up, gw) = setup().await;
+    assert!(!answered_from_the_secret_cache(&gw, "svc", SVC_SECRET, SVC_HASH).await, "nothing verified yet");
     for _ in 0..3 {
         gw.token("svc", SVC_SECRET, None).await;
     }
+    assert!(answered_from_the_secret_cache(&gw, "svc", SVC_SECRET, SVC_HASH).await, "the verified secret");
     let (status, _, _) = raw(&gw, Some(FORM), "grant_type=client_credentials", Some(("svc", "bad"))).await;
     assert_eq!(status, 401);
+    assert!(!answered_from_the_secret_cache(&gw, "svc", "bad", SVC_HASH).await, "a wrong secret");
     // Secret rotation: the cached verification is tied to the hash it was made against.
     gw.rewrite_config(|t| t.replacen(SVC_HASH, OTHER_HASH, 1));
+    assert!(!answered_from_the_secret_cache(&gw, "svc", SVC_SECRET, OTHER_HASH).await, "another hash");
     let (status, _, _) = raw(&gw, Some(FORM), "grant_type=client_credentials", Some(("svc", SVC_SECRET))).await;
     assert_eq!(status, 401, "the old secret must stop working after rotation");
     gw.token("svc", OTHER_SECRET, None).await;
+    assert!(answered_from_the_secret_cache(&gw, "svc", OTHER_SECRET, OTHER_HASH).await, "the new secret");
 }
 
 #[tokio::test]

@@ -799,6 +799,11 @@ pub async fn counter(gw: &TestGateway, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
 
+/// Bearer tokens answered from the validation cache so far, as /metrics reports them.
+pub async fn cache_hits(gw: &TestGateway) -> f64 {
+    counter(gw, "portcullis_validation_cache_hits_total").await
+}
+
 /// GET `url`, expect 200, the JSON body.
 pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     let resp = client.get(url).send().await.unwrap();
