@@ -152,8 +152,10 @@ fn python_ready() -> bool {
 #[tokio::test]
 async fn authlib_and_requests_oauthlib_work_unmodified() {
     if !python_ready() {
-        assert!(std::env::var_os("CI").is_none(), "python3 with authlib and requests-oauthlib is required in CI");
-        eprintln!("NOTICE: python3 with authlib/requests-oauthlib not found; skipping the Python client test");
+        skip(
+            "clients::authlib_and_requests_oauthlib_work_unmodified",
+            "python3 with authlib and requests-oauthlib not found",
+        );
         return;
     }
     let up = EchoUpstream::start().await;

@@ -875,3 +875,31 @@ pub async fn gateway_with_limits(upstream: SocketAddr, extra: &str, limits: &str
     let text = config_toml(dir.path(), &pki, upstream, extra).replace("[limits]\n", &format!("[limits]\n{limits}"));
     TestGateway::start_text(dir, pki, &text).await
 }
+
+// ---------------------------------------------------------------------------------------
+// Tests that need a tool this machine may lack (redis-server, chromium, Python packages).
+
+/// Is this a CI run? `CI` set to anything but empty, `0` or `false` (any case). Every suite
+/// reads it this way, so `CI=false` is a local run everywhere.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// The list of skipped tests, one line each, that `.ci/run` prints after the totals.
+pub fn skips_file() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt")
+}
+
+/// Skip `test` for want of a tool: in CI that fails the test instead. Elsewhere the notice
+/// goes straight to stderr (past the harness's capture, so a person sees it) and into
+/// [`skips_file`], which `.ci/run` prints at the end.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    assert!(!in_ci(), "{test}: {reason} (CI is set, so this fails instead of skipping)");
+    let line = format!("SKIPPED {test}: {reason}");
+    let _ = writeln!(std::io::stderr(), "{line}");
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(skips_file());
+    if let Ok(mut f) = file {
+        let _ = writeln!(f, "{line}");
+    }
+}
