@@ -7,6 +7,9 @@ mod common;
 use common::*;
 use serde_json::Value;
 
+// ---------------------------------------------------------------------------------------
+// Attacks on the grants: foreign codes, redirect URI variations, PKCE downgrades.
+
 #[tokio::test]
 async fn a_public_clients_code_is_useless_to_another_client_and_burns() {
     let (_up, gw) = setup().await;

@@ -674,7 +674,7 @@ async fn random_inputs_never_5xx_and_the_gateway_keeps_serving() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Issue 11: client enumeration, crit headers, token lifetime.
+// Client enumeration.
 
 /// Status, body bytes and `WWW-Authenticate` of a client_credentials request.
 async fn token_answer(gw: &TestGateway, id: &str, secret: &str) -> (u16, String, Option<String>) {

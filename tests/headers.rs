@@ -353,6 +353,9 @@ async fn hsts_is_off_by_default() {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Spoofing through a raw socket: identity, forwarding and rewrite headers, cookies.
+
 #[tokio::test]
 async fn identity_header_spoofing_variants_never_reach_the_upstream() {
     let (rec, gw) = recorded_gateway("").await;

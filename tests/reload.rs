@@ -22,7 +22,7 @@ fn signer_kid(gw: &TestGateway) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// Discovery
+// Discovery metadata follows reloads
 
 #[tokio::test]
 async fn metadata_document_matches_the_config_in_force_and_follows_reloads() {

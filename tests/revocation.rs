@@ -41,7 +41,7 @@ async fn disabled_clients_cached_token_is_refused_at_once() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Tokens and grants.
+// Revoked refresh families.
 
 #[tokio::test]
 async fn tokens_of_a_revoked_refresh_family_stay_refused_across_a_restart() {

@@ -326,6 +326,9 @@ async fn plaintext_listener_still_takes_h2_prior_knowledge() {
     assert_eq!(head[3], 0x04, "a SETTINGS frame first: {head:?}");
 }
 
+// ---------------------------------------------------------------------------------------
+// Hostile paths, hosts and methods: refused before any route is chosen.
+
 #[tokio::test]
 async fn path_tricks_never_reach_a_route_they_should_not() {
     let (rec, gw) = recorded_gateway("").await;

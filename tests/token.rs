@@ -202,6 +202,9 @@ async fn introspected(gw: &TestGateway, token: &str) -> Value {
     resp.json().await.unwrap()
 }
 
+// ---------------------------------------------------------------------------------------
+// Tokens signed by our own key that are still refused.
+
 /// RFC 7515 §4.1.11: a `crit` header names extensions we do not understand, so the token
 /// is refused; and no token may claim a longer life than the configuration issues.
 #[tokio::test]
@@ -235,6 +238,9 @@ async fn tokens_with_crit_or_an_overlong_lifetime_are_refused_even_when_signed_b
         assert_eq!(introspected(&gw, token).await, serde_json::json!({"active": false}), "{label}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Discovery: metadata, endpoint paths, the JWKS.
 
 #[tokio::test]
 async fn endpoint_paths_are_configurable() {
@@ -346,6 +352,9 @@ async fn jwks_publishes_every_listed_public_key_and_never_hs256() {
         assert_eq!(verify_with_jwks(&jwks, kid, &t)["sub"], "x");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// POST /oauth/token with client_credentials: every success form and every error case.
 
 #[tokio::test]
 async fn form_body_with_basic_auth_issues_an_rfc9068_token() {

@@ -408,6 +408,9 @@ async fn head_over_http1_sends_headers_only() {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// A hostile upstream.
+
 #[tokio::test]
 async fn fail_closed_an_upstream_response_head_over_the_limit_is_502() {
     let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: ".to_vec();
