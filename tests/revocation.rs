@@ -1,5 +1,5 @@
-//! RFC 7009 revocation and RFC 7662 introspection end to end, and the metrics and
-//! readiness they feed.
+//! What stops a token working: RFC 7009 revocation and RFC 7662 introspection, revoked
+//! refresh families, disabled or deleted clients and users (cached verdicts included).
 
 mod common;
 
@@ -9,10 +9,102 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
 use serde_json::{Value, json};
 
-async fn setup() -> (EchoUpstream, TestGateway) {
+// ---------------------------------------------------------------------------------------
+// Configuration changes against cached verdicts.
+
+#[tokio::test]
+async fn disabled_clients_cached_token_is_refused_at_once() {
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    echo_get(&gw, "/api/x", &token).await; // now cached
+    let hits = cache_hits(&gw).await;
+
+    gw.rewrite_config(|text| {
+        let marker = "default_scopes = [\"read\"]\n";
+        assert!(text.contains(marker));
+        text.replacen(marker, &format!("{marker}enabled = false\n"), 1)
+    });
+    let resp = gw.client().get(gw.url("/api/x")).bearer_auth(&token).send().await.unwrap();
+    let (status, www, v) = refused(resp).await;
+    assert_eq!(status, 401);
+    assert!(www.unwrap().contains("error=\"invalid_token\""));
+    assert_eq!(v["error"], "invalid_token");
+    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the refusal was a cache hit");
+    // And on the public route nothing changed.
+    assert_eq!(gw.client().get(gw.url("/public")).send().await.unwrap().status(), 200);
+
+    // Enabled again, the same token is good again (its verdict was never about the client).
+    gw.rewrite_config(|text| {
+        text.replacen("default_scopes = [\"read\"]\nenabled = false\n", "default_scopes = [\"read\"]\n", 1)
+    });
+    echo_get(&gw, "/api/x", &token).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Revoked refresh families.
+
+#[tokio::test]
+async fn tokens_of_a_revoked_refresh_family_stay_refused_across_a_restart() {
     let up = EchoUpstream::start().await;
     let gw = TestGateway::start(up.addr).await;
-    (up, gw)
+    let (at0, rt0) = password_tokens(&gw).await;
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str())];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &refresh).await;
+    assert_eq!(status, 200, "{v}");
+    let at1 = v["access_token"].as_str().unwrap().to_string();
+    let rt1 = v["refresh_token"].as_str().unwrap().to_string();
+    // Reuse of the spent token revokes the family, including an access token never presented.
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &refresh).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    assert_invalid_token(&gw, "never-cached member of a revoked family", &at1).await;
+    let gw = gw.restart().await;
+    assert_invalid_token(&gw, "revoked, after restart", &at0).await;
+    assert_invalid_token(&gw, "revoked, after restart", &at1).await;
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt1.as_str())];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["error_description"].as_str()), (400, Some("The refresh token is invalid.")));
+}
+
+/// A client deleted or disabled in the file (written in place, noticed by the watcher): its
+/// tokens fail on the very next request, the cached ones (answered from the cache, yet
+/// refused: the cache answers to the config in force) and one never presented before; the
+/// deleted client gets no new token; other clients' tokens keep working. This merges three
+/// tests that each checked one part (proxy.rs, attacks.rs and ops.rs before the regrouping).
+#[tokio::test]
+async fn a_deleted_or_disabled_clients_tokens_are_refused_at_once_cached_or_not() {
+    let (_up, gw) = setup().await;
+    let svc = gw.token("svc", SVC_SECRET, None).await;
+    let linked = gw.token("linked", OTHER_SECRET, None).await;
+    let never_presented = gw.token("linked", OTHER_SECRET, None).await;
+    let bystander = gw.token("ccr", SVC_SECRET, None).await;
+    for t in [&svc, &linked, &bystander] {
+        assert_eq!(api_status(&gw, t).await, 200);
+        assert_eq!(api_status(&gw, t).await, 200);
+    }
+    let hits_before = gw.gateway.validator.stats().await.hits;
+    assert!(hits_before >= 3, "the second uses were cache hits");
+
+    // Plain in-place write this time (truncate + write), as `echo >` or many editors do.
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let start = text.find("[[client]]\nid = \"linked\"").unwrap();
+    let end = start + text[start..].find("user = \"alice\"\n").unwrap() + "user = \"alice\"\n".len();
+    let text =
+        format!("{}{}", &text[..start], &text[end..]).replacen("id = \"svc\"\n", "id = \"svc\"\nenabled = false\n", 1);
+    assert!(!text.contains("\"linked\""));
+    std::fs::write(&gw.config_path, text).unwrap();
+    wait_until("svc disabled and linked deleted", || async {
+        let rt = gw.gateway.runtime();
+        rt.config.clients.get("svc").is_some_and(|c| !c.enabled) && !rt.config.clients.contains_key("linked")
+    })
+    .await;
+    assert_invalid_token(&gw, "disabled client, cached", &svc).await;
+    assert_invalid_token(&gw, "deleted client, cached", &linked).await;
+    assert!(gw.gateway.validator.stats().await.hits >= hits_before + 2, "answered from the cache");
+    assert_invalid_token(&gw, "deleted client, first use", &never_presented).await;
+    let (status, v) = token_request(&gw, Some(("linked", OTHER_SECRET)), &[("grant_type", "client_credentials")]).await;
+    assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
+    // Other clients' tokens are unaffected.
+    echo_get(&gw, "/api/x", &bystander).await;
 }
 
 async fn post(gw: &TestGateway, path: &str, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> (u16, Value) {
@@ -29,37 +121,18 @@ async fn post(gw: &TestGateway, path: &str, basic: Option<(&str, &str)>, form: &
     (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
 }
 
-async fn api(gw: &TestGateway, token: &str) -> u16 {
-    gw.client().get(gw.url("/api/x")).bearer_auth(token).send().await.unwrap().status().as_u16()
-}
-
-async fn password_tokens(gw: &TestGateway) -> (String, String) {
-    let form = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)];
-    let (status, v) = post(gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &form).await;
-    assert_eq!(status, 200, "{v}");
-    (v["access_token"].as_str().unwrap().into(), v["refresh_token"].as_str().unwrap().into())
-}
-
-/// A token with the gateway's own key and the given claims (for expired tokens).
-fn signed(gw: &TestGateway, claims: Value) -> String {
-    let pem = std::fs::read(gw.dir.path().join("k1.pem")).unwrap();
-    let key = Ed25519KeyPair::from_pkcs8(pem::parse(pem).unwrap().contents()).unwrap();
-    let header = json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k1"});
-    let input =
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).as_ref()))
-}
-
 #[tokio::test]
 async fn a_revoked_access_token_fails_on_the_very_next_request_although_cached() {
     let (_up, gw) = setup().await;
     let token = gw.token("svc", SVC_SECRET, None).await;
-    assert_eq!(api(&gw, &token).await, 200);
-    assert_eq!(api(&gw, &token).await, 200, "now served from the cache");
+    assert_eq!(api_status(&gw, &token).await, 200);
+    let hits = cache_hits(&gw).await;
+    assert_eq!(api_status(&gw, &token).await, 200, "now served from the cache");
+    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the second use was a cache hit");
 
     let (status, body) = post(&gw, "/oauth/revoke", Some(("svc", SVC_SECRET)), &[("token", &token)]).await;
     assert_eq!((status, body), (200, Value::Null));
-    assert_eq!(api(&gw, &token).await, 401);
+    assert_eq!(api_status(&gw, &token).await, 401);
     // Revoking again, or something unknown, is still 200 (RFC 7009 §2.2).
     for t in [token.as_str(), "not-a-token", "a.b.c"] {
         let (status, _) = post(&gw, "/oauth/revoke", Some(("svc", SVC_SECRET)), &[("token", t)]).await;
@@ -67,7 +140,7 @@ async fn a_revoked_access_token_fails_on_the_very_next_request_although_cached()
     }
     // The revocation is in the store: a restart does not bring the token back.
     let gw = gw.restart().await;
-    assert_eq!(api(&gw, &token).await, 401);
+    assert_eq!(api_status(&gw, &token).await, 401);
 }
 
 #[tokio::test]
@@ -78,14 +151,14 @@ async fn revoking_a_refresh_token_revokes_its_family_and_access_tokens() {
     let (_, v) = post(&gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &form).await;
     let (at1, rt1) =
         (v["access_token"].as_str().unwrap().to_string(), v["refresh_token"].as_str().unwrap().to_string());
-    assert_eq!(api(&gw, &at0).await, 200);
-    assert_eq!(api(&gw, &at1).await, 200);
+    assert_eq!(api_status(&gw, &at0).await, 200);
+    assert_eq!(api_status(&gw, &at1).await, 200);
 
     let form = [("token", rt1.as_str()), ("token_type_hint", "refresh_token")];
     let (status, _) = post(&gw, "/oauth/revoke", Some(("webapp", SVC_SECRET)), &form).await;
     assert_eq!(status, 200);
-    assert_eq!(api(&gw, &at0).await, 401);
-    assert_eq!(api(&gw, &at1).await, 401);
+    assert_eq!(api_status(&gw, &at0).await, 401);
+    assert_eq!(api_status(&gw, &at1).await, 401);
     let form = [("grant_type", "refresh_token"), ("refresh_token", rt1.as_str())];
     let (status, v) = post(&gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &form).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
@@ -100,14 +173,14 @@ async fn a_client_may_revoke_only_its_own_tokens_and_must_authenticate() {
         let (status, v) = post(&gw, "/oauth/revoke", Some(("linked", OTHER_SECRET)), &[("token", t)]).await;
         assert_eq!((status, v["error"].as_str()), (400, Some("invalid_request")), "{v}");
     }
-    assert_eq!(api(&gw, &token).await, 200, "still valid");
+    assert_eq!(api_status(&gw, &token).await, 200, "still valid");
     let (status, v) = post(&gw, "/oauth/revoke", None, &[("token", &token)]).await;
     assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
     let (status, v) = post(&gw, "/oauth/revoke", Some(("svc", "wrong")), &[("token", &token)]).await;
     assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
     let (status, v) = post(&gw, "/oauth/revoke", Some(("svc", SVC_SECRET)), &[]).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_request")));
-    assert_eq!(api(&gw, &token).await, 200);
+    assert_eq!(api_status(&gw, &token).await, 200);
 }
 
 #[tokio::test]
@@ -129,8 +202,9 @@ async fn introspection_of_valid_expired_revoked_and_foreign_tokens() {
     assert!(v["jti"].as_str().unwrap().len() >= 16);
 
     let now = portcullis::tokens::now_secs();
-    let expired = signed(
+    let expired = signed_with(
         &gw,
+        good_header(),
         json!({"iss": ISSUER, "aud": ISSUER, "sub": "svc", "client_id": "svc", "scope": "read",
                "jti": "expired-1", "iat": now - 7200, "exp": now - 3600}),
     );
@@ -206,28 +280,13 @@ async fn revocations_are_counted_and_metadata_lists_the_endpoints() {
     assert_eq!(d["introspection_endpoint"], format!("{ISSUER}/oauth/introspect"));
 }
 
-const SPA_VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-
-/// An authorization code issued to alice for the public client "spa".
-async fn alice_code(gw: &TestGateway) -> String {
-    let query = [
-        ("response_type", "code"),
-        ("client_id", "spa"),
-        ("redirect_uri", "https://spa.test/cb"),
-        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
-        ("code_challenge_method", "S256"),
-    ];
-    let mut b = Browser::new(gw);
-    login_and_consent(&mut b, gw, &query).await.location_param("code").unwrap()
-}
-
 async fn exchange(gw: &TestGateway, code: &str) -> (u16, Value) {
     let form = [
         ("grant_type", "authorization_code"),
         ("code", code),
         ("client_id", "spa"),
         ("redirect_uri", "https://spa.test/cb"),
-        ("code_verifier", SPA_VERIFIER),
+        ("code_verifier", PKCE_VERIFIER),
     ];
     post(gw, "/oauth/token", None, &form).await
 }
@@ -239,14 +298,16 @@ async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() 
     let (_up, gw) = setup().await;
     let rs = Some(("svc", SVC_SECRET));
     let (at, rt) = password_tokens(&gw).await;
-    let code = alice_code(&gw).await;
-    assert_eq!(api(&gw, &at).await, 200);
-    assert_eq!(api(&gw, &at).await, 200, "now served from the cache");
+    let code = spa_code(&gw).await;
+    assert_eq!(api_status(&gw, &at).await, 200);
+    let hits = cache_hits(&gw).await;
+    assert_eq!(api_status(&gw, &at).await, 200, "now served from the cache");
+    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the second use was a cache hit");
     let uncached = password_tokens(&gw).await.0;
 
     gw.rewrite_config(|t| t.replacen("username = \"alice\"\n", "username = \"alice\"\nenabled = false\n", 1));
-    assert_eq!(api(&gw, &at).await, 401, "cached token of a disabled user");
-    assert_eq!(api(&gw, &uncached).await, 401, "uncached token of a disabled user");
+    assert_eq!(api_status(&gw, &at).await, 401, "cached token of a disabled user");
+    assert_eq!(api_status(&gw, &uncached).await, 401, "uncached token of a disabled user");
     let (_, v) = post(&gw, "/oauth/introspect", rs, &[("token", &at)]).await;
     assert_eq!(v, json!({"active": false}), "access token of a disabled user");
     let (_, v) = post(&gw, "/oauth/introspect", Some(("webapp", SVC_SECRET)), &[("token", &rt)]).await;
@@ -259,20 +320,20 @@ async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() 
 
     // The rule follows the config: enabled again, the user's other tokens work again...
     gw.rewrite_config(|t| t.replacen("username = \"alice\"\nenabled = false\n", "username = \"alice\"\n", 1));
-    assert_eq!(api(&gw, &uncached).await, 200);
+    assert_eq!(api_status(&gw, &uncached).await, 200);
     // ...but a refresh family presented while its user was disabled stays dead, with the
     // access tokens it issued.
     let (status, v) = post(&gw, "/oauth/token", Some(("webapp", SVC_SECRET)), &refresh).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "refresh family after re-enabling: {v}");
-    assert_eq!(api(&gw, &at).await, 401, "access token of a family that died");
+    assert_eq!(api_status(&gw, &at).await, 401, "access token of a family that died");
     // ...and deleted, they fail the same way.
-    let code = alice_code(&gw).await;
+    let code = spa_code(&gw).await;
     let block = format!("[[user]]\nusername = \"alice\"\npassword_hash = \"{ALICE_HASH}\"\ndisplay_name = \"Alice\"\n");
     gw.rewrite_config(|t| {
         assert!(t.contains(&block));
         t.replacen(&block, "", 1)
     });
-    assert_eq!(api(&gw, &uncached).await, 401, "cached token of a deleted user");
+    assert_eq!(api_status(&gw, &uncached).await, 401, "cached token of a deleted user");
     let (_, v) = post(&gw, "/oauth/introspect", rs, &[("token", &uncached)]).await;
     assert_eq!(v, json!({"active": false}), "access token of a deleted user");
     let (status, v) = exchange(&gw, &code).await;
@@ -281,7 +342,7 @@ async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() 
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "refresh of a deleted user: {v}");
     // Client-only tokens are untouched.
     let svc = gw.token("svc", SVC_SECRET, None).await;
-    assert_eq!(api(&gw, &svc).await, 200);
+    assert_eq!(api_status(&gw, &svc).await, 200);
 }
 
 /// Issue 11: revocation and introspection authenticate clients like the token endpoint,

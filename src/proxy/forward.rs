@@ -811,3 +811,112 @@ mod tests {
         assert!(Squeezed::new(long.as_bytes()).is("a".repeat(80).as_bytes()));
     }
 }
+
+/// Header hygiene as a whole, on plain header maps: what leaves in each direction.
+#[cfg(test)]
+mod hygiene_tests {
+    use super::*;
+
+    fn headers(fields: &[(&str, &[u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_names_are_removed() {
+        let mut h = headers(&[
+            ("connection", b"Keep-Alive, X-Custom ,x-other"),
+            ("keep-alive", b"timeout=5"),
+            ("proxy-connection", b"keep-alive"),
+            ("proxy-authenticate", b"Basic"),
+            ("proxy-authorization", b"Basic eDp5"),
+            ("te", b"trailers"),
+            ("trailer", b"x-checksum"),
+            ("transfer-encoding", b"chunked"),
+            ("upgrade", b"websocket"),
+            ("x-custom", b"1"),
+            ("x-other", b"2"),
+            ("x-kept", b"3"),
+            ("content-type", b"text/plain"),
+            ("set-cookie", b"a=1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["content-type", "set-cookie", "x-kept"]);
+    }
+
+    #[test]
+    fn every_connection_line_counts_and_a_bad_token_hides_no_other() {
+        let mut h = headers(&[
+            ("connection", b"close"),
+            ("connection", b"not a name, x-one"),
+            ("connection", b"x-two,\xff, x-three"),
+            ("x-one", b"1"),
+            ("x-two", b"2"),
+            ("x-three", b"3"),
+            ("x-kept", b"4"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-kept"]);
+        // Nothing hop-by-hop: nothing changes.
+        let mut h = headers(&[("accept", b"*/*"), ("x-connection", b"close"), ("te-x", b"1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["accept", "te-x", "x-connection"]);
+    }
+
+    #[test]
+    fn the_hop_by_hop_list_is_exact() {
+        for n in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+            assert!(is_hop_by_hop(n), "{n}");
+        }
+        for n in ["x-connection", "connections", "trailers", "upgrade-insecure-requests", "host", "cookie"] {
+            assert!(!is_hop_by_hop(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn a_forwarded_host_is_kept_only_as_one_line_of_valid_authorities() {
+        let valid = |fields: &[&[u8]]| {
+            let pairs: Vec<(&str, &[u8])> = fields.iter().map(|v| ("x-forwarded-host", *v)).collect();
+            valid_forwarded_host(&headers(&pairs))
+        };
+        assert!(valid(&[b"app.example"]));
+        assert!(valid(&[b"app.example:8443, edge.example"]));
+        assert!(!valid(&[]), "absent");
+        assert!(!valid(&[b"a.example", b"b.example"]), "two lines");
+        assert!(!valid(&[b"a.example,,b.example"]), "an empty item");
+        assert!(!valid(&[b"a example"]), "a space inside");
+        assert!(!valid(&[b"evil.example/path"]), "a path");
+        assert!(!valid(&[b"user@evil.example"]), "userinfo");
+    }
+
+    #[test]
+    fn set_cookies_of_others_survive_in_order() {
+        let mut h = headers(&[
+            ("set-cookie", b"a=1; Path=/"),
+            ("set-cookie", b"__Host-portcullis_session=S; Secure"),
+            ("set-cookie", b"b=2"),
+        ]);
+        drop_gateway_set_cookies(&mut h);
+        let kept: Vec<&[u8]> = h.get_all(header::SET_COOKIE).iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(kept, [&b"a=1; Path=/"[..], b"b=2"]);
+    }
+
+    #[test]
+    fn cookies_without_ours_are_left_alone_and_no_cookie_is_invented() {
+        let mut h = headers(&[("accept", b"*/*")]);
+        filter_cookies(&mut h);
+        assert!(!h.contains_key(header::COOKIE));
+        let mut h = headers(&[("cookie", b"a=1; b=2")]);
+        filter_cookies(&mut h);
+        assert_eq!(h.get(header::COOKIE).unwrap().as_bytes(), b"a=1; b=2");
+    }
+}

@@ -1,5 +1,8 @@
-//! Shared end-to-end helpers: a test PKI, an echoing upstream, a gateway on an ephemeral
-//! port with real TLS, and an HTTPS client that trusts the test CA.
+//! The one harness every test binary shares (`mod common;` then `use common::*;`): a test
+//! PKI, an echoing upstream, a gateway on ephemeral ports with real TLS, an HTTPS client
+//! that trusts the test CA, a minimal browser, and the requests and assertions the
+//! features share. Submodules: `raw` (a raw HTTP client), `jwt` (reading and crafting
+//! tokens), `recorder` (upstreams that show what reached them).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -7,6 +10,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -17,7 +22,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config::Config;
 use portcullis::server::Server;
 use portcullis::state::Gateway;
+use serde_json::Value;
 use tokio::net::TcpListener;
+
+mod jwt;
+mod raw;
+mod recorder;
+// Each test binary uses some of these; `dead_code` above does not cover re-exports.
+#[allow(unused_imports)]
+pub use jwt::*;
+#[allow(unused_imports)]
+pub use raw::*;
+#[allow(unused_imports)]
+pub use recorder::*;
 
 /// Secret of client `svc` (hash below).
 pub const SVC_SECRET: &str = "svc-secret";
@@ -656,4 +673,233 @@ pub async fn token_request(
     }
     let resp = req.send().await.unwrap();
     (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+// ---------------------------------------------------------------------------------------
+// Requests and assertions every feature uses.
+
+/// An echo upstream and a gateway with the default test configuration in front of it.
+pub async fn setup() -> (EchoUpstream, TestGateway) {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    (up, gw)
+}
+
+/// A token of client `svc` with its default scope.
+pub async fn svc_token(gw: &TestGateway) -> String {
+    gw.token("svc", SVC_SECRET, None).await
+}
+
+/// The status of a GET on /api/x (scope `read`) with `token`.
+pub async fn api_status(gw: &TestGateway, token: &str) -> u16 {
+    gw.client().get(gw.url("/api/x")).bearer_auth(token).send().await.unwrap().status().as_u16()
+}
+
+/// GET `path` over TLS with a bearer token; the echo the upstream sent back.
+pub async fn echo_get(gw: &TestGateway, path: &str, token: &str) -> Echo {
+    let resp = gw.client().get(gw.url(path)).bearer_auth(token).send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "GET {path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The gateway's answer to a refused request: status, WWW-Authenticate, JSON body.
+pub async fn refused(resp: reqwest::Response) -> (u16, Option<String>, Value) {
+    let status = resp.status().as_u16();
+    let www = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+    let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+    let text = resp.text().await.unwrap();
+    assert_eq!(ctype.as_deref(), Some("application/json"), "status {status}, body {text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, www, v)
+}
+
+/// The start of every bearer `WWW-Authenticate` challenge the gateway sends.
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"portcullis\"";
+
+/// A GET on /api/x with `token` is 401 `invalid_token`, in the JSON body and the challenge.
+pub async fn assert_invalid_token(gw: &TestGateway, label: &str, token: &str) {
+    let resp = gw.client().get(gw.url("/api/x")).bearer_auth(token).send().await.unwrap();
+    let (status, www, v) = refused(resp).await;
+    assert_eq!(status, 401, "{label}: {v}");
+    let www = www.unwrap_or_else(|| panic!("{label}: no WWW-Authenticate"));
+    assert!(www.starts_with(&format!("{BEARER_CHALLENGE}, error=\"invalid_token\"")), "{label}: {www}");
+    assert_eq!(v["error"], "invalid_token", "{label}");
+}
+
+/// Status, `error` and `WWW-Authenticate` of a GET on /api/x with `token`.
+pub async fn proxied(gw: &TestGateway, token: &str) -> (u16, Value, Option<String>) {
+    let resp = gw.client().get(gw.url("/api/x")).bearer_auth(token).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let www = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+    (status, resp.json().await.unwrap(), www)
+}
+
+/// The identity headers the gateway sets, each of which must arrive exactly once.
+pub const IDENTITY_HEADERS: [&str; 5] =
+    ["x-auth-client-id", "x-auth-subject", "x-auth-scope", "x-auth-token-id", "x-auth-user"];
+
+pub fn assert_identity(echo: &Echo, client: &str, subject: &str, scope: &str, jti: &str, user: Option<&str>) {
+    assert_eq!(echo.header_all("x-auth-client-id"), vec![client], "{echo:?}");
+    assert_eq!(echo.header_all("x-auth-subject"), vec![subject], "{echo:?}");
+    assert_eq!(echo.header_all("x-auth-scope"), vec![scope], "{echo:?}");
+    assert_eq!(echo.header_all("x-auth-token-id"), vec![jti], "{echo:?}");
+    match user {
+        Some(u) => assert_eq!(echo.header_all("x-auth-user"), vec![u], "{echo:?}"),
+        None => assert!(echo.header_all("x-auth-user").is_empty(), "{echo:?}"),
+    }
+}
+
+/// TCP connections the echo upstream accepted so far.
+pub fn accepted(up: &EchoUpstream) -> usize {
+    up.accepted.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+// ---------------------------------------------------------------------------------------
+// OAuth flows: PKCE (RFC 7636 appendix B's pair), a code for the public client, tokens.
+
+/// The RFC 7636 appendix B verifier and its S256 challenge.
+pub const PKCE_VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
+pub const PKCE_CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+/// /authorize for the public client `spa` with PKCE and state `s1`, no scope.
+pub fn bare_spa_query<'a>() -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("response_type", "code"),
+        ("client_id", "spa"),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("state", "s1"),
+        ("code_challenge", PKCE_CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ]
+}
+
+/// A code for `spa` after alice logged in and allowed.
+pub async fn spa_code(gw: &TestGateway) -> String {
+    let mut b = Browser::new(gw);
+    login_and_consent(&mut b, gw, &bare_spa_query()).await.location_param("code").unwrap()
+}
+
+/// Access and refresh token of alice through `webapp`'s password grant, default scope.
+pub async fn password_tokens(gw: &TestGateway) -> (String, String) {
+    let form = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)];
+    let (status, v) = token_request(gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!(status, 200, "{v}");
+    (v["access_token"].as_str().unwrap().to_string(), v["refresh_token"].as_str().unwrap().to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics.
+
+/// One sample of a Prometheus counter from the admin listener (0 when absent).
+pub async fn counter(gw: &TestGateway, series: &str) -> f64 {
+    let text = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// Bearer tokens answered from the validation cache so far, as /metrics reports them.
+pub async fn cache_hits(gw: &TestGateway) -> f64 {
+    counter(gw, "portcullis_validation_cache_hits_total").await
+}
+
+/// GET `url`, expect 200, the JSON body.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    let resp = client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{url}");
+    resp.json().await.unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Waiting for the file watcher, reloads and processes.
+
+/// Upper bound for anything that waits on a file-watch event or a process.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Poll `cond` until it holds; panic after [`WAIT`].
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Poll `check` every 20 ms for up to `limit`; how long it took, if it ever held.
+pub async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() <= limit {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Replace a file the way careful tools do: write beside it, then rename over it.
+pub fn write_atomic(path: &Path, contents: &str) {
+    let tmp = path.with_extension(format!("tmp{}", rand_suffix()));
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A process-unique number for scratch file names.
+pub fn rand_suffix() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Reloads applied and refused so far.
+pub fn reloads(gw: &TestGateway) -> (u64, u64) {
+    gw.gateway.metrics.reloads()
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A config with the default test listeners, `limits` added to `[limits]`.
+pub async fn gateway_with_limits(upstream: SocketAddr, extra: &str, limits: &str) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, upstream, extra).replace("[limits]\n", &format!("[limits]\n{limits}"));
+    TestGateway::start_text(dir, pki, &text).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests that need a tool this machine may lack (redis-server, chromium, Python packages).
+
+/// Is this a CI run? `CI` set to anything but empty, `0` or `false` (any case). Every suite
+/// reads it this way, so `CI=false` is a local run everywhere.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// The list of skipped tests, one line each, that `.ci/run` prints after the totals.
+pub fn skips_file() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt")
+}
+
+/// Skip `test` for want of a tool: in CI that fails the test instead. Elsewhere the notice
+/// goes straight to stderr (past the harness's capture, so a person sees it) and into
+/// [`skips_file`], which `.ci/run` prints at the end.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    assert!(!in_ci(), "{test}: {reason} (CI is set, so this fails instead of skipping)");
+    let line = format!("SKIPPED {test}: {reason}");
+    let _ = writeln!(std::io::stderr(), "{line}");
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(skips_file());
+    if let Ok(mut f) = file {
+        let _ = writeln!(f, "{line}");
+    }
 }

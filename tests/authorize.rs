@@ -1,28 +1,236 @@
 //! Resource-owner grants end to end: /authorize (login, consent, CSRF, sessions), the
-//! authorization_code grant with PKCE, implicit, password, and refresh rotation.
+//! authorization_code grant with PKCE, implicit, password, refresh rotation, and the
+//! attacks on them (redirect URI variations, PKCE downgrades, codes of other clients).
 
 mod common;
 
-use base64::Engine;
 use common::*;
 use serde_json::Value;
 
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+// ---------------------------------------------------------------------------------------
+// Attacks on the grants: foreign codes, redirect URI variations, PKCE downgrades.
 
-async fn proxied_status(gw: &TestGateway, token: &str) -> u16 {
-    gw.client().get(gw.url("/api/x")).bearer_auth(token).send().await.unwrap().status().as_u16()
+#[tokio::test]
+async fn a_public_clients_code_is_useless_to_another_client_and_burns() {
+    let (_up, gw) = setup().await;
+    let code = spa_code(&gw).await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("code_verifier", PKCE_VERIFIER),
+    ];
+    // A confidential client with its own valid credentials and the right verifier.
+    let (status, v) = token_request(&gw, Some(("first", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    // The attempt spent the code: the rightful client cannot use it afterwards either.
+    let mut with_id = form.to_vec();
+    with_id.push(("client_id", "spa"));
+    let (status, v) = token_request(&gw, None, &with_id).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    // And a confidential client's code is useless to a public one naming itself.
+    let mut b = Browser::new(&gw);
+    let q = [("response_type", "code"), ("client_id", "webapp"), ("redirect_uri", "https://app.test/callback")];
+    let code = login_and_consent(&mut b, &gw, &q).await.location_param("code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("client_id", "spa"),
+        ("redirect_uri", "https://app.test/callback"),
+    ];
+    let (status, v) = token_request(&gw, None, &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
 }
 
-fn claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+#[tokio::test]
+async fn redirect_uri_variations_never_match_and_never_redirect() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    for bad in [
+        "https://spa.test/cb/",
+        "https://spa.test/cb?",
+        "https://spa.test/cb?x=1",
+        "https://spa.test/cb#frag",
+        "https://spa.test/CB",
+        "HTTPS://spa.test/cb",
+        "http://spa.test/cb",
+        "https://spa.test:443/cb",
+        "https://spa.test:8443/cb",
+        "https://user@spa.test/cb",
+        "https://spa.test@evil.test/cb",
+        "https://evil.test@spa.test/cb",
+        "https://spa.test%2f@evil.test/cb",
+        "https://spa.test/%63b",
+        "https://spa.test/cb%2F",
+        "https://spa%2etest/cb",
+        "https://spa.test/cb%00",
+        "https://spa.test//cb",
+        "https://spa.test/x/../cb",
+        " https://spa.test/cb",
+        "https://spa.test/cb ",
+        "https://spa.test.evil.test/cb",
+        "//evil.test/cb",
+        "javascript:alert(1)//https://spa.test/cb",
+    ] {
+        let mut q = bare_spa_query();
+        q[2] = ("redirect_uri", bad);
+        let page = b.get(&authorize_url(&gw, &q)).await;
+        assert_eq!(page.status, 400, "{bad}");
+        assert!(page.location.is_none(), "never redirect to an unregistered URI: {bad}");
+        assert!(page.body.contains("redirect URI is not registered"), "{bad}");
+    }
 }
 
-async fn setup() -> (EchoUpstream, TestGateway) {
-    let up = EchoUpstream::start().await;
-    let gw = TestGateway::start(up.addr).await;
-    (up, gw)
+#[tokio::test]
+async fn redirect_uri_variations_at_the_token_endpoint_are_invalid_grant() {
+    let (_up, gw) = setup().await;
+    // webapp's registered "http://127.0.0.1:9/cb?x=1" carries a query of its own.
+    let registered = "http://127.0.0.1:9/cb?x=1";
+    for bad in ["http://127.0.0.1:9/cb?x=1&y=2", "http://127.0.0.1:9/cb?x=%31", "http://localhost:9/cb?x=1"] {
+        let mut b = Browser::new(&gw);
+        let q = [("response_type", "code"), ("client_id", "webapp"), ("redirect_uri", registered)];
+        let done = login_and_consent(&mut b, &gw, &q).await;
+        assert!(done.location.as_deref().unwrap().starts_with("http://127.0.0.1:9/cb?x=1&code="));
+        let code = done.location_param("code").unwrap();
+        let form = [("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", bad)];
+        let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+        assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{bad}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn pkce_downgrade_attempts_are_refused() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    // "plain" smuggled in as S256: the challenge is the verifier itself.
+    let mut q = bare_spa_query();
+    q[4] = ("code_challenge", PKCE_VERIFIER);
+    let code = login_and_consent(&mut b, &gw, &q).await.location_param("code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("client_id", "spa"),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("code_verifier", PKCE_VERIFIER),
+    ];
+    let (status, v) = token_request(&gw, None, &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    assert!(v["error_description"].as_str().unwrap().contains("code_verifier"));
+
+    // Method spellings other than "S256" are "plain" in disguise.
+    for method in ["s256", "plain", "S256 ", "SHA256", ""] {
+        let mut q = bare_spa_query();
+        q[5] = ("code_challenge_method", method);
+        let page = b.get(&authorize_url(&gw, &q)).await;
+        assert_eq!(page.status, 302, "{method:?}: {}", page.body);
+        assert_eq!(page.location_param("error").as_deref(), Some("invalid_request"), "{method:?}");
+        assert!(page.location.unwrap().starts_with("https://spa.test/cb?"), "{method:?}");
+    }
+
+    // A confidential client's code made with a challenge still needs the verifier.
+    let q = [
+        ("response_type", "code"),
+        ("client_id", "webapp"),
+        ("redirect_uri", "https://app.test/callback"),
+        ("code_challenge", PKCE_CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ];
+    let mut b = Browser::new(&gw);
+    let code = login_and_consent(&mut b, &gw, &q).await.location_param("code").unwrap();
+    let form =
+        [("grant_type", "authorization_code"), ("code", code.as_str()), ("redirect_uri", "https://app.test/callback")];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+
+    // Two verifiers (one to match, one to confuse) are a repeated parameter.
+    let code = spa_code(&gw).await;
+    let body = format!(
+        "grant_type=authorization_code&code={code}&client_id=spa&redirect_uri=https%3A%2F%2Fspa.test%2Fcb\
+         &code_verifier={PKCE_VERIFIER}&code_verifier=x"
+    );
+    let resp = gw
+        .client()
+        .post(gw.url("/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_request", "{v}");
+}
+
+#[tokio::test]
+async fn refresh_token_presented_by_another_client_is_refused_and_left_intact() {
+    let (_up, gw) = setup().await;
+    let (at0, rt0) = password_tokens(&gw).await;
+    let form = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str())];
+    // "first" is confidential and allowed refresh_token; the token is webapp's.
+    let (status, v) = token_request(&gw, Some(("first", SVC_SECRET)), &form).await;
+    assert_eq!((status, v["error_description"].as_str()), (400, Some("The refresh token is invalid.")), "{v}");
+    // The thief's attempt neither spent the token nor revoked the family.
+    assert_eq!(proxied(&gw, &at0).await.0, 200);
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(proxied(&gw, &at0).await.0, 200);
+}
+
+#[tokio::test]
+async fn error_paths_never_redirect_to_an_unregistered_uri() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let evil = "https://evil.test/cb";
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![("response_type", "code"), ("client_id", "ghost"), ("redirect_uri", evil)],
+        vec![("response_type", "code"), ("redirect_uri", evil)],
+        vec![("response_type", "magic"), ("client_id", "spa"), ("redirect_uri", evil)],
+        vec![("client_id", "spa"), ("redirect_uri", evil)],
+        vec![("response_type", "code"), ("client_id", "spa"), ("redirect_uri", evil), ("scope", "admin")],
+        vec![("response_type", "code"), ("client_id", "spa"), ("redirect_uri", evil)],
+        vec![("response_type", "token"), ("client_id", "webapp"), ("redirect_uri", evil)],
+        vec![("response_type", "code"), ("client_id", "off"), ("redirect_uri", evil)],
+        vec![
+            ("response_type", "code"),
+            ("client_id", "spa"),
+            ("redirect_uri", "https://spa.test/cb"),
+            ("redirect_uri", evil),
+        ],
+        vec![("response_type", "code"), ("client_id", "webapp")],
+        vec![("response_type", "code"), ("client_id", "spa"), ("redirect_uri", "javascript:alert(1)")],
+        vec![("response_type", "code"), ("client_id", "spa"), ("redirect_uri", "data:text/html,hi")],
+    ];
+    for q in &cases {
+        for post in [false, true] {
+            let page = if post {
+                let fields: Vec<(String, String)> = q
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .chain([("action".into(), "login".into())])
+                    .collect();
+                b.post(&gw.url("/oauth/authorize"), &fields).await
+            } else {
+                b.get(&authorize_url(&gw, q)).await
+            };
+            assert!(page.location.is_none(), "{q:?} (post {post}) redirected to {:?}", page.location);
+            assert!(matches!(page.status, 400 | 403), "{q:?} (post {post}): {}", page.status);
+            assert!(page.body.starts_with("<!doctype html>"), "{q:?}");
+        }
+    }
+    // On a registered URI, an error goes back there, and caller text cannot break out of
+    // the query string or into the headers.
+    let q = [
+        ("response_type", "magic\r\nSet-Cookie: x=1"),
+        ("client_id", "spa"),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("state", "s\r\nLocation: https://evil.test/#"),
+    ];
+    let page = b.get(&authorize_url(&gw, &q)).await;
+    assert_eq!(page.status, 302);
+    let loc = page.location.unwrap();
+    assert!(loc.starts_with("https://spa.test/cb?error=unsupported_response_type"), "{loc}");
+    assert!(!loc.contains('\r') && !loc.contains('\n'), "{loc}");
+    assert!(!b.cookies.contains_key("x"));
 }
 
 fn spa_query<'a>() -> Vec<(&'a str, &'a str)> {
@@ -32,7 +240,7 @@ fn spa_query<'a>() -> Vec<(&'a str, &'a str)> {
         ("redirect_uri", "https://spa.test/cb"),
         ("scope", "read,profile"),
         ("state", "xyz-123"),
-        ("code_challenge", CHALLENGE),
+        ("code_challenge", PKCE_CHALLENGE),
         ("code_challenge_method", "S256"),
     ]
 }
@@ -56,7 +264,7 @@ async fn public_client_code_flow_with_pkce_end_to_end() {
             ("code", &code),
             ("client_id", "spa"),
             ("redirect_uri", "https://spa.test/cb"),
-            ("code_verifier", VERIFIER),
+            ("code_verifier", PKCE_VERIFIER),
         ],
     )
     .await;
@@ -93,7 +301,7 @@ async fn confidential_client_code_flow_and_registered_query_is_kept() {
     let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["scope"], "read");
-    assert_eq!(proxied_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
+    assert_eq!(api_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
 }
 
 #[tokio::test]
@@ -106,16 +314,16 @@ async fn code_replay_is_refused_and_revokes_what_the_first_use_issued() {
         ("code", code.as_str()),
         ("client_id", "spa"),
         ("redirect_uri", "https://spa.test/cb"),
-        ("code_verifier", VERIFIER),
+        ("code_verifier", PKCE_VERIFIER),
     ];
     let (status, first) = token_request(&gw, None, &form).await;
     assert_eq!(status, 200);
     let at = first["access_token"].as_str().unwrap();
-    assert_eq!(proxied_status(&gw, at).await, 200, "cached as valid first");
+    assert_eq!(api_status(&gw, at).await, 200, "cached as valid first");
 
     let (status, v) = token_request(&gw, None, &form).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
-    assert_eq!(proxied_status(&gw, at).await, 401, "the first use's access token is revoked at once");
+    assert_eq!(api_status(&gw, at).await, 401, "the first use's access token is revoked at once");
     let rt = first["refresh_token"].as_str().unwrap();
     let (status, v) =
         token_request(&gw, None, &[("grant_type", "refresh_token"), ("refresh_token", rt), ("client_id", "spa")]).await;
@@ -145,7 +353,7 @@ async fn pkce_mismatch_missing_verifier_and_downgrade_are_invalid_grant() {
         ("grant_type", "authorization_code"),
         ("code", code.as_str()),
         ("redirect_uri", "https://app.test/callback"),
-        ("code_verifier", VERIFIER),
+        ("code_verifier", PKCE_VERIFIER),
     ];
     let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
@@ -178,7 +386,7 @@ async fn redirect_uri_must_match_at_authorize_and_at_token() {
         ("code", code.as_str()),
         ("client_id", "spa"),
         ("redirect_uri", "https://spa.test/other"),
-        ("code_verifier", VERIFIER),
+        ("code_verifier", PKCE_VERIFIER),
     ];
     let (status, v) = token_request(&gw, None, &form).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
@@ -193,7 +401,7 @@ async fn code_of_another_client_is_invalid_grant() {
         ("grant_type", "authorization_code"),
         ("code", code.as_str()),
         ("redirect_uri", "https://spa.test/cb"),
-        ("code_verifier", VERIFIER),
+        ("code_verifier", PKCE_VERIFIER),
     ];
     let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
@@ -221,7 +429,7 @@ async fn authorize_errors_redirect_with_state() {
                 ("client_id", "spa"),
                 ("scope", "admin"),
                 ("state", "st"),
-                ("code_challenge", CHALLENGE),
+                ("code_challenge", PKCE_CHALLENGE),
                 ("code_challenge_method", "S256"),
             ],
             "invalid_scope",
@@ -232,13 +440,13 @@ async fn authorize_errors_redirect_with_state() {
                 ("response_type", "code"),
                 ("client_id", "spa"),
                 ("state", "st"),
-                ("code_challenge", CHALLENGE),
+                ("code_challenge", PKCE_CHALLENGE),
                 ("code_challenge_method", "plain"),
             ],
             "invalid_request",
         ),
         (
-            vec![("response_type", "code"), ("client_id", "spa"), ("state", "st"), ("code_challenge", CHALLENGE)],
+            vec![("response_type", "code"), ("client_id", "spa"), ("state", "st"), ("code_challenge", PKCE_CHALLENGE)],
             "invalid_request",
         ),
     ];
@@ -265,7 +473,7 @@ async fn implicit_flow_returns_the_token_in_the_fragment() {
     assert_eq!(done.location_param("state").as_deref(), Some("imp"));
     assert!(done.location_param("refresh_token").is_none());
     let at = done.location_param("access_token").unwrap();
-    assert_eq!(proxied_status(&gw, &at).await, 200);
+    assert_eq!(api_status(&gw, &at).await, 200);
 }
 
 #[tokio::test]
@@ -370,7 +578,7 @@ async fn password_grant_success_and_errors() {
     assert!(v["error_description"].as_str().unwrap().contains("\"username\""));
 }
 
-async fn password_tokens(gw: &TestGateway) -> (String, String) {
+async fn password_tokens_read_write(gw: &TestGateway) -> (String, String) {
     let form =
         [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD), ("scope", "read write")];
     let (status, v) = token_request(gw, Some(("webapp", SVC_SECRET)), &form).await;
@@ -381,8 +589,8 @@ async fn password_tokens(gw: &TestGateway) -> (String, String) {
 #[tokio::test]
 async fn refresh_rotates_and_reuse_revokes_the_family() {
     let (_up, gw) = setup().await;
-    let (at0, rt0) = password_tokens(&gw).await;
-    assert_eq!(proxied_status(&gw, &at0).await, 200);
+    let (at0, rt0) = password_tokens_read_write(&gw).await;
+    assert_eq!(api_status(&gw, &at0).await, 200);
 
     let refresh = |rt: String| {
         let gw = &gw;
@@ -398,7 +606,7 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     assert_ne!(rt1, rt0);
     assert_eq!(v["scope"], "read write");
     assert_eq!(claims(&at1)["sub"], "alice");
-    assert_eq!(proxied_status(&gw, &at1).await, 200);
+    assert_eq!(api_status(&gw, &at1).await, 200);
 
     // The spent token again: refused, and the whole family with it.
     let (status, v) = refresh(rt0).await;
@@ -406,14 +614,14 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
     assert_eq!(v["error_description"], "The refresh token is invalid.");
     let (status, _) = refresh(rt1).await;
     assert_eq!(status, 400, "the newest token of a revoked family is dead too");
-    assert_eq!(proxied_status(&gw, &at0).await, 401);
-    assert_eq!(proxied_status(&gw, &at1).await, 401);
+    assert_eq!(api_status(&gw, &at0).await, 401);
+    assert_eq!(api_status(&gw, &at1).await, 401);
 }
 
 #[tokio::test]
 async fn refresh_scope_may_narrow_not_widen_and_only_for_its_client() {
     let (_up, gw) = setup().await;
-    let (_, rt0) = password_tokens(&gw).await;
+    let (_, rt0) = password_tokens_read_write(&gw).await;
     let form = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str()), ("scope", "read profile")];
     let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_scope")), "widening");
@@ -437,18 +645,18 @@ async fn refresh_scope_may_narrow_not_widen_and_only_for_its_client() {
 async fn refresh_tokens_survive_a_gateway_restart() {
     let up = EchoUpstream::start().await;
     let gw = TestGateway::start(up.addr).await;
-    let (_, rt0) = password_tokens(&gw).await;
+    let (_, rt0) = password_tokens_read_write(&gw).await;
     let gw = gw.restart().await;
     let form = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str())];
     let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(proxied_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
+    assert_eq!(api_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
 }
 
 #[tokio::test]
 async fn refresh_loses_a_scope_the_operator_took_from_the_client() {
     let (_up, gw) = setup().await;
-    let (_, rt0) = password_tokens(&gw).await;
+    let (_, rt0) = password_tokens_read_write(&gw).await;
     gw.rewrite_config(|t| {
         t.replacen("scopes = [\"read\", \"write\", \"profile\"]", "scopes = [\"read\", \"profile\"]", 1)
     });
@@ -471,7 +679,7 @@ async fn client_credentials_refresh_works_for_a_linked_user_that_is_not_a_login_
         token_request(&gw, Some(("ccr", SVC_SECRET)), &[("grant_type", "refresh_token"), ("refresh_token", rt)]).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(claims(v["access_token"].as_str().unwrap())["sub"], "robot");
-    assert_eq!(proxied_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
+    assert_eq!(api_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
 }
 
 fn field(page: &Page, name: &str) -> String {

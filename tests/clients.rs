@@ -1,6 +1,5 @@
-//! A stock OAuth client library — the Rust `oauth2` crate, unmodified — against the
-//! gateway: every grant, refresh, revocation and introspection. Only its HTTP transport is
-//! ours (to trust the test CA).
+//! Stock OAuth clients work unmodified against the gateway: the Rust `oauth2` crate, and
+//! Python's authlib and requests-oauthlib.
 
 mod common;
 
@@ -11,6 +10,7 @@ use oauth2::{
     IntrospectionUrl, PkceCodeChallenge, RedirectUrl, ResourceOwnerPassword, ResourceOwnerUsername, RevocationUrl,
     Scope, StandardRevocableToken, TokenIntrospectionResponse, TokenResponse, TokenUrl,
 };
+use std::process::Command;
 
 /// The library's HTTP hook, served by reqwest with the test CA.
 fn transport(
@@ -140,4 +140,44 @@ async fn oauth2_crate_authorization_code_with_pkce_as_a_public_client() {
     assert_eq!(token.scopes().unwrap().len(), 2);
     assert!(token.refresh_token().is_some());
     assert_eq!(api(&gw, token.access_token().secret()).await, 200);
+}
+
+fn python_ready() -> bool {
+    Command::new("python3")
+        .args(["-c", "import authlib, requests, requests_oauthlib"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test]
+async fn authlib_and_requests_oauthlib_work_unmodified() {
+    if !python_ready() {
+        skip(
+            "clients::authlib_and_requests_oauthlib_work_unmodified",
+            "python3 with authlib and requests-oauthlib not found",
+        );
+        return;
+    }
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    let ca = gw.dir.path().join("ca.pem");
+    std::fs::write(&ca, &gw.pki.ca_pem).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/clients.py");
+    let base = gw.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .arg(base)
+            .arg(&ca)
+            .env("REQUESTS_CA_BUNDLE", &ca)
+            .env("PYTHONUNBUFFERED", "1")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python clients failed:\n{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 11, "{stdout}");
 }

@@ -1,0 +1,702 @@
+//! What the gateway adds to and removes from headers on the way through: identity headers
+//! (and every spoofing of them), hop-by-hop and Connection-named headers, forwarding and
+//! rewrite headers, gateway cookies, HSTS.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+
+#[tokio::test]
+async fn linked_client_sends_its_user_as_subject_and_user() {
+    let (_up, gw) = setup().await;
+    let token = gw.token("linked", OTHER_SECRET, None).await;
+    let jti = claims(&token)["jti"].as_str().unwrap().to_string();
+    let echo = echo_get(&gw, "/api/me", &token).await;
+    assert_identity(&echo, "linked", "alice", "read", &jti, Some("alice"));
+}
+
+#[tokio::test]
+async fn authorization_is_forwarded_only_on_forward_token_routes() {
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    let echo = echo_get(&gw, "/tok/x", &token).await;
+    assert_eq!(echo.header_all("authorization"), vec![format!("Bearer {token}")]);
+    assert_eq!(echo.header("x-auth-client-id"), Some("svc"));
+    let echo = echo_get(&gw, "/api/x", &token).await;
+    assert!(echo.header("authorization").is_none());
+    let echo = echo_get(&gw, "/strip/x", &token).await;
+    assert!(echo.header("authorization").is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Header hygiene.
+
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_the_upstream() {
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    let jti = claims(&token)["jti"].as_str().unwrap().to_string();
+    let head = format!(
+        "GET /api/spoof HTTP/1.1\r\n\
+         Host: localhost:{port}\r\n\
+         X-Auth-Client-Id: admin-client\r\n\
+         x-auth-client-id: admin-client-2\r\n\
+         X-AUTH-SUBJECT: root\r\n\
+         x-Auth-Subject: root2\r\n\
+         X-Auth-Scope: admin\r\n\
+         X-AUTH-scope: admin write\r\n\
+         x-auth-token-id: forged\r\n\
+         X-Auth-Token-ID: forged2\r\n\
+         X-Auth-User: mallory\r\n\
+         X-AUTH-USER: mallory2\r\n\
+         Authorization: Bearer {token}\r\n\
+         Connection: close\r\n",
+        port = gw.https.port()
+    );
+    let resp = raw_tls(&gw, &head, b"").await;
+    let echo = resp.echo();
+    // Exactly the gateway's values, once each; svc has no user, so no user header at all.
+    assert_identity(&echo, "svc", "svc", "read", &jti, None);
+
+    // The same over the public route: nothing vouched for, nothing passes.
+    let head = head.replace("/api/spoof", "/public/spoof");
+    let echo = raw_tls(&gw, &head, b"").await.echo();
+    for name in IDENTITY_HEADERS {
+        assert!(echo.header(name).is_none(), "{name} reached a public upstream: {echo:?}");
+    }
+    assert!(echo.header("authorization").is_none());
+}
+
+#[tokio::test]
+async fn underscore_spellings_of_identity_headers_are_dropped() {
+    // CGI-style upstreams (WSGI, Rack, PHP) read X_Auth_User and X-Auth-User as the same
+    // variable, so an underscore spelling is a spoof of the gateway's header too.
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    let head = format!(
+        "GET /api/underscore HTTP/1.1\r\n\
+         Host: localhost\r\n\
+         Authorization: Bearer {token}\r\n\
+         X_Auth_Client_Id: admin\r\n\
+         x_auth_subject: root\r\n\
+         X-Auth_Scope: admin\r\n\
+         X_AUTH_TOKEN_ID: forged\r\n\
+         X_Auth_User: mallory\r\n\
+         X_Other_Thing: kept\r\n\
+         Connection: close\r\n"
+    );
+    let echo = raw_tls(&gw, &head, b"").await.echo();
+    for (name, _) in &echo.headers {
+        let normal = name.replace('_', "-");
+        assert!(
+            !IDENTITY_HEADERS.contains(&normal.as_str()) || name == &normal,
+            "{name} reached the upstream: {echo:?}"
+        );
+    }
+    assert_eq!(echo.header_all("x-auth-subject"), vec!["svc"]);
+    assert_eq!(echo.header("x_other_thing"), Some("kept"));
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_over_http2_are_replaced() {
+    let (_up, gw) = setup().await;
+    let token = gw.token("linked", OTHER_SECRET, None).await;
+    let jti = claims(&token)["jti"].as_str().unwrap().to_string();
+    let client = https_client(&gw.pki.ca_pem, true);
+    let mut req = client.get(gw.url("/api/h2spoof")).bearer_auth(&token);
+    for name in IDENTITY_HEADERS {
+        req = req.header(name, "forged-1").header(name, "forged-2");
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_identity(&echo, "linked", "alice", "read", &jti, Some("alice"));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    let head = format!(
+        "POST /api/hop HTTP/1.1\r\n\
+         Host: localhost:{port}\r\n\
+         Authorization: Bearer {token}\r\n\
+         Connection: close, X-Drop-Me, x-drop-too\r\n\
+         Connection: X-Also-Dropped\r\n\
+         X-Drop-Me: 1\r\n\
+         X-Drop-Too: 2\r\n\
+         X-Also-Dropped: 3\r\n\
+         X-Keep-Me: 4\r\n\
+         Keep-Alive: timeout=5, max=100\r\n\
+         TE: trailers\r\n\
+         Upgrade: websocket\r\n\
+         Proxy-Authorization: Basic dXNlcjpwYXNz\r\n\
+         Proxy-Connection: keep-alive\r\n\
+         Content-Length: 5\r\n",
+        port = gw.https.port()
+    );
+    let resp = raw_tls(&gw, &head, b"hello").await;
+    assert!(resp.header("keep-alive").is_none(), "upstream's keep-alive passed back: {:?}", resp.headers);
+    let echo = resp.echo();
+    assert_eq!(echo.body_len, 5);
+    assert_eq!(echo.header("x-keep-me"), Some("4"));
+    for name in [
+        "x-drop-me",
+        "x-drop-too",
+        "x-also-dropped",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert!(echo.header(name).is_none(), "{name} reached the upstream: {echo:?}");
+    }
+    // Whatever Connection header the upstream sees is the client connector's own, never ours.
+    for v in echo.header_all("connection") {
+        assert!(!v.to_ascii_lowercase().contains("x-drop"), "caller's Connection forwarded: {v}");
+    }
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_by_the_gateway_and_callers_values_replaced() {
+    let (up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    let resp = gw
+        .client()
+        .get(gw.url("/api/fwd"))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("X-Forwarded-For", "198.51.100.7")
+        .header("x-forwarded-proto", "gopher")
+        .header("x-forwarded-host", "evil.example")
+        .header("forwarded", "for=203.0.113.9;proto=http;host=evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(echo.header_all("x-forwarded-proto"), vec!["https"]);
+    assert_eq!(echo.header_all("x-forwarded-host"), vec![format!("localhost:{}", gw.https.port())]);
+    assert!(echo.header("forwarded").is_none(), "{echo:?}");
+    // The upstream is addressed by its own authority, not the caller's Host.
+    assert_eq!(echo.header_all("host"), vec![up.addr.to_string()]);
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_keeps_its_forwarded_headers() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(up.addr, "[proxy]\ntrusted_proxies = [\"127.0.0.1\"]\n").await;
+    let token = svc_token(&gw).await;
+    let resp = gw
+        .client()
+        .get(gw.url("/api/fwd"))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "http")
+        .header("x-forwarded-host", "api.example")
+        .send()
+        .await
+        .unwrap();
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header_all("x-forwarded-for"), vec!["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(echo.header_all("x-forwarded-proto"), vec!["http"]);
+    assert_eq!(echo.header_all("x-forwarded-host"), vec!["api.example"]);
+    // Even a trusted proxy's X-Forwarded-Host must be authorities (a chain of them is kept);
+    // anything else, or two lines, is replaced by the host the gateway saw.
+    for (sent, seen) in [
+        (&["api.example, edge.example:8443"][..], "api.example, edge.example:8443"),
+        (&["evil.com/x?y"], "localhost"),
+        (&["a@internal.example"], "localhost"),
+        (&["api.example", "other.example"], "localhost"),
+    ] {
+        let mut req = gw.client().get(gw.url("/api/fwd")).bearer_auth(&token);
+        for v in sent {
+            req = req.header("x-forwarded-host", *v);
+        }
+        let echo: Echo = req.send().await.unwrap().json().await.unwrap();
+        let got = echo.header_all("x-forwarded-host");
+        assert_eq!(got.len(), 1, "{sent:?}: {got:?}");
+        assert!(got[0].starts_with(seen), "{sent:?}: {got:?}");
+    }
+    // A chain split over several header lines is one list (RFC 9110 §5.3).
+    let resp = gw
+        .client()
+        .get(gw.url("/api/fwd"))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-for", "10.0.0.1, 10.0.0.2")
+        .send()
+        .await
+        .unwrap();
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header_all("x-forwarded-for"), vec!["203.0.113.9, 10.0.0.1, 10.0.0.2, 127.0.0.1"]);
+    // Identity headers are never trusted, whoever the peer is.
+    let resp =
+        gw.client().get(gw.url("/api/fwd")).bearer_auth(&token).header("x-auth-subject", "root").send().await.unwrap();
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header_all("x-auth-subject"), vec!["svc"]);
+}
+
+#[tokio::test]
+async fn gateway_cookies_and_client_ip_headers_never_reach_the_upstream() {
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    let resp = gw
+        .client()
+        .get(gw.url("/api/c"))
+        .bearer_auth(&token)
+        .header("cookie", "a=1; __Host-portcullis_session=SECRET; b=2; __Host-portcullis_csrf=C")
+        .header("x-real-ip", "1.2.3.4")
+        .header("true-client-ip", "1.2.3.4")
+        .send()
+        .await
+        .unwrap();
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header("cookie"), Some("a=1; b=2"));
+    assert!(echo.header("x-real-ip").is_none() && echo.header("true-client-ip").is_none(), "{echo:?}");
+    let resp = gw
+        .client()
+        .get(gw.url("/api/c"))
+        .bearer_auth(&token)
+        .header("cookie", "__Host-portcullis_session=SECRET")
+        .send()
+        .await
+        .unwrap();
+    let echo: Echo = resp.json().await.unwrap();
+    assert!(echo.header("cookie").is_none(), "{echo:?}");
+}
+
+#[tokio::test]
+async fn http2_cookie_fields_reach_an_http1_upstream_as_one_header() {
+    // RFC 9113 §8.2.3: HTTP/2 may split Cookie into several fields; they must be joined
+    // with "; " before the request goes out over HTTP/1.1.
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    let client = https_client(&gw.pki.ca_pem, true);
+    let resp = client
+        .get(gw.url("/api/cookies"))
+        .bearer_auth(&token)
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header_all("cookie"), vec!["a=1; b=2"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Strict-Transport-Security: opt-in, TLS connections only.
+
+#[tokio::test]
+async fn hsts_is_sent_on_tls_responses_only_when_configured() {
+    const HSTS: &str = "max-age=31536000; includeSubDomains";
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, up.addr, "").replace("[limits]", &format!("hsts = {HSTS:?}\n\n[limits]"));
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    let token = svc_token(&gw).await;
+    let sts = |resp: &reqwest::Response| {
+        resp.headers()
+            .get_all("strict-transport-security")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    for http2 in [false, true] {
+        let client = https_client(&gw.pki.ca_pem, http2);
+        for (path, auth, status) in [
+            ("/.well-known/jwks.json", false, 200),
+            ("/api/x", true, 200),
+            ("/api/x", false, 401),
+            ("/nowhere", true, 404),
+        ] {
+            let mut req = client.get(gw.url(path));
+            if auth {
+                req = req.bearer_auth(&token);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), status, "{path}");
+            assert_eq!(sts(&resp), vec![HSTS], "{path} over TLS (h2: {http2})");
+        }
+        let resp =
+            client.post(gw.url("/oauth/token")).form(&[("grant_type", "client_credentials")]).send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(sts(&resp), vec![HSTS], "/oauth/token over TLS");
+    }
+    // Never on the plaintext listener, ours or proxied.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    for (path, auth) in [("/.well-known/jwks.json", false), ("/api/x", true), ("/api/x", false)] {
+        let mut req = plain.get(gw.http_url(path));
+        if auth {
+            req = req.bearer_auth(&token);
+        }
+        let resp = req.send().await.unwrap();
+        assert!(sts(&resp).is_empty(), "{path} over plaintext: {:?}", sts(&resp));
+    }
+}
+
+#[tokio::test]
+async fn hsts_is_off_by_default() {
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    for path in ["/.well-known/jwks.json", "/api/x"] {
+        let resp = gw.client().get(gw.url(path)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("strict-transport-security").is_none(), "{path}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Spoofing through a raw socket: identity, forwarding and rewrite headers, cookies.
+
+#[tokio::test]
+async fn identity_header_spoofing_variants_never_reach_the_upstream() {
+    let (rec, gw) = recorded_gateway("").await;
+    let token = gw.token("svc", SVC_SECRET, None).await;
+    let spoofs = "X-Auth-User: mallory\r\nx-auth-subject: root\r\nX-AUTH-SCOPE: admin\r\n\
+                  X-Auth-Client-Id: admin\r\nX-Auth-Client-Id: admin2\r\nx-auth-token-id: forged\r\n";
+    let cases = [
+        // HTTP/1.0, no Host.
+        format!("GET /api/v10 HTTP/1.0\r\nAuthorization: Bearer {token}\r\n{spoofs}\r\n"),
+        // The Connection header names our headers: they are ours to set all the same.
+        format!(
+            "GET /api/conn HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close, X-Auth-Subject, x-auth-client-id\r\n{spoofs}\r\n"
+        ),
+        // Spoofed values in trailers of a chunked body, declared in a Trailer header.
+        format!(
+            "POST /api/trailers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\
+             Transfer-Encoding: chunked\r\nTrailer: X-Auth-User, X-Auth-Subject\r\n\r\n\
+             3\r\nabc\r\n0\r\nX-Auth-User: mallory\r\nX-Auth-Subject: root\r\n\r\n"
+        ),
+        // Empty and whitespace-only spoofed values.
+        format!(
+            "GET /api/empty HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\
+             X-Auth-User:\r\nX-Auth-Subject:    \r\n\r\n"
+        ),
+    ];
+    for (i, req) in cases.iter().enumerate() {
+        let got = raw_bytes(gw.http, req.as_bytes()).await;
+        assert_eq!(statuses(&got), vec![200], "case {i}: {}", String::from_utf8_lossy(&got));
+    }
+    let seen = rec.seen();
+    assert_eq!(seen.len(), cases.len(), "{seen:?}");
+    for s in &seen {
+        let values =
+            |name: &str| s.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(values("x-auth-subject"), vec!["svc"], "{s:?}");
+        assert_eq!(values("x-auth-client-id"), vec!["svc"], "{s:?}");
+        assert_eq!(values("x-auth-scope"), vec!["read"], "{s:?}");
+        assert_eq!(values("x-auth-token-id").len(), 1, "{s:?}");
+        assert!(values("x-auth-token-id")[0] != "forged");
+        assert!(values("x-auth-user").is_empty(), "svc has no user: {s:?}");
+        for (name, _) in &s.trailers {
+            assert!(!IDENTITY_HEADERS.contains(&name.as_str()), "identity header in trailers: {s:?}");
+        }
+    }
+    let trailers = seen.iter().find(|s| s.path == "/api/trailers").unwrap();
+    assert_eq!(trailers.body_len, Some(3));
+}
+
+#[tokio::test]
+async fn fail_closed_gateway_cookies_never_reach_the_upstream_whatever_the_cookie_header_holds() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start(up.addr).await;
+    let cases: [&[u8]; 12] = [
+        // Not visible ASCII: to_str() failed and the whole header went through.
+        "Cookie: lang=français; __Host-portcullis_session=SECRET; __Host-portcullis_csrf=CSRF\r\n".as_bytes(),
+        b"Cookie: lang=fran\xe7ais; __Host-portcullis_session=SECRET\r\n",
+        // Other cases, whitespace, no '=', an empty pair.
+        "Cookie: lang=français;__HOST-PORTCULLIS_SESSION=SECRET;\t__host-portcullis_csrf =CSRF;;\r\n".as_bytes(),
+        "Cookie: lang=français; __Host-portcullis_session\r\n".as_bytes(),
+        // The same cookie twice, and Cookie split over several lines.
+        "Cookie: lang=français\r\nCookie: __Host-portcullis_session=SECRET\r\nCookie: __Host-portcullis_session=S2\r\n"
+            .as_bytes(),
+        b"Cookie: __Host-portcullis_session=SECRET\r\nCookie: lang=fran\xc3\xa7ais; x=\"quoted\"\r\n",
+        // Another byte before the name, which Node's `cookie` (`.trim()`), Python and others
+        // skip; a comma for a ';'; quotes; the name inside another pair.
+        b"Cookie: lang=fran\xc3\xa7ais;\xa0__Host-portcullis_csrf=ZZ\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; \x85__Host-portcullis_session=SECRET\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; !__HOST-portcullis_session=SECRET\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; a=1,__Host-portcullis_session=SECRET\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; \"__Host-portcullis_csrf\"=CSRF\r\n",
+        b"Cookie: lang=fran\xc3\xa7ais; x=y=__Host-portcullis_session=SECRET\r\n",
+    ];
+    for (i, cookie) in cases.iter().enumerate() {
+        let mut req = b"GET /public/cookie HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
+        req.extend_from_slice(cookie);
+        req.extend_from_slice(b"\r\n");
+        let echo = echo_of(&raw_bytes(gw.http, &req).await);
+        let cookies = echo.header_all("cookie");
+        assert_eq!(cookies.len(), 1, "case {i}: {echo:?}");
+        assert!(!cookies[0].to_ascii_lowercase().contains("portcullis"), "case {i}: {cookies:?}");
+        assert!(cookies[0].starts_with("lang=fran"), "case {i}: {cookies:?}");
+    }
+    // HTTP/2 may split Cookie into one field per pair (RFC 9113 §8.2.3).
+    let client = https_client(&gw.pki.ca_pem, true);
+    let resp = client
+        .get(gw.url("/public/cookie"))
+        .header("cookie", http::HeaderValue::from_bytes("lang=français".as_bytes()).unwrap())
+        .header("cookie", "__Host-portcullis_session=SECRET")
+        .header("cookie", "a=1; __Host-portcullis_csrf=CSRF")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header_all("cookie"), vec!["lang=français; a=1"], "{echo:?}");
+    let (status, body) = h2_request(
+        &gw,
+        "GET",
+        &gw.url("/public/cookie"),
+        &[("cookie", b"lang=fran\xe7ais"), ("cookie", b"__Host-portcullis_session=SECRET")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let echo: Echo = serde_json::from_slice(&body).unwrap();
+    let cookies = echo.header_all("cookie");
+    assert!(cookies.len() == 1 && !cookies[0].contains("portcullis"), "{echo:?}");
+}
+
+#[tokio::test]
+async fn fail_closed_an_upstream_cannot_set_the_gateways_cookies() {
+    let up = fixed_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
+          Set-Cookie: __Host-portcullis_session=\xe9vil; Path=/; Secure\r\n\
+          Set-Cookie: __Host-portcullis_session=evil; Path=/; Secure; Domain=\xe9\r\n\
+          Set-Cookie: __HOST-PORTCULLIS_CSRF=x; Path=/\r\n\
+          Set-Cookie:  __Host-portcullis_session\t=y\r\n\
+          Set-Cookie: =__Host-portcullis_session=z\r\n\
+          Set-Cookie: \xa0__Host-portcullis_session=v; Path=/\r\n\
+          Set-Cookie: ==__Host-portcullis_csrf\r\n\
+          Set-Cookie: \"__Host-portcullis_session\"=v\r\n\
+          Set-Cookie: x=1, __Host-portcullis_session=v\r\n\
+          Set-Cookie: x=\x85__host-PORTCULLIS_csrf=v\r\n\
+          Set-Cookie: a=b; Path=/, __Host-portcullis_session=v\r\n\
+          Set-Cookie: a=b; Expires=Wed, 21 Oct 2026 07:28:00 GMT, __Host-portcullis_csrf=v; Path=/\r\n\
+          Set-Cookie: lang=fran\xe7ais; Path=/\r\n\
+          Set-Cookie: ok=1\r\n\
+          Connection: close\r\n\r\nok"
+            .to_vec(),
+    )
+    .await;
+    let gw = TestGateway::start(up.addr).await;
+    let got = raw_bytes(gw.http, b"GET /public/set HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(statuses(&got), vec![200], "{}", String::from_utf8_lossy(&got));
+    let head = head_of(&got);
+    assert!(!head.contains("portcullis"), "{head}");
+    assert!(head.contains("set-cookie: ok=1"), "{head}");
+    assert!(head.contains("set-cookie: lang=fran"), "{head}");
+}
+
+const FORWARDING_CLAIMS: [&str; 47] = [
+    "X-Forwarded-For",
+    "X_Forwarded_For",
+    "X-Forwarded-Proto",
+    "x_forwarded_proto",
+    "X-Forwarded-Host",
+    "X_Forwarded-Host",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Server",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Ssl",
+    "X-Forwarded-Anything-New",
+    "X_Forwarded_Whatever",
+    "Forwarded",
+    "X-Real-IP",
+    "X_Real_IP",
+    "True-Client-IP",
+    "True_Client_IP",
+    "Client-IP",
+    "Client_IP",
+    "X-Client-IP",
+    "X-Cluster-Client-IP",
+    "Front-End-Https",
+    "Front_End_Https",
+    "X-Scheme",
+    "X_Scheme",
+    "X-Original-Forwarded-For",
+    "X_Original_Forwarded_For",
+    // Other spellings an upstream reads once it drops separators or loosens names.
+    "Forwarded-For",
+    "Remote-Addr",
+    "Real-IP",
+    "X-Real-Ip-Address",
+    "XForwardedFor",
+    "X.Forwarded.For",
+    "x-_forwarded-for",
+    "Forwarded_",
+    "_Forwarded",
+    // Client certificates, as a TLS-terminating proxy passes them on.
+    "X-Client-Cert",
+    "X-SSL-Client-Cert",
+    "X-Forwarded-Client-Cert",
+    "Client-Cert",
+    "Client-Cert-Chain",
+    "X-ARR-SSL",
+    "Akamai-Client-IP",
+    "CF-Connecting-IPv6",
+    "Forwarded-Proto",
+    "X-Https",
+];
+
+/// The spellings of forwarding claims a trusted proxy keeps; every other name in
+/// `FORWARDING_CLAIMS` is removed whoever sends it.
+const CANONICAL_CLAIMS: [&str; 20] = [
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-anything-new",
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "front-end-https",
+    "x-scheme",
+    "x-original-forwarded-for",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "x-forwarded-client-cert",
+];
+
+/// Identity claims other gateways make (the `X-Auth-*` namespace is the gateway's in any
+/// spelling), and httpoxy's `Proxy`: removed from everyone, trusted or not.
+const IDENTITY_CLAIMS: [&str; 19] = [
+    "Proxy",
+    "X-Remote-User",
+    "Remote-User",
+    "X-User",
+    "X-Auth-Request-User",
+    "X-Authenticated-User",
+    "X-Auth-Foo",
+    "X_Auth_Foo",
+    "X.Auth.Bar",
+    "x-auth-subject",
+    "X_AUTH.USER",
+    "X-MS-Client-Principal-Name",
+    "X-Goog-Authenticated-User-Email",
+    "X-Amzn-Oidc-Identity",
+    "Cf-Access-Jwt-Assertion",
+    "X-Consumer-Username",
+    "X-WebAuth-Groups",
+    "Impersonate-User",
+    "X-User-Id",
+];
+
+const REWRITES: [&str; 17] = [
+    "X-Original-URL",
+    "X_Original_URL",
+    "X-Rewrite-URL",
+    "X_Rewrite_Url",
+    "X-HTTP-Method-Override",
+    "X_HTTP_Method_Override",
+    "X-Method-Override",
+    "x_method_override",
+    "X-HTTP-Method",
+    "X_HTTP_Method",
+    "X-Envoy-Original-Path",
+    "X-Original-Request-URI",
+    "X-Request-URI",
+    "X-Middleware-Subrequest",
+    "X-Script-Name",
+    "X-Verb",
+    "X-Host-Override",
+];
+
+fn spoofing_request(path: &str) -> String {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n");
+    for name in FORWARDING_CLAIMS.iter().chain(&REWRITES).chain(&IDENTITY_CLAIMS) {
+        let value = if name.to_ascii_lowercase().contains("method") { "DELETE" } else { "/admin" };
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    // An API's own credential header, not the gateway's namespace.
+    req.push_str("X-Authorization: api-key\r\n\r\n");
+    req
+}
+
+fn rewrite_routes(up: SocketAddr) -> String {
+    format!(
+        r#"
+[[route]]
+prefix = "/getonly"
+methods = ["GET"]
+upstream = "http://{up}"
+public = true
+
+[[route]]
+prefix = "/legacy"
+upstream = "http://{up}"
+public = true
+pass_rewrite_headers = true
+"#
+    )
+}
+
+#[tokio::test]
+async fn fail_closed_forwarding_and_rewrite_headers_from_untrusted_peers_never_reach_the_upstream() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(up.addr, &rewrite_routes(up.addr)).await;
+    for path in ["/public/f", "/getonly/f", "/legacy/f"] {
+        let echo = echo_of(&raw_bytes(gw.http, spoofing_request(path).as_bytes()).await);
+        assert_eq!(echo.method, "GET");
+        let dashed = |n: &str| n.replace('_', "-");
+        let names: Vec<String> = echo.headers.iter().map(|(n, _)| dashed(n)).collect();
+        for name in FORWARDING_CLAIMS.iter().chain(&REWRITES).chain(&IDENTITY_CLAIMS) {
+            let name = dashed(&name.to_ascii_lowercase());
+            let expected =
+                usize::from(matches!(name.as_str(), "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"));
+            assert_eq!(names.iter().filter(|n| **n == name).count(), expected, "{path} {name}: {echo:?}");
+        }
+        // The gateway's own values, not the caller's.
+        assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{path}");
+        assert_eq!(echo.header_all("x-forwarded-proto"), vec!["http"], "{path}");
+        assert_eq!(echo.header_all("x-forwarded-host"), vec!["gw.example"], "{path}");
+        assert_eq!(echo.header_all("x-authorization"), vec!["api-key"], "{path}");
+    }
+}
+
+#[tokio::test]
+async fn fail_closed_rewrite_headers_pass_only_from_trusted_proxies_on_routes_that_opt_in() {
+    let up = EchoUpstream::start().await;
+    let extra = format!("[proxy]\ntrusted_proxies = [\"127.0.0.1\"]\n{}", rewrite_routes(up.addr));
+    let gw = TestGateway::start_with(up.addr, &extra).await;
+    // A trusted proxy keeps its forwarding headers as proxies spell them, nothing else of
+    // the family, no identity claim, and not the rewrite family.
+    let echo = echo_of(&raw_bytes(gw.http, spoofing_request("/getonly/f").as_bytes()).await);
+    assert_eq!(echo.header_all("x-forwarded-port"), vec!["/admin"]);
+    for name in FORWARDING_CLAIMS.iter().chain(&REWRITES).chain(&IDENTITY_CLAIMS) {
+        let name = name.to_ascii_lowercase();
+        let expected = usize::from(CANONICAL_CLAIMS.contains(&name.as_str()) || name == "x-forwarded-for");
+        assert_eq!(echo.headers.iter().filter(|(n, _)| *n == name).count(), expected, "{name}: {echo:?}");
+    }
+    assert_eq!(echo.header_all("x-authorization"), vec!["api-key"]);
+    // Unless the route opts in, and then only in the usual spelling.
+    let echo = echo_of(&raw_bytes(gw.http, spoofing_request("/legacy/f").as_bytes()).await);
+    assert_eq!(echo.header_all("x-http-method-override"), vec!["DELETE"]);
+    assert_eq!(echo.header_all("x-original-url"), vec!["/admin"]);
+    assert_eq!(echo.header_all("x-envoy-original-path"), vec!["/admin"]);
+    assert_eq!(echo.header_all("x-request-uri"), vec!["/admin"]);
+    for name in ["x_original_url", "x_http_method_override", "x_rewrite_url", "proxy", "x-remote-user"] {
+        assert!(echo.header(name).is_none(), "{name}: {echo:?}");
+    }
+    // A Connection header that names X-Forwarded-For still does beside a non-ASCII byte:
+    // the trusted proxy's chain is hop-by-hop then, and not kept.
+    let req = b"GET /getonly/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: X-Forwarded-For, \xe9\r\n\
+                X-Forwarded-For: 203.0.113.9\r\n\r\n";
+    let echo = echo_of(&raw_bytes(gw.http, req).await);
+    assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{echo:?}");
+}
