@@ -575,7 +575,7 @@ async fn password_grant_success_and_errors() {
     let (status, v) =
         token_request(&gw, Some(("webapp", SVC_SECRET)), &[("grant_type", "password"), ("password", "x")]).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_request")));
-    assert!(v["error_description"].as_str().unwrap().contains("\"username\""));
+    assert!(v["error_description"].as_str().unwrap().contains("'username'"));
 }
 
 async fn password_tokens_read_write(gw: &TestGateway) -> (String, String) {

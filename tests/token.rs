@@ -456,8 +456,8 @@ async fn every_error_case_has_its_status_and_code() {
     let (_up, gw) = setup().await;
     let svc = Some(("svc", SVC_SECRET));
     let cases: Vec<Case> = vec![
-        ("missing grant_type", Some(FORM), "scope=read".into(), svc, 400, "invalid_request", "\"grant_type\""),
-        ("unknown grant type", Some(FORM), "grant_type=magic".into(), svc, 400, "unsupported_grant_type", "\"magic\""),
+        ("missing grant_type", Some(FORM), "scope=read".into(), svc, 400, "invalid_request", "\'grant_type\'"),
+        ("unknown grant type", Some(FORM), "grant_type=magic".into(), svc, 400, "unsupported_grant_type", "\'magic\'"),
         (
             "duplicated parameter",
             Some(FORM),
@@ -465,7 +465,7 @@ async fn every_error_case_has_its_status_and_code() {
             svc,
             400,
             "invalid_request",
-            "\"grant_type\"",
+            "\'grant_type\'",
         ),
         (
             "duplicated scope",
@@ -474,7 +474,7 @@ async fn every_error_case_has_its_status_and_code() {
             svc,
             400,
             "invalid_request",
-            "\"scope\"",
+            "\'scope\'",
         ),
         (
             "wrong content type",
@@ -547,7 +547,7 @@ async fn every_error_case_has_its_status_and_code() {
             svc,
             400,
             "invalid_scope",
-            "\"root\"",
+            "\'root\'",
         ),
         (
             "both auth methods",
@@ -567,7 +567,7 @@ async fn every_error_case_has_its_status_and_code() {
             svc,
             400,
             "invalid_request",
-            "\"grant_type\"",
+            "\'grant_type\'",
         ),
         (
             "json nested value",
@@ -576,7 +576,7 @@ async fn every_error_case_has_its_status_and_code() {
             svc,
             400,
             "invalid_request",
-            "\"scope\"",
+            "\'scope\'",
         ),
     ];
     for (name, ctype, body, basic, status, code, needle) in cases {
