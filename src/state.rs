@@ -55,8 +55,8 @@ impl Gateway {
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
         let (store, feed): (Arc<dyn Store>, _) = match &config.store {
             StoreConfig::Embedded { path } => (Arc::new(EmbeddedStore::open(path)?), None),
-            StoreConfig::Redis { url, key_prefix, pool_size, timeout } => {
-                let redis = Arc::new(RedisStore::new(url, key_prefix, *pool_size, *timeout)?);
+            StoreConfig::Redis { url, key_prefix, timeout } => {
+                let redis = Arc::new(RedisStore::new(url, key_prefix, *timeout)?);
                 let feed = redis.spawn_listener();
                 (redis, Some(feed))
             }

@@ -236,7 +236,6 @@ pub enum StoreConfig {
     Redis {
         url: String,
         key_prefix: String,
-        pool_size: usize,
         timeout: Duration,
     },
 }

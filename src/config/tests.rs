@@ -273,7 +273,7 @@ fn keys_are_named_once_and_one_signs_without_reading_any_file() {
 fn the_store_is_embedded_unless_redis_is_named() {
     assert_eq!(parse("").unwrap().store, StoreConfig::Embedded { path: "data/portcullis.redb".into() });
     let c = parse("[store]\nkind = \"redis\"\nurl = \"redis://r:6379\"\n").unwrap();
-    assert!(matches!(c.store, StoreConfig::Redis { pool_size: 4, ref key_prefix, .. } if key_prefix == "portcullis:"));
+    assert!(matches!(c.store, StoreConfig::Redis { ref key_prefix, .. } if key_prefix == "portcullis:"));
     let e = refused("[store]\nkind = \"redis\"\n");
     assert_eq!(e.line, 9, "{e}");
     let e = refused("[store]\nurl = \"redis://r\"\n");

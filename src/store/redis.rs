@@ -117,8 +117,7 @@ fn accesses(flat: &[String]) -> Vec<IssuedAccess> {
 impl RedisStore {
     /// Prepare the store; the connection is made on first use and re-made after failures,
     /// so the gateway starts (not ready) while Redis is down and recovers by itself.
-    /// `_pool_size` is ignored (see `conn`); kept until `[store] pool_size` leaves the config.
-    pub fn new(url: &str, prefix: &str, _pool_size: usize, timeout: Duration) -> Result<RedisStore, StoreError> {
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))

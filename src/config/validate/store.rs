@@ -26,10 +26,12 @@ impl Validator<'_> {
                 if !matches!(parsed.scheme(), "redis" | "rediss") || parsed.host_str().is_none() {
                     return Err(self.err(url.span(), "redis url must be redis://host[:port][/db] or rediss://..."));
                 }
+                // `pool_size` is still read (and type-checked) so that older configs load, but
+                // one multiplexed connection serves every request (see store/redis.rs).
+                self.number(&raw.pool_size, 4)?;
                 Ok(StoreConfig::Redis {
                     url: url.get_ref().clone(),
                     key_prefix: raw.key_prefix.clone().unwrap_or_else(|| "portcullis:".to_string()),
-                    pool_size: self.number(&raw.pool_size, 4)? as usize,
                     timeout: self.duration(&raw.timeout, Duration::from_secs(1))?,
                 })
             }
