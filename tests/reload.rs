@@ -96,9 +96,12 @@ async fn key_rotation_keeps_listed_keys_valid_and_removal_rejects_cached_tokens(
     assert_eq!(kids, ["k2", "k1"]);
 
     // Step 2: k1 retired to verify-only (explicitly), still valid.
+    let before = reloads(&gw).0;
     edit_config(&gw, |t| t.replacen("id = \"k1\"\n", "id = \"k1\"\nactive = false\n", 1));
-    wait_until("k1 to be verify-only", || async { gw.gateway.runtime().keys.get("k1").is_some_and(|k| !k.active) })
-        .await;
+    wait_until("k1 to be verify-only", || async {
+        reloads(&gw).0 > before && gw.gateway.runtime().keys.get("k1").is_some() && signer_kid(&gw) == "k2"
+    })
+    .await;
     let hits = cache_hits(&gw).await;
     assert_eq!(api_status(&gw, &old).await, 200);
     assert_eq!(cache_hits(&gw).await, hits + 1.0, "the old token's verdict is cached");
@@ -353,8 +356,12 @@ async fn reload_under_load_drops_and_fails_no_request() {
         .await;
     settle().await;
     // 5. The old key retired to verify-only.
+    let before = reloads(&gw).0;
     edit_config(&gw, |t| t.replacen("id = \"k1\"\n", "id = \"k1\"\nactive = false\n", 1));
-    wait_until("k1 verify-only", || async { gw.gateway.runtime().keys.get("k1").is_some_and(|k| !k.active) }).await;
+    wait_until("k1 verify-only", || async {
+        reloads(&gw).0 > before && gw.gateway.runtime().keys.get("k1").is_some() && signer_kid(&gw) == "k2"
+    })
+    .await;
     settle().await;
 
     stop.store(true, Ordering::Relaxed);

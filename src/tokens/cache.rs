@@ -12,7 +12,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::validate::{LEEWAY_SECS, Principal};
+use super::LEEWAY_SECS;
+use super::principal::Principal;
 
 /// A SHA-256 digest as a map key. Its bytes are already uniformly distributed, so the
 /// hash is simply eight of them (only verified tokens are inserted, so a caller cannot

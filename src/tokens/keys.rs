@@ -69,11 +69,10 @@ impl Signer {
     }
 }
 
-/// One usable key: signs if it is active, always verifies.
+/// One usable key: verifies; the set's first active key also signs.
 pub struct Key {
     pub kid: String,
     pub alg: Algorithm,
-    pub active: bool,
     signer: Signer,
     /// The encoded JOSE header every token this key signs carries (`typ`, `alg`, `kid`).
     header_b64: String,
@@ -272,7 +271,7 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
         jwk
     });
     let mut validation = Validation::new(alg);
-    validation.leeway = super::validate::LEEWAY_SECS;
+    validation.leeway = super::LEEWAY_SECS;
     validation.validate_nbf = true;
     validation.set_issuer(&[&config.issuer]);
     validation.set_audience(&[&config.audience]);
@@ -283,7 +282,6 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
     Ok(Key {
         kid: kc.id.clone(),
         alg,
-        active: kc.active,
         signer,
         header_b64,
         decoding,

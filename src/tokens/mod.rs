@@ -3,7 +3,11 @@
 pub mod cache;
 pub mod issue;
 pub mod keys;
+mod principal;
 pub mod validate;
+
+/// Clock-skew allowance in seconds for exp, nbf and iat, applied the same on a hit and a miss.
+pub const LEEWAY_SECS: u64 = 5;
 
 use serde::{Deserialize, Serialize};
 

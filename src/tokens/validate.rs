@@ -17,79 +17,8 @@ use crate::store::Store;
 /// Tokens longer than this are refused before any parsing or hashing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
-/// Clock-skew allowance in seconds for exp, nbf and iat, applied the same on a hit and a miss.
-pub const LEEWAY_SECS: u64 = 5;
-
-/// Who a valid token speaks for.
-///
-/// Compact, because up to `[cache] max_tokens` of them stay in memory: the five strings
-/// share one allocation, and the user is derived (the subject, when it is not the client).
-#[derive(Debug)]
-pub struct Principal {
-    /// client_id, subject, scope, token_id and kid, back to back.
-    text: Box<str>,
-    /// Where each of those five ends in `text`.
-    ends: [u16; 5],
-    /// The fingerprint of the key that verified it (key file, issuer, audience): a hit
-    /// under a key with another fingerprint is verified again.
-    key_fingerprint: [u8; 32],
-    expires_at: u64,
-}
-
-impl Principal {
-    pub(super) fn new(
-        client_id: &str,
-        subject: &str,
-        scope: &str,
-        token_id: &str,
-        kid: &str,
-        key_fingerprint: [u8; 32],
-        expires_at: u64,
-    ) -> Result<Principal, TokenError> {
-        let parts = [client_id, subject, scope, token_id, kid];
-        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0u16; 5];
-        for (end, part) in ends.iter_mut().zip(parts) {
-            text.push_str(part);
-            *end = u16::try_from(text.len()).map_err(|_| TokenError::BadClaims)?;
-        }
-        Ok(Principal { text: text.into_boxed_str(), ends, key_fingerprint, expires_at })
-    }
-
-    fn part(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { usize::from(self.ends[i - 1]) };
-        // Every boundary was a `str` boundary when `text` was built.
-        self.text.get(start..usize::from(self.ends[i])).unwrap_or_default()
-    }
-
-    pub fn client_id(&self) -> &str {
-        self.part(0)
-    }
-    pub fn subject(&self) -> &str {
-        self.part(1)
-    }
-    /// Space-separated, as in the token.
-    pub fn scope(&self) -> &str {
-        self.part(2)
-    }
-    pub fn has_scope(&self, wanted: &str) -> bool {
-        self.scope().split(' ').any(|s| s == wanted)
-    }
-    pub fn token_id(&self) -> &str {
-        self.part(3)
-    }
-    fn kid(&self) -> &str {
-        self.part(4)
-    }
-    /// The resource owner, when the token acts for a user rather than the client itself.
-    pub fn user(&self) -> Option<&str> {
-        let sub = self.subject();
-        (sub != self.client_id()).then_some(sub)
-    }
-    pub fn expires_at(&self) -> u64 {
-        self.expires_at
-    }
-}
+pub use super::LEEWAY_SECS;
+pub use super::principal::Principal;
 
 /// Why a token was refused. All of them are `invalid_token` on the wire; the detail is for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -236,7 +165,7 @@ impl Validator {
                 let key = keys.get(p.kid());
                 // A replaced key file, or a changed issuer or audience, voids the verdict
                 // but not necessarily the token: verify it again below.
-                if key.is_none_or(|k| k.fingerprint == p.key_fingerprint) {
+                if key.is_none_or(|k| k.fingerprint == p.key_fingerprint()) {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     check_holder(config, p.client_id(), p.subject())?;
                     if key.is_none() {
@@ -262,7 +191,7 @@ impl Validator {
         }
         match store.is_revoked(principal.token_id()).await {
             Ok(true) => {
-                self.remember_revoked(principal.token_id(), principal.expires_at);
+                self.remember_revoked(principal.token_id(), principal.expires_at());
                 return Err(TokenError::Revoked);
             }
             Ok(false) => {}
@@ -334,6 +263,7 @@ pub fn inspect(token: &str, keys: &KeySet, now: u64) -> Result<AccessClaims, Tok
 fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError> {
     let (c, key) = verify_claims(token, keys, now)?;
     Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, key.fingerprint, c.exp)
+        .ok_or(TokenError::BadClaims)
 }
 
 fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessClaims, &'k Key), TokenError> {

@@ -56,7 +56,6 @@ pub async fn grant(
         refresh_scopes: &grant.scopes,
         family: Some(&family),
         new_refresh: refresh,
-        rotated_refresh: None,
     };
     issue_tokens(gw, rt, what, now).await
 }

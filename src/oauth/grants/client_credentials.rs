@@ -28,7 +28,6 @@ pub async fn grant(
         refresh_scopes: &scopes,
         family: family.as_deref(),
         new_refresh: family.is_some(),
-        rotated_refresh: None,
     };
     issue_tokens(gw, rt, what, now).await
 }

@@ -113,15 +113,13 @@ pub struct Issue<'a> {
     pub family: Option<&'a str>,
     /// Issue a new refresh token in `family`.
     pub new_refresh: bool,
-    /// A refresh token already stored by rotation, to return as is.
-    pub rotated_refresh: Option<String>,
 }
 
 /// Sign the access token, store a new refresh token if asked, link the access token to
 /// its family (so revoking the family revokes it) and build the response.
 pub async fn issue_tokens(gw: &Gateway, rt: &Runtime, what: Issue<'_>, now: u64) -> Result<TokenResponse, OAuthError> {
     let token = sign(rt, what.client, what.subject, what.scopes, now)?;
-    let mut refresh = what.rotated_refresh;
+    let mut refresh = None;
     if let Some(family) = what.family {
         if what.new_refresh {
             let secret = random_token(32);

@@ -1,0 +1,76 @@
+//! The verdict on a valid token. Only the validator builds one (`new` is visible inside
+//! `tokens/` alone), so no later phase can act on an unchecked token; the cache keeps them.
+
+/// Who a valid token speaks for.
+///
+/// Compact, because up to `[cache] max_tokens` of them stay in memory: the five strings
+/// share one allocation, and the user is derived (the subject, when it is not the client).
+#[derive(Debug)]
+pub struct Principal {
+    /// client_id, subject, scope, token_id and kid, back to back.
+    text: Box<str>,
+    /// Where each of those five ends in `text`.
+    ends: [u16; 5],
+    /// The fingerprint of the key that verified it (key file, issuer, audience): a hit
+    /// under a key with another fingerprint is verified again.
+    key_fingerprint: [u8; 32],
+    expires_at: u64,
+}
+
+impl Principal {
+    pub(super) fn new(
+        client_id: &str,
+        subject: &str,
+        scope: &str,
+        token_id: &str,
+        kid: &str,
+        key_fingerprint: [u8; 32],
+        expires_at: u64,
+    ) -> Option<Principal> {
+        let parts = [client_id, subject, scope, token_id, kid];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u16; 5];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            text.push_str(part);
+            *end = u16::try_from(text.len()).ok()?;
+        }
+        Some(Principal { text: text.into_boxed_str(), ends, key_fingerprint, expires_at })
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { usize::from(self.ends[i - 1]) };
+        // Every boundary was a `str` boundary when `text` was built.
+        self.text.get(start..usize::from(self.ends[i])).unwrap_or_default()
+    }
+
+    pub fn client_id(&self) -> &str {
+        self.part(0)
+    }
+    pub fn subject(&self) -> &str {
+        self.part(1)
+    }
+    /// Space-separated, as in the token.
+    pub fn scope(&self) -> &str {
+        self.part(2)
+    }
+    pub fn has_scope(&self, wanted: &str) -> bool {
+        self.scope().split(' ').any(|s| s == wanted)
+    }
+    pub fn token_id(&self) -> &str {
+        self.part(3)
+    }
+    pub(super) fn kid(&self) -> &str {
+        self.part(4)
+    }
+    /// The resource owner, when the token acts for a user rather than the client itself.
+    pub fn user(&self) -> Option<&str> {
+        let sub = self.subject();
+        (sub != self.client_id()).then_some(sub)
+    }
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+    pub(super) fn key_fingerprint(&self) -> [u8; 32] {
+        self.key_fingerprint
+    }
+}
