@@ -209,18 +209,6 @@ impl Cluster {
     }
 }
 
-/// Poll `check` for up to `limit`; returns how long it took to become true.
-async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() <= limit {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
 #[tokio::test]
 async fn a_token_from_one_replica_works_on_the_other() {
     let Some(c) = cluster().await else { return };
