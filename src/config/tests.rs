@@ -253,8 +253,13 @@ fn limits_default_and_refuse_small_or_zero_values() {
 
 #[test]
 fn keys_are_named_once_and_one_signs_without_reading_any_file() {
-    let c = parse("[[key]]\nid = \"rs\"\nalgorithm = \"RS256\"\nfile = \"/nonexistent/rs.pem\"\n").unwrap();
-    assert_eq!((c.keys[1].algorithm, c.keys[1].generate), (KeyAlgorithm::RS256, true));
+    let c = parse("[[key]]\nid = \"rs\"\nalgorithm = \"RS256\"\nfile = \"/nonexistent/rs.pem\"\ngenerate = false\n")
+        .unwrap();
+    assert_eq!((c.keys[1].algorithm, c.keys[1].generate), (KeyAlgorithm::RS256, false));
+    // A missing RS256 file that would have to be generated is refused at check, as serve would.
+    let e = refused("[[key]]\nid = \"rs\"\nalgorithm = \"RS256\"\nfile = \"/nonexistent/rs.pem\"\n");
+    assert_eq!(e.line, 8, "{e}");
+    assert!(e.reason.contains("RS256 keys are not generated"), "{e}");
     let e = refused("[[key]]\nid = \"k\"\nfile = \"k2.pem\"\n");
     assert_eq!((e.line, e.reason.as_str()), (9, "duplicate key id \"k\""));
     let e = refused("[[key]]\nid = \"k2\"\nalgorithm = \"none\"\nfile = \"k2.pem\"\n");

@@ -1,5 +1,5 @@
 //! `[[key]]`: the signing keys, by id and file. The files are read (or generated) once,
-//! by `crate::tokens::keys`, which also refuses to generate an RS256 key.
+//! by `crate::tokens::keys`; only a missing RS256 file (never generated) is looked for here.
 
 use toml::Spanned;
 
@@ -15,6 +15,7 @@ impl Validator<'_> {
         }
         let mut keys: Vec<KeyConfig> = Vec::new();
         for k in raw {
+            let span = k.span();
             let k = k.get_ref();
             let id = k.id.get_ref().trim();
             if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
@@ -30,10 +31,16 @@ impl Validator<'_> {
                 })?,
             };
             let generate = k.generate.unwrap_or(true);
+            let file = self.path(k.file.get_ref());
+            // The one file check here (a stat, not a read): `serve` would refuse this key when it
+            // loads the set, and `check` must refuse everything `serve` refuses.
+            if generate && algorithm == KeyAlgorithm::RS256 && !file.exists() {
+                return Err(self.err(span, "RS256 keys are not generated: create the PEM file (e.g. openssl genpkey -algorithm RSA) or set generate = false"));
+            }
             keys.push(KeyConfig {
                 id: id.to_string(),
                 algorithm,
-                file: self.path(k.file.get_ref()),
+                file,
                 active: k.active.unwrap_or(true),
                 generate,
                 line: self.line_of(k.id.span().start),
