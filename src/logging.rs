@@ -138,12 +138,29 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchedStderr {
 
 /// One access log line: what `server::dispatch` knows about a finished request.
 pub struct Access<'a> {
+    /// The request id (a trusted proxy's `X-Request-Id`, or ours), as sent upstream and back.
+    pub request_id: &'a str,
+    /// The connection's address.
     pub peer: &'a str,
+    /// The address the gateway acted on: the peer, or behind trusted proxies the client
+    /// they name in `X-Forwarded-For`.
+    pub client: std::net::IpAddr,
     pub method: &'a str,
+    /// The request's authority (Host or `:authority`), or `-`.
+    pub host: &'a str,
     pub path: &'a str,
     pub route: &'a str,
     pub status: u16,
+    /// Time to the response head.
     pub latency_us: u64,
+    /// Request body bytes read, response body bytes sent.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Whether the response body was sent to its end (false: the client left, or the
+    /// upstream's body failed).
+    pub complete: bool,
+    /// The upstream's configured address, or `-` when the request was not proxied.
+    pub upstream: &'a str,
     pub client_id: &'a str,
 }
 
@@ -174,12 +191,19 @@ pub fn access(a: &Access<'_>) {
     let Some((sink, format)) = ACCESS_SINK.get() else {
         tracing::info!(
             target: "portcullis::access",
+            request_id = %a.request_id,
             peer = %a.peer,
+            client = %a.client,
             method = %a.method,
+            host = %a.host,
             path = %a.path,
             route = %a.route,
             status = a.status,
             latency_us = a.latency_us,
+            bytes_in = a.bytes_in,
+            bytes_out = a.bytes_out,
+            complete = a.complete,
+            upstream = %a.upstream,
             client_id = a.client_id,
         );
         return;
@@ -202,21 +226,46 @@ fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::
     match format {
         Format::Pretty => {
             time(out)?;
-            writeln!(
+            write!(
                 out,
-                "  INFO portcullis::access: peer={} method={} path={} route={} status={} latency_us={} client_id={:?}",
-                a.peer, a.method, a.path, a.route, a.status, a.latency_us, a.client_id
-            )
+                "  INFO portcullis::access: request_id={} peer={} client={} method={} host={} path={} route={} \
+                 status={} latency_us={} bytes_in={} bytes_out={} complete={} upstream={} client_id=",
+                a.request_id,
+                a.peer,
+                a.client,
+                a.method,
+                a.host,
+                a.path,
+                a.route,
+                a.status,
+                a.latency_us,
+                a.bytes_in,
+                a.bytes_out,
+                a.complete,
+                a.upstream,
+            )?;
+            // Quoted, as tracing writes a string field.
+            json_string(out, a.client_id);
+            out.push('\n');
+            Ok(())
         }
         Format::Json => {
             out.push_str("{\"timestamp\":\"");
             time(out)?;
-            write!(out, "\",\"level\":\"INFO\",\"fields\":{{\"peer\":\"{}\"", a.peer)?;
-            for (key, value) in [("method", a.method), ("path", a.path), ("route", a.route)] {
+            out.push_str("\",\"level\":\"INFO\",\"fields\":{\"request_id\":");
+            json_string(out, a.request_id);
+            write!(out, ",\"peer\":\"{}\",\"client\":\"{}\"", a.peer, a.client)?;
+            for (key, value) in [("method", a.method), ("host", a.host), ("path", a.path), ("route", a.route)] {
                 write!(out, ",\"{key}\":")?;
                 json_string(out, value);
             }
-            write!(out, ",\"status\":{},\"latency_us\":{},\"client_id\":", a.status, a.latency_us)?;
+            write!(
+                out,
+                ",\"status\":{},\"latency_us\":{},\"bytes_in\":{},\"bytes_out\":{},\"complete\":{},\"upstream\":",
+                a.status, a.latency_us, a.bytes_in, a.bytes_out, a.complete
+            )?;
+            json_string(out, a.upstream);
+            out.push_str(",\"client_id\":");
             json_string(out, a.client_id);
             out.push_str("},\"target\":\"portcullis::access\"}\n");
             Ok(())
@@ -323,12 +372,19 @@ mod tests {
     #[test]
     fn access_lines_are_valid_json_with_the_fields_of_a_tracing_event() {
         let a = Access {
+            request_id: "req-1",
             peer: "::1",
+            client: "203.0.113.9".parse().unwrap(),
             method: "GET",
+            host: "api.example:8443",
             path: "/a\"b\\c\u{1}d",
             route: "/a",
             status: 404,
             latency_us: 17,
+            bytes_in: 5,
+            bytes_out: 1234,
+            complete: true,
+            upstream: "127.0.0.1:9000",
             client_id: "-",
         };
         let mut line = String::new();
@@ -350,12 +406,25 @@ mod tests {
             (f["method"].as_str(), f["route"].as_str(), f["client_id"].as_str()),
             (Some("GET"), Some("/a"), Some("-"))
         );
+        assert_eq!((f["request_id"].as_str(), f["client"].as_str()), (Some("req-1"), Some("203.0.113.9")));
+        assert_eq!((f["host"].as_str(), f["upstream"].as_str()), (Some("api.example:8443"), Some("127.0.0.1:9000")));
+        assert_eq!((f["bytes_in"].as_u64(), f["bytes_out"].as_u64(), f["complete"].as_bool()), (Some(5), Some(1234), Some(true)));
 
         line.clear();
         format_access(&mut line, Format::Pretty, &a).unwrap();
         let (_, rest) = line.split_once("  INFO portcullis::access: ").unwrap();
-        assert!(rest.starts_with("peer=::1 method=GET path="), "{line}");
-        assert!(rest.ends_with(" route=/a status=404 latency_us=17 client_id=\"-\"\n"), "{line}");
+        assert!(
+            rest.starts_with("request_id=req-1 peer=::1 client=203.0.113.9 method=GET host=api.example:8443 path="),
+            "{line}"
+        );
+        assert!(
+            rest.ends_with(
+                " route=/a status=404 latency_us=17 bytes_in=5 bytes_out=1234 complete=true \
+                 upstream=127.0.0.1:9000 client_id=\"-\"\n"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("Some("), "{line}");
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::hash::Hash;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,8 +16,10 @@ use arc_swap::ArcSwap;
 
 use crate::tokens::validate::CacheStats;
 
-/// Upper bounds (seconds) of the upstream latency buckets.
-const LATENCY_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds (seconds) of the upstream latency buckets: up to 10 minutes, the longest
+/// `upstream_timeout` the config accepts, so a timeout never hides in `+Inf` alone.
+const LATENCY_BUCKETS: [f64; 18] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
 /// Route label of a request that matched no route (and of refusals before routing).
 pub const UNMATCHED: &str = "unmatched";
@@ -36,6 +40,29 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_success: AtomicU64,
+    /// 1 while the last reload attempt (or the start) put its configuration in force.
+    last_reload_ok: AtomicU64,
+    open_connections: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
+    /// The TLS listeners and the `notAfter` (Unix time) of the certificate they serve.
+    certificates: Mutex<Vec<(SocketAddr, i64)>>,
+}
+
+/// Holds one unit of a gauge (an open connection, a request in flight) until dropped.
+/// Taking one clones an `Arc` and bumps an atomic: no allocation on the request path.
+pub struct GaugeGuard(Arc<AtomicU64>);
+
+impl GaugeGuard {
+    fn new(gauge: &Arc<AtomicU64>) -> GaugeGuard {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -49,7 +76,39 @@ impl Metrics {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload_success: AtomicU64::new(crate::tokens::now_secs()),
+            last_reload_ok: AtomicU64::new(1),
+            open_connections: Arc::default(),
+            in_flight: Arc::default(),
+            certificates: Mutex::new(Vec::new()),
         }
+    }
+
+    /// One accepted connection on a gateway listener, open until the guard drops.
+    pub fn connection_opened(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.open_connections)
+    }
+
+    /// One request being answered (until its response body is sent), until the guard drops.
+    pub fn request_started(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.in_flight)
+    }
+
+    /// Record the certificate that the TLS `listeners` now serve (read from `cert`, the
+    /// file just loaded), at start and after each reload that put one in force. A file that
+    /// cannot be read or parsed drops the series, which the expiry alert treats as absent.
+    pub fn certificate(&self, cert: Option<&Path>, listeners: impl Iterator<Item = SocketAddr>) {
+        let not_after = cert.and_then(|p| match certificate_not_after(p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(cert = %p.display(), error = %e, "cannot read the certificate's expiry for the metrics");
+                None
+            }
+        });
+        let series = match not_after {
+            Some(t) => listeners.map(|l| (l, t)).collect(),
+            None => Vec::new(),
+        };
+        *self.certificates.lock().unwrap_or_else(|e| e.into_inner()) = series;
     }
 
     /// One answered request on the gateway listeners.
@@ -88,8 +147,10 @@ impl Metrics {
         if ok {
             self.reloads_ok.fetch_add(1, Ordering::Relaxed);
             self.last_reload_success.store(crate::tokens::now_secs(), Ordering::Relaxed);
+            self.last_reload_ok.store(1, Ordering::Relaxed);
         } else {
             self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            self.last_reload_ok.store(0, Ordering::Relaxed);
         }
     }
 
@@ -213,6 +274,46 @@ impl Metrics {
             "portcullis_config_last_reload_success_timestamp_seconds {}",
             self.last_reload_success.load(Ordering::Relaxed)
         );
+        header(
+            &mut out,
+            "portcullis_config_last_reload_successful",
+            "gauge",
+            "1 if the last reload (or the start) put its configuration in force, 0 if it was refused.",
+        );
+        let _ = writeln!(out, "portcullis_config_last_reload_successful {}", self.last_reload_ok.load(Ordering::Relaxed));
+
+        header(&mut out, "portcullis_open_connections", "gauge", "Connections open on the gateway listeners.");
+        let _ = writeln!(out, "portcullis_open_connections {}", self.open_connections.load(Ordering::Relaxed));
+        header(
+            &mut out,
+            "portcullis_requests_in_flight",
+            "gauge",
+            "Requests received on the gateway listeners whose response is not yet fully sent.",
+        );
+        let _ = writeln!(out, "portcullis_requests_in_flight {}", self.in_flight.load(Ordering::Relaxed));
+
+        let certificates = self.certificates.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        header(
+            &mut out,
+            "portcullis_tls_cert_not_after_timestamp_seconds",
+            "gauge",
+            "When the certificate a TLS listener serves expires, as Unix time.",
+        );
+        for (listener, not_after) in &certificates {
+            let _ = writeln!(out, "portcullis_tls_cert_not_after_timestamp_seconds{{listener=\"{listener}\"}} {not_after}");
+        }
+        header(
+            &mut out,
+            "portcullis_tls_cert_expiry_seconds",
+            "gauge",
+            "Seconds until the certificate a TLS listener serves expires (negative: expired).",
+        );
+        let now = i64::try_from(crate::tokens::now_secs()).unwrap_or(i64::MAX);
+        for (listener, not_after) in &certificates {
+            let left = not_after.saturating_sub(now);
+            let _ = writeln!(out, "portcullis_tls_cert_expiry_seconds{{listener=\"{listener}\"}} {left}");
+        }
+        process::render(&mut out);
         out
     }
 }
@@ -220,6 +321,87 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The `notAfter` of the first (leaf) certificate in a PEM file, as Unix time.
+pub fn certificate_not_after(path: &Path) -> Result<i64, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let leaf = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no certificate in file")?
+        .map_err(|e| e.to_string())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| e.to_string())?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// The standard `process_*` metrics of Prometheus client libraries, from `/proc/self`
+/// (Linux). Elsewhere, or when a file cannot be read, the series are left out.
+mod process {
+    use std::fmt::Write;
+
+    /// Linux reports CPU times in clock ticks of `USER_HZ`, 100 on every architecture.
+    const TICKS_PER_SEC: f64 = 100.0;
+
+    pub(super) fn render(out: &mut String) {
+        // Fields after the parenthesised command name, which may itself hold spaces.
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        let fields: Vec<&str> = stat
+            .as_deref()
+            .and_then(|s| s.rsplit_once(')'))
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // stat(5): utime is field 14, stime 15, starttime 22; `fields[0]` is field 3.
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            super::header(out, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+            let _ = writeln!(out, "process_cpu_seconds_total {}", (utime + stime) / TICKS_PER_SEC);
+        }
+        if let Some(kib) = status_kib("VmRSS:") {
+            super::header(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+            let _ = writeln!(out, "process_resident_memory_bytes {}", kib * 1024);
+        }
+        if let Some(kib) = status_kib("VmSize:") {
+            super::header(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+            let _ = writeln!(out, "process_virtual_memory_bytes {}", kib * 1024);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            super::header(out, "process_open_fds", "gauge", "Number of open file descriptors.");
+            let _ = writeln!(out, "process_open_fds {}", dir.count());
+        }
+        if let Some(max) = max_fds() {
+            super::header(out, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+            let _ = writeln!(out, "process_max_fds {max}");
+        }
+        if let (Some(start), Some(boot)) = (field(22), boot_time()) {
+            super::header(
+                out,
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+            );
+            let _ = writeln!(out, "process_start_time_seconds {}", boot + start / TICKS_PER_SEC);
+        }
+    }
+
+    fn status_kib(key: &str) -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].split_whitespace().next()?.parse().ok()
+    }
+
+    /// The soft limit of `Max open files`; "unlimited" is left out.
+    fn max_fds() -> Option<u64> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+    }
+
+    fn boot_time() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()
     }
 }
 

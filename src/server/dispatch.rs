@@ -1,16 +1,25 @@
 //! One request: build its context, run the endpoint or the proxy phases, then the logging
-//! phase (metrics and the access line), then the finishing touches every answer gets.
+//! phase (metrics at the response head, the access line once the body is sent), then the
+//! finishing touches every answer gets.
 
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::context::{Ctx, Outcome};
 use super::peer::Peer;
 use crate::authority::Authority;
-use crate::http::Body;
-use crate::metrics;
+use crate::http::{Body, BoxError};
+use crate::metrics::{self, GaugeGuard};
 use crate::proxy::error::ProxyError;
 use crate::ratelimit;
 use crate::state::Gateway;
@@ -32,9 +41,13 @@ enum Endpoint {
     Unsupported,
 }
 
+/// The request id: taken from a trusted proxy, made here otherwise; sent upstream and back.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Dispatch one request: our OAuth endpoints, or the proxy phases; then the logging phase.
 pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
+    let in_flight = gw.metrics.request_started();
     let method = req.method().clone();
     // The path only: a query string may carry credentials and never reaches the log.
     // (A clone of the parsed URI shares its bytes.)
@@ -58,16 +71,21 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
         p if p == c.jwks_path => Endpoint::Jwks,
         _ => Endpoint::Proxy,
     };
-    let source = match endpoint {
-        Endpoint::Token | Endpoint::Authorize | Endpoint::Revoke | Endpoint::Introspect => {
-            ratelimit::source_ip(c, peer.addr.ip(), req.headers())
-        }
-        _ => peer.addr.ip(),
-    };
+    // The address the gateway acts on: the peer, or behind trusted proxies the nearest
+    // address they vouch for (no allocation unless the peer is a trusted proxy).
+    let trusted = c.is_trusted_proxy(peer.addr.ip());
+    let source = ratelimit::source_ip(c, peer.addr.ip(), req.headers());
+    let request_id = request_id(trusted, req.headers());
     let (bad_host, authority) = match authority {
         Ok(a) => (None, a),
         Err(why) => (Some(why), None),
     };
+    // Counted as the handler reads it; the access line reads the count once the answer is sent.
+    let received = Arc::new(AtomicU64::new(0));
+    let (mut parts, body) = req.into_parts();
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    let req = Request::from_parts(parts, Counted { inner: body, count: received.clone() });
+    let host = authority.as_ref().map(|a| a.header_value().clone());
     let ctx = Ctx { rt, peer, source, started, authority };
     // The route the metrics and the log name: ours by endpoint, a proxied one by its prefix.
     let (resp, outcome, label): (_, Outcome, Option<&'static str>) = match endpoint {
@@ -104,35 +122,35 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
             (resp, outcome, None)
         }
     };
-    let route = label.or(outcome.route_prefix()).unwrap_or(metrics::UNMATCHED);
     let status = resp.status().as_u16();
-    log(
-        gw,
-        &ctx,
-        &outcome,
-        &Line { method: method.as_str(), path, route, status, token: matches!(endpoint, Endpoint::Token) },
-    );
+    metrics_phase(gw, &outcome, label, status, matches!(endpoint, Endpoint::Token));
     let mut resp = if method == http::Method::HEAD { headers_only(resp) } else { resp };
     if let Some(value) = hsts {
         resp.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, value);
     }
-    resp
+    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    let line = Pending {
+        _in_flight: in_flight,
+        peer: peer.clone(),
+        client: source,
+        method,
+        uri,
+        label,
+        outcome,
+        status,
+        latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        host,
+        request_id,
+        received,
+    };
+    resp.map(|body| Logged { inner: body, sent: 0, line: Some(line) }.boxed())
 }
 
-/// What the access line names besides the outcome, borrowed from the request.
-struct Line<'a> {
-    method: &'a str,
-    path: &'a str,
-    route: &'a str,
-    status: u16,
-    /// A token endpoint request, counted by grant and result.
-    token: bool,
-}
-
-/// The logging phase: every metric a request moves, and its access line, in one place.
-fn log(gw: &Gateway, ctx: &Ctx<'_>, outcome: &Outcome, line: &Line<'_>) {
+/// The metrics part of the logging phase, at the response head: every metric a request
+/// moves, in one place.
+fn metrics_phase(gw: &Gateway, outcome: &Outcome, label: Option<&'static str>, status: u16, token: bool) {
     let m = &gw.metrics;
-    if line.token {
+    if token {
         let grant = outcome.grant.map_or(metrics::NO_GRANT, |g| g.as_str());
         m.token_request(grant, outcome.error.unwrap_or(metrics::ISSUED));
     }
@@ -142,16 +160,174 @@ fn log(gw: &Gateway, ctx: &Ctx<'_>, outcome: &Outcome, line: &Line<'_>) {
     if let (Some(route), Some(elapsed)) = (outcome.route_prefix(), outcome.upstream_latency) {
         m.upstream_latency(route, elapsed);
     }
-    m.request(line.route, line.status);
-    crate::logging::access(&crate::logging::Access {
-        peer: ctx.peer.ip_text(),
-        method: line.method,
-        path: line.path,
-        route: line.route,
-        status: line.status,
-        latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        client_id: outcome.client_id().unwrap_or("-"),
+    m.request(label.or(outcome.route_prefix()).unwrap_or(metrics::UNMATCHED), status);
+}
+
+/// The longest request id accepted from a trusted proxy.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request's id: a trusted proxy's `X-Request-Id` when it is exactly one value of 1 to
+/// 128 letters, digits, `-`, `_`, `.` or `:` (a UUID, a hex or base64url id); a fresh one in
+/// every other case, so an id in the log or upstream is never text a caller chose.
+fn request_id(trusted: bool, headers: &HeaderMap) -> HeaderValue {
+    if trusted {
+        let mut values = headers.get_all(X_REQUEST_ID).iter();
+        if let (Some(v), None) = (values.next(), values.next()) {
+            let b = v.as_bytes();
+            if (1..=MAX_REQUEST_ID).contains(&b.len())
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+            {
+                return v.clone();
+            }
+        }
+    }
+    fresh_request_id()
+}
+
+/// 32 hex digits: 64 random bits drawn once per process, then a counter. Unique across
+/// replicas without a random draw per request.
+fn fresh_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // Without the system's randomness, the clock still tells processes apart.
+        if aws_lc_rs::rand::fill(&mut b).is_err() {
+            b = u64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos() & u128::from(u64::MAX))
+                .unwrap_or(0)
+                .to_be_bytes();
+        }
+        u64::from_be_bytes(b)
     });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // Hex digits are always valid header text.
+    HeaderValue::try_from(format!("{prefix:016x}{n:016x}")).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A request body that counts the bytes read from it (for `bytes_in`).
+struct Counted {
+    inner: Incoming,
+    count: Arc<AtomicU64>,
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the access line says, kept until the response body has been sent (or dropped).
+struct Pending {
+    /// The in-flight gauge counts the request until its line is written.
+    _in_flight: GaugeGuard,
+    peer: Peer,
+    client: IpAddr,
+    method: Method,
+    /// The path is logged, never the query string (it may carry credentials).
+    uri: Uri,
+    label: Option<&'static str>,
+    outcome: Outcome,
+    status: u16,
+    latency_us: u64,
+    host: Option<HeaderValue>,
+    request_id: HeaderValue,
+    received: Arc<AtomicU64>,
+}
+
+impl Pending {
+    /// The access-log part of the logging phase.
+    fn write(&self, sent: u64, complete: bool) {
+        let o = &self.outcome;
+        let upstream = o.route.as_deref().map(|r| r.upstream.authority.as_str());
+        crate::logging::access(&crate::logging::Access {
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            peer: self.peer.ip_text(),
+            client: self.client,
+            method: self.method.as_str(),
+            host: self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            path: self.uri.path(),
+            route: self.label.or(o.route_prefix()).unwrap_or(metrics::UNMATCHED),
+            status: self.status,
+            latency_us: self.latency_us,
+            bytes_in: self.received.load(Ordering::Relaxed),
+            bytes_out: sent,
+            complete,
+            upstream: upstream.unwrap_or("-"),
+            client_id: o.client_id().unwrap_or("-"),
+        });
+    }
+}
+
+/// The response body, counted; the access line is written when it ends, fails, or is
+/// dropped unfinished (the client went away).
+struct Logged {
+    inner: Body,
+    sent: u64,
+    line: Option<Pending>,
+}
+
+impl Logged {
+    fn finish(&mut self, complete: bool) {
+        if let Some(line) = self.line.take() {
+            line.write(self.sent, complete);
+        }
+    }
+}
+
+impl HttpBody for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        // An empty body may never be polled: it is complete when it is empty.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
 }
 
 /// The answer to a HEAD request: the head of what GET would send, and no body. hyper drops
