@@ -408,7 +408,10 @@ mod tests {
         );
         assert_eq!((f["request_id"].as_str(), f["client"].as_str()), (Some("req-1"), Some("203.0.113.9")));
         assert_eq!((f["host"].as_str(), f["upstream"].as_str()), (Some("api.example:8443"), Some("127.0.0.1:9000")));
-        assert_eq!((f["bytes_in"].as_u64(), f["bytes_out"].as_u64(), f["complete"].as_bool()), (Some(5), Some(1234), Some(true)));
+        assert_eq!(
+            (f["bytes_in"].as_u64(), f["bytes_out"].as_u64(), f["complete"].as_bool()),
+            (Some(5), Some(1234), Some(true))
+        );
 
         line.clear();
         format_access(&mut line, Format::Pretty, &a).unwrap();

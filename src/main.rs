@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     // Held until main returns: dropping it writes out what is still queued.
     let _log = init_logging(cli.log_format);
     match cli.command.unwrap_or(Command::Serve { config: PathBuf::from("gateway.toml"), threads: None }) {
-        Command::Serve { config, threads } => serve(config, threads),
+        Command::Serve { config, threads } => serve(config, threads, cli.log_format),
         Command::Check { config } => check(config),
         Command::HashSecret => hash_secret(),
         Command::GenKey { out } => gen_key(out),
@@ -94,13 +94,20 @@ fn init_logging(format: LogFormat) -> portcullis::logging::FlushGuard {
     guard
 }
 
-fn serve(path: PathBuf, threads: Option<u16>) -> ExitCode {
+/// A fatal start error: one JSON log line under `--log-format json` (what a log pipeline
+/// parses), else the plain text on stderr.
+fn fatal(format: LogFormat, error: &dyn std::fmt::Display) -> ExitCode {
+    match format {
+        LogFormat::Json => tracing::error!(error = %error, "cannot start"),
+        LogFormat::Pretty => eprintln!("{error}"),
+    }
+    ExitCode::FAILURE
+}
+
+fn serve(path: PathBuf, threads: Option<u16>, format: LogFormat) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fatal(format, &e),
     };
     // One worker: the current-thread scheduler does the same work without the
     // cross-thread machinery (work-stealing queues, unparking) a pool of one never uses.
@@ -115,18 +122,12 @@ fn serve(path: PathBuf, threads: Option<u16>) -> ExitCode {
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fatal(format, &format_args!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
         let server = match Server::bind(config).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("{}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return fatal(format, &format_args!("{}: {e}", path.display())),
         };
         for (addr, tls) in server.local_addrs() {
             tracing::info!(address = %addr, scheme = if tls { "https" } else { "http" }, "listening");

@@ -45,7 +45,7 @@ pub struct Metrics {
     open_connections: Arc<AtomicU64>,
     in_flight: Arc<AtomicU64>,
     /// The TLS listeners and the `notAfter` (Unix time) of the certificate they serve.
-    certificates: Mutex<Vec<(SocketAddr, i64)>>,
+    certificates: Mutex<(Vec<SocketAddr>, Option<i64>)>,
 }
 
 /// Holds one unit of a gauge (an open connection, a request in flight) until dropped.
@@ -79,7 +79,7 @@ impl Metrics {
             last_reload_ok: AtomicU64::new(1),
             open_connections: Arc::default(),
             in_flight: Arc::default(),
-            certificates: Mutex::new(Vec::new()),
+            certificates: Mutex::new((Vec::new(), None)),
         }
     }
 
@@ -93,10 +93,15 @@ impl Metrics {
         GaugeGuard::new(&self.in_flight)
     }
 
-    /// Record the certificate that the TLS `listeners` now serve (read from `cert`, the
-    /// file just loaded), at start and after each reload that put one in force. A file that
+    /// The bound addresses of the TLS listeners, which label the certificate series.
+    pub fn tls_listeners(&self, listeners: Vec<SocketAddr>) {
+        self.certificates.lock().unwrap_or_else(|e| e.into_inner()).0 = listeners;
+    }
+
+    /// Record the certificate the TLS listeners now serve (read again from `cert`, the file
+    /// just loaded), at start and after each reload that put one in force. A file that
     /// cannot be read or parsed drops the series, which the expiry alert treats as absent.
-    pub fn certificate(&self, cert: Option<&Path>, listeners: impl Iterator<Item = SocketAddr>) {
+    pub fn certificate(&self, cert: Option<&Path>) {
         let not_after = cert.and_then(|p| match certificate_not_after(p) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -104,11 +109,7 @@ impl Metrics {
                 None
             }
         });
-        let series = match not_after {
-            Some(t) => listeners.map(|l| (l, t)).collect(),
-            None => Vec::new(),
-        };
-        *self.certificates.lock().unwrap_or_else(|e| e.into_inner()) = series;
+        self.certificates.lock().unwrap_or_else(|e| e.into_inner()).1 = not_after;
     }
 
     /// One answered request on the gateway listeners.
@@ -280,7 +281,8 @@ impl Metrics {
             "gauge",
             "1 if the last reload (or the start) put its configuration in force, 0 if it was refused.",
         );
-        let _ = writeln!(out, "portcullis_config_last_reload_successful {}", self.last_reload_ok.load(Ordering::Relaxed));
+        let _ =
+            writeln!(out, "portcullis_config_last_reload_successful {}", self.last_reload_ok.load(Ordering::Relaxed));
 
         header(&mut out, "portcullis_open_connections", "gauge", "Connections open on the gateway listeners.");
         let _ = writeln!(out, "portcullis_open_connections {}", self.open_connections.load(Ordering::Relaxed));
@@ -292,7 +294,9 @@ impl Metrics {
         );
         let _ = writeln!(out, "portcullis_requests_in_flight {}", self.in_flight.load(Ordering::Relaxed));
 
-        let certificates = self.certificates.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (listeners, not_after) = self.certificates.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let certificates: Vec<(SocketAddr, i64)> =
+            not_after.map(|t| listeners.iter().map(|l| (*l, t)).collect()).unwrap_or_default();
         header(
             &mut out,
             "portcullis_tls_cert_not_after_timestamp_seconds",
@@ -300,7 +304,8 @@ impl Metrics {
             "When the certificate a TLS listener serves expires, as Unix time.",
         );
         for (listener, not_after) in &certificates {
-            let _ = writeln!(out, "portcullis_tls_cert_not_after_timestamp_seconds{{listener=\"{listener}\"}} {not_after}");
+            let _ =
+                writeln!(out, "portcullis_tls_cert_not_after_timestamp_seconds{{listener=\"{listener}\"}} {not_after}");
         }
         header(
             &mut out,
@@ -356,7 +361,12 @@ mod process {
         // stat(5): utime is field 14, stime 15, starttime 22; `fields[0]` is field 3.
         let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
         if let (Some(utime), Some(stime)) = (field(14), field(15)) {
-            super::header(out, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+            super::header(
+                out,
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+            );
             let _ = writeln!(out, "process_cpu_seconds_total {}", (utime + stime) / TICKS_PER_SEC);
         }
         if let Some(kib) = status_kib("VmRSS:") {

@@ -34,6 +34,16 @@ pub enum Trigger {
     FileChange,
 }
 
+impl Trigger {
+    /// The name the log writes.
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "Signal",
+            Trigger::FileChange => "FileChange",
+        }
+    }
+}
+
 /// Re-read `path` and put it in force; on any error nothing changes.
 pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) -> Result<(), ConfigError> {
     let config = Config::load(path)?;
@@ -55,6 +65,7 @@ pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) 
         StartError::UpstreamTls(_) | StartError::Store(_) => config.error_at(0, e.to_string()),
     })?;
     tls_slot.store(acceptor);
+    gw.metrics.certificate(config.tls.as_ref().map(|t| t.cert.as_path()));
     Ok(())
 }
 
@@ -167,7 +178,7 @@ impl Reloader {
             match result {
                 Ok(Ok(())) => {
                     self.gw.metrics.reload(true);
-                    tracing::info!(trigger = ?trigger, config = %self.path.display(), "configuration reloaded");
+                    tracing::info!(trigger = trigger.as_str(), config = %self.path.display(), "configuration reloaded");
                     // New TLS file paths need watching, and the fingerprint must cover
                     // them. Otherwise keep the one taken before reading: a change made
                     // while we reloaded must still count as a change.
@@ -178,11 +189,11 @@ impl Reloader {
                 }
                 Ok(Err(e)) => {
                     self.gw.metrics.reload(false);
-                    tracing::error!(trigger = ?trigger, error = %e, "configuration refused; the previous one keeps serving");
+                    tracing::error!(trigger = trigger.as_str(), error = %e, "configuration refused; the previous one keeps serving");
                 }
                 Err(e) => {
                     self.gw.metrics.reload(false);
-                    tracing::error!(trigger = ?trigger, error = %e, "configuration reload failed; the previous one keeps serving");
+                    tracing::error!(trigger = trigger.as_str(), error = %e, "configuration reload failed; the previous one keeps serving");
                 }
             }
         }

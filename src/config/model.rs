@@ -69,6 +69,16 @@ impl KeyAlgorithm {
             _ => None,
         }
     }
+
+    /// The name as the config and JOSE write it, for the log.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+            Self::HS256 => "HS256",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

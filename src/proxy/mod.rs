@@ -32,9 +32,11 @@ where
         Err(e) => {
             match &e {
                 ProxyError::BadGateway(detail) => {
-                    tracing::warn!(route = ?outcome.route_prefix(), detail = %detail, "upstream failed")
+                    tracing::warn!(route = outcome.route_prefix().unwrap_or("-"), detail = %detail, "upstream failed")
                 }
-                ProxyError::GatewayTimeout => tracing::warn!(route = ?outcome.route_prefix(), "upstream timed out"),
+                ProxyError::GatewayTimeout => {
+                    tracing::warn!(route = outcome.route_prefix().unwrap_or("-"), "upstream timed out")
+                }
                 other => tracing::debug!(error = %other, "request refused"),
             }
             e.into_response(&ctx.rt.config.realm)

@@ -18,9 +18,9 @@ pub struct Ctx<'a> {
     /// mid-request cannot mix the rate limits of one config with the clients of another.
     pub rt: Arc<Runtime>,
     pub peer: &'a Peer,
-    /// Whom the per-IP rate limits charge ([`crate::ratelimit::source_ip`]) on our own
-    /// endpoints; on the proxy path, which is not rate limited, the peer's address (walking
-    /// `X-Forwarded-For` there would cost an allocation per request).
+    /// The address the gateway acts on ([`crate::ratelimit::source_ip`]): the peer, or
+    /// behind trusted proxies the client they vouch for. The per-IP rate limits charge it
+    /// and the access log names it beside the peer.
     pub source: IpAddr,
     pub started: Instant,
     /// The request's authority, parsed and checked once ([`Authority::of_request`]).

@@ -78,6 +78,9 @@ impl Server {
             None => None,
         };
         let gateway = Gateway::new(config)?;
+        let tls_addrs = listeners.iter().filter(|(_, tls)| *tls).filter_map(|(l, _)| l.local_addr().ok()).collect();
+        gateway.metrics.tls_listeners(tls_addrs);
+        gateway.metrics.certificate(gateway.runtime().config.tls.as_ref().map(|t| t.cert.as_path()));
         let tls = Arc::new(ArcSwapOption::from(tls.map(Arc::new)));
         // Now, not in `run`: from here on SIGHUP reloads instead of ending the process.
         let reloader = Reloader::new(gateway.clone(), tls.clone());
@@ -221,6 +224,7 @@ async fn serve_connection(
     tls: Option<Arc<TlsAcceptor>>,
     graceful: Watcher,
 ) {
+    let _open = gw.metrics.connection_opened();
     let limits = gw.runtime().config.limits.clone();
     let activity = Arc::new(Activity::new());
     let io = ActivityIo { inner: stream, activity: activity.clone() };

@@ -187,7 +187,7 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
             path: path.clone(),
             source,
         })?;
-        tracing::info!(kid = %kc.id, path = %path, alg = ?kc.algorithm, "generated a new signing key");
+        tracing::info!(kid = %kc.id, path = %path, alg = kc.algorithm.as_str(), "generated a new signing key");
     }
     let bytes =
         std::fs::read(&kc.file).map_err(|source| KeyError::Read { kid: kc.id.clone(), path: path.clone(), source })?;
