@@ -94,7 +94,7 @@ impl RateLimiter {
         if !cfg.enabled {
             return Ok(());
         }
-        self.ip_buckets(endpoint).take(ip_key(ip), cfg.ip, 1.0)
+        self.ip_buckets(endpoint).take(ip_key(ip), cfg.ip, 1.0).inspect_err(|t| tracing::warn!(security_event = "rate_limited", endpoint = endpoint.as_str(), source = %ip, retry_after_secs = t.retry_after_secs(), "per-IP rate limit tripped"))
     }
 
     /// A failed authentication from `ip`: charge the rest of `failure_cost`.
@@ -111,7 +111,14 @@ impl RateLimiter {
         if !cfg.enabled {
             return Ok(());
         }
-        self.clients.take(name_key(client_id), cfg.client_failures, 1.0)
+        // The id is not logged: it may be a secret pasted into the wrong field.
+        self.clients.take(name_key(client_id), cfg.client_failures, 1.0).inspect_err(|t| {
+            tracing::warn!(
+                security_event = "client_lockout",
+                retry_after_secs = t.retry_after_secs(),
+                "client id locked out after repeated authentication failures"
+            )
+        })
     }
 
     /// The secret verified: give the reserved failure back.
@@ -127,7 +134,14 @@ impl RateLimiter {
         if !cfg.enabled {
             return Ok(());
         }
-        self.users.take(name_key(username), cfg.user_failures, 1.0)
+        // The name is not logged: it may be a password typed into the wrong field.
+        self.users.take(name_key(username), cfg.user_failures, 1.0).inspect_err(|t| {
+            tracing::warn!(
+                security_event = "user_lockout",
+                retry_after_secs = t.retry_after_secs(),
+                "username locked out after repeated failed logins"
+            )
+        })
     }
 
     /// The password verified: give the reserved failure back.

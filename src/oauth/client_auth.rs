@@ -99,7 +99,7 @@ pub async fn authenticate(
         (ClientAuth::Confidential { secret_hash: hash }, Some(secret)) => {
             gw.limiter.reserve_client(limits, &client.id).map_err(OAuthError::RateLimited)?;
             if !gw.secrets.verify(Kind::Client, &client.id, secret, hash).await {
-                tracing::debug!(client_id = %p.client_id, "wrong client secret");
+                tracing::warn!(security_event = "wrong_client_secret", client_id = %p.client_id, "wrong client secret");
                 return Err(fail);
             }
             gw.limiter.release_client(limits, &client.id);

@@ -155,6 +155,7 @@ async fn on_post(
     // cookie proves nothing.
     let binding = if form.get("action") == Some("consent") { Binding::Session } else { Binding::Nonce };
     if !csrf_matches(rt, headers, binding, form.get("csrf")) {
+        tracing::warn!(security_event = "csrf_failure", client_id = %req.client.id, "login or consent form without a valid CSRF token");
         return Err(AuthorizeError::Csrf);
     }
     let csrf = form.get("csrf").unwrap_or_default().to_string();
@@ -165,7 +166,7 @@ async fn on_post(
             let fields = carried(&req, &raw_scope, &csrf);
             let mut throttled = |t: Throttled| {
                 outcome.rate_limited = Some(Endpoint::Login);
-                tracing::info!(client_id = %req.client.id, "login rate limited");
+                tracing::debug!(client_id = %req.client.id, "login rate limited");
                 let msg = format!("Too many sign-in attempts. Try again in {} seconds.", t.retry_after_secs());
                 let mut resp = pages::login(&action, &req.client.name, &fields, Some(&msg));
                 *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;

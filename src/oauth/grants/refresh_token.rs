@@ -45,7 +45,7 @@ pub async fn grant(
         // The user was disabled or removed: the family dies for good (re-enabling the user
         // does not bring back a refresh token that met the block), its access tokens too.
         let revoked = revoke(gw, Revoke::Family(&current.family), Reason::UserInactive).await?;
-        tracing::info!(client_id = %client.id, revoked, "refresh token of an inactive user; its family is revoked");
+        tracing::warn!(security_event = "refresh_family_revoked", client_id = %client.id, revoked, "refresh token of an inactive user; its family is revoked");
         return Err(invalid());
     }
     // Sign first: rotation and linking the new access token to the family are one atomic
@@ -57,7 +57,7 @@ pub async fn grant(
     match gw.store.rotate_refresh(presented, &client.id, sha256(next.as_bytes()), next_expiry, access, now).await? {
         Rotate::Rotated(_) => Ok(TokenResponse::new(token, Some(next))),
         Rotate::Reused { revoked } => {
-            tracing::warn!(client_id = %client.id, revoked = revoked.len(), "refresh token reused; its family is revoked");
+            tracing::warn!(security_event = "refresh_token_reuse", client_id = %client.id, revoked = revoked.len(), "refresh token reused; its family is revoked");
             revoke(gw, Revoke::Revoked(revoked), Reason::RefreshReuse).await?;
             Err(invalid())
         }
