@@ -181,7 +181,8 @@ async fn forwarded_headers_are_set_by_the_gateway_and_callers_values_replaced() 
     assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(echo.header_all("x-forwarded-proto"), vec!["https"]);
     assert_eq!(echo.header_all("x-forwarded-host"), vec![format!("localhost:{}", gw.https.port())]);
-    assert!(echo.header("forwarded").is_none(), "{echo:?}");
+    // The caller's Forwarded is replaced by this hop's (docs/operations.md, "Forwarding headers").
+    assert_eq!(echo.header_all("forwarded"), vec!["for=127.0.0.1;proto=https"], "{echo:?}");
     // The upstream is addressed by its own authority, not the caller's Host.
     assert_eq!(echo.header_all("host"), vec![up.addr.to_string()]);
 }
@@ -257,7 +258,9 @@ async fn gateway_cookies_and_client_ip_headers_never_reach_the_upstream() {
         .unwrap();
     let echo: Echo = resp.json().await.unwrap();
     assert_eq!(echo.header("cookie"), Some("a=1; b=2"));
-    assert!(echo.header("x-real-ip").is_none() && echo.header("true-client-ip").is_none(), "{echo:?}");
+    // X-Real-IP is the gateway's: the address it acted on.
+    assert_eq!(echo.header_all("x-real-ip"), vec!["127.0.0.1"], "{echo:?}");
+    assert!(echo.header("true-client-ip").is_none(), "{echo:?}");
     let resp = gw
         .client()
         .get(gw.url("/api/c"))
@@ -657,14 +660,18 @@ async fn fail_closed_forwarding_and_rewrite_headers_from_untrusted_peers_never_r
         let names: Vec<String> = echo.headers.iter().map(|(n, _)| dashed(n)).collect();
         for name in FORWARDING_CLAIMS.iter().chain(&REWRITES).chain(&IDENTITY_CLAIMS) {
             let name = dashed(&name.to_ascii_lowercase());
-            let expected =
-                usize::from(matches!(name.as_str(), "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"));
+            let expected = usize::from(matches!(
+                name.as_str(),
+                "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "forwarded" | "x-real-ip"
+            ));
             assert_eq!(names.iter().filter(|n| **n == name).count(), expected, "{path} {name}: {echo:?}");
         }
         // The gateway's own values, not the caller's.
         assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{path}");
         assert_eq!(echo.header_all("x-forwarded-proto"), vec!["http"], "{path}");
         assert_eq!(echo.header_all("x-forwarded-host"), vec!["gw.example"], "{path}");
+        assert_eq!(echo.header_all("forwarded"), vec!["for=127.0.0.1;proto=http"], "{path}");
+        assert_eq!(echo.header_all("x-real-ip"), vec!["127.0.0.1"], "{path}");
         assert_eq!(echo.header_all("x-authorization"), vec!["api-key"], "{path}");
     }
 }

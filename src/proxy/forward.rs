@@ -35,6 +35,7 @@ fn is_hop_by_hop(name: &str) -> bool {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The fields a `Connection` header names: hop-by-hop for this message too. Read as bytes,
 /// so that another byte in the header cannot hide the names it lists.
@@ -393,6 +394,29 @@ fn valid_forwarded_host(headers: &HeaderMap) -> bool {
     }
 }
 
+/// `Forwarded` (RFC 7239) for the upstream: the elements a trusted proxy sent (`keep`), every
+/// line in order, then this hop's `for=<peer>;proto=<scheme>`. Nothing of a caller's is
+/// kept otherwise, nor a line that is not text.
+fn forwarded(headers: &HeaderMap, keep: bool, peer: &Peer) -> Option<HeaderValue> {
+    let ip = peer.addr.ip().to_canonical();
+    let proto = if peer.tls { "https" } else { "http" };
+    // An IPv6 node is bracketed and so must be quoted (RFC 7239 §6).
+    let hop = if ip.is_ipv6() { format!("for=\"[{ip}]\";proto={proto}") } else { format!("for={ip};proto={proto}") };
+    let prior: Vec<&str> = if keep {
+        headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let value = if prior.is_empty() { hop } else { format!("{}, {hop}", prior.join(", ")) };
+    HeaderValue::try_from(value).ok()
+}
+
 /// Rewrite inbound headers for the upstream: hygiene first, then what we vouch for.
 fn upstream_headers(
     headers: &mut HeaderMap,
@@ -416,6 +440,15 @@ fn upstream_headers(
         }
         _ => Some(peer.ip_header().clone()),
     };
+    let forwarded = forwarded(headers, trusted && !listed.contains(&header::FORWARDED), peer);
+    // The address the gateway acts on (the rate limits, the access log): the peer, or
+    // what trusted proxies vouch for in X-Forwarded-For.
+    let client = crate::ratelimit::source_ip(&rt.config, peer.addr.ip(), headers);
+    let real_ip = if client == peer.addr.ip().to_canonical() {
+        Some(peer.ip_header().clone())
+    } else {
+        HeaderValue::try_from(client.to_string()).ok()
+    };
 
     remove_where(headers, |name| {
         let n = name.as_str();
@@ -429,6 +462,8 @@ fn upstream_headers(
         // Ours to set: the upstream's own authority, the address we saw.
         n == "host"
             || n == "x-forwarded-for"
+            || n == "forwarded"
+            || n == "x-real-ip"
             || (n == "authorization" && !route.forward_token)
             // httpoxy: CGI makes it HTTP_PROXY, the upstream's outbound proxy.
             || sq_bytes == b"proxy"
@@ -444,6 +479,12 @@ fn upstream_headers(
 
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
+    }
+    if let Some(v) = forwarded {
+        headers.insert(header::FORWARDED, v);
+    }
+    if let Some(v) = real_ip {
+        headers.insert(X_REAL_IP, v);
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
