@@ -467,6 +467,8 @@ fn upstream_headers(
             || (n == "authorization" && !route.forward_token)
             // httpoxy: CGI makes it HTTP_PROXY, the upstream's outbound proxy.
             || sq_bytes == b"proxy"
+            // The request id is the gateway's (set by dispatch); no other spelling beside it.
+            || (sq_bytes == b"xrequestid" && n != "x-request-id")
             // Kept from a trusted proxy in the spellings proxies send; never otherwise.
             || (is_forwarding_claim(sq_bytes) && !(trusted && is_canonical_forwarding_claim(n)))
             || (is_rewrite(sq_bytes) && !(trusted && route.pass_rewrite_headers && REWRITES.contains(&n)))
