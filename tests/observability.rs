@@ -479,3 +479,22 @@ async fn a_fatal_start_error_is_one_json_line_under_log_format_json() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_rate_limited_token_request_is_counted_under_the_grant_it_asked_for() {
+    let up = EchoUpstream::start().await;
+    let extra = "[rate_limit]\nip_burst = 2\nfailure_cost = 1\nip_rate = 1\nip_window = \"1h\"\n";
+    let gw = TestGateway::start_with(up.addr, extra).await;
+    let _ = gw.token("svc", SVC_SECRET, None).await;
+    let _ = gw.token("svc", SVC_SECRET, None).await;
+    let (status, v) = token_request(&gw, Some(("svc", SVC_SECRET)), &[("grant_type", "client_credentials")]).await;
+    assert_eq!((status, v["error"].as_str()), (429, Some("slow_down")), "{v}");
+    let form = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)];
+    let (status, _) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
+    assert_eq!(status, 429);
+    let text = metrics_text(&gw).await;
+    let series = |grant: &str| format!("portcullis_token_requests_total{{grant=\"{grant}\",outcome=\"slow_down\"}}");
+    assert_eq!(value(&text, &series("client_credentials")), Some(1.0), "{text}");
+    assert_eq!(value(&text, &series("password")), Some(1.0), "{text}");
+    assert_eq!(value(&text, &series("none")), None, "{text}");
+}

@@ -24,7 +24,16 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut outcome = Outcome::default();
-    let result = limited(gw, ctx, Endpoint::Token, token(gw, ctx, req, &mut outcome)).await;
+    // The body first, so that a request the rate limit refuses is counted under its grant.
+    let read = read_post(ctx, req).await;
+    if let Ok((_, params)) = &read {
+        outcome.grant = params.get("grant_type").and_then(GrantType::parse);
+    }
+    let work = async {
+        let (parts, params) = read?;
+        token(gw, ctx, parts, params, &mut outcome).await
+    };
+    let result = limited(gw, ctx, Endpoint::Token, work).await;
     match result {
         Ok(resp) => (resp.into_response(), outcome),
         Err(e) => {
@@ -34,18 +43,13 @@ where
     }
 }
 
-async fn token<B>(
+async fn token(
     gw: &Gateway,
     ctx: &Ctx<'_>,
-    req: Request<B>,
+    parts: http::request::Parts,
+    params: Params,
     outcome: &mut Outcome,
-) -> Result<TokenResponse, OAuthError>
-where
-    B: HttpBody<Data = Bytes> + Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let (parts, params) = read_post(ctx, req).await?;
-
+) -> Result<TokenResponse, OAuthError> {
     // Cheap checks first: no argon2 work for a request that names no known grant.
     let grant_name = params.require("grant_type")?;
     let grant = GrantType::parse(grant_name).ok_or_else(|| OAuthError::UnsupportedGrantType(grant_name.to_string()))?;
