@@ -542,6 +542,67 @@ mod tests {
     }
 
     #[test]
+    fn gauges_follow_their_guards_and_the_reload_state_flips() {
+        let m = Metrics::new();
+        let text = m.render(&CacheStats { hits: 0, misses: 0, entries: 0 });
+        assert!(text.contains("\nportcullis_config_last_reload_successful 1\n"), "{text}");
+        let (c, r1, r2) = (m.connection_opened(), m.request_started(), m.request_started());
+        let text = m.render(&CacheStats { hits: 0, misses: 0, entries: 0 });
+        assert!(
+            text.contains("\nportcullis_open_connections 1\n") && text.contains("\nportcullis_requests_in_flight 2\n")
+        );
+        drop((c, r1, r2));
+        m.reload(false);
+        let text = m.render(&CacheStats { hits: 0, misses: 0, entries: 0 });
+        assert!(
+            text.contains("\nportcullis_open_connections 0\n") && text.contains("\nportcullis_requests_in_flight 0\n")
+        );
+        assert!(text.contains("\nportcullis_config_last_reload_successful 0\n"), "{text}");
+        m.reload(true);
+        let text = m.render(&CacheStats { hits: 0, misses: 0, entries: 0 });
+        assert!(text.contains("\nportcullis_config_last_reload_successful 1\n"), "{text}");
+    }
+
+    #[test]
+    fn certificate_series_name_each_tls_listener_and_go_when_the_file_is_unreadable() {
+        let dir = std::env::temp_dir().join(format!("portcullis-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("cert.pem");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        let m = Metrics::new();
+        m.tls_listeners(vec!["127.0.0.1:8443".parse().unwrap(), "[::1]:8443".parse().unwrap()]);
+        m.certificate(Some(&cert));
+        let text = m.render(&CacheStats { hits: 0, misses: 0, entries: 0 });
+        let not_after = certificate_not_after(&cert).unwrap();
+        assert!(text.contains(&format!(
+            "portcullis_tls_cert_not_after_timestamp_seconds{{listener=\"[::1]:8443\"}} {not_after}"
+        )));
+        assert!(text.contains("portcullis_tls_cert_expiry_seconds{listener=\"127.0.0.1:8443\"} "), "{text}");
+        m.certificate(Some(&dir.join("missing.pem")));
+        let text = m.render(&CacheStats { hits: 0, misses: 0, entries: 0 });
+        assert!(!text.contains("listener="), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn process_metrics_are_read_from_proc() {
+        let mut out = String::new();
+        process::render(&mut out);
+        if cfg!(target_os = "linux") {
+            for name in [
+                "process_cpu_seconds_total ",
+                "process_resident_memory_bytes ",
+                "process_open_fds ",
+                "process_max_fds ",
+                "process_start_time_seconds ",
+            ] {
+                assert!(out.contains(&format!("\n{name}")), "{name}: {out}");
+            }
+        }
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }

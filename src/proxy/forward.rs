@@ -954,6 +954,24 @@ mod hygiene_tests {
     }
 
     #[test]
+    fn forwarded_appends_this_hop_for_a_trusted_proxy_and_quotes_ipv6() {
+        let v4 = Peer::new("192.0.2.7:5000".parse().unwrap(), false);
+        let v6 = Peer::new("[2001:db8::1]:5000".parse().unwrap(), true);
+        let mapped = Peer::new("[::ffff:192.0.2.8]:5000".parse().unwrap(), true);
+        let fwd = |h: &HeaderMap, keep: bool, p: &Peer| forwarded(h, keep, p).unwrap().to_str().unwrap().to_string();
+        let none = HeaderMap::new();
+        assert_eq!(fwd(&none, true, &v4), "for=192.0.2.7;proto=http");
+        assert_eq!(fwd(&none, false, &v6), "for=\"[2001:db8::1]\";proto=https");
+        assert_eq!(fwd(&none, false, &mapped), "for=192.0.2.8;proto=https");
+        let theirs = headers(&[("forwarded", b"for=203.0.113.9"), ("forwarded", b" for=\"[::1]\";proto=https ")]);
+        assert_eq!(fwd(&theirs, true, &v4), "for=203.0.113.9, for=\"[::1]\";proto=https, for=192.0.2.7;proto=http");
+        assert_eq!(fwd(&theirs, false, &v4), "for=192.0.2.7;proto=http", "untrusted: replaced");
+        // A line that is not text is not kept.
+        let odd = headers(&[("forwarded", b"for=\xe9"), ("forwarded", b"for=198.51.100.1")]);
+        assert_eq!(fwd(&odd, true, &v4), "for=198.51.100.1, for=192.0.2.7;proto=http");
+    }
+
+    #[test]
     fn cookies_without_ours_are_left_alone_and_no_cookie_is_invented() {
         let mut h = headers(&[("accept", b"*/*")]);
         filter_cookies(&mut h);

@@ -347,3 +347,42 @@ fn headers_only(mut resp: Response<Body>) -> Response<Body> {
     *resp.body_mut() = crate::http::full(bytes::Bytes::new());
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ids(ids: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for id in ids {
+            h.append(X_REQUEST_ID, HeaderValue::from_bytes(id).unwrap());
+        }
+        h
+    }
+
+    fn is_fresh(v: &HeaderValue) -> bool {
+        v.len() == 32 && v.as_bytes().iter().all(u8::is_ascii_hexdigit)
+    }
+
+    #[test]
+    fn a_request_id_is_taken_only_from_a_trusted_proxy_and_only_when_well_formed() {
+        let uuid = b"0f8c2a4e-7b1d-4c3e-9a55-1e2f3a4b5c6d";
+        assert_eq!(request_id(true, &with_ids(&[uuid])).as_bytes(), uuid);
+        assert_eq!(request_id(true, &with_ids(&[b"a.b_c:d-1"])).as_bytes(), b"a.b_c:d-1");
+        let max = [b'a'; MAX_REQUEST_ID];
+        assert_eq!(request_id(true, &with_ids(&[&max])).as_bytes(), max);
+        assert!(is_fresh(&request_id(false, &with_ids(&[uuid]))), "untrusted");
+        let long = [b'a'; MAX_REQUEST_ID + 1];
+        for bad in [&b""[..], &long, b"a b", b"a,b", b"a/b", b"\xe9", b"a\tb", b"%2F"] {
+            assert!(is_fresh(&request_id(true, &with_ids(&[bad]))), "{bad:?}");
+        }
+        assert!(is_fresh(&request_id(true, &with_ids(&[b"a", b"b"]))), "two values");
+        assert!(is_fresh(&request_id(true, &HeaderMap::new())), "none");
+    }
+
+    #[test]
+    fn fresh_ids_differ() {
+        let (a, b) = (fresh_request_id(), fresh_request_id());
+        assert!(is_fresh(&a) && is_fresh(&b) && a != b);
+    }
+}
