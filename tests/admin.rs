@@ -41,7 +41,7 @@ async fn admin_listener_serves_health_readiness_and_nothing_else() {
     gw.gateway.set_serving(true);
 }
 
-/// Every line is a `# HELP`/`# TYPE` comment or `name{labels} value`, names are ours,
+/// Every line is a `# HELP`/`# TYPE` comment or `name{labels} value`, names are ours (or the standard `process_*`),
 /// and every sample's family was declared with a TYPE.
 fn check_exposition_format(text: &str) {
     let mut typed = std::collections::HashSet::new();
@@ -50,7 +50,7 @@ fn check_exposition_format(text: &str) {
             let mut parts = rest.splitn(3, ' ');
             let (kind, name) = (parts.next().unwrap(), parts.next().unwrap());
             assert!(kind == "HELP" || kind == "TYPE", "{line}");
-            assert!(name.starts_with("portcullis_"), "{line}");
+            assert!(name.starts_with("portcullis_") || name.starts_with("process_"), "{line}");
             if kind == "TYPE" {
                 assert!(["counter", "gauge", "histogram"].contains(&parts.next().unwrap()), "{line}");
                 typed.insert(name.to_string());
