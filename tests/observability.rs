@@ -425,10 +425,27 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     assert!(resp.status().is_client_error(), "{}", resp.status());
     bin.wait_for("CSRF failure", |v| security_event(v, "csrf_failure")).await;
 
+    // A client that leaves in the middle of a large body: its line says so, with what was sent.
+    let form = vec![("grant_type", "client_credentials".into())];
+    let v: Value = token(form, "svc", SVC_SECRET, "198.51.100.7").await.unwrap().json().await.unwrap();
+    let bearer = v["access_token"].as_str().unwrap().to_string();
+    let mut s = tokio::net::TcpStream::connect(&http).await.unwrap();
+    let req = format!("GET /big/50000000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = vec![0u8; 200_000];
+    s.read_exact(&mut got).await.unwrap();
+    drop(s);
+    let line = bin
+        .wait_for("the cut line", |v| v["target"] == "portcullis::access" && v["fields"]["path"] == "/big/50000000")
+        .await;
+    let f = &line["fields"];
+    assert_eq!((f["status"].as_u64(), f["complete"].as_bool()), (Some(200), Some(false)), "{f}");
+    assert!(f["bytes_out"].as_u64().is_some_and(|n| n < 50_000_000), "{f}");
+
     // No Rust debug formatting, and no secret, anywhere.
     for l in bin.raw() {
         assert!(!l.contains("Some(") && !l.contains("None"), "{l}");
-        for secret in [SVC_SECRET, ALICE_PASSWORD, refresh.as_str()] {
+        for secret in [SVC_SECRET, ALICE_PASSWORD, refresh.as_str(), bearer.as_str()] {
             assert!(!l.contains(secret), "{secret:?} in {l}");
         }
     }
