@@ -164,6 +164,9 @@ async fn shutdown_signal() {
     }
 }
 
+/// Refuses what `serve` would refuse: the file itself, then what it names (key, TLS and
+/// CA files, the store location), read but never written. Warnings go to stderr with
+/// `file:line` and do not fail the check.
 fn check(path: PathBuf) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -172,6 +175,13 @@ fn check(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for w in config.warnings() {
+        eprintln!("{w}");
+    }
+    if let Err(e) = portcullis::reload::preflight(&config) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     finish_output(print_check(&mut out, &path, &config).and_then(|()| out.flush()))
