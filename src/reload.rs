@@ -79,6 +79,8 @@ pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) 
 /// and the store location.
 pub fn preflight(config: &Config) -> Result<(), ConfigError> {
     crate::install_crypto_provider();
+    // The store first: whether it exists decides whether a key may be generated.
+    store_writable(config)?;
     KeySet::check(config).map_err(|e| config.error_at(config.key_line(e.kid()), e.to_string()))?;
     if let Some(files) = &config.tls {
         // Both missing with dev_certificate: `serve` makes them (and check must not).
@@ -88,7 +90,7 @@ pub fn preflight(config: &Config) -> Result<(), ConfigError> {
         }
     }
     crate::upstream::Upstreams::new(config).map_err(|e| config.error_at(config.upstream_ca_line(), e))?;
-    store_writable(config)
+    Ok(())
 }
 
 /// The embedded store file can be opened for writing, or created with its directories

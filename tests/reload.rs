@@ -17,6 +17,12 @@ fn edit_config(gw: &TestGateway, edit: impl FnOnce(String) -> String) {
     write_atomic(&gw.config_path, &new);
 }
 
+/// `portcullis gen-key --out <dir>/<name>`: a reload never generates a key.
+fn new_key_file(gw: &TestGateway, name: &str) {
+    let pem = portcullis::tokens::keys::generate_ed25519_pem().unwrap();
+    portcullis::tokens::keys::write_private(&gw.dir.path().join(name), pem.as_bytes()).unwrap();
+}
+
 fn signer_kid(gw: &TestGateway) -> String {
     gw.gateway.runtime().keys.signer().kid.clone()
 }
@@ -83,6 +89,8 @@ async fn key_rotation_keeps_listed_keys_valid_and_removal_rejects_cached_tokens(
     assert_eq!(cache_hits(&gw).await, hits + 1.0, "the second use was a cache hit");
 
     // Step 1: a new key first in the list signs; the old one stays listed and verifies.
+    // A reload generates no key: the file is made first, as the runbook says.
+    new_key_file(&gw, "k2.pem");
     edit_config(&gw, |t| {
         t.replacen("[[key]]\n", &format!("[[key]]\nid = \"k2\"\nfile = \"{dir}/k2.pem\"\n\n[[key]]\n"), 1)
     });
@@ -334,6 +342,7 @@ async fn reload_under_load_drops_and_fails_no_request() {
     settle().await;
 
     // 1. Rotation: a new signing key first, the old one kept.
+    new_key_file(&gw, "k2.pem");
     edit_config(&gw, |t| {
         t.replacen("[[key]]\n", &format!("[[key]]\nid = \"k2\"\nfile = \"{dir}/k2.pem\"\n\n[[key]]\n"), 1)
     });

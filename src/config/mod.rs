@@ -101,7 +101,7 @@ impl Config {
     /// Each warning at WARN, when this configuration is put in force.
     pub(crate) fn log_warnings(&self) {
         for w in &self.warnings {
-            tracing::warn!(config = %w.file.display(), line = w.line, "configuration warning: {}", w.reason);
+            tracing::warn!("{w}");
         }
     }
 

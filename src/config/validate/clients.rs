@@ -70,9 +70,12 @@ impl Validator<'_> {
                 grants.insert(grant);
             }
             // A refresh token is only ever issued alongside an access token from another grant.
-            if !implicit && !grants.is_empty() && grants.iter().all(|g| *g == GrantType::RefreshToken) {
+            if !implicit
+                && let Some(first) = c.grants.first()
+                && grants.iter().all(|g| *g == GrantType::RefreshToken)
+            {
                 return Err(self.err(
-                    span,
+                    first.span(),
                     format!(
                         "client {id:?}: grants = [\"refresh_token\"] alone can issue nothing (a refresh token comes \
                          from another grant): add that grant"

@@ -59,7 +59,7 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            if headers.all().iter().enumerate().any(|(j, other)| j != i && *other == name) {
+            if headers.all()[..i].contains(&name) {
                 return Err(self.err(given.span(), format!("identity header {:?} is used twice", given.get_ref())));
             }
         }
@@ -89,7 +89,7 @@ impl Validator<'_> {
                     ),
                     _ => format!("duplicate route for prefix {:?}", route.prefix),
                 };
-                return Err(self.err(r.span(), why));
+                return Err(self.err(r.get_ref().prefix.span(), why));
             }
             routes.push(Arc::new(route));
         }
