@@ -129,21 +129,42 @@ async fn key_rotation_keeps_listed_keys_valid_and_removal_rejects_cached_tokens(
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
 }
 
+/// Issue 18 point 2: a key-path typo applied by reload used to generate a new key under the
+/// same kid and turn every outstanding token 401. A reload never generates a key nor
+/// replaces the key of a kid in force; it is refused, counted as failed, and says why.
 #[tokio::test]
-async fn a_replaced_key_file_under_the_same_kid_voids_cached_verdicts() {
+async fn a_reload_never_replaces_the_key_of_a_kid_in_force() {
     let (_up, gw) = setup().await;
     let old = gw.token("svc", SVC_SECRET, None).await;
     assert_eq!(api_status(&gw, &old).await, 200);
-    let hits = cache_hits(&gw).await;
-    assert_eq!(api_status(&gw, &old).await, 200);
-    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the old token's verdict is cached");
-    // Same kid, new key material (a new file, generated on reload).
+    let slot = arc_swap::ArcSwapOption::<tokio_rustls::TlsAcceptor>::empty();
+    // A typo in the path: nothing is generated.
+    let (_, failed) = reloads(&gw);
     edit_config(&gw, |t| t.replacen("/k1.pem\"", "/k1-next.pem\"", 1));
-    wait_until("the new k1 file to be in force", || async { gw.dir.path().join("k1-next.pem").exists() }).await;
-    wait_until("the old k1 token to be refused", || async { api_status(&gw, &old).await == 401 }).await;
+    wait_until("the typo to be refused", || async { reloads(&gw).1 > failed }).await;
+    assert!(!gw.dir.path().join("k1-next.pem").exists(), "a reload generated a key");
+    let err = portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err().to_string();
+    assert!(err.contains("key k1:") && err.contains("a reload never generates a key"), "{err}");
+    // Another key under the same kid: refused too.
+    new_key_file(&gw, "k1-next.pem");
+    let (_, failed) = reloads(&gw);
+    portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err();
+    edit_config(&gw, |t| format!("{t}\n"));
+    wait_until("the other key to be refused", || async { reloads(&gw).1 > failed }).await;
+    let err = portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err().to_string();
+    assert!(err.contains("holds another key than the one in force"), "{err}");
+    assert!(slot.load().is_none(), "nothing swapped");
+    // Every outstanding token still passes, and k1 still signs with its old key.
+    assert_eq!(api_status(&gw, &old).await, 200);
     let new = gw.token("svc", SVC_SECRET, None).await;
     assert_eq!(jwt_part(&new, 0)["kid"], "k1");
     assert_eq!(api_status(&gw, &new).await, 200);
+    // The same key at another path (moved, or re-encoded) is no change of key: taken.
+    std::fs::copy(gw.dir.path().join("k1.pem"), gw.dir.path().join("k1-next.pem")).unwrap();
+    let (ok, _) = reloads(&gw);
+    edit_config(&gw, |t| format!("{t}\n"));
+    wait_until("the moved key to be taken", || async { reloads(&gw).0 > ok }).await;
+    assert_eq!(api_status(&gw, &old).await, 200);
 }
 
 #[tokio::test]
