@@ -81,15 +81,17 @@ impl Validator<'_> {
             );
             if !seen.insert(key) {
                 let same = routes.iter().find(|o: &&Arc<Route>| o.prefix.eq_ignore_ascii_case(&route.prefix));
-                let why = match same {
-                    Some(o) if o.prefix != route.prefix => format!(
-                        "route prefix {:?} differs from {:?} only in case: prefixes match regardless of case, so \
-                         this route would never be chosen",
-                        route.prefix, o.prefix
+                return Err(match same {
+                    Some(o) if o.prefix != route.prefix => self.err(
+                        r.get_ref().prefix.span(),
+                        format!(
+                            "route prefix {:?} differs from {:?} only in case: prefixes match regardless of case, \
+                             so this route would never be chosen",
+                            route.prefix, o.prefix
+                        ),
                     ),
-                    _ => format!("duplicate route for prefix {:?}", route.prefix),
-                };
-                return Err(self.err(r.get_ref().prefix.span(), why));
+                    _ => self.err(r.span(), format!("duplicate route for prefix {:?}", route.prefix)),
+                });
             }
             routes.push(Arc::new(route));
         }
