@@ -47,7 +47,19 @@ pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) 
     let acceptor = match &config.tls {
         Some(files) => {
             let at = |e: tls::TlsError| config.error_at(files.line, e.to_string());
-            tls::ensure_dev_certificate(files).map_err(at)?;
+            // As with keys: files missing at reload are a wrong path or a lost volume, and a
+            // self-signed certificate would silently replace the real one.
+            if !files.cert.exists() && !files.key.exists() {
+                return Err(config.error_at(
+                    files.line,
+                    format!(
+                        "TLS certificate {} and key {} do not exist; a reload never generates a certificate \
+                         (dev_certificate applies at start only): correct the paths",
+                        files.cert.display(),
+                        files.key.display()
+                    ),
+                ));
+            }
             Some(Arc::new(TlsAcceptor::from(tls::server_config(files).map_err(at)?)))
         }
         None => None,

@@ -411,3 +411,26 @@ async fn reload_under_load_drops_and_fails_no_request() {
     assert!(total > 100, "only {total} requests ran");
     eprintln!("reload under load: {total} requests, none failed, {ok_reloads} reloads ({failed_reloads} refused)");
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 18 point 2, certificates: a reload generates no dev certificate either
+
+#[tokio::test]
+async fn a_reload_never_generates_a_dev_certificate_for_missing_tls_files() {
+    let (_up, gw) = setup().await;
+    let served = served_certificate(&gw).await;
+    let d = gw.dir.path().display().to_string();
+    let (_, failed) = reloads(&gw);
+    edit_config(&gw, |t| {
+        t.replacen(&gw.pki.cert_path.display().to_string(), &format!("{d}/typo.crt.pem"), 1)
+            .replacen(&gw.pki.key_path.display().to_string(), &format!("{d}/typo.key.pem"), 1)
+            .replacen("[tls]\n", "[tls]\ndev_certificate = true\n", 1)
+    });
+    wait_until("the missing TLS files to be refused", || async { reloads(&gw).1 > failed }).await;
+    assert!(!gw.dir.path().join("typo.crt.pem").exists(), "a reload generated a certificate");
+    assert!(!gw.dir.path().join("typo.key.pem").exists(), "a reload generated a key");
+    let slot = arc_swap::ArcSwapOption::<tokio_rustls::TlsAcceptor>::empty();
+    let err = portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err().to_string();
+    assert!(err.contains("a reload never generates a certificate"), "{err}");
+    assert_eq!(served_certificate(&gw).await, served, "the certificate in force keeps serving");
+}
