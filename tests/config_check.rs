@@ -88,7 +88,8 @@ fn line_of(text: &str, needle: &str) -> usize {
     text[..at].matches('\n').count() + 1
 }
 
-const CLIENT: &str = "\n[[client]]\nid = \"svc\"\nsecret_hash = \"$SVC\"\ngrants = [\"client_credentials\"]\nscopes = [\"read\"]\n";
+const CLIENT: &str =
+    "\n[[client]]\nid = \"svc\"\nsecret_hash = \"$SVC\"\ngrants = [\"client_credentials\"]\nscopes = [\"read\"]\n";
 
 fn client() -> String {
     CLIENT.replace("$SVC", SVC_HASH)
@@ -124,10 +125,9 @@ fn check_refuses_listeners_that_cannot_all_be_bound() {
     let text = s.text("", &format!("{}\n{}", listener("0.0.0.0:18443"), listener("[::1]:18443")));
     assert!(s.check(&text).0, "0.0.0.0 does not cover IPv6");
     // The admin listener too.
-    let text = s.text("", &listener("0.0.0.0:18445")).replace(
-        "[admin]\nenabled = false",
-        "[admin]\naddress = \"127.0.0.1:18445\"",
-    );
+    let text = s
+        .text("", &listener("0.0.0.0:18445"))
+        .replace("[admin]\nenabled = false", "[admin]\naddress = \"127.0.0.1:18445\"");
     s.refused("admin overlap", &text, "address = \"127.0.0.1:18445\"", "overlaps");
 }
 
@@ -204,7 +204,8 @@ fn check_refuses_a_store_that_cannot_be_written_and_creates_nothing() {
     let text =
         s.text("", "").replace(&format!("path = \"{d}/data/store.redb\""), &format!("path = \"{d}/plainfile/x.redb\""));
     s.write(&text);
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["serve", "--config"]).arg(&s.config).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["serve", "--config"]).arg(&s.config).output().unwrap();
     assert!(!out.status.success());
     // A missing directory that serve would create is fine, and check creates none of it.
     let text = s.text("", "").replace("/data/store.redb", "/a/b/store.redb");
@@ -232,7 +233,8 @@ fn keys_are_generated_only_on_the_very_first_start() {
     std::fs::write(s.dir.path().join("data/store.redb"), "").unwrap();
     s.refused("store exists", &text, "id = \"k1\"", "only on the very first start");
     s.write(&text);
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["serve", "--config"]).arg(&s.config).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["serve", "--config"]).arg(&s.config).output().unwrap();
     assert!(!out.status.success(), "serve generated a key although the store exists");
     assert!(String::from_utf8_lossy(&out.stderr).contains("only on the very first start"));
     assert!(!s.dir.path().join("k1.pem").exists());
@@ -253,10 +255,8 @@ fn check_refuses_what_is_certainly_wrong() {
     // A linked user that does not exist (issue 19 point 4), in any case variant.
     let ghost = format!("{}user = \"ghost\"\n", client());
     s.refused("ghost user", &s.text("", &ghost), "user = \"ghost\"", "is no [[user]]");
-    let alice = format!(
-        "{}user = \"Alice\"\n\n[[user]]\nusername = \"alice\"\npassword_hash = \"{ALICE_HASH}\"\n",
-        client()
-    );
+    let alice =
+        format!("{}user = \"Alice\"\n\n[[user]]\nusername = \"alice\"\npassword_hash = \"{ALICE_HASH}\"\n", client());
     s.refused("user of another case", &s.text("", &alice), "user = \"Alice\"", "is no [[user]]");
     assert!(s.check(&s.text("", &alice.replace("user = \"Alice\"", "user = \"alice\""))).0);
 
@@ -269,7 +269,12 @@ fn check_refuses_what_is_certainly_wrong() {
     // Route prefixes that differ only in case: the second never matches.
     let routes = "\n[[route]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:9\"\n\n\
                   [[route]]\nprefix = \"/API/\"\nupstream = \"http://127.0.0.1:9\"\n";
-    s.refused("case-variant prefix", &s.text("", &format!("{}{routes}", client())), "prefix = \"/API/\"", "only in case");
+    s.refused(
+        "case-variant prefix",
+        &s.text("", &format!("{}{routes}", client())),
+        "prefix = \"/API/\"",
+        "only in case",
+    );
 
     // Identity headers named like credential, hop-by-hop or forwarding headers.
     for (field, name) in [
@@ -304,7 +309,12 @@ fn check_warns_with_file_and_line_about_what_may_be_deliberate() {
         "trusted_proxies",
         "trusts every address",
     );
-    s.warned("trust everyone v6", &s.text("[proxy]\ntrusted_proxies = [\"::/0\"]\n", &base), "trusted_proxies", "trusts every address");
+    s.warned(
+        "trust everyone v6",
+        &s.text("[proxy]\ntrusted_proxies = [\"::/0\"]\n", &base),
+        "trusted_proxies",
+        "trusts every address",
+    );
     // http issuer on a non-loopback host; loopback is a local trial and passes quietly.
     let text = s.text("", &base).replace("https://auth.test", "http://auth.example.com");
     s.warned("http issuer", &text, "issuer", "http://");
@@ -417,7 +427,9 @@ impl Serve {
         loop {
             {
                 let lines = self.lines.lock().unwrap();
-                if let Some((i, l)) = lines.iter().enumerate().skip(from).find(|(_, l)| parts.iter().all(|p| l.contains(p))) {
+                if let Some((i, l)) =
+                    lines.iter().enumerate().skip(from).find(|(_, l)| parts.iter().all(|p| l.contains(p)))
+                {
                     return (i, l.clone());
                 }
             }
@@ -485,7 +497,8 @@ fn the_binary_logs_warnings_at_start_and_on_reload_and_keeps_its_keys() {
     let from = gw.count();
     s.write(&text.replace("https://auth.test", "https://auth2.test"));
     gw.hup();
-    let (i, _) = gw.wait_line(from, &["WARN", "issuer changed by reload", "every outstanding access token stops validating"]);
+    let (i, _) =
+        gw.wait_line(from, &["WARN", "issuer changed by reload", "every outstanding access token stops validating"]);
     gw.wait_line(from, &["WARN", "password grant is deprecated"]);
     gw.wait_line(i, &["configuration reloaded"]);
 }

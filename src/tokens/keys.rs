@@ -279,8 +279,12 @@ fn read_or_generate(kc: &KeyConfig, config: &Config, mode: Mode<'_>) -> Result<O
         if matches!(mode, Mode::Check) {
             return Ok(None);
         }
-        let contents = generate(kc.algorithm)
-            .map_err(|reason| KeyError::Invalid { kid: kc.id.clone(), path: path.clone(), alg: kc.algorithm, reason })?;
+        let contents = generate(kc.algorithm).map_err(|reason| KeyError::Invalid {
+            kid: kc.id.clone(),
+            path: path.clone(),
+            alg: kc.algorithm,
+            reason,
+        })?;
         write_private(&kc.file, contents.as_bytes()).map_err(|source| KeyError::Write {
             kid: kc.id.clone(),
             path: path.clone(),

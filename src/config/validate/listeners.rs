@@ -217,8 +217,6 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
         return false;
     }
     let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
-    let covers = |w: std::net::IpAddr, o: std::net::IpAddr| {
-        w.is_unspecified() && (w.is_ipv6() || o.is_ipv4())
-    };
+    let covers = |w: std::net::IpAddr, o: std::net::IpAddr| w.is_unspecified() && (w.is_ipv6() || o.is_ipv4());
     a == b || covers(a, b) || covers(b, a)
 }

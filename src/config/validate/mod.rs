@@ -18,8 +18,8 @@ use http::HeaderName;
 use toml::Spanned;
 
 use super::ConfigError;
-use super::model::Config;
 use super::ConfigWarning;
+use super::model::Config;
 use super::raw::{RawConfig, RawStore};
 
 /// The text being validated, to turn spans into line numbers.
@@ -131,8 +131,7 @@ impl Validator<'_> {
             );
         }
         let token_lifetime = self.duration(&raw.token_lifetime, Duration::from_secs(3600))?;
-        let refresh_token_lifetime =
-            self.duration(&raw.refresh_token_lifetime, Duration::from_secs(30 * 24 * 3600))?;
+        let refresh_token_lifetime = self.duration(&raw.refresh_token_lifetime, Duration::from_secs(30 * 24 * 3600))?;
         if token_lifetime > refresh_token_lifetime {
             let span = raw.token_lifetime.as_ref().or(raw.refresh_token_lifetime.as_ref()).map(|s| s.span());
             self.warn(
