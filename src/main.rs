@@ -189,7 +189,10 @@ fn check(path: PathBuf) -> ExitCode {
 
 /// What `check` prints about a valid configuration.
 fn print_check(out: &mut impl Write, path: &Path, config: &Config) -> io::Result<()> {
-    writeln!(out, "{}: OK", path.display())?;
+    match config.warnings().len() {
+        0 => writeln!(out, "{}: OK", path.display())?,
+        n => writeln!(out, "{}: OK, with {n} warning(s) (on stderr)", path.display())?,
+    }
     config.write_summary(out)
 }
 
