@@ -165,6 +165,9 @@ async fn shutdown_signal() {
     }
 }
 
+/// Refuses what `serve` would refuse: the file itself, then what it names (key, TLS and
+/// CA files, the store location), read but never written. Warnings go to stderr with
+/// `file:line` and do not fail the check.
 fn check(path: PathBuf) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -173,6 +176,13 @@ fn check(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for w in config.warnings() {
+        eprintln!("{w}");
+    }
+    if let Err(e) = portcullis::reload::preflight(&config) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     finish_output(print_check(&mut out, &path, &config).and_then(|()| out.flush()))
@@ -180,7 +190,10 @@ fn check(path: PathBuf) -> ExitCode {
 
 /// What `check` prints about a valid configuration.
 fn print_check(out: &mut impl Write, path: &Path, config: &Config) -> io::Result<()> {
-    writeln!(out, "{}: OK", path.display())?;
+    match config.warnings().len() {
+        0 => writeln!(out, "{}: OK", path.display())?,
+        n => writeln!(out, "{}: OK, with {n} warning(s) (on stderr)", path.display())?,
+    }
     config.write_summary(out)
 }
 

@@ -16,9 +16,10 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreConfig};
 use crate::state::{Gateway, StartError};
 use crate::tls;
+use crate::tokens::keys::KeySet;
 
 /// File events closer together than this are one change (editors write in steps).
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -44,17 +45,31 @@ impl Trigger {
     }
 }
 
-/// Re-read `path` and put it in force; on any error nothing changes.
+/// Re-read `path` and put it in force; on any error nothing changes. A key file may not
+/// be generated, nor the key of an id in force replaced (see `KeySet::reload`).
 pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) -> Result<(), ConfigError> {
     let config = Config::load(path)?;
-    {
+    let (old_issuer, old_audience) = {
         let rt = gw.runtime();
         restart_only_unchanged(&rt.config, &config)?;
-    }
+        (rt.config.issuer().to_string(), rt.config.audience().to_string())
+    };
     let acceptor = match &config.tls {
         Some(files) => {
             let at = |e: tls::TlsError| config.error_at(files.line, e.to_string());
-            tls::ensure_dev_certificate(files).map_err(at)?;
+            // As with keys: files missing at reload are a wrong path or a lost volume, and a
+            // self-signed certificate would silently replace the real one.
+            if !files.cert.exists() && !files.key.exists() {
+                return Err(config.error_at(
+                    files.line,
+                    format!(
+                        "TLS certificate {} and key {} do not exist; a reload never generates a certificate \
+                         (dev_certificate applies at start only): correct the paths",
+                        files.cert.display(),
+                        files.key.display()
+                    ),
+                ));
+            }
             Some(Arc::new(TlsAcceptor::from(tls::server_config(files).map_err(at)?)))
         }
         None => None,
@@ -66,7 +81,75 @@ pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) 
     })?;
     tls_slot.store(acceptor);
     gw.metrics.certificate(config.tls.as_ref().map(|t| t.cert.as_path()));
+    // Allowed (a deliberate move must be possible), but never silently: the verifier
+    // checks both, so every access token issued before is refused from now on.
+    for (name, old, new) in [("issuer", &old_issuer, config.issuer()), ("audience", &old_audience, config.audience())] {
+        if old != new {
+            tracing::warn!(
+                setting = name,
+                old = %old,
+                new = %new,
+                "{name} changed by reload: every outstanding access token stops validating; clients must obtain new tokens"
+            );
+        }
+    }
+    config.log_warnings();
     Ok(())
+}
+
+/// What `serve` would refuse about `config` beyond its text, checked without writing
+/// anything (`portcullis check`): the signing key files, the TLS files, the upstream CA
+/// and the store location.
+pub fn preflight(config: &Config) -> Result<(), ConfigError> {
+    crate::install_crypto_provider();
+    // The store first: whether it exists decides whether a key may be generated.
+    store_writable(config)?;
+    KeySet::check(config).map_err(|e| config.error_at(config.key_line(e.kid()), e.to_string()))?;
+    if let Some(files) = &config.tls {
+        // Both missing with dev_certificate: `serve` makes them (and check must not).
+        let generated = files.dev_certificate && !files.cert.exists() && !files.key.exists();
+        if !generated {
+            tls::server_config(files).map_err(|e| config.error_at(files.line, e.to_string()))?;
+        }
+    }
+    crate::upstream::Upstreams::new(config).map_err(|e| config.error_at(config.upstream_ca_line(), e))?;
+    Ok(())
+}
+
+/// The embedded store file can be opened for writing, or created with its directories
+/// (the store does that at start); probed with a scratch file, never the store itself.
+fn store_writable(config: &Config) -> Result<(), ConfigError> {
+    let StoreConfig::Embedded { path } = &config.store else { return Ok(()) };
+    let refuse = |why: String| config.error_at(config.store_line(), format!("store {}: {why}", path.display()));
+    if path.is_dir() {
+        return Err(refuse("is a directory".into()));
+    }
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| refuse(format!("cannot be opened for writing: {e}")));
+    }
+    // The nearest existing ancestor is where the directories (or the file) would be made.
+    let ancestor = path
+        .ancestors()
+        .skip(1)
+        .map(|a| if a.as_os_str().is_empty() { Path::new(".") } else { a })
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    if !ancestor.is_dir() {
+        return Err(refuse(format!("cannot be created: {} is not a directory", ancestor.display())));
+    }
+    let probe = ancestor.join(format!(".portcullis-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(refuse(format!("cannot be created: {} is not writable: {e}", ancestor.display()))),
+    }
 }
 
 /// Sockets are bound once, at start; a config that moves them is refused as a whole
@@ -151,6 +234,9 @@ impl Reloader {
         };
         r.fingerprint = r.current_fingerprint();
         r.update_watches();
+        // Made once, when the server binds: the start's configuration warnings are logged
+        // here, as each reload logs those of the configuration it puts in force.
+        r.gw.runtime().config.log_warnings();
         r
     }
 

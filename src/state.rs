@@ -117,7 +117,7 @@ impl Gateway {
     /// Cached validation verdicts need no flush: each hit is re-checked against the
     /// runtime in force (client enabled, kid listed, same key file, issuer, audience).
     pub fn apply(&self, config: Config) -> Result<(), StartError> {
-        let keys = KeySet::load(&config)?;
+        let keys = KeySet::reload(&config, &self.runtime().keys)?;
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
         self.runtime.store(Arc::new(Runtime { config, keys, upstreams }));
         Ok(())

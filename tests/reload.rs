@@ -17,6 +17,12 @@ fn edit_config(gw: &TestGateway, edit: impl FnOnce(String) -> String) {
     write_atomic(&gw.config_path, &new);
 }
 
+/// `portcullis gen-key --out <dir>/<name>`: a reload never generates a key.
+fn new_key_file(gw: &TestGateway, name: &str) {
+    let pem = portcullis::tokens::keys::generate_ed25519_pem().unwrap();
+    portcullis::tokens::keys::write_private(&gw.dir.path().join(name), pem.as_bytes()).unwrap();
+}
+
 fn signer_kid(gw: &TestGateway) -> String {
     gw.gateway.runtime().keys.signer().kid.clone()
 }
@@ -83,6 +89,8 @@ async fn key_rotation_keeps_listed_keys_valid_and_removal_rejects_cached_tokens(
     assert_eq!(cache_hits(&gw).await, hits + 1.0, "the second use was a cache hit");
 
     // Step 1: a new key first in the list signs; the old one stays listed and verifies.
+    // A reload generates no key: the file is made first, as the runbook says.
+    new_key_file(&gw, "k2.pem");
     edit_config(&gw, |t| {
         t.replacen("[[key]]\n", &format!("[[key]]\nid = \"k2\"\nfile = \"{dir}/k2.pem\"\n\n[[key]]\n"), 1)
     });
@@ -121,21 +129,42 @@ async fn key_rotation_keeps_listed_keys_valid_and_removal_rejects_cached_tokens(
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
 }
 
+/// Issue 18 point 2: a key-path typo applied by reload used to generate a new key under the
+/// same kid and turn every outstanding token 401. A reload never generates a key nor
+/// replaces the key of a kid in force; it is refused, counted as failed, and says why.
 #[tokio::test]
-async fn a_replaced_key_file_under_the_same_kid_voids_cached_verdicts() {
+async fn a_reload_never_replaces_the_key_of_a_kid_in_force() {
     let (_up, gw) = setup().await;
     let old = gw.token("svc", SVC_SECRET, None).await;
     assert_eq!(api_status(&gw, &old).await, 200);
-    let hits = cache_hits(&gw).await;
-    assert_eq!(api_status(&gw, &old).await, 200);
-    assert_eq!(cache_hits(&gw).await, hits + 1.0, "the old token's verdict is cached");
-    // Same kid, new key material (a new file, generated on reload).
+    let slot = arc_swap::ArcSwapOption::<tokio_rustls::TlsAcceptor>::empty();
+    // A typo in the path: nothing is generated.
+    let (_, failed) = reloads(&gw);
     edit_config(&gw, |t| t.replacen("/k1.pem\"", "/k1-next.pem\"", 1));
-    wait_until("the new k1 file to be in force", || async { gw.dir.path().join("k1-next.pem").exists() }).await;
-    wait_until("the old k1 token to be refused", || async { api_status(&gw, &old).await == 401 }).await;
+    wait_until("the typo to be refused", || async { reloads(&gw).1 > failed }).await;
+    assert!(!gw.dir.path().join("k1-next.pem").exists(), "a reload generated a key");
+    let err = portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err().to_string();
+    assert!(err.contains("key k1:") && err.contains("a reload never generates a key"), "{err}");
+    // Another key under the same kid: refused too.
+    new_key_file(&gw, "k1-next.pem");
+    let (_, failed) = reloads(&gw);
+    portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err();
+    edit_config(&gw, |t| format!("{t}\n"));
+    wait_until("the other key to be refused", || async { reloads(&gw).1 > failed }).await;
+    let err = portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err().to_string();
+    assert!(err.contains("holds another key than the one in force"), "{err}");
+    assert!(slot.load().is_none(), "nothing swapped");
+    // Every outstanding token still passes, and k1 still signs with its old key.
+    assert_eq!(api_status(&gw, &old).await, 200);
     let new = gw.token("svc", SVC_SECRET, None).await;
     assert_eq!(jwt_part(&new, 0)["kid"], "k1");
     assert_eq!(api_status(&gw, &new).await, 200);
+    // The same key at another path (moved, or re-encoded) is no change of key: taken.
+    std::fs::copy(gw.dir.path().join("k1.pem"), gw.dir.path().join("k1-next.pem")).unwrap();
+    let (ok, _) = reloads(&gw);
+    edit_config(&gw, |t| format!("{t}\n"));
+    wait_until("the moved key to be taken", || async { reloads(&gw).0 > ok }).await;
+    assert_eq!(api_status(&gw, &old).await, 200);
 }
 
 #[tokio::test]
@@ -334,6 +363,7 @@ async fn reload_under_load_drops_and_fails_no_request() {
     settle().await;
 
     // 1. Rotation: a new signing key first, the old one kept.
+    new_key_file(&gw, "k2.pem");
     edit_config(&gw, |t| {
         t.replacen("[[key]]\n", &format!("[[key]]\nid = \"k2\"\nfile = \"{dir}/k2.pem\"\n\n[[key]]\n"), 1)
     });
@@ -380,4 +410,27 @@ async fn reload_under_load_drops_and_fails_no_request() {
     let total = tally.ok.load(Ordering::Relaxed);
     assert!(total > 100, "only {total} requests ran");
     eprintln!("reload under load: {total} requests, none failed, {ok_reloads} reloads ({failed_reloads} refused)");
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 18 point 2, certificates: a reload generates no dev certificate either
+
+#[tokio::test]
+async fn a_reload_never_generates_a_dev_certificate_for_missing_tls_files() {
+    let (_up, gw) = setup().await;
+    let served = served_certificate(&gw).await;
+    let d = gw.dir.path().display().to_string();
+    let (_, failed) = reloads(&gw);
+    edit_config(&gw, |t| {
+        t.replacen(&gw.pki.cert_path.display().to_string(), &format!("{d}/typo.crt.pem"), 1)
+            .replacen(&gw.pki.key_path.display().to_string(), &format!("{d}/typo.key.pem"), 1)
+            .replacen("[tls]\n", "[tls]\ndev_certificate = true\n", 1)
+    });
+    wait_until("the missing TLS files to be refused", || async { reloads(&gw).1 > failed }).await;
+    assert!(!gw.dir.path().join("typo.crt.pem").exists(), "a reload generated a certificate");
+    assert!(!gw.dir.path().join("typo.key.pem").exists(), "a reload generated a key");
+    let slot = arc_swap::ArcSwapOption::<tokio_rustls::TlsAcceptor>::empty();
+    let err = portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err().to_string();
+    assert!(err.contains("a reload never generates a certificate"), "{err}");
+    assert_eq!(served_certificate(&gw).await, served, "the certificate in force keeps serving");
 }

@@ -331,7 +331,8 @@ async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() 
     let block = format!("[[user]]\nusername = \"alice\"\npassword_hash = \"{ALICE_HASH}\"\ndisplay_name = \"Alice\"\n");
     gw.rewrite_config(|t| {
         assert!(t.contains(&block));
-        t.replacen(&block, "", 1)
+        // A client may not name a user that does not exist (issue 19 point 4): unlink it too.
+        t.replacen(&block, "", 1).replacen("user = \"alice\"\n", "", 1)
     });
     assert_eq!(api_status(&gw, &uncached).await, 401, "cached token of a deleted user");
     let (_, v) = post(&gw, "/oauth/introspect", rs, &[("token", &uncached)]).await;

@@ -45,6 +45,26 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A setting that is accepted but may well be a mistake: printed by `check` and logged
+/// at WARN whenever a configuration is put in force (start and reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub file: PathBuf,
+    /// 1-based; 0 when no single line is to blame.
+    pub line: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: warning: {}", self.file.display(), self.reason)
+        } else {
+            write!(f, "{}:{}: warning: {}", self.file.display(), self.line, self.reason)
+        }
+    }
+}
+
 impl Config {
     /// Read and validate a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -59,7 +79,7 @@ impl Config {
     /// Validate configuration text; `path` names it in errors and anchors relative paths.
     /// Reads no file: what the named files hold is checked when they are loaded.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let v = validate::Validator { text, file: path };
+        let v = validate::Validator { text, file: path, warnings: Default::default() };
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| v.line_of(s.start)).unwrap_or(0);
             v.err_at(line, e.message().trim_end().to_string())
@@ -71,6 +91,28 @@ impl Config {
     /// names is loaded), at `line` (0: the file as a whole).
     pub(crate) fn error_at(&self, line: usize, reason: String) -> ConfigError {
         ConfigError { file: self.source.clone(), line, reason }
+    }
+
+    /// What validation accepted but doubts, in file order.
+    pub fn warnings(&self) -> &[ConfigWarning] {
+        &self.warnings
+    }
+
+    /// Each warning at WARN, when this configuration is put in force.
+    pub(crate) fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!("{w}");
+        }
+    }
+
+    /// The line of `upstream_ca`, or 0.
+    pub(crate) fn upstream_ca_line(&self) -> usize {
+        self.upstream_ca_line
+    }
+
+    /// The line of `[store] path` (or of `[store]`), or 0.
+    pub(crate) fn store_line(&self) -> usize {
+        self.store_line
     }
 
     /// The line of the `[[key]]` with this id, or 0.

@@ -330,6 +330,7 @@ pub struct Config {
     pub(crate) admin: Option<Admin>,
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) upstream_ca: Option<PathBuf>,
+    pub(crate) upstream_ca_line: usize,
     pub(crate) headers: IdentityHeaders,
     pub(crate) cache_max_tokens: u64,
     pub(crate) cache_max_client_secrets: u64,
@@ -343,8 +344,12 @@ pub struct Config {
     pub(crate) users: HashMap<String, Arc<User>>,
     /// `pub`: read by the tests (the store file must not be served).
     pub store: StoreConfig,
+    /// Where `[store]` (its `path`, if given) is configured; 0 for the default.
+    pub(crate) store_line: usize,
     pub(crate) store_sweep_interval: Duration,
     pub(crate) rate_limit: RateLimits,
+    /// What validation accepted but doubts (see [`super::ConfigWarning`]).
+    pub(crate) warnings: Vec<super::ConfigWarning>,
 }
 
 impl Config {

@@ -33,8 +33,7 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default, rename = "user")]
     pub users: Vec<Spanned<RawUser>>,
-    #[serde(default)]
-    pub store: RawStore,
+    pub store: Option<Spanned<RawStore>>,
     #[serde(default)]
     pub rate_limit: RawRateLimit,
 }
@@ -67,7 +66,7 @@ pub struct RawUser {
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub kind: Option<Spanned<String>>,
-    pub path: Option<String>,
+    pub path: Option<Spanned<String>>,
     pub sweep_interval: Option<Spanned<String>>,
     pub url: Option<Spanned<String>>,
     pub key_prefix: Option<String>,
@@ -132,7 +131,7 @@ pub struct RawAdmin {
 pub struct RawProxy {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
-    pub upstream_ca: Option<String>,
+    pub upstream_ca: Option<Spanned<String>>,
     #[serde(default)]
     pub headers: RawHeaders,
 }

@@ -303,3 +303,30 @@ fn the_summary_names_what_would_be_served() {
     assert!(out.contains("route     /p -> http://127.0.0.1:1 public"), "{out}");
     assert!(out.contains("route     /s -> http://127.0.0.1:1 scopes=[read]"), "{out}");
 }
+
+#[test]
+fn listeners_that_cannot_all_be_bound_are_refused_at_the_second() {
+    let two = |a: &str, b: &str| {
+        parse(&format!("[[listener]]\naddress = \"{a}\"\ntls = false\n[[listener]]\naddress = \"{b}\"\ntls = false\n"))
+    };
+    for (a, b) in [("0.0.0.0:9", "127.0.0.1:9"), ("127.0.0.1:9", "[::]:9"), ("[::ffff:10.0.0.1]:9", "10.0.0.1:9")] {
+        let e = two(a, b).unwrap_err();
+        assert_eq!(e.line, 12, "{a} {b}: {e}");
+        assert!(e.reason.contains("overlaps"), "{e}");
+    }
+    for (a, b) in [("0.0.0.0:9", "[::1]:9"), ("127.0.0.1:9", "127.0.0.2:9"), ("127.0.0.1:0", "127.0.0.1:0")] {
+        two(a, b).unwrap_or_else(|e| panic!("{a} {b}: {e}"));
+    }
+}
+
+#[test]
+fn warnings_carry_their_line_and_refusals_stay_refusals() {
+    let c = parse("[proxy]\ntrusted_proxies = [\"::/0\"]\n[[route]]\nprefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\nmethods = [\"PSOT\"]\n")
+        .unwrap();
+    let lines: Vec<usize> = c.warnings().iter().map(|w| w.line).collect();
+    assert_eq!(lines, [9, 13], "{:?}", c.warnings());
+    assert!(c.warnings()[0].to_string().starts_with("gw.toml:9: warning: "));
+    let e = parse("[[client]]\nid = \"c\"\nsecret_hash = \"$argon2id$v=19$m=19456,t=2,p=1$NDYTW6/8Jb0QvNtu/HAEsg$50KFYCT9MCJVGUAcSiitFKy6q9BorQxPHViybm55BfY\"\ngrants = [\"client_credentials\"]\nuser = \"ghost\"\n")
+        .unwrap_err();
+    assert_eq!(e.line, 12, "{e}");
+}

@@ -13,7 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 
-use crate::config::{Config, KeyAlgorithm, KeyConfig};
+use crate::config::{Config, KeyAlgorithm, KeyConfig, StoreConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -25,6 +25,17 @@ pub enum KeyError {
     Invalid { kid: String, path: String, alg: KeyAlgorithm, reason: String },
     #[error("key {kid}: {path} does not exist and generate = false")]
     Missing { kid: String, path: String },
+    /// A missing file that may not be generated now: generating would put a new key under
+    /// a `kid` that tokens may already carry (a path typo), or give replicas different keys.
+    #[error("key {kid}: {path} does not exist; {why}")]
+    NotGenerated { kid: String, path: String, why: String },
+    /// A reload named other material for a `kid` in force: every outstanding token it
+    /// signed would turn invalid at once.
+    #[error(
+        "key {kid}: {path} holds another key than the one in force under this id; a reload never replaces \
+         the key of an id in force: restore the file or path, or give the new key a new id (see \"Rotate signing keys\")"
+    )]
+    Replaced { kid: String, path: String },
 }
 
 impl KeyError {
@@ -34,7 +45,9 @@ impl KeyError {
             KeyError::Read { kid, .. }
             | KeyError::Write { kid, .. }
             | KeyError::Invalid { kid, .. }
-            | KeyError::Missing { kid, .. } => kid,
+            | KeyError::Missing { kid, .. }
+            | KeyError::NotGenerated { kid, .. }
+            | KeyError::Replaced { kid, .. } => kid,
         }
     }
 }
@@ -88,6 +101,9 @@ pub struct Key {
     /// The longest access-token lifetime the configuration can issue (the default and every
     /// client's): a token claiming a longer `exp - iat` was not minted under it.
     pub(crate) max_lifetime_secs: u64,
+    /// SHA-256 of the algorithm and the key itself (the public key, or the HS256 secret),
+    /// not of the file: a reload may re-encode a key in force, never replace it.
+    material: [u8; 32],
     /// A key for the login form's CSRF tokens, derived from this key's file: every replica
     /// loading the same key files derives the same one, and nobody without the file can.
     csrf_key: aws_lc_rs::hmac::Key,
@@ -123,14 +139,55 @@ impl Key {
     }
 }
 
+/// When a missing key file may be generated.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// The process starts: only on the very first start (see [`generation_refused`]).
+    Start,
+    /// A reload: never; and the keys of ids in force must stay what they are.
+    Reload(&'a KeySet),
+    /// `portcullis check`: as at start, but nothing is written.
+    Check,
+}
+
 impl KeySet {
-    /// Load every configured key, generating missing ones where the config allows it.
+    /// Load every configured key at start, generating a missing one only on the very first
+    /// start (see [`generation_refused`]).
     pub fn load(config: &Config) -> Result<KeySet, KeyError> {
+        Self::load_in(config, Mode::Start)?.ok_or_else(|| missing_signer(config))
+    }
+
+    /// Load the keys of a reloaded configuration. Nothing is generated, and an id in force
+    /// keeps its key: a path typo must not swap the key every outstanding token was signed
+    /// with (nor give each replica its own).
+    pub fn reload(config: &Config, in_force: &KeySet) -> Result<KeySet, KeyError> {
+        Self::load_in(config, Mode::Reload(in_force))?.ok_or_else(|| missing_signer(config))
+    }
+
+    /// What [`KeySet::load`] would refuse, without writing anything: every present file is
+    /// read and parsed for its algorithm, and a missing one is checked against the
+    /// generation rule.
+    pub fn check(config: &Config) -> Result<(), KeyError> {
+        Self::load_in(config, Mode::Check).map(|_| ())
+    }
+
+    fn load_in(config: &Config, mode: Mode<'_>) -> Result<Option<KeySet>, KeyError> {
         let mut by_kid = HashMap::new();
         let mut ordered = Vec::new();
         let mut signer = None;
+        let mut complete = true;
         for kc in &config.keys {
-            let key = Arc::new(load_key(kc, config)?);
+            let Some(bytes) = read_or_generate(kc, config, mode)? else {
+                complete = false;
+                continue;
+            };
+            let key = Arc::new(load_key(kc, config, bytes)?);
+            if let Mode::Reload(in_force) = mode
+                && let Some(old) = in_force.by_kid.get(&kc.id)
+                && old.material != key.material
+            {
+                return Err(KeyError::Replaced { kid: kc.id.clone(), path: kc.file.display().to_string() });
+            }
             if kc.active && signer.is_none() {
                 signer = Some(key.clone());
             }
@@ -138,8 +195,11 @@ impl KeySet {
             ordered.push(key);
         }
         // Config validation guarantees at least one active key.
-        let signer = signer.ok_or_else(|| KeyError::Missing { kid: "<active>".into(), path: "-".into() })?;
-        Ok(KeySet { signer, by_kid, ordered })
+        match signer {
+            Some(signer) if complete => Ok(Some(KeySet { signer, by_kid, ordered })),
+            _ if matches!(mode, Mode::Check) => Ok(None),
+            _ => Err(missing_signer(config)),
+        }
     }
 
     /// The JWK Set (RFC 7517 §5) of every listed asymmetric key, signing or verify-only.
@@ -173,15 +233,58 @@ fn alg_of(a: KeyAlgorithm) -> Algorithm {
     }
 }
 
-fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
+fn missing_signer(config: &Config) -> KeyError {
+    KeyError::Missing { kid: "<active>".into(), path: config.source().display().to_string() }
+}
+
+/// Why a missing key file may not be generated now, if it may not. Generation happens
+/// only on the very first start: a file missing later is far more likely a typo in its
+/// path (or a lost volume) than a new key, and a new key under an id in use turns every
+/// outstanding token invalid. The first start is told by the embedded store file not
+/// existing yet; a shared (Redis) store means replicas, which must share one key file.
+fn generation_refused(kc: &KeyConfig, config: &Config, mode: Mode<'_>) -> Option<String> {
+    let create = format!("create it with `portcullis gen-key --out {}`", kc.file.display());
+    if kc.algorithm == KeyAlgorithm::RS256 {
+        return Some("RS256 keys are not generated: create the PEM file (e.g. openssl genpkey -algorithm RSA)".into());
+    }
+    if matches!(mode, Mode::Reload(_)) {
+        return Some(format!(
+            "a reload never generates a key (a typo in the path would replace the key tokens were signed with): \
+             correct the path, or {create}"
+        ));
+    }
+    match &config.store {
+        StoreConfig::Embedded { path } if path.exists() => Some(format!(
+            "keys are generated only on the very first start, and the store {} exists: correct the path, or {create}",
+            path.display()
+        )),
+        StoreConfig::Embedded { .. } => None,
+        StoreConfig::Redis { .. } => Some(format!(
+            "with a shared store every replica would generate its own key: {create} once and give every replica that file"
+        )),
+    }
+}
+
+/// The key file's bytes; generated first where [`generation_refused`] allows it. `None`
+/// for `check`, which writes nothing, when the file would be generated.
+fn read_or_generate(kc: &KeyConfig, config: &Config, mode: Mode<'_>) -> Result<Option<Vec<u8>>, KeyError> {
     let path = kc.file.display().to_string();
-    let invalid =
-        |reason: String| KeyError::Invalid { kid: kc.id.clone(), path: path.clone(), alg: kc.algorithm, reason };
     if !kc.file.exists() {
         if !kc.generate {
             return Err(KeyError::Missing { kid: kc.id.clone(), path });
         }
-        let contents = generate(kc.algorithm).map_err(invalid)?;
+        if let Some(why) = generation_refused(kc, config, mode) {
+            return Err(KeyError::NotGenerated { kid: kc.id.clone(), path, why });
+        }
+        if matches!(mode, Mode::Check) {
+            return Ok(None);
+        }
+        let contents = generate(kc.algorithm).map_err(|reason| KeyError::Invalid {
+            kid: kc.id.clone(),
+            path: path.clone(),
+            alg: kc.algorithm,
+            reason,
+        })?;
         write_private(&kc.file, contents.as_bytes()).map_err(|source| KeyError::Write {
             kid: kc.id.clone(),
             path: path.clone(),
@@ -189,8 +292,13 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
         })?;
         tracing::info!(kid = %kc.id, path = %path, alg = kc.algorithm.as_str(), "generated a new signing key");
     }
-    let bytes =
-        std::fs::read(&kc.file).map_err(|source| KeyError::Read { kid: kc.id.clone(), path: path.clone(), source })?;
+    std::fs::read(&kc.file).map(Some).map_err(|source| KeyError::Read { kid: kc.id.clone(), path, source })
+}
+
+fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>) -> Result<Key, KeyError> {
+    let path = kc.file.display().to_string();
+    let invalid =
+        |reason: String| KeyError::Invalid { kid: kc.id.clone(), path: path.clone(), alg: kc.algorithm, reason };
     let max_lifetime_secs = max_lifetime_secs(config);
     // HKDF-extract style: HMAC of the secret file bytes under a fixed, public label.
     let csrf_key = {
@@ -209,7 +317,8 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
         policy.extend_from_slice(&max_lifetime_secs.to_be_bytes());
         super::sha256(&policy)
     };
-    let (signer, decoding, public) = match kc.algorithm {
+    // `raw`: what identifies the key itself, whatever the file's encoding.
+    let (signer, decoding, public, raw) = match kc.algorithm {
         KeyAlgorithm::HS256 => {
             let text = String::from_utf8(bytes).map_err(|_| invalid("HS256 key file must hold base64 text".into()))?;
             let secret =
@@ -218,7 +327,7 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
                 return Err(invalid("HS256 secret must be at least 32 bytes".into()));
             }
             let signer = Signer::Hmac(Box::new(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret)));
-            (signer, DecodingKey::from_secret(&secret), None)
+            (signer, DecodingKey::from_secret(&secret), None, secret)
         }
         alg => {
             // The first private key in the file, of any encoding (PKCS#8, SEC1, PKCS#1): the
@@ -232,7 +341,8 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
                     let public = kp.public_key().as_ref();
                     let jwk = serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": b64url(public) });
                     let decoding = DecodingKey::from_ed_der(public);
-                    (Signer::Ed25519(kp), decoding, Some(jwk))
+                    let raw = public.to_vec();
+                    (Signer::Ed25519(kp), decoding, Some(jwk), raw)
                 }
                 KeyAlgorithm::ES256 => {
                     let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
@@ -245,7 +355,8 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
                     };
                     let jwk = serde_json::json!({ "kty": "EC", "crv": "P-256", "x": b64url(x), "y": b64url(y) });
                     let decoding = DecodingKey::from_ec_der(public);
-                    (Signer::Ecdsa(kp), decoding, Some(jwk))
+                    let raw = public.to_vec();
+                    (Signer::Ecdsa(kp), decoding, Some(jwk), raw)
                 }
                 _ => {
                     let kp = aws_lc_rs::rsa::KeyPair::from_pkcs8(der)
@@ -258,10 +369,17 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
                         "e": b64url(public.exponent().big_endian_without_leading_zero()),
                     });
                     let decoding = DecodingKey::from_rsa_der(public.as_ref());
-                    (Signer::Rsa(kp), decoding, Some(jwk))
+                    let raw = public.as_ref().to_vec();
+                    (Signer::Rsa(kp), decoding, Some(jwk), raw)
                 }
             }
         }
+    };
+    let material = {
+        let mut m = alg_name(kc.algorithm).as_bytes().to_vec();
+        m.push(0);
+        m.extend_from_slice(&raw);
+        super::sha256(&m)
     };
     let alg = alg_of(kc.algorithm);
     let jwk = public.map(|mut jwk| {
@@ -289,6 +407,7 @@ fn load_key(kc: &KeyConfig, config: &Config) -> Result<Key, KeyError> {
         jwk,
         fingerprint,
         max_lifetime_secs,
+        material,
         csrf_key,
     })
 }

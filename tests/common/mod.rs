@@ -258,7 +258,7 @@ scopes = ["read"]
 redirect_uris = ["https://first.test/cb"]
 first_party = true
 
-# client_credentials with refresh tokens, acting as a linked user that is no [[user]].
+# client_credentials with refresh tokens, acting as a linked user.
 [[client]]
 id = "ccr"
 secret_hash = "{SVC_HASH}"
@@ -283,6 +283,11 @@ display_name = "Alice"
 username = "bob"
 password_hash = "{ALICE_HASH}"
 enabled = false
+
+# The user "ccr" acts as (a client's user must exist).
+[[user]]
+username = "robot"
+password_hash = "{ALICE_HASH}"
 "#
     )
 }

@@ -16,6 +16,7 @@ impl Validator<'_> {
         &self,
         raw: &[Spanned<RawClient>],
         default_lifetime: Duration,
+        refresh_lifetime: Duration,
     ) -> Result<HashMap<String, Arc<Client>>, ConfigError> {
         let mut clients = HashMap::new();
         for c in raw {
@@ -36,6 +37,15 @@ impl Validator<'_> {
             let mut implicit = false;
             for g in &c.grants {
                 if g.get_ref() == "implicit" {
+                    // RFC 9700 §2.1.2: the token travels in the URL fragment (history, logs,
+                    // referrers) and cannot be sender-constrained.
+                    self.warn(
+                        g.span(),
+                        format!(
+                            "client {id:?}: the implicit grant is deprecated (RFC 9700 §2.1.2: SHOULD NOT be used); \
+                             use authorization_code with PKCE"
+                        ),
+                    );
                     implicit = true;
                     continue;
                 }
@@ -48,7 +58,29 @@ impl Validator<'_> {
                         format!("grant {:?} needs a confidential client: set secret_hash", g.get_ref()),
                     ));
                 }
+                if grant == GrantType::Password {
+                    self.warn(
+                        g.span(),
+                        format!(
+                            "client {id:?}: the password grant is deprecated (RFC 9700 §2.4: MUST NOT be used; the \
+                             client sees the user's password); use authorization_code with PKCE"
+                        ),
+                    );
+                }
                 grants.insert(grant);
+            }
+            // A refresh token is only ever issued alongside an access token from another grant.
+            if !implicit
+                && let Some(first) = c.grants.first()
+                && grants.iter().all(|g| *g == GrantType::RefreshToken)
+            {
+                return Err(self.err(
+                    first.span(),
+                    format!(
+                        "client {id:?}: grants = [\"refresh_token\"] alone can issue nothing (a refresh token comes \
+                         from another grant): add that grant"
+                    ),
+                ));
             }
             let scopes = self.scopes(&c.scopes)?;
             let default_scopes = match &c.default_scopes {
@@ -79,6 +111,16 @@ impl Validator<'_> {
             if redirect_uris.is_empty() && (implicit || grants.contains(&GrantType::AuthorizationCode)) {
                 return Err(self.err(span, "authorization_code and implicit need at least one redirect_uris entry"));
             }
+            let token_lifetime = self.duration(&c.token_lifetime, default_lifetime)?;
+            if grants.contains(&GrantType::RefreshToken)
+                && token_lifetime > refresh_lifetime
+                && let Some(l) = &c.token_lifetime
+            {
+                self.warn(
+                    l.span(),
+                    format!("client {id:?}: token_lifetime is longer than refresh_token_lifetime: its refresh tokens expire first"),
+                );
+            }
             let client = Client {
                 id: id.clone(),
                 name: c.name.clone().unwrap_or_else(|| id.clone()),
@@ -88,7 +130,7 @@ impl Validator<'_> {
                 default_scopes,
                 user,
                 enabled: c.enabled.unwrap_or(true),
-                token_lifetime: self.duration(&c.token_lifetime, default_lifetime)?,
+                token_lifetime,
                 redirect_uris,
                 first_party: c.first_party.unwrap_or(false),
                 implicit,
@@ -130,6 +172,31 @@ impl Validator<'_> {
             return Err(self.err(u.get_ref().username.span(), format!("username {name:?} is also a client id")));
         }
         Ok(users)
+    }
+
+    /// A client's `user` must be a `[[user]]`: its tokens act as that user, and a name that
+    /// exists nowhere (a typo) would act as nobody anyone can disable (issue: RFC 9700 §4.15).
+    pub(super) fn linked_users(
+        &self,
+        raw: &[Spanned<RawClient>],
+        users: &HashMap<String, Arc<User>>,
+    ) -> Result<(), ConfigError> {
+        for c in raw {
+            let c = c.get_ref();
+            if let Some(u) = &c.user
+                && !users.contains_key(u.get_ref())
+            {
+                return Err(self.err(
+                    u.span(),
+                    format!(
+                        "client {:?}: user {:?} is no [[user]]: its tokens would act as a user nobody can disable",
+                        c.id.get_ref(),
+                        u.get_ref()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn argon2id(&self, h: &Spanned<String>, field: &str) -> Result<String, ConfigError> {

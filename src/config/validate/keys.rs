@@ -37,6 +37,7 @@ impl Validator<'_> {
             if generate && algorithm == KeyAlgorithm::RS256 && !file.exists() {
                 return Err(self.err(span, "RS256 keys are not generated: create the PEM file (e.g. openssl genpkey -algorithm RSA) or set generate = false"));
             }
+            self.key_permissions(k, &file);
             keys.push(KeyConfig {
                 id: id.to_string(),
                 algorithm,
@@ -52,5 +53,29 @@ impl Validator<'_> {
             );
         }
         Ok(keys)
+    }
+
+    /// Warn about a private key others may read (a stat; generated files are 0600).
+    fn key_permissions(&self, k: &RawKey, file: &std::path::Path) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(file)
+                && meta.permissions().mode() & 0o044 != 0
+            {
+                self.warn(
+                    k.file.span(),
+                    format!(
+                        "key {:?}: {} is readable by group or others (mode {:o}); anyone who reads it can sign \
+                         tokens: chmod 600",
+                        k.id.get_ref(),
+                        file.display(),
+                        meta.permissions().mode() & 0o777
+                    ),
+                );
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (k, file);
     }
 }

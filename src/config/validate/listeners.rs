@@ -34,6 +34,15 @@ impl Validator<'_> {
                     format!("bad listener address {:?}: write ip:port, e.g. \"127.0.0.1:8443\"", l.address.get_ref()),
                 )
             })?;
+            if let Some(other) = listeners.iter().find(|o: &&Listener| overlaps(o.address, address)) {
+                return Err(self.err(
+                    l.address.span(),
+                    format!(
+                        "listener {address} overlaps the listener {} on line {}: both cannot be bound",
+                        other.address, other.line
+                    ),
+                ));
+            }
             listeners.push(Listener {
                 address,
                 tls: l.tls.unwrap_or(true),
@@ -44,18 +53,28 @@ impl Validator<'_> {
     }
 
     /// `[tls]`: the paths only. The files are read (or generated) once, by `crate::tls`.
+    /// `loopback_issuer`: a local trial, where a dev certificate is expected.
     pub(super) fn tls(
         &self,
         raw: Option<&Spanned<RawTls>>,
         listeners: &[Spanned<RawListener>],
+        loopback_issuer: bool,
     ) -> Result<Option<TlsFiles>, ConfigError> {
         let tls = match raw {
             None => None,
             Some(spanned) => {
                 let t = spanned.get_ref();
+                let (cert, key) = (self.path(&t.cert), self.path(&t.key));
+                if t.dev_certificate && !loopback_issuer && (cert.exists() || key.exists()) {
+                    self.warn(
+                        spanned.span(),
+                        "dev_certificate = true while the certificate files exist: should they go missing, a \
+                         self-signed localhost certificate would silently replace them; set dev_certificate = false",
+                    );
+                }
                 Some(TlsFiles {
-                    cert: self.path(&t.cert),
-                    key: self.path(&t.key),
+                    cert,
+                    key,
                     dev_certificate: t.dev_certificate,
                     line: self.line_of(spanned.span().start),
                     hsts: self.hsts(t)?,
@@ -177,9 +196,27 @@ impl Validator<'_> {
                 format!("bad admin address {:?}: write ip:port, e.g. \"127.0.0.1:9901\"", addr.get_ref()),
             )
         })?;
-        if address.port() != 0 && listeners.iter().any(|l| l.address == address) {
-            return Err(self.err(addr.span(), "the admin address must differ from every [[listener]] address"));
+        if let Some(l) = listeners.iter().find(|l| overlaps(l.address, address)) {
+            return Err(self.err(
+                addr.span(),
+                format!(
+                    "the admin address must differ from every [[listener]] address: {address} overlaps {} on line {}",
+                    l.address, l.line
+                ),
+            ));
         }
         Ok(Some(Admin { address, line }))
     }
+}
+
+/// Whether two listen addresses cannot both be bound: the same port (not 0, which picks a
+/// free one) on the same address, or where one is a wildcard covering the other (`[::]`
+/// covers IPv4 too, as Linux binds it dual-stack).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |w: std::net::IpAddr, o: std::net::IpAddr| w.is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    a == b || covers(a, b) || covers(b, a)
 }

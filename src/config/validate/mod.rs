@@ -18,13 +18,16 @@ use http::HeaderName;
 use toml::Spanned;
 
 use super::ConfigError;
+use super::ConfigWarning;
 use super::model::Config;
-use super::raw::RawConfig;
+use super::raw::{RawConfig, RawStore};
 
 /// The text being validated, to turn spans into line numbers.
 pub(super) struct Validator<'a> {
     pub(super) text: &'a str,
     pub(super) file: &'a Path,
+    /// Collected while validating; moved into the [`Config`] at the end.
+    pub(super) warnings: std::cell::RefCell<Vec<ConfigWarning>>,
 }
 
 impl Validator<'_> {
@@ -39,6 +42,12 @@ impl Validator<'_> {
 
     fn err(&self, span: Range<usize>, reason: impl Into<String>) -> ConfigError {
         self.err_at(self.line_of(span.start), reason)
+    }
+
+    /// Accept, but tell the operator (see [`ConfigWarning`]).
+    fn warn(&self, span: Range<usize>, reason: impl Into<String>) {
+        let w = ConfigWarning { file: self.file.to_path_buf(), line: self.line_of(span.start), reason: reason.into() };
+        self.warnings.borrow_mut().push(w);
     }
 
     /// A path from the file, relative to the directory of the configuration.
@@ -113,20 +122,46 @@ impl Validator<'_> {
             Some(a) => a.get_ref().trim().to_string(),
             None => issuer.clone(),
         };
+        let loopback_issuer = is_loopback(&issuer_url);
+        if issuer_url.scheme() == "http" && !loopback_issuer {
+            self.warn(
+                raw.issuer.span(),
+                "the issuer is http:// on a host other than loopback: clients would send credentials and tokens \
+                 in clear to the endpoints it advertises (RFC 8414 requires https)",
+            );
+        }
         let token_lifetime = self.duration(&raw.token_lifetime, Duration::from_secs(3600))?;
+        let refresh_token_lifetime = self.duration(&raw.refresh_token_lifetime, Duration::from_secs(30 * 24 * 3600))?;
+        if token_lifetime > refresh_token_lifetime {
+            let span = raw.token_lifetime.as_ref().or(raw.refresh_token_lifetime.as_ref()).map(|s| s.span());
+            self.warn(
+                span.unwrap_or(raw.issuer.span()),
+                "token_lifetime is longer than refresh_token_lifetime: refresh tokens expire before the access \
+                 tokens they were issued with",
+            );
+        }
 
         let listeners = self.listeners(&raw.listeners)?;
-        let tls = self.tls(raw.tls.as_ref(), &raw.listeners)?;
+        let tls = self.tls(raw.tls.as_ref(), &raw.listeners, loopback_issuer)?;
         let limits = self.limits(&raw.limits)?;
         let endpoints = self.endpoints(&raw.endpoints)?;
         let admin = self.admin(raw.admin.as_ref(), &listeners)?;
         let trusted_proxies = self.trusted_proxies(&raw.proxy.trusted_proxies)?;
         let headers = self.identity_headers(&raw.proxy.headers)?;
         let keys = self.keys(&raw.keys)?;
-        let clients = self.clients(&raw.clients, token_lifetime)?;
+        let clients = self.clients(&raw.clients, token_lifetime, refresh_token_lifetime)?;
         let users = self.users(&raw.users, &clients)?;
-        let store = self.store(&raw.store)?;
+        self.linked_users(&raw.clients, &users)?;
+        let default_store = RawStore::default();
+        let raw_store = raw.store.as_ref().map_or(&default_store, |s| s.get_ref());
+        let store = self.store(raw_store)?;
+        let store_line = match (&raw_store.path, &raw.store) {
+            (Some(p), _) => self.line_of(p.span().start),
+            (None, Some(s)) => self.line_of(s.span().start),
+            (None, None) => 0,
+        };
         let routes = self.routes(&raw.routes)?;
+        self.unobtainable_route_scopes(&raw.routes, &clients);
 
         Ok(Config {
             source: self.file.to_path_buf(),
@@ -134,7 +169,7 @@ impl Validator<'_> {
             audience,
             realm: raw.realm.unwrap_or_else(|| "portcullis".to_string()).replace(['"', '\\'], ""),
             token_lifetime,
-            refresh_token_lifetime: self.duration(&raw.refresh_token_lifetime, Duration::from_secs(30 * 24 * 3600))?,
+            refresh_token_lifetime,
             session_lifetime: self.duration(&raw.session_lifetime, Duration::from_secs(8 * 3600))?,
             listeners,
             tls,
@@ -147,7 +182,8 @@ impl Validator<'_> {
             jwks_path: endpoints.jwks,
             admin,
             trusted_proxies,
-            upstream_ca: raw.proxy.upstream_ca.as_deref().map(|p| self.path(p)),
+            upstream_ca: raw.proxy.upstream_ca.as_ref().map(|p| self.path(p.get_ref())),
+            upstream_ca_line: raw.proxy.upstream_ca.as_ref().map_or(0, |p| self.line_of(p.span().start)),
             headers,
             cache_max_tokens: self.number(&raw.cache.max_tokens, 100_000)?,
             cache_max_client_secrets: self.number(&raw.cache.max_client_secrets, 10_000)?,
@@ -156,9 +192,21 @@ impl Validator<'_> {
             routes,
             users,
             store,
-            store_sweep_interval: self.duration(&raw.store.sweep_interval, Duration::from_secs(60))?,
+            store_sweep_interval: self.duration(&raw_store.sweep_interval, Duration::from_secs(60))?,
+            store_line,
             rate_limit: self.rate_limit(&raw.rate_limit)?,
+            warnings: self.warnings.take(),
         })
+    }
+}
+
+/// `localhost`, `127.0.0.0/8` or `[::1]`: a local trial.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 

@@ -1,7 +1,7 @@
 //! `[[route]]` and `[proxy]`: what is proxied where, who may pass, and what the
 //! upstream is told about the caller.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::Validator;
 use crate::config::ConfigError;
-use crate::config::model::{Access, IdentityHeaders, Route, Upstream};
+use crate::config::model::{Access, Client, IdentityHeaders, Route, Upstream};
 use crate::config::raw::{RawHeaders, RawRoute};
 
 impl Validator<'_> {
@@ -22,19 +22,48 @@ impl Validator<'_> {
             let net = s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
                 self.err(p.span(), format!("bad trusted proxy {s:?}: write an address or CIDR, e.g. \"10.0.0.0/8\""))
             })?;
+            if net.prefix_len() == 0 {
+                self.warn(
+                    p.span(),
+                    format!(
+                        "trusted proxy {s:?} trusts every address: any client can then set X-Forwarded-For and pick \
+                         the address rate limits and logs see; list your balancers only"
+                    ),
+                );
+            }
             trusted_proxies.push(net);
         }
         Ok(trusted_proxies)
     }
 
+    /// The identity header names; never one that means something else on the way (a
+    /// hop-by-hop, credential, framing or forwarding header), never one name twice.
     pub(super) fn identity_headers(&self, h: &RawHeaders) -> Result<IdentityHeaders, ConfigError> {
-        Ok(IdentityHeaders {
+        let headers = IdentityHeaders {
             client_id: self.header(&h.client_id, "x-auth-client-id")?,
             subject: self.header(&h.subject, "x-auth-subject")?,
             scope: self.header(&h.scope, "x-auth-scope")?,
             token_id: self.header(&h.token_id, "x-auth-token-id")?,
             user: self.header(&h.user, "x-auth-user")?,
-        })
+        };
+        let raw = [&h.client_id, &h.subject, &h.scope, &h.token_id, &h.user];
+        for (i, (name, given)) in headers.all().into_iter().zip(raw).enumerate() {
+            let Some(given) = given else { continue };
+            if reserved_header(name.as_str()) {
+                return Err(self.err(
+                    given.span(),
+                    format!(
+                        "identity header {:?} is a hop-by-hop, credential or forwarding header: the gateway and \
+                         upstreams give it another meaning; use a name of its own such as \"x-auth-...\"",
+                        given.get_ref()
+                    ),
+                ));
+            }
+            if headers.all()[..i].contains(&name) {
+                return Err(self.err(given.span(), format!("identity header {:?} is used twice", given.get_ref())));
+            }
+        }
+        Ok(headers)
     }
 
     /// Every route, longest prefix first (so the first match is the longest); routes
@@ -44,9 +73,25 @@ impl Validator<'_> {
         let mut seen = HashSet::new();
         for r in raw {
             let route = self.route(r)?;
-            let key = (route.prefix.clone(), route.host.clone(), route.methods.as_ref().map(|m| format!("{m:?}")));
+            // Prefixes match without regard to case, so a case variant is the same route.
+            let key = (
+                route.prefix.to_ascii_lowercase(),
+                route.host.clone(),
+                route.methods.as_ref().map(|m| format!("{m:?}")),
+            );
             if !seen.insert(key) {
-                return Err(self.err(r.span(), format!("duplicate route for prefix {:?}", route.prefix)));
+                let same = routes.iter().find(|o: &&Arc<Route>| o.prefix.eq_ignore_ascii_case(&route.prefix));
+                return Err(match same {
+                    Some(o) if o.prefix != route.prefix => self.err(
+                        r.get_ref().prefix.span(),
+                        format!(
+                            "route prefix {:?} differs from {:?} only in case: prefixes match regardless of case, \
+                             so this route would never be chosen",
+                            route.prefix, o.prefix
+                        ),
+                    ),
+                    _ => self.err(r.span(), format!("duplicate route for prefix {:?}", route.prefix)),
+                });
             }
             routes.push(Arc::new(route));
         }
@@ -58,6 +103,25 @@ impl Validator<'_> {
                 .then_with(|| b.methods.is_some().cmp(&a.methods.is_some()))
         });
         Ok(routes)
+    }
+
+    /// Warn about a scope a route requires that no client may be given: only a token
+    /// from outside this configuration could pass (perhaps a client is still to come).
+    pub(super) fn unobtainable_route_scopes(&self, raw: &[Spanned<RawRoute>], clients: &HashMap<String, Arc<Client>>) {
+        for r in raw {
+            for s in &r.get_ref().scopes {
+                if !clients.values().any(|c| c.scopes.contains(s.get_ref())) {
+                    self.warn(
+                        s.span(),
+                        format!(
+                            "route {:?} requires scope {:?}, which no client may obtain: no token can pass it",
+                            r.get_ref().prefix.get_ref(),
+                            s.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     fn route(&self, r: &Spanned<RawRoute>) -> Result<Route, ConfigError> {
@@ -117,6 +181,17 @@ impl Validator<'_> {
                 for m in list {
                     let method = Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes())
                         .map_err(|_| self.err(m.span(), format!("bad method {:?}", m.get_ref())))?;
+                    // Any token is a valid method, so a typo ("PSOT") would silently allow nothing.
+                    if !KNOWN_METHODS.contains(&method.as_str()) {
+                        self.warn(
+                            m.span(),
+                            format!(
+                                "method {:?} is not a registered HTTP method (a typo?): requests with any other \
+                                 method do not match this route",
+                                m.get_ref()
+                            ),
+                        );
+                    }
                     out.push(method);
                 }
                 Some(out)
@@ -139,4 +214,78 @@ impl Validator<'_> {
             pass_rewrite_headers: r.pass_rewrite_headers,
         })
     }
+}
+
+/// The IANA HTTP method registry (RFC 9110, WebDAV, PATCH, QUERY) and PURGE, which
+/// caches use: anything else in a route's `methods` is most likely a typo.
+const KNOWN_METHODS: &[&str] = &[
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "QUERY",
+    "PURGE",
+    "ACL",
+    "BASELINE-CONTROL",
+    "BIND",
+    "CHECKIN",
+    "CHECKOUT",
+    "COPY",
+    "LABEL",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MKREDIRECTREF",
+    "MKWORKSPACE",
+    "MOVE",
+    "ORDERPATCH",
+    "PROPFIND",
+    "PROPPATCH",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "UNBIND",
+    "UNCHECKOUT",
+    "UNLINK",
+    "UNLOCK",
+    "UPDATE",
+    "UPDATEREDIRECTREF",
+    "VERSION-CONTROL",
+];
+
+/// Header names an identity header may not take: hop-by-hop (RFC 9110 §7.6.1), credentials
+/// and cookies, message framing, and the forwarding headers the gateway itself manages.
+fn reserved_header(name: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "authorization",
+        "www-authenticate",
+        "cookie",
+        "set-cookie",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "expect",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "via",
+    ];
+    RESERVED.contains(&name) || name.starts_with("proxy-") || name.starts_with(':')
 }

@@ -14,7 +14,9 @@ impl Validator<'_> {
                 if let Some(u) = &raw.url {
                     return Err(self.err(u.span(), "url is for kind = \"redis\""));
                 }
-                Ok(StoreConfig::Embedded { path: self.path(raw.path.as_deref().unwrap_or("data/portcullis.redb")) })
+                Ok(StoreConfig::Embedded {
+                    path: self.path(raw.path.as_ref().map_or("data/portcullis.redb", |p| p.get_ref())),
+                })
             }
             Some(("redis", span)) => {
                 let url = raw
