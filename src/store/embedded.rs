@@ -225,7 +225,9 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 /// handle) makes the handle unusable until reopened; anything else is a plain failure.
 fn storage(e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
-        e @ (redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed) => StoreError::Io(e.to_string()),
+        e @ (redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed) => {
+            StoreError::Io(e.to_string())
+        }
         e => unavailable(e),
     }
 }
@@ -414,12 +416,7 @@ impl EmbeddedStore {
         }
         create_tables(&db)?;
         let file = FileIdentity::new(path)?;
-        let inner = Inner {
-            db: std::sync::RwLock::new(Some(Arc::new(db))),
-            file,
-            healing: Healing::new(),
-            opener,
-        };
+        let inner = Inner { db: std::sync::RwLock::new(Some(Arc::new(db))), file, healing: Healing::new(), opener };
         Ok(EmbeddedStore { inner: Arc::new(inner) })
     }
 
