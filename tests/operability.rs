@@ -114,7 +114,10 @@ impl Spawned {
         let bin = Binary::spawn(&config);
         let deadline = tokio::time::Instant::now() + WAIT;
         let https = loop {
-            let found = bin.json().into_iter().find(|v| v["fields"]["message"] == "listening" && v["fields"]["scheme"] == "https");
+            let found = bin
+                .json()
+                .into_iter()
+                .find(|v| v["fields"]["message"] == "listening" && v["fields"]["scheme"] == "https");
             if let Some(v) = found {
                 break v["fields"]["address"].as_str().unwrap().to_string();
             }
@@ -243,4 +246,165 @@ async fn embedded_store_io_failure_refuses_revocation_then_heals_without_restart
     assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(1.0), "{text}");
     assert!(metric(&text, "portcullis_store_reopens_total{store=\"embedded\"}").unwrap() >= 1.0, "{text}");
     gw.bin.wait_for("store file reopened after an I/O failure; accepting writes again").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Point 2: readiness that means "send me traffic"
+
+/// Issue 18.3: with Redis unreachable every replica used to answer /readyz 503 at once,
+/// although the proxy path works. Now readiness stays 200; the verbose probe (by query or by
+/// Accept) names the store as down, grants that write answer 503, tokens keep working.
+#[tokio::test]
+async fn redis_unreachable_degrades_grants_but_not_readiness() {
+    let up = EchoUpstream::start().await;
+    let port = free_port();
+    let store = format!("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}/\"\ntimeout = \"200ms\"\n");
+    let gw = TestGateway::start_with(up.addr, &store).await;
+    let http = reqwest::Client::new();
+    let resp = http.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "ready\n");
+    assert_eq!(http.head(gw.admin_url("/readyz")).send().await.unwrap().status(), 200);
+
+    for (label, req) in [
+        ("?verbose", http.get(gw.admin_url("/readyz?verbose"))),
+        ("?verbose=1", http.get(gw.admin_url("/readyz?verbose=1"))),
+        ("Accept", http.get(gw.admin_url("/readyz")).header("accept", "text/html, Application/JSON;q=0.9")),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{label}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{label}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["status"], "ready", "{label}: {v}");
+        for check in ["config", "keys", "listeners", "draining"] {
+            assert_eq!(v["checks"][check]["ok"], true, "{label} {check}: {v}");
+            assert_eq!(v["checks"][check]["required"], true, "{label} {check}: {v}");
+        }
+        let store = &v["checks"]["store"];
+        assert_eq!((&store["ok"], &store["required"], &store["kind"]), (&false.into(), &false.into(), &"redis".into()));
+        assert!(store["detail"].as_str().is_some_and(|d| !d.is_empty()), "{label}: {v}");
+    }
+    // `verbose=0` asks for the plain probe.
+    let resp = http.get(gw.admin_url("/readyz?verbose=0")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "ready\n");
+
+    // The proxy path: a token that needs no store is issued and works.
+    let token = gw.token("svc", SVC_SECRET, None).await;
+    assert_eq!(api_status(&gw, &token).await, 200);
+    let pw = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &pw).await;
+    assert_eq!((status, v["error"].as_str()), (503, Some("temporarily_unavailable")), "{v}");
+    let text = http.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "portcullis_store_up{store=\"redis\"}"), Some(0.0), "{text}");
+}
+
+/// Readiness fails while draining (and says so in both forms); the store being healthy
+/// does not make a draining replica ready.
+#[tokio::test]
+async fn draining_is_not_ready_in_plain_and_verbose_form() {
+    let (_up, gw) = setup().await;
+    let http = reqwest::Client::new();
+    let (status, v) = verbose(&http, &gw.admin_url("/readyz?verbose")).await;
+    assert_eq!(status, 200);
+    assert_eq!((&v["status"], &v["checks"]["store"]["ok"]), (&"ready".into(), &true.into()), "{v}");
+    let text = http.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(1.0), "{text}");
+
+    gw.gateway.set_serving(false);
+    let resp = http.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.text().await.unwrap(), "not ready: draining\n");
+    let (status, v) = verbose(&http, &gw.admin_url("/readyz?verbose")).await;
+    assert_eq!(status, 503);
+    assert_eq!(v["status"], "not ready");
+    assert_eq!(v["checks"]["draining"]["ok"], false, "{v}");
+    assert_eq!(v["checks"]["store"]["ok"], true, "{v}");
+    gw.gateway.set_serving(true);
+}
+
+// ---------------------------------------------------------------------------------------
+// Point 3: drain on shutdown
+
+/// Issue 18.3 at process level: SIGTERM turns /readyz 503 first while the listeners still
+/// accept (a request sent after readiness failed is served), then the listeners close; a
+/// request still running when the grace period ends is cut, and the cut is logged with
+/// its count.
+#[tokio::test]
+async fn sigterm_drains_then_closes_and_counts_what_the_grace_period_cuts() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, up.addr, "")
+        .replace("[limits]\n", "[limits]\ndrain_delay = \"3s\"\nshutdown_grace = \"1s\"\n")
+        .replace("upstream_timeout = \"2s\"", "upstream_timeout = \"60s\"");
+    let gw = Spawned::start(dir.path(), &pki, &text).await;
+    let token = gw.token().await;
+    // A request that outlives any grace period: in flight when SIGTERM arrives.
+    let slow = {
+        let (client, url, token) = (gw.client.clone(), gw.url("/slow/60000"), token.clone());
+        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16()) })
+    };
+    wait_until("the slow request to reach the upstream", || async { accepted(&up) >= 1 }).await;
+
+    gw.bin.signal(libc::SIGTERM);
+    let drained = within(WAIT, async || gw.admin("/readyz").await == (503, "not ready: draining\n".into())).await;
+    assert!(drained.is_some(), "/readyz did not turn 503; stderr:\n{}", gw.bin.raw());
+    // Readiness failed, the listeners still accept: a balancer that has not yet noticed
+    // loses nothing. A fresh client, so a fresh connection.
+    let fresh = https_client(&pki.ca_pem, false);
+    let status = fresh.get(gw.url("/api/x")).bearer_auth(&token).send().await.unwrap().status();
+    assert_eq!(status, 200, "a new connection during the drain delay is served");
+
+    let cut = gw.bin.wait_for("grace period over; cutting the requests still running").await;
+    assert_eq!(cut["requests"], 1, "{cut}");
+    gw.bin.wait_for("stopped").await;
+    let order = |m: &str| gw.bin.position(m).unwrap_or_else(|| panic!("no {m:?}; stderr:\n{}", gw.bin.raw()));
+    assert!(
+        order("draining: /readyz answers 503; still accepting until the drain delay ends")
+            < order("shutting down: no new connections, finishing in-flight requests")
+    );
+    let slow = slow.await.unwrap();
+    assert!(!matches!(slow, Ok(200)), "the cut request did not complete: {slow:?}");
+}
+
+/// In process: the cut requests are counted in `portcullis_requests_cut_total`, and a
+/// streamed response still running counts as a request in flight.
+#[tokio::test]
+async fn requests_cut_at_the_end_of_the_grace_period_are_counted() {
+    let up = EchoUpstream::start().await;
+    let gw = gateway_with_limits(up.addr, "", "shutdown_grace = \"300ms\"\n").await;
+    gw.rewrite_config(|t| t.replace("upstream_timeout = \"2s\"", "upstream_timeout = \"60s\""));
+    let gateway = gw.gateway.clone();
+    let token = gw.token("svc", SVC_SECRET, None).await;
+    let client = gw.client();
+    let slow = tokio::spawn({
+        let (client, url, token) = (client.clone(), gw.url("/slow/60000"), token.clone());
+        async move { client.get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16()) }
+    });
+    // A streamed upload echoed back: its response head is out, its body still running.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let streaming = client.post(gw.url("/stream/x")).bearer_auth(&token).body(body).send();
+    tx.send(Ok(bytes::Bytes::from_static(b"first"))).await.unwrap();
+    let resp = streaming.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_until("both requests in flight", || async { gateway.in_flight() >= 2 }).await;
+    assert_eq!(gateway.requests_cut(), 0);
+
+    gw.shutdown().await;
+    assert_eq!(gateway.requests_cut(), 2);
+    let req = http::Request::get("/metrics").body(()).unwrap();
+    let resp = portcullis::admin::handle(&gateway, &req).await;
+    let text = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    assert_eq!(metric(&text, "portcullis_requests_cut_total"), Some(2.0), "{text}");
+    assert!(!matches!(slow.await.unwrap(), Ok(200)));
+    drop(tx);
+}
+
+/// A stream of the chunks sent on `rx`.
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }

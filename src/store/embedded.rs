@@ -33,6 +33,9 @@ const REFRESH: Table = TableDefinition::new("refresh_tokens");
 const FAMILIES: Table = TableDefinition::new("families");
 const REVOKED: Table = TableDefinition::new("revoked_access");
 const SESSIONS: Table = TableDefinition::new("sessions");
+/// One record, rewritten by the health probe after a failure: only a write proves that the
+/// file takes writes again (a reopened handle reads fine on a still-full disk).
+const HEALTH: Table = TableDefinition::new("health");
 
 /// How long a used code is remembered so that a replay can be detected and punished.
 const USED_CODE_MEMORY_SECS: u64 = 600;
@@ -613,8 +616,13 @@ impl Store for EmbeddedStore {
     }
 
     /// Also where a failed handle heals while no write comes (readiness probes, scrapes).
+    /// After a failure, and until a write succeeded, the probe is a write.
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.file.check()?;
+        let h = &self.inner.healing;
+        if h.failed.load(Ordering::Acquire) || h.probation.load(Ordering::Acquire) {
+            return self.write(|txn| put(txn, HEALTH, b"probe", &now_secs())).await;
+        }
         self.read_txn(|_| Ok(())).await
     }
 
