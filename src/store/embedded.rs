@@ -130,13 +130,16 @@ impl Healing {
     /// Remember an I/O failure (other errors leave the handle usable).
     fn note<T>(&self, result: &Result<T, StoreError>) {
         match result {
-            Err(StoreError::Io(reason)) => {
-                if !self.failed.swap(true, Ordering::AcqRel) {
+            // Logged once, when the handle turns failed; the reason is in place before the flag.
+            Err(StoreError::Io(reason)) if !self.failed.load(Ordering::Acquire) => {
+                let mut state = self.lock();
+                if !self.failed.load(Ordering::Acquire) {
+                    state.reason.clone_from(reason);
+                    self.failed.store(true, Ordering::Release);
                     tracing::error!(
                         error = %reason,
                         "store I/O failed; grants and revocation answer 503 until the store file is reopened (retrying with backoff)"
                     );
-                    self.lock().reason.clone_from(reason);
                 }
             }
             Ok(_) if self.probation.swap(false, Ordering::AcqRel) => {
