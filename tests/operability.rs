@@ -232,7 +232,9 @@ async fn embedded_store_io_failure_refuses_revocation_then_heals_without_restart
     assert!(v["checks"]["store"]["detail"].as_str().unwrap().contains("I/O"), "{v}");
     let (_, text) = gw.admin("/metrics").await;
     assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(0.0), "{text}");
-    assert_eq!(metric(&text, "portcullis_store_reopens_total{store=\"embedded\"}"), Some(0.0));
+    // A reopen may already have happened (opening needs no write); the store stays down
+    // because only a write proves it healed.
+    assert!(metric(&text, "portcullis_store_reopens_total{store=\"embedded\"}").is_some());
 
     // Space is freed: the store reopens itself and the revocation goes through.
     gw.bin.limit_file_size(libc::RLIM_INFINITY);
