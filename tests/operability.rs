@@ -410,3 +410,39 @@ fn tokio_stream_from(
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
+
+/// The other store fault in the same health model: the store file moved away while running
+/// degrades the store (verbose probe, metric, 503 on revocation, readiness kept), and moving
+/// it back heals it without a restart.
+#[tokio::test]
+async fn store_file_moved_away_and_back_degrades_then_heals_in_the_same_model() {
+    let (_up, gw) = setup().await;
+    let http = reqwest::Client::new();
+    let store = gw.dir.path().join("data/portcullis.redb");
+    let aside = gw.dir.path().join("data/aside.redb");
+    let revoke = async |token: &str| {
+        gw.client()
+            .post(gw.url("/oauth/revoke"))
+            .basic_auth("svc", Some(SVC_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let store_ok = async || verbose(&http, &gw.admin_url("/readyz?verbose")).await.1["checks"]["store"]["ok"] == true;
+    let token = gw.token("svc", SVC_SECRET, None).await;
+
+    std::fs::rename(&store, &aside).unwrap();
+    assert!(within(WAIT, async || !store_ok().await).await.is_some(), "the store stayed ok");
+    assert_eq!(revoke(&token).await, 503);
+    assert_eq!(http.get(gw.admin_url("/readyz")).send().await.unwrap().status(), 200);
+    let text = http.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(0.0), "{text}");
+
+    std::fs::rename(&aside, &store).unwrap();
+    assert!(within(WAIT, async || store_ok().await).await.is_some(), "the store did not heal");
+    assert_eq!(revoke(&token).await, 200);
+    assert_eq!(api_status(&gw, &token).await, 401);
+}
