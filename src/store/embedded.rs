@@ -7,7 +7,7 @@
 //! - The configured path must keep naming the file we opened: if it is deleted or replaced
 //!   while we run, writes would land in an unlinked inode and vanish at the next start
 //!   (revoked tokens working again). So the path's device and inode are compared with the
-//!   open file's — at most once a second — before every write and on the readiness probe;
+//!   open file's — at most once a second — before every write and on the health probe;
 //!   on a mismatch writes fail as unavailable until the original file is back. A replacing
 //!   file is never adopted: only a restart opens another file.
 //! - An I/O error (a full disk, a file-size limit) leaves a redb handle failed for good
