@@ -1,7 +1,16 @@
 //! The admin listener: plaintext HTTP/1.1 on its own address (loopback by default), apart
 //! from the gateway listeners so probes and scrapes neither compete with traffic nor
-//! widen the public surface. `/healthz`: the process answers. `/readyz`: config and keys
-//! are loaded, the listeners serve (not draining) and the store answers. `/metrics`: Prometheus text.
+//! widen the public surface.
+//! - `/healthz`: the process answers.
+//! - `/readyz`: "send me traffic". 200 while config and keys are loaded and the listeners
+//!   serve; 503 while starting or draining (shutdown began). It fails only when this replica
+//!   cannot do its main job, the proxy path: a store outage (Redis down, the embedded file
+//!   failed) only degrades grants, revocation and logins, so it does not fail readiness —
+//!   otherwise one Redis outage would take every replica out of the balancer at once.
+//! - `/readyz?verbose` (or `Accept: application/json`): the same status with a JSON body of
+//!   per-check results (config, keys, listeners, draining, store), for a human or a
+//!   stricter probe.
+//! - `/metrics`: Prometheus text.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::http::{Body, full};
-use crate::state::Gateway;
+use crate::state::{Gateway, Phase};
+use crate::store::Health;
 
 /// Probes and scrapers are few; more than this at once is a misbehaving client.
 const MAX_CONNECTIONS: usize = 64;
@@ -31,10 +41,7 @@ pub enum AdminError {
     MethodNotAllowed,
     /// Starting up or draining: load balancers should send traffic elsewhere.
     #[error("not ready")]
-    NotReady,
-    /// The store (codes, refresh tokens, sessions) cannot be reached.
-    #[error("store unavailable")]
-    StoreDown,
+    NotReady(Phase),
 }
 
 impl AdminError {
@@ -43,8 +50,8 @@ impl AdminError {
         let (status, text) = match self {
             AdminError::NotFound => (StatusCode::NOT_FOUND, "not found\n"),
             AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-            AdminError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-            AdminError::StoreDown => (StatusCode::SERVICE_UNAVAILABLE, "not ready: store unavailable\n"),
+            AdminError::NotReady(Phase::Draining) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n"),
+            AdminError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n"),
         };
         let mut resp = text_response(status, text.to_string(), "text/plain; charset=utf-8");
         if self == AdminError::MethodNotAllowed {
@@ -123,18 +130,83 @@ async fn route<B>(gw: &Gateway, req: &Request<B>) -> Result<Response<Body>, Admi
     let plain = "text/plain; charset=utf-8";
     match path {
         "/healthz" => Ok(text_response(StatusCode::OK, "ok\n".into(), plain)),
-        "/readyz" if !gw.is_ready() => Err(AdminError::NotReady),
-        "/readyz" => match gw.store.ping().await {
-            Ok(()) => Ok(text_response(StatusCode::OK, "ready\n".into(), plain)),
-            Err(e) => {
-                tracing::warn!(error = %e, "not ready: store unavailable");
-                Err(AdminError::StoreDown)
-            }
-        },
+        "/readyz" if wants_detail(req) => Ok(readiness_detail(gw).await),
+        "/readyz" if !gw.is_ready() => Err(AdminError::NotReady(gw.phase())),
+        "/readyz" => Ok(text_response(StatusCode::OK, "ready\n".into(), plain)),
         _ => {
             let stats = gw.validator.stats().await;
-            let text = gw.metrics.render(&stats);
+            let mut text = gw.metrics.render(&stats);
+            let store_up = gw.store.health().await == Health::Healthy;
+            crate::metrics::render_lifecycle(
+                &mut text,
+                &crate::metrics::Lifecycle {
+                    store: gw.store.kind(),
+                    store_up,
+                    store_reopens: gw.store.reopens(),
+                    requests_cut: gw.requests_cut(),
+                },
+            );
             Ok(text_response(StatusCode::OK, text, "text/plain; version=0.0.4; charset=utf-8"))
         }
     }
+}
+
+/// `?verbose` (any value but `0` or `false`), or a client that accepts JSON.
+fn wants_detail<B>(req: &Request<B>) -> bool {
+    let verbose = req
+        .uri()
+        .query()
+        .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "verbose" && v != "0" && v != "false"));
+    let json = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("application/json")));
+    verbose || json
+}
+
+/// The readiness answer with its reasons: the status is exactly the plain probe's, and a
+/// check that is not `required` (the store) is reported without failing it.
+async fn readiness_detail(gw: &Gateway) -> Response<Body> {
+    let phase = gw.phase();
+    let check = |ok: bool, required: bool, detail: &str| {
+        let mut c = serde_json::json!({ "ok": ok, "required": required });
+        if !detail.is_empty() {
+            c["detail"] = detail.into();
+        }
+        c
+    };
+    let listeners = match phase {
+        Phase::Starting => check(false, true, "not yet accepting"),
+        Phase::Serving => check(true, true, ""),
+        Phase::Draining => check(true, true, "closing after the drain delay"),
+    };
+    let draining = match phase {
+        Phase::Draining => check(false, true, "shutting down: send traffic elsewhere"),
+        _ => check(true, true, ""),
+    };
+    let mut store = match gw.store.health().await {
+        Health::Healthy => check(true, false, ""),
+        Health::Degraded(why) => {
+            // The store logs its own transitions; a probe every few seconds adds nothing.
+            tracing::debug!(error = %why, "readiness: store degraded");
+            check(false, false, &format!("{why}; grants, revocation and logins answer 503, the proxy path serves"))
+        }
+    };
+    store["kind"] = gw.store.kind().into();
+    let ready = gw.is_ready();
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "checks": {
+            // A Gateway exists only once its config and keys loaded; a reload that fails
+            // keeps the previous ones in force.
+            "config": check(true, true, ""),
+            "keys": check(true, true, ""),
+            "listeners": listeners,
+            "draining": draining,
+            "store": store,
+        },
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    text_response(status, format!("{body}\n"), "application/json")
 }

@@ -413,6 +413,39 @@ mod process {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()
     }
+/// Store health and shutdown cuts: read from the store and the gateway when `/metrics` is
+/// scraped (nothing to count on the request path), appended after [`Metrics::render`].
+pub struct Lifecycle<'a> {
+    /// The `store` label: `embedded` or `redis`.
+    pub store: &'a str,
+    pub store_up: bool,
+    pub store_reopens: u64,
+    pub requests_cut: u64,
+}
+
+pub fn render_lifecycle(out: &mut String, l: &Lifecycle<'_>) {
+    let store = escape(l.store);
+    header(
+        out,
+        "portcullis_store_up",
+        "gauge",
+        "1 while the store answers; 0 while it is degraded (grants, revocation and logins answer 503; the proxy path keeps serving).",
+    );
+    let _ = writeln!(out, "portcullis_store_up{{store=\"{store}\"}} {}", u8::from(l.store_up));
+    header(
+        out,
+        "portcullis_store_reopens_total",
+        "counter",
+        "Times the store reopened its file by itself after an I/O failure.",
+    );
+    let _ = writeln!(out, "portcullis_store_reopens_total{{store=\"{store}\"}} {}", l.store_reopens);
+    header(
+        out,
+        "portcullis_requests_cut_total",
+        "counter",
+        "Requests still running when a shutdown's grace period ended, and so cut off.",
+    );
+    let _ = writeln!(out, "portcullis_requests_cut_total {}", l.requests_cut);
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

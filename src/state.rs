@@ -2,7 +2,7 @@
 //! reload), and the long-lived caches and upstream pool that outlive a reload.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -45,8 +45,33 @@ pub struct Gateway {
     /// Revocations made by other replicas (shared store only); taken once by the server.
     revocation_feed: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<RevocationEvent>>>,
     pub metrics: Metrics,
-    /// Serving: set once the listeners run, cleared when shutdown starts (for /readyz).
-    serving: AtomicBool,
+    /// Where the process is in its life (a [`Phase`]), for /readyz.
+    phase: AtomicU8,
+    /// Requests on the gateway listeners whose response has not been sent in full.
+    in_flight: AtomicU64,
+    /// Requests still running when a shutdown's grace period ended, and so cut off.
+    requests_cut: AtomicU64,
+}
+
+/// Where the process is in its life. Only `Serving` is ready for traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Config and keys loaded, listeners bound, not yet accepting.
+    Starting = 0,
+    Serving = 1,
+    /// Shutdown began: /readyz answers 503 so balancers stop sending, while the listeners
+    /// still accept for the drain delay and in-flight requests finish.
+    Draining = 2,
+}
+
+/// Counts a request in flight from its start until its response is sent in full (or
+/// dropped), so a shutdown knows how many it cuts.
+pub struct InFlight(Arc<Gateway>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Gateway {
@@ -68,19 +93,51 @@ impl Gateway {
             secrets: SecretCache::new(config.cache_max_client_secrets),
             limiter: RateLimiter::new(config.rate_limit.max_tracked),
             metrics: Metrics::new(),
-            serving: AtomicBool::new(false),
+            phase: AtomicU8::new(Phase::Starting as u8),
+            in_flight: AtomicU64::new(0),
+            requests_cut: AtomicU64::new(0),
             runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams }),
         }))
     }
 
     /// Ready for traffic: a config and its keys are loaded (they are, or this Gateway
-    /// would not exist) and the listeners are serving, not draining.
+    /// would not exist) and the listeners are serving, not draining. The store is not
+    /// part of it: a store outage degrades grants, not the proxy path.
     pub fn is_ready(&self) -> bool {
-        self.serving.load(Ordering::Relaxed)
+        self.phase() == Phase::Serving
     }
 
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            _ => Phase::Draining,
+        }
+    }
+
+    /// `true`: serving; `false`: draining (shutdown began).
     pub fn set_serving(&self, serving: bool) {
-        self.serving.store(serving, Ordering::Relaxed);
+        let phase = if serving { Phase::Serving } else { Phase::Draining };
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// Count a request in flight until the guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Record `n` requests cut off at the end of a shutdown's grace period.
+    pub fn cut(&self, n: u64) {
+        self.requests_cut.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn requests_cut(&self) -> u64 {
+        self.requests_cut.load(Ordering::Relaxed)
     }
 
     /// The configuration and keys in force; cheap, lock-free.

@@ -126,6 +126,9 @@ pub struct Limits {
     pub upstream_timeout: Duration,
     pub(crate) tls_handshake_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
+    /// After SIGTERM, how long /readyz answers 503 while the listeners still accept, so
+    /// balancers notice before connections are refused (0: close at once).
+    pub(crate) drain_delay: Duration,
     pub(crate) max_connections: usize,
 }
 

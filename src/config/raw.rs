@@ -105,6 +105,7 @@ pub struct RawLimits {
     pub upstream_timeout: Option<Spanned<String>>,
     pub tls_handshake_timeout: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub drain_delay: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<u64>>,
 }
 

@@ -101,13 +101,16 @@ impl Server {
         self.gateway.clone()
     }
 
-    /// Serve until `shutdown` completes, then stop accepting and let in-flight requests
-    /// finish (bounded by the configured grace period).
+    /// Serve until `shutdown` completes, then drain: /readyz answers 503 at once, the
+    /// listeners keep accepting for `[limits] drain_delay` (so balancers notice first), then
+    /// stop; in-flight requests get `shutdown_grace` to finish, and those still running
+    /// after it are cut off, logged and counted.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limits = self.gateway.runtime().config.limits.clone();
         let graceful = Arc::new(GracefulShutdown::new());
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
         let mut accept_tasks = Vec::new();
         for (listener, use_tls) in self.listeners {
             let ctx = AcceptCtx {
@@ -115,6 +118,7 @@ impl Server {
                 tls: use_tls.then(|| self.tls.clone()),
                 graceful: graceful.clone(),
                 slots: slots.clone(),
+                cut: cut_rx.clone(),
             };
             let mut stop = stop_rx.clone();
             accept_tasks.push(tokio::spawn(async move {
@@ -137,10 +141,16 @@ impl Server {
         }));
         self.gateway.set_serving(true);
         shutdown.await;
+        self.gateway.set_serving(false);
+        // Read now, not at start: a reload may have changed it.
+        let drain = self.gateway.runtime().config.limits.drain_delay;
+        if !drain.is_zero() {
+            tracing::info!(drain_delay = %humantime::format_duration(drain), "draining: /readyz answers 503; still accepting until the drain delay ends");
+            tokio::time::sleep(drain).await;
+        }
         sweeper.abort();
         follower.abort();
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        self.gateway.set_serving(false);
         let _ = stop_tx.send(true);
         let _ = reloader.await;
         for t in accept_tasks {
@@ -152,7 +162,14 @@ impl Server {
             return;
         };
         if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
-            tracing::warn!("grace period over; closing remaining connections");
+            let cut = self.gateway.in_flight();
+            self.gateway.cut(cut);
+            tracing::warn!(
+                requests = cut,
+                grace = %humantime::format_duration(limits.shutdown_grace),
+                "grace period over; cutting the requests still running"
+            );
+            let _ = cut_tx.send(true);
         }
         if let Some(admin) = admin {
             admin.abort();
@@ -178,6 +195,8 @@ struct AcceptCtx {
     tls: Option<Arc<ArcSwapOption<TlsAcceptor>>>,
     graceful: Arc<GracefulShutdown>,
     slots: Arc<Semaphore>,
+    /// Turns true when the grace period is over: every connection still open is dropped.
+    cut: tokio::sync::watch::Receiver<bool>,
 }
 
 async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
@@ -210,8 +229,12 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
             },
         };
         let graceful = ctx.graceful.watcher();
+        let mut cut = ctx.cut.clone();
         tokio::spawn(async move {
-            serve_connection(gateway, stream, addr, tls, graceful).await;
+            tokio::select! {
+                _ = serve_connection(gateway, stream, addr, tls, graceful) => {}
+                _ = cut.wait_for(|cut| *cut) => {}
+            }
             drop(permit);
         });
     }
@@ -234,7 +257,13 @@ async fn serve_connection(
         seen.requested.store(true, Ordering::Relaxed);
         let gw = gw.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(dispatch::dispatch(&gw, req, &peer).await) }
+        async move {
+            let in_flight = gw.enter();
+            let resp = dispatch::dispatch(&gw, req, &peer).await;
+            Ok::<_, Infallible>(
+                resp.map(|body| http_body_util::BodyExt::boxed(Tracked { body, _in_flight: in_flight })),
+            )
+        }
     });
     let served = match tls {
         Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
@@ -267,6 +296,33 @@ async fn serve_connection(
     };
     if let Err(e) = served {
         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+    }
+}
+
+/// A response body that keeps its request counted in flight until it is sent in full or
+/// dropped (a streamed answer is still running after its head went out).
+struct Tracked {
+    body: crate::http::Body,
+    _in_flight: crate::state::InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -2,12 +2,18 @@
 //! durably before we answer, so `kill -9` loses nothing that a client was told about.
 //! redb serialises write transactions, which makes take-once and rotate-once atomic.
 //!
-//! The configured path must keep naming the file we opened: if it is deleted or replaced
-//! while we run, writes would land in an unlinked inode and vanish at the next start
-//! (revoked tokens working again). So the path's device and inode are compared with the
-//! open file's — at most once a second — before every write and on the readiness probe;
-//! on a mismatch writes fail as unavailable (503 `temporarily_unavailable`) and `/readyz`
-//! answers 503 until the file is back.
+//! Two faults degrade the store (grants, revocation and logins answer 503; the proxy path
+//! keeps serving), and both heal without a restart:
+//! - The configured path must keep naming the file we opened: if it is deleted or replaced
+//!   while we run, writes would land in an unlinked inode and vanish at the next start
+//!   (revoked tokens working again). So the path's device and inode are compared with the
+//!   open file's — at most once a second — before every write and on the health probe;
+//!   on a mismatch writes fail as unavailable until the original file is back. A replacing
+//!   file is never adopted: only a restart opens another file.
+//! - An I/O error (a full disk, a file-size limit) leaves a redb handle failed for good
+//!   ("Previous I/O error occurred"). The store then closes the handle and reopens the same
+//!   file — never creating a new one — with bounded backoff, from a write or a probe, so
+//!   once the cause is gone the next attempt brings it back; each reopen is counted.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +33,9 @@ const REFRESH: Table = TableDefinition::new("refresh_tokens");
 const FAMILIES: Table = TableDefinition::new("families");
 const REVOKED: Table = TableDefinition::new("revoked_access");
 const SESSIONS: Table = TableDefinition::new("sessions");
+/// One record, rewritten by the health probe after a failure: only a write proves that the
+/// file takes writes again (a reopened handle reads fine on a still-full disk).
+const HEALTH: Table = TableDefinition::new("health");
 
 /// How long a used code is remembered so that a replay can be detected and punished.
 const USED_CODE_MEMORY_SECS: u64 = 600;
@@ -51,8 +60,99 @@ struct Family {
 }
 
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
+}
+
+/// Everything the blocking pool needs, shared with it.
+struct Inner {
+    /// The open database; `None` only while a failed handle is being replaced.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
     file: FileIdentity,
+    healing: Healing,
+    opener: Opener,
+}
+
+/// How the file is opened: by path, or in unit tests through a backend that fails on demand.
+enum Opener {
+    File,
+    #[cfg(test)]
+    Faulty(Arc<AtomicBool>),
+}
+
+/// The first reopen attempt is immediate; later ones wait this long, doubling up to
+/// [`MAX_BACKOFF`], so a request storm against a still-full disk costs one attempt per
+/// interval, not one per request.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a reopen waits for in-flight transactions to let go of the failed handle.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// An I/O failure of the open handle, and the schedule of attempts to reopen it.
+struct Healing {
+    /// Set by a failure, cleared by a successful reopen; read on every operation.
+    failed: AtomicBool,
+    /// Reopened, and no write has succeeded since: keep the backoff until one does.
+    probation: AtomicBool,
+    state: std::sync::Mutex<HealState>,
+    reopens: AtomicU64,
+    /// Reopen attempts, successful or not (the unit tests bound them).
+    attempts: AtomicU64,
+}
+
+struct HealState {
+    /// The error that failed the handle, as logged.
+    reason: String,
+    /// No attempt before this.
+    next_attempt: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Healing {
+    fn new() -> Healing {
+        Healing {
+            failed: AtomicBool::new(false),
+            probation: AtomicBool::new(false),
+            state: std::sync::Mutex::new(HealState {
+                reason: String::new(),
+                next_attempt: None,
+                backoff: FIRST_BACKOFF,
+            }),
+            reopens: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealState> {
+        // A panic while holding it leaves plain data behind, still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remember an I/O failure (other errors leave the handle usable).
+    fn note<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            // Logged once, when the handle turns failed; the reason is in place before the flag.
+            Err(StoreError::Io(reason)) if !self.failed.load(Ordering::Acquire) => {
+                let mut state = self.lock();
+                if !self.failed.load(Ordering::Acquire) {
+                    state.reason.clone_from(reason);
+                    self.failed.store(true, Ordering::Release);
+                    tracing::error!(
+                        error = %reason,
+                        "store I/O failed; grants and revocation answer 503 until the store file is reopened (retrying with backoff)"
+                    );
+                }
+            }
+            Ok(_) if self.probation.swap(false, Ordering::AcqRel) => {
+                // A write went through after a reopen: the cause is gone, start afresh.
+                self.lock().backoff = FIRST_BACKOFF;
+            }
+            _ => {}
+        }
+    }
+
+    fn reason(&self) -> String {
+        self.lock().reason.clone()
+    }
 }
 
 /// How often the store path is checked against the open file, at most.
@@ -127,6 +227,17 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// A redb error: an I/O failure (or the "previous I/O error" that follows one, or a closed
+/// handle) makes the handle unusable until reopened; anything else is a plain failure.
+fn storage(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        e @ (redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed) => {
+            StoreError::Io(e.to_string())
+        }
+        e => unavailable(e),
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -141,14 +252,14 @@ fn now_secs() -> u64 {
 
 /// Read one record inside a write transaction.
 fn get<T: DeserializeOwned>(txn: &WriteTransaction, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
-    let t = txn.open_table(table).map_err(unavailable)?;
-    let bytes = t.get(key).map_err(unavailable)?.map(|g| g.value().to_vec());
+    let t = txn.open_table(table).map_err(storage)?;
+    let bytes = t.get(key).map_err(storage)?.map(|g| g.value().to_vec());
     bytes.map(|b| decode(&b)).transpose()
 }
 
 fn put<T: Serialize>(txn: &WriteTransaction, table: Table, key: &[u8], value: &T) -> Result<(), StoreError> {
-    let mut t = txn.open_table(table).map_err(unavailable)?;
-    t.insert(key, encode(value)?.as_slice()).map_err(unavailable)?;
+    let mut t = txn.open_table(table).map_err(storage)?;
+    t.insert(key, encode(value)?.as_slice()).map_err(storage)?;
     Ok(())
 }
 
@@ -172,26 +283,147 @@ fn open_family_in(txn: &WriteTransaction, family: &str, expires_at: u64) -> Resu
     put(txn, FAMILIES, family.as_bytes(), &fam)
 }
 
+/// Create every table up front so that readers never see a missing table.
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(storage)?;
+    for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS] {
+        txn.open_table(table).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
+}
+
+impl Opener {
+    /// Open the file at `path`, creating it only when `create` (at start, never on a reopen:
+    /// a fresh empty file would forget every revocation).
+    fn open(&self, path: &Path, create: bool) -> Result<Database, StoreError> {
+        let failed = |e: redb::DatabaseError| StoreError::Io(format!("{}: {e}", path.display()));
+        match self {
+            Opener::File if create => Database::create(path).map_err(failed),
+            Opener::File => Database::open(path).map_err(failed),
+            #[cfg(test)]
+            Opener::Faulty(fail) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(create)
+                    .truncate(false)
+                    .open(path)
+                    .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+                let backend = redb::backends::FileBackend::new(file).map_err(failed)?;
+                Database::builder()
+                    .create_with_backend(faults::Faulty { inner: backend, fail: fail.clone() })
+                    .map_err(failed)
+            }
+        }
+    }
+}
+
+fn down(reason: &str) -> StoreError {
+    StoreError::Unavailable(format!("reopening after an I/O failure ({reason})"))
+}
+
+impl Inner {
+    /// The handle, when it is usable; after a failure, `None` until a reopen succeeded.
+    fn current(&self) -> Option<Arc<Database>> {
+        if self.healing.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The handle, reopening a failed one if an attempt is due. Blocking: call on the
+    /// blocking pool.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self.current() {
+            return Ok(db);
+        }
+        self.heal()?;
+        self.current().ok_or_else(|| self.down())
+    }
+
+    fn down(&self) -> StoreError {
+        down(&self.healing.reason())
+    }
+
+    /// Another thread holds the schedule (it is reopening): do not wait for it.
+    fn down_busy(&self) -> StoreError {
+        down("a reopen is under way")
+    }
+
+    /// Close the failed handle and open the same file again, unless an attempt is not yet
+    /// due or another thread is at it. Only the file we opened at start is reopened: if the
+    /// path is gone or names another file, that fault is reported instead.
+    fn heal(&self) -> Result<(), StoreError> {
+        let Ok(mut state) = self.healing.state.try_lock() else { return Err(self.down_busy()) };
+        if !self.healing.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if state.next_attempt.is_some_and(|at| now < at) {
+            return Err(down(&state.reason));
+        }
+        state.next_attempt = Some(now + state.backoff);
+        state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
+        self.healing.attempts.fetch_add(1, Ordering::Relaxed);
+        self.file.check()?;
+        // redb locks the file: the old handle must be closed before it can be opened again.
+        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut old) = old {
+            let deadline = Instant::now() + RELEASE_WAIT;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => break drop(db),
+                    Err(shared) if Instant::now() < deadline => {
+                        old = shared;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    // Still used: the last user closes it, and a later attempt reopens.
+                    Err(_) => break,
+                }
+            }
+        }
+        let reopened = self.opener.open(&self.file.path, false).and_then(|db| {
+            create_tables(&db)?;
+            Ok(db)
+        });
+        match reopened {
+            Ok(db) => {
+                *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+                self.healing.probation.store(true, Ordering::Release);
+                self.healing.failed.store(false, Ordering::Release);
+                self.healing.reopens.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %self.file.path.display(), "store file reopened after an I/O failure; accepting writes again");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?state.backoff, "store reopen failed");
+                state.reason = e.to_string();
+                Err(down(&state.reason))
+            }
+        }
+    }
+}
+
 impl EmbeddedStore {
     /// Open or create the store file (and its directory).
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with(path, Opener::File)
+    }
+
+    fn open_with(path: &Path, opener: Opener) -> Result<EmbeddedStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
         }
         let existed = path.exists();
-        let db = Database::create(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        let db = opener.open(path, true)?;
         if !existed {
             // The README promises it: the first start says where the grant state went.
             tracing::info!(path = %path.display(), "created the store file");
         }
-        // Create every table up front so that readers never see a missing table.
-        let txn = db.begin_write().map_err(unavailable)?;
-        for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS] {
-            txn.open_table(table).map_err(unavailable)?;
-        }
-        txn.commit().map_err(unavailable)?;
+        create_tables(&db)?;
         let file = FileIdentity::new(path)?;
-        Ok(EmbeddedStore { db: Arc::new(db), file })
+        let inner = Inner { db: std::sync::RwLock::new(Some(Arc::new(db))), file, healing: Healing::new(), opener };
+        Ok(EmbeddedStore { inner: Arc::new(inner) })
     }
 
     /// Run one write transaction on the blocking pool (commits fsync) and commit it.
@@ -201,13 +433,35 @@ impl EmbeddedStore {
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
         // Refuse rather than write into a file nobody will open again.
-        self.file.check()?;
-        let db = self.db.clone();
+        self.inner.file.check()?;
+        let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(unavailable)?;
-            let out = f(&txn)?;
-            txn.commit().map_err(unavailable)?;
-            Ok(out)
+            let db = inner.db()?;
+            let out = (|| {
+                let txn = db.begin_write().map_err(storage)?;
+                let out = f(&txn)?;
+                txn.commit().map_err(storage)?;
+                Ok(out)
+            })();
+            inner.healing.note(&out);
+            out
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// Run `f` in a read transaction on the blocking pool.
+    async fn read_txn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = inner.db()?;
+            let out = db.begin_read().map_err(storage).and_then(|txn| f(&txn));
+            inner.healing.note(&out);
+            out
         })
         .await
         .map_err(unavailable)?
@@ -218,18 +472,15 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&[u8]) -> Result<Option<T>, StoreError> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(unavailable)?;
-            let t = txn.open_table(table).map_err(unavailable)?;
-            let bytes = t.get(key.as_slice()).map_err(unavailable)?.map(|g| g.value().to_vec());
+        self.read_txn(move |txn| {
+            let t = txn.open_table(table).map_err(storage)?;
+            let bytes = t.get(key.as_slice()).map_err(storage)?.map(|g| g.value().to_vec());
             match bytes {
                 Some(b) => f(&b),
                 None => Ok(None),
             }
         })
         .await
-        .map_err(unavailable)?
     }
 }
 
@@ -244,7 +495,7 @@ impl Store for EmbeddedStore {
         self.write(move |txn| match get::<CodeState>(txn, CODES, &code)? {
             None => Ok(TakeCode::Unknown),
             Some(CodeState::Fresh(grant)) if grant.expires_at <= now => {
-                txn.open_table(CODES).map_err(unavailable)?.remove(code.as_slice()).map_err(unavailable)?;
+                txn.open_table(CODES).map_err(storage)?.remove(code.as_slice()).map_err(storage)?;
                 Ok(TakeCode::Unknown)
             }
             Some(CodeState::Fresh(grant)) => {
@@ -269,21 +520,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<StoredRefresh>, StoreError> {
-        let db = self.db.clone();
         let state = self.read(REFRESH, token.to_vec(), |b| decode::<RefreshState>(b).map(Some)).await?;
         let Some(state) = state else { return Ok(None) };
         if state.grant.expires_at <= now {
             return Ok(None);
         }
         let family = state.grant.family.clone();
-        let revoked = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
-            let txn = db.begin_read().map_err(unavailable)?;
-            let t = txn.open_table(FAMILIES).map_err(unavailable)?;
-            let fam = t.get(family.as_bytes()).map_err(unavailable)?.map(|g| g.value().to_vec());
-            Ok(fam.map(|b| decode::<Family>(&b)).transpose()?.is_some_and(|f| f.revoked))
-        })
-        .await
-        .map_err(unavailable)??;
+        let revoked = self
+            .read(FAMILIES, family.into_bytes(), |b| decode::<Family>(b).map(|f| Some(f.revoked)))
+            .await?
+            .unwrap_or(false);
         Ok((!revoked).then_some(StoredRefresh { grant: state.grant, spent: state.spent }))
     }
 
@@ -352,9 +598,15 @@ impl Store for EmbeddedStore {
     /// wait for a writer), and the hop to the blocking pool and back cost more than the read
     /// (two thread wake-ups, about a quarter of the CPU time of a miss).
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let t = txn.open_table(REVOKED).map_err(unavailable)?;
-        Ok(t.get(jti.as_bytes()).map_err(unavailable)?.is_some())
+        // A failed handle is reopened by a write or a probe, never here on the async thread.
+        let db = self.inner.current().ok_or_else(|| self.inner.down())?;
+        let found = (|| {
+            let txn = db.begin_read().map_err(storage)?;
+            let t = txn.open_table(REVOKED).map_err(storage)?;
+            Ok(t.get(jti.as_bytes()).map_err(storage)?.is_some())
+        })();
+        self.inner.healing.note(&found);
+        found
     }
 
     async fn put_session(&self, id: Hash, session: Session) -> Result<(), StoreError> {
@@ -366,12 +618,23 @@ impl Store for EmbeddedStore {
         Ok(s.filter(|s| s.expires_at > now))
     }
 
+    /// Also where a failed handle heals while no write comes (readiness probes, scrapes).
+    /// After a failure, and until a write succeeded, the probe is a write.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.file.check()?;
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.begin_read().map(|_| ()).map_err(unavailable))
-            .await
-            .map_err(unavailable)?
+        self.inner.file.check()?;
+        let h = &self.inner.healing;
+        if h.failed.load(Ordering::Acquire) || h.probation.load(Ordering::Acquire) {
+            return self.write(|txn| put(txn, HEALTH, b"probe", &now_secs())).await;
+        }
+        self.read_txn(|_| Ok(())).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn reopens(&self) -> u64 {
+        self.inner.healing.reopens.load(Ordering::Relaxed)
     }
 
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
@@ -379,10 +642,10 @@ impl Store for EmbeddedStore {
             let mut removed = 0u64;
             // Unreadable records are kept: deleting what we cannot parse could hide a bug.
             let mut sweep = |table: Table, expired: &dyn Fn(&[u8]) -> bool| -> Result<(), StoreError> {
-                let mut t = txn.open_table(table).map_err(unavailable)?;
-                let before = t.len().map_err(unavailable)?;
-                t.retain(|_, v| !expired(v)).map_err(unavailable)?;
-                removed += before - t.len().map_err(unavailable)?;
+                let mut t = txn.open_table(table).map_err(storage)?;
+                let before = t.len().map_err(storage)?;
+                t.retain(|_, v| !expired(v)).map_err(storage)?;
+                removed += before - t.len().map_err(storage)?;
                 Ok(())
             };
             sweep(CODES, &|v| match decode::<CodeState>(v) {
@@ -397,6 +660,74 @@ impl Store for EmbeddedStore {
             Ok(removed)
         })
         .await
+    }
+}
+
+/// A file backend whose writes fail while `fail` is set, as on a full disk.
+#[cfg(test)]
+mod faults {
+    use std::ops::Bound;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use redb::backends::FileBackend;
+    use redb::{BackendError, StorageBackend};
+
+    #[derive(Debug)]
+    pub(super) struct Faulty {
+        pub(super) inner: FileBackend,
+        pub(super) fail: Arc<AtomicBool>,
+    }
+
+    impl Faulty {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::Acquire) {
+                return Err(std::io::Error::other("injected: no space left on device"));
+            }
+            Ok(())
+        }
+    }
+
+    impl StorageBackend for Faulty {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.inner.close()
+        }
+        fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+            self.inner.try_lock_range(start, end)
+        }
+        fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+            self.inner.try_lock_shared_range(start, end)
+        }
+        fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.lock_range(start, end)
+        }
+        fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.lock_shared_range(start, end)
+        }
+        fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+            self.inner.unlock_range(start, end)
+        }
+        fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+            self.inner.query_lock_range(start, end)
+        }
     }
 }
 
@@ -501,5 +832,68 @@ mod tests {
         let removed = s.sweep(100).await.unwrap();
         assert_eq!(removed, 3, "refresh g, family g, session");
         assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some());
+    }
+
+    /// Issue 18: a failed write (a full disk) used to leave the handle failed for good.
+    /// While the fault lasts every operation fails as an I/O failure and the store says
+    /// why; once it is gone the store reopens the same file, keeps what was committed
+    /// before, and a storm of requests during the fault costs a bounded number of reopens.
+    #[tokio::test]
+    async fn an_io_failure_heals_by_reopening_once_the_cause_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let s = EmbeddedStore::open_with(&dir.path().join("s.redb"), Opener::Faulty(fail.clone())).unwrap();
+        let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: u64::MAX };
+        s.revoke_access(at("before")).await.unwrap();
+        assert_eq!(s.health().await, crate::store::Health::Healthy);
+
+        fail.store(true, Ordering::Release);
+        let first = s.revoke_access(at("during")).await;
+        assert!(matches!(first, Err(StoreError::Io(_))), "{first:?}");
+        for i in 0..200 {
+            assert!(s.revoke_access(at(&format!("storm{i}"))).await.is_err());
+        }
+        assert!(s.is_revoked("before").await.is_err(), "a failed handle answers nothing");
+        let health = s.health().await;
+        assert!(matches!(&health, crate::store::Health::Degraded(why) if why.contains("I/O")), "{health:?}");
+        let attempts = s.inner.healing.attempts.load(Ordering::Relaxed);
+        assert!(attempts <= 5, "{attempts} reopen attempts during a burst of 200 requests (backoff)");
+        assert_eq!(s.reopens(), 0);
+
+        fail.store(false, Ordering::Release);
+        let mut healed = false;
+        for _ in 0..200 {
+            if s.revoke_access(at("after")).await.is_ok() {
+                healed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(healed, "the store did not reopen once the fault was gone");
+        assert_eq!(s.reopens(), 1);
+        assert_eq!(s.health().await, crate::store::Health::Healthy);
+        assert!(s.is_revoked("before").await.unwrap(), "committed before the fault: kept");
+        assert!(s.is_revoked("after").await.unwrap());
+        assert!(!s.is_revoked("during").await.unwrap(), "refused during the fault: never written");
+    }
+
+    /// The store never creates a file on a reopen: a removed file stays a fault.
+    #[tokio::test]
+    async fn a_reopen_never_creates_a_fresh_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let fail = Arc::new(AtomicBool::new(false));
+        let s = EmbeddedStore::open_with(&path, Opener::Faulty(fail.clone())).unwrap();
+        fail.store(true, Ordering::Release);
+        let at = IssuedAccess { jti: "j".into(), expires_at: u64::MAX };
+        assert!(s.revoke_access(at.clone()).await.is_err());
+        std::fs::remove_file(&path).unwrap();
+        fail.store(false, Ordering::Release);
+        tokio::time::sleep(FILE_CHECK_INTERVAL + Duration::from_millis(50)).await;
+        for _ in 0..5 {
+            assert!(s.revoke_access(at.clone()).await.is_err());
+        }
+        assert!(!path.exists(), "no fresh file behind the operator's back");
+        assert_eq!(s.reopens(), 0);
     }
 }

@@ -19,6 +19,10 @@ pub type Hash = [u8; 32];
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The storage under the store failed (a full disk, a file-size limit): the embedded
+    /// store's handle is unusable until it is reopened, which it does by itself.
+    #[error("store I/O failed: {0}")]
+    Io(String),
     #[error("store record is corrupt: {0}")]
     Corrupt(String),
 }
@@ -103,6 +107,16 @@ pub struct Session {
     pub expires_at: u64,
 }
 
+/// How the store is doing: what `/readyz?verbose` and `portcullis_store_up` show. A
+/// degraded store refuses what needs it (grants, revocation, logins: 503
+/// `temporarily_unavailable`); the proxy path keeps serving, so readiness does not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Why, for a human: the store error as logged (no secret is ever part of one).
+    Degraded(String),
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Remember a freshly issued authorization code.
@@ -151,6 +165,25 @@ pub trait Store: Send + Sync {
     /// Remove expired records; returns how many.
     async fn sweep(&self, now: u64) -> Result<u64, StoreError>;
 
-    /// Is the store reachable and usable right now (for readiness)?
+    /// Is the store reachable and usable right now (for readiness)? A store that heals
+    /// itself may try to here.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Health now, from `ping`.
+    async fn health(&self) -> Health {
+        match self.ping().await {
+            Ok(()) => Health::Healthy,
+            Err(e) => Health::Degraded(e.to_string()),
+        }
+    }
+
+    /// The implementation's name, the `store` label of the health metrics.
+    fn kind(&self) -> &'static str {
+        "other"
+    }
+
+    /// How often the store reopened itself after a failure (0 for stores that never need to).
+    fn reopens(&self) -> u64 {
+        0
+    }
 }

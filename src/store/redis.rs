@@ -479,6 +479,10 @@ impl Store for RedisStore {
         Ok(0)
     }
 
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         redis::cmd("PING").query_async::<String>(&mut conn.c).await.map(|_| ()).map_err(|e| conn.fail(e))

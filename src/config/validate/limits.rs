@@ -22,6 +22,7 @@ impl Validator<'_> {
             upstream_timeout: self.duration(&rl.upstream_timeout, Duration::from_secs(30))?,
             tls_handshake_timeout: self.duration(&rl.tls_handshake_timeout, Duration::from_secs(10))?,
             shutdown_grace: self.duration(&rl.shutdown_grace, Duration::from_secs(30))?,
+            drain_delay: self.duration(&rl.drain_delay, Duration::ZERO)?,
             max_connections: self.number(&rl.max_connections, 10_000)? as usize,
         };
         if limits.max_header_bytes < 8192

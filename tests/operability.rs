@@ -1,0 +1,448 @@
+//! Issue 18, points 1 and 3: a store that heals after an I/O failure, readiness that
+//! means "send me traffic" (a store outage degrades grants, not the proxy path), and a
+//! shutdown that drains before it closes and counts what it cuts. Over real sockets; the
+//! store fault and SIGTERM at process level, against the real binary.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The gateway binary as a child process, its stderr (JSON lines) collected.
+struct Binary {
+    child: std::process::Child,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    /// Spawned with SIGXFSZ ignored, as a service manager may run it: a file-size limit
+    /// then fails writes with EFBIG, the way a full disk fails them with ENOSPC.
+    fn spawn(config: &Path) -> Binary {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.args(["--log-format", "json", "serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Binary { child, lines }
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).unwrap()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Limit the size of any file the gateway writes (soft limit; the hard one stays).
+    fn limit_file_size(&self, bytes: u64) {
+        let limit = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: prlimit(2) on our own child; `limit` outlives the call, no old value asked.
+        let rc = unsafe { libc::prlimit(self.pid(), libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+
+    fn raw(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn json(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The fields of the first line whose message is `message`, waiting for it.
+    async fn wait_for(&self, message: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(v) = self.json().into_iter().find(|v| v["fields"]["message"] == message) {
+                return v["fields"].clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no {message:?} line; stderr:\n{}", self.raw());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Index of the first line with this message, if any.
+    fn position(&self, message: &str) -> Option<usize> {
+        self.json().iter().position(|v| v["fields"]["message"] == message)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A spawned gateway: its binary, the TLS port and the admin address.
+struct Spawned {
+    bin: Binary,
+    port: String,
+    admin: String,
+    client: reqwest::Client,
+}
+
+impl Spawned {
+    async fn start(dir: &Path, pki: &Pki, text: &str) -> Spawned {
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, text).unwrap();
+        let bin = Binary::spawn(&config);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let https = loop {
+            let found = bin
+                .json()
+                .into_iter()
+                .find(|v| v["fields"]["message"] == "listening" && v["fields"]["scheme"] == "https");
+            if let Some(v) = found {
+                break v["fields"]["address"].as_str().unwrap().to_string();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not listening; stderr:\n{}", bin.raw());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let port = https.rsplit_once(':').unwrap().1.to_string();
+        let admin = bin.wait_for("admin listening (/healthz, /readyz, /metrics)").await["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        Spawned { bin, port, admin, client: https_client(&pki.ca_pem, false) }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    async fn admin(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("http://{}{path}", self.admin)).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    async fn token(&self) -> String {
+        let resp = self
+            .client
+            .post(self.url("/oauth/token"))
+            .basic_auth("svc", Some(SVC_SECRET))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+    }
+
+    async fn revoke(&self, token: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url("/oauth/revoke"))
+            .basic_auth("svc", Some(SVC_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    async fn api(&self, token: &str) -> u16 {
+        self.client.get(self.url("/api/x")).bearer_auth(token).send().await.unwrap().status().as_u16()
+    }
+}
+
+/// A sample's value in Prometheus text, or `None` when the series is absent.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The readiness detail: status and body.
+async fn verbose(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let resp = client.get(url).send().await.unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    (status, resp.json().await.unwrap())
+}
+
+// ---------------------------------------------------------------------------------------
+// Point 1: the embedded store heals after an I/O failure
+
+/// Issue 18.1 at process level: the store file cannot grow (a file-size limit set on the
+/// running gateway, as a full disk would) — revocation answers 503 while it lasts, readiness
+/// stays 200 but the verbose probe and the metrics show the store down; once the limit is
+/// lifted the store reopens itself, and the same revocation succeeds without a restart.
+#[tokio::test]
+async fn embedded_store_io_failure_refuses_revocation_then_heals_without_restart() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let gw = Spawned::start(dir.path(), &pki, &config_toml(dir.path(), &pki, up.addr, "")).await;
+    let store = dir.path().join("data/portcullis.redb");
+    assert!(store.exists());
+    let before = gw.token().await;
+    assert_eq!(gw.revoke(&before).await.0, 200, "healthy store: revocation works");
+    assert_eq!(gw.admin("/readyz").await, (200, "ready\n".to_string()));
+
+    // The disk is "full": no write beyond the first 4 KiB of any file.
+    gw.bin.limit_file_size(4096);
+    let token = gw.token().await;
+    let (status, v) = gw.revoke(&token).await;
+    assert_eq!((status, v["error"].as_str()), (503, Some("temporarily_unavailable")), "{v}\n{}", gw.bin.raw());
+    // Again (now the "previous I/O error" state): still 503, never a 200 that wrote nothing.
+    let (status, _) = gw.revoke(&token).await;
+    assert_eq!(status, 503);
+    let pw = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)];
+    let resp =
+        gw.client.post(gw.url("/oauth/token")).basic_auth("webapp", Some(SVC_SECRET)).form(&pw).send().await.unwrap();
+    assert_eq!(resp.status(), 503, "a grant that writes");
+
+    // Readiness: the proxy path still serves, so the replica stays in the balancer...
+    assert_eq!(gw.admin("/readyz").await.0, 200);
+    assert_eq!(gw.api(&token).await, 200, "the proxy path keeps serving");
+    // ...and says what is degraded to whoever asks.
+    let http = reqwest::Client::new();
+    let (status, v) = verbose(&http, &format!("http://{}/readyz?verbose", gw.admin)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["checks"]["store"]["ok"], false, "{v}");
+    assert_eq!(v["checks"]["store"]["required"], false);
+    assert_eq!(v["checks"]["store"]["kind"], "embedded");
+    assert!(v["checks"]["store"]["detail"].as_str().unwrap().contains("I/O"), "{v}");
+    let (_, text) = gw.admin("/metrics").await;
+    assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(0.0), "{text}");
+    // A reopen may already have happened (opening needs no write); the store stays down
+    // because only a write proves it healed.
+    assert!(metric(&text, "portcullis_store_reopens_total{store=\"embedded\"}").is_some());
+
+    // Space is freed: the store reopens itself and the revocation goes through.
+    gw.bin.limit_file_size(libc::RLIM_INFINITY);
+    let healed = within(Duration::from_secs(30), async || gw.revoke(&token).await.0 == 200).await;
+    assert!(healed.is_some(), "the store did not heal; stderr:\n{}", gw.bin.raw());
+    assert_eq!(gw.api(&token).await, 401, "revoked once the store is back");
+    assert_eq!(gw.api(&before).await, 401, "revoked before the fault: still revoked");
+    let (status, v) = verbose(&http, &format!("http://{}/readyz?verbose", gw.admin)).await;
+    assert_eq!((status, &v["checks"]["store"]["ok"]), (200, &Value::Bool(true)), "{v}");
+    let (_, text) = gw.admin("/metrics").await;
+    assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(1.0), "{text}");
+    assert!(metric(&text, "portcullis_store_reopens_total{store=\"embedded\"}").unwrap() >= 1.0, "{text}");
+    gw.bin.wait_for("store file reopened after an I/O failure; accepting writes again").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Point 2: readiness that means "send me traffic"
+
+/// Issue 18.3: with Redis unreachable every replica used to answer /readyz 503 at once,
+/// although the proxy path works. Now readiness stays 200; the verbose probe (by query or by
+/// Accept) names the store as down, grants that write answer 503, tokens keep working.
+#[tokio::test]
+async fn redis_unreachable_degrades_grants_but_not_readiness() {
+    let up = EchoUpstream::start().await;
+    let port = free_port();
+    let store = format!("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}/\"\ntimeout = \"200ms\"\n");
+    let gw = TestGateway::start_with(up.addr, &store).await;
+    let http = reqwest::Client::new();
+    let resp = http.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "ready\n");
+    assert_eq!(http.head(gw.admin_url("/readyz")).send().await.unwrap().status(), 200);
+
+    for (label, req) in [
+        ("?verbose", http.get(gw.admin_url("/readyz?verbose"))),
+        ("?verbose=1", http.get(gw.admin_url("/readyz?verbose=1"))),
+        ("Accept", http.get(gw.admin_url("/readyz")).header("accept", "text/html, Application/JSON;q=0.9")),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{label}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{label}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["status"], "ready", "{label}: {v}");
+        for check in ["config", "keys", "listeners", "draining"] {
+            assert_eq!(v["checks"][check]["ok"], true, "{label} {check}: {v}");
+            assert_eq!(v["checks"][check]["required"], true, "{label} {check}: {v}");
+        }
+        let store = &v["checks"]["store"];
+        assert_eq!((&store["ok"], &store["required"], &store["kind"]), (&false.into(), &false.into(), &"redis".into()));
+        assert!(store["detail"].as_str().is_some_and(|d| !d.is_empty()), "{label}: {v}");
+    }
+    // `verbose=0` asks for the plain probe.
+    let resp = http.get(gw.admin_url("/readyz?verbose=0")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "ready\n");
+
+    // The proxy path: a token that needs no store is issued and works.
+    let token = gw.token("svc", SVC_SECRET, None).await;
+    assert_eq!(api_status(&gw, &token).await, 200);
+    let pw = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &pw).await;
+    assert_eq!((status, v["error"].as_str()), (503, Some("temporarily_unavailable")), "{v}");
+    let text = http.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "portcullis_store_up{store=\"redis\"}"), Some(0.0), "{text}");
+}
+
+/// Readiness fails while draining (and says so in both forms); the store being healthy
+/// does not make a draining replica ready.
+#[tokio::test]
+async fn draining_is_not_ready_in_plain_and_verbose_form() {
+    let (_up, gw) = setup().await;
+    let http = reqwest::Client::new();
+    let (status, v) = verbose(&http, &gw.admin_url("/readyz?verbose")).await;
+    assert_eq!(status, 200);
+    assert_eq!((&v["status"], &v["checks"]["store"]["ok"]), (&"ready".into(), &true.into()), "{v}");
+    let text = http.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(1.0), "{text}");
+
+    gw.gateway.set_serving(false);
+    let resp = http.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.text().await.unwrap(), "not ready: draining\n");
+    let (status, v) = verbose(&http, &gw.admin_url("/readyz?verbose")).await;
+    assert_eq!(status, 503);
+    assert_eq!(v["status"], "not ready");
+    assert_eq!(v["checks"]["draining"]["ok"], false, "{v}");
+    assert_eq!(v["checks"]["store"]["ok"], true, "{v}");
+    gw.gateway.set_serving(true);
+}
+
+// ---------------------------------------------------------------------------------------
+// Point 3: drain on shutdown
+
+/// Issue 18.3 at process level: SIGTERM turns /readyz 503 first while the listeners still
+/// accept (a request sent after readiness failed is served), then the listeners close; a
+/// request still running when the grace period ends is cut, and the cut is logged with
+/// its count.
+#[tokio::test]
+async fn sigterm_drains_then_closes_and_counts_what_the_grace_period_cuts() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, up.addr, "")
+        .replace("[limits]\n", "[limits]\ndrain_delay = \"3s\"\nshutdown_grace = \"1s\"\n")
+        .replace("upstream_timeout = \"2s\"", "upstream_timeout = \"60s\"");
+    let gw = Spawned::start(dir.path(), &pki, &text).await;
+    let token = gw.token().await;
+    // A request that outlives any grace period: in flight when SIGTERM arrives.
+    let slow = {
+        let (client, url, token) = (gw.client.clone(), gw.url("/slow/60000"), token.clone());
+        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16()) })
+    };
+    wait_until("the slow request to reach the upstream", || async { accepted(&up) >= 1 }).await;
+
+    gw.bin.signal(libc::SIGTERM);
+    let drained = within(WAIT, async || gw.admin("/readyz").await == (503, "not ready: draining\n".into())).await;
+    assert!(drained.is_some(), "/readyz did not turn 503; stderr:\n{}", gw.bin.raw());
+    // Readiness failed, the listeners still accept: a balancer that has not yet noticed
+    // loses nothing. A fresh client, so a fresh connection.
+    let fresh = https_client(&pki.ca_pem, false);
+    let status = fresh.get(gw.url("/api/x")).bearer_auth(&token).send().await.unwrap().status();
+    assert_eq!(status, 200, "a new connection during the drain delay is served");
+
+    let cut = gw.bin.wait_for("grace period over; cutting the requests still running").await;
+    assert_eq!(cut["requests"], 1, "{cut}");
+    gw.bin.wait_for("stopped").await;
+    let order = |m: &str| gw.bin.position(m).unwrap_or_else(|| panic!("no {m:?}; stderr:\n{}", gw.bin.raw()));
+    assert!(
+        order("draining: /readyz answers 503; still accepting until the drain delay ends")
+            < order("shutting down: no new connections, finishing in-flight requests")
+    );
+    let slow = slow.await.unwrap();
+    assert!(!matches!(slow, Ok(200)), "the cut request did not complete: {slow:?}");
+}
+
+/// In process: the cut requests are counted in `portcullis_requests_cut_total`, and a
+/// streamed response still running counts as a request in flight.
+#[tokio::test]
+async fn requests_cut_at_the_end_of_the_grace_period_are_counted() {
+    let up = EchoUpstream::start().await;
+    let gw = gateway_with_limits(up.addr, "", "shutdown_grace = \"300ms\"\n").await;
+    gw.rewrite_config(|t| t.replace("upstream_timeout = \"2s\"", "upstream_timeout = \"60s\""));
+    let gateway = gw.gateway.clone();
+    let token = gw.token("svc", SVC_SECRET, None).await;
+    let client = gw.client();
+    let slow = tokio::spawn({
+        let (client, url, token) = (client.clone(), gw.url("/slow/60000"), token.clone());
+        async move { client.get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16()) }
+    });
+    // A streamed upload echoed back: its response head is out, its body still running.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let streaming = client.post(gw.url("/stream/x")).bearer_auth(&token).body(body).send();
+    tx.send(Ok(bytes::Bytes::from_static(b"first"))).await.unwrap();
+    let resp = streaming.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_until("both requests in flight", || async { gateway.in_flight() >= 2 }).await;
+    assert_eq!(gateway.requests_cut(), 0);
+
+    gw.shutdown().await;
+    assert_eq!(gateway.requests_cut(), 2);
+    let req = http::Request::get("/metrics").body(()).unwrap();
+    let resp = portcullis::admin::handle(&gateway, &req).await;
+    let text = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    assert_eq!(metric(&text, "portcullis_requests_cut_total"), Some(2.0), "{text}");
+    assert!(!matches!(slow.await.unwrap(), Ok(200)));
+    drop(tx);
+}
+
+/// A stream of the chunks sent on `rx`.
+fn tokio_stream_from(
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+/// The other store fault in the same health model: the store file moved away while running
+/// degrades the store (verbose probe, metric, 503 on revocation, readiness kept), and moving
+/// it back heals it without a restart.
+#[tokio::test]
+async fn store_file_moved_away_and_back_degrades_then_heals_in_the_same_model() {
+    let (_up, gw) = setup().await;
+    let http = reqwest::Client::new();
+    let store = gw.dir.path().join("data/portcullis.redb");
+    let aside = gw.dir.path().join("data/aside.redb");
+    let revoke = async |token: &str| {
+        gw.client()
+            .post(gw.url("/oauth/revoke"))
+            .basic_auth("svc", Some(SVC_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let store_ok = async || verbose(&http, &gw.admin_url("/readyz?verbose")).await.1["checks"]["store"]["ok"] == true;
+    let token = gw.token("svc", SVC_SECRET, None).await;
+
+    std::fs::rename(&store, &aside).unwrap();
+    assert!(within(WAIT, async || !store_ok().await).await.is_some(), "the store stayed ok");
+    assert_eq!(revoke(&token).await, 503);
+    assert_eq!(http.get(gw.admin_url("/readyz")).send().await.unwrap().status(), 200);
+    let text = http.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(0.0), "{text}");
+
+    std::fs::rename(&aside, &store).unwrap();
+    assert!(within(WAIT, async || store_ok().await).await.is_some(), "the store did not heal");
+    assert_eq!(revoke(&token).await, 200);
+    assert_eq!(api_status(&gw, &token).await, 401);
+}
