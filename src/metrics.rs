@@ -93,6 +93,11 @@ impl Metrics {
         GaugeGuard::new(&self.in_flight)
     }
 
+    /// Requests started whose guard is still alive.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// The bound addresses of the TLS listeners, which label the certificate series.
     pub fn tls_listeners(&self, listeners: Vec<SocketAddr>) {
         self.certificates.lock().unwrap_or_else(|e| e.into_inner()).0 = listeners;
@@ -413,6 +418,8 @@ mod process {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()
     }
+}
+
 /// Store health and shutdown cuts: read from the store and the gateway when `/metrics` is
 /// scraped (nothing to count on the request path), appended after [`Metrics::render`].
 pub struct Lifecycle<'a> {

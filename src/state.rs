@@ -47,8 +47,6 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Where the process is in its life (a [`Phase`]), for /readyz.
     phase: AtomicU8,
-    /// Requests on the gateway listeners whose response has not been sent in full.
-    in_flight: AtomicU64,
     /// Requests still running when a shutdown's grace period ended, and so cut off.
     requests_cut: AtomicU64,
 }
@@ -62,16 +60,6 @@ pub enum Phase {
     /// Shutdown began: /readyz answers 503 so balancers stop sending, while the listeners
     /// still accept for the drain delay and in-flight requests finish.
     Draining = 2,
-}
-
-/// Counts a request in flight from its start until its response is sent in full (or
-/// dropped), so a shutdown knows how many it cuts.
-pub struct InFlight(Arc<Gateway>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Gateway {
@@ -94,7 +82,6 @@ impl Gateway {
             limiter: RateLimiter::new(config.rate_limit.max_tracked),
             metrics: Metrics::new(),
             phase: AtomicU8::new(Phase::Starting as u8),
-            in_flight: AtomicU64::new(0),
             requests_cut: AtomicU64::new(0),
             runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams }),
         }))
@@ -121,14 +108,10 @@ impl Gateway {
         self.phase.store(phase as u8, Ordering::Release);
     }
 
-    /// Count a request in flight until the guard is dropped.
-    pub fn enter(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
+    /// Requests received whose response has not been sent in full (the metrics' gauge,
+    /// kept by dispatch's logging phase).
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.metrics.in_flight()
     }
 
     /// Record `n` requests cut off at the end of a shutdown's grace period.

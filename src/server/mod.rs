@@ -257,13 +257,9 @@ async fn serve_connection(
         seen.requested.store(true, Ordering::Relaxed);
         let gw = gw.clone();
         let peer = peer.clone();
-        async move {
-            let in_flight = gw.enter();
-            let resp = dispatch::dispatch(&gw, req, &peer).await;
-            Ok::<_, Infallible>(
-                resp.map(|body| http_body_util::BodyExt::boxed(Tracked { body, _in_flight: in_flight })),
-            )
-        }
+        // dispatch counts the request in flight until its response is sent in full or
+        // dropped (a streamed answer is still running after its head went out).
+        async move { Ok::<_, Infallible>(dispatch::dispatch(&gw, req, &peer).await) }
     });
     let served = match tls {
         Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
@@ -296,33 +292,6 @@ async fn serve_connection(
     };
     if let Err(e) = served {
         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-    }
-}
-
-/// A response body that keeps its request counted in flight until it is sent in full or
-/// dropped (a streamed answer is still running after its head went out).
-struct Tracked {
-    body: crate::http::Body,
-    _in_flight: crate::state::InFlight,
-}
-
-impl http_body::Body for Tracked {
-    type Data = bytes::Bytes;
-    type Error = crate::http::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 
