@@ -261,7 +261,13 @@ async fn redis_unreachable_degrades_grants_but_not_readiness() {
     let up = EchoUpstream::start().await;
     let port = free_port();
     let store = format!("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}/\"\ntimeout = \"200ms\"\n");
-    let gw = TestGateway::start_with(up.addr, &store).await;
+    // With a shared store no replica generates a key: it is made once, as `gen-key` would.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let pem = portcullis::tokens::keys::generate_ed25519_pem().unwrap();
+    portcullis::tokens::keys::write_private(&dir.path().join("k1.pem"), pem.as_bytes()).unwrap();
+    let text = config_toml(dir.path(), &pki, up.addr, &store);
+    let gw = TestGateway::start_text(dir, pki, &text).await;
     let http = reqwest::Client::new();
     let resp = http.get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
