@@ -198,6 +198,9 @@ pub struct Client {
     /// May use `response_type=token` (listed as grant "implicit").
     pub(crate) implicit: bool,
     pub(crate) refresh_on_client_credentials: bool,
+    /// Browser origins (`scheme://host[:port]`, lower case) that may call the token and
+    /// revocation endpoints cross-origin.
+    pub(crate) cors_origins: Vec<String>,
 }
 
 impl Client {
@@ -265,6 +268,8 @@ pub struct Route {
     /// `X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`) from a trusted
     /// proxy. Off: they are removed whoever sends them.
     pub(crate) pass_rewrite_headers: bool,
+    /// The `aud` a token must carry here (RFC 8707 resource); `None`: the top-level audience.
+    pub(crate) audience: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +364,22 @@ impl Config {
     /// The `aud` of every token issued, and the one accepted.
     pub fn audience(&self) -> &str {
         &self.audience
+    }
+
+    /// The `aud` a token must carry on `route`: its own audience, else the default.
+    pub fn route_audience<'a>(&'a self, route: &'a Route) -> &'a str {
+        route.audience.as_deref().unwrap_or(&self.audience)
+    }
+
+    /// Every audience a token may be issued for: the default, then each route's, once.
+    pub fn audiences(&self) -> Vec<&str> {
+        let mut out = vec![self.audience.as_str()];
+        for a in self.routes.iter().filter_map(|r| r.audience.as_deref()) {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
     }
 
     /// How many validated tokens the verdict cache holds; read at start.

@@ -1,5 +1,6 @@
 //! The OAuth 2.0 endpoints the gateway answers itself.
 
+pub mod audience;
 pub mod authorize;
 pub mod client_auth;
 pub mod error;

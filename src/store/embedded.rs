@@ -412,6 +412,7 @@ mod tests {
             user: Some("alice".into()),
             scopes: vec!["read".into()],
             expires_at: exp,
+            audience: None,
         }
     }
 
@@ -427,6 +428,7 @@ mod tests {
             user: "alice".into(),
             code_challenge: None,
             expires_at: 1060,
+            audience: None,
         };
         s.put_code([1; 32], code.clone()).await.unwrap();
         assert_eq!(s.take_code([1; 32], "f1", 1000).await.unwrap(), TakeCode::Taken(code));
@@ -454,6 +456,7 @@ mod tests {
             user: "u".into(),
             code_challenge: None,
             expires_at: 100,
+            audience: None,
         };
         s.put_code([1; 32], code.clone()).await.unwrap();
         assert_eq!(s.take_code([1; 32], "f", 100).await.unwrap(), TakeCode::Unknown);

@@ -53,6 +53,8 @@ pub(crate) enum Reason {
     NotS256,
     /// A public client without a challenge.
     PkceRequired,
+    /// RFC 8707 §2: `resource` is malformed or names no audience this gateway serves.
+    InvalidTarget,
     AccessDenied,
     TemporarilyUnavailable,
     SigningFailed,
@@ -79,6 +81,7 @@ impl Reason {
             Reason::PkceRequired => {
                 ("invalid_request", "PKCE is required for this client. Check the \"code_challenge\" parameter.".into())
             }
+            Reason::InvalidTarget => ("invalid_target", "Check the 'resource' parameter.".into()),
             Reason::AccessDenied => ("access_denied", "The user denied the request.".into()),
             Reason::TemporarilyUnavailable => {
                 ("temporarily_unavailable", "The authorization server is temporarily unavailable.".into())

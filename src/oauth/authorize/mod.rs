@@ -106,6 +106,7 @@ fn carried<'a>(p: &'a AuthRequest, raw_scope: &'a str, csrf: &'a str) -> Vec<(&'
         ("state", p.state.as_deref().unwrap_or("")),
         ("code_challenge", p.code_challenge.as_deref().unwrap_or("")),
         ("code_challenge_method", if p.code_challenge.is_some() { "S256" } else { "" }),
+        ("resource", p.audience.as_deref().unwrap_or("")),
         ("csrf", csrf),
     ]
 }
@@ -235,6 +236,7 @@ async fn finish(gw: &Gateway, rt: &Runtime, req: &AuthRequest, user: &str, post:
                 user: user.to_string(),
                 code_challenge: req.code_challenge.clone(),
                 expires_at: now + CODE_LIFETIME_SECS,
+                audience: req.audience.clone(),
             };
             if let Err(e) = gw.store.put_code(sha256(code.as_bytes()), grant).await {
                 tracing::error!(error = %e, "storing an authorization code failed");
@@ -243,7 +245,7 @@ async fn finish(gw: &Gateway, rt: &Runtime, req: &AuthRequest, user: &str, post:
             Ok(to.with(&[("code", &code)], redirect_status(post)))
         }
         // §4.2.2: the token travels in the fragment; never a refresh token.
-        ResponseType::Token => match sign(rt, &req.client, user, &req.scopes, now) {
+        ResponseType::Token => match sign(rt, &req.client, user, &req.scopes, req.audience.as_deref(), now) {
             Ok(t) => {
                 let expires_in = t.expires_in.to_string();
                 let pairs = [

@@ -27,6 +27,8 @@ pub(crate) struct AuthRequest {
     pub(crate) state: Option<String>,
     pub(crate) code_challenge: Option<String>,
     pub(crate) iss: String,
+    /// RFC 8707 `resource`: the audience the code (or implicit token) is bound to.
+    pub(crate) audience: Option<String>,
 }
 
 impl AuthRequest {
@@ -92,6 +94,10 @@ pub(crate) fn parse_request(rt: &Runtime, p: &Params) -> Result<AuthRequest, Aut
             return Err(fail(to, Reason::InvalidScope(scope)));
         }
     };
+    let audience = match crate::oauth::audience::requested(&rt.config, p) {
+        Ok(a) => a,
+        Err(_) => return Err(fail(to, Reason::InvalidTarget)),
+    };
     let code_challenge = if response_type == ResponseType::Code {
         match (p.get("code_challenge"), p.get("code_challenge_method")) {
             (Some(c), Some("S256")) if valid_challenge(c) => Some(c.to_string()),
@@ -122,5 +128,6 @@ pub(crate) fn parse_request(rt: &Runtime, p: &Params) -> Result<AuthRequest, Aut
         state: to.state,
         code_challenge,
         iss: to.iss,
+        audience,
     })
 }
