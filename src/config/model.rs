@@ -361,6 +361,14 @@ impl Config {
         &self.issuer
     }
 
+    /// The issuer's path without its trailing `/` (`/tenant1` for `https://host/tenant1/`),
+    /// empty for none: the OAuth endpoints are served under it too (RFC 8414 §3.1).
+    /// Validation refused an issuer with a query or fragment, so all after the host is path.
+    pub fn issuer_path(&self) -> &str {
+        let after_scheme = self.issuer.split_once("://").map_or("", |(_, rest)| rest);
+        after_scheme.find('/').map_or("", |i| after_scheme[i..].trim_end_matches('/'))
+    }
+
     /// The `aud` of every token issued, and the one accepted.
     pub fn audience(&self) -> &str {
         &self.audience

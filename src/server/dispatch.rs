@@ -11,6 +11,7 @@ use super::peer::Peer;
 use crate::authority::Authority;
 use crate::http::Body;
 use crate::metrics;
+use crate::oauth::cors::{self, Cors};
 use crate::proxy::error::ProxyError;
 use crate::ratelimit;
 use crate::state::Gateway;
@@ -23,6 +24,8 @@ enum Endpoint {
     Introspect,
     Metadata,
     Jwks,
+    /// A CORS preflight (`OPTIONS`) at an endpoint that answers browsers on other origins.
+    Preflight(Cors),
     Proxy,
     /// A Host or `:authority` that is missing (HTTP/1.1, HTTP/2), repeated, invalid, or
     /// that names two hosts: 400 at every endpoint.
@@ -45,7 +48,13 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
     let c = &rt.config;
     // `[tls] hsts`, for every answer on a TLS connection (ours and proxied).
     let hsts = if peer.tls { c.tls.as_ref().and_then(|t| t.hsts.clone()) } else { None };
-    let endpoint = match path {
+    // RFC 8414 §3.1: with an issuer path (`https://host/tenant1`), the endpoints are also
+    // served under it, where the metadata says they are; the plain paths keep working.
+    let local = match c.issuer_path() {
+        "" => path,
+        prefix => path.strip_prefix(prefix).filter(|rest| rest.starts_with('/')).unwrap_or(path),
+    };
+    let endpoint = match local {
         // Before any endpoint reads a body: a coding besides a lone chunked is 501.
         _ if crate::http::unsupported_transfer_coding(req.headers()) => Endpoint::Unsupported,
         // Every endpoint: a Host (or `:authority`) that is not one valid authority is 400.
@@ -56,8 +65,26 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
         p if p == c.introspect_path => Endpoint::Introspect,
         p if p == c.metadata_path => Endpoint::Metadata,
         p if p == c.jwks_path => Endpoint::Jwks,
+        // The path-inserted well-known form: /.well-known/oauth-authorization-server/tenant1.
+        _ if is_inserted_metadata(path, &c.metadata_path, c.issuer_path()) => Endpoint::Metadata,
         _ => Endpoint::Proxy,
     };
+    let cors = match endpoint {
+        Endpoint::Token | Endpoint::Revoke => Some(Cors::Post),
+        Endpoint::Metadata | Endpoint::Jwks => Some(Cors::Discovery),
+        _ => None,
+    };
+    let endpoint = match cors {
+        Some(kind) if method == http::Method::OPTIONS => Endpoint::Preflight(kind),
+        _ => endpoint,
+    };
+    // Only the Origin is kept for the CORS answer: the request itself moves into its handler.
+    let mut origin = http::HeaderMap::new();
+    if cors.is_some() {
+        for v in req.headers().get_all(http::header::ORIGIN) {
+            origin.append(http::header::ORIGIN, v.clone());
+        }
+    }
     let source = match endpoint {
         Endpoint::Token | Endpoint::Authorize | Endpoint::Revoke | Endpoint::Introspect => {
             ratelimit::source_ip(c, peer.addr.ip(), req.headers())
@@ -89,6 +116,9 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
         }
         Endpoint::Metadata => (crate::oauth::metadata::handle(&ctx, &req), Outcome::default(), Some("oauth:metadata")),
         Endpoint::Jwks => (crate::oauth::jwks::handle(&ctx, &req), Outcome::default(), Some("oauth:jwks")),
+        Endpoint::Preflight(kind) => {
+            (cors::preflight(&ctx.rt.config, kind, req.headers()), Outcome::default(), Some("oauth:preflight"))
+        }
         Endpoint::BadHost => (
             ProxyError::BadHost(bad_host.unwrap_or("bad Host")).into_response(&ctx.rt.config.realm),
             Outcome::default(),
@@ -104,6 +134,10 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
             (resp, outcome, None)
         }
     };
+    let mut resp = resp;
+    if let Some(kind) = cors.filter(|_| !matches!(endpoint, Endpoint::Preflight(_))) {
+        cors::decorate(&ctx.rt.config, kind, &origin, outcome.client_id(), &mut resp);
+    }
     let route = label.or(outcome.route_prefix()).unwrap_or(metrics::UNMATCHED);
     let status = resp.status().as_u16();
     log(
@@ -117,6 +151,12 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
         resp.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, value);
     }
     resp
+}
+
+/// RFC 8414 §3.1: the metadata of issuer `https://host/tenant1` is at
+/// `/.well-known/oauth-authorization-server/tenant1` (the well-known path, then the issuer's).
+fn is_inserted_metadata(path: &str, metadata_path: &str, issuer_path: &str) -> bool {
+    !issuer_path.is_empty() && path.strip_prefix(metadata_path) == Some(issuer_path)
 }
 
 /// What the access line names besides the outcome, borrowed from the request.

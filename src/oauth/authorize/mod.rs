@@ -96,6 +96,12 @@ where
     Params::from_form(&bytes).map_err(|_| AuthorizeError::RepeatedField)
 }
 
+/// Where the login and consent forms post: the authorize endpoint under the issuer's
+/// path, as the metadata advertises it (RFC 8414 §3.1).
+fn action_path(rt: &Runtime) -> String {
+    format!("{}{}", rt.config.issuer_path(), rt.config.authorize_path)
+}
+
 /// The request parameters to carry through the login and consent forms.
 fn carried<'a>(p: &'a AuthRequest, raw_scope: &'a str, csrf: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
@@ -114,7 +120,7 @@ fn carried<'a>(p: &'a AuthRequest, raw_scope: &'a str, csrf: &'a str) -> Vec<(&'
 /// The login page, with a CSRF token bound to this browser's nonce (set if it has none).
 fn login_page(rt: &Runtime, headers: &HeaderMap, req: &AuthRequest, raw_scope: &str) -> Response<Body> {
     let (csrf, new_nonce) = login_csrf(rt, headers);
-    let action = &rt.config.authorize_path;
+    let action = &action_path(rt);
     let mut resp = pages::login(action, &req.client.name, &carried(req, raw_scope, &csrf), None);
     if let Some(nonce) = new_nonce {
         set_cookie(&mut resp, CSRF_COOKIE, &nonce, rt.config.session_lifetime.as_secs());
@@ -125,7 +131,7 @@ fn login_page(rt: &Runtime, headers: &HeaderMap, req: &AuthRequest, raw_scope: &
 /// The consent page, with a CSRF token bound to the session `session_id`.
 fn consent_page(rt: &Runtime, req: &AuthRequest, raw_scope: &str, user: &str, session_id: &str) -> Response<Body> {
     let csrf = csrf_token(rt, Binding::Session, session_id);
-    let action = &rt.config.authorize_path;
+    let action = &action_path(rt);
     pages::consent(action, &req.client.name, user, &req.scopes, &carried(req, raw_scope, &csrf))
 }
 
@@ -160,7 +166,7 @@ async fn on_post(
     }
     let csrf = form.get("csrf").unwrap_or_default().to_string();
     let raw_scope = req.scopes.join(" ");
-    let action = rt.config.authorize_path.clone();
+    let action = action_path(rt);
     match form.get("action") {
         Some("login") => {
             let fields = carried(&req, &raw_scope, &csrf);
