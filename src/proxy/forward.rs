@@ -518,8 +518,8 @@ where
             Uri::try_from(target).map_err(|_| ProxyError::UnsafePath)?
         }
     };
-    let form = is_form(&parts.headers)
-        && (declared.is_some_and(|n| n > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING));
+    // Any framing (Content-Length, chunked, HTTP/2 DATA frames): a body that has not ended.
+    let form = is_form(&parts.headers) && !body.is_end_stream();
 
     upstream_headers(&mut parts.headers, rt, route, principal, peer, authority)?;
     parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
