@@ -10,6 +10,8 @@ use serde_json::Value;
 
 const A: &str = "https://a.api.test/";
 const B: &str = "https://b.api.test/";
+/// An audience on the host the tests reach the gateway by, for RFC 9728 metadata.
+const C: &str = "https://localhost/c-api";
 
 /// The test gateway with two more routes, each with its own audience.
 async fn start() -> (EchoUpstream, TestGateway) {
@@ -19,7 +21,8 @@ async fn start() -> (EchoUpstream, TestGateway) {
     let mut text = config_toml(dir.path(), &pki, up.addr, "");
     text.push_str(&format!(
         "\n[[route]]\nprefix = \"/a-api\"\nupstream = \"http://{0}\"\nscopes = [\"read\"]\naudience = \"{A}\"\n\
-         \n[[route]]\nprefix = \"/b-api\"\nupstream = \"http://{0}\"\nscopes = [\"read\"]\naudience = \"{B}\"\n",
+         \n[[route]]\nprefix = \"/b-api\"\nupstream = \"http://{0}\"\nscopes = [\"read\"]\naudience = \"{B}\"\n\
+         \n[[route]]\nprefix = \"/c-api\"\nupstream = \"http://{0}\"\nscopes = [\"write\"]\naudience = \"{C}\"\n",
         up.addr
     ));
     let gw = TestGateway::start_text(dir, pki, &text).await;
@@ -155,4 +158,22 @@ async fn authorize_binds_the_resource_to_the_code() {
     let page = Browser::new(&gw).get(&authorize_url(&gw, &query)).await;
     assert_eq!(page.status, 302, "{}", page.body);
     assert_eq!(page.location_param("error").as_deref(), Some("invalid_target"));
+}
+
+#[tokio::test]
+async fn protected_resource_metadata_names_the_audience_and_the_issuer() {
+    let (_up, gw) = start().await;
+    let client = gw.client();
+    let doc = get_json(&client, &gw.url("/.well-known/oauth-protected-resource/c-api")).await;
+    assert_eq!(doc["resource"], C);
+    assert_eq!(doc["authorization_servers"], serde_json::json!([ISSUER]));
+    assert_eq!(doc["scopes_supported"], serde_json::json!(["write"]));
+    assert_eq!(doc["bearer_methods_supported"], serde_json::json!(["header"]));
+    // Another host's resources are not described here (the default is on gateway.test).
+    for path in ["/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/a-api"] {
+        let resp = client.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+    }
+    let resp = client.post(gw.url("/.well-known/oauth-protected-resource/c-api")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
 }

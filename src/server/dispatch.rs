@@ -24,6 +24,8 @@ enum Endpoint {
     Introspect,
     Metadata,
     Jwks,
+    /// RFC 9728 metadata of the protected resource (an audience) the path names.
+    ResourceMetadata(serde_json::Value),
     /// A CORS preflight (`OPTIONS`) at an endpoint that answers browsers on other origins.
     Preflight(Cors),
     Proxy,
@@ -67,11 +69,18 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
         p if p == c.jwks_path => Endpoint::Jwks,
         // The path-inserted well-known form: /.well-known/oauth-authorization-server/tenant1.
         _ if is_inserted_metadata(path, &c.metadata_path, c.issuer_path()) => Endpoint::Metadata,
+        _ if path.starts_with(crate::oauth::metadata::RESOURCE_METADATA_PATH) => {
+            let host = authority.as_ref().ok().and_then(Option::as_ref).map(Authority::host);
+            match crate::oauth::metadata::protected_resource(c, host, path) {
+                Some(doc) => Endpoint::ResourceMetadata(doc),
+                None => Endpoint::Proxy,
+            }
+        }
         _ => Endpoint::Proxy,
     };
     let cors = match endpoint {
         Endpoint::Token | Endpoint::Revoke => Some(Cors::Post),
-        Endpoint::Metadata | Endpoint::Jwks => Some(Cors::Discovery),
+        Endpoint::Metadata | Endpoint::Jwks | Endpoint::ResourceMetadata(_) => Some(Cors::Discovery),
         _ => None,
     };
     let endpoint = match cors {
@@ -116,6 +125,9 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
         }
         Endpoint::Metadata => (crate::oauth::metadata::handle(&ctx, &req), Outcome::default(), Some("oauth:metadata")),
         Endpoint::Jwks => (crate::oauth::jwks::handle(&ctx, &req), Outcome::default(), Some("oauth:jwks")),
+        Endpoint::ResourceMetadata(ref doc) => {
+            (crate::oauth::metadata::handle_resource(&req, doc), Outcome::default(), Some("oauth:resource_metadata"))
+        }
         Endpoint::Preflight(kind) => {
             (cors::preflight(&ctx.rt.config, kind, req.headers()), Outcome::default(), Some("oauth:preflight"))
         }
