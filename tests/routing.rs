@@ -639,7 +639,10 @@ async fn an_issuer_path_serves_the_endpoints_and_both_well_known_forms() {
         assert!(!body.contains("\"body_sha256\""), "{path} was proxied: {body}");
     }
     let page = Browser::new(&gw)
-        .get(&gw.url(&format!("/tenant1/oauth/authorize?response_type=code&client_id=webapp&redirect_uri={}&state=s", "https%3A%2F%2Fapp.test%2Fcallback")))
+        .get(&gw.url(&format!(
+            "/tenant1/oauth/authorize?response_type=code&client_id=webapp&redirect_uri={}&state=s",
+            "https%3A%2F%2Fapp.test%2Fcallback"
+        )))
         .await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("action=\"/tenant1/oauth/authorize\""), "{}", page.body);

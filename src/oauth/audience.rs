@@ -71,8 +71,14 @@ audience = "https://api-a.example/"
     fn resource_must_be_a_served_absolute_uri_named_exactly() {
         let c = config();
         assert_eq!(requested(&c, &params("")), Ok(None));
-        assert_eq!(requested(&c, &params("resource=https://api-a.example/")), Ok(Some("https://api-a.example/".into())));
-        assert_eq!(requested(&c, &params("resource=https://default.example")), Ok(Some("https://default.example".into())));
+        assert_eq!(
+            requested(&c, &params("resource=https://api-a.example/")),
+            Ok(Some("https://api-a.example/".into()))
+        );
+        assert_eq!(
+            requested(&c, &params("resource=https://default.example")),
+            Ok(Some("https://default.example".into()))
+        );
         for bad in [
             "https://api-a.example",
             "https://API-A.example/",

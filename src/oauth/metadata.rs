@@ -204,7 +204,9 @@ enabled = false
         // The default audience (the issuer here) at the root of its host.
         let d = protected_resource(&c, Some("auth.example"), "/.well-known/oauth-protected-resource").unwrap();
         assert_eq!(d["resource"], "https://auth.example/");
-        assert!(protected_resource(&c, Some("other.example"), "/.well-known/oauth-protected-resource/orders").is_none());
+        assert!(
+            protected_resource(&c, Some("other.example"), "/.well-known/oauth-protected-resource/orders").is_none()
+        );
         assert!(protected_resource(&c, Some("api.example"), "/.well-known/oauth-protected-resource/order").is_none());
         assert!(protected_resource(&c, Some("api.example"), "/.well-known/oauth-protected-resourcex/orders").is_none());
     }

@@ -227,7 +227,9 @@ mod tests {
         for reason in all {
             let (error, description) = reason.wire();
             assert!(
-                description.bytes().all(|b| b == 0x20 || b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)),
+                description
+                    .bytes()
+                    .all(|b| b == 0x20 || b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)),
                 "{error}: {description}"
             );
         }
