@@ -670,3 +670,26 @@ fn an_issuer_with_a_query_or_fragment_is_refused() {
         assert!(e.starts_with("t.toml:1:") && e.contains("issuer"), "{issuer}: {e}");
     }
 }
+
+#[tokio::test]
+async fn an_endpoint_path_that_begins_with_the_issuer_path_is_served_as_configured_and_as_advertised() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, up.addr, "[endpoints]\ntoken = \"/t1/oauth/token\"\n")
+        .replace(&format!("issuer = \"{ISSUER}\""), "issuer = \"https://gateway.test/t1\"");
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    let doc = get_json(&gw.client(), &gw.url("/.well-known/oauth-authorization-server/t1")).await;
+    assert_eq!(doc["token_endpoint"], "https://gateway.test/t1/t1/oauth/token");
+    for path in ["/t1/oauth/token", "/t1/t1/oauth/token"] {
+        let resp = gw
+            .client()
+            .post(gw.url(path))
+            .basic_auth("svc", Some(SVC_SECRET))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+}

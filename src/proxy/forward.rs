@@ -501,19 +501,20 @@ where
     // maps the path unchanged, the request's own (already parsed) target is reused.
     // RFC 6750 §2.3: a token in the query is a credential, whatever the route forwards:
     // taken out, the rest kept byte for byte.
-    let query = parts.uri.query().map(|q| match without_access_token(q.as_bytes()) {
-        Some(kept) => String::from_utf8_lossy(&kept).into_owned(),
-        None => q.to_string(),
-    });
-    let query_changed = query.as_deref() != parts.uri.query();
+    let kept = parts.uri.query().and_then(|q| without_access_token(q.as_bytes()));
     let uri = match (super::route::upstream_path(route, parts.uri.path()), parts.uri.path_and_query()) {
-        (None, Some(unchanged)) if !query_changed => Uri::from(unchanged.clone()),
+        (None, Some(unchanged)) if kept.is_none() => Uri::from(unchanged.clone()),
         (mapped, _) => {
             let path = parts.uri.path();
             let mut target = mapped.unwrap_or_else(|| if path.is_empty() { "/" } else { path }.to_string());
-            if let Some(q) = query.as_deref().filter(|q| !q.is_empty() || !query_changed) {
+            // A query of nothing but tokens goes away with its `?`.
+            let query = match &kept {
+                Some(kept) => (!kept.is_empty()).then(|| String::from_utf8_lossy(kept)),
+                None => parts.uri.query().map(std::borrow::Cow::Borrowed),
+            };
+            if let Some(q) = query {
                 target.push('?');
-                target.push_str(q);
+                target.push_str(&q);
             }
             Uri::try_from(target).map_err(|_| ProxyError::UnsafePath)?
         }

@@ -52,21 +52,19 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
     let hsts = if peer.tls { c.tls.as_ref().and_then(|t| t.hsts.clone()) } else { None };
     // RFC 8414 §3.1: with an issuer path (`https://host/tenant1`), the endpoints are also
     // served under it, where the metadata says they are; the plain paths keep working.
+    // The path as it is first, then without the issuer's path (a configured endpoint path
+    // may itself begin with the issuer's).
     let local = match c.issuer_path() {
-        "" => path,
-        prefix => path.strip_prefix(prefix).filter(|rest| rest.starts_with('/')).unwrap_or(path),
+        "" => None,
+        prefix => path.strip_prefix(prefix).filter(|rest| rest.starts_with('/')),
     };
-    let endpoint = match local {
+    let ours = oauth_endpoint(c, path).or_else(|| local.and_then(|p| oauth_endpoint(c, p)));
+    let endpoint = match ours {
         // Before any endpoint reads a body: a coding besides a lone chunked is 501.
         _ if crate::http::unsupported_transfer_coding(req.headers()) => Endpoint::Unsupported,
         // Every endpoint: a Host (or `:authority`) that is not one valid authority is 400.
         _ if authority.is_err() => Endpoint::BadHost,
-        p if p == c.token_path => Endpoint::Token,
-        p if p == c.authorize_path => Endpoint::Authorize,
-        p if p == c.revoke_path => Endpoint::Revoke,
-        p if p == c.introspect_path => Endpoint::Introspect,
-        p if p == c.metadata_path => Endpoint::Metadata,
-        p if p == c.jwks_path => Endpoint::Jwks,
+        Some(endpoint) => endpoint,
         // The path-inserted well-known form: /.well-known/oauth-authorization-server/tenant1.
         _ if is_inserted_metadata(path, &c.metadata_path, c.issuer_path()) => Endpoint::Metadata,
         _ if path.starts_with(crate::oauth::metadata::RESOURCE_METADATA_PATH) => {
@@ -163,6 +161,19 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
         resp.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, value);
     }
     resp
+}
+
+/// The OAuth endpoint configured at exactly `path`, if any.
+fn oauth_endpoint(c: &crate::config::Config, path: &str) -> Option<Endpoint> {
+    Some(match path {
+        p if p == c.token_path => Endpoint::Token,
+        p if p == c.authorize_path => Endpoint::Authorize,
+        p if p == c.revoke_path => Endpoint::Revoke,
+        p if p == c.introspect_path => Endpoint::Introspect,
+        p if p == c.metadata_path => Endpoint::Metadata,
+        p if p == c.jwks_path => Endpoint::Jwks,
+        _ => return None,
+    })
 }
 
 /// RFC 8414 §3.1: the metadata of issuer `https://host/tenant1` is at
