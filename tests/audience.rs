@@ -177,3 +177,20 @@ async fn protected_resource_metadata_names_the_audience_and_the_issuer() {
     let resp = client.post(gw.url("/.well-known/oauth-protected-resource/c-api")).send().await.unwrap();
     assert_eq!(resp.status(), 405);
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_a_route_audience_stops_its_old_tokens_there() {
+    let (_up, gw) = start().await;
+    let form = [("grant_type", "client_credentials"), ("resource", A)];
+    let (st, v) = token_request(&gw, Some(("svc", SVC_SECRET)), &form).await;
+    assert_eq!(st, 200, "{v}");
+    let a = token_of(&v);
+    assert_eq!(status(&gw, "/a-api/x", &a).await.0, 200, "cached as valid");
+    gw.rewrite_config(|text| text.replace(&format!("audience = \"{A}\""), "audience = \"https://a2.api.test/\""));
+    let (st, www) = status(&gw, "/a-api/x", &a).await;
+    assert_eq!(st, 401);
+    assert!(www.unwrap().contains("invalid_token"));
+    // And A is no longer an audience anyone can ask for.
+    let (st, v) = token_request(&gw, Some(("svc", SVC_SECRET)), &form).await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("invalid_target")), "{v}");
+}
