@@ -753,3 +753,81 @@ async fn a_non_ascii_cookie_beside_ours_does_not_hide_them_and_a_duplicate_is_re
     assert_eq!(done.status, 303, "{}", done.body);
     assert!(done.location_param("code").is_some());
 }
+
+// ---------------------------------------------------------------------------------------
+// RFC 8252 §7.3: a loopback IP redirect URI matches on any port; nothing else relaxes.
+
+#[tokio::test]
+async fn loopback_redirect_uris_accept_any_port_and_nothing_that_only_looks_like_one() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let mut text = config_toml(dir.path(), &pki, up.addr, "");
+    text.push_str(
+        "\n[[client]]\nid = \"native\"\ngrants = [\"authorization_code\"]\nscopes = [\"read\"]\n\
+         redirect_uris = [\"http://127.0.0.1/cb\", \"http://[::1]/cb\", \"http://localhost/cb\"]\n",
+    );
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    let query = |uri: &str| {
+        authorize_url(
+            &gw,
+            &[
+                ("response_type", "code"),
+                ("client_id", "native"),
+                ("redirect_uri", uri),
+                ("code_challenge", PKCE_CHALLENGE),
+                ("code_challenge_method", "S256"),
+            ],
+        )
+    };
+    for good in ["http://127.0.0.1:49152/cb", "http://127.0.0.1/cb", "http://[::1]:1/cb", "http://localhost/cb"] {
+        let page = Browser::new(&gw).get(&query(good)).await;
+        assert_eq!(page.status, 200, "{good}: {}", page.body);
+        assert!(page.body.contains("name=\"password\""), "{good}");
+    }
+    // A code issued to the port-bearing URI is bound to exactly it.
+    let mut b = Browser::new(&gw);
+    let pairs = [
+        ("response_type", "code"),
+        ("client_id", "native"),
+        ("redirect_uri", "http://127.0.0.1:50123/cb"),
+        ("code_challenge", PKCE_CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ];
+    let done = login_and_consent(&mut b, &gw, &pairs).await;
+    assert!(done.location.as_deref().unwrap().starts_with("http://127.0.0.1:50123/cb?code="));
+    let code = done.location_param("code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", "native"),
+        ("code", &code),
+        ("redirect_uri", "http://127.0.0.1:50124/cb"),
+        ("code_verifier", PKCE_VERIFIER),
+    ];
+    let (status, v) = token_request(&gw, None, &form).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    for bad in [
+        "http://127.0.0.1.evil.com:1234/cb",
+        "http://127.0.0.1:1234@evil.com/cb",
+        "http://127.0.0.1@evil.com/cb",
+        "http://evil.com@127.0.0.1:1234/cb",
+        "http://127.1:1234/cb",
+        "http://0x7f.0.0.1:1234/cb",
+        "http://%31%32%37.0.0.1:1234/cb",
+        "HTTP://127.0.0.1:1234/cb",
+        "http://127.0.0.1:1234/CB",
+        "http://127.0.0.1:1234/cb/",
+        "http://127.0.0.1:1234/cb?x=1",
+        "http://127.0.0.1:1234/%63b",
+        "http://127.0.0.1:0/cb",
+        "http://127.0.0.1:99999/cb",
+        "http://[::1]:1234/cb/../cb",
+        "http://[0:0:0:0:0:0:0:1]:1234/cb",
+        "https://127.0.0.1:1234/cb",
+        "http://localhost:1234/cb",
+    ] {
+        let page = Browser::new(&gw).get(&query(bad)).await;
+        assert_eq!(page.status, 400, "{bad}: {}", page.body);
+        assert!(page.location.is_none(), "{bad}");
+    }
+}

@@ -707,3 +707,113 @@ async fn fail_closed_rewrite_headers_pass_only_from_trusted_proxies_on_routes_th
     let echo = echo_of(&raw_bytes(gw.http, req).await);
     assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{echo:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// RFC 6750 §3.1 and §2.2-2.3: a malformed Bearer header is invalid_request, and a token
+// in the query or a form body never reaches the upstream.
+
+#[tokio::test]
+async fn a_malformed_bearer_header_is_400_invalid_request() {
+    let (_up, gw) = setup().await;
+    for client in [gw.client(), https_client(&gw.pki.ca_pem, true)] {
+        for value in [
+            "Bearer",
+            "bearer ",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearer a=b",
+            "Bearer ===",
+            "Bearer tok\"en",
+            "Bearer a;b",
+        ] {
+            let resp = client.get(gw.url("/api/x")).header("authorization", value).send().await.unwrap();
+            let (status, www, v) = refused(resp).await;
+            assert_eq!(status, 400, "{value:?}: {v}");
+            assert_eq!(v["error"], "invalid_request", "{value:?}");
+            assert_eq!(www.as_deref(), Some("Bearer realm=\"portcullis\", error=\"invalid_request\""), "{value:?}");
+        }
+        // No header, or another scheme: 401 with a bare challenge, no error code.
+        for value in [None, Some("Basic c3ZjOng="), Some("Bearerx abc"), Some("Token abc")] {
+            let mut req = client.get(gw.url("/api/x"));
+            if let Some(v) = value {
+                req = req.header("authorization", v);
+            }
+            let (status, www, _) = refused(req.send().await.unwrap()).await;
+            assert_eq!((status, www.as_deref()), (401, Some(BEARER_CHALLENGE)), "{value:?}");
+        }
+    }
+    // RFC 6750 §2.1 allows one or more spaces after the scheme; padding `=` at the end is b64token.
+    let token = svc_token(&gw).await;
+    let resp = gw.client().get(gw.url("/api/x")).header("authorization", format!("Bearer   {token}")).send().await;
+    assert_eq!(resp.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn access_token_in_the_query_is_removed_whatever_the_route() {
+    let (_up, gw) = setup().await;
+    let token = svc_token(&gw).await;
+    for client in [gw.client(), https_client(&gw.pki.ca_pem, true)] {
+        for (query, kept) in [
+            ("a=1&access_token=SECRET&b=%2F+x", Some("a=1&b=%2F+x")),
+            ("access_token=SECRET", None),
+            ("access%5Ftoken=SECRET&z", Some("z")),
+            ("ACCESS_TOKEN=SECRET&access_token=SECRET&q=access_token", Some("q=access_token")),
+            ("%61ccess_token=SECRET&x=1&", Some("x=1&")),
+            ("a=1&b=2", Some("a=1&b=2")),
+        ] {
+            for path in ["/public/x", "/tok/x", "/api/x", "/strip/x"] {
+                let resp = client.get(gw.url(&format!("{path}?{query}"))).bearer_auth(&token).send().await.unwrap();
+                assert_eq!(resp.status(), 200, "{path}?{query}");
+                let echo: Echo = resp.json().await.unwrap();
+                assert_eq!(echo.query.as_deref(), kept, "{path}?{query}");
+                assert!(!echo.path.contains("SECRET"));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn access_token_in_a_form_body_is_removed_and_other_bodies_pass_untouched() {
+    let (_up, gw) = setup().await;
+    let client = gw.client();
+    let post = |ct: &'static str, body: &'static str| {
+        client.post(gw.url("/public/x")).header("content-type", ct).body(body).send()
+    };
+    for (ct, body, sent) in [
+        ("application/x-www-form-urlencoded", "a=1&access_token=SECRET&b=2", "a=1&b=2"),
+        ("Application/X-WWW-Form-Urlencoded; charset=utf-8", "access%5ftoken=SECRET", ""),
+        ("application/x-www-form-urlencoded", "a=%26access_token%3D", "a=%26access_token%3D"),
+        ("application/json", "{\"access_token\":\"SECRET\"}", "{\"access_token\":\"SECRET\"}"),
+        ("text/plain", "access_token=SECRET", "access_token=SECRET"),
+    ] {
+        let resp = post(ct, body).await.unwrap();
+        assert_eq!(resp.status(), 200, "{ct} {body}");
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.body_sha256, sha256_hex(sent.as_bytes()), "{ct} {body}");
+        assert_eq!(echo.body_len, sent.len());
+        assert_eq!(echo.header("content-length"), Some(sent.len().to_string().as_str()), "{ct} {body}");
+    }
+    // A streamed form (HTTP/1.1 chunked, HTTP/2 DATA frames without a length) is read whole too.
+    for url in [gw.http_url("/public/x"), gw.url("/public/x")] {
+        let chunks = futures_util::stream::iter(["a=1&acc", "ess_token=SECRET", "&b=2"].map(Ok::<_, std::io::Error>));
+        let resp = client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap();
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.body_sha256, sha256_hex(b"a=1&b=2"), "{url}");
+    }
+    // A form larger than the form limit cannot be inspected: refused, not passed unread.
+    let big = format!("a={}&access_token=SECRET", "x".repeat(20 * 1024));
+    let resp = client
+        .post(gw.url("/public/x"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+}

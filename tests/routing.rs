@@ -584,3 +584,112 @@ async fn fail_closed_http11_without_host_or_with_two_is_400_everywhere() {
         assert_eq!(status, 400, "HTTP/2 host differs from :authority, {path}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// RFC 8414 §3.1: an issuer with a path serves its endpoints where the metadata says, and
+// both well-known forms; the OAuth endpoints take precedence over a route on that path.
+
+#[tokio::test]
+async fn an_issuer_path_serves_the_endpoints_and_both_well_known_forms() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let issuer = "https://gateway.test/tenant1";
+    let mut text = config_toml(dir.path(), &pki, up.addr, "")
+        .replace(&format!("issuer = \"{ISSUER}\""), &format!("issuer = \"{issuer}\""));
+    text.push_str(&format!("\n[[route]]\nprefix = \"/tenant1\"\nupstream = \"http://{}\"\npublic = true\n", up.addr));
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    let client = gw.client();
+
+    for path in [
+        "/.well-known/oauth-authorization-server/tenant1",
+        "/tenant1/.well-known/oauth-authorization-server",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let doc = get_json(&client, &gw.url(path)).await;
+        assert_eq!(doc["issuer"], issuer, "{path}");
+        assert_eq!(doc["token_endpoint"], format!("{issuer}/oauth/token"), "{path}");
+        assert_eq!(doc["jwks_uri"], format!("{issuer}/.well-known/jwks.json"), "{path}");
+    }
+    // Every advertised endpoint answers under the issuer's path (the gateway, not the route).
+    let resp = client
+        .post(gw.url("/tenant1/oauth/token"))
+        .basic_auth("svc", Some(SVC_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    assert_eq!(claims(&token)["iss"], issuer);
+    let jwks = get_json(&client, &gw.url("/tenant1/.well-known/jwks.json")).await;
+    assert!(jwks["keys"].as_array().is_some_and(|k| !k.is_empty()));
+    for path in ["/tenant1/oauth/revoke", "/tenant1/oauth/introspect"] {
+        let resp = client
+            .post(gw.url(path))
+            .basic_auth("svc", Some(SVC_SECRET))
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        // Who may introspect is another rule; here only that the gateway answered, not the route.
+        assert_ne!(resp.status(), 404, "{path}");
+        let body = resp.text().await.unwrap();
+        assert!(!body.contains("\"body_sha256\""), "{path} was proxied: {body}");
+    }
+    let page = Browser::new(&gw)
+        .get(&gw.url(&format!(
+            "/tenant1/oauth/authorize?response_type=code&client_id=webapp&redirect_uri={}&state=s",
+            "https%3A%2F%2Fapp.test%2Fcallback"
+        )))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("action=\"/tenant1/oauth/authorize\""), "{}", page.body);
+    // Anything else under the prefix is the route's; look-alike prefixes are not ours.
+    for path in ["/tenant1/other", "/tenant1/oauth/token/x", "/tenant1/oauth/tokens"] {
+        let resp = client.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.path, path);
+    }
+    for path in ["/tenant1x/oauth/token", "/.well-known/oauth-authorization-server/tenant2"] {
+        let resp = client.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+    }
+}
+
+#[test]
+fn an_issuer_with_a_query_or_fragment_is_refused() {
+    for issuer in ["https://gw.test/t?x=1", "https://gw.test/t#f", "https://gw.test/?", "https://u:p@gw.test/t"] {
+        let text = format!(
+            "issuer = \"{issuer}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\ntls = false\n\
+             [[key]]\nid = \"k\"\nfile = \"/nonexistent/k.pem\"\n"
+        );
+        let e = portcullis::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:1:") && e.contains("issuer"), "{issuer}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_path_that_begins_with_the_issuer_path_is_served_as_configured_and_as_advertised() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, up.addr, "[endpoints]\ntoken = \"/t1/oauth/token\"\n")
+        .replace(&format!("issuer = \"{ISSUER}\""), "issuer = \"https://gateway.test/t1\"");
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    let doc = get_json(&gw.client(), &gw.url("/.well-known/oauth-authorization-server/t1")).await;
+    assert_eq!(doc["token_endpoint"], "https://gateway.test/t1/t1/oauth/token");
+    for path in ["/t1/oauth/token", "/t1/t1/oauth/token"] {
+        let resp = gw
+            .client()
+            .post(gw.url(path))
+            .basic_auth("svc", Some(SVC_SECRET))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+}

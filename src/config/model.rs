@@ -211,6 +211,9 @@ pub struct Client {
     /// May use `response_type=token` (listed as grant "implicit").
     pub(crate) implicit: bool,
     pub(crate) refresh_on_client_credentials: bool,
+    /// Browser origins (`scheme://host[:port]`, lower case) that may call the token and
+    /// revocation endpoints cross-origin.
+    pub(crate) cors_origins: Vec<String>,
 }
 
 impl Client {
@@ -278,6 +281,8 @@ pub struct Route {
     /// `X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`) from a trusted
     /// proxy. Off: they are removed whoever sends them.
     pub(crate) pass_rewrite_headers: bool,
+    /// The `aud` a token must carry here (RFC 8707 resource); `None`: the top-level audience.
+    pub(crate) audience: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -374,9 +379,33 @@ impl Config {
         &self.issuer
     }
 
+    /// The issuer's path without its trailing `/` (`/tenant1` for `https://host/tenant1/`),
+    /// empty for none: the OAuth endpoints are served under it too (RFC 8414 §3.1).
+    /// Validation refused an issuer with a query or fragment, so all after the host is path.
+    pub fn issuer_path(&self) -> &str {
+        let after_scheme = self.issuer.split_once("://").map_or("", |(_, rest)| rest);
+        after_scheme.find('/').map_or("", |i| after_scheme[i..].trim_end_matches('/'))
+    }
+
     /// The `aud` of every token issued, and the one accepted.
     pub fn audience(&self) -> &str {
         &self.audience
+    }
+
+    /// The `aud` a token must carry on `route`: its own audience, else the default.
+    pub fn route_audience<'a>(&'a self, route: &'a Route) -> &'a str {
+        route.audience.as_deref().unwrap_or(&self.audience)
+    }
+
+    /// Every audience a token may be issued for: the default, then each route's, once.
+    pub fn audiences(&self) -> Vec<&str> {
+        let mut out = vec![self.audience.as_str()];
+        for a in self.routes.iter().filter_map(|r| r.audience.as_deref()) {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
     }
 
     /// How many validated tokens the verdict cache holds; read at start.

@@ -182,6 +182,9 @@ pub struct RawClient {
     pub redirect_uris: Vec<Spanned<String>>,
     pub first_party: Option<bool>,
     pub refresh_on_client_credentials: Option<bool>,
+    /// Browser origins allowed to call the token and revocation endpoints (CORS).
+    #[serde(default)]
+    pub cors_origins: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,4 +204,6 @@ pub struct RawRoute {
     pub forward_token: bool,
     #[serde(default)]
     pub pass_rewrite_headers: bool,
+    /// The `aud` this route's tokens must carry (RFC 8707); the top-level `audience` when absent.
+    pub audience: Option<Spanned<String>>,
 }

@@ -29,6 +29,9 @@ pub enum OAuthError {
     UnsupportedGrantType(String),
     /// A requested scope the client may not have; carries the first offending scope.
     InvalidScope(String),
+    /// RFC 8707 §2: `resource` is not an absolute URI without fragment, or names no
+    /// audience this gateway serves, or one the grant does not allow.
+    InvalidTarget,
     /// The body exceeded the configured limit.
     PayloadTooLarge,
     /// The body did not arrive in time.
@@ -130,6 +133,7 @@ impl OAuthError {
             OAuthError::UnauthorizedClient => "unauthorized_client",
             OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
             OAuthError::InvalidScope(_) => "invalid_scope",
+            OAuthError::InvalidTarget => "invalid_target",
             OAuthError::ServerError => "server_error",
             OAuthError::TemporarilyUnavailable => "temporarily_unavailable",
             // RFC 8628 §3.5's code for "poll less often"; the status and Retry-After say the rest.
@@ -151,7 +155,8 @@ impl OAuthError {
             | OAuthError::InvalidUserCredentials
             | OAuthError::UnauthorizedClient
             | OAuthError::UnsupportedGrantType(_)
-            | OAuthError::InvalidScope(_) => StatusCode::BAD_REQUEST,
+            | OAuthError::InvalidScope(_)
+            | OAuthError::InvalidTarget => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -197,6 +202,7 @@ impl OAuthError {
                 printable(s)
             )
             .into(),
+            OAuthError::InvalidTarget => check("The requested resource is invalid, unknown, or not allowed for this grant.", "resource"),
             OAuthError::PayloadTooLarge => "The request body is too large.".into(),
             OAuthError::BodyTimeout => "The request body did not arrive in time.".into(),
             OAuthError::MethodNotAllowed => "This endpoint accepts POST only.".into(),
@@ -279,6 +285,7 @@ mod tests {
             OAuthError::UnauthorizedClient,
             OAuthError::UnsupportedGrantType(hostile.clone()),
             OAuthError::InvalidScope(hostile),
+            OAuthError::InvalidTarget,
             OAuthError::PayloadTooLarge,
             OAuthError::BodyTimeout,
             OAuthError::MethodNotAllowed,

@@ -111,6 +111,48 @@ pub fn document(config: &Config) -> Value {
     doc
 }
 
+/// Where RFC 9728 protected-resource metadata is served: this, then the resource's path.
+pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// RFC 9728 §3: the metadata of the protected resource whose identifier (an audience:
+/// the default or a route's) has host `host` and a path that, inserted after the
+/// well-known prefix, gives `path` (§3.1). `None` when no audience fits: the request then
+/// goes on to the routes. The `resource` in the answer is the audience exactly (§3.3).
+pub fn protected_resource(config: &Config, host: Option<&str>, path: &str) -> Option<Value> {
+    let rest = path.strip_prefix(RESOURCE_METADATA_PATH)?;
+    let audience = config.audiences().into_iter().find(|aud| {
+        url::Url::parse(aud).is_ok_and(|u| {
+            u.host_str().is_some_and(|h| host.is_some_and(|req| h.eq_ignore_ascii_case(req)))
+                && u.path().trim_end_matches('/') == rest
+                && u.query().is_none()
+        })
+    })?;
+    let scopes: BTreeSet<&str> = config
+        .routes
+        .iter()
+        .filter(|r| config.route_audience(r) == audience)
+        .filter_map(|r| match &r.access {
+            crate::config::Access::Scopes(s) => Some(s.iter().map(String::as_str)),
+            crate::config::Access::Public => None,
+        })
+        .flatten()
+        .collect();
+    Some(json!({
+        "resource": audience,
+        "authorization_servers": [config.issuer],
+        "bearer_methods_supported": ["header"],
+        "scopes_supported": scopes,
+    }))
+}
+
+/// GET /.well-known/oauth-protected-resource[/path] for a document [`protected_resource`] found.
+pub fn handle_resource<B>(req: &Request<B>, doc: &Value) -> Response<Body> {
+    match check_method(req) {
+        Ok(()) => document_response(doc),
+        Err(e) => e.into_response(),
+    }
+}
+
 fn response_types_empty(doc: &Value) -> bool {
     doc["response_types_supported"].as_array().is_none_or(|a| a.is_empty())
 }
@@ -147,6 +189,26 @@ enabled = false
 "#
         );
         Config::parse(&text, std::path::Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn protected_resource_metadata_is_found_by_host_and_path() {
+        let c = config(
+            "[[route]]\nprefix = \"/o\"\nupstream = \"http://127.0.0.1:1\"\nscopes = [\"orders\"]\n\
+             audience = \"https://api.example/orders/\"\n",
+        );
+        let d = protected_resource(&c, Some("api.example"), "/.well-known/oauth-protected-resource/orders").unwrap();
+        assert_eq!(d["resource"], "https://api.example/orders/");
+        assert_eq!(d["authorization_servers"], json!(["https://auth.example/"]));
+        assert_eq!(d["scopes_supported"], json!(["orders"]));
+        // The default audience (the issuer here) at the root of its host.
+        let d = protected_resource(&c, Some("auth.example"), "/.well-known/oauth-protected-resource").unwrap();
+        assert_eq!(d["resource"], "https://auth.example/");
+        assert!(
+            protected_resource(&c, Some("other.example"), "/.well-known/oauth-protected-resource/orders").is_none()
+        );
+        assert!(protected_resource(&c, Some("api.example"), "/.well-known/oauth-protected-resource/order").is_none());
+        assert!(protected_resource(&c, Some("api.example"), "/.well-known/oauth-protected-resourcex/orders").is_none());
     }
 
     #[test]

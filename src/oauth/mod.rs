@@ -1,7 +1,9 @@
 //! The OAuth 2.0 endpoints the gateway answers itself.
 
+pub mod audience;
 pub mod authorize;
 pub mod client_auth;
+pub mod cors;
 pub mod error;
 pub mod grants;
 pub mod introspect;

@@ -6,7 +6,7 @@ use http::{HeaderMap, header};
 
 use super::error::ProxyError;
 use crate::state::{Gateway, Runtime};
-use crate::tokens::validate::{Principal, TokenError};
+use crate::tokens::validate::Principal;
 
 /// The bytes of an RFC 6750 b64token, as a table: a token is checked byte by byte on
 /// every request.
@@ -23,6 +23,11 @@ const B64TOKEN: [bool; 256] = {
 
 /// The token from `Authorization: Bearer <token>`; the scheme is case-insensitive.
 /// Exactly one Authorization header is accepted.
+///
+/// RFC 6750 §3.1: no header, or another scheme, is a request without a token (401, no
+/// error code); a Bearer header that cannot hold a token (`Bearer` alone, `Bearer a b`,
+/// bytes outside b64token, `=` before the end) is `invalid_request` (400). RFC 6750 §2.1
+/// allows one or more spaces after the scheme, so `Bearer  t` is read as `t`.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Err(ProxyError::MissingToken) };
@@ -30,14 +35,19 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
         return Err(ProxyError::MalformedRequest("more than one Authorization header"));
     }
     let value = value.to_str().map_err(|_| ProxyError::MalformedRequest("Authorization header is not ASCII"))?;
-    let (scheme, token) = value.trim_start().split_once(' ').ok_or(ProxyError::MissingToken)?;
+    let value = value.trim_matches([' ', '\t']);
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ProxyError::MissingToken);
     }
-    let token = token.trim();
-    // RFC 6750 b64token; anything else cannot be one of ours: an invalid token (401).
-    if token.is_empty() || !token.bytes().all(|b| B64TOKEN[usize::from(b)]) {
-        return Err(ProxyError::InvalidToken(TokenError::Malformed));
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() {
+        return Err(ProxyError::MalformedRequest("Bearer without a token"));
+    }
+    // b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+    let body = token.trim_end_matches('=');
+    if body.is_empty() || !body.bytes().all(|b| b != b'=' && B64TOKEN[usize::from(b)]) {
+        return Err(ProxyError::MalformedRequest("the bearer token is not a b64token"));
     }
     Ok(token)
 }

@@ -1,5 +1,6 @@
 //! Phase 4, forward: header hygiene, identity headers, and the pooled upstream client.
-//! Bodies stream both ways; nothing is buffered.
+//! Bodies stream both ways; only an `application/x-www-form-urlencoded` request body is
+//! read first (up to the form limit), to take out an `access_token` (RFC 6750 §2.2).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
@@ -541,26 +542,48 @@ where
 
     // Origin-form: the connection already says which upstream this is. When the route
     // maps the path unchanged, the request's own (already parsed) target is reused.
+    // RFC 6750 §2.3: a token in the query is a credential, whatever the route forwards:
+    // taken out, the rest kept byte for byte.
+    let kept = parts.uri.query().and_then(|q| without_access_token(q.as_bytes()));
     let uri = match (super::route::upstream_path(route, parts.uri.path()), parts.uri.path_and_query()) {
-        (None, Some(unchanged)) => Uri::from(unchanged.clone()),
+        (None, Some(unchanged)) if kept.is_none() => Uri::from(unchanged.clone()),
         (mapped, _) => {
             let path = parts.uri.path();
             let mut target = mapped.unwrap_or_else(|| if path.is_empty() { "/" } else { path }.to_string());
-            if let Some(q) = parts.uri.query() {
+            // A query of nothing but tokens goes away with its `?`.
+            let query = match &kept {
+                Some(kept) => (!kept.is_empty()).then(|| String::from_utf8_lossy(kept)),
+                None => parts.uri.query().map(std::borrow::Cow::Borrowed),
+            };
+            if let Some(q) = query {
                 target.push('?');
-                target.push_str(q);
+                target.push_str(&q);
             }
             Uri::try_from(target).map_err(|_| ProxyError::UnsafePath)?
         }
     };
+    // Any framing (Content-Length, chunked, HTTP/2 DATA frames): a body that has not ended.
+    let form = is_form(&parts.headers) && !body.is_end_stream();
 
     upstream_headers(&mut parts.headers, rt, route, principal, peer, authority)?;
     parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
     parts.uri = uri;
     parts.version = Version::HTTP_11;
 
-    let body = body.map_err(|e| BoxError::from(InboundBodyError(e.into())));
-    let body = Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed();
+    let body = if form {
+        let bytes = read_form(body, limits).await?;
+        let bytes = match without_access_token(&bytes) {
+            Some(kept) => {
+                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(kept.len()));
+                bytes::Bytes::from(kept)
+            }
+            None => bytes,
+        };
+        crate::http::full(bytes)
+    } else {
+        let body = body.map_err(|e| BoxError::from(InboundBodyError(e.into())));
+        Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed()
+    };
     let req = Request::from_parts(parts, body);
 
     let upstream = &route.upstream;
@@ -581,6 +604,52 @@ where
     strip_hop_by_hop(&mut parts.headers);
     drop_gateway_set_cookies(&mut parts.headers);
     Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+}
+
+/// Is the request body `application/x-www-form-urlencoded` (RFC 6750 §2.2's form)?
+fn is_form(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_TYPE).iter().any(|v| {
+        let essence = v.as_bytes().split(|&b| b == b';').next().unwrap_or_default();
+        cookies::trim(essence).eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+    })
+}
+
+/// Read a form body whole, within the form limit (`max_token_body_bytes`) and the header
+/// read timeout: a form that cannot be inspected is refused (413), never passed unread.
+async fn read_form<B>(body: B, limits: &crate::config::Limits) -> Result<bytes::Bytes, ProxyError>
+where
+    B: HttpBody<Data = bytes::Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let limited = Limited::new(body, limits.max_token_body_bytes);
+    match tokio::time::timeout(limits.header_read_timeout, limited.collect()).await {
+        Err(_) => Err(ProxyError::BadRequestBody),
+        Ok(Err(e)) if caused_by::<LengthLimitError>(&*e) => Err(ProxyError::PayloadTooLarge),
+        Ok(Err(_)) => Err(ProxyError::BadRequestBody),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// `input` (a query or form body) without its `access_token` parameters, the other
+/// `&`-separated pieces kept byte for byte; `None` when there is none. A name is compared
+/// after form decoding (`access%5Ftoken`, `access%5ftoken`) and without regard to case
+/// (`ACCESS_TOKEN`): RFC 6750 §2.3 names it case-sensitively, but upstream frameworks that
+/// read parameters case-insensitively would still see a token.
+pub fn without_access_token(input: &[u8]) -> Option<Vec<u8>> {
+    // Fast path: no `%` and no literal name (in any case) means nothing to take out.
+    if !input.contains(&b'%') && !input.windows(12).any(|w| w.eq_ignore_ascii_case(b"access_token")) {
+        return None;
+    }
+    let is_token = |piece: &[u8]| {
+        let name = piece.split(|&b| b == b'=').next().unwrap_or_default();
+        form_urlencoded::parse(name).next().is_some_and(|(k, v)| v.is_empty() && k.eq_ignore_ascii_case("access_token"))
+    };
+    let pieces: Vec<&[u8]> = input.split(|&b| b == b'&').collect();
+    if !pieces.iter().any(|p| is_token(p)) {
+        return None;
+    }
+    let kept: Vec<&[u8]> = pieces.into_iter().filter(|p| !is_token(p)).collect();
+    Some(kept.join(&b'&'))
 }
 
 /// The `Host` an upstream gets: its own authority, without the scheme's default port.
@@ -979,5 +1048,28 @@ mod hygiene_tests {
         let mut h = headers(&[("cookie", b"a=1; b=2")]);
         filter_cookies(&mut h);
         assert_eq!(h.get(header::COOKIE).unwrap().as_bytes(), b"a=1; b=2");
+    }
+}
+
+#[cfg(test)]
+mod access_token_tests {
+    use super::without_access_token;
+
+    fn strip(s: &str) -> Option<String> {
+        without_access_token(s.as_bytes()).map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn access_token_is_taken_out_in_every_spelling_and_the_rest_kept_exactly() {
+        assert_eq!(strip("a=1&b=%2F+x"), None);
+        assert_eq!(strip("a=1&access_token=t&b=%2F+x"), Some("a=1&b=%2F+x".into()));
+        assert_eq!(strip("access_token=t"), Some(String::new()));
+        assert_eq!(strip("access%5Ftoken=t&a"), Some("a".into()));
+        assert_eq!(strip("%61ccess_token=t&a=&"), Some("a=&".into()));
+        assert_eq!(strip("ACCESS_TOKEN=t&Access_Token=u&x=access_token"), Some("x=access_token".into()));
+        assert_eq!(strip("access_token&access_token=&access_token=a=b"), Some(String::new()));
+        // Not the name: a longer name, a prefix, the value.
+        assert_eq!(strip("access_tokens=t&my_access_token=t&a=access_token"), None);
+        assert_eq!(strip("x=%41"), None);
     }
 }

@@ -82,6 +82,11 @@ where
         Access::Scopes(scopes) => {
             let p = authenticate::authenticate(gw, rt, req.headers()).await?;
             outcome.principal = Some(p.clone());
+            // RFC 8707 / RFC 9700 §2.3: a token is for one API; another route's audience
+            // (or the default on a route without one) is an invalid token here.
+            if p.audience() != rt.config.route_audience(route) {
+                return Err(ProxyError::InvalidToken(crate::tokens::validate::TokenError::WrongAudience));
+            }
             authorize::authorize(scopes, &p)?;
             Some(p)
         }

@@ -20,6 +20,7 @@ use super::peer::Peer;
 use crate::authority::Authority;
 use crate::http::{Body, BoxError};
 use crate::metrics::{self, GaugeGuard};
+use crate::oauth::cors::{self, Cors};
 use crate::proxy::error::ProxyError;
 use crate::ratelimit;
 use crate::state::Gateway;
@@ -32,6 +33,10 @@ enum Endpoint {
     Introspect,
     Metadata,
     Jwks,
+    /// RFC 9728 metadata of the protected resource (an audience) the path names.
+    ResourceMetadata(serde_json::Value),
+    /// A CORS preflight (`OPTIONS`) at an endpoint that answers browsers on other origins.
+    Preflight(Cors),
     Proxy,
     /// A Host or `:authority` that is missing (HTTP/1.1, HTTP/2), repeated, invalid, or
     /// that names two hosts: 400 at every endpoint.
@@ -58,19 +63,48 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
     let c = &rt.config;
     // `[tls] hsts`, for every answer on a TLS connection (ours and proxied).
     let hsts = if peer.tls { c.tls.as_ref().and_then(|t| t.hsts.clone()) } else { None };
-    let endpoint = match path {
+    // RFC 8414 §3.1: with an issuer path (`https://host/tenant1`), the endpoints are also
+    // served under it, where the metadata says they are; the plain paths keep working.
+    // The path as it is first, then without the issuer's path (a configured endpoint path
+    // may itself begin with the issuer's).
+    let local = match c.issuer_path() {
+        "" => None,
+        prefix => path.strip_prefix(prefix).filter(|rest| rest.starts_with('/')),
+    };
+    let ours = oauth_endpoint(c, path).or_else(|| local.and_then(|p| oauth_endpoint(c, p)));
+    let endpoint = match ours {
         // Before any endpoint reads a body: a coding besides a lone chunked is 501.
         _ if crate::http::unsupported_transfer_coding(req.headers()) => Endpoint::Unsupported,
         // Every endpoint: a Host (or `:authority`) that is not one valid authority is 400.
         _ if authority.is_err() => Endpoint::BadHost,
-        p if p == c.token_path => Endpoint::Token,
-        p if p == c.authorize_path => Endpoint::Authorize,
-        p if p == c.revoke_path => Endpoint::Revoke,
-        p if p == c.introspect_path => Endpoint::Introspect,
-        p if p == c.metadata_path => Endpoint::Metadata,
-        p if p == c.jwks_path => Endpoint::Jwks,
+        Some(endpoint) => endpoint,
+        // The path-inserted well-known form: /.well-known/oauth-authorization-server/tenant1.
+        _ if is_inserted_metadata(path, &c.metadata_path, c.issuer_path()) => Endpoint::Metadata,
+        _ if path.starts_with(crate::oauth::metadata::RESOURCE_METADATA_PATH) => {
+            let host = authority.as_ref().ok().and_then(Option::as_ref).map(Authority::host);
+            match crate::oauth::metadata::protected_resource(c, host, path) {
+                Some(doc) => Endpoint::ResourceMetadata(doc),
+                None => Endpoint::Proxy,
+            }
+        }
         _ => Endpoint::Proxy,
     };
+    let cors = match endpoint {
+        Endpoint::Token | Endpoint::Revoke => Some(Cors::Post),
+        Endpoint::Metadata | Endpoint::Jwks | Endpoint::ResourceMetadata(_) => Some(Cors::Discovery),
+        _ => None,
+    };
+    let endpoint = match cors {
+        Some(kind) if method == http::Method::OPTIONS => Endpoint::Preflight(kind),
+        _ => endpoint,
+    };
+    // Only the Origin is kept for the CORS answer: the request itself moves into its handler.
+    let mut origin = http::HeaderMap::new();
+    if cors.is_some() {
+        for v in req.headers().get_all(http::header::ORIGIN) {
+            origin.append(http::header::ORIGIN, v.clone());
+        }
+    }
     // The address the gateway acts on: the peer, or behind trusted proxies the nearest
     // address they vouch for (no allocation unless the peer is a trusted proxy).
     let trusted = c.is_trusted_proxy(peer.addr.ip());
@@ -107,6 +141,12 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
         }
         Endpoint::Metadata => (crate::oauth::metadata::handle(&ctx, &req), Outcome::default(), Some("oauth:metadata")),
         Endpoint::Jwks => (crate::oauth::jwks::handle(&ctx, &req), Outcome::default(), Some("oauth:jwks")),
+        Endpoint::ResourceMetadata(ref doc) => {
+            (crate::oauth::metadata::handle_resource(&req, doc), Outcome::default(), Some("oauth:resource_metadata"))
+        }
+        Endpoint::Preflight(kind) => {
+            (cors::preflight(&ctx.rt.config, kind, req.headers()), Outcome::default(), Some("oauth:preflight"))
+        }
         Endpoint::BadHost => (
             ProxyError::BadHost(bad_host.unwrap_or("bad Host")).into_response(&ctx.rt.config.realm),
             Outcome::default(),
@@ -122,6 +162,10 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
             (resp, outcome, None)
         }
     };
+    let mut resp = resp;
+    if let Some(kind) = cors.filter(|_| !matches!(endpoint, Endpoint::Preflight(_))) {
+        cors::decorate(&ctx.rt.config, kind, &origin, outcome.client_id(), &mut resp);
+    }
     let status = resp.status().as_u16();
     metrics_phase(gw, &outcome, label, status, matches!(endpoint, Endpoint::Token));
     let mut resp = if method == http::Method::HEAD { headers_only(resp) } else { resp };
@@ -144,6 +188,25 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
         received,
     };
     resp.map(|body| Logged { inner: body, sent: 0, line: Some(line) }.boxed())
+}
+
+/// The OAuth endpoint configured at exactly `path`, if any.
+fn oauth_endpoint(c: &crate::config::Config, path: &str) -> Option<Endpoint> {
+    Some(match path {
+        p if p == c.token_path => Endpoint::Token,
+        p if p == c.authorize_path => Endpoint::Authorize,
+        p if p == c.revoke_path => Endpoint::Revoke,
+        p if p == c.introspect_path => Endpoint::Introspect,
+        p if p == c.metadata_path => Endpoint::Metadata,
+        p if p == c.jwks_path => Endpoint::Jwks,
+        _ => return None,
+    })
+}
+
+/// RFC 8414 §3.1: the metadata of issuer `https://host/tenant1` is at
+/// `/.well-known/oauth-authorization-server/tenant1` (the well-known path, then the issuer's).
+fn is_inserted_metadata(path: &str, metadata_path: &str, issuer_path: &str) -> bool {
+    !issuer_path.is_empty() && path.strip_prefix(metadata_path) == Some(issuer_path)
 }
 
 /// The metrics part of the logging phase, at the response head: every metric a request

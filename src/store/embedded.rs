@@ -743,6 +743,7 @@ mod tests {
             user: Some("alice".into()),
             scopes: vec!["read".into()],
             expires_at: exp,
+            audience: None,
         }
     }
 
@@ -758,6 +759,7 @@ mod tests {
             user: "alice".into(),
             code_challenge: None,
             expires_at: 1060,
+            audience: None,
         };
         s.put_code([1; 32], code.clone()).await.unwrap();
         assert_eq!(s.take_code([1; 32], "f1", 1000).await.unwrap(), TakeCode::Taken(code));
@@ -785,6 +787,7 @@ mod tests {
             user: "u".into(),
             code_challenge: None,
             expires_at: 100,
+            audience: None,
         };
         s.put_code([1; 32], code.clone()).await.unwrap();
         assert_eq!(s.take_code([1; 32], "f", 100).await.unwrap(), TakeCode::Unknown);

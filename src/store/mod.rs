@@ -39,6 +39,10 @@ pub struct CodeGrant {
     /// S256 challenge; `None` only for confidential clients that did not use PKCE.
     pub code_challenge: Option<String>,
     pub expires_at: u64,
+    /// The audience asked for with `resource` (RFC 8707); `None`: the default. Absent
+    /// in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 /// An access token that was issued from a grant, so it can be revoked with it.
@@ -70,6 +74,10 @@ pub struct RefreshGrant {
     /// The scopes originally granted; a refresh may narrow, never widen.
     pub scopes: Vec<String>,
     pub expires_at: u64,
+    /// The audience the original grant was bound to (RFC 8707); `None`: the default.
+    /// Rotation keeps it; a refresh may only ask for it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 /// A refresh token as stored: its grant, and whether it was already rotated away.

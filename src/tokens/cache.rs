@@ -146,7 +146,7 @@ mod tests {
     use super::*;
 
     fn principal(jti: &str, expires_at: u64) -> Arc<Principal> {
-        Arc::new(Principal::new("svc", "alice", "read write", jti, "k1", [7; 32], expires_at).unwrap())
+        Arc::new(Principal::new("svc", "alice", "read write", jti, "k1", "aud", [7; 32], expires_at).unwrap())
     }
 
     fn key(i: u32) -> Digest {

@@ -308,7 +308,9 @@ fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>) -> Result<Key, KeyE
     };
     let fingerprint = {
         let mut policy = bytes.clone();
-        for part in [&config.issuer, &config.audience] {
+        // Every audience a token may carry (the default and each route's): an audience
+        // dropped by a reload must void the cached verdicts of its tokens.
+        for part in std::iter::once(config.issuer()).chain(config.audiences()) {
             policy.push(0);
             policy.extend_from_slice(part.as_bytes());
         }
@@ -392,7 +394,7 @@ fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>) -> Result<Key, KeyE
     validation.leeway = super::LEEWAY_SECS;
     validation.validate_nbf = true;
     validation.set_issuer(&[&config.issuer]);
-    validation.set_audience(&[&config.audience]);
+    validation.set_audience(&config.audiences());
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
     // RFC 9068 §2.1: typ at+jwt; the verifier picks the key by kid.
     let header = serde_json::json!({ "typ": "at+jwt", "alg": alg_name(kc.algorithm), "kid": kc.id });

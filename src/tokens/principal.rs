@@ -3,14 +3,14 @@
 
 /// Who a valid token speaks for.
 ///
-/// Compact, because up to `[cache] max_tokens` of them stay in memory: the five strings
+/// Compact, because up to `[cache] max_tokens` of them stay in memory: the six strings
 /// share one allocation, and the user is derived (the subject, when it is not the client).
 #[derive(Debug)]
 pub struct Principal {
-    /// client_id, subject, scope, token_id and kid, back to back.
+    /// client_id, subject, scope, token_id, kid and aud, back to back.
     text: Box<str>,
-    /// Where each of those five ends in `text`.
-    ends: [u16; 5],
+    /// Where each of those six ends in `text`.
+    ends: [u16; 6],
     /// The fingerprint of the key that verified it (key file, issuer, audience): a hit
     /// under a key with another fingerprint is verified again.
     key_fingerprint: [u8; 32],
@@ -18,18 +18,20 @@ pub struct Principal {
 }
 
 impl Principal {
+    #[allow(clippy::too_many_arguments)] // one per claim kept; a struct would only repeat them
     pub(super) fn new(
         client_id: &str,
         subject: &str,
         scope: &str,
         token_id: &str,
         kid: &str,
+        audience: &str,
         key_fingerprint: [u8; 32],
         expires_at: u64,
     ) -> Option<Principal> {
-        let parts = [client_id, subject, scope, token_id, kid];
+        let parts = [client_id, subject, scope, token_id, kid, audience];
         let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0u16; 5];
+        let mut ends = [0u16; 6];
         for (end, part) in ends.iter_mut().zip(parts) {
             text.push_str(part);
             *end = u16::try_from(text.len()).ok()?;
@@ -61,6 +63,10 @@ impl Principal {
     }
     pub(super) fn kid(&self) -> &str {
         self.part(4)
+    }
+    /// The `aud` the token was issued for (RFC 8707): a route checks it against its own.
+    pub fn audience(&self) -> &str {
+        self.part(5)
     }
     /// The resource owner, when the token acts for a user rather than the client itself.
     pub fn user(&self) -> Option<&str> {

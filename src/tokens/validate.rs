@@ -262,7 +262,7 @@ pub fn inspect(token: &str, keys: &KeySet, now: u64) -> Result<AccessClaims, Tok
 /// Full cryptographic and claim verification of a token not seen before.
 fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError> {
     let (c, key) = verify_claims(token, keys, now)?;
-    Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, key.fingerprint, c.exp)
+    Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, &c.aud, key.fingerprint, c.exp)
         .ok_or(TokenError::BadClaims)
 }
 

@@ -121,7 +121,9 @@ impl Validator<'_> {
                     format!("client {id:?}: token_lifetime is longer than refresh_token_lifetime: its refresh tokens expire first"),
                 );
             }
+            let cors_origins = c.cors_origins.iter().map(|o| self.origin(o)).collect::<Result<Vec<_>, _>>()?;
             let client = Client {
+                cors_origins,
                 id: id.clone(),
                 name: c.name.clone().unwrap_or_else(|| id.clone()),
                 auth,
@@ -224,5 +226,20 @@ impl Validator<'_> {
             );
         }
         Ok(s.clone())
+    }
+
+    /// A browser origin as sent in `Origin` (RFC 6454 §6.1): `scheme://host[:port]`, no
+    /// path, compared in its serialised (lower-case, default port dropped) form. `*` and
+    /// `null` are refused: CORS here answers one listed origin at a time.
+    fn origin(&self, v: &Spanned<String>) -> Result<String, ConfigError> {
+        let s = v.get_ref();
+        let bad = || self.err(v.span(), format!("bad cors_origins entry {s:?}: write scheme://host[:port], no path"));
+        let url = url::Url::parse(s).map_err(|_| bad())?;
+        let plain = url.path() == "/" && !s.ends_with('/') && url.query().is_none() && url.fragment().is_none();
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() || !plain || !url.username().is_empty()
+        {
+            return Err(bad());
+        }
+        Ok(url.origin().ascii_serialization())
     }
 }

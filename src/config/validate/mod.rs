@@ -117,6 +117,10 @@ impl Validator<'_> {
         if issuer_url.scheme() != "https" && issuer_url.scheme() != "http" {
             return Err(self.err(raw.issuer.span(), "issuer must be an http(s) URL"));
         }
+        // RFC 8414 §2: no query or fragment (the metadata URL is built from the path).
+        if issuer.contains(['?', '#']) || !issuer_url.username().is_empty() || issuer_url.password().is_some() {
+            return Err(self.err(raw.issuer.span(), "issuer must have no query, fragment or credentials"));
+        }
         let audience = match &raw.audience {
             Some(a) if a.get_ref().trim().is_empty() => return Err(self.err(a.span(), "audience must not be empty")),
             Some(a) => a.get_ref().trim().to_string(),

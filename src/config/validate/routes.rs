@@ -203,7 +203,12 @@ impl Validator<'_> {
             (true, false) => return Err(self.err(r.prefix.span(), "a public route cannot require scopes")),
             (false, _) => Access::Scopes(scopes),
         };
+        let audience = match &r.audience {
+            None => None,
+            Some(a) => Some(self.resource_uri(a, "audience")?),
+        };
         Ok(Route {
+            audience,
             prefix,
             host,
             methods,
@@ -213,6 +218,16 @@ impl Validator<'_> {
             forward_token: r.forward_token,
             pass_rewrite_headers: r.pass_rewrite_headers,
         })
+    }
+
+    /// RFC 8707 §2: a resource indicator is an absolute URI without a fragment; clients
+    /// name it byte for byte in `resource`, so it is kept exactly as written.
+    pub(super) fn resource_uri(&self, v: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
+        let s = v.get_ref();
+        match url::Url::parse(s) {
+            Ok(u) if u.fragment().is_none() && !s.contains('#') && s.trim() == s => Ok(s.clone()),
+            _ => Err(self.err(v.span(), format!("bad {field} {s:?}: an absolute URI without fragment"))),
+        }
     }
 }
 

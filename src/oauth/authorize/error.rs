@@ -53,32 +53,36 @@ pub(crate) enum Reason {
     NotS256,
     /// A public client without a challenge.
     PkceRequired,
+    /// RFC 8707 §2: `resource` is malformed or names no audience this gateway serves.
+    InvalidTarget,
     AccessDenied,
     TemporarilyUnavailable,
     SigningFailed,
 }
 
 impl Reason {
-    /// The RFC 6749 `error` code and `error_description`.
+    /// The RFC 6749 `error` code and `error_description`; the description stays within
+    /// %x20-21 / %x23-5B / %x5D-7E (§4.1.2.1), so names are quoted with `'`.
     fn wire(&self) -> (&'static str, Cow<'static, str>) {
         match self {
-            Reason::MissingResponseType => ("invalid_request", "Check the \"response_type\" parameter.".into()),
+            Reason::MissingResponseType => ("invalid_request", "Check the 'response_type' parameter.".into()),
             Reason::UnauthorizedResponseType => {
                 ("unauthorized_client", "The client is not authorized to use this response type.".into())
             }
             Reason::UnsupportedResponseType(other) => {
-                ("unsupported_response_type", format!("The response type \"{other}\" is not supported.").into())
+                ("unsupported_response_type", format!("The response type '{other}' is not supported.").into())
             }
-            Reason::InvalidScope(Some(scope)) => ("invalid_scope", format!("Check the \"{scope}\" scope.").into()),
-            Reason::InvalidScope(None) => ("invalid_scope", "Check the \"scope\" parameter.".into()),
-            Reason::BadChallenge => ("invalid_request", "Check the \"code_challenge\" parameter.".into()),
+            Reason::InvalidScope(Some(scope)) => ("invalid_scope", format!("Check the '{scope}' scope.").into()),
+            Reason::InvalidScope(None) => ("invalid_scope", "Check the 'scope' parameter.".into()),
+            Reason::BadChallenge => ("invalid_request", "Check the 'code_challenge' parameter.".into()),
             Reason::NotS256 => (
                 "invalid_request",
-                "Only the S256 PKCE method is supported. Check the \"code_challenge_method\" parameter.".into(),
+                "Only the S256 PKCE method is supported. Check the 'code_challenge_method' parameter.".into(),
             ),
             Reason::PkceRequired => {
-                ("invalid_request", "PKCE is required for this client. Check the \"code_challenge\" parameter.".into())
+                ("invalid_request", "PKCE is required for this client. Check the 'code_challenge' parameter.".into())
             }
+            Reason::InvalidTarget => ("invalid_target", "Check the 'resource' parameter.".into()),
             Reason::AccessDenied => ("access_denied", "The user denied the request.".into()),
             Reason::TemporarilyUnavailable => {
                 ("temporarily_unavailable", "The authorization server is temporarily unavailable.".into())
@@ -201,6 +205,34 @@ mod tests {
         let resp = AuthorizeError::Redirect { to, reason: Reason::InvalidScope(None) }.into_response(false);
         let location = resp.headers()[header::LOCATION].to_str().unwrap();
         assert!(location.starts_with("https://app.test/cb#error=invalid_scope&"), "{location}");
+    }
+
+    #[test]
+    fn error_descriptions_stay_within_the_rfc6749_charset() {
+        let hostile = crate::oauth::error::printable("a\"b\\c d\u{e9}\n'");
+        let all = [
+            Reason::MissingResponseType,
+            Reason::UnauthorizedResponseType,
+            Reason::UnsupportedResponseType(hostile.clone()),
+            Reason::InvalidScope(Some(hostile)),
+            Reason::InvalidScope(None),
+            Reason::BadChallenge,
+            Reason::NotS256,
+            Reason::PkceRequired,
+            Reason::InvalidTarget,
+            Reason::AccessDenied,
+            Reason::TemporarilyUnavailable,
+            Reason::SigningFailed,
+        ];
+        for reason in all {
+            let (error, description) = reason.wire();
+            assert!(
+                description
+                    .bytes()
+                    .all(|b| b == 0x20 || b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)),
+                "{error}: {description}"
+            );
+        }
     }
 
     #[test]

@@ -96,6 +96,12 @@ where
     Params::from_form(&bytes).map_err(|_| AuthorizeError::RepeatedField)
 }
 
+/// Where the login and consent forms post: the authorize endpoint under the issuer's
+/// path, as the metadata advertises it (RFC 8414 §3.1).
+fn action_path(rt: &Runtime) -> String {
+    format!("{}{}", rt.config.issuer_path(), rt.config.authorize_path)
+}
+
 /// The request parameters to carry through the login and consent forms.
 fn carried<'a>(p: &'a AuthRequest, raw_scope: &'a str, csrf: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
@@ -106,6 +112,7 @@ fn carried<'a>(p: &'a AuthRequest, raw_scope: &'a str, csrf: &'a str) -> Vec<(&'
         ("state", p.state.as_deref().unwrap_or("")),
         ("code_challenge", p.code_challenge.as_deref().unwrap_or("")),
         ("code_challenge_method", if p.code_challenge.is_some() { "S256" } else { "" }),
+        ("resource", p.audience.as_deref().unwrap_or("")),
         ("csrf", csrf),
     ]
 }
@@ -113,7 +120,7 @@ fn carried<'a>(p: &'a AuthRequest, raw_scope: &'a str, csrf: &'a str) -> Vec<(&'
 /// The login page, with a CSRF token bound to this browser's nonce (set if it has none).
 fn login_page(rt: &Runtime, headers: &HeaderMap, req: &AuthRequest, raw_scope: &str) -> Response<Body> {
     let (csrf, new_nonce) = login_csrf(rt, headers);
-    let action = &rt.config.authorize_path;
+    let action = &action_path(rt);
     let mut resp = pages::login(action, &req.client.name, &carried(req, raw_scope, &csrf), None);
     if let Some(nonce) = new_nonce {
         set_cookie(&mut resp, CSRF_COOKIE, &nonce, rt.config.session_lifetime.as_secs());
@@ -124,7 +131,7 @@ fn login_page(rt: &Runtime, headers: &HeaderMap, req: &AuthRequest, raw_scope: &
 /// The consent page, with a CSRF token bound to the session `session_id`.
 fn consent_page(rt: &Runtime, req: &AuthRequest, raw_scope: &str, user: &str, session_id: &str) -> Response<Body> {
     let csrf = csrf_token(rt, Binding::Session, session_id);
-    let action = &rt.config.authorize_path;
+    let action = &action_path(rt);
     pages::consent(action, &req.client.name, user, &req.scopes, &carried(req, raw_scope, &csrf))
 }
 
@@ -160,7 +167,7 @@ async fn on_post(
     }
     let csrf = form.get("csrf").unwrap_or_default().to_string();
     let raw_scope = req.scopes.join(" ");
-    let action = rt.config.authorize_path.clone();
+    let action = action_path(rt);
     match form.get("action") {
         Some("login") => {
             let fields = carried(&req, &raw_scope, &csrf);
@@ -236,6 +243,7 @@ async fn finish(gw: &Gateway, rt: &Runtime, req: &AuthRequest, user: &str, post:
                 user: user.to_string(),
                 code_challenge: req.code_challenge.clone(),
                 expires_at: now + CODE_LIFETIME_SECS,
+                audience: req.audience.clone(),
             };
             if let Err(e) = gw.store.put_code(sha256(code.as_bytes()), grant).await {
                 tracing::error!(error = %e, "storing an authorization code failed");
@@ -244,7 +252,7 @@ async fn finish(gw: &Gateway, rt: &Runtime, req: &AuthRequest, user: &str, post:
             Ok(to.with(&[("code", &code)], redirect_status(post)))
         }
         // §4.2.2: the token travels in the fragment; never a refresh token.
-        ResponseType::Token => match sign(rt, &req.client, user, &req.scopes, now) {
+        ResponseType::Token => match sign(rt, &req.client, user, &req.scopes, req.audience.as_deref(), now) {
             Ok(t) => {
                 let expires_in = t.expires_in.to_string();
                 let pairs = [

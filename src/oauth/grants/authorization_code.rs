@@ -47,6 +47,7 @@ pub async fn grant(
     if !users::is_active(rt, &grant.user) {
         return Err(BadGrant::Code.into());
     }
+    let audience = crate::oauth::audience::within_grant(&rt.config, grant.audience.as_deref(), params)?;
     let refresh = client.grants.contains(&GrantType::RefreshToken);
     let what = Issue {
         client,
@@ -56,6 +57,7 @@ pub async fn grant(
         refresh_scopes: &grant.scopes,
         family: Some(&family),
         new_refresh: refresh,
+        audience: audience.as_deref(),
     };
     issue_tokens(gw, rt, what, now).await
 }
@@ -115,6 +117,7 @@ mod tests {
             user: "alice".into(),
             code_challenge: challenge.map(str::to_string),
             expires_at: 0,
+            audience: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub async fn grant(
     now: u64,
 ) -> Result<TokenResponse, OAuthError> {
     let scopes = resolve_scopes(client, params.get("scope"))?;
+    let audience = crate::oauth::audience::requested(&rt.config, params)?;
     let subject = client.user.as_deref().unwrap_or(&client.id);
     // §4.4.3 says a refresh token SHOULD NOT be issued here; only on explicit opt-in.
     let family = client.refresh_on_client_credentials.then(new_family);
@@ -28,6 +29,7 @@ pub async fn grant(
         refresh_scopes: &scopes,
         family: family.as_deref(),
         new_refresh: family.is_some(),
+        audience: audience.as_deref(),
     };
     issue_tokens(gw, rt, what, now).await
 }

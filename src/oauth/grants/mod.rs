@@ -78,17 +78,18 @@ pub fn scopes_within(
     }
 }
 
-/// Sign an access token for `subject`.
+/// Sign an access token for `subject`, for `audience` (RFC 8707; `None`: the default).
 pub fn sign(
     rt: &Runtime,
     client: &Client,
     subject: &str,
     scopes: &[String],
+    audience: Option<&str>,
     now: u64,
 ) -> Result<IssuedToken, OAuthError> {
     let grant = Grant {
         issuer: &rt.config.issuer,
-        audience: &rt.config.audience,
+        audience: audience.unwrap_or(&rt.config.audience),
         client_id: &client.id,
         subject,
         scopes,
@@ -113,12 +114,14 @@ pub struct Issue<'a> {
     pub family: Option<&'a str>,
     /// Issue a new refresh token in `family`.
     pub new_refresh: bool,
+    /// The audience of the access token and the bound of the refresh token (RFC 8707).
+    pub audience: Option<&'a str>,
 }
 
 /// Sign the access token, store a new refresh token if asked, link the access token to
 /// its family (so revoking the family revokes it) and build the response.
 pub async fn issue_tokens(gw: &Gateway, rt: &Runtime, what: Issue<'_>, now: u64) -> Result<TokenResponse, OAuthError> {
-    let token = sign(rt, what.client, what.subject, what.scopes, now)?;
+    let token = sign(rt, what.client, what.subject, what.scopes, what.audience, now)?;
     let mut refresh = None;
     if let Some(family) = what.family {
         if what.new_refresh {
@@ -130,6 +133,7 @@ pub async fn issue_tokens(gw: &Gateway, rt: &Runtime, what: Issue<'_>, now: u64)
                 user: what.user.map(str::to_string),
                 scopes: what.refresh_scopes.to_vec(),
                 expires_at: now + rt.config.refresh_token_lifetime.as_secs(),
+                audience: what.audience.map(str::to_string),
             };
             gw.store.put_refresh(sha256(secret.as_bytes()), grant).await?;
             refresh = Some(secret);

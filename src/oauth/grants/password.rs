@@ -18,6 +18,7 @@ pub async fn grant(
     let username = params.require("username")?;
     let password = params.require("password")?;
     let scopes = resolve_scopes(client, params.get("scope"))?;
+    let audience = crate::oauth::audience::requested(&rt.config, params)?;
     let user = users::authenticate(gw, rt, username, password).await.map_err(OAuthError::RateLimited)?;
     let Some(user) = user else {
         return Err(OAuthError::InvalidUserCredentials);
@@ -31,6 +32,7 @@ pub async fn grant(
         refresh_scopes: &scopes,
         family: family.as_deref(),
         new_refresh: family.is_some(),
+        audience: audience.as_deref(),
     };
     issue_tokens(gw, rt, what, now).await
 }

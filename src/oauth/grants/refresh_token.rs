@@ -41,6 +41,7 @@ pub async fn grant(
         return Err(invalid());
     }
     let scopes = refreshed_scopes(&current.scopes, &client.scopes, params.get("scope"))?;
+    let audience = crate::oauth::audience::within_grant(&rt.config, current.audience.as_deref(), params)?;
     if current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
         // The user was disabled or removed: the family dies for good (re-enabling the user
         // does not bring back a refresh token that met the block), its access tokens too.
@@ -50,7 +51,7 @@ pub async fn grant(
     }
     // Sign first: rotation and linking the new access token to the family are one atomic
     // store step, so nothing after it can fail and strand the client with a spent token.
-    let token = sign(rt, client, &current.subject, &scopes, now)?;
+    let token = sign(rt, client, &current.subject, &scopes, audience.as_deref(), now)?;
     let next = random_token(32);
     let next_expiry = now + rt.config.refresh_token_lifetime.as_secs();
     let access = IssuedAccess { jti: token.jti.clone(), expires_at: token.expires_at };
