@@ -182,6 +182,14 @@ pub struct RawClient {
     pub redirect_uris: Vec<Spanned<String>>,
     pub first_party: Option<bool>,
     pub refresh_on_client_credentials: Option<bool>,
+    /// How long a rotated refresh token may be presented again ("0s": never).
+    pub refresh_reuse_interval: Option<Spanned<String>>,
+    /// `false`: the refresh token is not rotated (confidential clients only).
+    pub rotate_refresh_tokens: Option<Spanned<bool>>,
+    /// A resource server: may introspect tokens of every client.
+    pub introspect: Option<bool>,
+    /// A changed `secret_hash` revokes the client's tokens issued before the change.
+    pub secret_rotation_revokes: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
