@@ -23,7 +23,7 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::forward::Upstreams;
 use crate::state::Runtime;
 use crate::store::{
-    CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Session, Store, StoreError, StoredRefresh, TakeCode,
+    CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, StoreError, StoredRefresh, TakeCode,
 };
 use crate::tokens::keys::KeySet;
 use crate::tokens::validate::{LEEWAY_SECS, TokenError, Validator};
@@ -432,15 +432,7 @@ impl Store for FuzzStore {
     async fn get_refresh(&self, _: Hash, _: u64) -> Result<Option<StoredRefresh>, StoreError> {
         unavailable()
     }
-    async fn rotate_refresh(
-        &self,
-        _: Hash,
-        _: &str,
-        _: Hash,
-        _: u64,
-        _: IssuedAccess,
-        _: u64,
-    ) -> Result<Rotate, StoreError> {
+    async fn rotate_refresh(&self, _: Hash, _: &str, _: Rotation, _: u64) -> Result<Rotate, StoreError> {
         unavailable()
     }
     async fn add_access(&self, _: &str, _: IssuedAccess) -> Result<(), StoreError> {

@@ -589,6 +589,8 @@ async fn password_tokens_read_write(gw: &TestGateway) -> (String, String) {
 #[tokio::test]
 async fn refresh_rotates_and_reuse_revokes_the_family() {
     let (_up, gw) = setup().await;
+    // Issue 19.1: strict reuse detection needs the reuse interval off (default 10 s).
+    gw.rewrite_config(|t| t.replacen("id = \"webapp\"\n", "id = \"webapp\"\nrefresh_reuse_interval = \"0s\"\n", 1));
     let (at0, rt0) = password_tokens_read_write(&gw).await;
     assert_eq!(api_status(&gw, &at0).await, 200);
 

@@ -47,6 +47,8 @@ async fn disabled_clients_cached_token_is_refused_at_once() {
 async fn tokens_of_a_revoked_refresh_family_stay_refused_across_a_restart() {
     let up = EchoUpstream::start().await;
     let gw = TestGateway::start(up.addr).await;
+    // Issue 19.1: strict reuse detection needs the reuse interval off (default 10 s).
+    gw.rewrite_config(|t| t.replacen("id = \"webapp\"\n", "id = \"webapp\"\nrefresh_reuse_interval = \"0s\"\n", 1));
     let (at0, rt0) = password_tokens(&gw).await;
     let refresh = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str())];
     let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &refresh).await;

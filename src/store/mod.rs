@@ -76,11 +76,27 @@ pub struct StoredRefresh {
     pub spent: bool,
 }
 
+/// What a rotation stores in place of the presented refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// The new refresh token (its hash).
+    pub new: Hash,
+    pub new_expires_at: u64,
+    /// The access token issued with it, linked to the family.
+    pub access: IssuedAccess,
+    /// Seconds after its rotation during which a spent token gets a sibling instead of
+    /// revoking its family (concurrent or retried refreshes); 0: strict.
+    pub reuse_interval: u64,
+}
+
 /// The outcome of presenting a refresh token for rotation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotate {
     /// The presented token is now spent; the new one is stored in its place.
     Rotated(RefreshGrant),
+    /// The presented token was spent less than the reuse interval ago: the new one is a
+    /// sibling in the same family (the successor issued first stays valid too).
+    Sibling(RefreshGrant),
     /// The presented token was already rotated: the whole family is now revoked.
     Reused { revoked: Vec<IssuedAccess> },
     /// Unknown, expired, revoked, or belonging to another client.
@@ -120,19 +136,12 @@ pub trait Store: Send + Sync {
     /// of a revoked family is not.
     async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<StoredRefresh>, StoreError>;
 
-    /// Rotate exactly once: if `old` is live and belongs to `client_id`, spend it, store
-    /// `new` with `new_expires_at` in the same family and link `access` (the access token
-    /// issued with it) to the family — all in one atomic step, so a failure leaves the old
-    /// token usable. A spent `old` revokes the family instead.
-    async fn rotate_refresh(
-        &self,
-        old: Hash,
-        client_id: &str,
-        new: Hash,
-        new_expires_at: u64,
-        access: IssuedAccess,
-        now: u64,
-    ) -> Result<Rotate, StoreError>;
+    /// Rotate exactly once: if `old` is live and belongs to `client_id`, spend it (noting
+    /// when), store `next.new` in the same family and link `next.access` to the family —
+    /// all in one atomic step, so a failure leaves the old token usable. A spent `old`
+    /// gets a sibling the same way while it was spent at most `next.reuse_interval`
+    /// seconds ago, and revokes the family after that.
+    async fn rotate_refresh(&self, old: Hash, client_id: &str, next: Rotation, now: u64) -> Result<Rotate, StoreError>;
 
     /// Link an access token to a family so revoking the family revokes it.
     async fn add_access(&self, family: &str, access: IssuedAccess) -> Result<(), StoreError>;

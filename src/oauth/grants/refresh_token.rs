@@ -1,5 +1,11 @@
 //! RFC 6749 §6 with rotation (RFC 9700 §4.14.2): every use spends the refresh token and
-//! returns a new one; presenting a spent one revokes the whole family.
+//! returns a new one; presenting a spent one revokes the whole family — unless it was spent
+//! less than the client's `refresh_reuse_interval` ago (two threads, or a retry after a
+//! lost answer), which gets a sibling: a new refresh token in the same family. Only hashes
+//! are stored, so the successor itself cannot be handed out again; a sibling is as good to
+//! the client, and revoking the family still revokes both. A confidential client may opt
+//! out of rotation (`rotate_refresh_tokens = false`): its refresh token then keeps working
+//! until it expires.
 
 use super::revocation::{Reason, Revoke, revoke};
 use super::{TokenResponse, scopes_within, sign};
@@ -8,7 +14,7 @@ use crate::oauth::error::{BadGrant, OAuthError};
 use crate::oauth::params::Params;
 use crate::oauth::users;
 use crate::state::{Gateway, Runtime};
-use crate::store::{IssuedAccess, Rotate};
+use crate::store::{IssuedAccess, Rotate, Rotation};
 use crate::tokens::{random_token, sha256};
 
 fn invalid() -> OAuthError {
@@ -35,8 +41,8 @@ pub async fn grant(
     now: u64,
 ) -> Result<TokenResponse, OAuthError> {
     let presented = sha256(params.require("refresh_token")?.as_bytes());
-    let Some(current) = gw.store.get_refresh(presented, now).await? else { return Err(invalid()) };
-    let current = current.grant;
+    let Some(stored) = gw.store.get_refresh(presented, now).await? else { return Err(invalid()) };
+    let current = &stored.grant;
     if current.client_id != client.id {
         return Err(invalid());
     }
@@ -51,11 +57,26 @@ pub async fn grant(
     // Sign first: rotation and linking the new access token to the family are one atomic
     // store step, so nothing after it can fail and strand the client with a spent token.
     let token = sign(rt, client, &current.subject, &scopes, now)?;
-    let next = random_token(32);
-    let next_expiry = now + rt.config.refresh_token_lifetime.as_secs();
     let access = IssuedAccess { jti: token.jti.clone(), expires_at: token.expires_at };
-    match gw.store.rotate_refresh(presented, &client.id, sha256(next.as_bytes()), next_expiry, access, now).await? {
+    if !client.rotate_refresh_tokens && !client.is_public() && !stored.spent {
+        // RFC 6749 §6: no new refresh token; the presented one stays the client's. Linking
+        // revokes the access token at once if the family was revoked meanwhile.
+        gw.store.add_access(&current.family, access).await?;
+        return Ok(TokenResponse::new(token, None));
+    }
+    let next = random_token(32);
+    let rotation = Rotation {
+        new: sha256(next.as_bytes()),
+        new_expires_at: now + rt.config.refresh_token_lifetime.as_secs(),
+        access,
+        reuse_interval: client.refresh_reuse_interval.as_secs(),
+    };
+    match gw.store.rotate_refresh(presented, &client.id, rotation, now).await? {
         Rotate::Rotated(_) => Ok(TokenResponse::new(token, Some(next))),
+        Rotate::Sibling(_) => {
+            tracing::info!(client_id = %client.id, "spent refresh token presented within the reuse interval; a sibling is issued");
+            Ok(TokenResponse::new(token, Some(next)))
+        }
         Rotate::Reused { revoked } => {
             tracing::warn!(client_id = %client.id, revoked = revoked.len(), "refresh token reused; its family is revoked");
             revoke(gw, Revoke::Revoked(revoked), Reason::RefreshReuse).await?;
