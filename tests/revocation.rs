@@ -188,6 +188,8 @@ async fn a_client_may_revoke_only_its_own_tokens_and_must_authenticate() {
 #[tokio::test]
 async fn introspection_of_valid_expired_revoked_and_foreign_tokens() {
     let (_up, gw) = setup().await;
+    // Issue 19.2: reading another client's tokens needs the resource-server flag.
+    gw.rewrite_config(|t| t.replacen("id = \"svc\"\n", "id = \"svc\"\nintrospect = true\n", 1));
     let rs = Some(("svc", SVC_SECRET));
     let token = gw.token("linked", OTHER_SECRET, None).await;
     let (status, v) = post(&gw, "/oauth/introspect", rs, &[("token", &token)]).await;
@@ -298,6 +300,8 @@ async fn exchange(gw: &TestGateway, code: &str) -> (u16, Value) {
 #[tokio::test]
 async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() {
     let (_up, gw) = setup().await;
+    // Issue 19.2: reading another client's tokens needs the resource-server flag.
+    gw.rewrite_config(|t| t.replacen("id = \"svc\"\n", "id = \"svc\"\nintrospect = true\n", 1));
     let rs = Some(("svc", SVC_SECRET));
     let (at, rt) = password_tokens(&gw).await;
     let code = spa_code(&gw).await;

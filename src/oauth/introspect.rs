@@ -1,6 +1,12 @@
-//! POST /oauth/introspect (RFC 7662): a confidential client (typically a resource server)
-//! asks whether a token is active. Anything invalid, expired, revoked, not ours, or of a
-//! disabled client or user is simply `{"active": false}` (§2.2).
+//! POST /oauth/introspect (RFC 7662): a confidential client asks whether a token is active.
+//!
+//! Who may read what (§4: the endpoint must not become a token-scanning oracle): a client
+//! flagged `introspect = true` — a resource server — may introspect every client's access
+//! tokens; any other confidential client only the tokens issued to itself; refresh tokens
+//! only ever to their own client. A token the caller may not read is `{"active": false}`,
+//! exactly like an invalid, expired, revoked or foreign one (§2.2 asks this answer for "not
+//! allowed to introspect this particular token"), so the answer tells a stranger nothing. A
+//! public or unauthenticated caller gets 401 `invalid_client` (§2.1).
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -11,6 +17,7 @@ use super::client_auth;
 use super::error::OAuthError;
 use super::token::read_post;
 use super::{limited, refused};
+use crate::config::Client;
 use crate::http::{Body, json};
 use crate::ratelimit::Endpoint;
 use crate::server::context::{Ctx, Outcome};
@@ -58,7 +65,7 @@ where
     }
     let token = params.require("token")?;
     let now = now_secs();
-    if let Some(v) = access_token(gw, &rt, token, now).await? {
+    if let Some(v) = access_token(gw, &rt, &client, token, now).await? {
         return Ok(v);
     }
     // Refresh tokens are shown only to the client they were issued to.
@@ -87,8 +94,17 @@ where
     Ok(inactive())
 }
 
-async fn access_token(gw: &Gateway, rt: &Runtime, token: &str, now: u64) -> Result<Option<Value>, OAuthError> {
+async fn access_token(
+    gw: &Gateway,
+    rt: &Runtime,
+    caller: &Client,
+    token: &str,
+    now: u64,
+) -> Result<Option<Value>, OAuthError> {
     let Ok(c) = inspect(token, &rt.keys, now) else { return Ok(None) };
+    if c.client_id != caller.id && !caller.introspect {
+        return Ok(Some(inactive()));
+    }
     // The same holder rule as the proxy path: client enabled, user (if any) enabled.
     let holder_ok = check_holder(&rt.config, &c.client_id, &c.sub).is_ok();
     if !holder_ok || gw.validator.is_revoked_locally(&c.jti) || gw.store.is_revoked(&c.jti).await? {
