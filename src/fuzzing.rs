@@ -291,6 +291,7 @@ impl Fixture {
             jti: crate::tokens::random_token(16),
             client_id: client_id.to_string(),
             scope: "read".into(),
+            gty: None,
         };
         let key = self.runtime.keys.get(kid).expect("kid of the fixture");
         let header = serde_json::json!({"alg": key.alg, "typ": "at+jwt", "kid": kid});

@@ -127,3 +127,78 @@ async fn every_401_from_token_revoke_and_introspect_carries_www_authenticate() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// 19.4: tokens of a client acting as its linked user.
+
+fn robot_user(enabled: bool) -> String {
+    format!("\n[[user]]\nusername = \"robot\"\npassword_hash = \"{ALICE_HASH}\"\nenabled = {enabled}\n")
+}
+
+async fn client_credentials(gw: &TestGateway, client: (&str, &str)) -> (u16, Value) {
+    token_request(gw, Some(client), &[("grant_type", "client_credentials")]).await
+}
+
+/// A linked-user token says `gty: client_credentials` in the JWT and in introspection (no
+/// `username`: no user authorized it); a token the user consented to has no `gty`.
+#[tokio::test]
+async fn linked_user_tokens_are_marked_and_consented_ones_are_not() {
+    let (_up, gw) = start().await;
+    let linked = gw.token("linked", OTHER_SECRET, None).await;
+    let c = claims(&linked);
+    assert_eq!((c["sub"].as_str(), c["gty"].as_str()), (Some("alice"), Some("client_credentials")));
+    let v = introspect(&gw, ("rs", SVC_SECRET), &linked).await;
+    assert_eq!((v["active"].as_bool(), v["gty"].as_str()), (Some(true), Some("client_credentials")));
+    assert!(v.get("username").is_none(), "{v}");
+
+    let (consented, rt) = password_tokens(&gw).await;
+    assert!(claims(&consented).get("gty").is_none());
+    let v = introspect(&gw, ("rs", SVC_SECRET), &consented).await;
+    assert_eq!((v["username"].as_str(), v.get("gty")), (Some("alice"), None));
+    let v = introspect(&gw, ("webapp", SVC_SECRET), &rt).await;
+    assert_eq!((v["token_type"].as_str(), v["username"].as_str()), (Some("refresh_token"), Some("alice")));
+    // A plain client_credentials token is marked too: whatever `sub` is, no user consented.
+    assert_eq!(claims(&svc_token(&gw).await)["gty"], "client_credentials");
+}
+
+/// No tokens for a client whose linked user is disabled, removed or never configured; the
+/// outstanding ones stop working; a linked refresh family dies with the user's block.
+#[tokio::test]
+async fn no_linked_user_tokens_while_the_user_is_not_active() {
+    let (_up, gw) = start().await;
+    let before = gw.token("linked", OTHER_SECRET, None).await;
+    assert_eq!(api_status(&gw, &before).await, 200);
+
+    gw.rewrite_config(|t| t.replacen("username = \"alice\"\n", "username = \"alice\"\nenabled = false\n", 1));
+    let (status, v) = client_credentials(&gw, ("linked", OTHER_SECRET)).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "disabled user: {v}");
+    assert!(!v["error_description"].as_str().unwrap().contains('"'));
+    assert_eq!(api_status(&gw, &before).await, 401, "a disabled user's tokens stop working");
+
+    let block = format!(
+        "[[user]]\nusername = \"alice\"\nenabled = false\npassword_hash = \"{ALICE_HASH}\"\ndisplay_name = \"Alice\"\n"
+    );
+    gw.rewrite_config(|t| {
+        assert!(t.contains(&block));
+        t.replacen(&block, "", 1)
+    });
+    let (status, _) = client_credentials(&gw, ("linked", OTHER_SECRET)).await;
+    assert_eq!(status, 400, "removed user");
+    assert_eq!(api_status(&gw, &before).await, 401, "a removed linked user's tokens stop working");
+
+    // `ccr` acts as "robot", which is no [[user]]: refused until it is one.
+    let (status, _) = client_credentials(&gw, ("ccr", SVC_SECRET)).await;
+    assert_eq!(status, 400, "a linked user that was never configured");
+    gw.rewrite_config(|t| format!("{t}{}", robot_user(true)));
+    let (status, v) = client_credentials(&gw, ("ccr", SVC_SECRET)).await;
+    assert_eq!(status, 200, "{v}");
+    let (at, rt) = (v["access_token"].as_str().unwrap().to_string(), v["refresh_token"].as_str().unwrap().to_string());
+    gw.rewrite_config(|t| t.replacen(&robot_user(true), &robot_user(false), 1));
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", rt.as_str())];
+    let (status, _) = token_request(&gw, Some(("ccr", SVC_SECRET)), &refresh).await;
+    assert_eq!(status, 400, "refresh while the linked user is disabled");
+    gw.rewrite_config(|t| t.replacen(&robot_user(false), &robot_user(true), 1));
+    let (status, _) = token_request(&gw, Some(("ccr", SVC_SECRET)), &refresh).await;
+    assert_eq!(status, 400, "the family met the block and stays dead");
+    assert_eq!(api_status(&gw, &at).await, 401);
+}

@@ -75,6 +75,8 @@ async fn tokens_of_a_revoked_refresh_family_stay_refused_across_a_restart() {
 #[tokio::test]
 async fn a_deleted_or_disabled_clients_tokens_are_refused_at_once_cached_or_not() {
     let (_up, gw) = setup().await;
+    // Issue 19.4: a linked user must be an active [[user]] (ccr's "robot" is not one by default).
+    gw.rewrite_config(|t| format!("{t}\n[[user]]\nusername = \"robot\"\npassword_hash = \"{ALICE_HASH}\"\n"));
     let svc = gw.token("svc", SVC_SECRET, None).await;
     let linked = gw.token("linked", OTHER_SECRET, None).await;
     let never_presented = gw.token("linked", OTHER_SECRET, None).await;
@@ -198,7 +200,9 @@ async fn introspection_of_valid_expired_revoked_and_foreign_tokens() {
     assert_eq!(v["token_type"], "Bearer");
     assert_eq!(v["client_id"], "linked");
     assert_eq!(v["sub"], "alice");
-    assert_eq!(v["username"], "alice");
+    // Issue 19.4: a linked-user token was authorized by no user: `gty`, not `username`.
+    assert_eq!(v["gty"], "client_credentials");
+    assert!(v.get("username").is_none(), "{v}");
     assert_eq!(v["scope"], "read");
     assert_eq!(v["iss"], ISSUER);
     assert_eq!(v["aud"], ISSUER);

@@ -83,6 +83,9 @@ pub enum BadGrant {
     UnexpectedVerifier,
     /// The refresh token is unknown, expired, spent, of another client or of an inactive user.
     RefreshToken,
+    /// client_credentials for a client whose linked `user` is disabled or not configured:
+    /// the client may not act as a user who may not hold tokens.
+    LinkedUser,
 }
 
 impl std::fmt::Display for OAuthError {
@@ -182,6 +185,7 @@ impl OAuthError {
                 BadGrant::CodeVerifier => check("The PKCE code verifier does not match.", "code_verifier"),
                 BadGrant::UnexpectedVerifier => check("No PKCE challenge was made for this code.", "code_verifier"),
                 BadGrant::RefreshToken => "The refresh token is invalid.".into(),
+                BadGrant::LinkedUser => "The user this client acts as is not active.".into(),
             },
             OAuthError::InvalidUserCredentials => "The user credentials were incorrect.".into(),
             OAuthError::UnauthorizedClient => check(
@@ -271,6 +275,7 @@ mod tests {
                 BadGrant::CodeVerifier,
                 BadGrant::UnexpectedVerifier,
                 BadGrant::RefreshToken,
+                BadGrant::LinkedUser,
             ]
             .into_iter()
             .map(OAuthError::from),

@@ -86,8 +86,9 @@ where
             "exp": grant.expires_at,
             "iss": rt.config.issuer,
         });
-        if let Some(user) = grant.user {
-            v["username"] = Value::String(user);
+        match grant.user {
+            Some(user) => v["username"] = Value::String(user),
+            None => v["gty"] = Value::String(crate::oauth::grants::CLIENT_CREDENTIALS.into()),
         }
         return Ok(v);
     }
@@ -122,8 +123,12 @@ async fn access_token(
         "aud": c.aud,
         "jti": c.jti,
     });
-    if c.sub != c.client_id {
-        v["username"] = Value::String(c.sub);
+    // RFC 7662 `username` is the resource owner who authorized the token: none did for a
+    // client_credentials token, also one acting as its linked user; `gty` says so instead.
+    match c.gty {
+        Some(gty) => v["gty"] = Value::String(gty),
+        None if c.sub != c.client_id => v["username"] = Value::String(c.sub),
+        None => {}
     }
     Ok(Some(v))
 }

@@ -229,23 +229,22 @@ impl Validator {
 
 /// May a token of client `client_id` for `subject` still be honoured under `config`?
 /// The client must exist and be enabled; a token acting for a user (subject other than the
-/// client) needs that user to exist and be enabled — except the client's own linked user
-/// (`user = ...` on the client), which need not be a `[[user]]`, but if it is one it must
-/// be enabled. On the cache-hit path this is two map lookups (one when there is no user).
+/// client) needs that user to exist and be enabled, the client's own linked user
+/// (`user = ...` on the client) included. On the cache-hit path this is two map lookups
+/// (one when there is no user).
 pub fn check_holder(config: &Config, client_id: &str, subject: &str) -> Result<(), TokenError> {
-    let client = match config.clients.get(client_id) {
+    match config.clients.get(client_id) {
         None => return Err(TokenError::UnknownClient),
         Some(c) if !c.enabled => return Err(TokenError::ClientDisabled),
-        Some(c) => c,
+        Some(_) => {}
     };
     if subject == client_id {
         return Ok(());
     }
     match config.users.get(subject) {
         Some(u) if u.enabled => Ok(()),
-        Some(_) => Err(TokenError::UserInactive),
-        None if client.user.as_deref() == Some(subject) => Ok(()),
-        None => Err(TokenError::UserInactive),
+        // A client's linked user too: removed from the config, its tokens stop (issue 19.4).
+        Some(_) | None => Err(TokenError::UserInactive),
     }
 }
 

@@ -56,6 +56,7 @@ pub async fn grant(
         refresh_scopes: &grant.scopes,
         family: Some(&family),
         new_refresh: refresh,
+        gty: None,
     };
     issue_tokens(gw, rt, what, now).await
 }

@@ -14,7 +14,7 @@ use crate::config::{Client, split_scopes};
 use crate::http::{Body, full};
 use crate::state::{Gateway, Runtime};
 use crate::store::{IssuedAccess, RefreshGrant};
-use crate::tokens::issue::{Grant, IssuedToken, issue};
+use crate::tokens::issue::{Grant, IssuedToken, issue_with_gty};
 use crate::tokens::{random_token, sha256};
 
 /// The successful token response (RFC 6749 §5.1), plus `expires` (unix time) for clients that want it.
@@ -78,12 +78,31 @@ pub fn scopes_within(
     }
 }
 
-/// Sign an access token for `subject`.
+/// The `gty` claim of tokens no user consented to: client_credentials, also when `sub` is
+/// the client's linked user. RFC 9068 §2.2 wants `sub` to name the client there; a linked
+/// user breaks that on purpose, so the token says how it was minted and a resource server
+/// can tell it from one a user authorized (RFC 9700 §4.15). Not `act` (RFC 8693): that
+/// claims the subject delegated to the actor, and no user consented here.
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+
+/// Sign an access token for `subject`, who consented (or is the client itself).
 pub fn sign(
     rt: &Runtime,
     client: &Client,
     subject: &str,
     scopes: &[String],
+    now: u64,
+) -> Result<IssuedToken, OAuthError> {
+    sign_with(rt, client, subject, scopes, None, now)
+}
+
+/// As [`sign`], with the `gty` claim.
+pub fn sign_with(
+    rt: &Runtime,
+    client: &Client,
+    subject: &str,
+    scopes: &[String],
+    gty: Option<&str>,
     now: u64,
 ) -> Result<IssuedToken, OAuthError> {
     let grant = Grant {
@@ -94,7 +113,7 @@ pub fn sign(
         scopes,
         lifetime_secs: client.token_lifetime.as_secs(),
     };
-    issue(&rt.keys, &grant, now).map_err(|e| {
+    issue_with_gty(&rt.keys, &grant, gty, now).map_err(|e| {
         tracing::error!(error = %e, "signing an access token failed");
         OAuthError::ServerError
     })
@@ -113,12 +132,14 @@ pub struct Issue<'a> {
     pub family: Option<&'a str>,
     /// Issue a new refresh token in `family`.
     pub new_refresh: bool,
+    /// The `gty` claim ([`CLIENT_CREDENTIALS`] or none).
+    pub gty: Option<&'static str>,
 }
 
 /// Sign the access token, store a new refresh token if asked, link the access token to
 /// its family (so revoking the family revokes it) and build the response.
 pub async fn issue_tokens(gw: &Gateway, rt: &Runtime, what: Issue<'_>, now: u64) -> Result<TokenResponse, OAuthError> {
-    let token = sign(rt, what.client, what.subject, what.scopes, now)?;
+    let token = sign_with(rt, what.client, what.subject, what.scopes, what.gty, now)?;
     let mut refresh = None;
     if let Some(family) = what.family {
         if what.new_refresh {

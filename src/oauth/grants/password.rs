@@ -31,6 +31,7 @@ pub async fn grant(
         refresh_scopes: &scopes,
         family: family.as_deref(),
         new_refresh: family.is_some(),
+        gty: None,
     };
     issue_tokens(gw, rt, what, now).await
 }

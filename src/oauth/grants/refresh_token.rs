@@ -8,7 +8,7 @@
 //! until it expires.
 
 use super::revocation::{Reason, Revoke, revoke};
-use super::{TokenResponse, scopes_within, sign};
+use super::{CLIENT_CREDENTIALS, TokenResponse, scopes_within, sign_with};
 use crate::config::Client;
 use crate::oauth::error::{BadGrant, OAuthError};
 use crate::oauth::params::Params;
@@ -47,7 +47,12 @@ pub async fn grant(
         return Err(invalid());
     }
     let scopes = refreshed_scopes(&current.scopes, &client.scopes, params.get("scope"))?;
-    if current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
+    // A client_credentials grant acting as a linked user answers to that user's state too,
+    // and to the link still being in the config.
+    let linked_inactive = current.user.is_none()
+        && current.subject != client.id
+        && (client.user.as_deref() != Some(current.subject.as_str()) || !users::is_active(rt, &current.subject));
+    if linked_inactive || current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
         // The user was disabled or removed: the family dies for good (re-enabling the user
         // does not bring back a refresh token that met the block), its access tokens too.
         let revoked = revoke(gw, Revoke::Family(&current.family), Reason::UserInactive).await?;
@@ -56,7 +61,9 @@ pub async fn grant(
     }
     // Sign first: rotation and linking the new access token to the family are one atomic
     // store step, so nothing after it can fail and strand the client with a spent token.
-    let token = sign(rt, client, &current.subject, &scopes, now)?;
+    // No user in the grant: it came from client_credentials, and so does this token.
+    let gty = current.user.is_none().then_some(CLIENT_CREDENTIALS);
+    let token = sign_with(rt, client, &current.subject, &scopes, gty, now)?;
     let access = IssuedAccess { jti: token.jti.clone(), expires_at: token.expires_at };
     if !client.rotate_refresh_tokens && !client.is_public() && !stored.spent {
         // RFC 6749 §6: no new refresh token; the presented one stays the client's. Linking
