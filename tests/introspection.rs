@@ -202,3 +202,39 @@ async fn no_linked_user_tokens_while_the_user_is_not_active() {
     assert_eq!(status, 400, "the family met the block and stays dead");
     assert_eq!(api_status(&gw, &at).await, 401);
 }
+
+// ---------------------------------------------------------------------------------------
+// 19.8: client-secret guesses lock out their source, not the client.
+
+/// After `client_failures` wrong secrets from one source, that source gets 429 (even with
+/// the right secret, and from elsewhere in its IPv6 /64), while the client calling from
+/// another address still authenticates — at all three endpoints that authenticate clients.
+#[tokio::test]
+async fn failed_secret_guesses_lock_out_the_source_not_the_client() {
+    let up = EchoUpstream::start().await;
+    let extra = "[proxy]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+                 [rate_limit]\nclient_failures = 3\nclient_failures_window = \"1h\"\n";
+    let gw = TestGateway::start_with(up.addr, extra).await;
+    let from = |ip: &str, secret: &str, path: &str| {
+        gw.client()
+            .post(gw.url(path))
+            .header("x-forwarded-for", ip)
+            .basic_auth("svc", Some(secret))
+            .form(&[("grant_type", "client_credentials"), ("token", "x")])
+    };
+    for (attacker, neighbour) in [("203.0.113.7", None), ("2001:db8::7", Some("2001:db8::8"))] {
+        for i in 0..3 {
+            let status = from(attacker, "guess", "/oauth/token").send().await.unwrap().status();
+            assert_eq!(status, 401, "{attacker} guess {i}");
+        }
+        for path in ["/oauth/token", "/oauth/revoke", "/oauth/introspect"] {
+            let status = from(attacker, SVC_SECRET, path).send().await.unwrap().status();
+            assert_eq!(status, 429, "{attacker} is locked out at {path}, right secret or not");
+            if let Some(n) = neighbour {
+                assert_eq!(from(n, SVC_SECRET, path).send().await.unwrap().status(), 429, "{n}: same /64");
+            }
+            let status = from("198.51.100.1", SVC_SECRET, path).send().await.unwrap().status();
+            assert_eq!(status, 200, "the client from its own address at {path}");
+        }
+    }
+}

@@ -52,7 +52,7 @@ where
     outcome.grant = Some(grant);
 
     let rt = &ctx.rt;
-    let client = client_auth::authenticate(gw, rt, &parts.headers, &params).await?;
+    let client = client_auth::authenticate(gw, rt, ctx.source, &parts.headers, &params).await?;
     outcome.client_id = Some(client.id.clone());
     if !client.grants.contains(&grant) {
         return Err(OAuthError::UnauthorizedClient);
