@@ -436,6 +436,12 @@ impl Store for FuzzStore {
     async fn rotate_refresh(&self, _: Hash, _: &str, _: Rotation, _: u64) -> Result<Rotate, StoreError> {
         unavailable()
     }
+    async fn put_client_not_before(&self, _: &str, _: u64) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
     async fn add_access(&self, _: &str, _: IssuedAccess) -> Result<(), StoreError> {
         unavailable()
     }

@@ -238,3 +238,69 @@ async fn failed_secret_guesses_lock_out_the_source_not_the_client() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// 19.8: a client disabled (or its secret rotated) does not get its old tokens back.
+
+/// Disable `svc`, enable it again: its access tokens from before stay refused (cached or
+/// not, on the proxy path and in introspection, across a restart), and a refresh token of
+/// `webapp` from before its disable no longer redeems; new tokens work at once.
+#[tokio::test]
+async fn re_enabling_a_client_does_not_revive_its_earlier_tokens() {
+    let (_up, gw) = start().await;
+    let cached = svc_token(&gw).await;
+    let uncached = svc_token(&gw).await;
+    assert_eq!(api_status(&gw, &cached).await, 200);
+    let (web_at, web_rt) = password_tokens(&gw).await;
+
+    let toggle = |id: &str, enabled: bool| {
+        let (from, to) = (format!("id = \"{id}\"\n"), format!("id = \"{id}\"\nenabled = false\n"));
+        gw.rewrite_config(|t| if enabled { t.replacen(&to, &from, 1) } else { t.replacen(&from, &to, 1) });
+    };
+    toggle("svc", false);
+    toggle("webapp", false);
+    assert_eq!(api_status(&gw, &cached).await, 401);
+    toggle("svc", true);
+    toggle("webapp", true);
+    assert_invalid_token(&gw, "cached before the disable", &cached).await;
+    assert_invalid_token(&gw, "never presented before the disable", &uncached).await;
+    assert_invalid_token(&gw, "webapp's access token", &web_at).await;
+    assert_eq!(introspect(&gw, ("rs", SVC_SECRET), &uncached).await, json!({"active": false}));
+    assert_eq!(introspect(&gw, ("webapp", SVC_SECRET), &web_rt).await, json!({"active": false}));
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", web_rt.as_str())];
+    let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &refresh).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    // New tokens work at once, even in the second of the reset.
+    let fresh = svc_token(&gw).await;
+    assert_eq!(api_status(&gw, &fresh).await, 200);
+
+    // A restart remembers (the not-before is in the store).
+    let gw = gw.restart().await;
+    assert_invalid_token(&gw, "after a restart", &uncached).await;
+    assert_eq!(api_status(&gw, &fresh).await, 200);
+}
+
+/// `secret_rotation_revokes = true`: a reload that changes `secret_hash` voids the tokens
+/// issued before it; without it (the default) they keep working until they expire.
+#[tokio::test]
+async fn rotating_a_secret_revokes_the_clients_tokens_where_configured() {
+    let (_up, gw) = start().await;
+    let svc_before = svc_token(&gw).await;
+    let rs_before = gw.token("rs", SVC_SECRET, None).await;
+    assert_eq!(api_status(&gw, &svc_before).await, 200);
+    assert_eq!(api_status(&gw, &rs_before).await, 200);
+    let svc_hash = format!("id = \"svc\"\nname = \"Service\"\nsecret_hash = \"{SVC_HASH}\"\n");
+    let rs_hash = format!("id = \"rs\"\nsecret_hash = \"{SVC_HASH}\"\n");
+    gw.rewrite_config(|t| {
+        assert!(t.contains(&svc_hash) && t.contains(&rs_hash));
+        t.replacen(&svc_hash, &svc_hash.replace(SVC_HASH, OTHER_HASH), 1).replacen(
+            &rs_hash,
+            &format!("{}secret_rotation_revokes = true\n", rs_hash.replace(SVC_HASH, OTHER_HASH)),
+            1,
+        )
+    });
+    assert_eq!(api_status(&gw, &svc_before).await, 200, "default: tokens outlive a secret rotation");
+    assert_invalid_token(&gw, "rotated with secret_rotation_revokes", &rs_before).await;
+    let rs_after = gw.token("rs", OTHER_SECRET, None).await;
+    assert_eq!(api_status(&gw, &rs_after).await, 200, "the new secret's tokens work at once");
+}

@@ -163,6 +163,7 @@ async fn a_public_client_may_not_opt_out_of_rotation() {
     );
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, text).unwrap();
-    let err = portcullis::config::Config::load(&path).err().expect("refused").to_string();
+    let Err(err) = portcullis::config::Config::load(&path) else { panic!("a public client opted out of rotation") };
+    let err = err.to_string();
     assert!(err.contains("rotate_refresh_tokens") && err.contains("gateway.toml:"), "{err}");
 }

@@ -33,11 +33,13 @@ async fn disabled_clients_cached_token_is_refused_at_once() {
     // And on the public route nothing changed.
     assert_eq!(gw.client().get(gw.url("/public")).send().await.unwrap().status(), 200);
 
-    // Enabled again, the same token is good again (its verdict was never about the client).
+    // Enabled again, the token issued before it was disabled stays refused (issue 19.8);
+    // a new one works.
     gw.rewrite_config(|text| {
         text.replacen("default_scopes = [\"read\"]\nenabled = false\n", "default_scopes = [\"read\"]\n", 1)
     });
-    echo_get(&gw, "/api/x", &token).await;
+    assert_invalid_token(&gw, "issued before the client was disabled", &token).await;
+    echo_get(&gw, "/api/x", &svc_token(&gw).await).await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ where
         && !stored.spent
         && stored.grant.client_id == client.id
         && rt.config.clients.get(&stored.grant.client_id).is_some_and(|c| c.enabled)
+        && gw.validator.check_not_before(&stored.grant.client_id, stored.grant.issued_at).is_ok()
         && stored.grant.user.as_deref().is_none_or(|u| super::users::is_active(&rt, u))
     {
         let grant = stored.grant;
@@ -107,7 +108,8 @@ async fn access_token(
         return Ok(Some(inactive()));
     }
     // The same holder rule as the proxy path: client enabled, user (if any) enabled.
-    let holder_ok = check_holder(&rt.config, &c.client_id, &c.sub).is_ok();
+    let holder_ok = check_holder(&rt.config, &c.client_id, &c.sub).is_ok()
+        && gw.validator.check_not_before(&c.client_id, c.iat).is_ok();
     if !holder_ok || gw.validator.is_revoked_locally(&c.jti) || gw.store.is_revoked(&c.jti).await? {
         return Ok(Some(inactive()));
     }

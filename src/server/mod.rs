@@ -78,6 +78,7 @@ impl Server {
             None => None,
         };
         let gateway = Gateway::new(config)?;
+        gateway.restore_client_resets().await;
         let tls = Arc::new(ArcSwapOption::from(tls.map(Arc::new)));
         // Now, not in `run`: from here on SIGHUP reloads instead of ending the process.
         let reloader = Reloader::new(gateway.clone(), tls.clone());

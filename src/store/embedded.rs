@@ -29,6 +29,9 @@ const REFRESH: Table = TableDefinition::new("refresh_tokens");
 const FAMILIES: Table = TableDefinition::new("families");
 const REVOKED: Table = TableDefinition::new("revoked_access");
 const SESSIONS: Table = TableDefinition::new("sessions");
+/// client id → unix time at or before which its tokens are void (never swept: one small
+/// record per client ever disabled).
+const CLIENT_NOT_BEFORE: Table = TableDefinition::new("client_not_before");
 
 /// How long a used code is remembered so that a replay can be detected and punished.
 const USED_CODE_MEMORY_SECS: u64 = 600;
@@ -192,7 +195,7 @@ impl EmbeddedStore {
         }
         // Create every table up front so that readers never see a missing table.
         let txn = db.begin_write().map_err(unavailable)?;
-        for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS] {
+        for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS, CLIENT_NOT_BEFORE] {
             txn.open_table(table).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
@@ -314,6 +317,7 @@ impl Store for EmbeddedStore {
             }
             let mut successor = state.grant.clone();
             successor.expires_at = next.new_expires_at;
+            successor.issued_at = now;
             let mut fam = fam;
             fam.access.retain(|a| a.expires_at > now);
             fam.expires_at = fam.expires_at.max(next.new_expires_at).max(next.access.expires_at);
@@ -370,6 +374,32 @@ impl Store for EmbeddedStore {
         Ok(s.filter(|s| s.expires_at > now))
     }
 
+    async fn put_client_not_before(&self, client_id: &str, at: u64) -> Result<(), StoreError> {
+        let client_id = client_id.to_string();
+        self.write(move |txn| {
+            let known: Option<u64> = get(txn, CLIENT_NOT_BEFORE, client_id.as_bytes())?;
+            put(txn, CLIENT_NOT_BEFORE, client_id.as_bytes(), &known.unwrap_or(0).max(at))
+        })
+        .await
+    }
+
+    async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let t = txn.open_table(CLIENT_NOT_BEFORE).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                let (k, v) = row.map_err(unavailable)?;
+                let id = String::from_utf8(k.value().to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                out.push((id, decode::<u64>(v.value())?));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.file.check()?;
         let db = self.db.clone();
@@ -416,6 +446,7 @@ mod tests {
             user: Some("alice".into()),
             scopes: vec!["read".into()],
             expires_at: exp,
+            issued_at: 0,
         }
     }
 
@@ -522,6 +553,9 @@ mod tests {
         }
         let s = EmbeddedStore::open(&path).unwrap();
         assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some());
+        s.put_client_not_before("c", 70).await.unwrap();
+        s.put_client_not_before("c", 60).await.unwrap();
+        assert_eq!(s.client_not_before().await.unwrap(), vec![("c".to_string(), 70)], "the latest is kept");
         let removed = s.sweep(100).await.unwrap();
         assert_eq!(removed, 3, "refresh g, family g, session");
         assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some());

@@ -66,6 +66,10 @@ pub struct RefreshGrant {
     /// The scopes originally granted; a refresh may narrow, never widen.
     pub scopes: Vec<String>,
     pub expires_at: u64,
+    /// When this refresh token was issued (0 in records older than the field): one issued
+    /// before its client's not-before (disabled, or secret rotated) is refused.
+    #[serde(default)]
+    pub issued_at: u64,
 }
 
 /// A refresh token as stored: its grant, and whether it was already rotated away.
@@ -159,6 +163,13 @@ pub trait Store: Send + Sync {
 
     /// Remove expired records; returns how many.
     async fn sweep(&self, now: u64) -> Result<u64, StoreError>;
+
+    /// Record that `client_id`'s tokens issued at or before `at` are void (the client was
+    /// disabled or removed, or its secret rotated): kept as the latest such time.
+    async fn put_client_not_before(&self, client_id: &str, at: u64) -> Result<(), StoreError>;
+
+    /// Every client's not-before, for a start (a restart must not revive those tokens).
+    async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Is the store reachable and usable right now (for readiness)?
     async fn ping(&self) -> Result<(), StoreError>;

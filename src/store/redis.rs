@@ -10,6 +10,7 @@
 //! `P famacc:<id>` hash jti → exp of access tokens from the family   TTL: longest member
 //! `P rev:<jti>`   exp of a revoked access token                     TTL: until it expires
 //! `P sess:<hex>`  session JSON                                      TTL: session lifetime
+//! `P clientnb`    hash client id → not-before (unix time)            no TTL
 //! channel `P revocations`: "<jti> <exp>" per revoked access token.
 
 use std::sync::Arc;
@@ -390,6 +391,7 @@ impl Store for RedisStore {
         let grant: RefreshGrant = decode(&expected)?;
         let mut successor = grant.clone();
         successor.expires_at = next.new_expires_at;
+        successor.issued_at = now;
         let reply: Vec<String> = self
             .rotate
             .key(&old_key)
@@ -481,6 +483,30 @@ impl Store for RedisStore {
     /// Redis expires records itself.
     async fn sweep(&self, _now: u64) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    async fn put_client_not_before(&self, client_id: &str, at: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        // Keep the latest: replicas applying the same reload write nearly the same time.
+        let script = Script::new(
+            "local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') \
+             if tonumber(ARGV[2]) > v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 1",
+        );
+        let _: i64 = script
+            .key(format!("{}clientnb", self.prefix))
+            .arg(client_id)
+            .arg(at)
+            .invoke_async(&mut conn.c)
+            .await
+            .map_err(|e| conn.fail(e))?;
+        Ok(())
+    }
+
+    async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let all: std::collections::HashMap<String, u64> =
+            conn.c.hgetall(format!("{}clientnb", self.prefix)).await.map_err(|e| conn.fail(e))?;
+        Ok(all.into_iter().collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -55,6 +55,8 @@ pub enum TokenError {
     CriticalHeader,
     #[error("token lifetime exceeds the configured maximum")]
     LifetimeTooLong,
+    #[error("token was issued before its client was disabled or its secret rotated")]
+    ClientReset,
 }
 
 impl TokenError {
@@ -110,8 +112,34 @@ impl Revoked {
     }
 }
 
+/// Per client, the time at or before which its tokens are void: set when the client is
+/// disabled, removed or (optionally) its secret rotated, so enabling it again does not
+/// revive what it held before (issue 19.8). Empty in the usual case, and then free.
+#[derive(Default)]
+struct ClientNotBefore {
+    map: RwLock<HashMap<Box<str>, u64>>,
+    any: AtomicBool,
+}
+
+impl ClientNotBefore {
+    fn get(&self, client_id: &str) -> Option<u64> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.map.read().unwrap_or_else(|e| e.into_inner()).get(client_id).copied()
+    }
+
+    fn set(&self, client_id: &str, at: u64) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let slot = map.entry(client_id.into()).or_insert(0);
+        *slot = (*slot).max(at);
+        self.any.store(true, Ordering::Release);
+    }
+}
+
 /// Verifies bearer tokens and remembers the verdict until the token expires.
 pub struct Validator {
+    not_before: ClientNotBefore,
     cache: VerdictCache,
     /// Checked on every hit, so a revocation takes effect at once, including for a
     /// verification that started before the revocation and cached its verdict after it.
@@ -123,6 +151,7 @@ pub struct Validator {
 impl Validator {
     pub fn new(max_entries: u64) -> Self {
         Validator {
+            not_before: ClientNotBefore::default(),
             cache: VerdictCache::new(max_entries),
             revoked: Revoked { map: RwLock::default(), any: AtomicBool::new(false), max_entries: 1_000_000 },
             hits: AtomicU64::new(0),
@@ -184,8 +213,10 @@ impl Validator {
             Lookup::Miss => {}
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let principal = Arc::new(verify(token, keys, now)?);
+        let (principal, issued_at) = verify(token, keys, now)?;
+        let principal = Arc::new(principal);
         check_holder(config, principal.client_id(), principal.subject())?;
+        self.check_not_before(principal.client_id(), issued_at)?;
         if self.revoked.contains(principal.token_id()) {
             return Err(TokenError::Revoked);
         }
@@ -200,7 +231,38 @@ impl Validator {
         // A revocation that landed while the store was asked is in `revoked` by now, and
         // every hit checks it.
         self.cache.insert(digest, principal.clone(), now);
+        // Hits do not know `iat`: a not-before set while this was verified (it clears the
+        // cache first) may have missed this entry, so look again after inserting it.
+        if let Err(e) = self.check_not_before(principal.client_id(), issued_at) {
+            self.cache.clear();
+            return Err(e);
+        }
         Ok(principal)
+    }
+
+    /// Void `client_id`'s tokens issued at or before `at` (kept as the latest such time).
+    /// Cached verdicts stay (a disabled client's hits are refused anyway); whoever enables
+    /// such a client again, or voids an enabled one, clears the cache (see [`client_resets`]).
+    pub fn set_client_not_before(&self, client_id: &str, at: u64) {
+        self.not_before.set(client_id, at);
+    }
+
+    /// The issue time for a new token of `client_id` at `now`: after its not-before, so a
+    /// token issued in the very second of a reset (a secret rotated and used at once) is
+    /// not void from birth. At most a second ahead, well within [`LEEWAY_SECS`].
+    pub fn issue_time(&self, client_id: &str, now: u64) -> u64 {
+        match self.not_before.get(client_id) {
+            Some(at) if at >= now => at + 1,
+            _ => now,
+        }
+    }
+
+    /// Refuse a token of `client_id` issued at `issued_at` if its client was reset since.
+    pub fn check_not_before(&self, client_id: &str, issued_at: u64) -> Result<(), TokenError> {
+        match self.not_before.get(client_id) {
+            Some(at) if issued_at <= at => Err(TokenError::ClientReset),
+            _ => Ok(()),
+        }
     }
 
     /// Has this process seen `jti` revoked (by itself or through a replica's event)?
@@ -225,6 +287,44 @@ impl Validator {
             entries: self.cached_entries(),
         }
     }
+}
+
+/// What a configuration change means for outstanding tokens (issue 19.8).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClientResets {
+    /// Clients whose tokens issued until now become void: disabled or removed, or their
+    /// secret changed where `secret_rotation_revokes` is set.
+    pub void: Vec<String>,
+    /// Cached verdicts must go: a client that may hold a cached verdict from before its
+    /// reset is (again) enabled, or an enabled client was voided.
+    pub clear_cache: bool,
+}
+
+/// Compare the client lists of the configuration in force (`None` at start) and the new
+/// one. At start every disabled client is voided again (harmless: it has no newer tokens),
+/// so a client disabled in a run that the store does not remember stays consistent.
+pub fn client_resets(old: Option<&Config>, new: &Config) -> ClientResets {
+    let mut out = ClientResets::default();
+    let was_enabled = |id: &str| old.and_then(|o| o.clients.get(id)).is_some_and(|c| c.enabled);
+    for (id, client) in &new.clients {
+        let before = old.and_then(|o| o.clients.get(id));
+        let rotated = client.secret_rotation_revokes && before.is_some_and(|b| b.auth != client.auth);
+        if !client.enabled && (was_enabled(id) || old.is_none()) {
+            out.void.push(id.clone());
+        } else if client.enabled && rotated {
+            out.void.push(id.clone());
+            out.clear_cache = true;
+        } else if client.enabled && old.is_some() && !was_enabled(id) {
+            out.clear_cache = true;
+        }
+    }
+    if let Some(old) = old {
+        out.void.extend(
+            old.clients.iter().filter(|(id, c)| c.enabled && !new.clients.contains_key(*id)).map(|(id, _)| id.clone()),
+        );
+    }
+    out.void.sort();
+    out
 }
 
 /// May a token of client `client_id` for `subject` still be honoured under `config`?
@@ -259,10 +359,11 @@ pub fn inspect(token: &str, keys: &KeySet, now: u64) -> Result<AccessClaims, Tok
 }
 
 /// Full cryptographic and claim verification of a token not seen before.
-fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError> {
+fn verify(token: &str, keys: &KeySet, now: u64) -> Result<(Principal, u64), TokenError> {
     let (c, key) = verify_claims(token, keys, now)?;
-    Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, key.fingerprint, c.exp)
-        .ok_or(TokenError::BadClaims)
+    let p = Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, key.fingerprint, c.exp)
+        .ok_or(TokenError::BadClaims)?;
+    Ok((p, c.iat))
 }
 
 fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessClaims, &'k Key), TokenError> {

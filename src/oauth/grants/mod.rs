@@ -151,6 +151,7 @@ pub async fn issue_tokens(gw: &Gateway, rt: &Runtime, what: Issue<'_>, now: u64)
                 user: what.user.map(str::to_string),
                 scopes: what.refresh_scopes.to_vec(),
                 expires_at: now + rt.config.refresh_token_lifetime.as_secs(),
+                issued_at: now,
             };
             gw.store.put_refresh(sha256(secret.as_bytes()), grant).await?;
             refresh = Some(secret);

@@ -52,6 +52,13 @@ pub async fn grant(
     let linked_inactive = current.user.is_none()
         && current.subject != client.id
         && (client.user.as_deref() != Some(current.subject.as_str()) || !users::is_active(rt, &current.subject));
+    // Issued before the client was disabled or its secret rotated: void for good.
+    let client_reset = gw.validator.check_not_before(&client.id, current.issued_at).is_err();
+    if client_reset {
+        let revoked = revoke(gw, Revoke::Family(&current.family), Reason::ClientReset).await?;
+        tracing::info!(client_id = %client.id, revoked, "refresh token issued before its client was reset; its family is revoked");
+        return Err(invalid());
+    }
     if linked_inactive || current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
         // The user was disabled or removed: the family dies for good (re-enabling the user
         // does not bring back a refresh token that met the block), its access tokens too.
