@@ -437,3 +437,53 @@ async fn concurrent_refreshes_on_two_replicas_both_succeed_within_the_reuse_inte
         assert_eq!(c.refresh(&c.a, rt_b).await.0, 200, "round {round}: B's sibling rotates on A");
     }
 }
+
+/// The Redis store itself (what both replicas share): a spent refresh token gets a sibling
+/// within the reuse interval and revokes the family after it, and client not-befores keep
+/// the latest time (issue 19.1, 19.8).
+#[tokio::test]
+async fn redis_store_reuse_interval_and_client_not_before() {
+    use portcullis::store::redis::RedisStore;
+    use portcullis::store::{IssuedAccess, RefreshGrant, Rotate, Rotation, Store};
+    let Some(redis) = Redis::start() else { return };
+    let store = RedisStore::new(&redis.url(), "unit:", Duration::from_secs(2)).unwrap();
+    let now = portcullis::tokens::now_secs();
+    let grant = RefreshGrant {
+        family: "f".into(),
+        client_id: "c".into(),
+        subject: "alice".into(),
+        user: Some("alice".into()),
+        scopes: vec!["read".into()],
+        expires_at: now + 3600,
+        issued_at: now,
+    };
+    store.put_refresh([1; 32], grant).await.unwrap();
+    let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: now + 600 };
+    let next = |new: u8, jti: &str| Rotation {
+        new: [new; 32],
+        new_expires_at: now + 3600,
+        access: at(jti),
+        reuse_interval: 10,
+    };
+    assert!(matches!(store.rotate_refresh([1; 32], "c", next(2, "j1"), now).await.unwrap(), Rotate::Rotated(_)));
+    assert!(matches!(store.rotate_refresh([1; 32], "c", next(3, "j2"), now + 10).await.unwrap(), Rotate::Sibling(_)));
+    for token in [[2; 32], [3; 32]] {
+        let live = store.get_refresh(token, now + 10).await.unwrap().unwrap();
+        assert_eq!((live.grant.family.as_str(), live.spent), ("f", false));
+    }
+    match store.rotate_refresh([1; 32], "c", next(4, "j3"), now + 11).await.unwrap() {
+        Rotate::Reused { mut revoked } => {
+            revoked.sort_by(|a, b| a.jti.cmp(&b.jti));
+            assert_eq!(revoked, vec![at("j1"), at("j2")]);
+        }
+        other => panic!("outside the interval: {other:?}"),
+    }
+    assert!(store.get_refresh([3; 32], now + 11).await.unwrap().is_none(), "the sibling died with its family");
+
+    store.put_client_not_before("svc", 70).await.unwrap();
+    store.put_client_not_before("svc", 60).await.unwrap();
+    store.put_client_not_before("web", 5).await.unwrap();
+    let mut all = store.client_not_before().await.unwrap();
+    all.sort();
+    assert_eq!(all, vec![("svc".to_string(), 70), ("web".to_string(), 5)]);
+}
