@@ -89,10 +89,18 @@ impl Validator<'_> {
                 Some(r) => *r.get_ref(),
                 None => true,
             };
+            // Zero is allowed here (strict reuse detection), unlike other durations.
+            let zero = |v: &Spanned<String>| {
+                let v = v.get_ref().trim();
+                v == "0" || humantime::parse_duration(v).is_ok_and(|d| d.is_zero())
+            };
             let refresh_reuse_interval = match &c.refresh_reuse_interval {
-                Some(v) if v.get_ref().trim() == "0" || v.get_ref().trim() == "0s" => Duration::ZERO,
+                Some(v) if zero(v) => Duration::ZERO,
                 v => self.duration(v, DEFAULT_REFRESH_REUSE_INTERVAL)?,
             };
+            if c.introspect == Some(true) && auth == ClientAuth::Public {
+                return Err(self.err(span, "introspect = true needs a confidential client (RFC 7662 section 2.1)"));
+            }
             let redirect_uris = c.redirect_uris.iter().map(|r| self.redirect_uri(r)).collect::<Result<Vec<_>, _>>()?;
             if redirect_uris.is_empty() && (implicit || grants.contains(&GrantType::AuthorizationCode)) {
                 return Err(self.err(span, "authorization_code and implicit need at least one redirect_uris entry"));
