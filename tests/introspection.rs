@@ -304,3 +304,18 @@ async fn rotating_a_secret_revokes_the_clients_tokens_where_configured() {
     let rs_after = gw.token("rs", OTHER_SECRET, None).await;
     assert_eq!(api_status(&gw, &rs_after).await, 200, "the new secret's tokens work at once");
 }
+
+/// `introspect = true` on a public client is a config mistake: it could never authenticate.
+#[tokio::test]
+async fn a_public_client_may_not_be_a_resource_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let up = EchoUpstream::start().await;
+    let public = "[[client]]\nid = \"pubrs\"\ngrants = [\"authorization_code\"]\nscopes = [\"read\"]\n\
+                  redirect_uris = [\"https://pub.test/cb\"]\nintrospect = true\n";
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config_toml(dir.path(), &pki, up.addr, public)).unwrap();
+    let Err(err) = portcullis::config::Config::load(&path) else { panic!("a public client may not introspect") };
+    let err = err.to_string();
+    assert!(err.contains("introspect") && err.contains("gateway.toml:"), "{err}");
+}
