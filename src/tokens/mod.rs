@@ -1,6 +1,7 @@
 //! Access tokens: signing keys, issuance and validation (RFC 9068 JWTs).
 
 pub mod cache;
+mod client_reset;
 pub mod issue;
 pub mod keys;
 mod principal;
