@@ -23,7 +23,7 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::forward::Upstreams;
 use crate::state::Runtime;
 use crate::store::{
-    CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Session, Store, StoreError, StoredRefresh, TakeCode,
+    CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, StoreError, StoredRefresh, TakeCode,
 };
 use crate::tokens::keys::KeySet;
 use crate::tokens::validate::{LEEWAY_SECS, TokenError, Validator};
@@ -291,6 +291,7 @@ impl Fixture {
             jti: crate::tokens::random_token(16),
             client_id: client_id.to_string(),
             scope: "read".into(),
+            gty: None,
         };
         let key = self.runtime.keys.get(kid).expect("kid of the fixture");
         let header = serde_json::json!({"alg": key.alg, "typ": "at+jwt", "kid": kid});
@@ -432,16 +433,14 @@ impl Store for FuzzStore {
     async fn get_refresh(&self, _: Hash, _: u64) -> Result<Option<StoredRefresh>, StoreError> {
         unavailable()
     }
-    async fn rotate_refresh(
-        &self,
-        _: Hash,
-        _: &str,
-        _: Hash,
-        _: u64,
-        _: IssuedAccess,
-        _: u64,
-    ) -> Result<Rotate, StoreError> {
+    async fn rotate_refresh(&self, _: Hash, _: &str, _: Rotation, _: u64) -> Result<Rotate, StoreError> {
         unavailable()
+    }
+    async fn put_client_not_before(&self, _: &str, _: u64) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(Vec::new())
     }
     async fn add_access(&self, _: &str, _: IssuedAccess) -> Result<(), StoreError> {
         unavailable()

@@ -8,7 +8,9 @@
 //! takes one unit and a failed authentication `failure_cost` units in all. Per client and
 //! per username only failures count: one unit is reserved *before* a secret is verified
 //! (so concurrent guesses are bounded too) and refunded when it verifies. A brute force
-//! against one client or user throttles that name and that source, nobody else.
+//! against one client or user throttles that name and that source, nobody else. Client
+//! failures are counted per (source, client id): a stranger who knows a client id locks out
+//! only their own guesses, never the client itself calling from elsewhere.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -104,15 +106,15 @@ impl RateLimiter {
         }
     }
 
-    /// Before verifying `client_id`'s secret: reserve one failure, or refuse. Unknown ids
-    /// are tracked too (keyed as given, within `max_tracked`), so a 429 says nothing about
-    /// which ids exist.
-    pub fn reserve_client(&self, cfg: &RateLimits, client_id: &str) -> Result<(), Throttled> {
+    /// Before verifying `client_id`'s secret presented from `source`: reserve one failure,
+    /// or refuse. Unknown ids are tracked too (keyed as given, within `max_tracked`), so a
+    /// 429 says nothing about which ids exist.
+    pub fn reserve_client(&self, cfg: &RateLimits, source: IpAddr, client_id: &str) -> Result<(), Throttled> {
         if !cfg.enabled {
             return Ok(());
         }
         // The id is not logged: it may be a secret pasted into the wrong field.
-        self.clients.take(name_key(client_id), cfg.client_failures, 1.0).inspect_err(|t| {
+        self.clients.take(client_key(source, client_id), cfg.client_failures, 1.0).inspect_err(|t| {
             tracing::warn!(
                 security_event = "client_lockout",
                 retry_after_secs = t.retry_after_secs(),
@@ -122,9 +124,9 @@ impl RateLimiter {
     }
 
     /// The secret verified: give the reserved failure back.
-    pub fn release_client(&self, cfg: &RateLimits, client_id: &str) {
+    pub fn release_client(&self, cfg: &RateLimits, source: IpAddr, client_id: &str) {
         if cfg.enabled {
-            self.clients.charge(name_key(client_id), cfg.client_failures, -1.0);
+            self.clients.charge(client_key(source, client_id), cfg.client_failures, -1.0);
         }
     }
 
@@ -174,6 +176,11 @@ fn name_key(name: &str) -> String {
     }
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key of a per-client failure bucket: the source (as [`ip_key`]) and the id.
+fn client_key(source: IpAddr, client_id: &str) -> String {
+    name_key(&format!("{} {client_id}", ip_key(source)))
 }
 
 /// The address a request comes from: the peer, or — when the peer is a trusted proxy —

@@ -14,7 +14,8 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{IssuedAccess, RevocationEvent, Store, StoreError};
 use crate::tokens::keys::{KeyError, KeySet};
-use crate::tokens::validate::Validator;
+use crate::tokens::now_secs;
+use crate::tokens::validate::{Validator, client_resets};
 use crate::upstream::Upstreams;
 
 /// One consistent view: a config, the keys loaded from it and the upstream client built
@@ -159,7 +160,62 @@ impl Gateway {
     pub fn apply(&self, config: Config) -> Result<(), StartError> {
         let keys = KeySet::reload(&config, &self.runtime().keys)?;
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
+        self.reset_clients(Some(&self.runtime().config), &config);
         self.runtime.store(Arc::new(Runtime { config, keys, upstreams }));
         Ok(())
+    }
+
+    /// Client not-befores (issue 19.8) for a configuration about to be put in force: a
+    /// disabled, removed or (opted-in) secret-rotated client's tokens issued until now stay
+    /// void, also once it is enabled again; remembered here and persisted in the store.
+    fn reset_clients(&self, old: Option<&Config>, new: &Config) {
+        let resets = client_resets(old, new);
+        let now = now_secs();
+        for id in resets.void {
+            self.validator.set_client_not_before(&id, now);
+            let store = self.store.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Err(e) = store.put_client_not_before(&id, now).await {
+                        tracing::error!(client_id = %id, error = %e, "could not record that the client's tokens are void; a restart after enabling it again would accept them");
+                    }
+                });
+            }
+        }
+        if resets.clear_cache {
+            self.validator.clear();
+        }
+    }
+
+    /// At start: the client not-befores recorded by earlier runs and other replicas, then
+    /// this configuration's disabled clients. While the store cannot answer, retried in
+    /// the background (tokens of a client enabled again since are accepted meanwhile).
+    pub async fn restore_client_resets(self: &Arc<Self>) {
+        let config = &self.runtime().config;
+        self.reset_clients(None, config);
+        if self.load_client_resets().await {
+            return;
+        }
+        tracing::warn!("client not-befores unavailable from the store; retrying in the background");
+        let gw = self.clone();
+        tokio::spawn(async move {
+            while !gw.load_client_resets().await {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            tracing::info!("client not-befores restored from the store");
+        });
+    }
+
+    async fn load_client_resets(&self) -> bool {
+        match self.store.client_not_before().await {
+            Ok(all) => {
+                for (id, at) in all {
+                    self.validator.set_client_not_before(&id, at);
+                }
+                self.validator.clear();
+                true
+            }
+            Err(_) => false,
+        }
     }
 }

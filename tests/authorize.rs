@@ -589,6 +589,8 @@ async fn password_tokens_read_write(gw: &TestGateway) -> (String, String) {
 #[tokio::test]
 async fn refresh_rotates_and_reuse_revokes_the_family() {
     let (_up, gw) = setup().await;
+    // Issue 19.1: strict reuse detection needs the reuse interval off (default 10 s).
+    gw.rewrite_config(|t| t.replacen("id = \"webapp\"\n", "id = \"webapp\"\nrefresh_reuse_interval = \"0s\"\n", 1));
     let (at0, rt0) = password_tokens_read_write(&gw).await;
     assert_eq!(api_status(&gw, &at0).await, 200);
 
@@ -669,8 +671,10 @@ async fn refresh_loses_a_scope_the_operator_took_from_the_client() {
 }
 
 #[tokio::test]
-async fn client_credentials_refresh_works_for_a_linked_user_that_is_not_a_login_user() {
+async fn client_credentials_refresh_works_for_a_linked_user() {
     let (_up, gw) = setup().await;
+    // Issue 19.4: a linked user must be an active [[user]] (ccr's "robot" is not one by default).
+    gw.rewrite_config(|t| format!("{t}\n[[user]]\nusername = \"robot\"\npassword_hash = \"{ALICE_HASH}\"\n"));
     let (status, v) = token_request(&gw, Some(("ccr", SVC_SECRET)), &[("grant_type", "client_credentials")]).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(claims(v["access_token"].as_str().unwrap())["sub"], "robot");
@@ -679,6 +683,7 @@ async fn client_credentials_refresh_works_for_a_linked_user_that_is_not_a_login_
         token_request(&gw, Some(("ccr", SVC_SECRET)), &[("grant_type", "refresh_token"), ("refresh_token", rt)]).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(claims(v["access_token"].as_str().unwrap())["sub"], "robot");
+    assert_eq!(claims(v["access_token"].as_str().unwrap())["gty"], "client_credentials");
     assert_eq!(api_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
 }
 

@@ -85,6 +85,8 @@ async fn oauth2_crate_client_credentials_revocation_and_introspection() {
 async fn oauth2_crate_password_grant_in_the_body_and_refresh() {
     let up = EchoUpstream::start().await;
     let gw = TestGateway::start(up.addr).await;
+    // Issue 19.1: strict reuse detection needs the reuse interval off (default 10 s).
+    gw.rewrite_config(|t| t.replacen("id = \"webapp\"\n", "id = \"webapp\"\nrefresh_reuse_interval = \"0s\"\n", 1));
     let http = transport(&gw);
     let client = BasicClient::new(ClientId::new("webapp".into()))
         .set_client_secret(ClientSecret::new(SVC_SECRET.into()))

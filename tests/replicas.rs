@@ -244,7 +244,8 @@ async fn a_code_from_a_is_exchanged_on_b_and_sessions_are_shared() {
 
 #[tokio::test]
 async fn refresh_reuse_across_replicas_revokes_the_family_on_both() {
-    let Some(c) = cluster().await else { return };
+    // Issue 19.1: strict reuse detection needs the reuse interval off (default 10 s).
+    let Some(c) = cluster_with(strict_webapp).await else { return };
     let (at0, rt0) = c.password_tokens(&c.a).await;
     // B validates (and caches) the access token before anything is revoked.
     assert_eq!(c.get_api(&c.b, &at0).await, 200);
@@ -371,4 +372,123 @@ async fn csrf_tokens_and_a_disabled_user_hold_across_replicas() {
     assert!(dead.is_some(), "a disabled user's cached token still works on a replica");
     let (status, v) = c.refresh(&c.b, &rt).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 19.1: the refresh reuse interval across replicas.
+
+/// The test clients, with `webapp` refreshing strictly (no reuse interval).
+fn strict_webapp(config: String) -> String {
+    config.replacen("id = \"webapp\"\n", "id = \"webapp\"\nrefresh_reuse_interval = \"0s\"\n", 1)
+}
+
+impl Replica {
+    /// As [`Replica::start`], with the configuration text passed through `edit`.
+    fn start_edited(
+        dir: &Path,
+        name: &str,
+        redis: &Redis,
+        upstream: SocketAddr,
+        edit: fn(String) -> String,
+    ) -> Replica {
+        let (port, admin) = (free_port(), free_port());
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, edit(replica_config(dir, port, admin, &redis.url(), upstream))).unwrap();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start gateway");
+        wait_for_port(port, name);
+        Replica { port, admin, child }
+    }
+}
+
+/// A cluster whose replicas run `edit`ed configurations.
+async fn cluster_with(edit: fn(String) -> String) -> Option<Cluster> {
+    let redis = Redis::start()?;
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pem = portcullis::tokens::keys::generate_ed25519_pem().unwrap();
+    std::fs::write(dir.path().join("k1.pem"), pem).unwrap();
+    let a = Replica::start_edited(dir.path(), "a", &redis, up.addr, edit);
+    let b = Replica::start_edited(dir.path(), "b", &redis, up.addr, edit);
+    let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    Some(Cluster { redis, a, b, dir, http, _up: up })
+}
+
+/// One refresh token presented to both replicas at once (the default reuse interval):
+/// both answer 200 with different refresh tokens of one family, every token works on both
+/// replicas, and the family is not revoked.
+#[tokio::test]
+async fn concurrent_refreshes_on_two_replicas_both_succeed_within_the_reuse_interval() {
+    let Some(c) = cluster().await else { return };
+    for round in 0..5 {
+        let (at0, rt0) = c.password_tokens(&c.a).await;
+        let (ra, rb) = tokio::join!(c.refresh(&c.a, &rt0), c.refresh(&c.b, &rt0));
+        assert_eq!((ra.0, rb.0), (200, 200), "round {round}: {ra:?} {rb:?}");
+        let rt_a = ra.1["refresh_token"].as_str().unwrap();
+        let rt_b = rb.1["refresh_token"].as_str().unwrap();
+        assert_ne!(rt_a, rt_b);
+        for at in [at0.as_str(), ra.1["access_token"].as_str().unwrap(), rb.1["access_token"].as_str().unwrap()] {
+            assert_eq!((c.get_api(&c.a, at).await, c.get_api(&c.b, at).await), (200, 200), "round {round}");
+        }
+        assert_eq!(c.refresh(&c.b, rt_a).await.0, 200, "round {round}: A's successor rotates on B");
+        assert_eq!(c.refresh(&c.a, rt_b).await.0, 200, "round {round}: B's sibling rotates on A");
+    }
+}
+
+/// The Redis store itself (what both replicas share): a spent refresh token gets a sibling
+/// within the reuse interval and revokes the family after it, and client not-befores keep
+/// the latest time (issue 19.1, 19.8).
+#[tokio::test]
+async fn redis_store_reuse_interval_and_client_not_before() {
+    use portcullis::store::redis::RedisStore;
+    use portcullis::store::{IssuedAccess, RefreshGrant, Rotate, Rotation, Store};
+    let Some(redis) = Redis::start() else { return };
+    let store = RedisStore::new(&redis.url(), "unit:", Duration::from_secs(2)).unwrap();
+    let now = portcullis::tokens::now_secs();
+    let grant = RefreshGrant {
+        family: "f".into(),
+        client_id: "c".into(),
+        subject: "alice".into(),
+        user: Some("alice".into()),
+        scopes: vec!["read".into()],
+        expires_at: now + 3600,
+        issued_at: now,
+        audience: None,
+    };
+    store.put_refresh([1; 32], grant).await.unwrap();
+    let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: now + 600 };
+    let next = |new: u8, jti: &str| Rotation {
+        new: [new; 32],
+        new_expires_at: now + 3600,
+        access: at(jti),
+        reuse_interval: 10,
+    };
+    assert!(matches!(store.rotate_refresh([1; 32], "c", next(2, "j1"), now).await.unwrap(), Rotate::Rotated(_)));
+    assert!(matches!(store.rotate_refresh([1; 32], "c", next(3, "j2"), now + 10).await.unwrap(), Rotate::Sibling(_)));
+    for token in [[2; 32], [3; 32]] {
+        let live = store.get_refresh(token, now + 10).await.unwrap().unwrap();
+        assert_eq!((live.grant.family.as_str(), live.spent), ("f", false));
+    }
+    match store.rotate_refresh([1; 32], "c", next(4, "j3"), now + 11).await.unwrap() {
+        Rotate::Reused { mut revoked } => {
+            revoked.sort_by(|a, b| a.jti.cmp(&b.jti));
+            assert_eq!(revoked, vec![at("j1"), at("j2")]);
+        }
+        other => panic!("outside the interval: {other:?}"),
+    }
+    assert!(store.get_refresh([3; 32], now + 11).await.unwrap().is_none(), "the sibling died with its family");
+
+    store.put_client_not_before("svc", 70).await.unwrap();
+    store.put_client_not_before("svc", 60).await.unwrap();
+    store.put_client_not_before("web", 5).await.unwrap();
+    let mut all = store.client_not_before().await.unwrap();
+    all.sort();
+    assert_eq!(all, vec![("svc".to_string(), 70), ("web".to_string(), 5)]);
 }

@@ -33,11 +33,13 @@ async fn disabled_clients_cached_token_is_refused_at_once() {
     // And on the public route nothing changed.
     assert_eq!(gw.client().get(gw.url("/public")).send().await.unwrap().status(), 200);
 
-    // Enabled again, the same token is good again (its verdict was never about the client).
+    // Enabled again, the token issued before it was disabled stays refused (issue 19.8);
+    // a new one works.
     gw.rewrite_config(|text| {
         text.replacen("default_scopes = [\"read\"]\nenabled = false\n", "default_scopes = [\"read\"]\n", 1)
     });
-    echo_get(&gw, "/api/x", &token).await;
+    assert_invalid_token(&gw, "issued before the client was disabled", &token).await;
+    echo_get(&gw, "/api/x", &svc_token(&gw).await).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -47,6 +49,8 @@ async fn disabled_clients_cached_token_is_refused_at_once() {
 async fn tokens_of_a_revoked_refresh_family_stay_refused_across_a_restart() {
     let up = EchoUpstream::start().await;
     let gw = TestGateway::start(up.addr).await;
+    // Issue 19.1: strict reuse detection needs the reuse interval off (default 10 s).
+    gw.rewrite_config(|t| t.replacen("id = \"webapp\"\n", "id = \"webapp\"\nrefresh_reuse_interval = \"0s\"\n", 1));
     let (at0, rt0) = password_tokens(&gw).await;
     let refresh = [("grant_type", "refresh_token"), ("refresh_token", rt0.as_str())];
     let (status, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &refresh).await;
@@ -73,6 +77,8 @@ async fn tokens_of_a_revoked_refresh_family_stay_refused_across_a_restart() {
 #[tokio::test]
 async fn a_deleted_or_disabled_clients_tokens_are_refused_at_once_cached_or_not() {
     let (_up, gw) = setup().await;
+    // Issue 19.4: a linked user must be an active [[user]] (ccr's "robot" is not one by default).
+    gw.rewrite_config(|t| format!("{t}\n[[user]]\nusername = \"robot\"\npassword_hash = \"{ALICE_HASH}\"\n"));
     let svc = gw.token("svc", SVC_SECRET, None).await;
     let linked = gw.token("linked", OTHER_SECRET, None).await;
     let never_presented = gw.token("linked", OTHER_SECRET, None).await;
@@ -186,6 +192,8 @@ async fn a_client_may_revoke_only_its_own_tokens_and_must_authenticate() {
 #[tokio::test]
 async fn introspection_of_valid_expired_revoked_and_foreign_tokens() {
     let (_up, gw) = setup().await;
+    // Issue 19.2: reading another client's tokens needs the resource-server flag.
+    gw.rewrite_config(|t| t.replacen("id = \"svc\"\n", "id = \"svc\"\nintrospect = true\n", 1));
     let rs = Some(("svc", SVC_SECRET));
     let token = gw.token("linked", OTHER_SECRET, None).await;
     let (status, v) = post(&gw, "/oauth/introspect", rs, &[("token", &token)]).await;
@@ -194,7 +202,9 @@ async fn introspection_of_valid_expired_revoked_and_foreign_tokens() {
     assert_eq!(v["token_type"], "Bearer");
     assert_eq!(v["client_id"], "linked");
     assert_eq!(v["sub"], "alice");
-    assert_eq!(v["username"], "alice");
+    // Issue 19.4: a linked-user token was authorized by no user: `gty`, not `username`.
+    assert_eq!(v["gty"], "client_credentials");
+    assert!(v.get("username").is_none(), "{v}");
     assert_eq!(v["scope"], "read");
     assert_eq!(v["iss"], ISSUER);
     assert_eq!(v["aud"], ISSUER);
@@ -296,6 +306,8 @@ async fn exchange(gw: &TestGateway, code: &str) -> (u16, Value) {
 #[tokio::test]
 async fn a_disabled_or_deleted_users_tokens_fail_at_once_and_their_grants_die() {
     let (_up, gw) = setup().await;
+    // Issue 19.2: reading another client's tokens needs the resource-server flag.
+    gw.rewrite_config(|t| t.replacen("id = \"svc\"\n", "id = \"svc\"\nintrospect = true\n", 1));
     let rs = Some(("svc", SVC_SECRET));
     let (at, rt) = password_tokens(&gw).await;
     let code = spa_code(&gw).await;

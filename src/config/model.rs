@@ -214,6 +214,15 @@ pub struct Client {
     /// Browser origins (`scheme://host[:port]`, lower case) that may call the token and
     /// revocation endpoints cross-origin.
     pub(crate) cors_origins: Vec<String>,
+    /// Within this long after a rotation, the spent refresh token gets a sibling in its
+    /// family instead of revoking it (concurrent or retried refreshes); zero: strict.
+    pub(crate) refresh_reuse_interval: Duration,
+    /// Rotate refresh tokens on use (RFC 9700 §4.14.2); only confidential clients may opt out.
+    pub(crate) rotate_refresh_tokens: bool,
+    /// May introspect every client's tokens (a resource server); others only their own.
+    pub(crate) introspect: bool,
+    /// A reload that changes `secret_hash` makes every token issued before it invalid.
+    pub(crate) secret_rotation_revokes: bool,
 }
 
 impl Client {

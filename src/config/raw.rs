@@ -185,6 +185,14 @@ pub struct RawClient {
     /// Browser origins allowed to call the token and revocation endpoints (CORS).
     #[serde(default)]
     pub cors_origins: Vec<Spanned<String>>,
+    /// How long a rotated refresh token may be presented again ("0s": never).
+    pub refresh_reuse_interval: Option<Spanned<String>>,
+    /// `false`: the refresh token is not rotated (confidential clients only).
+    pub rotate_refresh_tokens: Option<Spanned<bool>>,
+    /// A resource server: may introspect tokens of every client.
+    pub introspect: Option<bool>,
+    /// A changed `secret_hash` revokes the client's tokens issued before the change.
+    pub secret_rotation_revokes: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

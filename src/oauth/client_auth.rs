@@ -3,6 +3,7 @@
 //!
 //! Secrets are argon2id hashes in config, verified through [`crate::secrets`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -65,7 +66,9 @@ pub(crate) fn presented(headers: &HeaderMap, params: &Params) -> Result<Presente
 /// Authenticate the client of a token request against the configuration in force.
 /// A public client (no secret configured) is identified, not authenticated; grants
 /// that need a confidential client are refused to public ones by validation.
-/// A client with too many recent failures is refused before its secret is verified.
+/// A client with too many recent failures from `source` (the address the request came
+/// from) is refused there before its secret is verified; the same client calling from
+/// another address is not, so knowing a client id is not enough to lock it out.
 ///
 /// An unknown or disabled client id that comes with a secret is treated like a known one
 /// with a wrong secret: the same failure budget (keyed by the id as given) and a dummy
@@ -73,6 +76,7 @@ pub(crate) fn presented(headers: &HeaderMap, params: &Params) -> Result<Presente
 pub async fn authenticate(
     gw: &Gateway,
     rt: &Runtime,
+    source: IpAddr,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Arc<Client>, OAuthError> {
@@ -89,7 +93,7 @@ pub async fn authenticate(
                 tracing::debug!("unknown client");
             }
             if let Some(secret) = &p.secret {
-                gw.limiter.reserve_client(limits, &p.client_id).map_err(OAuthError::RateLimited)?;
+                gw.limiter.reserve_client(limits, source, &p.client_id).map_err(OAuthError::RateLimited)?;
                 gw.secrets.verify_dummy(secret).await;
             }
             return Err(fail);
@@ -97,17 +101,17 @@ pub async fn authenticate(
     };
     match (&client.auth, &p.secret) {
         (ClientAuth::Confidential { secret_hash: hash }, Some(secret)) => {
-            gw.limiter.reserve_client(limits, &client.id).map_err(OAuthError::RateLimited)?;
+            gw.limiter.reserve_client(limits, source, &client.id).map_err(OAuthError::RateLimited)?;
             if !gw.secrets.verify(Kind::Client, &client.id, secret, hash).await {
                 tracing::warn!(security_event = "wrong_client_secret", client_id = %p.client_id, "wrong client secret");
                 return Err(fail);
             }
-            gw.limiter.release_client(limits, &client.id);
+            gw.limiter.release_client(limits, source, &client.id);
         }
         (ClientAuth::Public, None) => {}
         // A secret offered by a public client: as for an unknown id.
         (ClientAuth::Public, Some(secret)) => {
-            gw.limiter.reserve_client(limits, &client.id).map_err(OAuthError::RateLimited)?;
+            gw.limiter.reserve_client(limits, source, &client.id).map_err(OAuthError::RateLimited)?;
             gw.secrets.verify_dummy(secret).await;
             return Err(fail);
         }

@@ -16,7 +16,8 @@ pub enum OAuthError {
     /// A parameter is missing, repeated, malformed, or the request itself is (§5.2).
     InvalidRequest(BadRequest),
     /// Unknown client, wrong secret, disabled client, or no authentication at all.
-    /// `basic` says whether the client tried HTTP Basic, which earns a `WWW-Authenticate`.
+    /// `basic` says whether the client tried HTTP Basic (for logs); every 401 carries a
+    /// `WWW-Authenticate: Basic` challenge either way (RFC 9110 §15.5.2).
     InvalidClient { basic: bool },
     /// The grant (code, refresh token) is invalid.
     InvalidGrant(BadGrant),
@@ -85,6 +86,9 @@ pub enum BadGrant {
     UnexpectedVerifier,
     /// The refresh token is unknown, expired, spent, of another client or of an inactive user.
     RefreshToken,
+    /// client_credentials for a client whose linked `user` is disabled or not configured:
+    /// the client may not act as a user who may not hold tokens.
+    LinkedUser,
 }
 
 impl std::fmt::Display for OAuthError {
@@ -186,6 +190,7 @@ impl OAuthError {
                 BadGrant::CodeVerifier => check("The PKCE code verifier does not match.", "code_verifier"),
                 BadGrant::UnexpectedVerifier => check("No PKCE challenge was made for this code.", "code_verifier"),
                 BadGrant::RefreshToken => "The refresh token is invalid.".into(),
+                BadGrant::LinkedUser => "The user this client acts as is not active.".into(),
             },
             OAuthError::InvalidUserCredentials => "The user credentials were incorrect.".into(),
             OAuthError::UnauthorizedClient => check(
@@ -220,7 +225,9 @@ impl OAuthError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         match self {
-            OAuthError::InvalidClient { basic: true } => {
+            // RFC 9110 §15.5.2: a 401 must carry a challenge, also when the credentials came
+            // in the body (RFC 6749 §5.2 only demands it for Basic; the stricter rule wins).
+            OAuthError::InvalidClient { .. } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")) {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
@@ -274,6 +281,7 @@ mod tests {
                 BadGrant::CodeVerifier,
                 BadGrant::UnexpectedVerifier,
                 BadGrant::RefreshToken,
+                BadGrant::LinkedUser,
             ]
             .into_iter()
             .map(OAuthError::from),
@@ -365,11 +373,15 @@ mod tests {
     }
 
     #[test]
-    fn only_a_basic_attempt_earns_a_challenge() {
-        let basic = OAuthError::InvalidClient { basic: true }.into_response("portcullis");
-        assert_eq!(basic.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"portcullis\", charset=\"UTF-8\"");
-        let post = OAuthError::InvalidClient { basic: false }.into_response("portcullis");
-        assert!(post.headers().get(header::WWW_AUTHENTICATE).is_none());
+    fn every_401_carries_a_basic_challenge_also_for_body_credentials() {
+        for basic in [true, false] {
+            let resp = OAuthError::InvalidClient { basic }.into_response("portcullis");
+            assert_eq!(resp.status(), 401);
+            assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"portcullis\", charset=\"UTF-8\"");
+        }
+        for e in every_error().into_iter().filter(|e| e.status() != StatusCode::UNAUTHORIZED) {
+            assert!(e.into_response("r").headers().get(header::WWW_AUTHENTICATE).is_none());
+        }
     }
 
     #[test]

@@ -1,6 +1,12 @@
-//! POST /oauth/introspect (RFC 7662): a confidential client (typically a resource server)
-//! asks whether a token is active. Anything invalid, expired, revoked, not ours, or of a
-//! disabled client or user is simply `{"active": false}` (§2.2).
+//! POST /oauth/introspect (RFC 7662): a confidential client asks whether a token is active.
+//!
+//! Who may read what (§4: the endpoint must not become a token-scanning oracle): a client
+//! flagged `introspect = true` — a resource server — may introspect every client's access
+//! tokens; any other confidential client only the tokens issued to itself; refresh tokens
+//! only ever to their own client. A token the caller may not read is `{"active": false}`,
+//! exactly like an invalid, expired, revoked or foreign one (§2.2 asks this answer for "not
+//! allowed to introspect this particular token"), so the answer tells a stranger nothing. A
+//! public or unauthenticated caller gets 401 `invalid_client` (§2.1).
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -11,6 +17,7 @@ use super::client_auth;
 use super::error::OAuthError;
 use super::token::read_post;
 use super::{limited, refused};
+use crate::config::Client;
 use crate::http::{Body, json};
 use crate::ratelimit::Endpoint;
 use crate::server::context::{Ctx, Outcome};
@@ -50,7 +57,7 @@ where
 {
     let (parts, params) = read_post(ctx, req).await?;
     let rt = ctx.rt.clone();
-    let client = client_auth::authenticate(gw, &rt, &parts.headers, &params).await?;
+    let client = client_auth::authenticate(gw, &rt, ctx.source, &parts.headers, &params).await?;
     outcome.client_id = Some(client.id.clone());
     // §2.1: the endpoint must be protected; a public client proves nothing.
     if client.is_public() {
@@ -58,7 +65,7 @@ where
     }
     let token = params.require("token")?;
     let now = now_secs();
-    if let Some(v) = access_token(gw, &rt, token, now).await? {
+    if let Some(v) = access_token(gw, &rt, &client, token, now).await? {
         return Ok(v);
     }
     // Refresh tokens are shown only to the client they were issued to.
@@ -67,6 +74,7 @@ where
         && !stored.spent
         && stored.grant.client_id == client.id
         && rt.config.clients.get(&stored.grant.client_id).is_some_and(|c| c.enabled)
+        && gw.validator.check_not_before(&stored.grant.client_id, stored.grant.issued_at).is_ok()
         && stored.grant.user.as_deref().is_none_or(|u| super::users::is_active(&rt, u))
     {
         let grant = stored.grant;
@@ -79,18 +87,29 @@ where
             "exp": grant.expires_at,
             "iss": rt.config.issuer,
         });
-        if let Some(user) = grant.user {
-            v["username"] = Value::String(user);
+        match grant.user {
+            Some(user) => v["username"] = Value::String(user),
+            None => v["gty"] = Value::String(crate::oauth::grants::CLIENT_CREDENTIALS.into()),
         }
         return Ok(v);
     }
     Ok(inactive())
 }
 
-async fn access_token(gw: &Gateway, rt: &Runtime, token: &str, now: u64) -> Result<Option<Value>, OAuthError> {
+async fn access_token(
+    gw: &Gateway,
+    rt: &Runtime,
+    caller: &Client,
+    token: &str,
+    now: u64,
+) -> Result<Option<Value>, OAuthError> {
     let Ok(c) = inspect(token, &rt.keys, now) else { return Ok(None) };
+    if c.client_id != caller.id && !caller.introspect {
+        return Ok(Some(inactive()));
+    }
     // The same holder rule as the proxy path: client enabled, user (if any) enabled.
-    let holder_ok = check_holder(&rt.config, &c.client_id, &c.sub).is_ok();
+    let holder_ok = check_holder(&rt.config, &c.client_id, &c.sub).is_ok()
+        && gw.validator.check_not_before(&c.client_id, c.iat).is_ok();
     if !holder_ok || gw.validator.is_revoked_locally(&c.jti) || gw.store.is_revoked(&c.jti).await? {
         return Ok(Some(inactive()));
     }
@@ -106,8 +125,12 @@ async fn access_token(gw: &Gateway, rt: &Runtime, token: &str, now: u64) -> Resu
         "aud": c.aud,
         "jti": c.jti,
     });
-    if c.sub != c.client_id {
-        v["username"] = Value::String(c.sub);
+    // RFC 7662 `username` is the resource owner who authorized the token: none did for a
+    // client_credentials token, also one acting as its linked user; `gty` says so instead.
+    match c.gty {
+        Some(gty) => v["gty"] = Value::String(gty),
+        None if c.sub != c.client_id => v["username"] = Value::String(c.sub),
+        None => {}
     }
     Ok(Some(v))
 }

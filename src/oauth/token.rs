@@ -56,12 +56,13 @@ async fn token(
     outcome.grant = Some(grant);
 
     let rt = &ctx.rt;
-    let client = client_auth::authenticate(gw, rt, &parts.headers, &params).await?;
+    let client = client_auth::authenticate(gw, rt, ctx.source, &parts.headers, &params).await?;
     outcome.client_id = Some(client.id.clone());
     if !client.grants.contains(&grant) {
         return Err(OAuthError::UnauthorizedClient);
     }
-    let now = now_secs();
+    // After the client's not-before (issue 19.8), so a token of the same second is not void.
+    let now = gw.validator.issue_time(&client.id, now_secs());
     match grant {
         GrantType::ClientCredentials => grants::client_credentials::grant(gw, rt, &client, &params, now).await,
         GrantType::Password => grants::password::grant(gw, rt, &client, &params, now).await,

@@ -25,7 +25,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Session, Store, StoreError, StoredRefresh, TakeCode};
+use super::{
+    CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, StoreError, StoredRefresh, TakeCode,
+};
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 const CODES: Table = TableDefinition::new("codes");
@@ -36,6 +38,9 @@ const SESSIONS: Table = TableDefinition::new("sessions");
 /// One record, rewritten by the health probe after a failure: only a write proves that the
 /// file takes writes again (a reopened handle reads fine on a still-full disk).
 const HEALTH: Table = TableDefinition::new("health");
+/// client id → unix time at or before which its tokens are void (never swept: one small
+/// record per client ever disabled).
+const CLIENT_NOT_BEFORE: Table = TableDefinition::new("client_not_before");
 
 /// How long a used code is remembered so that a replay can be detected and punished.
 const USED_CODE_MEMORY_SECS: u64 = 600;
@@ -50,6 +55,10 @@ enum CodeState {
 struct RefreshState {
     grant: RefreshGrant,
     spent: bool,
+    /// When it was spent; absent in records written before the reuse interval existed
+    /// (then any reuse is treated strictly).
+    #[serde(default)]
+    spent_at: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -286,7 +295,7 @@ fn open_family_in(txn: &WriteTransaction, family: &str, expires_at: u64) -> Resu
 /// Create every table up front so that readers never see a missing table.
 fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(storage)?;
-    for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS] {
+    for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS, CLIENT_NOT_BEFORE] {
         txn.open_table(table).map_err(storage)?;
     }
     txn.commit().map_err(storage)
@@ -514,7 +523,7 @@ impl Store for EmbeddedStore {
     async fn put_refresh(&self, token: Hash, grant: RefreshGrant) -> Result<(), StoreError> {
         self.write(move |txn| {
             open_family_in(txn, &grant.family, grant.expires_at)?;
-            put(txn, REFRESH, &token, &RefreshState { grant, spent: false })
+            put(txn, REFRESH, &token, &RefreshState { grant, spent: false, spent_at: None })
         })
         .await
     }
@@ -533,15 +542,7 @@ impl Store for EmbeddedStore {
         Ok((!revoked).then_some(StoredRefresh { grant: state.grant, spent: state.spent }))
     }
 
-    async fn rotate_refresh(
-        &self,
-        old: Hash,
-        client_id: &str,
-        new: Hash,
-        new_expires_at: u64,
-        access: IssuedAccess,
-        now: u64,
-    ) -> Result<Rotate, StoreError> {
+    async fn rotate_refresh(&self, old: Hash, client_id: &str, next: Rotation, now: u64) -> Result<Rotate, StoreError> {
         let client_id = client_id.to_string();
         self.write(move |txn| {
             let Some(mut state) = get::<RefreshState>(txn, REFRESH, &old)? else { return Ok(Rotate::Invalid) };
@@ -549,20 +550,27 @@ impl Store for EmbeddedStore {
             if fam.revoked || state.grant.expires_at <= now || state.grant.client_id != client_id {
                 return Ok(Rotate::Invalid);
             }
-            if state.spent {
-                return Ok(Rotate::Reused { revoked: revoke_family_in(txn, &state.grant.family)? });
+            let sibling = state.spent;
+            if sibling {
+                let within = state.spent_at.is_some_and(|at| now.saturating_sub(at) <= next.reuse_interval);
+                if next.reuse_interval == 0 || !within {
+                    return Ok(Rotate::Reused { revoked: revoke_family_in(txn, &state.grant.family)? });
+                }
+            } else {
+                state.spent = true;
+                state.spent_at = Some(now);
+                put(txn, REFRESH, &old, &state)?;
             }
-            state.spent = true;
-            put(txn, REFRESH, &old, &state)?;
-            let mut next = state.grant.clone();
-            next.expires_at = new_expires_at;
-            let mut fam: Family = get(txn, FAMILIES, next.family.as_bytes())?.unwrap_or_default();
+            let mut successor = state.grant.clone();
+            successor.expires_at = next.new_expires_at;
+            successor.issued_at = now;
+            let mut fam = fam;
             fam.access.retain(|a| a.expires_at > now);
-            fam.expires_at = fam.expires_at.max(new_expires_at).max(access.expires_at);
-            fam.access.push(access);
-            put(txn, FAMILIES, next.family.as_bytes(), &fam)?;
-            put(txn, REFRESH, &new, &RefreshState { grant: next, spent: false })?;
-            Ok(Rotate::Rotated(state.grant))
+            fam.expires_at = fam.expires_at.max(next.new_expires_at).max(next.access.expires_at);
+            fam.access.push(next.access);
+            put(txn, FAMILIES, successor.family.as_bytes(), &fam)?;
+            put(txn, REFRESH, &next.new, &RefreshState { grant: successor, spent: false, spent_at: None })?;
+            Ok(if sibling { Rotate::Sibling(state.grant) } else { Rotate::Rotated(state.grant) })
         })
         .await
     }
@@ -616,6 +624,29 @@ impl Store for EmbeddedStore {
     async fn get_session(&self, id: Hash, now: u64) -> Result<Option<Session>, StoreError> {
         let s = self.read(SESSIONS, id.to_vec(), |b| decode::<Session>(b).map(Some)).await?;
         Ok(s.filter(|s| s.expires_at > now))
+    }
+
+    async fn put_client_not_before(&self, client_id: &str, at: u64) -> Result<(), StoreError> {
+        let client_id = client_id.to_string();
+        self.write(move |txn| {
+            let known: Option<u64> = get(txn, CLIENT_NOT_BEFORE, client_id.as_bytes())?;
+            put(txn, CLIENT_NOT_BEFORE, client_id.as_bytes(), &known.unwrap_or(0).max(at))
+        })
+        .await
+    }
+
+    async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read_txn(|txn| {
+            let t = txn.open_table(CLIENT_NOT_BEFORE).map_err(storage)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(storage)? {
+                let (k, v) = row.map_err(storage)?;
+                let id = String::from_utf8(k.value().to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                out.push((id, decode::<u64>(v.value())?));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Also where a failed handle heals while no write comes (readiness probes, scrapes).
@@ -744,6 +775,7 @@ mod tests {
             scopes: vec!["read".into()],
             expires_at: exp,
             audience: None,
+            issued_at: 0,
         }
     }
 
@@ -802,22 +834,42 @@ mod tests {
         let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
         s.put_refresh([1; 32], grant("f", 5000)).await.unwrap();
         let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: u64::MAX };
-        assert_eq!(s.rotate_refresh([1; 32], "other", [2; 32], 6000, at("x"), 100).await.unwrap(), Rotate::Invalid);
-        assert!(matches!(
-            s.rotate_refresh([1; 32], "c", [2; 32], 6000, at("j1"), 100).await.unwrap(),
-            Rotate::Rotated(_)
-        ));
-        let next = s.get_refresh([2; 32], 100).await.unwrap().unwrap();
-        assert_eq!((next.grant.expires_at, next.spent), (6000, false));
+        let next =
+            |new: u8, jti: &str| Rotation { new: [new; 32], new_expires_at: 6000, access: at(jti), reuse_interval: 0 };
+        assert_eq!(s.rotate_refresh([1; 32], "other", next(2, "x"), 100).await.unwrap(), Rotate::Invalid);
+        assert!(matches!(s.rotate_refresh([1; 32], "c", next(2, "j1"), 100).await.unwrap(), Rotate::Rotated(_)));
+        let successor = s.get_refresh([2; 32], 100).await.unwrap().unwrap();
+        assert_eq!((successor.grant.expires_at, successor.spent), (6000, false));
         assert!(s.get_refresh([1; 32], 100).await.unwrap().unwrap().spent, "spent but not yet reused");
-        let reused = s.rotate_refresh([1; 32], "c", [3; 32], 6000, at("j2"), 101).await.unwrap();
+        let reused = s.rotate_refresh([1; 32], "c", next(3, "j2"), 101).await.unwrap();
         assert_eq!(
             reused,
             Rotate::Reused { revoked: vec![at("j1")] },
             "the access token of the rotation is revoked too"
         );
-        assert_eq!(s.rotate_refresh([2; 32], "c", [4; 32], 6000, at("j3"), 102).await.unwrap(), Rotate::Invalid);
+        assert_eq!(s.rotate_refresh([2; 32], "c", next(4, "j3"), 102).await.unwrap(), Rotate::Invalid);
         assert_eq!(s.get_refresh([2; 32], 102).await.unwrap(), None, "revoked family");
+    }
+
+    #[tokio::test]
+    async fn a_spent_refresh_token_gets_a_sibling_within_the_reuse_interval_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        s.put_refresh([1; 32], grant("f", 5000)).await.unwrap();
+        let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: u64::MAX };
+        let next =
+            |new: u8, jti: &str| Rotation { new: [new; 32], new_expires_at: 6000, access: at(jti), reuse_interval: 10 };
+        assert!(matches!(s.rotate_refresh([1; 32], "c", next(2, "j1"), 100).await.unwrap(), Rotate::Rotated(_)));
+        assert!(matches!(s.rotate_refresh([1; 32], "c", next(3, "j2"), 110).await.unwrap(), Rotate::Sibling(_)));
+        for (token, label) in [([2; 32], "first successor"), ([3; 32], "sibling")] {
+            let live = s.get_refresh(token, 110).await.unwrap().unwrap();
+            assert_eq!((live.grant.family.as_str(), live.spent), ("f", false), "{label}");
+        }
+        // The window is counted from the rotation, not extended by the sibling.
+        let reused = s.rotate_refresh([1; 32], "c", next(4, "j3"), 111).await.unwrap();
+        assert_eq!(reused, Rotate::Reused { revoked: vec![at("j1"), at("j2")] });
+        assert_eq!(s.get_refresh([2; 32], 111).await.unwrap(), None);
+        assert_eq!(s.get_refresh([3; 32], 111).await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -832,6 +884,9 @@ mod tests {
         }
         let s = EmbeddedStore::open(&path).unwrap();
         assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some());
+        s.put_client_not_before("c", 70).await.unwrap();
+        s.put_client_not_before("c", 60).await.unwrap();
+        assert_eq!(s.client_not_before().await.unwrap(), vec![("c".to_string(), 70)], "the latest is kept");
         let removed = s.sweep(100).await.unwrap();
         assert_eq!(removed, 3, "refresh g, family g, session");
         assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some());

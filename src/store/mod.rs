@@ -78,6 +78,10 @@ pub struct RefreshGrant {
     /// Rotation keeps it; a refresh may only ask for it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// When this refresh token was issued (0 in records older than the field): one issued
+    /// before its client's not-before (disabled, or secret rotated) is refused.
+    #[serde(default)]
+    pub issued_at: u64,
 }
 
 /// A refresh token as stored: its grant, and whether it was already rotated away.
@@ -88,11 +92,27 @@ pub struct StoredRefresh {
     pub spent: bool,
 }
 
+/// What a rotation stores in place of the presented refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// The new refresh token (its hash).
+    pub new: Hash,
+    pub new_expires_at: u64,
+    /// The access token issued with it, linked to the family.
+    pub access: IssuedAccess,
+    /// Seconds after its rotation during which a spent token gets a sibling instead of
+    /// revoking its family (concurrent or retried refreshes); 0: strict.
+    pub reuse_interval: u64,
+}
+
 /// The outcome of presenting a refresh token for rotation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotate {
     /// The presented token is now spent; the new one is stored in its place.
     Rotated(RefreshGrant),
+    /// The presented token was spent less than the reuse interval ago: the new one is a
+    /// sibling in the same family (the successor issued first stays valid too).
+    Sibling(RefreshGrant),
     /// The presented token was already rotated: the whole family is now revoked.
     Reused { revoked: Vec<IssuedAccess> },
     /// Unknown, expired, revoked, or belonging to another client.
@@ -142,19 +162,12 @@ pub trait Store: Send + Sync {
     /// of a revoked family is not.
     async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<StoredRefresh>, StoreError>;
 
-    /// Rotate exactly once: if `old` is live and belongs to `client_id`, spend it, store
-    /// `new` with `new_expires_at` in the same family and link `access` (the access token
-    /// issued with it) to the family — all in one atomic step, so a failure leaves the old
-    /// token usable. A spent `old` revokes the family instead.
-    async fn rotate_refresh(
-        &self,
-        old: Hash,
-        client_id: &str,
-        new: Hash,
-        new_expires_at: u64,
-        access: IssuedAccess,
-        now: u64,
-    ) -> Result<Rotate, StoreError>;
+    /// Rotate exactly once: if `old` is live and belongs to `client_id`, spend it (noting
+    /// when), store `next.new` in the same family and link `next.access` to the family —
+    /// all in one atomic step, so a failure leaves the old token usable. A spent `old`
+    /// gets a sibling the same way while it was spent at most `next.reuse_interval`
+    /// seconds ago, and revokes the family after that.
+    async fn rotate_refresh(&self, old: Hash, client_id: &str, next: Rotation, now: u64) -> Result<Rotate, StoreError>;
 
     /// Link an access token to a family so revoking the family revokes it.
     async fn add_access(&self, family: &str, access: IssuedAccess) -> Result<(), StoreError>;
@@ -172,6 +185,13 @@ pub trait Store: Send + Sync {
 
     /// Remove expired records; returns how many.
     async fn sweep(&self, now: u64) -> Result<u64, StoreError>;
+
+    /// Record that `client_id`'s tokens issued at or before `at` are void (the client was
+    /// disabled or removed, or its secret rotated): kept as the latest such time.
+    async fn put_client_not_before(&self, client_id: &str, at: u64) -> Result<(), StoreError>;
+
+    /// Every client's not-before, for a start (a restart must not revive those tokens).
+    async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Is the store reachable and usable right now (for readiness)? A store that heals
     /// itself may try to here.

@@ -5,10 +5,12 @@
 //! Layout under the key prefix `P`:
 //! `P code:<hex>`  "F"+grant JSON (fresh) or "U"+family (used)       TTL: code lifetime / replay memory
 //! `P rt:<hex>`    "A"/"S" (active/spent) + grant JSON               TTL: refresh lifetime
+//! `P rtat:<hex>`  unix time the refresh token was spent             TTL: as its `rt:`
 //! `P fam:<id>`    hash {revoked}                                    TTL: longest member
 //! `P famacc:<id>` hash jti → exp of access tokens from the family   TTL: longest member
 //! `P rev:<jti>`   exp of a revoked access token                     TTL: until it expires
 //! `P sess:<hex>`  session JSON                                      TTL: session lifetime
+//! `P clientnb`    hash client id → not-before (unix time)            no TTL
 //! channel `P revocations`: "<jti> <exp>" per revoked access token.
 
 use std::sync::Arc;
@@ -21,8 +23,8 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::{RwLock, mpsc};
 
 use super::{
-    CodeGrant, Hash, IssuedAccess, RefreshGrant, RevocationEvent, Rotate, Session, Store, StoreError, StoredRefresh,
-    TakeCode,
+    CodeGrant, Hash, IssuedAccess, RefreshGrant, RevocationEvent, Rotate, Rotation, Session, Store, StoreError,
+    StoredRefresh, TakeCode,
 };
 use crate::tokens::now_secs;
 
@@ -159,8 +161,8 @@ if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
 return 'ok'
 "#,
             ),
-            // KEYS: old rt, new rt, fam, famacc; ARGV: prefix, now, client_id, expected grant json,
-            // new grant json, new ttl, access jti, access exp
+            // KEYS: old rt, new rt, fam, famacc, old rtat; ARGV: prefix, now, client_id,
+            // expected grant json, new grant json, new ttl, access jti, access exp, reuse interval
             rotate: script(
                 r#"
 local v = redis.call('GET', KEYS[1])
@@ -171,12 +173,20 @@ local g = cjson.decode(gj)
 local now = tonumber(ARGV[2])
 if redis.call('HGET', KEYS[3], 'revoked') == '1' then return {'invalid'} end
 if tonumber(g.expires_at) <= now or g.client_id ~= ARGV[3] then return {'invalid'} end
+local outcome = 'rotated'
 if kind == 'S' then
-  local out = revoke_family(KEYS[3], KEYS[4], ARGV[1], now, 600)
-  table.insert(out, 1, 'reused')
-  return out
+  local at, grace = tonumber(redis.call('GET', KEYS[5]) or ''), tonumber(ARGV[9])
+  if grace <= 0 or not at or now - at > grace then
+    local out = revoke_family(KEYS[3], KEYS[4], ARGV[1], now, 600)
+    table.insert(out, 1, 'reused')
+    return out
+  end
+  outcome = 'sibling'
+else
+  redis.call('SET', KEYS[1], 'S' .. gj, 'KEEPTTL')
+  local left = redis.call('TTL', KEYS[1])
+  if left > 0 then redis.call('SET', KEYS[5], tostring(now), 'EX', left) end
 end
-redis.call('SET', KEYS[1], 'S' .. gj, 'KEEPTTL')
 local ttl = tonumber(ARGV[6])
 redis.call('SET', KEYS[2], 'A' .. ARGV[5], 'EX', ttl)
 if redis.call('TTL', KEYS[3]) < ttl then redis.call('EXPIRE', KEYS[3], ttl) end
@@ -185,7 +195,7 @@ if aexp > now then
   redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
   if redis.call('TTL', KEYS[4]) < aexp - now then redis.call('EXPIRE', KEYS[4], aexp - now) end
 end
-return {'rotated'}
+return {outcome}
 "#,
             ),
             // KEYS: fam, famacc; ARGV: prefix, jti, exp, now
@@ -372,42 +382,38 @@ impl Store for RedisStore {
         Ok((revoked.as_deref() != Some("1")).then_some(StoredRefresh { grant, spent }))
     }
 
-    async fn rotate_refresh(
-        &self,
-        old: Hash,
-        client_id: &str,
-        new: Hash,
-        new_expires_at: u64,
-        access: IssuedAccess,
-        now: u64,
-    ) -> Result<Rotate, StoreError> {
+    async fn rotate_refresh(&self, old: Hash, client_id: &str, next: Rotation, now: u64) -> Result<Rotate, StoreError> {
         let mut conn = self.conn().await?;
         let old_key = self.key("rt", &hex(&old));
         let v: Option<String> = conn.c.get(&old_key).await.map_err(|e| conn.fail(e))?;
         let Some(v) = v else { return Ok(Rotate::Invalid) };
         let expected = v.get(1..).unwrap_or("").to_string();
         let grant: RefreshGrant = decode(&expected)?;
-        let mut next = grant.clone();
-        next.expires_at = new_expires_at;
+        let mut successor = grant.clone();
+        successor.expires_at = next.new_expires_at;
+        successor.issued_at = now;
         let reply: Vec<String> = self
             .rotate
             .key(&old_key)
-            .key(self.key("rt", &hex(&new)))
+            .key(self.key("rt", &hex(&next.new)))
             .key(self.key("fam", &grant.family))
             .key(self.key("famacc", &grant.family))
+            .key(self.key("rtat", &hex(&old)))
             .arg(&self.prefix)
             .arg(now)
             .arg(client_id)
             .arg(&expected)
-            .arg(encode(&next)?)
-            .arg(new_expires_at.saturating_sub(now).max(1))
-            .arg(&access.jti)
-            .arg(access.expires_at)
+            .arg(encode(&successor)?)
+            .arg(next.new_expires_at.saturating_sub(now).max(1))
+            .arg(&next.access.jti)
+            .arg(next.access.expires_at)
+            .arg(next.reuse_interval)
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
         match reply.first().map(String::as_str) {
             Some("rotated") => Ok(Rotate::Rotated(grant)),
+            Some("sibling") => Ok(Rotate::Sibling(grant)),
             Some("reused") => Ok(Rotate::Reused { revoked: accesses(&reply[1..]) }),
             _ => Ok(Rotate::Invalid),
         }
@@ -477,6 +483,30 @@ impl Store for RedisStore {
     /// Redis expires records itself.
     async fn sweep(&self, _now: u64) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    async fn put_client_not_before(&self, client_id: &str, at: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        // Keep the latest: replicas applying the same reload write nearly the same time.
+        let script = Script::new(
+            "local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') \
+             if tonumber(ARGV[2]) > v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 1",
+        );
+        let _: i64 = script
+            .key(format!("{}clientnb", self.prefix))
+            .arg(client_id)
+            .arg(at)
+            .invoke_async(&mut conn.c)
+            .await
+            .map_err(|e| conn.fail(e))?;
+        Ok(())
+    }
+
+    async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let all: std::collections::HashMap<String, u64> =
+            conn.c.hgetall(format!("{}clientnb", self.prefix)).await.map_err(|e| conn.fail(e))?;
+        Ok(all.into_iter().collect())
     }
 
     fn kind(&self) -> &'static str {

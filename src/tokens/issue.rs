@@ -36,10 +36,18 @@ struct Claims<'a> {
     jti: &'a str,
     client_id: &'a str,
     scope: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gty: Option<&'a str>,
 }
 
 /// Sign an access token for `grant` at time `now`.
 pub fn issue(keys: &KeySet, grant: &Grant<'_>, now: u64) -> Result<IssuedToken, SignError> {
+    issue_with_gty(keys, grant, None, now)
+}
+
+/// As [`issue`], with the `gty` claim for tokens no user consented to
+/// (see [`super::AccessClaims::gty`]).
+pub fn issue_with_gty(keys: &KeySet, grant: &Grant<'_>, gty: Option<&str>, now: u64) -> Result<IssuedToken, SignError> {
     let scope = grant.scopes.join(" ");
     let jti = random_token(16);
     let exp = now + grant.lifetime_secs;
@@ -52,6 +60,7 @@ pub fn issue(keys: &KeySet, grant: &Grant<'_>, now: u64) -> Result<IssuedToken, 
         jti: &jti,
         client_id: grant.client_id,
         scope: &scope,
+        gty,
     };
     let access_token = keys.signer().sign_jwt(&claims)?;
     Ok(IssuedToken { access_token, jti, expires_in: grant.lifetime_secs, expires_at: exp, scope })

@@ -1,6 +1,7 @@
 //! Access tokens: signing keys, issuance and validation (RFC 9068 JWTs).
 
 pub mod cache;
+mod client_reset;
 pub mod issue;
 pub mod keys;
 mod principal;
@@ -23,6 +24,10 @@ pub struct AccessClaims {
     pub client_id: String,
     #[serde(default)]
     pub scope: String,
+    /// The grant that minted it, when no user consented (`client_credentials`, also when
+    /// `sub` is the client's linked user): RFC 9700 §4.15. Auth0's claim name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gty: Option<String>,
 }
 
 /// Seconds since the Unix epoch.

@@ -9,6 +9,8 @@ use std::sync::{Arc, RwLock};
 use jsonwebtoken::errors::ErrorKind;
 
 use super::cache::{Digest, Lookup, VerdictCache};
+use super::client_reset::ClientNotBefore;
+pub use super::client_reset::{ClientResets, client_resets};
 use super::keys::{Key, KeySet};
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Config;
@@ -55,6 +57,8 @@ pub enum TokenError {
     CriticalHeader,
     #[error("token lifetime exceeds the configured maximum")]
     LifetimeTooLong,
+    #[error("token was issued before its client was disabled or its secret rotated")]
+    ClientReset,
 }
 
 impl TokenError {
@@ -112,6 +116,7 @@ impl Revoked {
 
 /// Verifies bearer tokens and remembers the verdict until the token expires.
 pub struct Validator {
+    not_before: ClientNotBefore,
     cache: VerdictCache,
     /// Checked on every hit, so a revocation takes effect at once, including for a
     /// verification that started before the revocation and cached its verdict after it.
@@ -123,6 +128,7 @@ pub struct Validator {
 impl Validator {
     pub fn new(max_entries: u64) -> Self {
         Validator {
+            not_before: ClientNotBefore::default(),
             cache: VerdictCache::new(max_entries),
             revoked: Revoked { map: RwLock::default(), any: AtomicBool::new(false), max_entries: 1_000_000 },
             hits: AtomicU64::new(0),
@@ -184,8 +190,10 @@ impl Validator {
             Lookup::Miss => {}
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let principal = Arc::new(verify(token, keys, now)?);
+        let (principal, issued_at) = verify(token, keys, now)?;
+        let principal = Arc::new(principal);
         check_holder(config, principal.client_id(), principal.subject())?;
+        self.check_not_before(principal.client_id(), issued_at)?;
         if self.revoked.contains(principal.token_id()) {
             return Err(TokenError::Revoked);
         }
@@ -200,7 +208,38 @@ impl Validator {
         // A revocation that landed while the store was asked is in `revoked` by now, and
         // every hit checks it.
         self.cache.insert(digest, principal.clone(), now);
+        // Hits do not know `iat`: a not-before set while this was verified (it clears the
+        // cache first) may have missed this entry, so look again after inserting it.
+        if let Err(e) = self.check_not_before(principal.client_id(), issued_at) {
+            self.cache.clear();
+            return Err(e);
+        }
         Ok(principal)
+    }
+
+    /// Void `client_id`'s tokens issued at or before `at` (kept as the latest such time).
+    /// Cached verdicts stay (a disabled client's hits are refused anyway); whoever enables
+    /// such a client again, or voids an enabled one, clears the cache (see [`client_resets`]).
+    pub fn set_client_not_before(&self, client_id: &str, at: u64) {
+        self.not_before.set(client_id, at);
+    }
+
+    /// The issue time for a new token of `client_id` at `now`: after its not-before, so a
+    /// token issued in the very second of a reset (a secret rotated and used at once) is
+    /// not void from birth. At most a second ahead, well within [`LEEWAY_SECS`].
+    pub fn issue_time(&self, client_id: &str, now: u64) -> u64 {
+        match self.not_before.get(client_id) {
+            Some(at) if at >= now => at + 1,
+            _ => now,
+        }
+    }
+
+    /// Refuse a token of `client_id` issued at `issued_at` if its client was reset since.
+    pub fn check_not_before(&self, client_id: &str, issued_at: u64) -> Result<(), TokenError> {
+        match self.not_before.get(client_id) {
+            Some(at) if issued_at <= at => Err(TokenError::ClientReset),
+            _ => Ok(()),
+        }
     }
 
     /// Has this process seen `jti` revoked (by itself or through a replica's event)?
@@ -229,23 +268,22 @@ impl Validator {
 
 /// May a token of client `client_id` for `subject` still be honoured under `config`?
 /// The client must exist and be enabled; a token acting for a user (subject other than the
-/// client) needs that user to exist and be enabled — except the client's own linked user
-/// (`user = ...` on the client), which need not be a `[[user]]`, but if it is one it must
-/// be enabled. On the cache-hit path this is two map lookups (one when there is no user).
+/// client) needs that user to exist and be enabled, the client's own linked user
+/// (`user = ...` on the client) included. On the cache-hit path this is two map lookups
+/// (one when there is no user).
 pub fn check_holder(config: &Config, client_id: &str, subject: &str) -> Result<(), TokenError> {
-    let client = match config.clients.get(client_id) {
+    match config.clients.get(client_id) {
         None => return Err(TokenError::UnknownClient),
         Some(c) if !c.enabled => return Err(TokenError::ClientDisabled),
-        Some(c) => c,
+        Some(_) => {}
     };
     if subject == client_id {
         return Ok(());
     }
     match config.users.get(subject) {
         Some(u) if u.enabled => Ok(()),
-        Some(_) => Err(TokenError::UserInactive),
-        None if client.user.as_deref() == Some(subject) => Ok(()),
-        None => Err(TokenError::UserInactive),
+        // A client's linked user too: removed from the config, its tokens stop (issue 19.4).
+        Some(_) | None => Err(TokenError::UserInactive),
     }
 }
 
@@ -260,10 +298,11 @@ pub fn inspect(token: &str, keys: &KeySet, now: u64) -> Result<AccessClaims, Tok
 }
 
 /// Full cryptographic and claim verification of a token not seen before.
-fn verify(token: &str, keys: &KeySet, now: u64) -> Result<Principal, TokenError> {
+fn verify(token: &str, keys: &KeySet, now: u64) -> Result<(Principal, u64), TokenError> {
     let (c, key) = verify_claims(token, keys, now)?;
-    Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, &c.aud, key.fingerprint, c.exp)
-        .ok_or(TokenError::BadClaims)
+    let p = Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, &c.aud, key.fingerprint, c.exp)
+        .ok_or(TokenError::BadClaims)?;
+    Ok((p, c.iat))
 }
 
 fn verify_claims<'k>(token: &str, keys: &'k KeySet, now: u64) -> Result<(AccessClaims, &'k Key), TokenError> {

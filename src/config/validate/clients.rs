@@ -11,6 +11,10 @@ use crate::config::ConfigError;
 use crate::config::model::{Client, ClientAuth, GrantType, User};
 use crate::config::raw::{RawClient, RawUser};
 
+/// Long enough for a retried or concurrent refresh, short enough that a stolen, already
+/// rotated token is rarely still worth anything (Auth0's and Hydra's defaults are similar).
+const DEFAULT_REFRESH_REUSE_INTERVAL: Duration = Duration::from_secs(10);
+
 impl Validator<'_> {
     pub(super) fn clients(
         &self,
@@ -107,6 +111,28 @@ impl Validator<'_> {
             if c.refresh_on_client_credentials == Some(true) && !grants.contains(&GrantType::RefreshToken) {
                 return Err(self.err(span, "refresh_on_client_credentials needs \"refresh_token\" in grants"));
             }
+            let rotate_refresh_tokens = match &c.rotate_refresh_tokens {
+                Some(r) if !*r.get_ref() && auth == ClientAuth::Public => {
+                    return Err(self.err(
+                        r.span(),
+                        "rotate_refresh_tokens = false needs a confidential client (RFC 9700 section 4.14.2)",
+                    ));
+                }
+                Some(r) => *r.get_ref(),
+                None => true,
+            };
+            // Zero is allowed here (strict reuse detection), unlike other durations.
+            let zero = |v: &Spanned<String>| {
+                let v = v.get_ref().trim();
+                v == "0" || humantime::parse_duration(v).is_ok_and(|d| d.is_zero())
+            };
+            let refresh_reuse_interval = match &c.refresh_reuse_interval {
+                Some(v) if zero(v) => Duration::ZERO,
+                v => self.duration(v, DEFAULT_REFRESH_REUSE_INTERVAL)?,
+            };
+            if c.introspect == Some(true) && auth == ClientAuth::Public {
+                return Err(self.err(span, "introspect = true needs a confidential client (RFC 7662 section 2.1)"));
+            }
             let redirect_uris = c.redirect_uris.iter().map(|r| self.redirect_uri(r)).collect::<Result<Vec<_>, _>>()?;
             if redirect_uris.is_empty() && (implicit || grants.contains(&GrantType::AuthorizationCode)) {
                 return Err(self.err(span, "authorization_code and implicit need at least one redirect_uris entry"));
@@ -137,6 +163,10 @@ impl Validator<'_> {
                 first_party: c.first_party.unwrap_or(false),
                 implicit,
                 refresh_on_client_credentials: c.refresh_on_client_credentials.unwrap_or(false),
+                refresh_reuse_interval,
+                rotate_refresh_tokens,
+                introspect: c.introspect.unwrap_or(false),
+                secret_rotation_revokes: c.secret_rotation_revokes.unwrap_or(false),
             };
             clients.insert(id.clone(), Arc::new(client));
         }

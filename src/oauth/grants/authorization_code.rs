@@ -58,6 +58,7 @@ pub async fn grant(
         family: Some(&family),
         new_refresh: refresh,
         audience: audience.as_deref(),
+        gty: None,
     };
     issue_tokens(gw, rt, what, now).await
 }

@@ -1,9 +1,14 @@
 //! RFC 6749 §4.4: the client acts on its own behalf (or as the user linked to it).
+//!
+//! A linked user must be an active `[[user]]`: a disabled or removed one stops the client
+//! getting tokens that act as them (as their own tokens stop working). The tokens carry
+//! `gty: client_credentials` either way, so they are never mistaken for a user's consent.
 
-use super::{Issue, TokenResponse, issue_tokens, new_family, resolve_scopes};
+use super::{CLIENT_CREDENTIALS, Issue, TokenResponse, issue_tokens, new_family, resolve_scopes};
 use crate::config::Client;
-use crate::oauth::error::OAuthError;
+use crate::oauth::error::{BadGrant, OAuthError};
 use crate::oauth::params::Params;
+use crate::oauth::users;
 use crate::state::{Gateway, Runtime};
 
 /// §4.4.2: only `scope` is read; the client is already authenticated.
@@ -16,6 +21,12 @@ pub async fn grant(
 ) -> Result<TokenResponse, OAuthError> {
     let scopes = resolve_scopes(client, params.get("scope"))?;
     let audience = crate::oauth::audience::requested(&rt.config, params)?;
+    if let Some(user) = client.user.as_deref()
+        && !users::is_active(rt, user)
+    {
+        tracing::warn!(client_id = %client.id, "client_credentials refused: the client's linked user is disabled or not configured");
+        return Err(BadGrant::LinkedUser.into());
+    }
     let subject = client.user.as_deref().unwrap_or(&client.id);
     // §4.4.3 says a refresh token SHOULD NOT be issued here; only on explicit opt-in.
     let family = client.refresh_on_client_credentials.then(new_family);
@@ -30,6 +41,7 @@ pub async fn grant(
         family: family.as_deref(),
         new_refresh: family.is_some(),
         audience: audience.as_deref(),
+        gty: Some(CLIENT_CREDENTIALS),
     };
     issue_tokens(gw, rt, what, now).await
 }

@@ -14,7 +14,7 @@ use crate::config::{Client, split_scopes};
 use crate::http::{Body, full};
 use crate::state::{Gateway, Runtime};
 use crate::store::{IssuedAccess, RefreshGrant};
-use crate::tokens::issue::{Grant, IssuedToken, issue};
+use crate::tokens::issue::{Grant, IssuedToken, issue_with_gty};
 use crate::tokens::{random_token, sha256};
 
 /// The successful token response (RFC 6749 §5.1), plus `expires` (unix time) for clients that want it.
@@ -78,13 +78,33 @@ pub fn scopes_within(
     }
 }
 
-/// Sign an access token for `subject`, for `audience` (RFC 8707; `None`: the default).
+/// The `gty` claim of tokens no user consented to: client_credentials, also when `sub` is
+/// the client's linked user. RFC 9068 §2.2 wants `sub` to name the client there; a linked
+/// user breaks that on purpose, so the token says how it was minted and a resource server
+/// can tell it from one a user authorized (RFC 9700 §4.15). Not `act` (RFC 8693): that
+/// claims the subject delegated to the actor, and no user consented here.
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+
+/// Sign an access token for `subject`, who consented (or is the client itself).
 pub fn sign(
     rt: &Runtime,
     client: &Client,
     subject: &str,
     scopes: &[String],
     audience: Option<&str>,
+    now: u64,
+) -> Result<IssuedToken, OAuthError> {
+    sign_with(rt, client, subject, scopes, audience, None, now)
+}
+
+/// As [`sign`], with the `gty` claim.
+pub fn sign_with(
+    rt: &Runtime,
+    client: &Client,
+    subject: &str,
+    scopes: &[String],
+    audience: Option<&str>,
+    gty: Option<&str>,
     now: u64,
 ) -> Result<IssuedToken, OAuthError> {
     let grant = Grant {
@@ -95,7 +115,7 @@ pub fn sign(
         scopes,
         lifetime_secs: client.token_lifetime.as_secs(),
     };
-    issue(&rt.keys, &grant, now).map_err(|e| {
+    issue_with_gty(&rt.keys, &grant, gty, now).map_err(|e| {
         tracing::error!(error = %e, "signing an access token failed");
         OAuthError::ServerError
     })
@@ -116,12 +136,14 @@ pub struct Issue<'a> {
     pub new_refresh: bool,
     /// The audience of the access token and the bound of the refresh token (RFC 8707).
     pub audience: Option<&'a str>,
+    /// The `gty` claim ([`CLIENT_CREDENTIALS`] or none).
+    pub gty: Option<&'static str>,
 }
 
 /// Sign the access token, store a new refresh token if asked, link the access token to
 /// its family (so revoking the family revokes it) and build the response.
 pub async fn issue_tokens(gw: &Gateway, rt: &Runtime, what: Issue<'_>, now: u64) -> Result<TokenResponse, OAuthError> {
-    let token = sign(rt, what.client, what.subject, what.scopes, what.audience, now)?;
+    let token = sign_with(rt, what.client, what.subject, what.scopes, what.audience, what.gty, now)?;
     let mut refresh = None;
     if let Some(family) = what.family {
         if what.new_refresh {
@@ -134,6 +156,7 @@ pub async fn issue_tokens(gw: &Gateway, rt: &Runtime, what: Issue<'_>, now: u64)
                 scopes: what.refresh_scopes.to_vec(),
                 expires_at: now + rt.config.refresh_token_lifetime.as_secs(),
                 audience: what.audience.map(str::to_string),
+                issued_at: now,
             };
             gw.store.put_refresh(sha256(secret.as_bytes()), grant).await?;
             refresh = Some(secret);

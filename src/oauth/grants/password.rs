@@ -33,6 +33,7 @@ pub async fn grant(
         family: family.as_deref(),
         new_refresh: family.is_some(),
         audience: audience.as_deref(),
+        gty: None,
     };
     issue_tokens(gw, rt, what, now).await
 }

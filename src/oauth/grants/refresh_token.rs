@@ -1,14 +1,20 @@
 //! RFC 6749 §6 with rotation (RFC 9700 §4.14.2): every use spends the refresh token and
-//! returns a new one; presenting a spent one revokes the whole family.
+//! returns a new one; presenting a spent one revokes the whole family — unless it was spent
+//! less than the client's `refresh_reuse_interval` ago (two threads, or a retry after a
+//! lost answer), which gets a sibling: a new refresh token in the same family. Only hashes
+//! are stored, so the successor itself cannot be handed out again; a sibling is as good to
+//! the client, and revoking the family still revokes both. A confidential client may opt
+//! out of rotation (`rotate_refresh_tokens = false`): its refresh token then keeps working
+//! until it expires.
 
 use super::revocation::{Reason, Revoke, revoke};
-use super::{TokenResponse, scopes_within, sign};
+use super::{CLIENT_CREDENTIALS, TokenResponse, scopes_within, sign_with};
 use crate::config::Client;
 use crate::oauth::error::{BadGrant, OAuthError};
 use crate::oauth::params::Params;
 use crate::oauth::users;
 use crate::state::{Gateway, Runtime};
-use crate::store::{IssuedAccess, Rotate};
+use crate::store::{IssuedAccess, Rotate, Rotation};
 use crate::tokens::{random_token, sha256};
 
 fn invalid() -> OAuthError {
@@ -35,14 +41,26 @@ pub async fn grant(
     now: u64,
 ) -> Result<TokenResponse, OAuthError> {
     let presented = sha256(params.require("refresh_token")?.as_bytes());
-    let Some(current) = gw.store.get_refresh(presented, now).await? else { return Err(invalid()) };
-    let current = current.grant;
+    let Some(stored) = gw.store.get_refresh(presented, now).await? else { return Err(invalid()) };
+    let current = &stored.grant;
     if current.client_id != client.id {
         return Err(invalid());
     }
     let scopes = refreshed_scopes(&current.scopes, &client.scopes, params.get("scope"))?;
     let audience = crate::oauth::audience::within_grant(&rt.config, current.audience.as_deref(), params)?;
-    if current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
+    // A client_credentials grant acting as a linked user answers to that user's state too,
+    // and to the link still being in the config.
+    let linked_inactive = current.user.is_none()
+        && current.subject != client.id
+        && (client.user.as_deref() != Some(current.subject.as_str()) || !users::is_active(rt, &current.subject));
+    // Issued before the client was disabled or its secret rotated: void for good.
+    let client_reset = gw.validator.check_not_before(&client.id, current.issued_at).is_err();
+    if client_reset {
+        let revoked = revoke(gw, Revoke::Family(&current.family), Reason::ClientReset).await?;
+        tracing::info!(client_id = %client.id, revoked, "refresh token issued before its client was reset; its family is revoked");
+        return Err(invalid());
+    }
+    if linked_inactive || current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
         // The user was disabled or removed: the family dies for good (re-enabling the user
         // does not bring back a refresh token that met the block), its access tokens too.
         let revoked = revoke(gw, Revoke::Family(&current.family), Reason::UserInactive).await?;
@@ -51,12 +69,29 @@ pub async fn grant(
     }
     // Sign first: rotation and linking the new access token to the family are one atomic
     // store step, so nothing after it can fail and strand the client with a spent token.
-    let token = sign(rt, client, &current.subject, &scopes, audience.as_deref(), now)?;
-    let next = random_token(32);
-    let next_expiry = now + rt.config.refresh_token_lifetime.as_secs();
+    // No user in the grant: it came from client_credentials, and so does this token.
+    let gty = current.user.is_none().then_some(CLIENT_CREDENTIALS);
+    let token = sign_with(rt, client, &current.subject, &scopes, audience.as_deref(), gty, now)?;
     let access = IssuedAccess { jti: token.jti.clone(), expires_at: token.expires_at };
-    match gw.store.rotate_refresh(presented, &client.id, sha256(next.as_bytes()), next_expiry, access, now).await? {
+    if !client.rotate_refresh_tokens && !client.is_public() && !stored.spent {
+        // RFC 6749 §6: no new refresh token; the presented one stays the client's. Linking
+        // revokes the access token at once if the family was revoked meanwhile.
+        gw.store.add_access(&current.family, access).await?;
+        return Ok(TokenResponse::new(token, None));
+    }
+    let next = random_token(32);
+    let rotation = Rotation {
+        new: sha256(next.as_bytes()),
+        new_expires_at: now + rt.config.refresh_token_lifetime.as_secs(),
+        access,
+        reuse_interval: client.refresh_reuse_interval.as_secs(),
+    };
+    match gw.store.rotate_refresh(presented, &client.id, rotation, now).await? {
         Rotate::Rotated(_) => Ok(TokenResponse::new(token, Some(next))),
+        Rotate::Sibling(_) => {
+            tracing::info!(client_id = %client.id, "spent refresh token presented within the reuse interval; a sibling is issued");
+            Ok(TokenResponse::new(token, Some(next)))
+        }
         Rotate::Reused { revoked } => {
             tracing::warn!(security_event = "refresh_token_reuse", client_id = %client.id, revoked = revoked.len(), "refresh token reused; its family is revoked");
             revoke(gw, Revoke::Revoked(revoked), Reason::RefreshReuse).await?;

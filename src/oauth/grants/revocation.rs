@@ -28,6 +28,9 @@ pub enum Reason {
     RefreshReuse,
     /// The refresh token's user was disabled or removed.
     UserInactive,
+    /// The refresh token was issued before its client was disabled, removed or had its
+    /// secret rotated (issue 19.8).
+    ClientReset,
 }
 
 impl Reason {
@@ -36,6 +39,7 @@ impl Reason {
             Reason::RevokeEndpoint => "revoke_endpoint",
             Reason::CodeReplay => "code_replay",
             Reason::RefreshReuse => "refresh_reuse",
+            Reason::ClientReset => "client_reset",
             Reason::UserInactive => "user_inactive",
         }
     }
