@@ -673,8 +673,6 @@ async fn refresh_loses_a_scope_the_operator_took_from_the_client() {
 #[tokio::test]
 async fn client_credentials_refresh_works_for_a_linked_user() {
     let (_up, gw) = setup().await;
-    // Issue 19.4: a linked user must be an active [[user]] (ccr's "robot" is not one by default).
-    gw.rewrite_config(|t| format!("{t}\n[[user]]\nusername = \"robot\"\npassword_hash = \"{ALICE_HASH}\"\n"));
     let (status, v) = token_request(&gw, Some(("ccr", SVC_SECRET)), &[("grant_type", "client_credentials")]).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(claims(v["access_token"].as_str().unwrap())["sub"], "robot");

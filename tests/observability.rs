@@ -358,7 +358,13 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     let config_path = dir.path().join("gateway.toml");
     let extra =
         format!("{TRUST_LOOPBACK}[rate_limit]\nip_burst = 3\nfailure_cost = 1\nip_rate = 1\nip_window = \"1h\"\n");
-    std::fs::write(&config_path, config_toml(dir.path(), &pki, up.addr, &extra)).unwrap();
+    // webapp rotates strictly here, so a second use of its refresh token is reuse at once.
+    let text = config_toml(dir.path(), &pki, up.addr, &extra).replacen(
+        "id = \"webapp\"\n",
+        "id = \"webapp\"\nrefresh_reuse_interval = \"0s\"\n",
+        1,
+    );
+    std::fs::write(&config_path, text).unwrap();
     let config = config_path.to_str().unwrap();
     let bin = Binary::spawn(&["--log-format", "json", "serve", "--config", config]);
     let listening = |scheme: &'static str| {

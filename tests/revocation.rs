@@ -77,8 +77,6 @@ async fn tokens_of_a_revoked_refresh_family_stay_refused_across_a_restart() {
 #[tokio::test]
 async fn a_deleted_or_disabled_clients_tokens_are_refused_at_once_cached_or_not() {
     let (_up, gw) = setup().await;
-    // Issue 19.4: a linked user must be an active [[user]] (ccr's "robot" is not one by default).
-    gw.rewrite_config(|t| format!("{t}\n[[user]]\nusername = \"robot\"\npassword_hash = \"{ALICE_HASH}\"\n"));
     let svc = gw.token("svc", SVC_SECRET, None).await;
     let linked = gw.token("linked", OTHER_SECRET, None).await;
     let never_presented = gw.token("linked", OTHER_SECRET, None).await;
