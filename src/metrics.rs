@@ -16,8 +16,12 @@ use arc_swap::ArcSwap;
 
 use crate::tokens::validate::CacheStats;
 
-/// Upper bounds (seconds) of the upstream latency buckets: up to 10 minutes, the longest
-/// `upstream_timeout` the config accepts, so a timeout never hides in `+Inf` alone.
+/// The last finite upstream latency bucket; a longer `upstream_timeout` is warned about by
+/// the config (its timeouts would be counted in `+Inf` only).
+pub const LONGEST_LATENCY_BUCKET: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Upper bounds (seconds) of the upstream latency buckets: up to [`LONGEST_LATENCY_BUCKET`],
+/// so the default `upstream_timeout` (30 s) and any up to 10 minutes has a bucket of its own.
 const LATENCY_BUCKETS: [f64; 18] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 

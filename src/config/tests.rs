@@ -330,3 +330,14 @@ fn warnings_carry_their_line_and_refusals_stay_refusals() {
         .unwrap_err();
     assert_eq!(e.line, 12, "{e}");
 }
+
+#[test]
+fn drain_delay_may_be_zero_and_a_timeout_past_the_last_latency_bucket_is_warned_about() {
+    let l = parse("[limits]\ndrain_delay = \"0s\"\n").unwrap().limits;
+    assert!(l.drain_delay.is_zero());
+    assert_eq!(parse("[limits]\ndrain_delay = \"5s\"\n").unwrap().limits.drain_delay.as_secs(), 5);
+    assert!(parse("[limits]\nupstream_timeout = \"10m\"\n").unwrap().warnings().is_empty());
+    let c = parse("[limits]\nupstream_timeout = \"11m\"\n").unwrap();
+    assert_eq!(c.warnings().iter().map(|w| w.line).collect::<Vec<_>>(), [9], "{:?}", c.warnings());
+    assert!(c.warnings()[0].reason.contains("+Inf"), "{:?}", c.warnings());
+}

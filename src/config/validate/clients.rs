@@ -122,14 +122,8 @@ impl Validator<'_> {
                 None => true,
             };
             // Zero is allowed here (strict reuse detection), unlike other durations.
-            let zero = |v: &Spanned<String>| {
-                let v = v.get_ref().trim();
-                v == "0" || humantime::parse_duration(v).is_ok_and(|d| d.is_zero())
-            };
-            let refresh_reuse_interval = match &c.refresh_reuse_interval {
-                Some(v) if zero(v) => Duration::ZERO,
-                v => self.duration(v, DEFAULT_REFRESH_REUSE_INTERVAL)?,
-            };
+            let refresh_reuse_interval =
+                self.duration_or_zero(&c.refresh_reuse_interval, DEFAULT_REFRESH_REUSE_INTERVAL)?;
             if c.introspect == Some(true) && auth == ClientAuth::Public {
                 return Err(self.err(span, "introspect = true needs a confidential client (RFC 7662 section 2.1)"));
             }

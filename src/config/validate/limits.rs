@@ -22,7 +22,7 @@ impl Validator<'_> {
             upstream_timeout: self.duration(&rl.upstream_timeout, Duration::from_secs(30))?,
             tls_handshake_timeout: self.duration(&rl.tls_handshake_timeout, Duration::from_secs(10))?,
             shutdown_grace: self.duration(&rl.shutdown_grace, Duration::from_secs(30))?,
-            drain_delay: self.duration(&rl.drain_delay, Duration::ZERO)?,
+            drain_delay: self.duration_or_zero(&rl.drain_delay, Duration::ZERO)?,
             max_connections: self.number(&rl.max_connections, 10_000)? as usize,
         };
         if limits.max_header_bytes < 8192
@@ -34,6 +34,14 @@ impl Validator<'_> {
             && let Some(v) = &rl.max_upstream_header_bytes
         {
             return Err(self.err(v.span(), "max_upstream_header_bytes must be at least 8192"));
+        }
+        if limits.upstream_timeout > crate::metrics::LONGEST_LATENCY_BUCKET
+            && let Some(v) = &rl.upstream_timeout
+        {
+            self.warn(
+                v.span(),
+                "upstream_timeout is longer than 10m, the last bucket of portcullis_upstream_latency_seconds: slower answers are counted in +Inf only",
+            );
         }
         Ok(limits)
     }

@@ -73,6 +73,19 @@ impl Validator<'_> {
         Ok(d)
     }
 
+    /// As [`Self::duration`], for settings where zero means "off" (`"0"` or `"0s"`).
+    fn duration_or_zero(&self, v: &Option<Spanned<String>>, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            Some(s)
+                if s.get_ref().trim() == "0"
+                    || humantime::parse_duration(s.get_ref().trim()).is_ok_and(|d| d.is_zero()) =>
+            {
+                Ok(Duration::ZERO)
+            }
+            v => self.duration(v, default),
+        }
+    }
+
     fn number(&self, v: &Option<Spanned<u64>>, default: u64) -> Result<u64, ConfigError> {
         match v {
             None => Ok(default),
