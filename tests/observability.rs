@@ -448,6 +448,21 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     assert_eq!((f["status"].as_u64(), f["complete"].as_bool()), (Some(200), Some(false)), "{f}");
     assert!(f["bytes_out"].as_u64().is_some_and(|n| n < 50_000_000), "{f}");
 
+    // A client that leaves before the upstream has answered: the request reached the
+    // upstream, so it is in the log too (as 499, nothing sent), not lost with its future.
+    let mut s = tokio::net::TcpStream::connect(&http).await.unwrap();
+    let req = format!("DELETE /slow/3000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    let line = bin
+        .wait_for("the unanswered line", |v| v["target"] == "portcullis::access" && v["fields"]["path"] == "/slow/3000")
+        .await;
+    let f = &line["fields"];
+    assert_eq!((f["status"].as_u64(), f["complete"].as_bool()), (Some(499), Some(false)), "{f}");
+    assert_eq!((f["method"].as_str(), f["bytes_out"].as_u64()), (Some("DELETE"), Some(0)), "{f}");
+    assert_eq!(f["route"].as_str(), Some("-"), "{f}");
+
     // No Rust debug formatting, and no secret, anywhere.
     for l in bin.raw() {
         assert!(!l.contains("Some(") && !l.contains("None"), "{l}");

@@ -120,6 +120,26 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     let req = Request::from_parts(parts, Counted { inner: body, count: received.clone() });
     let host = authority.as_ref().map(|a| a.header_value().clone());
+    // The access line is armed before the handler runs: a request never answered (the
+    // client went away, or shutdown cut it while the upstream was still thinking) is
+    // logged too, as 499 (nginx's "client closed request"), when its future is dropped.
+    let mut unanswered = Unanswered(
+        Some(Pending {
+            _in_flight: in_flight,
+            peer: peer.clone(),
+            client: source,
+            method: method.clone(),
+            uri: uri.clone(),
+            label: None,
+            outcome: Outcome::default(),
+            status: CLIENT_CLOSED,
+            latency_us: 0,
+            host,
+            request_id: request_id.clone(),
+            received,
+        }),
+        started,
+    );
     let ctx = Ctx { rt, peer, source, started, authority };
     // The route the metrics and the log name: ours by endpoint, a proxied one by its prefix.
     let (resp, outcome, label): (_, Outcome, Option<&'static str>) = match endpoint {
@@ -172,22 +192,15 @@ pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) 
     if let Some(value) = hsts {
         resp.headers_mut().insert(http::header::STRICT_TRANSPORT_SECURITY, value);
     }
-    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-    let line = Pending {
-        _in_flight: in_flight,
-        peer: peer.clone(),
-        client: source,
-        method,
-        uri,
-        label,
-        outcome,
-        status,
-        latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        host,
-        request_id,
-        received,
-    };
-    resp.map(|body| Logged { inner: body, sent: 0, line: Some(line) }.boxed())
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    let line = unanswered.0.take().map(|mut line| {
+        line.label = label;
+        line.outcome = outcome;
+        line.status = status;
+        line.latency_us = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        line
+    });
+    resp.map(|body| Logged { inner: body, sent: 0, line }.boxed())
 }
 
 /// The OAuth endpoint configured at exactly `path`, if any.
@@ -296,6 +309,22 @@ impl HttpBody for Counted {
     }
 }
 
+/// The status logged for a request whose future was dropped before it had an answer.
+const CLIENT_CLOSED: u16 = 499;
+
+/// The access line of a request still in its handler: written on drop, unless the handler
+/// finished and took it (it then travels with the response body, [`Logged`]).
+struct Unanswered(Option<Pending>, Instant);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(mut line) = self.0.take() {
+            line.latency_us = u64::try_from(self.1.elapsed().as_micros()).unwrap_or(u64::MAX);
+            line.write(0, false);
+        }
+    }
+}
+
 /// What the access line says, kept until the response body has been sent (or dropped).
 struct Pending {
     /// The in-flight gauge counts the request until its line is written.
@@ -326,7 +355,12 @@ impl Pending {
             method: self.method.as_str(),
             host: self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
             path: self.uri.path(),
-            route: self.label.or(o.route_prefix()).unwrap_or(metrics::UNMATCHED),
+            // A request left in its handler was not yet routed, as far as the line knows.
+            route: self.label.or(o.route_prefix()).unwrap_or(if self.status == CLIENT_CLOSED {
+                "-"
+            } else {
+                metrics::UNMATCHED
+            }),
             status: self.status,
             latency_us: self.latency_us,
             bytes_in: self.received.load(Ordering::Relaxed),
