@@ -299,6 +299,22 @@ fn check_refuses_what_is_certainly_wrong() {
 }
 
 #[test]
+fn refresh_reuse_interval_is_whole_seconds() {
+    let s = Setup::new();
+    // The stores count a rotation's time in whole seconds: a fraction would be rounded
+    // down in silence ("500ms" acting as "0s").
+    for bad in ["500ms", "1500ms", "1s 1ms", "999us"] {
+        let text = s.text("", &format!("{}refresh_reuse_interval = \"{bad}\"\n", client()));
+        s.refused(bad, &text, "refresh_reuse_interval", "counted in whole seconds");
+    }
+    for good in ["0", "0s", "1s", "2000ms", "1m"] {
+        let text = s.text("", &format!("{}refresh_reuse_interval = \"{good}\"\n", client()));
+        let (ok, _, stderr) = s.check(&text);
+        assert!(ok, "{good}: {stderr}");
+    }
+}
+
+#[test]
 fn check_warns_with_file_and_line_about_what_may_be_deliberate() {
     let s = Setup::new();
     let d = s.d();
