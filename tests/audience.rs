@@ -77,6 +77,8 @@ async fn resource_must_name_a_served_audience_exactly() {
         "/a-api",
         "https://evil.test/",
         "https://a.api.test/ ",
+        // RFC 8707 §2: an absolute URI; `resource=` is not "no resource" (the default).
+        "",
     ] {
         let form = [("grant_type", "client_credentials"), ("resource", bad)];
         let (st, v) = token_request(&gw, Some(("svc", SVC_SECRET)), &form).await;
@@ -97,7 +99,7 @@ async fn a_refresh_keeps_the_audience_of_its_grant() {
     assert_eq!(claims(&token_of(&v))["aud"], A);
     let refresh = v["refresh_token"].as_str().unwrap().to_string();
     // Widening to another audience (or the default) is refused, and spends nothing.
-    for other in [B, ISSUER] {
+    for other in [B, ISSUER, ""] {
         let form = [("grant_type", "refresh_token"), ("refresh_token", &refresh), ("resource", other)];
         let (st, v) = token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await;
         assert_eq!((st, v["error"].as_str()), (400, Some("invalid_target")), "{other}: {v}");
@@ -152,12 +154,14 @@ async fn authorize_binds_the_resource_to_the_code() {
     assert_eq!(status(&gw, "/a-api/x", &t).await.0, 200);
     assert_eq!(status(&gw, "/b-api/x", &t).await.0, 401);
 
-    // An unknown resource goes back to the client as invalid_target.
-    let mut query = bare_spa_query();
-    query.push(("resource", "https://evil.test/"));
-    let page = Browser::new(&gw).get(&authorize_url(&gw, &query)).await;
-    assert_eq!(page.status, 302, "{}", page.body);
-    assert_eq!(page.location_param("error").as_deref(), Some("invalid_target"));
+    // An unknown or empty resource goes back to the client as invalid_target.
+    for bad in ["https://evil.test/", ""] {
+        let mut query = bare_spa_query();
+        query.push(("resource", bad));
+        let page = Browser::new(&gw).get(&authorize_url(&gw, &query)).await;
+        assert_eq!(page.status, 302, "{bad:?}: {}", page.body);
+        assert_eq!(page.location_param("error").as_deref(), Some("invalid_target"), "{bad:?}");
+    }
 }
 
 #[tokio::test]

@@ -299,6 +299,111 @@ fn check_refuses_what_is_certainly_wrong() {
 }
 
 #[test]
+fn refresh_reuse_interval_is_whole_seconds() {
+    let s = Setup::new();
+    // The stores count a rotation's time in whole seconds: a fraction would be rounded
+    // down in silence ("500ms" acting as "0s").
+    for bad in ["500ms", "1500ms", "1s 1ms", "999us"] {
+        let text = s.text("", &format!("{}refresh_reuse_interval = \"{bad}\"\n", client()));
+        s.refused(bad, &text, "refresh_reuse_interval", "counted in whole seconds");
+    }
+    for good in ["0", "0s", "1s", "2000ms", "1m"] {
+        let text = s.text("", &format!("{}refresh_reuse_interval = \"{good}\"\n", client()));
+        let (ok, _, stderr) = s.check(&text);
+        assert!(ok, "{good}: {stderr}");
+    }
+}
+
+#[test]
+fn an_issuer_path_must_be_in_normal_form() {
+    let s = Setup::new();
+    // The endpoints are served under the issuer's path byte for byte, while request paths
+    // that need normalising are refused before routing: the issuer's path must not need it.
+    for (bad, reason) in [
+        ("http://h/a/../tenant1", "dot segment"),
+        ("http://h/tenant1/.", "dot segment"),
+        ("http://h/..././tenant1", "dot segment"),
+        ("http://h/./tenant1", "dot segment"),
+        ("http://h/tenant1//x", "empty segment"),
+        ("http://h//tenant1", "empty segment"),
+        ("http://h/tenant1//", "empty segment"),
+        ("http://h//", "empty segment"),
+        ("http://h/ten%2Fant1", "percent-encoding"),
+        ("http://h/ten%2fant1", "percent-encoding"),
+        ("http://h/%74enant1", "percent-encoding"),
+        ("http://h/%2e%2e/tenant1", "percent-encoding"),
+        ("http://h/ten ant", "space"),
+        ("http://h/ten\\\\ant", "outside letters"),
+        ("http://h/ten;v=1", "outside letters"),
+        ("http://h/ten\\\"ant", "outside letters"),
+        ("http://h/tenänt", "outside letters"),
+        ("http://h/ten<ant>", "outside letters"),
+    ] {
+        let text = s.text("", "").replacen("issuer = \"https://auth.test\"", &format!("issuer = \"{bad}\""), 1);
+        s.refused(bad, &text, "issuer = ", reason);
+    }
+    for good in ["http://h", "http://h/", "http://h/tenant1", "http://h/tenant1/", "http://h/a/b-c_d.e~f/g:h@i"] {
+        let text = s.text("", "").replacen("issuer = \"https://auth.test\"", &format!("issuer = \"{good}\""), 1);
+        let (ok, _, stderr) = s.check(&text);
+        assert!(ok, "{good}: {stderr}");
+    }
+}
+
+#[test]
+fn no_two_endpoints_share_a_served_path() {
+    let s = Setup::new();
+    let tenant = |endpoints: &str| {
+        s.text("", &format!("\n[endpoints]\n{endpoints}\n")).replacen(
+            "issuer = \"https://auth.test\"",
+            "issuer = \"http://127.0.0.1/tenant1\"",
+            1,
+        )
+    };
+    for (endpoints, needle, reason) in [
+        // The plain token path is the revocation endpoint the metadata advertises.
+        ("token = \"/tenant1/oauth/revoke\"", "token = ", "token and revoke endpoints would both be served"),
+        // The JWK Set at the RFC 8414 metadata URL (appended form) ...
+        (
+            "jwks = \"/tenant1/.well-known/oauth-authorization-server\"",
+            "jwks = ",
+            "jwks and metadata endpoints would both be served",
+        ),
+        // ... and at the path-inserted form.
+        (
+            "jwks = \"/.well-known/oauth-authorization-server/tenant1\"",
+            "jwks = ",
+            "jwks and metadata endpoints would both be served",
+        ),
+        // A prefixed path equal to another's plain one.
+        (
+            "introspect = \"/i\"\nrevoke = \"/tenant1/i\"",
+            "revoke = ",
+            "revoke and introspect endpoints would both be served",
+        ),
+        // Under the RFC 9728 protected-resource metadata prefix.
+        ("jwks = \"/.well-known/oauth-protected-resource\"", "jwks = ", "protected-resource metadata"),
+        ("token = \"/.well-known/oauth-protected-resource/x\"", "token = ", "protected-resource metadata"),
+    ] {
+        s.refused(endpoints, &tenant(endpoints), needle, reason);
+    }
+    // Without an issuer path the prefixed forms do not exist: the same paths are fine.
+    let plain = s.text("", "\n[endpoints]\ntoken = \"/tenant1/oauth/revoke\"\n");
+    assert!(s.check(&plain).0);
+
+    // `check` prints every path an endpoint is served at, the issuer-prefixed ones too.
+    let (ok, stdout, stderr) = s.check(&tenant(""));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("token     POST /oauth/token /tenant1/oauth/token\n"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "metadata  GET  /.well-known/oauth-authorization-server /tenant1/.well-known/oauth-authorization-server \
+             /.well-known/oauth-authorization-server/tenant1\n"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_warns_with_file_and_line_about_what_may_be_deliberate() {
     let s = Setup::new();
     let d = s.d();

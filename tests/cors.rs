@@ -161,3 +161,35 @@ async fn a_bad_origin_in_the_config_is_refused_with_its_line() {
         assert!(e.contains("t.toml:") && e.contains("cors_origins"), "{bad}: {e}");
     }
 }
+
+/// The gateway answers no CORS for the APIs behind routes, and a preflight on a protected
+/// route is 401 (it carries no token). The documented way out: a public route on the same
+/// prefix for `OPTIONS` alone, so the upstream answers the preflight; every other method
+/// still needs a token.
+#[tokio::test]
+async fn a_public_options_route_lets_the_upstream_answer_preflights_only() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let mut text = config_toml(dir.path(), &pki, up.addr, "");
+    text.push_str(&format!(
+        "\n[[route]]\nprefix = \"/orders\"\nupstream = \"http://{0}\"\nscopes = [\"read\"]\n\
+         \n[[route]]\nprefix = \"/orders\"\nupstream = \"http://{0}\"\npublic = true\nmethods = [\"OPTIONS\"]\n",
+        up.addr
+    ));
+    let gw = TestGateway::start_text(dir, pki, &text).await;
+    for client in [gw.client(), https_client(&gw.pki.ca_pem, true)] {
+        let resp = preflight(&client, &gw.url("/orders/1"), &[SPA]).await;
+        assert_eq!(resp.status(), 200, "the upstream answers the preflight");
+        let resp = preflight(&client, &gw.url("/api/x"), &[SPA]).await;
+        assert_eq!(resp.status(), 401, "a protected route without the OPTIONS route");
+        assert_eq!(header(&resp, "access-control-allow-origin"), None);
+        for method in [reqwest::Method::GET, reqwest::Method::POST, reqwest::Method::DELETE] {
+            let resp = client.request(method.clone(), gw.url("/orders/1")).header("origin", SPA).send().await.unwrap();
+            assert_eq!(resp.status(), 401, "{method}");
+        }
+        let token = svc_token(&gw).await;
+        let resp = client.get(gw.url("/orders/1")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}

@@ -725,6 +725,13 @@ async fn a_malformed_bearer_header_is_400_invalid_request() {
             "Bearer ===",
             "Bearer tok\"en",
             "Bearer a;b",
+            // RFC 7235 §2.1: only SP follows the scheme; a tab or a comma is a Bearer
+            // header written wrong, not another scheme.
+            "Bearer\tabc",
+            "bearer\t\tabc",
+            "Bearer\t abc",
+            "Bearer,abc",
+            "Bearer:abc",
         ] {
             let resp = client.get(gw.url("/api/x")).header("authorization", value).send().await.unwrap();
             let (status, www, v) = refused(resp).await;
@@ -733,7 +740,14 @@ async fn a_malformed_bearer_header_is_400_invalid_request() {
             assert_eq!(www.as_deref(), Some("Bearer realm=\"portcullis\", error=\"invalid_request\""), "{value:?}");
         }
         // No header, or another scheme: 401 with a bare challenge, no error code.
-        for value in [None, Some("Basic c3ZjOng="), Some("Bearerx abc"), Some("Token abc")] {
+        for value in [
+            None,
+            Some("Basic c3ZjOng="),
+            Some("Basic\tx"),
+            Some("Bearerx abc"),
+            Some("Bearer-x\tabc"),
+            Some("Token abc"),
+        ] {
             let mut req = client.get(gw.url("/api/x"));
             if let Some(v) = value {
                 req = req.header("authorization", v);
@@ -746,6 +760,12 @@ async fn a_malformed_bearer_header_is_400_invalid_request() {
     let token = svc_token(&gw).await;
     let resp = gw.client().get(gw.url("/api/x")).header("authorization", format!("Bearer   {token}")).send().await;
     assert_eq!(resp.unwrap().status(), 200);
+    // A valid token behind a tab is still refused: the header is malformed, whatever follows.
+    for client in [gw.client(), https_client(&gw.pki.ca_pem, true)] {
+        let resp = client.get(gw.url("/api/x")).header("authorization", format!("Bearer\t{token}")).send().await;
+        let (status, _, v) = refused(resp.unwrap()).await;
+        assert_eq!((status, v["error"].as_str()), (400, Some("invalid_request")));
+    }
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 pub use crate::reload;
 pub use model::{
     Access, Admin, Client, ClientAuth, Config, GrantType, IdentityHeaders, KeyAlgorithm, KeyConfig, Limits, Listener,
-    Quota, RateLimits, Route, StoreConfig, TlsFiles, Upstream, User, split_scopes,
+    Quota, RESOURCE_METADATA_PATH, RateLimits, Route, StoreConfig, TlsFiles, Upstream, User, split_scopes,
 };
 
 /// A configuration that was refused: where, and why.

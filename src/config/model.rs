@@ -392,8 +392,29 @@ impl Config {
     /// empty for none: the OAuth endpoints are served under it too (RFC 8414 §3.1).
     /// Validation refused an issuer with a query or fragment, so all after the host is path.
     pub fn issuer_path(&self) -> &str {
-        let after_scheme = self.issuer.split_once("://").map_or("", |(_, rest)| rest);
-        after_scheme.find('/').map_or("", |i| after_scheme[i..].trim_end_matches('/'))
+        issuer_path_of(&self.issuer)
+    }
+
+    /// Every path the gateway answers itself, with the `[endpoints]` key that serves it,
+    /// in the order dispatch tries them: the configured paths, then (with an issuer path)
+    /// the same under it, then the metadata at the path-inserted well-known URL (RFC 8414
+    /// §3.1). Validation refused a path served by two endpoints, so each path has one.
+    pub fn served_paths(&self) -> Vec<(&'static str, String)> {
+        let plain = [
+            ("token", &self.token_path),
+            ("authorize", &self.authorize_path),
+            ("revoke", &self.revoke_path),
+            ("introspect", &self.introspect_path),
+            ("metadata", &self.metadata_path),
+            ("jwks", &self.jwks_path),
+        ];
+        let mut out: Vec<(&'static str, String)> = plain.iter().map(|(k, p)| (*k, p.to_string())).collect();
+        let prefix = self.issuer_path();
+        if !prefix.is_empty() {
+            out.extend(plain.iter().map(|(k, p)| (*k, format!("{prefix}{p}"))));
+            out.push(("metadata", format!("{}{prefix}", self.metadata_path)));
+        }
+        out
     }
 
     /// The `aud` of every token issued, and the one accepted.
@@ -433,3 +454,13 @@ pub fn split_scopes(s: &str) -> Vec<String> {
     }
     out
 }
+
+/// The path of `issuer` without its trailing `/`, empty for none (see [`Config::issuer_path`]).
+pub(crate) fn issuer_path_of(issuer: &str) -> &str {
+    let after_scheme = issuer.split_once("://").map_or("", |(_, rest)| rest);
+    after_scheme.find('/').map_or("", |i| after_scheme[i..].trim_end_matches('/'))
+}
+
+/// RFC 9728 §3.1: protected-resource metadata is served under this well-known prefix
+/// (by audience and host, so no endpoint path may fall under it).
+pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";

@@ -15,12 +15,16 @@ impl Config {
         for l in &config.listeners {
             writeln!(out, "listener  {} ({})", l.address, if l.tls { "https" } else { "http" })?;
         }
-        writeln!(out, "token     POST {}", config.token_path)?;
-        writeln!(out, "authorize GET  {} (login and consent pages)", config.authorize_path)?;
-        writeln!(out, "revoke    POST {}", config.revoke_path)?;
-        writeln!(out, "introspect POST {}", config.introspect_path)?;
-        writeln!(out, "metadata  GET  {}", config.metadata_path)?;
-        writeln!(out, "jwks      GET  {}", config.jwks_path)?;
+        // Each endpoint at every path it is served at (under the issuer's path too).
+        let served = config.served_paths();
+        let at =
+            |key: &str| served.iter().filter(|(k, _)| *k == key).map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(" ");
+        writeln!(out, "token     POST {}", at("token"))?;
+        writeln!(out, "authorize GET  {} (login and consent pages)", at("authorize"))?;
+        writeln!(out, "revoke    POST {}", at("revoke"))?;
+        writeln!(out, "introspect POST {}", at("introspect"))?;
+        writeln!(out, "metadata  GET  {}", at("metadata"))?;
+        writeln!(out, "jwks      GET  {}", at("jwks"))?;
         match &config.admin {
             Some(a) => writeln!(out, "admin     {} (http: /healthz /readyz /metrics)", a.address)?,
             None => writeln!(out, "admin     disabled")?,

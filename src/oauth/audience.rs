@@ -12,9 +12,10 @@ use crate::config::Config;
 
 /// The audience `resource` asks for: `None` when absent (the default audience). A value
 /// that is not an absolute URI without fragment, or that no route serves, is
-/// `invalid_target` (RFC 8707 §2).
+/// `invalid_target` (RFC 8707 §2); so is `resource=` (empty is no URI, and reading it as
+/// absent would hand out the default audience to a client that asked for another).
 pub fn requested(config: &Config, params: &Params) -> Result<Option<String>, OAuthError> {
-    let Some(resource) = params.get("resource") else { return Ok(None) };
+    let Some(resource) = params.get_even_empty("resource") else { return Ok(None) };
     check(config, resource).map(|a| Some(a.to_string()))
 }
 
@@ -34,7 +35,7 @@ pub fn within_grant(config: &Config, bound: Option<&str>, params: &Params) -> Re
     if let Some(b) = bound {
         check(config, b)?;
     }
-    match params.get("resource") {
+    match params.get_even_empty("resource") {
         None => Ok(bound.map(str::to_string)),
         Some(r) if r == bound.unwrap_or(config.audience()) => Ok(bound.map(str::to_string)),
         Some(_) => Err(OAuthError::InvalidTarget),
@@ -88,6 +89,7 @@ audience = "https://api-a.example/"
             "api-a.example/",
             "/a",
             "https://other.example/",
+            "",
         ] {
             let body = format!("resource={}", form_urlencoded::byte_serialize(bad.as_bytes()).collect::<String>());
             assert_eq!(requested(&c, &params(&body)), Err(OAuthError::InvalidTarget), "{bad}");
@@ -106,5 +108,7 @@ audience = "https://api-a.example/"
         assert_eq!(within_grant(&c, None, &params("resource=https://default.example")), Ok(None));
         assert_eq!(within_grant(&c, None, &params("resource=https://api-a.example/")), Err(OAuthError::InvalidTarget));
         assert_eq!(within_grant(&c, Some("https://gone.example/"), &params("")), Err(OAuthError::InvalidTarget));
+        assert_eq!(within_grant(&c, a, &params("resource=")), Err(OAuthError::InvalidTarget));
+        assert_eq!(within_grant(&c, None, &params("resource=")), Err(OAuthError::InvalidTarget));
     }
 }

@@ -112,7 +112,7 @@ pub fn document(config: &Config) -> Value {
 }
 
 /// Where RFC 9728 protected-resource metadata is served: this, then the resource's path.
-pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+pub use crate::config::RESOURCE_METADATA_PATH;
 
 /// RFC 9728 §3: the metadata of the protected resource whose identifier (an audience:
 /// the default or a route's) has host `host` and a path that, inserted after the

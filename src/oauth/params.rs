@@ -19,6 +19,12 @@ impl Params {
         self.map.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
+    /// The value as sent, an empty one included: for the parameter whose empty form is
+    /// itself an error rather than an omission (`resource`, RFC 8707 §2: an absolute URI).
+    pub fn get_even_empty(&self, name: &str) -> Option<&str> {
+        self.map.get(name).map(String::as_str)
+    }
+
     /// The value of a required parameter, or the error that names it.
     pub fn require(&self, name: &'static str) -> Result<&str, OAuthError> {
         self.get(name).ok_or(OAuthError::InvalidRequest(BadRequest::Missing(name)))

@@ -36,10 +36,17 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
     }
     let value = value.to_str().map_err(|_| ProxyError::MalformedRequest("Authorization header is not ASCII"))?;
     let value = value.trim_matches([' ', '\t']);
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    // The scheme is the leading run of tchars (RFC 9110 §5.6.2); `Bearerx` is another
+    // scheme, but `Bearer` followed by anything other than SP (a tab, a comma...) is a
+    // Bearer header written wrong (RFC 7235 §2.1: `auth-scheme [ 1*SP ... ]`).
+    let scheme_len = value.bytes().position(|b| !is_tchar(b)).unwrap_or(value.len());
+    let (scheme, rest) = value.split_at(scheme_len);
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ProxyError::MissingToken);
     }
+    let Some(rest) = rest.strip_prefix(' ').or(rest.is_empty().then_some("")) else {
+        return Err(ProxyError::MalformedRequest("Bearer must be followed by a space"));
+    };
     let token = rest.trim_start_matches(' ');
     if token.is_empty() {
         return Err(ProxyError::MalformedRequest("Bearer without a token"));
@@ -50,6 +57,11 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
         return Err(ProxyError::MalformedRequest("the bearer token is not a b64token"));
     }
     Ok(token)
+}
+
+/// RFC 9110 §5.6.2 tchar: the bytes of a token such as an auth-scheme.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 pub async fn authenticate(gw: &Gateway, rt: &Runtime, headers: &HeaderMap) -> Result<Arc<Principal>, ProxyError> {

@@ -124,6 +124,19 @@ impl Validator<'_> {
             // Zero is allowed here (strict reuse detection), unlike other durations.
             let refresh_reuse_interval =
                 self.duration_or_zero(&c.refresh_reuse_interval, DEFAULT_REFRESH_REUSE_INTERVAL)?;
+            // The stores keep a rotation's time in whole seconds: "500ms" would act as "0s"
+            // and "1500ms" as "1s", so a fraction is refused rather than silently rounded.
+            if let Some(r) = &c.refresh_reuse_interval
+                && refresh_reuse_interval.subsec_nanos() != 0
+            {
+                return Err(self.err(
+                    r.span(),
+                    format!(
+                        "refresh_reuse_interval is counted in whole seconds: {:?} is not (write e.g. \"2s\")",
+                        r.get_ref()
+                    ),
+                ));
+            }
             if c.introspect == Some(true) && auth == ClientAuth::Public {
                 return Err(self.err(span, "introspect = true needs a confidential client (RFC 7662 section 2.1)"));
             }

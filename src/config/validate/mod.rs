@@ -7,6 +7,7 @@ mod clients;
 mod keys;
 mod limits;
 mod listeners;
+mod paths;
 mod routes;
 mod store;
 
@@ -134,6 +135,7 @@ impl Validator<'_> {
         if issuer.contains(['?', '#']) || !issuer_url.username().is_empty() || issuer_url.password().is_some() {
             return Err(self.err(raw.issuer.span(), "issuer must have no query, fragment or credentials"));
         }
+        self.issuer_path(&issuer, &issuer_url, raw.issuer.span())?;
         let audience = match &raw.audience {
             Some(a) if a.get_ref().trim().is_empty() => return Err(self.err(a.span(), "audience must not be empty")),
             Some(a) => a.get_ref().trim().to_string(),
@@ -180,7 +182,7 @@ impl Validator<'_> {
         let routes = self.routes(&raw.routes)?;
         self.unobtainable_route_scopes(&raw.routes, &clients);
 
-        Ok(Config {
+        let config = Config {
             source: self.file.to_path_buf(),
             issuer,
             audience,
@@ -212,8 +214,10 @@ impl Validator<'_> {
             store_sweep_interval: self.duration(&raw_store.sweep_interval, Duration::from_secs(60))?,
             store_line,
             rate_limit: self.rate_limit(&raw.rate_limit)?,
-            warnings: self.warnings.take(),
-        })
+            warnings: Vec::new(),
+        };
+        self.served_paths(&config, &raw.endpoints, raw.issuer.span())?;
+        Ok(Config { warnings: self.warnings.take(), ..config })
     }
 }
 
