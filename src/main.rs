@@ -136,33 +136,46 @@ fn serve(path: PathBuf, threads: Option<u16>, format: LogFormat) -> ExitCode {
             tracing::info!(address = %addr, "admin listening (/healthz, /readyz, /metrics)");
         }
         tracing::info!(config = %path.display(), "reloads on SIGHUP and when the config or TLS files change");
-        server.run(shutdown_signal()).await;
+        let signals = stop_signals();
+        let mut second = signals.clone();
+        let mut first = signals;
+        let shutdown = async move {
+            let _ = first.wait_for(|n| *n >= 1).await;
+        };
+        let hurry = async move {
+            let _ = second.wait_for(|n| *n >= 2).await;
+        };
+        server.run(shutdown, hurry).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on SIGTERM or ctrl-c.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+/// Counts SIGTERM and ctrl-c (SIGINT): the first starts the drain, the second cuts it short.
+fn stop_signals() -> tokio::sync::watch::Receiver<u32> {
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            #[cfg(unix)]
+            let got = match term.as_mut() {
+                Some(term) => tokio::select! {
+                    t = term.recv() => t.is_some(),
+                    c = tokio::signal::ctrl_c() => c.is_ok(),
+                },
+                None => tokio::signal::ctrl_c().await.is_ok(),
+            };
+            #[cfg(not(unix))]
+            let got = tokio::signal::ctrl_c().await.is_ok();
+            if !got {
+                // No more signals can arrive: keep the count where it is.
+                std::future::pending::<()>().await;
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            tx.send_modify(|n| *n = n.saturating_add(1));
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    });
+    rx
 }
 
 /// Refuses what `serve` would refuse: the file itself, then what it names (key, TLS and

@@ -375,6 +375,33 @@ async fn sigterm_drains_then_closes_and_counts_what_the_grace_period_cuts() {
     assert!(!matches!(slow, Ok(200)), "the cut request did not complete: {slow:?}");
 }
 
+/// A second stop signal means now: a drain delay and a grace period of an hour each end at
+/// once, and the request still running is cut (and logged as such).
+#[tokio::test]
+async fn a_second_stop_signal_ends_the_drain_and_the_grace_period_at_once() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, up.addr, "")
+        .replace("[limits]\n", "[limits]\ndrain_delay = \"1h\"\nshutdown_grace = \"1h\"\n")
+        .replace("upstream_timeout = \"2s\"", "upstream_timeout = \"60s\"");
+    let gw = Spawned::start(dir.path(), &pki, &text).await;
+    let token = gw.token().await;
+    let slow = {
+        let (client, url, token) = (gw.client.clone(), gw.url("/slow/60000"), token.clone());
+        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16()) })
+    };
+    wait_until("the slow request to reach the upstream", || async { accepted(&up) >= 1 }).await;
+    gw.bin.signal(libc::SIGTERM);
+    gw.bin.wait_for("draining: /readyz answers 503; still accepting until the drain delay ends").await;
+    gw.bin.signal(libc::SIGINT);
+    gw.bin.wait_for("second stop signal: ending the drain delay and the grace period now").await;
+    let cut = gw.bin.wait_for("grace period over; cutting the requests still running").await;
+    assert_eq!(cut["requests"], 1, "{cut}");
+    gw.bin.wait_for("stopped").await;
+    assert!(!matches!(slow.await.unwrap(), Ok(200)));
+}
+
 /// In process: the cut requests are counted in `portcullis_requests_cut_total`, and a
 /// streamed response still running counts as a request in flight.
 #[tokio::test]

@@ -340,4 +340,8 @@ fn drain_delay_may_be_zero_and_a_timeout_past_the_last_latency_bucket_is_warned_
     let c = parse("[limits]\nupstream_timeout = \"11m\"\n").unwrap();
     assert_eq!(c.warnings().iter().map(|w| w.line).collect::<Vec<_>>(), [9], "{:?}", c.warnings());
     assert!(c.warnings()[0].reason.contains("+Inf"), "{:?}", c.warnings());
+    assert!(parse("[limits]\ndrain_delay = \"10m\"\n").unwrap().warnings().is_empty());
+    let c = parse("[limits]\ndrain_delay = \"100000d\"\n").unwrap();
+    assert_eq!(c.warnings().iter().map(|w| w.line).collect::<Vec<_>>(), [9], "{:?}", c.warnings());
+    assert!(c.warnings()[0].reason.contains("second SIGTERM"), "{:?}", c.warnings());
 }

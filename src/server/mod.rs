@@ -105,8 +105,9 @@ impl Server {
     /// Serve until `shutdown` completes, then drain: /readyz answers 503 at once, the
     /// listeners keep accepting for `[limits] drain_delay` (so balancers notice first), then
     /// stop; in-flight requests get `shutdown_grace` to finish, and those still running
-    /// after it are cut off, logged and counted.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// after it are cut off, logged and counted. `hurry` (a second stop signal) ends the
+    /// drain delay and the grace period at once: an operator who asks twice means now.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, hurry: impl Future<Output = ()>) {
         let limits = self.gateway.runtime().config.limits.clone();
         let graceful = Arc::new(GracefulShutdown::new());
         let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -145,9 +146,17 @@ impl Server {
         self.gateway.set_serving(false);
         // Read now, not at start: a reload may have changed it.
         let drain = self.gateway.runtime().config.limits.drain_delay;
+        tokio::pin!(hurry);
+        let mut hurried = false;
         if !drain.is_zero() {
             tracing::info!(drain_delay = %humantime::format_duration(drain), "draining: /readyz answers 503; still accepting until the drain delay ends");
-            tokio::time::sleep(drain).await;
+            tokio::select! {
+                _ = tokio::time::sleep(drain) => {}
+                _ = &mut hurry => {
+                    hurried = true;
+                    tracing::warn!("second stop signal: ending the drain delay and the grace period now");
+                }
+            }
         }
         sweeper.abort();
         follower.abort();
@@ -162,12 +171,20 @@ impl Server {
             tracing::error!("shutdown coordinator still shared; not waiting for connections");
             return;
         };
-        if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+        let grace = if hurried { Duration::ZERO } else { limits.shutdown_grace };
+        let finished = tokio::select! {
+            done = tokio::time::timeout(grace, graceful.shutdown()) => done.is_ok(),
+            _ = &mut hurry, if !hurried => {
+                tracing::warn!("second stop signal: ending the grace period now");
+                false
+            }
+        };
+        if !finished {
             let cut = self.gateway.in_flight();
             self.gateway.cut(cut);
             tracing::warn!(
                 requests = cut,
-                grace = %humantime::format_duration(limits.shutdown_grace),
+                grace = %humantime::format_duration(grace),
                 "grace period over; cutting the requests still running"
             );
             let _ = cut_tx.send(true);

@@ -423,9 +423,12 @@ impl TestGateway {
         let admin = server.admin_addr().expect("the test config enables [admin]");
         let gateway = server.gateway();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(server.run(
+            async move {
+                let _ = rx.await;
+            },
+            std::future::pending(),
+        ));
         TestGateway { dir, pki, https, http, admin, gateway, config_path, stop: Some(stop), task: Some(task) }
     }
 

@@ -43,6 +43,16 @@ impl Validator<'_> {
                 "upstream_timeout is longer than 10m, the last bucket of portcullis_upstream_latency_seconds: slower answers are counted in +Inf only",
             );
         }
+        // A balancer notices a failing health check within seconds to a minute; a longer
+        // delay only keeps a stopping process alive (a second signal still ends it).
+        if limits.drain_delay > Duration::from_secs(600)
+            && let Some(v) = &rl.drain_delay
+        {
+            self.warn(
+                v.span(),
+                "drain_delay is longer than 10m: a stop waits that long before it closes the listeners (a second SIGTERM or ctrl-c ends it)",
+            );
+        }
         Ok(limits)
     }
 
