@@ -138,6 +138,7 @@ tls = false
 
 [admin]
 address = "127.0.0.1:{admin}"
+api_key_hash = "{OTHER_HASH}"
 
 [store]
 kind = "redis"
@@ -372,6 +373,66 @@ async fn csrf_tokens_and_a_disabled_user_hold_across_replicas() {
     assert!(dead.is_some(), "a disabled user's cached token still works on a replica");
     let (status, v) = c.refresh(&c.b, &rt).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+}
+
+/// Issue 16.5: a block made through one replica's admin listener stops the token on the
+/// other within the bound of a revocation (cached there or not), a replica started later
+/// loads it from the store, and an unblock reaches every replica the same way.
+#[tokio::test]
+async fn a_block_on_one_replica_stops_the_token_on_the_others() {
+    let Some(c) = cluster().await else { return };
+    let (alice, _) = c.password_tokens(&c.a).await;
+    let (status, v) = c.token(&c.a, &[("grant_type", "client_credentials")], Some(("svc", SVC_SECRET))).await;
+    assert_eq!(status, 200, "{v}");
+    let svc = v["access_token"].as_str().unwrap().to_string();
+    for r in [&c.a, &c.b] {
+        assert_eq!((c.get_api(r, &alice).await, c.get_api(r, &svc).await), (200, 200), "cached on both");
+    }
+    let admin = async |r: &Replica, method: &str, body: Value| {
+        let resp = c
+            .http
+            .request(method.parse().unwrap(), r.admin_url("/blocks"))
+            .bearer_auth(OTHER_SECRET)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    };
+
+    assert_eq!(admin(&c.a, "POST", serde_json::json!({"sub": "alice"})).await, 201);
+    let took = within(Duration::from_secs(1), async || c.get_api(&c.b, &alice).await == 401).await;
+    assert!(took.is_some(), "replica b still accepts a blocked subject after 1 s; log b:\n{}", c.log("b"));
+    assert_eq!(c.get_api(&c.b, &svc).await, 200, "another subject");
+    let jti = claims(&svc)["jti"].as_str().unwrap().to_string();
+    assert_eq!(admin(&c.b, "POST", serde_json::json!({"jti": jti})).await, 201);
+    let took = within(Duration::from_secs(1), async || c.get_api(&c.a, &svc).await == 401).await;
+    assert!(took.is_some(), "replica a still accepts a blocked jti after 1 s");
+
+    // A replica that starts now loads both from the store before serving.
+    let late = Replica::start(c.dir.path(), "late", &c.redis, c._up.addr);
+    assert_eq!((c.get_api(&late, &alice).await, c.get_api(&late, &svc).await), (401, 401));
+    let listed: Value =
+        c.http.get(late.admin_url("/blocks")).bearer_auth(OTHER_SECRET).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["blocks"].as_array().map(Vec::len), Some(2), "{listed}");
+
+    assert_eq!(admin(&c.b, "DELETE", serde_json::json!({"sub": "alice"})).await, 200);
+    for (name, r) in [("a", &c.a), ("late", &late)] {
+        let took = within(Duration::from_secs(1), async || c.get_api(r, &alice).await == 200).await;
+        assert!(took.is_some(), "replica {name} still refuses an unblocked subject after 1 s");
+    }
+    assert_eq!(c.get_api(&late, &svc).await, 401, "the jti block stays");
+
+    // The audit trail: a WARN security event on the replica that took the request, no token
+    // (log lines are written in batches: wait for them).
+    let logged = async |name: &str, what: &str| {
+        within(Duration::from_secs(5), async || c.log(name).contains(what)).await.is_some()
+    };
+    assert!(logged("a", "block_added").await && logged("b", "block_removed").await);
+    let log = c.log("a");
+    let line = log.lines().find(|l| l.contains("block_added")).unwrap_or_else(|| panic!("no block_added in:\n{log}"));
+    assert!(line.contains("WARN") && line.contains("security_event"), "{line}");
+    assert!(!log.contains(&alice) && !log.contains(&svc), "a token reached the log");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, StoreError, StoredRefresh, TakeCode,
+    Block, BlockKey, CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, StoreError,
+    StoredRefresh, TakeCode,
 };
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -41,6 +42,8 @@ const HEALTH: Table = TableDefinition::new("health");
 /// client id → unix time at or before which its tokens are void (never swept: one small
 /// record per client ever disabled).
 const CLIENT_NOT_BEFORE: Table = TableDefinition::new("client_not_before");
+/// Operator blocks: the block key's JSON → the block's JSON (swept once lapsed).
+const BLOCKS: Table = TableDefinition::new("blocks");
 
 /// How long a used code is remembered so that a replay can be detected and punished.
 const USED_CODE_MEMORY_SECS: u64 = 600;
@@ -295,7 +298,7 @@ fn open_family_in(txn: &WriteTransaction, family: &str, expires_at: u64) -> Resu
 /// Create every table up front so that readers never see a missing table.
 fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(storage)?;
-    for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS, CLIENT_NOT_BEFORE] {
+    for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS, CLIENT_NOT_BEFORE, BLOCKS] {
         txn.open_table(table).map_err(storage)?;
     }
     txn.commit().map_err(storage)
@@ -649,6 +652,37 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn put_block(&self, block: Block) -> Result<(), StoreError> {
+        self.write(move |txn| put(txn, BLOCKS, &encode(&block.key)?, &block)).await
+    }
+
+    async fn delete_block(&self, key: &BlockKey) -> Result<bool, StoreError> {
+        let key = encode(key)?;
+        self.write(move |txn| {
+            let mut t = txn.open_table(BLOCKS).map_err(storage)?;
+            let removed = t.remove(key.as_slice()).map_err(storage)?.is_some();
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn blocks(&self, now: u64) -> Result<Vec<Block>, StoreError> {
+        self.read_txn(move |txn| {
+            let t = txn.open_table(BLOCKS).map_err(storage)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(storage)? {
+                let (_, v) = row.map_err(storage)?;
+                // An unreadable block fails the load: silently dropping it would unblock.
+                let block: Block = decode(v.value())?;
+                if block.live(now) {
+                    out.push(block);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Also where a failed handle heals while no write comes (readiness probes, scrapes).
     /// After a failure, and until a write succeeded, the probe is a write.
     async fn ping(&self) -> Result<(), StoreError> {
@@ -688,6 +722,7 @@ impl Store for EmbeddedStore {
             sweep(FAMILIES, &|v| decode::<Family>(v).is_ok_and(|f| f.expires_at <= now))?;
             sweep(REVOKED, &|v| decode::<u64>(v).is_ok_and(|exp| exp <= now))?;
             sweep(SESSIONS, &|v| decode::<Session>(v).is_ok_and(|s| s.expires_at <= now))?;
+            sweep(BLOCKS, &|v| decode::<Block>(v).is_ok_and(|b| !b.live(now)))?;
             Ok(removed)
         })
         .await
