@@ -22,7 +22,10 @@ impl Config {
         writeln!(out, "metadata  GET  {}", config.metadata_path)?;
         writeln!(out, "jwks      GET  {}", config.jwks_path)?;
         match &config.admin {
-            Some(a) => writeln!(out, "admin     {} (http: /healthz /readyz /metrics)", a.address)?,
+            Some(a) => {
+                let blocks = if a.api_key_hash.is_some() { " /blocks (key)" } else { "" };
+                writeln!(out, "admin     {} (http: /healthz /readyz /metrics{blocks})", a.address)?
+            }
             None => writeln!(out, "admin     disabled")?,
         }
         match &config.store {
