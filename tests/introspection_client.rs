@@ -333,6 +333,30 @@ async fn a_flood_of_distinct_tokens_is_bounded_by_the_concurrency_limit() {
     assert!(matches!(c.introspect(&format!("tok-{}", busy[0])).await, Ok(Introspected::Active(_))));
 }
 
+#[tokio::test]
+async fn a_lookup_whose_caller_went_away_leaves_nothing_behind() {
+    let f = Faulty::start().await;
+    let mut s = f.settings("/slow");
+    s.timeout = Duration::from_secs(30);
+    let c = Arc::new(IntrospectionClient::new(s).unwrap());
+    let lookups: Vec<_> = (0..3)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.introspect(&format!("tok-{}", i % 2)).await })
+        })
+        .collect();
+    wait_until("the lookups reach the provider", || async { f.hits("/slow") == 2 }).await;
+    assert_eq!(c.in_flight(), 2, "two distinct tokens under way");
+    for l in &lookups {
+        l.abort();
+    }
+    for l in lookups {
+        assert!(l.await.unwrap_err().is_cancelled());
+    }
+    assert_eq!(c.in_flight(), 0, "cancelled lookups leave the in-flight map");
+    assert_eq!(c.stats().requests.iter().sum::<u64>(), 0, "and count no outcome");
+}
+
 fn b64_std(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)

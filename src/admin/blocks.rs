@@ -47,6 +47,8 @@ const MAX_KEY: usize = 512;
 const MAX_ID: usize = 256;
 const MAX_ISS: usize = 1024;
 const MAX_REASON: usize = 256;
+/// Blocks in force at most: each one is held in every replica's memory.
+const MAX_BLOCKS: u64 = 100_000;
 /// Ten years: `expires_in` beyond it is a mistake (leave it out for a block until removed).
 const MAX_EXPIRES_IN: u64 = 10 * 365 * 24 * 3600;
 
@@ -190,6 +192,12 @@ where
     let body = read_json(req).await?;
     if method == Method::POST {
         let block = new_block(rt, &body)?;
+        let held = gw.validator.block_stats();
+        if held.jti_blocks + held.sub_blocks >= MAX_BLOCKS {
+            return Err(ApiError::BadRequest(format!(
+                "There are {MAX_BLOCKS} blocks in force already: remove some (or let jti blocks lapse) first."
+            )));
+        }
         gw.block(block.clone()).await?;
         tracing::warn!(
             security_event = "block_added",

@@ -63,7 +63,8 @@ use crate::tokens::{LEEWAY_SECS, now_secs, sha256};
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// How one introspection client talks to its provider and how long it trusts the answers.
-#[derive(Debug, Clone)]
+/// Its `Debug` leaves the secret out.
+#[derive(Clone)]
 pub struct IntrospectionSettings {
     /// The provider's introspection endpoint: `https://`, or `http://` on loopback only.
     pub endpoint: String,
@@ -87,6 +88,25 @@ pub struct IntrospectionSettings {
     pub issuer: Option<String>,
     /// When set, `aud` must be present and contain it.
     pub audience: Option<String>,
+}
+
+impl std::fmt::Debug for IntrospectionSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionSettings")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_cache", &self.max_cache)
+            .field("negative_cache", &self.negative_cache)
+            .field("max_entries", &self.max_entries)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
 }
 
 impl IntrospectionSettings {
@@ -293,6 +313,8 @@ impl IntrospectionClient {
             return hit.outcome;
         }
         let cell = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).entry(digest).or_default().clone();
+        // Leaves the in-flight map however this lookup ends, a cancelled one too.
+        let _leave = Leave { map: &self.inflight, digest, cell: cell.clone() };
         let mut asked = false;
         let outcome = cell
             .get_or_init(|| async {
@@ -310,11 +332,12 @@ impl IntrospectionClient {
         if !asked {
             self.counters.joined.fetch_add(1, Ordering::Relaxed);
         }
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if inflight.get(&digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(&digest);
-        }
         outcome
+    }
+
+    /// Lookups under way (distinct tokens).
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Counters for `/metrics`.
@@ -405,6 +428,24 @@ impl IntrospectionClient {
             Err(e) => return Err(IntrospectError::Transport(e.to_string())),
         };
         judge(&self.settings, &bytes, now_secs())
+    }
+}
+
+/// Removes a lookup's cell from the in-flight map when the lookup ends (also when its
+/// caller went away mid-request), unless a newer lookup already replaced it: the map holds
+/// only lookups under way.
+struct Leave<'a> {
+    map: &'a Mutex<HashMap<[u8; 32], Arc<OnceCell<Outcome>>>>,
+    digest: [u8; 32],
+    cell: Arc<OnceCell<Outcome>>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&self.digest).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) {
+            map.remove(&self.digest);
+        }
     }
 }
 
@@ -642,6 +683,8 @@ mod tests {
         let pair = base64::engine::general_purpose::STANDARD.decode(basic).unwrap();
         assert_eq!(String::from_utf8(pair).unwrap(), "rs%3A1:s%2Be%2Fc%25r+t");
         assert!(c.authorization.is_sensitive());
+        let shown = format!("{:?}", c.settings);
+        assert!(!shown.contains("s+e/c%r t") && shown.contains("<redacted>"), "{shown}");
         let empty = IntrospectionClient::new(IntrospectionSettings::new("https://idp.example/i", "rs", ""));
         assert!(matches!(empty, Err(SettingsError::Credentials)));
     }

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::store::{Block, BlockKey, BlockKind};
 
+/// Lapsed blocks are forgotten when one is added while more values than this are held.
+const PRUNE_ABOVE: usize = 1024;
+
 /// One block of a value: its issuer (`None`: any) and when it lapses (`u64::MAX`: never).
 type Entries = Vec<(Option<Box<str>>, u64)>;
 
@@ -44,6 +47,16 @@ impl Maps {
             if entries.is_empty() {
                 map.remove(key.value.as_str());
             }
+        }
+    }
+
+    /// Forget lapsed blocks.
+    fn prune(&mut self, now: u64) {
+        for map in [&mut self.jti, &mut self.sub] {
+            map.retain(|_, entries| {
+                entries.retain(|(_, until)| *until > now);
+                !entries.is_empty()
+            });
         }
     }
 
@@ -103,9 +116,12 @@ impl Blocks {
         covers(maps.jti.get(jti), iss, now) || covers(maps.sub.get(sub), iss, now)
     }
 
-    /// Add or replace one block.
-    pub(super) fn insert(&self, b: &Block) {
+    /// Add or replace one block; lapsed ones are dropped first once there are many.
+    pub(super) fn insert(&self, b: &Block, now: u64) {
         let mut maps = self.maps.write().unwrap_or_else(|e| e.into_inner());
+        if maps.jti.len() + maps.sub.len() >= PRUNE_ABOVE {
+            maps.prune(now);
+        }
         maps.insert(b);
         self.any.store(true, Ordering::Release);
     }
@@ -158,8 +174,8 @@ mod tests {
     fn blocks_match_by_kind_value_issuer_and_time() {
         let b = Blocks::default();
         assert_eq!(b.check("https://a", "j1", "alice", 10), None, "empty: nothing blocked");
-        b.insert(&block(BlockKind::Jti, "j1", None, Some(100)));
-        b.insert(&block(BlockKind::Sub, "alice", Some("https://a"), None));
+        b.insert(&block(BlockKind::Jti, "j1", None, Some(100)), 10);
+        b.insert(&block(BlockKind::Sub, "alice", Some("https://a"), None), 10);
         assert_eq!(b.check("https://a", "j1", "bob", 10), Some(BlockKind::Jti));
         assert_eq!(b.check("https://b", "j1", "bob", 10), Some(BlockKind::Jti), "any issuer");
         assert_eq!(b.check("https://a", "j1", "bob", 100), None, "lapsed");
@@ -171,7 +187,7 @@ mod tests {
         assert_eq!(b.stats(10).refused_sub, 1);
 
         // A second block of the same value for another issuer; removing one keeps the other.
-        b.insert(&block(BlockKind::Sub, "alice", Some("https://b"), None));
+        b.insert(&block(BlockKind::Sub, "alice", Some("https://b"), None), 10);
         b.remove(&BlockKey { kind: BlockKind::Sub, value: "alice".into(), iss: Some("https://a".into()) });
         assert_eq!(b.check("https://a", "j2", "alice", 10), None);
         assert_eq!(b.check("https://b", "j2", "alice", 10), Some(BlockKind::Sub));
@@ -180,5 +196,16 @@ mod tests {
         b.replace(&[block(BlockKind::Jti, "j9", None, Some(5))], 10);
         assert!(!b.any.load(Ordering::Acquire), "only lapsed blocks: nothing held");
         assert!(!b.covers("https://b", "j2", "alice", 10));
+    }
+
+    #[test]
+    fn lapsed_blocks_are_forgotten_once_there_are_many() {
+        let b = Blocks::default();
+        for i in 0..PRUNE_ABOVE {
+            b.insert(&block(BlockKind::Jti, &format!("j{i}"), None, Some(20)), 10);
+        }
+        b.insert(&block(BlockKind::Sub, "alice", None, None), 30);
+        let maps = b.maps.read().unwrap();
+        assert_eq!((maps.jti.len(), maps.sub.len()), (0, 1));
     }
 }

@@ -268,7 +268,7 @@ impl Validator {
 
     /// Enforce an operator block from now on, in this process (the store keeps it).
     pub fn block(&self, block: &Block) {
-        self.blocks.insert(block);
+        self.blocks.insert(block, now_secs());
     }
 
     /// Stop enforcing a block in this process.
