@@ -322,6 +322,18 @@ async fn redis_down_keeps_the_proxy_path_and_grants_recover() {
     assert_eq!(c.get_api(&c.b, &unseen).await, 200, "uncached token is still verified on its own");
     let (status, v) = c.refresh(&c.a, &rt).await;
     assert_eq!((status, v["error"].as_str()), (503, Some("temporarily_unavailable")), "{v}");
+    // An operator block cannot be stored either: 503, and nothing changes anywhere.
+    let resp = c
+        .http
+        .post(c.a.admin_url("/blocks"))
+        .bearer_auth(OTHER_SECRET)
+        .json(&serde_json::json!({"sub": "svc"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "temporarily_unavailable");
+    assert_eq!(c.get_api(&c.a, &cached).await, 200);
     let pw = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)];
     let (status, _) = c.token(&c.b, &pw, Some(("webapp", SVC_SECRET))).await;
     assert_eq!(status, 503);
@@ -435,6 +447,27 @@ async fn a_block_on_one_replica_stops_the_token_on_the_others() {
     assert!(!log.contains(&alice) && !log.contains(&svc), "a token reached the log");
 }
 
+/// A replica whose subscription was interrupted may have missed block messages: once it
+/// is back it loads every block from the store again.
+#[tokio::test]
+async fn a_replica_that_missed_block_messages_loads_the_blocks_after_reconnecting() {
+    let Some(mut c) = cluster().await else { return };
+    let (alice, _) = c.password_tokens(&c.a).await;
+    assert_eq!(c.get_api(&c.b, &alice).await, 200);
+    // A block stored behind the replicas' backs, never published: a lost message.
+    let redis = redis::Client::open(c.redis.url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = r#"{"kind":"sub","value":"alice","iss":null}"#;
+    let block = r#"{"kind":"sub","value":"alice","iss":null,"expires_at":null,"created_at":0,"reason":null}"#;
+    let _: i64 = redis::cmd("HSET").arg("test:blocks").arg(key).arg(block).query_async(&mut conn).await.unwrap();
+    assert_eq!(c.get_api(&c.b, &alice).await, 200, "no message, no block yet");
+
+    c.redis.stop();
+    c.redis.resume();
+    let took = within(Duration::from_secs(10), async || c.get_api(&c.b, &alice).await == 401).await;
+    assert!(took.is_some(), "replica b did not load the blocks after reconnecting; log b:\n{}", c.log("b"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Issue 19.1: the refresh reuse interval across replicas.
 
@@ -504,8 +537,8 @@ async fn concurrent_refreshes_on_two_replicas_both_succeed_within_the_reuse_inte
 }
 
 /// The Redis store itself (what both replicas share): a spent refresh token gets a sibling
-/// within the reuse interval and revokes the family after it, and client not-befores keep
-/// the latest time (issue 19.1, 19.8).
+/// within the reuse interval and revokes the family after it, operator blocks (issue 16.5),
+/// and client not-befores keep the latest time (issue 19.1, 19.8).
 #[tokio::test]
 async fn redis_store_reuse_interval_and_client_not_before() {
     use portcullis::store::redis::RedisStore;
@@ -545,6 +578,26 @@ async fn redis_store_reuse_interval_and_client_not_before() {
         other => panic!("outside the interval: {other:?}"),
     }
     assert!(store.get_refresh([3; 32], now + 11).await.unwrap().is_none(), "the sibling died with its family");
+
+    // Operator blocks: kept, replaced by the same key, lapsed ones left out (and pruned),
+    // removed once.
+    use portcullis::store::{Block, BlockKey, BlockKind};
+    let key = |kind, value: &str, iss: Option<&str>| BlockKey { kind, value: value.into(), iss: iss.map(Into::into) };
+    let block = |key: BlockKey, expires_at| Block { key, expires_at, created_at: now, reason: Some("t".into()) };
+    store.put_block(block(key(BlockKind::Sub, "alice", None), None)).await.unwrap();
+    store.put_block(block(key(BlockKind::Sub, "alice", Some("https://idp")), Some(now - 1))).await.unwrap();
+    store.put_block(block(key(BlockKind::Jti, "j1", None), Some(now + 5))).await.unwrap();
+    store.put_block(block(key(BlockKind::Jti, "j1", None), Some(now + 500))).await.unwrap();
+    let mut live = store.blocks(now).await.unwrap();
+    live.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(
+        live,
+        vec![block(key(BlockKind::Jti, "j1", None), Some(now + 500)), block(key(BlockKind::Sub, "alice", None), None)]
+    );
+    assert!(store.delete_block(&key(BlockKind::Sub, "alice", None)).await.unwrap());
+    assert!(!store.delete_block(&key(BlockKind::Sub, "alice", None)).await.unwrap());
+    assert!(!store.delete_block(&key(BlockKind::Sub, "alice", Some("https://idp"))).await.unwrap(), "pruned on read");
+    assert_eq!(store.blocks(now).await.unwrap().len(), 1);
 
     store.put_client_not_before("svc", 70).await.unwrap();
     store.put_client_not_before("svc", 60).await.unwrap();

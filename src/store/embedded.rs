@@ -927,6 +927,38 @@ mod tests {
         assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some());
     }
 
+    #[tokio::test]
+    async fn blocks_are_kept_replaced_removed_and_swept_once_lapsed() {
+        use crate::store::BlockKind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let key =
+            |kind, value: &str, iss: Option<&str>| BlockKey { kind, value: value.into(), iss: iss.map(Into::into) };
+        let block = |key: BlockKey, expires_at| Block { key, expires_at, created_at: 1, reason: None };
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            s.put_block(block(key(BlockKind::Sub, "alice", None), None)).await.unwrap();
+            s.put_block(block(key(BlockKind::Sub, "alice", Some("https://idp")), Some(50))).await.unwrap();
+            s.put_block(block(key(BlockKind::Jti, "j1", None), Some(50))).await.unwrap();
+            // The same key again replaces it.
+            s.put_block(block(key(BlockKind::Jti, "j1", None), Some(500))).await.unwrap();
+        }
+        let s = EmbeddedStore::open(&path).unwrap();
+        let mut live = s.blocks(100).await.unwrap();
+        live.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(
+            live.iter().map(|b| (b.key.value.as_str(), b.expires_at)).collect::<Vec<_>>(),
+            [("j1", Some(500)), ("alice", None)],
+            "the lapsed issuer-scoped block is left out"
+        );
+        assert_eq!(s.sweep(100).await.unwrap(), 1, "and swept");
+        assert_eq!(s.blocks(10).await.unwrap().len(), 2, "gone from the file");
+        assert!(s.delete_block(&key(BlockKind::Sub, "alice", None)).await.unwrap());
+        assert!(!s.delete_block(&key(BlockKind::Sub, "alice", None)).await.unwrap(), "already removed");
+        assert!(!s.delete_block(&key(BlockKind::Jti, "j1", Some("https://idp"))).await.unwrap(), "another key");
+        assert_eq!(s.blocks(100).await.unwrap().len(), 1);
+    }
+
     /// Issue 18: a failed write (a full disk) used to leave the handle failed for good.
     /// While the fault lasts every operation fails as an I/O failure and the store says
     /// why; once it is gone the store reopens the same file, keeps what was committed
