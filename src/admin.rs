@@ -208,6 +208,11 @@ async fn readiness_detail(gw: &Gateway) -> Response<Body> {
         }
     };
     store["kind"] = gw.store.kind().into();
+    // Not required, like the store: until loaded, blocked tokens are accepted here.
+    let blocks = match gw.blocks_loaded() {
+        true => check(true, false, ""),
+        false => check(false, false, "operator blocks not yet loaded from the store; retrying"),
+    };
     let ready = gw.is_ready();
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
@@ -219,6 +224,7 @@ async fn readiness_detail(gw: &Gateway) -> Response<Body> {
             "listeners": listeners,
             "draining": draining,
             "store": store,
+            "blocks": blocks,
         },
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -198,6 +198,11 @@ impl Gateway {
         }
     }
 
+    /// Whether the operator blocks were loaded from the store (for `/readyz?verbose`).
+    pub fn blocks_loaded(&self) -> bool {
+        self.blocks_loaded.load(Ordering::Acquire)
+    }
+
     /// At start: the operator blocks in the store. While the store cannot answer they are
     /// retried in the background (by the revocation feed where the store is shared), and
     /// blocked tokens are accepted meanwhile, like revoked ones the store cannot confirm.

@@ -103,6 +103,11 @@ async fn a_blocked_jti_is_refused_at_once_even_cached_and_works_again_when_unblo
     assert_eq!(unblock(&gw, json!({"jti": jti(&blocked)})).await, 404, "nothing left to remove");
     assert!(list(&gw).await.is_empty());
     assert_eq!(counter(&gw, "portcullis_blocks{kind=\"jti\"}").await, 0.0);
+    let ready = get_json(&reqwest::Client::new(), &gw.admin_url("/readyz?verbose")).await;
+    assert_eq!(
+        (&ready["checks"]["blocks"]["ok"], &ready["checks"]["blocks"]["required"]),
+        (&true.into(), &false.into())
+    );
 }
 
 #[tokio::test]
