@@ -277,3 +277,82 @@ async fn garbage_block_requests_are_refused_and_change_nothing() {
     assert!(list(&gw).await.is_empty(), "nothing was stored");
     assert_eq!(api_status(&gw, &token).await, 200);
 }
+
+/// 1,000 random requests from a property-based generator (methods, Authorization forms,
+/// content types, JSON-ish bodies of the API's own fields and values, raw bytes): never a
+/// 5xx, always a JSON answer with `no-store`, and a stored block only from a well-formed
+/// request with the right key.
+#[tokio::test]
+async fn random_requests_get_a_clear_json_answer_and_never_a_5xx() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngSeed, TestRunner};
+
+    let (_up, gw) = gateway("[rate_limit]\nenabled = false\n").await;
+    let field = proptest::sample::select(vec!["jti", "sub", "iss", "expires_in", "reason", "admin", "JTI", ""]);
+    let value = prop_oneof![
+        3 => "[a-zA-Z0-9_.:/-]{0,12}".prop_map(Value::String),
+        1 => ".{0,20}".prop_map(Value::String),
+        1 => any::<i64>().prop_map(|n| json!(n)),
+        1 => any::<u64>().prop_map(|n| json!(n)),
+        1 => Just(Value::Null),
+        1 => Just(json!([])),
+        1 => Just(json!({"jti": "nested"})),
+    ];
+    let object = proptest::collection::vec((field, value), 0..4).prop_map(|pairs| {
+        // Written by hand, so a field may repeat.
+        let inner: Vec<String> = pairs.iter().map(|(k, v)| format!("{}:{v}", Value::String(k.to_string()))).collect();
+        format!("{{{}}}", inner.join(",")).into_bytes()
+    });
+    let good = (proptest::sample::select(vec!["jti", "sub"]), "[a-z0-9]{1,10}")
+        .prop_map(|(k, v)| format!(r#"{{"{k}":"{v}","reason":"r"}}"#).into_bytes());
+    let body = prop_oneof![4 => object, 3 => good, 1 => proptest::collection::vec(any::<u8>(), 0..64)];
+    let method = proptest::sample::select(vec!["GET", "POST", "POST", "DELETE", "PUT", "PATCH"]);
+    let auth = proptest::sample::select(vec![
+        Some(format!("Bearer {ADMIN_KEY}")),
+        Some(format!("Bearer {ADMIN_KEY}")),
+        Some("Bearer wrong".to_string()),
+        Some(format!("bearer {ADMIN_KEY}")),
+        Some(format!("Basic {ADMIN_KEY}")),
+        None,
+    ]);
+    let content_type = proptest::sample::select(vec![
+        Some("application/json"),
+        Some("application/json; charset=utf-8"),
+        Some("text/plain"),
+        None,
+    ]);
+    let query = proptest::sample::select(vec!["", "", "", "?key=x", "?"]);
+    let strategy = (method, auth, content_type, body, query);
+    let mut runner = TestRunner::new(Config { rng_seed: RngSeed::Fixed(16), ..Config::default() });
+    let http = reqwest::Client::new();
+    let mut created = 0;
+    for _ in 0..1000 {
+        let (method, auth, ctype, body, query) = strategy.new_tree(&mut runner).unwrap().current();
+        let mut req =
+            http.request(method.parse().unwrap(), gw.admin_url(&format!("/blocks{query}"))).body(body.clone());
+        if let Some(a) = &auth {
+            req = req.header("authorization", a);
+        }
+        if let Some(c) = ctype {
+            req = req.header("content-type", c);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let label = format!("{method} {auth:?} {ctype:?} {query} {}", String::from_utf8_lossy(&body));
+        assert!(status < 500, "{label}: {status}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{label}");
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{label}");
+        let v: Value = resp.json().await.unwrap_or_else(|e| panic!("{label}: not JSON ({e})"));
+        if status == 201 {
+            created += 1;
+            let right = auth.as_deref() == Some(format!("Bearer {ADMIN_KEY}").as_str());
+            assert!(method == "POST" && right && query.is_empty(), "{label}: {v}");
+            assert!(v["value"].as_str().is_some_and(|s| !s.is_empty() && !s.chars().any(char::is_control)), "{v}");
+        } else if status != 200 {
+            assert!(v["error"].is_string(), "{label}: {v}");
+        }
+    }
+    assert!(created > 5, "the generator should also make good blocks ({created})");
+    assert_eq!(api_status(&gw, &svc_token(&gw).await).await, 200, "the proxy path is unharmed");
+}
