@@ -11,6 +11,7 @@
 //!   per-check results (config, keys, listeners, draining, store), for a human or a
 //!   stricter probe.
 //! - `/metrics`: Prometheus text.
+//! - `/blocks`: the operator blocks API, authenticated by an API key ([`blocks`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ use crate::http::{Body, full};
 use crate::state::{Gateway, Phase};
 use crate::store::Health;
 
+mod blocks;
+
 /// Probes and scrapers are few; more than this at once is a misbehaving client.
 const MAX_CONNECTIONS: usize = 64;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +39,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum AdminError {
     #[error("not found")]
     NotFound,
-    /// The admin endpoints only read.
+    /// The probes and `/metrics` only read.
     #[error("method not allowed")]
     MethodNotAllowed,
     /// Starting up or draining: load balancers should send traffic elsewhere.
@@ -70,10 +73,14 @@ fn text_response(status: StatusCode, body: String, content_type: &'static str) -
     resp
 }
 
-/// Accept admin connections until the task is dropped.
+/// Accept admin connections until the task is dropped. The connections are owned by this
+/// task too, so dropping it closes them: none keeps the gateway (and its store file) alive
+/// after shutdown.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, addr) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -87,10 +94,16 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
             continue;
         };
         let gw = gw.clone();
-        tokio::spawn(async move {
+        let peer = addr.ip();
+        connections.spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let gw = gw.clone();
-                async move { Ok::<_, Infallible>(handle(&gw, &req).await) }
+                async move {
+                    if req.uri().path() == blocks::PATH {
+                        return Ok::<_, Infallible>(blocks::handle(&gw, req, peer).await);
+                    }
+                    Ok(handle(&gw, &req).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -146,6 +159,7 @@ async fn route<B>(gw: &Gateway, req: &Request<B>) -> Result<Response<Body>, Admi
                     requests_cut: gw.requests_cut(),
                 },
             );
+            crate::metrics::render_blocks(&mut text, &gw.validator.block_stats());
             Ok(text_response(StatusCode::OK, text, "text/plain; version=0.0.4; charset=utf-8"))
         }
     }
@@ -194,6 +208,11 @@ async fn readiness_detail(gw: &Gateway) -> Response<Body> {
         }
     };
     store["kind"] = gw.store.kind().into();
+    // Not required, like the store: until loaded, blocked tokens are accepted here.
+    let blocks = match gw.blocks_loaded() {
+        true => check(true, false, ""),
+        false => check(false, false, "operator blocks not yet loaded from the store; retrying"),
+    };
     let ready = gw.is_ready();
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
@@ -205,6 +224,7 @@ async fn readiness_detail(gw: &Gateway) -> Response<Body> {
             "listeners": listeners,
             "draining": draining,
             "store": store,
+            "blocks": blocks,
         },
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -23,7 +23,8 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::forward::Upstreams;
 use crate::state::Runtime;
 use crate::store::{
-    CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, StoreError, StoredRefresh, TakeCode,
+    Block, BlockKey, CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, StoreError,
+    StoredRefresh, TakeCode,
 };
 use crate::tokens::keys::KeySet;
 use crate::tokens::validate::{LEEWAY_SECS, TokenError, Validator};
@@ -462,6 +463,15 @@ impl Store for FuzzStore {
     }
     async fn sweep(&self, _: u64) -> Result<u64, StoreError> {
         unavailable()
+    }
+    async fn put_block(&self, _: Block) -> Result<(), StoreError> {
+        unavailable()
+    }
+    async fn delete_block(&self, _: &BlockKey) -> Result<bool, StoreError> {
+        unavailable()
+    }
+    async fn blocks(&self, _: u64) -> Result<Vec<Block>, StoreError> {
+        Ok(Vec::new())
     }
     async fn ping(&self) -> Result<(), StoreError> {
         unavailable()

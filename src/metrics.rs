@@ -459,6 +459,22 @@ pub fn render_lifecycle(out: &mut String, l: &Lifecycle<'_>) {
     let _ = writeln!(out, "portcullis_requests_cut_total {}", l.requests_cut);
 }
 
+/// Operator blocks (issue 16.5): requests they refused and blocks held, read from the
+/// validator when `/metrics` is scraped.
+pub fn render_blocks(out: &mut String, b: &crate::tokens::validate::BlockStats) {
+    header(
+        out,
+        "portcullis_blocked_requests_total",
+        "counter",
+        "Bearer tokens refused because an operator blocked their jti or subject, by kind.",
+    );
+    let _ = writeln!(out, "portcullis_blocked_requests_total{{kind=\"jti\"}} {}", b.refused_jti);
+    let _ = writeln!(out, "portcullis_blocked_requests_total{{kind=\"sub\"}} {}", b.refused_sub);
+    header(out, "portcullis_blocks", "gauge", "Operator blocks this replica enforces, by kind.");
+    let _ = writeln!(out, "portcullis_blocks{{kind=\"jti\"}} {}", b.jti_blocks);
+    let _ = writeln!(out, "portcullis_blocks{{kind=\"sub\"}} {}", b.sub_blocks);
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");

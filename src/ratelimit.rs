@@ -31,6 +31,8 @@ pub enum Endpoint {
     Revoke,
     /// RFC 7662 introspection: likewise.
     Introspect,
+    /// The admin listener's blocks API, which checks an API key.
+    Admin,
 }
 
 impl Endpoint {
@@ -40,6 +42,7 @@ impl Endpoint {
             Endpoint::Login => "login",
             Endpoint::Revoke => "revoke",
             Endpoint::Introspect => "introspect",
+            Endpoint::Admin => "admin",
         }
     }
 }
@@ -65,8 +68,11 @@ pub struct RateLimiter {
     login_ip: Buckets<IpAddr>,
     revoke_ip: Buckets<IpAddr>,
     introspect_ip: Buckets<IpAddr>,
+    admin_ip: Buckets<IpAddr>,
     clients: Buckets<String>,
     users: Buckets<String>,
+    /// Wrong admin API keys per source, with the client-failure quota.
+    admin_keys: Buckets<IpAddr>,
 }
 
 impl RateLimiter {
@@ -77,8 +83,10 @@ impl RateLimiter {
             login_ip: Buckets::new(max_tracked),
             revoke_ip: Buckets::new(max_tracked),
             introspect_ip: Buckets::new(max_tracked),
+            admin_ip: Buckets::new(max_tracked),
             clients: Buckets::new(max_tracked),
             users: Buckets::new(max_tracked),
+            admin_keys: Buckets::new(max_tracked),
         }
     }
 
@@ -88,6 +96,7 @@ impl RateLimiter {
             Endpoint::Login => &self.login_ip,
             Endpoint::Revoke => &self.revoke_ip,
             Endpoint::Introspect => &self.introspect_ip,
+            Endpoint::Admin => &self.admin_ip,
         }
     }
 
@@ -144,6 +153,29 @@ impl RateLimiter {
                 "username locked out after repeated failed logins"
             )
         })
+    }
+
+    /// Before checking an admin API key from `source`: reserve one failure (of the
+    /// `client_failures` quota), or refuse.
+    pub fn reserve_admin(&self, cfg: &RateLimits, source: IpAddr) -> Result<(), Throttled> {
+        if !cfg.enabled {
+            return Ok(());
+        }
+        self.admin_keys.take(ip_key(source), cfg.client_failures, 1.0).inspect_err(|t| {
+            tracing::warn!(
+                security_event = "admin_key_lockout",
+                source = %source,
+                retry_after_secs = t.retry_after_secs(),
+                "admin API locked out for this source after repeated wrong keys"
+            )
+        })
+    }
+
+    /// The admin API key verified: give the reserved failure back.
+    pub fn release_admin(&self, cfg: &RateLimits, source: IpAddr) {
+        if cfg.enabled {
+            self.admin_keys.charge(ip_key(source), cfg.client_failures, -1.0);
+        }
     }
 
     /// The password verified: give the reserved failure back.

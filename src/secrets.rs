@@ -14,11 +14,14 @@ use aws_lc_rs::hmac;
 use moka::sync::Cache;
 use subtle::ConstantTimeEq;
 
-/// Whose secret is being checked; client and user names live in separate namespaces.
+/// Whose secret is being checked; client and user names and the admin API key live in
+/// separate namespaces.
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
     Client = 1,
     User = 2,
+    /// The admin API key (`[admin] api_key_hash`).
+    Admin = 3,
 }
 
 /// Remembers (client, secret) pairs that verified, and against which hash.

@@ -2,7 +2,7 @@
 //! reload), and the long-lived caches and upstream pool that outlive a reload.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -12,7 +12,7 @@ use crate::ratelimit::RateLimiter;
 use crate::secrets::SecretCache;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
-use crate::store::{IssuedAccess, RevocationEvent, Store, StoreError};
+use crate::store::{Block, BlockKey, IssuedAccess, RevocationEvent, Store, StoreError};
 use crate::tokens::keys::{KeyError, KeySet};
 use crate::tokens::now_secs;
 use crate::tokens::validate::{Validator, client_resets};
@@ -50,6 +50,9 @@ pub struct Gateway {
     phase: AtomicU8,
     /// Requests still running when a shutdown's grace period ended, and so cut off.
     requests_cut: AtomicU64,
+    /// The operator blocks were loaded from the store (false until then, and after a
+    /// load failed: the revocation feed retries).
+    blocks_loaded: AtomicBool,
 }
 
 /// Where the process is in its life. Only `Serving` is ready for traffic.
@@ -84,6 +87,7 @@ impl Gateway {
             metrics: Metrics::new(),
             phase: AtomicU8::new(Phase::Starting as u8),
             requests_cut: AtomicU64::new(0),
+            blocks_loaded: AtomicBool::new(false),
             runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams }),
         }))
     }
@@ -141,16 +145,97 @@ impl Gateway {
         }
     }
 
-    /// Apply revocations published by other replicas until the feed ends.
+    /// Apply revocations and blocks published by other replicas until the feed ends. After
+    /// an interruption (messages may be lost) the cache is dropped and the blocks are
+    /// loaded again; a load that fails is retried every second meanwhile.
     pub async fn follow_revocations(&self) {
         let feed = self.revocation_feed.lock().ok().and_then(|mut f| f.take());
         let Some(mut feed) = feed else { return };
-        while let Some(event) = feed.recv().await {
+        loop {
+            let stale = !self.blocks_loaded.load(Ordering::Acquire);
+            if stale && self.load_blocks().await {
+                tracing::info!("operator blocks loaded from the store");
+            }
+            let event = if self.blocks_loaded.load(Ordering::Acquire) {
+                feed.recv().await
+            } else {
+                match tokio::time::timeout(std::time::Duration::from_secs(1), feed.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => continue,
+                }
+            };
+            let Some(event) = event else { return };
             match event {
                 RevocationEvent::Revoked(a) => self.validator.revoke(&a.jti, a.expires_at).await,
-                RevocationEvent::Resync => self.validator.clear(),
+                RevocationEvent::Blocked(b) => self.validator.block(&b),
+                RevocationEvent::Unblocked(k) => self.validator.unblock(&k),
+                RevocationEvent::Resync => {
+                    self.validator.clear();
+                    if !self.load_blocks().await {
+                        tracing::warn!(
+                            "operator blocks unavailable from the store after a feed interruption; retrying"
+                        );
+                    }
+                }
             }
         }
+    }
+
+    /// Load every operator block from the store and enforce exactly those; false (and
+    /// the blocks held so far kept) when the store cannot answer.
+    async fn load_blocks(&self) -> bool {
+        match self.store.blocks(now_secs()).await {
+            Ok(all) => {
+                self.validator.replace_blocks(&all);
+                self.blocks_loaded.store(true, Ordering::Release);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "loading operator blocks failed");
+                self.blocks_loaded.store(false, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    /// Whether the operator blocks were loaded from the store (for `/readyz?verbose`).
+    pub fn blocks_loaded(&self) -> bool {
+        self.blocks_loaded.load(Ordering::Acquire)
+    }
+
+    /// At start: the operator blocks in the store. While the store cannot answer they are
+    /// retried in the background (by the revocation feed where the store is shared), and
+    /// blocked tokens are accepted meanwhile, like revoked ones the store cannot confirm.
+    pub async fn restore_blocks(self: &Arc<Self>) {
+        if self.load_blocks().await {
+            return;
+        }
+        tracing::warn!("operator blocks unavailable from the store; retrying in the background");
+        if self.revocation_feed.lock().is_ok_and(|f| f.is_some()) {
+            return;
+        }
+        let gw = self.clone();
+        tokio::spawn(async move {
+            while !gw.load_blocks().await {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            tracing::info!("operator blocks restored from the store");
+        });
+    }
+
+    /// Add or replace an operator block: stored (and so announced to the other replicas)
+    /// first, then enforced here. Nothing changes when the store refuses it.
+    pub async fn block(&self, block: Block) -> Result<(), StoreError> {
+        self.store.put_block(block.clone()).await?;
+        self.validator.block(&block);
+        Ok(())
+    }
+
+    /// Remove an operator block everywhere; false when there was none.
+    pub async fn unblock(&self, key: &BlockKey) -> Result<bool, StoreError> {
+        let removed = self.store.delete_block(key).await?;
+        self.validator.unblock(key);
+        Ok(removed)
     }
 
     /// Put a new, already validated configuration in force. Keys are loaded first, so a

@@ -138,6 +138,7 @@ tls = false
 
 [admin]
 address = "127.0.0.1:{admin}"
+api_key_hash = "{OTHER_HASH}"
 
 [store]
 kind = "redis"
@@ -321,6 +322,18 @@ async fn redis_down_keeps_the_proxy_path_and_grants_recover() {
     assert_eq!(c.get_api(&c.b, &unseen).await, 200, "uncached token is still verified on its own");
     let (status, v) = c.refresh(&c.a, &rt).await;
     assert_eq!((status, v["error"].as_str()), (503, Some("temporarily_unavailable")), "{v}");
+    // An operator block cannot be stored either: 503, and nothing changes anywhere.
+    let resp = c
+        .http
+        .post(c.a.admin_url("/blocks"))
+        .bearer_auth(OTHER_SECRET)
+        .json(&serde_json::json!({"sub": "svc"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "temporarily_unavailable");
+    assert_eq!(c.get_api(&c.a, &cached).await, 200);
     let pw = [("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)];
     let (status, _) = c.token(&c.b, &pw, Some(("webapp", SVC_SECRET))).await;
     assert_eq!(status, 503);
@@ -372,6 +385,98 @@ async fn csrf_tokens_and_a_disabled_user_hold_across_replicas() {
     assert!(dead.is_some(), "a disabled user's cached token still works on a replica");
     let (status, v) = c.refresh(&c.b, &rt).await;
     assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+}
+
+/// Issue 16.5: a block made through one replica's admin listener stops the token on the
+/// other within the bound of a revocation (cached there or not), a replica started later
+/// loads it from the store, and an unblock reaches every replica the same way.
+#[tokio::test]
+async fn a_block_on_one_replica_stops_the_token_on_the_others() {
+    let Some(c) = cluster().await else { return };
+    let (alice, _) = c.password_tokens(&c.a).await;
+    let (status, v) = c.token(&c.a, &[("grant_type", "client_credentials")], Some(("svc", SVC_SECRET))).await;
+    assert_eq!(status, 200, "{v}");
+    let svc = v["access_token"].as_str().unwrap().to_string();
+    for r in [&c.a, &c.b] {
+        assert_eq!((c.get_api(r, &alice).await, c.get_api(r, &svc).await), (200, 200), "cached on both");
+    }
+    let admin = async |r: &Replica, method: &str, body: Value| {
+        let resp = c
+            .http
+            .request(method.parse().unwrap(), r.admin_url("/blocks"))
+            .bearer_auth(OTHER_SECRET)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    };
+
+    assert_eq!(admin(&c.a, "POST", serde_json::json!({"sub": "alice"})).await, 201);
+    let took = within(Duration::from_secs(1), async || c.get_api(&c.b, &alice).await == 401).await;
+    assert!(took.is_some(), "replica b still accepts a blocked subject after 1 s; log b:\n{}", c.log("b"));
+    assert_eq!(c.get_api(&c.b, &svc).await, 200, "another subject");
+    let jti = claims(&svc)["jti"].as_str().unwrap().to_string();
+    assert_eq!(admin(&c.b, "POST", serde_json::json!({"jti": jti})).await, 201);
+    let took = within(Duration::from_secs(1), async || c.get_api(&c.a, &svc).await == 401).await;
+    assert!(took.is_some(), "replica a still accepts a blocked jti after 1 s");
+
+    // A replica that starts now loads both from the store before serving.
+    let late = Replica::start(c.dir.path(), "late", &c.redis, c._up.addr);
+    assert_eq!((c.get_api(&late, &alice).await, c.get_api(&late, &svc).await), (401, 401));
+    let listed: Value =
+        c.http.get(late.admin_url("/blocks")).bearer_auth(OTHER_SECRET).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["blocks"].as_array().map(Vec::len), Some(2), "{listed}");
+
+    assert_eq!(admin(&c.b, "DELETE", serde_json::json!({"sub": "alice"})).await, 200);
+    for (name, r) in [("a", &c.a), ("late", &late)] {
+        let took = within(Duration::from_secs(1), async || c.get_api(r, &alice).await == 200).await;
+        assert!(took.is_some(), "replica {name} still refuses an unblocked subject after 1 s");
+    }
+    assert_eq!(c.get_api(&late, &svc).await, 401, "the jti block stays");
+
+    // The audit trail: a WARN security event on the replica that took the request, no token
+    // (log lines are written in batches: wait for them).
+    let logged = async |name: &str, what: &str| {
+        within(Duration::from_secs(5), async || c.log(name).contains(what)).await.is_some()
+    };
+    assert!(logged("a", "block_added").await && logged("b", "block_removed").await);
+    let log = c.log("a");
+    let line = log.lines().find(|l| l.contains("block_added")).unwrap_or_else(|| panic!("no block_added in:\n{log}"));
+    assert!(line.contains("WARN") && line.contains("security_event"), "{line}");
+    assert!(!log.contains(&alice) && !log.contains(&svc), "a token reached the log");
+}
+
+/// A replica whose subscription was interrupted may have missed block messages: once it
+/// is back it loads every block from the store again.
+#[tokio::test]
+async fn a_replica_that_missed_block_messages_loads_the_blocks_after_reconnecting() {
+    let Some(mut c) = cluster().await else { return };
+    let (alice, _) = c.password_tokens(&c.a).await;
+    assert_eq!(c.get_api(&c.b, &alice).await, 200);
+    // A block stored behind the replicas' backs, never published: a lost message.
+    let redis = redis::Client::open(c.redis.url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = r#"{"kind":"sub","value":"alice","iss":null}"#;
+    let block = r#"{"kind":"sub","value":"alice","iss":null,"expires_at":null,"created_at":0,"reason":null}"#;
+    let _: i64 = redis::cmd("HSET").arg("test:blocks").arg(key).arg(block).query_async(&mut conn).await.unwrap();
+    assert_eq!(c.get_api(&c.b, &alice).await, 200, "no message, no block yet");
+
+    c.redis.stop();
+    // A replica that starts while the store is down serves, says the blocks are not
+    // loaded, and loads them once the store is back.
+    let late = Replica::start(c.dir.path(), "late", &c.redis, c._up.addr);
+    let verbose = async |r: &Replica| -> Value {
+        c.http.get(r.admin_url("/readyz?verbose")).send().await.unwrap().json().await.unwrap()
+    };
+    let v = verbose(&late).await;
+    assert_eq!((v["status"].as_str(), &v["checks"]["blocks"]["ok"]), (Some("ready"), &Value::Bool(false)), "{v}");
+    c.redis.resume();
+    let took = within(Duration::from_secs(10), async || c.get_api(&c.b, &alice).await == 401).await;
+    assert!(took.is_some(), "replica b did not load the blocks after reconnecting; log b:\n{}", c.log("b"));
+    let took = within(Duration::from_secs(10), async || verbose(&late).await["checks"]["blocks"]["ok"] == true).await;
+    assert!(took.is_some(), "the late replica never loaded the blocks; log:\n{}", c.log("late"));
+    assert_eq!(c.get_api(&late, &alice).await, 401);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -443,8 +548,8 @@ async fn concurrent_refreshes_on_two_replicas_both_succeed_within_the_reuse_inte
 }
 
 /// The Redis store itself (what both replicas share): a spent refresh token gets a sibling
-/// within the reuse interval and revokes the family after it, and client not-befores keep
-/// the latest time (issue 19.1, 19.8).
+/// within the reuse interval and revokes the family after it, operator blocks (issue 16.5),
+/// and client not-befores keep the latest time (issue 19.1, 19.8).
 #[tokio::test]
 async fn redis_store_reuse_interval_and_client_not_before() {
     use portcullis::store::redis::RedisStore;
@@ -484,6 +589,26 @@ async fn redis_store_reuse_interval_and_client_not_before() {
         other => panic!("outside the interval: {other:?}"),
     }
     assert!(store.get_refresh([3; 32], now + 11).await.unwrap().is_none(), "the sibling died with its family");
+
+    // Operator blocks: kept, replaced by the same key, lapsed ones left out (and pruned),
+    // removed once.
+    use portcullis::store::{Block, BlockKey, BlockKind};
+    let key = |kind, value: &str, iss: Option<&str>| BlockKey { kind, value: value.into(), iss: iss.map(Into::into) };
+    let block = |key: BlockKey, expires_at| Block { key, expires_at, created_at: now, reason: Some("t".into()) };
+    store.put_block(block(key(BlockKind::Sub, "alice", None), None)).await.unwrap();
+    store.put_block(block(key(BlockKind::Sub, "alice", Some("https://idp")), Some(now - 1))).await.unwrap();
+    store.put_block(block(key(BlockKind::Jti, "j1", None), Some(now + 5))).await.unwrap();
+    store.put_block(block(key(BlockKind::Jti, "j1", None), Some(now + 500))).await.unwrap();
+    let mut live = store.blocks(now).await.unwrap();
+    live.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(
+        live,
+        vec![block(key(BlockKind::Jti, "j1", None), Some(now + 500)), block(key(BlockKind::Sub, "alice", None), None)]
+    );
+    assert!(store.delete_block(&key(BlockKind::Sub, "alice", None)).await.unwrap());
+    assert!(!store.delete_block(&key(BlockKind::Sub, "alice", None)).await.unwrap());
+    assert!(!store.delete_block(&key(BlockKind::Sub, "alice", Some("https://idp"))).await.unwrap(), "pruned on read");
+    assert_eq!(store.blocks(now).await.unwrap().len(), 1);
 
     store.put_client_not_before("svc", 70).await.unwrap();
     store.put_client_not_before("svc", 60).await.unwrap();

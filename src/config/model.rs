@@ -104,12 +104,15 @@ pub struct TlsFiles {
     pub(crate) hsts: Option<http::HeaderValue>,
 }
 
-/// The admin listener (health, readiness, metrics).
+/// The admin listener (health, readiness, metrics, and the blocks API).
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub(crate) address: SocketAddr,
     /// Where it is configured; 0 for the default.
     pub(crate) line: usize,
+    /// The argon2id hash of the key the blocks API wants as `Authorization: Bearer`;
+    /// `None`: the blocks API is off (403), whatever is presented.
+    pub(crate) api_key_hash: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -125,6 +125,7 @@ pub struct RawEndpoints {
 pub struct RawAdmin {
     pub address: Option<Spanned<String>>,
     pub enabled: Option<bool>,
+    pub api_key_hash: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -26,7 +26,10 @@ impl Config {
         writeln!(out, "metadata  GET  {}", at("metadata"))?;
         writeln!(out, "jwks      GET  {}", at("jwks"))?;
         match &config.admin {
-            Some(a) => writeln!(out, "admin     {} (http: /healthz /readyz /metrics)", a.address)?,
+            Some(a) => {
+                let blocks = if a.api_key_hash.is_some() { " /blocks (key)" } else { "" };
+                writeln!(out, "admin     {} (http: /healthz /readyz /metrics{blocks})", a.address)?
+            }
             None => writeln!(out, "admin     disabled")?,
         }
         match &config.store {

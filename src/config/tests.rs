@@ -22,6 +22,25 @@ fn admin_defaults_to_loopback_and_can_move_or_be_disabled() {
 }
 
 #[test]
+fn the_admin_api_key_hash_is_an_argon2id_hash_and_warned_about_off_loopback() {
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$NDYTW6/8Jb0QvNtu/HAEsg$50KFYCT9MCJVGUAcSiitFKy6q9BorQxPHViybm55BfY";
+    assert_eq!(parse("").unwrap().admin.unwrap().api_key_hash, None, "off unless configured");
+    let c = parse(&format!("[admin]\napi_key_hash = \"{hash}\"\n")).unwrap();
+    assert_eq!(c.admin.as_ref().unwrap().api_key_hash.as_deref(), Some(hash));
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let e = parse("[admin]\naddress = \"127.0.0.1:9901\"\napi_key_hash = \"hunter2\"\n").unwrap_err();
+    assert_eq!(e.line, 10);
+    assert!(e.reason.contains("api_key_hash is not a PHC string"), "{e}");
+    let argon2i = "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$Zm9vYmFyYmF6cXV4";
+    let e = parse(&format!("[admin]\napi_key_hash = \"{argon2i}\"\n")).unwrap_err();
+    assert!(e.reason.contains("must be an argon2id hash"), "{e}");
+    let c = parse(&format!("[admin]\naddress = \"0.0.0.0:9901\"\napi_key_hash = \"{hash}\"\n")).unwrap();
+    let w: Vec<String> = c.warnings().iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("gw.toml:10: warning: api_key_hash on an admin listener that is not loopback"), "{w:?}");
+}
+
+#[test]
 fn route_hosts_are_normalised_like_request_authorities() {
     let route =
         |host: &str| format!("[[route]]\nprefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\nhost = \"{host}\"\n");

@@ -110,7 +110,9 @@ async fn access_token(
     // The same holder rule as the proxy path: client enabled, user (if any) enabled.
     let holder_ok = check_holder(&rt.config, &c.client_id, &c.sub).is_ok()
         && gw.validator.check_not_before(&c.client_id, c.iat).is_ok();
-    if !holder_ok || gw.validator.is_revoked_locally(&c.jti) || gw.store.is_revoked(&c.jti).await? {
+    // An operator block (issue 16.5) makes it inactive too, as on the proxy path.
+    let blocked = gw.validator.is_blocked(&c.iss, &c.jti, &c.sub);
+    if !holder_ok || blocked || gw.validator.is_revoked_locally(&c.jti) || gw.store.is_revoked(&c.jti).await? {
         return Ok(Some(inactive()));
     }
     let mut v = json!({

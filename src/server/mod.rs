@@ -82,6 +82,7 @@ impl Server {
         gateway.metrics.tls_listeners(tls_addrs);
         gateway.metrics.certificate(gateway.runtime().config.tls.as_ref().map(|t| t.cert.as_path()));
         gateway.restore_client_resets().await;
+        gateway.restore_blocks().await;
         let tls = Arc::new(ArcSwapOption::from(tls.map(Arc::new)));
         // Now, not in `run`: from here on SIGHUP reloads instead of ending the process.
         let reloader = Reloader::new(gateway.clone(), tls.clone());

@@ -26,7 +26,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, StoreError, StoredRefresh, TakeCode,
+    Block, BlockKey, CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, StoreError,
+    StoredRefresh, TakeCode,
 };
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -41,6 +42,8 @@ const HEALTH: Table = TableDefinition::new("health");
 /// client id → unix time at or before which its tokens are void (never swept: one small
 /// record per client ever disabled).
 const CLIENT_NOT_BEFORE: Table = TableDefinition::new("client_not_before");
+/// Operator blocks: the block key's JSON → the block's JSON (swept once lapsed).
+const BLOCKS: Table = TableDefinition::new("blocks");
 
 /// How long a used code is remembered so that a replay can be detected and punished.
 const USED_CODE_MEMORY_SECS: u64 = 600;
@@ -295,7 +298,7 @@ fn open_family_in(txn: &WriteTransaction, family: &str, expires_at: u64) -> Resu
 /// Create every table up front so that readers never see a missing table.
 fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(storage)?;
-    for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS, CLIENT_NOT_BEFORE] {
+    for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS, CLIENT_NOT_BEFORE, BLOCKS] {
         txn.open_table(table).map_err(storage)?;
     }
     txn.commit().map_err(storage)
@@ -649,6 +652,37 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn put_block(&self, block: Block) -> Result<(), StoreError> {
+        self.write(move |txn| put(txn, BLOCKS, &encode(&block.key)?, &block)).await
+    }
+
+    async fn delete_block(&self, key: &BlockKey) -> Result<bool, StoreError> {
+        let key = encode(key)?;
+        self.write(move |txn| {
+            let mut t = txn.open_table(BLOCKS).map_err(storage)?;
+            let removed = t.remove(key.as_slice()).map_err(storage)?.is_some();
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn blocks(&self, now: u64) -> Result<Vec<Block>, StoreError> {
+        self.read_txn(move |txn| {
+            let t = txn.open_table(BLOCKS).map_err(storage)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(storage)? {
+                let (_, v) = row.map_err(storage)?;
+                // An unreadable block fails the load: silently dropping it would unblock.
+                let block: Block = decode(v.value())?;
+                if block.live(now) {
+                    out.push(block);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Also where a failed handle heals while no write comes (readiness probes, scrapes).
     /// After a failure, and until a write succeeded, the probe is a write.
     async fn ping(&self) -> Result<(), StoreError> {
@@ -688,6 +722,7 @@ impl Store for EmbeddedStore {
             sweep(FAMILIES, &|v| decode::<Family>(v).is_ok_and(|f| f.expires_at <= now))?;
             sweep(REVOKED, &|v| decode::<u64>(v).is_ok_and(|exp| exp <= now))?;
             sweep(SESSIONS, &|v| decode::<Session>(v).is_ok_and(|s| s.expires_at <= now))?;
+            sweep(BLOCKS, &|v| decode::<Block>(v).is_ok_and(|b| !b.live(now)))?;
             Ok(removed)
         })
         .await
@@ -890,6 +925,38 @@ mod tests {
         let removed = s.sweep(100).await.unwrap();
         assert_eq!(removed, 3, "refresh g, family g, session");
         assert!(s.get_refresh([1; 32], 100).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn blocks_are_kept_replaced_removed_and_swept_once_lapsed() {
+        use crate::store::BlockKind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let key =
+            |kind, value: &str, iss: Option<&str>| BlockKey { kind, value: value.into(), iss: iss.map(Into::into) };
+        let block = |key: BlockKey, expires_at| Block { key, expires_at, created_at: 1, reason: None };
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            s.put_block(block(key(BlockKind::Sub, "alice", None), None)).await.unwrap();
+            s.put_block(block(key(BlockKind::Sub, "alice", Some("https://idp")), Some(50))).await.unwrap();
+            s.put_block(block(key(BlockKind::Jti, "j1", None), Some(50))).await.unwrap();
+            // The same key again replaces it.
+            s.put_block(block(key(BlockKind::Jti, "j1", None), Some(500))).await.unwrap();
+        }
+        let s = EmbeddedStore::open(&path).unwrap();
+        let mut live = s.blocks(100).await.unwrap();
+        live.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(
+            live.iter().map(|b| (b.key.value.as_str(), b.expires_at)).collect::<Vec<_>>(),
+            [("j1", Some(500)), ("alice", None)],
+            "the lapsed issuer-scoped block is left out"
+        );
+        assert_eq!(s.sweep(100).await.unwrap(), 1, "and swept");
+        assert_eq!(s.blocks(10).await.unwrap().len(), 2, "gone from the file");
+        assert!(s.delete_block(&key(BlockKind::Sub, "alice", None)).await.unwrap());
+        assert!(!s.delete_block(&key(BlockKind::Sub, "alice", None)).await.unwrap(), "already removed");
+        assert!(!s.delete_block(&key(BlockKind::Jti, "j1", Some("https://idp"))).await.unwrap(), "another key");
+        assert_eq!(s.blocks(100).await.unwrap().len(), 1);
     }
 
     /// Issue 18: a failed write (a full disk) used to leave the handle failed for good.

@@ -1,5 +1,5 @@
 //! Durable grant state: authorization codes, refresh tokens (in rotation families),
-//! revoked access tokens and login sessions. Two implementations share this trait: the
+//! revoked access tokens, operator blocks and login sessions. Two implementations share this trait: the
 //! embedded redb file (default) and Redis (for replicas). The operations that must be
 //! atomic — take a code once, rotate a refresh token once — are single trait methods, so
 //! each implementation makes them atomic in its own way.
@@ -119,11 +119,64 @@ pub enum Rotate {
     Invalid,
 }
 
+/// What an operator block names (issue 16.5): every token with this `jti`, or every
+/// token for this `sub`, of one issuer or (`iss: None`) of any issuer.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockKind {
+    Jti,
+    Sub,
+}
+
+impl BlockKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockKind::Jti => "jti",
+            BlockKind::Sub => "sub",
+        }
+    }
+}
+
+/// Which tokens a block stops; at most one block exists per key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockKey {
+    pub kind: BlockKind,
+    /// The `jti` or `sub`, compared byte for byte.
+    pub value: String,
+    /// The issuer the block is scoped to (exact `iss`); `None`: every issuer.
+    #[serde(default)]
+    pub iss: Option<String>,
+}
+
+/// An operator block, as stored and as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Block {
+    #[serde(flatten)]
+    pub key: BlockKey,
+    /// Unix time it lapses; `None`: until it is removed.
+    pub expires_at: Option<u64>,
+    pub created_at: u64,
+    /// The operator's note (a ticket, an incident), for the list.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl Block {
+    /// In force at `now`.
+    pub fn live(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
 /// What another replica told us through the shared store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevocationEvent {
     /// This access token was revoked somewhere: refuse it here too.
     Revoked(IssuedAccess),
+    /// An operator block was added or replaced somewhere: apply it here too.
+    Blocked(Block),
+    /// An operator block was removed somewhere.
+    Unblocked(BlockKey),
     /// The feed was interrupted and events may be lost: drop every cached verdict.
     Resync,
 }
@@ -192,6 +245,16 @@ pub trait Store: Send + Sync {
 
     /// Every client's not-before, for a start (a restart must not revive those tokens).
     async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Add or replace an operator block, durably, and announce it to the other replicas
+    /// (as a [`RevocationEvent::Blocked`]) where the store is shared.
+    async fn put_block(&self, block: Block) -> Result<(), StoreError>;
+
+    /// Remove a block (announced as [`RevocationEvent::Unblocked`]); false when there was none.
+    async fn delete_block(&self, key: &BlockKey) -> Result<bool, StoreError>;
+
+    /// Every block in force at `now`: at start, after a feed interruption, and for the list.
+    async fn blocks(&self, now: u64) -> Result<Vec<Block>, StoreError>;
 
     /// Is the store reachable and usable right now (for readiness)? A store that heals
     /// itself may try to here.

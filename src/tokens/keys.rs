@@ -415,7 +415,7 @@ fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>) -> Result<Key, KeyE
 }
 
 /// The longest access-token lifetime `config` can issue.
-fn max_lifetime_secs(config: &Config) -> u64 {
+pub(crate) fn max_lifetime_secs(config: &Config) -> u64 {
     config.clients.values().map(|c| c.token_lifetime.as_secs()).fold(config.token_lifetime.as_secs(), u64::max)
 }
 

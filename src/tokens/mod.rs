@@ -1,5 +1,7 @@
-//! Access tokens: signing keys, issuance and validation (RFC 9068 JWTs).
+//! Access tokens: signing keys, issuance and validation (RFC 9068 JWTs), and the operator
+//! blocks validation enforces.
 
+mod blocks;
 pub mod cache;
 mod client_reset;
 pub mod issue;

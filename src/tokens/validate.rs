@@ -8,13 +8,15 @@ use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::errors::ErrorKind;
 
+pub use super::blocks::BlockStats;
+use super::blocks::Blocks;
 use super::cache::{Digest, Lookup, VerdictCache};
 use super::client_reset::ClientNotBefore;
 pub use super::client_reset::{ClientResets, client_resets};
 use super::keys::{Key, KeySet};
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Block, BlockKey, Store};
 
 /// Tokens longer than this are refused before any parsing or hashing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -59,6 +61,9 @@ pub enum TokenError {
     LifetimeTooLong,
     #[error("token was issued before its client was disabled or its secret rotated")]
     ClientReset,
+    /// An operator blocked its `jti` or its `sub` through the admin API (issue 16.5).
+    #[error("token's jti or subject is blocked")]
+    Blocked,
 }
 
 impl TokenError {
@@ -121,6 +126,8 @@ pub struct Validator {
     /// Checked on every hit, so a revocation takes effect at once, including for a
     /// verification that started before the revocation and cached its verdict after it.
     revoked: Revoked,
+    /// Operator blocks, likewise checked on every hit.
+    blocks: Blocks,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -131,6 +138,7 @@ impl Validator {
             not_before: ClientNotBefore::default(),
             cache: VerdictCache::new(max_entries),
             revoked: Revoked { map: RwLock::default(), any: AtomicBool::new(false), max_entries: 1_000_000 },
+            blocks: Blocks::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -180,6 +188,7 @@ impl Validator {
                     if self.revoked.contains(p.token_id()) {
                         return Err(TokenError::Revoked);
                     }
+                    self.check_blocks(config.issuer(), &p, now)?;
                     return Ok(p);
                 }
             }
@@ -197,6 +206,7 @@ impl Validator {
         if self.revoked.contains(principal.token_id()) {
             return Err(TokenError::Revoked);
         }
+        self.check_blocks(config.issuer(), &principal, now)?;
         match store.is_revoked(principal.token_id()).await {
             Ok(true) => {
                 self.remember_revoked(principal.token_id(), principal.expires_at());
@@ -245,6 +255,40 @@ impl Validator {
     /// Has this process seen `jti` revoked (by itself or through a replica's event)?
     pub fn is_revoked_locally(&self, jti: &str) -> bool {
         self.revoked.contains(jti)
+    }
+
+    /// Refuse a token blocked by an operator. Our own tokens are checked under our issuer
+    /// (a hit's key fingerprint covers the issuer, so the one in force is the token's).
+    fn check_blocks(&self, iss: &str, p: &Principal, now: u64) -> Result<(), TokenError> {
+        match self.blocks.check(iss, p.token_id(), p.subject(), now) {
+            Some(_) => Err(TokenError::Blocked),
+            None => Ok(()),
+        }
+    }
+
+    /// Enforce an operator block from now on, in this process (the store keeps it).
+    pub fn block(&self, block: &Block) {
+        self.blocks.insert(block, now_secs());
+    }
+
+    /// Stop enforcing a block in this process.
+    pub fn unblock(&self, key: &BlockKey) {
+        self.blocks.remove(key);
+    }
+
+    /// Enforce exactly `all`, as loaded from the store (at start, after a feed interruption).
+    pub fn replace_blocks(&self, all: &[Block]) {
+        self.blocks.replace(all, now_secs());
+    }
+
+    /// Is a token of `iss` with `jti` for `sub` blocked (for introspection: not counted)?
+    pub fn is_blocked(&self, iss: &str, jti: &str, sub: &str) -> bool {
+        self.blocks.covers(iss, jti, sub, now_secs())
+    }
+
+    /// Requests refused by a block and blocks held, for `/metrics`.
+    pub fn block_stats(&self) -> BlockStats {
+        self.blocks.stats(now_secs())
     }
 
     /// Drop every cached verdict (e.g. after the keys changed).

@@ -238,7 +238,7 @@ impl Validator<'_> {
         Ok(())
     }
 
-    fn argon2id(&self, h: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
+    pub(super) fn argon2id(&self, h: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
         let parsed = argon2::PasswordHash::new(h.get_ref()).map_err(|e| {
             self.err(h.span(), format!("{field} is not a PHC string ({e}): make one with `portcullis hash-secret`"))
         })?;

@@ -174,20 +174,22 @@ impl Validator<'_> {
     }
 
     /// The admin listener: on 127.0.0.1:9901 unless moved or disabled; never shared
-    /// with a gateway listener, since it is plaintext and unauthenticated.
+    /// with a gateway listener, since it is plaintext. `api_key_hash` turns the blocks
+    /// API on; its key then travels in clear, so a non-loopback address is warned about.
     pub(super) fn admin(
         &self,
         raw: Option<&Spanned<RawAdmin>>,
         listeners: &[Listener],
     ) -> Result<Option<Admin>, ConfigError> {
         let default = SocketAddr::from(([127, 0, 0, 1], 9901));
-        let Some(raw) = raw else { return Ok(Some(Admin { address: default, line: 0 })) };
+        let Some(raw) = raw else { return Ok(Some(Admin { address: default, line: 0, api_key_hash: None })) };
         let a = raw.get_ref();
         if a.enabled == Some(false) {
             return Ok(None);
         }
+        let api_key_hash = a.api_key_hash.as_ref().map(|h| self.argon2id(h, "api_key_hash")).transpose()?;
         let Some(addr) = &a.address else {
-            return Ok(Some(Admin { address: default, line: self.line_of(raw.span().start) }));
+            return Ok(Some(Admin { address: default, line: self.line_of(raw.span().start), api_key_hash }));
         };
         let line = self.line_of(addr.span().start);
         let address: SocketAddr = addr.get_ref().parse().map_err(|_| {
@@ -205,7 +207,16 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok(Some(Admin { address, line }))
+        if let Some(h) = &a.api_key_hash
+            && !address.ip().is_loopback()
+        {
+            self.warn(
+                h.span(),
+                "api_key_hash on an admin listener that is not loopback: the admin listener is plaintext, so the \
+                 key crosses the network in clear (keep it on a private network, or tunnel to it)",
+            );
+        }
+        Ok(Some(Admin { address, line, api_key_hash }))
     }
 }
 
