@@ -184,6 +184,16 @@ fn check_refuses_missing_tls_files_and_upstream_ca() {
 
     let ca = |p: &Path| format!("[proxy]\nupstream_ca = \"{}\"\n", p.display());
     s.refused("missing upstream_ca", &s.text(&ca(&missing), ""), "upstream_ca", "upstream_ca");
+    // A CA file with no certificate in it (a key, an empty file) would trust the system
+    // roots only: refused.
+    std::fs::write(s.dir.path().join("empty-ca.pem"), "").unwrap();
+    s.refused(
+        "empty upstream_ca",
+        &s.text(&ca(&s.dir.path().join("empty-ca.pem")), ""),
+        "upstream_ca",
+        "no certificate",
+    );
+    s.refused("key as upstream_ca", &s.text(&ca(&pki.key_path), ""), "upstream_ca", "no certificate");
     std::fs::write(s.dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
     assert!(s.check(&s.text(&ca(&s.dir.path().join("ca.pem")), "")).0);
 }
@@ -412,13 +422,20 @@ fn check_warns_with_file_and_line_about_what_may_be_deliberate() {
         "trust everyone v4",
         &s.text("[proxy]\ntrusted_proxies = [\"10.0.0.1\", \"0.0.0.0/0\"]\n", &base),
         "trusted_proxies",
-        "trusts every address",
+        "trusts far more than your balancers",
+    );
+    // Two halves of the Internet are the Internet.
+    s.warned(
+        "trust everyone in two halves",
+        &s.text("[proxy]\ntrusted_proxies = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n", &base),
+        "trusted_proxies",
+        "trusts far more than your balancers",
     );
     s.warned(
         "trust everyone v6",
         &s.text("[proxy]\ntrusted_proxies = [\"::/0\"]\n", &base),
         "trusted_proxies",
-        "trusts every address",
+        "trusts far more than your balancers",
     );
     // http issuer on a non-loopback host; loopback is a local trial and passes quietly.
     let text = s.text("", &base).replace("https://auth.test", "http://auth.example.com");

@@ -31,6 +31,14 @@ impl Upstreams {
             let certs = CertificateDer::pem_file_iter(ca)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| format!("upstream_ca {}: {e}", ca.display()))?;
+            // A file with no certificate would trust only the system roots: not what the
+            // operator meant, and upstreams on a private CA would fail later, per request.
+            if certs.is_empty() {
+                return Err(format!(
+                    "upstream_ca {}: no certificate in the file (PEM `BEGIN CERTIFICATE`)",
+                    ca.display()
+                ));
+            }
             for cert in certs {
                 roots.add(cert).map_err(|e| format!("upstream_ca {}: {e}", ca.display()))?;
             }

@@ -22,11 +22,14 @@ impl Validator<'_> {
             let net = s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
                 self.err(p.span(), format!("bad trusted proxy {s:?}: write an address or CIDR, e.g. \"10.0.0.0/8\""))
             })?;
-            if net.prefix_len() == 0 {
+            // Wider than any private range (10/8, fc00::/7): every such list (0.0.0.0/0, or
+            // 0.0.0.0/1 with 128.0.0.0/1) trusts the Internet.
+            let widest = if net.addr().is_ipv4() { 8 } else { 7 };
+            if net.prefix_len() < widest {
                 self.warn(
                     p.span(),
                     format!(
-                        "trusted proxy {s:?} trusts every address: any client can then set X-Forwarded-For and pick \
+                        "trusted proxy {s:?} trusts far more than your balancers: any client there can set X-Forwarded-For and pick \
                          the address rate limits and logs see; list your balancers only"
                     ),
                 );
