@@ -8,8 +8,9 @@
 //!   failed) only degrades grants, revocation and logins, so it does not fail readiness —
 //!   otherwise one Redis outage would take every replica out of the balancer at once.
 //! - `/readyz?verbose` (or `Accept: application/json`): the same status with a JSON body of
-//!   per-check results (config, keys, listeners, draining, store), for a human or a
-//!   stricter probe.
+//!   per-check results (config, keys, listeners, draining, store, and each trusted
+//!   issuer's key state — never required: one IdP's outage refuses only its tokens), for
+//!   a human or a stricter probe.
 //! - `/metrics`: Prometheus text.
 
 use std::convert::Infallible;
@@ -136,6 +137,7 @@ async fn route<B>(gw: &Gateway, req: &Request<B>) -> Result<Response<Body>, Admi
         _ => {
             let stats = gw.validator.stats().await;
             let mut text = gw.metrics.render(&stats);
+            crate::metrics::render_issuers(&mut text, &gw.runtime().issuers.stats());
             let store_up = gw.store.health().await == Health::Healthy;
             crate::metrics::render_lifecycle(
                 &mut text,
@@ -195,6 +197,10 @@ async fn readiness_detail(gw: &Gateway) -> Response<Body> {
     };
     store["kind"] = gw.store.kind().into();
     let ready = gw.is_ready();
+    // Reported, never required: an IdP outage refuses only that IdP's tokens, and must not
+    // take every replica out of the balancer at once.
+    let issuers: serde_json::Map<String, serde_json::Value> =
+        gw.runtime().issuers.iter().map(|i| (i.name().to_string(), i.readiness())).collect();
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
         "checks": {
@@ -205,6 +211,7 @@ async fn readiness_detail(gw: &Gateway) -> Response<Body> {
             "listeners": listeners,
             "draining": draining,
             "store": store,
+            "issuers": issuers,
         },
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

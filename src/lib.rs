@@ -14,6 +14,7 @@ pub mod cookies;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod issuers;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;

@@ -2,6 +2,7 @@
 
 pub mod cache;
 mod client_reset;
+mod external;
 pub mod issue;
 pub mod keys;
 mod principal;
