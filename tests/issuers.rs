@@ -534,16 +534,14 @@ file = "/nonexistent/k1.pem"
         (issuer("introspection_endpoint = \"https://idp.example/introspect\""), "not supported yet", 16),
         (issuer("refresh_min = \"2h\""), "refresh_min", 16),
         (
-            format!(
-                "\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n[route.claims]\ntenant = {{ within = \"a\" }}\n"
-            ),
+            "\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n[route.claims]\ntenant = { within = \"a\" }\n"
+                .to_string(),
             "unknown test",
             14,
         ),
         (
-            format!(
-                "\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\npublic = true\nissuers = [\"self\"]\n"
-            ),
+            "\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\npublic = true\nissuers = [\"self\"]\n"
+                .to_string(),
             "public route",
             12,
         ),

@@ -164,10 +164,10 @@ pub(super) async fn verify(
         return Err(TokenError::Expired);
     }
     for name in ["nbf", "iat"] {
-        if let Some(v) = claims.get(name) {
-            if number(v).ok_or(TokenError::BadClaims)? > now.saturating_add(leeway) {
-                return Err(TokenError::NotYetValid);
-            }
+        if let Some(v) = claims.get(name)
+            && number(v).ok_or(TokenError::BadClaims)? > now.saturating_add(leeway)
+        {
+            return Err(TokenError::NotYetValid);
         }
     }
     let audience = match claims.get("aud") {

@@ -28,6 +28,9 @@ impl ClaimValue {
     }
 }
 
+/// A kept claim: its name (as the rule writes it) and value.
+pub type KeptClaim = (Box<str>, ClaimValue);
+
 /// Who a valid token speaks for.
 ///
 /// Compact, because up to `[cache] max_tokens` of them stay in memory: the seven strings
@@ -41,7 +44,7 @@ pub struct Principal {
     /// Where each of those seven ends in `text`.
     ends: [u16; 7],
     /// The claims route rules name that the token carries.
-    claims: Option<Box<[(Box<str>, ClaimValue)]>>,
+    claims: Option<Box<[KeptClaim]>>,
     /// The fingerprint of the key that verified it (key file, issuer, audience): a hit
     /// under a key with another fingerprint is verified again.
     key_fingerprint: [u8; 32],
@@ -67,7 +70,7 @@ impl Principal {
     /// `parts`: client_id, subject, scope, token_id, kid, aud, issuer name (empty: ours).
     pub(super) fn build(
         parts: [&str; 7],
-        claims: Vec<(Box<str>, ClaimValue)>,
+        claims: Vec<KeptClaim>,
         key_fingerprint: [u8; 32],
         expires_at: u64,
     ) -> Option<Principal> {
