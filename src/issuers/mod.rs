@@ -83,24 +83,7 @@ impl Issuer {
             JwksSource::Uri(u) => Some(u.clone()),
             JwksSource::Discovery => None,
         };
-        let policy = {
-            let mut p = format!(
-                "{}\0{}\0{:?}\0{}\0{}\0{:?}\0{:?}\0{:?}",
-                config.name,
-                config.issuer,
-                config.audiences,
-                config.leeway.as_secs(),
-                config.subject_claim,
-                config.client_id_claim,
-                config.scope_claim,
-                config.algorithms,
-            );
-            for c in rule_claims {
-                p.push('\0');
-                p.push_str(c);
-            }
-            sha256(p.as_bytes())
-        };
+        let policy = policy(&config, rule_claims);
         Ok(Issuer {
             config,
             keys: ArcSwap::from_pointee(KeySet::default()),
@@ -305,6 +288,27 @@ impl IssuerSet {
     pub fn stats(&self) -> Vec<IssuerStats> {
         self.issuers.iter().map(|i| i.stats()).collect()
     }
+}
+
+/// SHA-256 of every setting of `config` that bears on a verdict, and of the claims route
+/// rules name (see [`Issuer`]'s `policy`).
+fn policy(config: &TrustedIssuer, rule_claims: &[String]) -> [u8; 32] {
+    let mut p = format!(
+        "{}\0{}\0{:?}\0{}\0{}\0{:?}\0{:?}\0{:?}",
+        config.name,
+        config.issuer,
+        config.audiences,
+        config.leeway.as_secs(),
+        config.subject_claim,
+        config.client_id_claim,
+        config.scope_claim,
+        config.algorithms,
+    );
+    for c in rule_claims {
+        p.push('\0');
+        p.push_str(c);
+    }
+    sha256(p.as_bytes())
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
