@@ -484,6 +484,30 @@ async fn a_reload_keeps_the_keys_of_unchanged_issuers() {
     assert_eq!(status(&gw, "/corp/x", &token).await, 200);
 }
 
+#[tokio::test]
+async fn an_idp_over_tls_is_trusted_through_its_configured_ca_only() {
+    let up = EchoUpstream::start().await;
+    let key = IdpKey::es256("e1");
+    let scratch = tempfile::tempdir().unwrap();
+    let idp_pki = Pki::create(scratch.path());
+    let idp = TestIdp::start_tls(vec![key.clone()], &idp_pki).await;
+    let ca = scratch.path().join("idp-ca.pem");
+    std::fs::write(&ca, &idp_pki.ca_pem).unwrap();
+    // The same IdP twice: through its CA, and (as 127.0.0.1, also in its certificate)
+    // without, where the system roots do not know the test CA.
+    let trusted = issuer_toml("corp", &idp, &format!("ca = \"{}\"", ca.display()));
+    let untrusted = format!(
+        "\n[[trusted_issuer]]\nname = \"noca\"\nissuer = \"https://127.0.0.1:{}\"\nalgorithms = [\"ES256\"]\naudience = \"{AUD}\"\nrefresh_min = \"1s\"\n",
+        idp.addr.port()
+    );
+    let gw = gateway(&up, &format!("{trusted}{untrusted}"), "").await;
+    wait_for_keys(&gw, "corp").await;
+    assert_eq!(status(&gw, "/corp/x", &idp_token(&idp, &key, "alice", json!({"scope": "read"}))).await, 200);
+    let series = "portcullis_issuer_jwks_fetches_total{issuer=\"noca\",outcome=\"discovery_failed\"}";
+    wait_until("the CA-less issuer failed", || async { counter(&gw, series).await >= 1.0 }).await;
+    assert_eq!(keys_in_force(&gw, "noca").await, 0);
+}
+
 /// Each refusal names the file and the line.
 #[test]
 fn config_errors_point_at_the_line() {

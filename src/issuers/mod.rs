@@ -170,6 +170,8 @@ impl Issuer {
             e => FetchError::BadDocument(e.to_string()),
         })?;
         for why in skipped {
+            // Bounded: the reason quotes the document.
+            let why: String = why.chars().take(200).collect();
             tracing::warn!(issuer = %self.config.name, "JWKS key skipped: {why}");
         }
         tracing::info!(issuer = %self.config.name, keys = set.len(), "JWKS fetched");

@@ -139,9 +139,29 @@ impl Drop for TestIdp {
 
 impl TestIdp {
     pub async fn start(keys: Vec<Arc<IdpKey>>) -> TestIdp {
+        Self::start_on(keys, None).await
+    }
+
+    /// Over TLS with a certificate for localhost and 127.0.0.1 from `pki`'s CA; the issuer
+    /// is `https://localhost:PORT`.
+    pub async fn start_tls(keys: Vec<Arc<IdpKey>>, pki: &super::Pki) -> TestIdp {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        portcullis::install_crypto_provider();
+        let (cert, key) = pki.leaf();
+        let certs = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
+        Self::start_on(keys, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_on(keys: Vec<Arc<IdpKey>>, tls: Option<tokio_rustls::TlsAcceptor>) -> TestIdp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let issuer = format!("http://127.0.0.1:{}", addr.port());
+        let issuer = match tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://127.0.0.1:{}", addr.port()),
+        };
         let state = Arc::new(Mutex::new(State { keys, mode: Mode::Normal, cache_control: None }));
         let jwks_fetches = Arc::new(AtomicUsize::new(0));
         let metadata_fetches = Arc::new(AtomicUsize::new(0));
@@ -150,14 +170,22 @@ impl TestIdp {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let (st, jf, mf, iss) = (st.clone(), jf.clone(), mf.clone(), iss.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (st, jf, mf, iss) = (st.clone(), jf.clone(), mf.clone(), iss.clone());
                         async move { Ok::<_, Infallible>(answer(&req, &st, &jf, &mf, &iss)) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else { return };
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
