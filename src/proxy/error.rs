@@ -109,6 +109,11 @@ impl ProxyError {
                 json!({"error": "insufficient_scope", "error_description": "The access token lacks a required scope.", "scope": scope}),
                 challenge(&format!(", error=\"insufficient_scope\", scope=\"{scope}\"")),
             ),
+            ProxyError::ClaimNotMet(scope) if scope.is_empty() => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "insufficient_scope", "error_description": "The access token lacks a claim value this route requires."}),
+                challenge(", error=\"insufficient_scope\""),
+            ),
             ProxyError::ClaimNotMet(scope) => (
                 StatusCode::FORBIDDEN,
                 json!({"error": "insufficient_scope", "error_description": "The access token lacks a claim value this route requires.", "scope": scope}),
