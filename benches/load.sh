@@ -349,9 +349,12 @@ wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_EXT_TOKEN")
 EOF
 cat >"$WORK/rotate.lua" <<'EOF'
 -- Every request carries the next of many distinct tokens (more than the cache holds).
+-- Built in init, after wrk has set the Host header (a request without one is a 400).
 local reqs, i = {}, 0
-for t in io.lines(os.getenv(BENCH_TOKENS_VAR or "BENCH_TOKENS")) do
-    reqs[#reqs + 1] = wrk.format("GET", nil, { ["Authorization"] = "Bearer " .. t })
+init = function()
+    for t in io.lines(os.getenv(BENCH_TOKENS_VAR or "BENCH_TOKENS")) do
+        reqs[#reqs + 1] = wrk.format("GET", nil, { ["Host"] = wrk.headers["Host"], ["Authorization"] = "Bearer " .. t })
+    end
 end
 request = function()
     i = i % #reqs + 1

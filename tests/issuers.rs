@@ -222,6 +222,27 @@ async fn jwks_outage_after_a_fetch_keeps_the_cached_keys() {
 }
 
 #[tokio::test]
+async fn a_slow_idp_times_out_and_holds_no_request_for_long() {
+    let up = EchoUpstream::start().await;
+    let key = IdpKey::es256("e1");
+    let idp = TestIdp::start(vec![key.clone()]).await;
+    idp.set_delay(Some(Duration::from_secs(30)));
+    let jwks = format!("jwks_uri = \"{}\"", idp.jwks_uri());
+    let gw = gateway(&up, &issuer_toml("corp", &idp, &jwks).replace("timeout = \"2s\"", "timeout = \"1s\""), "").await;
+    let series = "portcullis_issuer_jwks_fetches_total{issuer=\"corp\",outcome=\"timeout\"}";
+    wait_until("a fetch timed out", || async { counter(&gw, series).await >= 1.0 }).await;
+    // A token of the slow IdP waits at most for one bounded fetch, then is refused.
+    let started = std::time::Instant::now();
+    assert_eq!(status(&gw, "/corp/x", &idp_token(&idp, &key, "alice", json!({"scope": "read"}))).await, 401);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(status(&gw, "/api/x", &svc_token(&gw).await).await, 200);
+    // Back to normal speed: its tokens pass.
+    idp.set_delay(None);
+    let t = idp_token(&idp, &key, "alice", json!({"scope": "read"}));
+    wait_until("the IdP's token passes", || async { status(&gw, "/corp/x", &t).await == 200 }).await;
+}
+
+#[tokio::test]
 async fn a_kid_flood_causes_at_most_one_fetch_per_interval() {
     let up = EchoUpstream::start().await;
     let key = IdpKey::es256("e1");

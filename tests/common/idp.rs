@@ -119,6 +119,8 @@ struct State {
     keys: Vec<Arc<IdpKey>>,
     mode: Mode,
     cache_control: Option<String>,
+    /// Every answer waits this long first.
+    delay: Option<std::time::Duration>,
 }
 
 pub struct TestIdp {
@@ -162,7 +164,7 @@ impl TestIdp {
             Some(_) => format!("https://localhost:{}", addr.port()),
             None => format!("http://127.0.0.1:{}", addr.port()),
         };
-        let state = Arc::new(Mutex::new(State { keys, mode: Mode::Normal, cache_control: None }));
+        let state = Arc::new(Mutex::new(State { keys, mode: Mode::Normal, cache_control: None, delay: None }));
         let jwks_fetches = Arc::new(AtomicUsize::new(0));
         let metadata_fetches = Arc::new(AtomicUsize::new(0));
         let (st, jf, mf, iss) = (state.clone(), jwks_fetches.clone(), metadata_fetches.clone(), issuer.clone());
@@ -174,7 +176,13 @@ impl TestIdp {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (st, jf, mf, iss) = (st.clone(), jf.clone(), mf.clone(), iss.clone());
-                        async move { Ok::<_, Infallible>(answer(&req, &st, &jf, &mf, &iss)) }
+                        async move {
+                            let delay = st.lock().unwrap().delay;
+                            if let Some(d) = delay {
+                                tokio::time::sleep(d).await;
+                            }
+                            Ok::<_, Infallible>(answer(&req, &st, &jf, &mf, &iss))
+                        }
                     });
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
@@ -198,6 +206,10 @@ impl TestIdp {
 
     pub fn set_mode(&self, mode: Mode) {
         self.state.lock().unwrap().mode = mode;
+    }
+
+    pub fn set_delay(&self, d: Option<std::time::Duration>) {
+        self.state.lock().unwrap().delay = d;
     }
 
     pub fn set_cache_control(&self, v: Option<&str>) {
