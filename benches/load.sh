@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: direct upstream, nginx (plain reverse proxy), HAProxy 2.6
-# (jwt_verify + exp check) and portcullis (cache hit, cache miss, 401, token endpoint),
-# over HTTP and over TLS, on loopback. One command:
+# (jwt_verify + exp check) and portcullis (cache hit, cache miss, 401, token endpoint, and
+# hit and miss for ES256 tokens of a trusted external issuer: a second portcullis process
+# as the IdP, serving discovery and its JWK Set), over HTTP and over TLS, on loopback.
+# One command:
 #
 #   benches/load.sh
 #
@@ -91,6 +93,7 @@ NGX=$((PORT_BASE + 10)) NGXS=$((PORT_BASE + 11))
 HAP=$((PORT_BASE + 20)) HAPS=$((PORT_BASE + 21))
 PC=$((PORT_BASE + 30)) PCS=$((PORT_BASE + 31)) PCADMIN=$((PORT_BASE + 39))
 BARE=$((PORT_BASE + 35))
+IDP=$((PORT_BASE + 36))
 
 WORK=$(mktemp -d /tmp/portcullis-load.XXXXXX)
 chmod 755 "$WORK"
@@ -158,6 +161,39 @@ scopes = ["read"]
 prefix = "/api"
 upstream = "http://127.0.0.1:$UP"
 scopes = ["read"]
+# The external-issuer rows: tokens of the IdP below, on a route that accepts only them.
+[[route]]
+prefix = "/ext"
+upstream = "http://127.0.0.1:$UP"
+scopes = ["read"]
+issuers = ["idp"]
+[[trusted_issuer]]
+name = "idp"
+issuer = "http://127.0.0.1:$IDP"
+algorithms = ["ES256"]
+audience = "http://127.0.0.1:$IDP"
+EOF
+# The IdP: another portcullis, plaintext on loopback, signing with its own ES256 key;
+# `loadkit mint` with this config makes its tokens (the gateway finds its keys by discovery).
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/idp-es256.pem" 2>/dev/null
+cat >"$ETC/idp.toml" <<EOF
+issuer = "http://127.0.0.1:$IDP"
+[[listener]]
+address = "127.0.0.1:$IDP"
+tls = false
+[admin]
+enabled = false
+[store]
+path = "$RUN/idp.redb"
+[[key]]
+id = "idp-es256"
+algorithm = "ES256"
+file = "$WORK/idp-es256.pem"
+[[client]]
+id = "bench"
+secret_hash = "$HASH"
+grants = ["client_credentials"]
+scopes = ["read"]
 EOF
 # The same ES256 key as the only (active) one: what `loadkit mint` signs with.
 sed -e '/^\[\[key\]\]$/,$d' "$ETC/portcullis.toml" >"$ETC/mint.toml"
@@ -175,8 +211,12 @@ EOF
 log "minting 1 + $MISS_TOKENS ES256 tokens"
 "$KIT" mint --config "$ETC/mint.toml" --count 1 --out "$WORK/token.txt"
 "$KIT" mint --config "$ETC/mint.toml" --count "$MISS_TOKENS" --out "$WORK/tokens.txt"
+log "minting 1 + $MISS_TOKENS ES256 tokens of the external issuer"
+"$KIT" mint --config "$ETC/idp.toml" --count 1 --out "$WORK/ext-token.txt"
+"$KIT" mint --config "$ETC/idp.toml" --count "$MISS_TOKENS" --out "$WORK/ext-tokens.txt"
 openssl pkey -in "$WORK/es256.pem" -pubout -out "$WORK/es256.pub.pem"
 TOKEN=$(cat "$WORK/token.txt")
+EXT_TOKEN=$(cat "$WORK/ext-token.txt")
 
 user_line=""
 [ "$(id -u)" -eq 0 ] && user_line="user root;"
@@ -272,6 +312,8 @@ start() { # name cpu cmd...
     taskset -c "$cpu" "$@" >"$RUN/$name.out" 2>&1 &
     PIDS+=($!)
 }
+# The IdP first: the gateway fetches its keys in the background at start.
+start idp "$GEN_CPU" "$BIN" serve --config "$ETC/idp.toml"
 start upstream "$GEN_CPU" nginx -p "$WORK" -c "$ETC/up.conf"
 UPSTREAM_PID=$!
 start nginx "$PROXY_CPU" nginx -p "$WORK" -c "$ETC/nginx.conf"
@@ -291,24 +333,35 @@ wait_port() {
     done
     die "nothing listens on $1 (logs in $WORK; KEEP=1 keeps them)"
 }
-for p in $UP $UPS $NGX $NGXS $HAP $HAPS $PC $PCS $PCADMIN $BARE; do wait_port "$p"; done
+for p in $IDP $UP $UPS $NGX $NGXS $HAP $HAPS $PC $PCS $PCADMIN $BARE; do wait_port "$p"; done
+for _ in $(seq 100); do
+    [ "$(curl -s "http://127.0.0.1:$PCADMIN/metrics" | awk '$1 == "portcullis_issuer_keys{issuer=\"idp\"}" { print $2 }')" = 1 ] && break
+    sleep 0.1
+done
 
 # ---------------------------------------------------------------------------------------
 # 4. Scenarios.
 cat >"$WORK/bearer.lua" <<'EOF'
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
 EOF
+cat >"$WORK/extbearer.lua" <<'EOF'
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_EXT_TOKEN")
+EOF
 cat >"$WORK/rotate.lua" <<'EOF'
 -- Every request carries the next of many distinct tokens (more than the cache holds).
+-- Built in init, after wrk has set the Host header (a request without one is a 400).
 local reqs, i = {}, 0
-for t in io.lines(os.getenv("BENCH_TOKENS")) do
-    reqs[#reqs + 1] = wrk.format("GET", nil, { ["Authorization"] = "Bearer " .. t })
+init = function()
+    for t in io.lines(os.getenv(BENCH_TOKENS_VAR or "BENCH_TOKENS")) do
+        reqs[#reqs + 1] = wrk.format("GET", nil, { ["Host"] = wrk.headers["Host"], ["Authorization"] = "Bearer " .. t })
+    end
 end
 request = function()
     i = i % #reqs + 1
     return reqs[i]
 end
 EOF
+{ echo 'BENCH_TOKENS_VAR = "BENCH_EXT_TOKENS"'; cat "$WORK/rotate.lua"; } >"$WORK/extrotate.lua"
 cat >"$WORK/token.lua" <<'EOF'
 wrk.method = "POST"
 wrk.body = "grant_type=client_credentials&scope=read"
@@ -317,6 +370,7 @@ wrk.headers["Authorization"] = "Basic " .. os.getenv("BENCH_BASIC")
 EOF
 BASIC=$(printf %s "bench:$SECRET" | base64 -w0)
 export BENCH_TOKEN=$TOKEN BENCH_TOKENS=$WORK/tokens.txt BENCH_BASIC=$BASIC
+export BENCH_EXT_TOKEN=$EXT_TOKEN BENCH_EXT_TOKENS=$WORK/ext-tokens.txt
 
 # scenario -> "port_http port_https path lua expected_status"
 declare -A SC=(
@@ -328,14 +382,18 @@ declare -A SC=(
     [portcullis-miss]="$PC $PCS $PATH_UNDER_TEST rotate 200"
     [portcullis-401]="$PC $PCS $PATH_UNDER_TEST none 401"
     [portcullis-token]="$PC $PCS /oauth/token token 200"
+    [portcullis-ext-hit]="$PC $PCS /ext/hello extbearer 200"
+    [portcullis-ext-miss]="$PC $PCS /ext/hello extrotate 200"
 )
-ORDER=(direct nginx hyper-floor haproxy-jwt portcullis-hit portcullis-miss portcullis-401 portcullis-token)
+ORDER=(direct nginx hyper-floor haproxy-jwt portcullis-hit portcullis-miss portcullis-401 portcullis-token
+    portcullis-ext-hit portcullis-ext-miss)
 
 # Check each endpoint answers as expected before measuring it.
 check() { # proto scenario url lua want
     local args=(-s -k -o /dev/null -w '%{http_code}')
     case $4 in
         bearer | rotate) args+=(-H "Authorization: Bearer $TOKEN") ;;
+        extbearer | extrotate) args+=(-H "Authorization: Bearer $EXT_TOKEN") ;;
         token) args+=(-u "bench:$SECRET" -d grant_type=client_credentials -d scope=read) ;;
     esac
     local got
@@ -426,7 +484,7 @@ run() { # round proto scenario
     if [ "$want" = 200 ] && [ "${non2xx:-0}" -gt 0 ]; then
         note="${note:+$note; }NOT VALID: ${non2xx} answers were not 2xx"
     fi
-    if [[ $name == portcullis-hit || $name == portcullis-miss ]]; then
+    if [[ $name == portcullis-hit || $name == portcullis-miss || $name == portcullis-ext-* ]]; then
         local hits miss
         hits=$(($(metric portcullis_validation_cache_hits_total) - hits0))
         miss=$(($(metric portcullis_validation_cache_misses_total) - miss0))

@@ -8,8 +8,9 @@
 //!   failed) only degrades grants, revocation and logins, so it does not fail readiness —
 //!   otherwise one Redis outage would take every replica out of the balancer at once.
 //! - `/readyz?verbose` (or `Accept: application/json`): the same status with a JSON body of
-//!   per-check results (config, keys, listeners, draining, store), for a human or a
-//!   stricter probe.
+//!   per-check results (config, keys, listeners, draining, store, and each trusted
+//!   issuer's key state — never required: one IdP's outage refuses only its tokens), for
+//!   a human or a stricter probe.
 //! - `/metrics`: Prometheus text.
 //! - `/blocks`: the operator blocks API, authenticated by an API key ([`blocks`]).
 
@@ -149,6 +150,7 @@ async fn route<B>(gw: &Gateway, req: &Request<B>) -> Result<Response<Body>, Admi
         _ => {
             let stats = gw.validator.stats().await;
             let mut text = gw.metrics.render(&stats);
+            crate::metrics::render_issuers(&mut text, &gw.runtime().issuers.stats());
             let store_up = gw.store.health().await == Health::Healthy;
             crate::metrics::render_lifecycle(
                 &mut text,
@@ -214,6 +216,10 @@ async fn readiness_detail(gw: &Gateway) -> Response<Body> {
         false => check(false, false, "operator blocks not yet loaded from the store; retrying"),
     };
     let ready = gw.is_ready();
+    // Reported, never required: an IdP outage refuses only that IdP's tokens, and must not
+    // take every replica out of the balancer at once.
+    let issuers: serde_json::Map<String, serde_json::Value> =
+        gw.runtime().issuers.iter().map(|i| (i.name().to_string(), i.readiness())).collect();
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
         "checks": {
@@ -225,6 +231,7 @@ async fn readiness_detail(gw: &Gateway) -> Response<Body> {
             "draining": draining,
             "store": store,
             "blocks": blocks,
+            "issuers": issuers,
         },
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

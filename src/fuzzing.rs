@@ -263,7 +263,7 @@ impl Fixture {
         let executor = tokio::runtime::Builder::new_current_thread().build().expect("tokio runtime");
         let upstreams = Upstreams::new(&config).unwrap_or_else(|e| panic!("fuzz fixture upstreams: {e}"));
         Fixture {
-            runtime: Runtime { config, keys, upstreams },
+            runtime: Runtime { config, keys, upstreams, issuers: Default::default() },
             validator: Validator::new(1024),
             store: FuzzStore,
             executor,

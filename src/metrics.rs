@@ -475,6 +475,54 @@ pub fn render_blocks(out: &mut String, b: &crate::tokens::validate::BlockStats) 
     let _ = writeln!(out, "portcullis_blocks{{kind=\"sub\"}} {}", b.sub_blocks);
 }
 
+/// One trusted issuer's key fetching, read when `/metrics` is scraped.
+pub struct IssuerStats {
+    pub name: String,
+    /// Fetch attempts by outcome label (`ok`, `timeout`, ...), every label present.
+    pub fetches: Vec<(&'static str, u64)>,
+    /// Keys in the set in force.
+    pub keys: u64,
+    /// Unix seconds of the last successful fetch; 0 for never (the series is then left out).
+    pub last_success: u64,
+}
+
+pub fn render_issuers(out: &mut String, issuers: &[IssuerStats]) {
+    if issuers.is_empty() {
+        return;
+    }
+    header(
+        out,
+        "portcullis_issuer_jwks_fetches_total",
+        "counter",
+        "JWKS (and discovery) fetch attempts per trusted issuer, by outcome.",
+    );
+    for i in issuers {
+        let name = escape(&i.name);
+        for (outcome, n) in &i.fetches {
+            let _ =
+                writeln!(out, "portcullis_issuer_jwks_fetches_total{{issuer=\"{name}\",outcome=\"{outcome}\"}} {n}");
+        }
+    }
+    header(out, "portcullis_issuer_keys", "gauge", "Keys in force per trusted issuer (0: its tokens are refused).");
+    for i in issuers {
+        let _ = writeln!(out, "portcullis_issuer_keys{{issuer=\"{}\"}} {}", escape(&i.name), i.keys);
+    }
+    header(
+        out,
+        "portcullis_issuer_jwks_last_success_timestamp_seconds",
+        "gauge",
+        "When the trusted issuer's key set was last fetched successfully (absent: never).",
+    );
+    for i in issuers.iter().filter(|i| i.last_success > 0) {
+        let _ = writeln!(
+            out,
+            "portcullis_issuer_jwks_last_success_timestamp_seconds{{issuer=\"{}\"}} {}",
+            escape(&i.name),
+            i.last_success
+        );
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, StoreConfig};
+use crate::issuers::IssuerSet;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::secrets::SecretCache;
@@ -24,6 +25,8 @@ pub struct Runtime {
     pub config: Config,
     pub keys: KeySet,
     pub upstreams: Upstreams,
+    /// The trusted issuers and their fetched keys; a reload takes over those it keeps.
+    pub issuers: IssuerSet,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,10 @@ pub enum StartError {
     UpstreamTls(String),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A trusted issuer's client could not be built (its `ca` file); the line of its
+    /// `[[trusted_issuer]]`.
+    #[error("trusted issuer: {1}")]
+    Issuer(usize, String),
 }
 
 pub struct Gateway {
@@ -70,6 +77,8 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
         let keys = KeySet::load(&config)?;
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
+        let issuers = IssuerSet::build(&config, None).map_err(|(line, e)| StartError::Issuer(line, e))?;
+        issuers.start();
         let (store, feed): (Arc<dyn Store>, _) = match &config.store {
             StoreConfig::Embedded { path } => (Arc::new(EmbeddedStore::open(path)?), None),
             StoreConfig::Redis { url, key_prefix, timeout } => {
@@ -88,7 +97,7 @@ impl Gateway {
             phase: AtomicU8::new(Phase::Starting as u8),
             requests_cut: AtomicU64::new(0),
             blocks_loaded: AtomicBool::new(false),
-            runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams }),
+            runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams, issuers }),
         }))
     }
 
@@ -245,8 +254,11 @@ impl Gateway {
     pub fn apply(&self, config: Config) -> Result<(), StartError> {
         let keys = KeySet::reload(&config, &self.runtime().keys)?;
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
+        let issuers = IssuerSet::build(&config, Some(&self.runtime().issuers))
+            .map_err(|(line, e)| StartError::Issuer(line, e))?;
+        issuers.start();
         self.reset_clients(Some(&self.runtime().config), &config);
-        self.runtime.store(Arc::new(Runtime { config, keys, upstreams }));
+        self.runtime.store(Arc::new(Runtime { config, keys, upstreams, issuers }));
         Ok(())
     }
 

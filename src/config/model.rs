@@ -295,6 +295,141 @@ pub struct Route {
     pub(crate) pass_rewrite_headers: bool,
     /// The `aud` a token must carry here (RFC 8707 resource); `None`: the top-level audience.
     pub(crate) audience: Option<String>,
+    /// Whose tokens pass: [`SELF_ISSUER`] and `[[trusted_issuer]]` names (default: ours only).
+    pub(crate) issuers: Vec<String>,
+    /// Claim values a token must carry here besides its scopes; all must hold.
+    pub(crate) claims: Vec<ClaimRule>,
+}
+
+impl Route {
+    /// Does this route take tokens of the issuer called `name` ([`SELF_ISSUER`]: ours)?
+    pub fn accepts(&self, name: &str) -> bool {
+        self.issuers.iter().any(|i| i == name)
+    }
+
+    pub fn claim_rules(&self) -> &[ClaimRule] {
+        &self.claims
+    }
+}
+
+/// The name routes use for the gateway's own issuer in `issuers`.
+pub const SELF_ISSUER: &str = "self";
+
+/// One `[route.claims]` entry: a claim (a name, else a dotted path) and what it must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRule {
+    pub claim: String,
+    pub test: ClaimTest,
+}
+
+/// What a claim must hold. Values are compared as text (numbers and booleans as JSON writes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimTest {
+    /// A string claim equal to it, or an array claim that is exactly `[it]`.
+    Equals(String),
+    /// A string claim equal to one of them, or an array claim with an element among them.
+    OneOf(Vec<String>),
+    /// An array claim with it as an element, or a string claim with it as a space-separated word.
+    Contains(String),
+}
+
+/// JWS algorithms a trusted issuer may be configured with (RFC 7518 §3.1, RFC 8037):
+/// asymmetric only — `none` and the HMAC family (a shared secret) are never accepted
+/// from an external issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwsAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwsAlgorithm {
+    pub const ALL: [JwsAlgorithm; 9] = [
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::PS384,
+        Self::PS512,
+        Self::ES256,
+        Self::ES384,
+        Self::EdDSA,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+}
+
+/// Where a trusted issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A configured `jwks_uri`.
+    Uri(String),
+    /// OpenID Connect discovery, then RFC 8414 metadata, under the issuer URL.
+    Discovery,
+}
+
+/// A `[[trusted_issuer]]`: an identity provider whose JWTs routes may accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedIssuer {
+    /// What routes call it in `issuers`.
+    pub name: String,
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    pub(crate) jwks: JwksSource,
+    /// Never taken from the token.
+    pub(crate) algorithms: Vec<JwsAlgorithm>,
+    /// A token's `aud` must contain one of these.
+    pub(crate) audiences: Vec<String>,
+    pub(crate) leeway: Duration,
+    pub(crate) subject_claim: String,
+    /// `None`: `client_id`, else `azp`.
+    pub(crate) client_id_claim: Option<String>,
+    /// `None`: `scope` (a string), else `scp` (an array or a string).
+    pub(crate) scope_claim: Option<String>,
+    /// A PEM CA to trust for the IdP's TLS besides the system roots.
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) connect_timeout: Duration,
+    /// The whole of one fetch: connect, headers and body.
+    pub(crate) timeout: Duration,
+    /// The bounds a `Cache-Control: max-age` is clamped to.
+    pub(crate) refresh_min: Duration,
+    pub(crate) refresh_max: Duration,
+    /// At most one fetch for an unknown `kid` per this long.
+    pub(crate) refetch_interval: Duration,
+    pub(crate) max_jwks_bytes: usize,
+    pub(crate) line: usize,
+}
+
+impl TrustedIssuer {
+    /// Equal in everything but where it is written: a reload keeps its fetched keys.
+    pub fn same_settings(&self, other: &TrustedIssuer) -> bool {
+        let mut a = self.clone();
+        a.line = other.line;
+        a == *other
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -362,6 +497,11 @@ pub struct Config {
     /// `pub`: the reload tests watch routes change.
     pub routes: Vec<Arc<Route>>,
     pub(crate) users: HashMap<String, Arc<User>>,
+    /// `[[trusted_issuer]]`, in file order.
+    pub trusted_issuers: Vec<Arc<TrustedIssuer>>,
+    /// Every claim some route's rules name, sorted and once each: only these are kept
+    /// in a cached verdict.
+    pub(crate) rule_claims: Vec<String>,
     /// `pub`: read by the tests (the store file must not be served).
     pub store: StoreConfig,
     /// Where `[store]` (its `path`, if given) is configured; 0 for the default.
@@ -439,6 +579,11 @@ impl Config {
             }
         }
         out
+    }
+
+    /// The claims route rules name (see [`Config::rule_claims`]).
+    pub fn rule_claims(&self) -> &[String] {
+        &self.rule_claims
     }
 
     /// How many validated tokens the verdict cache holds; read at start.

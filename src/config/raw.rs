@@ -33,6 +33,10 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default, rename = "user")]
     pub users: Vec<Spanned<RawUser>>,
+    /// `[[trusted_issuer]]`: external identity providers whose JWTs routes may accept
+    /// (`[[issuer]]` cannot be used: TOML keeps `issuer` for our own issuer's URL).
+    #[serde(default, rename = "trusted_issuer")]
+    pub trusted_issuers: Vec<Spanned<RawTrustedIssuer>>,
     pub store: Option<Spanned<RawStore>>,
     #[serde(default)]
     pub rate_limit: RawRateLimit,
@@ -215,4 +219,38 @@ pub struct RawRoute {
     pub pass_rewrite_headers: bool,
     /// The `aud` this route's tokens must carry (RFC 8707); the top-level `audience` when absent.
     pub audience: Option<Spanned<String>>,
+    /// Whose tokens the route accepts: `"self"` and `[[trusted_issuer]]` names.
+    pub issuers: Option<Vec<Spanned<String>>>,
+    /// Claim rules: claim name (or dotted path) → a value, or `{ one_of = [...] }`, or
+    /// `{ contains = "..." }`. Checked by hand for clear messages.
+    pub claims: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedIssuer {
+    pub name: Spanned<String>,
+    pub issuer: Spanned<String>,
+    /// `jwt` (the default); `introspection` is refused for now.
+    pub kind: Option<Spanned<String>>,
+    pub jwks_uri: Option<Spanned<String>>,
+    pub algorithms: Option<Vec<Spanned<String>>>,
+    /// One string or a list.
+    pub audience: Option<Spanned<toml::Value>>,
+    pub leeway: Option<Spanned<String>>,
+    pub subject_claim: Option<Spanned<String>>,
+    pub client_id_claim: Option<Spanned<String>>,
+    pub scope_claim: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub refresh_min: Option<Spanned<String>>,
+    pub refresh_max: Option<Spanned<String>>,
+    pub refetch_interval: Option<Spanned<String>>,
+    pub max_jwks_bytes: Option<Spanned<u64>>,
+    /// Opaque-token introspection (RFC 7662): named here so that they are refused with a
+    /// clear message rather than as unknown keys.
+    pub introspection_endpoint: Option<Spanned<toml::Value>>,
+    pub client_id: Option<Spanned<toml::Value>>,
+    pub client_secret: Option<Spanned<toml::Value>>,
 }

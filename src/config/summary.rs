@@ -100,10 +100,35 @@ impl Config {
         for u in users {
             writeln!(out, "user      {}{}", u.username, if u.enabled { "" } else { " DISABLED" })?;
         }
-        for r in &config.routes {
+        for i in &config.trusted_issuers {
+            let algs: Vec<_> = i.algorithms.iter().map(|a| a.as_str()).collect();
+            let jwks = match &i.jwks {
+                super::JwksSource::Uri(u) => u.as_str(),
+                super::JwksSource::Discovery => "discovery",
+            };
             writeln!(
                 out,
-                "route     {}{}{} -> {}://{}{}{}{}",
+                "trusted   {} {} algorithms=[{}] audience=[{}] jwks={jwks}",
+                i.name,
+                i.issuer,
+                algs.join(","),
+                i.audiences.join(",")
+            )?;
+        }
+        for r in &config.routes {
+            let issuers = match r.issuers.as_slice() {
+                [only] if only == super::SELF_ISSUER => String::new(),
+                list => format!(" issuers=[{}]", list.join(",")),
+            };
+            let claims = if r.claims.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<_> = r.claims.iter().map(|c| c.claim.as_str()).collect();
+                format!(" claims=[{}]", names.join(","))
+            };
+            writeln!(
+                out,
+                "route     {}{}{} -> {}://{}{}{}{}{issuers}{claims}",
                 r.host.as_deref().map(|h| format!("{h} ")).unwrap_or_default(),
                 r.prefix,
                 r.methods.as_ref().map(|m| format!(" {m:?}")).unwrap_or_default(),

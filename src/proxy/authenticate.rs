@@ -5,6 +5,7 @@ use std::sync::Arc;
 use http::{HeaderMap, header};
 
 use super::error::ProxyError;
+use crate::config::Route;
 use crate::state::{Gateway, Runtime};
 use crate::tokens::validate::Principal;
 
@@ -64,7 +65,18 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-pub async fn authenticate(gw: &Gateway, rt: &Runtime, headers: &HeaderMap) -> Result<Arc<Principal>, ProxyError> {
+/// The route's accepted issuers decide whose tokens are verified at all: a token of
+/// another issuer is `invalid_token`, never a fetch.
+pub async fn authenticate(
+    gw: &Gateway,
+    rt: &Runtime,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Arc<Principal>, ProxyError> {
     let token = bearer(headers)?;
-    gw.validator.validate(token, &rt.keys, &rt.config, gw.store.as_ref()).await.map_err(ProxyError::InvalidToken)
+    let accepts = |name: &str| route.accepts(name);
+    gw.validator
+        .validate_for(token, &rt.keys, Some(&rt.issuers), &accepts, &rt.config, gw.store.as_ref())
+        .await
+        .map_err(ProxyError::InvalidToken)
 }

@@ -36,6 +36,10 @@ pub enum ProxyError {
     /// The token lacks a scope the route requires; carries the required scopes.
     #[error("insufficient scope")]
     InsufficientScope(String),
+    /// The token lacks a claim value the route's rules require (or the claim itself);
+    /// carries the route's scopes for the challenge.
+    #[error("claim rule not met")]
+    ClaimNotMet(String),
     /// The declared request body exceeds the proxy limit.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -103,6 +107,16 @@ impl ProxyError {
             ProxyError::InsufficientScope(scope) => (
                 StatusCode::FORBIDDEN,
                 json!({"error": "insufficient_scope", "error_description": "The access token lacks a required scope.", "scope": scope}),
+                challenge(&format!(", error=\"insufficient_scope\", scope=\"{scope}\"")),
+            ),
+            ProxyError::ClaimNotMet(scope) if scope.is_empty() => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "insufficient_scope", "error_description": "The access token lacks a claim value this route requires."}),
+                challenge(", error=\"insufficient_scope\""),
+            ),
+            ProxyError::ClaimNotMet(scope) => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "insufficient_scope", "error_description": "The access token lacks a claim value this route requires.", "scope": scope}),
                 challenge(&format!(", error=\"insufficient_scope\", scope=\"{scope}\"")),
             ),
             ProxyError::PayloadTooLarge => (

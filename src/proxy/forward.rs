@@ -508,10 +508,15 @@ fn upstream_headers(
         let value = |s: &str| {
             HeaderValue::from_bytes(s.as_bytes()).map_err(|_| ProxyError::BadGateway("identity not encodable".into()))
         };
-        headers.insert(ids.client_id.clone(), value(p.client_id())?);
+        // A trusted issuer's token may carry no client id or jti: no header then.
+        if !p.client_id().is_empty() {
+            headers.insert(ids.client_id.clone(), value(p.client_id())?);
+        }
         headers.insert(ids.subject.clone(), value(p.subject())?);
         headers.insert(ids.scope.clone(), value(p.scope())?);
-        headers.insert(ids.token_id.clone(), value(p.token_id())?);
+        if !p.token_id().is_empty() {
+            headers.insert(ids.token_id.clone(), value(p.token_id())?);
+        }
         if let Some(user) = p.user() {
             headers.insert(ids.user.clone(), value(user)?);
         }

@@ -80,14 +80,15 @@ where
     let principal = match &route.access {
         Access::Public => None,
         Access::Scopes(scopes) => {
-            let p = authenticate::authenticate(gw, rt, req.headers()).await?;
+            let p = authenticate::authenticate(gw, rt, route, req.headers()).await?;
             outcome.principal = Some(p.clone());
             // RFC 8707 / RFC 9700 §2.3: a token is for one API; another route's audience
-            // (or the default on a route without one) is an invalid token here.
-            if p.audience() != rt.config.route_audience(route) {
+            // (or the default on a route without one) is an invalid token here. A trusted
+            // issuer's token was held to that issuer's `audience` by the validator.
+            if p.is_own() && p.audience() != rt.config.route_audience(route) {
                 return Err(ProxyError::InvalidToken(crate::tokens::validate::TokenError::WrongAudience));
             }
-            authorize::authorize(scopes, &p)?;
+            authorize::authorize(scopes, route.claim_rules(), &p)?;
             Some(p)
         }
     };

@@ -54,6 +54,9 @@ impl Outcome {
 
     /// The client the request came from, for the log line.
     pub fn client_id(&self) -> Option<&str> {
-        self.client_id.as_deref().or_else(|| self.principal.as_deref().map(Principal::client_id))
+        // A trusted issuer's token may name no client.
+        self.client_id
+            .as_deref()
+            .or_else(|| self.principal.as_deref().map(Principal::client_id).filter(|c| !c.is_empty()))
     }
 }

@@ -317,6 +317,11 @@ fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>) -> Result<Key, KeyE
         // A shorter ceiling after a reload must reach cached verdicts too.
         policy.push(0);
         policy.extend_from_slice(&max_lifetime_secs.to_be_bytes());
+        // The claims kept for route rules: a verdict cached before a rule named one lacks it.
+        for c in config.rule_claims() {
+            policy.push(1);
+            policy.extend_from_slice(c.as_bytes());
+        }
         super::sha256(&policy)
     };
     // `raw`: what identifies the key itself, whatever the file's encoding.

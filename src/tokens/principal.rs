@@ -1,16 +1,50 @@
 //! The verdict on a valid token. Only the validator builds one (`new` is visible inside
 //! `tokens/` alone), so no later phase can act on an unchecked token; the cache keeps them.
 
+use crate::config::SELF_ISSUER;
+
+/// A claim value a route rule may test, as kept in a verdict: text (numbers and booleans
+/// as JSON writes them), or a list of such.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimValue {
+    Text(Box<str>),
+    List(Box<[Box<str>]>),
+}
+
+impl ClaimValue {
+    /// From a JSON claim; objects and null are not values a rule can test.
+    pub(super) fn from_json(v: &serde_json::Value) -> Option<ClaimValue> {
+        use serde_json::Value;
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.as_str().into()),
+            Value::Number(n) => Some(n.to_string().into()),
+            Value::Bool(b) => Some(b.to_string().into()),
+            _ => None,
+        };
+        match v {
+            Value::Array(a) => Some(ClaimValue::List(a.iter().filter_map(text).collect())),
+            v => text(v).map(ClaimValue::Text),
+        }
+    }
+}
+
+/// A kept claim: its name (as the rule writes it) and value.
+pub type KeptClaim = (Box<str>, ClaimValue);
+
 /// Who a valid token speaks for.
 ///
-/// Compact, because up to `[cache] max_tokens` of them stay in memory: the six strings
-/// share one allocation, and the user is derived (the subject, when it is not the client).
+/// Compact, because up to `[cache] max_tokens` of them stay in memory: the seven strings
+/// share one allocation, the user is derived (the subject, when it is not the client),
+/// and of the other claims only those some route rule names are kept (none, usually).
 #[derive(Debug)]
 pub struct Principal {
-    /// client_id, subject, scope, token_id, kid and aud, back to back.
+    /// client_id, subject, scope, token_id, kid, aud and the issuer's name (empty: ours),
+    /// back to back.
     text: Box<str>,
-    /// Where each of those six ends in `text`.
-    ends: [u16; 6],
+    /// Where each of those seven ends in `text`.
+    ends: [u16; 7],
+    /// The claims route rules name that the token carries.
+    claims: Option<Box<[KeptClaim]>>,
     /// The fingerprint of the key that verified it (key file, issuer, audience): a hit
     /// under a key with another fingerprint is verified again.
     key_fingerprint: [u8; 32],
@@ -18,6 +52,7 @@ pub struct Principal {
 }
 
 impl Principal {
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)] // one per claim kept; a struct would only repeat them
     pub(super) fn new(
         client_id: &str,
@@ -29,14 +64,42 @@ impl Principal {
         key_fingerprint: [u8; 32],
         expires_at: u64,
     ) -> Option<Principal> {
-        let parts = [client_id, subject, scope, token_id, kid, audience];
+        Self::build([client_id, subject, scope, token_id, kid, audience, ""], Vec::new(), key_fingerprint, expires_at)
+    }
+
+    /// `parts`: client_id, subject, scope, token_id, kid, aud, issuer name (empty: ours).
+    pub(super) fn build(
+        parts: [&str; 7],
+        claims: Vec<KeptClaim>,
+        key_fingerprint: [u8; 32],
+        expires_at: u64,
+    ) -> Option<Principal> {
         let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0u16; 6];
+        let mut ends = [0u16; 7];
         for (end, part) in ends.iter_mut().zip(parts) {
             text.push_str(part);
             *end = u16::try_from(text.len()).ok()?;
         }
-        Some(Principal { text: text.into_boxed_str(), ends, key_fingerprint, expires_at })
+        let claims = (!claims.is_empty()).then(|| claims.into_boxed_slice());
+        Some(Principal { text: text.into_boxed_str(), ends, claims, key_fingerprint, expires_at })
+    }
+
+    /// The name of the issuer that signed it: [`SELF_ISSUER`] or a `[[trusted_issuer]]`.
+    pub fn issuer_name(&self) -> &str {
+        match self.part(6) {
+            "" => SELF_ISSUER,
+            name => name,
+        }
+    }
+
+    /// Signed by the gateway itself.
+    pub fn is_own(&self) -> bool {
+        self.part(6).is_empty()
+    }
+
+    /// A claim a route rule names, if the token carries it as a value.
+    pub fn claim(&self, name: &str) -> Option<&ClaimValue> {
+        self.claims.as_deref()?.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
     }
 
     fn part(&self, i: usize) -> &str {
@@ -73,6 +136,7 @@ impl Principal {
         let sub = self.subject();
         (sub != self.client_id()).then_some(sub)
     }
+
     pub fn expires_at(&self) -> u64 {
         self.expires_at
     }

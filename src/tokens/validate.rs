@@ -22,7 +22,9 @@ use crate::store::{Block, BlockKey, Store};
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 pub use super::LEEWAY_SECS;
-pub use super::principal::Principal;
+pub use super::principal::{ClaimValue, Principal};
+use crate::config::SELF_ISSUER;
+use crate::issuers::IssuerSet;
 
 /// Why a token was refused. All of them are `invalid_token` on the wire; the detail is for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -158,13 +160,31 @@ impl Validator {
         }
     }
 
-    /// Validate `token` against the keys, clients and users in force now.
-    /// On a miss the store is asked whether the token was revoked; if the store cannot
-    /// answer, the token is judged on its own (it is self-contained) and a warning logged.
+    /// Validate one of the gateway's own tokens against the keys, clients and users in
+    /// force now (see [`Validator::validate_for`]).
     pub async fn validate(
         &self,
         token: &str,
         keys: &KeySet,
+        config: &Config,
+        store: &dyn Store,
+    ) -> Result<Arc<Principal>, TokenError> {
+        self.validate_for(token, keys, None, &|name| name == SELF_ISSUER, config, store).await
+    }
+
+    /// Validate `token` for a route that accepts the issuers `accepts` says yes to
+    /// ([`SELF_ISSUER`] and trusted issuer names). The token's unverified `iss` picks whose
+    /// keys verify it; an issuer the route does not accept is refused before any key is
+    /// looked at (so no fetch either). Our own tokens are checked against the keys,
+    /// clients and users in force now; on a miss the store is asked whether the token was
+    /// revoked, and if it cannot answer, the token is judged on its own (it is
+    /// self-contained) and a warning logged.
+    pub async fn validate_for(
+        &self,
+        token: &str,
+        keys: &KeySet,
+        issuers: Option<&IssuerSet>,
+        accepts: &(dyn Fn(&str) -> bool + Sync),
         config: &Config,
         store: &dyn Store,
     ) -> Result<Arc<Principal>, TokenError> {
@@ -174,6 +194,22 @@ impl Validator {
         let now = now_secs();
         let digest = Digest(sha256(token.as_bytes()));
         match self.cache.get(&digest, now) {
+            Lookup::Hit(p) if !accepts(p.issuer_name()) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Err(TokenError::WrongIssuer);
+            }
+            Lookup::Hit(p) if !p.is_own() => {
+                // Served only while the key that verified it is in its issuer's set under
+                // the same policy; otherwise verified again below.
+                let issuer =
+                    issuers.and_then(|s| s.by_name(p.issuer_name())).filter(|i| i.holds(p.kid(), &p.key_fingerprint()));
+                if let Some(issuer) = issuer {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    // Operator blocks cover every issuer's tokens, checked under its `iss`.
+                    self.check_blocks(&issuer.config.issuer, &p, now)?;
+                    return Ok(p);
+                }
+            }
             Lookup::Hit(p) => {
                 // Cached verdicts still answer to the current config: client, user, key, revocation.
                 let key = keys.get(p.kid());
@@ -199,7 +235,27 @@ impl Validator {
             Lookup::Miss => {}
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let (principal, issued_at) = verify(token, keys, now)?;
+        // Only with trusted issuers configured does the payload get read before the
+        // signature is checked: our own tokens' miss path stays as it was.
+        if let Some(set) = issuers.filter(|s| s.iter().next().is_some()) {
+            match super::external::unverified_iss(token)? {
+                Some(iss) if iss != config.issuer() => {
+                    let issuer = set.by_iss(&iss).ok_or(TokenError::WrongIssuer)?;
+                    if !accepts(issuer.name()) {
+                        return Err(TokenError::WrongIssuer);
+                    }
+                    let principal = Arc::new(super::external::verify(token, issuer, config.rule_claims(), now).await?);
+                    self.cache.insert(digest, principal.clone(), now);
+                    self.check_blocks(&issuer.config.issuer, &principal, now)?;
+                    return Ok(principal);
+                }
+                _ => {}
+            }
+        }
+        if !accepts(SELF_ISSUER) {
+            return Err(TokenError::WrongIssuer);
+        }
+        let (principal, issued_at) = verify(token, keys, config.rule_claims(), now)?;
         let principal = Arc::new(principal);
         check_holder(config, principal.client_id(), principal.subject())?;
         self.check_not_before(principal.client_id(), issued_at)?;
@@ -341,11 +397,28 @@ pub fn inspect(token: &str, keys: &KeySet, now: u64) -> Result<AccessClaims, Tok
     verify_claims(token, keys, now).map(|(claims, _)| claims)
 }
 
-/// Full cryptographic and claim verification of a token not seen before.
-fn verify(token: &str, keys: &KeySet, now: u64) -> Result<(Principal, u64), TokenError> {
+/// Full cryptographic and claim verification of a token not seen before; of its claims,
+/// those route rules name are kept (a key's fingerprint covers that list).
+fn verify(token: &str, keys: &KeySet, rule_claims: &[String], now: u64) -> Result<(Principal, u64), TokenError> {
     let (c, key) = verify_claims(token, keys, now)?;
-    let p = Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, &c.aud, key.fingerprint, c.exp)
-        .ok_or(TokenError::BadClaims)?;
+    let kept = rule_claims
+        .iter()
+        .filter_map(|name| {
+            let v = match name.as_str() {
+                "iss" => &c.iss,
+                "sub" => &c.sub,
+                "aud" => &c.aud,
+                "jti" => &c.jti,
+                "client_id" => &c.client_id,
+                "scope" => &c.scope,
+                "gty" => c.gty.as_ref()?,
+                _ => return None,
+            };
+            Some((name.as_str().into(), ClaimValue::Text(v.as_str().into())))
+        })
+        .collect();
+    let parts = [c.client_id.as_str(), &c.sub, &c.scope, &c.jti, &key.kid, &c.aud, ""];
+    let p = Principal::build(parts, kept, key.fingerprint, c.exp).ok_or(TokenError::BadClaims)?;
     Ok((p, c.iat))
 }
 

@@ -2,7 +2,8 @@
 //! PKI, an echoing upstream, a gateway on ephemeral ports with real TLS, an HTTPS client
 //! that trusts the test CA, a minimal browser, and the requests and assertions the
 //! features share. Submodules: `raw` (a raw HTTP client), `jwt` (reading and crafting
-//! tokens), `recorder` (upstreams that show what reached them).
+//! tokens), `recorder` (upstreams that show what reached them), `idp` (a test identity
+//! provider: discovery, a JWK Set it rotates or breaks, tokens signed with its keys).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -25,10 +26,13 @@ use portcullis::state::Gateway;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+mod idp;
 mod jwt;
 mod raw;
 mod recorder;
 // Each test binary uses some of these; `dead_code` above does not cover re-exports.
+#[allow(unused_imports)]
+pub use idp::*;
 #[allow(unused_imports)]
 pub use jwt::*;
 #[allow(unused_imports)]

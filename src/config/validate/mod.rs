@@ -4,6 +4,7 @@
 //! CA) is checked once, when they are loaded.
 
 mod clients;
+mod issuers;
 mod keys;
 mod limits;
 mod listeners;
@@ -179,7 +180,12 @@ impl Validator<'_> {
             (None, Some(s)) => self.line_of(s.span().start),
             (None, None) => 0,
         };
-        let routes = self.routes(&raw.routes)?;
+        let trusted_issuers = self.trusted_issuers(&raw.trusted_issuers, &issuer)?;
+        let routes = self.routes(&raw.routes, &trusted_issuers)?;
+        let mut rule_claims: Vec<String> =
+            routes.iter().flat_map(|r| r.claims.iter().map(|c| c.claim.clone())).collect();
+        rule_claims.sort();
+        rule_claims.dedup();
         self.unobtainable_route_scopes(&raw.routes, &clients);
 
         let config = Config {
@@ -210,6 +216,8 @@ impl Validator<'_> {
             clients,
             routes,
             users,
+            trusted_issuers,
+            rule_claims,
             store,
             store_sweep_interval: self.duration(&raw_store.sweep_interval, Duration::from_secs(60))?,
             store_line,

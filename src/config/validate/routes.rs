@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::Validator;
 use crate::config::ConfigError;
-use crate::config::model::{Access, Client, IdentityHeaders, Route, Upstream};
+use crate::config::model::{Access, Client, IdentityHeaders, Route, SELF_ISSUER, TrustedIssuer, Upstream};
 use crate::config::raw::{RawHeaders, RawRoute};
 
 impl Validator<'_> {
@@ -71,11 +71,15 @@ impl Validator<'_> {
 
     /// Every route, longest prefix first (so the first match is the longest); routes
     /// with a host or method filter before the catch-all of the same prefix.
-    pub(super) fn routes(&self, raw: &[Spanned<RawRoute>]) -> Result<Vec<Arc<Route>>, ConfigError> {
+    pub(super) fn routes(
+        &self,
+        raw: &[Spanned<RawRoute>],
+        issuers: &[Arc<TrustedIssuer>],
+    ) -> Result<Vec<Arc<Route>>, ConfigError> {
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
         for r in raw {
-            let route = self.route(r)?;
+            let route = self.route(r, issuers)?;
             // Prefixes match without regard to case, so a case variant is the same route.
             let key = (
                 route.prefix.to_ascii_lowercase(),
@@ -112,6 +116,10 @@ impl Validator<'_> {
     /// from outside this configuration could pass (perhaps a client is still to come).
     pub(super) fn unobtainable_route_scopes(&self, raw: &[Spanned<RawRoute>], clients: &HashMap<String, Arc<Client>>) {
         for r in raw {
+            // A trusted issuer grants its own scopes.
+            if r.get_ref().issuers.as_ref().is_some_and(|l| l.iter().any(|n| n.get_ref() != SELF_ISSUER)) {
+                continue;
+            }
             for s in &r.get_ref().scopes {
                 if !clients.values().any(|c| c.scopes.contains(s.get_ref())) {
                     self.warn(
@@ -127,7 +135,7 @@ impl Validator<'_> {
         }
     }
 
-    fn route(&self, r: &Spanned<RawRoute>) -> Result<Route, ConfigError> {
+    fn route(&self, r: &Spanned<RawRoute>, issuers: &[Arc<TrustedIssuer>]) -> Result<Route, ConfigError> {
         let r = r.get_ref();
         let p = r.prefix.get_ref();
         if !p.starts_with('/') || p.contains(['?', '#']) || p.split('/').any(|seg| seg == "." || seg == "..") {
@@ -211,6 +219,8 @@ impl Validator<'_> {
             Some(a) => Some(self.resource_uri(a, "audience")?),
         };
         Ok(Route {
+            issuers: self.route_issuers(r, issuers)?,
+            claims: self.route_claims(r)?,
             audience,
             prefix,
             host,

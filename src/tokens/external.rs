@@ -1,0 +1,230 @@
+//! Verifying a JWT of a trusted issuer (`[[trusted_issuer]]`): the key from the issuer's
+//! fetched set by `kid`, the algorithm from the configuration (never the token alone),
+//! then `iss`, `exp` (required), `nbf`/`iat` with the issuer's leeway, `aud`, and the
+//! claim mapping. Called only by the validator, which caches the verdict.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::LEEWAY_SECS;
+use super::principal::{ClaimValue, Principal};
+use super::validate::TokenError;
+use crate::config::JwsAlgorithm;
+use crate::issuers::{Found, Issuer};
+
+/// A JSON object whose top-level names are each given once: a token that says `iss` (or
+/// any claim) twice means two things to two parsers, and is refused.
+struct UniqueMap(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueMap {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UniqueMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<UniqueMap, A::Error> {
+                let mut m = Map::new();
+                while let Some((k, v)) = a.next_entry::<String, Value>()? {
+                    if m.contains_key(&k) {
+                        return Err(de::Error::custom("a claim appears twice"));
+                    }
+                    m.insert(k, v);
+                }
+                Ok(UniqueMap(m))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The `iss` a token claims, before anything is verified: it only picks whose keys to
+/// verify with. A payload that is not one JSON object, or names `iss` twice, is malformed.
+pub(super) fn unverified_iss(token: &str) -> Result<Option<String>, TokenError> {
+    #[derive(Deserialize)]
+    struct IssOnly {
+        iss: Option<String>,
+    }
+    let payload = token.split('.').nth(1).ok_or(TokenError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+    let c: IssOnly = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    Ok(c.iss)
+}
+
+fn jws_alg(a: jsonwebtoken::Algorithm) -> Option<JwsAlgorithm> {
+    use jsonwebtoken::Algorithm as J;
+    Some(match a {
+        J::RS256 => JwsAlgorithm::RS256,
+        J::RS384 => JwsAlgorithm::RS384,
+        J::RS512 => JwsAlgorithm::RS512,
+        J::PS256 => JwsAlgorithm::PS256,
+        J::PS384 => JwsAlgorithm::PS384,
+        J::PS512 => JwsAlgorithm::PS512,
+        J::ES256 => JwsAlgorithm::ES256,
+        J::ES384 => JwsAlgorithm::ES384,
+        J::EdDSA => JwsAlgorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// A claim by name, else by dotted path (`realm_access.roles`): names with dots, such as
+/// the namespaced claims some IdPs use (`https://example.com/roles`), are found as named.
+pub(super) fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let mut parts = path.split('.');
+    let mut cur = claims.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_object()?.get(p)?;
+    }
+    Some(cur)
+}
+
+fn number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
+}
+
+/// Fit for an identity header: no control characters.
+fn header_safe(s: &str) -> bool {
+    !s.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+/// The space-separated scopes: the configured claim, else `scope`, else `scp`; a string
+/// (split on whitespace) or an array of strings (elements holding spaces dropped).
+fn scopes(claims: &Map<String, Value>, configured: Option<&str>) -> String {
+    let v = match configured {
+        Some(c) => lookup(claims, c),
+        None => claims.get("scope").or_else(|| claims.get("scp")),
+    };
+    match v {
+        Some(Value::String(s)) => s.split_whitespace().collect::<Vec<_>>().join(" "),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// Verify `token` as one of `issuer`'s. An unknown `kid` makes the issuer refetch its set
+/// (rate-limited there) before the token is refused.
+pub(super) async fn verify(
+    token: &str,
+    issuer: &Issuer,
+    rule_claims: &[String],
+    now: u64,
+) -> Result<Principal, TokenError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+    if header.crit.is_some() {
+        return Err(TokenError::CriticalHeader);
+    }
+    // Relaxed for IdPs (many send `JWT`, some nothing), but never another JWT kind
+    // (an ID token marked as such, a logout or DPoP proof token).
+    match header.typ.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("jwt" | "at+jwt" | "application/at+jwt" | "application/jwt") => {}
+        Some(_) => return Err(TokenError::WrongType),
+    }
+    let cfg = &issuer.config;
+    let alg = jws_alg(header.alg).filter(|a| cfg.algorithms.contains(a)).ok_or(TokenError::WrongAlgorithm)?;
+    let kid = header.kid.as_deref();
+    let find = || match issuer.keys().find(kid, alg) {
+        Found::Key(k) => Ok(k.clone()),
+        Found::WrongAlgorithm => Err(TokenError::WrongAlgorithm),
+        Found::Unknown => Err(TokenError::UnknownKey),
+    };
+    let key = match find() {
+        Err(TokenError::UnknownKey) => {
+            issuer.refetch().await;
+            find()?
+        }
+        other => other?,
+    };
+    let (message, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+    if !key.verify(alg, message.as_bytes(), &signature) {
+        return Err(TokenError::BadSignature);
+    }
+    let payload = message.split_once('.').map(|(_, p)| p).ok_or(TokenError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+    let UniqueMap(claims) = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+
+    if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
+        return Err(TokenError::WrongIssuer);
+    }
+    let leeway = cfg.leeway.as_secs();
+    let exp = claims.get("exp").and_then(number).ok_or(TokenError::BadClaims)?;
+    if exp.saturating_add(leeway) <= now {
+        return Err(TokenError::Expired);
+    }
+    for name in ["nbf", "iat"] {
+        if let Some(v) = claims.get(name)
+            && number(v).ok_or(TokenError::BadClaims)? > now.saturating_add(leeway)
+        {
+            return Err(TokenError::NotYetValid);
+        }
+    }
+    let audience = match claims.get("aud") {
+        Some(Value::String(a)) => cfg.audiences.iter().find(|c| *c == a),
+        Some(Value::Array(list)) => cfg.audiences.iter().find(|c| list.iter().any(|a| a.as_str() == Some(c.as_str()))),
+        _ => None,
+    }
+    .ok_or(TokenError::WrongAudience)?;
+    let subject = lookup(&claims, &cfg.subject_claim)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or(TokenError::BadClaims)?;
+    let client_id = match &cfg.client_id_claim {
+        Some(c) => lookup(&claims, c).and_then(Value::as_str),
+        None => claims.get("client_id").or_else(|| claims.get("azp")).and_then(Value::as_str),
+    }
+    .unwrap_or("");
+    let scope = scopes(&claims, cfg.scope_claim.as_deref());
+    let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
+    if ![subject, client_id, &scope, jti].iter().all(|s| header_safe(s)) {
+        return Err(TokenError::BadClaims);
+    }
+    let kept = rule_claims
+        .iter()
+        .filter_map(|name| lookup(&claims, name).and_then(ClaimValue::from_json).map(|v| (name.as_str().into(), v)))
+        .collect();
+    // The cache drops a verdict LEEWAY_SECS after `expires_at`: this issuer's leeway instead.
+    let expires_at = exp.saturating_add(leeway).saturating_sub(LEEWAY_SECS);
+    let key_kid = key.kid.as_deref().unwrap_or("");
+    Principal::build(
+        [client_id, subject, &scope, jti, key_kid, audience, issuer.name()],
+        kept,
+        key.fingerprint,
+        expires_at,
+    )
+    .ok_or(TokenError::BadClaims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_claims_and_paths() {
+        let enc = |s: &str| format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(s));
+        assert_eq!(unverified_iss(&enc(r#"{"iss":"a"}"#)), Ok(Some("a".into())));
+        assert_eq!(unverified_iss(&enc(r#"{"iss":"a","iss":"b"}"#)), Err(TokenError::Malformed));
+        assert_eq!(unverified_iss(&enc(r#"[1]"#)), Err(TokenError::Malformed));
+        assert!(serde_json::from_str::<UniqueMap>(r#"{"a":1,"a":2}"#).is_err());
+        let m: Map<String, Value> = serde_json::from_str(
+            r#"{"realm_access":{"roles":["a","b c","d"]},"https://x.example/t":"acme","scp":["r","w"]}"#,
+        )
+        .unwrap();
+        assert_eq!(lookup(&m, "realm_access.roles").unwrap().as_array().unwrap().len(), 3);
+        assert_eq!(lookup(&m, "https://x.example/t").unwrap(), "acme");
+        assert!(lookup(&m, "realm_access.nope").is_none());
+        assert_eq!(scopes(&m, None), "r w");
+        assert_eq!(scopes(&m, Some("realm_access.roles")), "a d");
+    }
+}
