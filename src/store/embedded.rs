@@ -550,6 +550,11 @@ impl Store for EmbeddedStore {
             if fam.revoked || state.grant.expires_at <= now || state.grant.client_id != client_id {
                 return Ok(Rotate::Invalid);
             }
+            // The client's not-before as stored, in this transaction: memory may lag behind.
+            let reset: Option<u64> = get(txn, CLIENT_NOT_BEFORE, client_id.as_bytes())?;
+            if reset.is_some_and(|at| state.grant.issued_at <= at) {
+                return Ok(Rotate::ClientReset);
+            }
             let sibling = state.spent;
             if sibling {
                 let within = state.spent_at.is_some_and(|at| now.saturating_sub(at) <= next.reuse_interval);
@@ -849,6 +854,25 @@ mod tests {
         );
         assert_eq!(s.rotate_refresh([2; 32], "c", next(4, "j3"), 102).await.unwrap(), Rotate::Invalid);
         assert_eq!(s.get_refresh([2; 32], 102).await.unwrap(), None, "revoked family");
+    }
+
+    /// Issue 23.1: the stored not-before is judged inside the rotation, whatever this
+    /// process remembers: a token issued at or before it is refused and left unspent.
+    #[tokio::test]
+    async fn rotation_checks_the_stored_client_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let issued = |family: &str, at: u64| RefreshGrant { issued_at: at, ..grant(family, 5000) };
+        s.put_refresh([1; 32], issued("f", 100)).await.unwrap();
+        s.put_refresh([5; 32], issued("g", 101)).await.unwrap();
+        s.put_client_not_before("c", 100).await.unwrap();
+        let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: u64::MAX };
+        let next =
+            |new: u8, jti: &str| Rotation { new: [new; 32], new_expires_at: 6000, access: at(jti), reuse_interval: 0 };
+        assert_eq!(s.rotate_refresh([1; 32], "c", next(2, "j1"), 130).await.unwrap(), Rotate::ClientReset);
+        assert!(!s.get_refresh([1; 32], 130).await.unwrap().unwrap().spent, "nothing changed");
+        assert_eq!(s.get_refresh([2; 32], 130).await.unwrap(), None, "no successor");
+        assert!(matches!(s.rotate_refresh([5; 32], "c", next(6, "j2"), 130).await.unwrap(), Rotate::Rotated(_)));
     }
 
     #[tokio::test]

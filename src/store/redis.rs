@@ -93,6 +93,9 @@ pub struct RedisStore {
     revoke_access: Script,
 }
 
+/// The message on the revocation channel that says a client not-before was recorded.
+const CLIENT_RESETS_NOTICE: &str = "clientnb";
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -161,8 +164,9 @@ if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
 return 'ok'
 "#,
             ),
-            // KEYS: old rt, new rt, fam, famacc, old rtat; ARGV: prefix, now, client_id,
-            // expected grant json, new grant json, new ttl, access jti, access exp, reuse interval
+            // KEYS: old rt, new rt, fam, famacc, old rtat, clientnb; ARGV: prefix, now,
+            // client_id, expected grant json, new grant json, new ttl, access jti, access
+            // exp, reuse interval
             rotate: script(
                 r#"
 local v = redis.call('GET', KEYS[1])
@@ -173,6 +177,13 @@ local g = cjson.decode(gj)
 local now = tonumber(ARGV[2])
 if redis.call('HGET', KEYS[3], 'revoked') == '1' then return {'invalid'} end
 if tonumber(g.expires_at) <= now or g.client_id ~= ARGV[3] then return {'invalid'} end
+local nb = redis.call('HGET', KEYS[6], ARGV[3])
+if nb then
+  local issued = tonumber(g.issued_at) or 0
+  local at = tonumber(nb)
+  -- An unreadable not-before fails closed.
+  if not at or issued <= at then return {'client_reset'} end
+end
 local outcome = 'rotated'
 if kind == 'S' then
   local at, grace = tonumber(redis.call('GET', KEYS[5]) or ''), tonumber(ARGV[9])
@@ -302,6 +313,12 @@ return 'ok'
                                 }
                             };
                             let Ok(payload) = msg.get_payload::<String>() else { continue };
+                            if payload == CLIENT_RESETS_NOTICE {
+                                if tx.send(RevocationEvent::ClientResets).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
                             let Some((jti, exp)) = payload.split_once(' ') else { continue };
                             let Ok(expires_at) = exp.parse() else { continue };
                             let event = RevocationEvent::Revoked(IssuedAccess { jti: jti.to_string(), expires_at });
@@ -399,6 +416,7 @@ impl Store for RedisStore {
             .key(self.key("fam", &grant.family))
             .key(self.key("famacc", &grant.family))
             .key(self.key("rtat", &hex(&old)))
+            .key(format!("{}clientnb", self.prefix))
             .arg(&self.prefix)
             .arg(now)
             .arg(client_id)
@@ -415,6 +433,7 @@ impl Store for RedisStore {
             Some("rotated") => Ok(Rotate::Rotated(grant)),
             Some("sibling") => Ok(Rotate::Sibling(grant)),
             Some("reused") => Ok(Rotate::Reused { revoked: accesses(&reply[1..]) }),
+            Some("client_reset") => Ok(Rotate::ClientReset),
             _ => Ok(Rotate::Invalid),
         }
     }
@@ -488,14 +507,17 @@ impl Store for RedisStore {
     async fn put_client_not_before(&self, client_id: &str, at: u64) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         // Keep the latest: replicas applying the same reload write nearly the same time.
+        // Every replica (this one too) hears the notice and reads the stored maxima back.
         let script = Script::new(
-            "local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') \
-             if tonumber(ARGV[2]) > v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 1",
+            "local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') or 0 \
+             if tonumber(ARGV[2]) > v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end \
+             redis.call('PUBLISH', ARGV[3], 'clientnb') return 1",
         );
         let _: i64 = script
             .key(format!("{}clientnb", self.prefix))
             .arg(client_id)
             .arg(at)
+            .arg(format!("{}revocations", self.prefix))
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;

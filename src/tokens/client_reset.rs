@@ -25,11 +25,22 @@ impl ClientNotBefore {
         self.map.read().unwrap_or_else(|e| e.into_inner()).get(client_id).copied()
     }
 
-    pub(super) fn set(&self, client_id: &str, at: u64) {
+    /// Returns whether this raised the time already known (or is the first for the client).
+    pub(super) fn set(&self, client_id: &str, at: u64) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let slot = map.entry(client_id.into()).or_insert(0);
-        *slot = (*slot).max(at);
+        let raised = match map.get_mut(client_id) {
+            Some(slot) if *slot >= at => false,
+            Some(slot) => {
+                *slot = at;
+                true
+            }
+            None => {
+                map.insert(client_id.into(), at);
+                true
+            }
+        };
         self.any.store(true, Ordering::Release);
+        raised
     }
 }
 

@@ -220,8 +220,9 @@ impl Validator {
     /// Void `client_id`'s tokens issued at or before `at` (kept as the latest such time).
     /// Cached verdicts stay (a disabled client's hits are refused anyway); whoever enables
     /// such a client again, or voids an enabled one, clears the cache (see [`client_resets`]).
-    pub fn set_client_not_before(&self, client_id: &str, at: u64) {
-        self.not_before.set(client_id, at);
+    /// Returns whether the time known for the client was raised.
+    pub fn set_client_not_before(&self, client_id: &str, at: u64) -> bool {
+        self.not_before.set(client_id, at)
     }
 
     /// The issue time for a new token of `client_id` at `now`: after its not-before, so a

@@ -97,6 +97,12 @@ pub async fn grant(
             revoke(gw, Revoke::Revoked(revoked), Reason::RefreshReuse).await?;
             Err(invalid())
         }
+        Rotate::ClientReset => {
+            // The store knows of a reset this replica has not heard of yet.
+            let revoked = revoke(gw, Revoke::Family(&current.family), Reason::ClientReset).await?;
+            tracing::warn!(security_event = "refresh_family_revoked", client_id = %client.id, revoked, "refresh token issued before its client was reset; its family is revoked");
+            Err(invalid())
+        }
         Rotate::Invalid => Err(invalid()),
     }
 }
