@@ -825,3 +825,38 @@ async fn access_token_in_a_form_body_is_removed_and_other_bodies_pass_untouched(
         .unwrap();
     assert_eq!(resp.status(), 413);
 }
+
+/// Review 23.5: a multipart/form-data body is not buffered (uploads), but one that names an
+/// `access_token` field is refused with 400 invalid_request before that part is sent, also
+/// when the name is split across chunks; other multipart bodies pass byte for byte.
+#[tokio::test]
+async fn multipart_bodies_with_an_access_token_field_are_refused() {
+    let (_up, gw) = setup().await;
+    let client = gw.client();
+    let ct = "multipart/form-data; boundary=XyZ";
+    let part = |name: &str, value: &str| {
+        format!("--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+    };
+    let ok = format!("{}{}--XyZ--\r\n", part("a", "1"), part("file", "access_token=SECRET in a file"));
+    let resp = client.post(gw.url("/public/x")).header("content-type", ct).body(ok.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.body_sha256, sha256_hex(ok.as_bytes()));
+    for name in ["access_token", "Access.Token", "access_token[]"] {
+        let bad = format!("{}{}--XyZ--\r\n", part("a", "1"), part(name, "SECRET"));
+        let resp = client.post(gw.url("/public/x")).header("content-type", ct).body(bad).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{name}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"], "invalid_request", "{name}");
+    }
+    // Streamed, the name split over two chunks, after a large first part.
+    let big = "x".repeat(200 * 1024);
+    let first = format!("{}--XyZ\r\nContent-Disposition: form-data; name=\"acc", part("file", &big));
+    for url in [gw.http_url("/public/x"), gw.url("/public/x")] {
+        let chunks = [first.clone(), "ess_token\"\r\n\r\nSECRET\r\n--XyZ--\r\n".to_string()];
+        let stream = futures_util::stream::iter(chunks.map(Ok::<_, std::io::Error>));
+        let resp =
+            client.post(&url).header("content-type", ct).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{url}");
+    }
+}

@@ -564,6 +564,7 @@ where
     };
     // Any framing (Content-Length, chunked, HTTP/2 DATA frames): a body that has not ended.
     let form = is_form(&parts.headers) && !body.is_end_stream();
+    let multipart = super::multipart::is_multipart_form(&parts.headers);
 
     upstream_headers(&mut parts.headers, rt, route, principal, peer, authority)?;
     parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
@@ -582,7 +583,8 @@ where
         crate::http::full(bytes)
     } else {
         let body = body.map_err(|e| BoxError::from(InboundBodyError(e.into())));
-        Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed()
+        let body = Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed();
+        if multipart { super::multipart::scanned(body) } else { body }
     };
     let req = Request::from_parts(parts, body);
 
@@ -592,6 +594,7 @@ where
         Err(_) => return Err(ProxyError::GatewayTimeout),
         // An undeclared body crossed the limit while being sent: the caller's fault, not the upstream's.
         Ok(Err(e)) if caused_by::<LengthLimitError>(&*e) => return Err(ProxyError::PayloadTooLarge),
+        Ok(Err(e)) if caused_by::<super::multipart::TokenField>(&*e) => return Err(ProxyError::TokenInBody),
         Ok(Err(e)) if caused_by::<InboundBodyError>(&*e) => return Err(ProxyError::BadRequestBody),
         Ok(Err(e)) => return Err(ProxyError::BadGateway(error_chain(&*e))),
         Ok(Ok(resp)) => resp,
