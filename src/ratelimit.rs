@@ -186,9 +186,17 @@ fn client_key(source: IpAddr, client_id: &str) -> String {
 /// The address a request comes from: the peer, or — when the peer is a trusted proxy —
 /// the nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
 pub fn source_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    forwarded_chain(config, peer, headers).first().copied().unwrap_or_else(|| peer.to_canonical())
+}
+
+/// The part of `X-Forwarded-For` the trusted proxies vouch for, in order: the source
+/// address [`source_ip`] names first, then the trusted hops after it (the peer itself not
+/// included). Empty when the peer is not trusted or names nobody.
+pub fn forwarded_chain(config: &Config, peer: IpAddr, headers: &HeaderMap) -> Vec<IpAddr> {
     let peer = peer.to_canonical();
+    let mut chain = Vec::new();
     if !config.is_trusted_proxy(peer) {
-        return peer;
+        return chain;
     }
     // A line that is not text stays in the list as a hop that cannot be read (`None`), so
     // the walk below stops there instead of skipping to what came before it.
@@ -200,17 +208,18 @@ pub fn source_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
             Err(_) => vec![None],
         })
         .collect();
-    let mut nearest = peer;
     for hop in hops.iter().rev() {
         // A value we cannot read was written by someone we do not trust: stop at the last
         // address we could vouch for.
         let Some(Ok(ip)) = hop.map(str::parse::<IpAddr>) else { break };
-        nearest = ip.to_canonical();
-        if !config.is_trusted_proxy(nearest) {
+        let ip = ip.to_canonical();
+        chain.push(ip);
+        if !config.is_trusted_proxy(ip) {
             break;
         }
     }
-    nearest
+    chain.reverse();
+    chain
 }
 
 /// One bucket: `level` units were available at `at`.

@@ -860,3 +860,32 @@ async fn multipart_bodies_with_an_access_token_field_are_refused() {
         assert_eq!(resp.status(), 400, "{url}");
     }
 }
+
+/// Review 23.3: a client's `Forwarded` reached the upstream verbatim through a trusted
+/// proxy (which passes it on unchanged), `host=` and `proto=` included. It is rebuilt from
+/// the X-Forwarded-For chain the trusted proxies vouch for, then this hop.
+#[tokio::test]
+async fn forwarded_through_a_trusted_proxy_is_rebuilt_from_the_vouched_chain() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(up.addr, "[proxy]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n").await;
+    let token = svc_token(&gw).await;
+    for (xff, expected) in [
+        (None, "for=127.0.0.1;proto=https"),
+        (Some("203.0.113.9"), "for=203.0.113.9, for=127.0.0.1;proto=https"),
+        // The walk stops at the first untrusted hop: 6.6.6.6 is the caller's own claim.
+        (Some("6.6.6.6, 203.0.113.9, 10.1.2.3"), "for=203.0.113.9, for=10.1.2.3, for=127.0.0.1;proto=https"),
+        (Some("2001:db8::9"), "for=\"[2001:db8::9]\", for=127.0.0.1;proto=https"),
+    ] {
+        let mut req = gw
+            .client()
+            .get(gw.url("/api/fwd"))
+            .bearer_auth(&token)
+            .header("forwarded", "for=6.6.6.6;host=evil.example;proto=gopher")
+            .header("forwarded", "for=\"[::1]\";host=\"a@b\"");
+        if let Some(xff) = xff {
+            req = req.header("x-forwarded-for", xff);
+        }
+        let echo: Echo = req.send().await.unwrap().json().await.unwrap();
+        assert_eq!(echo.header_all("forwarded"), vec![expected], "{xff:?}: {echo:?}");
+    }
+}

@@ -395,27 +395,21 @@ fn valid_forwarded_host(headers: &HeaderMap) -> bool {
     }
 }
 
-/// `Forwarded` (RFC 7239) for the upstream: the elements a trusted proxy sent (`keep`), every
-/// line in order, then this hop's `for=<peer>;proto=<scheme>`. Nothing of a caller's is
-/// kept otherwise, nor a line that is not text.
-fn forwarded(headers: &HeaderMap, keep: bool, peer: &Peer) -> Option<HeaderValue> {
-    let ip = peer.addr.ip().to_canonical();
-    let proto = if peer.tls { "https" } else { "http" };
+/// `Forwarded` (RFC 7239) for the upstream, rebuilt by the gateway: `for=` each address of
+/// `chain` (what trusted proxies vouch for in `X-Forwarded-For`: the source, then the
+/// trusted hops), then this hop's `for=<peer>;proto=<scheme>`. No caller's `Forwarded` is
+/// kept, a trusted proxy's neither (proxies pass a client's on unchanged), so no `host=`
+/// or `proto=` the gateway cannot vouch for reaches the upstream.
+fn forwarded(chain: &[std::net::IpAddr], peer: &Peer) -> Option<HeaderValue> {
     // An IPv6 node is bracketed and so must be quoted (RFC 7239 §6).
-    let hop = if ip.is_ipv6() { format!("for=\"[{ip}]\";proto={proto}") } else { format!("for={ip};proto={proto}") };
-    let prior: Vec<&str> = if keep {
-        headers
-            .get_all(header::FORWARDED)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect()
-    } else {
-        Vec::new()
+    let node = |ip: std::net::IpAddr| {
+        let ip = ip.to_canonical();
+        if ip.is_ipv6() { format!("for=\"[{ip}]\"") } else { format!("for={ip}") }
     };
-    let value = if prior.is_empty() { hop } else { format!("{}, {hop}", prior.join(", ")) };
-    HeaderValue::try_from(value).ok()
+    let proto = if peer.tls { "https" } else { "http" };
+    let mut value: Vec<String> = chain.iter().map(|ip| node(*ip)).collect();
+    value.push(format!("{};proto={proto}", node(peer.addr.ip())));
+    HeaderValue::try_from(value.join(", ")).ok()
 }
 
 /// Rewrite inbound headers for the upstream: hygiene first, then what we vouch for.
@@ -441,10 +435,11 @@ fn upstream_headers(
         }
         _ => Some(peer.ip_header().clone()),
     };
-    let forwarded = forwarded(headers, trusted && !listed.contains(&header::FORWARDED), peer);
     // The address the gateway acts on (the rate limits, the access log): the peer, or
-    // what trusted proxies vouch for in X-Forwarded-For.
-    let client = crate::ratelimit::source_ip(&rt.config, peer.addr.ip(), headers);
+    // what trusted proxies vouch for in X-Forwarded-For; `Forwarded` names the same chain.
+    let chain = crate::ratelimit::forwarded_chain(&rt.config, peer.addr.ip(), headers);
+    let forwarded = forwarded(&chain, peer);
+    let client = chain.first().copied().unwrap_or_else(|| peer.addr.ip().to_canonical());
     let real_ip = if client == peer.addr.ip().to_canonical() {
         Some(peer.ip_header().clone())
     } else {
@@ -1060,21 +1055,18 @@ mod hygiene_tests {
     }
 
     #[test]
-    fn forwarded_appends_this_hop_for_a_trusted_proxy_and_quotes_ipv6() {
+    fn forwarded_names_the_vouched_chain_then_this_hop_and_quotes_ipv6() {
         let v4 = Peer::new("192.0.2.7:5000".parse().unwrap(), false);
         let v6 = Peer::new("[2001:db8::1]:5000".parse().unwrap(), true);
         let mapped = Peer::new("[::ffff:192.0.2.8]:5000".parse().unwrap(), true);
-        let fwd = |h: &HeaderMap, keep: bool, p: &Peer| forwarded(h, keep, p).unwrap().to_str().unwrap().to_string();
-        let none = HeaderMap::new();
-        assert_eq!(fwd(&none, true, &v4), "for=192.0.2.7;proto=http");
-        assert_eq!(fwd(&none, false, &v6), "for=\"[2001:db8::1]\";proto=https");
-        assert_eq!(fwd(&none, false, &mapped), "for=192.0.2.8;proto=https");
-        let theirs = headers(&[("forwarded", b"for=203.0.113.9"), ("forwarded", b" for=\"[::1]\";proto=https ")]);
-        assert_eq!(fwd(&theirs, true, &v4), "for=203.0.113.9, for=\"[::1]\";proto=https, for=192.0.2.7;proto=http");
-        assert_eq!(fwd(&theirs, false, &v4), "for=192.0.2.7;proto=http", "untrusted: replaced");
-        // A line that is not text is not kept.
-        let odd = headers(&[("forwarded", b"for=\xe9"), ("forwarded", b"for=198.51.100.1")]);
-        assert_eq!(fwd(&odd, true, &v4), "for=198.51.100.1, for=192.0.2.7;proto=http");
+        let fwd = |chain: &[&str], p: &Peer| {
+            let chain: Vec<std::net::IpAddr> = chain.iter().map(|a| a.parse().unwrap()).collect();
+            forwarded(&chain, p).unwrap().to_str().unwrap().to_string()
+        };
+        assert_eq!(fwd(&[], &v4), "for=192.0.2.7;proto=http");
+        assert_eq!(fwd(&[], &v6), "for=\"[2001:db8::1]\";proto=https");
+        assert_eq!(fwd(&[], &mapped), "for=192.0.2.8;proto=https");
+        assert_eq!(fwd(&["203.0.113.9", "::1"], &v4), "for=203.0.113.9, for=\"[::1]\", for=192.0.2.7;proto=http");
     }
 
     #[test]
