@@ -119,6 +119,8 @@ pub struct Limits {
     pub(crate) max_upstream_header_bytes: usize,
     pub(crate) max_token_body_bytes: usize,
     pub(crate) max_proxy_body_bytes: u64,
+    /// A proxied urlencoded form is read whole (to take out `access_token`) up to this.
+    pub(crate) max_proxy_form_bytes: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) upstream_connect_timeout: Duration,

@@ -99,6 +99,7 @@ pub struct RawLimits {
     pub max_upstream_header_bytes: Option<Spanned<u64>>,
     pub max_token_body_bytes: Option<Spanned<u64>>,
     pub max_proxy_body_bytes: Option<Spanned<u64>>,
+    pub max_proxy_form_bytes: Option<Spanned<u64>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub upstream_connect_timeout: Option<Spanned<String>>,

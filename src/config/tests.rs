@@ -251,6 +251,18 @@ fn limits_default_and_refuse_small_or_zero_values() {
     assert_eq!(refused("[cache]\nmax_tokens = 0\n").line, 9);
 }
 
+/// Review 23.4: proxied forms have their own limit, 1 MiB by default (or the body limit,
+/// if lower), never above the body limit.
+#[test]
+fn max_proxy_form_bytes_defaults_to_a_mebibyte_within_the_body_limit() {
+    assert_eq!(parse("").unwrap().limits.max_proxy_form_bytes, 1024 * 1024);
+    let l = parse("[limits]\nmax_proxy_body_bytes = 4096\n").unwrap().limits;
+    assert_eq!(l.max_proxy_form_bytes, 4096);
+    let e = refused("[limits]\nmax_proxy_body_bytes = 4096\nmax_proxy_form_bytes = 8192\n");
+    assert_eq!((e.line, e.reason.as_str()), (10, "max_proxy_form_bytes must not exceed max_proxy_body_bytes"));
+    assert_eq!(refused("[limits]\nmax_proxy_form_bytes = 0\n").line, 9);
+}
+
 #[test]
 fn keys_are_named_once_and_one_signs_without_reading_any_file() {
     let c = parse("[[key]]\nid = \"rs\"\nalgorithm = \"RS256\"\nfile = \"/nonexistent/rs.pem\"\ngenerate = false\n")

@@ -612,15 +612,16 @@ fn is_form(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Read a form body whole, within the form limit (`max_token_body_bytes`) and the header
-/// read timeout: a form that cannot be inspected is refused (413), never passed unread.
+/// Read a form body whole, within `max_proxy_form_bytes` and `upstream_timeout` (the bound
+/// of the proxied exchange it is part of; the header read timeout is for headers): a form
+/// that cannot be inspected is refused (413), never passed unread.
 async fn read_form<B>(body: B, limits: &crate::config::Limits) -> Result<bytes::Bytes, ProxyError>
 where
     B: HttpBody<Data = bytes::Bytes> + Send,
     B::Error: Into<BoxError>,
 {
-    let limited = Limited::new(body, limits.max_token_body_bytes);
-    match tokio::time::timeout(limits.header_read_timeout, limited.collect()).await {
+    let limited = Limited::new(body, limits.max_proxy_form_bytes);
+    match tokio::time::timeout(limits.upstream_timeout, limited.collect()).await {
         Err(_) => Err(ProxyError::BadRequestBody),
         Ok(Err(e)) if caused_by::<LengthLimitError>(&*e) => Err(ProxyError::PayloadTooLarge),
         Ok(Err(_)) => Err(ProxyError::BadRequestBody),
