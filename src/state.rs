@@ -15,7 +15,7 @@ use crate::store::redis::RedisStore;
 use crate::store::{IssuedAccess, RevocationEvent, Store, StoreError};
 use crate::tokens::keys::{KeyError, KeySet};
 use crate::tokens::now_secs;
-use crate::tokens::validate::{Validator, client_resets};
+use crate::tokens::validate::{Validator, clamp_not_before, client_resets};
 use crate::upstream::Upstreams;
 
 /// One consistent view: a config, the keys loaded from it and the upstream client built
@@ -240,8 +240,12 @@ impl Gateway {
         match self.store.client_not_before().await {
             Ok(all) => {
                 let mut raised = false;
+                let now = now_secs();
                 for (id, at) in all {
-                    raised |= self.validator.set_client_not_before(&id, at);
+                    let known = self.validator.client_not_before(&id);
+                    if let Some(at) = clamp_not_before(&id, at, now, known) {
+                        raised |= self.validator.set_client_not_before(&id, at);
+                    }
                 }
                 if raised {
                     self.validator.clear();

@@ -10,7 +10,7 @@ use jsonwebtoken::errors::ErrorKind;
 
 use super::cache::{Digest, Lookup, VerdictCache};
 use super::client_reset::ClientNotBefore;
-pub use super::client_reset::{ClientResets, client_resets};
+pub use super::client_reset::{ClientResets, clamp_not_before, client_resets};
 use super::keys::{Key, KeySet};
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Config;
@@ -225,12 +225,17 @@ impl Validator {
         self.not_before.set(client_id, at)
     }
 
+    /// The not-before this process holds for `client_id`, if any.
+    pub fn client_not_before(&self, client_id: &str) -> Option<u64> {
+        self.not_before.get(client_id)
+    }
+
     /// The issue time for a new token of `client_id` at `now`: after its not-before, so a
     /// token issued in the very second of a reset (a secret rotated and used at once) is
     /// not void from birth. At most a second ahead, well within [`LEEWAY_SECS`].
     pub fn issue_time(&self, client_id: &str, now: u64) -> u64 {
         match self.not_before.get(client_id) {
-            Some(at) if at >= now => at + 1,
+            Some(at) if at >= now => at.saturating_add(1),
             _ => now,
         }
     }
