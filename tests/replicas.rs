@@ -511,6 +511,14 @@ async fn redis_store_reuse_interval_and_client_not_before() {
     let mut all = store.client_not_before().await.unwrap();
     all.sort();
     assert_eq!(all, vec![("svc".to_string(), 70), ("web".to_string(), 100)]);
+    // Review 23.10: a bad value is skipped, the others still load.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET").arg("unit:clientnb").arg("bad").arg("soon").query_async(&mut raw).await.unwrap();
+    let mut all = store.client_not_before().await.unwrap();
+    all.sort();
+    assert_eq!(all, vec![("svc".to_string(), 70), ("web".to_string(), 100)]);
+    store.ping().await.expect("still connected");
 }
 
 /// Issue 23.1: a client disabled on one replica only (B reloaded, A not yet) reaches the

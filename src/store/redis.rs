@@ -524,11 +524,30 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    /// Read as text and parsed here: one bad value (a hand-edited record) is skipped and
+    /// logged, instead of failing the whole read (a type error is not a connection failure,
+    /// and must not keep the replica from ever loading the others).
     async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut conn = self.conn().await?;
-        let all: std::collections::HashMap<String, u64> =
+        let all: Vec<(Vec<u8>, Vec<u8>)> =
             conn.c.hgetall(format!("{}clientnb", self.prefix)).await.map_err(|e| conn.fail(e))?;
-        Ok(all.into_iter().collect())
+        Ok(all
+            .into_iter()
+            .filter_map(|(id, at)| {
+                let id = String::from_utf8(id).ok();
+                let at = std::str::from_utf8(&at).ok().and_then(|a| a.parse::<u64>().ok());
+                match (id, at) {
+                    (Some(id), Some(at)) => Some((id, at)),
+                    (id, _) => {
+                        tracing::error!(
+                            client_id = id.as_deref().unwrap_or("(not UTF-8)"),
+                            "unreadable client not-before in Redis; skipped"
+                        );
+                        None
+                    }
+                }
+            })
+            .collect())
     }
 
     fn kind(&self) -> &'static str {
