@@ -211,7 +211,7 @@ pub fn forwarded_chain(config: &Config, peer: IpAddr, headers: &HeaderMap) -> Ve
     for hop in hops.iter().rev() {
         // A value we cannot read was written by someone we do not trust: stop at the last
         // address we could vouch for.
-        let Some(Ok(ip)) = hop.map(str::parse::<IpAddr>) else { break };
+        let Some(ip) = hop.and_then(hop_address) else { break };
         let ip = ip.to_canonical();
         chain.push(ip);
         if !config.is_trusted_proxy(ip) {
@@ -220,6 +220,27 @@ pub fn forwarded_chain(config: &Config, peer: IpAddr, headers: &HeaderMap) -> Ve
     }
     chain.reverse();
     chain
+}
+
+/// The address of one `X-Forwarded-For` item: an address alone, or with the port some
+/// proxies add (Azure Application Gateway, IIS ARR): `1.2.3.4:5678`, `[2001:db8::1]:443`,
+/// and a bracketed IPv6 address without a port. Anything else is unreadable.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        let ip = v6.parse::<std::net::Ipv6Addr>().ok()?;
+        return (after.is_empty() || after.strip_prefix(':').is_some_and(valid_port)).then_some(IpAddr::V6(ip));
+    }
+    let (v4, port) = hop.split_once(':')?;
+    let ip = v4.parse::<std::net::Ipv4Addr>().ok()?;
+    valid_port(port).then_some(IpAddr::V4(ip))
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
 }
 
 /// One bucket: `level` units were available at `at`.
@@ -370,6 +391,19 @@ mod tests {
         let h = xff(&["garbage, 10.0.0.3"]);
         assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("10.0.0.3"), "stop at what cannot be read");
         assert_eq!(source_ip(&config, ip("::ffff:10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
+        // Review 23.11: items with ports (Azure Application Gateway) do not stop the walk.
+        let h = xff(&["203.0.113.9:5678, 10.0.0.2:443"]);
+        assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("203.0.113.9"));
+        let h = xff(&["[2001:db8::9]:5678, [10::1]"]);
+        assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("10::1"), "10::1 is not in 10.0.0.0/8");
+        let h = xff(&["[2001:db8::9]:5678, 10.0.0.2"]);
+        assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("2001:db8::9"));
+        for bad in
+            ["203.0.113.9:", "203.0.113.9:99999", "[2001:db8::9", "[2001:db8::9]x", "2001:db8::9:x", "1.2.3.4:+5"]
+        {
+            let h = xff(&[&format!("{bad}, 10.0.0.3")]);
+            assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("10.0.0.3"), "{bad}");
+        }
     }
 
     #[test]

@@ -515,3 +515,19 @@ async fn a_rate_limited_token_request_is_counted_under_the_grant_it_asked_for() 
     assert_eq!(value(&text, &series("password")), Some(1.0), "{text}");
     assert_eq!(value(&text, &series("none")), None, "{text}");
 }
+
+/// Review 23.11: X-Forwarded-For items with ports (Azure Application Gateway writes
+/// `ip:port`, IPv6 as `[ip]:port`) name the client like plain addresses.
+#[tokio::test]
+async fn forwarded_for_items_with_ports_name_the_client() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(up.addr, TRUST_LOOPBACK).await;
+    for (xff, client, fwd) in [
+        ("203.0.113.9:5678", "203.0.113.9", "for=203.0.113.9, for=127.0.0.1;proto=http"),
+        ("[2001:db8::9]:443", "2001:db8::9", "for=\"[2001:db8::9]\", for=127.0.0.1;proto=http"),
+    ] {
+        let (_, echo) = plain(&gw, "/public/f", &[("X-Forwarded-For", xff)]).await;
+        assert_eq!(echo.header_all("x-real-ip"), vec![client], "{xff}: {echo:?}");
+        assert_eq!(echo.header_all("forwarded"), vec![fwd], "{xff}: {echo:?}");
+    }
+}
