@@ -15,6 +15,9 @@ pub struct Principal {
     /// under a key with another fingerprint is verified again.
     key_fingerprint: [u8; 32],
     expires_at: u64,
+    /// Issued without a user's consent (`gty`, client_credentials): a subject other than
+    /// the client is then the client's linked user, and answers to the link.
+    no_consent: bool,
 }
 
 impl Principal {
@@ -36,7 +39,18 @@ impl Principal {
             text.push_str(part);
             *end = u16::try_from(text.len()).ok()?;
         }
-        Some(Principal { text: text.into_boxed_str(), ends, key_fingerprint, expires_at })
+        Some(Principal { text: text.into_boxed_str(), ends, key_fingerprint, expires_at, no_consent: false })
+    }
+
+    /// Mark a token that carries `gty` (no user consented to it).
+    pub(super) fn without_consent(mut self, no_consent: bool) -> Principal {
+        self.no_consent = no_consent;
+        self
+    }
+
+    /// Was the token issued without a user's consent (client_credentials, `gty`)?
+    pub fn without_user_consent(&self) -> bool {
+        self.no_consent
     }
 
     fn part(&self, i: usize) -> &str {

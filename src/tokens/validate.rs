@@ -173,7 +173,7 @@ impl Validator {
                 // but not necessarily the token: verify it again below.
                 if key.is_none_or(|k| k.fingerprint == p.key_fingerprint()) {
                     self.hits.fetch_add(1, Ordering::Relaxed);
-                    check_holder(config, p.client_id(), p.subject())?;
+                    check_holder(config, p.client_id(), p.subject(), p.without_user_consent())?;
                     if key.is_none() {
                         return Err(TokenError::UnknownKey);
                     }
@@ -192,7 +192,7 @@ impl Validator {
         self.misses.fetch_add(1, Ordering::Relaxed);
         let (principal, issued_at) = verify(token, keys, now)?;
         let principal = Arc::new(principal);
-        check_holder(config, principal.client_id(), principal.subject())?;
+        check_holder(config, principal.client_id(), principal.subject(), principal.without_user_consent())?;
         self.check_not_before(principal.client_id(), issued_at)?;
         if self.revoked.contains(principal.token_id()) {
             return Err(TokenError::Revoked);
@@ -272,19 +272,25 @@ impl Validator {
     }
 }
 
-/// May a token of client `client_id` for `subject` still be honoured under `config`?
-/// The client must exist and be enabled; a token acting for a user (subject other than the
-/// client) needs that user to exist and be enabled, the client's own linked user
-/// (`user = ...` on the client) included. On the cache-hit path this is two map lookups
-/// (one when there is no user).
-pub fn check_holder(config: &Config, client_id: &str, subject: &str) -> Result<(), TokenError> {
-    match config.clients.get(client_id) {
+/// May a token (access or refresh) of client `client_id` for `subject` still be honoured
+/// under `config`? The one copy of the rule, for the proxy path, introspection and the
+/// refresh grant. The client must exist and be enabled; a token acting for a user
+/// (subject other than the client) needs that user to exist and be enabled. One issued
+/// without a user's consent (`no_consent`: client_credentials, acting as the client's
+/// linked user) also needs the link to hold still: after the client's `user` moves from
+/// alice to bob, alice's tokens stop. On the cache-hit path this is two map lookups (one
+/// when there is no user).
+pub fn check_holder(config: &Config, client_id: &str, subject: &str, no_consent: bool) -> Result<(), TokenError> {
+    let client = match config.clients.get(client_id) {
         None => return Err(TokenError::UnknownClient),
         Some(c) if !c.enabled => return Err(TokenError::ClientDisabled),
-        Some(_) => {}
+        Some(c) => c,
     };
     if subject == client_id {
         return Ok(());
+    }
+    if no_consent && client.user.as_deref() != Some(subject) {
+        return Err(TokenError::UserInactive);
     }
     match config.users.get(subject) {
         Some(u) if u.enabled => Ok(()),
@@ -307,7 +313,8 @@ pub fn inspect(token: &str, keys: &KeySet, now: u64) -> Result<AccessClaims, Tok
 fn verify(token: &str, keys: &KeySet, now: u64) -> Result<(Principal, u64), TokenError> {
     let (c, key) = verify_claims(token, keys, now)?;
     let p = Principal::new(&c.client_id, &c.sub, &c.scope, &c.jti, &key.kid, &c.aud, key.fingerprint, c.exp)
-        .ok_or(TokenError::BadClaims)?;
+        .ok_or(TokenError::BadClaims)?
+        .without_consent(c.gty.is_some());
     Ok((p, c.iat))
 }
 
