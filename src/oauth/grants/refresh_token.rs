@@ -56,7 +56,7 @@ pub async fn grant(
     let client_reset = gw.validator.check_not_before(&client.id, current.issued_at).is_err();
     if client_reset {
         let revoked = revoke(gw, Revoke::Family(&current.family), Reason::ClientReset).await?;
-        tracing::info!(client_id = %client.id, revoked, "refresh token issued before its client was reset; its family is revoked");
+        tracing::warn!(security_event = "refresh_family_revoked", client_id = %client.id, revoked, "refresh token issued before its client was reset; its family is revoked");
         return Err(invalid());
     }
     if holder.is_err() || current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
