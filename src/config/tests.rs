@@ -251,6 +251,14 @@ fn limits_default_and_refuse_small_or_zero_values() {
     assert_eq!(refused("[cache]\nmax_tokens = 0\n").line, 9);
 }
 
+/// Review 23.14: the request id is the gateway's; an identity header may not take it.
+#[test]
+fn an_identity_header_named_x_request_id_is_refused() {
+    let e = refused("[proxy.headers]\nsubject = \"X-Request-Id\"\n");
+    assert_eq!(e.line, 9, "{e:?}");
+    assert!(e.reason.contains("forwarding header"), "{}", e.reason);
+}
+
 /// Review 23.4: proxied forms have their own limit, 1 MiB by default (or the body limit,
 /// if lower), never above the body limit.
 #[test]
