@@ -234,11 +234,13 @@ impl Client {
     }
 }
 
-/// A resource owner who can log in at /authorize or use the password grant.
+/// A resource owner who can log in at /authorize or use the password grant — or, without a
+/// password, only be a client's linked user (a service identity that can never log in).
 #[derive(Clone)]
 pub struct User {
     pub(crate) username: String,
-    pub(crate) password_hash: String,
+    /// `None`: linked-only; every login and password grant is refused like an unknown user.
+    pub(crate) password_hash: Option<String>,
     pub(crate) display_name: String,
     pub(crate) enabled: bool,
 }

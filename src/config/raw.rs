@@ -57,7 +57,7 @@ pub struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
     pub username: Spanned<String>,
-    pub password_hash: Spanned<String>,
+    pub password_hash: Option<Spanned<String>>,
     pub display_name: Option<String>,
     pub enabled: Option<bool>,
 }

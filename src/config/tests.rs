@@ -175,6 +175,9 @@ fn users_are_unique_hashed_and_not_client_ids() {
     let c = parse(&user("alice")).unwrap();
     assert_eq!((c.users["alice"].display_name.as_str(), c.users["alice"].enabled), ("alice", true));
     assert!(!format!("{:?}", c.users["alice"]).contains(HASH), "the hash stays out of Debug");
+    // Review 23.6: without a password, a linked-only service identity.
+    let c = parse("[[user]]\nusername = \"robot\"\n").unwrap();
+    assert!(c.users["robot"].password_hash.is_none() && c.users["robot"].enabled);
     let e = refused(&format!("{}{}", user("alice"), user("alice")));
     assert_eq!((e.line, e.reason.as_str()), (12, "duplicate user \"alice\""));
     let e = refused(&format!("[[client]]\nid = \"svc\"\nsecret_hash = \"{HASH}\"\n{}", user("svc")));
