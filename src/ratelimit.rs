@@ -96,7 +96,9 @@ impl RateLimiter {
         if !cfg.enabled {
             return Ok(());
         }
-        self.ip_buckets(endpoint).take(ip_key(ip), cfg.ip, 1.0).inspect_err(|t| tracing::warn!(security_event = "rate_limited", endpoint = endpoint.as_str(), source = %ip, retry_after_secs = t.retry_after_secs(), "per-IP rate limit tripped"))
+        // Logged once per throttled spell, not per refusal (a flood would flood the log too);
+        // every refusal is still counted in the metrics.
+        self.ip_buckets(endpoint).take_noting(ip_key(ip), cfg.ip, 1.0, |t| tracing::warn!(security_event = "rate_limited", endpoint = endpoint.as_str(), source = %ip, retry_after_secs = t.retry_after_secs(), "per-IP rate limit tripped"))
     }
 
     /// A failed authentication from `ip`: charge the rest of `failure_cost`.
@@ -114,7 +116,7 @@ impl RateLimiter {
             return Ok(());
         }
         // The id is not logged: it may be a secret pasted into the wrong field.
-        self.clients.take(client_key(source, client_id), cfg.client_failures, 1.0).inspect_err(|t| {
+        self.clients.take_noting(client_key(source, client_id), cfg.client_failures, 1.0, |t| {
             tracing::warn!(
                 security_event = "client_lockout",
                 retry_after_secs = t.retry_after_secs(),
@@ -137,7 +139,7 @@ impl RateLimiter {
             return Ok(());
         }
         // The name is not logged: it may be a password typed into the wrong field.
-        self.users.take(name_key(username), cfg.user_failures, 1.0).inspect_err(|t| {
+        self.users.take_noting(name_key(username), cfg.user_failures, 1.0, |t| {
             tracing::warn!(
                 security_event = "user_lockout",
                 retry_after_secs = t.retry_after_secs(),
@@ -250,6 +252,8 @@ struct Bucket {
     at: Instant,
     /// How long until the bucket is full again; the cache forgets it then.
     full_in: Duration,
+    /// The last take was refused: the next refusal is not news.
+    throttled: bool,
 }
 
 impl Bucket {
@@ -261,7 +265,7 @@ impl Bucket {
     fn at_level(level: f64, quota: Quota, now: Instant) -> Bucket {
         let missing = (f64::from(quota.burst) - level).max(0.0);
         let full_in = Duration::from_secs_f64((missing / quota.refill_per_sec).min(1e9)).max(Duration::from_secs(1));
-        Bucket { level, at: now, full_in }
+        Bucket { level, at: now, full_in, throttled: false }
     }
 }
 
@@ -287,18 +291,35 @@ impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Buckets<K> {
     }
 
     /// Take `n` units if that many are available; otherwise say when they will be.
+    #[cfg(test)]
     fn take(&self, key: K, quota: Quota, n: f64) -> Result<(), Throttled> {
+        self.take_noting(key, quota, n, |_| {})
+    }
+
+    /// As `take`, calling `entered` on the refusal that throttles the key (the first after
+    /// an admitted take, or after the bucket was forgotten), not on the ones after it.
+    fn take_noting(&self, key: K, quota: Quota, n: f64, entered: impl FnOnce(&Throttled)) -> Result<(), Throttled> {
         let now = Instant::now();
         let mut verdict = Ok(());
+        let mut first = false;
         self.cache.entry(key).and_compute_with(|entry| {
-            let level = entry.map_or(f64::from(quota.burst), |e| e.into_value().refilled(quota, now));
+            let (level, was) = entry.map_or((f64::from(quota.burst), false), |e| {
+                let b = e.into_value();
+                (b.refilled(quota, now), b.throttled)
+            });
             if level < n {
                 let wait = (n - level) / quota.refill_per_sec;
                 verdict = Err(Throttled { retry_after: Duration::from_secs_f64(wait.min(1e9)) });
-                return Op::Put(Bucket::at_level(level, quota, now));
+                first = !was;
+                return Op::Put(Bucket { throttled: true, ..Bucket::at_level(level, quota, now) });
             }
             Op::Put(Bucket::at_level(level - n, quota, now))
         });
+        if let Err(t) = &verdict
+            && first
+        {
+            entered(t);
+        }
         verdict
     }
 
@@ -306,9 +327,12 @@ impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Buckets<K> {
     fn charge(&self, key: K, quota: Quota, n: f64) {
         let now = Instant::now();
         self.cache.entry(key).and_compute_with(|entry| {
-            let level = entry.map_or(f64::from(quota.burst), |e| e.into_value().refilled(quota, now));
+            let (level, throttled) = entry.map_or((f64::from(quota.burst), false), |e| {
+                let b = e.into_value();
+                (b.refilled(quota, now), b.throttled)
+            });
             let level = (level - n).clamp(0.0, f64::from(quota.burst));
-            Op::Put(Bucket::at_level(level, quota, now))
+            Op::Put(Bucket { throttled, ..Bucket::at_level(level, quota, now) })
         });
     }
 }
@@ -404,6 +428,29 @@ mod tests {
             let h = xff(&[&format!("{bad}, 10.0.0.3")]);
             assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("10.0.0.3"), "{bad}");
         }
+    }
+
+    /// Review 23.12: a flood of refusals is logged once per throttled spell.
+    #[test]
+    fn entering_the_throttled_state_is_noted_once_per_spell() {
+        // A slow refill: nothing comes back during the test.
+        let b: Buckets<&str> = Buckets::new(100);
+        let q = quota(1, 1.0 / 3600.0);
+        let noted = std::cell::Cell::new(0);
+        let note = || noted.set(noted.get() + 1);
+        assert!(b.take("k", q, 1.0).is_ok());
+        for _ in 0..100 {
+            assert!(b.take_noting("k", q, 1.0, |_| note()).is_err());
+        }
+        assert_eq!(noted.get(), 1, "one note for a long flood");
+        // A unit given back (a verified secret): admitted, and the next spell is noted again.
+        b.charge("k", q, -1.0);
+        assert!(b.take_noting("k", q, 1.0, |_| note()).is_ok());
+        for _ in 0..10 {
+            assert!(b.take_noting("k", q, 1.0, |_| note()).is_err());
+        }
+        assert_eq!(noted.get(), 2, "a new spell");
+        assert!(b.take_noting("other", q, 1.0, |_| note()).is_ok(), "keys are independent");
     }
 
     #[test]
