@@ -485,6 +485,19 @@ async fn redis_store_reuse_interval_and_client_not_before() {
     }
     assert!(store.get_refresh([3; 32], now + 11).await.unwrap().is_none(), "the sibling died with its family");
 
+    // Review 23.16: at most MAX_SIBLINGS siblings per spent token; one more is reuse.
+    let mut capped = issued_grant(now, "capped");
+    capped.client_id = "c".into();
+    store.put_refresh([30; 32], capped).await.unwrap();
+    assert!(matches!(store.rotate_refresh([30; 32], "c", next(31, "s0"), now).await.unwrap(), Rotate::Rotated(_)));
+    for i in 0..portcullis::store::MAX_SIBLINGS as u8 {
+        let r = store.rotate_refresh([30; 32], "c", next(32 + i, "s"), now + 1).await.unwrap();
+        assert!(matches!(r, Rotate::Sibling(_)), "sibling {i}: {r:?}");
+    }
+    let r = store.rotate_refresh([30; 32], "c", next(40, "s9"), now + 1).await.unwrap();
+    assert!(matches!(r, Rotate::Reused { .. }), "{r:?}");
+    assert!(store.get_refresh([31; 32], now + 1).await.unwrap().is_none(), "the family is revoked");
+
     // Issue 23.1: the rotation judges the stored not-before itself, whatever a replica
     // remembers: a token issued at or before it is refused and left as it was.
     let issued = |family: &str, at: u64| RefreshGrant {
@@ -519,6 +532,19 @@ async fn redis_store_reuse_interval_and_client_not_before() {
     all.sort();
     assert_eq!(all, vec![("svc".to_string(), 70), ("web".to_string(), 100)]);
     store.ping().await.expect("still connected");
+}
+
+fn issued_grant(now: u64, family: &str) -> portcullis::store::RefreshGrant {
+    portcullis::store::RefreshGrant {
+        family: family.into(),
+        client_id: "web".into(),
+        subject: "alice".into(),
+        user: Some("alice".into()),
+        scopes: vec!["read".into()],
+        expires_at: now + 3600,
+        issued_at: now,
+        audience: None,
+    }
 }
 
 /// Issue 23.1: a client disabled on one replica only (B reloaded, A not yet) reaches the

@@ -59,6 +59,9 @@ struct RefreshState {
     /// (then any reuse is treated strictly).
     #[serde(default)]
     spent_at: Option<u64>,
+    /// Siblings issued for it within the reuse interval (at most `MAX_SIBLINGS`).
+    #[serde(default)]
+    siblings: u32,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -523,7 +526,7 @@ impl Store for EmbeddedStore {
     async fn put_refresh(&self, token: Hash, grant: RefreshGrant) -> Result<(), StoreError> {
         self.write(move |txn| {
             open_family_in(txn, &grant.family, grant.expires_at)?;
-            put(txn, REFRESH, &token, &RefreshState { grant, spent: false, spent_at: None })
+            put(txn, REFRESH, &token, &RefreshState { grant, spent: false, spent_at: None, siblings: 0 })
         })
         .await
     }
@@ -558,9 +561,11 @@ impl Store for EmbeddedStore {
             let sibling = state.spent;
             if sibling {
                 let within = state.spent_at.is_some_and(|at| now.saturating_sub(at) <= next.reuse_interval);
-                if next.reuse_interval == 0 || !within {
+                if next.reuse_interval == 0 || !within || state.siblings >= super::MAX_SIBLINGS {
                     return Ok(Rotate::Reused { revoked: revoke_family_in(txn, &state.grant.family)? });
                 }
+                state.siblings += 1;
+                put(txn, REFRESH, &old, &state)?;
             } else {
                 state.spent = true;
                 state.spent_at = Some(now);
@@ -574,7 +579,12 @@ impl Store for EmbeddedStore {
             fam.expires_at = fam.expires_at.max(next.new_expires_at).max(next.access.expires_at);
             fam.access.push(next.access);
             put(txn, FAMILIES, successor.family.as_bytes(), &fam)?;
-            put(txn, REFRESH, &next.new, &RefreshState { grant: successor, spent: false, spent_at: None })?;
+            put(
+                txn,
+                REFRESH,
+                &next.new,
+                &RefreshState { grant: successor, spent: false, spent_at: None, siblings: 0 },
+            )?;
             Ok(if sibling { Rotate::Sibling(state.grant) } else { Rotate::Rotated(state.grant) })
         })
         .await
@@ -894,6 +904,23 @@ mod tests {
         assert_eq!(reused, Rotate::Reused { revoked: vec![at("j1"), at("j2")] });
         assert_eq!(s.get_refresh([2; 32], 111).await.unwrap(), None);
         assert_eq!(s.get_refresh([3; 32], 111).await.unwrap(), None);
+    }
+
+    /// Review 23.16: a spent token gets at most `MAX_SIBLINGS` siblings within the
+    /// interval; one more presentation is reuse and revokes the family.
+    #[tokio::test]
+    async fn siblings_are_capped_and_one_more_is_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        s.put_refresh([1; 32], grant("f", 5000)).await.unwrap();
+        let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: u64::MAX };
+        let next = |new: u8| Rotation { new: [new; 32], new_expires_at: 6000, access: at("j"), reuse_interval: 10 };
+        assert!(matches!(s.rotate_refresh([1; 32], "c", next(2), 100).await.unwrap(), Rotate::Rotated(_)));
+        for i in 0..super::super::MAX_SIBLINGS as u8 {
+            assert!(matches!(s.rotate_refresh([1; 32], "c", next(3 + i), 101).await.unwrap(), Rotate::Sibling(_)));
+        }
+        assert!(matches!(s.rotate_refresh([1; 32], "c", next(20), 101).await.unwrap(), Rotate::Reused { .. }));
+        assert_eq!(s.get_refresh([2; 32], 101).await.unwrap(), None, "the family is revoked");
     }
 
     #[tokio::test]

@@ -164,9 +164,9 @@ if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
 return 'ok'
 "#,
             ),
-            // KEYS: old rt, new rt, fam, famacc, old rtat, clientnb; ARGV: prefix, now,
-            // client_id, expected grant json, new grant json, new ttl, access jti, access
-            // exp, reuse interval
+            // KEYS: old rt, new rt, fam, famacc, old rtat, clientnb, old rtsib; ARGV: prefix,
+            // now, client_id, expected grant json, new grant json, new ttl, access jti,
+            // access exp, reuse interval, max siblings
             rotate: script(
                 r#"
 local v = redis.call('GET', KEYS[1])
@@ -187,11 +187,15 @@ end
 local outcome = 'rotated'
 if kind == 'S' then
   local at, grace = tonumber(redis.call('GET', KEYS[5]) or ''), tonumber(ARGV[9])
-  if grace <= 0 or not at or now - at > grace then
+  local siblings = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
+  if grace <= 0 or not at or now - at > grace or siblings >= tonumber(ARGV[10]) then
     local out = revoke_family(KEYS[3], KEYS[4], ARGV[1], now, 600)
     table.insert(out, 1, 'reused')
     return out
   end
+  redis.call('INCR', KEYS[7])
+  local left = redis.call('TTL', KEYS[1])
+  if left > 0 then redis.call('EXPIRE', KEYS[7], left) end
   outcome = 'sibling'
 else
   redis.call('SET', KEYS[1], 'S' .. gj, 'KEEPTTL')
@@ -417,6 +421,7 @@ impl Store for RedisStore {
             .key(self.key("famacc", &grant.family))
             .key(self.key("rtat", &hex(&old)))
             .key(format!("{}clientnb", self.prefix))
+            .key(self.key("rtsib", &hex(&old)))
             .arg(&self.prefix)
             .arg(now)
             .arg(client_id)
@@ -426,6 +431,7 @@ impl Store for RedisStore {
             .arg(&next.access.jti)
             .arg(next.access.expires_at)
             .arg(next.reuse_interval)
+            .arg(crate::store::MAX_SIBLINGS)
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
