@@ -185,10 +185,12 @@ if nb then
   if not at or issued <= at then return {'client_reset'} end
 end
 local outcome = 'rotated'
+-- The reuse interval runs on Redis's clock: one clock for every replica, whatever theirs say.
+local clock = tonumber(redis.call('TIME')[1])
 if kind == 'S' then
   local at, grace = tonumber(redis.call('GET', KEYS[5]) or ''), tonumber(ARGV[9])
   local siblings = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
-  if grace <= 0 or not at or now - at > grace or siblings >= tonumber(ARGV[10]) then
+  if grace <= 0 or not at or clock - at > grace or siblings >= tonumber(ARGV[10]) then
     local out = revoke_family(KEYS[3], KEYS[4], ARGV[1], now, 600)
     table.insert(out, 1, 'reused')
     return out
@@ -200,7 +202,7 @@ if kind == 'S' then
 else
   redis.call('SET', KEYS[1], 'S' .. gj, 'KEEPTTL')
   local left = redis.call('TTL', KEYS[1])
-  if left > 0 then redis.call('SET', KEYS[5], tostring(now), 'EX', left) end
+  if left > 0 then redis.call('SET', KEYS[5], tostring(clock), 'EX', left) end
 end
 local ttl = tonumber(ARGV[6])
 redis.call('SET', KEYS[2], 'A' .. ARGV[5], 'EX', ttl)
