@@ -433,6 +433,24 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
         .count();
     assert_eq!(spells, 1, "one rate_limited line per throttled spell, not per refusal");
 
+    // Review 23.13: a replayed authorization code is a security event.
+    let mut browser = Browser::with_ca(&pki.ca_pem);
+    let q = "response_type=code&client_id=webapp&redirect_uri=https%3A%2F%2Fapp.test%2Fcallback&state=s";
+    let login = browser.get(&url(&format!("/oauth/authorize?{q}"))).await;
+    let consent = browser
+        .submit_to(&url("/oauth/authorize"), &login, &[("username", "alice"), ("password", ALICE_PASSWORD)])
+        .await;
+    let done = browser.submit_to(&url("/oauth/authorize"), &consent, &[("decision", "allow")]).await;
+    let code = done.location_param("code").unwrap_or_else(|| panic!("no code: {}", done.body));
+    let exchange = vec![
+        ("grant_type", "authorization_code".to_string()),
+        ("code", code),
+        ("redirect_uri", "https://app.test/callback".to_string()),
+    ];
+    assert_eq!(token(exchange.clone(), "webapp", SVC_SECRET, "198.51.100.8").await.unwrap().status(), 200);
+    assert_eq!(token(exchange, "webapp", SVC_SECRET, "198.51.100.8").await.unwrap().status(), 400);
+    bin.wait_for("code replay", |v| security_event(v, "code_replay") && v["fields"]["client_id"] == "webapp").await;
+
     // A client that leaves in the middle of a large body: its line says so, with what was sent.
     let form = vec![("grant_type", "client_credentials".into())];
     let v: Value = token(form, "svc", SVC_SECRET, "198.51.100.7").await.unwrap().json().await.unwrap();
