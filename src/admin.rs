@@ -232,6 +232,12 @@ async fn readiness_detail(gw: &Gateway) -> Response<Body> {
             "store": store,
             "blocks": blocks,
             "issuers": issuers,
+            // Until read once, a re-enabled client's old tokens would pass (fails open).
+            "client_resets": if gw.client_resets_loaded() {
+                check(true, true, "")
+            } else {
+                check(false, true, "client not-befores not yet loaded from the store")
+            },
         },
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

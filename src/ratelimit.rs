@@ -105,7 +105,9 @@ impl RateLimiter {
         if !cfg.enabled {
             return Ok(());
         }
-        self.ip_buckets(endpoint).take(ip_key(ip), cfg.ip, 1.0).inspect_err(|t| tracing::warn!(security_event = "rate_limited", endpoint = endpoint.as_str(), source = %ip, retry_after_secs = t.retry_after_secs(), "per-IP rate limit tripped"))
+        // Logged once per throttled spell, not per refusal (a flood would flood the log too);
+        // every refusal is still counted in the metrics.
+        self.ip_buckets(endpoint).take_noting(ip_key(ip), cfg.ip, 1.0, |t| tracing::warn!(security_event = "rate_limited", endpoint = endpoint.as_str(), source = %ip, retry_after_secs = t.retry_after_secs(), "per-IP rate limit tripped"))
     }
 
     /// A failed authentication from `ip`: charge the rest of `failure_cost`.
@@ -123,7 +125,7 @@ impl RateLimiter {
             return Ok(());
         }
         // The id is not logged: it may be a secret pasted into the wrong field.
-        self.clients.take(client_key(source, client_id), cfg.client_failures, 1.0).inspect_err(|t| {
+        self.clients.take_noting(client_key(source, client_id), cfg.client_failures, 1.0, |t| {
             tracing::warn!(
                 security_event = "client_lockout",
                 retry_after_secs = t.retry_after_secs(),
@@ -146,7 +148,7 @@ impl RateLimiter {
             return Ok(());
         }
         // The name is not logged: it may be a password typed into the wrong field.
-        self.users.take(name_key(username), cfg.user_failures, 1.0).inspect_err(|t| {
+        self.users.take_noting(name_key(username), cfg.user_failures, 1.0, |t| {
             tracing::warn!(
                 security_event = "user_lockout",
                 retry_after_secs = t.retry_after_secs(),
@@ -161,7 +163,7 @@ impl RateLimiter {
         if !cfg.enabled {
             return Ok(());
         }
-        self.admin_keys.take(ip_key(source), cfg.client_failures, 1.0).inspect_err(|t| {
+        self.admin_keys.take_noting(ip_key(source), cfg.client_failures, 1.0, |t| {
             tracing::warn!(
                 security_event = "admin_key_lockout",
                 source = %source,
@@ -218,9 +220,17 @@ fn client_key(source: IpAddr, client_id: &str) -> String {
 /// The address a request comes from: the peer, or — when the peer is a trusted proxy —
 /// the nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
 pub fn source_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    forwarded_chain(config, peer, headers).first().copied().unwrap_or_else(|| peer.to_canonical())
+}
+
+/// The part of `X-Forwarded-For` the trusted proxies vouch for, in order: the source
+/// address [`source_ip`] names first, then the trusted hops after it (the peer itself not
+/// included). Empty when the peer is not trusted or names nobody.
+pub fn forwarded_chain(config: &Config, peer: IpAddr, headers: &HeaderMap) -> Vec<IpAddr> {
     let peer = peer.to_canonical();
+    let mut chain = Vec::new();
     if !config.is_trusted_proxy(peer) {
-        return peer;
+        return chain;
     }
     // A line that is not text stays in the list as a hop that cannot be read (`None`), so
     // the walk below stops there instead of skipping to what came before it.
@@ -232,17 +242,39 @@ pub fn source_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
             Err(_) => vec![None],
         })
         .collect();
-    let mut nearest = peer;
     for hop in hops.iter().rev() {
         // A value we cannot read was written by someone we do not trust: stop at the last
         // address we could vouch for.
-        let Some(Ok(ip)) = hop.map(str::parse::<IpAddr>) else { break };
-        nearest = ip.to_canonical();
-        if !config.is_trusted_proxy(nearest) {
+        let Some(ip) = hop.and_then(hop_address) else { break };
+        let ip = ip.to_canonical();
+        chain.push(ip);
+        if !config.is_trusted_proxy(ip) {
             break;
         }
     }
-    nearest
+    chain.reverse();
+    chain
+}
+
+/// The address of one `X-Forwarded-For` item: an address alone, or with the port some
+/// proxies add (Azure Application Gateway, IIS ARR): `1.2.3.4:5678`, `[2001:db8::1]:443`,
+/// and a bracketed IPv6 address without a port. Anything else is unreadable.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        let ip = v6.parse::<std::net::Ipv6Addr>().ok()?;
+        return (after.is_empty() || after.strip_prefix(':').is_some_and(valid_port)).then_some(IpAddr::V6(ip));
+    }
+    let (v4, port) = hop.split_once(':')?;
+    let ip = v4.parse::<std::net::Ipv4Addr>().ok()?;
+    valid_port(port).then_some(IpAddr::V4(ip))
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
 }
 
 /// One bucket: `level` units were available at `at`.
@@ -252,6 +284,8 @@ struct Bucket {
     at: Instant,
     /// How long until the bucket is full again; the cache forgets it then.
     full_in: Duration,
+    /// The last take was refused: the next refusal is not news.
+    throttled: bool,
 }
 
 impl Bucket {
@@ -263,7 +297,7 @@ impl Bucket {
     fn at_level(level: f64, quota: Quota, now: Instant) -> Bucket {
         let missing = (f64::from(quota.burst) - level).max(0.0);
         let full_in = Duration::from_secs_f64((missing / quota.refill_per_sec).min(1e9)).max(Duration::from_secs(1));
-        Bucket { level, at: now, full_in }
+        Bucket { level, at: now, full_in, throttled: false }
     }
 }
 
@@ -289,18 +323,35 @@ impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Buckets<K> {
     }
 
     /// Take `n` units if that many are available; otherwise say when they will be.
+    #[cfg(test)]
     fn take(&self, key: K, quota: Quota, n: f64) -> Result<(), Throttled> {
+        self.take_noting(key, quota, n, |_| {})
+    }
+
+    /// As `take`, calling `entered` on the refusal that throttles the key (the first after
+    /// an admitted take, or after the bucket was forgotten), not on the ones after it.
+    fn take_noting(&self, key: K, quota: Quota, n: f64, entered: impl FnOnce(&Throttled)) -> Result<(), Throttled> {
         let now = Instant::now();
         let mut verdict = Ok(());
+        let mut first = false;
         self.cache.entry(key).and_compute_with(|entry| {
-            let level = entry.map_or(f64::from(quota.burst), |e| e.into_value().refilled(quota, now));
+            let (level, was) = entry.map_or((f64::from(quota.burst), false), |e| {
+                let b = e.into_value();
+                (b.refilled(quota, now), b.throttled)
+            });
             if level < n {
                 let wait = (n - level) / quota.refill_per_sec;
                 verdict = Err(Throttled { retry_after: Duration::from_secs_f64(wait.min(1e9)) });
-                return Op::Put(Bucket::at_level(level, quota, now));
+                first = !was;
+                return Op::Put(Bucket { throttled: true, ..Bucket::at_level(level, quota, now) });
             }
             Op::Put(Bucket::at_level(level - n, quota, now))
         });
+        if let Err(t) = &verdict
+            && first
+        {
+            entered(t);
+        }
         verdict
     }
 
@@ -308,9 +359,12 @@ impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Buckets<K> {
     fn charge(&self, key: K, quota: Quota, n: f64) {
         let now = Instant::now();
         self.cache.entry(key).and_compute_with(|entry| {
-            let level = entry.map_or(f64::from(quota.burst), |e| e.into_value().refilled(quota, now));
+            let (level, throttled) = entry.map_or((f64::from(quota.burst), false), |e| {
+                let b = e.into_value();
+                (b.refilled(quota, now), b.throttled)
+            });
             let level = (level - n).clamp(0.0, f64::from(quota.burst));
-            Op::Put(Bucket::at_level(level, quota, now))
+            Op::Put(Bucket { throttled, ..Bucket::at_level(level, quota, now) })
         });
     }
 }
@@ -393,6 +447,42 @@ mod tests {
         let h = xff(&["garbage, 10.0.0.3"]);
         assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("10.0.0.3"), "stop at what cannot be read");
         assert_eq!(source_ip(&config, ip("::ffff:10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
+        // Review 23.11: items with ports (Azure Application Gateway) do not stop the walk.
+        let h = xff(&["203.0.113.9:5678, 10.0.0.2:443"]);
+        assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("203.0.113.9"));
+        let h = xff(&["[2001:db8::9]:5678, [10::1]"]);
+        assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("10::1"), "10::1 is not in 10.0.0.0/8");
+        let h = xff(&["[2001:db8::9]:5678, 10.0.0.2"]);
+        assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("2001:db8::9"));
+        for bad in
+            ["203.0.113.9:", "203.0.113.9:99999", "[2001:db8::9", "[2001:db8::9]x", "2001:db8::9:x", "1.2.3.4:+5"]
+        {
+            let h = xff(&[&format!("{bad}, 10.0.0.3")]);
+            assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("10.0.0.3"), "{bad}");
+        }
+    }
+
+    /// Review 23.12: a flood of refusals is logged once per throttled spell.
+    #[test]
+    fn entering_the_throttled_state_is_noted_once_per_spell() {
+        // A slow refill: nothing comes back during the test.
+        let b: Buckets<&str> = Buckets::new(100);
+        let q = quota(1, 1.0 / 3600.0);
+        let noted = std::cell::Cell::new(0);
+        let note = || noted.set(noted.get() + 1);
+        assert!(b.take("k", q, 1.0).is_ok());
+        for _ in 0..100 {
+            assert!(b.take_noting("k", q, 1.0, |_| note()).is_err());
+        }
+        assert_eq!(noted.get(), 1, "one note for a long flood");
+        // A unit given back (a verified secret): admitted, and the next spell is noted again.
+        b.charge("k", q, -1.0);
+        assert!(b.take_noting("k", q, 1.0, |_| note()).is_ok());
+        for _ in 0..10 {
+            assert!(b.take_noting("k", q, 1.0, |_| note()).is_err());
+        }
+        assert_eq!(noted.get(), 2, "a new spell");
+        assert!(b.take_noting("other", q, 1.0, |_| note()).is_ok(), "keys are independent");
     }
 
     #[test]

@@ -16,11 +16,14 @@ use crate::store::redis::RedisStore;
 use crate::store::{Block, BlockKey, IssuedAccess, RevocationEvent, Store, StoreError};
 use crate::tokens::keys::{KeyError, KeySet};
 use crate::tokens::now_secs;
-use crate::tokens::validate::{Validator, client_resets};
+use crate::tokens::validate::{Validator, clamp_not_before, client_resets};
 use crate::upstream::Upstreams;
 
 /// One consistent view: a config, the keys loaded from it and the upstream client built
 /// for it (its CA and connect timeout come from the config, so it is rebuilt on reload).
+/// How often the client not-befores are read again from the store, besides the notices.
+const CLIENT_RESETS_RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Runtime {
     pub config: Config,
     pub keys: KeySet,
@@ -55,6 +58,9 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Where the process is in its life (a [`Phase`]), for /readyz.
     phase: AtomicU8,
+    /// The client not-befores were read from the store at least once: until then a
+    /// re-enabled client's old tokens would pass, so the replica is not ready.
+    client_resets_loaded: AtomicBool,
     /// Requests still running when a shutdown's grace period ended, and so cut off.
     requests_cut: AtomicU64,
     /// The operator blocks were loaded from the store (false until then, and after a
@@ -95,6 +101,7 @@ impl Gateway {
             limiter: RateLimiter::new(config.rate_limit.max_tracked),
             metrics: Metrics::new(),
             phase: AtomicU8::new(Phase::Starting as u8),
+            client_resets_loaded: AtomicBool::new(false),
             requests_cut: AtomicU64::new(0),
             blocks_loaded: AtomicBool::new(false),
             runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams, issuers }),
@@ -102,10 +109,16 @@ impl Gateway {
     }
 
     /// Ready for traffic: a config and its keys are loaded (they are, or this Gateway
-    /// would not exist) and the listeners are serving, not draining. The store is not
-    /// part of it: a store outage degrades grants, not the proxy path.
+    /// would not exist), the client not-befores were read from the store once, and the
+    /// listeners are serving, not draining. The store's health after that is not part of
+    /// it: a store outage degrades grants, not the proxy path.
     pub fn is_ready(&self) -> bool {
-        self.phase() == Phase::Serving
+        self.phase() == Phase::Serving && self.client_resets_loaded()
+    }
+
+    /// Have the client not-befores been read from the store at least once?
+    pub fn client_resets_loaded(&self) -> bool {
+        self.client_resets_loaded.load(Ordering::Acquire)
     }
 
     pub fn phase(&self) -> Phase {
@@ -180,11 +193,15 @@ impl Gateway {
                 RevocationEvent::Unblocked(k) => self.validator.unblock(&k),
                 RevocationEvent::Resync => {
                     self.validator.clear();
+                    self.load_client_resets().await;
                     if !self.load_blocks().await {
                         tracing::warn!(
                             "operator blocks unavailable from the store after a feed interruption; retrying"
                         );
                     }
+                }
+                RevocationEvent::ClientResets => {
+                    self.load_client_resets().await;
                 }
             }
         }
@@ -286,33 +303,55 @@ impl Gateway {
 
     /// At start: the client not-befores recorded by earlier runs and other replicas, then
     /// this configuration's disabled clients. While the store cannot answer, retried in
-    /// the background (tokens of a client enabled again since are accepted meanwhile).
+    /// the background, and `/readyz` answers 503 until they are loaded. Then read again
+    /// every [`CLIENT_RESETS_RESYNC`] (and on every notice from a replica), so a reset made
+    /// elsewhere reaches this replica even if the notice was lost.
     pub async fn restore_client_resets(self: &Arc<Self>) {
         let config = &self.runtime().config;
         self.reset_clients(None, config);
-        if self.load_client_resets().await {
-            return;
+        let loaded = self.load_client_resets().await;
+        if !loaded {
+            tracing::warn!("client not-befores unavailable from the store; not ready until they are loaded");
         }
-        tracing::warn!("client not-befores unavailable from the store; retrying in the background");
-        let gw = self.clone();
+        let gw = Arc::downgrade(self);
         tokio::spawn(async move {
-            while !gw.load_client_resets().await {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let mut loaded = loaded;
+            loop {
+                let pause = if loaded { CLIENT_RESETS_RESYNC } else { std::time::Duration::from_secs(1) };
+                tokio::time::sleep(pause).await;
+                let Some(gw) = gw.upgrade() else { return };
+                let now = gw.load_client_resets().await;
+                if now && !loaded {
+                    tracing::info!("client not-befores restored from the store");
+                }
+                loaded |= now;
             }
-            tracing::info!("client not-befores restored from the store");
         });
     }
 
+    /// Read every client not-before from the store into memory (only ever raising one).
+    /// Cached verdicts do not know `iat`, so a raised one drops them.
     async fn load_client_resets(&self) -> bool {
         match self.store.client_not_before().await {
             Ok(all) => {
+                let mut raised = false;
+                let now = now_secs();
                 for (id, at) in all {
-                    self.validator.set_client_not_before(&id, at);
+                    let known = self.validator.client_not_before(&id);
+                    if let Some(at) = clamp_not_before(&id, at, now, known) {
+                        raised |= self.validator.set_client_not_before(&id, at);
+                    }
                 }
-                self.validator.clear();
+                if raised {
+                    self.validator.clear();
+                }
+                self.client_resets_loaded.store(true, Ordering::Release);
                 true
             }
-            Err(_) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "client not-befores: store unavailable");
+                false
+            }
         }
     }
 }

@@ -509,6 +509,36 @@ async fn wrong_credentials_show_one_message_and_no_session() {
     assert_eq!(bodies[0], bodies[1], "unknown user indistinguishable from wrong password");
 }
 
+/// Review 23.6: a `[[user]]` without `password_hash` is a service identity (robot, the
+/// linked user of `ccr`): it can never log in nor use the password grant, and is refused
+/// exactly like an unknown user, whatever password is sent (also an empty one).
+#[tokio::test]
+async fn a_user_without_a_password_can_never_log_in() {
+    let (_up, gw) = setup().await;
+    let mut b = Browser::new(&gw);
+    let login = b.get(&authorize_url(&gw, &spa_query())).await;
+    let mut bodies = Vec::new();
+    for (u, p) in [("nobody", "x"), ("robot", "x"), ("robot", ""), ("robot", ALICE_PASSWORD)] {
+        let again = b.submit(&gw, &login, &[("username", u), ("password", p)]).await;
+        assert_eq!(again.status, 401, "{u}/{p}");
+        assert!(!b.cookies.contains_key("__Host-portcullis_session"), "{u}");
+        bodies.push(again.body.replace(u, "USER"));
+    }
+    assert_eq!(bodies[0], bodies[1], "a linked-only user is indistinguishable from an unknown one");
+    let mut answers = Vec::new();
+    for (u, p) in [("nobody", "x"), ("robot", "x"), ("robot", ALICE_PASSWORD)] {
+        let form = [("grant_type", "password"), ("username", u), ("password", p)];
+        answers.push(token_request(&gw, Some(("webapp", SVC_SECRET)), &form).await);
+    }
+    for (status, v) in &answers {
+        assert_eq!((*status, v), (answers[0].0, &answers[0].1), "password grant");
+    }
+    assert_eq!(answers[0].1["error"], "invalid_grant");
+    // The client it is linked to still works.
+    let (status, v) = token_request(&gw, Some(("ccr", SVC_SECRET)), &[("grant_type", "client_credentials")]).await;
+    assert_eq!(status, 200, "{v}");
+}
+
 #[tokio::test]
 async fn login_post_without_the_csrf_cookie_or_token_is_refused() {
     let (_up, gw) = setup().await;

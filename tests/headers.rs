@@ -780,6 +780,13 @@ async fn access_token_in_the_query_is_removed_whatever_the_route() {
             ("ACCESS_TOKEN=SECRET&access_token=SECRET&q=access_token", Some("q=access_token")),
             ("%61ccess_token=SECRET&x=1&", Some("x=1&")),
             ("a=1&b=2", Some("a=1&b=2")),
+            // Review 23.5: `;` separates too; PHP reads `.`, space and `[` as `_`.
+            ("a=1;access_token=SECRET", Some("a=1")),
+            ("access.token=SECRET&a=1", Some("a=1")),
+            ("access%20token=SECRET&a=1", Some("a=1")),
+            ("access+token=SECRET;a=1", Some("a=1")),
+            ("access[token=SECRET&a=1", Some("a=1")),
+            ("access_token[]=SECRET&a=1", Some("a=1")),
         ] {
             for path in ["/public/x", "/tok/x", "/api/x", "/strip/x"] {
                 let resp = client.get(gw.url(&format!("{path}?{query}"))).bearer_auth(&token).send().await.unwrap();
@@ -803,6 +810,7 @@ async fn access_token_in_a_form_body_is_removed_and_other_bodies_pass_untouched(
         ("application/x-www-form-urlencoded", "a=1&access_token=SECRET&b=2", "a=1&b=2"),
         ("Application/X-WWW-Form-Urlencoded; charset=utf-8", "access%5ftoken=SECRET", ""),
         ("application/x-www-form-urlencoded", "a=%26access_token%3D", "a=%26access_token%3D"),
+        ("application/x-www-form-urlencoded", "a=1;access.token=SECRET&b=2", "a=1&b=2"),
         ("application/json", "{\"access_token\":\"SECRET\"}", "{\"access_token\":\"SECRET\"}"),
         ("text/plain", "access_token=SECRET", "access_token=SECRET"),
     ] {
@@ -826,8 +834,21 @@ async fn access_token_in_a_form_body_is_removed_and_other_bodies_pass_untouched(
         let echo: Echo = resp.json().await.unwrap();
         assert_eq!(echo.body_sha256, sha256_hex(b"a=1&b=2"), "{url}");
     }
+    // Review 23.4: forms have their own limit (1 MiB by default), not the token endpoint's
+    // 16 KiB: a 100 KiB form passes, its token taken out.
+    let a = format!("a={}", "x".repeat(100 * 1024));
+    let resp = client
+        .post(gw.url("/public/x"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("{a}&access_token=SECRET"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.body_sha256, sha256_hex(a.as_bytes()));
     // A form larger than the form limit cannot be inspected: refused, not passed unread.
-    let big = format!("a={}&access_token=SECRET", "x".repeat(20 * 1024));
+    let big = format!("a={}&access_token=SECRET", "x".repeat(1024 * 1024));
     let resp = client
         .post(gw.url("/public/x"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -836,4 +857,68 @@ async fn access_token_in_a_form_body_is_removed_and_other_bodies_pass_untouched(
         .await
         .unwrap();
     assert_eq!(resp.status(), 413);
+}
+
+/// Review 23.5: a multipart/form-data body is not buffered (uploads), but one that names an
+/// `access_token` field is refused with 400 invalid_request before that part is sent, also
+/// when the name is split across chunks; other multipart bodies pass byte for byte.
+#[tokio::test]
+async fn multipart_bodies_with_an_access_token_field_are_refused() {
+    let (_up, gw) = setup().await;
+    let client = gw.client();
+    let ct = "multipart/form-data; boundary=XyZ";
+    let part = |name: &str, value: &str| {
+        format!("--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+    };
+    let ok = format!("{}{}--XyZ--\r\n", part("a", "1"), part("file", "access_token=SECRET in a file"));
+    let resp = client.post(gw.url("/public/x")).header("content-type", ct).body(ok.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.body_sha256, sha256_hex(ok.as_bytes()));
+    for name in ["access_token", "Access.Token", "access_token[]"] {
+        let bad = format!("{}{}--XyZ--\r\n", part("a", "1"), part(name, "SECRET"));
+        let resp = client.post(gw.url("/public/x")).header("content-type", ct).body(bad).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{name}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"], "invalid_request", "{name}");
+    }
+    // Streamed, the name split over two chunks, after a large first part.
+    let big = "x".repeat(200 * 1024);
+    let first = format!("{}--XyZ\r\nContent-Disposition: form-data; name=\"acc", part("file", &big));
+    for url in [gw.http_url("/public/x"), gw.url("/public/x")] {
+        let chunks = [first.clone(), "ess_token\"\r\n\r\nSECRET\r\n--XyZ--\r\n".to_string()];
+        let stream = futures_util::stream::iter(chunks.map(Ok::<_, std::io::Error>));
+        let resp =
+            client.post(&url).header("content-type", ct).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{url}");
+    }
+}
+
+/// Review 23.3: a client's `Forwarded` reached the upstream verbatim through a trusted
+/// proxy (which passes it on unchanged), `host=` and `proto=` included. It is rebuilt from
+/// the X-Forwarded-For chain the trusted proxies vouch for, then this hop.
+#[tokio::test]
+async fn forwarded_through_a_trusted_proxy_is_rebuilt_from_the_vouched_chain() {
+    let up = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(up.addr, "[proxy]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n").await;
+    let token = svc_token(&gw).await;
+    for (xff, expected) in [
+        (None, "for=127.0.0.1;proto=https"),
+        (Some("203.0.113.9"), "for=203.0.113.9, for=127.0.0.1;proto=https"),
+        // The walk stops at the first untrusted hop: 6.6.6.6 is the caller's own claim.
+        (Some("6.6.6.6, 203.0.113.9, 10.1.2.3"), "for=203.0.113.9, for=10.1.2.3, for=127.0.0.1;proto=https"),
+        (Some("2001:db8::9"), "for=\"[2001:db8::9]\", for=127.0.0.1;proto=https"),
+    ] {
+        let mut req = gw
+            .client()
+            .get(gw.url("/api/fwd"))
+            .bearer_auth(&token)
+            .header("forwarded", "for=6.6.6.6;host=evil.example;proto=gopher")
+            .header("forwarded", "for=\"[::1]\";host=\"a@b\"");
+        if let Some(xff) = xff {
+            req = req.header("x-forwarded-for", xff);
+        }
+        let echo: Echo = req.send().await.unwrap().json().await.unwrap();
+        assert_eq!(echo.header_all("forwarded"), vec![expected], "{xff:?}: {echo:?}");
+    }
 }

@@ -134,7 +134,7 @@ async fn every_401_from_token_revoke_and_introspect_carries_www_authenticate() {
 /// The test config's "robot" user block, enabled or not.
 fn robot_user(enabled: bool) -> String {
     let disabled = if enabled { "" } else { "enabled = false\n" };
-    format!("username = \"robot\"\npassword_hash = \"{ALICE_HASH}\"\n{disabled}")
+    format!("username = \"robot\"\n{disabled}")
 }
 
 async fn client_credentials(gw: &TestGateway, client: (&str, &str)) -> (u16, Value) {
@@ -193,6 +193,33 @@ async fn no_linked_user_tokens_while_the_user_is_not_active() {
     let (status, _) = token_request(&gw, Some(("ccr", SVC_SECRET)), &refresh).await;
     assert_eq!(status, 400, "the family met the block and stays dead");
     assert_eq!(api_status(&gw, &at).await, 401);
+}
+
+/// Review 23.7: one holder rule for the proxy path, introspection and the refresh grant.
+/// After `ccr`'s linked user moves from robot to alice (both active), robot's tokens stop
+/// everywhere: the access token on the proxy path (cached) and in introspection, the
+/// refresh token in introspection and at the token endpoint.
+#[tokio::test]
+async fn a_moved_link_stops_the_old_users_tokens_everywhere() {
+    let (_up, gw) = start().await;
+    let (status, v) = client_credentials(&gw, ("ccr", SVC_SECRET)).await;
+    assert_eq!(status, 200, "{v}");
+    let (at, rt) = (v["access_token"].as_str().unwrap().to_string(), v["refresh_token"].as_str().unwrap().to_string());
+    assert_eq!(api_status(&gw, &at).await, 200);
+    assert_eq!(introspect(&gw, ("ccr", SVC_SECRET), &rt).await["active"], true);
+    assert_eq!(introspect(&gw, ("rs", SVC_SECRET), &at).await["active"], true);
+
+    gw.rewrite_config(|t| t.replacen("user = \"robot\"\n", "user = \"alice\"\n", 1));
+    assert_eq!(api_status(&gw, &at).await, 401, "robot's cached access token");
+    assert_eq!(introspect(&gw, ("rs", SVC_SECRET), &at).await["active"], false);
+    assert_eq!(introspect(&gw, ("ccr", SVC_SECRET), &rt).await["active"], false, "robot's refresh token");
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", rt.as_str())];
+    let (status, v) = token_request(&gw, Some(("ccr", SVC_SECRET)), &refresh).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    // The client itself works on, now as alice.
+    let (status, v) = client_credentials(&gw, ("ccr", SVC_SECRET)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(api_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -254,10 +254,13 @@ async fn embedded_store_io_failure_refuses_revocation_then_heals_without_restart
 // Point 2: readiness that means "send me traffic"
 
 /// Issue 18.3: with Redis unreachable every replica used to answer /readyz 503 at once,
-/// although the proxy path works. Now readiness stays 200; the verbose probe (by query or by
-/// Accept) names the store as down, grants that write answer 503, tokens keep working.
+/// although the proxy path works; readiness now does not follow the store's health. But
+/// issue 23.2: a replica that never read the client not-befores would honour a re-enabled
+/// client's old tokens, so until it has, /readyz is 503 and the verbose probe (by query or
+/// by Accept) names `client_resets` (required) and the store (not required) as the reasons.
+/// Grants that write answer 503, tokens keep working.
 #[tokio::test]
-async fn redis_unreachable_degrades_grants_but_not_readiness() {
+async fn redis_unreachable_degrades_grants_and_readiness_waits_for_client_resets() {
     let up = EchoUpstream::start().await;
     let port = free_port();
     let store = format!("[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}/\"\ntimeout = \"200ms\"\n");
@@ -270,9 +273,9 @@ async fn redis_unreachable_degrades_grants_but_not_readiness() {
     let gw = TestGateway::start_text(dir, pki, &text).await;
     let http = reqwest::Client::new();
     let resp = http.get(gw.admin_url("/readyz")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), "ready\n");
-    assert_eq!(http.head(gw.admin_url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.text().await.unwrap(), "not ready: starting\n");
+    assert_eq!(http.head(gw.admin_url("/readyz")).send().await.unwrap().status(), 503);
 
     for (label, req) in [
         ("?verbose", http.get(gw.admin_url("/readyz?verbose"))),
@@ -280,21 +283,23 @@ async fn redis_unreachable_degrades_grants_but_not_readiness() {
         ("Accept", http.get(gw.admin_url("/readyz")).header("accept", "text/html, Application/JSON;q=0.9")),
     ] {
         let resp = req.send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{label}");
+        assert_eq!(resp.status(), 503, "{label}");
         assert_eq!(resp.headers()["content-type"], "application/json", "{label}");
         let v: Value = resp.json().await.unwrap();
-        assert_eq!(v["status"], "ready", "{label}: {v}");
+        assert_eq!(v["status"], "not ready", "{label}: {v}");
         for check in ["config", "keys", "listeners", "draining"] {
             assert_eq!(v["checks"][check]["ok"], true, "{label} {check}: {v}");
             assert_eq!(v["checks"][check]["required"], true, "{label} {check}: {v}");
         }
+        let resets = &v["checks"]["client_resets"];
+        assert_eq!((&resets["ok"], &resets["required"]), (&false.into(), &true.into()), "{label}: {v}");
         let store = &v["checks"]["store"];
         assert_eq!((&store["ok"], &store["required"], &store["kind"]), (&false.into(), &false.into(), &"redis".into()));
         assert!(store["detail"].as_str().is_some_and(|d| !d.is_empty()), "{label}: {v}");
     }
     // `verbose=0` asks for the plain probe.
     let resp = http.get(gw.admin_url("/readyz?verbose=0")).send().await.unwrap();
-    assert_eq!(resp.text().await.unwrap(), "ready\n");
+    assert_eq!(resp.text().await.unwrap(), "not ready: starting\n");
 
     // The proxy path: a token that needs no store is issued and works.
     let token = gw.token("svc", SVC_SECRET, None).await;

@@ -569,26 +569,65 @@ async fn redis_store_reuse_interval_and_client_not_before() {
     };
     store.put_refresh([1; 32], grant).await.unwrap();
     let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: now + 600 };
-    let next = |new: u8, jti: &str| Rotation {
+    let within = |new: u8, jti: &str, reuse_interval: u64| Rotation {
         new: [new; 32],
         new_expires_at: now + 3600,
         access: at(jti),
-        reuse_interval: 10,
+        reuse_interval,
     };
-    assert!(matches!(store.rotate_refresh([1; 32], "c", next(2, "j1"), now).await.unwrap(), Rotate::Rotated(_)));
-    assert!(matches!(store.rotate_refresh([1; 32], "c", next(3, "j2"), now + 10).await.unwrap(), Rotate::Sibling(_)));
+    let next = |new: u8, jti: &str| within(new, jti, 10);
+    // Review 23.15: the interval runs on Redis's clock, not the calling replica's: a replica
+    // 100 s ahead still gets a sibling at once, and one that lags still sees the interval
+    // end (2 s here; 3.5 s waited).
+    assert!(matches!(store.rotate_refresh([1; 32], "c", within(2, "j1", 2), now).await.unwrap(), Rotate::Rotated(_)));
+    let ahead = store.rotate_refresh([1; 32], "c", within(3, "j2", 2), now + 100).await.unwrap();
+    assert!(matches!(ahead, Rotate::Sibling(_)), "{ahead:?}");
     for token in [[2; 32], [3; 32]] {
-        let live = store.get_refresh(token, now + 10).await.unwrap().unwrap();
+        let live = store.get_refresh(token, now).await.unwrap().unwrap();
         assert_eq!((live.grant.family.as_str(), live.spent), ("f", false));
     }
-    match store.rotate_refresh([1; 32], "c", next(4, "j3"), now + 11).await.unwrap() {
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    match store.rotate_refresh([1; 32], "c", within(4, "j3", 2), now).await.unwrap() {
         Rotate::Reused { mut revoked } => {
             revoked.sort_by(|a, b| a.jti.cmp(&b.jti));
             assert_eq!(revoked, vec![at("j1"), at("j2")]);
         }
         other => panic!("outside the interval: {other:?}"),
     }
-    assert!(store.get_refresh([3; 32], now + 11).await.unwrap().is_none(), "the sibling died with its family");
+    assert!(store.get_refresh([3; 32], now).await.unwrap().is_none(), "the sibling died with its family");
+
+    // Review 23.16: at most MAX_SIBLINGS siblings per spent token; one more is reuse.
+    let mut capped = issued_grant(now, "capped");
+    capped.client_id = "c".into();
+    store.put_refresh([30; 32], capped).await.unwrap();
+    assert!(matches!(store.rotate_refresh([30; 32], "c", next(31, "s0"), now).await.unwrap(), Rotate::Rotated(_)));
+    for i in 0..portcullis::store::MAX_SIBLINGS as u8 {
+        let r = store.rotate_refresh([30; 32], "c", next(32 + i, "s"), now + 1).await.unwrap();
+        assert!(matches!(r, Rotate::Sibling(_)), "sibling {i}: {r:?}");
+    }
+    let r = store.rotate_refresh([30; 32], "c", next(40, "s9"), now + 1).await.unwrap();
+    assert!(matches!(r, Rotate::Reused { .. }), "{r:?}");
+    assert!(store.get_refresh([31; 32], now + 1).await.unwrap().is_none(), "the family is revoked");
+
+    // Issue 23.1: the rotation judges the stored not-before itself, whatever a replica
+    // remembers: a token issued at or before it is refused and left as it was.
+    let issued = |family: &str, at: u64| RefreshGrant {
+        family: family.into(),
+        client_id: "web".into(),
+        subject: "alice".into(),
+        user: Some("alice".into()),
+        scopes: vec!["read".into()],
+        expires_at: now + 3600,
+        issued_at: at,
+        audience: None,
+    };
+    store.put_refresh([7; 32], issued("old", 100)).await.unwrap();
+    store.put_refresh([8; 32], issued("new", 101)).await.unwrap();
+    store.put_client_not_before("web", 100).await.unwrap();
+    assert_eq!(store.rotate_refresh([7; 32], "web", next(9, "j4"), now).await.unwrap(), Rotate::ClientReset);
+    assert!(!store.get_refresh([7; 32], now).await.unwrap().unwrap().spent, "nothing changed");
+    assert!(store.get_refresh([9; 32], now).await.unwrap().is_none(), "no successor");
+    assert!(matches!(store.rotate_refresh([8; 32], "web", next(10, "j5"), now).await.unwrap(), Rotate::Rotated(_)));
 
     // Operator blocks: kept, replaced by the same key, lapsed ones left out (and pruned),
     // removed once.
@@ -615,5 +654,75 @@ async fn redis_store_reuse_interval_and_client_not_before() {
     store.put_client_not_before("web", 5).await.unwrap();
     let mut all = store.client_not_before().await.unwrap();
     all.sort();
-    assert_eq!(all, vec![("svc".to_string(), 70), ("web".to_string(), 5)]);
+    assert_eq!(all, vec![("svc".to_string(), 70), ("web".to_string(), 100)]);
+    // Review 23.10: a bad value is skipped, the others still load.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET").arg("unit:clientnb").arg("bad").arg("soon").query_async(&mut raw).await.unwrap();
+    let mut all = store.client_not_before().await.unwrap();
+    all.sort();
+    assert_eq!(all, vec![("svc".to_string(), 70), ("web".to_string(), 100)]);
+    store.ping().await.expect("still connected");
+}
+
+fn issued_grant(now: u64, family: &str) -> portcullis::store::RefreshGrant {
+    portcullis::store::RefreshGrant {
+        family: family.into(),
+        client_id: "web".into(),
+        subject: "alice".into(),
+        user: Some("alice".into()),
+        scopes: vec!["read".into()],
+        expires_at: now + 3600,
+        issued_at: now,
+        audience: None,
+    }
+}
+
+/// Issue 23.1: a client disabled on one replica only (B reloaded, A not yet) reaches the
+/// other through the store: A refuses the client's older access tokens (cached there) and
+/// its refresh tokens, and does not rotate them into fresh tokens valid everywhere.
+#[tokio::test]
+async fn a_client_reset_on_one_replica_reaches_the_other() {
+    let Some(c) = cluster().await else { return };
+    let (at, rt) = c.password_tokens(&c.a).await;
+    assert_eq!((c.get_api(&c.a, &at).await, c.get_api(&c.b, &at).await), (200, 200));
+    let path = c.dir.path().join("b.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let disabled = text.replacen("id = \"webapp\"\n", "id = \"webapp\"\nenabled = false\n", 1);
+    assert_ne!(text, disabled);
+    std::fs::write(&path, disabled).unwrap();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(c.b.child.id() as i32, libc::SIGHUP) };
+    let dead = within(Duration::from_secs(10), async || c.get_api(&c.a, &at).await == 401).await;
+    assert!(dead.is_some(), "A, where the client is still enabled, never heard of B's reset:\n{}", c.log("a"));
+    let (status, v) = c.refresh(&c.a, &rt).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    // A's own new tokens for the client (still enabled there) are not void from birth.
+    let (fresh, _) = c.password_tokens(&c.a).await;
+    assert_eq!(c.get_api(&c.a, &fresh).await, 200);
+}
+
+/// Issue 23.2: a replica started while Redis is down does not know the client not-befores
+/// (a re-enabled client's old tokens would pass), so it is not ready until it has read
+/// them; once Redis answers it becomes ready without a restart.
+#[tokio::test]
+async fn a_replica_is_not_ready_until_it_has_read_the_client_not_befores() {
+    let Some(mut redis) = Redis::start() else { return };
+    redis.stop();
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pem = portcullis::tokens::keys::generate_ed25519_pem().unwrap();
+    std::fs::write(dir.path().join("k1.pem"), pem).unwrap();
+    let a = Replica::start(dir.path(), "a", &redis, up.addr);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let readyz = async || http.get(a.admin_url("/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+    assert!(within(Duration::from_secs(10), async || readyz().await == 503).await.is_some());
+    let v: Value = http.get(a.admin_url("/readyz?verbose")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["checks"]["client_resets"]["ok"], false, "{v}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(readyz().await, 503, "still unknown, still not ready");
+    redis.resume();
+    assert!(within(Duration::from_secs(10), async || readyz().await == 200).await.is_some(), "never ready");
+    let v: Value = http.get(a.admin_url("/readyz?verbose")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["checks"]["client_resets"]["ok"], true, "{v}");
 }

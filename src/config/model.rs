@@ -122,6 +122,8 @@ pub struct Limits {
     pub(crate) max_upstream_header_bytes: usize,
     pub(crate) max_token_body_bytes: usize,
     pub(crate) max_proxy_body_bytes: u64,
+    /// A proxied urlencoded form is read whole (to take out `access_token`) up to this.
+    pub(crate) max_proxy_form_bytes: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) upstream_connect_timeout: Duration,
@@ -235,11 +237,13 @@ impl Client {
     }
 }
 
-/// A resource owner who can log in at /authorize or use the password grant.
+/// A resource owner who can log in at /authorize or use the password grant — or, without a
+/// password, only be a client's linked user (a service identity that can never log in).
 #[derive(Clone)]
 pub struct User {
     pub(crate) username: String,
-    pub(crate) password_hash: String,
+    /// `None`: linked-only; every login and password grant is refused like an unknown user.
+    pub(crate) password_hash: Option<String>,
     pub(crate) display_name: String,
     pub(crate) enabled: bool,
 }

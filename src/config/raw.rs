@@ -61,7 +61,7 @@ pub struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
     pub username: Spanned<String>,
-    pub password_hash: Spanned<String>,
+    pub password_hash: Option<Spanned<String>>,
     pub display_name: Option<String>,
     pub enabled: Option<bool>,
 }
@@ -103,6 +103,7 @@ pub struct RawLimits {
     pub max_upstream_header_bytes: Option<Spanned<u64>>,
     pub max_token_body_bytes: Option<Spanned<u64>>,
     pub max_proxy_body_bytes: Option<Spanned<u64>>,
+    pub max_proxy_form_bytes: Option<Spanned<u64>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub upstream_connect_timeout: Option<Spanned<String>>,

@@ -98,7 +98,8 @@ impl Config {
         let mut users: Vec<_> = config.users.values().collect();
         users.sort_by(|a, b| a.username.cmp(&b.username));
         for u in users {
-            writeln!(out, "user      {}{}", u.username, if u.enabled { "" } else { " DISABLED" })?;
+            let linked_only = if u.password_hash.is_none() { " (no password: linked only)" } else { "" };
+            writeln!(out, "user      {}{linked_only}{}", u.username, if u.enabled { "" } else { " DISABLED" })?;
         }
         for i in &config.trusted_issuers {
             let algs: Vec<_> = i.algorithms.iter().map(|a| a.as_str()).collect();

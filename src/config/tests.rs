@@ -194,6 +194,9 @@ fn users_are_unique_hashed_and_not_client_ids() {
     let c = parse(&user("alice")).unwrap();
     assert_eq!((c.users["alice"].display_name.as_str(), c.users["alice"].enabled), ("alice", true));
     assert!(!format!("{:?}", c.users["alice"]).contains(HASH), "the hash stays out of Debug");
+    // Review 23.6: without a password, a linked-only service identity.
+    let c = parse("[[user]]\nusername = \"robot\"\n").unwrap();
+    assert!(c.users["robot"].password_hash.is_none() && c.users["robot"].enabled);
     let e = refused(&format!("{}{}", user("alice"), user("alice")));
     assert_eq!((e.line, e.reason.as_str()), (12, "duplicate user \"alice\""));
     let e = refused(&format!("[[client]]\nid = \"svc\"\nsecret_hash = \"{HASH}\"\n{}", user("svc")));
@@ -268,6 +271,26 @@ fn limits_default_and_refuse_small_or_zero_values() {
     let e = refused("[limits]\nupstream_timeout = \"0s\"\n");
     assert_eq!((e.line, e.reason.as_str()), (9, "duration must be greater than zero"));
     assert_eq!(refused("[cache]\nmax_tokens = 0\n").line, 9);
+}
+
+/// Review 23.14: the request id is the gateway's; an identity header may not take it.
+#[test]
+fn an_identity_header_named_x_request_id_is_refused() {
+    let e = refused("[proxy.headers]\nsubject = \"X-Request-Id\"\n");
+    assert_eq!(e.line, 9, "{e:?}");
+    assert!(e.reason.contains("forwarding header"), "{}", e.reason);
+}
+
+/// Review 23.4: proxied forms have their own limit, 1 MiB by default (or the body limit,
+/// if lower), never above the body limit.
+#[test]
+fn max_proxy_form_bytes_defaults_to_a_mebibyte_within_the_body_limit() {
+    assert_eq!(parse("").unwrap().limits.max_proxy_form_bytes, 1024 * 1024);
+    let l = parse("[limits]\nmax_proxy_body_bytes = 4096\n").unwrap().limits;
+    assert_eq!(l.max_proxy_form_bytes, 4096);
+    let e = refused("[limits]\nmax_proxy_body_bytes = 4096\nmax_proxy_form_bytes = 8192\n");
+    assert_eq!((e.line, e.reason.as_str()), (10, "max_proxy_form_bytes must not exceed max_proxy_body_bytes"));
+    assert_eq!(refused("[limits]\nmax_proxy_form_bytes = 0\n").line, 9);
 }
 
 #[test]

@@ -20,7 +20,13 @@ pub fn requested(config: &Config, params: &Params) -> Result<Option<String>, OAu
 }
 
 /// `resource` as given, if it is well-formed and one of the audiences `config` serves.
+/// The default audience is accepted as configured, also when it is not an absolute URI
+/// (`audience = "my-api"`), as [`within_grant`] accepts it: naming the default changes
+/// nothing.
 fn check<'a>(config: &Config, resource: &'a str) -> Result<&'a str, OAuthError> {
+    if resource == config.audience() {
+        return Ok(resource);
+    }
     let absolute = url::Url::parse(resource).is_ok_and(|u| u.fragment().is_none()) && !resource.contains('#');
     if !absolute || !config.audiences().contains(&resource) {
         return Err(OAuthError::InvalidTarget);
@@ -110,5 +116,18 @@ audience = "https://api-a.example/"
         assert_eq!(within_grant(&c, Some("https://gone.example/"), &params("")), Err(OAuthError::InvalidTarget));
         assert_eq!(within_grant(&c, a, &params("resource=")), Err(OAuthError::InvalidTarget));
         assert_eq!(within_grant(&c, None, &params("resource=")), Err(OAuthError::InvalidTarget));
+    }
+
+    /// Review 23.14: a default audience that is not an absolute URI may be named as
+    /// `resource` at issuance as at refresh.
+    #[test]
+    fn a_relative_default_audience_is_accepted_alike_everywhere() {
+        let text = "issuer = \"https://auth.example\"\naudience = \"my-api\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+                    tls = false\n[[key]]\nid = \"k\"\nfile = \"/nonexistent/k.pem\"\n";
+        let c = Config::parse(text, std::path::Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(requested(&c, &params("resource=my-api")), Ok(Some("my-api".into())));
+        assert_eq!(within_grant(&c, None, &params("resource=my-api")), Ok(None));
+        assert_eq!(within_grant(&c, Some("my-api"), &params("")), Ok(Some("my-api".into())));
+        assert_eq!(requested(&c, &params("resource=other")), Err(OAuthError::InvalidTarget));
     }
 }

@@ -73,9 +73,9 @@ where
     if let Some(stored) = gw.store.get_refresh(sha256(token.as_bytes()), now).await?
         && !stored.spent
         && stored.grant.client_id == client.id
-        && rt.config.clients.get(&stored.grant.client_id).is_some_and(|c| c.enabled)
+        // No user in the grant: it came from client_credentials (a linked user's, if any).
+        && check_holder(&rt.config, &stored.grant.client_id, &stored.grant.subject, stored.grant.user.is_none()).is_ok()
         && gw.validator.check_not_before(&stored.grant.client_id, stored.grant.issued_at).is_ok()
-        && stored.grant.user.as_deref().is_none_or(|u| super::users::is_active(&rt, u))
     {
         let grant = stored.grant;
         let mut v = json!({
@@ -108,7 +108,7 @@ async fn access_token(
         return Ok(Some(inactive()));
     }
     // The same holder rule as the proxy path: client enabled, user (if any) enabled.
-    let holder_ok = check_holder(&rt.config, &c.client_id, &c.sub).is_ok()
+    let holder_ok = check_holder(&rt.config, &c.client_id, &c.sub, c.gty.is_some()).is_ok()
         && gw.validator.check_not_before(&c.client_id, c.iat).is_ok();
     // An operator block (issue 16.5) makes it inactive too, as on the proxy path.
     let blocked = gw.validator.is_blocked(&c.iss, &c.jti, &c.sub);

@@ -19,11 +19,15 @@ pub async fn authenticate(
     let limits = &rt.config.rate_limit;
     gw.limiter.reserve_user(limits, username)?;
     let user = match rt.config.users.get(username) {
-        Some(user) if user.enabled => {
-            gw.secrets.verify(Kind::User, &user.username, password, &user.password_hash).await.then(|| user.clone())
+        Some(user)
+            if user.enabled
+                && let Some(hash) = &user.password_hash =>
+        {
+            gw.secrets.verify(Kind::User, &user.username, password, hash).await.then(|| user.clone())
         }
         _ => {
-            // "No such user" and "wrong password" take the same time.
+            // "No such user", a linked-only user (no password) and "wrong password" take
+            // the same time.
             gw.secrets.verify_dummy(password).await;
             None
         }

@@ -47,6 +47,9 @@ pub enum ProxyError {
     /// while it was being forwarded: the caller's fault, not the upstream's.
     #[error("request body unreadable")]
     BadRequestBody,
+    /// A multipart body names an `access_token` field (it is never forwarded).
+    #[error("access_token field in a multipart body")]
+    TokenInBody,
     /// The upstream refused, reset or broke the connection.
     #[error("upstream unavailable: {0}")]
     BadGateway(String),
@@ -122,6 +125,11 @@ impl ProxyError {
             ProxyError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": "payload_too_large", "error_description": "The request body is too large."}),
+                None,
+            ),
+            ProxyError::TokenInBody => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": "An access token must be sent in the Authorization header, not in a multipart body."}),
                 None,
             ),
             ProxyError::BadRequestBody => (

@@ -395,27 +395,21 @@ fn valid_forwarded_host(headers: &HeaderMap) -> bool {
     }
 }
 
-/// `Forwarded` (RFC 7239) for the upstream: the elements a trusted proxy sent (`keep`), every
-/// line in order, then this hop's `for=<peer>;proto=<scheme>`. Nothing of a caller's is
-/// kept otherwise, nor a line that is not text.
-fn forwarded(headers: &HeaderMap, keep: bool, peer: &Peer) -> Option<HeaderValue> {
-    let ip = peer.addr.ip().to_canonical();
-    let proto = if peer.tls { "https" } else { "http" };
+/// `Forwarded` (RFC 7239) for the upstream, rebuilt by the gateway: `for=` each address of
+/// `chain` (what trusted proxies vouch for in `X-Forwarded-For`: the source, then the
+/// trusted hops), then this hop's `for=<peer>;proto=<scheme>`. No caller's `Forwarded` is
+/// kept, a trusted proxy's neither (proxies pass a client's on unchanged), so no `host=`
+/// or `proto=` the gateway cannot vouch for reaches the upstream.
+fn forwarded(chain: &[std::net::IpAddr], peer: &Peer) -> Option<HeaderValue> {
     // An IPv6 node is bracketed and so must be quoted (RFC 7239 §6).
-    let hop = if ip.is_ipv6() { format!("for=\"[{ip}]\";proto={proto}") } else { format!("for={ip};proto={proto}") };
-    let prior: Vec<&str> = if keep {
-        headers
-            .get_all(header::FORWARDED)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect()
-    } else {
-        Vec::new()
+    let node = |ip: std::net::IpAddr| {
+        let ip = ip.to_canonical();
+        if ip.is_ipv6() { format!("for=\"[{ip}]\"") } else { format!("for={ip}") }
     };
-    let value = if prior.is_empty() { hop } else { format!("{}, {hop}", prior.join(", ")) };
-    HeaderValue::try_from(value).ok()
+    let proto = if peer.tls { "https" } else { "http" };
+    let mut value: Vec<String> = chain.iter().map(|ip| node(*ip)).collect();
+    value.push(format!("{};proto={proto}", node(peer.addr.ip())));
+    HeaderValue::try_from(value.join(", ")).ok()
 }
 
 /// Rewrite inbound headers for the upstream: hygiene first, then what we vouch for.
@@ -441,10 +435,11 @@ fn upstream_headers(
         }
         _ => Some(peer.ip_header().clone()),
     };
-    let forwarded = forwarded(headers, trusted && !listed.contains(&header::FORWARDED), peer);
     // The address the gateway acts on (the rate limits, the access log): the peer, or
-    // what trusted proxies vouch for in X-Forwarded-For.
-    let client = crate::ratelimit::source_ip(&rt.config, peer.addr.ip(), headers);
+    // what trusted proxies vouch for in X-Forwarded-For; `Forwarded` names the same chain.
+    let chain = crate::ratelimit::forwarded_chain(&rt.config, peer.addr.ip(), headers);
+    let forwarded = forwarded(&chain, peer);
+    let client = chain.first().copied().unwrap_or_else(|| peer.addr.ip().to_canonical());
     let real_ip = if client == peer.addr.ip().to_canonical() {
         Some(peer.ip_header().clone())
     } else {
@@ -569,6 +564,7 @@ where
     };
     // Any framing (Content-Length, chunked, HTTP/2 DATA frames): a body that has not ended.
     let form = is_form(&parts.headers) && !body.is_end_stream();
+    let multipart = super::multipart::is_multipart_form(&parts.headers);
 
     upstream_headers(&mut parts.headers, rt, route, principal, peer, authority)?;
     parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
@@ -587,7 +583,8 @@ where
         crate::http::full(bytes)
     } else {
         let body = body.map_err(|e| BoxError::from(InboundBodyError(e.into())));
-        Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed()
+        let body = Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed();
+        if multipart { super::multipart::scanned(body) } else { body }
     };
     let req = Request::from_parts(parts, body);
 
@@ -597,6 +594,7 @@ where
         Err(_) => return Err(ProxyError::GatewayTimeout),
         // An undeclared body crossed the limit while being sent: the caller's fault, not the upstream's.
         Ok(Err(e)) if caused_by::<LengthLimitError>(&*e) => return Err(ProxyError::PayloadTooLarge),
+        Ok(Err(e)) if caused_by::<super::multipart::TokenField>(&*e) => return Err(ProxyError::TokenInBody),
         Ok(Err(e)) if caused_by::<InboundBodyError>(&*e) => return Err(ProxyError::BadRequestBody),
         Ok(Err(e)) => return Err(ProxyError::BadGateway(error_chain(&*e))),
         Ok(Ok(resp)) => resp,
@@ -619,15 +617,16 @@ fn is_form(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Read a form body whole, within the form limit (`max_token_body_bytes`) and the header
-/// read timeout: a form that cannot be inspected is refused (413), never passed unread.
+/// Read a form body whole, within `max_proxy_form_bytes` and `upstream_timeout` (the bound
+/// of the proxied exchange it is part of; the header read timeout is for headers): a form
+/// that cannot be inspected is refused (413), never passed unread.
 async fn read_form<B>(body: B, limits: &crate::config::Limits) -> Result<bytes::Bytes, ProxyError>
 where
     B: HttpBody<Data = bytes::Bytes> + Send,
     B::Error: Into<BoxError>,
 {
-    let limited = Limited::new(body, limits.max_token_body_bytes);
-    match tokio::time::timeout(limits.header_read_timeout, limited.collect()).await {
+    let limited = Limited::new(body, limits.max_proxy_form_bytes);
+    match tokio::time::timeout(limits.upstream_timeout, limited.collect()).await {
         Err(_) => Err(ProxyError::BadRequestBody),
         Ok(Err(e)) if caused_by::<LengthLimitError>(&*e) => Err(ProxyError::PayloadTooLarge),
         Ok(Err(_)) => Err(ProxyError::BadRequestBody),
@@ -636,25 +635,59 @@ where
 }
 
 /// `input` (a query or form body) without its `access_token` parameters, the other
-/// `&`-separated pieces kept byte for byte; `None` when there is none. A name is compared
-/// after form decoding (`access%5Ftoken`, `access%5ftoken`) and without regard to case
-/// (`ACCESS_TOKEN`): RFC 6750 §2.3 names it case-sensitively, but upstream frameworks that
-/// read parameters case-insensitively would still see a token.
+/// pieces and their separators kept byte for byte; `None` when there is none. Pieces are
+/// separated by `&` and by `;` (which older CGI libraries, Java servlet containers and
+/// Python before 3.9.2 also split on). A name is an access token's by
+/// [`is_access_token_name`].
 pub fn without_access_token(input: &[u8]) -> Option<Vec<u8>> {
-    // Fast path: no `%` and no literal name (in any case) means nothing to take out.
-    if !input.contains(&b'%') && !input.windows(12).any(|w| w.eq_ignore_ascii_case(b"access_token")) {
+    // Fast path: no `%` and no literal `access` (in any case) means nothing to take out.
+    if !input.contains(&b'%') && !input.windows(6).any(|w| w.eq_ignore_ascii_case(b"access")) {
         return None;
     }
     let is_token = |piece: &[u8]| {
         let name = piece.split(|&b| b == b'=').next().unwrap_or_default();
-        form_urlencoded::parse(name).next().is_some_and(|(k, v)| v.is_empty() && k.eq_ignore_ascii_case("access_token"))
+        form_urlencoded::parse(name).next().is_some_and(|(k, v)| v.is_empty() && is_access_token_name(&k))
     };
-    let pieces: Vec<&[u8]> = input.split(|&b| b == b'&').collect();
-    if !pieces.iter().any(|p| is_token(p)) {
+    // Each piece with the separator before it (none for the first).
+    let mut pieces: Vec<(Option<u8>, &[u8])> = Vec::new();
+    let mut sep = None;
+    let mut from = 0;
+    for (i, &b) in input.iter().enumerate() {
+        if b == b'&' || b == b';' {
+            pieces.push((sep, &input[from..i]));
+            sep = Some(b);
+            from = i + 1;
+        }
+    }
+    pieces.push((sep, &input[from..]));
+    if !pieces.iter().any(|(_, p)| is_token(p)) {
         return None;
     }
-    let kept: Vec<&[u8]> = pieces.into_iter().filter(|p| !is_token(p)).collect();
-    Some(kept.join(&b'&'))
+    let mut out = Vec::with_capacity(input.len());
+    for (i, (sep, piece)) in pieces.into_iter().filter(|(_, p)| !is_token(p)).enumerate() {
+        if i > 0 {
+            out.push(sep.unwrap_or(b'&'));
+        }
+        out.extend_from_slice(piece);
+    }
+    Some(out)
+}
+
+/// Would a framework read this (decoded) parameter name as `access_token`? Compared
+/// without regard to case (RFC 6750 §2.3 names it case-sensitively, but frameworks that
+/// read parameters case-insensitively would still see a token), after PHP's mapping of
+/// `.`, ` ` and `[` to `_` and its dropping of leading spaces, and with PHP's array form
+/// (`access_token[]`, `access_token[x]`) counted too.
+pub fn is_access_token_name(name: &str) -> bool {
+    let name = name.trim_start_matches(' ');
+    let php = |s: &str| {
+        s.len() == 12
+            && s.bytes().zip(b"access_token".iter()).all(|(a, &b)| {
+                let a = if matches!(a, b'.' | b' ' | b'[') { b'_' } else { a };
+                a.eq_ignore_ascii_case(&b)
+            })
+    };
+    php(name) || name.split_once('[').is_some_and(|(base, _)| php(base))
 }
 
 /// The `Host` an upstream gets: its own authority, without the scheme's default port.
@@ -1028,21 +1061,18 @@ mod hygiene_tests {
     }
 
     #[test]
-    fn forwarded_appends_this_hop_for_a_trusted_proxy_and_quotes_ipv6() {
+    fn forwarded_names_the_vouched_chain_then_this_hop_and_quotes_ipv6() {
         let v4 = Peer::new("192.0.2.7:5000".parse().unwrap(), false);
         let v6 = Peer::new("[2001:db8::1]:5000".parse().unwrap(), true);
         let mapped = Peer::new("[::ffff:192.0.2.8]:5000".parse().unwrap(), true);
-        let fwd = |h: &HeaderMap, keep: bool, p: &Peer| forwarded(h, keep, p).unwrap().to_str().unwrap().to_string();
-        let none = HeaderMap::new();
-        assert_eq!(fwd(&none, true, &v4), "for=192.0.2.7;proto=http");
-        assert_eq!(fwd(&none, false, &v6), "for=\"[2001:db8::1]\";proto=https");
-        assert_eq!(fwd(&none, false, &mapped), "for=192.0.2.8;proto=https");
-        let theirs = headers(&[("forwarded", b"for=203.0.113.9"), ("forwarded", b" for=\"[::1]\";proto=https ")]);
-        assert_eq!(fwd(&theirs, true, &v4), "for=203.0.113.9, for=\"[::1]\";proto=https, for=192.0.2.7;proto=http");
-        assert_eq!(fwd(&theirs, false, &v4), "for=192.0.2.7;proto=http", "untrusted: replaced");
-        // A line that is not text is not kept.
-        let odd = headers(&[("forwarded", b"for=\xe9"), ("forwarded", b"for=198.51.100.1")]);
-        assert_eq!(fwd(&odd, true, &v4), "for=198.51.100.1, for=192.0.2.7;proto=http");
+        let fwd = |chain: &[&str], p: &Peer| {
+            let chain: Vec<std::net::IpAddr> = chain.iter().map(|a| a.parse().unwrap()).collect();
+            forwarded(&chain, p).unwrap().to_str().unwrap().to_string()
+        };
+        assert_eq!(fwd(&[], &v4), "for=192.0.2.7;proto=http");
+        assert_eq!(fwd(&[], &v6), "for=\"[2001:db8::1]\";proto=https");
+        assert_eq!(fwd(&[], &mapped), "for=192.0.2.8;proto=https");
+        assert_eq!(fwd(&["203.0.113.9", "::1"], &v4), "for=203.0.113.9, for=\"[::1]\", for=192.0.2.7;proto=http");
     }
 
     #[test]
@@ -1076,5 +1106,28 @@ mod access_token_tests {
         // Not the name: a longer name, a prefix, the value.
         assert_eq!(strip("access_tokens=t&my_access_token=t&a=access_token"), None);
         assert_eq!(strip("x=%41"), None);
+    }
+
+    /// Review 23.5: `;` separates too, and the names PHP maps to `access_token`.
+    #[test]
+    fn semicolons_and_php_name_mangling_do_not_hide_a_token() {
+        assert_eq!(strip("a=1;access_token=T"), Some("a=1".into()));
+        assert_eq!(strip("a=1&access_token=T;b=2&c"), Some("a=1;b=2&c".into()));
+        for name in [
+            "access.token",
+            "access%20token",
+            "access+token",
+            "access[token",
+            "ACCESS.TOKEN",
+            "%20access_token",
+            "access_token[]",
+            "access_token[x]",
+            "access%5Btoken",
+            "access%2etoken",
+        ] {
+            assert_eq!(strip(&format!("a=1&{name}=T&b=2")), Some("a=1&b=2".into()), "{name}");
+        }
+        // Not PHP's access_token: an array `access` with key `token`, longer names.
+        assert_eq!(strip("access[token]=T&access_tokenx=1&accessXtoken=2"), None);
     }
 }

@@ -5,6 +5,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod error;
 pub mod forward;
+pub mod multipart;
 pub mod route;
 
 use std::sync::Arc;

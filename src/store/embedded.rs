@@ -62,6 +62,9 @@ struct RefreshState {
     /// (then any reuse is treated strictly).
     #[serde(default)]
     spent_at: Option<u64>,
+    /// Siblings issued for it within the reuse interval (at most `MAX_SIBLINGS`).
+    #[serde(default)]
+    siblings: u32,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -526,7 +529,7 @@ impl Store for EmbeddedStore {
     async fn put_refresh(&self, token: Hash, grant: RefreshGrant) -> Result<(), StoreError> {
         self.write(move |txn| {
             open_family_in(txn, &grant.family, grant.expires_at)?;
-            put(txn, REFRESH, &token, &RefreshState { grant, spent: false, spent_at: None })
+            put(txn, REFRESH, &token, &RefreshState { grant, spent: false, spent_at: None, siblings: 0 })
         })
         .await
     }
@@ -553,12 +556,19 @@ impl Store for EmbeddedStore {
             if fam.revoked || state.grant.expires_at <= now || state.grant.client_id != client_id {
                 return Ok(Rotate::Invalid);
             }
+            // The client's not-before as stored, in this transaction: memory may lag behind.
+            let reset: Option<u64> = get(txn, CLIENT_NOT_BEFORE, client_id.as_bytes())?;
+            if reset.is_some_and(|at| state.grant.issued_at <= at) {
+                return Ok(Rotate::ClientReset);
+            }
             let sibling = state.spent;
             if sibling {
                 let within = state.spent_at.is_some_and(|at| now.saturating_sub(at) <= next.reuse_interval);
-                if next.reuse_interval == 0 || !within {
+                if next.reuse_interval == 0 || !within || state.siblings >= super::MAX_SIBLINGS {
                     return Ok(Rotate::Reused { revoked: revoke_family_in(txn, &state.grant.family)? });
                 }
+                state.siblings += 1;
+                put(txn, REFRESH, &old, &state)?;
             } else {
                 state.spent = true;
                 state.spent_at = Some(now);
@@ -572,7 +582,12 @@ impl Store for EmbeddedStore {
             fam.expires_at = fam.expires_at.max(next.new_expires_at).max(next.access.expires_at);
             fam.access.push(next.access);
             put(txn, FAMILIES, successor.family.as_bytes(), &fam)?;
-            put(txn, REFRESH, &next.new, &RefreshState { grant: successor, spent: false, spent_at: None })?;
+            put(
+                txn,
+                REFRESH,
+                &next.new,
+                &RefreshState { grant: successor, spent: false, spent_at: None, siblings: 0 },
+            )?;
             Ok(if sibling { Rotate::Sibling(state.grant) } else { Rotate::Rotated(state.grant) })
         })
         .await
@@ -886,6 +901,25 @@ mod tests {
         assert_eq!(s.get_refresh([2; 32], 102).await.unwrap(), None, "revoked family");
     }
 
+    /// Issue 23.1: the stored not-before is judged inside the rotation, whatever this
+    /// process remembers: a token issued at or before it is refused and left unspent.
+    #[tokio::test]
+    async fn rotation_checks_the_stored_client_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let issued = |family: &str, at: u64| RefreshGrant { issued_at: at, ..grant(family, 5000) };
+        s.put_refresh([1; 32], issued("f", 100)).await.unwrap();
+        s.put_refresh([5; 32], issued("g", 101)).await.unwrap();
+        s.put_client_not_before("c", 100).await.unwrap();
+        let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: u64::MAX };
+        let next =
+            |new: u8, jti: &str| Rotation { new: [new; 32], new_expires_at: 6000, access: at(jti), reuse_interval: 0 };
+        assert_eq!(s.rotate_refresh([1; 32], "c", next(2, "j1"), 130).await.unwrap(), Rotate::ClientReset);
+        assert!(!s.get_refresh([1; 32], 130).await.unwrap().unwrap().spent, "nothing changed");
+        assert_eq!(s.get_refresh([2; 32], 130).await.unwrap(), None, "no successor");
+        assert!(matches!(s.rotate_refresh([5; 32], "c", next(6, "j2"), 130).await.unwrap(), Rotate::Rotated(_)));
+    }
+
     #[tokio::test]
     async fn a_spent_refresh_token_gets_a_sibling_within_the_reuse_interval_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -905,6 +939,23 @@ mod tests {
         assert_eq!(reused, Rotate::Reused { revoked: vec![at("j1"), at("j2")] });
         assert_eq!(s.get_refresh([2; 32], 111).await.unwrap(), None);
         assert_eq!(s.get_refresh([3; 32], 111).await.unwrap(), None);
+    }
+
+    /// Review 23.16: a spent token gets at most `MAX_SIBLINGS` siblings within the
+    /// interval; one more presentation is reuse and revokes the family.
+    #[tokio::test]
+    async fn siblings_are_capped_and_one_more_is_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        s.put_refresh([1; 32], grant("f", 5000)).await.unwrap();
+        let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: u64::MAX };
+        let next = |new: u8| Rotation { new: [new; 32], new_expires_at: 6000, access: at("j"), reuse_interval: 10 };
+        assert!(matches!(s.rotate_refresh([1; 32], "c", next(2), 100).await.unwrap(), Rotate::Rotated(_)));
+        for i in 0..super::super::MAX_SIBLINGS as u8 {
+            assert!(matches!(s.rotate_refresh([1; 32], "c", next(3 + i), 101).await.unwrap(), Rotate::Sibling(_)));
+        }
+        assert!(matches!(s.rotate_refresh([1; 32], "c", next(20), 101).await.unwrap(), Rotate::Reused { .. }));
+        assert_eq!(s.get_refresh([2; 32], 101).await.unwrap(), None, "the family is revoked");
     }
 
     #[tokio::test]

@@ -92,6 +92,12 @@ pub struct StoredRefresh {
     pub spent: bool,
 }
 
+/// How many siblings one spent refresh token may get within the reuse interval: enough for
+/// two threads racing and a retry after a lost answer; one more presentation is treated as
+/// reuse (the family is revoked), so a stolen token raced against its owner cannot mint
+/// refresh tokens without bound.
+pub const MAX_SIBLINGS: u32 = 3;
+
 /// What a rotation stores in place of the presented refresh token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotation {
@@ -115,6 +121,9 @@ pub enum Rotate {
     Sibling(RefreshGrant),
     /// The presented token was already rotated: the whole family is now revoked.
     Reused { revoked: Vec<IssuedAccess> },
+    /// Issued at or before its client's not-before as the store holds it (disabled or
+    /// secret rotated on any replica): nothing was changed; the caller revokes the family.
+    ClientReset,
     /// Unknown, expired, revoked, or belonging to another client.
     Invalid,
 }
@@ -177,8 +186,11 @@ pub enum RevocationEvent {
     Blocked(Block),
     /// An operator block was removed somewhere.
     Unblocked(BlockKey),
-    /// The feed was interrupted and events may be lost: drop every cached verdict.
+    /// The feed was interrupted and events may be lost: drop every cached verdict (and
+    /// read the blocks and the client not-befores again).
     Resync,
+    /// A replica recorded a client not-before: read them all again from the store.
+    ClientResets,
 }
 
 /// A logged-in browser session at /authorize.
@@ -219,7 +231,9 @@ pub trait Store: Send + Sync {
     /// when), store `next.new` in the same family and link `next.access` to the family —
     /// all in one atomic step, so a failure leaves the old token usable. A spent `old`
     /// gets a sibling the same way while it was spent at most `next.reuse_interval`
-    /// seconds ago, and revokes the family after that.
+    /// seconds ago (at most [`MAX_SIBLINGS`] times), and revokes the family after that. A token issued at or before the
+    /// client's stored not-before is `ClientReset`, judged in the same atomic step, so a
+    /// replica that has not yet heard of the reset cannot rotate it into a fresh token.
     async fn rotate_refresh(&self, old: Hash, client_id: &str, next: Rotation, now: u64) -> Result<Rotate, StoreError>;
 
     /// Link an access token to a family so revoking the family revokes it.

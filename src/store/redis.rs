@@ -95,6 +95,9 @@ pub struct RedisStore {
     revoke_access: Script,
 }
 
+/// The message on the revocation channel that says a client not-before was recorded.
+const CLIENT_RESETS_NOTICE: &str = "clientnb";
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -163,8 +166,9 @@ if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
 return 'ok'
 "#,
             ),
-            // KEYS: old rt, new rt, fam, famacc, old rtat; ARGV: prefix, now, client_id,
-            // expected grant json, new grant json, new ttl, access jti, access exp, reuse interval
+            // KEYS: old rt, new rt, fam, famacc, old rtat, clientnb, old rtsib; ARGV: prefix,
+            // now, client_id, expected grant json, new grant json, new ttl, access jti,
+            // access exp, reuse interval, max siblings
             rotate: script(
                 r#"
 local v = redis.call('GET', KEYS[1])
@@ -175,19 +179,32 @@ local g = cjson.decode(gj)
 local now = tonumber(ARGV[2])
 if redis.call('HGET', KEYS[3], 'revoked') == '1' then return {'invalid'} end
 if tonumber(g.expires_at) <= now or g.client_id ~= ARGV[3] then return {'invalid'} end
+local nb = redis.call('HGET', KEYS[6], ARGV[3])
+if nb then
+  local issued = tonumber(g.issued_at) or 0
+  local at = tonumber(nb)
+  -- An unreadable not-before fails closed.
+  if not at or issued <= at then return {'client_reset'} end
+end
 local outcome = 'rotated'
+-- The reuse interval runs on Redis's clock: one clock for every replica, whatever theirs say.
+local clock = tonumber(redis.call('TIME')[1])
 if kind == 'S' then
   local at, grace = tonumber(redis.call('GET', KEYS[5]) or ''), tonumber(ARGV[9])
-  if grace <= 0 or not at or now - at > grace then
+  local siblings = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
+  if grace <= 0 or not at or clock - at > grace or siblings >= tonumber(ARGV[10]) then
     local out = revoke_family(KEYS[3], KEYS[4], ARGV[1], now, 600)
     table.insert(out, 1, 'reused')
     return out
   end
+  redis.call('INCR', KEYS[7])
+  local left = redis.call('TTL', KEYS[1])
+  if left > 0 then redis.call('EXPIRE', KEYS[7], left) end
   outcome = 'sibling'
 else
   redis.call('SET', KEYS[1], 'S' .. gj, 'KEEPTTL')
   local left = redis.call('TTL', KEYS[1])
-  if left > 0 then redis.call('SET', KEYS[5], tostring(now), 'EX', left) end
+  if left > 0 then redis.call('SET', KEYS[5], tostring(clock), 'EX', left) end
 end
 local ttl = tonumber(ARGV[6])
 redis.call('SET', KEYS[2], 'A' .. ARGV[5], 'EX', ttl)
@@ -304,6 +321,12 @@ return 'ok'
                                 }
                             };
                             let Ok(payload) = msg.get_payload::<String>() else { continue };
+                            if payload == CLIENT_RESETS_NOTICE {
+                                if tx.send(RevocationEvent::ClientResets).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
                             let Some(event) = parse_event(&payload) else { continue };
                             if tx.send(event).await.is_err() {
                                 return;
@@ -413,6 +436,8 @@ impl Store for RedisStore {
             .key(self.key("fam", &grant.family))
             .key(self.key("famacc", &grant.family))
             .key(self.key("rtat", &hex(&old)))
+            .key(format!("{}clientnb", self.prefix))
+            .key(self.key("rtsib", &hex(&old)))
             .arg(&self.prefix)
             .arg(now)
             .arg(client_id)
@@ -422,6 +447,7 @@ impl Store for RedisStore {
             .arg(&next.access.jti)
             .arg(next.access.expires_at)
             .arg(next.reuse_interval)
+            .arg(crate::store::MAX_SIBLINGS)
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
@@ -429,6 +455,7 @@ impl Store for RedisStore {
             Some("rotated") => Ok(Rotate::Rotated(grant)),
             Some("sibling") => Ok(Rotate::Sibling(grant)),
             Some("reused") => Ok(Rotate::Reused { revoked: accesses(&reply[1..]) }),
+            Some("client_reset") => Ok(Rotate::ClientReset),
             _ => Ok(Rotate::Invalid),
         }
     }
@@ -502,25 +529,47 @@ impl Store for RedisStore {
     async fn put_client_not_before(&self, client_id: &str, at: u64) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         // Keep the latest: replicas applying the same reload write nearly the same time.
+        // Every replica (this one too) hears the notice and reads the stored maxima back.
         let script = Script::new(
-            "local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') \
-             if tonumber(ARGV[2]) > v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 1",
+            "local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') or 0 \
+             if tonumber(ARGV[2]) > v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end \
+             redis.call('PUBLISH', ARGV[3], 'clientnb') return 1",
         );
         let _: i64 = script
             .key(format!("{}clientnb", self.prefix))
             .arg(client_id)
             .arg(at)
+            .arg(format!("{}revocations", self.prefix))
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
         Ok(())
     }
 
+    /// Read as text and parsed here: one bad value (a hand-edited record) is skipped and
+    /// logged, instead of failing the whole read (a type error is not a connection failure,
+    /// and must not keep the replica from ever loading the others).
     async fn client_not_before(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut conn = self.conn().await?;
-        let all: std::collections::HashMap<String, u64> =
+        let all: Vec<(Vec<u8>, Vec<u8>)> =
             conn.c.hgetall(format!("{}clientnb", self.prefix)).await.map_err(|e| conn.fail(e))?;
-        Ok(all.into_iter().collect())
+        Ok(all
+            .into_iter()
+            .filter_map(|(id, at)| {
+                let id = String::from_utf8(id).ok();
+                let at = std::str::from_utf8(&at).ok().and_then(|a| a.parse::<u64>().ok());
+                match (id, at) {
+                    (Some(id), Some(at)) => Some((id, at)),
+                    (id, _) => {
+                        tracing::error!(
+                            client_id = id.as_deref().unwrap_or("(not UTF-8)"),
+                            "unreadable client not-before in Redis; skipped"
+                        );
+                        None
+                    }
+                }
+            })
+            .collect())
     }
 
     /// Stored and published in one script, so no replica can miss a block that is stored.

@@ -25,11 +25,62 @@ impl ClientNotBefore {
         self.map.read().unwrap_or_else(|e| e.into_inner()).get(client_id).copied()
     }
 
-    pub(super) fn set(&self, client_id: &str, at: u64) {
+    /// Returns whether this raised the time already known (or is the first for the client).
+    pub(super) fn set(&self, client_id: &str, at: u64) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let slot = map.entry(client_id.into()).or_insert(0);
-        *slot = (*slot).max(at);
+        let raised = match map.get_mut(client_id) {
+            Some(slot) if *slot >= at => false,
+            Some(slot) => {
+                *slot = at;
+                true
+            }
+            None => {
+                map.insert(client_id.into(), at);
+                true
+            }
+        };
         self.any.store(true, Ordering::Release);
+        raised
+    }
+}
+
+/// A not-before read from the store, as this process may use it: never after `now`. One in
+/// the future (a replica's clock far ahead, a hand-edited record) would void every token
+/// the client is issued until then, and `u64::MAX` would overflow the next issue time, so
+/// it is clamped (with an ERROR: the record or a clock needs fixing). `known` is what this
+/// process already holds for the client: a future record read again (every re-read) is
+/// clamped only the first time, or the not-before would keep moving with the clock and
+/// void the client's new tokens at every re-read.
+pub fn clamp_not_before(client_id: &str, at: u64, now: u64, known: Option<u64>) -> Option<u64> {
+    if at <= now {
+        return Some(at);
+    }
+    if known.is_some() {
+        return None;
+    }
+    tracing::error!(client_id, not_before = at, now, "stored client not-before lies in the future; clamped to now");
+    Some(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review 23.8: a stored not-before in the future (or at `u64::MAX`) is clamped to now
+    /// once, and not moved again by later re-reads.
+    #[test]
+    fn a_future_not_before_is_clamped_to_now_once() {
+        assert_eq!(clamp_not_before("c", 90, 100, None), Some(90));
+        assert_eq!(clamp_not_before("c", 100, 100, Some(50)), Some(100));
+        assert_eq!(clamp_not_before("c", u64::MAX, 100, None), Some(100));
+        assert_eq!(clamp_not_before("c", u64::MAX, 130, Some(100)), None, "kept as first clamped");
+        let nb = ClientNotBefore::default();
+        nb.set("c", u64::MAX);
+        assert_eq!(nb.get("c"), Some(u64::MAX));
+        // Were one set anyway, the next issue time does not overflow.
+        let v = crate::tokens::validate::Validator::new(10);
+        v.set_client_not_before("c", u64::MAX);
+        assert_eq!(v.issue_time("c", 100), u64::MAX);
     }
 }
 

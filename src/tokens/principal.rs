@@ -49,6 +49,9 @@ pub struct Principal {
     /// under a key with another fingerprint is verified again.
     key_fingerprint: [u8; 32],
     expires_at: u64,
+    /// Issued without a user's consent (`gty`, client_credentials): a subject other than
+    /// the client is then the client's linked user, and answers to the link.
+    no_consent: bool,
 }
 
 impl Principal {
@@ -81,7 +84,7 @@ impl Principal {
             *end = u16::try_from(text.len()).ok()?;
         }
         let claims = (!claims.is_empty()).then(|| claims.into_boxed_slice());
-        Some(Principal { text: text.into_boxed_str(), ends, claims, key_fingerprint, expires_at })
+        Some(Principal { text: text.into_boxed_str(), ends, claims, key_fingerprint, expires_at, no_consent: false })
     }
 
     /// The name of the issuer that signed it: [`SELF_ISSUER`] or a `[[trusted_issuer]]`.
@@ -100,6 +103,17 @@ impl Principal {
     /// A claim a route rule names, if the token carries it as a value.
     pub fn claim(&self, name: &str) -> Option<&ClaimValue> {
         self.claims.as_deref()?.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
+    }
+
+    /// Mark a token that carries `gty` (no user consented to it).
+    pub(super) fn without_consent(mut self, no_consent: bool) -> Principal {
+        self.no_consent = no_consent;
+        self
+    }
+
+    /// Was the token issued without a user's consent (client_credentials, `gty`)?
+    pub fn without_user_consent(&self) -> bool {
+        self.no_consent
     }
 
     fn part(&self, i: usize) -> &str {

@@ -12,7 +12,7 @@ pub use super::blocks::BlockStats;
 use super::blocks::Blocks;
 use super::cache::{Digest, Lookup, VerdictCache};
 use super::client_reset::ClientNotBefore;
-pub use super::client_reset::{ClientResets, client_resets};
+pub use super::client_reset::{ClientResets, clamp_not_before, client_resets};
 use super::keys::{Key, KeySet};
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Config;
@@ -217,7 +217,7 @@ impl Validator {
                 // but not necessarily the token: verify it again below.
                 if key.is_none_or(|k| k.fingerprint == p.key_fingerprint()) {
                     self.hits.fetch_add(1, Ordering::Relaxed);
-                    check_holder(config, p.client_id(), p.subject())?;
+                    check_holder(config, p.client_id(), p.subject(), p.without_user_consent())?;
                     if key.is_none() {
                         return Err(TokenError::UnknownKey);
                     }
@@ -257,7 +257,7 @@ impl Validator {
         }
         let (principal, issued_at) = verify(token, keys, config.rule_claims(), now)?;
         let principal = Arc::new(principal);
-        check_holder(config, principal.client_id(), principal.subject())?;
+        check_holder(config, principal.client_id(), principal.subject(), principal.without_user_consent())?;
         self.check_not_before(principal.client_id(), issued_at)?;
         if self.revoked.contains(principal.token_id()) {
             return Err(TokenError::Revoked);
@@ -286,8 +286,14 @@ impl Validator {
     /// Void `client_id`'s tokens issued at or before `at` (kept as the latest such time).
     /// Cached verdicts stay (a disabled client's hits are refused anyway); whoever enables
     /// such a client again, or voids an enabled one, clears the cache (see [`client_resets`]).
-    pub fn set_client_not_before(&self, client_id: &str, at: u64) {
-        self.not_before.set(client_id, at);
+    /// Returns whether the time known for the client was raised.
+    pub fn set_client_not_before(&self, client_id: &str, at: u64) -> bool {
+        self.not_before.set(client_id, at)
+    }
+
+    /// The not-before this process holds for `client_id`, if any.
+    pub fn client_not_before(&self, client_id: &str) -> Option<u64> {
+        self.not_before.get(client_id)
     }
 
     /// The issue time for a new token of `client_id` at `now`: after its not-before, so a
@@ -295,7 +301,7 @@ impl Validator {
     /// not void from birth. At most a second ahead, well within [`LEEWAY_SECS`].
     pub fn issue_time(&self, client_id: &str, now: u64) -> u64 {
         match self.not_before.get(client_id) {
-            Some(at) if at >= now => at + 1,
+            Some(at) if at >= now => at.saturating_add(1),
             _ => now,
         }
     }
@@ -366,19 +372,25 @@ impl Validator {
     }
 }
 
-/// May a token of client `client_id` for `subject` still be honoured under `config`?
-/// The client must exist and be enabled; a token acting for a user (subject other than the
-/// client) needs that user to exist and be enabled, the client's own linked user
-/// (`user = ...` on the client) included. On the cache-hit path this is two map lookups
-/// (one when there is no user).
-pub fn check_holder(config: &Config, client_id: &str, subject: &str) -> Result<(), TokenError> {
-    match config.clients.get(client_id) {
+/// May a token (access or refresh) of client `client_id` for `subject` still be honoured
+/// under `config`? The one copy of the rule, for the proxy path, introspection and the
+/// refresh grant. The client must exist and be enabled; a token acting for a user
+/// (subject other than the client) needs that user to exist and be enabled. One issued
+/// without a user's consent (`no_consent`: client_credentials, acting as the client's
+/// linked user) also needs the link to hold still: after the client's `user` moves from
+/// alice to bob, alice's tokens stop. On the cache-hit path this is two map lookups (one
+/// when there is no user).
+pub fn check_holder(config: &Config, client_id: &str, subject: &str, no_consent: bool) -> Result<(), TokenError> {
+    let client = match config.clients.get(client_id) {
         None => return Err(TokenError::UnknownClient),
         Some(c) if !c.enabled => return Err(TokenError::ClientDisabled),
-        Some(_) => {}
+        Some(c) => c,
     };
     if subject == client_id {
         return Ok(());
+    }
+    if no_consent && client.user.as_deref() != Some(subject) {
+        return Err(TokenError::UserInactive);
     }
     match config.users.get(subject) {
         Some(u) if u.enabled => Ok(()),
@@ -418,7 +430,9 @@ fn verify(token: &str, keys: &KeySet, rule_claims: &[String], now: u64) -> Resul
         })
         .collect();
     let parts = [c.client_id.as_str(), &c.sub, &c.scope, &c.jti, &key.kid, &c.aud, ""];
-    let p = Principal::build(parts, kept, key.fingerprint, c.exp).ok_or(TokenError::BadClaims)?;
+    let p = Principal::build(parts, kept, key.fingerprint, c.exp)
+        .ok_or(TokenError::BadClaims)?
+        .without_consent(c.gty.is_some());
     Ok((p, c.iat))
 }
 

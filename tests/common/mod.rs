@@ -288,10 +288,9 @@ username = "bob"
 password_hash = "{ALICE_HASH}"
 enabled = false
 
-# The user "ccr" acts as (a client's user must exist).
+# The user "ccr" acts as (a client's user must exist): a service identity, no password.
 [[user]]
 username = "robot"
-password_hash = "{ALICE_HASH}"
 "#
     )
 }

@@ -197,7 +197,10 @@ impl Validator<'_> {
             if users.contains_key(name) {
                 return Err(self.err(u.username.span(), format!("duplicate user {name:?}")));
             }
-            let password_hash = self.argon2id(&u.password_hash, "password_hash")?;
+            let password_hash = match &u.password_hash {
+                Some(h) => Some(self.argon2id(h, "password_hash")?),
+                None => None,
+            };
             let user = User {
                 username: name.clone(),
                 password_hash,

@@ -11,11 +11,19 @@ use crate::config::raw::{RawLimits, RawRateLimit};
 
 impl Validator<'_> {
     pub(super) fn limits(&self, rl: &RawLimits) -> Result<Limits, ConfigError> {
+        let max_proxy_body_bytes = self.number(&rl.max_proxy_body_bytes, 10 * 1024 * 1024)?;
+        let max_proxy_form_bytes = self.number(&rl.max_proxy_form_bytes, (1024 * 1024).min(max_proxy_body_bytes))?;
+        if max_proxy_form_bytes > max_proxy_body_bytes
+            && let Some(v) = &rl.max_proxy_form_bytes
+        {
+            return Err(self.err(v.span(), "max_proxy_form_bytes must not exceed max_proxy_body_bytes"));
+        }
         let limits = Limits {
             max_header_bytes: self.number(&rl.max_header_bytes, 16 * 1024)? as usize,
             max_upstream_header_bytes: self.number(&rl.max_upstream_header_bytes, 64 * 1024)? as usize,
             max_token_body_bytes: self.number(&rl.max_token_body_bytes, 16 * 1024)? as usize,
-            max_proxy_body_bytes: self.number(&rl.max_proxy_body_bytes, 10 * 1024 * 1024)?,
+            max_proxy_body_bytes,
+            max_proxy_form_bytes: usize::try_from(max_proxy_form_bytes).unwrap_or(usize::MAX),
             header_read_timeout: self.duration(&rl.header_read_timeout, Duration::from_secs(10))?,
             idle_timeout: self.duration(&rl.idle_timeout, Duration::from_secs(60))?,
             upstream_connect_timeout: self.duration(&rl.upstream_connect_timeout, Duration::from_secs(5))?,

@@ -313,6 +313,8 @@ fn reserved_header(name: &str) -> bool {
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-real-ip",
+        // The gateway sets it on every request (dispatch), for tracing.
+        "x-request-id",
         "via",
     ];
     RESERVED.contains(&name) || name.starts_with("proxy-") || name.starts_with(':')

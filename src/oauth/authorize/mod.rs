@@ -252,7 +252,16 @@ async fn finish(gw: &Gateway, rt: &Runtime, req: &AuthRequest, user: &str, post:
             Ok(to.with(&[("code", &code)], redirect_status(post)))
         }
         // §4.2.2: the token travels in the fragment; never a refresh token.
-        ResponseType::Token => match sign(rt, &req.client, user, &req.scopes, req.audience.as_deref(), now) {
+        // Issued after the client's not-before, as at the token endpoint: a token minted in
+        // the second of a reset is not void from birth.
+        ResponseType::Token => match sign(
+            rt,
+            &req.client,
+            user,
+            &req.scopes,
+            req.audience.as_deref(),
+            gw.validator.issue_time(&req.client.id, now),
+        ) {
             Ok(t) => {
                 let expires_in = t.expires_in.to_string();
                 let pairs = [

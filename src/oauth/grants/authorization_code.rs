@@ -37,7 +37,7 @@ pub async fn grant(
     let grant = match gw.store.take_code(sha256(code.as_bytes()), &family, now).await? {
         TakeCode::Unknown => return Err(BadGrant::Code.into()),
         TakeCode::Replayed { revoked } => {
-            tracing::warn!(client_id = %client.id, revoked = revoked.len(), "authorization code replayed; its tokens are revoked");
+            tracing::warn!(security_event = "code_replay", client_id = %client.id, revoked = revoked.len(), "authorization code replayed; its tokens are revoked");
             revoke(gw, Revoke::Revoked(revoked), Reason::CodeReplay).await?;
             return Err(BadGrant::Code.into());
         }

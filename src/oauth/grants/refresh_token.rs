@@ -15,6 +15,7 @@ use crate::oauth::params::Params;
 use crate::oauth::users;
 use crate::state::{Gateway, Runtime};
 use crate::store::{IssuedAccess, Rotate, Rotation};
+use crate::tokens::validate::check_holder;
 use crate::tokens::{random_token, sha256};
 
 fn invalid() -> OAuthError {
@@ -48,19 +49,17 @@ pub async fn grant(
     }
     let scopes = refreshed_scopes(&current.scopes, &client.scopes, params.get("scope"))?;
     let audience = crate::oauth::audience::within_grant(&rt.config, current.audience.as_deref(), params)?;
-    // A client_credentials grant acting as a linked user answers to that user's state too,
-    // and to the link still being in the config.
-    let linked_inactive = current.user.is_none()
-        && current.subject != client.id
-        && (client.user.as_deref() != Some(current.subject.as_str()) || !users::is_active(rt, &current.subject));
+    // The holder rule of the proxy path and introspection: the user enabled, and for a
+    // client_credentials grant (no user in it) acting as a linked user, the link in force.
+    let holder = check_holder(&rt.config, &client.id, &current.subject, current.user.is_none());
     // Issued before the client was disabled or its secret rotated: void for good.
     let client_reset = gw.validator.check_not_before(&client.id, current.issued_at).is_err();
     if client_reset {
         let revoked = revoke(gw, Revoke::Family(&current.family), Reason::ClientReset).await?;
-        tracing::info!(client_id = %client.id, revoked, "refresh token issued before its client was reset; its family is revoked");
+        tracing::warn!(security_event = "refresh_family_revoked", client_id = %client.id, revoked, "refresh token issued before its client was reset; its family is revoked");
         return Err(invalid());
     }
-    if linked_inactive || current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
+    if holder.is_err() || current.user.as_deref().is_some_and(|u| !users::is_active(rt, u)) {
         // The user was disabled or removed: the family dies for good (re-enabling the user
         // does not bring back a refresh token that met the block), its access tokens too.
         let revoked = revoke(gw, Revoke::Family(&current.family), Reason::UserInactive).await?;
@@ -95,6 +94,12 @@ pub async fn grant(
         Rotate::Reused { revoked } => {
             tracing::warn!(security_event = "refresh_token_reuse", client_id = %client.id, revoked = revoked.len(), "refresh token reused; its family is revoked");
             revoke(gw, Revoke::Revoked(revoked), Reason::RefreshReuse).await?;
+            Err(invalid())
+        }
+        Rotate::ClientReset => {
+            // The store knows of a reset this replica has not heard of yet.
+            let revoked = revoke(gw, Revoke::Family(&current.family), Reason::ClientReset).await?;
+            tracing::warn!(security_event = "refresh_family_revoked", client_id = %client.id, revoked, "refresh token issued before its client was reset; its family is revoked");
             Err(invalid())
         }
         Rotate::Invalid => Err(invalid()),

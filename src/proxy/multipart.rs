@@ -1,0 +1,173 @@
+//! An `access_token` field in a `multipart/form-data` body (RFC 6750 §2.2 names only the
+//! urlencoded form, but frameworks read multipart fields the same way). Such bodies are
+//! uploads, often far larger than any form limit, so they are not buffered: the body
+//! streams through a scanner, and the chunk that names an `access_token` field is never
+//! sent — the request fails there (400), and the upstream sees a body that broke off.
+//!
+//! The scan fails closed rather than parsing MIME: `name=` or `name*=` (after `;`, a space
+//! or a tab, in any case) whose value reads as `access_token` (see
+//! [`super::forward::is_access_token_name`]) anywhere in the body refuses it, also inside
+//! a file's contents. A match split across chunks is found: the last bytes of each chunk
+//! are scanned again with the next.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use super::forward::is_access_token_name;
+use crate::http::{Body, BoxError};
+
+/// The longest field name looked at; a longer one is judged by its start (PHP's array
+/// form `access_token[...]` only needs that).
+const MAX_NAME: usize = 256;
+/// What is kept of a chunk to be scanned again with the next: `name*=`, spaces, a quote
+/// and [`MAX_NAME`] bytes fit.
+const CARRY: usize = MAX_NAME + 64;
+
+/// Is the body `multipart/form-data`?
+pub fn is_multipart_form(headers: &http::HeaderMap) -> bool {
+    headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
+        let essence = v.as_bytes().split(|&b| b == b';').next().unwrap_or_default();
+        crate::cookies::trim(essence).eq_ignore_ascii_case(b"multipart/form-data")
+    })
+}
+
+/// The error a scanned body fails with; `forward` turns it into a 400.
+#[derive(Debug)]
+pub struct TokenField;
+
+impl std::fmt::Display for TokenField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("multipart body names an access_token field")
+    }
+}
+
+impl std::error::Error for TokenField {}
+
+/// `body`, failing with [`TokenField`] before the chunk that names an `access_token` field.
+pub fn scanned(body: Body) -> Body {
+    http_body_util::BodyExt::boxed(Scanned { inner: body, carry: Vec::new() })
+}
+
+struct Scanned {
+    inner: Body,
+    carry: Vec<u8>,
+}
+
+impl HttpBody for Scanned {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let mut window = std::mem::take(&mut this.carry);
+                    window.extend_from_slice(data);
+                    if names_token_field(&window) {
+                        return Poll::Ready(Some(Err(Box::new(TokenField))));
+                    }
+                    let keep = window.len().min(CARRY);
+                    window.drain(..window.len() - keep);
+                    this.carry = window;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Does `buf` hold a `name=` / `name*=` parameter whose value reads as `access_token`?
+pub fn names_token_field(buf: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(found) = find_name(&buf[at..]) {
+        let start = at + found;
+        at = start + 4;
+        if start > 0 && !matches!(buf[start - 1], b';' | b' ' | b'\t') {
+            continue;
+        }
+        let mut i = at;
+        let skip_ws = |i: &mut usize| {
+            while *i < buf.len() && matches!(buf[*i], b' ' | b'\t') {
+                *i += 1;
+            }
+        };
+        skip_ws(&mut i);
+        let extended = buf.get(i) == Some(&b'*');
+        if extended {
+            i += 1;
+            skip_ws(&mut i);
+        }
+        if buf.get(i) != Some(&b'=') {
+            continue;
+        }
+        i += 1;
+        skip_ws(&mut i);
+        let quoted = buf.get(i) == Some(&b'"');
+        if quoted {
+            i += 1;
+        }
+        let rest = &buf[i.min(buf.len())..];
+        let end = rest
+            .iter()
+            .take(MAX_NAME)
+            .position(|&b| if quoted { b == b'"' } else { matches!(b, b';' | b'\r' | b'\n' | b' ' | b'\t') })
+            .unwrap_or(rest.len().min(MAX_NAME));
+        let mut value = &rest[..end];
+        // RFC 2231 / 5987: charset'language'percent-encoded.
+        if extended && let Some(p) = value.iter().rposition(|&b| b == b'\'') {
+            value = &value[p + 1..];
+        }
+        let decoded = percent_encoding::percent_decode(value).decode_utf8_lossy();
+        if is_access_token_name(&decoded) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The first `name` (any case) in `buf`.
+fn find_name(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w.eq_ignore_ascii_case(b"name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_token_field;
+
+    #[test]
+    fn token_fields_in_any_spelling_are_found_and_others_are_not() {
+        for part in [
+            "Content-Disposition: form-data; name=\"access_token\"\r\n",
+            "content-disposition: form-data;name=access_token\r\n",
+            "Content-Disposition: form-data; NAME = \"Access.Token\"\r\n",
+            "Content-Disposition: form-data; name=\"access_token[]\"\r\n",
+            "Content-Disposition: form-data; name*=utf-8''access%5Ftoken\r\n",
+            "Content-Disposition: form-data; name=\"access%20token\"\r\n",
+            "Content-Disposition: form-data; name=\"access[token\"\r\n",
+        ] {
+            assert!(names_token_field(part.as_bytes()), "{part}");
+        }
+        for part in [
+            "Content-Disposition: form-data; name=\"a\"; filename=\"access_token\"\r\n",
+            "Content-Disposition: form-data; name=\"access_tokens\"\r\n",
+            "Content-Disposition: form-data; name=\"my_access_token\"\r\n",
+            "access_token=SECRET",
+            "username=access_token",
+        ] {
+            assert!(!names_token_field(part.as_bytes()), "{part}");
+        }
+    }
+}
