@@ -343,6 +343,25 @@ impl Opener {
     }
 }
 
+/// How much the disk probe writes: more than a redb commit usually needs beyond its free
+/// pages, so a disk that takes it takes the store's next writes too.
+const DISK_PROBE_BYTES: usize = 256 * 1024;
+
+/// Write, fsync and remove a scratch file of [`DISK_PROBE_BYTES`] next to the store file:
+/// proof that the file system takes new blocks (not a full disk, not a file-size limit).
+fn disk_takes_writes(store: &Path) -> Result<(), StoreError> {
+    use std::io::Write;
+    let name = store.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let probe = store.with_file_name(format!(".{name}.disk-probe"));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&probe)?;
+        f.write_all(&vec![0u8; DISK_PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    written.map_err(|e| StoreError::Io(format!("{}: the disk refuses writes: {e}", probe.display())))
+}
+
 fn down(reason: &str) -> StoreError {
     StoreError::Unavailable(format!("reopening after an I/O failure ({reason})"))
 }
@@ -391,6 +410,14 @@ impl Inner {
         state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
         self.healing.attempts.fetch_add(1, Ordering::Relaxed);
         self.file.check()?;
+        // A reopened handle reads, and a small write fits in the free pages inside the file,
+        // on a disk still full: reopening then would flap between up and down. The disk must
+        // first take new blocks next to the store.
+        if let Err(e) = disk_takes_writes(&self.file.path) {
+            tracing::debug!(error = %e, retry_in = ?state.backoff, "store disk still refuses writes");
+            state.reason = e.to_string();
+            return Err(down(&state.reason));
+        }
         // redb locks the file: the old handle must be closed before it can be opened again.
         let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut old) = old {
