@@ -240,10 +240,12 @@ impl Validator {
     /// made meanwhile (by another replica, or before a restart) are asked of it again.
     /// Returns whether this call changed the state.
     pub fn store_answered(&self, ok: bool) -> bool {
-        if self.store_down.load(Ordering::Acquire) == !ok {
+        // `store_down` is `!ok` already in the usual case: one load, no write.
+        let down = !ok;
+        if self.store_down.load(Ordering::Acquire) == down {
             return false;
         }
-        let changed = self.store_down.swap(!ok, Ordering::AcqRel) == ok;
+        let changed = self.store_down.swap(down, Ordering::AcqRel) != down;
         if ok && changed {
             tracing::info!("store answering again; validation cache cleared");
             self.cache.clear();
