@@ -508,7 +508,12 @@ async fn a_verdict_reached_without_the_store_does_not_outlive_its_recovery() {
     assert!(healed.is_some(), "the store did not heal; stderr:\n{}", gw.bin.raw());
     assert_eq!(gw.api(&revoked).await, 401, "revoked in the store: refused once it answers");
     assert_eq!(gw.api(&other).await, 401);
-    // Finding 7: the outage is logged once, not once per request.
+    // Finding 7: the outage is logged once, not once per request (lines are written in
+    // batches: wait for the last one expected).
+    gw.bin
+        .wait_for("revocation check unavailable; judging tokens on their own, uncached, until the store answers")
+        .await;
+    gw.bin.wait_for("store answering again; validation cache cleared").await;
     let lines = gw.bin.json();
     let count =
         |m: &str| lines.iter().filter(|v| v["fields"]["message"].as_str().is_some_and(|x| x.starts_with(m))).count();
