@@ -248,10 +248,8 @@ async fn embedded_store_io_failure_refuses_revocation_then_heals_without_restart
     assert_eq!(v["checks"]["store"]["required"], false);
     assert_eq!(v["checks"]["store"]["kind"], "embedded");
     assert!(v["checks"]["store"]["detail"].as_str().unwrap().contains("I/O"), "{v}");
-    // Issue 18 attack, finding 4: a reopen used to pass its probe by writing into free
-    // pages inside the file while the disk still refused new blocks, so the store flapped
-    // up and down. Now nothing reopens until a scratch write next to the store passes:
-    // every probe over several seconds (and their backoff) says down, with no reopen.
+    // Nothing reopens while the disk refuses writes: every probe over several seconds
+    // says down (the free-pages case of finding 4 is the test at the end of this file).
     for _ in 0..15 {
         let (_, text) = gw.admin("/metrics").await;
         assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(0.0), "{text}");
@@ -550,4 +548,66 @@ async fn a_file_size_limit_fails_writes_instead_of_killing_the_process() {
     assert!(gw.bin.child.try_wait().unwrap().is_none(), "the process died; stderr:\n{}", gw.bin.raw());
     assert_eq!(gw.admin("/healthz").await.0, 200);
     gw.bin.wait_for("store I/O failed; grants and revocation answer 503 until the store file is reopened (retrying with backoff)").await;
+}
+
+/// Finding 4: a file-size limit at the store file's own size — the file cannot grow, yet
+/// has free pages inside. A reopen, and a health probe's small write, fit in those pages,
+/// so the store used to report itself up between failing requests (flapping, and an alert
+/// on `store_up == 0 for 1m` never fired). Now nothing reopens until a scratch file next
+/// to the store takes a real write: down on every probe, until the limit is lifted.
+#[tokio::test]
+async fn a_disk_that_takes_no_new_blocks_keeps_the_store_down_without_flapping() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let gw = Spawned::start(dir.path(), &pki, &config_toml(dir.path(), &pki, up.addr, "")).await;
+    let store = dir.path().join("data/portcullis.redb");
+    // Some history, so the file holds freed pages.
+    for _ in 0..10 {
+        let token = gw.token().await;
+        assert_eq!(gw.revoke(&token).await.0, 200);
+    }
+    gw.bin.limit_file_size(std::fs::metadata(&store).unwrap().len());
+    let mut failed = false;
+    // Bounded by time, not attempts: the token and revocation endpoints rate-limit (429).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while tokio::time::Instant::now() < deadline {
+        let resp = gw
+            .client
+            .post(gw.url("/oauth/token"))
+            .basic_auth("svc", Some(SVC_SECRET))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 429 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let token = resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+        match gw.revoke(&token).await.0 {
+            200 => {}
+            429 => tokio::time::sleep(Duration::from_millis(500)).await,
+            status => {
+                assert_eq!(status, 503);
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the store never needed to grow; stderr:\n{}", gw.bin.raw());
+    for _ in 0..15 {
+        let (_, text) = gw.admin("/metrics").await;
+        assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(0.0), "{text}");
+        assert_eq!(metric(&text, "portcullis_store_reopens_total{store=\"embedded\"}"), Some(0.0), "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    gw.bin.limit_file_size(libc::RLIM_INFINITY);
+    let healed = within(Duration::from_secs(30), async || {
+        gw.admin("/metrics").await.1.contains("portcullis_store_up{store=\"embedded\"} 1")
+    })
+    .await;
+    assert!(healed.is_some(), "the store did not heal; stderr:\n{}", gw.bin.raw());
+    let (_, text) = gw.admin("/metrics").await;
+    assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(1.0), "{text}");
 }
