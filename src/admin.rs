@@ -152,6 +152,7 @@ async fn route<B>(gw: &Gateway, req: &Request<B>) -> Result<Response<Body>, Admi
             let mut text = gw.metrics.render(&stats);
             crate::metrics::render_issuers(&mut text, &gw.runtime().issuers.stats());
             let store_up = gw.store.health().await == Health::Healthy;
+            let _ = gw.validator.store_answered(store_up);
             crate::metrics::render_lifecycle(
                 &mut text,
                 &crate::metrics::Lifecycle {
@@ -201,7 +202,9 @@ async fn readiness_detail(gw: &Gateway) -> Response<Body> {
         Phase::Draining => check(false, true, "shutting down: send traffic elsewhere"),
         _ => check(true, true, ""),
     };
-    let mut store = match gw.store.health().await {
+    let health = gw.store.health().await;
+    let _ = gw.validator.store_answered(health == Health::Healthy);
+    let mut store = match health {
         Health::Healthy => check(true, false, ""),
         Health::Degraded(why) => {
             // The store logs its own transitions; a probe every few seconds adds nothing.

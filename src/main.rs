@@ -94,6 +94,18 @@ fn init_logging(format: LogFormat) -> portcullis::logging::FlushGuard {
     guard
 }
 
+/// A file-size limit (`ulimit -f`) kills a process with SIGXFSZ at the write that crosses
+/// it — mid-grant, no log line. Ignored, that write fails with EFBIG instead and the
+/// store's I/O-failure path takes over (503, then it heals once the limit is lifted).
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: signal(2) with SIG_IGN installs no handler code and touches no memory of
+    // ours; the disposition is process-wide, set before the runtime starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 /// A fatal start error: one JSON log line under `--log-format json` (what a log pipeline
 /// parses), else the plain text on stderr.
 fn fatal(format: LogFormat, error: &dyn std::fmt::Display) -> ExitCode {
@@ -105,6 +117,7 @@ fn fatal(format: LogFormat, error: &dyn std::fmt::Display) -> ExitCode {
 }
 
 fn serve(path: PathBuf, threads: Option<u16>, format: LogFormat) -> ExitCode {
+    ignore_file_size_signal();
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => return fatal(format, &e),

@@ -106,10 +106,23 @@ pub fn preflight(config: &Config) -> Result<(), ConfigError> {
     // The store first: whether it exists decides whether a key may be generated.
     store_writable(config)?;
     KeySet::check(config).map_err(|e| config.error_at(config.key_line(e.kid()), e.to_string()))?;
+    // A key `serve` would generate: its file must be creatable where it is named.
+    for kc in config.keys.iter().filter(|k| k.generate && !k.file.exists()) {
+        creatable(&kc.file).map_err(|why| {
+            config.error_at(kc.line, format!("key {:?}: {} cannot be generated: {why}", kc.id, kc.file.display()))
+        })?;
+    }
     if let Some(files) = &config.tls {
-        // Both missing with dev_certificate: `serve` makes them (and check must not).
+        // Both missing with dev_certificate: `serve` makes them (and check must not), so
+        // check that it could.
         let generated = files.dev_certificate && !files.cert.exists() && !files.key.exists();
-        if !generated {
+        if generated {
+            for file in [&files.key, &files.cert] {
+                creatable(file).map_err(|why| {
+                    config.error_at(files.line, format!("dev_certificate: {} cannot be created: {why}", file.display()))
+                })?;
+            }
+        } else {
             tls::server_config(files).map_err(|e| config.error_at(files.line, e.to_string()))?;
         }
     }
@@ -120,8 +133,12 @@ pub fn preflight(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The embedded store file can be opened for writing, or created with its directories
-/// (the store does that at start); probed with a scratch file, never the store itself.
+/// The first bytes of every redb file (redb's `MAGICNUMBER`, not public API).
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+/// The embedded store file can be opened for writing and is a redb file (or empty, which
+/// the store initialises), or can be created with its directories (the store does that at
+/// start); probed with a scratch file, never the store itself.
 fn store_writable(config: &Config) -> Result<(), ConfigError> {
     let StoreConfig::Embedded { path } = &config.store else { return Ok(()) };
     let refuse = |why: String| config.error_at(config.store_line(), format!("store {}: {why}", path.display()));
@@ -129,14 +146,27 @@ fn store_writable(config: &Config) -> Result<(), ConfigError> {
         return Err(refuse("is a directory".into()));
     }
     if path.exists() {
-        return std::fs::OpenOptions::new()
+        use std::io::Read;
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
-            .map(drop)
-            .map_err(|e| refuse(format!("cannot be opened for writing: {e}")));
+            .map_err(|e| refuse(format!("cannot be opened for writing: {e}")))?;
+        let mut head = Vec::with_capacity(REDB_MAGIC.len());
+        file.take(REDB_MAGIC.len() as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| refuse(format!("cannot be read: {e}")))?;
+        if !head.is_empty() && head != REDB_MAGIC {
+            return Err(refuse("is not a redb store file (wrong magic bytes)".into()));
+        }
+        return Ok(());
     }
-    // The nearest existing ancestor is where the directories (or the file) would be made.
+    creatable(path).map_err(|why| refuse(format!("cannot be created: {why}")))
+}
+
+/// Whether a missing file could be created at `path` with its directories: the nearest
+/// existing ancestor (where they would be made) is a directory that takes a scratch file.
+fn creatable(path: &Path) -> Result<(), String> {
     let ancestor = path
         .ancestors()
         .skip(1)
@@ -144,7 +174,7 @@ fn store_writable(config: &Config) -> Result<(), ConfigError> {
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"));
     if !ancestor.is_dir() {
-        return Err(refuse(format!("cannot be created: {} is not a directory", ancestor.display())));
+        return Err(format!("{} is not a directory", ancestor.display()));
     }
     let probe = ancestor.join(format!(".portcullis-check-{}", std::process::id()));
     match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
@@ -152,7 +182,7 @@ fn store_writable(config: &Config) -> Result<(), ConfigError> {
             let _ = std::fs::remove_file(&probe);
             Ok(())
         }
-        Err(e) => Err(refuse(format!("cannot be created: {} is not writable: {e}", ancestor.display()))),
+        Err(e) => Err(format!("{} is not writable: {e}", ancestor.display())),
     }
 }
 

@@ -230,6 +230,47 @@ fn check_refuses_a_store_that_cannot_be_written_and_creates_nothing() {
     assert!(leftovers.is_empty(), "the write probe was left behind");
 }
 
+/// Issue 18 attack, finding 5: `check` accepted three things `serve` refuses — an existing
+/// store file that is not a redb file, a dev certificate that cannot be created where it is
+/// named, and a key to generate whose directory cannot be made.
+#[test]
+fn check_refuses_a_foreign_store_file_and_files_serve_could_not_create() {
+    let s = Setup::new();
+    let d = s.d();
+    std::fs::write(s.dir.path().join("plainfile"), "x").unwrap();
+    // Not a redb file: refused by check, and by serve.
+    std::fs::create_dir_all(s.dir.path().join("data")).unwrap();
+    std::fs::write(s.dir.path().join("data/store.redb"), "not a store, but long enough").unwrap();
+    let text = s.text("", "");
+    s.refused("foreign store file", &text, "path = ", "is not a redb store file");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["serve", "--config"]).arg(&s.config).output().unwrap();
+    assert!(!out.status.success(), "serve opened a foreign store file");
+    std::fs::remove_file(s.dir.path().join("data/store.redb")).unwrap();
+
+    let dev = |cert: &str, key: &str| {
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\ndev_certificate = true\n"
+        )
+    };
+    for (name, cert, key) in [
+        ("dev cert under a file", format!("{d}/plainfile/cert.pem"), format!("{d}/certs/key.pem")),
+        ("dev key under a file", format!("{d}/certs/cert.pem"), format!("{d}/plainfile/key.pem")),
+    ] {
+        s.refused(name, &s.text("", &dev(&cert, &key)), "[tls]", "cannot be created");
+    }
+    assert!(!s.dir.path().join("certs").exists(), "check made a directory");
+
+    let key = s
+        .text("", "")
+        .replace(&format!("file = \"{d}/k1.pem\""), &format!("file = \"{d}/plainfile/keys/k1.pem\"\ngenerate = true"));
+    s.refused("key to generate under a file", &key, "id = \"k1\"", "cannot be generated");
+    // What check accepts, serve starts with: the same directories, writable, pass.
+    let ok = s.text("", &dev(&format!("{d}/certs/cert.pem"), &format!("{d}/certs/key.pem")));
+    let (ok, _, stderr) = s.check(&ok);
+    assert!(ok, "{stderr}");
+}
+
 #[test]
 fn keys_are_generated_only_on_the_very_first_start() {
     let s = Setup::new();

@@ -21,15 +21,9 @@ impl Binary {
     /// Spawned with SIGXFSZ ignored, as a service manager may run it: a file-size limit
     /// then fails writes with EFBIG, the way a full disk fails them with ENOSPC.
     fn spawn(config: &Path) -> Binary {
-        use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.args(["--log-format", "json", "serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+        cmd.args(["--log-format", "json", "serve", "--config"]).arg(config);
         // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -37,6 +31,27 @@ impl Binary {
                 Ok(())
             });
         }
+        Self::spawn_command(cmd)
+    }
+
+    /// Under a shell's `ulimit -f` (KiB), SIGXFSZ left at its default (death), as an
+    /// operator's shell or unit would start it.
+    fn spawn_limited(config: &Path, kib: u64) -> Binary {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.args(["-c", "ulimit -f \"$0\" && exec \"$@\""])
+            .arg(kib.to_string())
+            .arg(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(config);
+        Self::spawn_command(cmd)
+    }
+
+    fn spawn_command(mut cmd: std::process::Command) -> Binary {
+        use std::io::BufRead;
+        cmd.env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -111,7 +126,10 @@ impl Spawned {
     async fn start(dir: &Path, pki: &Pki, text: &str) -> Spawned {
         let config = dir.join("gateway.toml");
         std::fs::write(&config, text).unwrap();
-        let bin = Binary::spawn(&config);
+        Self::wait(Binary::spawn(&config), pki).await
+    }
+
+    async fn wait(bin: Binary, pki: &Pki) -> Spawned {
         let deadline = tokio::time::Instant::now() + WAIT;
         let https = loop {
             let found = bin
@@ -230,11 +248,15 @@ async fn embedded_store_io_failure_refuses_revocation_then_heals_without_restart
     assert_eq!(v["checks"]["store"]["required"], false);
     assert_eq!(v["checks"]["store"]["kind"], "embedded");
     assert!(v["checks"]["store"]["detail"].as_str().unwrap().contains("I/O"), "{v}");
-    let (_, text) = gw.admin("/metrics").await;
-    assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(0.0), "{text}");
-    // A reopen may already have happened (opening needs no write); the store stays down
-    // because only a write proves it healed.
-    assert!(metric(&text, "portcullis_store_reopens_total{store=\"embedded\"}").is_some());
+    // Nothing reopens while the disk refuses writes: every probe over several seconds
+    // says down (the free-pages case of finding 4 is the test at the end of this file).
+    for _ in 0..15 {
+        let (_, text) = gw.admin("/metrics").await;
+        assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(0.0), "{text}");
+        assert_eq!(metric(&text, "portcullis_store_reopens_total{store=\"embedded\"}"), Some(0.0), "{text}");
+        assert_eq!(gw.revoke(&token).await.0, 503);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Space is freed: the store reopens itself and the revocation goes through.
     gw.bin.limit_file_size(libc::RLIM_INFINITY);
@@ -483,4 +505,141 @@ async fn store_file_moved_away_and_back_degrades_then_heals_in_the_same_model() 
     assert!(within(WAIT, async || store_ok().await).await.is_some(), "the store did not heal");
     assert_eq!(revoke(&token).await, 200);
     assert_eq!(api_status(&gw, &token).await, 401);
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 18 attack findings
+
+/// Finding 1: a token checked while the store could not answer was cached as valid, and
+/// that verdict outlived the store's recovery — a token revoked before a restart worked on
+/// after the disk was freed. Now such a verdict is never cached, and the store answering
+/// again clears the cache: the next request after the recovery is refused.
+#[tokio::test]
+async fn a_verdict_reached_without_the_store_does_not_outlive_its_recovery() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, up.addr, "");
+    let gw = Spawned::start(dir.path(), &pki, &text).await;
+    let revoked = gw.token().await;
+    assert_eq!(gw.revoke(&revoked).await.0, 200);
+    drop(gw);
+    // A new process: the revocation is in the store only, not in its memory.
+    let gw = Spawned::start(dir.path(), &pki, &text).await;
+    gw.bin.limit_file_size(4096);
+    let other = gw.token().await;
+    assert_eq!(gw.revoke(&other).await.0, 503, "{}", gw.bin.raw());
+    // Documented degraded behaviour: judged on its own while the store cannot answer.
+    for _ in 0..3 {
+        assert_eq!(gw.api(&revoked).await, 200);
+    }
+    gw.bin.limit_file_size(libc::RLIM_INFINITY);
+    let healed = within(Duration::from_secs(30), async || gw.revoke(&other).await.0 == 200).await;
+    assert!(healed.is_some(), "the store did not heal; stderr:\n{}", gw.bin.raw());
+    assert_eq!(gw.api(&revoked).await, 401, "revoked in the store: refused once it answers");
+    assert_eq!(gw.api(&other).await, 401);
+    // Finding 7: the outage is logged once, not once per request (lines are written in
+    // batches: wait for the last one expected).
+    gw.bin
+        .wait_for("revocation check unavailable; judging tokens on their own, uncached, until the store answers")
+        .await;
+    gw.bin.wait_for("store answering again; validation cache cleared").await;
+    let lines = gw.bin.json();
+    let count =
+        |m: &str| lines.iter().filter(|v| v["fields"]["message"].as_str().is_some_and(|x| x.starts_with(m))).count();
+    assert_eq!(count("revocation check unavailable"), 1, "{}", gw.bin.raw());
+    assert_eq!(count("store operation failed"), 0, "{}", gw.bin.raw());
+}
+
+/// Finding 3: under `ulimit -f` the process died of SIGXFSZ at the write that crossed the
+/// limit (exit 153, no log line). It ignores the signal itself now: the write fails, the
+/// request gets a 503 and the process lives on.
+#[tokio::test]
+async fn a_file_size_limit_fails_writes_instead_of_killing_the_process() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let text = config_toml(dir.path(), &pki, up.addr, "");
+    // A first start makes the store file; the limit then sits at its size, so the next
+    // pages it writes past that cross it.
+    drop(Spawned::start(dir.path(), &pki, &text).await);
+    let size = std::fs::metadata(dir.path().join("data/portcullis.redb")).unwrap().len();
+    let config = dir.path().join("gateway.toml");
+    let mut gw = Spawned::wait(Binary::spawn_limited(&config, size / 1024), &pki).await;
+    let mut refused = None;
+    for i in 0..40 {
+        let token = gw.token().await;
+        let (status, v) = gw.revoke(&token).await;
+        if status != 200 {
+            assert_eq!((status, v["error"].as_str()), (503, Some("temporarily_unavailable")), "{v}");
+            refused = Some(i);
+            break;
+        }
+    }
+    assert!(refused.is_some(), "the store never reached the limit");
+    assert!(gw.bin.child.try_wait().unwrap().is_none(), "the process died; stderr:\n{}", gw.bin.raw());
+    assert_eq!(gw.admin("/healthz").await.0, 200);
+    gw.bin.wait_for("store I/O failed; grants and revocation answer 503 until the store file is reopened (retrying with backoff)").await;
+}
+
+/// Finding 4: a file-size limit at the store file's own size — the file cannot grow, yet
+/// has free pages inside. A reopen, and a health probe's small write, fit in those pages,
+/// so the store used to report itself up between failing requests (flapping, and an alert
+/// on `store_up == 0 for 1m` never fired). Now nothing reopens until a scratch file next
+/// to the store takes a real write: down on every probe, until the limit is lifted.
+#[tokio::test]
+async fn a_disk_that_takes_no_new_blocks_keeps_the_store_down_without_flapping() {
+    let up = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let gw = Spawned::start(dir.path(), &pki, &config_toml(dir.path(), &pki, up.addr, "")).await;
+    let store = dir.path().join("data/portcullis.redb");
+    // Some history, so the file holds freed pages.
+    for _ in 0..10 {
+        let token = gw.token().await;
+        assert_eq!(gw.revoke(&token).await.0, 200);
+    }
+    gw.bin.limit_file_size(std::fs::metadata(&store).unwrap().len());
+    let mut failed = false;
+    // Bounded by time, not attempts: the token and revocation endpoints rate-limit (429).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while tokio::time::Instant::now() < deadline {
+        let resp = gw
+            .client
+            .post(gw.url("/oauth/token"))
+            .basic_auth("svc", Some(SVC_SECRET))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 429 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let token = resp.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+        match gw.revoke(&token).await.0 {
+            200 => {}
+            429 => tokio::time::sleep(Duration::from_millis(500)).await,
+            status => {
+                assert_eq!(status, 503);
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the store never needed to grow; stderr:\n{}", gw.bin.raw());
+    for _ in 0..15 {
+        let (_, text) = gw.admin("/metrics").await;
+        assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(0.0), "{text}");
+        assert_eq!(metric(&text, "portcullis_store_reopens_total{store=\"embedded\"}"), Some(0.0), "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    gw.bin.limit_file_size(libc::RLIM_INFINITY);
+    let healed = within(Duration::from_secs(30), async || {
+        gw.admin("/metrics").await.1.contains("portcullis_store_up{store=\"embedded\"} 1")
+    })
+    .await;
+    assert!(healed.is_some(), "the store did not heal; stderr:\n{}", gw.bin.raw());
+    let (_, text) = gw.admin("/metrics").await;
+    assert_eq!(metric(&text, "portcullis_store_up{store=\"embedded\"}"), Some(1.0), "{text}");
 }

@@ -167,6 +167,44 @@ async fn a_reload_never_replaces_the_key_of_a_kid_in_force() {
     assert_eq!(api_status(&gw, &old).await, 200);
 }
 
+/// Issue 18 attack, finding 6: a kid could get new material through two reloads — the
+/// first removes k1, the second brings k1 back with another key. A token signed by the
+/// old k1 is still out there; the process remembers every kid's material since start and
+/// refuses the second reload like a replacement in force. The same material back is fine.
+#[tokio::test]
+async fn a_kid_removed_by_a_reload_never_comes_back_with_other_material() {
+    let (_up, gw) = setup().await;
+    let dir = gw.dir.path().display().to_string();
+    let old = gw.token("svc", SVC_SECRET, None).await;
+    assert_eq!(jwt_part(&old, 0)["kid"], "k1");
+    // Reload 1: k2 in place of k1.
+    new_key_file(&gw, "k2.pem");
+    edit_config(&gw, |t| t.replacen("id = \"k1\"", "id = \"k2\"", 1).replacen("/k1.pem\"", "/k2.pem\"", 1));
+    wait_until("k2 alone", || async { gw.gateway.runtime().keys.get("k1").is_none() && signer_kid(&gw) == "k2" }).await;
+    assert_eq!(api_status(&gw, &old).await, 401);
+    // Reload 2: k1 back under other material.
+    new_key_file(&gw, "k1-other.pem");
+    let (_, failed) = reloads(&gw);
+    edit_config(&gw, |t| {
+        t.replacen(
+            "[[key]]\n",
+            &format!("[[key]]\nid = \"k1\"\nfile = \"{dir}/k1-other.pem\"\nactive = false\n\n[[key]]\n"),
+            1,
+        )
+    });
+    wait_until("the new k1 to be refused", || async { reloads(&gw).1 > failed }).await;
+    let slot = arc_swap::ArcSwapOption::<tokio_rustls::TlsAcceptor>::empty();
+    let err = portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err().to_string();
+    assert!(err.contains("key k1:") && err.contains("holds another key than the one in force"), "{err}");
+    assert!(gw.gateway.runtime().keys.get("k1").is_none(), "k1 took new material");
+    let forged = gw.token("svc", SVC_SECRET, None).await;
+    assert_eq!(jwt_part(&forged, 0)["kid"], "k2");
+    // The original k1 back: the same material, taken, and its token passes again.
+    edit_config(&gw, |t| t.replacen("/k1-other.pem\"", "/k1.pem\"", 1));
+    wait_until("k1 back", || async { gw.gateway.runtime().keys.get("k1").is_some() }).await;
+    assert_eq!(api_status(&gw, &old).await, 200);
+}
+
 #[tokio::test]
 async fn bad_configs_are_refused_with_file_and_line_and_the_old_one_keeps_serving() {
     let (_up, gw) = setup().await;

@@ -726,3 +726,44 @@ async fn a_replica_is_not_ready_until_it_has_read_the_client_not_befores() {
     let v: Value = http.get(a.admin_url("/readyz?verbose")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["checks"]["client_resets"]["ok"], true, "{v}");
 }
+
+/// Issue 18 attack, finding 1 with Redis: a replica that checked a token while Redis hung
+/// (SIGSTOP, shorter than the feed's silence timeout, so no re-subscribe follows) cached it
+/// as valid, and a token revoked in Redis worked on after Redis came back. Such a verdict
+/// is never cached now: the first request after the hang is refused.
+#[tokio::test]
+async fn a_token_checked_while_redis_hangs_is_refused_once_it_answers() {
+    let Some(c) = cluster().await else { return };
+    let (status, v) = c.token(&c.a, &[("grant_type", "client_credentials")], Some(("svc", SVC_SECRET))).await;
+    assert_eq!(status, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let resp = c
+        .http
+        .post(c.a.url("/oauth/revoke"))
+        .basic_auth("svc", Some(SVC_SECRET))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A replica started after the revocation: it is in Redis only, not in its memory.
+    let late = Replica::start(c.dir.path(), "late", &c.redis, c._up.addr);
+    let store_ok = async || {
+        let v: Value = c.http.get(late.admin_url("/readyz?verbose")).send().await.unwrap().json().await.unwrap();
+        v["checks"]["store"]["ok"] == true
+    };
+    assert!(within(Duration::from_secs(10), store_ok).await.is_some(), "log:\n{}", c.log("late"));
+    let pid = libc::pid_t::try_from(c.redis.child.as_ref().unwrap().id()).unwrap();
+    // SAFETY: kill(2) on the test's own redis-server child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let during = c.get_api(&late, &token).await;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert_eq!(during, 200, "judged on its own while Redis cannot answer");
+    let refused = within(Duration::from_secs(10), async || c.get_api(&late, &token).await == 401).await;
+    assert!(refused.is_some(), "a revoked token kept working after Redis came back");
+    // And from then on.
+    for _ in 0..3 {
+        assert_eq!(c.get_api(&late, &token).await, 401);
+    }
+}

@@ -101,7 +101,13 @@ impl std::error::Error for OAuthError {}
 
 impl From<crate::store::StoreError> for OAuthError {
     fn from(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %e, "store operation failed");
+        use crate::store::StoreError;
+        match &e {
+            // An outage: the store logs it once when it starts and once when it ends; one
+            // line per refused request would flood the log (the access log has each 503).
+            StoreError::Unavailable(_) | StoreError::Io(_) => tracing::debug!(error = %e, "store operation failed"),
+            StoreError::Corrupt(_) => tracing::error!(error = %e, "store operation failed"),
+        }
         OAuthError::TemporarilyUnavailable
     }
 }

@@ -186,14 +186,19 @@ struct FileIdentity {
 
 impl FileIdentity {
     fn of(path: &Path) -> Option<(u64, u64)> {
+        std::fs::metadata(path).ok().map(|m| Self::of_meta(&m))
+    }
+
+    fn of_meta(m: &std::fs::Metadata) -> (u64, u64) {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+            (m.dev(), m.ino())
         }
         #[cfg(not(unix))]
         {
-            std::fs::metadata(path).ok().map(|_| (0, 0))
+            let _ = m;
+            (0, 0)
         }
     }
 
@@ -308,29 +313,59 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
 }
 
 impl Opener {
-    /// Open the file at `path`, creating it only when `create` (at start, never on a reopen:
-    /// a fresh empty file would forget every revocation).
-    fn open(&self, path: &Path, create: bool) -> Result<Database, StoreError> {
+    /// Open the file at `path`. At start (`expect` is `None`) it is created if missing; a
+    /// reopen never creates (a fresh empty file would forget every revocation) and opens
+    /// only the file first opened: the handle's own (device, inode) must be `expect`, so a
+    /// file moved into the path meanwhile — an older copy missing revocations — is refused,
+    /// not adopted, whatever happens between a check of the path and the open.
+    fn open(&self, path: &Path, expect: Option<(u64, u64)>) -> Result<Database, StoreError> {
         let failed = |e: redb::DatabaseError| StoreError::Io(format!("{}: {e}", path.display()));
-        match self {
-            Opener::File if create => Database::create(path).map_err(failed),
-            Opener::File => Database::open(path).map_err(failed),
-            #[cfg(test)]
-            Opener::Faulty(fail) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(create)
-                    .truncate(false)
-                    .open(path)
-                    .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
-                let backend = redb::backends::FileBackend::new(file).map_err(failed)?;
-                Database::builder()
-                    .create_with_backend(faults::Faulty { inner: backend, fail: fail.clone() })
-                    .map_err(failed)
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(expect.is_none())
+            .truncate(false)
+            .open(path)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        if let Some(expect) = expect {
+            let meta = file.metadata().map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+            if FileIdentity::of_meta(&meta) != expect || meta.len() == 0 {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: not the store file opened at start (replaced or emptied); not adopted",
+                    path.display()
+                )));
             }
         }
+        // `create_with_backend` initialises only an empty file: at start, a new one; on a
+        // reopen never (the file checked above is the non-empty original).
+        let backend = redb::backends::FileBackend::new(file).map_err(failed)?;
+        match self {
+            Opener::File => Database::builder().create_with_backend(backend).map_err(failed),
+            #[cfg(test)]
+            Opener::Faulty(fail) => Database::builder()
+                .create_with_backend(faults::Faulty { inner: backend, fail: fail.clone() })
+                .map_err(failed),
+        }
     }
+}
+
+/// How much the disk probe writes: more than a redb commit usually needs beyond its free
+/// pages, so a disk that takes it takes the store's next writes too.
+const DISK_PROBE_BYTES: usize = 256 * 1024;
+
+/// Write, fsync and remove a scratch file of [`DISK_PROBE_BYTES`] next to the store file:
+/// proof that the file system takes new blocks (not a full disk, not a file-size limit).
+fn disk_takes_writes(store: &Path) -> Result<(), StoreError> {
+    use std::io::Write;
+    let name = store.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let probe = store.with_file_name(format!(".{name}.disk-probe"));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&probe)?;
+        f.write_all(&vec![0u8; DISK_PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    written.map_err(|e| StoreError::Io(format!("{}: the disk refuses writes: {e}", probe.display())))
 }
 
 fn down(reason: &str) -> StoreError {
@@ -381,6 +416,14 @@ impl Inner {
         state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
         self.healing.attempts.fetch_add(1, Ordering::Relaxed);
         self.file.check()?;
+        // A reopened handle reads, and a small write fits in the free pages inside the file,
+        // on a disk still full: reopening then would flap between up and down. The disk must
+        // first take new blocks next to the store.
+        if let Err(e) = disk_takes_writes(&self.file.path) {
+            tracing::debug!(error = %e, retry_in = ?state.backoff, "store disk still refuses writes");
+            state.reason = e.to_string();
+            return Err(down(&state.reason));
+        }
         // redb locks the file: the old handle must be closed before it can be opened again.
         let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut old) = old {
@@ -397,7 +440,7 @@ impl Inner {
                 }
             }
         }
-        let reopened = self.opener.open(&self.file.path, false).and_then(|db| {
+        let reopened = self.opener.open(&self.file.path, Some(self.file.id)).and_then(|db| {
             create_tables(&db)?;
             Ok(db)
         });
@@ -409,6 +452,11 @@ impl Inner {
                 self.healing.reopens.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(path = %self.file.path.display(), "store file reopened after an I/O failure; accepting writes again");
                 Ok(())
+            }
+            Err(e @ StoreError::Unavailable(_)) => {
+                tracing::error!(error = %e, retry_in = ?state.backoff, "store reopen refused: the path names another file than the one opened at start; staying degraded (put the original back or restart)");
+                state.reason = e.to_string();
+                Err(down(&state.reason))
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?state.backoff, "store reopen failed");
@@ -430,7 +478,7 @@ impl EmbeddedStore {
             std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
         }
         let existed = path.exists();
-        let db = opener.open(path, true)?;
+        let db = opener.open(path, None)?;
         if !existed {
             // The README promises it: the first start says where the grant state went.
             tracing::info!(path = %path.display(), "created the store file");
@@ -1071,5 +1119,48 @@ mod tests {
         }
         assert!(!path.exists(), "no fresh file behind the operator's back");
         assert_eq!(s.reopens(), 0);
+    }
+
+    /// Issue 18 attack: a copy of the store made before a revocation, moved over the path
+    /// while the handle is failed, was adopted by the reopen (and kept after a restart).
+    /// Now the reopen checks the opened file's own identity: the copy is refused, the
+    /// store stays degraded, and putting the original back heals it.
+    #[tokio::test]
+    async fn a_reopen_never_adopts_a_file_moved_into_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let copy = dir.path().join("copy.redb");
+        let original = dir.path().join("original.redb");
+        let fail = Arc::new(AtomicBool::new(false));
+        let s = EmbeddedStore::open_with(&path, Opener::Faulty(fail.clone())).unwrap();
+        let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: u64::MAX };
+        std::fs::copy(&path, &copy).unwrap();
+        s.revoke_access(at("t")).await.unwrap();
+
+        fail.store(true, Ordering::Release);
+        assert!(s.revoke_access(at("x")).await.is_err());
+        // Swapped at once: the path check of the write above is still cached as intact.
+        std::fs::rename(&path, &original).unwrap();
+        std::fs::rename(&copy, &path).unwrap();
+        fail.store(false, Ordering::Release);
+        for _ in 0..20 {
+            assert!(s.revoke_access(at("y")).await.is_err(), "a write went to the copy");
+            assert!(s.is_revoked("t").await.is_err(), "answered from the copy");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(s.reopens(), 0);
+        assert!(matches!(s.health().await, crate::store::Health::Degraded(_)));
+
+        std::fs::rename(&original, &path).unwrap();
+        let mut healed = false;
+        for _ in 0..300 {
+            if s.revoke_access(at("z")).await.is_ok() {
+                healed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(healed, "the original back in place: the store reopens it");
+        assert!(s.is_revoked("t").await.unwrap());
     }
 }

@@ -65,6 +65,7 @@ fn script(body: &str) -> Script {
 struct Conn<'a> {
     c: ConnectionManager,
     slot: &'a RwLock<Option<ConnectionManager>>,
+    down: &'a Outage,
 }
 
 impl Conn<'_> {
@@ -74,7 +75,29 @@ impl Conn<'_> {
         {
             *w = None;
         }
-        unavailable(e)
+        self.down.failed(unavailable(e))
+    }
+}
+
+/// Whether Redis is failing, so an outage is logged once when it starts and once when it
+/// ends, not once per refused request.
+#[derive(Default)]
+struct Outage(std::sync::atomic::AtomicBool);
+
+impl Outage {
+    fn failed(&self, e: StoreError) -> StoreError {
+        use std::sync::atomic::Ordering;
+        if !self.0.load(Ordering::Acquire) && !self.0.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %e, "Redis store unavailable; grants, revocation and logins answer 503 until it answers");
+        }
+        e
+    }
+
+    fn answered(&self) {
+        use std::sync::atomic::Ordering;
+        if self.0.load(Ordering::Acquire) && self.0.swap(false, Ordering::AcqRel) {
+            tracing::warn!("Redis store answering again");
+        }
     }
 }
 
@@ -87,6 +110,7 @@ pub struct RedisStore {
     /// connection pipelines concurrent requests, Redis runs them one at a time anyway, and
     /// pub/sub has its own connection (`spawn_listener`).
     conn: RwLock<Option<ConnectionManager>>,
+    down: Outage,
     take_code: Script,
     put_refresh: Script,
     rotate: Script,
@@ -136,6 +160,7 @@ impl RedisStore {
             config,
             prefix: prefix.to_string(),
             conn: RwLock::new(None),
+            down: Outage::default(),
             take_code: script(
                 r#"
 local v = redis.call('GET', KEYS[1])
@@ -251,17 +276,21 @@ return 'ok'
 
     /// The connection, connecting (again) if needed.
     async fn conn(&self) -> Result<Conn<'_>, StoreError> {
-        let slot = &self.conn;
+        let (slot, down) = (&self.conn, &self.down);
         if let Some(c) = slot.read().await.as_ref() {
-            return Ok(Conn { c: c.clone(), slot });
+            return Ok(Conn { c: c.clone(), slot, down });
         }
         let mut w = slot.write().await;
         if let Some(c) = w.as_ref() {
-            return Ok(Conn { c: c.clone(), slot });
+            return Ok(Conn { c: c.clone(), slot, down });
         }
-        let c = self.client.get_connection_manager_with_config(self.config.clone()).await.map_err(unavailable)?;
+        let c = self
+            .client
+            .get_connection_manager_with_config(self.config.clone())
+            .await
+            .map_err(|e| down.failed(unavailable(e)))?;
         *w = Some(c.clone());
-        Ok(Conn { c, slot })
+        Ok(Conn { c, slot, down })
     }
 
     /// Follow the revocation channel, forever: each message becomes an event; after any
@@ -282,8 +311,9 @@ return 'ok'
             while !beat_tx.is_closed() {
                 if let Ok(mut conn) = beat.conn().await {
                     let sent: Result<i64, _> = conn.c.publish(&beat_channel, "heartbeat").await;
-                    if let Err(e) = sent {
-                        conn.fail(e);
+                    match sent {
+                        Ok(_) => beat.down.answered(),
+                        Err(e) => drop(conn.fail(e)),
                     }
                 }
                 tokio::time::sleep(HEARTBEAT).await;
@@ -506,7 +536,9 @@ impl Store for RedisStore {
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
-        conn.c.exists(self.key("rev", jti)).await.map_err(|e| conn.fail(e))
+        let found = conn.c.exists(self.key("rev", jti)).await.map_err(|e| conn.fail(e))?;
+        self.down.answered();
+        Ok(found)
     }
 
     async fn put_session(&self, id: Hash, session: Session) -> Result<(), StoreError> {
@@ -635,6 +667,8 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn.c).await.map(|_| ()).map_err(|e| conn.fail(e))
+        redis::cmd("PING").query_async::<String>(&mut conn.c).await.map_err(|e| conn.fail(e))?;
+        self.down.answered();
+        Ok(())
     }
 }

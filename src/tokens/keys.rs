@@ -32,8 +32,8 @@ pub enum KeyError {
     /// A reload named other material for a `kid` in force: every outstanding token it
     /// signed would turn invalid at once.
     #[error(
-        "key {kid}: {path} holds another key than the one in force under this id; a reload never replaces \
-         the key of an id in force: restore the file or path, or give the new key a new id (see \"Rotate signing keys\")"
+        "key {kid}: {path} holds another key than the one in force under this id (or served under it since \
+         start); a reload never replaces the key of an id in force: restore the file or path, or give the new key a new id (see \"Rotate signing keys\")"
     )]
     Replaced { kid: String, path: String },
 }
@@ -115,6 +115,10 @@ pub struct KeySet {
     by_kid: HashMap<String, Arc<Key>>,
     /// In config order, for the JWK Set.
     ordered: Vec<Arc<Key>>,
+    /// The material of every kid served since start, also of kids a reload removed since:
+    /// tokens signed under an old kid may still be held, so a kid never gets new material
+    /// without a restart (a reload that removes it and a second that re-adds it included).
+    served: HashMap<String, [u8; 32]>,
 }
 
 impl Key {
@@ -183,8 +187,8 @@ impl KeySet {
             };
             let key = Arc::new(load_key(kc, config, bytes)?);
             if let Mode::Reload(in_force) = mode
-                && let Some(old) = in_force.by_kid.get(&kc.id)
-                && old.material != key.material
+                && let Some(old) = in_force.served.get(&kc.id)
+                && *old != key.material
             {
                 return Err(KeyError::Replaced { kid: kc.id.clone(), path: kc.file.display().to_string() });
             }
@@ -195,8 +199,13 @@ impl KeySet {
             ordered.push(key);
         }
         // Config validation guarantees at least one active key.
+        let mut served = match mode {
+            Mode::Reload(in_force) => in_force.served.clone(),
+            Mode::Start | Mode::Check => HashMap::new(),
+        };
+        served.extend(ordered.iter().map(|k| (k.kid.clone(), k.material)));
         match signer {
-            Some(signer) if complete => Ok(Some(KeySet { signer, by_kid, ordered })),
+            Some(signer) if complete => Ok(Some(KeySet { signer, by_kid, ordered, served })),
             _ if matches!(mode, Mode::Check) => Ok(None),
             _ => Err(missing_signer(config)),
         }

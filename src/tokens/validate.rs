@@ -130,6 +130,9 @@ pub struct Validator {
     revoked: Revoked,
     /// Operator blocks, likewise checked on every hit.
     blocks: Blocks,
+    /// A revocation check failed since the store last answered one: set while the store
+    /// is degraded. Its recovery clears the cache (see [`Validator::store_answered`]).
+    store_down: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -141,6 +144,7 @@ impl Validator {
             cache: VerdictCache::new(max_entries),
             revoked: Revoked { map: RwLock::default(), any: AtomicBool::new(false), max_entries: 1_000_000 },
             blocks: Blocks::default(),
+            store_down: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -264,12 +268,25 @@ impl Validator {
         }
         self.check_blocks(config.issuer(), &principal, now)?;
         match store.is_revoked(principal.token_id()).await {
-            Ok(true) => {
-                self.remember_revoked(principal.token_id(), principal.expires_at());
-                return Err(TokenError::Revoked);
+            Ok(revoked) => {
+                self.store_answered(true);
+                if revoked {
+                    self.remember_revoked(principal.token_id(), principal.expires_at());
+                    return Err(TokenError::Revoked);
+                }
             }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "revocation check unavailable; judging the token on its own"),
+            Err(e) => {
+                // Logged once per outage: uncached, every request of the outage gets here.
+                if self.store_answered(false) {
+                    tracing::warn!(error = %e, "revocation check unavailable; judging tokens on their own, uncached, until the store answers");
+                } else {
+                    tracing::debug!(error = %e, "revocation check unavailable");
+                }
+                // Never cached: a verdict reached without the revocation check must not
+                // outlive the fault (the token may be revoked in the store), so every
+                // request asks again until the store answers.
+                return Ok(principal);
+            }
         }
         // A revocation that landed while the store was asked is in `revoked` by now, and
         // every hit checks it.
@@ -281,6 +298,24 @@ impl Validator {
             return Err(e);
         }
         Ok(principal)
+    }
+
+    /// Whether the store could answer a revocation check (or a health probe) just now.
+    /// When it answers again after failing, every cached verdict is dropped: revocations
+    /// made meanwhile (by another replica, or before a restart) are asked of it again.
+    /// Returns whether this call changed the state.
+    pub fn store_answered(&self, ok: bool) -> bool {
+        // `store_down` is `!ok` already in the usual case: one load, no write.
+        let down = !ok;
+        if self.store_down.load(Ordering::Acquire) == down {
+            return false;
+        }
+        let changed = self.store_down.swap(down, Ordering::AcqRel) != down;
+        if ok && changed {
+            tracing::info!("store answering again; validation cache cleared");
+            self.cache.clear();
+        }
+        changed
     }
 
     /// Void `client_id`'s tokens issued at or before `at` (kept as the latest such time).
