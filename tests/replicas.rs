@@ -463,19 +463,23 @@ async fn a_replica_that_missed_block_messages_loads_the_blocks_after_reconnectin
     assert_eq!(c.get_api(&c.b, &alice).await, 200, "no message, no block yet");
 
     c.redis.stop();
-    // A replica that starts while the store is down serves, says the blocks are not
-    // loaded, and loads them once the store is back.
+    // A replica that starts while the store is down says the blocks are not loaded, and
+    // loads them once the store is back. (It is not ready meanwhile: its client
+    // not-befores are unknown too, and those are required.)
     let late = Replica::start(c.dir.path(), "late", &c.redis, c._up.addr);
     let verbose = async |r: &Replica| -> Value {
         c.http.get(r.admin_url("/readyz?verbose")).send().await.unwrap().json().await.unwrap()
     };
     let v = verbose(&late).await;
-    assert_eq!((v["status"].as_str(), &v["checks"]["blocks"]["ok"]), (Some("ready"), &Value::Bool(false)), "{v}");
+    assert_eq!((v["status"].as_str(), &v["checks"]["blocks"]["ok"]), (Some("not ready"), &Value::Bool(false)), "{v}");
+    assert_eq!(v["checks"]["blocks"]["required"], false, "{v}");
     c.redis.resume();
     let took = within(Duration::from_secs(10), async || c.get_api(&c.b, &alice).await == 401).await;
     assert!(took.is_some(), "replica b did not load the blocks after reconnecting; log b:\n{}", c.log("b"));
     let took = within(Duration::from_secs(10), async || verbose(&late).await["checks"]["blocks"]["ok"] == true).await;
     assert!(took.is_some(), "the late replica never loaded the blocks; log:\n{}", c.log("late"));
+    let took = within(Duration::from_secs(10), async || verbose(&late).await["status"] == "ready").await;
+    assert!(took.is_some(), "the late replica never became ready; log:\n{}", c.log("late"));
     assert_eq!(c.get_api(&late, &alice).await, 401);
 }
 
