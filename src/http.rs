@@ -67,3 +67,8 @@ mod tests {
         }
     }
 }
+
+/// The request id: taken from a trusted proxy, made by dispatch otherwise; sent upstream
+/// and back. Here because both dispatch (which sets it) and the proxy (which keeps it
+/// through the header hygiene) name it.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");

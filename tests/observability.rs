@@ -76,6 +76,26 @@ async fn a_trusted_proxys_request_id_is_kept_only_when_it_is_one_well_formed_val
         assert!(sent.len() == 1 && is_fresh_id(sent[0]), "{bad:?}: {sent:?}");
         assert_eq!(resp.header("x-request-id"), Some(sent[0]));
     }
+    // A Connection header naming it cannot take the id away from the upstream, kept or fresh.
+    let (resp, echo) = plain(&gw, "/public/rid", &[("X-Request-Id", "trace-7"), ("Connection", "x-request-id")]).await;
+    assert_eq!(echo.header_all("x-request-id"), vec!["trace-7"], "{echo:?}");
+    assert_eq!(resp.header("x-request-id"), Some("trace-7"));
+    let (_, echo) = plain(&gw, "/public/rid", &[("Connection", "X-Request-Id, keep-alive")]).await;
+    let sent = echo.header_all("x-request-id");
+    assert!(sent.len() == 1 && is_fresh_id(sent[0]), "{sent:?}");
+    // X-Forwarded-Proto from a trusted proxy: kept when it says http or https, once;
+    // replaced by this hop's otherwise.
+    for (sent, want) in [
+        (vec!["https"], "https"),
+        (vec!["https, http"], "https, http"),
+        (vec!["javascript"], "http"),
+        (vec!["https", "https"], "http"),
+        (vec!["ftp"], "http"),
+    ] {
+        let headers: Vec<(&str, &str)> = sent.iter().map(|v| ("X-Forwarded-Proto", *v)).collect();
+        let (_, echo) = plain(&gw, "/public/proto", &headers).await;
+        assert_eq!(echo.header_all("x-forwarded-proto"), vec![want], "{sent:?}");
+    }
     // Two values, in any case, are no value.
     let (_, echo) = plain(&gw, "/public/rid", &[("X-Request-Id", "one"), ("x-request-ID", "two")]).await;
     assert!(is_fresh_id(echo.header_all("x-request-id")[0]), "{echo:?}");

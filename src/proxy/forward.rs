@@ -412,6 +412,18 @@ fn forwarded(chain: &[std::net::IpAddr], peer: &Peer) -> Option<HeaderValue> {
     HeaderValue::try_from(value.join(", ")).ok()
 }
 
+/// Exactly one `X-Forwarded-Proto` line, each comma-separated item `http` or `https`.
+fn valid_forwarded_proto(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(X_FORWARDED_PROTO).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.as_bytes().split(|b| *b == b',').all(|item| {
+            let item = cookies::trim(item);
+            item.eq_ignore_ascii_case(b"http") || item.eq_ignore_ascii_case(b"https")
+        }),
+        _ => false,
+    }
+}
+
 /// Rewrite inbound headers for the upstream: hygiene first, then what we vouch for.
 fn upstream_headers(
     headers: &mut HeaderMap,
@@ -445,6 +457,9 @@ fn upstream_headers(
     } else {
         HeaderValue::try_from(client.to_string()).ok()
     };
+
+    // Set by dispatch for every request: ours, so a `Connection` naming it cannot take it away.
+    let request_id = headers.get(crate::http::X_REQUEST_ID).cloned();
 
     remove_where(headers, |name| {
         let n = name.as_str();
@@ -484,7 +499,12 @@ fn upstream_headers(
     if let Some(v) = real_ip {
         headers.insert(X_REAL_IP, v);
     }
-    if !headers.contains_key(X_FORWARDED_PROTO) {
+    if let Some(id) = request_id {
+        headers.insert(crate::http::X_REQUEST_ID, id);
+    }
+    // A trusted proxy's X-Forwarded-Proto is kept only when it is one line naming http or
+    // https (a chain of them, comma-separated); anything else is replaced by ours.
+    if !valid_forwarded_proto(headers) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
     }
     // A trusted proxy's own X-Forwarded-Host is kept only when it is one line of valid

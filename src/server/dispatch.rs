@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use super::context::{Ctx, Outcome};
 use super::peer::Peer;
 use crate::authority::Authority;
-use crate::http::{Body, BoxError};
+use crate::http::{Body, BoxError, X_REQUEST_ID};
 use crate::metrics::{self, GaugeGuard};
 use crate::oauth::cors::{self, Cors};
 use crate::proxy::error::ProxyError;
@@ -45,9 +45,6 @@ enum Endpoint {
     /// 501 whatever its path.
     Unsupported,
 }
-
-/// The request id: taken from a trusted proxy, made here otherwise; sent upstream and back.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Dispatch one request: our OAuth endpoints, or the proxy phases; then the logging phase.
 pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
