@@ -40,6 +40,11 @@ pub fn unsupported_transfer_coding(headers: &http::HeaderMap) -> bool {
     fields.next().is_some() || !crate::cookies::trim(first.as_bytes()).eq_ignore_ascii_case(b"chunked")
 }
 
+/// The request id: taken from a trusted proxy, made by dispatch otherwise; sent upstream
+/// and back. Here because both dispatch (which sets it) and the proxy (which keeps it
+/// through the header hygiene) name it.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,8 +72,3 @@ mod tests {
         }
     }
 }
-
-/// The request id: taken from a trusted proxy, made by dispatch otherwise; sent upstream
-/// and back. Here because both dispatch (which sets it) and the proxy (which keeps it
-/// through the header hygiene) name it.
-pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
