@@ -340,6 +340,13 @@ fn check_refuses_what_is_certainly_wrong() {
         ("subject", "host"),
         ("subject", "x-forwarded-for"),
         ("subject", "transfer-encoding"),
+        // Other spellings of the same headers, and headers an upstream acts on.
+        ("subject", "x_forwarded_for"),
+        ("subject", "x.forwarded.for"),
+        ("user", "X_Real_IP"),
+        ("subject", "x-request-id"),
+        ("subject", "x-original-url"),
+        ("scope", "x-http-method-override"),
     ] {
         let top = format!("[proxy.headers]\n{field} = \"{name}\"\n");
         s.refused(name, &s.text(&top, ""), &format!("\"{name}\""), "hop-by-hop, credential or forwarding");

@@ -316,6 +316,17 @@ fn reserved_header(name: &str) -> bool {
         // The gateway sets it on every request (dispatch), for tracing.
         "x-request-id",
         "via",
+        // Rewrite and method-override headers: an upstream would act on them.
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-method-override",
+        "x-http-method",
     ];
-    RESERVED.contains(&name) || name.starts_with("proxy-") || name.starts_with(':')
+    // Compared on letters and digits only: `X_Forwarded_For` or `x.real.ip` is the same
+    // header to CGI-style servers (which map `_` and `-` alike) and to the proxy's hygiene.
+    let squeeze =
+        |n: &str| n.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_lowercase()).collect::<Vec<u8>>();
+    let squeezed = squeeze(name);
+    RESERVED.iter().any(|r| squeeze(r) == squeezed) || squeezed.starts_with(b"proxy") || name.starts_with(':')
 }
