@@ -811,6 +811,11 @@ async fn access_token_in_a_form_body_is_removed_and_other_bodies_pass_untouched(
         ("Application/X-WWW-Form-Urlencoded; charset=utf-8", "access%5ftoken=SECRET", ""),
         ("application/x-www-form-urlencoded", "a=%26access_token%3D", "a=%26access_token%3D"),
         ("application/x-www-form-urlencoded", "a=1;access.token=SECRET&b=2", "a=1&b=2"),
+        ("application/x-www-form-urlencoded", "access_token[]=SECRET&access_token[0]=S&b=2", "b=2"),
+        // Media types a loose parser (PHP) reads as a form are forms here too.
+        ("application/x-www-form-urlencoded, text/plain", "access_token=SECRET&b=2", "b=2"),
+        ("application/x-www-form-urlencoded text/plain", "access_token=SECRET&b=2", "b=2"),
+        ("application/x-www-form-urlencoded,", "access+token=SECRET&b=2", "b=2"),
         ("application/json", "{\"access_token\":\"SECRET\"}", "{\"access_token\":\"SECRET\"}"),
         ("text/plain", "access_token=SECRET", "access_token=SECRET"),
     ] {

@@ -629,11 +629,15 @@ where
     Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
 }
 
-/// Is the request body `application/x-www-form-urlencoded` (RFC 6750 §2.2's form)?
+/// Is the request body `application/x-www-form-urlencoded` (RFC 6750 §2.2's form) to any
+/// upstream? Read as loosely as the loosest parser: PHP ends the media type at the first
+/// `;`, `,` or space, so `application/x-www-form-urlencoded, text/plain` is a form there,
+/// and a form is what gets its `access_token` removed (fails closed).
 fn is_form(headers: &HeaderMap) -> bool {
     headers.get_all(header::CONTENT_TYPE).iter().any(|v| {
-        let essence = v.as_bytes().split(|&b| b == b';').next().unwrap_or_default();
-        cookies::trim(essence).eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+        let v = cookies::trim(v.as_bytes());
+        let essence = v.split(|&b| matches!(b, b';' | b',' | b' ' | b'\t')).next().unwrap_or_default();
+        essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
     })
 }
 
