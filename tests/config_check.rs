@@ -500,6 +500,28 @@ fn check_warns_with_file_and_line_about_what_may_be_deliberate() {
     // A route scope no client may obtain.
     let route = "\n[[route]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:9\"\nscopes = [\"read\", \"admin\"]\n";
     s.warned("unobtainable scope", &s.text("", &format!("{base}{route}")), "\"admin\"", "no client may obtain");
+    // Only a disabled client has it: the same.
+    let ops =
+        "\n[[client]]\nid = \"ops\"\nsecret_hash = \"$SVC\"\ngrants = [\"client_credentials\"]\nscopes = [\"admin\"]\n"
+            .replace("$SVC", SVC_HASH);
+    let disabled = ops.replace("id = \"ops\"\n", "id = \"ops\"\nenabled = false\n");
+    s.warned(
+        "disabled holder",
+        &s.text("", &format!("{base}{disabled}{route}")),
+        "scopes = [\"read\", \"admin\"]",
+        "no client may obtain",
+    );
+    // Each scope has a client, but no one client has both: no token carries both.
+    s.warned(
+        "scopes split across clients",
+        &s.text("", &format!("{base}{ops}{route}")),
+        "scopes = [\"read\", \"admin\"]",
+        "no one client may obtain together",
+    );
+    // A client with no grant at all.
+    let idle = "\n[[client]]\nid = \"idle\"\nsecret_hash = \"$SVC\"\ngrants = []\nscopes = [\"read\"]\n"
+        .replace("$SVC", SVC_HASH);
+    s.warned("no grants", &s.text("", &format!("{base}{idle}")), "\"idle\"", "has no grants");
     // A method nobody sends.
     let route = "\n[[route]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:9\"\nmethods = [\"GET\", \"PSOT\"]\n";
     s.warned("PSOT", &s.text("", &format!("{base}{route}")), "\"PSOT\"", "not a registered HTTP method");

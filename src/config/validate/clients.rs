@@ -86,6 +86,10 @@ impl Validator<'_> {
                     ),
                 ));
             }
+            // No grant at all: perhaps a client parked on purpose, but it can obtain nothing.
+            if c.grants.is_empty() && !implicit {
+                self.warn(c.id.span(), format!("client {id:?} has no grants: it can obtain no token"));
+            }
             let scopes = self.scopes(&c.scopes)?;
             let default_scopes = match &c.default_scopes {
                 None => scopes.clone(),

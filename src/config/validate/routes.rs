@@ -120,8 +120,11 @@ impl Validator<'_> {
             if r.get_ref().issuers.as_ref().is_some_and(|l| l.iter().any(|n| n.get_ref() != SELF_ISSUER)) {
                 continue;
             }
-            for s in &r.get_ref().scopes {
-                if !clients.values().any(|c| c.scopes.contains(s.get_ref())) {
+            // Only enabled clients issue tokens.
+            let enabled = || clients.values().filter(|c| c.enabled);
+            let scopes = &r.get_ref().scopes;
+            for s in scopes {
+                if !enabled().any(|c| c.scopes.contains(s.get_ref())) {
                     self.warn(
                         s.span(),
                         format!(
@@ -131,6 +134,22 @@ impl Validator<'_> {
                         ),
                     );
                 }
+            }
+            // Each scope obtainable, but by no one client all together: no one token has them.
+            let each = scopes.iter().all(|s| enabled().any(|c| c.scopes.contains(s.get_ref())));
+            let together = enabled().any(|c| scopes.iter().all(|s| c.scopes.contains(s.get_ref())));
+            if scopes.len() > 1
+                && each
+                && !together
+                && let Some(first) = scopes.first()
+            {
+                self.warn(
+                    first.span(),
+                    format!(
+                        "route {:?} requires scopes that no one client may obtain together: no token can pass it",
+                        r.get_ref().prefix.get_ref()
+                    ),
+                );
             }
         }
     }
