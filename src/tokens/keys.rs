@@ -353,7 +353,8 @@ fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>) -> Result<Key, KeyE
             let der = key.secret_der();
             match alg {
                 KeyAlgorithm::EdDSA => {
-                    let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| invalid(e.to_string()))?;
+                    let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+                        .map_err(|e| invalid(format!("not an Ed25519 key in PKCS#8 ({e})")))?;
                     let public = kp.public_key().as_ref();
                     let jwk = serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": b64url(public) });
                     let decoding = DecodingKey::from_ed_der(public);
@@ -361,8 +362,11 @@ fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>) -> Result<Key, KeyE
                     (Signer::Ed25519(kp), decoding, Some(jwk), raw)
                 }
                 KeyAlgorithm::ES256 => {
-                    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
-                        .map_err(|e| invalid(e.to_string()))?;
+                    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(|e| {
+                        invalid(format!(
+                            "not a P-256 key in PKCS#8 ({e}); convert a SEC1 `EC PRIVATE KEY` with `openssl pkcs8 -topk8 -nocrypt`"
+                        ))
+                    })?;
                     let public = kp.public_key().as_ref();
                     // SEC1 uncompressed point: 0x04 || x (32 bytes) || y (32 bytes).
                     let (x, y) = match public {
@@ -377,7 +381,7 @@ fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>) -> Result<Key, KeyE
                 _ => {
                     let kp = aws_lc_rs::rsa::KeyPair::from_pkcs8(der)
                         .or_else(|_| aws_lc_rs::rsa::KeyPair::from_der(der))
-                        .map_err(|e| invalid(e.to_string()))?;
+                        .map_err(|e| invalid(format!("not an RSA key of 2048 to 8192 bits ({e})")))?;
                     let public = kp.public_key();
                     let jwk = serde_json::json!({
                         "kty": "RSA",
