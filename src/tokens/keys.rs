@@ -299,7 +299,7 @@ fn read_or_generate(kc: &KeyConfig, config: &Config, mode: Mode<'_>) -> Result<O
             path: path.clone(),
             source,
         })?;
-        tracing::info!(kid = %kc.id, path = %path, alg = kc.algorithm.as_str(), "generated a new signing key");
+        tracing::warn!(kid = %kc.id, path = %path, alg = kc.algorithm.as_str(), "generated a new signing key (first start: no store file yet); tokens signed under this kid by any earlier key no longer verify");
     }
     std::fs::read(&kc.file).map(Some).map_err(|source| KeyError::Read { kid: kc.id.clone(), path, source })
 }
