@@ -175,76 +175,6 @@ async fn metrics_parse_and_the_counters_move_as_expected() {
 // The real binary: SIGHUP and the JSON access log
 
 /// The gateway binary as a child process, its stderr collected line by line.
-struct Binary {
-    child: std::process::Child,
-    lines: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Binary {
-    fn spawn(config: &Path) -> Binary {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["--log-format", "json", "serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Binary { child, lines }
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child's pid; no memory is shared.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-    }
-
-    fn raw(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// The JSON log lines (anything else, e.g. a panic message, is skipped here).
-    fn json(&self) -> Vec<Value> {
-        self.raw().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-
-    fn access(&self) -> Vec<Value> {
-        self.json().into_iter().filter(|v| v["target"] == "portcullis::access").map(|v| v["fields"].clone()).collect()
-    }
-
-    /// Wait for a line whose message is `message` and that satisfies `also`.
-    async fn wait_for(&self, message: &str, also: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(v) = self.json().into_iter().find(|v| v["fields"]["message"] == message && also(&v["fields"])) {
-                return v["fields"].clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {message:?} line; stderr so far:\n{}",
-                self.raw().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn the_binary_logs_one_json_access_line_per_request_without_secrets_and_reloads_on_sighup() {
@@ -254,15 +184,14 @@ async fn the_binary_logs_one_json_access_line_per_request_without_secrets_and_re
     let config_path = dir.path().join("gateway.toml");
     let good = config_toml(dir.path(), &pki, up.addr, "");
     std::fs::write(&config_path, &good).unwrap();
-    let bin = Binary::spawn(&config_path);
+    let bin = Binary::serve(&config_path);
 
-    let https = bin.wait_for("listening", |f| f["scheme"] == "https").await["address"].as_str().unwrap().to_string();
+    let https =
+        bin.wait_for_with("listening", |f| f["scheme"] == "https").await["address"].as_str().unwrap().to_string();
     let port = https.rsplit_once(':').unwrap().1.to_string();
     let url = |p: &str| format!("https://localhost:{port}{p}");
-    let admin = bin.wait_for("admin listening (/healthz, /readyz, /metrics)", |_| true).await["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin =
+        bin.wait_for("admin listening (/healthz, /readyz, /metrics)").await["address"].as_str().unwrap().to_string();
     let c = https_client(&pki.ca_pem, false);
 
     // Six requests, each with something that must never reach the log.
@@ -322,7 +251,7 @@ async fn the_binary_logs_one_json_access_line_per_request_without_secrets_and_re
 
     // SIGHUP reloads although no file changed.
     bin.signal(libc::SIGHUP);
-    bin.wait_for("configuration reloaded", |f| f["trigger"] == "Signal").await;
+    bin.wait_for_with("configuration reloaded", |f| f["trigger"] == "Signal").await;
 
     // A bad config on disk: refused with file:line, and the old one keeps serving.
     let bad = good.replacen("upstream_timeout = \"2s\"", "upstream_timeout = \"soon\"", 1);
@@ -330,7 +259,7 @@ async fn the_binary_logs_one_json_access_line_per_request_without_secrets_and_re
     write_atomic(&config_path, &bad);
     let want_prefix = format!("{}:{line}:", config_path.display());
     let refused = bin
-        .wait_for("configuration refused; the previous one keeps serving", |f| {
+        .wait_for_with("configuration refused; the previous one keeps serving", |f| {
             f["error"].as_str().is_some_and(|e| e.starts_with(&want_prefix))
         })
         .await;
@@ -339,10 +268,10 @@ async fn the_binary_logs_one_json_access_line_per_request_without_secrets_and_re
 
     // SIGTERM: graceful stop.
     bin.signal(libc::SIGTERM);
-    bin.wait_for("stopped", |_| true).await;
+    bin.wait_for("stopped").await;
 
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("svc:{SVC_SECRET}"));
-    for line in bin.raw() {
+    for line in bin.lines() {
         for secret in [token.as_str(), SVC_SECRET, code, password, basic.as_str()] {
             assert!(!line.contains(secret), "secret {secret:?} in log line {line}");
         }

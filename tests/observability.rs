@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -301,65 +300,6 @@ fn the_shipped_alert_rules_pass_promtool_check_and_their_unit_tests() {
 // ---------------------------------------------------------------------------------------
 // The binary: access log fields, security events, fatal errors in JSON
 
-struct Binary {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Binary {
-    fn spawn(args: &[&str]) -> Binary {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Binary { child, lines }
-    }
-
-    fn raw(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    fn json(&self) -> Vec<Value> {
-        self.raw().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-
-    /// Wait for a line that satisfies `pred`.
-    async fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(v) = self.json().into_iter().find(|v| pred(v)) {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {what} line; stderr so far:\n{}",
-                self.raw().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn security_event(v: &Value, name: &str) -> bool {
     v["level"] == "WARN" && v["fields"]["security_event"] == name
 }
@@ -380,14 +320,14 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     );
     std::fs::write(&config_path, text).unwrap();
     let config = config_path.to_str().unwrap();
-    let bin = Binary::spawn(&["--log-format", "json", "serve", "--config", config]);
+    let bin = Binary::run(&["--log-format", "json", "serve", "--config", config]);
     let listening = |scheme: &'static str| {
         move |v: &Value| v["fields"]["message"] == "listening" && v["fields"]["scheme"] == scheme
     };
     let http =
-        bin.wait_for("listening http", listening("http")).await["fields"]["address"].as_str().unwrap().to_string();
+        bin.wait_line("listening http", listening("http")).await["fields"]["address"].as_str().unwrap().to_string();
     let https =
-        bin.wait_for("listening https", listening("https")).await["fields"]["address"].as_str().unwrap().to_string();
+        bin.wait_line("listening https", listening("https")).await["fields"]["address"].as_str().unwrap().to_string();
     let https_port = https.rsplit_once(':').unwrap().1.to_string();
     let url = |p: &str| format!("https://localhost:{https_port}{p}");
 
@@ -398,7 +338,7 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-request-id"), Some("trace-42"));
     let line = bin
-        .wait_for("the access line", |v| v["target"] == "portcullis::access" && v["fields"]["path"] == "/public/obs")
+        .wait_line("the access line", |v| v["target"] == "portcullis::access" && v["fields"]["path"] == "/public/obs")
         .await;
     let f = &line["fields"];
     assert_eq!(f["request_id"], "trace-42", "{f}");
@@ -417,7 +357,7 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     };
     let resp = token(vec![("grant_type", "client_credentials".into())], "svc", "wrong", "198.51.100.1").await.unwrap();
     assert_eq!(resp.status(), 401);
-    bin.wait_for("wrong client secret", |v| {
+    bin.wait_line("wrong client secret", |v| {
         security_event(v, "wrong_client_secret") && v["fields"]["client_id"] == "svc"
     })
     .await;
@@ -430,13 +370,13 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
         let form = vec![("grant_type", "refresh_token".into()), ("refresh_token", refresh.clone())];
         assert_eq!(token(form, "webapp", SVC_SECRET, from).await.unwrap().status(), want);
     }
-    bin.wait_for("refresh reuse", |v| security_event(v, "refresh_token_reuse")).await;
+    bin.wait_line("refresh reuse", |v| security_event(v, "refresh_token_reuse")).await;
 
     // Review 23.12: seven refusals in a row, one throttled spell, one line (checked below).
     for _ in 0..10 {
         let _ = token(vec![("grant_type", "client_credentials".into())], "svc", SVC_SECRET, "198.51.100.5").await;
     }
-    bin.wait_for("rate limit", |v| security_event(v, "rate_limited") && v["fields"]["source"] == "198.51.100.5").await;
+    bin.wait_line("rate limit", |v| security_event(v, "rate_limited") && v["fields"]["source"] == "198.51.100.5").await;
 
     // The login form posts the authorization request with it, and a forged CSRF token.
     let mut form = bare_spa_query();
@@ -444,7 +384,7 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     let resp =
         c.post(url("/oauth/authorize")).header("x-forwarded-for", "198.51.100.6").form(&form).send().await.unwrap();
     assert!(resp.status().is_client_error(), "{}", resp.status());
-    bin.wait_for("CSRF failure", |v| security_event(v, "csrf_failure")).await;
+    bin.wait_line("CSRF failure", |v| security_event(v, "csrf_failure")).await;
     // Everything logged before the CSRF line has been read by now.
     let spells = bin
         .json()
@@ -469,7 +409,7 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     ];
     assert_eq!(token(exchange.clone(), "webapp", SVC_SECRET, "198.51.100.8").await.unwrap().status(), 200);
     assert_eq!(token(exchange, "webapp", SVC_SECRET, "198.51.100.8").await.unwrap().status(), 400);
-    bin.wait_for("code replay", |v| security_event(v, "code_replay") && v["fields"]["client_id"] == "webapp").await;
+    bin.wait_line("code replay", |v| security_event(v, "code_replay") && v["fields"]["client_id"] == "webapp").await;
 
     // A client that leaves in the middle of a large body: its line says so, with what was sent.
     let form = vec![("grant_type", "client_credentials".into())];
@@ -482,7 +422,7 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     s.read_exact(&mut got).await.unwrap();
     drop(s);
     let line = bin
-        .wait_for("the cut line", |v| v["target"] == "portcullis::access" && v["fields"]["path"] == "/big/50000000")
+        .wait_line("the cut line", |v| v["target"] == "portcullis::access" && v["fields"]["path"] == "/big/50000000")
         .await;
     let f = &line["fields"];
     assert_eq!((f["status"].as_u64(), f["complete"].as_bool()), (Some(200), Some(false)), "{f}");
@@ -496,7 +436,9 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(s);
     let line = bin
-        .wait_for("the unanswered line", |v| v["target"] == "portcullis::access" && v["fields"]["path"] == "/slow/3000")
+        .wait_line("the unanswered line", |v| {
+            v["target"] == "portcullis::access" && v["fields"]["path"] == "/slow/3000"
+        })
         .await;
     let f = &line["fields"];
     assert_eq!((f["status"].as_u64(), f["complete"].as_bool()), (Some(499), Some(false)), "{f}");
@@ -504,7 +446,7 @@ async fn the_access_line_names_request_id_client_host_bytes_and_upstream_and_sec
     assert_eq!(f["route"].as_str(), Some("-"), "{f}");
 
     // No Rust debug formatting, and no secret, anywhere.
-    for l in bin.raw() {
+    for l in bin.lines() {
         assert!(!l.contains("Some(") && !l.contains("None"), "{l}");
         for secret in [SVC_SECRET, ALICE_PASSWORD, refresh.as_str(), bearer.as_str()] {
             assert!(!l.contains(secret), "{secret:?} in {l}");

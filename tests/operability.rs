@@ -8,111 +8,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// The gateway binary as a child process, its stderr (JSON lines) collected.
-struct Binary {
-    child: std::process::Child,
-    lines: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Binary {
-    /// Spawned with SIGXFSZ ignored, as a service manager may run it: a file-size limit
-    /// then fails writes with EFBIG, the way a full disk fails them with ENOSPC.
-    fn spawn(config: &Path) -> Binary {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.args(["--log-format", "json", "serve", "--config"]).arg(config);
-        // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                Ok(())
-            });
-        }
-        Self::spawn_command(cmd)
-    }
-
-    /// Under a shell's `ulimit -f` (KiB), SIGXFSZ left at its default (death), as an
-    /// operator's shell or unit would start it.
-    fn spawn_limited(config: &Path, kib: u64) -> Binary {
-        let mut cmd = std::process::Command::new("bash");
-        cmd.args(["-c", "ulimit -f \"$0\" && exec \"$@\""])
-            .arg(kib.to_string())
-            .arg(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["--log-format", "json", "serve", "--config"])
-            .arg(config);
-        Self::spawn_command(cmd)
-    }
-
-    fn spawn_command(mut cmd: std::process::Command) -> Binary {
-        use std::io::BufRead;
-        cmd.env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Binary { child, lines }
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        libc::pid_t::try_from(self.child.id()).unwrap()
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid; no memory is shared.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
-    }
-
-    /// Limit the size of any file the gateway writes (soft limit; the hard one stays).
-    fn limit_file_size(&self, bytes: u64) {
-        let limit = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
-        // SAFETY: prlimit(2) on our own child; `limit` outlives the call, no old value asked.
-        let rc = unsafe { libc::prlimit(self.pid(), libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
-        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    }
-
-    fn raw(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn json(&self) -> Vec<Value> {
-        self.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-
-    /// The fields of the first line whose message is `message`, waiting for it.
-    async fn wait_for(&self, message: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(v) = self.json().into_iter().find(|v| v["fields"]["message"] == message) {
-                return v["fields"].clone();
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no {message:?} line; stderr:\n{}", self.raw());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Index of the first line with this message, if any.
-    fn position(&self, message: &str) -> Option<usize> {
-        self.json().iter().position(|v| v["fields"]["message"] == message)
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A spawned gateway: its binary, the TLS port and the admin address.
 struct Spawned {
@@ -126,7 +22,7 @@ impl Spawned {
     async fn start(dir: &Path, pki: &Pki, text: &str) -> Spawned {
         let config = dir.join("gateway.toml");
         std::fs::write(&config, text).unwrap();
-        Self::wait(Binary::spawn(&config), pki).await
+        Self::wait(Binary::serve(&config), pki).await
     }
 
     async fn wait(bin: Binary, pki: &Pki) -> Spawned {
@@ -565,7 +461,7 @@ async fn a_file_size_limit_fails_writes_instead_of_killing_the_process() {
     drop(Spawned::start(dir.path(), &pki, &text).await);
     let size = std::fs::metadata(dir.path().join("data/portcullis.redb")).unwrap().len();
     let config = dir.path().join("gateway.toml");
-    let mut gw = Spawned::wait(Binary::spawn_limited(&config, size / 1024), &pki).await;
+    let mut gw = Spawned::wait(Binary::serve_limited(&config, size / 1024), &pki).await;
     let mut refused = None;
     for i in 0..40 {
         let token = gw.token().await;
@@ -577,7 +473,7 @@ async fn a_file_size_limit_fails_writes_instead_of_killing_the_process() {
         }
     }
     assert!(refused.is_some(), "the store never reached the limit");
-    assert!(gw.bin.child.try_wait().unwrap().is_none(), "the process died; stderr:\n{}", gw.bin.raw());
+    assert!(gw.bin.exited().is_none(), "the process died; stderr:\n{}", gw.bin.raw());
     assert_eq!(gw.admin("/healthz").await.0, 200);
     gw.bin.wait_for("store I/O failed; grants and revocation answer 503 until the store file is reopened (retrying with backoff)").await;
 }

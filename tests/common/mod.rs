@@ -26,11 +26,14 @@ use portcullis::state::Gateway;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+mod binary;
 mod idp;
 mod jwt;
 mod raw;
 mod recorder;
 // Each test binary uses some of these; `dead_code` above does not cover re-exports.
+#[allow(unused_imports)]
+pub use binary::*;
 #[allow(unused_imports)]
 pub use idp::*;
 #[allow(unused_imports)]
