@@ -14,7 +14,22 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::tokens::validate::CacheStats;
+/// How well the validation cache is doing, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: u64,
+}
+
+/// Blocked requests and blocks held, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockStats {
+    pub refused_jti: u64,
+    pub refused_sub: u64,
+    pub jti_blocks: u64,
+    pub sub_blocks: u64,
+}
 
 /// The last finite upstream latency bucket; a longer `upstream_timeout` is warned about by
 /// the config (its timeouts would be counted in `+Inf` only).
@@ -461,7 +476,7 @@ pub fn render_lifecycle(out: &mut String, l: &Lifecycle<'_>) {
 
 /// Operator blocks (issue 16.5): requests they refused and blocks held, read from the
 /// validator when `/metrics` is scraped.
-pub fn render_blocks(out: &mut String, b: &crate::tokens::validate::BlockStats) {
+pub fn render_blocks(out: &mut String, b: &BlockStats) {
     header(
         out,
         "portcullis_blocked_requests_total",

@@ -1,6 +1,7 @@
 //! The proxy path, one phase per file, run in order by [`handle`]:
 //! route → authenticate → authorize → forward.
 
+pub mod access_token;
 pub mod authenticate;
 pub mod authorize;
 pub mod error;

@@ -6,7 +6,7 @@
 //!
 //! The scan fails closed rather than parsing MIME: `name=` or `name*=` (after `;`, a space
 //! or a tab, in any case) whose value reads as `access_token` (see
-//! [`super::forward::is_access_token_name`]) anywhere in the body refuses it, also inside
+//! [`super::access_token::is_access_token_name`]) anywhere in the body refuses it, also inside
 //! a file's contents. A match split across chunks is found: the last bytes of each chunk
 //! are scanned again with the next.
 
@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use super::forward::is_access_token_name;
+use super::access_token::is_access_token_name;
 use crate::http::{Body, BoxError};
 
 /// The longest field name looked at; a longer one is judged by its start (PHP's array

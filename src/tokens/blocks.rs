@@ -4,6 +4,7 @@
 //! reads. Blocks are few (an operator makes each by hand), so the whole set is held; when
 //! there is none, the check is one atomic load.
 
+use crate::metrics::BlockStats;
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,15 +79,6 @@ pub(super) struct Blocks {
     any: AtomicBool,
     refused_jti: AtomicU64,
     refused_sub: AtomicU64,
-}
-
-/// Blocked requests and blocks held, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BlockStats {
-    pub refused_jti: u64,
-    pub refused_sub: u64,
-    pub jti_blocks: u64,
-    pub sub_blocks: u64,
 }
 
 impl Blocks {

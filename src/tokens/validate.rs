@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::errors::ErrorKind;
 
-pub use super::blocks::BlockStats;
 use super::blocks::Blocks;
 use super::cache::{Digest, Lookup, VerdictCache};
 use super::client_reset::ClientNotBefore;
@@ -16,6 +15,7 @@ pub use super::client_reset::{ClientResets, clamp_not_before, client_resets};
 use super::keys::{Key, KeySet};
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Config;
+pub use crate::metrics::{BlockStats, CacheStats};
 use crate::store::{Block, BlockKey, Store};
 
 /// Tokens longer than this are refused before any parsing or hashing.
@@ -76,14 +76,6 @@ impl TokenError {
             _ => "The access token is invalid",
         }
     }
-}
-
-/// How well the validation cache is doing, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub entries: u64,
 }
 
 /// Revoked jtis seen by this process, each until its token would have expired anyway.
