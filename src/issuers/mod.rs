@@ -91,7 +91,9 @@ impl Issuer {
         };
         let policy = policy(&config, rule_claims);
         let introspection = match &config.introspection {
-            Some(i) => Some(Arc::new(IntrospectionClient::new(introspection_settings(&config, i)).map_err(|e| e.to_string())?)),
+            Some(i) => {
+                Some(Arc::new(IntrospectionClient::new(introspection_settings(&config, i)).map_err(|e| e.to_string())?))
+            }
             None => None,
         };
         Ok(Issuer {
@@ -334,11 +336,8 @@ impl IssuerSet {
 
     /// The introspection series of the introspection issuers (none: nothing written).
     pub fn render_introspection_metrics(&self, out: &mut String) {
-        let stats: Vec<(&str, introspection::IntrospectionStats)> = self
-            .issuers
-            .iter()
-            .filter_map(|i| i.introspection.as_ref().map(|c| (i.name(), c.stats())))
-            .collect();
+        let stats: Vec<(&str, introspection::IntrospectionStats)> =
+            self.issuers.iter().filter_map(|i| i.introspection.as_ref().map(|c| (i.name(), c.stats()))).collect();
         if !stats.is_empty() {
             introspection::render_metrics(out, &stats);
         }

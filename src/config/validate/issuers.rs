@@ -9,9 +9,7 @@ use toml::Spanned;
 
 use super::{Validator, is_loopback};
 use crate::config::ConfigError;
-use crate::config::model::{
-    ClaimRule, ClaimTest, Introspection, JwksSource, JwsAlgorithm, SELF_ISSUER, TrustedIssuer,
-};
+use crate::config::model::{ClaimRule, ClaimTest, Introspection, JwksSource, JwsAlgorithm, SELF_ISSUER, TrustedIssuer};
 use crate::config::raw::{RawRoute, RawTrustedIssuer};
 
 /// Leeway beyond this is a clock problem to fix, not to paper over.
@@ -129,7 +127,7 @@ impl Validator<'_> {
             None if introspecting => &[],
             None => {
                 return Err(self.err(
-                r.name.span(),
+                    r.name.span(),
                     "algorithms is required (e.g. [\"RS256\"]): the algorithm is never taken from the token",
                 ));
             }
@@ -316,14 +314,13 @@ impl Validator<'_> {
                 out.push(name.clone());
             }
         }
-        let introspected: Vec<&str> = known
-            .iter()
-            .filter(|i| i.is_introspection() && out.contains(&i.name))
-            .map(|i| i.name.as_str())
-            .collect();
+        let introspected: Vec<&str> =
+            known.iter().filter(|i| i.is_introspection() && out.contains(&i.name)).map(|i| i.name.as_str()).collect();
         if introspected.len() > 1 {
+            // At the second one named.
+            let span = list.iter().filter(|n| introspected.contains(&n.get_ref().as_str())).nth(1).map(|n| n.span());
             return Err(self.err(
-                r.prefix.span(),
+                span.unwrap_or(r.prefix.span()),
                 format!(
                     "issuers names {} introspection issuers ({}): an opaque token says nothing of its issuer, so a \
                      route may ask at most one",
