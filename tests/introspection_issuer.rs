@@ -368,6 +368,15 @@ fn config_errors_point_at_the_line() {
     assert!(cfg.trusted_issuers[0].is_introspection());
     let shown = format!("{:?}", cfg.trusted_issuers[0]);
     assert!(!shown.contains("s3cret") && shown.contains("<redacted>"), "{shown}");
+    // `check`'s summary names the endpoint and the bounds, never the secret.
+    let mut summary = Vec::new();
+    cfg.write_summary(&mut summary).unwrap();
+    let summary = String::from_utf8(summary).unwrap();
+    assert!(
+        summary.contains("introspection=https://idp.example/introspect") && summary.contains("max_cache=0s"),
+        "{summary}"
+    );
+    assert!(!summary.contains("s3cret"), "{summary}");
 }
 
 /// `check` builds the introspection client as `serve` does: a missing CA is refused.
