@@ -194,6 +194,15 @@ async fn a_route_without_the_issuer_never_sends_the_token() {
     // A JWT naming an unknown issuer: refused, never sent.
     c["iss"] = json!("https://unknown.example");
     assert_eq!(status(&gw, "/op/x", &key.sign(&c)).await, 401);
+    // A JWT whose iss cannot be read (named twice): refused, never sent.
+    let twice = format!(
+        "e30.{}.sig",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            format!(r#"{{"iss":"{}","iss":"{ISSUER}"}}"#, idp.issuer)
+        )
+    );
+    assert_refused(&gw, "/op/x", &twice, "iss twice").await;
     assert_eq!(idp.introspections(), 1, "no other issuer's token reached the IdP");
 
     // A JWT naming the introspection issuer is asked about like an opaque token.

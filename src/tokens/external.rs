@@ -56,6 +56,17 @@ pub(super) fn unverified_iss(token: &str) -> Result<Option<String>, TokenError> 
     Ok(c.iss)
 }
 
+/// Is `token` shaped as a JWT: is its second dot-separated part base64url of what begins
+/// as a JSON object? Such a token is never sent to an introspection endpoint unless its
+/// `iss` names that issuer; anything else (an opaque token) may be.
+pub(super) fn has_json_payload(token: &str) -> bool {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+        .is_some_and(|b| b.trim_ascii_start().first() == Some(&b'{'))
+}
+
 fn jws_alg(a: jsonwebtoken::Algorithm) -> Option<JwsAlgorithm> {
     use jsonwebtoken::Algorithm as J;
     Some(match a {
@@ -267,6 +278,10 @@ mod tests {
         assert_eq!(unverified_iss(&enc(r#"{"iss":"a"}"#)), Ok(Some("a".into())));
         assert_eq!(unverified_iss(&enc(r#"{"iss":"a","iss":"b"}"#)), Err(TokenError::Malformed));
         assert_eq!(unverified_iss(&enc(r#"[1]"#)), Err(TokenError::Malformed));
+        assert!(has_json_payload(&enc(r#"{"iss":"a","iss":"b"}"#)) && has_json_payload(&enc(" {}")));
+        for opaque in ["opq_abc", "a.b.c", "", &enc("[1]"), "x.e30", "x.e30=.y"] {
+            assert_eq!(has_json_payload(opaque), opaque == "x.e30", "{opaque}");
+        }
         assert!(serde_json::from_str::<UniqueMap>(r#"{"a":1,"a":2}"#).is_err());
         let m: Map<String, Value> = serde_json::from_str(
             r#"{"realm_access":{"roles":["a","b c","d"]},"https://x.example/t":"acme","scp":["r","w"]}"#,

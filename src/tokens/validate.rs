@@ -255,12 +255,14 @@ impl Validator {
             let iss = super::external::unverified_iss(token);
             if let Some(issuer) = introspector {
                 // Asked of the IdP: a token that is not a JWT (its second dot-separated
-                // part is not a base64url JSON object; opaque tokens usually have one
+                // part is not base64url of a JSON object; opaque tokens usually have one
                 // part), a JWT without `iss`, or one naming this issuer. A JWT naming
-                // another issuer (ours included) is never sent: it is verified, or refused,
-                // here, and an IdP never sees another issuer's tokens.
+                // another issuer (ours included), or whose `iss` cannot be read, is never
+                // sent: it is verified, or refused, here, and an IdP never sees another
+                // issuer's tokens.
                 let ask = match &iss {
-                    Err(_) | Ok(None) => true,
+                    Err(_) => !super::external::has_json_payload(token),
+                    Ok(None) => true,
                     Ok(Some(iss)) => *iss == issuer.config.issuer,
                 };
                 if ask {
