@@ -151,6 +151,7 @@ async fn route<B>(gw: &Gateway, req: &Request<B>) -> Result<Response<Body>, Admi
             let stats = gw.validator.stats().await;
             let mut text = gw.metrics.render(&stats);
             crate::metrics::render_issuers(&mut text, &gw.runtime().issuers.stats());
+            gw.runtime().issuers.render_introspection_metrics(&mut text);
             let store_up = gw.store.health().await == Health::Healthy;
             let _ = gw.validator.store_answered(store_up);
             crate::metrics::render_lifecycle(

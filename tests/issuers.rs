@@ -575,8 +575,8 @@ file = "/nonexistent/k1.pem"
         ),
         (format!("{}{}", issuer(""), issuer("").replace("\"corp\"", "\"corp2\"")), "already trusted", 19),
         (issuer("").replace("\"corp\"", "\"self\""), "reserved", 12),
-        (issuer("kind = \"introspection\""), "not supported yet", 16),
-        (issuer("introspection_endpoint = \"https://idp.example/introspect\""), "not supported yet", 16),
+        (issuer("kind = \"introspection\""), "algorithms is for kind = \"jwt\"", 14),
+        (issuer("introspection_endpoint = \"https://idp.example/introspect\""), "is for kind = \"introspection\"", 16),
         (issuer("refresh_min = \"2h\""), "refresh_min", 16),
         (
             "\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n[route.claims]\ntenant = { within = \"a\" }\n"

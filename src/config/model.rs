@@ -395,7 +395,34 @@ pub enum JwksSource {
     Discovery,
 }
 
-/// A `[[trusted_issuer]]`: an identity provider whose JWTs routes may accept.
+/// How an introspection issuer (`kind = "introspection"`) is asked about its opaque
+/// tokens (RFC 7662). Its `Debug` leaves the secret out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Introspection {
+    /// `https://`, or `http://` on loopback.
+    pub(crate) endpoint: String,
+    pub(crate) client_id: String,
+    pub(crate) client_secret: String,
+    /// The longest an active answer is reused: how late a revocation at the IdP can show.
+    pub(crate) max_cache: Duration,
+    /// How long an inactive answer, or a failure, is reused.
+    pub(crate) negative_cache: Duration,
+}
+
+impl std::fmt::Debug for Introspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspection")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("max_cache", &self.max_cache)
+            .field("negative_cache", &self.negative_cache)
+            .finish()
+    }
+}
+
+/// A `[[trusted_issuer]]`: an identity provider whose tokens routes may accept — JWTs
+/// verified with its published keys, or (with `introspection`) opaque tokens it is asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedIssuer {
     /// What routes call it in `issuers`.
@@ -424,6 +451,8 @@ pub struct TrustedIssuer {
     /// At most one fetch for an unknown `kid` per this long.
     pub(crate) refetch_interval: Duration,
     pub(crate) max_jwks_bytes: usize,
+    /// Set for `kind = "introspection"`: then the JWKS settings above are unused.
+    pub(crate) introspection: Option<Introspection>,
     pub(crate) line: usize,
 }
 
@@ -433,6 +462,11 @@ impl TrustedIssuer {
         let mut a = self.clone();
         a.line = other.line;
         a == *other
+    }
+
+    /// An issuer of opaque tokens, asked about each by introspection.
+    pub fn is_introspection(&self) -> bool {
+        self.introspection.is_some()
     }
 }
 

@@ -232,7 +232,7 @@ pub struct RawRoute {
 pub struct RawTrustedIssuer {
     pub name: Spanned<String>,
     pub issuer: Spanned<String>,
-    /// `jwt` (the default); `introspection` is refused for now.
+    /// `jwt` (the default) or `introspection`.
     pub kind: Option<Spanned<String>>,
     pub jwks_uri: Option<Spanned<String>>,
     pub algorithms: Option<Vec<Spanned<String>>>,
@@ -249,9 +249,11 @@ pub struct RawTrustedIssuer {
     pub refresh_max: Option<Spanned<String>>,
     pub refetch_interval: Option<Spanned<String>>,
     pub max_jwks_bytes: Option<Spanned<u64>>,
-    /// Opaque-token introspection (RFC 7662): named here so that they are refused with a
-    /// clear message rather than as unknown keys.
-    pub introspection_endpoint: Option<Spanned<toml::Value>>,
-    pub client_id: Option<Spanned<toml::Value>>,
-    pub client_secret: Option<Spanned<toml::Value>>,
+    /// `kind = "introspection"` (RFC 7662, opaque tokens): where and as whom to ask, and
+    /// how long answers are reused.
+    pub introspection_endpoint: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret: Option<Spanned<String>>,
+    pub max_cache: Option<Spanned<String>>,
+    pub negative_cache: Option<Spanned<String>>,
 }

@@ -102,6 +102,21 @@ impl Config {
             writeln!(out, "user      {}{linked_only}{}", u.username, if u.enabled { "" } else { " DISABLED" })?;
         }
         for i in &config.trusted_issuers {
+            if let Some(x) = &i.introspection {
+                // The secret is never shown.
+                writeln!(
+                    out,
+                    "trusted   {} {} introspection={} client_id={} audience=[{}] max_cache={} negative_cache={}",
+                    i.name,
+                    i.issuer,
+                    x.endpoint,
+                    x.client_id,
+                    i.audiences.join(","),
+                    humantime::format_duration(x.max_cache),
+                    humantime::format_duration(x.negative_cache)
+                )?;
+                continue;
+            }
             let algs: Vec<_> = i.algorithms.iter().map(|a| a.as_str()).collect();
             let jwks = match &i.jwks {
                 super::JwksSource::Uri(u) => u.as_str(),

@@ -26,14 +26,15 @@
 //! first costs the provider one more request). The outage is visible to the operator in
 //! `portcullis_introspection_requests_total{outcome!~"active|inactive"}`, not to callers.
 //!
-//! **Intended wiring** (after the `[[issuer]]` work merges): an `[[issuer]]` with an
-//! introspection endpoint builds one [`IntrospectionClient`] from its settings when the
-//! config loads (kept across reloads that do not change them). The validator, given a
-//! bearer token that is not a JWT, asks the issuers configured for introspection;
-//! [`Introspected::Active`] becomes the request's principal (`sub`, `client_id`, `scope`,
-//! `jti`, `aud`, with the issuer's `iss`), on which the operator blocks apply by
-//! (`iss`, `jti`) and (`iss`, `sub`) as for every token; [`Introspected::Inactive`] and
-//! every error are `401 invalid_token`. `/metrics` appends [`render_metrics`].
+//! **Wiring**: a `[[trusted_issuer]]` with `kind = "introspection"` builds one
+//! [`IntrospectionClient`] when the config loads (kept across reloads that leave its
+//! settings alone; see `super::IssuerSet::build`), with `issuer` as the required `iss`;
+//! the validator checks the configured audiences itself. The validator asks it about a
+//! bearer token that is not a JWT (or names this issuer) on a route accepting it;
+//! [`Introspected::Active`] becomes the request's principal, on which the operator blocks
+//! apply by (`iss`, `jti`) and (`iss`, `sub`); [`Introspected::Inactive`] and every error
+//! are `401 invalid_token`. This cache is the only one: verdicts never enter the
+//! validator's. `/metrics` appends [`render_metrics`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -32,6 +32,7 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, JwksSource, TrustedIssuer};
 use crate::metrics::IssuerStats;
 use fetch::{FetchError, Fetcher};
+use introspection::{IntrospectionClient, IntrospectionSettings};
 pub use jwks::{Found, KeySet, PublicKey};
 
 /// Every outcome label a fetch can have, in the order the counters keep them.
@@ -67,6 +68,9 @@ pub struct Issuer {
     /// cached-verdict fingerprint, so a reload that changes them re-verifies.
     policy: [u8; 32],
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// For `kind = "introspection"`: the RFC 7662 client, whose cache is the only cache of
+    /// this issuer's verdicts (no key set, no background fetch).
+    introspection: Option<Arc<IntrospectionClient>>,
 }
 
 impl Drop for Issuer {
@@ -86,6 +90,12 @@ impl Issuer {
             JwksSource::Discovery => None,
         };
         let policy = policy(&config, rule_claims);
+        let introspection = match &config.introspection {
+            Some(i) => {
+                Some(Arc::new(IntrospectionClient::new(introspection_settings(&config, i)).map_err(|e| e.to_string())?))
+            }
+            None => None,
+        };
         Ok(Issuer {
             config,
             keys: ArcSwap::from_pointee(KeySet::default()),
@@ -97,11 +107,17 @@ impl Issuer {
             last_error: Mutex::new(None),
             policy,
             task: Mutex::new(None),
+            introspection,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The introspection client of an issuer of opaque tokens; `None` for a JWT issuer.
+    pub fn introspection(&self) -> Option<&IntrospectionClient> {
+        self.introspection.as_deref()
     }
 
     /// The key set in force (empty until the first successful fetch).
@@ -218,6 +234,22 @@ impl Issuer {
 
     /// For `/readyz?verbose`.
     pub fn readiness(&self) -> serde_json::Value {
+        if let Some(client) = &self.introspection {
+            // Nothing to load: each token is asked about when it arrives.
+            let stats = client.stats();
+            let failures: u64 = ["timeout", "status", "not_json", "too_large", "malformed", "transport"]
+                .iter()
+                .map(|o| stats.requests(o))
+                .sum();
+            return serde_json::json!({
+                "ok": true,
+                "required": false,
+                "kind": "introspection",
+                "issuer": self.config.issuer,
+                "requests": stats.requests("active") + stats.requests("inactive") + failures,
+                "failures": failures,
+            });
+        }
         let keys = self.keys.load().len();
         let last = self.last_success.load(Ordering::Relaxed);
         let mut v = serde_json::json!({
@@ -256,10 +288,18 @@ impl IssuerSet {
         for c in &config.trusted_issuers {
             let reuse = previous
                 .and_then(|p| p.issuers.iter().find(|o| o.config.name == c.name && o.config.same_settings(c)).cloned());
-            let fresh = Issuer::new(c.clone(), config.rule_claims()).map_err(|e| (c.line, e))?;
+            let mut fresh = Issuer::new(c.clone(), config.rule_claims()).map_err(|e| (c.line, e))?;
             match reuse {
                 Some(old) if old.policy == fresh.policy => issuers.push(old),
-                _ => issuers.push(Arc::new(fresh)),
+                Some(old) => {
+                    // Unchanged settings: an introspection issuer keeps its client, cache
+                    // and counters whatever the route rules now name.
+                    if old.introspection.is_some() {
+                        fresh.introspection = old.introspection.clone();
+                    }
+                    issuers.push(Arc::new(fresh));
+                }
+                None => issuers.push(Arc::new(fresh)),
             }
         }
         Ok(IssuerSet { issuers })
@@ -268,7 +308,7 @@ impl IssuerSet {
     /// Start the background fetch of every issuer that has none running yet.
     pub fn start(&self) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-        for i in &self.issuers {
+        for i in self.issuers.iter().filter(|i| i.introspection.is_none()) {
             let mut task = i.task.lock().unwrap_or_else(|e| e.into_inner());
             if task.is_none() {
                 let weak = Arc::downgrade(i);
@@ -289,9 +329,31 @@ impl IssuerSet {
         self.issuers.iter()
     }
 
+    /// JWKS fetch counters of the JWT issuers.
     pub fn stats(&self) -> Vec<IssuerStats> {
-        self.issuers.iter().map(|i| i.stats()).collect()
+        self.issuers.iter().filter(|i| i.introspection.is_none()).map(|i| i.stats()).collect()
     }
+
+    /// The introspection series of the introspection issuers (none: nothing written).
+    pub fn render_introspection_metrics(&self, out: &mut String) {
+        let stats: Vec<(&str, introspection::IntrospectionStats)> =
+            self.issuers.iter().filter_map(|i| i.introspection.as_ref().map(|c| (i.name(), c.stats()))).collect();
+        if !stats.is_empty() {
+            introspection::render_metrics(out, &stats);
+        }
+    }
+}
+
+/// The client settings of an introspection issuer: its `iss` is required of answers that
+/// name one; the audience is checked by the validator (any of the configured ones).
+fn introspection_settings(config: &TrustedIssuer, i: &crate::config::Introspection) -> IntrospectionSettings {
+    let mut s = IntrospectionSettings::new(&i.endpoint, &i.client_id, &i.client_secret);
+    s.ca_file = config.ca.clone();
+    s.timeout = config.timeout;
+    s.max_cache = i.max_cache;
+    s.negative_cache = i.negative_cache;
+    s.issuer = Some(config.issuer.clone());
+    s
 }
 
 /// SHA-256 of every setting of `config` that bears on a verdict, and of the claims route

@@ -13,6 +13,7 @@ use super::LEEWAY_SECS;
 use super::principal::{ClaimValue, Principal};
 use super::validate::TokenError;
 use crate::config::JwsAlgorithm;
+use crate::issuers::introspection::ActiveToken;
 use crate::issuers::{Found, Issuer};
 
 /// A JSON object whose top-level names are each given once: a token that says `iss` (or
@@ -53,6 +54,17 @@ pub(super) fn unverified_iss(token: &str) -> Result<Option<String>, TokenError> 
     let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
     let c: IssOnly = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
     Ok(c.iss)
+}
+
+/// Is `token` shaped as a JWT: is its second dot-separated part base64url of what begins
+/// as a JSON object? Such a token is never sent to an introspection endpoint unless its
+/// `iss` names that issuer; anything else (an opaque token) may be.
+pub(super) fn has_json_payload(token: &str) -> bool {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+        .is_some_and(|b| b.trim_ascii_start().first() == Some(&b'{'))
 }
 
 fn jws_alg(a: jsonwebtoken::Algorithm) -> Option<JwsAlgorithm> {
@@ -206,6 +218,56 @@ pub(super) async fn verify(
     .ok_or(TokenError::BadClaims)
 }
 
+/// The verdict on a token `issuer` (an introspection issuer) called active. Its `aud` must
+/// hold one of the issuer's audiences (absent: refused, as for JWTs); the subject is `sub`,
+/// else `client_id` (RFC 7662 makes `sub` optional: a client acting for itself); values
+/// with control characters are refused. Route rules see the RFC 7662 members the answer
+/// carries: `sub`, `client_id`, `scope`, `aud` (a list), `iss`, `jti`, `username`.
+/// `expires_at` is `exp` capped at `max_cache` from now: nothing vouches for the token
+/// beyond that.
+pub(super) fn from_introspection(
+    t: &ActiveToken,
+    issuer: &Issuer,
+    rule_claims: &[String],
+    now: u64,
+) -> Result<Principal, TokenError> {
+    let cfg = &issuer.config;
+    let audience = cfg.audiences.iter().find(|a| t.aud.contains(a)).ok_or(TokenError::WrongAudience)?;
+    let client_id = t.client_id.as_deref().unwrap_or("");
+    let subject = t
+        .sub
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .or(Some(client_id).filter(|c| !c.is_empty()))
+        .ok_or(TokenError::BadClaims)?;
+    let scope = t.scope.as_deref().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+    let jti = t.jti.as_deref().unwrap_or("");
+    if ![subject, client_id, &scope, jti, t.username.as_deref().unwrap_or("")].iter().all(|s| header_safe(s)) {
+        return Err(TokenError::BadClaims);
+    }
+    let kept = rule_claims
+        .iter()
+        .filter_map(|name| {
+            let text = |v: &Option<String>| v.as_deref().map(|s| ClaimValue::Text(s.into()));
+            let v = match name.as_str() {
+                "sub" => text(&t.sub),
+                "client_id" => text(&t.client_id),
+                "scope" => text(&t.scope),
+                "iss" => text(&t.iss),
+                "jti" => text(&t.jti),
+                "username" => text(&t.username),
+                "aud" => Some(ClaimValue::List(t.aud.iter().map(|a| a.as_str().into()).collect())),
+                _ => None,
+            }?;
+            Some((name.as_str().into(), v))
+        })
+        .collect();
+    let max_cache = cfg.introspection.as_ref().map_or(0, |i| i.max_cache.as_secs());
+    let expires_at = t.exp.unwrap_or(u64::MAX).min(now.saturating_add(max_cache));
+    Principal::build([client_id, subject, &scope, jti, "", audience, issuer.name()], kept, [0; 32], expires_at)
+        .ok_or(TokenError::BadClaims)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +278,10 @@ mod tests {
         assert_eq!(unverified_iss(&enc(r#"{"iss":"a"}"#)), Ok(Some("a".into())));
         assert_eq!(unverified_iss(&enc(r#"{"iss":"a","iss":"b"}"#)), Err(TokenError::Malformed));
         assert_eq!(unverified_iss(&enc(r#"[1]"#)), Err(TokenError::Malformed));
+        assert!(has_json_payload(&enc(r#"{"iss":"a","iss":"b"}"#)) && has_json_payload(&enc(" {}")));
+        for opaque in ["opq_abc", "a.b.c", "", &enc("[1]"), "x.e30", "x.e30=.y"] {
+            assert_eq!(has_json_payload(opaque), opaque == "x.e30", "{opaque}");
+        }
         assert!(serde_json::from_str::<UniqueMap>(r#"{"a":1,"a":2}"#).is_err());
         let m: Map<String, Value> = serde_json::from_str(
             r#"{"realm_access":{"roles":["a","b c","d"]},"https://x.example/t":"acme","scp":["r","w"]}"#,

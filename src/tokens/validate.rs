@@ -24,7 +24,8 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 pub use super::LEEWAY_SECS;
 pub use super::principal::{ClaimValue, Principal};
 use crate::config::SELF_ISSUER;
-use crate::issuers::IssuerSet;
+use crate::issuers::introspection::{Inactive, Introspected};
+use crate::issuers::{Issuer, IssuerSet};
 
 /// Why a token was refused. All of them are `invalid_token` on the wire; the detail is for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +67,13 @@ pub enum TokenError {
     /// An operator blocked its `jti` or its `sub` through the admin API (issue 16.5).
     #[error("token's jti or subject is blocked")]
     Blocked,
+    /// An introspection issuer said the token is not active (or it is not an access token).
+    #[error("identity provider says the token is not active")]
+    Inactive,
+    /// An introspection issuer could not be asked (down, slow, garbled answer): the token
+    /// can be shown neither good nor bad, and is refused like an invalid one.
+    #[error("identity provider could not be asked about the token")]
+    IntrospectionFailed,
 }
 
 impl TokenError {
@@ -234,10 +242,29 @@ impl Validator {
         // Only with trusted issuers configured does the payload get read before the
         // signature is checked: our own tokens' miss path stays as it was.
         if let Some(set) = issuers.filter(|s| s.iter().next().is_some()) {
-            match super::external::unverified_iss(token)? {
+            // The route's introspection issuer, if it accepts one (never more than one).
+            let introspector = set.iter().find(|i| i.introspection().is_some() && accepts(i.name()));
+            let iss = super::external::unverified_iss(token);
+            if let Some(issuer) = introspector {
+                // Asked of the IdP: a token that is not a JWT (its second dot-separated
+                // part is not base64url of a JSON object; opaque tokens usually have one
+                // part), a JWT without `iss`, or one naming this issuer. A JWT naming
+                // another issuer (ours included), or whose `iss` cannot be read, is never
+                // sent: it is verified, or refused, here, and an IdP never sees another
+                // issuer's tokens.
+                let ask = match &iss {
+                    Err(_) => !super::external::has_json_payload(token),
+                    Ok(None) => true,
+                    Ok(Some(iss)) => *iss == issuer.config.issuer,
+                };
+                if ask {
+                    return self.introspect(token, issuer, config.rule_claims(), now).await;
+                }
+            }
+            match iss? {
                 Some(iss) if iss != config.issuer() => {
                     let issuer = set.by_iss(&iss).ok_or(TokenError::WrongIssuer)?;
-                    if !accepts(issuer.name()) {
+                    if !accepts(issuer.name()) || issuer.introspection().is_some() {
                         return Err(TokenError::WrongIssuer);
                     }
                     let principal = Arc::new(super::external::verify(token, issuer, config.rule_claims(), now).await?);
@@ -289,6 +316,36 @@ impl Validator {
             self.cache.clear();
             return Err(e);
         }
+        Ok(principal)
+    }
+
+    /// Judge `token` by asking `issuer`'s introspection endpoint. The client's cache is the
+    /// only cache: the verdict is rebuilt per request and never enters the verdict cache,
+    /// so a revocation at the IdP shows within the issuer's `max_cache` and no later.
+    /// Operator blocks apply under the issuer's `iss`.
+    async fn introspect(
+        &self,
+        token: &str,
+        issuer: &Issuer,
+        rule_claims: &[String],
+        now: u64,
+    ) -> Result<Arc<Principal>, TokenError> {
+        let client = issuer.introspection().ok_or(TokenError::WrongIssuer)?;
+        let active = match client.introspect(token).await {
+            Ok(Introspected::Active(t)) => t,
+            Ok(Introspected::Inactive(why)) => {
+                return Err(match why {
+                    Inactive::Expired => TokenError::Expired,
+                    Inactive::NotYetValid => TokenError::NotYetValid,
+                    Inactive::WrongIssuer => TokenError::WrongIssuer,
+                    Inactive::WrongAudience => TokenError::WrongAudience,
+                    Inactive::NotActive | Inactive::NotAccessToken | Inactive::Unusable => TokenError::Inactive,
+                });
+            }
+            Err(_) => return Err(TokenError::IntrospectionFailed),
+        };
+        let principal = Arc::new(super::external::from_introspection(&active, issuer, rule_claims, now)?);
+        self.check_blocks(&issuer.config.issuer, &principal, now)?;
         Ok(principal)
     }
 

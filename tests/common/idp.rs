@@ -1,7 +1,10 @@
 //! A small identity provider on loopback for the trusted-issuer tests: OpenID discovery,
 //! a JWK Set it can rotate or break on demand (down, HTML, huge, slow), counters of what
-//! was fetched, and tokens signed with its keys (ES256, RS256, EdDSA) by aws-lc-rs.
+//! was fetched, and tokens signed with its keys (ES256, RS256, EdDSA) by aws-lc-rs. It
+//! also hands out opaque tokens and answers RFC 7662 introspection about them at
+//! `/introspect` (client `gw`, secret [`IDP_CLIENT_SECRET`]), revocably, counting requests.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -121,7 +124,15 @@ struct State {
     cache_control: Option<String>,
     /// Every answer waits this long first.
     delay: Option<std::time::Duration>,
+    /// Opaque token → its introspection answer when active.
+    opaque: HashMap<String, Value>,
+    /// When set, `/introspect` answers this status (and no JSON).
+    introspect_status: Option<u16>,
+    introspections: usize,
 }
+
+/// The secret of the gateway's client (`gw`) at the test IdP's introspection endpoint.
+pub const IDP_CLIENT_SECRET: &str = "gw-secret+/ with spaces";
 
 pub struct TestIdp {
     pub addr: SocketAddr,
@@ -164,7 +175,15 @@ impl TestIdp {
             Some(_) => format!("https://localhost:{}", addr.port()),
             None => format!("http://127.0.0.1:{}", addr.port()),
         };
-        let state = Arc::new(Mutex::new(State { keys, mode: Mode::Normal, cache_control: None, delay: None }));
+        let state = Arc::new(Mutex::new(State {
+            keys,
+            mode: Mode::Normal,
+            cache_control: None,
+            delay: None,
+            opaque: HashMap::new(),
+            introspect_status: None,
+            introspections: 0,
+        }));
         let jwks_fetches = Arc::new(AtomicUsize::new(0));
         let metadata_fetches = Arc::new(AtomicUsize::new(0));
         let (st, jf, mf, iss) = (state.clone(), jwks_fetches.clone(), metadata_fetches.clone(), issuer.clone());
@@ -180,6 +199,9 @@ impl TestIdp {
                             let delay = st.lock().unwrap().delay;
                             if let Some(d) = delay {
                                 tokio::time::sleep(d).await;
+                            }
+                            if req.uri().path() == "/introspect" {
+                                return Ok::<_, Infallible>(introspect(req, &st).await);
                             }
                             Ok::<_, Infallible>(answer(&req, &st, &jf, &mf, &iss))
                         }
@@ -228,11 +250,73 @@ impl TestIdp {
         format!("{}/jwks", self.issuer)
     }
 
+    /// `{issuer}/introspect`.
+    pub fn introspection_endpoint(&self) -> String {
+        format!("{}/introspect", self.issuer)
+    }
+
+    /// A new opaque token (one random part, no dots) that introspects as active with
+    /// `answer`'s members (`active`, `iss`, `exp` one hour ahead, unless given).
+    pub fn opaque_token(&self, answer: Value) -> String {
+        let token = format!("opq_{}", portcullis::tokens::random_token(24));
+        let mut a = json!({"active": true, "iss": self.issuer, "exp": portcullis::tokens::now_secs() + 3600});
+        for (k, v) in answer.as_object().unwrap() {
+            a[k] = v.clone();
+        }
+        self.state.lock().unwrap().opaque.insert(token.clone(), a);
+        token
+    }
+
+    /// The IdP forgets `token`: from now on it introspects as inactive.
+    pub fn revoke_opaque(&self, token: &str) {
+        self.state.lock().unwrap().opaque.remove(token);
+    }
+
+    /// `/introspect` answers `status` (an empty body) from now on; `None`: normally.
+    pub fn set_introspect_status(&self, status: Option<u16>) {
+        self.state.lock().unwrap().introspect_status = status;
+    }
+
+    /// Requests that reached `/introspect`.
+    pub fn introspections(&self) -> usize {
+        self.state.lock().unwrap().introspections
+    }
+
     /// Claims of a valid token of this IdP for `aud`, valid 10 minutes.
     pub fn claims(&self, sub: &str, aud: &str) -> Value {
         let now = portcullis::tokens::now_secs();
         json!({"iss": self.issuer, "sub": sub, "aud": aud, "exp": now + 600, "iat": now, "nbf": now,
                "jti": format!("idp-{}", portcullis::tokens::random_token(8))})
+    }
+}
+
+/// RFC 7662: `gw` authenticates with Basic (both halves form-encoded); the answer is the
+/// token's, or `{"active": false}`.
+async fn introspect(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<Bytes>> {
+    use base64::Engine;
+    let respond = |status: u16, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        r
+    };
+    let form = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("gw:{}", form(IDP_CLIENT_SECRET)));
+    let authorized =
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Basic {basic}"));
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut st = state.lock().unwrap();
+    st.introspections += 1;
+    if let Some(status) = st.introspect_status {
+        return respond(status, String::new());
+    }
+    if !authorized {
+        return respond(401, json!({"error": "invalid_client"}).to_string());
+    }
+    let token = form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned());
+    match token.and_then(|t| st.opaque.get(&t).cloned()) {
+        Some(a) => respond(200, a.to_string()),
+        None => respond(200, json!({"active": false}).to_string()),
     }
 }
 

@@ -9,13 +9,18 @@ use toml::Spanned;
 
 use super::{Validator, is_loopback};
 use crate::config::ConfigError;
-use crate::config::model::{ClaimRule, ClaimTest, JwksSource, JwsAlgorithm, SELF_ISSUER, TrustedIssuer};
+use crate::config::model::{ClaimRule, ClaimTest, Introspection, JwksSource, JwsAlgorithm, SELF_ISSUER, TrustedIssuer};
 use crate::config::raw::{RawRoute, RawTrustedIssuer};
 
 /// Leeway beyond this is a clock problem to fix, not to paper over.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// A JWK Set larger than this is refused whatever the configuration says.
 const MAX_JWKS_BYTES: u64 = 16 * 1024 * 1024;
+/// An active introspection answer is reused at most this long (issue 16.3): a revocation
+/// at the IdP must show within it.
+const MAX_INTROSPECTION_CACHE: Duration = Duration::from_secs(3600);
+/// An inactive answer or a failure is reused at most this long.
+const MAX_NEGATIVE_CACHE: Duration = Duration::from_secs(60);
 
 impl Validator<'_> {
     pub(super) fn trusted_issuers(
@@ -54,27 +59,48 @@ impl Validator<'_> {
                 self.err(r.name.span(), format!("issuer name {SELF_ISSUER:?} is reserved for the gateway itself"))
             );
         }
-        match r.kind.as_ref().map(|k| k.get_ref().as_str()) {
-            None | Some("jwt") => {}
-            Some("introspection") => {
+        let introspecting = match r.kind.as_ref().map(|k| k.get_ref().as_str()) {
+            None | Some("jwt") => false,
+            Some("introspection") => true,
+            Some(other) => {
                 return Err(self.err(
                     r.kind.as_ref().map_or(r.name.span(), |k| k.span()),
-                    "kind = \"introspection\" (opaque tokens, RFC 7662) is not supported yet; only \"jwt\"",
+                    format!("unknown issuer kind {other:?}: use \"jwt\" or \"introspection\""),
                 ));
             }
-            Some(other) => return Err(self.err(r.name.span(), format!("unknown issuer kind {other:?}: use \"jwt\""))),
-        }
-        for (key, v) in [
-            ("introspection_endpoint", &r.introspection_endpoint),
-            ("client_id", &r.client_id),
-            ("client_secret", &r.client_secret),
-        ] {
-            if let Some(v) = v {
-                return Err(self.err(
-                    v.span(),
-                    format!("{key}: introspection of opaque tokens is not supported yet; trusted issuers are JWT only"),
-                ));
-            }
+        };
+        // Each kind's own keys, refused on the other: a key that does nothing would mislead.
+        let jwt_only = [
+            ("jwks_uri", r.jwks_uri.as_ref().map(|v| v.span())),
+            ("algorithms", r.algorithms.as_ref().map(|v| v.first().map_or(r.name.span(), |a| a.span()))),
+            ("leeway", r.leeway.as_ref().map(|v| v.span())),
+            ("subject_claim", r.subject_claim.as_ref().map(|v| v.span())),
+            ("client_id_claim", r.client_id_claim.as_ref().map(|v| v.span())),
+            ("scope_claim", r.scope_claim.as_ref().map(|v| v.span())),
+            ("connect_timeout", r.connect_timeout.as_ref().map(|v| v.span())),
+            ("refresh_min", r.refresh_min.as_ref().map(|v| v.span())),
+            ("refresh_max", r.refresh_max.as_ref().map(|v| v.span())),
+            ("refetch_interval", r.refetch_interval.as_ref().map(|v| v.span())),
+            ("max_jwks_bytes", r.max_jwks_bytes.as_ref().map(|v| v.span())),
+        ];
+        let introspection_only = [
+            ("introspection_endpoint", r.introspection_endpoint.as_ref().map(|v| v.span())),
+            ("client_id", r.client_id.as_ref().map(|v| v.span())),
+            ("client_secret", r.client_secret.as_ref().map(|v| v.span())),
+            ("max_cache", r.max_cache.as_ref().map(|v| v.span())),
+            ("negative_cache", r.negative_cache.as_ref().map(|v| v.span())),
+        ];
+        let (misplaced, why) = if introspecting {
+            (
+                &jwt_only[..],
+                "is for kind = \"jwt\": an introspection issuer's tokens are judged by the IdP, and RFC 7662 \
+                 names their members (sub, client_id, scope); it takes only timeout",
+            )
+        } else {
+            (&introspection_only[..], "is for kind = \"introspection\" (opaque tokens, RFC 7662)")
+        };
+        if let Some((key, Some(span))) = misplaced.iter().find(|(_, s)| s.is_some()) {
+            return Err(self.err(span.clone(), format!("{key} {why}")));
         }
 
         let issuer = r.issuer.get_ref().trim().to_string();
@@ -96,11 +122,15 @@ impl Validator<'_> {
             None => JwksSource::Discovery,
         };
 
-        let Some(algs) = &r.algorithms else {
-            return Err(self.err(
-                r.name.span(),
-                "algorithms is required (e.g. [\"RS256\"]): the algorithm is never taken from the token",
-            ));
+        let algs = match &r.algorithms {
+            Some(a) => a.as_slice(),
+            None if introspecting => &[],
+            None => {
+                return Err(self.err(
+                    r.name.span(),
+                    "algorithms is required (e.g. [\"RS256\"]): the algorithm is never taken from the token",
+                ));
+            }
         };
         let mut algorithms = Vec::new();
         for a in algs {
@@ -121,7 +151,7 @@ impl Validator<'_> {
                 algorithms.push(alg);
             }
         }
-        if algorithms.is_empty() {
+        if algorithms.is_empty() && !introspecting {
             return Err(self.err(r.name.span(), "algorithms must name at least one algorithm"));
         }
 
@@ -192,7 +222,52 @@ impl Validator<'_> {
             refresh_max,
             refetch_interval: self.duration(&r.refetch_interval, Duration::from_secs(30))?,
             max_jwks_bytes: usize::try_from(max_jwks_bytes).unwrap_or(usize::MAX),
+            introspection: if introspecting { Some(self.introspection(r)?) } else { None },
             line,
+        })
+    }
+
+    /// The settings of `kind = "introspection"`: the endpoint, the gateway's credentials
+    /// there, and the cache bounds.
+    fn introspection(&self, r: &RawTrustedIssuer) -> Result<Introspection, ConfigError> {
+        let missing = |key: &str| {
+            self.err(
+                r.name.span(),
+                format!("{key} is required for kind = \"introspection\" (the gateway asks the IdP as a client)"),
+            )
+        };
+        let endpoint = r.introspection_endpoint.as_ref().ok_or_else(|| missing("introspection_endpoint"))?;
+        self.idp_url(endpoint, "introspection_endpoint")?;
+        let credential = |v: &Option<Spanned<String>>, key: &str| -> Result<String, ConfigError> {
+            let v = v.as_ref().ok_or_else(|| missing(key))?;
+            let s = v.get_ref();
+            if s.is_empty() || s.chars().any(char::is_control) {
+                return Err(self.err(v.span(), format!("{key} must be non-empty, without control characters")));
+            }
+            Ok(s.clone())
+        };
+        let client_id = credential(&r.client_id, "client_id")?;
+        let client_secret = credential(&r.client_secret, "client_secret")?;
+        let max_cache = self.duration_or_zero(&r.max_cache, Duration::from_secs(60))?;
+        if max_cache > MAX_INTROSPECTION_CACHE {
+            return Err(self.err(
+                r.max_cache.as_ref().map_or(r.name.span(), |s| s.span()),
+                "max_cache may be at most 1h: it is how late a revocation at the IdP may show here",
+            ));
+        }
+        let negative_cache = self.duration_or_zero(&r.negative_cache, Duration::from_secs(5))?;
+        if negative_cache > MAX_NEGATIVE_CACHE {
+            return Err(self.err(
+                r.negative_cache.as_ref().map_or(r.name.span(), |s| s.span()),
+                "negative_cache may be at most 1m: an IdP failure is remembered that long, refusing good tokens",
+            ));
+        }
+        Ok(Introspection {
+            endpoint: endpoint.get_ref().trim().to_string(),
+            client_id,
+            client_secret,
+            max_cache,
+            negative_cache,
         })
     }
 
@@ -208,10 +283,14 @@ impl Validator<'_> {
         match url.scheme() {
             "https" => Ok(url),
             "http" if is_loopback(&url) => Ok(url),
-            "http" => Err(self.err(
-                v.span(),
-                format!("{field} {s:?} is http:// off loopback: keys fetched in clear could be replaced; use https"),
-            )),
+            "http" => {
+                let why = if field == "introspection_endpoint" {
+                    "the client secret and every token would travel in clear"
+                } else {
+                    "keys fetched in clear could be replaced"
+                };
+                Err(self.err(v.span(), format!("{field} {s:?} is http:// off loopback: {why}; use https")))
+            }
             _ => Err(self.err(v.span(), format!("{field} must be an https URL"))),
         }
     }
@@ -234,6 +313,21 @@ impl Validator<'_> {
             if !out.contains(name) {
                 out.push(name.clone());
             }
+        }
+        let introspected: Vec<&str> =
+            known.iter().filter(|i| i.is_introspection() && out.contains(&i.name)).map(|i| i.name.as_str()).collect();
+        if introspected.len() > 1 {
+            // At the second one named.
+            let span = list.iter().filter(|n| introspected.contains(&n.get_ref().as_str())).nth(1).map(|n| n.span());
+            return Err(self.err(
+                span.unwrap_or(r.prefix.span()),
+                format!(
+                    "issuers names {} introspection issuers ({}): an opaque token says nothing of its issuer, so a \
+                     route may ask at most one",
+                    introspected.len(),
+                    introspected.join(", ")
+                ),
+            ));
         }
         if out.is_empty() {
             return Err(self.err(r.prefix.span(), "issuers must name at least one issuer"));
