@@ -10,8 +10,8 @@ use serde::de::{self, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::LEEWAY_SECS;
+use super::error::TokenError;
 use super::principal::{ClaimValue, Principal};
-use super::validate::TokenError;
 use crate::config::JwsAlgorithm;
 use crate::issuers::introspection::ActiveToken;
 use crate::issuers::{Found, Issuer};

@@ -4,6 +4,7 @@
 mod blocks;
 pub mod cache;
 mod client_reset;
+mod error;
 mod external;
 pub mod issue;
 pub mod keys;
