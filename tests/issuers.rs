@@ -503,6 +503,11 @@ async fn a_reload_keeps_the_keys_of_unchanged_issuers() {
     wait_until("the changed issuer fetched", || async { idp.jwks_fetches() > fetched }).await;
     wait_for_keys(&gw, "corp").await;
     assert_eq!(status(&gw, "/corp/x", &token).await, 200);
+    // Renamed (the routes follow): the token cached under the old name is judged again,
+    // not refused until it expires.
+    gw.rewrite_config(|t| t.replace("name = \"corp\"", "name = \"corp2\"").replace("\"corp\"]", "\"corp2\"]"));
+    wait_for_keys(&gw, "corp2").await;
+    assert_eq!(status(&gw, "/corp/x", &token).await, 200);
 }
 
 #[tokio::test]

@@ -140,10 +140,11 @@ impl Validator {
         let now = now_secs();
         let digest = Digest(sha256(token.as_bytes()));
         match self.cache.get(&digest, now) {
-            Lookup::Hit(p) if !accepts(p.issuer_name()) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Err(TokenError::WrongIssuer);
-            }
+            // Verified under an issuer name this route does not accept: perhaps another
+            // issuer's token, perhaps a name a reload changed. The miss path below decides
+            // again from the token's `iss` (refusing before any signature check when the
+            // route accepts none of them), so a renamed issuer's cached tokens keep working.
+            Lookup::Hit(p) if !accepts(p.issuer_name()) => {}
             Lookup::Hit(p) if !p.is_own() => {
                 // Served only while the key that verified it is in its issuer's set under
                 // the same policy; otherwise verified again below.
