@@ -688,3 +688,32 @@ async fn operator_blocks_cover_a_trusted_issuers_tokens_cached_or_not() {
     let other = idp_token(&idp, &key, "alice", json!({"scope": "read", "jti": "ext-3"}));
     assert_eq!(status(&gw, "/corp/x", &other).await, 200);
 }
+
+/// An IdP that answers with a well-formed set holding no usable key (emptied after a
+/// compromise) is taken at its word: its keys stop verifying, cached verdicts included.
+/// Garbage instead of a set keeps the last good one (see the outage test).
+#[tokio::test]
+async fn an_emptied_key_set_stops_every_key_of_that_issuer() {
+    let up = EchoUpstream::start().await;
+    let key = IdpKey::es256("e1");
+    let idp = TestIdp::start(vec![key.clone()]).await;
+    let gw = gateway(&up, &issuer_toml("corp", &idp, &format!("jwks_uri = \"{}\"", idp.jwks_uri())), "").await;
+    wait_for_keys(&gw, "corp").await;
+    let token = idp_token(&idp, &key, "alice", json!({"scope": "read"}));
+    assert_eq!(status(&gw, "/corp/x", &token).await, 200, "verified and cached");
+    idp.set_mode(Mode::Html);
+    let fetched = idp.jwks_fetches();
+    wait_until("a garbage answer fetched", || async { idp.jwks_fetches() > fetched }).await;
+    assert_eq!(status(&gw, "/corp/x", &token).await, 200, "garbage keeps the last good set");
+    idp.set_mode(Mode::Normal);
+    idp.publish(vec![]);
+    wait_until("the emptied set taken", || async { keys_in_force(&gw, "corp").await == 0 }).await;
+    assert_eq!(status(&gw, "/corp/x", &token).await, 401);
+    assert_eq!(status(&gw, "/corp/x", &idp_token(&idp, &key, "bob", json!({"scope": "read"}))).await, 401);
+    let v = verbose(&gw).await;
+    assert!(v["checks"]["issuers"]["corp"]["detail"].as_str().unwrap_or("").contains("no keys in force"), "{v}");
+    // Keys published again are fetched again.
+    idp.publish(vec![key.clone()]);
+    wait_for_keys(&gw, "corp").await;
+    assert_eq!(status(&gw, "/corp/x", &token).await, 200);
+}

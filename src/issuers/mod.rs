@@ -162,6 +162,10 @@ impl Issuer {
                 self.last_success.store(now_secs(), Ordering::Relaxed);
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
+            Err(e @ FetchError::NoUsableKeys) => {
+                tracing::warn!(issuer = %self.config.name, outcome = label, error = %e, "JWKS holds no usable key; this issuer's tokens are refused until it does");
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+            }
             Err(e) => {
                 tracing::warn!(issuer = %self.config.name, outcome = label, error = %e, "JWKS fetch failed; the last good key set stays in force");
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
@@ -183,10 +187,18 @@ impl Issuer {
             }
         };
         let doc = self.fetcher.get(&uri).await?;
-        let (set, skipped) = jwks::parse(&doc.body, &self.config.algorithms, &self.policy).map_err(|e| match e {
-            jwks::JwksError::NoUsableKeys => FetchError::NoUsableKeys,
-            e => FetchError::BadDocument(e.to_string()),
-        })?;
+        let (set, skipped) = match jwks::parse(&doc.body, &self.config.algorithms, &self.policy) {
+            Ok(parsed) => parsed,
+            // A well-formed set the IdP answered with, holding no key we may use (emptied
+            // after a compromise, or rotated to keys the config does not allow): it is the
+            // IdP's word, so the keys it no longer lists stop verifying now, cached
+            // verdicts included. Garbage (not a JWK Set) keeps the last good set instead.
+            Err(jwks::JwksError::NoUsableKeys) => {
+                self.keys.store(Arc::new(KeySet::default()));
+                return Err(FetchError::NoUsableKeys);
+            }
+            Err(e) => return Err(FetchError::BadDocument(e.to_string())),
+        };
         for why in skipped {
             // Bounded: the reason quotes the document.
             let why: String = why.chars().take(200).collect();
@@ -263,7 +275,7 @@ impl Issuer {
         }
         let error = self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match (keys, error) {
-            (0, Some(e)) => v["detail"] = format!("no keys yet ({e}); this issuer's tokens are refused").into(),
+            (0, Some(e)) => v["detail"] = format!("no keys in force ({e}); this issuer's tokens are refused").into(),
             (0, None) => v["detail"] = "no keys yet; this issuer's tokens are refused".into(),
             (_, Some(e)) => v["detail"] = format!("last fetch failed ({e}); the last good key set is in force").into(),
             _ => {}
