@@ -50,6 +50,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
          X-Auth-Token-ID: forged2\r\n\
          X-Auth-User: mallory\r\n\
          X-AUTH-USER: mallory2\r\n\
+         X-Auth-Issuer: https://evil.example\r\n\
          Authorization: Bearer {token}\r\n\
          Connection: close\r\n",
         port = gw.https.port()
@@ -58,6 +59,8 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
     let echo = resp.echo();
     // Exactly the gateway's values, once each; svc has no user, so no user header at all.
     assert_identity(&echo, "svc", "svc", "read", &jti, None);
+    // And the issuer of the token: ours.
+    assert_eq!(echo.header_all("x-auth-issuer"), vec![ISSUER], "{echo:?}");
 
     // The same over the public route: nothing vouched for, nothing passes.
     let head = head.replace("/api/spoof", "/public/spoof");

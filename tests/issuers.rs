@@ -108,6 +108,8 @@ async fn discovery_then_tokens_pass_with_identity_from_the_mapped_claims() {
     let echo = echo_get(&gw, "/corp/x", &token).await;
     // client id from azp (no client_id claim), scopes from the dotted path, the user is the subject.
     assert_identity(&echo, "corp-app", "alice@corp", "read billing", "j-1", Some("alice@corp"));
+    // The issuer tells it apart from a token of ours for a client or user of the same name.
+    assert_eq!(echo.header_all("x-auth-issuer"), vec![idp.issuer.as_str()], "{echo:?}");
     // A second request is a cache hit.
     let hits = cache_hits(&gw).await;
     echo_get(&gw, "/corp/x", &token).await;

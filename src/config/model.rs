@@ -486,11 +486,14 @@ pub struct IdentityHeaders {
     pub(crate) scope: HeaderName,
     pub(crate) token_id: HeaderName,
     pub(crate) user: HeaderName,
+    /// The issuer URL of the token (ours or a trusted issuer's): with trusted issuers, a
+    /// client or user named alike at two issuers is told apart only by it.
+    pub(crate) issuer: HeaderName,
 }
 
 impl IdentityHeaders {
-    pub fn all(&self) -> [&HeaderName; 5] {
-        [&self.client_id, &self.subject, &self.scope, &self.token_id, &self.user]
+    pub fn all(&self) -> [&HeaderName; 6] {
+        [&self.client_id, &self.subject, &self.scope, &self.token_id, &self.user, &self.issuer]
     }
 }
 

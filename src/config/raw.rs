@@ -151,6 +151,7 @@ pub struct RawHeaders {
     pub scope: Option<Spanned<String>>,
     pub token_id: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
+    pub issuer: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -536,6 +536,14 @@ fn upstream_headers(
         if let Some(user) = p.user() {
             headers.insert(ids.user.clone(), value(user)?);
         }
+        let issuer = if p.is_own() {
+            Some(rt.config.issuer())
+        } else {
+            rt.issuers.by_name(p.issuer_name()).map(|i| i.config.issuer.as_str())
+        };
+        if let Some(iss) = issuer {
+            headers.insert(ids.issuer.clone(), value(iss)?);
+        }
     }
     Ok(())
 }

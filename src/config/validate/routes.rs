@@ -48,8 +48,9 @@ impl Validator<'_> {
             scope: self.header(&h.scope, "x-auth-scope")?,
             token_id: self.header(&h.token_id, "x-auth-token-id")?,
             user: self.header(&h.user, "x-auth-user")?,
+            issuer: self.header(&h.issuer, "x-auth-issuer")?,
         };
-        let raw = [&h.client_id, &h.subject, &h.scope, &h.token_id, &h.user];
+        let raw = [&h.client_id, &h.subject, &h.scope, &h.token_id, &h.user, &h.issuer];
         for (i, (name, given)) in headers.all().into_iter().zip(raw).enumerate() {
             let Some(given) = given else { continue };
             if reserved_header(name.as_str()) {
