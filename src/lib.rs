@@ -24,6 +24,7 @@ pub mod reload;
 pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod text;
 pub mod tls;
 pub mod tokens;
 pub mod upstream;

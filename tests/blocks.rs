@@ -263,6 +263,19 @@ async fn garbage_block_requests_are_refused_and_change_nothing() {
     assert_eq!(raw(j, br#"{"sub":"ali\u0000ce"}"#.to_vec()).await, 400, "control character");
     assert_eq!(raw(j, br#"{"sub":"alice\u200b"}"#.to_vec()).await, 400, "zero-width space");
     assert_eq!(raw(j, br#"{"sub":"alice "}"#.to_vec()).await, 400, "trailing space");
+    // The rule trusted issuers' tokens are held to (src/text.rs): tag characters, C1
+    // controls, line separators, padding of any Unicode space.
+    for (body, why) in [
+        (r#"{"sub":"a\udb40\udc41b"}"#, "tag character U+E0041"),
+        (r#"{"sub":"a\udb40\udc01b"}"#, "language tag U+E0001"),
+        (r#"{"jti":"j\u0085x"}"#, "C1 control NEL"),
+        (r#"{"sub":"al\u2028ice"}"#, "line separator"),
+        (r#"{"sub":"\u00a0alice"}"#, "leading no-break space"),
+        (r#"{"sub":"alice\u3000"}"#, "trailing ideographic space"),
+        (r#"{"sub":"alice","iss":"https://idp\u2066"}"#, "bidi isolate in iss"),
+    ] {
+        assert_eq!(raw(j, body.as_bytes().to_vec()).await, 400, "{why}");
+    }
     assert_eq!(raw(j, br#"{"sub":"\ud800"}"#.to_vec()).await, 400, "lone surrogate");
     assert_eq!(raw(j, br#"{"sub":"alice","expires_in":0}"#.to_vec()).await, 400);
     assert_eq!(raw(j, br#"{"sub":"alice","expires_in":-5}"#.to_vec()).await, 400);

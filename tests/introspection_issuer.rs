@@ -153,6 +153,14 @@ async fn an_active_opaque_token_passes_and_a_revocation_shows_within_max_cache()
     // A subject with a control character never reaches a header.
     let evil = idp.opaque_token(json!({"sub": "bob\r\nx-auth-user: root", "scope": "read", "aud": AUD}));
     assert_refused(&gw, "/op/x", &evil, "control character").await;
+    // Nor one the upstream would read changed or that looks like another (src/text.rs),
+    // in sub, client_id, jti or username.
+    for (field, v) in
+        [("sub", " bob"), ("sub", "   "), ("client_id", "app\u{85}"), ("jti", "j\u{200b}1"), ("username", "\u{a0}bob")]
+    {
+        let t = idp.opaque_token(json!({"sub": "bob", "scope": "read", "aud": AUD, field: v}));
+        assert_refused(&gw, "/op/x", &t, &format!("{field} = {v:?}")).await;
+    }
 
     // /readyz?verbose lists the issuer, not required.
     let v: Value = reqwest::get(gw.admin_url("/readyz?verbose")).await.unwrap().json().await.unwrap();

@@ -419,6 +419,54 @@ async fn algorithm_confusion_and_malformed_tokens_are_refused() {
     assert_eq!(status(&gw, "/api/x", &svc_token(&gw).await).await, 200);
 }
 
+/// Identity values that an upstream would read changed (padded, blank) or that look like
+/// another value (controls, invisible, bidi, tag characters): 401, never forwarded. The
+/// blocks API refuses the same spellings (tests/blocks.rs), so what passes can be blocked.
+#[tokio::test]
+async fn untidy_identity_values_are_refused() {
+    let up = EchoUpstream::start().await;
+    let key = IdpKey::es256("e1");
+    let idp = TestIdp::start(vec![key.clone()]).await;
+    let gw = gateway(&up, &issuer_toml("corp", &idp, ""), "").await;
+    wait_for_keys(&gw, "corp").await;
+    let token = |claim: &str, v: Value| idp_token(&idp, &key, "alice", json!({"scope": "read", claim: v}));
+    let echo =
+        echo_get(&gw, "/corp/x", &idp_token(&idp, &key, "alice", json!({"scope": "read", "azp": "app", "jti": "j-1"})))
+            .await;
+    assert_identity(&echo, "app", "alice", "read", "j-1", Some("alice"));
+    let untidy = [
+        " alice",
+        "alice ",
+        "   ",
+        "alice\u{85}",
+        "\u{a0}alice",
+        "al\u{200b}ice",
+        "al\u{202e}ice",
+        "al\u{2028}ice",
+        "a\u{e0041}b",
+        "al\u{feff}ice",
+        "al\u{9b}ice",
+    ];
+    for v in untidy {
+        for claim in ["sub", "client_id", "azp", "jti"] {
+            let t = token(claim, json!(v));
+            assert_eq!(status(&gw, "/corp/x", &t).await, 401, "{claim} = {v:?}");
+        }
+    }
+    assert_eq!(status(&gw, "/corp/x", &token("jti", json!("x".repeat(257)))).await, 401, "oversized jti");
+    assert_eq!(status(&gw, "/corp/x", &token("sub", json!(""))).await, 401, "empty sub");
+    drop(gw);
+
+    // A mapped subject claim is held to the same rule.
+    let gw = gateway(&up, &issuer_toml("corp", &idp, r#"subject_claim = "ext.user""#), "").await;
+    wait_for_keys(&gw, "corp").await;
+    let echo = echo_get(&gw, "/corp/x", &token("ext", json!({"user": "bob"}))).await;
+    assert_eq!(echo.header_all("x-auth-subject"), vec!["bob"], "{echo:?}");
+    for v in [" bob", "   ", "b\u{200d}ob", "bob\u{85}"] {
+        assert_eq!(status(&gw, "/corp/x", &token("ext", json!({ "user": v }))).await, 401, "ext.user = {v:?}");
+    }
+}
+
 #[tokio::test]
 async fn claim_rules_exact_one_of_contains_and_missing() {
     let up = EchoUpstream::start().await;

@@ -15,6 +15,7 @@ use super::principal::{ClaimValue, Principal};
 use crate::config::JwsAlgorithm;
 use crate::issuers::introspection::ActiveToken;
 use crate::issuers::{Found, Issuer};
+use crate::text::is_identity;
 
 /// A JSON object whose top-level names are each given once: a token that says `iss` (or
 /// any claim) twice means two things to two parsers, and is refused.
@@ -106,6 +107,13 @@ fn header_safe(s: &str) -> bool {
     !s.bytes().any(|b| b < 0x20 || b == 0x7f)
 }
 
+/// The subject, and each optional identity value the token carries (empty: absent), are
+/// tidy ([`crate::text::check`]): the upstream gets them as the issuer wrote them, and an
+/// operator can block any subject that gets through (the blocks API takes the same values).
+fn identities_ok(subject: &str, optional: &[&str]) -> bool {
+    is_identity(subject) && optional.iter().all(|v| v.is_empty() || is_identity(v))
+}
+
 /// The space-separated scopes: the configured claim, else `scope`, else `scp`; a string
 /// (split on whitespace) or an array of strings (elements holding spaces dropped).
 fn scopes(claims: &Map<String, Value>, configured: Option<&str>) -> String {
@@ -188,10 +196,7 @@ pub(super) async fn verify(
         _ => None,
     }
     .ok_or(TokenError::WrongAudience)?;
-    let subject = lookup(&claims, &cfg.subject_claim)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or(TokenError::BadClaims)?;
+    let subject = lookup(&claims, &cfg.subject_claim).and_then(Value::as_str).ok_or(TokenError::BadClaims)?;
     let client_id = match &cfg.client_id_claim {
         Some(c) => lookup(&claims, c).and_then(Value::as_str),
         None => claims.get("client_id").or_else(|| claims.get("azp")).and_then(Value::as_str),
@@ -199,7 +204,7 @@ pub(super) async fn verify(
     .unwrap_or("");
     let scope = scopes(&claims, cfg.scope_claim.as_deref());
     let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
-    if ![subject, client_id, &scope, jti].iter().all(|s| header_safe(s)) {
+    if !identities_ok(subject, &[client_id, jti]) || !header_safe(&scope) {
         return Err(TokenError::BadClaims);
     }
     let kept = rule_claims
@@ -220,8 +225,9 @@ pub(super) async fn verify(
 
 /// The verdict on a token `issuer` (an introspection issuer) called active. Its `aud` must
 /// hold one of the issuer's audiences (absent: refused, as for JWTs); the subject is `sub`,
-/// else `client_id` (RFC 7662 makes `sub` optional: a client acting for itself); values
-/// with control characters are refused. Route rules see the RFC 7662 members the answer
+/// else `client_id` (RFC 7662 makes `sub` optional: a client acting for itself); identity
+/// values that are not tidy ([`crate::text::check`]) and a scope with control characters
+/// are refused. Route rules see the RFC 7662 members the answer
 /// carries: `sub`, `client_id`, `scope`, `aud` (a list), `iss`, `jti`, `username`.
 /// `expires_at` is `exp` capped at `max_cache` from now: nothing vouches for the token
 /// beyond that.
@@ -242,7 +248,8 @@ pub(super) fn from_introspection(
         .ok_or(TokenError::BadClaims)?;
     let scope = t.scope.as_deref().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
     let jti = t.jti.as_deref().unwrap_or("");
-    if ![subject, client_id, &scope, jti, t.username.as_deref().unwrap_or("")].iter().all(|s| header_safe(s)) {
+    let username = t.username.as_deref().unwrap_or("");
+    if !identities_ok(subject, &[client_id, jti, username]) || !header_safe(&scope) {
         return Err(TokenError::BadClaims);
     }
     let kept = rule_claims

@@ -1,0 +1,123 @@
+//! What an identity value (a `sub`, `client_id`, `jti`, `username`) may look like, for the
+//! two places that must agree on it: the mapping of a trusted issuer's token (which
+//! forwards such values to the upstream) and the blocks API (which names them). A value
+//! one of them refused and the other took would be a subject that passes changed, or one
+//! that can never be blocked.
+
+/// The longest identity value in bytes. OpenID Connect caps `sub` at 255 ASCII characters;
+/// anything longer is a mistake or an attack.
+pub const MAX_IDENTITY: usize = 256;
+
+/// Why a value is not a tidy identity value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Untidy {
+    #[error("is empty")]
+    Empty,
+    #[error("is over {0} bytes")]
+    TooLong(usize),
+    #[error("has surrounding spaces")]
+    Padded,
+    #[error("has control or invisible characters")]
+    Invisible,
+}
+
+/// Is `v` a value two readers see alike: non-empty, at most `max` bytes, no leading or
+/// trailing (Unicode) whitespace, and no character that is invisible or that a parser may
+/// drop or act on: controls (C0, DEL, C1), format characters and other default-ignorable
+/// ones (zero-width, bidirectional controls, U+FEFF, tag characters), line and paragraph
+/// separators. `" alice"` would reach the upstream as `alice`, `"al\u{200B}ice"` would
+/// look like `alice` in every log.
+pub fn check(v: &str, max: usize) -> Result<(), Untidy> {
+    if v.is_empty() {
+        return Err(Untidy::Empty);
+    }
+    if v.len() > max {
+        return Err(Untidy::TooLong(max));
+    }
+    if v.trim() != v {
+        return Err(Untidy::Padded);
+    }
+    if v.chars().any(invisible) {
+        return Err(Untidy::Invisible);
+    }
+    Ok(())
+}
+
+/// [`check`] with [`MAX_IDENTITY`].
+pub fn is_identity(v: &str) -> bool {
+    check(v, MAX_IDENTITY).is_ok()
+}
+
+/// General category Cc, Cf, Zl or Zp, or Default_Ignorable_Code_Point (Unicode 15.1),
+/// listed by hand: the crate carries no Unicode property tables.
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_values_are_visible_and_unpadded() {
+        for good in ["alice", "a", "Jöhn Doe", "user@example.com", "9f1c-7", "東京", "a\u{00A0}b", "é"] {
+            assert_eq!(check(good, MAX_IDENTITY), Ok(()), "{good:?}");
+        }
+        let x = "x".repeat(MAX_IDENTITY);
+        assert!(is_identity(&x) && !is_identity(&format!("{x}y")));
+        assert_eq!(check("", 9), Err(Untidy::Empty));
+        assert_eq!(check("abc", 2), Err(Untidy::TooLong(2)));
+        for padded in [" alice", "alice ", "   ", "\u{00A0}alice", "alice\u{3000}", "\talice", "alice\n", "\u{2028}a"] {
+            assert_eq!(check(padded, MAX_IDENTITY), Err(Untidy::Padded), "{padded:?}");
+        }
+        for hidden in [
+            "alice\u{0085}x",
+            "al\u{0}ice",
+            "al\u{7F}ice",
+            "al\u{9B}ice",
+            "al\u{200B}ice",
+            "al\u{202E}ice",
+            "al\u{2066}ice",
+            "al\u{FEFF}ice",
+            "al\u{00AD}ice",
+            "al\u{2028}ice",
+            "al\u{2029}ice",
+            "al\u{180E}ice",
+            "al\u{FE0F}ice",
+            "a\u{E0041}b",
+            "a\u{E0001}b",
+            "a\u{E007F}b",
+            "a\u{1D173}b",
+        ] {
+            assert_eq!(check(hidden, MAX_IDENTITY), Err(Untidy::Invisible), "{hidden:?}");
+        }
+    }
+}
