@@ -122,11 +122,14 @@ async fn a_blocked_sub_refuses_every_token_of_that_subject_and_only_those() {
     }
 
     // Scoped to another issuer: not ours, so our tokens pass.
-    block(&gw, json!({"sub": "alice", "iss": "https://idp.example"})).await;
+    let v = block(&gw, json!({"sub": "alice", "iss": "https://idp.example"})).await;
     assert_eq!(api_status(&gw, &alice).await, 200, "a block for another issuer");
+    // Stored, but the answer says it matches no issuer this gateway accepts.
+    assert!(v["warning"].as_str().is_some_and(|w| w.contains("matches nothing here")), "{v}");
     // Our issuer, exactly; a sub block holds until removed by default.
     let v = block(&gw, json!({"sub": "alice", "iss": ISSUER})).await;
     assert_eq!(v["expires_at"], Value::Null, "{v}");
+    assert_eq!(v.get("warning"), None, "{v}");
     assert_invalid_token(&gw, "alice", &alice).await;
     assert_invalid_token(&gw, "client acting as alice", &linked).await;
     assert_eq!(api_status(&gw, &svc).await, 200, "another subject");

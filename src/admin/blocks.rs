@@ -209,7 +209,20 @@ where
             source = %peer,
             "operator block added: matching tokens are refused"
         );
-        let v = serde_json::to_value(&block).unwrap_or(Value::Null);
+        let mut v = serde_json::to_value(&block).unwrap_or(Value::Null);
+        // Stored all the same (another replica's config may know the issuer), but an `iss`
+        // that matches no issuer this configuration accepts blocks nothing here: a name
+        // instead of the URL, or a trailing slash, is the usual slip.
+        if let Some(iss) = block.key.iss.as_deref()
+            && iss != rt.config.issuer()
+            && !rt.issuers.iter().any(|i| i.config.issuer == iss)
+        {
+            v["warning"] = format!(
+                "iss {iss:?} is no issuer this gateway accepts (ours is {:?}; trusted issuers are named by their issuer URL): this block matches nothing here",
+                rt.config.issuer()
+            )
+            .into();
+        }
         return Ok(ok_json(StatusCode::CREATED, &v));
     }
     let key = block_key(&body)?;
