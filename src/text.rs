@@ -49,8 +49,9 @@ pub fn is_identity(v: &str) -> bool {
 }
 
 /// General category Cc, Cf, Zl or Zp, or Default_Ignorable_Code_Point (Unicode 15.1),
-/// listed by hand: the crate carries no Unicode property tables.
-fn invisible(c: char) -> bool {
+/// listed by hand: the crate carries no Unicode property tables. Also what the proxy's path
+/// check refuses (some upstreams strip these before comparing paths).
+pub fn invisible(c: char) -> bool {
     c.is_control()
         || matches!(
             c,

@@ -107,7 +107,7 @@ fn non_ascii_is_safe(bytes: &[u8]) -> bool {
     match std::str::from_utf8(&decoded) {
         Ok(text) => {
             !text.contains(BEST_FIT)
-                && !text.chars().any(|c| !c.is_ascii() && (folds_to_ascii(c) || is_invisible(c)))
+                && !text.chars().any(|c| !c.is_ascii() && (folds_to_ascii(c) || crate::text::invisible(c)))
                 && ComposingNormalizerBorrowed::new_nfkc().is_normalized(text)
         }
         Err(_) => false,
@@ -120,31 +120,6 @@ fn non_ascii_is_safe(bytes: &[u8]) -> bool {
 /// prefix match would send to another route than the upstream's comparison means.
 fn folds_to_ascii(c: char) -> bool {
     c.to_uppercase().any(|u| u.is_ascii()) || c.to_lowercase().any(|l| l.is_ascii())
-}
-
-/// Characters that show nothing and that some upstreams strip before comparing (so
-/// `/%E2%80%8B../x` would become a dot segment there): C1 controls, the soft hyphen,
-/// zero-width and direction marks, line and paragraph separators, the byte-order mark,
-/// variation selectors and tags.
-fn is_invisible(c: char) -> bool {
-    matches!(c,
-        '\u{80}'..='\u{9F}'
-        | '\u{AD}'
-        | '\u{34F}'
-        | '\u{61C}'
-        | '\u{115F}'..='\u{1160}'
-        | '\u{17B4}'..='\u{17B5}'
-        | '\u{180B}'..='\u{180F}'
-        | '\u{200B}'..='\u{200F}'
-        | '\u{2028}'..='\u{202E}'
-        | '\u{2060}'..='\u{206F}'
-        | '\u{3164}'
-        | '\u{FE00}'..='\u{FE0F}'
-        | '\u{FEFF}'
-        | '\u{FFA0}'
-        | '\u{FFF0}'..='\u{FFF8}'
-        | '\u{1D173}'..='\u{1D17A}'
-        | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// The path the upstream sees: the upstream's base path, then the request path with the
