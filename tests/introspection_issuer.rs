@@ -162,6 +162,15 @@ async fn an_active_opaque_token_passes_and_a_revocation_shows_within_max_cache()
         assert_refused(&gw, "/op/x", &t, &format!("{field} = {v:?}")).await;
     }
 
+    // The scope is an RFC 6749 scope string, split on SP alone: a newline, a tab, a
+    // Unicode space or a doubled space refuses the answer rather than meet `read`.
+    for v in ["x\nread", "x\tread", "x\u{a0}read", "x\u{3000}read", "x  read", "read ", "re\"ad", "r\u{e9}ad read"] {
+        let t = idp.opaque_token(json!({"sub": "bob", "scope": v, "aud": AUD}));
+        assert_refused(&gw, "/op/x", &t, &format!("scope = {v:?}")).await;
+    }
+    let spaced = idp.opaque_token(json!({"sub": "bob", "scope": "x read", "aud": AUD}));
+    assert_eq!(echo_get(&gw, "/op/x", &spaced).await.header_all("x-auth-scope"), vec!["x read"]);
+
     // /readyz?verbose lists the issuer, not required.
     let v: Value = reqwest::get(gw.admin_url("/readyz?verbose")).await.unwrap().json().await.unwrap();
     let o = &v["checks"]["issuers"]["opaque"];

@@ -103,7 +103,7 @@ async fn discovery_then_tokens_pass_with_identity_from_the_mapped_claims() {
         &idp,
         &key,
         "alice@corp",
-        json!({"azp": "corp-app", "realm_access": {"roles": ["read", "billing", "two words"]}, "jti": "j-1"}),
+        json!({"azp": "corp-app", "realm_access": {"roles": ["read", "billing"]}, "jti": "j-1"}),
     );
     let echo = echo_get(&gw, "/corp/x", &token).await;
     // client id from azp (no client_id claim), scopes from the dotted path, the user is the subject.
@@ -464,6 +464,62 @@ async fn untidy_identity_values_are_refused() {
     assert_eq!(echo.header_all("x-auth-subject"), vec!["bob"], "{echo:?}");
     for v in [" bob", "   ", "b\u{200d}ob", "bob\u{85}"] {
         assert_eq!(status(&gw, "/corp/x", &token("ext", json!({ "user": v }))).await, 401, "ext.user = {v:?}");
+    }
+}
+
+/// RFC 6749 §3.3: scopes are scope-tokens (visible ASCII but `"` and `\\`) separated by
+/// single spaces. A scope string split by another reader on a newline, a tab or a Unicode
+/// space (`"x\u{a0}read"`) would meet `scopes = ["read"]` here and reach the upstream as
+/// one scope, or the reverse: any such spelling is refused (401), in a string or in any
+/// item of an array claim (`scp`, a mapped `realm_access.roles`).
+#[tokio::test]
+async fn scopes_are_scope_tokens_split_on_spaces_only() {
+    let up = EchoUpstream::start().await;
+    let key = IdpKey::es256("e1");
+    let idp = TestIdp::start(vec![key.clone()]).await;
+    let gw = gateway(&up, &issuer_toml("corp", &idp, ""), "").await;
+    wait_for_keys(&gw, "corp").await;
+    let t = |extra: Value| idp_token(&idp, &key, "alice", extra);
+    let echo = echo_get(&gw, "/corp/x", &t(json!({"scope": "x read"}))).await;
+    assert_eq!(echo.header_all("x-auth-scope"), vec!["x read"], "{echo:?}");
+    let echo = echo_get(&gw, "/corp/x", &t(json!({"scp": ["x", "read"]}))).await;
+    assert_eq!(echo.header_all("x-auth-scope"), vec!["x read"], "{echo:?}");
+    let bad = [
+        "x\nread",
+        "x\tread",
+        "x\rread",
+        "x\u{b}read",
+        "x\u{c}read",
+        "x\u{a0}read",
+        "x\u{3000}read",
+        "x\u{2003}read",
+        "x\u{85}read",
+        "x\u{2028}read",
+        "x  read",
+        " read",
+        "read ",
+        "read\n",
+        "re\"ad",
+        "re\\ad",
+        "r\u{e9}ad read",
+    ];
+    for v in bad {
+        assert_eq!(status(&gw, "/corp/x", &t(json!({ "scope": v }))).await, 401, "scope = {v:?}");
+        assert_eq!(status(&gw, "/corp/x", &t(json!({ "scp": ["read", v] }))).await, 401, "scp item {v:?}");
+    }
+    for v in [json!(["read", "x read"]), json!(["read", ""]), json!(["read", 1]), json!(["read", ["x"]]), json!(7)] {
+        assert_eq!(status(&gw, "/corp/x", &t(json!({ "scp": v }))).await, 401, "scp = {v}");
+    }
+    assert_eq!(status(&gw, "/corp/x", &t(json!({"scope": {"read": true}}))).await, 401, "scope object");
+    drop(gw);
+
+    // A mapped array claim is held to the same rule: one bad item refuses the token.
+    let gw = gateway(&up, &issuer_toml("corp", &idp, r#"scope_claim = "realm_access.roles""#), "").await;
+    wait_for_keys(&gw, "corp").await;
+    let roles = |r: Value| t(json!({"realm_access": { "roles": r }}));
+    assert_eq!(status(&gw, "/corp/x", &roles(json!(["read", "billing"]))).await, 200);
+    for v in ["two words", "x\u{a0}read", "x\nread", ""] {
+        assert_eq!(status(&gw, "/corp/x", &roles(json!(["read", v]))).await, 401, "role {v:?}");
     }
 }
 
