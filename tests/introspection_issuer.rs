@@ -171,6 +171,19 @@ async fn an_active_opaque_token_passes_and_a_revocation_shows_within_max_cache()
     let spaced = idp.opaque_token(json!({"sub": "bob", "scope": "x read", "aud": AUD}));
     assert_eq!(echo_get(&gw, "/op/x", &spaced).await.header_all("x-auth-scope"), vec!["x read"]);
 
+    // A member named twice at any depth, even one the gateway does not read: refused.
+    let answer = |extra: &str| {
+        let exp = portcullis::tokens::now_secs() + 3600;
+        format!(
+            r#"{{"active":true,"iss":"{}","exp":{exp},"sub":"bob","scope":"read","aud":"{AUD}"{extra}}}"#,
+            idp.issuer
+        )
+    };
+    assert_eq!(status(&gw, "/op/x", &idp.opaque_token_text(&answer(r#","ext":{"a":1}"#))).await, 200);
+    for extra in [r#","sub":"root""#, r#","ext":{"role":"user","role":"admin"}"#, r#","ext":[[{"a":1,"a":2}]]"#] {
+        assert_refused(&gw, "/op/x", &idp.opaque_token_text(&answer(extra)), extra).await;
+    }
+
     // /readyz?verbose lists the issuer, not required.
     let v: Value = reqwest::get(gw.admin_url("/readyz?verbose")).await.unwrap().json().await.unwrap();
     let o = &v["checks"]["issuers"]["opaque"];

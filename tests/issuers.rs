@@ -523,6 +523,49 @@ async fn scopes_are_scope_tokens_split_on_spaces_only() {
     }
 }
 
+/// A member named twice at any depth of the payload is refused (401), not read as the
+/// last (or first) one: `{"org":{"team":"blue","team":"red"}}` must not meet
+/// `"org.team" = "red"`, nor a doubled `realm_access.roles` the route's scopes. Nesting
+/// beyond 32 levels is refused too.
+#[tokio::test]
+async fn a_member_named_twice_at_any_depth_is_refused() {
+    let up = EchoUpstream::start().await;
+    let key = IdpKey::es256("e1");
+    let idp = TestIdp::start(vec![key.clone()]).await;
+    let a = up.addr;
+    let team = format!(
+        r#"
+[[route]]
+prefix = "/red"
+upstream = "http://{a}"
+issuers = ["corp"]
+[route.claims]
+"org.team" = "red"
+"#
+    );
+    let gw = gateway(&up, &issuer_toml("corp", &idp, r#"scope_claim = "realm_access.roles""#), &team).await;
+    wait_for_keys(&gw, "corp").await;
+    // The usual claims, then `members` written as is.
+    let raw = |members: &str| {
+        let base = idp.claims("alice", AUD).to_string();
+        let header = json!({"alg": key.alg, "typ": "JWT", "kid": key.kid}).to_string();
+        key.sign_text(&header, &format!("{},{members}}}", &base[..base.len() - 1]))
+    };
+    assert_eq!(status(&gw, "/red/x", &raw(r#""org":{"team":"red"}"#)).await, 200);
+    assert_eq!(status(&gw, "/red/x", &raw(r#""org":{"team":"blue","team":"red"}"#)).await, 401, "last wins");
+    assert_eq!(status(&gw, "/red/x", &raw(r#""org":{"team":"red","team":"blue"}"#)).await, 401, "first wins");
+    assert_eq!(status(&gw, "/red/x", &raw(r#""org":{"team":"blue","t\u0065am":"red"}"#)).await, 401, "escaped");
+    assert_eq!(status(&gw, "/corp/x", &raw(r#""realm_access":{"roles":["read"]}"#)).await, 200);
+    let roles = r#""realm_access":{"roles":["x"],"roles":["read"]}"#;
+    assert_eq!(status(&gw, "/corp/x", &raw(roles)).await, 401, "doubled roles");
+    // Anywhere, also in a claim nothing reads.
+    let unread = r#""realm_access":{"roles":["read"]},"ext":[{"a":1,"a":1}]"#;
+    assert_eq!(status(&gw, "/corp/x", &raw(unread)).await, 401, "unread claim");
+    let deep = |n: usize| format!(r#""realm_access":{{"roles":["read"]}},"x":{}1{}"#, "[".repeat(n), "]".repeat(n));
+    assert_eq!(status(&gw, "/corp/x", &raw(&deep(30))).await, 200, "31 levels");
+    assert_eq!(status(&gw, "/corp/x", &raw(&deep(40))).await, 401, "41 levels");
+}
+
 #[tokio::test]
 async fn claim_rules_exact_one_of_contains_and_missing() {
     let up = EchoUpstream::start().await;

@@ -6,43 +6,15 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::LEEWAY_SECS;
 use super::error::TokenError;
 use super::principal::{ClaimValue, Principal};
 use crate::config::JwsAlgorithm;
-use crate::issuers::introspection::ActiveToken;
+use crate::issuers::introspection::{ActiveToken, unique_object};
 use crate::issuers::{Found, Issuer};
 use crate::text::is_identity;
-
-/// A JSON object whose top-level names are each given once: a token that says `iss` (or
-/// any claim) twice means two things to two parsers, and is refused.
-struct UniqueMap(Map<String, Value>);
-
-impl<'de> Deserialize<'de> for UniqueMap {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = UniqueMap;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<UniqueMap, A::Error> {
-                let mut m = Map::new();
-                while let Some((k, v)) = a.next_entry::<String, Value>()? {
-                    if m.contains_key(&k) {
-                        return Err(de::Error::custom("a claim appears twice"));
-                    }
-                    m.insert(k, v);
-                }
-                Ok(UniqueMap(m))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
 
 /// The `iss` a token claims, before anything is verified: it only picks whose keys to
 /// verify with. A payload that is not one JSON object, or names `iss` twice, is malformed.
@@ -186,7 +158,9 @@ pub(super) async fn verify(
     }
     let payload = message.split_once('.').map(|(_, p)| p).ok_or(TokenError::Malformed)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
-    let UniqueMap(claims) = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    // A claim named twice at any depth (`org.team`, `realm_access.roles`) is refused: two
+    // parsers would read two tokens.
+    let claims = unique_object(&bytes).ok_or(TokenError::Malformed)?;
 
     if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
         return Err(TokenError::WrongIssuer);
@@ -302,7 +276,6 @@ mod tests {
         for opaque in ["opq_abc", "a.b.c", "", &enc("[1]"), "x.e30", "x.e30=.y"] {
             assert_eq!(has_json_payload(opaque), opaque == "x.e30", "{opaque}");
         }
-        assert!(serde_json::from_str::<UniqueMap>(r#"{"a":1,"a":2}"#).is_err());
         let m: Map<String, Value> = serde_json::from_str(
             r#"{"realm_access":{"roles":["a","b c","d"]},"https://x.example/t":"acme","scp":["r","w"]}"#,
         )
