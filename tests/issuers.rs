@@ -732,6 +732,20 @@ file = "/nonexistent/k1.pem"
         (issuer("kind = \"introspection\""), "algorithms is for kind = \"jwt\"", 14),
         (issuer("introspection_endpoint = \"https://idp.example/introspect\""), "is for kind = \"introspection\"", 16),
         (issuer("refresh_min = \"2h\""), "refresh_min", 16),
+        // Our own issuer spelled otherwise (case, trailing '/', default port): still ours.
+        (issuer("").replace("https://idp.example", "HTTPS://Gateway.TEST/"), "own issuer", 13),
+        (issuer("").replace("https://idp.example", "https://gateway.test:443"), "own issuer", 13),
+        (format!("{}{}", issuer(""), issuer("").replace("\"corp\"", "\"corp2\"").replace("https://idp.example", "https://IDP.example/")), "already trusted", 19),
+        (issuer("").replace("\"corp\"", "\"SELF\""), "reserved", 12),
+        (issuer("").replace("\"corp\"", "\"Self\""), "reserved", 12),
+        (issuer("refetch_interval = \"500ms\""), "refetch_interval must be at least 1s", 16),
+        (issuer("refresh_min = \"999ms\""), "refresh_min must be at least 1s", 16),
+        (issuer("connect_timeout = \"6s\""), "connect_timeout must not exceed timeout", 16),
+        (issuer("timeout = \"1s\"\nconnect_timeout = \"2s\""), "connect_timeout must not exceed timeout", 17),
+        (issuer("subject_claim = \".\""), "no empty segment", 16),
+        (issuer("client_id_claim = \"a..b\""), "no empty segment", 16),
+        (issuer("scope_claim = \".roles\""), "no empty segment", 16),
+        (issuer("scope_claim = \"realm_access.\""), "no empty segment", 16),
         (
             "\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n[route.claims]\ntenant = { within = \"a\" }\n"
                 .to_string(),
@@ -751,6 +765,25 @@ file = "/nonexistent/k1.pem"
         assert!(err.contains(want), "want {want:?}, got {err}\n{text}");
         assert!(err.starts_with(&format!("gateway.toml:{line}:")), "want line {line}, got {err}\n{text}");
     }
+    // Claim rules: a path with an empty segment, or an empty value to compare with.
+    let rules = [
+        (r#"".x" = "a""#, "no empty segment"),
+        (r#""." = "a""#, "no empty segment"),
+        (r#""a..b" = "a""#, "no empty segment"),
+        (r#""org." = { contains = "a" }"#, "no empty segment"),
+        (r#"tenant = """#, "not a value to compare with"),
+        (r#"groups = { contains = "" }"#, "contains takes a non-empty string"),
+        (r#"region = { one_of = ["eu", ""] }"#, "one_of takes a non-empty list of non-empty strings"),
+    ];
+    for (rule, want) in rules {
+        let text =
+            base(&format!("\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n[route.claims]\n{rule}\n"));
+        let err = Config::parse(&text, std::path::Path::new("gateway.toml")).expect_err(rule).to_string();
+        assert!(err.contains(want) && err.starts_with("gateway.toml:14:"), "{rule}: want {want:?} at 14, got {err}");
+    }
+    // A short timeout alone is fine: the connect timeout defaults to at most it.
+    let short = base(&issuer("timeout = \"1s\"\nrefresh_min = \"1s\"\nrefetch_interval = \"1s\""));
+    assert_eq!(Config::parse(&short, std::path::Path::new("gateway.toml")).unwrap().trusted_issuers.len(), 1);
     // A good one parses, with claims and issuers on a route.
     let good = base(&format!(
         "{}\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nissuers = [\"self\", \"corp\"]\n[route.claims]\ntenant = \"acme\"\nadmin = true\n",
