@@ -162,6 +162,28 @@ async fn an_active_opaque_token_passes_and_a_revocation_shows_within_max_cache()
         assert_refused(&gw, "/op/x", &t, &format!("{field} = {v:?}")).await;
     }
 
+    // The scope is an RFC 6749 scope string, split on SP alone: a newline, a tab, a
+    // Unicode space or a doubled space refuses the answer rather than meet `read`.
+    for v in ["x\nread", "x\tread", "x\u{a0}read", "x\u{3000}read", "x  read", "read ", "re\"ad", "r\u{e9}ad read"] {
+        let t = idp.opaque_token(json!({"sub": "bob", "scope": v, "aud": AUD}));
+        assert_refused(&gw, "/op/x", &t, &format!("scope = {v:?}")).await;
+    }
+    let spaced = idp.opaque_token(json!({"sub": "bob", "scope": "x read", "aud": AUD}));
+    assert_eq!(echo_get(&gw, "/op/x", &spaced).await.header_all("x-auth-scope"), vec!["x read"]);
+
+    // A member named twice at any depth, even one the gateway does not read: refused.
+    let answer = |extra: &str| {
+        let exp = portcullis::tokens::now_secs() + 3600;
+        format!(
+            r#"{{"active":true,"iss":"{}","exp":{exp},"sub":"bob","scope":"read","aud":"{AUD}"{extra}}}"#,
+            idp.issuer
+        )
+    };
+    assert_eq!(status(&gw, "/op/x", &idp.opaque_token_text(&answer(r#","ext":{"a":1}"#))).await, 200);
+    for extra in [r#","sub":"root""#, r#","ext":{"role":"user","role":"admin"}"#, r#","ext":[[{"a":1,"a":2}]]"#] {
+        assert_refused(&gw, "/op/x", &idp.opaque_token_text(&answer(extra)), extra).await;
+    }
+
     // /readyz?verbose lists the issuer, not required.
     let v: Value = reqwest::get(gw.admin_url("/readyz?verbose")).await.unwrap().json().await.unwrap();
     let o = &v["checks"]["issuers"]["opaque"];

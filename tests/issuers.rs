@@ -103,7 +103,7 @@ async fn discovery_then_tokens_pass_with_identity_from_the_mapped_claims() {
         &idp,
         &key,
         "alice@corp",
-        json!({"azp": "corp-app", "realm_access": {"roles": ["read", "billing", "two words"]}, "jti": "j-1"}),
+        json!({"azp": "corp-app", "realm_access": {"roles": ["read", "billing"]}, "jti": "j-1"}),
     );
     let echo = echo_get(&gw, "/corp/x", &token).await;
     // client id from azp (no client_id claim), scopes from the dotted path, the user is the subject.
@@ -467,6 +467,105 @@ async fn untidy_identity_values_are_refused() {
     }
 }
 
+/// RFC 6749 §3.3: scopes are scope-tokens (visible ASCII but `"` and `\\`) separated by
+/// single spaces. A scope string split by another reader on a newline, a tab or a Unicode
+/// space (`"x\u{a0}read"`) would meet `scopes = ["read"]` here and reach the upstream as
+/// one scope, or the reverse: any such spelling is refused (401), in a string or in any
+/// item of an array claim (`scp`, a mapped `realm_access.roles`).
+#[tokio::test]
+async fn scopes_are_scope_tokens_split_on_spaces_only() {
+    let up = EchoUpstream::start().await;
+    let key = IdpKey::es256("e1");
+    let idp = TestIdp::start(vec![key.clone()]).await;
+    let gw = gateway(&up, &issuer_toml("corp", &idp, ""), "").await;
+    wait_for_keys(&gw, "corp").await;
+    let t = |extra: Value| idp_token(&idp, &key, "alice", extra);
+    let echo = echo_get(&gw, "/corp/x", &t(json!({"scope": "x read"}))).await;
+    assert_eq!(echo.header_all("x-auth-scope"), vec!["x read"], "{echo:?}");
+    let echo = echo_get(&gw, "/corp/x", &t(json!({"scp": ["x", "read"]}))).await;
+    assert_eq!(echo.header_all("x-auth-scope"), vec!["x read"], "{echo:?}");
+    let bad = [
+        "x\nread",
+        "x\tread",
+        "x\rread",
+        "x\u{b}read",
+        "x\u{c}read",
+        "x\u{a0}read",
+        "x\u{3000}read",
+        "x\u{2003}read",
+        "x\u{85}read",
+        "x\u{2028}read",
+        "x  read",
+        " read",
+        "read ",
+        "read\n",
+        "re\"ad",
+        "re\\ad",
+        "r\u{e9}ad read",
+    ];
+    for v in bad {
+        assert_eq!(status(&gw, "/corp/x", &t(json!({ "scope": v }))).await, 401, "scope = {v:?}");
+        assert_eq!(status(&gw, "/corp/x", &t(json!({ "scp": ["read", v] }))).await, 401, "scp item {v:?}");
+    }
+    for v in [json!(["read", "x read"]), json!(["read", ""]), json!(["read", 1]), json!(["read", ["x"]]), json!(7)] {
+        assert_eq!(status(&gw, "/corp/x", &t(json!({ "scp": v }))).await, 401, "scp = {v}");
+    }
+    assert_eq!(status(&gw, "/corp/x", &t(json!({"scope": {"read": true}}))).await, 401, "scope object");
+    drop(gw);
+
+    // A mapped array claim is held to the same rule: one bad item refuses the token.
+    let gw = gateway(&up, &issuer_toml("corp", &idp, r#"scope_claim = "realm_access.roles""#), "").await;
+    wait_for_keys(&gw, "corp").await;
+    let roles = |r: Value| t(json!({"realm_access": { "roles": r }}));
+    assert_eq!(status(&gw, "/corp/x", &roles(json!(["read", "billing"]))).await, 200);
+    for v in ["two words", "x\u{a0}read", "x\nread", ""] {
+        assert_eq!(status(&gw, "/corp/x", &roles(json!(["read", v]))).await, 401, "role {v:?}");
+    }
+}
+
+/// A member named twice at any depth of the payload is refused (401), not read as the
+/// last (or first) one: `{"org":{"team":"blue","team":"red"}}` must not meet
+/// `"org.team" = "red"`, nor a doubled `realm_access.roles` the route's scopes. Nesting
+/// beyond 32 levels is refused too.
+#[tokio::test]
+async fn a_member_named_twice_at_any_depth_is_refused() {
+    let up = EchoUpstream::start().await;
+    let key = IdpKey::es256("e1");
+    let idp = TestIdp::start(vec![key.clone()]).await;
+    let a = up.addr;
+    let team = format!(
+        r#"
+[[route]]
+prefix = "/red"
+upstream = "http://{a}"
+issuers = ["corp"]
+[route.claims]
+"org.team" = "red"
+"#
+    );
+    let gw = gateway(&up, &issuer_toml("corp", &idp, r#"scope_claim = "realm_access.roles""#), &team).await;
+    wait_for_keys(&gw, "corp").await;
+    // The usual claims, then `members` written as is.
+    let raw = |members: &str| {
+        let base = idp.claims("alice", AUD).to_string();
+        let header = json!({"alg": key.alg, "typ": "JWT", "kid": key.kid}).to_string();
+        key.sign_text(&header, &format!("{},{members}}}", &base[..base.len() - 1]))
+    };
+    assert_eq!(status(&gw, "/red/x", &raw(r#""org":{"team":"red"}"#)).await, 200);
+    assert_eq!(status(&gw, "/red/x", &raw(r#""org":{"team":"blue","team":"red"}"#)).await, 401, "last wins");
+    assert_eq!(status(&gw, "/red/x", &raw(r#""org":{"team":"red","team":"blue"}"#)).await, 401, "first wins");
+    assert_eq!(status(&gw, "/red/x", &raw(r#""org":{"team":"blue","t\u0065am":"red"}"#)).await, 401, "escaped");
+    assert_eq!(status(&gw, "/corp/x", &raw(r#""realm_access":{"roles":["read"]}"#)).await, 200);
+    let roles = r#""realm_access":{"roles":["x"],"roles":["read"]}"#;
+    assert_eq!(status(&gw, "/corp/x", &raw(roles)).await, 401, "doubled roles");
+    // Anywhere, also in a claim nothing reads.
+    let unread = r#""realm_access":{"roles":["read"]},"ext":[{"a":1,"a":1}]"#;
+    assert_eq!(status(&gw, "/corp/x", &raw(unread)).await, 401, "unread claim");
+    let deep = |n: usize| format!(r#""realm_access":{{"roles":["read"]}},"x":{}1{}"#, "[".repeat(n), "]".repeat(n));
+    assert_eq!(status(&gw, "/corp/x", &raw(&deep(30))).await, 200, "31 levels");
+    assert_eq!(status(&gw, "/corp/x", &raw(&deep(40))).await, 401, "41 levels");
+}
+
 #[tokio::test]
 async fn claim_rules_exact_one_of_contains_and_missing() {
     let up = EchoUpstream::start().await;
@@ -633,6 +732,20 @@ file = "/nonexistent/k1.pem"
         (issuer("kind = \"introspection\""), "algorithms is for kind = \"jwt\"", 14),
         (issuer("introspection_endpoint = \"https://idp.example/introspect\""), "is for kind = \"introspection\"", 16),
         (issuer("refresh_min = \"2h\""), "refresh_min", 16),
+        // Our own issuer spelled otherwise (case, trailing '/', default port): still ours.
+        (issuer("").replace("https://idp.example", "HTTPS://Gateway.TEST/"), "own issuer", 13),
+        (issuer("").replace("https://idp.example", "https://gateway.test:443"), "own issuer", 13),
+        (format!("{}{}", issuer(""), issuer("").replace("\"corp\"", "\"corp2\"").replace("https://idp.example", "https://IDP.example/")), "already trusted", 19),
+        (issuer("").replace("\"corp\"", "\"SELF\""), "reserved", 12),
+        (issuer("").replace("\"corp\"", "\"Self\""), "reserved", 12),
+        (issuer("refetch_interval = \"500ms\""), "refetch_interval must be at least 1s", 16),
+        (issuer("refresh_min = \"999ms\""), "refresh_min must be at least 1s", 16),
+        (issuer("connect_timeout = \"6s\""), "connect_timeout must not exceed timeout", 16),
+        (issuer("timeout = \"1s\"\nconnect_timeout = \"2s\""), "connect_timeout must not exceed timeout", 17),
+        (issuer("subject_claim = \".\""), "no empty segment", 16),
+        (issuer("client_id_claim = \"a..b\""), "no empty segment", 16),
+        (issuer("scope_claim = \".roles\""), "no empty segment", 16),
+        (issuer("scope_claim = \"realm_access.\""), "no empty segment", 16),
         (
             "\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n[route.claims]\ntenant = { within = \"a\" }\n"
                 .to_string(),
@@ -652,6 +765,25 @@ file = "/nonexistent/k1.pem"
         assert!(err.contains(want), "want {want:?}, got {err}\n{text}");
         assert!(err.starts_with(&format!("gateway.toml:{line}:")), "want line {line}, got {err}\n{text}");
     }
+    // Claim rules: a path with an empty segment, or an empty value to compare with.
+    let rules = [
+        (r#"".x" = "a""#, "no empty segment"),
+        (r#""." = "a""#, "no empty segment"),
+        (r#""a..b" = "a""#, "no empty segment"),
+        (r#""org." = { contains = "a" }"#, "no empty segment"),
+        (r#"tenant = """#, "not a value to compare with"),
+        (r#"groups = { contains = "" }"#, "contains takes a non-empty string"),
+        (r#"region = { one_of = ["eu", ""] }"#, "one_of takes a non-empty list of non-empty strings"),
+    ];
+    for (rule, want) in rules {
+        let text =
+            base(&format!("\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n[route.claims]\n{rule}\n"));
+        let err = Config::parse(&text, std::path::Path::new("gateway.toml")).expect_err(rule).to_string();
+        assert!(err.contains(want) && err.starts_with("gateway.toml:14:"), "{rule}: want {want:?} at 14, got {err}");
+    }
+    // A short timeout alone is fine: the connect timeout defaults to at most it.
+    let short = base(&issuer("timeout = \"1s\"\nrefresh_min = \"1s\"\nrefetch_interval = \"1s\""));
+    assert_eq!(Config::parse(&short, std::path::Path::new("gateway.toml")).unwrap().trusted_issuers.len(), 1);
     // A good one parses, with claims and issuers on a route.
     let good = base(&format!(
         "{}\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nissuers = [\"self\", \"corp\"]\n[route.claims]\ntenant = \"acme\"\nadmin = true\n",

@@ -530,13 +530,97 @@ fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error
     }
 }
 
+/// Objects and arrays nested deeper than this, in a token payload or an introspection
+/// answer, are refused: no claim a rule reads lies that deep, and a bound keeps a hostile
+/// document from costing more than its bytes.
+pub(crate) const MAX_JSON_DEPTH: usize = 32;
+
+/// `bytes` as one JSON object in which no object, at any depth, names a member twice, and
+/// nothing nests deeper than [`MAX_JSON_DEPTH`]; else `None`. A member given twice
+/// (`{"org":{"team":"blue","team":"red"}}`) means one thing to a parser that keeps the
+/// first and another to one that keeps the last: such a document is refused, not read
+/// either way. One pass; each object's names are checked in its own map (no quadratic
+/// cost). Names are compared decoded (`"a"` and `"\u0061"` are the same name).
+pub(crate) fn unique_object(bytes: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = Unique(MAX_JSON_DEPTH).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    match value {
+        serde_json::Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// A JSON value with unique member names at every depth; the `usize` is how many more
+/// levels of objects or arrays may open.
+struct Unique(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Unique {
+    type Value = serde_json::Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<serde_json::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Unique {
+    type Value = serde_json::Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value with unique member names")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<serde_json::Value, E> {
+        Ok(b.into())
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<serde_json::Value, E> {
+        Ok(n.into())
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<serde_json::Value, E> {
+        Ok(n.into())
+    }
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<serde_json::Value, E> {
+        serde_json::Number::from_f64(n).map(serde_json::Value::Number).ok_or_else(|| E::custom("not a finite number"))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<serde_json::Value, E> {
+        Ok(s.into())
+    }
+    fn visit_string<E>(self, s: String) -> Result<serde_json::Value, E> {
+        Ok(s.into())
+    }
+    fn visit_unit<E>(self) -> Result<serde_json::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<serde_json::Value, A::Error> {
+        let inner = self.0.checked_sub(1).ok_or_else(|| serde::de::Error::custom("nested too deep"))?;
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Unique(inner))? {
+            out.push(v);
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<serde_json::Value, A::Error> {
+        let inner = self.0.checked_sub(1).ok_or_else(|| serde::de::Error::custom("nested too deep"))?;
+        let mut out = serde_json::Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if out.contains_key(&name) {
+                return Err(serde::de::Error::custom("a member is named twice"));
+            }
+            let v = map.next_value_seed(Unique(inner))?;
+            out.insert(name, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
 /// What an answer means for the token at `now`.
 fn judge(settings: &IntrospectionSettings, body: &[u8], now: u64) -> Outcome {
     // serde's derive would also read a struct from an array (`[true]`): only an object is one.
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(IntrospectError::Malformed);
     }
-    let a: Answer = serde_json::from_slice(body).map_err(|_| IntrospectError::Malformed)?;
+    // No member twice at any depth (in providers' own members too), nothing too deep.
+    let members = unique_object(body).ok_or(IntrospectError::Malformed)?;
+    let a: Answer =
+        serde_json::from_value(serde_json::Value::Object(members)).map_err(|_| IntrospectError::Malformed)?;
     if !a.active {
         return Ok(Introspected::Inactive(Inactive::NotActive));
     }
@@ -664,6 +748,9 @@ mod tests {
             r#"{"active":"true","aud":"api"}"#,
             r#"{"aud":"api"}"#,
             r#"{"active":true,"active":false}"#,
+            r#"{"active":true,"aud":"api","ext":{"role":"user","role":"admin"}}"#,
+            r#"{"active":true,"aud":"api","ext":[{"a":1,"\u0061":2}]}"#,
+            r#"{"active":true,"aud":"api"} {}"#,
             r#"{"active":true,"aud":"api","exp":"soon"}"#,
             r#"{"active":true,"aud":"api","exp":-1}"#,
             r#"{"active":true,"aud":["api",5]}"#,
@@ -674,6 +761,32 @@ mod tests {
         ] {
             assert_eq!(judge(malformed), Err(IntrospectError::Malformed), "{malformed}");
         }
+    }
+
+    #[test]
+    fn json_names_are_unique_at_every_depth_and_nesting_is_bounded() {
+        let ok = |t: &str| unique_object(t.as_bytes()).is_some();
+        assert!(ok(r#"{"a":{"b":[{"c":1},{"c":2}],"d":{"c":3}},"c":1.5,"n":null,"t":true}"#));
+        for dup in [
+            r#"{"a":1,"a":2}"#,
+            r#"{"org":{"team":"blue","team":"red"}}"#,
+            r#"{"realm_access":{"roles":["x"],"roles":["admin"]}}"#,
+            r#"{"a":[[{"x":{"y":1,"y":1}}]]}"#,
+            r#"{"a":1,"\u0061":2}"#,
+        ] {
+            assert!(!ok(dup), "{dup}");
+        }
+        for not_object in ["[]", "1", "\"x\"", "", "{", "{} {}", "{\"a\":1,}"] {
+            assert!(!ok(not_object), "{not_object}");
+        }
+        let nest = |n: usize| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
+        assert!(ok(&nest(MAX_JSON_DEPTH)) && !ok(&nest(MAX_JSON_DEPTH + 1)));
+        let arrays = |n: usize| format!("{{\"a\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        assert!(ok(&arrays(MAX_JSON_DEPTH - 1)) && !ok(&arrays(MAX_JSON_DEPTH)));
+        // Many names in one object: a map per object, no quadratic blow-up.
+        let wide = format!("{{{}}}", (0..50_000).map(|i| format!("\"k{i}\":{i}")).collect::<Vec<_>>().join(","));
+        assert!(ok(&wide));
+        assert!(!ok(&wide.replacen("\"k1\"", "\"k0\"", 1)));
     }
 
     #[test]

@@ -6,43 +6,15 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::LEEWAY_SECS;
 use super::error::TokenError;
 use super::principal::{ClaimValue, Principal};
 use crate::config::JwsAlgorithm;
-use crate::issuers::introspection::ActiveToken;
+use crate::issuers::introspection::{ActiveToken, unique_object};
 use crate::issuers::{Found, Issuer};
 use crate::text::is_identity;
-
-/// A JSON object whose top-level names are each given once: a token that says `iss` (or
-/// any claim) twice means two things to two parsers, and is refused.
-struct UniqueMap(Map<String, Value>);
-
-impl<'de> Deserialize<'de> for UniqueMap {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = UniqueMap;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<UniqueMap, A::Error> {
-                let mut m = Map::new();
-                while let Some((k, v)) = a.next_entry::<String, Value>()? {
-                    if m.contains_key(&k) {
-                        return Err(de::Error::custom("a claim appears twice"));
-                    }
-                    m.insert(k, v);
-                }
-                Ok(UniqueMap(m))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
 
 /// The `iss` a token claims, before anything is verified: it only picks whose keys to
 /// verify with. A payload that is not one JSON object, or names `iss` twice, is malformed.
@@ -102,11 +74,6 @@ fn number(v: &Value) -> Option<u64> {
     v.as_u64().or_else(|| v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
 }
 
-/// Fit for an identity header: no control characters.
-fn header_safe(s: &str) -> bool {
-    !s.bytes().any(|b| b < 0x20 || b == 0x7f)
-}
-
 /// The subject, and each optional identity value the token carries (empty: absent), are
 /// tidy ([`crate::text::check`]): the upstream gets them as the issuer wrote them, and an
 /// operator can block any subject that gets through (the blocks API takes the same values).
@@ -114,22 +81,40 @@ fn identities_ok(subject: &str, optional: &[&str]) -> bool {
     is_identity(subject) && optional.iter().all(|v| v.is_empty() || is_identity(v))
 }
 
-/// The space-separated scopes: the configured claim, else `scope`, else `scp`; a string
-/// (split on whitespace) or an array of strings (elements holding spaces dropped).
-fn scopes(claims: &Map<String, Value>, configured: Option<&str>) -> String {
+/// An RFC 6749 §3.3 scope-token: `1*( %x21 / %x23-5B / %x5D-7E )`, visible ASCII but
+/// `"` and `\\`. Anything else (a space, a tab, a newline, U+00A0, U+3000) would let
+/// `"x\nread"` be read as two scopes by one reader and as one by another.
+fn is_scope_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+}
+
+/// A scope string as RFC 6749 §3.3 writes it: scope-tokens separated by single spaces,
+/// split on SP alone (the rule the route's `contains` test applies). Empty: no scopes.
+/// `None`: not such a string (a tab or newline, a Unicode space, a doubled, leading or
+/// trailing space); the token is refused rather than read one way here and another way
+/// upstream.
+pub(super) fn scope_string(s: &str) -> Option<&str> {
+    (s.is_empty() || s.split(' ').all(is_scope_token)).then_some(s)
+}
+
+/// The space-separated scopes: the configured claim, else `scope`, else `scp`; a scope
+/// string ([`scope_string`]) or an array of scope-tokens. `None` (the token is refused)
+/// when the claim is neither, or when any array item is not one scope-token: an item
+/// `"x read"` is not silently dropped, nor split.
+fn scopes(claims: &Map<String, Value>, configured: Option<&str>) -> Option<String> {
     let v = match configured {
         Some(c) => lookup(claims, c),
         None => claims.get("scope").or_else(|| claims.get("scp")),
     };
     match v {
-        Some(Value::String(s)) => s.split_whitespace().collect::<Vec<_>>().join(" "),
+        None | Some(Value::Null) => Some(String::new()),
+        Some(Value::String(s)) => scope_string(s).map(str::to_string),
         Some(Value::Array(a)) => a
             .iter()
-            .filter_map(Value::as_str)
-            .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
+            .map(|item| item.as_str().filter(|s| is_scope_token(s)))
+            .collect::<Option<Vec<_>>>()
+            .map(|items| items.join(" ")),
+        Some(_) => None,
     }
 }
 
@@ -173,7 +158,9 @@ pub(super) async fn verify(
     }
     let payload = message.split_once('.').map(|(_, p)| p).ok_or(TokenError::Malformed)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
-    let UniqueMap(claims) = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    // A claim named twice at any depth (`org.team`, `realm_access.roles`) is refused: two
+    // parsers would read two tokens.
+    let claims = unique_object(&bytes).ok_or(TokenError::Malformed)?;
 
     if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
         return Err(TokenError::WrongIssuer);
@@ -202,9 +189,9 @@ pub(super) async fn verify(
         None => claims.get("client_id").or_else(|| claims.get("azp")).and_then(Value::as_str),
     }
     .unwrap_or("");
-    let scope = scopes(&claims, cfg.scope_claim.as_deref());
+    let scope = scopes(&claims, cfg.scope_claim.as_deref()).ok_or(TokenError::BadClaims)?;
     let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
-    if !identities_ok(subject, &[client_id, jti]) || !header_safe(&scope) {
+    if !identities_ok(subject, &[client_id, jti]) {
         return Err(TokenError::BadClaims);
     }
     let kept = rule_claims
@@ -226,8 +213,8 @@ pub(super) async fn verify(
 /// The verdict on a token `issuer` (an introspection issuer) called active. Its `aud` must
 /// hold one of the issuer's audiences (absent: refused, as for JWTs); the subject is `sub`,
 /// else `client_id` (RFC 7662 makes `sub` optional: a client acting for itself); identity
-/// values that are not tidy ([`crate::text::check`]) and a scope with control characters
-/// are refused. Route rules see the RFC 7662 members the answer
+/// values that are not tidy ([`crate::text::check`]) and a `scope` that is not an RFC 6749
+/// scope string ([`scope_string`]) are refused. Route rules see the RFC 7662 members the answer
 /// carries: `sub`, `client_id`, `scope`, `aud` (a list), `iss`, `jti`, `username`.
 /// `expires_at` is `exp` capped at `max_cache` from now: nothing vouches for the token
 /// beyond that.
@@ -246,10 +233,10 @@ pub(super) fn from_introspection(
         .filter(|s| !s.is_empty())
         .or(Some(client_id).filter(|c| !c.is_empty()))
         .ok_or(TokenError::BadClaims)?;
-    let scope = t.scope.as_deref().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+    let scope = scope_string(t.scope.as_deref().unwrap_or("")).ok_or(TokenError::BadClaims)?;
     let jti = t.jti.as_deref().unwrap_or("");
     let username = t.username.as_deref().unwrap_or("");
-    if !identities_ok(subject, &[client_id, jti, username]) || !header_safe(&scope) {
+    if !identities_ok(subject, &[client_id, jti, username]) {
         return Err(TokenError::BadClaims);
     }
     let kept = rule_claims
@@ -271,7 +258,7 @@ pub(super) fn from_introspection(
         .collect();
     let max_cache = cfg.introspection.as_ref().map_or(0, |i| i.max_cache.as_secs());
     let expires_at = t.exp.unwrap_or(u64::MAX).min(now.saturating_add(max_cache));
-    Principal::build([client_id, subject, &scope, jti, "", audience, issuer.name()], kept, [0; 32], expires_at)
+    Principal::build([client_id, subject, scope, jti, "", audience, issuer.name()], kept, [0; 32], expires_at)
         .ok_or(TokenError::BadClaims)
 }
 
@@ -289,7 +276,6 @@ mod tests {
         for opaque in ["opq_abc", "a.b.c", "", &enc("[1]"), "x.e30", "x.e30=.y"] {
             assert_eq!(has_json_payload(opaque), opaque == "x.e30", "{opaque}");
         }
-        assert!(serde_json::from_str::<UniqueMap>(r#"{"a":1,"a":2}"#).is_err());
         let m: Map<String, Value> = serde_json::from_str(
             r#"{"realm_access":{"roles":["a","b c","d"]},"https://x.example/t":"acme","scp":["r","w"]}"#,
         )
@@ -297,7 +283,54 @@ mod tests {
         assert_eq!(lookup(&m, "realm_access.roles").unwrap().as_array().unwrap().len(), 3);
         assert_eq!(lookup(&m, "https://x.example/t").unwrap(), "acme");
         assert!(lookup(&m, "realm_access.nope").is_none());
-        assert_eq!(scopes(&m, None), "r w");
-        assert_eq!(scopes(&m, Some("realm_access.roles")), "a d");
+        assert_eq!(scopes(&m, None).as_deref(), Some("r w"));
+        assert_eq!(scopes(&m, Some("realm_access.roles")), None, "an item with a space refuses the token");
+    }
+
+    #[test]
+    fn scopes_are_rfc6749_scope_tokens_split_on_sp() {
+        let of = |json: &str| scopes(&serde_json::from_str(json).unwrap(), None);
+        assert_eq!(of(r#"{"scope":"read write:x !#[]~"}"#).as_deref(), Some("read write:x !#[]~"));
+        assert_eq!(of(r#"{"scope":""}"#).as_deref(), Some(""));
+        assert_eq!(of(r#"{}"#).as_deref(), Some(""));
+        assert_eq!(of(r#"{"scp":["read","write"]}"#).as_deref(), Some("read write"));
+        assert_eq!(of(r#"{"scp":[]}"#).as_deref(), Some(""));
+        for bad in [
+            "x\nread",
+            "x\tread",
+            "x\rread",
+            "x\u{000b}read",
+            "x\u{000c}read",
+            "x\u{00a0}read",
+            "x\u{3000}read",
+            "x\u{2003}read",
+            "x\u{0085}read",
+            "x\u{2028}read",
+            "x  read",
+            " read",
+            "read ",
+            " ",
+            "r\"x",
+            "r\\x",
+            "r\u{007f}x",
+            "r\u{0000}x",
+            "lecture\u{00e9}",
+        ] {
+            let m = |v: Value| v.as_object().cloned().unwrap();
+            assert_eq!(scopes(&m(serde_json::json!({ "scope": bad })), None), None, "{bad:?}");
+            assert_eq!(scopes(&m(serde_json::json!({ "scp": ["ok", bad] })), None), None, "[{bad:?}]");
+        }
+        for bad in [
+            r#"{"scp":["read",""]}"#,
+            r#"{"scp":["read",5]}"#,
+            r#"{"scp":["read",null]}"#,
+            r#"{"scope":5}"#,
+            r#"{"scope":{"a":"read"}}"#,
+            r#"{"scp":[["read"]]}"#,
+        ] {
+            assert_eq!(of(bad), None, "{bad}");
+        }
+        assert_eq!(scope_string("a b"), Some("a b"));
+        assert_eq!(scope_string("a\u{a0}b"), None);
     }
 }

@@ -124,8 +124,8 @@ struct State {
     cache_control: Option<String>,
     /// Every answer waits this long first.
     delay: Option<std::time::Duration>,
-    /// Opaque token → its introspection answer when active.
-    opaque: HashMap<String, Value>,
+    /// Opaque token → its introspection answer (JSON text) when active.
+    opaque: HashMap<String, String>,
     /// When set, `/introspect` answers this status (and no JSON).
     introspect_status: Option<u16>,
     introspections: usize,
@@ -258,12 +258,18 @@ impl TestIdp {
     /// A new opaque token (one random part, no dots) that introspects as active with
     /// `answer`'s members (`active`, `iss`, `exp` one hour ahead, unless given).
     pub fn opaque_token(&self, answer: Value) -> String {
-        let token = format!("opq_{}", portcullis::tokens::random_token(24));
         let mut a = json!({"active": true, "iss": self.issuer, "exp": portcullis::tokens::now_secs() + 3600});
         for (k, v) in answer.as_object().unwrap() {
             a[k] = v.clone();
         }
-        self.state.lock().unwrap().opaque.insert(token.clone(), a);
+        self.opaque_token_text(&a.to_string())
+    }
+
+    /// A new opaque token whose introspection answer is exactly `answer` (JSON text the
+    /// serializer would not write, such as a member named twice).
+    pub fn opaque_token_text(&self, answer: &str) -> String {
+        let token = format!("opq_{}", portcullis::tokens::random_token(24));
+        self.state.lock().unwrap().opaque.insert(token.clone(), answer.to_string());
         token
     }
 
@@ -315,7 +321,7 @@ async fn introspect(req: Request<Incoming>, state: &Mutex<State>) -> Response<Fu
     }
     let token = form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned());
     match token.and_then(|t| st.opaque.get(&t).cloned()) {
-        Some(a) => respond(200, a.to_string()),
+        Some(a) => respond(200, a),
         None => respond(200, json!({"active": false}).to_string()),
     }
 }

@@ -19,6 +19,8 @@ const MAX_JWKS_BYTES: u64 = 16 * 1024 * 1024;
 /// An active introspection answer is reused at most this long (issue 16.3): a revocation
 /// at the IdP must show within it.
 const MAX_INTROSPECTION_CACHE: Duration = Duration::from_secs(3600);
+/// `refresh_min` and `refetch_interval` at least this: how often an IdP may be asked.
+const MIN_FETCH_INTERVAL: Duration = Duration::from_secs(1);
 /// An inactive answer or a failure is reused at most this long.
 const MAX_NEGATIVE_CACHE: Duration = Duration::from_secs(60);
 
@@ -34,7 +36,7 @@ impl Validator<'_> {
             if out.iter().any(|o| o.name == i.name) {
                 return Err(self.err(r.get_ref().name.span(), format!("duplicate trusted issuer name {:?}", i.name)));
             }
-            if out.iter().any(|o| o.issuer == i.issuer) {
+            if out.iter().any(|o| same_issuer(&o.issuer, &i.issuer)) {
                 return Err(self.err(
                     r.get_ref().issuer.span(),
                     format!("issuer {:?} is already trusted under another name: one iss picks one issuer", i.issuer),
@@ -54,10 +56,12 @@ impl Validator<'_> {
                 self.err(r.name.span(), format!("bad issuer name {name:?}: use letters, digits, '-', '_' or '.'"))
             );
         }
-        if name == SELF_ISSUER {
-            return Err(
-                self.err(r.name.span(), format!("issuer name {SELF_ISSUER:?} is reserved for the gateway itself"))
-            );
+        // Any case: `SELF` in a route's issuers would read as the gateway to a person.
+        if name.eq_ignore_ascii_case(SELF_ISSUER) {
+            return Err(self.err(
+                r.name.span(),
+                format!("issuer name {name:?} is reserved for the gateway itself ({SELF_ISSUER:?}, in any case)"),
+            ));
         }
         let introspecting = match r.kind.as_ref().map(|k| k.get_ref().as_str()) {
             None | Some("jwt") => false,
@@ -108,7 +112,7 @@ impl Validator<'_> {
         if url.query().is_some() {
             return Err(self.err(r.issuer.span(), "issuer must have no query"));
         }
-        if issuer == own_issuer {
+        if same_issuer(&issuer, own_issuer) {
             return Err(self.err(
                 r.issuer.span(),
                 "this is the gateway's own issuer: its tokens are always accepted (as \"self\"); do not list it",
@@ -188,13 +192,33 @@ impl Validator<'_> {
         let claim = |v: &Option<Spanned<String>>, field: &str| -> Result<Option<String>, ConfigError> {
             match v {
                 None => Ok(None),
-                Some(s) if s.get_ref().trim().is_empty() || s.get_ref().trim() != s.get_ref() => {
-                    Err(self.err(s.span(), format!("{field} must be a claim name or dotted path")))
-                }
+                Some(s) if s.get_ref().trim() != s.get_ref() || !is_claim_path(s.get_ref()) => Err(self.err(
+                    s.span(),
+                    format!("{field} must be a claim name or dotted path, with no empty segment (\".\", \"a..b\")"),
+                )),
                 Some(s) => Ok(Some(s.get_ref().clone())),
             }
         };
         let refresh_min = self.duration(&r.refresh_min, Duration::from_secs(60))?;
+        let refetch_interval = self.duration(&r.refetch_interval, Duration::from_secs(30))?;
+        // Below a second, an IdP would be fetched from as often as tokens (or clocks) tick.
+        for (key, v, d) in
+            [("refresh_min", &r.refresh_min, refresh_min), ("refetch_interval", &r.refetch_interval, refetch_interval)]
+        {
+            if d < MIN_FETCH_INTERVAL {
+                let span = v.as_ref().map_or(r.name.span(), |s| s.span());
+                return Err(self.err(span, format!("{key} must be at least 1s: it bounds how often the IdP is asked")));
+            }
+        }
+        let timeout = self.duration(&r.timeout, Duration::from_secs(5))?;
+        // Unset: 2s, or the whole timeout when that is shorter.
+        let connect_timeout = self.duration(&r.connect_timeout, Duration::from_secs(2).min(timeout))?;
+        if connect_timeout > timeout {
+            let span = r.connect_timeout.as_ref().map_or(r.name.span(), |s| s.span());
+            return Err(
+                self.err(span, "connect_timeout must not exceed timeout (the whole request, connecting included)")
+            );
+        }
         let refresh_max = self.duration(&r.refresh_max, Duration::from_secs(3600))?;
         if refresh_min > refresh_max {
             let span = r.refresh_min.as_ref().or(r.refresh_max.as_ref()).map_or(r.name.span(), |s| s.span());
@@ -216,11 +240,11 @@ impl Validator<'_> {
             client_id_claim: claim(&r.client_id_claim, "client_id_claim")?,
             scope_claim: claim(&r.scope_claim, "scope_claim")?,
             ca: r.ca.as_ref().map(|p| self.path(p.get_ref())),
-            connect_timeout: self.duration(&r.connect_timeout, Duration::from_secs(2))?,
-            timeout: self.duration(&r.timeout, Duration::from_secs(5))?,
+            connect_timeout,
+            timeout,
             refresh_min,
             refresh_max,
-            refetch_interval: self.duration(&r.refetch_interval, Duration::from_secs(30))?,
+            refetch_interval,
             max_jwks_bytes: usize::try_from(max_jwks_bytes).unwrap_or(usize::MAX),
             introspection: if introspecting { Some(self.introspection(r)?) } else { None },
             line,
@@ -353,9 +377,12 @@ impl Validator<'_> {
         };
         let mut rules = Vec::new();
         for (claim, value) in table.get_ref() {
-            if claim.is_empty() || claim.starts_with('.') || claim.ends_with('.') || claim.contains("..") {
-                return Err(bad(claim, "a claim name or dotted path"));
+            if !is_claim_path(claim) {
+                return Err(bad(claim, "a claim name or dotted path, with no empty segment"));
             }
+            // An empty value would match a claim that says nothing (`""`, `"a  b"` holds an
+            // empty word): it is a mistake, never a requirement.
+            let text = |v: &toml::Value| scalar_text(v).filter(|t| !t.is_empty());
             let test = match value {
                 toml::Value::Table(t) => {
                     let mut entries = t.iter();
@@ -367,24 +394,41 @@ impl Validator<'_> {
                             let list = arg.as_array().ok_or_else(|| bad(claim, "one_of takes a list"))?;
                             let values = list
                                 .iter()
-                                .map(scalar_text)
+                                .map(text)
                                 .collect::<Option<Vec<_>>>()
                                 .filter(|v| !v.is_empty())
-                                .ok_or_else(|| bad(claim, "one_of takes a non-empty list of strings"))?;
+                                .ok_or_else(|| bad(claim, "one_of takes a non-empty list of non-empty strings"))?;
                             ClaimTest::OneOf(values)
                         }
-                        "contains" => {
-                            ClaimTest::Contains(scalar_text(arg).ok_or_else(|| bad(claim, "contains takes a string"))?)
-                        }
+                        "contains" => ClaimTest::Contains(
+                            text(arg).ok_or_else(|| bad(claim, "contains takes a non-empty string"))?,
+                        ),
                         _ => return Err(bad(claim, &format!("unknown test {op:?}"))),
                     }
                 }
-                v => ClaimTest::Equals(scalar_text(v).ok_or_else(|| bad(claim, "not a value to compare with"))?),
+                v => ClaimTest::Equals(text(v).ok_or_else(|| bad(claim, "not a value to compare with (empty)"))?),
             };
             rules.push(ClaimRule { claim: claim.clone(), test });
         }
         Ok(rules)
     }
+}
+
+/// A claim name or dotted path: no empty segment (`""`, `"."`, `"a..b"`, `".a"`, `"a."`),
+/// which no token's claim could be found under.
+fn is_claim_path(path: &str) -> bool {
+    path.split('.').all(|segment| !segment.is_empty())
+}
+
+/// Two spellings of one issuer URL: scheme and host compared without case, a default port
+/// dropped, trailing `/` ignored (`https://GW.example/` is `https://gw.example`). Not a URL:
+/// compared trimmed.
+fn same_issuer(a: &str, b: &str) -> bool {
+    let norm = |s: &str| match url::Url::parse(s.trim()) {
+        Ok(u) => u.as_str().trim_end_matches('/').to_string(),
+        Err(_) => s.trim().trim_end_matches('/').to_string(),
+    };
+    norm(a) == norm(b)
 }
 
 /// A string, integer or boolean as the text a claim is compared with.
