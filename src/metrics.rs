@@ -56,6 +56,7 @@ pub struct Metrics {
     token_requests: Family<(&'static str, &'static str), AtomicU64>,
     revocations: Family<(&'static str, &'static str), AtomicU64>,
     rate_limited: Family<&'static str, AtomicU64>,
+    bearer_refusals: Family<&'static str, AtomicU64>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_success: AtomicU64,
@@ -92,6 +93,7 @@ impl Metrics {
             token_requests: Family::default(),
             revocations: Family::default(),
             rate_limited: Family::default(),
+            bearer_refusals: Family::default(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload_success: AtomicU64::new(crate::tokens::now_secs()),
@@ -164,6 +166,13 @@ impl Metrics {
     /// One request refused with 429 at `endpoint` (`token` or `login`).
     pub fn rate_limited(&self, endpoint: &'static str) {
         self.rate_limited.with(&endpoint, |c| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// A bearer token refused on the proxy path, by reason (a fixed set of labels).
+    pub fn bearer_refused(&self, reason: &'static str) {
+        self.bearer_refusals.with(&reason, |c| {
             c.fetch_add(1, Ordering::Relaxed);
         });
     }
@@ -260,6 +269,17 @@ impl Metrics {
         for (endpoint, n) in self.rate_limited.snapshot() {
             let n = n.load(Ordering::Relaxed);
             let _ = writeln!(out, "portcullis_rate_limited_total{{endpoint=\"{endpoint}\"}} {n}");
+        }
+
+        header(
+            &mut out,
+            "portcullis_bearer_refusals_total",
+            "counter",
+            "Bearer tokens refused on the proxy path (401 invalid_token), by reason.",
+        );
+        for (reason, n) in self.bearer_refusals.snapshot() {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "portcullis_bearer_refusals_total{{reason=\"{reason}\"}} {n}");
         }
 
         header(

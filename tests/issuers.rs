@@ -363,6 +363,9 @@ async fn routes_accept_only_the_issuers_they_name() {
     assert_eq!(status(&gw, "/both/x", &key.sign(&c)).await, 401);
     let stranger = IdpKey::es256("e1");
     assert_eq!(status(&gw, "/corp/x", &idp_token(&idp, &stranger, "alice", json!({"scope": "read"}))).await, 401);
+    // Each refusal is counted by its reason.
+    assert!(counter(&gw, "portcullis_bearer_refusals_total{reason=\"wrong_issuer\"}").await >= 1.0);
+    assert!(counter(&gw, "portcullis_bearer_refusals_total{reason=\"bad_signature\"}").await >= 1.0);
 }
 
 #[tokio::test]

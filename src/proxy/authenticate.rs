@@ -78,5 +78,8 @@ pub async fn authenticate(
     gw.validator
         .validate_for(token, &rt.keys, Some(&rt.issuers), &accepts, &rt.config, gw.store.as_ref())
         .await
-        .map_err(ProxyError::InvalidToken)
+        .map_err(|e| {
+            gw.metrics.bearer_refused(e.label());
+            ProxyError::InvalidToken(e)
+        })
 }

@@ -51,6 +51,32 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// The `reason` label of `portcullis_bearer_refusals_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::WrongAlgorithm => "wrong_algorithm",
+            TokenError::WrongType => "wrong_type",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::BadClaims => "bad_claims",
+            TokenError::UnknownClient => "unknown_client",
+            TokenError::ClientDisabled => "client_disabled",
+            TokenError::Revoked => "revoked",
+            TokenError::UserInactive => "user_inactive",
+            TokenError::CriticalHeader => "critical_header",
+            TokenError::LifetimeTooLong => "lifetime_too_long",
+            TokenError::ClientReset => "client_reset",
+            TokenError::Blocked => "blocked",
+            TokenError::Inactive => "inactive",
+            TokenError::IntrospectionFailed => "introspection_failed",
+        }
+    }
+
     /// The `error_description` sent to the caller: enough to act on, nothing to exploit.
     pub fn description(self) -> &'static str {
         match self {
