@@ -478,6 +478,41 @@ impl Store for FuzzStore {
     }
 }
 
+/// The peer-input parsers added for issues 16 and 19, on one input each: the proxy's
+/// `access_token` stripping of a query or form body, the multipart field-name scan, and
+/// the duplicate-refusing JSON object reader that external JWT payloads and introspection
+/// answers go through. Invariants: stripping never keeps a piece whose name reads as
+/// `access_token` and never adds a byte that was not in the input; a body with a literal
+/// `name="access_token"` is found by the scan; an object the strict reader accepts is one
+/// serde_json reads too, with the same members.
+pub fn peer_params(data: &[u8]) {
+    use crate::proxy::access_token::{is_access_token_name, without_access_token};
+    if let Some(kept) = without_access_token(data) {
+        assert!(kept.len() <= data.len(), "stripping grew the input");
+        for piece in kept.split(|b| *b == b'&' || *b == b';') {
+            let name = piece.split(|&b| b == b'=').next().unwrap_or_default();
+            let survives =
+                form_urlencoded::parse(name).next().is_some_and(|(k, v)| v.is_empty() && is_access_token_name(&k));
+            assert!(!survives, "an access_token piece survived: {piece:?}");
+            assert!(
+                data.windows(piece.len().max(1)).any(|w| w == piece) || piece.is_empty(),
+                "a piece not in the input"
+            );
+        }
+    }
+    let found = crate::proxy::multipart::names_token_field(data);
+    let literal: &[u8] = b"; name=\"access_token\"";
+    if data.windows(literal.len()).any(|w| w == literal) {
+        assert!(found, "a literal access_token field was missed");
+    }
+    if let Some(members) = crate::issuers::introspection::unique_object(data) {
+        let loose: serde_json::Value =
+            serde_json::from_slice(data).expect("the strict reader accepted what serde_json refuses");
+        let obj = loose.as_object().expect("the strict reader accepted a non-object");
+        assert_eq!(obj.len(), members.len(), "member counts differ");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +555,23 @@ mod tests {
         assert!(token_request(&h, br#"{"grant_type":"client_credentials","client_secret":"s"}"#).is_err());
         assert!(bearer(&h).is_err());
         assert!(config("issuer = 1").is_err());
+    }
+
+    #[test]
+    fn peer_params_hold_on_attacker_inputs() {
+        for seed in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/peer_params")).unwrap() {
+            peer_params(&std::fs::read(seed.unwrap().path()).unwrap());
+        }
+        for input in [
+            &b""[..],
+            b"a=1;access_token=t&access.token=u&access_token[]=v&b=%2",
+            b"--x\r\nContent-Disposition: form-data; name=\"access_token\"\r\n\r\nt",
+            br#"{"a":{"b":1,"b":2}}"#,
+            br#"{"a":[{"x":1}],"c":"\u0061"}"#,
+            b"{\"a\":",
+        ] {
+            peer_params(input);
+        }
     }
 
     #[test]

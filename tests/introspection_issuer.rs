@@ -422,20 +422,8 @@ fn config_errors_point_at_the_line() {
 /// `check` builds the introspection client as `serve` does: a missing CA is refused.
 #[test]
 fn check_refuses_a_missing_introspection_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"issuer = "https://gateway.test"
-[[listener]]
-address = "127.0.0.1:0"
-tls = false
-[store]
-path = "{d}/store.redb"
-[[key]]
-id = "k1"
-file = "{d}/k1.pem"
-
-[[trusted_issuer]]
-name = "op"
+    let err = issuer_preflight_error(
+        r#"name = "op"
 kind = "introspection"
 issuer = "https://idp.example"
 introspection_endpoint = "https://idp.example/introspect"
@@ -444,11 +432,6 @@ client_secret = "s3cret"
 audience = "api"
 ca = "{d}/missing-ca.pem"
 "#,
-        d = dir.path().display()
     );
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, &text).unwrap();
-    let cfg = Config::load(&path).unwrap();
-    let err = portcullis::reload::preflight(&cfg).unwrap_err().to_string();
     assert!(err.contains(":12:") && err.contains("missing-ca.pem"), "{err}");
 }

@@ -800,31 +800,14 @@ file = "/nonexistent/k1.pem"
 /// `check` refuses an issuer CA it cannot read, as `serve` would.
 #[test]
 fn check_refuses_a_missing_issuer_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"issuer = "https://gateway.test"
-[[listener]]
-address = "127.0.0.1:0"
-tls = false
-[store]
-path = "{d}/store.redb"
-[[key]]
-id = "k1"
-file = "{d}/k1.pem"
-
-[[trusted_issuer]]
-name = "corp"
+    let err = issuer_preflight_error(
+        r#"name = "corp"
 issuer = "https://idp.example"
 algorithms = ["RS256"]
 audience = "api"
 ca = "{d}/missing-ca.pem"
 "#,
-        d = dir.path().display()
     );
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, &text).unwrap();
-    let cfg = Config::load(&path).unwrap();
-    let err = portcullis::reload::preflight(&cfg).unwrap_err().to_string();
     assert!(err.contains(":12:") && err.contains("missing-ca.pem"), "{err}");
 }
 

@@ -369,3 +369,20 @@ fn answer(
         _ => respond(404, "not found".into(), None),
     }
 }
+
+/// `portcullis check`'s preflight on a minimal config with one `[[trusted_issuer]]` made of
+/// `issuer_lines` (`{d}` in them names a fresh directory, which holds nothing): the error
+/// it gives. The table starts on line 12.
+pub fn issuer_preflight_error(issuer_lines: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let text = format!(
+        "issuer = \"https://gateway.test\"\n[[listener]]\naddress = \"127.0.0.1:0\"\ntls = false\n[store]\n\
+         path = \"{d}/store.redb\"\n[[key]]\nid = \"k1\"\nfile = \"{d}/k1.pem\"\n\n[[trusted_issuer]]\n{}",
+        issuer_lines.replace("{d}", &d)
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &text).unwrap();
+    let cfg = portcullis::config::Config::load(&path).unwrap();
+    portcullis::reload::preflight(&cfg).unwrap_err().to_string()
+}
