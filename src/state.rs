@@ -87,8 +87,15 @@ impl Gateway {
         issuers.start();
         let (store, feed): (Arc<dyn Store>, _) = match &config.store {
             StoreConfig::Embedded { path } => (Arc::new(EmbeddedStore::open(path)?), None),
-            StoreConfig::Redis { url, key_prefix, timeout } => {
-                let redis = Arc::new(RedisStore::new(url, key_prefix, *timeout)?);
+            StoreConfig::Redis { url, key_prefix, timeout, mode, ca_file, replica_acks } => {
+                let opts = crate::store::redis::RedisOptions {
+                    url,
+                    mode,
+                    timeout: *timeout,
+                    ca_file: ca_file.as_deref(),
+                    replica_acks: *replica_acks,
+                };
+                let redis = Arc::new(RedisStore::open(&opts, key_prefix)?);
                 let feed = redis.spawn_listener();
                 (redis, Some(feed))
             }

@@ -266,10 +266,28 @@ pub enum StoreConfig {
     },
     /// Shared by several replicas.
     Redis {
+        /// The one server; for a cluster or Sentinel, the first node (what the summary shows).
         url: String,
         key_prefix: String,
         timeout: Duration,
+        mode: RedisMode,
+        /// PEM roots for `rediss://`; `None`: the system's roots.
+        ca_file: Option<PathBuf>,
+        /// Replicas that must hold a grant write (code taken, refresh stored or rotated,
+        /// revocation) before it is answered; 0: answer on the primary's word.
+        replica_acks: u32,
     },
+}
+
+/// How the Redis store reaches its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One server (`url`).
+    Single,
+    /// Redis Cluster: seed node URLs, all of one scheme.
+    Cluster(Vec<String>),
+    /// Redis Sentinel: the sentinels' URLs and the monitored master's name.
+    Sentinel { nodes: Vec<String>, service_name: String },
 }
 
 /// Who may pass a route.

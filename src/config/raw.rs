@@ -76,6 +76,15 @@ pub struct RawStore {
     pub key_prefix: Option<String>,
     pub pool_size: Option<Spanned<u64>>,
     pub timeout: Option<Spanned<String>>,
+    /// Redis Cluster seed nodes, instead of `url`.
+    pub cluster: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Redis Sentinel nodes, instead of `url`; with `service_name`.
+    pub sentinel: Option<Spanned<Vec<Spanned<String>>>>,
+    pub service_name: Option<Spanned<String>>,
+    /// PEM roots that a `rediss://` server's certificate must chain to.
+    pub ca_file: Option<Spanned<String>>,
+    /// Replicas that must acknowledge a grant write (`WAIT`) before it is answered.
+    pub replica_acks: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,12 +34,19 @@ impl Config {
         }
         match &config.store {
             StoreConfig::Embedded { path } => writeln!(out, "store     embedded {}", path.display())?,
-            StoreConfig::Redis { url, key_prefix, .. } => {
+            StoreConfig::Redis { url, key_prefix, mode, .. } => {
                 // The URL may carry a password: print only scheme, host and port.
                 let shown = url::Url::parse(url)
                     .map(|u| format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or("?"), u.port().unwrap_or(6379)))
                     .unwrap_or_default();
-                writeln!(out, "store     redis {shown} prefix={key_prefix}")?;
+                let mode = match mode {
+                    crate::config::RedisMode::Single => String::new(),
+                    crate::config::RedisMode::Cluster(n) => format!(" cluster of {} seed node(s)", n.len()),
+                    crate::config::RedisMode::Sentinel { nodes, service_name } => {
+                        format!(" sentinel ({} node(s)) service {service_name}", nodes.len())
+                    }
+                };
+                writeln!(out, "store     redis {shown}{mode} prefix={key_prefix}")?;
             }
         }
         let r = &config.rate_limit;

@@ -78,6 +78,7 @@ impl Server {
             None => None,
         };
         let gateway = Gateway::new(config)?;
+        gateway.store.check_config().await.map_err(crate::state::StartError::Store)?;
         let tls_addrs = listeners.iter().filter(|(_, tls)| *tls).filter_map(|(l, _)| l.local_addr().ok()).collect();
         gateway.metrics.tls_listeners(tls_addrs);
         gateway.metrics.certificate(gateway.runtime().config.tls.as_ref().map(|t| t.cert.as_path()));

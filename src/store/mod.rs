@@ -274,6 +274,13 @@ pub trait Store: Send + Sync {
     /// itself may try to here.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// At start, before serving: refuse a store whose configuration cannot work (a wrong
+    /// password, a node not in cluster mode, an untrusted certificate, no such master).
+    /// An unreachable store is not refused here: it recovers by itself.
+    async fn check_config(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Health now, from `ping`.
     async fn health(&self) -> Health {
         match self.ping().await {

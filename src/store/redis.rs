@@ -1,56 +1,72 @@
-//! The shared store for several gateway replicas: Redis. Records expire with Redis TTLs;
-//! the operations that must be atomic are Lua scripts (a script runs alone on the server),
-//! and every revocation is published on a channel so each replica evicts its cache.
+//! The shared store for several gateway replicas: Redis — one server, a Sentinel-managed
+//! primary, or a Redis Cluster. Records expire with Redis TTLs; the operations that must be
+//! atomic are Lua scripts (a script runs alone on the server), and every revocation is
+//! published on a channel so each replica evicts its cache.
 //!
-//! Layout under the key prefix `P`:
-//! `P code:<hex>`  "F"+grant JSON (fresh) or "U"+family (used)       TTL: code lifetime / replay memory
-//! `P rt:<hex>`    "A"/"S" (active/spent) + grant JSON               TTL: refresh lifetime
-//! `P rtat:<hex>`  unix time the refresh token was spent             TTL: as its `rt:`
-//! `P fam:<id>`    hash {revoked}                                    TTL: longest member
-//! `P famacc:<id>` hash jti → exp of access tokens from the family   TTL: longest member
-//! `P rev:<jti>`   exp of a revoked access token                     TTL: until it expires
-//! `P sess:<hex>`  session JSON                                      TTL: session lifetime
-//! `P clientnb`    hash client id → not-before (unix time)            no TTL
-//! `P blocks`      hash block key JSON → block JSON                   no TTL (lapsed ones pruned on read)
-//! channel `P revocations`: "<jti> <exp>" per revoked access token, "block <block JSON>" and
-//! "unblock <block key JSON>" per operator block (issue 16.5), and the heartbeat.
+//! Every script declares the keys it touches, and the keys one script touches share a
+//! hash tag, so each runs on one cluster slot. The unit of atomicity is the refresh family:
+//! its tokens and state live under `{f:<family>}`; a token finds its family through an
+//! index written before the token is handed out (and never changed after).
+//!
+//! Layout under the key prefix `P` (`F` = `P{f:<family id>}`):
+//! `P code:<hex>`   "F"+grant JSON (fresh) or "U"+family (used)      TTL: code lifetime / replay memory
+//! `P rtf:<hex>`    the refresh token's family id (index)            TTL: refresh lifetime
+//! `F rt:<hex>`     "A"/"S" (active/spent) + grant JSON               TTL: refresh lifetime
+//! `F at:<hex>`     unix time (Redis clock) the refresh token was spent TTL: as its `rt:`
+//! `F sib:<hex>`    siblings minted from the spent token              TTL: as its `rt:`
+//! `F fam`          hash {revoked}                                    TTL: longest member
+//! `F acc`          hash jti → exp of access tokens from the family   TTL: longest member
+//! `P rev:<jti>`    exp of a revoked access token                     TTL: until it expires
+//! `P sess:<hex>`   session JSON                                      TTL: session lifetime
+//! `P clientnb`     hash client id → not-before (unix time)            no TTL
+//! `P blocks`       hash block key JSON → block JSON                   no TTL (lapsed ones pruned on read)
+//! channel `P revocations` (classic pub/sub: on a cluster PUBLISH reaches every node):
+//! "<jti> <exp>" per revoked access token, "block <block JSON>" and "unblock <block key
+//! JSON>" per operator block (issue 16.5), "clientnb", and the heartbeat.
+//!
+//! The layout of refresh families changed with cluster support (issue 14): refresh tokens
+//! stored by an older version are not found (docs/operations.md, "Migration").
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
-use tokio::sync::{RwLock, mpsc};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncCommands, IntoConnectionInfo, Script, TlsCertificates};
+use tokio::sync::{Mutex, RwLock, mpsc};
 
 use super::{
     Block, BlockKey, CodeGrant, Hash, IssuedAccess, RefreshGrant, RevocationEvent, Rotate, Rotation, Session, Store,
     StoreError, StoredRefresh, TakeCode,
 };
+use crate::config::RedisMode;
 use crate::tokens::now_secs;
 
 /// How long a used code is remembered so that a replay can be detected and punished.
 const USED_CODE_MEMORY_SECS: u64 = 600;
 
-/// Revoke a family (KEYS[1]=fam, KEYS[2]=famacc; ARGV[1]=prefix, ARGV[2]=now, ARGV[3]=min ttl).
-/// Returns the revoked access tokens as a flat list jti, exp, jti, exp...
+/// Mark a family revoked (KEYS: its `fam`, `acc`) and return its live access tokens as a
+/// flat list jti, exp, ...: the caller revokes each (`rev:` keys live in other slots).
+/// `acc` is kept, so a revocation cut short is completed by repeating it.
 const REVOKE_FAMILY_LUA: &str = r#"
-local function revoke_family(fam, famacc, prefix, now, minttl)
+local function revoke_family(fam, acc, now, minttl)
   redis.call('HSET', fam, 'revoked', '1')
   if redis.call('TTL', fam) < minttl then redis.call('EXPIRE', fam, minttl) end
-  local all = redis.call('HGETALL', famacc)
+  local all = redis.call('HGETALL', acc)
   local out = {}
   for i = 1, #all, 2 do
     local jti, exp = all[i], tonumber(all[i + 1])
-    if exp > now then
-      redis.call('SET', prefix .. 'rev:' .. jti, tostring(exp), 'EX', exp - now + 5)
-      redis.call('PUBLISH', prefix .. 'revocations', jti .. ' ' .. tostring(exp))
+    if exp and exp > now then
       table.insert(out, jti)
       table.insert(out, tostring(exp))
     end
   end
-  redis.call('DEL', famacc)
   return out
 end
 "#;
@@ -59,12 +75,59 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{REVOKE_FAMILY_LUA}\n{body}"))
 }
 
+/// One connection to the data: a single server's (or Sentinel's current primary's)
+/// managed connection, or a cluster connection that follows the slots by itself.
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where the data is, as configured.
+enum Target {
+    Single(redis::Client),
+    /// Asked for the current primary at every (re)connection.
+    Sentinel(Mutex<SentinelClient>),
+    /// The cluster client, and one plain client per seed node for the revocation channel
+    /// (classic pub/sub: a subscriber on any node hears every PUBLISH of the cluster).
+    Cluster { client: ClusterClient, seeds: Vec<redis::Client> },
+}
+
 /// The shared connection; a failure through it (other than a timeout) discards it, so the
 /// next use reconnects from scratch instead of trusting a manager whose connection may be
-/// dead for good (the replica tests restart Redis under it).
+/// dead for good (the replica tests restart Redis under it), or that points at a primary
+/// Sentinel has since demoted.
 struct Conn<'a> {
-    c: ConnectionManager,
-    slot: &'a RwLock<Option<ConnectionManager>>,
+    c: Link,
+    slot: &'a RwLock<Option<Link>>,
     down: &'a Outage,
 }
 
@@ -86,7 +149,6 @@ struct Outage(std::sync::atomic::AtomicBool);
 
 impl Outage {
     fn failed(&self, e: StoreError) -> StoreError {
-        use std::sync::atomic::Ordering;
         if !self.0.load(Ordering::Acquire) && !self.0.swap(true, Ordering::AcqRel) {
             tracing::error!(error = %e, "Redis store unavailable; grants, revocation and logins answer 503 until it answers");
         }
@@ -94,29 +156,44 @@ impl Outage {
     }
 
     fn answered(&self) {
-        use std::sync::atomic::Ordering;
         if self.0.load(Ordering::Acquire) && self.0.swap(false, Ordering::AcqRel) {
             tracing::warn!("Redis store answering again");
         }
     }
 }
 
+/// How to reach Redis: what `[store]` says beyond the key prefix.
+pub struct RedisOptions<'a> {
+    pub url: &'a str,
+    pub mode: &'a RedisMode,
+    pub timeout: Duration,
+    /// PEM roots for `rediss://`.
+    pub ca_file: Option<&'a std::path::Path>,
+    /// Replicas that must acknowledge a grant-state write before it counts (`WAIT`); 0: none.
+    pub replica_acks: u32,
+}
+
 pub struct RedisStore {
-    client: redis::Client,
+    target: Target,
     config: ConnectionManagerConfig,
+    timeout: Duration,
+    replica_acks: u32,
     prefix: String,
     /// One multiplexed connection, not a pool: every command here is a short request or a
     /// Lua script (no blocking command that would hold a connection), a multiplexed
     /// connection pipelines concurrent requests, Redis runs them one at a time anyway, and
     /// pub/sub has its own connection (`spawn_listener`).
-    conn: RwLock<Option<ConnectionManager>>,
+    conn: RwLock<Option<Link>>,
     down: Outage,
+    /// Which seed node the revocation channel tries first (rotates after a failure).
+    next_seed: AtomicUsize,
     take_code: Script,
     put_refresh: Script,
+    get_refresh: Script,
     rotate: Script,
     add_access: Script,
     revoke_family: Script,
-    revoke_access: Script,
+    revoke_one: Script,
 }
 
 /// The message on the revocation channel that says a client not-before was recorded.
@@ -145,44 +222,123 @@ fn accesses(flat: &[String]) -> Vec<IssuedAccess> {
         .collect()
 }
 
+/// A refusal that retrying will not cure: the configuration is wrong (a bad password, a
+/// node that is not in cluster mode, a certificate not trusted, a Sentinel that knows no
+/// such master). The start is refused for these; anything else (refused connection,
+/// timeout) only delays readiness of the store.
+fn is_misconfiguration(e: &redis::RedisError) -> bool {
+    use redis::ErrorKind;
+    if matches!(e.kind(), ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig) {
+        return true;
+    }
+    let text = e.to_string().to_ascii_lowercase();
+    [
+        "wrongpass",
+        "noauth",
+        "invalid password",
+        "auth failed",
+        "cluster support disabled",
+        "certificate",
+        "unknownissuer",
+        "no master",
+        "master not found",
+        "sentinel",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 impl RedisStore {
+    /// One Redis server at `url` (what the replica tests and older callers use).
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
+        RedisStore::open(
+            &RedisOptions { url, mode: &RedisMode::Single, timeout, ca_file: None, replica_acks: 0 },
+            prefix,
+        )
+    }
+
     /// Prepare the store; the connection is made on first use and re-made after failures,
     /// so the gateway starts (not ready) while Redis is down and recovers by itself.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+    pub fn open(opts: &RedisOptions<'_>, prefix: &str) -> Result<RedisStore, StoreError> {
+        let certs = match opts.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| unavailable(format!("ca_file {}: {e}", path.display())))?),
+            None => None,
+        };
+        let tls = |root: &Option<Vec<u8>>| TlsCertificates { client_tls: None, root_cert: root.clone() };
+        let plain = |url: &str| -> Result<redis::Client, StoreError> {
+            match &certs {
+                Some(_) => redis::Client::build_with_tls(url, tls(&certs)).map_err(unavailable),
+                None => redis::Client::open(url).map_err(unavailable),
+            }
+        };
+        let target = match opts.mode {
+            RedisMode::Single => Target::Single(plain(opts.url)?),
+            RedisMode::Cluster(nodes) => {
+                let mut b = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    .connection_timeout(opts.timeout)
+                    .response_timeout(opts.timeout)
+                    // A request waits at most twice the store timeout, failover or not:
+                    // grants answer 503 rather than hang while a primary is replaced.
+                    .overall_response_timeout(Some(opts.timeout * 2))
+                    .retries(2)
+                    .min_retry_wait(50)
+                    .max_retry_wait(300);
+                if certs.is_some() {
+                    b = b.certs(tls(&certs));
+                }
+                let client = b.build().map_err(unavailable)?;
+                let seeds = nodes.iter().map(|n| plain(n)).collect::<Result<_, _>>()?;
+                Target::Cluster { client, seeds }
+            }
+            RedisMode::Sentinel { nodes, service_name } => {
+                // The sentinels' URLs carry the credentials (and db) used for the primary too.
+                let first = nodes.first().map(String::as_str).unwrap_or(opts.url);
+                let info = first.into_connection_info().map_err(unavailable)?;
+                let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info.redis_settings().clone());
+                if first.starts_with("rediss://") {
+                    node = node.set_tls_mode(redis::TlsMode::Secure);
+                }
+                let client = SentinelClient::build(
+                    nodes.iter().map(String::as_str).collect(),
+                    service_name.as_str(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(unavailable)?;
+                Target::Sentinel(Mutex::new(client))
+            }
+        };
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(opts.timeout))
+            .set_response_timeout(Some(opts.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         Ok(RedisStore {
-            client,
+            target,
             config,
+            timeout: opts.timeout,
+            replica_acks: opts.replica_acks,
             prefix: prefix.to_string(),
             conn: RwLock::new(None),
             down: Outage::default(),
-            take_code: script(
+            next_seed: AtomicUsize::new(0),
+            // KEYS: code; ARGV: family, replay memory
+            take_code: Script::new(
                 r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return {'unknown'} end
-local now, prefix, family = tonumber(ARGV[2]), ARGV[1], ARGV[3]
 local kind, rest = string.sub(v, 1, 1), string.sub(v, 2)
 if kind == 'F' then
   local g = cjson.decode(rest)
-  if tonumber(g.expires_at) <= now then redis.call('DEL', KEYS[1]); return {'unknown'} end
-  local memory = tonumber(ARGV[4])
-  redis.call('SET', KEYS[1], 'U' .. family, 'EX', memory)
-  local fam = prefix .. 'fam:' .. family
-  redis.call('HSETNX', fam, 'revoked', '0')
-  if redis.call('TTL', fam) < memory then redis.call('EXPIRE', fam, memory) end
+  if tonumber(g.expires_at) <= tonumber(ARGV[3]) then redis.call('DEL', KEYS[1]); return {'unknown'} end
+  redis.call('SET', KEYS[1], 'U' .. ARGV[1], 'EX', tonumber(ARGV[2]))
   return {'taken', rest}
 end
-local out = revoke_family(prefix .. 'fam:' .. rest, prefix .. 'famacc:' .. rest, prefix, now, tonumber(ARGV[4]))
-table.insert(out, 1, 'replayed')
-return out
+return {'replayed', rest}
 "#,
             ),
-            put_refresh: script(
+            // KEYS: rt, fam; ARGV: grant json, ttl
+            put_refresh: Script::new(
                 r#"
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], 'A' .. ARGV[1], 'EX', ttl)
@@ -191,23 +347,30 @@ if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
 return 'ok'
 "#,
             ),
-            // KEYS: old rt, new rt, fam, famacc, old rtat, clientnb, old rtsib; ARGV: prefix,
-            // now, client_id, expected grant json, new grant json, new ttl, access jti,
-            // access exp, reuse interval, max siblings
+            // KEYS: rt, fam; returns {record, revoked flag}
+            get_refresh: Script::new(
+                r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return {} end
+return {v, redis.call('HGET', KEYS[2], 'revoked') or '0'}
+"#,
+            ),
+            // KEYS: old rt, new rt, fam, acc, old at, old sib; ARGV: now, client_id,
+            // expected grant json, new grant json, new ttl, access jti, access exp, reuse
+            // interval, max siblings, the client's not-before ('' for none)
             rotate: script(
                 r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return {'invalid'} end
 local kind, gj = string.sub(v, 1, 1), string.sub(v, 2)
-if gj ~= ARGV[4] then return {'invalid'} end
+if gj ~= ARGV[3] then return {'invalid'} end
 local g = cjson.decode(gj)
-local now = tonumber(ARGV[2])
+local now = tonumber(ARGV[1])
 if redis.call('HGET', KEYS[3], 'revoked') == '1' then return {'invalid'} end
-if tonumber(g.expires_at) <= now or g.client_id ~= ARGV[3] then return {'invalid'} end
-local nb = redis.call('HGET', KEYS[6], ARGV[3])
-if nb then
+if tonumber(g.expires_at) <= now or g.client_id ~= ARGV[2] then return {'invalid'} end
+if ARGV[10] ~= '' then
   local issued = tonumber(g.issued_at) or 0
-  local at = tonumber(nb)
+  local at = tonumber(ARGV[10])
   -- An unreadable not-before fails closed.
   if not at or issued <= at then return {'client_reset'} end
 end
@@ -215,55 +378,54 @@ local outcome = 'rotated'
 -- The reuse interval runs on Redis's clock: one clock for every replica, whatever theirs say.
 local clock = tonumber(redis.call('TIME')[1])
 if kind == 'S' then
-  local at, grace = tonumber(redis.call('GET', KEYS[5]) or ''), tonumber(ARGV[9])
-  local siblings = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
-  if grace <= 0 or not at or clock - at > grace or siblings >= tonumber(ARGV[10]) then
-    local out = revoke_family(KEYS[3], KEYS[4], ARGV[1], now, 600)
+  local at, grace = tonumber(redis.call('GET', KEYS[5]) or ''), tonumber(ARGV[8])
+  local siblings = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
+  if grace <= 0 or not at or clock - at > grace or siblings >= tonumber(ARGV[9]) then
+    local out = revoke_family(KEYS[3], KEYS[4], now, 600)
     table.insert(out, 1, 'reused')
     return out
   end
-  redis.call('INCR', KEYS[7])
+  redis.call('INCR', KEYS[6])
   local left = redis.call('TTL', KEYS[1])
-  if left > 0 then redis.call('EXPIRE', KEYS[7], left) end
+  if left > 0 then redis.call('EXPIRE', KEYS[6], left) end
   outcome = 'sibling'
 else
   redis.call('SET', KEYS[1], 'S' .. gj, 'KEEPTTL')
   local left = redis.call('TTL', KEYS[1])
   if left > 0 then redis.call('SET', KEYS[5], tostring(clock), 'EX', left) end
 end
-local ttl = tonumber(ARGV[6])
-redis.call('SET', KEYS[2], 'A' .. ARGV[5], 'EX', ttl)
+local ttl = tonumber(ARGV[5])
+redis.call('SET', KEYS[2], 'A' .. ARGV[4], 'EX', ttl)
 if redis.call('TTL', KEYS[3]) < ttl then redis.call('EXPIRE', KEYS[3], ttl) end
-local aexp = tonumber(ARGV[8])
+local aexp = tonumber(ARGV[7])
 if aexp > now then
-  redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
+  redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
   if redis.call('TTL', KEYS[4]) < aexp - now then redis.call('EXPIRE', KEYS[4], aexp - now) end
 end
 return {outcome}
 "#,
             ),
-            // KEYS: fam, famacc; ARGV: prefix, jti, exp, now
-            add_access: script(
+            // KEYS: fam, acc; ARGV: jti, exp, now
+            add_access: Script::new(
                 r#"
-local exp, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+local exp, now = tonumber(ARGV[2]), tonumber(ARGV[3])
 if exp <= now then return 'expired' end
-if redis.call('HGET', KEYS[1], 'revoked') == '1' then
-  redis.call('SET', ARGV[1] .. 'rev:' .. ARGV[2], ARGV[3], 'EX', exp - now + 5)
-  redis.call('PUBLISH', ARGV[1] .. 'revocations', ARGV[2] .. ' ' .. ARGV[3])
-  return 'revoked'
-end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if redis.call('HGET', KEYS[1], 'revoked') == '1' then return 'revoked' end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if redis.call('TTL', KEYS[2]) < exp - now then redis.call('EXPIRE', KEYS[2], exp - now) end
 return 'ok'
 "#,
             ),
-            revoke_family: script("return revoke_family(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), 600)"),
-            revoke_access: script(
+            // KEYS: fam, acc; ARGV: now
+            revoke_family: script("return revoke_family(KEYS[1], KEYS[2], tonumber(ARGV[1]), 600)"),
+            // KEYS: rev:<jti>; ARGV: channel, jti, exp, now. The channel is not a key:
+            // classic PUBLISH is allowed in a cluster script and reaches every node.
+            revoke_one: Script::new(
                 r#"
 local exp, now = tonumber(ARGV[3]), tonumber(ARGV[4])
 if exp <= now then return 'expired' end
-redis.call('SET', ARGV[1] .. 'rev:' .. ARGV[2], ARGV[3], 'EX', exp - now + 5)
-redis.call('PUBLISH', ARGV[1] .. 'revocations', ARGV[2] .. ' ' .. ARGV[3])
+redis.call('SET', KEYS[1], ARGV[3], 'EX', exp - now + 5)
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
 return 'ok'
 "#,
             ),
@@ -272,6 +434,15 @@ return 'ok'
 
     fn key(&self, kind: &str, id: &str) -> String {
         format!("{}{kind}:{id}", self.prefix)
+    }
+
+    /// A key of a refresh family: all of one family's keys share the hash tag `{f:<id>}`.
+    fn fam_key(&self, family: &str, what: &str) -> String {
+        format!("{}{{f:{family}}}{what}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}revocations", self.prefix)
     }
 
     /// The connection, connecting (again) if needed.
@@ -284,13 +455,132 @@ return 'ok'
         if let Some(c) = w.as_ref() {
             return Ok(Conn { c: c.clone(), slot, down });
         }
-        let c = self
-            .client
-            .get_connection_manager_with_config(self.config.clone())
-            .await
-            .map_err(|e| down.failed(unavailable(e)))?;
+        let c = self.connect().await.map_err(|e| down.failed(unavailable(e)))?;
         *w = Some(c.clone());
         Ok(Conn { c, slot, down })
+    }
+
+    async fn connect(&self) -> redis::RedisResult<Link> {
+        let limit = self.timeout * 2;
+        let connect = async {
+            match &self.target {
+                Target::Single(client) => {
+                    Ok(Link::Single(client.get_connection_manager_with_config(self.config.clone()).await?))
+                }
+                Target::Sentinel(sentinel) => {
+                    let client = sentinel.lock().await.async_get_client().await?;
+                    Ok(Link::Single(client.get_connection_manager_with_config(self.config.clone()).await?))
+                }
+                Target::Cluster { client, .. } => Ok(Link::Cluster(client.get_async_connection().await?)),
+            }
+        };
+        tokio::time::timeout(limit, connect).await.unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out")))
+        })
+    }
+
+    /// Connect once, at start, and refuse to go on if the answer shows a misconfiguration
+    /// (see [`is_misconfiguration`]); an unreachable Redis is not one (the gateway starts,
+    /// the store recovers by itself).
+    pub async fn check_config(&self) -> Result<(), StoreError> {
+        let result = async {
+            let mut c = self.connect().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await?;
+            if let Link::Cluster(c) = &mut c {
+                // Every node must be a cluster node: a plain server among the seeds would
+                // answer CLUSTER SLOTS with an error the client may skip over.
+                redis::cmd("CLUSTER").arg("INFO").query_async::<String>(c).await?;
+            }
+            *self.conn.write().await = Some(c);
+            Ok::<_, redis::RedisError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if is_misconfiguration(&e) => Err(StoreError::Unavailable(format!(
+                "Redis refused the configuration ({e}); correct [store] and start again"
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis store not reachable at start; it is retried, grants answer 503 until then");
+                Ok(())
+            }
+        }
+    }
+
+    /// After a write that must survive a failover: wait until `replica_acks` replicas of
+    /// the primary holding `key` have it, within the store timeout. Not acknowledged: the
+    /// write may be lost with its primary, so the caller answers 503 (the client retries;
+    /// see docs/operations.md for what a retry of a rotation or a code exchange meets).
+    async fn replicated(&self, conn: &mut Conn<'_>, key: &str) -> Result<(), StoreError> {
+        if self.replica_acks == 0 {
+            return Ok(());
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.replica_acks).arg(self.timeout.as_millis() as u64);
+        let acked: i64 = match &mut conn.c {
+            Link::Single(c) => wait.query_async(c).await.map_err(|e| conn.fail(e))?,
+            Link::Cluster(c) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                    key.as_bytes(),
+                    SlotAddr::Master,
+                )));
+                let v = c.route_command(wait, route).await.map_err(|e| conn.fail(e))?;
+                redis::from_redis_value(v).map_err(|e| self.down.failed(unavailable(e)))?
+            }
+        };
+        if acked < i64::from(self.replica_acks) {
+            return Err(self.down.failed(unavailable(format!(
+                "write acknowledged by {acked} of the {} replica(s) required",
+                self.replica_acks
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Revoke access tokens one by one (each `rev:` key is its own slot) and announce each.
+    async fn revoke_each(&self, conn: &mut Conn<'_>, revoked: &[IssuedAccess]) -> Result<(), StoreError> {
+        let now = now_secs();
+        for a in revoked {
+            let key = self.key("rev", &a.jti);
+            let _: String = self
+                .revoke_one
+                .key(&key)
+                .arg(self.channel())
+                .arg(&a.jti)
+                .arg(a.expires_at)
+                .arg(now)
+                .invoke_async(&mut conn.c)
+                .await
+                .map_err(|e| conn.fail(e))?;
+            self.replicated(conn, &key).await?;
+        }
+        Ok(())
+    }
+
+    /// A client for the revocation channel: the server, Sentinel's current primary, or
+    /// the next seed node of a cluster that answers.
+    async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        match &self.target {
+            Target::Single(client) => client.get_async_pubsub().await,
+            Target::Sentinel(sentinel) => {
+                let client = sentinel.lock().await.async_get_client().await?;
+                client.get_async_pubsub().await
+            }
+            Target::Cluster { seeds, .. } => {
+                let mut last = None;
+                for _ in 0..seeds.len() {
+                    let i = self.next_seed.fetch_add(1, Ordering::Relaxed) % seeds.len();
+                    match tokio::time::timeout(self.timeout, seeds[i].get_async_pubsub()).await {
+                        Ok(Ok(p)) => return Ok(p),
+                        Ok(Err(e)) => last = Some(e),
+                        Err(_) => {}
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "no seed node answered"))
+                }))
+            }
+        }
     }
 
     /// Follow the revocation channel, forever: each message becomes an event; after any
@@ -303,7 +593,7 @@ return 'ok'
     pub fn spawn_listener(self: &Arc<Self>) -> mpsc::Receiver<RevocationEvent> {
         const HEARTBEAT: Duration = Duration::from_secs(1);
         let (tx, rx) = mpsc::channel(1024);
-        let channel = format!("{}revocations", self.prefix);
+        let channel = self.channel();
         let beat = self.clone();
         let beat_channel = channel.clone();
         let beat_tx = tx.clone();
@@ -324,7 +614,7 @@ return 'ok'
             let mut first = true;
             loop {
                 let subscribed = tokio::time::timeout(HEARTBEAT * 3, async {
-                    let mut pubsub = this.client.get_async_pubsub().await?;
+                    let mut pubsub = this.pubsub().await?;
                     pubsub.subscribe(&channel).await?;
                     Ok::<_, redis::RedisError>(pubsub)
                 })
@@ -402,89 +692,130 @@ impl Store for RedisStore {
 
     async fn take_code(&self, code: Hash, family: &str, now: u64) -> Result<TakeCode, StoreError> {
         let mut conn = self.conn().await?;
+        let key = self.key("code", &hex(&code));
         let reply: Vec<String> = self
             .take_code
-            .key(self.key("code", &hex(&code)))
-            .arg(&self.prefix)
-            .arg(now)
+            .key(&key)
             .arg(family)
             .arg(USED_CODE_MEMORY_SECS)
+            .arg(now)
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
         match reply.first().map(String::as_str) {
-            Some("taken") => Ok(TakeCode::Taken(decode(reply.get(1).map(String::as_str).unwrap_or(""))?)),
-            Some("replayed") => Ok(TakeCode::Replayed { revoked: accesses(&reply[1..]) }),
+            Some("taken") => {
+                // A take lost with its primary would make the code fresh again.
+                self.replicated(&mut conn, &key).await?;
+                Ok(TakeCode::Taken(decode(reply.get(1).map(String::as_str).unwrap_or(""))?))
+            }
+            Some("replayed") => {
+                let used_by = reply.get(1).map(String::as_str).unwrap_or("");
+                let revoked = self.revoke_family(used_by).await?;
+                Ok(TakeCode::Replayed { revoked })
+            }
             _ => Ok(TakeCode::Unknown),
         }
     }
 
     async fn put_refresh(&self, token: Hash, grant: RefreshGrant) -> Result<(), StoreError> {
         let ttl = grant.expires_at.saturating_sub(now_secs()).max(1);
-        let fam = self.key("fam", &grant.family);
+        let h = hex(&token);
         let mut conn = self.conn().await?;
+        // The index first: a token whose record exists is always findable.
+        let index = self.key("rtf", &h);
+        conn.c.set_ex::<_, _, ()>(&index, &grant.family, ttl).await.map_err(|e| conn.fail(e))?;
+        self.replicated(&mut conn, &index).await?;
+        let rt = self.fam_key(&grant.family, &format!("rt:{h}"));
         let _: String = self
             .put_refresh
-            .key(self.key("rt", &hex(&token)))
-            .key(fam)
+            .key(&rt)
+            .key(self.fam_key(&grant.family, "fam"))
             .arg(encode(&grant)?)
             .arg(ttl)
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
-        Ok(())
+        self.replicated(&mut conn, &rt).await
     }
 
     async fn get_refresh(&self, token: Hash, now: u64) -> Result<Option<StoredRefresh>, StoreError> {
+        let h = hex(&token);
         let mut conn = self.conn().await?;
-        let v: Option<String> = conn.c.get(self.key("rt", &hex(&token))).await.map_err(|e| conn.fail(e))?;
-        let Some(v) = v else { return Ok(None) };
+        let family: Option<String> = conn.c.get(self.key("rtf", &h)).await.map_err(|e| conn.fail(e))?;
+        let Some(family) = family else { return Ok(None) };
+        let reply: Vec<String> = self
+            .get_refresh
+            .key(self.fam_key(&family, &format!("rt:{h}")))
+            .key(self.fam_key(&family, "fam"))
+            .invoke_async(&mut conn.c)
+            .await
+            .map_err(|e| conn.fail(e))?;
+        let [v, revoked] = reply.as_slice() else { return Ok(None) };
         let spent = v.starts_with('S');
         let grant: RefreshGrant = decode(v.get(1..).unwrap_or(""))?;
-        if grant.expires_at <= now {
+        if grant.expires_at <= now || grant.family != family {
             return Ok(None);
         }
-        let revoked: Option<String> =
-            conn.c.hget(self.key("fam", &grant.family), "revoked").await.map_err(|e| conn.fail(e))?;
-        Ok((revoked.as_deref() != Some("1")).then_some(StoredRefresh { grant, spent }))
+        Ok((revoked != "1").then_some(StoredRefresh { grant, spent }))
     }
 
     async fn rotate_refresh(&self, old: Hash, client_id: &str, next: Rotation, now: u64) -> Result<Rotate, StoreError> {
+        let (old_h, new_h) = (hex(&old), hex(&next.new));
         let mut conn = self.conn().await?;
-        let old_key = self.key("rt", &hex(&old));
+        let family: Option<String> = conn.c.get(self.key("rtf", &old_h)).await.map_err(|e| conn.fail(e))?;
+        let Some(family) = family else { return Ok(Rotate::Invalid) };
+        let old_key = self.fam_key(&family, &format!("rt:{old_h}"));
         let v: Option<String> = conn.c.get(&old_key).await.map_err(|e| conn.fail(e))?;
         let Some(v) = v else { return Ok(Rotate::Invalid) };
         let expected = v.get(1..).unwrap_or("").to_string();
         let grant: RefreshGrant = decode(&expected)?;
+        if grant.family != family {
+            return Ok(Rotate::Invalid);
+        }
+        // The client's not-before lives in one hash for all clients (another slot): read
+        // just before the rotation, which compares it atomically with the token.
+        let nb: Option<String> =
+            conn.c.hget(format!("{}clientnb", self.prefix), client_id).await.map_err(|e| conn.fail(e))?;
         let mut successor = grant.clone();
         successor.expires_at = next.new_expires_at;
         successor.issued_at = now;
+        let ttl = next.new_expires_at.saturating_sub(now).max(1);
+        // The successor's index before the successor: once handed out, it is findable.
+        let index = self.key("rtf", &new_h);
+        conn.c.set_ex::<_, _, ()>(&index, &family, ttl).await.map_err(|e| conn.fail(e))?;
+        self.replicated(&mut conn, &index).await?;
         let reply: Vec<String> = self
             .rotate
             .key(&old_key)
-            .key(self.key("rt", &hex(&next.new)))
-            .key(self.key("fam", &grant.family))
-            .key(self.key("famacc", &grant.family))
-            .key(self.key("rtat", &hex(&old)))
-            .key(format!("{}clientnb", self.prefix))
-            .key(self.key("rtsib", &hex(&old)))
-            .arg(&self.prefix)
+            .key(self.fam_key(&family, &format!("rt:{new_h}")))
+            .key(self.fam_key(&family, "fam"))
+            .key(self.fam_key(&family, "acc"))
+            .key(self.fam_key(&family, &format!("at:{old_h}")))
+            .key(self.fam_key(&family, &format!("sib:{old_h}")))
             .arg(now)
             .arg(client_id)
             .arg(&expected)
             .arg(encode(&successor)?)
-            .arg(next.new_expires_at.saturating_sub(now).max(1))
+            .arg(ttl)
             .arg(&next.access.jti)
             .arg(next.access.expires_at)
             .arg(next.reuse_interval)
             .arg(crate::store::MAX_SIBLINGS)
+            .arg(nb.unwrap_or_default())
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
         match reply.first().map(String::as_str) {
-            Some("rotated") => Ok(Rotate::Rotated(grant)),
-            Some("sibling") => Ok(Rotate::Sibling(grant)),
-            Some("reused") => Ok(Rotate::Reused { revoked: accesses(&reply[1..]) }),
+            Some(outcome @ ("rotated" | "sibling")) => {
+                // A rotation lost with its primary would make the spent token live again.
+                self.replicated(&mut conn, &old_key).await?;
+                Ok(if outcome == "rotated" { Rotate::Rotated(grant) } else { Rotate::Sibling(grant) })
+            }
+            Some("reused") => {
+                let revoked = accesses(&reply[1..]);
+                self.revoke_each(&mut conn, &revoked).await?;
+                Ok(Rotate::Reused { revoked })
+            }
             Some("client_reset") => Ok(Rotate::ClientReset),
             _ => Ok(Rotate::Invalid),
         }
@@ -492,46 +823,43 @@ impl Store for RedisStore {
 
     async fn add_access(&self, family: &str, access: IssuedAccess) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        let _: String = self
+        let outcome: String = self
             .add_access
-            .key(self.key("fam", family))
-            .key(self.key("famacc", family))
-            .arg(&self.prefix)
+            .key(self.fam_key(family, "fam"))
+            .key(self.fam_key(family, "acc"))
             .arg(&access.jti)
             .arg(access.expires_at)
             .arg(now_secs())
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
+        if outcome == "revoked" {
+            // Revoked while this token was being issued: it is born revoked.
+            self.revoke_each(&mut conn, std::slice::from_ref(&access)).await?;
+        }
         Ok(())
     }
 
     async fn revoke_family(&self, family: &str) -> Result<Vec<IssuedAccess>, StoreError> {
         let mut conn = self.conn().await?;
+        let fam = self.fam_key(family, "fam");
         let reply: Vec<String> = self
             .revoke_family
-            .key(self.key("fam", family))
-            .key(self.key("famacc", family))
-            .arg(&self.prefix)
+            .key(&fam)
+            .key(self.fam_key(family, "acc"))
             .arg(now_secs())
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
-        Ok(accesses(&reply))
+        self.replicated(&mut conn, &fam).await?;
+        let revoked = accesses(&reply);
+        self.revoke_each(&mut conn, &revoked).await?;
+        Ok(revoked)
     }
 
     async fn revoke_access(&self, access: IssuedAccess) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        let _: String = self
-            .revoke_access
-            .arg(&self.prefix)
-            .arg(&access.jti)
-            .arg(access.expires_at)
-            .arg(now_secs())
-            .invoke_async(&mut conn.c)
-            .await
-            .map_err(|e| conn.fail(e))?;
-        Ok(())
+        self.revoke_each(&mut conn, std::slice::from_ref(&access)).await
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
@@ -571,7 +899,7 @@ impl Store for RedisStore {
             .key(format!("{}clientnb", self.prefix))
             .arg(client_id)
             .arg(at)
-            .arg(format!("{}revocations", self.prefix))
+            .arg(self.channel())
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
@@ -614,7 +942,7 @@ impl Store for RedisStore {
             .key(format!("{}blocks", self.prefix))
             .arg(encode(&block.key)?)
             .arg(encode(&block)?)
-            .arg(format!("{}revocations", self.prefix))
+            .arg(self.channel())
             .arg(format!("block {}", encode(&block)?))
             .invoke_async(&mut conn.c)
             .await
@@ -631,7 +959,7 @@ impl Store for RedisStore {
         let removed: i64 = script
             .key(format!("{}blocks", self.prefix))
             .arg(encode(key)?)
-            .arg(format!("{}revocations", self.prefix))
+            .arg(self.channel())
             .arg(format!("unblock {}", encode(key)?))
             .invoke_async(&mut conn.c)
             .await
@@ -663,6 +991,10 @@ impl Store for RedisStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    async fn check_config(&self) -> Result<(), StoreError> {
+        RedisStore::check_config(self).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
