@@ -387,3 +387,37 @@ fn drain_delay_may_be_zero_and_a_timeout_past_the_last_latency_bucket_is_warned_
     assert_eq!(c.warnings().iter().map(|w| w.line).collect::<Vec<_>>(), [9], "{:?}", c.warnings());
     assert!(c.warnings()[0].reason.contains("second SIGTERM"), "{:?}", c.warnings());
 }
+
+#[test]
+fn a_redis_store_takes_one_server_a_cluster_or_sentinels() {
+    use crate::config::RedisMode;
+    let c = parse("[store]\nkind = \"redis\"\ncluster = [\"redis://a:7000\", \"redis://b:7001\"]\nreplica_acks = 1\n")
+        .unwrap();
+    let StoreConfig::Redis { mode, url, replica_acks, .. } = c.store else { panic!("not redis") };
+    assert_eq!(mode, RedisMode::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()]));
+    assert_eq!((url.as_str(), replica_acks), ("redis://a:7000", 1));
+    let c = parse("[store]\nkind = \"redis\"\nsentinel = [\"redis://s:26379\"]\nservice_name = \"gw\"\n").unwrap();
+    assert!(matches!(c.store, StoreConfig::Redis { mode: RedisMode::Sentinel { ref service_name, .. }, .. }
+        if service_name == "gw"));
+    // A list mixing schemes: the line of the odd one out.
+    let e = refused("[store]\nkind = \"redis\"\ncluster = [\n\"rediss://a:7000\",\n\"redis://b:7001\",\n]\n");
+    assert_eq!(e.line, 12, "{e}");
+    assert!(e.reason.contains("mix schemes"), "{e}");
+    let e = refused("[store]\nkind = \"redis\"\ncluster = []\n");
+    assert!(e.reason.contains("at least one node"), "{e}");
+    let e = refused("[store]\nkind = \"redis\"\ncluster = [\"http://a:7000\"]\n");
+    assert_eq!(e.line, 10, "{e}");
+    let e = refused("[store]\nkind = \"redis\"\nurl = \"redis://a\"\ncluster = [\"redis://a:7000\"]\n");
+    assert!(e.reason.contains("one of url, cluster"), "{e}");
+    let e = refused("[store]\nkind = \"redis\"\nsentinel = [\"redis://s:26379\"]\n");
+    assert!(e.reason.contains("needs service_name"), "{e}");
+    let e = refused("[store]\nkind = \"redis\"\nurl = \"redis://a\"\nservice_name = \"gw\"\n");
+    assert_eq!((e.line, e.reason.as_str()), (11, "service_name is for sentinel = [...]"));
+    let e = refused("[store]\ncluster = [\"redis://a:7000\"]\n");
+    assert_eq!((e.line, e.reason.as_str()), (9, "cluster is for kind = \"redis\""));
+    let e = refused("[store]\nkind = \"redis\"\nurl = \"redis://a\"\nca_file = \"ca.pem\"\n");
+    assert!(e.reason.contains("for rediss://"), "{e}");
+    let e = refused("[store]\nkind = \"redis\"\nurl = \"rediss://a\"\nca_file = \"/nonexistent/ca.pem\"\n");
+    assert_eq!(e.line, 11, "{e}");
+    assert!(e.reason.contains("/nonexistent/ca.pem"), "{e}");
+}
