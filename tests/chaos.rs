@@ -358,8 +358,12 @@ async fn chaos() {
                     None => vec![("grant_type", "password"), ("username", "alice"), ("password", ALICE_PASSWORD)],
                     Some(t) => vec![("grant_type", "refresh_token"), ("refresh_token", t)],
                 };
-                let sent =
-                    http.post(format!("{}/oauth/token", urls[g])).basic_auth("rot", Some(SVC_SECRET)).form(&form).send().await;
+                let sent = http
+                    .post(format!("{}/oauth/token", urls[g]))
+                    .basic_auth("rot", Some(SVC_SECRET))
+                    .form(&form)
+                    .send()
+                    .await;
                 match sent {
                     Err(_) => {
                         failures.lock().unwrap().push((g, Instant::now()));
@@ -413,7 +417,11 @@ async fn chaos() {
         }
         if page.status == 200 {
             browser
-                .submit_to(&gws[0].url("/oauth/authorize"), &page, &[("username", "alice"), ("password", ALICE_PASSWORD)])
+                .submit_to(
+                    &gws[0].url("/oauth/authorize"),
+                    &page,
+                    &[("username", "alice"), ("password", ALICE_PASSWORD)],
+                )
                 .await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -426,11 +434,7 @@ async fn chaos() {
             while !stop.load(Ordering::Relaxed) {
                 turn += 1;
                 let g = turn % urls.len();
-                let resp = http
-                    .get(format!("{}/oauth/authorize?{q}", urls[g]))
-                    .header("cookie", &cookie)
-                    .send()
-                    .await;
+                let resp = http.get(format!("{}/oauth/authorize?{q}", urls[g])).header("cookie", &cookie).send().await;
                 if let Ok(r) = &resp
                     && !r.status().is_redirection()
                 {
@@ -507,7 +511,8 @@ async fn chaos() {
     // live gateway must refuse it within 1 s of the 200.
     let worst = Arc::new(Mutex::new(Duration::ZERO));
     {
-        let (http, urls, counts, stop, worst) = (http.clone(), urls.clone(), counts.clone(), stop.clone(), worst.clone());
+        let (http, urls, counts, stop, worst) =
+            (http.clone(), urls.clone(), counts.clone(), stop.clone(), worst.clone());
         load.push(tokio::spawn(async move {
             let mut turn = 0usize;
             while !stop.load(Ordering::Relaxed) {
@@ -710,7 +715,8 @@ async fn chaos() {
         let _ = writeln!(std::io::stderr(), "{out}");
     }
 
-    let logs = || gws.iter().map(|g| std::fs::read_to_string(&g.log).unwrap_or_default()).collect::<Vec<_>>().join("\n");
+    let logs =
+        || gws.iter().map(|g| std::fs::read_to_string(&g.log).unwrap_or_default()).collect::<Vec<_>>().join("\n");
 
     assert_eq!(n(&c.lost), 0, "{out}");
     assert_eq!(newest_ok, newest.len(), "{out}");

@@ -118,7 +118,10 @@ enum Target {
     Sentinel(Mutex<SentinelClient>),
     /// The cluster client, and one plain client per seed node for the revocation channel
     /// (classic pub/sub: a subscriber on any node hears every PUBLISH of the cluster).
-    Cluster { client: ClusterClient, seeds: Vec<redis::Client> },
+    Cluster {
+        client: ClusterClient,
+        seeds: Vec<redis::Client>,
+    },
 }
 
 /// The shared connection; a failure through it (other than a timeout) discards it, so the
@@ -228,7 +231,7 @@ fn accesses(flat: &[String]) -> Vec<IssuedAccess> {
 /// timeout) only delays readiness of the store.
 fn is_misconfiguration(e: &redis::RedisError) -> bool {
     use redis::ErrorKind;
-    if matches!(e.kind(), ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig) {
+    if matches!(e.kind(), ErrorKind::AuthenticationFailed | ErrorKind::MasterNameNotFoundBySentinel) {
         return true;
     }
     let text = e.to_string().to_ascii_lowercase();
@@ -236,13 +239,10 @@ fn is_misconfiguration(e: &redis::RedisError) -> bool {
         "wrongpass",
         "noauth",
         "invalid password",
-        "auth failed",
         "cluster support disabled",
         "certificate",
         "unknownissuer",
-        "no master",
-        "master not found",
-        "sentinel",
+        "does not point to a sentinel",
     ]
     .iter()
     .any(|needle| text.contains(needle))
@@ -261,7 +261,9 @@ impl RedisStore {
     /// so the gateway starts (not ready) while Redis is down and recovers by itself.
     pub fn open(opts: &RedisOptions<'_>, prefix: &str) -> Result<RedisStore, StoreError> {
         let certs = match opts.ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| unavailable(format!("ca_file {}: {e}", path.display())))?),
+            Some(path) => {
+                Some(std::fs::read(path).map_err(|e| unavailable(format!("ca_file {}: {e}", path.display())))?)
+            }
             None => None,
         };
         let tls = |root: &Option<Vec<u8>>| TlsCertificates { client_tls: None, root_cert: root.clone() };
@@ -294,7 +296,8 @@ impl RedisStore {
                 // The sentinels' URLs carry the credentials (and db) used for the primary too.
                 let first = nodes.first().map(String::as_str).unwrap_or(opts.url);
                 let info = first.into_connection_info().map_err(unavailable)?;
-                let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info.redis_settings().clone());
+                let mut node =
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(info.redis_settings().clone());
                 if first.starts_with("rediss://") {
                     node = node.set_tls_mode(redis::TlsMode::Secure);
                 }

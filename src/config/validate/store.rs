@@ -76,7 +76,9 @@ impl Validator<'_> {
                     return Err(self.err(f.span(), "ca_file is for rediss:// (TLS) servers"));
                 }
                 if matches!(mode, RedisMode::Sentinel { .. }) {
-                    return Err(self.err(f.span(), "ca_file is not supported with sentinel = [...] (system roots only)"));
+                    return Err(
+                        self.err(f.span(), "ca_file is not supported with sentinel = [...] (system roots only)")
+                    );
                 }
                 let path = self.path(f.get_ref());
                 // Read now, so `check` refuses what `serve` would: a missing file or one

@@ -1,0 +1,310 @@
+//! How the gateway reaches Redis beyond one server (issue 14): Sentinel, TLS with a CA of
+//! its own, and the start refused — with a clear line, before serving anything — when the
+//! Redis side is misconfigured: a node not in cluster mode, a wrong password, a server
+//! certificate from another CA, a Sentinel that knows no such master. `portcullis check`
+//! refuses the configuration-level mistakes with `file:line`.
+//!
+//! Needs Debian's `redis-server` (built with TLS); skipped without it unless `CI` is set.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn have_redis(test: &str) -> bool {
+    if Command::new("redis-server").arg("--version").output().is_err() {
+        skip(test, "redis-server not found (install Debian's redis-server)");
+        return false;
+    }
+    true
+}
+
+/// A redis-server with these arguments, stopped when dropped.
+struct Server(Child);
+
+impl Server {
+    fn start(port: u16, args: &[&str]) -> Server {
+        let child = Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Server(child)
+    }
+
+    fn plain(port: u16, extra: &[&str]) -> Server {
+        let p = port.to_string();
+        let mut args = vec!["--port", p.as_str(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        args.extend_from_slice(extra);
+        Server::start(port, &args)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A gateway configuration with this `[store]` section; returns its path.
+fn config(dir: &Path, store: &str) -> PathBuf {
+    let pem = portcullis::tokens::keys::generate_ed25519_pem().unwrap();
+    std::fs::write(dir.join("k1.pem"), pem).unwrap();
+    let path = dir.join("gw.toml");
+    let text = format!(
+        r#"issuer = "{ISSUER}"
+
+[[listener]]
+address = "127.0.0.1:{port}"
+tls = false
+
+[admin]
+address = "127.0.0.1:{admin}"
+
+[[key]]
+id = "k1"
+file = "{dir}/k1.pem"
+generate = false
+{clients}
+[store]
+kind = "redis"
+timeout = "500ms"
+{store}
+"#,
+        port = free_port(),
+        admin = free_port(),
+        dir = dir.display(),
+        clients = clients_toml(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A `client_credentials` grant for `ccr`, which gets a refresh token: it writes to Redis.
+async fn grant(config: &Path) -> u16 {
+    let text = std::fs::read_to_string(config).unwrap();
+    let port: u16 = text.split("127.0.0.1:").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+    let resp = http
+        .post(format!("http://127.0.0.1:{port}/oauth/token"))
+        .basic_auth("ccr", Some(SVC_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+/// `serve` must exit, unsuccessfully, with a log line that says `says`, and must never
+/// have listened.
+async fn refused_at_start(path: &Path, says: &str) -> String {
+    let mut gw = Binary::serve(path);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = gw.exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running; stderr:\n{}", gw.raw());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let raw = gw.raw();
+    assert!(!status.success(), "{raw}");
+    let line = gw
+        .json()
+        .into_iter()
+        .find(|v| v["fields"]["message"] == "cannot start")
+        .unwrap_or_else(|| panic!("no \"cannot start\" line:\n{raw}"));
+    let error = line["fields"]["error"].as_str().unwrap_or("").to_string();
+    assert!(error.contains(says), "{error}");
+    assert!(
+        !gw.json().iter().any(|v| v["fields"]["message"] == "listening"),
+        "refused after listening (half-open):\n{raw}"
+    );
+    error
+}
+
+#[tokio::test]
+async fn a_node_not_in_cluster_mode_is_refused_at_start() {
+    if !have_redis("redis_topology") {
+        return;
+    }
+    let port = free_port();
+    let _plain = Server::plain(port, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), &format!("cluster = [\"redis://127.0.0.1:{port}/\"]"));
+    refused_at_start(&path, "Redis refused the configuration").await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_at_start_and_not_logged() {
+    if !have_redis("redis_topology") {
+        return;
+    }
+    let port = free_port();
+    let _server = Server::plain(port, &["--requirepass", "right-pass-4711"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), &format!("url = \"redis://:wrong-pass-0815@127.0.0.1:{port}/\""));
+    let error = refused_at_start(&path, "Redis refused the configuration").await;
+    assert!(!error.contains("wrong-pass-0815"), "{error}");
+    // The right password starts.
+    let path = config(dir.path(), &format!("url = \"redis://:right-pass-4711@127.0.0.1:{port}/\""));
+    let gw = Binary::serve(&path);
+    gw.wait_for("listening").await;
+    assert_eq!(grant(&path).await, 200, "{}", gw.raw());
+    assert!(!gw.raw().contains("right-pass-4711"));
+}
+
+#[tokio::test]
+async fn rediss_with_a_certificate_from_another_ca_is_refused_and_its_own_ca_works() {
+    if !have_redis("redis_topology") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = Pki::create(other.path()).ca_pem;
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(dir.path().join("other-ca.pem"), other_ca).unwrap();
+    let port = free_port();
+    let p = port.to_string();
+    let (cert, key, ca) = (
+        pki.cert_path.display().to_string(),
+        pki.key_path.display().to_string(),
+        dir.path().join("ca.pem").display().to_string(),
+    );
+    let _tls = Server::start(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let store = |ca: &str| format!("url = \"rediss://127.0.0.1:{port}/\"\nca_file = \"{ca}\"");
+    let path = config(dir.path(), &store("other-ca.pem"));
+    refused_at_start(&path, "Redis refused the configuration").await;
+    let path = config(dir.path(), &store("ca.pem"));
+    let gw = Binary::serve(&path);
+    gw.wait_for("listening").await;
+    assert_eq!(grant(&path).await, 200, "{}", gw.raw());
+}
+
+#[tokio::test]
+async fn a_sentinel_that_names_no_master_is_refused_at_start() {
+    if !have_redis("redis_topology") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(&conf, format!("port {port}\nbind 127.0.0.1\ndir {}\n", dir.path().display())).unwrap();
+    let conf_s = conf.display().to_string();
+    let _sentinel = Server::start(port, &[&conf_s, "--sentinel"]);
+    let path = config(dir.path(), &format!("sentinel = [\"redis://127.0.0.1:{port}/\"]\nservice_name = \"gw\""));
+    refused_at_start(&path, "Redis refused the configuration").await;
+}
+
+/// Sentinel is supported, not only refused: the gateway finds the primary through it,
+/// and after a Sentinel failover it follows the new primary without a restart.
+#[tokio::test]
+async fn sentinel_finds_the_primary_and_follows_a_failover() {
+    if !have_redis("redis_topology") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2, ps) = (free_port(), free_port(), free_port());
+    let _primary = Server::plain(p1, &[]);
+    let p1s = p1.to_string();
+    let _replica = Server::plain(p2, &["--replicaof", "127.0.0.1", &p1s]);
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {ps}\nbind 127.0.0.1\ndir {}\nsentinel monitor gw 127.0.0.1 {p1} 1\n\
+             sentinel down-after-milliseconds gw 1000\nsentinel failover-timeout gw 5000\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let conf_s = conf.display().to_string();
+    let _sentinel = Server::start(ps, &[&conf_s, "--sentinel"]);
+    // The sentinel must have seen the replica before it can fail over to it.
+    let cli = |port: u16, args: &[&str]| {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cli(ps, &["sentinel", "replicas", "gw"]).contains(&p2.to_string()) {
+        assert!(Instant::now() < deadline, "sentinel never saw the replica");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let path = config(dir.path(), &format!("sentinel = [\"redis://127.0.0.1:{ps}/\"]\nservice_name = \"gw\""));
+    let gw = Binary::serve(&path);
+    gw.wait_for("listening").await;
+    let token = async || grant(&path).await;
+    // `ccr` gets a refresh token: the grant writes to Redis.
+    assert_eq!(token().await, 200, "{}", gw.raw());
+    assert!(cli(p1, &["dbsize"]).trim() != "0", "written to the primary");
+    assert!(cli(ps, &["sentinel", "failover", "gw"]).contains("OK"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cli(p2, &["role"]).starts_with("master") {
+        assert!(Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The old primary is a replica now (read-only): the gateway must find the new one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = token().await;
+        if status == 200 && cli(p1, &["role"]).starts_with("slave") {
+            break;
+        }
+        assert!([200, 503].contains(&status), "{status}");
+        assert!(Instant::now() < deadline, "grants did not recover after the failover:\n{}", gw.raw());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And the write went to the new primary.
+    let before = cli(p2, &["dbsize"]);
+    assert_eq!(token().await, 200);
+    assert_ne!(cli(p2, &["dbsize"]), before, "the new primary took the write");
+}
+
+#[test]
+fn check_refuses_a_cluster_list_mixing_schemes_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "cluster = [\"redis://127.0.0.1:7000/\",\n  \"rediss://127.0.0.1:7001/\"]");
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines = std::fs::read_to_string(&path).unwrap();
+    let line = lines.lines().position(|l| l.contains("rediss://127.0.0.1:7001")).unwrap() + 1;
+    assert!(stderr.contains(&format!("gw.toml:{line}: cluster node URLs mix schemes")), "{stderr}");
+}
