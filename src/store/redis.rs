@@ -528,7 +528,16 @@ return 'ok'
                     SlotAddr::Master,
                 )));
                 let v = c.route_command(wait, route).await.map_err(|e| conn.fail(e))?;
-                redis::from_redis_value(v).map_err(|e| self.down.failed(unavailable(e)))?
+                // Not a count: an error reply, e.g. from a node demoted since the slot map
+                // was read ("WAIT cannot be used with replica instances"): start afresh.
+                match v {
+                    redis::Value::Int(n) => n,
+                    redis::Value::ServerError(e) => return Err(conn.fail(e.into())),
+                    other => {
+                        let e = redis::RedisError::from(std::io::Error::other(format!("WAIT answered {other:?}")));
+                        return Err(conn.fail(e));
+                    }
+                }
             }
         };
         if acked < i64::from(self.replica_acks) {
@@ -906,7 +915,7 @@ impl Store for RedisStore {
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
-        Ok(())
+        self.replicated(&mut conn, &format!("{}clientnb", self.prefix)).await
     }
 
     /// Read as text and parsed here: one bad value (a hand-edited record) is skipped and
@@ -950,7 +959,8 @@ impl Store for RedisStore {
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
-        Ok(())
+        // A block lost with its primary would silently unblock.
+        self.replicated(&mut conn, &format!("{}blocks", self.prefix)).await
     }
 
     async fn delete_block(&self, key: &BlockKey) -> Result<bool, StoreError> {
@@ -967,6 +977,7 @@ impl Store for RedisStore {
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
+        self.replicated(&mut conn, &format!("{}blocks", self.prefix)).await?;
         Ok(removed > 0)
     }
 
