@@ -333,7 +333,9 @@ async fn chaos() {
     let http = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(5))
+        // Generous: a grant during a failover takes up to about 1.5 s here; a request
+        // that takes 15 s is a hang, and counts as a failure.
+        .timeout(Duration::from_secs(15))
         .build()
         .unwrap();
     let counts = Arc::new(Counts::default());

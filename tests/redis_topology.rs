@@ -308,3 +308,125 @@ fn check_refuses_a_cluster_list_mixing_schemes_with_file_and_line() {
     let line = lines.lines().position(|l| l.contains("rediss://127.0.0.1:7001")).unwrap() + 1;
     assert!(stderr.contains(&format!("gw.toml:{line}: cluster node URLs mix schemes")), "{stderr}");
 }
+
+/// Every store operation on a Redis Cluster of three primaries, for many families and
+/// codes: a script that touched a key it did not declare would, two times in three, reach
+/// for a key on another node and fail ("non local key"); one that spanned slots would fail
+/// with CROSSSLOT. Replays and reuse revoke across slots (the `rev:` keys).
+#[tokio::test]
+async fn every_store_operation_runs_on_a_cluster() {
+    use portcullis::config::RedisMode;
+    use portcullis::store::redis::{RedisOptions, RedisStore};
+    use portcullis::store::{CodeGrant, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, TakeCode};
+    if !have_redis("redis_topology") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..3 {
+        let port = loop {
+            let p = free_port();
+            if p < 50000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+                break p;
+            }
+        };
+        let d = dir.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let ds = d.display().to_string();
+        servers.push(Server::plain(port, &["--cluster-enabled", "yes", "--dir", &ds]));
+        addrs.push(format!("127.0.0.1:{port}"));
+    }
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli (package redis-tools)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let port0: u16 = addrs[0].rsplit(':').next().unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = Command::new("redis-cli").args(["-p", &port0.to_string(), "cluster", "info"]).output().unwrap();
+        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster not ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mode = RedisMode::Cluster(addrs.iter().map(|a| format!("redis://{a}/")).collect());
+    let url = format!("redis://{}/", addrs[0]);
+    let opts = RedisOptions { url: &url, mode: &mode, timeout: Duration::from_secs(2), ca_file: None, replica_acks: 0 };
+    let store = RedisStore::open(&opts, "cl:").unwrap();
+    store.check_config().await.unwrap();
+    store.ping().await.unwrap();
+    let now = portcullis::tokens::now_secs();
+    let at = |jti: String| IssuedAccess { jti, expires_at: now + 600 };
+    for i in 0..12u8 {
+        let family = format!("fam-{i}");
+        // A code: taken once; its replay revokes the family the first exchange opened,
+        // with the access tokens linked to it.
+        let code = [100 + i; 32];
+        let grant = CodeGrant {
+            client_id: "c".into(),
+            redirect_uri: "https://a.test/cb".into(),
+            redirect_uri_given: false,
+            scopes: vec!["read".into()],
+            user: "alice".into(),
+            code_challenge: None,
+            expires_at: now + 60,
+            audience: None,
+        };
+        store.put_code(code, grant).await.unwrap();
+        assert!(matches!(store.take_code(code, &family, now).await.unwrap(), TakeCode::Taken(_)));
+        let refresh = RefreshGrant {
+            family: family.clone(),
+            client_id: "c".into(),
+            subject: "alice".into(),
+            user: Some("alice".into()),
+            scopes: vec!["read".into()],
+            expires_at: now + 3600,
+            issued_at: now,
+            audience: None,
+        };
+        store.put_refresh([i; 32], refresh).await.unwrap();
+        store.add_access(&family, at(format!("a0-{i}"))).await.unwrap();
+        let next = |new: u8, jti: String| Rotation {
+            new: [new; 32],
+            new_expires_at: now + 3600,
+            access: at(jti),
+            reuse_interval: 0,
+        };
+        let r = store.rotate_refresh([i; 32], "c", next(i + 50, format!("a1-{i}")), now).await.unwrap();
+        assert!(matches!(r, Rotate::Rotated(_)), "{r:?}");
+        assert!(store.get_refresh([i + 50; 32], now).await.unwrap().is_some_and(|s| !s.spent));
+        assert!(store.get_refresh([i; 32], now).await.unwrap().is_some_and(|s| s.spent));
+        if i % 2 == 0 {
+            match store.take_code(code, "other", now).await.unwrap() {
+                TakeCode::Replayed { revoked } => assert_eq!(revoked.len(), 2, "{revoked:?}"),
+                other => panic!("{other:?}"),
+            }
+        } else {
+            let r = store.rotate_refresh([i; 32], "c", next(i + 80, format!("a2-{i}")), now).await.unwrap();
+            assert!(matches!(r, Rotate::Reused { ref revoked } if revoked.len() == 2), "{r:?}");
+        }
+        for jti in [format!("a0-{i}"), format!("a1-{i}")] {
+            assert!(store.is_revoked(&jti).await.unwrap(), "{jti}");
+        }
+        assert!(store.get_refresh([i + 50; 32], now).await.unwrap().is_none(), "the family is revoked");
+        // Born into a revoked family: revoked at once.
+        store.add_access(&family, at(format!("late-{i}"))).await.unwrap();
+        assert!(store.is_revoked(&format!("late-{i}")).await.unwrap());
+        store.revoke_access(at(format!("single-{i}"))).await.unwrap();
+        assert!(store.is_revoked(&format!("single-{i}")).await.unwrap());
+        store.put_session([i; 32], Session { user: "alice".into(), expires_at: now + 60 }).await.unwrap();
+        assert!(store.get_session([i; 32], now).await.unwrap().is_some());
+    }
+    store.put_client_not_before("c", now).await.unwrap();
+    assert_eq!(store.client_not_before().await.unwrap(), vec![("c".to_string(), now)]);
+    use portcullis::store::{Block, BlockKey, BlockKind};
+    let key = BlockKey { kind: BlockKind::Sub, value: "mallory".into(), iss: None };
+    store.put_block(Block { key: key.clone(), expires_at: None, created_at: now, reason: None }).await.unwrap();
+    assert_eq!(store.blocks(now).await.unwrap().len(), 1);
+    assert!(store.delete_block(&key).await.unwrap());
+}

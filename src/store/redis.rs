@@ -76,9 +76,11 @@ fn script(body: &str) -> Script {
 }
 
 /// One connection to the data: a single server's (or Sentinel's current primary's)
-/// managed connection, or a cluster connection that follows the slots by itself.
+/// managed connection, or a cluster connection that follows the slots by itself. Other
+/// modules that keep state in the same Redis (shared rate limits) get one through
+/// [`RedisStore::connection`]; on a cluster their scripts must declare their keys too.
 #[derive(Clone)]
-enum Link {
+pub enum Link {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -136,13 +138,17 @@ struct Conn<'a> {
 
 impl Conn<'_> {
     fn fail(&self, e: redis::RedisError) -> StoreError {
-        if !e.is_timeout()
-            && let Ok(mut w) = self.slot.try_write()
-        {
-            *w = None;
-        }
-        self.down.failed(unavailable(e))
+        discard(self.slot, self.down, e)
     }
+}
+
+fn discard(slot: &RwLock<Option<Link>>, down: &Outage, e: redis::RedisError) -> StoreError {
+    if !e.is_timeout()
+        && let Ok(mut w) = slot.try_write()
+    {
+        *w = None;
+    }
+    down.failed(unavailable(e))
 }
 
 /// Whether Redis is failing, so an outage is logged once when it starts and once when it
@@ -437,6 +443,23 @@ return 'ok'
 
     fn key(&self, kind: &str, id: &str) -> String {
         format!("{}{kind}:{id}", self.prefix)
+    }
+
+    /// The shared connection (made if needed), for other state kept in the same Redis
+    /// under [`RedisStore::key_prefix`]. Report a failure through it with
+    /// [`RedisStore::connection_failed`], so the next use reconnects.
+    pub async fn connection(&self) -> Result<Link, StoreError> {
+        Ok(self.conn().await?.c)
+    }
+
+    /// A command through [`RedisStore::connection`] failed: drop the connection (unless
+    /// it was a timeout) so the next use reconnects, and note the outage.
+    pub fn connection_failed(&self, e: redis::RedisError) -> StoreError {
+        discard(&self.conn, &self.down, e)
+    }
+
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// A key of a refresh family: all of one family's keys share the hash tag `{f:<id>}`.
