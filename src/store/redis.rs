@@ -541,8 +541,10 @@ return 'ok'
         if self.replica_acks == 0 {
             return Ok(());
         }
+        // Half the store timeout, so Redis answers (with a count) before the connection's
+        // own response timeout would.
         let mut wait = redis::cmd("WAIT");
-        wait.arg(self.replica_acks).arg(self.timeout.as_millis() as u64);
+        wait.arg(self.replica_acks).arg((self.timeout.as_millis() as u64 / 2).max(1));
         let acked: i64 = match &mut conn.c {
             Link::Single(c) => wait.query_async(c).await.map_err(|e| conn.fail(e))?,
             Link::Cluster(c) => {
