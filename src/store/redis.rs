@@ -203,6 +203,8 @@ pub struct RedisStore {
     add_access: Script,
     revoke_family: Script,
     revoke_one: Script,
+    untake_code: Script,
+    unrotate: Script,
 }
 
 /// The message on the revocation channel that says a client not-before was recorded.
@@ -429,6 +431,33 @@ return 'ok'
             revoke_family: script("return revoke_family(KEYS[1], KEYS[2], tonumber(ARGV[1]), 600)"),
             // KEYS: rev:<jti>; ARGV: channel, jti, exp, now. The channel is not a key:
             // classic PUBLISH is allowed in a cluster script and reaches every node.
+            // KEYS: code; ARGV: family, grant json, ttl. Undo a take that no replica
+            // acknowledged (see `undo`).
+            untake_code: Script::new(
+                r#"
+if redis.call('GET', KEYS[1]) == 'U' .. ARGV[1] then
+  redis.call('SET', KEYS[1], 'F' .. ARGV[2], 'EX', tonumber(ARGV[3]))
+end
+return 1
+"#,
+            ),
+            // KEYS: old rt, new rt, old at, old sib, acc; ARGV: outcome, grant json, jti.
+            // Undo a rotation that no replica acknowledged (see `undo`).
+            unrotate: Script::new(
+                r#"
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[5], ARGV[3])
+if ARGV[1] == 'rotated' then
+  if redis.call('GET', KEYS[1]) == 'S' .. ARGV[2] then
+    redis.call('SET', KEYS[1], 'A' .. ARGV[2], 'KEEPTTL')
+    redis.call('DEL', KEYS[3])
+  end
+elseif (tonumber(redis.call('GET', KEYS[4]) or '0') or 0) > 0 then
+  redis.call('DECR', KEYS[4])
+end
+return 1
+"#,
+            ),
             revoke_one: Script::new(
                 r#"
 local exp, now = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -704,6 +733,18 @@ return 'ok'
     }
 }
 
+/// Take back a code take or a rotation that no replica acknowledged in time, so that the
+/// 503 the client gets means "nothing changed" while this primary lives: its retry then
+/// rotates (or exchanges) normally instead of spending a sibling per attempt (three, and
+/// the family would be revoked). If the primary dies first, its replica has either
+/// neither write or only the first, which the retry meets as within the reuse interval.
+/// Best effort: a failure here leaves the unacknowledged write, as without it.
+async fn undo(conn: &mut Conn<'_>, call: &redis::ScriptInvocation<'_>) {
+    if let Err(e) = call.invoke_async::<i64>(&mut conn.c).await {
+        tracing::debug!(error = %e, "taking back an unacknowledged write failed");
+    }
+}
+
 /// One message of the revocation channel; `None` for the heartbeat and anything unreadable.
 /// Revoked jtis are ours (random base64url), so never `block` or `unblock`.
 fn parse_event(payload: &str) -> Option<RevocationEvent> {
@@ -741,9 +782,15 @@ impl Store for RedisStore {
             .map_err(|e| conn.fail(e))?;
         match reply.first().map(String::as_str) {
             Some("taken") => {
+                let rest = reply.get(1).map(String::as_str).unwrap_or("");
+                let grant: CodeGrant = decode(rest)?;
                 // A take lost with its primary would make the code fresh again.
-                self.replicated(&mut conn, &key).await?;
-                Ok(TakeCode::Taken(decode(reply.get(1).map(String::as_str).unwrap_or(""))?))
+                if let Err(e) = self.replicated(&mut conn, &key).await {
+                    let ttl = grant.expires_at.saturating_sub(now).max(1);
+                    undo(&mut conn, self.untake_code.key(&key).arg(family).arg(rest).arg(ttl)).await;
+                    return Err(e);
+                }
+                Ok(TakeCode::Taken(grant))
             }
             Some("replayed") => {
                 let used_by = reply.get(1).map(String::as_str).unwrap_or("");
@@ -845,7 +892,18 @@ impl Store for RedisStore {
         match reply.first().map(String::as_str) {
             Some(outcome @ ("rotated" | "sibling")) => {
                 // A rotation lost with its primary would make the spent token live again.
-                self.replicated(&mut conn, &old_key).await?;
+                if let Err(e) = self.replicated(&mut conn, &old_key).await {
+                    let mut call = self.unrotate.key(&old_key);
+                    call.key(self.fam_key(&family, &format!("rt:{new_h}")))
+                        .key(self.fam_key(&family, &format!("at:{old_h}")))
+                        .key(self.fam_key(&family, &format!("sib:{old_h}")))
+                        .key(self.fam_key(&family, "acc"))
+                        .arg(outcome)
+                        .arg(&expected)
+                        .arg(&next.access.jti);
+                    undo(&mut conn, &call).await;
+                    return Err(e);
+                }
                 Ok(if outcome == "rotated" { Rotate::Rotated(grant) } else { Rotate::Sibling(grant) })
             }
             Some("reused") => {
