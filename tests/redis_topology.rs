@@ -430,3 +430,72 @@ async fn every_store_operation_runs_on_a_cluster() {
     assert_eq!(store.blocks(now).await.unwrap().len(), 1);
     assert!(store.delete_block(&key).await.unwrap());
 }
+
+/// `replica_acks` with no replica to acknowledge: a code take and a rotation answer an
+/// error (503 on the wire) and are taken back, so the client's retry is served normally —
+/// it does not meet a spent code or spend a sibling.
+#[tokio::test]
+async fn an_unacknowledged_take_or_rotation_is_taken_back() {
+    use portcullis::config::RedisMode;
+    use portcullis::store::redis::{RedisOptions, RedisStore};
+    use portcullis::store::{CodeGrant, IssuedAccess, RefreshGrant, Rotate, Rotation, Store, TakeCode};
+    if !have_redis("redis_topology") {
+        return;
+    }
+    let port = free_port();
+    let _server = Server::plain(port, &[]);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let open = |replica_acks| {
+        let opts = RedisOptions {
+            url: &url,
+            mode: &RedisMode::Single,
+            timeout: Duration::from_millis(400),
+            ca_file: None,
+            replica_acks,
+        };
+        RedisStore::open(&opts, "acks:").unwrap()
+    };
+    let (strict, plain) = (open(1), open(0));
+    let now = portcullis::tokens::now_secs();
+    let code = [1; 32];
+    let grant = CodeGrant {
+        client_id: "c".into(),
+        redirect_uri: "https://a.test/cb".into(),
+        redirect_uri_given: false,
+        scopes: vec!["read".into()],
+        user: "alice".into(),
+        code_challenge: None,
+        expires_at: now + 60,
+        audience: None,
+    };
+    plain.put_code(code, grant).await.unwrap();
+    assert!(strict.take_code(code, "f1", now).await.is_err(), "no replica acknowledged");
+    assert!(matches!(plain.take_code(code, "f1", now).await.unwrap(), TakeCode::Taken(_)), "the code is fresh");
+
+    let refresh = RefreshGrant {
+        family: "f1".into(),
+        client_id: "c".into(),
+        subject: "alice".into(),
+        user: Some("alice".into()),
+        scopes: vec!["read".into()],
+        expires_at: now + 3600,
+        issued_at: now,
+        audience: None,
+    };
+    plain.put_refresh([2; 32], refresh).await.unwrap();
+    let next = |new: u8| Rotation {
+        new: [new; 32],
+        new_expires_at: now + 3600,
+        access: IssuedAccess { jti: format!("j{new}"), expires_at: now + 600 },
+        reuse_interval: 0,
+    };
+    for attempt in 0..5 {
+        assert!(strict.rotate_refresh([2; 32], "c", next(10 + attempt), now).await.is_err());
+        let old = plain.get_refresh([2; 32], now).await.unwrap().unwrap();
+        assert!(!old.spent, "attempt {attempt}: taken back");
+        assert!(plain.get_refresh([10 + attempt; 32], now).await.unwrap().is_none(), "no successor");
+    }
+    // Strict reuse (interval 0): had any attempt stayed, this would revoke the family.
+    let r = plain.rotate_refresh([2; 32], "c", next(20), now).await.unwrap();
+    assert!(matches!(r, Rotate::Rotated(_)), "{r:?}");
+}
