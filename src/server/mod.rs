@@ -290,7 +290,7 @@ async fn serve_connection(
                     _ => Protocol::Http1,
                 };
                 let builder = conn_builder(&limits, protocol);
-                let conn = builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned();
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc).into_owned();
                 run_until_idle(graceful.watch(conn), &activity, &limits).await
             }
             Ok(Err(e)) => {
@@ -305,7 +305,7 @@ async fn serve_connection(
         None => {
             // Plaintext has no ALPN: the first bytes tell HTTP/1.1 from h2c prior knowledge.
             let builder = conn_builder(&limits, Protocol::Sniff);
-            let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
             run_until_idle(graceful.watch(conn), &activity, &limits).await
         }
     };
@@ -339,7 +339,9 @@ fn conn_builder(limits: &Limits, protocol: Protocol) -> auto::Builder<TokioExecu
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // RFC 8441: WebSocket over HTTP/2 (extended CONNECT with `:protocol`).
+        .enable_connect_protocol();
     builder
 }
 
