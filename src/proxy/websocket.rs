@@ -191,7 +191,9 @@ where
         }
         // A 2xx to an extended CONNECT would open the client's stream as a tunnel.
         if h2 && resp.status().is_success() {
-            return Err(ProxyError::BadGateway("the upstream answered the WebSocket handshake without upgrading".into()));
+            return Err(ProxyError::BadGateway(
+                "the upstream answered the WebSocket handshake without upgrading".into(),
+            ));
         }
         // Refused (401, 403, 426...): its answer goes back as any answer does.
         let (mut parts, body) = resp.into_parts();
