@@ -62,6 +62,8 @@ impl WsUpstream {
                 tokio::spawn(async move {
                     let path = Arc::new(Mutex::new(String::new()));
                     let p = path.clone();
+                    // tungstenite's callback signature, large error variant and all.
+                    #[allow(clippy::result_large_err)]
                     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
                         let headers = req
                             .headers()

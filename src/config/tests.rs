@@ -387,3 +387,18 @@ fn drain_delay_may_be_zero_and_a_timeout_past_the_last_latency_bucket_is_warned_
     assert_eq!(c.warnings().iter().map(|w| w.line).collect::<Vec<_>>(), [9], "{:?}", c.warnings());
     assert!(c.warnings()[0].reason.contains("second SIGTERM"), "{:?}", c.warnings());
 }
+
+#[test]
+fn websocket_options_default_off_and_the_query_token_needs_a_websocket_route_with_a_token() {
+    let route = |extra: &str| format!("[[route]]\nprefix = \"/ws\"\nupstream = \"http://127.0.0.1:1\"\n{extra}");
+    let r = &parse(&route("")).unwrap().routes[0];
+    assert!(!r.websocket && !r.websocket_query_token && r.end_with_token);
+    let r =
+        &parse(&route("websocket = true\nwebsocket_query_token = true\nend_with_token = false\n")).unwrap().routes[0];
+    assert!(r.websocket && r.websocket_query_token && !r.end_with_token);
+    let e = refused(&route("websocket_query_token = true\n"));
+    assert_eq!((e.line, e.reason.as_str()), (9, "websocket_query_token needs websocket = true on the route"));
+    let e = refused(&route("public = true\nwebsocket = true\nwebsocket_query_token = true\n"));
+    assert_eq!(e.line, 9);
+    assert!(e.reason.contains("public route"), "{e}");
+}
