@@ -50,14 +50,18 @@ pub enum Handshake {
     ExtendedConnect,
 }
 
-/// Does the request ask for a WebSocket: an `Upgrade` naming `websocket`, or an HTTP/2
-/// CONNECT with `:protocol websocket`? Other `Upgrade` values (h2c...) are not asked for
-/// here; the forward phase strips them as hop-by-hop.
+/// Does the request ask for a WebSocket: an `Upgrade` naming `websocket` with a
+/// `Connection` naming `upgrade` (without it, RFC 9110 §7.8, `Upgrade` is just a stray
+/// hop-by-hop field), or an HTTP/2 CONNECT with `:protocol websocket`? Other `Upgrade`
+/// values (h2c...) are not asked for here; the forward phase strips them as hop-by-hop.
 pub fn requested<B>(req: &Request<B>) -> bool {
     if req.method() == Method::CONNECT {
         return is_extended_connect(req);
     }
-    lists_token(req.headers(), &header::UPGRADE, b"websocket")
+    let h = req.headers();
+    h.contains_key(header::UPGRADE)
+        && lists_token(h, &header::UPGRADE, b"websocket")
+        && lists_token(h, &header::CONNECTION, b"upgrade")
 }
 
 /// An HTTP/2 CONNECT with `:protocol websocket` (RFC 8441 §4).
@@ -102,9 +106,6 @@ pub fn check<B: HttpBody>(req: &Request<B>, route: &Route) -> Result<Handshake, 
     }
     if req.version() != Version::HTTP_11 {
         return Err(ProxyError::BadHandshake("a WebSocket upgrade needs HTTP/1.1"));
-    }
-    if !lists_token(h, &header::CONNECTION, b"upgrade") {
-        return Err(ProxyError::BadHandshake("Connection must name upgrade"));
     }
     let key = single(h, "sec-websocket-key")
         .filter(|k| STANDARD.decode(k.as_bytes()).is_ok_and(|raw| raw.len() == 16))
