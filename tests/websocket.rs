@@ -550,3 +550,41 @@ async fn disabling_the_client_by_a_reload_closes_its_websocket() {
     assert_eq!(expect_policy_close(&mut ws, at, Duration::from_secs(5)).await, "client disabled");
     assert_eq!(counter(&s.gw, "portcullis_connections_ended_total{reason=\"client_disabled\"}").await, 1.0);
 }
+
+#[tokio::test]
+async fn an_operator_block_of_the_subject_closes_its_websocket() {
+    use portcullis::store::{Block, BlockKey, BlockKind};
+    let s = setup().await;
+    let token = svc_token(&s.gw).await;
+    let mut ws = connect_plain(&s.gw, "/ws/blocked", Some(&token)).await.unwrap();
+    echo_once(&mut ws, "not yet").await;
+    let at = Instant::now();
+    let key = BlockKey { kind: BlockKind::Sub, value: "svc".into(), iss: None };
+    s.gw.gateway.block(Block { key, expires_at: None, created_at: 0, reason: None }).await.unwrap();
+    assert_eq!(expect_policy_close(&mut ws, at, Duration::from_secs(5)).await, "token blocked");
+}
+
+#[tokio::test]
+async fn upgraded_connections_are_bounded_by_max_connections() {
+    let ws = WsUpstream::start().await;
+    let (sse, sse_task) = sse_upstream().await;
+    let echo = EchoUpstream::start().await;
+    let gw = gateway_with_limits(echo.addr, &ws_routes(ws.addr, sse), "max_connections = 2\n").await;
+    let token = svc_token(&gw).await;
+    let mut first = connect_plain(&gw, "/ws/1", Some(&token)).await.unwrap();
+    let mut second = connect_plain(&gw, "/ws/2", Some(&token)).await.unwrap();
+    echo_once(&mut first, "1").await;
+    echo_once(&mut second, "2").await;
+    // Both left their listener slots, so a third gets through the listener, and is refused.
+    let (status, _, _) = refusal(connect_plain(&gw, "/ws/3", Some(&token)).await.unwrap_err());
+    assert_eq!(status, 503);
+    first.close(None).await.unwrap();
+    while first.next().await.is_some() {}
+    drop(first);
+    wait_until("a place frees up", || {
+        let (gw, token) = (&gw, token.clone());
+        async move { connect_plain(gw, "/ws/4", Some(&token)).await.is_ok() }
+    })
+    .await;
+    sse_task.abort();
+}

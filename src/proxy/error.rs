@@ -60,6 +60,9 @@ pub enum ProxyError {
     /// A WebSocket handshake that RFC 6455 / RFC 8441 does not allow.
     #[error("bad WebSocket handshake: {0}")]
     BadHandshake(&'static str),
+    /// As many upgraded (WebSocket) connections are open as `max_connections`.
+    #[error("too many upgraded connections")]
+    TooManyConnections,
     /// The upstream refused, reset or broke the connection.
     #[error("upstream unavailable: {0}")]
     BadGateway(String),
@@ -160,6 +163,11 @@ impl ProxyError {
             ProxyError::BadHandshake(why) => (
                 StatusCode::BAD_REQUEST,
                 json!({"error": "invalid_request", "error_description": format!("Bad WebSocket handshake: {why}.")}),
+                None,
+            ),
+            ProxyError::TooManyConnections => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "temporarily_unavailable", "error_description": "Too many WebSocket connections are open; try again later."}),
                 None,
             ),
             ProxyError::BadGateway(_) => (

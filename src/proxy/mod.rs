@@ -114,7 +114,7 @@ where
     let result = if wants_websocket {
         let handshake = websocket::check(&req, route)?;
         let (peer, authority) = (ctx.peer, ctx.authority.as_ref());
-        websocket::proxy(rt, route, principal.as_deref(), lease, req, peer, authority, handshake).await
+        websocket::proxy(gw, rt, route, principal.as_deref(), lease, req, peer, authority, handshake).await
     } else {
         let result =
             forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, ctx.peer, ctx.authority.as_ref())

@@ -15,6 +15,8 @@
 //! the connection close).
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -32,7 +34,7 @@ use super::lifetime::{CHECK_EVERY, Ended, Lease};
 use crate::authority::Authority;
 use crate::config::Route;
 use crate::http::{Body, BoxError};
-use crate::state::Runtime;
+use crate::state::{Gateway, Runtime};
 use crate::tokens::validate::Principal;
 
 /// RFC 6455 §1.3: appended to the key before hashing it into `Sec-WebSocket-Accept`.
@@ -41,6 +43,27 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// How long, once the token has lapsed, the gateway lets the upstream finish the frame it
 /// is in the middle of before it closes the connection without a close frame.
 const FINISH_FRAME_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One place among the upgraded connections ([`Gateway::upgraded`]), held until the
+/// splice ends.
+struct Open(Arc<Gateway>);
+
+impl Open {
+    fn take(gw: &Arc<Gateway>, max: usize) -> Option<Open> {
+        let max = u64::try_from(max).unwrap_or(u64::MAX);
+        if gw.upgraded.fetch_add(1, Ordering::AcqRel) >= max {
+            gw.upgraded.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Open(gw.clone()))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.upgraded.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// What the client asked for, once checked.
 pub enum Handshake {
@@ -144,6 +167,7 @@ fn upgraded_correctly(resp: &Response<hyper::body::Incoming>, key: &HeaderValue)
 /// Send the handshake upstream and, on a correct `101`, answer the client and splice.
 #[allow(clippy::too_many_arguments)] // the forward phase's inputs, and the handshake
 pub async fn proxy<B>(
+    gw: &Arc<Gateway>,
     rt: &Runtime,
     route: &Route,
     principal: Option<&Principal>,
@@ -157,6 +181,10 @@ where
     B: HttpBody<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
+    let Some(open) = Open::take(gw, rt.config.limits.max_connections) else {
+        tracing::warn!(route = %route.prefix, "WebSocket refused: as many upgraded connections open as max_connections");
+        return Err(ProxyError::TooManyConnections);
+    };
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _empty) = req.into_parts();
     let h2 = matches!(handshake, Handshake::ExtendedConnect);
@@ -219,7 +247,10 @@ where
         parts.version = Version::HTTP_11;
     }
     let route_prefix = route.prefix.clone();
+    // A side that has closed waits for the other at most as long as an idle connection.
+    let linger = rt.config.limits.idle_timeout;
     tokio::spawn(async move {
+        let _open = open;
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(c), Ok(u)) => (c, u),
             (c, u) => {
@@ -227,7 +258,7 @@ where
                 return;
             }
         };
-        match splice(TokioIo::new(client), TokioIo::new(upstream), lease).await {
+        match splice(TokioIo::new(client), TokioIo::new(upstream), lease, linger).await {
             Ok(Some(why)) => {
                 tracing::info!(route = %route_prefix, reason = why.label(), "WebSocket closed: its token ended")
             }
@@ -239,9 +270,15 @@ where
 }
 
 /// Copy both ways until both sides have closed (a side that half-closes has its FIN
-/// passed on, and the other direction goes on), either fails, or the lease ends: the
-/// client then gets a close frame 1008, and both connections are dropped.
-async fn splice<C, U>(client: C, upstream: U, lease: Option<Lease>) -> io::Result<Option<Ended>>
+/// passed on, and the other direction goes on, for at most `linger`), either fails, or
+/// the lease ends: the client then gets a close frame 1008, and both connections are
+/// dropped.
+async fn splice<C, U>(
+    client: C,
+    upstream: U,
+    lease: Option<Lease>,
+    linger: std::time::Duration,
+) -> io::Result<Option<Ended>>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -254,19 +291,21 @@ where
     };
     let down = downstream(&mut upstream_rd, &mut client_wr, lease.as_ref());
     tokio::pin!(up, down);
-    let mut up_done = false;
+    let mut up_done: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            r = &mut up, if !up_done => {
+            r = &mut up, if up_done.is_none() => {
                 r?;
-                up_done = true;
+                up_done = Some(tokio::time::Instant::now() + linger);
             }
+            _ = sleep_until(up_done) => return Ok(None),
             r = &mut down => {
                 let ended = r?;
                 // The upstream closed (its FIN is passed on): what the client still sends
-                // goes on until it closes too; a lapsed token stops everything now.
-                if ended.is_none() && !up_done {
-                    (&mut up).await?;
+                // goes on until it closes too, within `linger`; a lapsed token stops
+                // everything now.
+                if ended.is_none() && up_done.is_none() {
+                    let _ = tokio::time::timeout(linger, &mut up).await;
                 }
                 return Ok(ended);
             }
