@@ -57,6 +57,8 @@ pub struct Metrics {
     revocations: Family<(&'static str, &'static str), AtomicU64>,
     rate_limited: Family<&'static str, AtomicU64>,
     bearer_refusals: Family<&'static str, AtomicU64>,
+    /// Long connections (WebSocket, streamed bodies) ended because their token stopped being valid.
+    connections_ended: Family<&'static str, AtomicU64>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_success: AtomicU64,
@@ -94,6 +96,7 @@ impl Metrics {
             revocations: Family::default(),
             rate_limited: Family::default(),
             bearer_refusals: Family::default(),
+            connections_ended: Family::default(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload_success: AtomicU64::new(crate::tokens::now_secs()),
@@ -173,6 +176,13 @@ impl Metrics {
     /// A bearer token refused on the proxy path, by reason (a fixed set of labels).
     pub fn bearer_refused(&self, reason: &'static str) {
         self.bearer_refusals.with(&reason, |c| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// A long connection ended because its token stopped being valid, by reason (a fixed set).
+    pub fn connection_ended(&self, reason: &'static str) {
+        self.connections_ended.with(&reason, |c| {
             c.fetch_add(1, Ordering::Relaxed);
         });
     }
@@ -280,6 +290,17 @@ impl Metrics {
         for (reason, n) in self.bearer_refusals.snapshot() {
             let n = n.load(Ordering::Relaxed);
             let _ = writeln!(out, "portcullis_bearer_refusals_total{{reason=\"{reason}\"}} {n}");
+        }
+
+        header(
+            &mut out,
+            "portcullis_connections_ended_total",
+            "counter",
+            "WebSocket connections and streamed responses ended because their token stopped being valid, by reason.",
+        );
+        for (reason, n) in self.connections_ended.snapshot() {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "portcullis_connections_ended_total{{reason=\"{reason}\"}} {n}");
         }
 
         header(

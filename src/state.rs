@@ -66,6 +66,9 @@ pub struct Gateway {
     /// The operator blocks were loaded from the store (false until then, and after a
     /// load failed: the revocation feed retries).
     blocks_loaded: AtomicBool,
+    /// Upgraded (WebSocket) connections open: they have left their listener's
+    /// `max_connections` slot, so `proxy::websocket` bounds them by the same number.
+    pub upgraded: AtomicU64,
 }
 
 /// Where the process is in its life. Only `Serving` is ready for traffic.
@@ -111,6 +114,7 @@ impl Gateway {
             client_resets_loaded: AtomicBool::new(false),
             requests_cut: AtomicU64::new(0),
             blocks_loaded: AtomicBool::new(false),
+            upgraded: AtomicU64::new(0),
             runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams, issuers }),
         }))
     }

@@ -771,3 +771,56 @@ async fn a_token_checked_while_redis_hangs_is_refused_once_it_answers() {
         assert_eq!(c.get_api(&late, &token).await, 401);
     }
 }
+
+/// The WebSocket upstream of the test below (the config edit is a plain `fn`).
+static WS_UPSTREAM: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+
+fn with_ws_route(config: String) -> String {
+    let ws = WS_UPSTREAM.get().expect("the WebSocket upstream is started first");
+    format!(
+        "{config}\n[[route]]\nprefix = \"/ws\"\nupstream = \"http://{ws}\"\nscopes = [\"read\"]\nwebsocket = true\n"
+    )
+}
+
+/// Issue 12.4: a token revoked on replica a ends the WebSocket it opened on replica b,
+/// with a close frame 1008, within about a second (the bound is generous).
+#[tokio::test]
+async fn a_revocation_on_one_replica_closes_a_websocket_held_on_the_other() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let ws_up = WsUpstream::start().await;
+    WS_UPSTREAM.set(ws_up.addr).unwrap();
+    let Some(c) = cluster_with(with_ws_route).await else { return };
+    let (status, v) = c.token(&c.a, &[("grant_type", "client_credentials")], Some(("svc", SVC_SECRET))).await;
+    assert_eq!(status, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let mut req = format!("ws://127.0.0.1:{}/ws/held", c.b.port).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.b.port)).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+
+    let resp = c
+        .http
+        .post(c.a.url("/oauth/revoke"))
+        .basic_auth("svc", Some(SVC_SECRET))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let at = Instant::now();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame from replica b: {other:?}; log b:\n{}", c.log("b")),
+        }
+    };
+    let frame = close.expect("a close code");
+    assert_eq!((frame.code, frame.reason.as_str()), (CloseCode::Policy, "token revoked"));
+    eprintln!("closed on b {:?} after the revocation on a", at.elapsed());
+}

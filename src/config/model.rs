@@ -315,6 +315,15 @@ pub struct Route {
     /// `X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`) from a trusted
     /// proxy. Off: they are removed whoever sends them.
     pub(crate) pass_rewrite_headers: bool,
+    /// Proxy WebSocket handshakes (RFC 6455 upgrades, RFC 8441 extended CONNECT) and
+    /// splice the connections; off, a WebSocket upgrade is refused (400).
+    pub(crate) websocket: bool,
+    /// Accept the token of a WebSocket handshake as the `access_token` query parameter
+    /// (RFC 6750 §2.3): browsers cannot set `Authorization` on a WebSocket. Opt-in.
+    pub(crate) websocket_query_token: bool,
+    /// End an upgraded connection or a streamed response body once its token expires or
+    /// is revoked, blocked, or its client or user disabled (default on).
+    pub(crate) end_with_token: bool,
     /// The `aud` a token must carry here (RFC 8707 resource); `None`: the top-level audience.
     pub(crate) audience: Option<String>,
     /// Whose tokens pass: [`SELF_ISSUER`] and `[[trusted_issuer]]` names (default: ours only).

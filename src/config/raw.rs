@@ -228,6 +228,15 @@ pub struct RawRoute {
     pub forward_token: bool,
     #[serde(default)]
     pub pass_rewrite_headers: bool,
+    /// WebSocket handshakes (RFC 6455, RFC 8441) are proxied and their connections spliced.
+    #[serde(default)]
+    pub websocket: bool,
+    /// A WebSocket handshake may carry its token as the `access_token` query parameter.
+    #[serde(default)]
+    pub websocket_query_token: bool,
+    /// Long connections (WebSocket, streamed bodies) end when their token stops being
+    /// valid; default true.
+    pub end_with_token: Option<bool>,
     /// The `aud` this route's tokens must carry (RFC 8707); the top-level `audience` when absent.
     pub audience: Option<Spanned<String>>,
     /// Whose tokens the route accepts: `"self"` and `[[trusted_issuer]]` names.

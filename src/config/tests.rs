@@ -421,3 +421,18 @@ fn a_redis_store_takes_one_server_a_cluster_or_sentinels() {
     assert_eq!(e.line, 11, "{e}");
     assert!(e.reason.contains("/nonexistent/ca.pem"), "{e}");
 }
+
+#[test]
+fn websocket_options_default_off_and_the_query_token_needs_a_websocket_route_with_a_token() {
+    let route = |extra: &str| format!("[[route]]\nprefix = \"/ws\"\nupstream = \"http://127.0.0.1:1\"\n{extra}");
+    let r = &parse(&route("")).unwrap().routes[0];
+    assert!(!r.websocket && !r.websocket_query_token && r.end_with_token);
+    let r =
+        &parse(&route("websocket = true\nwebsocket_query_token = true\nend_with_token = false\n")).unwrap().routes[0];
+    assert!(r.websocket && r.websocket_query_token && !r.end_with_token);
+    let e = refused(&route("websocket_query_token = true\n"));
+    assert_eq!((e.line, e.reason.as_str()), (9, "websocket_query_token needs websocket = true on the route"));
+    let e = refused(&route("public = true\nwebsocket = true\nwebsocket_query_token = true\n"));
+    assert_eq!(e.line, 9);
+    assert!(e.reason.contains("public route"), "{e}");
+}

@@ -52,12 +52,37 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
     if token.is_empty() {
         return Err(ProxyError::MalformedRequest("Bearer without a token"));
     }
-    // b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-    let body = token.trim_end_matches('=');
-    if body.is_empty() || !body.bytes().all(|b| b != b'=' && B64TOKEN[usize::from(b)]) {
+    if !is_b64token(token) {
         return Err(ProxyError::MalformedRequest("the bearer token is not a b64token"));
     }
     Ok(token)
+}
+
+/// b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty() && body.bytes().all(|b| b != b'=' && B64TOKEN[usize::from(b)])
+}
+
+/// RFC 6750 §2.3: the token of a WebSocket handshake in the `access_token` query
+/// parameter, on a route with `websocket_query_token` (browsers cannot set
+/// `Authorization` on a WebSocket). `None` when the query has none. Refused: two of
+/// them, one that is not a b64token once decoded, or one beside an Authorization header
+/// (RFC 6750 §2: a client uses one method only).
+pub fn query_token(query: Option<&str>, headers: &HeaderMap) -> Result<Option<String>, ProxyError> {
+    let Some(query) = query else { return Ok(None) };
+    let mut found = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "access_token").map(|(_, v)| v);
+    let Some(token) = found.next() else { return Ok(None) };
+    if found.next().is_some() {
+        return Err(ProxyError::BadQueryToken("repeated"));
+    }
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Err(ProxyError::BadQueryToken("beside an Authorization header"));
+    }
+    if !is_b64token(&token) {
+        return Err(ProxyError::BadQueryToken("not a b64token"));
+    }
+    Ok(Some(token.into_owned()))
 }
 
 /// RFC 9110 §5.6.2 tchar: the bytes of a token such as an auth-scheme.
@@ -73,7 +98,16 @@ pub async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
 ) -> Result<Arc<Principal>, ProxyError> {
-    let token = bearer(headers)?;
+    authenticate_token(gw, rt, route, bearer(headers)?).await
+}
+
+/// Validate `token` (from the header, or a WebSocket handshake's query) for `route`.
+pub async fn authenticate_token(
+    gw: &Gateway,
+    rt: &Runtime,
+    route: &Route,
+    token: &str,
+) -> Result<Arc<Principal>, ProxyError> {
     let accepts = |name: &str| route.accepts(name);
     gw.validator
         .validate_for(token, &rt.keys, Some(&rt.issuers), &accepts, &rt.config, gw.store.as_ref())

@@ -50,6 +50,19 @@ pub enum ProxyError {
     /// A multipart body names an `access_token` field (it is never forwarded).
     #[error("access_token field in a multipart body")]
     TokenInBody,
+    /// The `access_token` query parameter of a WebSocket handshake is repeated, not a
+    /// b64token, or sent beside an Authorization header (RFC 6750 §2: one method only).
+    #[error("bad access_token query parameter: {0}")]
+    BadQueryToken(&'static str),
+    /// A WebSocket upgrade on a route without `websocket = true`.
+    #[error("WebSocket not enabled on this route")]
+    WebSocketNotEnabled,
+    /// A WebSocket handshake that RFC 6455 / RFC 8441 does not allow.
+    #[error("bad WebSocket handshake: {0}")]
+    BadHandshake(&'static str),
+    /// As many upgraded (WebSocket) connections are open as `max_connections`.
+    #[error("too many upgraded connections")]
+    TooManyConnections,
     /// The upstream refused, reset or broke the connection.
     #[error("upstream unavailable: {0}")]
     BadGateway(String),
@@ -137,6 +150,26 @@ impl ProxyError {
                 json!({"error": "invalid_request", "error_description": "The request body could not be read."}),
                 None,
             ),
+            ProxyError::BadQueryToken(_) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": "The access_token query parameter is malformed, repeated, or sent beside an Authorization header."}),
+                challenge(", error=\"invalid_request\""),
+            ),
+            ProxyError::WebSocketNotEnabled => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": "This route does not accept WebSocket connections."}),
+                None,
+            ),
+            ProxyError::BadHandshake(why) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": format!("Bad WebSocket handshake: {why}.")}),
+                None,
+            ),
+            ProxyError::TooManyConnections => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "temporarily_unavailable", "error_description": "Too many WebSocket connections are open; try again later."}),
+                None,
+            ),
             ProxyError::BadGateway(_) => (
                 StatusCode::BAD_GATEWAY,
                 json!({"error": "bad_gateway", "error_description": "The upstream service is unavailable."}),
@@ -155,6 +188,10 @@ impl ProxyError {
         match status {
             StatusCode::METHOD_NOT_ALLOWED => {
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_BY_DEFAULT));
+            }
+            // RFC 6455 §4.4: the version the gateway speaks.
+            StatusCode::BAD_REQUEST if matches!(self, ProxyError::BadHandshake(_)) => {
+                resp.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
             }
             // The request body was not read: the connection cannot carry another request.
             StatusCode::NOT_IMPLEMENTED => {

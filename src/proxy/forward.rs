@@ -60,7 +60,7 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 }
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed = connection_listed(headers);
     remove_where(headers, |n| is_hop_by_hop(n.as_str()) || listed.contains(n));
 }
@@ -426,7 +426,7 @@ fn valid_forwarded_proto(headers: &HeaderMap) -> bool {
 }
 
 /// Rewrite inbound headers for the upstream: hygiene first, then what we vouch for.
-fn upstream_headers(
+pub(super) fn upstream_headers(
     headers: &mut HeaderMap,
     rt: &Runtime,
     route: &Route,
@@ -569,28 +569,7 @@ where
         return Err(ProxyError::PayloadTooLarge);
     }
 
-    // Origin-form: the connection already says which upstream this is. When the route
-    // maps the path unchanged, the request's own (already parsed) target is reused.
-    // RFC 6750 §2.3: a token in the query is a credential, whatever the route forwards:
-    // taken out, the rest kept byte for byte.
-    let kept = parts.uri.query().and_then(|q| without_access_token(q.as_bytes()));
-    let uri = match (super::route::upstream_path(route, parts.uri.path()), parts.uri.path_and_query()) {
-        (None, Some(unchanged)) if kept.is_none() => Uri::from(unchanged.clone()),
-        (mapped, _) => {
-            let path = parts.uri.path();
-            let mut target = mapped.unwrap_or_else(|| if path.is_empty() { "/" } else { path }.to_string());
-            // A query of nothing but tokens goes away with its `?`.
-            let query = match &kept {
-                Some(kept) => (!kept.is_empty()).then(|| String::from_utf8_lossy(kept)),
-                None => parts.uri.query().map(std::borrow::Cow::Borrowed),
-            };
-            if let Some(q) = query {
-                target.push('?');
-                target.push_str(&q);
-            }
-            Uri::try_from(target).map_err(|_| ProxyError::UnsafePath)?
-        }
-    };
+    let uri = upstream_target(route, &parts.uri)?;
     // Any framing (Content-Length, chunked, HTTP/2 DATA frames): a body that has not ended.
     let form = is_form(&parts.headers) && !body.is_end_stream();
     let multipart = super::multipart::is_multipart_form(&parts.headers);
@@ -638,6 +617,31 @@ where
     Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
 }
 
+/// The request target the upstream gets, in origin-form: the connection already says
+/// which upstream this is. When the route maps the path unchanged, the request's own
+/// (already parsed) target is reused. RFC 6750 §2.3: a token in the query is a
+/// credential, whatever the route forwards: taken out, the rest kept byte for byte.
+pub(super) fn upstream_target(route: &Route, uri: &Uri) -> Result<Uri, ProxyError> {
+    let kept = uri.query().and_then(|q| without_access_token(q.as_bytes()));
+    Ok(match (super::route::upstream_path(route, uri.path()), uri.path_and_query()) {
+        (None, Some(unchanged)) if kept.is_none() => Uri::from(unchanged.clone()),
+        (mapped, _) => {
+            let path = uri.path();
+            let mut target = mapped.unwrap_or_else(|| if path.is_empty() { "/" } else { path }.to_string());
+            // A query of nothing but tokens goes away with its `?`.
+            let query = match &kept {
+                Some(kept) => (!kept.is_empty()).then(|| String::from_utf8_lossy(kept)),
+                None => uri.query().map(std::borrow::Cow::Borrowed),
+            };
+            if let Some(q) = query {
+                target.push('?');
+                target.push_str(&q);
+            }
+            Uri::try_from(target).map_err(|_| ProxyError::UnsafePath)?
+        }
+    })
+}
+
 /// Read a form body whole, within `max_proxy_form_bytes` and `upstream_timeout` (the bound
 /// of the proxied exchange it is part of; the header read timeout is for headers): a form
 /// that cannot be inspected is refused (413), never passed unread.
@@ -656,7 +660,7 @@ where
 }
 
 /// The `Host` an upstream gets: its own authority, without the scheme's default port.
-fn upstream_host(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> HeaderValue {
+pub(super) fn upstream_host(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> HeaderValue {
     let default_port = if *scheme == http::uri::Scheme::HTTPS { 443 } else { 80 };
     let host = match authority.port_u16() {
         Some(port) if port == default_port => authority.host(),

@@ -6,8 +6,10 @@ pub mod authenticate;
 pub mod authorize;
 pub mod error;
 pub mod forward;
+pub mod lifetime;
 pub mod multipart;
 pub mod route;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ use crate::state::Gateway;
 use error::ProxyError;
 
 /// Run the proxy phases for `req`; `dispatch` has already parsed and checked its authority.
-pub async fn handle<B>(gw: &Gateway, ctx: &Ctx<'_>, req: Request<B>) -> (Response<Body>, Outcome)
+pub async fn handle<B>(gw: &Arc<Gateway>, ctx: &Ctx<'_>, req: Request<B>) -> (Response<Body>, Outcome)
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
@@ -48,7 +50,7 @@ where
 }
 
 async fn run<B>(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     ctx: &Ctx<'_>,
     req: Request<B>,
     outcome: &mut Outcome,
@@ -69,20 +71,32 @@ where
     }
     let rt = &*ctx.rt;
     let host = ctx.authority.as_ref().map(Authority::host);
-    let route: &Arc<_> = route::route(&rt.config.routes, host, req.method(), path).ok_or(ProxyError::NoRoute)?;
+    // An HTTP/2 WebSocket (extended CONNECT, RFC 8441) is routed as the GET it stands for.
+    let extended_connect = websocket::is_extended_connect(&req);
+    let method = if extended_connect { &http::Method::GET } else { req.method() };
+    let route: &Arc<_> = route::route(&rt.config.routes, host, method, path).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route.clone());
     // TRACE (and IIS's TRACK) reflects the request (cookies, tokens) back; CONNECT makes a
     // tunnel. None goes through unless the route names it.
-    if matches!(req.method().as_str(), "TRACE" | "TRACK" | "CONNECT")
-        && !route.methods.as_ref().is_some_and(|ms| ms.contains(req.method()))
+    if matches!(method.as_str(), "TRACE" | "TRACK" | "CONNECT")
+        && !route.methods.as_ref().is_some_and(|ms| ms.contains(method))
     {
         return Err(ProxyError::MethodNotAllowed);
     }
+    let wants_websocket = websocket::requested(&req);
 
     let principal = match &route.access {
         Access::Public => None,
         Access::Scopes(scopes) => {
-            let p = authenticate::authenticate(gw, rt, route, req.headers()).await?;
+            // RFC 6750 §2.3, opt-in per route, for WebSocket handshakes only.
+            let from_query = match wants_websocket && route.websocket && route.websocket_query_token {
+                true => authenticate::query_token(req.uri().query(), req.headers())?,
+                false => None,
+            };
+            let p = match from_query {
+                Some(token) => authenticate::authenticate_token(gw, rt, route, &token).await?,
+                None => authenticate::authenticate(gw, rt, route, req.headers()).await?,
+            };
             outcome.principal = Some(p.clone());
             // RFC 8707 / RFC 9700 §2.3: a token is for one API; another route's audience
             // (or the default on a route without one) is an invalid token here. A trusted
@@ -94,9 +108,26 @@ where
             Some(p)
         }
     };
+    // The lease that ends a long connection with its token (none on a public route).
+    let lease = principal.as_ref().filter(|_| route.end_with_token).map(|p| lifetime::Lease::new(gw, p));
     let started = std::time::Instant::now();
-    let result =
-        forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, ctx.peer, ctx.authority.as_ref()).await;
+    let result = if wants_websocket {
+        let handshake = websocket::check(&req, route)?;
+        let (peer, authority) = (ctx.peer, ctx.authority.as_ref());
+        websocket::proxy(gw, rt, route, principal.as_deref(), lease, req, peer, authority, handshake).await
+    } else {
+        let result =
+            forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, ctx.peer, ctx.authority.as_ref())
+                .await;
+        match (result, lease) {
+            (Ok(resp), Some(lease)) if !http_body::Body::is_end_stream(resp.body()) => {
+                let (parts, body) = resp.into_parts();
+                let body = lifetime::EndsWithToken::wrap(body, lease, &parts.headers);
+                Ok(Response::from_parts(parts, body))
+            }
+            (result, _) => result,
+        }
+    };
     // Only attempts that reached the upstream: a refused body never left the gateway.
     if matches!(result, Ok(_) | Err(ProxyError::BadGateway(_) | ProxyError::GatewayTimeout)) {
         outcome.upstream_latency = Some(started.elapsed());

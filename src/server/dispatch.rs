@@ -47,7 +47,7 @@ enum Endpoint {
 }
 
 /// Dispatch one request: our OAuth endpoints, or the proxy phases; then the logging phase.
-pub(super) async fn dispatch(gw: &Gateway, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+pub(super) async fn dispatch(gw: &Arc<Gateway>, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let in_flight = gw.metrics.request_started();
     let method = req.method().clone();

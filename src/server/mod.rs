@@ -291,8 +291,20 @@ async fn serve_connection(
                     _ => Protocol::Http1,
                 };
                 let builder = conn_builder(&limits, protocol);
-                let conn = builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned();
-                run_until_idle(graceful.watch(conn), &activity, &limits).await
+                match protocol {
+                    // HTTP/2 upgrades (RFC 8441 extended CONNECT) need no `with_upgrades`.
+                    Protocol::Http2 => {
+                        let conn = builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned();
+                        run_until_idle(graceful.watch(conn), &activity, &limits).await
+                    }
+                    // hyper-util's `serve_connection_with_upgrades` sniffs the first bytes
+                    // whatever the builder was told, so the HTTP/2 preface is refused here.
+                    _ => {
+                        let io = TokioIo::new(NoH2Preface::new(tls_stream));
+                        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+                        run_until_idle(graceful.watch(conn), &activity, &limits).await
+                    }
+                }
             }
             Ok(Err(e)) => {
                 tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
@@ -306,12 +318,76 @@ async fn serve_connection(
         None => {
             // Plaintext has no ALPN: the first bytes tell HTTP/1.1 from h2c prior knowledge.
             let builder = conn_builder(&limits, Protocol::Sniff);
-            let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
             run_until_idle(graceful.watch(conn), &activity, &limits).await
         }
     };
     if let Err(e) = served {
         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection that must speak HTTP/1.1 (ALPN said so) fails as soon as its first bytes
+/// are the whole HTTP/2 preface, before the version sniffing of hyper-util's upgradeable
+/// connection could take it for HTTP/2. Every later byte passes untouched.
+struct NoH2Preface<I> {
+    inner: I,
+    /// Leading bytes that matched the preface so far; `None` once one did not.
+    matched: Option<usize>,
+}
+
+impl<I> NoH2Preface<I> {
+    fn new(inner: I) -> Self {
+        NoH2Preface { inner, matched: Some(0) }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for NoH2Preface<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(mut matched) = self.matched {
+            for &b in &buf.filled()[before..] {
+                if H2_PREFACE.get(matched) != Some(&b) {
+                    self.matched = None;
+                    return r;
+                }
+                matched += 1;
+                if matched == H2_PREFACE.len() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the HTTP/2 preface on a connection that chose HTTP/1.1",
+                    )));
+                }
+            }
+            self.matched = Some(matched);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for NoH2Preface<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -340,7 +416,9 @@ fn conn_builder(limits: &Limits, protocol: Protocol) -> auto::Builder<TokioExecu
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // RFC 8441: WebSocket over HTTP/2 (extended CONNECT with `:protocol`).
+        .enable_connect_protocol();
     builder
 }
 

@@ -1,6 +1,7 @@
 //! The client side: kept-alive connections to the upstreams, built from the config in force.
 
 mod pool;
+mod upgrade;
 
 use std::sync::Arc;
 
@@ -20,6 +21,8 @@ pub use pool::UpstreamBody;
 /// plus an optional operator CA).
 pub struct Upstreams {
     pool: Arc<Pool>,
+    /// HTTP/1.1 only (ALPN `http/1.1`): upgrades (WebSocket) each get a fresh connection.
+    upgrades: upgrade::Upgrades,
 }
 
 impl Upstreams {
@@ -51,7 +54,8 @@ impl Upstreams {
         let https =
             HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
         let max_head = config.limits.max_upstream_header_bytes;
-        Ok(Upstreams { pool: Pool::new(https, std::time::Duration::from_secs(90), 256, max_head) })
+        let upgrades = upgrade::Upgrades::new(https.clone(), max_head);
+        Ok(Upstreams { pool: Pool::new(https, std::time::Duration::from_secs(90), 256, max_head), upgrades })
     }
 
     /// Send `req` to `authority` over a kept-alive connection, or a new one.
@@ -62,5 +66,17 @@ impl Upstreams {
         req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
         self.pool.send(scheme, authority, req).await
+    }
+
+    /// Send an upgrade request (a WebSocket handshake) on a fresh HTTP/1.1 connection of
+    /// its own, never a pooled one; an upgraded answer's connection is taken with
+    /// `hyper::upgrade::on`, any other answer's body streams from it and then it closes.
+    pub(crate) async fn send_upgrade(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        req: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, BoxError> {
+        self.upgrades.send(scheme, authority, req).await
     }
 }

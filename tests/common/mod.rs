@@ -31,6 +31,7 @@ mod idp;
 mod jwt;
 mod raw;
 mod recorder;
+mod ws;
 // Each test binary uses some of these; `dead_code` above does not cover re-exports.
 #[allow(unused_imports)]
 pub use binary::*;
@@ -42,6 +43,8 @@ pub use jwt::*;
 pub use raw::*;
 #[allow(unused_imports)]
 pub use recorder::*;
+#[allow(unused_imports)]
+pub use ws::*;
 
 /// Secret of client `svc` (hash below).
 pub const SVC_SECRET: &str = "svc-secret";

@@ -238,6 +238,7 @@ impl Validator<'_> {
             None => None,
             Some(a) => Some(self.resource_uri(a, "audience")?),
         };
+        self.websocket_options(r, &access)?;
         Ok(Route {
             issuers: self.route_issuers(r, issuers)?,
             claims: self.route_claims(r)?,
@@ -250,7 +251,21 @@ impl Validator<'_> {
             strip_prefix: r.strip_prefix,
             forward_token: r.forward_token,
             pass_rewrite_headers: r.pass_rewrite_headers,
+            websocket: r.websocket,
+            websocket_query_token: r.websocket_query_token,
+            end_with_token: r.end_with_token.unwrap_or(true),
         })
+    }
+
+    /// `websocket_query_token` only means something on a WebSocket route that reads tokens.
+    fn websocket_options(&self, r: &RawRoute, access: &Access) -> Result<(), ConfigError> {
+        if r.websocket_query_token && !r.websocket {
+            return Err(self.err(r.prefix.span(), "websocket_query_token needs websocket = true on the route"));
+        }
+        if r.websocket_query_token && *access == Access::Public {
+            return Err(self.err(r.prefix.span(), "websocket_query_token on a public route: it reads no token"));
+        }
+        Ok(())
     }
 
     /// RFC 8707 §2: a resource indicator is an absolute URI without a fragment; clients

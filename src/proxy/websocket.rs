@@ -1,0 +1,546 @@
+//! WebSocket through the gateway (RFC 6455; RFC 8441 over HTTP/2), on routes with
+//! `websocket = true`. The handshake has been routed, authenticated and authorised like
+//! any request by then; here it is checked, sent upstream on a fresh HTTP/1.1 connection
+//! with the same header hygiene and identity headers as any request, and on a correct
+//! `101` the two upgraded connections are spliced.
+//!
+//! An HTTP/2 client's extended CONNECT (`:protocol websocket`) is bridged to an HTTP/1.1
+//! upgrade upstream: the gateway makes the `Sec-WebSocket-Key` and checks the answer's
+//! `Sec-WebSocket-Accept` itself, and answers the client `200`.
+//!
+//! The splice copies bytes, not frames. Upstream to client, a small parser follows the
+//! frame boundaries, so that when the token behind the connection stops being valid
+//! ([`super::lifetime`]) the gateway can write its own close frame (1008) between two
+//! frames, never inside one; client to upstream is a plain copy (the upstream just sees
+//! the connection close).
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::error::ProxyError;
+use super::forward::{self, Peer};
+use super::lifetime::{CHECK_EVERY, Ended, Lease};
+use crate::authority::Authority;
+use crate::config::Route;
+use crate::http::{Body, BoxError};
+use crate::state::{Gateway, Runtime};
+use crate::tokens::validate::Principal;
+
+/// RFC 6455 §1.3: appended to the key before hashing it into `Sec-WebSocket-Accept`.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// How long, once the token has lapsed, the gateway lets the upstream finish the frame it
+/// is in the middle of before it closes the connection without a close frame.
+const FINISH_FRAME_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One place among the upgraded connections ([`Gateway::upgraded`]), held until the
+/// splice ends.
+struct Open(Arc<Gateway>);
+
+impl Open {
+    fn take(gw: &Arc<Gateway>, max: usize) -> Option<Open> {
+        let max = u64::try_from(max).unwrap_or(u64::MAX);
+        if gw.upgraded.fetch_add(1, Ordering::AcqRel) >= max {
+            gw.upgraded.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Open(gw.clone()))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.upgraded.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the client asked for, once checked.
+pub enum Handshake {
+    /// HTTP/1.1 `Upgrade: websocket`, with the client's key.
+    Upgrade { key: HeaderValue },
+    /// HTTP/2 extended CONNECT (RFC 8441).
+    ExtendedConnect,
+}
+
+/// Does the request ask for a WebSocket: an `Upgrade` naming `websocket` with a
+/// `Connection` naming `upgrade` (without it, RFC 9110 §7.8, `Upgrade` is just a stray
+/// hop-by-hop field), or an HTTP/2 CONNECT with `:protocol websocket`? Other `Upgrade`
+/// values (h2c...) are not asked for here; the forward phase strips them as hop-by-hop.
+pub fn requested<B>(req: &Request<B>) -> bool {
+    if req.method() == Method::CONNECT {
+        return is_extended_connect(req);
+    }
+    let h = req.headers();
+    h.contains_key(header::UPGRADE)
+        && lists_token(h, &header::UPGRADE, b"websocket")
+        && lists_token(h, &header::CONNECTION, b"upgrade")
+}
+
+/// An HTTP/2 CONNECT with `:protocol websocket` (RFC 8441 §4).
+pub fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        && req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Does some field `name` list `token` (comma-separated, case-insensitive)?
+fn lists_token(headers: &HeaderMap, name: &header::HeaderName, token: &[u8]) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| crate::cookies::trim(t).eq_ignore_ascii_case(token))
+}
+
+/// The one value of `name`, if there is exactly one.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => Some(v),
+        _ => None,
+    }
+}
+
+/// Check a WebSocket handshake on `route` (RFC 6455 §4.2.1, RFC 8441 §5). Anything
+/// malformed is 400; a route without `websocket` refuses every one.
+pub fn check<B: HttpBody>(req: &Request<B>, route: &Route) -> Result<Handshake, ProxyError> {
+    if !route.websocket {
+        return Err(ProxyError::WebSocketNotEnabled);
+    }
+    let h = req.headers();
+    if single(h, "sec-websocket-version").is_none_or(|v| v.as_bytes() != b"13") {
+        return Err(ProxyError::BadHandshake("Sec-WebSocket-Version must be 13"));
+    }
+    if is_extended_connect(req) {
+        return Ok(Handshake::ExtendedConnect);
+    }
+    if req.method() != Method::GET {
+        return Err(ProxyError::BadHandshake("a WebSocket handshake is a GET"));
+    }
+    if req.version() != Version::HTTP_11 {
+        return Err(ProxyError::BadHandshake("a WebSocket upgrade needs HTTP/1.1"));
+    }
+    let key = single(h, "sec-websocket-key")
+        .filter(|k| STANDARD.decode(k.as_bytes()).is_ok_and(|raw| raw.len() == 16))
+        .ok_or(ProxyError::BadHandshake("Sec-WebSocket-Key must be the base64 of 16 bytes"))?;
+    // The bytes after the head are frames once upgraded: a handshake has no body.
+    if !req.body().is_end_stream() || h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(ProxyError::BadHandshake("a WebSocket handshake has no body"));
+    }
+    Ok(Handshake::Upgrade { key: key.clone() })
+}
+
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2).
+fn accept_for(key: &[u8]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(ACCEPT_GUID);
+    STANDARD.encode(ctx.finish().as_ref())
+}
+
+/// A fresh `Sec-WebSocket-Key` for the upstream of an extended CONNECT.
+fn fresh_key() -> Result<HeaderValue, ProxyError> {
+    let mut raw = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| ProxyError::BadGateway("no randomness for a WebSocket key".into()))?;
+    HeaderValue::try_from(STANDARD.encode(raw)).map_err(|_| ProxyError::BadGateway("WebSocket key".into()))
+}
+
+/// Is this a correct `101` to a handshake sent with `key`?
+fn upgraded_correctly(resp: &Response<hyper::body::Incoming>, key: &HeaderValue) -> bool {
+    let h = resp.headers();
+    resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && lists_token(h, &header::UPGRADE, b"websocket")
+        && lists_token(h, &header::CONNECTION, b"upgrade")
+        && single(h, "sec-websocket-accept").is_some_and(|a| a.as_bytes() == accept_for(key.as_bytes()).as_bytes())
+}
+
+/// Send the handshake upstream and, on a correct `101`, answer the client and splice.
+#[allow(clippy::too_many_arguments)] // the forward phase's inputs, and the handshake
+pub async fn proxy<B>(
+    gw: &Arc<Gateway>,
+    rt: &Runtime,
+    route: &Route,
+    principal: Option<&Principal>,
+    lease: Option<Lease>,
+    mut req: Request<B>,
+    peer: &Peer,
+    authority: Option<&Authority>,
+    handshake: Handshake,
+) -> Result<Response<Body>, ProxyError>
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Some(open) = Open::take(gw, rt.config.limits.max_connections) else {
+        tracing::warn!(route = %route.prefix, "WebSocket refused: as many upgraded connections open as max_connections");
+        return Err(ProxyError::TooManyConnections);
+    };
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, _empty) = req.into_parts();
+    let h2 = matches!(handshake, Handshake::ExtendedConnect);
+    let key = match handshake {
+        Handshake::Upgrade { key } => key,
+        Handshake::ExtendedConnect => fresh_key()?,
+    };
+    let uri = forward::upstream_target(route, &parts.uri)?;
+    forward::upstream_headers(&mut parts.headers, rt, route, principal, peer, authority)?;
+    let hs = &mut parts.headers;
+    hs.insert(header::HOST, forward::upstream_host(&route.upstream.scheme, &route.upstream.authority));
+    hs.remove(header::CONTENT_LENGTH);
+    hs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    hs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    hs.insert("sec-websocket-key", key.clone());
+    hs.insert("sec-websocket-version", HeaderValue::from_static("13"));
+    let mut upstream_req = Request::new(crate::http::full(Bytes::new()));
+    *upstream_req.method_mut() = Method::GET;
+    *upstream_req.uri_mut() = uri;
+    *upstream_req.version_mut() = Version::HTTP_11;
+    *upstream_req.headers_mut() = parts.headers;
+
+    let upstream = &route.upstream;
+    let sent = rt.upstreams.send_upgrade(&upstream.scheme, &upstream.authority, upstream_req);
+    let mut resp = match tokio::time::timeout(rt.config.limits.upstream_timeout, sent).await {
+        Err(_) => return Err(ProxyError::GatewayTimeout),
+        Ok(Err(e)) => return Err(ProxyError::BadGateway(format!("WebSocket handshake: {e}"))),
+        Ok(Ok(resp)) => resp,
+    };
+    if !upgraded_correctly(&resp, &key) {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProxyError::BadGateway("the upstream's 101 is not a correct WebSocket answer".into()));
+        }
+        // A 2xx to an extended CONNECT would open the client's stream as a tunnel.
+        if h2 && resp.status().is_success() {
+            return Err(ProxyError::BadGateway(
+                "the upstream answered the WebSocket handshake without upgrading".into(),
+            ));
+        }
+        // Refused (401, 403, 426...): its answer goes back as any answer does.
+        let (mut parts, body) = resp.into_parts();
+        parts.version = Version::HTTP_11;
+        forward::strip_hop_by_hop(&mut parts.headers);
+        forward::drop_gateway_set_cookies(&mut parts.headers);
+        return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers);
+    forward::drop_gateway_set_cookies(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if h2 {
+        // RFC 8441 §5: no Sec-WebSocket-Accept over HTTP/2; 200 opens the stream.
+        parts.headers.remove("sec-websocket-accept");
+        parts.status = StatusCode::OK;
+        parts.version = Version::HTTP_2;
+    } else {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        parts.version = Version::HTTP_11;
+    }
+    let route_prefix = route.prefix.clone();
+    // A side that has closed waits for the other at most as long as an idle connection.
+    let linger = rt.config.limits.idle_timeout;
+    tokio::spawn(async move {
+        let _open = open;
+        let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(client = c.is_ok(), upstream = u.is_ok(), "WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        match splice(TokioIo::new(client), TokioIo::new(upstream), lease, linger).await {
+            Ok(Some(why)) => {
+                tracing::info!(route = %route_prefix, reason = why.label(), "WebSocket closed: its token ended")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(route = %route_prefix, error = %e, "WebSocket splice ended with an error"),
+        }
+    });
+    Ok(Response::from_parts(parts, crate::http::full(Bytes::new())))
+}
+
+/// Copy both ways until both sides have closed (a side that half-closes has its FIN
+/// passed on, and the other direction goes on, for at most `linger`), either fails, or
+/// the lease ends: the client then gets a close frame 1008, and both connections are
+/// dropped.
+async fn splice<C, U>(
+    client: C,
+    upstream: U,
+    lease: Option<Lease>,
+    linger: std::time::Duration,
+) -> io::Result<Option<Ended>>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
+    let up = async {
+        tokio::io::copy(&mut client_rd, &mut upstream_wr).await?;
+        upstream_wr.shutdown().await
+    };
+    let down = downstream(&mut upstream_rd, &mut client_wr, lease.as_ref());
+    tokio::pin!(up, down);
+    let mut up_done: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            r = &mut up, if up_done.is_none() => {
+                r?;
+                up_done = Some(tokio::time::Instant::now() + linger);
+            }
+            _ = sleep_until(up_done) => return Ok(None),
+            r = &mut down => {
+                let ended = r?;
+                // The upstream closed (its FIN is passed on): what the client still sends
+                // goes on until it closes too, within `linger`; a lapsed token stops
+                // everything now.
+                if ended.is_none() && up_done.is_none() {
+                    let _ = tokio::time::timeout(linger, &mut up).await;
+                }
+                return Ok(ended);
+            }
+        }
+    }
+}
+
+/// Upstream to client, frame-aware, checking the lease every [`CHECK_EVERY`] and at
+/// expiry. `Some(why)` when the lease ended it (the close frame is written).
+async fn downstream<R, W>(from: &mut R, to: &mut W, lease: Option<&Lease>) -> io::Result<Option<Ended>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut frames = Frames::default();
+    let next_check = |lease: &Lease| tokio::time::Instant::now() + CHECK_EVERY.min(lease.expires_in());
+    let mut check_at = lease.map(next_check);
+    loop {
+        let n = tokio::select! {
+            r = from.read(&mut buf) => r?,
+            _ = sleep_until(check_at) => {
+                let Some(lease) = lease else { continue };
+                match lease.check() {
+                    None => {
+                        check_at = Some(next_check(lease));
+                        continue;
+                    }
+                    Some(why) => {
+                        finish_frame(from, to, &mut frames, &mut buf).await?;
+                        if frames.at_boundary() {
+                            to.write_all(&close_frame(1008, why.close_reason())).await?;
+                        }
+                        to.flush().await?;
+                        let _ = to.shutdown().await;
+                        return Ok(Some(why));
+                    }
+                }
+            }
+        };
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(None);
+        }
+        frames.feed(&buf[..n]);
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Pass on the rest of the frame the upstream is in the middle of, for at most
+/// [`FINISH_FRAME_WITHIN`]; what comes after it is not sent.
+async fn finish_frame<R, W>(from: &mut R, to: &mut W, frames: &mut Frames, buf: &mut [u8]) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + FINISH_FRAME_WITHIN;
+    while !frames.at_boundary() {
+        let n = match tokio::time::timeout_at(deadline, from.read(buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let take = frames.advance(&buf[..n]);
+        to.write_all(&buf[..take]).await?;
+    }
+    Ok(())
+}
+
+/// A close frame from the server side (unmasked, RFC 6455 §5.5.1): the status code, then a
+/// reason of at most 123 bytes.
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    frame.push(0x88); // FIN, opcode 8 (close)
+    frame.push(u8::try_from(2 + reason.len()).unwrap_or(125));
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
+}
+
+/// Where the byte stream is relative to frame boundaries (RFC 6455 §5.2): only lengths
+/// are read, never payloads.
+#[derive(Default)]
+struct Frames {
+    /// The header bytes read so far of the frame being started (at most 14).
+    head: [u8; 14],
+    have: usize,
+    /// Payload bytes still to come of the current frame.
+    payload_left: u64,
+}
+
+impl Frames {
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.payload_left == 0
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let n = self.advance(data);
+            data = &data[n..];
+        }
+    }
+
+    /// Take bytes of `data` up to the end of the current frame (or all of them);
+    /// returns how many. A frame whose header is complete and payload empty ends there.
+    fn advance(&mut self, data: &[u8]) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            if self.payload_left > 0 {
+                let take = usize::try_from(self.payload_left).unwrap_or(usize::MAX).min(data.len() - i);
+                i += take;
+                self.payload_left -= take as u64;
+                if self.payload_left == 0 {
+                    return i;
+                }
+                continue;
+            }
+            self.head[self.have] = data[i];
+            self.have += 1;
+            i += 1;
+            if self.have >= 2 && self.have == self.head_len() {
+                self.payload_left = self.payload_len();
+                self.have = 0;
+                if self.payload_left == 0 {
+                    return i;
+                }
+            }
+        }
+        i
+    }
+
+    /// The length of this frame's header, once its first two bytes are known.
+    fn head_len(&self) -> usize {
+        let ext = match self.head[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + ext + mask
+    }
+
+    fn payload_len(&self) -> u64 {
+        match self.head[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+            127 => u64::from_be_bytes([
+                self.head[2],
+                self.head[3],
+                self.head[4],
+                self.head[5],
+                self.head[6],
+                self.head[7],
+                self.head[8],
+                self.head[9],
+            ]),
+            n => u64::from(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize, masked: bool) -> Vec<u8> {
+        let mut f = vec![0x82];
+        let m = if masked { 0x80 } else { 0 };
+        match len {
+            0..=125 => f.push(m | len as u8),
+            126..=65535 => {
+                f.push(m | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(m | 127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(7u8, len));
+        f
+    }
+
+    #[test]
+    fn frame_boundaries_are_followed_byte_by_byte_and_in_chunks() {
+        let mut stream = Vec::new();
+        let mut ends = Vec::new();
+        for (len, masked) in [(0, false), (5, false), (125, true), (126, false), (70_000, true), (1, false)] {
+            stream.extend(frame(len, masked));
+            ends.push(stream.len());
+        }
+        // Byte by byte: at a boundary exactly at each frame's end.
+        let mut f = Frames::default();
+        for (i, b) in stream.iter().enumerate() {
+            f.feed(std::slice::from_ref(b));
+            assert_eq!(f.at_boundary(), ends.contains(&(i + 1)), "after byte {i}");
+        }
+        // In odd chunks, `advance` stops at each boundary.
+        let mut f = Frames::default();
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while at < stream.len() {
+            let chunk = &stream[at..(at + 333).min(stream.len())];
+            let n = f.advance(chunk);
+            at += n;
+            if f.at_boundary() {
+                seen.push(at);
+            }
+        }
+        assert_eq!(seen, ends);
+    }
+
+    #[test]
+    fn the_close_frame_is_unmasked_with_code_and_bounded_reason() {
+        assert_eq!(close_frame(1008, "token revoked"), [&[0x88, 15, 0x03, 0xf0][..], b"token revoked"].concat());
+        let long = "x".repeat(300);
+        let f = close_frame(1008, &long);
+        assert_eq!(f[1], 125);
+        assert_eq!(f.len(), 2 + 125);
+    }
+
+    #[test]
+    fn accept_matches_the_rfc_example() {
+        assert_eq!(accept_for(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+}
