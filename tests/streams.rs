@@ -382,6 +382,14 @@ async fn plain_http_over_h2_upstreams_keeps_bodies_and_statuses() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["grpc-status"], "12");
     assert_eq!(resp.version(), http::Version::HTTP_2, "the client side is HTTP/2 by ALPN");
+
+    // An HTTP/1.1 upstream gets no `te`, `trailers` or not (hop-by-hop), as before.
+    for client in [gw.client(), https_client(&gw.pki.ca_pem, true)] {
+        let resp = client.get(gw.url("/api/x")).bearer_auth(&token).header("te", "trailers").send().await.unwrap();
+        let echo: Echo = resp.json().await.unwrap();
+        assert!(echo.header("te").is_none(), "{echo:?}");
+        assert_eq!(echo.version, "HTTP/1.1", "{echo:?}");
+    }
 }
 
 /// An upstream answering with an event stream whose events are sent when the test says

@@ -134,8 +134,10 @@ impl Pool {
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
         let key = Key { scheme: scheme.clone(), authority: authority.clone(), h2c };
-        // An upstream that speaks HTTP/2 takes every request on its shared connection.
-        if let Some(sender) = self.h2_sender(&key) {
+        // An upstream that speaks HTTP/2 takes every request on its shared connection
+        // (an `http://` one never does: no lookup on that path).
+        let maybe_h2 = h2c || key.scheme == Scheme::HTTPS;
+        if maybe_h2 && let Some(sender) = self.h2_sender(&key) {
             return self.send_h2(key, sender, true, req).await;
         }
         loop {
@@ -146,8 +148,11 @@ impl Pool {
                     Fresh::Http2(sender) => return self.send_h2(key, sender, false, req).await,
                 },
             };
-            // `te: trailers` is for HTTP/2 upstreams (gRPC); HTTP/1.1 ones get no `te`.
-            req.headers_mut().remove(http::header::TE);
+            // `te: trailers` is kept for what may be an HTTP/2 upstream (gRPC); an HTTPS
+            // one that picked HTTP/1.1 gets no `te` (RFC 9110 §7.6.1: hop-by-hop).
+            if maybe_h2 {
+                req.headers_mut().remove(http::header::TE);
+            }
             // Drive first: on an idle connection hyper reads the socket, which is where an
             // upstream's close (FIN, close_notify) since the last exchange shows up.
             let ready = poll_fn(|cx| {
