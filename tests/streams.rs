@@ -113,7 +113,11 @@ async fn grpc_service(req: Request<Incoming>) -> Result<Response<tonic::body::Bo
 
 /// A gRPC upstream: HTTP/2 only, over cleartext (h2c) or TLS offering h2 by ALPN.
 async fn grpc_upstream(pki: Option<&Pki>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    grpc_upstream_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), pki)
+}
+
+/// A gRPC upstream on `listener` (see [`grpc_upstream`]); it runs until the test's end.
+fn grpc_upstream_on(listener: TcpListener, pki: Option<&Pki>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     let tls = pki.map(|pki| {
         use rustls_pki_types::pem::PemObject;
@@ -169,9 +173,13 @@ async fn http1_only_upstream() -> SocketAddr {
 /// `/admin.Echo` (scope admin), `/down.Echo` (nothing listening), `/h1.Echo` (h2c to an
 /// HTTP/1.1-only upstream), and `/events` (to `events`, an event-stream upstream).
 async fn gateway(events: Option<SocketAddr>) -> TestGateway {
+    gateway_to(events, grpc_upstream(None).await).await
+}
+
+/// [`gateway`] with the h2c routes going to `h2c`.
+async fn gateway_to(events: Option<SocketAddr>, h2c: SocketAddr) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(dir.path());
-    let h2c = grpc_upstream(None).await;
     let tls = grpc_upstream(Some(&pki)).await;
     let h1 = http1_only_upstream().await;
     let echo = EchoUpstream::start().await;
@@ -356,6 +364,42 @@ async fn refusals_are_grpc_statuses() {
     let resp = gw.client().post(gw.url("/h2c.Echo/Unary")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(resp.headers().get("grpc-status").is_none());
+}
+
+#[tokio::test]
+async fn a_shared_http2_connection_the_upstream_closed_is_replaced() {
+    // An upstream that serves one connection, closes it (GOAWAY, then the socket), and
+    // then serves again on the same port.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = TcpListener::from_std(listener).unwrap();
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service_fn(grpc_service));
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = close_rx => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+        listener
+    });
+    let gw = gateway_to(None, addr).await;
+    let token = svc_token(&gw).await;
+    let mut client = grpc_client(&gw, true);
+    let call = || with_token(Msg { text: "x".into() }, Some(&token));
+    unary(&mut client, "/h2c.Echo/Unary", call()).await.unwrap();
+    close_tx.send(()).unwrap();
+    let listener = first.await.unwrap();
+    grpc_upstream_on(listener, None);
+    for _ in 0..3 {
+        unary(&mut client, "/h2c.Echo/Unary", call()).await.unwrap();
+    }
 }
 
 #[tokio::test]
