@@ -504,6 +504,9 @@ pub struct Upstream {
     pub(crate) authority: http::uri::Authority,
     /// Base path without trailing `/` (empty for none).
     pub(crate) base_path: String,
+    /// `h2c://`: HTTP/2 with prior knowledge over cleartext (`scheme` is then `http`). An
+    /// `https` upstream speaks what ALPN picks (h2 or http/1.1); an `http` one HTTP/1.1.
+    pub(crate) h2c: bool,
 }
 
 #[derive(Debug, Clone)]

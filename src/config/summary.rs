@@ -155,7 +155,7 @@ impl Config {
                 r.host.as_deref().map(|h| format!("{h} ")).unwrap_or_default(),
                 r.prefix,
                 r.methods.as_ref().map(|m| format!(" {m:?}")).unwrap_or_default(),
-                r.upstream.scheme,
+                if r.upstream.h2c { "h2c" } else { r.upstream.scheme.as_str() },
                 r.upstream.authority,
                 r.upstream.base_path,
                 match &r.access {

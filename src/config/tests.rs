@@ -234,6 +234,13 @@ fn routes_are_checked_and_sorted_longest_prefix_first() {
     assert_eq!(c.routes.iter().map(|r| r.prefix.as_str()).collect::<Vec<_>>(), ["/api/v1", "/api", "/"]);
     assert_eq!(c.routes[0].upstream.base_path, "/base");
     assert_eq!(c.routes[0].upstream.scheme, http::uri::Scheme::HTTPS);
+    assert!(!c.routes[0].upstream.h2c);
+    // h2c: HTTP/2 with prior knowledge, an `http` authority underneath.
+    let c = parse(&route("/a", "h2c://Grpc.internal:50051/svc/")).unwrap();
+    assert_eq!(c.routes[0].upstream.scheme, http::uri::Scheme::HTTP);
+    assert_eq!(c.routes[0].upstream.authority.as_str(), "grpc.internal:50051");
+    assert_eq!(c.routes[0].upstream.base_path, "/svc");
+    assert!(c.routes[0].upstream.h2c);
     for (prefix, up) in [("api", "http://a"), ("/a/../b", "http://a"), ("/a?x", "http://a")] {
         assert!(refused(&route(prefix, up)).reason.contains("bad route prefix"), "{prefix}");
     }

@@ -205,3 +205,138 @@ impl ProxyError {
         resp
     }
 }
+
+/// Is this a gRPC request (`application/grpc`, `application/grpc+proto`, ...; gRPC over
+/// HTTP/2 spec)? gRPC-Web (`application/grpc-web…`) is not: its status travels in the
+/// body, and its callers are browsers that read an HTTP status as well as any.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
+}
+
+/// The refusal status behind a gRPC answer (whose HTTP status is 200), for the access log
+/// and metrics; set as a response extension.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcRefusal(pub StatusCode);
+
+impl ProxyError {
+    /// The gRPC status code for this refusal (gRPC `Code`), by what went wrong.
+    fn grpc_code(&self) -> u8 {
+        match self {
+            ProxyError::MissingToken | ProxyError::MalformedRequest(_) | ProxyError::InvalidToken(_) => 16,
+            ProxyError::InsufficientScope(_) | ProxyError::ClaimNotMet(_) => 7,
+            ProxyError::NoRoute | ProxyError::MethodNotAllowed | ProxyError::NotImplemented => 12,
+            ProxyError::UnsafePath | ProxyError::BadHost(_) | ProxyError::BadRequestBody | ProxyError::TokenInBody => 3,
+            ProxyError::PayloadTooLarge => 8,
+            ProxyError::BadGateway(_) => 14,
+            ProxyError::GatewayTimeout => 4,
+        }
+    }
+
+    /// The answer on the wire: [`ProxyError::into_response`], or for a gRPC caller a
+    /// trailers-only gRPC answer (HTTP 200, `grpc-status`, a percent-encoded
+    /// `grpc-message`, no body), which gRPC clients decode into a status where an HTTP
+    /// error would be a generic one. `WWW-Authenticate` and `Cache-Control` stay.
+    pub fn into_wire(self, realm: &str, grpc: bool) -> Response<Body> {
+        if !grpc {
+            return self.into_response(realm);
+        }
+        let code = self.grpc_code();
+        let message = grpc_message(&self);
+        let resp = self.into_response(realm);
+        let (mut parts, _) = resp.into_parts();
+        parts.extensions.insert(GrpcRefusal(parts.status));
+        parts.status = StatusCode::OK;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        parts.headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            parts.headers.insert("grpc-message", v);
+        }
+        Response::from_parts(parts, crate::http::full(bytes::Bytes::new()))
+    }
+}
+
+/// What a gRPC caller is told, percent-encoded as `grpc-message` wants (every byte outside
+/// printable ASCII, and `%`).
+fn grpc_message(e: &ProxyError) -> String {
+    let text = match e {
+        ProxyError::MissingToken => "a bearer token is required",
+        ProxyError::MalformedRequest(_) => "the authorization metadata is malformed",
+        ProxyError::InvalidToken(e) => e.description(),
+        ProxyError::InsufficientScope(_) => "the access token lacks a required scope",
+        ProxyError::ClaimNotMet(_) => "the access token lacks a claim value this route requires",
+        ProxyError::NoRoute => "no route matches this request",
+        ProxyError::MethodNotAllowed => "this method is not allowed on this route",
+        ProxyError::NotImplemented => "only the chunked transfer coding is supported",
+        ProxyError::UnsafePath => "the request path is not allowed",
+        ProxyError::BadHost(_) => "the request authority is invalid",
+        ProxyError::BadRequestBody => "the request body could not be read",
+        ProxyError::TokenInBody => "an access token must be sent in the authorization metadata",
+        ProxyError::PayloadTooLarge => "the request body is too large",
+        ProxyError::BadGateway(_) => "the upstream service is unavailable",
+        ProxyError::GatewayTimeout => "the upstream service did not answer in time",
+    };
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_content_types_are_recognised_and_grpc_web_is_not() {
+        let is = |ct: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            is_grpc(&h)
+        };
+        for ct in ["application/grpc", "application/grpc+proto", "Application/GRPC+json", "application/grpc;x=1"] {
+            assert!(is(ct), "{ct}");
+        }
+        for ct in ["application/grpc-web", "application/grpc-web+proto", "application/grpcx", "text/plain", ""] {
+            assert!(!is(ct), "{ct}");
+        }
+        assert!(!is_grpc(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn refusals_become_trailers_only_grpc_answers() {
+        let resp = ProxyError::MissingToken.into_wire("r", true);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "16");
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer realm=\"r\"");
+        assert_eq!(resp.headers()["grpc-message"], "a bearer token is required");
+        assert!(resp.headers().get(header::CONTENT_LENGTH).is_none());
+        assert_eq!(resp.extensions().get::<GrpcRefusal>().map(|r| r.0), Some(StatusCode::UNAUTHORIZED));
+        assert!(http_body::Body::is_end_stream(resp.body()));
+        let code = |e: ProxyError| e.into_wire("r", true).headers()["grpc-status"].to_str().unwrap().to_string();
+        assert_eq!(code(ProxyError::InsufficientScope("a".into())), "7");
+        assert_eq!(code(ProxyError::BadGateway("x".into())), "14");
+        assert_eq!(code(ProxyError::GatewayTimeout), "4");
+        assert_eq!(code(ProxyError::PayloadTooLarge), "8");
+        // Not gRPC: the usual answer.
+        assert_eq!(ProxyError::GatewayTimeout.into_wire("r", false).status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        for e in [ProxyError::InvalidToken(crate::tokens::validate::TokenError::Expired), ProxyError::NoRoute] {
+            let m = grpc_message(&e);
+            assert!(m.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{m}");
+        }
+    }
+}

@@ -574,7 +574,17 @@ where
     let form = is_form(&parts.headers) && !body.is_end_stream();
     let multipart = super::multipart::is_multipart_form(&parts.headers);
 
+    // gRPC needs `te: trailers` (RFC 9113 §8.2.2 lets HTTP/2 carry that value alone): kept
+    // for an upstream that may speak HTTP/2 (the pool drops it on HTTP/1.1 connections).
+    let te_trailers =
+        (route.upstream.h2c || route.upstream.scheme == http::uri::Scheme::HTTPS)
+            && parts.headers.get_all(header::TE).iter().any(|v| {
+                v.as_bytes().split(|b| *b == b',').any(|t| cookies::trim(t).eq_ignore_ascii_case(b"trailers"))
+            });
     upstream_headers(&mut parts.headers, rt, route, principal, peer, authority)?;
+    if te_trailers {
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -597,7 +607,7 @@ where
     let req = Request::from_parts(parts, body);
 
     let upstream = &route.upstream;
-    let sent = upstreams.send(&upstream.scheme, &upstream.authority, req);
+    let sent = upstreams.send(&upstream.scheme, &upstream.authority, upstream.h2c, req);
     let resp = match tokio::time::timeout(limits.upstream_timeout, sent).await {
         Err(_) => return Err(ProxyError::GatewayTimeout),
         // An undeclared body crossed the limit while being sent: the caller's fault, not the upstream's.

@@ -30,6 +30,7 @@ where
     B::Error: Into<BoxError>,
 {
     let mut outcome = Outcome::default();
+    let grpc = error::is_grpc(req.headers());
     let result = run(gw, ctx, req, &mut outcome).await;
     let resp = match result {
         Ok(resp) => resp,
@@ -43,7 +44,7 @@ where
                 }
                 other => tracing::debug!(error = %other, "request refused"),
             }
-            e.into_response(&ctx.rt.config.realm)
+            e.into_wire(&ctx.rt.config.realm, grpc)
         }
     };
     (resp, outcome)

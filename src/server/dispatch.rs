@@ -183,7 +183,11 @@ pub(super) async fn dispatch(gw: &Arc<Gateway>, req: Request<Incoming>, peer: &P
     if let Some(kind) = cors.filter(|_| !matches!(endpoint, Endpoint::Preflight(_))) {
         cors::decorate(&ctx.rt.config, kind, &origin, outcome.client_id(), &mut resp);
     }
-    let status = resp.status().as_u16();
+    // A gRPC refusal is HTTP 200 on the wire; the log and metrics count what it refused.
+    let status = match resp.extensions().get::<crate::proxy::error::GrpcRefusal>() {
+        Some(refused) => refused.0.as_u16(),
+        None => resp.status().as_u16(),
+    };
     metrics_phase(gw, &outcome, label, status, matches!(endpoint, Endpoint::Token));
     let mut resp = if method == http::Method::HEAD { headers_only(resp) } else { resp };
     if let Some(value) = hsts {

@@ -51,21 +51,26 @@ impl Upstreams {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
-        let https =
-            HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
         let max_head = config.limits.max_upstream_header_bytes;
         let upgrades = upgrade::Upgrades::new(https.clone(), max_head);
         Ok(Upstreams { pool: Pool::new(https, std::time::Duration::from_secs(90), 256, max_head), upgrades })
     }
 
-    /// Send `req` to `authority` over a kept-alive connection, or a new one.
+    /// Send `req` to `authority` over a kept-alive connection, or a new one: HTTP/2 with
+    /// prior knowledge when `h2c`, over TLS what ALPN picks (h2 or http/1.1), else HTTP/1.1.
     pub(crate) async fn send(
         &self,
         scheme: &Scheme,
         authority: &Authority,
+        h2c: bool,
         req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
-        self.pool.send(scheme, authority, req).await
+        self.pool.send(scheme, authority, h2c, req).await
     }
 
     /// Send an upgrade request (a WebSocket handshake) on a fresh HTTP/1.1 connection of

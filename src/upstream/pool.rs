@@ -1,16 +1,22 @@
-//! Upstream connections: HTTP/1.1 over TCP or rustls, kept alive per upstream and driven
-//! by the request that uses them.
+//! Upstream connections: HTTP/1.1 kept alive per upstream and driven by the request that
+//! uses them; HTTP/2 (`h2c://`, or h2 picked by ALPN) multiplexed on one shared
+//! connection per upstream.
 //!
-//! hyper-util's pooled client runs every connection as a task of its own: each request
-//! goes to that task over a channel and its response comes back through a oneshot, two
-//! task switches per request on the hot path. Here the request's own task polls the
-//! connection — while it waits for the response head, and then, through
+//! HTTP/1.1: hyper-util's pooled client runs every connection as a task of its own: each
+//! request goes to that task over a channel and its response comes back through a
+//! oneshot, two task switches per request on the hot path. Here the request's own task
+//! polls the connection — while it waits for the response head, and then, through
 //! [`UpstreamBody`], while the response body streams. When the body has ended and hyper
 //! says the connection can take another request, it goes back to the idle list.
 //!
 //! An idle connection is not polled. hyper reads the socket before it writes on an idle
 //! connection, so a close by the upstream is seen at the next checkout, and a request
 //! that was refused before any byte of it was written is sent again on another one.
+//!
+//! HTTP/2: many requests share a connection, so no one request can drive it; it runs as
+//! a task of its own (as in hyper-util's client) and every request sends on a clone of
+//! its handle. A connection the upstream closed is replaced at the next request; a
+//! request it refused unwritten (GOAWAY) is sent once more on a new one.
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -25,9 +31,10 @@ use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower_service::Service;
 
 use crate::http::{Body, BoxError};
@@ -42,6 +49,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(15);
 struct Key {
     scheme: Scheme,
     authority: Authority,
+    /// HTTP/2 with prior knowledge (`h2c://`): never the same connections as `http://`.
+    h2c: bool,
 }
 
 /// One HTTP/1.1 connection: the handle that sends on it and the state machine doing its
@@ -66,6 +75,16 @@ impl Conn {
 enum PoolError {
     #[error("upstream connection closed before the response")]
     Closed,
+    /// What an HTTP/1.1-only upstream behind an `h2c://` route looks like: it answers the
+    /// HTTP/2 preface with an HTTP/1.1 error, or closes.
+    #[error("no HTTP/2 answer from an h2c:// upstream (does it speak only HTTP/1.1?)")]
+    H2cUnanswered(#[source] hyper::Error),
+}
+
+/// A new connection, in the protocol the upstream speaks.
+enum Fresh {
+    Http1(Box<Conn>),
+    Http2(http2::SendRequest<Body>),
 }
 
 /// The kept-alive connections to every upstream of one configuration.
@@ -75,6 +94,8 @@ pub struct Pool {
     /// and hyper's connection state is several hundred bytes.
     #[allow(clippy::vec_box)]
     idle: Mutex<HashMap<Key, Vec<Box<Conn>>>>,
+    /// The shared HTTP/2 connection of each upstream that speaks it.
+    h2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
     idle_timeout: Duration,
     max_idle_per_upstream: usize,
     /// The largest response head (status line, headers) taken from an upstream.
@@ -91,6 +112,7 @@ impl Pool {
         let pool = Arc::new(Pool {
             connector,
             idle: Mutex::default(),
+            h2: Mutex::default(),
             idle_timeout,
             max_idle_per_upstream,
             max_head_bytes: max_head_bytes.max(8192),
@@ -108,14 +130,29 @@ impl Pool {
         self: &Arc<Self>,
         scheme: &Scheme,
         authority: &Authority,
+        h2c: bool,
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
-        let key = Key { scheme: scheme.clone(), authority: authority.clone() };
+        let key = Key { scheme: scheme.clone(), authority: authority.clone(), h2c };
+        // An upstream that speaks HTTP/2 takes every request on its shared connection
+        // (an `http://` one never does: no lookup on that path).
+        let maybe_h2 = h2c || key.scheme == Scheme::HTTPS;
+        if maybe_h2 && let Some(sender) = self.h2_sender(&key) {
+            return self.send_h2(key, sender, true, req).await;
+        }
         loop {
             let (mut conn, reused) = match self.checkout(&key) {
                 Some(conn) => (conn, true),
-                None => (self.connect(&key).await?, false),
+                None => match self.connect(&key).await? {
+                    Fresh::Http1(conn) => (conn, false),
+                    Fresh::Http2(sender) => return self.send_h2(key, sender, false, req).await,
+                },
             };
+            // `te: trailers` is kept for what may be an HTTP/2 upstream (gRPC); an HTTPS
+            // one that picked HTTP/1.1 gets no `te` (RFC 9110 §7.6.1: hop-by-hop).
+            if maybe_h2 {
+                req.headers_mut().remove(http::header::TE);
+            }
             // Drive first: on an idle connection hyper reads the socket, which is where an
             // upstream's close (FIN, close_notify) since the last exchange shows up.
             let ready = poll_fn(|cx| {
@@ -183,15 +220,118 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, key: &Key) -> Result<Box<Conn>, BoxError> {
+    async fn connect(&self, key: &Key) -> Result<Fresh, BoxError> {
         let uri =
             Uri::builder().scheme(key.scheme.clone()).authority(key.authority.clone()).path_and_query("/").build()?;
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx)).await?;
         let stream = connector.call(uri).await?;
+        if key.h2c || stream.connected().is_negotiated_h2() {
+            let (sender, io) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(self.max_head_bytes).unwrap_or(u32::MAX))
+                .handshake(stream)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = io.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            return Ok(Fresh::Http2(sender));
+        }
         // A response head beyond the read buffer fails the exchange: a 502, not memory.
         let (sender, io) = http1::Builder::new().max_header_size(self.max_head_bytes).handshake(stream).await?;
-        Ok(Box::new(Conn { sender, io, idle_since: Instant::now() }))
+        Ok(Fresh::Http1(Box::new(Conn { sender, io, idle_since: Instant::now() })))
+    }
+
+    /// The shared HTTP/2 connection to `key`, if one is open.
+    fn h2_sender(&self, key: &Key) -> Option<http2::SendRequest<Body>> {
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        match h2.get(key) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                h2.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Send on an HTTP/2 connection (a shared one when `reused`, else a new one, which
+    /// becomes the shared one). A request the connection refused unwritten (closed, or
+    /// past a GOAWAY) goes once more on a new connection.
+    async fn send_h2(
+        self: &Arc<Self>,
+        key: Key,
+        mut sender: http2::SendRequest<Body>,
+        mut reused: bool,
+        mut req: Request<Body>,
+    ) -> Result<Response<UpstreamBody>, BoxError> {
+        // HTTP/2 carries the target as :scheme, :authority and :path; hyper takes them
+        // from an absolute URI. `Host` would repeat :authority (RFC 9113 §8.3.1).
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(key.scheme.clone());
+        parts.authority = Some(key.authority.clone());
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        *req.uri_mut() = Uri::from_parts(parts)?;
+        *req.version_mut() = http::Version::HTTP_2;
+        req.headers_mut().remove(http::header::HOST);
+        if !reused {
+            self.h2.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), sender.clone());
+        }
+        loop {
+            let sent = match poll_fn(|cx| sender.poll_ready(cx)).await {
+                Ok(()) => sender.try_send_request(req).await,
+                Err(e) if reused => {
+                    tracing::debug!(error = %e, "shared upstream HTTP/2 connection closed");
+                    self.forget_h2(&key);
+                    match self.connect(&key).await? {
+                        Fresh::Http2(s) => sender = s,
+                        // The upstream no longer picks h2 by ALPN: this request fails
+                        // (502); the next one goes over HTTP/1.1.
+                        Fresh::Http1(_) => return Err(e.into()),
+                    }
+                    self.h2.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), sender.clone());
+                    reused = false;
+                    continue;
+                }
+                Err(e) => return Err(self.h2_error(&key, e)),
+            };
+            match sent {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = UpstreamBody { body, conn: None, key, pool: Arc::downgrade(self) };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => {
+                        self.forget_h2(&key);
+                        req = back;
+                        match self.connect(&key).await? {
+                            Fresh::Http2(s) => sender = s,
+                            Fresh::Http1(_) => return Err(e.into_error().into()),
+                        }
+                        self.h2.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), sender.clone());
+                        reused = false;
+                    }
+                    _ => return Err(self.h2_error(&key, e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Drop the shared connection to `key` if it has closed (a newer one, put there by
+    /// another request meanwhile, stays).
+    fn forget_h2(&self, key: &Key) {
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        if h2.get(key).is_some_and(http2::SendRequest::is_closed) {
+            h2.remove(key);
+        }
+    }
+
+    /// A failed HTTP/2 exchange, named for what it most likely is on an `h2c://` route.
+    fn h2_error(&self, key: &Key, e: hyper::Error) -> BoxError {
+        if key.h2c && !e.is_timeout() && !e.is_user() { PoolError::H2cUnanswered(e).into() } else { e.into() }
     }
 
     /// Keep a connection whose exchange is over, if hyper can send another request on it.
@@ -224,6 +364,8 @@ impl Pool {
             });
         }
         idle.retain(|_, list| !list.is_empty());
+        drop(idle);
+        self.h2.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, s| !s.is_closed());
     }
 }
 

@@ -170,9 +170,22 @@ impl Validator<'_> {
         let up = r.upstream.get_ref();
         let url =
             url::Url::parse(up).map_err(|e| self.err(r.upstream.span(), format!("bad upstream URL {up:?}: {e}")))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(self.err(r.upstream.span(), format!("bad upstream URL {up:?}: scheme must be http or https")));
+        if !matches!(url.scheme(), "http" | "https" | "h2c") {
+            return Err(
+                self.err(r.upstream.span(), format!("bad upstream URL {up:?}: scheme must be http, https or h2c"))
+            );
         }
+        // `h2c://` is HTTP/2 over cleartext with prior knowledge (RFC 9113 §3.3): an
+        // `http` upstream spoken to in HTTP/2 from the first byte.
+        let h2c = url.scheme() == "h2c";
+        // Read as the `http` URL it stands for, so that the host is normalised as one.
+        let url = if h2c {
+            let as_http = format!("http{}", &url.as_str()["h2c".len()..]);
+            url::Url::parse(&as_http)
+                .map_err(|e| self.err(r.upstream.span(), format!("bad upstream URL {up:?}: {e}")))?
+        } else {
+            url
+        };
         if url.host_str().is_none()
             || url.query().is_some()
             || url.fragment().is_some()
@@ -189,7 +202,7 @@ impl Validator<'_> {
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
             return Err(self.err(r.upstream.span(), format!("bad upstream URL {up:?}")));
         };
-        let upstream = Upstream { scheme, authority, base_path: url.path().trim_end_matches('/').to_string() };
+        let upstream = Upstream { scheme, authority, base_path: url.path().trim_end_matches('/').to_string(), h2c };
 
         // Normalised as a request's authority is (lower-case, one trailing dot removed),
         // so that the two compare equal whenever they name the same host.
