@@ -442,4 +442,7 @@ fn websocket_options_default_off_and_the_query_token_needs_a_websocket_route_wit
     let e = refused(&route("public = true\nwebsocket = true\nwebsocket_query_token = true\n"));
     assert_eq!(e.line, 9);
     assert!(e.reason.contains("public route"), "{e}");
+    let e = refused("[[route]]\nprefix = \"/ws\"\nupstream = \"h2c://127.0.0.1:1\"\nwebsocket = true\n");
+    assert_eq!(e.line, 10, "{e}");
+    assert!(e.reason.contains("h2c:// upstream speaks only HTTP/2"), "{e}");
 }

@@ -51,13 +51,17 @@ impl Upstreams {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
+        // Upgrades offer only http/1.1 by ALPN: a WebSocket handshake is an HTTP/1.1
+        // request, and an upstream that picked h2 would fail it.
+        let http1_only =
+            HttpsConnectorBuilder::new().with_tls_config(tls.clone()).https_or_http().enable_http1().wrap_connector(http.clone());
         let https = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
         let max_head = config.limits.max_upstream_header_bytes;
-        let upgrades = upgrade::Upgrades::new(https.clone(), max_head);
+        let upgrades = upgrade::Upgrades::new(http1_only, max_head);
         Ok(Upstreams { pool: Pool::new(https, std::time::Duration::from_secs(90), 256, max_head), upgrades })
     }
 

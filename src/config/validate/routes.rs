@@ -251,7 +251,7 @@ impl Validator<'_> {
             None => None,
             Some(a) => Some(self.resource_uri(a, "audience")?),
         };
-        self.websocket_options(r, &access)?;
+        self.websocket_options(r, &access, upstream.h2c)?;
         Ok(Route {
             issuers: self.route_issuers(r, issuers)?,
             claims: self.route_claims(r)?,
@@ -271,7 +271,15 @@ impl Validator<'_> {
     }
 
     /// `websocket_query_token` only means something on a WebSocket route that reads tokens.
-    fn websocket_options(&self, r: &RawRoute, access: &Access) -> Result<(), ConfigError> {
+    /// A WebSocket goes upstream as an HTTP/1.1 upgrade, which an `h2c://` upstream cannot take.
+    fn websocket_options(&self, r: &RawRoute, access: &Access, h2c: bool) -> Result<(), ConfigError> {
+        if r.websocket && h2c {
+            return Err(self.err(
+                r.upstream.span(),
+                "websocket = true needs an http:// or https:// upstream: a WebSocket is an HTTP/1.1 upgrade, and \
+                 an h2c:// upstream speaks only HTTP/2",
+            ));
+        }
         if r.websocket_query_token && !r.websocket {
             return Err(self.err(r.prefix.span(), "websocket_query_token needs websocket = true on the route"));
         }
