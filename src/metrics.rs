@@ -57,6 +57,8 @@ pub struct Metrics {
     revocations: Family<(&'static str, &'static str), AtomicU64>,
     rate_limited: Family<&'static str, AtomicU64>,
     bearer_refusals: Family<&'static str, AtomicU64>,
+    /// Requests refused by a route quota, by route prefix (issue 14).
+    quota_rejections: Family<String, AtomicU64>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_success: AtomicU64,
@@ -94,6 +96,7 @@ impl Metrics {
             revocations: Family::default(),
             rate_limited: Family::default(),
             bearer_refusals: Family::default(),
+            quota_rejections: Family::default(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload_success: AtomicU64::new(crate::tokens::now_secs()),
@@ -173,6 +176,13 @@ impl Metrics {
     /// A bearer token refused on the proxy path, by reason (a fixed set of labels).
     pub fn bearer_refused(&self, reason: &'static str) {
         self.bearer_refusals.with(&reason, |c| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// A request refused with 429 by the quota of the route with this prefix.
+    pub fn quota_rejected(&self, route: &str) {
+        self.quota_rejections.with(route, |c| {
             c.fetch_add(1, Ordering::Relaxed);
         });
     }
@@ -269,6 +279,17 @@ impl Metrics {
         for (endpoint, n) in self.rate_limited.snapshot() {
             let n = n.load(Ordering::Relaxed);
             let _ = writeln!(out, "portcullis_rate_limited_total{{endpoint=\"{endpoint}\"}} {n}");
+        }
+
+        header(
+            &mut out,
+            "portcullis_quota_rejections_total",
+            "counter",
+            "Proxied requests refused with 429 by their route's quota, by route prefix.",
+        );
+        for (route, n) in self.quota_rejections.snapshot() {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "portcullis_quota_rejections_total{{route=\"{}\"}} {n}", escape(&route));
         }
 
         header(
@@ -508,6 +529,25 @@ pub fn render_blocks(out: &mut String, b: &BlockStats) {
     header(out, "portcullis_blocks", "gauge", "Operator blocks this replica enforces, by kind.");
     let _ = writeln!(out, "portcullis_blocks{{kind=\"jti\"}} {}", b.jti_blocks);
     let _ = writeln!(out, "portcullis_blocks{{kind=\"sub\"}} {}", b.sub_blocks);
+}
+
+/// The shared rate limits (issue 14, Redis store only): decisions made locally because
+/// Redis did not answer in time, and whether the replica limits locally right now.
+pub fn render_ratelimit(out: &mut String, fallbacks: u64, local: bool) {
+    header(
+        out,
+        "portcullis_ratelimit_fallback_total",
+        "counter",
+        "Rate-limit and quota decisions made by this replica alone because Redis did not answer within the store timeout.",
+    );
+    let _ = writeln!(out, "portcullis_ratelimit_fallback_total {fallbacks}");
+    header(
+        out,
+        "portcullis_ratelimit_shared",
+        "gauge",
+        "1 while the rate limits and quotas are shared through Redis, 0 while this replica limits on its own.",
+    );
+    let _ = writeln!(out, "portcullis_ratelimit_shared {}", u8::from(!local));
 }
 
 /// One trusted issuer's key fetching, read when `/metrics` is scraped.

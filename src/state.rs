@@ -50,7 +50,7 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub validator: Validator,
     pub secrets: SecretCache,
-    /// Rate limits of the token endpoint and the login form.
+    /// Rate limits of the token endpoint and the login form, and the route quotas.
     pub limiter: RateLimiter,
     pub store: Arc<dyn Store>,
     /// Revocations made by other replicas (shared store only); taken once by the server.
@@ -85,12 +85,15 @@ impl Gateway {
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
         let issuers = IssuerSet::build(&config, None).map_err(|(line, e)| StartError::Issuer(line, e))?;
         issuers.start();
-        let (store, feed): (Arc<dyn Store>, _) = match &config.store {
-            StoreConfig::Embedded { path } => (Arc::new(EmbeddedStore::open(path)?), None),
+        let limiter = RateLimiter::new(config.rate_limit.max_tracked);
+        let (store, feed, limiter): (Arc<dyn Store>, _, _) = match &config.store {
+            StoreConfig::Embedded { path } => (Arc::new(EmbeddedStore::open(path)?), None, limiter),
             StoreConfig::Redis { url, key_prefix, timeout } => {
                 let redis = Arc::new(RedisStore::new(url, key_prefix, *timeout)?);
                 let feed = redis.spawn_listener();
-                (redis, Some(feed))
+                // Issue 14: the rate limits and route quotas are budgets in Redis too.
+                let limiter = limiter.shared(redis.clone(), *timeout);
+                (redis, Some(feed), limiter)
             }
         };
         Ok(Arc::new(Gateway {
@@ -98,7 +101,7 @@ impl Gateway {
             revocation_feed: std::sync::Mutex::new(feed),
             validator: Validator::new(config.cache_max_tokens),
             secrets: SecretCache::new(config.cache_max_client_secrets),
-            limiter: RateLimiter::new(config.rate_limit.max_tracked),
+            limiter,
             metrics: Metrics::new(),
             phase: AtomicU8::new(Phase::Starting as u8),
             client_resets_loaded: AtomicBool::new(false),

@@ -1,5 +1,5 @@
 //! The proxy path, one phase per file, run in order by [`handle`]:
-//! route → authenticate → authorize → forward.
+//! route → authenticate → authorize → quota → forward.
 
 pub mod access_token;
 pub mod authenticate;
@@ -7,6 +7,7 @@ pub mod authorize;
 pub mod error;
 pub mod forward;
 pub mod multipart;
+pub mod quota;
 pub mod route;
 
 use std::sync::Arc;
@@ -94,6 +95,8 @@ where
             Some(p)
         }
     };
+    // Routes without a quota return at once, without touching the limiter.
+    let quota = quota::check(gw, route, principal.as_deref(), ctx.source).await?;
     let started = std::time::Instant::now();
     let result =
         forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, ctx.peer, ctx.authority.as_ref()).await;
@@ -101,5 +104,11 @@ where
     if matches!(result, Ok(_) | Err(ProxyError::BadGateway(_) | ProxyError::GatewayTimeout)) {
         outcome.upstream_latency = Some(started.elapsed());
     }
-    result
+    match (result, quota) {
+        (Ok(mut resp), Some(fields)) => {
+            fields.apply(resp.headers_mut());
+            Ok(resp)
+        }
+        (result, _) => result,
+    }
 }
