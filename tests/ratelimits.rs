@@ -288,6 +288,16 @@ async fn the_per_client_failure_budget_holds_across_replicas() {
         let (status, v) = p.token_status(on, &form, Some(("svc", SVC_SECRET))).await;
         assert_eq!(status, 429, "{v}");
     }
+    // The budgets are keyed by address or by the SHA-256 of a name: a client id (which may
+    // be a secret pasted into the wrong field) is never written to Redis in clear.
+    let keys = Command::new("redis-cli").args(["-p", &p.redis.port.to_string(), "--scan"]).output();
+    if let Ok(out) = keys {
+        let keys = String::from_utf8_lossy(&out.stdout).to_string();
+        let budgets: Vec<&str> = keys.lines().filter(|k| k.starts_with("rl-test:rl:")).collect();
+        assert!(budgets.iter().any(|k| k.starts_with("rl-test:rl:client:")), "{keys}");
+        assert!(budgets.iter().any(|k| *k == "rl-test:rl:ip:token:127.0.0.1"), "{keys}");
+        assert!(!keys.contains("svc"), "{keys}");
+    }
 }
 
 #[tokio::test]
@@ -344,7 +354,12 @@ async fn with_redis_gone_each_replica_limits_alone_says_so_and_shares_again_when
     let m = p.metrics(&p.a).await;
     assert_eq!(series(&m, "portcullis_ratelimit_shared"), Some(0.0), "{m}");
     assert!(series(&m, "portcullis_ratelimit_fallback_total").unwrap_or(0.0) >= 4.0, "{m}");
+    // Log lines are written by a thread of their own, a moment later.
     let fell_back = "Redis does not answer the rate limiter";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.log("a").contains(fell_back) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(p.log("a").matches(fell_back).count(), 1, "logged once per outage:\n{}", p.log("a"));
 
     // The token endpoint's per-IP limit falls back the same way (B: its own burst of eight).
