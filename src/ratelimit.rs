@@ -191,7 +191,8 @@ impl RateLimiter {
 
     /// A failed authentication from `ip`: charge the rest of `failure_cost`.
     pub async fn failed(&self, cfg: &RateLimits, endpoint: Endpoint, ip: IpAddr) {
-        if cfg.enabled {
+        // A failure that costs no more than a request needs no second step (nor round trip).
+        if cfg.enabled && cfg.failure_cost > 1 {
             let rest = Step::Charge(i64::from(cfg.failure_cost) - 1);
             self.step(self.ip_buckets(endpoint), endpoint.budget(), ip_key(ip), cfg.ip, rest, |_| {}).await;
         }
