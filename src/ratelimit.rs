@@ -438,7 +438,14 @@ impl Shared {
 
     /// The decision in Redis, or `None` (counted) for the local buckets to make.
     async fn step<K: BudgetKey>(&self, kind: &str, key: &K, quota: Quota, step: Step) -> Option<Verdict> {
-        if self.now_ms() < self.retry_at.load(Ordering::Relaxed) {
+        let (now, at) = (self.now_ms(), self.retry_at.load(Ordering::Acquire));
+        // While limiting locally, one request a second asks Redis again (it claims the next
+        // second); the others decide locally meanwhile instead of waiting with it.
+        let probe_claimed = || {
+            let next = now + RETRY_SHARED_AFTER.as_millis() as u64;
+            self.retry_at.compare_exchange(at, next, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        };
+        if now < at || (self.local.load(Ordering::Acquire) && !probe_claimed()) {
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -451,6 +458,8 @@ impl Shared {
         let why = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(s)) => {
                 if self.local.swap(false, Ordering::AcqRel) {
+                    // The probe's claim on the next second is void: shared from now on.
+                    self.retry_at.store(0, Ordering::Release);
                     tracing::warn!("Redis answers the rate limiter again: budgets are shared across replicas");
                 }
                 return Some(Verdict::of(quota, s.backlog, (!s.admitted).then_some(s.wait)));
