@@ -164,6 +164,9 @@ async fn route<B>(gw: &Gateway, req: &Request<B>) -> Result<Response<Body>, Admi
                 },
             );
             crate::metrics::render_blocks(&mut text, &gw.validator.block_stats());
+            if let Some(s) = gw.limiter.stats() {
+                crate::metrics::render_ratelimit(&mut text, s.fallbacks, s.local);
+            }
             Ok(text_response(StatusCode::OK, text, "text/plain; version=0.0.4; charset=utf-8"))
         }
     }

@@ -59,6 +59,8 @@ pub struct Metrics {
     bearer_refusals: Family<&'static str, AtomicU64>,
     /// Long connections (WebSocket, streamed bodies) ended because their token stopped being valid.
     connections_ended: Family<&'static str, AtomicU64>,
+    /// Requests refused by a route quota, by route prefix (issue 14).
+    quota_rejections: Family<String, AtomicU64>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_success: AtomicU64,
@@ -97,6 +99,7 @@ impl Metrics {
             rate_limited: Family::default(),
             bearer_refusals: Family::default(),
             connections_ended: Family::default(),
+            quota_rejections: Family::default(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload_success: AtomicU64::new(crate::tokens::now_secs()),
@@ -183,6 +186,13 @@ impl Metrics {
     /// A long connection ended because its token stopped being valid, by reason (a fixed set).
     pub fn connection_ended(&self, reason: &'static str) {
         self.connections_ended.with(&reason, |c| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// A request refused with 429 by the quota of the route with this prefix.
+    pub fn quota_rejected(&self, route: &str) {
+        self.quota_rejections.with(route, |c| {
             c.fetch_add(1, Ordering::Relaxed);
         });
     }
@@ -279,6 +289,17 @@ impl Metrics {
         for (endpoint, n) in self.rate_limited.snapshot() {
             let n = n.load(Ordering::Relaxed);
             let _ = writeln!(out, "portcullis_rate_limited_total{{endpoint=\"{endpoint}\"}} {n}");
+        }
+
+        header(
+            &mut out,
+            "portcullis_quota_rejections_total",
+            "counter",
+            "Proxied requests refused with 429 by their route's quota, by route prefix.",
+        );
+        for (route, n) in self.quota_rejections.snapshot() {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "portcullis_quota_rejections_total{{route=\"{}\"}} {n}", escape(&route));
         }
 
         header(
@@ -529,6 +550,25 @@ pub fn render_blocks(out: &mut String, b: &BlockStats) {
     header(out, "portcullis_blocks", "gauge", "Operator blocks this replica enforces, by kind.");
     let _ = writeln!(out, "portcullis_blocks{{kind=\"jti\"}} {}", b.jti_blocks);
     let _ = writeln!(out, "portcullis_blocks{{kind=\"sub\"}} {}", b.sub_blocks);
+}
+
+/// The shared rate limits (issue 14, Redis store only): decisions made locally because
+/// Redis did not answer in time, and whether the replica limits locally right now.
+pub fn render_ratelimit(out: &mut String, fallbacks: u64, local: bool) {
+    header(
+        out,
+        "portcullis_ratelimit_fallback_total",
+        "counter",
+        "Rate-limit and quota decisions made by this replica alone because Redis did not answer within the store timeout.",
+    );
+    let _ = writeln!(out, "portcullis_ratelimit_fallback_total {fallbacks}");
+    header(
+        out,
+        "portcullis_ratelimit_shared",
+        "gauge",
+        "1 while the rate limits and quotas are shared through Redis, 0 while this replica limits on its own.",
+    );
+    let _ = writeln!(out, "portcullis_ratelimit_shared {}", u8::from(!local));
 }
 
 /// One trusted issuer's key fetching, read when `/metrics` is scraped.

@@ -50,7 +50,7 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub validator: Validator,
     pub secrets: SecretCache,
-    /// Rate limits of the token endpoint and the login form.
+    /// Rate limits of the token endpoint and the login form, and the route quotas.
     pub limiter: RateLimiter,
     pub store: Arc<dyn Store>,
     /// Revocations made by other replicas (shared store only); taken once by the server.
@@ -88,8 +88,9 @@ impl Gateway {
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
         let issuers = IssuerSet::build(&config, None).map_err(|(line, e)| StartError::Issuer(line, e))?;
         issuers.start();
-        let (store, feed): (Arc<dyn Store>, _) = match &config.store {
-            StoreConfig::Embedded { path } => (Arc::new(EmbeddedStore::open(path)?), None),
+        let limiter = RateLimiter::new(config.rate_limit.max_tracked);
+        let (store, feed, limiter): (Arc<dyn Store>, _, _) = match &config.store {
+            StoreConfig::Embedded { path } => (Arc::new(EmbeddedStore::open(path)?), None, limiter),
             StoreConfig::Redis { url, key_prefix, timeout, mode, ca_file, replica_acks } => {
                 let opts = crate::store::redis::RedisOptions {
                     url,
@@ -100,7 +101,9 @@ impl Gateway {
                 };
                 let redis = Arc::new(RedisStore::open(&opts, key_prefix)?);
                 let feed = redis.spawn_listener();
-                (redis, Some(feed))
+                // Issue 14: the rate limits and route quotas are budgets in Redis too.
+                let limiter = limiter.shared(redis.clone(), *timeout);
+                (redis, Some(feed), limiter)
             }
         };
         Ok(Arc::new(Gateway {
@@ -108,7 +111,7 @@ impl Gateway {
             revocation_feed: std::sync::Mutex::new(feed),
             validator: Validator::new(config.cache_max_tokens),
             secrets: SecretCache::new(config.cache_max_client_secrets),
-            limiter: RateLimiter::new(config.rate_limit.max_tracked),
+            limiter,
             metrics: Metrics::new(),
             phase: AtomicU8::new(Phase::Starting as u8),
             client_resets_loaded: AtomicBool::new(false),

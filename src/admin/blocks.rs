@@ -173,16 +173,16 @@ where
         return Err(ApiError::Disabled);
     };
     let limits = &rt.config.rate_limit;
-    gw.limiter.admit(limits, Endpoint::Admin, peer).map_err(ApiError::Throttled)?;
+    gw.limiter.admit(limits, Endpoint::Admin, peer).await.map_err(ApiError::Throttled)?;
     let key = api_key(req.headers())?;
-    gw.limiter.reserve_admin(limits, peer).map_err(ApiError::Throttled)?;
+    gw.limiter.reserve_admin(limits, peer).await.map_err(ApiError::Throttled)?;
     let ok = key.len() <= MAX_KEY && gw.secrets.verify(Kind::Admin, "admin", key, hash).await;
     if !ok {
-        gw.limiter.failed(limits, Endpoint::Admin, peer);
+        gw.limiter.failed(limits, Endpoint::Admin, peer).await;
         tracing::warn!(security_event = "admin_key_rejected", source = %peer, "wrong admin API key");
         return Err(ApiError::BadKey);
     }
-    gw.limiter.release_admin(limits, peer);
+    gw.limiter.release_admin(limits, peer).await;
 
     let method = req.method().clone();
     if method == Method::GET {

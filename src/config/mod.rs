@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 pub use crate::reload;
 pub use model::{
     Access, Admin, ClaimRule, ClaimTest, Client, ClientAuth, Config, GrantType, IdentityHeaders, Introspection,
-    JwksSource, JwsAlgorithm, KeyAlgorithm, KeyConfig, Limits, Listener, Quota, RESOURCE_METADATA_PATH, RateLimits,
-    RedisMode, Route, SELF_ISSUER, StoreConfig, TlsFiles, TrustedIssuer, Upstream, User, split_scopes,
+    JwksSource, JwsAlgorithm, KeyAlgorithm, KeyConfig, Limits, Listener, Quota, QuotaPer, RESOURCE_METADATA_PATH,
+    RateLimits, RedisMode, Route, RouteQuota, SELF_ISSUER, StoreConfig, TlsFiles, TrustedIssuer, Upstream, User,
+    split_scopes,
 };
 
 /// A configuration that was refused: where, and why.

@@ -144,6 +144,56 @@ pub struct Quota {
     pub(crate) refill_per_sec: f64,
 }
 
+/// Whose requests one budget of a route quota counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPer {
+    /// The token's client (a trusted issuer's token without one: its subject).
+    Client,
+    /// The token's user; a token without one (client_credentials) counts as its client.
+    User,
+    /// The source address ([`crate::ratelimit::source_ip`]; IPv6 by /64).
+    Ip,
+}
+
+impl QuotaPer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaPer::Client => "client",
+            QuotaPer::User => "user",
+            QuotaPer::Ip => "ip",
+        }
+    }
+}
+
+/// A route's request quota, `quota = { per, rate, window, burst }` (issue 14): `burst`
+/// requests at once, then `rate` per `window`, per client, user or source address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteQuota {
+    pub(crate) per: QuotaPer,
+    pub(crate) rate: u32,
+    /// Whole seconds (the `w` of `RateLimit-Policy` is).
+    pub(crate) window: Duration,
+    /// At least `rate`.
+    pub(crate) burst: u32,
+    /// Names the route's budgets (host, prefix, methods), so a reload that keeps the
+    /// route keeps what its callers spent.
+    pub(crate) id: String,
+}
+
+impl RouteQuota {
+    /// As a token bucket.
+    pub fn bucket(&self) -> Quota {
+        Quota { burst: self.burst, refill_per_sec: f64::from(self.rate) / self.window.as_secs_f64() }
+    }
+
+    /// The `w` of `RateLimit-Policy`: whole seconds to refill the `burst` (= `window`
+    /// when `burst` = `rate`), rounded up.
+    pub fn policy_window_secs(&self) -> u64 {
+        let secs = u64::from(self.burst) * self.window.as_secs();
+        secs.div_ceil(u64::from(self.rate.max(1))).max(1)
+    }
+}
+
 /// `[rate_limit]`: the token endpoint and the login form (see `crate::ratelimit`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimits {
@@ -330,6 +380,8 @@ pub struct Route {
     pub(crate) issuers: Vec<String>,
     /// Claim values a token must carry here besides its scopes; all must hold.
     pub(crate) claims: Vec<ClaimRule>,
+    /// A request quota, checked after authentication; `None`: the quota code is skipped.
+    pub(crate) quota: Option<RouteQuota>,
 }
 
 impl Route {

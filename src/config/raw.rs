@@ -244,6 +244,17 @@ pub struct RawRoute {
     /// Claim rules: claim name (or dotted path) → a value, or `{ one_of = [...] }`, or
     /// `{ contains = "..." }`. Checked by hand for clear messages.
     pub claims: Option<Spanned<toml::Table>>,
+    /// A request quota: `{ per = "client" | "user" | "ip", rate, window, burst }`.
+    pub quota: Option<Spanned<RawQuota>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub per: Spanned<String>,
+    pub rate: Spanned<u64>,
+    pub window: Option<Spanned<String>>,
+    pub burst: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

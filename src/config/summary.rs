@@ -149,9 +149,12 @@ impl Config {
                 let names: Vec<_> = r.claims.iter().map(|c| c.claim.as_str()).collect();
                 format!(" claims=[{}]", names.join(","))
             };
+            let quota = r.quota.as_ref().map_or(String::new(), |q| {
+                format!(" quota={}/{}s,burst={},per={}", q.rate, q.window.as_secs(), q.burst, q.per.as_str())
+            });
             writeln!(
                 out,
-                "route     {}{}{} -> {}://{}{}{}{}{issuers}{claims}",
+                "route     {}{}{} -> {}://{}{}{}{}{issuers}{claims}{quota}",
                 r.host.as_deref().map(|h| format!("{h} ")).unwrap_or_default(),
                 r.prefix,
                 r.methods.as_ref().map(|m| format!(" {m:?}")).unwrap_or_default(),

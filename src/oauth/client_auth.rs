@@ -93,7 +93,7 @@ pub async fn authenticate(
                 tracing::debug!("unknown client");
             }
             if let Some(secret) = &p.secret {
-                gw.limiter.reserve_client(limits, source, &p.client_id).map_err(OAuthError::RateLimited)?;
+                gw.limiter.reserve_client(limits, source, &p.client_id).await.map_err(OAuthError::RateLimited)?;
                 gw.secrets.verify_dummy(secret).await;
             }
             return Err(fail);
@@ -101,17 +101,17 @@ pub async fn authenticate(
     };
     match (&client.auth, &p.secret) {
         (ClientAuth::Confidential { secret_hash: hash }, Some(secret)) => {
-            gw.limiter.reserve_client(limits, source, &client.id).map_err(OAuthError::RateLimited)?;
+            gw.limiter.reserve_client(limits, source, &client.id).await.map_err(OAuthError::RateLimited)?;
             if !gw.secrets.verify(Kind::Client, &client.id, secret, hash).await {
                 tracing::warn!(security_event = "wrong_client_secret", client_id = %p.client_id, "wrong client secret");
                 return Err(fail);
             }
-            gw.limiter.release_client(limits, source, &client.id);
+            gw.limiter.release_client(limits, source, &client.id).await;
         }
         (ClientAuth::Public, None) => {}
         // A secret offered by a public client: as for an unknown id.
         (ClientAuth::Public, Some(secret)) => {
-            gw.limiter.reserve_client(limits, source, &client.id).map_err(OAuthError::RateLimited)?;
+            gw.limiter.reserve_client(limits, source, &client.id).await.map_err(OAuthError::RateLimited)?;
             gw.secrets.verify_dummy(secret).await;
             return Err(fail);
         }

@@ -69,16 +69,17 @@ pub(crate) async fn limited<T>(
     work: impl Future<Output = Result<T, OAuthError>>,
 ) -> Result<T, OAuthError> {
     let limits = &ctx.rt.config.rate_limit;
-    let result = match gw.limiter.admit(limits, endpoint, ctx.source) {
+    let result = match gw.limiter.admit(limits, endpoint, ctx.source).await {
         Ok(()) => work.await,
         Err(t) => Err(OAuthError::RateLimited(t)),
     };
-    result.inspect_err(|e| {
+    if let Err(e) = &result {
         tracing::debug!(error = %e, endpoint = endpoint.as_str(), "request refused");
         if e.is_failed_authentication() {
-            gw.limiter.failed(limits, endpoint, ctx.source);
+            gw.limiter.failed(limits, endpoint, ctx.source).await;
         }
-    })
+    }
+    result
 }
 
 /// The answer to a refused request at `endpoint`, noted in `outcome` for the logging phase.

@@ -17,7 +17,7 @@ pub async fn authenticate(
     password: &str,
 ) -> Result<Option<Arc<User>>, Throttled> {
     let limits = &rt.config.rate_limit;
-    gw.limiter.reserve_user(limits, username)?;
+    gw.limiter.reserve_user(limits, username).await?;
     let user = match rt.config.users.get(username) {
         Some(user)
             if user.enabled
@@ -33,7 +33,7 @@ pub async fn authenticate(
         }
     };
     if user.is_some() {
-        gw.limiter.release_user(limits, username);
+        gw.limiter.release_user(limits, username).await;
     }
     Ok(user)
 }

@@ -69,6 +69,9 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     GatewayTimeout,
+    /// The route's quota for this caller is spent (issue 14): retry after this many seconds.
+    #[error("route quota exceeded")]
+    QuotaExceeded { retry_after: u64, headers: super::quota::QuotaHeaders },
 }
 
 /// What a route without a `methods` list allows: everything but TRACE and CONNECT.
@@ -180,10 +183,19 @@ impl ProxyError {
                 json!({"error": "gateway_timeout", "error_description": "The upstream service did not answer in time."}),
                 None,
             ),
+            ProxyError::QuotaExceeded { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": "too_many_requests", "error_description": "The request quota for this route is spent; retry later."}),
+                None,
+            ),
         };
         let mut resp = json(status, &body);
         if let Some(v) = www {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let ProxyError::QuotaExceeded { retry_after, headers } = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            headers.apply(resp.headers_mut());
         }
         match status {
             StatusCode::METHOD_NOT_ALLOWED => {

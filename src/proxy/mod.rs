@@ -1,5 +1,5 @@
 //! The proxy path, one phase per file, run in order by [`handle`]:
-//! route → authenticate → authorize → forward.
+//! route → authenticate → authorize → quota → forward.
 
 pub mod access_token;
 pub mod authenticate;
@@ -8,6 +8,7 @@ pub mod error;
 pub mod forward;
 pub mod lifetime;
 pub mod multipart;
+pub mod quota;
 pub mod route;
 pub mod websocket;
 
@@ -111,6 +112,8 @@ where
     };
     // The lease that ends a long connection with its token (none on a public route).
     let lease = principal.as_ref().filter(|_| route.end_with_token).map(|p| lifetime::Lease::new(gw, p));
+    // Routes without a quota return at once, without touching the limiter.
+    let quota = quota::check(gw, route, principal.as_deref(), ctx.source).await?;
     let started = std::time::Instant::now();
     let result = if wants_websocket {
         let handshake = websocket::check(&req, route)?;
@@ -133,5 +136,11 @@ where
     if matches!(result, Ok(_) | Err(ProxyError::BadGateway(_) | ProxyError::GatewayTimeout)) {
         outcome.upstream_latency = Some(started.elapsed());
     }
-    result
+    match (result, quota) {
+        (Ok(mut resp), Some(fields)) => {
+            fields.apply(resp.headers_mut());
+            Ok(resp)
+        }
+        (result, _) => result,
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod redis_limits;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

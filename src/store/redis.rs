@@ -745,6 +745,31 @@ async fn undo(conn: &mut Conn<'_>, call: &redis::ScriptInvocation<'_>) {
     }
 }
 
+/// The door for modules with scripts of their own (`redis_limits`): they reach Redis only
+/// through these, so a change of connection (Cluster, Sentinel) is made here once.
+impl RedisStore {
+    /// Run `script` on `keys` (every key it touches, declared) with integer `args`, under
+    /// the store's timeout; a failure counts as the store's like any other.
+    pub(crate) async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[i64],
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut call = script.prepare_invoke();
+        for k in keys {
+            call.key(k);
+        }
+        for a in args {
+            call.arg(*a);
+        }
+        let reply = call.invoke_async(&mut conn.c).await.map_err(|e| conn.fail(e))?;
+        self.down.answered();
+        Ok(reply)
+    }
+}
+
 /// One message of the revocation channel; `None` for the heartbeat and anything unreadable.
 /// Revoked jtis are ours (random base64url), so never `block` or `unblock`.
 fn parse_event(payload: &str) -> Option<RevocationEvent> {

@@ -9,6 +9,7 @@ mod keys;
 mod limits;
 mod listeners;
 mod paths;
+mod quota;
 mod routes;
 mod store;
 

@@ -247,6 +247,20 @@ impl Validator<'_> {
             (true, false) => return Err(self.err(r.prefix.span(), "a public route cannot require scopes")),
             (false, _) => Access::Scopes(scopes),
         };
+        let public = access == Access::Public;
+        let quota_id = format!(
+            "{}|{prefix}|{}",
+            host.as_deref().unwrap_or(""),
+            methods.as_ref().map(|m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(",")).unwrap_or_default()
+        );
+        if public
+            && let Some(q) = &r.quota
+            && q.get_ref().per.get_ref() != "ip"
+        {
+            return Err(
+                self.err(q.get_ref().per.span(), "a public route reads no token: its quota can only be per = \"ip\"")
+            );
+        }
         let audience = match &r.audience {
             None => None,
             Some(a) => Some(self.resource_uri(a, "audience")?),
@@ -267,6 +281,10 @@ impl Validator<'_> {
             websocket: r.websocket,
             websocket_query_token: r.websocket_query_token,
             end_with_token: r.end_with_token.unwrap_or(true),
+            quota: match &r.quota {
+                None => None,
+                Some(q) => Some(self.route_quota(q, &quota_id)?),
+            },
         })
     }
 

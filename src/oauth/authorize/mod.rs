@@ -181,7 +181,7 @@ async fn on_post(
                 resp
             };
             let limits = &rt.config.rate_limit;
-            if let Err(t) = gw.limiter.admit(limits, Endpoint::Login, source) {
+            if let Err(t) = gw.limiter.admit(limits, Endpoint::Login, source).await {
                 return Ok(throttled(t));
             }
             let (username, password) = (form.get("username").unwrap_or(""), form.get("password").unwrap_or(""));
@@ -189,7 +189,7 @@ async fn on_post(
                 Ok(Some(user)) => user,
                 Ok(None) => {
                     tracing::info!(client_id = %req.client.id, "login failed");
-                    gw.limiter.failed(limits, Endpoint::Login, source);
+                    gw.limiter.failed(limits, Endpoint::Login, source).await;
                     return Ok(pages::login(&action, &req.client.name, &fields, Some(LOGIN_FAILED)));
                 }
                 Err(t) => return Ok(throttled(t)),
