@@ -193,6 +193,7 @@ impl ProxyError {
         if let Some(v) = www {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
+        let bad_handshake = matches!(self, ProxyError::BadHandshake(_));
         if let ProxyError::QuotaExceeded { retry_after, headers } = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             headers.apply(resp.headers_mut());
@@ -202,7 +203,7 @@ impl ProxyError {
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_BY_DEFAULT));
             }
             // RFC 6455 §4.4: the version the gateway speaks.
-            StatusCode::BAD_REQUEST if matches!(self, ProxyError::BadHandshake(_)) => {
+            StatusCode::BAD_REQUEST if bad_handshake => {
                 resp.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
             }
             // The request body was not read: the connection cannot carry another request.
@@ -239,9 +240,18 @@ impl ProxyError {
     /// The gRPC status code for this refusal (gRPC `Code`), by what went wrong.
     fn grpc_code(&self) -> u8 {
         match self {
-            ProxyError::MissingToken | ProxyError::MalformedRequest(_) | ProxyError::InvalidToken(_) => 16,
+            ProxyError::MissingToken
+            | ProxyError::MalformedRequest(_)
+            | ProxyError::InvalidToken(_)
+            | ProxyError::BadQueryToken(_) => 16,
             ProxyError::InsufficientScope(_) | ProxyError::ClaimNotMet(_) => 7,
-            ProxyError::NoRoute | ProxyError::MethodNotAllowed | ProxyError::NotImplemented => 12,
+            ProxyError::NoRoute
+            | ProxyError::MethodNotAllowed
+            | ProxyError::NotImplemented
+            | ProxyError::WebSocketNotEnabled => 12,
+            ProxyError::BadHandshake(_) => 3,
+            ProxyError::TooManyConnections => 14,
+            ProxyError::QuotaExceeded { .. } => 8,
             ProxyError::UnsafePath | ProxyError::BadHost(_) | ProxyError::BadRequestBody | ProxyError::TokenInBody => 3,
             ProxyError::PayloadTooLarge => 8,
             ProxyError::BadGateway(_) => 14,
@@ -292,6 +302,11 @@ fn grpc_message(e: &ProxyError) -> String {
         ProxyError::PayloadTooLarge => "the request body is too large",
         ProxyError::BadGateway(_) => "the upstream service is unavailable",
         ProxyError::GatewayTimeout => "the upstream service did not answer in time",
+        ProxyError::BadQueryToken(_) => "the access_token query parameter is malformed or repeated",
+        ProxyError::WebSocketNotEnabled => "this route does not accept WebSocket connections",
+        ProxyError::BadHandshake(_) => "bad WebSocket handshake",
+        ProxyError::TooManyConnections => "too many connections are open",
+        ProxyError::QuotaExceeded { .. } => "the request quota for this route is spent",
     };
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {

@@ -53,8 +53,11 @@ impl Upstreams {
         http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
         // Upgrades offer only http/1.1 by ALPN: a WebSocket handshake is an HTTP/1.1
         // request, and an upstream that picked h2 would fail it.
-        let http1_only =
-            HttpsConnectorBuilder::new().with_tls_config(tls.clone()).https_or_http().enable_http1().wrap_connector(http.clone());
+        let http1_only = HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http.clone());
         let https = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
