@@ -77,7 +77,7 @@ pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) 
     // Keys load inside apply; if they fail, neither the runtime nor TLS has changed.
     gw.apply(config.clone()).map_err(|e| match &e {
         StartError::Key(k) => config.error_at(config.key_line(k.kid()), e.to_string()),
-        StartError::Issuer(line, _) => config.error_at(*line, e.to_string()),
+        StartError::Issuer(line, _) | StartError::ClientKey(line, _) => config.error_at(*line, e.to_string()),
         StartError::UpstreamTls(_) | StartError::Store(_) => config.error_at(0, e.to_string()),
     })?;
     tls_slot.store(acceptor);
@@ -127,6 +127,7 @@ pub fn preflight(config: &Config) -> Result<(), ConfigError> {
         }
     }
     crate::upstream::Upstreams::new(config).map_err(|e| config.error_at(config.upstream_ca_line(), e))?;
+    crate::tokens::assertion::ClientKeys::load(config).map_err(|(line, e)| config.error_at(line, e))?;
     // Builds each issuer's client (reads its CA file); starts no fetch.
     crate::issuers::IssuerSet::build(config, None)
         .map_err(|(line, e)| config.error_at(line, format!("trusted issuer: {e}")))?;

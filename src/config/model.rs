@@ -184,6 +184,21 @@ pub enum ClientAuth {
     Public,
     /// Authenticates with a secret, checked against this argon2id PHC string.
     Confidential { secret_hash: String },
+    /// Authenticates with a JWT signed by its private key (`private_key_jwt`, RFC 7523
+    /// §2.2), verified with the public key this file holds (loaded with the runtime).
+    PrivateKeyJwt(AssertionKey),
+}
+
+/// Where a `private_key_jwt` client's public key is, and how long its assertions may live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionKey {
+    pub(crate) file: PathBuf,
+    /// A JWK Set (`jwks_file`), else a PEM `PUBLIC KEY` (`public_key`).
+    pub(crate) jwks: bool,
+    /// The longest `exp - now` accepted: the replay memory keeps each `jti` that long.
+    pub(crate) max_lifetime: Duration,
+    /// Where the file is named, for errors found when it is loaded.
+    pub(crate) line: usize,
 }
 
 /// The hash stays out of logs and panics, like the secret it stands for.
@@ -192,6 +207,7 @@ impl std::fmt::Debug for ClientAuth {
         match self {
             ClientAuth::Public => f.write_str("Public"),
             ClientAuth::Confidential { .. } => f.write_str("Confidential"),
+            ClientAuth::PrivateKeyJwt(k) => write!(f, "PrivateKeyJwt({})", k.file.display()),
         }
     }
 }

@@ -200,6 +200,14 @@ pub struct RawClient {
     pub introspect: Option<bool>,
     /// A changed `secret_hash` revokes the client's tokens issued before the change.
     pub secret_rotation_revokes: Option<bool>,
+    /// `client_secret_basic`/`client_secret_post` (with `secret_hash`), `none`, or `private_key_jwt`.
+    pub token_endpoint_auth_method: Option<Spanned<String>>,
+    /// `private_key_jwt`: the client's public keys as a JWK Set file.
+    pub jwks_file: Option<Spanned<String>>,
+    /// `private_key_jwt`: the client's public key as a PEM file.
+    pub public_key: Option<Spanned<String>>,
+    /// `private_key_jwt`: the longest lifetime (`exp` - now) of an assertion.
+    pub max_assertion_lifetime: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -82,6 +82,12 @@ pub fn document(config: &Config) -> Value {
         // Public clients identify themselves with client_id alone (RFC 7591 §2).
         auth_methods.push("none");
     }
+    let key_jwt = enabled().any(|c| matches!(c.auth, crate::config::ClientAuth::PrivateKeyJwt(_)));
+    let mut introspection_auth = vec!["client_secret_basic", "client_secret_post"];
+    if key_jwt {
+        auth_methods.push("private_key_jwt");
+        introspection_auth.push("private_key_jwt");
+    }
     let mut response_types = Vec::new();
     if enabled().any(|c| c.grants.contains(&GrantType::AuthorizationCode)) {
         response_types.push("code");
@@ -96,13 +102,19 @@ pub fn document(config: &Config) -> Value {
         "revocation_endpoint": endpoint_url(config, &config.revoke_path),
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint": endpoint_url(config, &config.introspect_path),
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": introspection_auth,
         "grant_types_supported": grants,
         "response_types_supported": response_types,
         "token_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": scopes,
     });
+    if key_jwt {
+        let algs: Vec<&str> = crate::tokens::assertion::ALGORITHMS.iter().map(|a| a.as_str()).collect();
+        doc["token_endpoint_auth_signing_alg_values_supported"] = json!(algs);
+        doc["revocation_endpoint_auth_signing_alg_values_supported"] = json!(algs);
+        doc["introspection_endpoint_auth_signing_alg_values_supported"] = json!(algs);
+    }
     if !response_types_empty(&doc) {
         doc["authorization_endpoint"] = Value::String(endpoint_url(config, &config.authorize_path));
         // RFC 9207: authorization responses carry `iss`.

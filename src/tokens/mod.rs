@@ -1,12 +1,14 @@
 //! Access tokens: signing keys, issuance and validation (RFC 9068 JWTs), and the operator
 //! blocks validation enforces.
 
+pub mod assertion;
 mod blocks;
 pub mod cache;
 mod client_reset;
 mod error;
 mod external;
 pub mod issue;
+pub mod jws;
 pub mod keys;
 mod principal;
 pub mod validate;

@@ -70,6 +70,39 @@ impl IdpKey {
         jwk
     }
 
+    /// The public key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+    pub fn public_pem(&self) -> String {
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+        let der: PublicKeyX509Der = match &self.signer {
+            Signer::Es256(kp) => kp.public_key().as_der().unwrap(),
+            Signer::Rs256(kp) => kp.public_key().as_der().unwrap(),
+            Signer::Ed(kp) => kp.public_key().as_der().unwrap(),
+        };
+        pem::encode(&pem::Pem::new("PUBLIC KEY", der.as_ref().to_vec()))
+    }
+
+    /// The private key as a PKCS#8 PEM (for a client library that signs with it).
+    pub fn private_pem(&self) -> String {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+        let der: Vec<u8> = match &self.signer {
+            Signer::Es256(kp) => kp.to_pkcs8v1().unwrap().as_ref().to_vec(),
+            Signer::Rs256(kp) => AsDer::<Pkcs8V1Der>::as_der(kp).unwrap().as_ref().to_vec(),
+            Signer::Ed(kp) => AsDer::<Pkcs8V1Der>::as_der(kp).unwrap().as_ref().to_vec(),
+        };
+        pem::encode(&pem::Pem::new("PRIVATE KEY", der))
+    }
+
+    /// The public JWK's RFC 7638 thumbprint, base64url (a DPoP `jkt`).
+    pub fn thumbprint(&self) -> String {
+        let jwk = self.jwk();
+        let canonical = match jwk["kty"].as_str().unwrap() {
+            "EC" => format!(r#"{{"crv":"P-256","kty":"EC","x":{},"y":{}}}"#, jwk["x"], jwk["y"]),
+            "RSA" => format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, jwk["e"], jwk["n"]),
+            _ => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":{}}}"#, jwk["x"]),
+        };
+        b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+
     /// The public key bytes as an attacker would find them (for algorithm confusion).
     pub fn public_bytes(&self) -> Vec<u8> {
         match &self.signer {
