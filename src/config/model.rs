@@ -513,6 +513,17 @@ impl IdentityHeaders {
     }
 }
 
+/// `[dpop]` (RFC 9449): the proofs accepted at the token endpoint and on the proxy path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopSettings {
+    /// Asymmetric only; the proof's `alg` must be one of them.
+    pub(crate) algorithms: Vec<JwsAlgorithm>,
+    /// A proof's `iat` may be this far from now, either way; its `jti` is remembered as long.
+    pub(crate) iat_window: Duration,
+    /// Require a server nonce in every proof (RFC 9449 §8, §9).
+    pub(crate) nonce: bool,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -565,6 +576,8 @@ pub struct Config {
     pub(crate) store_line: usize,
     pub(crate) store_sweep_interval: Duration,
     pub(crate) rate_limit: RateLimits,
+    /// `[dpop]`: how DPoP proofs are checked.
+    pub(crate) dpop: DpopSettings,
     /// What validation accepted but doubts (see [`super::ConfigWarning`]).
     pub(crate) warnings: Vec<super::ConfigWarning>,
 }

@@ -40,6 +40,17 @@ pub struct RawConfig {
     pub store: Option<Spanned<RawStore>>,
     #[serde(default)]
     pub rate_limit: RawRateLimit,
+    #[serde(default)]
+    pub dpop: RawDpop,
+}
+
+/// `[dpop]`: how DPoP proofs (RFC 9449) are checked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDpop {
+    pub algorithms: Option<Vec<Spanned<String>>>,
+    pub iat_window: Option<Spanned<String>>,
+    pub nonce: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

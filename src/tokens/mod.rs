@@ -5,6 +5,7 @@ pub mod assertion;
 mod blocks;
 pub mod cache;
 mod client_reset;
+pub mod dpop;
 mod error;
 mod external;
 pub mod issue;

@@ -4,6 +4,7 @@
 //! CA) is checked once, when they are loaded.
 
 mod clients;
+mod dpop;
 mod issuers;
 mod keys;
 mod limits;
@@ -222,6 +223,7 @@ impl Validator<'_> {
             store_sweep_interval: self.duration(&raw_store.sweep_interval, Duration::from_secs(60))?,
             store_line,
             rate_limit: self.rate_limit(&raw.rate_limit)?,
+            dpop: self.dpop(&raw.dpop)?,
             warnings: Vec::new(),
         };
         self.served_paths(&config, &raw.endpoints, raw.issuer.span())?;
