@@ -656,6 +656,11 @@ impl Config {
         &self.rule_claims
     }
 
+    /// The DPoP proof algorithms, space-separated: the `algs` of a DPoP challenge.
+    pub fn dpop_algs(&self) -> String {
+        self.dpop.algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(" ")
+    }
+
     /// How many validated tokens the verdict cache holds; read at start.
     pub fn cache_max_tokens(&self) -> u64 {
         self.cache_max_tokens

@@ -109,6 +109,9 @@ pub fn document(config: &Config) -> Value {
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": scopes,
     });
+    // RFC 9449 §5.1: any client may send DPoP proofs.
+    doc["dpop_signing_alg_values_supported"] =
+        json!(config.dpop.algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>());
     if key_jwt {
         let algs: Vec<&str> = crate::tokens::assertion::ALGORITHMS.iter().map(|a| a.as_str()).collect();
         doc["token_endpoint_auth_signing_alg_values_supported"] = json!(algs);

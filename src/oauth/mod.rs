@@ -4,6 +4,7 @@ pub mod audience;
 pub mod authorize;
 pub mod client_auth;
 pub mod cors;
+pub mod dpop;
 pub mod error;
 pub mod grants;
 pub mod introspect;

@@ -56,17 +56,74 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     GatewayTimeout,
+    /// RFC 9449 §7.1: a DPoP request's proof is missing or invalid.
+    #[error("invalid DPoP proof: {0}")]
+    InvalidDpopProof(crate::tokens::dpop::DpopError),
+    /// RFC 9449 §9: the proof lacks a current server nonce; carries a fresh one.
+    #[error("DPoP nonce required")]
+    UseDpopNonce(String),
+    /// A token sent with the DPoP scheme was refused (RFC 9449 §7.1: the DPoP challenge).
+    #[error("invalid DPoP-bound token: {0}")]
+    InvalidDpopToken(TokenError),
+    /// The replay memory of DPoP proofs cannot be reached: no proof can be accepted.
+    #[error("DPoP replay memory unavailable")]
+    DpopUnavailable,
 }
 
 /// What a route without a `methods` list allows: everything but TRACE and CONNECT.
 const ALLOWED_BY_DEFAULT: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 impl ProxyError {
+    /// `realm` for the Bearer challenge; `dpop_algs` (space-separated) for the DPoP one.
+    pub fn into_response_with(self, realm: &str, dpop_algs: &str) -> Response<Body> {
+        let dpop = |error: &str| -> Option<HeaderValue> {
+            HeaderValue::from_str(&format!("DPoP error=\"{error}\", algs=\"{dpop_algs}\"")).ok()
+        };
+        let (body, www, nonce) = match &self {
+            ProxyError::InvalidDpopProof(_) => (
+                json!({"error": "invalid_dpop_proof", "error_description": "The DPoP proof is missing or invalid."}),
+                dpop("invalid_dpop_proof"),
+                None,
+            ),
+            ProxyError::UseDpopNonce(n) => (
+                json!({"error": "use_dpop_nonce", "error_description": "A DPoP proof with the server-provided nonce is required."}),
+                dpop("use_dpop_nonce"),
+                HeaderValue::from_str(n).ok(),
+            ),
+            ProxyError::InvalidDpopToken(e) => {
+                (json!({"error": "invalid_token", "error_description": e.description()}), dpop("invalid_token"), None)
+            }
+            ProxyError::DpopUnavailable => {
+                let mut resp = json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "temporarily_unavailable", "error_description": "DPoP proofs cannot be checked right now."}),
+                );
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return resp;
+            }
+            _ => return self.into_response(realm),
+        };
+        let mut resp = json(StatusCode::UNAUTHORIZED, &body);
+        let h = resp.headers_mut();
+        if let Some(v) = www {
+            h.insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let Some(n) = nonce {
+            h.insert(http::HeaderName::from_static("dpop-nonce"), n);
+        }
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
     pub fn into_response(self, realm: &str) -> Response<Body> {
         let challenge = |extra: &str| -> Option<HeaderValue> {
             HeaderValue::from_str(&format!("Bearer realm=\"{realm}\"{extra}")).ok()
         };
         let (status, body, www) = match &self {
+            ProxyError::InvalidDpopProof(_)
+            | ProxyError::UseDpopNonce(_)
+            | ProxyError::InvalidDpopToken(_)
+            | ProxyError::DpopUnavailable => return self.into_response_with(realm, "ES256 EdDSA RS256 PS256"),
             ProxyError::NoRoute => (
                 StatusCode::NOT_FOUND,
                 json!({"error": "not_found", "error_description": "No route matches this request."}),

@@ -4,6 +4,7 @@
 pub mod access_token;
 pub mod authenticate;
 pub mod authorize;
+pub mod dpop;
 pub mod error;
 pub mod forward;
 pub mod multipart;
@@ -41,7 +42,7 @@ where
                 }
                 other => tracing::debug!(error = %other, "request refused"),
             }
-            e.into_response(&ctx.rt.config.realm)
+            e.into_response_with(&ctx.rt.config.realm, &ctx.rt.config.dpop_algs())
         }
     };
     (resp, outcome)

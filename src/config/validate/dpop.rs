@@ -28,7 +28,10 @@ impl Validator<'_> {
                         .ok_or_else(|| {
                             self.err(
                                 a.span(),
-                                format!("[dpop] algorithm {:?} not supported: use ES256, EdDSA, RS256 or PS256", a.get_ref()),
+                                format!(
+                                    "[dpop] algorithm {:?} not supported: use ES256, EdDSA, RS256 or PS256",
+                                    a.get_ref()
+                                ),
                             )
                         })?;
                     if !out.contains(&alg) {
