@@ -103,6 +103,35 @@ impl IdpKey {
         b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref())
     }
 
+    /// A DPoP proof (RFC 9449 §4.2) for `htm` `htu`, bound to `token` (`ath`) when given,
+    /// with `nonce` when given; `edit` changes the header and claims before signing.
+    pub fn dpop_proof_with(
+        &self,
+        htm: &str,
+        htu: &str,
+        token: Option<&str>,
+        nonce: Option<&str>,
+        edit: impl FnOnce(&mut Value, &mut Value),
+    ) -> String {
+        let mut jwk = self.jwk();
+        jwk.as_object_mut().unwrap().remove("kid");
+        let mut header = json!({"typ": "dpop+jwt", "alg": self.alg, "jwk": jwk});
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let mut claims = json!({"jti": b64(&rand_bytes()), "htm": htm, "htu": htu, "iat": now});
+        if let Some(t) = token {
+            claims["ath"] = b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes()).as_ref()).into();
+        }
+        if let Some(n) = nonce {
+            claims["nonce"] = n.into();
+        }
+        edit(&mut header, &mut claims);
+        self.sign_text(&header.to_string(), &claims.to_string())
+    }
+
+    pub fn dpop_proof(&self, htm: &str, htu: &str, token: Option<&str>) -> String {
+        self.dpop_proof_with(htm, htu, token, None, |_, _| {})
+    }
+
     /// The public key bytes as an attacker would find them (for algorithm confusion).
     pub fn public_bytes(&self) -> Vec<u8> {
         match &self.signer {
@@ -137,6 +166,12 @@ impl IdpKey {
         let header = json!({"alg": self.alg, "typ": "JWT", "kid": self.kid});
         self.sign_text(&header.to_string(), &claims.to_string())
     }
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    b
 }
 
 /// How the IdP answers JWKS requests.
