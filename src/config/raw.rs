@@ -152,6 +152,10 @@ pub struct RawHeaders {
     pub token_id: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
     pub issuer: Option<Spanned<String>>,
+    /// The kind of key the token is bound to: `mtls`, `dpop` or `none`.
+    pub binding: Option<Spanned<String>>,
+    /// The `x5t#S256` of a certificate-bound token's client certificate.
+    pub cert_thumbprint: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,6 +204,9 @@ pub struct RawClient {
     pub introspect: Option<bool>,
     /// A changed `secret_hash` revokes the client's tokens issued before the change.
     pub secret_rotation_revokes: Option<bool>,
+    /// `"mtls"` or `"dpop"`: the client's tokens are sender-constrained (RFC 8705 §3,
+    /// RFC 9449).
+    pub token_binding: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -874,6 +874,7 @@ mod tests {
             expires_at: exp,
             audience: None,
             issued_at: 0,
+            binding: None,
         }
     }
 
