@@ -293,6 +293,7 @@ impl Fixture {
             client_id: client_id.to_string(),
             scope: "read".into(),
             gty: None,
+            cnf: None,
         };
         let key = self.runtime.keys.get(kid).expect("kid of the fixture");
         let header = serde_json::json!({"alg": key.alg, "typ": "at+jwt", "kid": kid});

@@ -70,3 +70,6 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     }
     Ok(certs)
 }
+
+mod client_cert;
+pub use client_cert::ClientCert;

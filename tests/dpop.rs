@@ -118,7 +118,8 @@ async fn every_bad_proof_is_refused_on_the_proxy_path() {
     assert_bad_proof(&gw, "alg none", &token, &[&none]).await;
     let mut claims = jwt_part(&p(&|_, _| {}), 1);
     claims["jti"] = "hs".into();
-    let hs = sign_hs256(key.public_pem().as_bytes(), &json!({"alg": "HS256", "typ": "dpop+jwt", "jwk": key.jwk()}), &claims);
+    let hs =
+        sign_hs256(key.public_pem().as_bytes(), &json!({"alg": "HS256", "typ": "dpop+jwt", "jwk": key.jwk()}), &claims);
     assert_bad_proof(&gw, "HS256", &token, &[&hs]).await;
     assert_bad_proof(&gw, "alg EdDSA with an EC key", &token, &[&p(&|h, _| h["alg"] = "EdDSA".into())]).await;
     // typ, a private key in jwk, no jwk, a symmetric jwk.

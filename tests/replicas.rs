@@ -570,6 +570,7 @@ async fn redis_store_reuse_interval_and_client_not_before() {
         expires_at: now + 3600,
         issued_at: now,
         audience: None,
+        binding: None,
     };
     store.put_refresh([1; 32], grant).await.unwrap();
     let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: now + 600 };
@@ -624,6 +625,7 @@ async fn redis_store_reuse_interval_and_client_not_before() {
         expires_at: now + 3600,
         issued_at: at,
         audience: None,
+        binding: None,
     };
     store.put_refresh([7; 32], issued("old", 100)).await.unwrap();
     store.put_refresh([8; 32], issued("new", 101)).await.unwrap();
@@ -679,6 +681,7 @@ fn issued_grant(now: u64, family: &str) -> portcullis::store::RefreshGrant {
         expires_at: now + 3600,
         issued_at: now,
         audience: None,
+        binding: None,
     }
 }
 

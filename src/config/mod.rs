@@ -22,7 +22,7 @@ pub use crate::reload;
 pub use model::{
     Access, Admin, ClaimRule, ClaimTest, Client, ClientAuth, Config, DpopSettings, GrantType, IdentityHeaders,
     Introspection, JwksSource, JwsAlgorithm, KeyAlgorithm, KeyConfig, Limits, Listener, Quota, RESOURCE_METADATA_PATH,
-    RateLimits, Route, SELF_ISSUER, StoreConfig, TlsFiles, TrustedIssuer, Upstream, User, split_scopes,
+    RateLimits, Route, SELF_ISSUER, StoreConfig, TlsFiles, TokenBinding, TrustedIssuer, Upstream, User, split_scopes,
 };
 
 /// A configuration that was refused: where, and why.

@@ -244,6 +244,17 @@ pub struct Client {
     pub(crate) introspect: bool,
     /// A reload that changes `secret_hash` makes every token issued before it invalid.
     pub(crate) secret_rotation_revokes: bool,
+    /// Every token issued to the client is bound to this kind of key.
+    pub(crate) token_binding: Option<TokenBinding>,
+}
+
+/// What a client's tokens are bound to (`token_binding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenBinding {
+    /// The client certificate of the token request's connection (RFC 8705 §3).
+    Mtls,
+    /// The key of the token request's DPoP proof (RFC 9449).
+    Dpop,
 }
 
 impl Client {
@@ -505,11 +516,24 @@ pub struct IdentityHeaders {
     /// The issuer URL of the token (ours or a trusted issuer's): with trusted issuers, a
     /// client or user named alike at two issuers is told apart only by it.
     pub(crate) issuer: HeaderName,
+    /// What the token is bound to: `mtls`, `dpop` or `none` (sender-constrained tokens).
+    pub(crate) binding: HeaderName,
+    /// The client certificate thumbprint (`x5t#S256`) of a certificate-bound token.
+    pub(crate) cert_thumbprint: HeaderName,
 }
 
 impl IdentityHeaders {
-    pub fn all(&self) -> [&HeaderName; 6] {
-        [&self.client_id, &self.subject, &self.scope, &self.token_id, &self.user, &self.issuer]
+    pub fn all(&self) -> [&HeaderName; 8] {
+        [
+            &self.client_id,
+            &self.subject,
+            &self.scope,
+            &self.token_id,
+            &self.user,
+            &self.issuer,
+            &self.binding,
+            &self.cert_thumbprint,
+        ]
     }
 }
 

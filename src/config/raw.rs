@@ -163,6 +163,10 @@ pub struct RawHeaders {
     pub token_id: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
     pub issuer: Option<Spanned<String>>,
+    /// The kind of key the token is bound to: `mtls`, `dpop` or `none`.
+    pub binding: Option<Spanned<String>>,
+    /// The `x5t#S256` of a certificate-bound token's client certificate.
+    pub cert_thumbprint: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,6 +223,9 @@ pub struct RawClient {
     pub public_key: Option<Spanned<String>>,
     /// `private_key_jwt`: the longest lifetime (`exp` - now) of an assertion.
     pub max_assertion_lifetime: Option<Spanned<String>>,
+    /// `"mtls"` or `"dpop"`: the client's tokens are sender-constrained (RFC 8705 §3,
+    /// RFC 9449).
+    pub token_binding: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

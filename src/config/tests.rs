@@ -407,7 +407,9 @@ fn private_key_jwt_clients_name_one_key_file_and_no_secret() {
             11,
         ),
         (
-            &format!("token_endpoint_auth_method = \"private_key_jwt\"\npublic_key = \"a\"\nsecret_hash = \"{HASH}\"\n"),
+            &format!(
+                "token_endpoint_auth_method = \"private_key_jwt\"\npublic_key = \"a\"\nsecret_hash = \"{HASH}\"\n"
+            ),
             "takes no secret_hash",
             13,
         ),

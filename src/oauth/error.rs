@@ -76,6 +76,11 @@ pub enum BadRequest {
     BodyUnreadable,
     /// RFC 7009 §2.1: a client may revoke only its own tokens.
     NotYourToken,
+    /// The client's tokens are certificate-bound (`token_binding = "mtls"`) and the
+    /// connection presented no client certificate (RFC 8705 §3).
+    ClientCertificateRequired,
+    /// The client's tokens are DPoP-bound and the request carries no usable proof.
+    DpopProofRequired,
 }
 
 /// Why a grant is `invalid_grant` (§5.2). The refresh and code answers deliberately do not
@@ -199,6 +204,10 @@ impl OAuthError {
                 BadRequest::ContentType => "The request body must be application/x-www-form-urlencoded or application/json. Check the 'Content-Type' header.".into(),
                 BadRequest::BodyUnreadable => "The request body could not be read.".into(),
                 BadRequest::NotYourToken => check("The token was not issued to this client.", "token"),
+                BadRequest::ClientCertificateRequired => {
+                    "This client's tokens are bound to its TLS client certificate; none was presented.".into()
+                }
+                BadRequest::DpopProofRequired => "This client's tokens need a valid DPoP proof.".into(),
             },
             OAuthError::InvalidClient { .. } => "Client authentication failed.".into(),
             OAuthError::InvalidGrant(g) => match g {

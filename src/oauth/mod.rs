@@ -2,6 +2,7 @@
 
 pub mod audience;
 pub mod authorize;
+pub mod binding;
 pub mod client_auth;
 pub mod cors;
 pub mod dpop;

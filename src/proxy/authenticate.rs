@@ -1,13 +1,18 @@
-//! Phase 2, authenticate: the bearer token (RFC 6750 §2.1) through the validator.
+//! Phase 2, authenticate: the bearer token (RFC 6750 §2.1) through the validator, then
+//! its binding (RFC 8705 §3, RFC 9449 §7) against what the request proves.
 
 use std::sync::Arc;
 
 use http::{HeaderMap, header};
 
+use subtle::ConstantTimeEq;
+
 use super::error::ProxyError;
 use crate::config::Route;
+use crate::server::peer::Peer;
 use crate::state::{Gateway, Runtime};
-use crate::tokens::validate::Principal;
+use crate::tokens::binding::Binding;
+use crate::tokens::validate::{Principal, TokenError};
 
 /// The bytes of an RFC 6750 b64token, as a table: a token is checked byte by byte on
 /// every request.
@@ -65,21 +70,72 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// How the token was presented: the `Authorization` scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Bearer` (RFC 6750), also how a certificate-bound token is sent (RFC 8705 §3).
+    Bearer,
+    /// `DPoP` (RFC 9449 §7.1).
+    Dpop,
+}
+
+/// What a request offers as proof that it holds the key a bound token names.
+pub struct Proof<'a> {
+    pub scheme: Scheme,
+    /// The `x5t#S256` thumbprint of the certificate the connection's TLS handshake proved
+    /// possession of, if any.
+    pub client_cert: Option<&'a str>,
+    /// The request's `DPoP` header(s), unparsed: every value, so two of them can be refused.
+    pub dpop: http::header::GetAll<'a, http::HeaderValue>,
+}
+
+impl<'a> Proof<'a> {
+    pub fn of(scheme: Scheme, headers: &'a HeaderMap, peer: &'a Peer) -> Proof<'a> {
+        Proof { scheme, client_cert: peer.client_cert().map(|c| &*c.thumbprint), dpop: headers.get_all("dpop") }
+    }
+}
+
+/// The one place a token's binding is enforced on the proxy path, for every request,
+/// cache hit or not, whoever issued the token (ours, a trusted issuer's `cnf`, an
+/// introspection answer's `cnf`): a bound token is honoured only with proof of
+/// possession of its key. Without a binding, the token is a bearer token and only the
+/// `Bearer` scheme carries it.
+pub fn enforce_binding(p: &Principal, proof: &Proof<'_>) -> Result<(), TokenError> {
+    match (p.binding(), proof.scheme) {
+        (None, Scheme::Bearer) => Ok(()),
+        // RFC 8705 §3: sent as a bearer token, on a connection presenting the certificate
+        // (the thumbprint is public; the handshake proved the key).
+        (Some(Binding::Mtls { x5t_s256 }), Scheme::Bearer) => match proof.client_cert {
+            Some(presented) if bool::from(presented.as_bytes().ct_eq(x5t_s256.as_bytes())) => Ok(()),
+            _ => Err(TokenError::BindingMismatch),
+        },
+        // DPoP proofs are not verified yet: a DPoP-bound token, or anything sent with the
+        // DPoP scheme, is refused (fail closed).
+        (Some(Binding::Dpop { .. }), _) | (_, Scheme::Dpop) => Err(TokenError::BindingMismatch),
+    }
+}
+
 /// The route's accepted issuers decide whose tokens are verified at all: a token of
-/// another issuer is `invalid_token`, never a fetch.
+/// another issuer is `invalid_token`, never a fetch. The binding is enforced after the
+/// validator, on its verdict whether cached or new ([`enforce_binding`]).
 pub async fn authenticate(
     gw: &Gateway,
     rt: &Runtime,
     route: &Route,
     headers: &HeaderMap,
+    peer: &Peer,
 ) -> Result<Arc<Principal>, ProxyError> {
     let token = bearer(headers)?;
     let accepts = |name: &str| route.accepts(name);
-    gw.validator
+    let refused = |e: TokenError| {
+        gw.metrics.bearer_refused(e.label());
+        ProxyError::InvalidToken(e)
+    };
+    let principal = gw
+        .validator
         .validate_for(token, &rt.keys, Some(&rt.issuers), &accepts, &rt.config, gw.store.as_ref())
         .await
-        .map_err(|e| {
-            gw.metrics.bearer_refused(e.label());
-            ProxyError::InvalidToken(e)
-        })
+        .map_err(refused)?;
+    enforce_binding(&principal, &Proof::of(Scheme::Bearer, headers, peer)).map_err(refused)?;
+    Ok(principal)
 }

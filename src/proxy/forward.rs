@@ -544,6 +544,13 @@ fn upstream_headers(
         if let Some(iss) = issuer {
             headers.insert(ids.issuer.clone(), value(iss)?);
         }
+        // Sent for every authenticated request, so an upstream can insist on a
+        // sender-constrained token; the binding was enforced by the authenticate phase.
+        let binding = p.binding();
+        headers.insert(ids.binding.clone(), HeaderValue::from_static(binding.map_or("none", |b| b.kind())));
+        if let Some(x5t) = binding.and_then(|b| b.x5t_s256()) {
+            headers.insert(ids.cert_thumbprint.clone(), value(x5t)?);
+        }
     }
     Ok(())
 }

@@ -83,7 +83,7 @@ where
     let principal = match &route.access {
         Access::Public => None,
         Access::Scopes(scopes) => {
-            let p = authenticate::authenticate(gw, rt, route, req.headers()).await?;
+            let p = authenticate::authenticate(gw, rt, route, req.headers(), ctx.peer).await?;
             outcome.principal = Some(p.clone());
             // RFC 8707 / RFC 9700 §2.3: a token is for one API; another route's audience
             // (or the default on a route without one) is an invalid token here. A trusted

@@ -919,6 +919,7 @@ mod tests {
             expires_at: exp,
             audience: None,
             issued_at: 0,
+            binding: None,
         }
     }
 

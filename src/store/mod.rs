@@ -82,6 +82,10 @@ pub struct RefreshGrant {
     /// before its client's not-before (disabled, or secret rotated) is refused.
     #[serde(default)]
     pub issued_at: u64,
+    /// The key a public client's refresh token is bound to (RFC 8705 §4, RFC 9449 §5):
+    /// a refresh must prove possession of it. Rotation keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<crate::tokens::binding::Binding>,
 }
 
 /// A refresh token as stored: its grant, and whether it was already rotated away.

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::Validator;
 use crate::config::ConfigError;
-use crate::config::model::{AssertionKey, Client, ClientAuth, GrantType, User};
+use crate::config::model::{AssertionKey, Client, ClientAuth, GrantType, TokenBinding, User};
 use crate::config::raw::{RawClient, RawUser};
 
 /// Long enough for a retried or concurrent refresh, short enough that a stolen, already
@@ -162,6 +162,14 @@ impl Validator<'_> {
                 );
             }
             let cors_origins = c.cors_origins.iter().map(|o| self.origin(o)).collect::<Result<Vec<_>, _>>()?;
+            let token_binding = self.token_binding(&c.token_binding)?;
+            // A token sent in a redirect's fragment is issued to no connection and no proof.
+            if implicit && let Some(b) = &c.token_binding {
+                return Err(self.err(
+                    b.span(),
+                    format!("client {id:?}: token_binding cannot bind implicit-grant tokens; remove \"implicit\" from grants"),
+                ));
+            }
             let client = Client {
                 cors_origins,
                 id: id.clone(),
@@ -181,6 +189,7 @@ impl Validator<'_> {
                 rotate_refresh_tokens,
                 introspect: c.introspect.unwrap_or(false),
                 secret_rotation_revokes: c.secret_rotation_revokes.unwrap_or(false),
+                token_binding,
             };
             clients.insert(id.clone(), Arc::new(client));
         }
@@ -244,6 +253,16 @@ impl Validator<'_> {
                 span,
                 format!("unknown token_endpoint_auth_method {other:?}: use client_secret_basic, client_secret_post, none or private_key_jwt"),
             )),
+        }
+    }
+
+    /// `token_binding`: `"mtls"` or `"dpop"`.
+    fn token_binding(&self, raw: &Option<Spanned<String>>) -> Result<Option<TokenBinding>, ConfigError> {
+        let Some(b) = raw else { return Ok(None) };
+        match b.get_ref().as_str() {
+            "mtls" => Ok(Some(TokenBinding::Mtls)),
+            "dpop" => Ok(Some(TokenBinding::Dpop)),
+            other => Err(self.err(b.span(), format!("unknown token_binding {other:?}: use \"mtls\" or \"dpop\""))),
         }
     }
 
