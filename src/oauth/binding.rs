@@ -1,8 +1,6 @@
 //! What the tokens of one token request are bound to (`token_binding` on the client):
 //! the key the request proves possession of, or a refusal when it proves none.
 
-use http::HeaderMap;
-
 use super::error::{BadRequest, OAuthError};
 use crate::config::{Client, TokenBinding};
 use crate::server::peer::Peer;
@@ -11,15 +9,20 @@ use crate::tokens::binding::Binding;
 /// The binding of the tokens issued for this request. A client with `token_binding =
 /// "mtls"` binds to the certificate of the request's connection (RFC 8705 §3.1): none
 /// presented is `invalid_request`, as the request cannot be honoured as the client is
-/// registered. `"dpop"` is refused until DPoP proofs are verified (fail closed).
-pub fn requested(client: &Client, peer: &Peer, _headers: &HeaderMap) -> Result<Option<Binding>, OAuthError> {
+/// registered. `dpop_jkt` is the thumbprint of the request's valid DPoP proof (checked by
+/// `oauth::dpop`): with `"dpop"` it is required (`invalid_dpop_proof` without one); without
+/// `token_binding`, a client that sends a proof gets DPoP-bound tokens (RFC 9449 §5).
+pub fn requested(client: &Client, peer: &Peer, dpop_jkt: Option<String>) -> Result<Option<Binding>, OAuthError> {
     match client.token_binding {
-        None => Ok(None),
+        None => Ok(dpop_jkt.map(|jkt| Binding::Dpop { jkt: jkt.into() })),
         Some(TokenBinding::Mtls) => match peer.client_cert() {
             Some(cert) => Ok(Some(Binding::Mtls { x5t_s256: cert.thumbprint.clone() })),
             None => Err(BadRequest::ClientCertificateRequired.into()),
         },
-        Some(TokenBinding::Dpop) => Err(BadRequest::DpopProofRequired.into()),
+        Some(TokenBinding::Dpop) => match dpop_jkt {
+            Some(jkt) => Ok(Some(Binding::Dpop { jkt: jkt.into() })),
+            None => Err(OAuthError::InvalidDpopProof),
+        },
     }
 }
 

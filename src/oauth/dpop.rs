@@ -31,7 +31,7 @@ pub async fn proof(gw: &Gateway, ctx: &Ctx<'_>, headers: &HeaderMap, path: &str)
         .ok_or(OAuthError::InvalidDpopProof)?;
     let now = now_secs();
     let nonce_key = settings.nonce.then(|| dpop::nonce_key(rt.keys.csrf_key()));
-    let expect = Expect { htm: "POST", htu: &htu, access_token: None, now };
+    let expect = Expect { htm: "POST", htu: &htu, access_token: None, jkt: None, now };
     let verified = match dpop::verify(proof, settings, &expect, nonce_key.as_ref()) {
         Ok(v) => v,
         Err(DpopError::UseNonce) => {

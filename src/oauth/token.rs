@@ -61,7 +61,8 @@ async fn token(
     if !client.grants.contains(&grant) {
         return Err(OAuthError::UnauthorizedClient);
     }
-    let binding = binding::requested(&client, ctx.peer, &parts.headers)?;
+    let dpop_jkt = super::dpop::proof(gw, ctx, &parts.headers, parts.uri.path()).await?;
+    let binding = binding::requested(&client, ctx.peer, dpop_jkt)?;
     let binding = binding.as_ref();
     // After the client's not-before (issue 19.8), so a token of the same second is not void.
     let now = gw.validator.issue_time(&client.id, now_secs());

@@ -35,6 +35,15 @@ const B64TOKEN: [bool; 256] = {
 /// bytes outside b64token, `=` before the end) is `invalid_request` (400). RFC 6750 §2.1
 /// allows one or more spaces after the scheme, so `Bearer  t` is read as `t`.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
+    match credentials(headers)? {
+        (Scheme::Bearer, token) => Ok(token),
+        (Scheme::Dpop, _) => Err(ProxyError::MissingToken),
+    }
+}
+
+/// The token and its scheme from `Authorization: Bearer <token>` or `Authorization: DPoP
+/// <token>` (RFC 9449 §7.1, the same token68 syntax), by the rules of [`bearer`].
+pub fn credentials(headers: &HeaderMap) -> Result<(Scheme, &str), ProxyError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Err(ProxyError::MissingToken) };
     if values.next().is_some() {
@@ -47,9 +56,13 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
     // Bearer header written wrong (RFC 7235 §2.1: `auth-scheme [ 1*SP ... ]`).
     let scheme_len = value.bytes().position(|b| !is_tchar(b)).unwrap_or(value.len());
     let (scheme, rest) = value.split_at(scheme_len);
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let kind = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Err(ProxyError::MissingToken);
-    }
+    };
     let Some(rest) = rest.strip_prefix(' ').or(rest.is_empty().then_some("")) else {
         return Err(ProxyError::MalformedRequest("Bearer must be followed by a space"));
     };
@@ -62,7 +75,7 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
     if body.is_empty() || !body.bytes().all(|b| b != b'=' && B64TOKEN[usize::from(b)]) {
         return Err(ProxyError::MalformedRequest("the bearer token is not a b64token"));
     }
-    Ok(token)
+    Ok((kind, token))
 }
 
 /// RFC 9110 §5.6.2 tchar: the bytes of a token such as an auth-scheme.
@@ -109,9 +122,11 @@ pub fn enforce_binding(p: &Principal, proof: &Proof<'_>) -> Result<(), TokenErro
             Some(presented) if bool::from(presented.as_bytes().ct_eq(x5t_s256.as_bytes())) => Ok(()),
             _ => Err(TokenError::BindingMismatch),
         },
-        // DPoP proofs are not verified yet: a DPoP-bound token, or anything sent with the
-        // DPoP scheme, is refused (fail closed).
-        (Some(Binding::Dpop { .. }), _) | (_, Scheme::Dpop) => Err(TokenError::BindingMismatch),
+        // RFC 9449 §7.1: a DPoP-bound token only with the DPoP scheme, and that scheme only
+        // for a DPoP-bound token; the proof itself is checked by `proxy::dpop` (it needs the
+        // store), after this.
+        (Some(Binding::Dpop { .. }), Scheme::Dpop) => Ok(()),
+        (Some(Binding::Dpop { .. }), Scheme::Bearer) | (_, Scheme::Dpop) => Err(TokenError::BindingMismatch),
     }
 }
 
@@ -122,20 +137,31 @@ pub async fn authenticate(
     gw: &Gateway,
     rt: &Runtime,
     route: &Route,
-    headers: &HeaderMap,
-    peer: &Peer,
+    req: &super::dpop::Request<'_>,
 ) -> Result<Arc<Principal>, ProxyError> {
-    let token = bearer(headers)?;
+    let (headers, peer) = (req.headers, req.peer);
+    let (scheme, token) = credentials(headers)?;
     let accepts = |name: &str| route.accepts(name);
+    // A token refused for the DPoP scheme gets the DPoP challenge (RFC 9449 §7.1).
     let refused = |e: TokenError| {
         gw.metrics.bearer_refused(e.label());
-        ProxyError::InvalidToken(e)
+        match scheme {
+            Scheme::Bearer => ProxyError::InvalidToken(e),
+            Scheme::Dpop => ProxyError::InvalidDpopToken(e),
+        }
     };
     let principal = gw
         .validator
         .validate_for(token, &rt.keys, Some(&rt.issuers), &accepts, &rt.config, gw.store.as_ref())
         .await
         .map_err(refused)?;
-    enforce_binding(&principal, &Proof::of(Scheme::Bearer, headers, peer)).map_err(refused)?;
+    enforce_binding(&principal, &Proof::of(scheme, headers, peer)).map_err(refused)?;
+    // The DPoP proof for this request, on every request (the verdict may be cached; the
+    // proof never is).
+    if scheme == Scheme::Dpop
+        && let Some(jkt) = principal.binding().and_then(Binding::jkt)
+    {
+        super::dpop::verify(gw, rt, req, token, jkt).await?;
+    }
     Ok(principal)
 }

@@ -12,6 +12,7 @@ use crate::state::{Gateway, Runtime};
 use crate::store::OnceKind;
 use crate::tokens::dpop::{self, DpopError, Expect};
 use crate::tokens::now_secs;
+use crate::tokens::validate::TokenError;
 
 /// What the request looks like, for the proof to match.
 pub struct Request<'a> {
@@ -22,9 +23,9 @@ pub struct Request<'a> {
     pub authority: Option<&'a Authority>,
 }
 
-/// Check the request's proof for `token`; the thumbprint of the proof key (`jkt`), which
-/// the caller compares with the token's `cnf.jkt`.
-pub async fn verify(gw: &Gateway, rt: &Runtime, req: &Request<'_>, token: &str) -> Result<String, ProxyError> {
+/// Check the request's proof for `token`, bound to the key whose thumbprint is `jkt` (the
+/// token's `cnf.jkt`, validated already).
+pub async fn verify(gw: &Gateway, rt: &Runtime, req: &Request<'_>, token: &str, jkt: &str) -> Result<(), ProxyError> {
     let settings = &rt.config.dpop;
     let refuse = |e: DpopError| {
         gw.metrics.bearer_refused(match e {
@@ -43,12 +44,17 @@ pub async fn verify(gw: &Gateway, rt: &Runtime, req: &Request<'_>, token: &str) 
         .ok_or_else(|| refuse(DpopError::Url))?;
     let now = now_secs();
     let nonce_key = settings.nonce.then(|| dpop::nonce_key(rt.keys.csrf_key()));
-    let expect = Expect { htm: req.method, htu: &htu, access_token: Some(token), now };
+    let expect = Expect { htm: req.method, htu: &htu, access_token: Some(token), jkt: Some(jkt), now };
     let verified = match dpop::verify(proof, settings, &expect, nonce_key.as_ref()) {
         Ok(v) => v,
         Err(DpopError::UseNonce) => {
             let key = nonce_key.as_ref().ok_or_else(|| refuse(DpopError::UseNonce))?;
             return Err(ProxyError::UseDpopNonce(dpop::make_nonce(key, settings.iat_window.as_secs(), now)));
+        }
+        Err(DpopError::KeyMismatch) => {
+            gw.metrics.bearer_refused("binding_mismatch");
+            tracing::info!(security_event = "dpop_key_mismatch", "DPoP proof by another key than the token's");
+            return Err(ProxyError::InvalidDpopToken(TokenError::BindingMismatch));
         }
         Err(e) => return Err(refuse(e)),
     };
@@ -61,5 +67,5 @@ pub async fn verify(gw: &Gateway, rt: &Runtime, req: &Request<'_>, token: &str) 
     if !first {
         return Err(refuse(DpopError::Replay));
     }
-    Ok(verified.jkt)
+    Ok(())
 }

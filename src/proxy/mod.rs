@@ -83,7 +83,14 @@ where
     let principal = match &route.access {
         Access::Public => None,
         Access::Scopes(scopes) => {
-            let p = authenticate::authenticate(gw, rt, route, req.headers(), ctx.peer).await?;
+            let request = dpop::Request {
+                headers: req.headers(),
+                method: req.method().as_str(),
+                path,
+                peer: ctx.peer,
+                authority: ctx.authority.as_ref(),
+            };
+            let p = authenticate::authenticate(gw, rt, route, &request).await?;
             outcome.principal = Some(p.clone());
             // RFC 8707 / RFC 9700 §2.3: a token is for one API; another route's audience
             // (or the default on a route without one) is an invalid token here. A trusted

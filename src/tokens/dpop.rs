@@ -49,6 +49,8 @@ pub enum DpopError {
     AccessTokenHash,
     #[error("nonce missing or stale")]
     UseNonce,
+    #[error("proof key is not the key the token is bound to")]
+    KeyMismatch,
     #[error("bad signature")]
     Signature,
     #[error("jti replayed")]
@@ -71,6 +73,7 @@ impl DpopError {
             DpopError::Jti => "jti",
             DpopError::AccessTokenHash => "ath",
             DpopError::UseNonce => "nonce",
+            DpopError::KeyMismatch => "key_mismatch",
             DpopError::Signature => "signature",
             DpopError::Replay => "replay",
         }
@@ -85,6 +88,9 @@ pub struct Expect<'a> {
     pub htu: &'a str,
     /// On the proxy path, the access token the proof must be bound to (`ath`).
     pub access_token: Option<&'a str>,
+    /// On the proxy path, the thumbprint the token is bound to (`cnf.jkt`): compared before
+    /// the signature is checked, so a thief's proof with its own key costs no verification.
+    pub jkt: Option<&'a str>,
     /// Seconds since the epoch.
     pub now: u64,
 }
@@ -146,10 +152,16 @@ pub fn verify(
             return Err(DpopError::UseNonce);
         }
     }
+    let jkt = key.thumbprint();
+    if let Some(want) = expect.jkt {
+        let got = URL_SAFE_NO_PAD.encode(jkt);
+        if !bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
+            return Err(DpopError::KeyMismatch);
+        }
+    }
     if !jws.verify(&key) {
         return Err(DpopError::Signature);
     }
-    let jkt = key.thumbprint();
     let mut once = Vec::with_capacity(32 + jti.len());
     once.extend_from_slice(&jkt);
     once.extend_from_slice(jti.as_bytes());
