@@ -69,6 +69,20 @@ async fn dpop_bound_tokens_work_with_es256_and_eddsa_over_http1_and_http2() {
                 assert_eq!(status, 200, "{} {www:?} {v}", key.alg);
             }
         }
+        // The proof is spent here: the upstream never sees it (nor the token).
+        let proof = key.dpop_proof("GET", &gw.url("/api/echo"), Some(&token));
+        let resp = gw
+            .client()
+            .get(gw.url("/api/echo"))
+            .header("authorization", format!("DPoP {token}"))
+            .header("DPoP", &proof)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let echo: Echo = resp.json().await.unwrap();
+        assert!(echo.header("dpop").is_none() && echo.header("authorization").is_none(), "{echo:?}");
+        assert_eq!(echo.header("x-auth-binding"), Some("dpop"));
         // The query is not part of htu (RFC 9449 §4.3 item 9): a proof for the URL without
         // it passes for the URL with it.
         let proof = key.dpop_proof("GET", &url, Some(&token));
@@ -258,4 +272,85 @@ async fn nonces_when_turned_on() {
     let fresh = fresh.expect("DPoP-Nonce");
     let proof = key.dpop_proof_with("GET", &url, Some(&token), Some(&fresh), |_, _| {});
     assert_eq!(call(&gw.client(), &url, "DPoP", &token, &[&proof]).await.0, 200);
+}
+
+/// POST /oauth/token as the public client `spa` with `form` and these DPoP proofs.
+async fn spa_token(gw: &TestGateway, form: &[(&str, &str)], proof: Option<String>) -> (u16, Value) {
+    let mut req = gw.client().post(gw.url("/oauth/token")).form(form);
+    if let Some(p) = proof {
+        req = req.header("DPoP", p);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_public_clients_refresh_token_is_bound_to_its_dpop_key() {
+    let (_up, gw) = setup_with(&format!("{NO_LIMITS}")).await;
+    let key = IdpKey::ed25519("k");
+    let url = gw.url("/oauth/token");
+    let code = spa_code(&gw).await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("client_id", "spa"),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("code_verifier", PKCE_VERIFIER),
+    ];
+    let (status, v) = spa_token(&gw, &form, Some(key.dpop_proof("POST", &url, None))).await;
+    assert_eq!((status, v["token_type"].as_str()), (200, Some("DPoP")), "{v}");
+    let refresh = v["refresh_token"].as_str().unwrap().to_string();
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", "spa")];
+    // Without a proof, or with another key's: refused (and the token stays usable).
+    let (status, v) = spa_token(&gw, &form, None).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    let thief = IdpKey::ed25519("t");
+    let (status, v) = spa_token(&gw, &form, Some(thief.dpop_proof("POST", &url, None))).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "{v}");
+    // With the key: a new DPoP-bound pair.
+    let (status, v) = spa_token(&gw, &form, Some(key.dpop_proof("POST", &url, None))).await;
+    assert_eq!((status, v["token_type"].as_str()), (200, Some("DPoP")), "{v}");
+    let token = v["access_token"].as_str().unwrap();
+    assert_eq!(jwt_part(token, 1)["cnf"]["jkt"], key.thumbprint());
+}
+
+#[tokio::test]
+async fn token_binding_dpop_makes_a_proof_mandatory() {
+    let (_up, gw) = setup_with(NO_LIMITS).await;
+    gw.rewrite_config(|t| t.replacen("id = \"svc\"\n", "id = \"svc\"\ntoken_binding = \"dpop\"\n", 1));
+    let (status, _, v) = dpop_token_request(&gw, None).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_dpop_proof")), "{v}");
+    let key = IdpKey::es256("k");
+    let token = dpop_token(&gw, &key).await;
+    let url = gw.url("/api/x");
+    assert_eq!(call(&gw.client(), &url, "DPoP", &token, &[&key.dpop_proof("GET", &url, Some(&token))]).await.0, 200);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_htu_is_the_forwarded_url() {
+    let (_up, gw) = setup_with(&format!("{NO_LIMITS}\n[proxy]\ntrusted_proxies = [\"127.0.0.1/32\"]\n")).await;
+    let key = IdpKey::es256("k");
+    let token = dpop_token(&gw, &key).await;
+    let url = gw.http_url("/api/x");
+    let send = |htu: String, proto: &'static str| {
+        let (gw, key, token, url) = (&gw, &key, &token, &url);
+        async move {
+            let proof = key.dpop_proof("GET", &htu, Some(token));
+            let resp = gw
+                .client()
+                .get(url)
+                .header("authorization", format!("DPoP {token}"))
+                .header("DPoP", proof)
+                .header("x-forwarded-proto", proto)
+                .header("x-forwarded-host", "API.example.com, inner.test")
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    assert_eq!(send("https://api.example.com/api/x".into(), "https").await, 200);
+    assert_eq!(send("https://api.example.com:443/api/x".into(), "https").await, 200);
+    assert_eq!(send("https://api.example.com/api/x".into(), "http").await, 401);
+    assert_eq!(send(url.clone(), "https").await, 401, "the gateway's own URL is not what the client addressed");
 }

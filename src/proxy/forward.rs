@@ -477,6 +477,8 @@ fn upstream_headers(
             || n == "forwarded"
             || n == "x-real-ip"
             || (n == "authorization" && !route.forward_token)
+            // A DPoP proof goes with the token it is bound to (RFC 9449 §7): only with it.
+            || (n == "dpop" && !route.forward_token)
             // httpoxy: CGI makes it HTTP_PROXY, the upstream's outbound proxy.
             || sq_bytes == b"proxy"
             // The request id is the gateway's (set by dispatch); no other spelling beside it.
