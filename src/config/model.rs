@@ -89,6 +89,18 @@ pub struct Listener {
     pub(crate) line: usize,
 }
 
+/// `[tls] client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuthMode {
+    /// No certificate is asked for.
+    #[default]
+    None,
+    /// Asked for, not required; chained or self-signed.
+    Optional,
+    /// Every connection presents a certificate that chains to `client_ca`.
+    Required,
+}
+
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// `pub`: the tests check that no generated file lands in a served directory.
@@ -102,7 +114,15 @@ pub struct TlsFiles {
     /// `Strict-Transport-Security` for every response on a TLS connection (never on a
     /// plaintext one); off unless configured, and refused with a dev certificate.
     pub(crate) hsts: Option<http::HeaderValue>,
+    /// Client certificates asked for on the TLS listeners (RFC 8705).
+    pub(crate) client_auth: ClientAuthMode,
+    /// The PEM bundle of the CAs client certificates chain to; set unless `client_auth`
+    /// is `none`.
+    pub(crate) client_ca: Option<PathBuf>,
+    /// Where `client_ca` is configured, for errors found when the bundle is loaded.
+    pub(crate) client_ca_line: usize,
 }
+
 
 /// The admin listener (health, readiness, metrics, and the blocks API).
 #[derive(Debug, Clone)]
@@ -184,6 +204,24 @@ pub enum ClientAuth {
     Public,
     /// Authenticates with a secret, checked against this argon2id PHC string.
     Confidential { secret_hash: String },
+    /// `tls_client_auth` (RFC 8705 §2.1): a client certificate that chains to `client_ca`
+    /// and carries this name.
+    TlsClientAuth(TlsName),
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): a client certificate with one of
+    /// these thumbprints (base64url SHA-256 of the DER), chained or not.
+    SelfSignedTls { thumbprints: Vec<String> },
+}
+
+/// The one name a `tls_client_auth` client's certificate must carry (RFC 8705 §2.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsName {
+    /// The subject DN, canonical ([`crate::tls::dn`]).
+    SubjectDn(String),
+    /// A dNSName SAN, lower case.
+    SanDns(String),
+    SanUri(String),
+    SanIp(std::net::IpAddr),
+    SanEmail(String),
 }
 
 /// The hash stays out of logs and panics, like the secret it stands for.
@@ -192,6 +230,8 @@ impl std::fmt::Debug for ClientAuth {
         match self {
             ClientAuth::Public => f.write_str("Public"),
             ClientAuth::Confidential { .. } => f.write_str("Confidential"),
+            ClientAuth::TlsClientAuth(name) => write!(f, "TlsClientAuth({name:?})"),
+            ClientAuth::SelfSignedTls { thumbprints } => write!(f, "SelfSignedTls({thumbprints:?})"),
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Client authentication at the token endpoint (RFC 6749 §2.3.1): HTTP Basic
-//! (`client_secret_basic`) or body parameters (`client_secret_post`), never both.
+//! (`client_secret_basic`) or body parameters (`client_secret_post`), never both; or the
+//! connection's client certificate (RFC 8705 §2: `tls_client_auth`,
+//! `self_signed_tls_client_auth`) with `client_id` in the body. Each client has one method:
+//! a certificate client cannot use a secret, nor a secret client a certificate.
 //!
 //! Secrets are argon2id hashes in config, verified through [`crate::secrets`].
 
@@ -12,7 +15,10 @@ use percent_encoding::percent_decode_str;
 
 use super::error::{BadRequest, OAuthError};
 use super::params::Params;
-use crate::config::{Client, ClientAuth};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Client, ClientAuth, TlsName};
+use crate::tls::ClientCert;
 use crate::state::{Gateway, Runtime};
 
 pub use crate::secrets::{DUMMY_HASH, Kind, SecretCache, verify_argon2};
@@ -79,6 +85,7 @@ pub async fn authenticate(
     source: IpAddr,
     headers: &HeaderMap,
     params: &Params,
+    cert: Option<&ClientCert>,
 ) -> Result<Arc<Client>, OAuthError> {
     let p = presented(headers, params)?;
     let fail = OAuthError::InvalidClient { basic: p.basic };
@@ -117,8 +124,43 @@ pub async fn authenticate(
         }
         // A confidential client without its secret.
         (ClientAuth::Confidential { .. }, None) => return Err(fail),
+        (ClientAuth::TlsClientAuth(name), None) => {
+            // Only a certificate that chained to client_ca vouches for a name.
+            if !cert.is_some_and(|c| c.chained && carries(c, name)) {
+                tracing::warn!(security_event = "wrong_client_certificate", client_id = %client.id, presented = cert.is_some(), "tls_client_auth failed");
+                return Err(fail);
+            }
+        }
+        (ClientAuth::SelfSignedTls { thumbprints }, None) => {
+            let matches = cert.is_some_and(|c| {
+                thumbprints.iter().any(|t| bool::from(t.as_bytes().ct_eq(c.thumbprint.as_bytes())))
+            });
+            if !matches {
+                tracing::warn!(security_event = "wrong_client_certificate", client_id = %client.id, presented = cert.is_some(), "self_signed_tls_client_auth failed");
+                return Err(fail);
+            }
+        }
+        // A secret offered by a certificate client: as for an unknown id.
+        (ClientAuth::TlsClientAuth(_) | ClientAuth::SelfSignedTls { .. }, Some(secret)) => {
+            gw.limiter.reserve_client(limits, source, &client.id).map_err(OAuthError::RateLimited)?;
+            gw.secrets.verify_dummy(secret).await;
+            return Err(fail);
+        }
     }
     Ok(client.clone())
+}
+
+/// Does `cert` carry the name a `tls_client_auth` client registered (RFC 8705 §2.1.2)?
+/// The subject DN in canonical form ([`crate::dn`]), a DNS name without regard to case,
+/// URIs and email addresses exactly, IP addresses as addresses.
+fn carries(cert: &ClientCert, name: &TlsName) -> bool {
+    match name {
+        TlsName::SubjectDn(dn) => cert.subject_dn.as_deref() == Some(dn.as_str()),
+        TlsName::SanDns(d) => cert.san_dns.iter().any(|c| **c == **d),
+        TlsName::SanUri(u) => cert.san_uri.iter().any(|c| **c == **u),
+        TlsName::SanIp(ip) => cert.san_ip.contains(ip),
+        TlsName::SanEmail(e) => cert.san_email.iter().any(|c| **c == **e),
+    }
 }
 
 #[cfg(test)]

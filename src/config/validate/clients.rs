@@ -33,10 +33,8 @@ impl Validator<'_> {
             if clients.contains_key(id) {
                 return Err(self.err(c.id.span(), format!("duplicate client id {id:?}")));
             }
-            let auth = match &c.secret_hash {
-                Some(h) => ClientAuth::Confidential { secret_hash: self.argon2id(h, "secret_hash")? },
-                None => ClientAuth::Public,
-            };
+            let secret = c.secret_hash.as_ref().map(|h| self.argon2id(h, "secret_hash")).transpose()?;
+            let auth = self.client_auth_method(c, secret)?;
             let mut grants = HashSet::new();
             let mut implicit = false;
             for g in &c.grants {
