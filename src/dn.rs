@@ -203,8 +203,11 @@ pub fn of_name(name: &X509Name<'_>) -> Option<String> {
                     Value::Text(std::str::from_utf8(any.data).ok()?.to_string())
                 }
                 Tag::BmpString => {
-                    let units: Vec<u16> =
-                        any.data.chunks(2).map(|c| Some(u16::from_be_bytes([c[0], *c.get(1)?]))).collect::<Option<_>>()?;
+                    let units: Vec<u16> = any
+                        .data
+                        .chunks(2)
+                        .map(|c| Some(u16::from_be_bytes([c[0], *c.get(1)?])))
+                        .collect::<Option<_>>()?;
                     Value::Text(String::from_utf16(&units).ok()?)
                 }
                 _ => Value::Ber(any.to_der_vec().ok()?.iter().map(|b| format!("{b:02x}")).collect()),

@@ -98,9 +98,10 @@ fn server_config_with(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Option<Arc
         .map_err(|e| TlsError::Key { path: files.key.display().to_string(), reason: e.to_string() })?;
     let clients = match (files.client_auth, &files.client_ca) {
         (ClientAuthMode::None, _) => None,
-        (mode, Some(ca)) => Some(Arc::new(ClientVerifier::new(client_roots(ca)?, mode).map_err(|reason| {
-            TlsError::ClientCa { path: ca.display().to_string(), reason }
-        })?)),
+        (mode, Some(ca)) => Some(Arc::new(
+            ClientVerifier::new(client_roots(ca)?, mode)
+                .map_err(|reason| TlsError::ClientCa { path: ca.display().to_string(), reason })?,
+        )),
         // Validation refuses this; never serve without the CAs asked for.
         (_, None) => return Err(TlsError::ClientCa { path: String::new(), reason: "client_ca is not set".into() }),
     };
@@ -123,9 +124,7 @@ fn client_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     })?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::ClientCa { path: path.display().to_string(), reason: e.to_string() })?;
+        roots.add(cert).map_err(|e| TlsError::ClientCa { path: path.display().to_string(), reason: e.to_string() })?;
     }
     Ok(roots)
 }

@@ -13,8 +13,7 @@ use std::path::Path;
 use base64::Engine;
 use common::*;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
-    date_time_ymd,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType, date_time_ymd,
 };
 use serde_json::Value;
 
@@ -204,10 +203,9 @@ async fn setup_mode(mode: &str) -> Setup {
     let selfie = ClientId::self_signed(plain_params("selfie"));
     let selfie_file = dir.path().join("selfie.pem");
     std::fs::write(&selfie_file, &selfie.pem).unwrap();
-    let text = config_toml(dir.path(), &pki, up.addr, "").replace(
-        "[tls]\n",
-        &format!("[tls]\nclient_auth = \"{mode}\"\nclient_ca = \"{}\"\n", ca_path.display()),
-    ) + &mtls_clients(&selfie, &selfie_file);
+    let text = config_toml(dir.path(), &pki, up.addr, "")
+        .replace("[tls]\n", &format!("[tls]\nclient_auth = \"{mode}\"\nclient_ca = \"{}\"\n", ca_path.display()))
+        + &mtls_clients(&selfie, &selfie_file);
     let gw = TestGateway::start_text(dir, pki, &text).await;
     Setup { _up: up, gw, ca, named, selfie }
 }
@@ -317,8 +315,7 @@ async fn self_signed_clients_are_known_by_their_thumbprint() {
 async fn an_expired_certificate_is_refused_at_the_handshake() {
     let s = setup_mode("optional").await;
     let gw = &s.gw;
-    for (label, mut params, by_ca) in
-        [("CA-issued", named_params(), true), ("self-signed", plain_params("old"), false)]
+    for (label, mut params, by_ca) in [("CA-issued", named_params(), true), ("self-signed", plain_params("old"), false)]
     {
         params.not_before = date_time_ymd(2020, 1, 1);
         params.not_after = date_time_ymd(2021, 1, 1);
@@ -486,15 +483,16 @@ fn configurations_that_cannot_work_are_refused_with_their_line() {
         (base(&tls("client_auth = \"optional\""), ""), 7, "client_auth needs client_ca"),
         (base(&tls("client_auth = \"optional\"\nclient_ca = \" \""), ""), 8, "client_ca must name"),
         (
-            base(&tls("client_auth = \"optional\"\nclient_ca = \"ca.pem\""), "").replace(
-                "address = \"127.0.0.1:0\"\n",
-                "address = \"127.0.0.1:0\"\ntls = false\n",
-            ),
+            base(&tls("client_auth = \"optional\"\nclient_ca = \"ca.pem\""), "")
+                .replace("address = \"127.0.0.1:0\"\n", "address = \"127.0.0.1:0\"\ntls = false\n"),
             8,
             "client_auth needs a TLS listener",
         ),
         (
-            base(&tls(""), &client("token_endpoint_auth_method = \"tls_client_auth\"\ntls_client_auth_san_dns = \"a\"")),
+            base(
+                &tls(""),
+                &client("token_endpoint_auth_method = \"tls_client_auth\"\ntls_client_auth_san_dns = \"a\""),
+            ),
             16,
             "no listener asks for one",
         ),
@@ -515,7 +513,10 @@ fn configurations_that_cannot_work_are_refused_with_their_line() {
             "exactly one of",
         ),
         (
-            base(&tls("client_auth = \"optional\"\nclient_ca = \"ca.pem\""), &client("token_endpoint_auth_method = \"tls_client_auth\"")),
+            base(
+                &tls("client_auth = \"optional\"\nclient_ca = \"ca.pem\""),
+                &client("token_endpoint_auth_method = \"tls_client_auth\""),
+            ),
             17,
             "exactly one of",
         ),
@@ -530,7 +531,9 @@ fn configurations_that_cannot_work_are_refused_with_their_line() {
         (
             base(
                 &tls("client_auth = \"optional\"\nclient_ca = \"ca.pem\""),
-                &client("token_endpoint_auth_method = \"self_signed_tls_client_auth\"\ncertificate_thumbprint = \"abc\""),
+                &client(
+                    "token_endpoint_auth_method = \"self_signed_tls_client_auth\"\ncertificate_thumbprint = \"abc\"",
+                ),
             ),
             18,
             "certificate_thumbprint is the base64url",
@@ -553,7 +556,11 @@ fn configurations_that_cannot_work_are_refused_with_their_line() {
             19,
             "has no secret",
         ),
-        (base(&tls(""), &client("token_binding = \"tokenbinding\"")), 16, "unknown token_binding"),
+        (
+            base(&tls(""), &client(&format!("token_binding = \"tokenbinding\"\nsecret_hash = \"{SVC_HASH}\""))),
+            16,
+            "unknown token_binding",
+        ),
         (
             base(&tls(""), &client("token_endpoint_auth_method = \"private_key_jwt_v2\"")),
             16,

@@ -123,7 +123,6 @@ pub struct TlsFiles {
     pub(crate) client_ca_line: usize,
 }
 
-
 /// The admin listener (health, readiness, metrics, and the blocks API).
 #[derive(Debug, Clone)]
 pub struct Admin {

@@ -18,8 +18,8 @@ use super::params::Params;
 use subtle::ConstantTimeEq;
 
 use crate::config::{Client, ClientAuth, TlsName};
-use crate::tls::ClientCert;
 use crate::state::{Gateway, Runtime};
+use crate::tls::ClientCert;
 
 pub use crate::secrets::{DUMMY_HASH, Kind, SecretCache, verify_argon2};
 
@@ -132,9 +132,8 @@ pub async fn authenticate(
             }
         }
         (ClientAuth::SelfSignedTls { thumbprints }, None) => {
-            let matches = cert.is_some_and(|c| {
-                thumbprints.iter().any(|t| bool::from(t.as_bytes().ct_eq(c.thumbprint.as_bytes())))
-            });
+            let matches = cert
+                .is_some_and(|c| thumbprints.iter().any(|t| bool::from(t.as_bytes().ct_eq(c.thumbprint.as_bytes()))));
             if !matches {
                 tracing::warn!(security_event = "wrong_client_certificate", client_id = %client.id, presented = cert.is_some(), "self_signed_tls_client_auth failed");
                 return Err(fail);

@@ -82,11 +82,7 @@ impl Validator<'_> {
 
     /// How the client authenticates: from `token_endpoint_auth_method` and the keys that
     /// go with it; without it, a secret if `secret_hash` is set, else none (public).
-    pub(super) fn client_auth_method(
-        &self,
-        c: &RawClient,
-        secret: Option<String>,
-    ) -> Result<ClientAuth, ConfigError> {
+    pub(super) fn client_auth_method(&self, c: &RawClient, secret: Option<String>) -> Result<ClientAuth, ConfigError> {
         let id = c.id.get_ref();
         let names = [
             (&c.tls_client_auth_subject_dn, "tls_client_auth_subject_dn"),
@@ -96,10 +92,11 @@ impl Validator<'_> {
             (&c.tls_client_auth_san_email, "tls_client_auth_san_email"),
         ];
         let given: Vec<_> = names.iter().filter_map(|(v, n)| v.as_ref().map(|v| (v, *n))).collect();
-        let self_signed: Vec<_> = [(&c.certificate, "certificate"), (&c.certificate_thumbprint, "certificate_thumbprint")]
-            .into_iter()
-            .filter_map(|(v, n)| v.as_ref().map(|v| (v, n)))
-            .collect();
+        let self_signed: Vec<_> =
+            [(&c.certificate, "certificate"), (&c.certificate_thumbprint, "certificate_thumbprint")]
+                .into_iter()
+                .filter_map(|(v, n)| v.as_ref().map(|v| (v, n)))
+                .collect();
         let method = c.token_endpoint_auth_method.as_ref();
         let name = method.map(|m| m.get_ref().as_str());
         // Keys of another method are a mistake, not something to ignore.
@@ -166,7 +163,9 @@ impl Validator<'_> {
                 if thumbprints.is_empty() {
                     return Err(self.err(
                         method.map(|m| m.span()).unwrap_or_default(),
-                        format!("client {id:?}: self_signed_tls_client_auth needs certificate or certificate_thumbprint"),
+                        format!(
+                            "client {id:?}: self_signed_tls_client_auth needs certificate or certificate_thumbprint"
+                        ),
                     ));
                 }
                 Ok(ClientAuth::SelfSignedTls { thumbprints })
@@ -197,7 +196,8 @@ impl Validator<'_> {
         }
         Ok(match key {
             "tls_client_auth_subject_dn" => TlsName::SubjectDn(
-                crate::dn::canonical(s).ok_or_else(|| bad("not an RFC 4514 distinguished name, e.g. \"CN=client,O=Example\""))?,
+                crate::dn::canonical(s)
+                    .ok_or_else(|| bad("not an RFC 4514 distinguished name, e.g. \"CN=client,O=Example\""))?,
             ),
             "tls_client_auth_san_dns" => TlsName::SanDns(s.to_ascii_lowercase()),
             "tls_client_auth_san_uri" => {
@@ -227,7 +227,9 @@ impl Validator<'_> {
             None => return Err(self.err(p.span(), format!("certificate {}: no certificate in file", path.display()))),
         };
         if certs.next().is_some() {
-            return Err(self.err(p.span(), format!("certificate {}: one certificate only (the client's)", path.display())));
+            return Err(
+                self.err(p.span(), format!("certificate {}: one certificate only (the client's)", path.display()))
+            );
         }
         Ok(URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cert).as_ref()))
     }
