@@ -89,6 +89,18 @@ pub struct Listener {
     pub(crate) line: usize,
 }
 
+/// `[tls] client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuthMode {
+    /// No certificate is asked for.
+    #[default]
+    None,
+    /// Asked for, not required; chained or self-signed.
+    Optional,
+    /// Every connection presents a certificate that chains to `client_ca`.
+    Required,
+}
+
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// `pub`: the tests check that no generated file lands in a served directory.
@@ -102,6 +114,13 @@ pub struct TlsFiles {
     /// `Strict-Transport-Security` for every response on a TLS connection (never on a
     /// plaintext one); off unless configured, and refused with a dev certificate.
     pub(crate) hsts: Option<http::HeaderValue>,
+    /// Client certificates asked for on the TLS listeners (RFC 8705).
+    pub(crate) client_auth: ClientAuthMode,
+    /// The PEM bundle of the CAs client certificates chain to; set unless `client_auth`
+    /// is `none`.
+    pub(crate) client_ca: Option<PathBuf>,
+    /// Where `client_ca` is configured, for errors found when the bundle is loaded.
+    pub(crate) client_ca_line: usize,
 }
 
 /// The admin listener (health, readiness, metrics, and the blocks API).
@@ -187,6 +206,12 @@ pub enum ClientAuth {
     /// Authenticates with a JWT signed by its private key (`private_key_jwt`, RFC 7523
     /// §2.2), verified with the public key this file holds (loaded with the runtime).
     PrivateKeyJwt(AssertionKey),
+    /// `tls_client_auth` (RFC 8705 §2.1): a client certificate that chains to `client_ca`
+    /// and carries this name.
+    TlsClientAuth(TlsName),
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): a client certificate with one of
+    /// these thumbprints (base64url SHA-256 of the DER), chained or not.
+    SelfSignedTls { thumbprints: Vec<String> },
 }
 
 /// Where a `private_key_jwt` client's public key is, and how long its assertions may live.
@@ -201,6 +226,18 @@ pub struct AssertionKey {
     pub(crate) line: usize,
 }
 
+/// The one name a `tls_client_auth` client's certificate must carry (RFC 8705 §2.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsName {
+    /// The subject DN, canonical ([`crate::tls::dn`]).
+    SubjectDn(String),
+    /// A dNSName SAN, lower case.
+    SanDns(String),
+    SanUri(String),
+    SanIp(std::net::IpAddr),
+    SanEmail(String),
+}
+
 /// The hash stays out of logs and panics, like the secret it stands for.
 impl std::fmt::Debug for ClientAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -208,6 +245,8 @@ impl std::fmt::Debug for ClientAuth {
             ClientAuth::Public => f.write_str("Public"),
             ClientAuth::Confidential { .. } => f.write_str("Confidential"),
             ClientAuth::PrivateKeyJwt(k) => write!(f, "PrivateKeyJwt({})", k.file.display()),
+            ClientAuth::TlsClientAuth(name) => write!(f, "TlsClientAuth({name:?})"),
+            ClientAuth::SelfSignedTls { thumbprints } => write!(f, "SelfSignedTls({thumbprints:?})"),
         }
     }
 }

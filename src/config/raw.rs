@@ -105,6 +105,10 @@ pub struct RawTls {
     pub dev_certificate: bool,
     /// The Strict-Transport-Security value sent on TLS connections (off when absent).
     pub hsts: Option<Spanned<String>>,
+    /// `none` (default), `optional` or `required`: client certificates (RFC 8705).
+    pub client_auth: Option<Spanned<String>>,
+    /// The PEM bundle of CAs client certificates chain to.
+    pub client_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,8 +219,6 @@ pub struct RawClient {
     pub introspect: Option<bool>,
     /// A changed `secret_hash` revokes the client's tokens issued before the change.
     pub secret_rotation_revokes: Option<bool>,
-    /// `client_secret_basic`/`client_secret_post` (with `secret_hash`), `none`, or `private_key_jwt`.
-    pub token_endpoint_auth_method: Option<Spanned<String>>,
     /// `private_key_jwt`: the client's public keys as a JWK Set file.
     pub jwks_file: Option<Spanned<String>>,
     /// `private_key_jwt`: the client's public key as a PEM file.
@@ -226,6 +228,20 @@ pub struct RawClient {
     /// `"mtls"` or `"dpop"`: the client's tokens are sender-constrained (RFC 8705 §3,
     /// RFC 9449).
     pub token_binding: Option<Spanned<String>>,
+    /// RFC 8414/7591 name of how the client authenticates: `client_secret_basic`,
+    /// `client_secret_post`, `none`, `tls_client_auth`, `self_signed_tls_client_auth`,
+    /// `private_key_jwt`.
+    pub token_endpoint_auth_method: Option<Spanned<String>>,
+    /// `tls_client_auth` (RFC 8705 §2.1.2): exactly one of these.
+    pub tls_client_auth_subject_dn: Option<Spanned<String>>,
+    pub tls_client_auth_san_dns: Option<Spanned<String>>,
+    pub tls_client_auth_san_uri: Option<Spanned<String>>,
+    pub tls_client_auth_san_ip: Option<Spanned<String>>,
+    pub tls_client_auth_san_email: Option<Spanned<String>>,
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): the certificate (a PEM file) or its
+    /// SHA-256 thumbprint (base64url), one or both.
+    pub certificate: Option<Spanned<String>>,
+    pub certificate_thumbprint: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -420,7 +420,7 @@ fn private_key_jwt_clients_name_one_key_file_and_no_secret() {
             13,
         ),
         ("token_endpoint_auth_method = \"client_secret_jwt\"\n", "unknown token_endpoint_auth_method", 11),
-        ("token_endpoint_auth_method = \"client_secret_basic\"\n", "need secret_hash", 11),
+        ("token_endpoint_auth_method = \"client_secret_basic\"\n", "secret_hash", 11),
     ] {
         let e = parse(&client(body)).unwrap_err();
         assert!(e.reason.contains(why), "{body}: {e}");

@@ -1,6 +1,9 @@
 //! Client authentication at the token endpoint (RFC 6749 §2.3.1): HTTP Basic
-//! (`client_secret_basic`) or body parameters (`client_secret_post`), never both; or a
-//! signed client assertion (`private_key_jwt`, RFC 7523 §2.2), never with a secret.
+//! (`client_secret_basic`) or body parameters (`client_secret_post`), never both; or the
+//! connection's client certificate (RFC 8705 §2: `tls_client_auth`,
+//! `self_signed_tls_client_auth`) with `client_id` in the body; or a signed client
+//! assertion (`private_key_jwt`, RFC 7523 §2.2), never with a secret. Each client has one
+//! method: a certificate client cannot use a secret, nor a secret client a certificate.
 //!
 //! Secrets are argon2id hashes in config, verified through [`crate::secrets`]; assertions
 //! are verified with the client's registered public key ([`crate::tokens::assertion`]) and
@@ -15,9 +18,12 @@ use percent_encoding::percent_decode_str;
 
 use super::error::{BadRequest, OAuthError};
 use super::params::Params;
-use crate::config::{Client, ClientAuth};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Client, ClientAuth, TlsName};
 use crate::state::{Gateway, Runtime};
 use crate::store::OnceKind;
+use crate::tls::ClientCert;
 use crate::tokens::{assertion, now_secs, sha256};
 
 pub use crate::secrets::{DUMMY_HASH, Kind, SecretCache, verify_argon2};
@@ -84,6 +90,7 @@ pub async fn authenticate(
     source: IpAddr,
     headers: &HeaderMap,
     params: &Params,
+    cert: Option<&ClientCert>,
 ) -> Result<Arc<Client>, OAuthError> {
     if let Some(assertion) = client_assertion(headers, params)? {
         return by_assertion(gw, rt, params, assertion).await;
@@ -125,6 +132,27 @@ pub async fn authenticate(
         }
         // A confidential client without its secret.
         (ClientAuth::Confidential { .. }, None) => return Err(fail),
+        (ClientAuth::TlsClientAuth(name), None) => {
+            // Only a certificate that chained to client_ca vouches for a name.
+            if !cert.is_some_and(|c| c.chained && carries(c, name)) {
+                tracing::warn!(security_event = "wrong_client_certificate", client_id = %client.id, presented = cert.is_some(), "tls_client_auth failed");
+                return Err(fail);
+            }
+        }
+        (ClientAuth::SelfSignedTls { thumbprints }, None) => {
+            let matches = cert
+                .is_some_and(|c| thumbprints.iter().any(|t| bool::from(t.as_bytes().ct_eq(c.thumbprint.as_bytes()))));
+            if !matches {
+                tracing::warn!(security_event = "wrong_client_certificate", client_id = %client.id, presented = cert.is_some(), "self_signed_tls_client_auth failed");
+                return Err(fail);
+            }
+        }
+        // A secret offered by a certificate client: as for an unknown id.
+        (ClientAuth::TlsClientAuth(_) | ClientAuth::SelfSignedTls { .. }, Some(secret)) => {
+            gw.limiter.reserve_client(limits, source, &client.id).map_err(OAuthError::RateLimited)?;
+            gw.secrets.verify_dummy(secret).await;
+            return Err(fail);
+        }
         // It signs assertions; a secret (or nothing) is not how it authenticates.
         (ClientAuth::PrivateKeyJwt(_), _) => {
             tracing::debug!(client_id = %client.id, "private_key_jwt client without an assertion");
@@ -185,6 +213,19 @@ async fn by_assertion(gw: &Gateway, rt: &Runtime, params: &Params, assertion: &s
         return Err(fail);
     }
     Ok(client.clone())
+}
+
+/// Does `cert` carry the name a `tls_client_auth` client registered (RFC 8705 §2.1.2)?
+/// The subject DN in canonical form ([`crate::dn`]), a DNS name without regard to case,
+/// URIs and email addresses exactly, IP addresses as addresses.
+fn carries(cert: &ClientCert, name: &TlsName) -> bool {
+    match name {
+        TlsName::SubjectDn(dn) => cert.subject_dn.as_deref() == Some(dn.as_str()),
+        TlsName::SanDns(d) => cert.san_dns.iter().any(|c| **c == **d),
+        TlsName::SanUri(u) => cert.san_uri.iter().any(|c| **c == **u),
+        TlsName::SanIp(ip) => cert.san_ip.contains(ip),
+        TlsName::SanEmail(e) => cert.san_email.iter().any(|c| **c == **e),
+    }
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ async fn token(
     outcome.grant = Some(grant);
 
     let rt = &ctx.rt;
-    let client = client_auth::authenticate(gw, rt, ctx.source, &parts.headers, &params).await?;
+    let client = client_auth::authenticate(gw, rt, ctx.source, &parts.headers, &params, ctx.peer.client_cert()).await?;
     outcome.client_id = Some(client.id.clone());
     if !client.grants.contains(&grant) {
         return Err(OAuthError::UnauthorizedClient);

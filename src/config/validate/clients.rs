@@ -39,7 +39,17 @@ impl Validator<'_> {
             if clients.contains_key(id) {
                 return Err(self.err(c.id.span(), format!("duplicate client id {id:?}")));
             }
-            let auth = self.client_auth(c)?;
+            // private_key_jwt has its own keys (clients.rs); every other method, mtls.rs.
+            let key_jwt = c.token_endpoint_auth_method.as_ref().is_some_and(|m| m.get_ref() == "private_key_jwt")
+                || c.jwks_file.is_some()
+                || c.public_key.is_some()
+                || c.max_assertion_lifetime.is_some();
+            let auth = if key_jwt {
+                self.client_auth(c)?
+            } else {
+                let secret = c.secret_hash.as_ref().map(|h| self.argon2id(h, "secret_hash")).transpose()?;
+                self.client_auth_method(c, secret)?
+            };
             let mut grants = HashSet::new();
             let mut implicit = false;
             for g in &c.grants {

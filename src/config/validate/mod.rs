@@ -9,6 +9,7 @@ mod issuers;
 mod keys;
 mod limits;
 mod listeners;
+mod mtls;
 mod paths;
 mod routes;
 mod store;
@@ -171,6 +172,11 @@ impl Validator<'_> {
         let headers = self.identity_headers(&raw.proxy.headers)?;
         let keys = self.keys(&raw.keys)?;
         let clients = self.clients(&raw.clients, token_lifetime, refresh_token_lifetime)?;
+        for c in &raw.clients {
+            if let Some(client) = clients.get(c.get_ref().id.get_ref()) {
+                self.certificate_clients(c, &client.auth, client.token_binding, tls.as_ref())?;
+            }
+        }
         let users = self.users(&raw.users, &clients)?;
         self.linked_users(&raw.clients, &users)?;
         let default_store = RawStore::default();
