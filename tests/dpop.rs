@@ -286,7 +286,7 @@ async fn spa_token(gw: &TestGateway, form: &[(&str, &str)], proof: Option<String
 
 #[tokio::test]
 async fn a_public_clients_refresh_token_is_bound_to_its_dpop_key() {
-    let (_up, gw) = setup_with(&format!("{NO_LIMITS}")).await;
+    let (_up, gw) = setup_with(NO_LIMITS).await;
     let key = IdpKey::ed25519("k");
     let url = gw.url("/oauth/token");
     let code = spa_code(&gw).await;
