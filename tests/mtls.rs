@@ -358,6 +358,19 @@ async fn a_bound_token_is_honoured_only_with_its_certificate_over_http1_and_http
         assert_eq!(v["token_type"], "Bearer", "RFC 8705 §3: still a bearer token on the wire");
         let token = v["access_token"].as_str().unwrap().to_string();
         assert_eq!(claims(&token)["cnf"]["x5t#S256"], s.named.thumbprint.as_str());
+        // RFC 8705 §3.2: introspection tells the binding.
+        let resp = holder
+            .post(gw.url("/oauth/introspect"))
+            .basic_auth("bound", Some(SVC_SECRET))
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (v["active"].as_bool(), &v["cnf"]["x5t#S256"]),
+            (Some(true), &Value::from(s.named.thumbprint.as_str()))
+        );
 
         // Twice on the same certificate: a miss, then a cache hit.
         for _ in 0..2 {

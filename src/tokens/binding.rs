@@ -67,7 +67,8 @@ impl Binding {
     }
 
     /// Read a `cnf` claim already parsed as JSON (trusted issuers' tokens, introspection
-    /// answers). The same rules as deserialising it.
+    /// answers). The same rules as deserialising it; a member named twice must have been
+    /// refused by the parser (both callers parse with `unique_object`).
     pub fn from_json(v: &serde_json::Value) -> Result<Binding, CnfError> {
         let serde_json::Value::Object(m) = v else { return Err(CnfError::Shape) };
         let mut members = m.iter();
@@ -182,7 +183,7 @@ mod tests {
             format!(r#"{{"kid":"a","jkt":"{T}"}}"#),
             format!(r#"{{"x5t":"{T}"}}"#),
             format!(r#"{{"X5T#S256":"{T}"}}"#),
-            format!(r#"{{"jwk":{{"kty":"EC"}}}}"#),
+            r#"{"jwk":{"kty":"EC"}}"#.into(),
             format!(r#"{{"jkt":"{short}"}}"#),
             format!(r#"{{"jkt":"{T}A"}}"#),
             format!(r#"{{"jkt":"{T}="}}"#),
@@ -195,7 +196,12 @@ mod tests {
         ];
         for s in &bad {
             assert!(serde_json::from_str::<Binding>(s).is_err(), "{s}");
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(s) {
+            // serde_json's Value keeps one of two same-named members: the callers of
+            // `from_json` read payloads with a parser that refuses duplicates first.
+            let duplicate = s.matches(X5T_S256).count() > 1;
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(s)
+                && !duplicate
+            {
                 assert!(Binding::from_json(&v).is_err(), "{s}");
             }
         }
