@@ -58,6 +58,7 @@ fn mint(keys: &KeySet, config: &Config) -> String {
         subject: "svc",
         scopes: &scopes,
         lifetime_secs: 3600,
+        binding: None,
     };
     issue(keys, &grant, now_secs()).expect("sign").access_token
 }

@@ -129,6 +129,7 @@ fn mint(config: &Path, count: usize, client: &str, scope: &str, lifetime: u64, o
         subject: client,
         scopes: &scopes,
         lifetime_secs: lifetime,
+        binding: None,
     };
     let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
     let now = now_secs();
@@ -184,6 +185,7 @@ scopes = ["read", "write"]
         subject: "bench",
         scopes: &scopes,
         lifetime_secs: 3600,
+        binding: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let validator = Validator::new(config.cache_max_tokens());

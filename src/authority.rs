@@ -172,6 +172,43 @@ impl Authority {
 
 /// `host` and the text after its `:`, if any. A reg-name holds no `:`, an IPv6 literal
 /// ends at its `]`.
+/// The URL a client addressed, without query, as a DPoP proof's `htu` names it (RFC 9449
+/// §4.3): the scheme and authority the client saw — behind a trusted proxy (`trusted`) the
+/// first item of its one `X-Forwarded-Proto` and `X-Forwarded-Host` lines, else the
+/// connection's and the request's own — then the request path. `None` when no authority
+/// is known or a forwarded value is not valid (a proof then cannot match: fail closed).
+pub fn public_url(
+    headers: &http::HeaderMap,
+    tls: bool,
+    trusted: bool,
+    own: Option<&Authority>,
+    path: &str,
+) -> Option<String> {
+    let first = |name: &str| -> Result<Option<&[u8]>, ()> {
+        let mut lines = headers.get_all(name).iter();
+        match (lines.next(), lines.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => Ok(v.as_bytes().split(|b| *b == b',').next().map(crate::cookies::trim)),
+            _ => Err(()),
+        }
+    };
+    let mut scheme = if tls { "https" } else { "http" };
+    let mut authority = own.and_then(|a| a.header_value().to_str().ok().map(str::to_string));
+    if trusted {
+        match first("x-forwarded-proto").ok()? {
+            None => {}
+            Some(p) if p.eq_ignore_ascii_case(b"https") => scheme = "https",
+            Some(p) if p.eq_ignore_ascii_case(b"http") => scheme = "http",
+            Some(_) => return None,
+        }
+        if let Some(h) = first("x-forwarded-host").ok()? {
+            let a = Authority::parse(h)?;
+            authority = a.header_value().to_str().ok().map(str::to_string);
+        }
+    }
+    Some(format!("{scheme}://{}{path}", authority?))
+}
+
 fn split(input: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
     if input.first() == Some(&b'[') {
         let close = input.iter().position(|b| *b == b']')?;

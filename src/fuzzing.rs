@@ -263,7 +263,7 @@ impl Fixture {
         let executor = tokio::runtime::Builder::new_current_thread().build().expect("tokio runtime");
         let upstreams = Upstreams::new(&config).unwrap_or_else(|e| panic!("fuzz fixture upstreams: {e}"));
         Fixture {
-            runtime: Runtime { config, keys, upstreams, issuers: Default::default() },
+            runtime: Runtime { config, keys, upstreams, issuers: Default::default(), client_keys: Default::default() },
             validator: Validator::new(1024),
             store: FuzzStore,
             executor,
@@ -293,6 +293,7 @@ impl Fixture {
             client_id: client_id.to_string(),
             scope: "read".into(),
             gty: None,
+            cnf: None,
         };
         let key = self.runtime.keys.get(kid).expect("kid of the fixture");
         let header = serde_json::json!({"alg": key.alg, "typ": "at+jwt", "kid": kid});
@@ -462,6 +463,9 @@ impl Store for FuzzStore {
         unavailable()
     }
     async fn sweep(&self, _: u64) -> Result<u64, StoreError> {
+        unavailable()
+    }
+    async fn first_use(&self, _: crate::store::OnceKind, _: Hash, _: u64, _: u64) -> Result<bool, StoreError> {
         unavailable()
     }
     async fn put_block(&self, _: Block) -> Result<(), StoreError> {

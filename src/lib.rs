@@ -11,6 +11,7 @@ pub mod admin;
 pub mod authority;
 pub mod config;
 pub mod cookies;
+pub mod dn;
 /// Entry points for `fuzz/` (its Cargo.toml enables the `fuzzing` feature); its unit tests
 /// run in `cargo test --lib`. Not part of a normal build.
 #[cfg(any(test, feature = "fuzzing"))]

@@ -14,7 +14,6 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::state::{Gateway, StartError};
@@ -47,7 +46,7 @@ impl Trigger {
 
 /// Re-read `path` and put it in force; on any error nothing changes. A key file may not
 /// be generated, nor the key of an id in force replaced (see `KeySet::reload`).
-pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) -> Result<(), ConfigError> {
+pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<tls::Acceptor>, path: &Path) -> Result<(), ConfigError> {
     let config = Config::load(path)?;
     let (old_issuer, old_audience) = {
         let rt = gw.runtime();
@@ -56,7 +55,7 @@ pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) 
     };
     let acceptor = match &config.tls {
         Some(files) => {
-            let at = |e: tls::TlsError| config.error_at(files.line, e.to_string());
+            let at = |e: tls::TlsError| config.error_at(e.line(files), e.to_string());
             // As with keys: files missing at reload are a wrong path or a lost volume, and a
             // self-signed certificate would silently replace the real one.
             if !files.cert.exists() && !files.key.exists() {
@@ -70,14 +69,14 @@ pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<TlsAcceptor>, path: &Path) 
                     ),
                 ));
             }
-            Some(Arc::new(TlsAcceptor::from(tls::server_config(files).map_err(at)?)))
+            Some(Arc::new(tls::acceptor(files).map_err(at)?))
         }
         None => None,
     };
     // Keys load inside apply; if they fail, neither the runtime nor TLS has changed.
     gw.apply(config.clone()).map_err(|e| match &e {
         StartError::Key(k) => config.error_at(config.key_line(k.kid()), e.to_string()),
-        StartError::Issuer(line, _) => config.error_at(*line, e.to_string()),
+        StartError::Issuer(line, _) | StartError::ClientKey(line, _) => config.error_at(*line, e.to_string()),
         StartError::UpstreamTls(_) | StartError::Store(_) => config.error_at(0, e.to_string()),
     })?;
     tls_slot.store(acceptor);
@@ -123,10 +122,11 @@ pub fn preflight(config: &Config) -> Result<(), ConfigError> {
                 })?;
             }
         } else {
-            tls::server_config(files).map_err(|e| config.error_at(files.line, e.to_string()))?;
+            tls::server_config(files).map_err(|e| config.error_at(e.line(files), e.to_string()))?;
         }
     }
     crate::upstream::Upstreams::new(config).map_err(|e| config.error_at(config.upstream_ca_line(), e))?;
+    crate::tokens::assertion::ClientKeys::load(config).map_err(|(line, e)| config.error_at(line, e))?;
     // Builds each issuer's client (reads its CA file); starts no fetch.
     crate::issuers::IssuerSet::build(config, None)
         .map_err(|(line, e)| config.error_at(line, format!("trusted issuer: {e}")))?;
@@ -226,7 +226,7 @@ fn restart_only_unchanged(old: &Config, new: &Config) -> Result<(), ConfigError>
 /// SIGHUP is handled from then on (its default action would end the process).
 pub struct Reloader {
     gw: Arc<Gateway>,
-    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    tls: Arc<ArcSwapOption<tls::Acceptor>>,
     path: PathBuf,
     changed: Arc<Notify>,
     /// Kept alive for as long as the reloader runs; `None` if watching failed.
@@ -240,7 +240,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// Must be called within the tokio runtime (for the signal handler).
-    pub fn new(gw: Arc<Gateway>, tls: Arc<ArcSwapOption<TlsAcceptor>>) -> Reloader {
+    pub fn new(gw: Arc<Gateway>, tls: Arc<ArcSwapOption<tls::Acceptor>>) -> Reloader {
         let path = gw.runtime().config.source.clone();
         let changed = Arc::new(Notify::new());
         let notify_changed = changed.clone();
@@ -336,6 +336,8 @@ impl Reloader {
         if let Some(t) = &rt.config.tls {
             files.push(t.cert.clone());
             files.push(t.key.clone());
+            // The client CA bundle reloads like the certificate.
+            files.extend(t.client_ca.clone());
         }
         files
     }

@@ -14,6 +14,7 @@ use crate::secrets::SecretCache;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Block, BlockKey, IssuedAccess, RevocationEvent, Store, StoreError};
+use crate::tokens::assertion::ClientKeys;
 use crate::tokens::keys::{KeyError, KeySet};
 use crate::tokens::now_secs;
 use crate::tokens::validate::{Validator, clamp_not_before, client_resets};
@@ -30,6 +31,8 @@ pub struct Runtime {
     pub upstreams: Upstreams,
     /// The trusted issuers and their fetched keys; a reload takes over those it keeps.
     pub issuers: IssuerSet,
+    /// The public keys of the `private_key_jwt` clients, read again on every reload.
+    pub client_keys: ClientKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,9 @@ pub enum StartError {
     /// `[[trusted_issuer]]`.
     #[error("trusted issuer: {1}")]
     Issuer(usize, String),
+    /// A `private_key_jwt` client's key file could not be read; the line that names it.
+    #[error("{1}")]
+    ClientKey(usize, String),
 }
 
 pub struct Gateway {
@@ -86,6 +92,7 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
         let keys = KeySet::load(&config)?;
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
+        let client_keys = ClientKeys::load(&config).map_err(|(line, e)| StartError::ClientKey(line, e))?;
         let issuers = IssuerSet::build(&config, None).map_err(|(line, e)| StartError::Issuer(line, e))?;
         issuers.start();
         let limiter = RateLimiter::new(config.rate_limit.max_tracked);
@@ -118,7 +125,7 @@ impl Gateway {
             requests_cut: AtomicU64::new(0),
             blocks_loaded: AtomicBool::new(false),
             upgraded: AtomicU64::new(0),
-            runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams, issuers }),
+            runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams, issuers, client_keys }),
         }))
     }
 
@@ -285,11 +292,12 @@ impl Gateway {
     pub fn apply(&self, config: Config) -> Result<(), StartError> {
         let keys = KeySet::reload(&config, &self.runtime().keys)?;
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
+        let client_keys = ClientKeys::load(&config).map_err(|(line, e)| StartError::ClientKey(line, e))?;
         let issuers = IssuerSet::build(&config, Some(&self.runtime().issuers))
             .map_err(|(line, e)| StartError::Issuer(line, e))?;
         issuers.start();
         self.reset_clients(Some(&self.runtime().config), &config);
-        self.runtime.store(Arc::new(Runtime { config, keys, upstreams, issuers }));
+        self.runtime.store(Arc::new(Runtime { config, keys, upstreams, issuers, client_keys }));
         Ok(())
     }
 

@@ -161,7 +161,19 @@ async fn authlib_and_requests_oauthlib_work_unmodified() {
         return;
     }
     let up = EchoUpstream::start().await;
-    let gw = TestGateway::start(up.addr).await;
+    // A private_key_jwt client (RFC 7523) with an RSA key, authlib's default algorithm.
+    let keys = tempfile::tempdir().unwrap();
+    let key = IdpKey::rs256("authlib");
+    let (public, private) = (keys.path().join("pkjwt.pem"), keys.path().join("pkjwt-private.pem"));
+    std::fs::write(&public, key.public_pem()).unwrap();
+    std::fs::write(&private, key.private_pem()).unwrap();
+    let extra = format!(
+        "[[client]]\nid = \"pkjwt\"\ntoken_endpoint_auth_method = \"private_key_jwt\"\npublic_key = \"{}\"\n\
+         grants = [\"client_credentials\"]\nscopes = [\"read\"]\n\
+         # authlib signs assertions for an hour.\nmax_assertion_lifetime = \"1h\"\n",
+        public.display()
+    );
+    let gw = TestGateway::start_with(up.addr, &extra).await;
     let ca = gw.dir.path().join("ca.pem");
     std::fs::write(&ca, &gw.pki.ca_pem).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/clients.py");
@@ -171,6 +183,7 @@ async fn authlib_and_requests_oauthlib_work_unmodified() {
             .arg(script)
             .arg(base)
             .arg(&ca)
+            .arg(&private)
             .env("REQUESTS_CA_BUNDLE", &ca)
             .env("PYTHONUNBUFFERED", "1")
             .output()
@@ -181,5 +194,5 @@ async fn authlib_and_requests_oauthlib_work_unmodified() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python clients failed:\n{stdout}\n{stderr}");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 11, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 14, "{stdout}");
 }

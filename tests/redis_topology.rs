@@ -388,6 +388,7 @@ async fn every_store_operation_runs_on_a_cluster() {
             expires_at: now + 3600,
             issued_at: now,
             audience: None,
+            binding: None,
         };
         store.put_refresh([i; 32], refresh).await.unwrap();
         store.add_access(&family, at(format!("a0-{i}"))).await.unwrap();
@@ -481,6 +482,7 @@ async fn an_unacknowledged_take_or_rotation_is_taken_back() {
         expires_at: now + 3600,
         issued_at: now,
         audience: None,
+        binding: None,
     };
     plain.put_refresh([2; 32], refresh).await.unwrap();
     let next = |new: u8| Rotation {

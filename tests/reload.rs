@@ -137,7 +137,7 @@ async fn a_reload_never_replaces_the_key_of_a_kid_in_force() {
     let (_up, gw) = setup().await;
     let old = gw.token("svc", SVC_SECRET, None).await;
     assert_eq!(api_status(&gw, &old).await, 200);
-    let slot = arc_swap::ArcSwapOption::<tokio_rustls::TlsAcceptor>::empty();
+    let slot = arc_swap::ArcSwapOption::<portcullis::tls::Acceptor>::empty();
     // A typo in the path: nothing is generated.
     let (_, failed) = reloads(&gw);
     edit_config(&gw, |t| t.replacen("/k1.pem\"", "/k1-next.pem\"", 1));
@@ -193,7 +193,7 @@ async fn a_kid_removed_by_a_reload_never_comes_back_with_other_material() {
         )
     });
     wait_until("the new k1 to be refused", || async { reloads(&gw).1 > failed }).await;
-    let slot = arc_swap::ArcSwapOption::<tokio_rustls::TlsAcceptor>::empty();
+    let slot = arc_swap::ArcSwapOption::<portcullis::tls::Acceptor>::empty();
     let err = portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err().to_string();
     assert!(err.contains("key k1:") && err.contains("holds another key than the one in force"), "{err}");
     assert!(gw.gateway.runtime().keys.get("k1").is_none(), "k1 took new material");
@@ -235,7 +235,7 @@ async fn bad_configs_are_refused_with_file_and_line_and_the_old_one_keeps_servin
 
         // The refusal names the file and the line (checked on the reload function itself;
         // the binary test checks the log line).
-        let slot = arc_swap::ArcSwapOption::<tokio_rustls::TlsAcceptor>::empty();
+        let slot = arc_swap::ArcSwapOption::<portcullis::tls::Acceptor>::empty();
         let err = portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err().to_string();
         let want = format!("{}:{}:", gw.config_path.display(), line_of(&text, needle));
         assert!(err.starts_with(&want), "{name}: {err:?} should start with {want:?}");
@@ -467,7 +467,7 @@ async fn a_reload_never_generates_a_dev_certificate_for_missing_tls_files() {
     wait_until("the missing TLS files to be refused", || async { reloads(&gw).1 > failed }).await;
     assert!(!gw.dir.path().join("typo.crt.pem").exists(), "a reload generated a certificate");
     assert!(!gw.dir.path().join("typo.key.pem").exists(), "a reload generated a key");
-    let slot = arc_swap::ArcSwapOption::<tokio_rustls::TlsAcceptor>::empty();
+    let slot = arc_swap::ArcSwapOption::<portcullis::tls::Acceptor>::empty();
     let err = portcullis::config::reload::reload(&gw.gateway, &slot, &gw.config_path).unwrap_err().to_string();
     assert!(err.contains("a reload never generates a certificate"), "{err}");
     assert_eq!(served_certificate(&gw).await, served, "the certificate in force keeps serving");

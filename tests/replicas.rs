@@ -156,7 +156,7 @@ generate = false
         dir = dir.display(),
         clients = clients_toml(),
         routes = routes_toml(upstream),
-    )
+    ) + &std::fs::read_to_string(dir.join("extra.toml")).unwrap_or_default()
 }
 
 struct Cluster {
@@ -169,9 +169,15 @@ struct Cluster {
 }
 
 async fn cluster() -> Option<Cluster> {
+    cluster_extra(|_| String::new()).await
+}
+
+/// A cluster whose replicas' configs end with what `extra` returns for their directory.
+async fn cluster_extra(extra: impl FnOnce(&Path) -> String) -> Option<Cluster> {
     let redis = Redis::start()?;
     let up = EchoUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("extra.toml"), extra(dir.path())).unwrap();
     let pem = portcullis::tokens::keys::generate_ed25519_pem().unwrap();
     std::fs::write(dir.path().join("k1.pem"), pem).unwrap();
     let a = Replica::start(dir.path(), "a", &redis, up.addr);
@@ -570,6 +576,7 @@ async fn redis_store_reuse_interval_and_client_not_before() {
         expires_at: now + 3600,
         issued_at: now,
         audience: None,
+        binding: None,
     };
     store.put_refresh([1; 32], grant).await.unwrap();
     let at = |jti: &str| IssuedAccess { jti: jti.into(), expires_at: now + 600 };
@@ -624,6 +631,7 @@ async fn redis_store_reuse_interval_and_client_not_before() {
         expires_at: now + 3600,
         issued_at: at,
         audience: None,
+        binding: None,
     };
     store.put_refresh([7; 32], issued("old", 100)).await.unwrap();
     store.put_refresh([8; 32], issued("new", 101)).await.unwrap();
@@ -679,6 +687,7 @@ fn issued_grant(now: u64, family: &str) -> portcullis::store::RefreshGrant {
         expires_at: now + 3600,
         issued_at: now,
         audience: None,
+        binding: None,
     }
 }
 
@@ -823,4 +832,72 @@ async fn a_revocation_on_one_replica_closes_a_websocket_held_on_the_other() {
     let frame = close.expect("a close code");
     assert_eq!((frame.code, frame.reason.as_str()), (CloseCode::Policy, "token revoked"));
     eprintln!("closed on b {:?} after the revocation on a", at.elapsed());
+}
+
+/// RFC 9449 §11.1 and RFC 7523 §3: a DPoP proof and a client assertion are single use on
+/// every replica (the replay memory is the shared store). Behind one balancer replicas share
+/// the URL clients address; here the Host header plays that part.
+#[tokio::test]
+async fn dpop_proofs_and_client_assertions_replayed_on_the_other_replica_are_refused() {
+    let signer = IdpKey::es256("c");
+    let public = signer.public_pem();
+    let Some(c) = cluster_extra(|dir| {
+        std::fs::write(dir.join("pkjwt.pem"), &public).unwrap();
+        format!(
+            "\n[[client]]\nid = \"pkjwt\"\ntoken_endpoint_auth_method = \"private_key_jwt\"\npublic_key = \"{}\"\n\
+             grants = [\"client_credentials\"]\nscopes = [\"read\"]\n",
+            dir.join("pkjwt.pem").display()
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let host = "api.test";
+    let key = IdpKey::ed25519("d");
+    let token_proof = key.dpop_proof("POST", &format!("http://{host}/oauth/token"), None);
+    let token_request = |on: &Replica, proof: &str| {
+        c.http
+            .post(on.url("/oauth/token"))
+            .header("host", host)
+            .header("DPoP", proof)
+            .basic_auth("svc", Some(SVC_SECRET))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    let resp = token_request(&c.a, &token_proof).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["token_type"], "DPoP");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let resp = token_request(&c.b, &token_proof).await.unwrap();
+    assert_eq!(resp.status(), 400, "token proof replayed on b");
+
+    let proof = key.dpop_proof("GET", &format!("http://{host}/api/x"), Some(&token));
+    let call = |on: &Replica| {
+        c.http
+            .get(on.url("/api/x"))
+            .header("host", host)
+            .header("authorization", format!("DPoP {token}"))
+            .header("DPoP", &proof)
+            .send()
+    };
+    assert_eq!(call(&c.a).await.unwrap().status(), 200);
+    let resp = call(&c.b).await.unwrap();
+    assert_eq!(resp.status(), 401, "resource proof replayed on b");
+    assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("DPoP error=\"invalid_dpop_proof\""));
+
+    let now = portcullis::tokens::now_secs();
+    let assertion = signer.sign(&serde_json::json!({
+        "iss": "pkjwt", "sub": "pkjwt", "aud": ISSUER, "exp": now + 60, "jti": "once-only",
+    }));
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", assertion.as_str()),
+    ];
+    let (status, v) = c.token(&c.a, &form, None).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = c.token(&c.b, &form, None).await;
+    assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")), "assertion replayed on b: {v}");
 }

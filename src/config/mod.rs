@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 /// reloader itself lives above the config, in [`crate::reload`].
 pub use crate::reload;
 pub use model::{
-    Access, Admin, ClaimRule, ClaimTest, Client, ClientAuth, Config, GrantType, IdentityHeaders, Introspection,
-    JwksSource, JwsAlgorithm, KeyAlgorithm, KeyConfig, Limits, Listener, Quota, QuotaPer, RESOURCE_METADATA_PATH,
-    RateLimits, RedisMode, Route, RouteQuota, SELF_ISSUER, StoreConfig, TlsFiles, TrustedIssuer, Upstream, User,
-    split_scopes,
+    Access, Admin, ClaimRule, ClaimTest, Client, ClientAuth, ClientAuthMode, Config, DpopSettings, GrantType,
+    IdentityHeaders, Introspection, JwksSource, JwsAlgorithm, KeyAlgorithm, KeyConfig, Limits, Listener, Quota,
+    QuotaPer, RESOURCE_METADATA_PATH, RateLimits, RedisMode, Route, RouteQuota, SELF_ISSUER, StoreConfig, TlsFiles,
+    TlsName, TokenBinding, TrustedIssuer, Upstream, User, split_scopes,
 };
 
 /// A configuration that was refused: where, and why.

@@ -89,6 +89,18 @@ pub struct Listener {
     pub(crate) line: usize,
 }
 
+/// `[tls] client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuthMode {
+    /// No certificate is asked for.
+    #[default]
+    None,
+    /// Asked for, not required; chained or self-signed.
+    Optional,
+    /// Every connection presents a certificate that chains to `client_ca`.
+    Required,
+}
+
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// `pub`: the tests check that no generated file lands in a served directory.
@@ -102,6 +114,13 @@ pub struct TlsFiles {
     /// `Strict-Transport-Security` for every response on a TLS connection (never on a
     /// plaintext one); off unless configured, and refused with a dev certificate.
     pub(crate) hsts: Option<http::HeaderValue>,
+    /// Client certificates asked for on the TLS listeners (RFC 8705).
+    pub(crate) client_auth: ClientAuthMode,
+    /// The PEM bundle of the CAs client certificates chain to; set unless `client_auth`
+    /// is `none`.
+    pub(crate) client_ca: Option<PathBuf>,
+    /// Where `client_ca` is configured, for errors found when the bundle is loaded.
+    pub(crate) client_ca_line: usize,
 }
 
 /// The admin listener (health, readiness, metrics, and the blocks API).
@@ -234,6 +253,39 @@ pub enum ClientAuth {
     Public,
     /// Authenticates with a secret, checked against this argon2id PHC string.
     Confidential { secret_hash: String },
+    /// Authenticates with a JWT signed by its private key (`private_key_jwt`, RFC 7523
+    /// §2.2), verified with the public key this file holds (loaded with the runtime).
+    PrivateKeyJwt(AssertionKey),
+    /// `tls_client_auth` (RFC 8705 §2.1): a client certificate that chains to `client_ca`
+    /// and carries this name.
+    TlsClientAuth(TlsName),
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): a client certificate with one of
+    /// these thumbprints (base64url SHA-256 of the DER), chained or not.
+    SelfSignedTls { thumbprints: Vec<String> },
+}
+
+/// Where a `private_key_jwt` client's public key is, and how long its assertions may live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionKey {
+    pub(crate) file: PathBuf,
+    /// A JWK Set (`jwks_file`), else a PEM `PUBLIC KEY` (`public_key`).
+    pub(crate) jwks: bool,
+    /// The longest `exp - now` accepted: the replay memory keeps each `jti` that long.
+    pub(crate) max_lifetime: Duration,
+    /// Where the file is named, for errors found when it is loaded.
+    pub(crate) line: usize,
+}
+
+/// The one name a `tls_client_auth` client's certificate must carry (RFC 8705 §2.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsName {
+    /// The subject DN, canonical ([`crate::tls::dn`]).
+    SubjectDn(String),
+    /// A dNSName SAN, lower case.
+    SanDns(String),
+    SanUri(String),
+    SanIp(std::net::IpAddr),
+    SanEmail(String),
 }
 
 /// The hash stays out of logs and panics, like the secret it stands for.
@@ -242,6 +294,9 @@ impl std::fmt::Debug for ClientAuth {
         match self {
             ClientAuth::Public => f.write_str("Public"),
             ClientAuth::Confidential { .. } => f.write_str("Confidential"),
+            ClientAuth::PrivateKeyJwt(k) => write!(f, "PrivateKeyJwt({})", k.file.display()),
+            ClientAuth::TlsClientAuth(name) => write!(f, "TlsClientAuth({name:?})"),
+            ClientAuth::SelfSignedTls { thumbprints } => write!(f, "SelfSignedTls({thumbprints:?})"),
         }
     }
 }
@@ -278,6 +333,17 @@ pub struct Client {
     pub(crate) introspect: bool,
     /// A reload that changes `secret_hash` makes every token issued before it invalid.
     pub(crate) secret_rotation_revokes: bool,
+    /// Every token issued to the client is bound to this kind of key.
+    pub(crate) token_binding: Option<TokenBinding>,
+}
+
+/// What a client's tokens are bound to (`token_binding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenBinding {
+    /// The client certificate of the token request's connection (RFC 8705 §3).
+    Mtls,
+    /// The key of the token request's DPoP proof (RFC 9449).
+    Dpop,
 }
 
 impl Client {
@@ -571,12 +637,36 @@ pub struct IdentityHeaders {
     /// The issuer URL of the token (ours or a trusted issuer's): with trusted issuers, a
     /// client or user named alike at two issuers is told apart only by it.
     pub(crate) issuer: HeaderName,
+    /// What the token is bound to: `mtls`, `dpop` or `none` (sender-constrained tokens).
+    pub(crate) binding: HeaderName,
+    /// The client certificate thumbprint (`x5t#S256`) of a certificate-bound token.
+    pub(crate) cert_thumbprint: HeaderName,
 }
 
 impl IdentityHeaders {
-    pub fn all(&self) -> [&HeaderName; 6] {
-        [&self.client_id, &self.subject, &self.scope, &self.token_id, &self.user, &self.issuer]
+    pub fn all(&self) -> [&HeaderName; 8] {
+        [
+            &self.client_id,
+            &self.subject,
+            &self.scope,
+            &self.token_id,
+            &self.user,
+            &self.issuer,
+            &self.binding,
+            &self.cert_thumbprint,
+        ]
     }
+}
+
+/// `[dpop]` (RFC 9449): the proofs accepted at the token endpoint and on the proxy path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopSettings {
+    /// Asymmetric only; the proof's `alg` must be one of them.
+    pub(crate) algorithms: Vec<JwsAlgorithm>,
+    /// A proof's `iat` may be this far from now, either way; its `jti` is remembered as long.
+    pub(crate) iat_window: Duration,
+    /// Require a server nonce in every proof (RFC 9449 §8, §9).
+    pub(crate) nonce: bool,
 }
 
 /// A validated configuration.
@@ -631,6 +721,8 @@ pub struct Config {
     pub(crate) store_line: usize,
     pub(crate) store_sweep_interval: Duration,
     pub(crate) rate_limit: RateLimits,
+    /// `[dpop]`: how DPoP proofs are checked.
+    pub(crate) dpop: DpopSettings,
     /// What validation accepted but doubts (see [`super::ConfigWarning`]).
     pub(crate) warnings: Vec<super::ConfigWarning>,
 }
@@ -707,6 +799,11 @@ impl Config {
     /// The claims route rules name (see [`Config::rule_claims`]).
     pub fn rule_claims(&self) -> &[String] {
         &self.rule_claims
+    }
+
+    /// The DPoP proof algorithms, space-separated: the `algs` of a DPoP challenge.
+    pub fn dpop_algs(&self) -> String {
+        self.dpop.algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(" ")
     }
 
     /// How many validated tokens the verdict cache holds; read at start.

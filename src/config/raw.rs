@@ -40,6 +40,17 @@ pub struct RawConfig {
     pub store: Option<Spanned<RawStore>>,
     #[serde(default)]
     pub rate_limit: RawRateLimit,
+    #[serde(default)]
+    pub dpop: RawDpop,
+}
+
+/// `[dpop]`: how DPoP proofs (RFC 9449) are checked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDpop {
+    pub algorithms: Option<Vec<Spanned<String>>>,
+    pub iat_window: Option<Spanned<String>>,
+    pub nonce: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +114,10 @@ pub struct RawTls {
     pub dev_certificate: bool,
     /// The Strict-Transport-Security value sent on TLS connections (off when absent).
     pub hsts: Option<Spanned<String>>,
+    /// `none` (default), `optional` or `required`: client certificates (RFC 8705).
+    pub client_auth: Option<Spanned<String>>,
+    /// The PEM bundle of CAs client certificates chain to.
+    pub client_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +176,10 @@ pub struct RawHeaders {
     pub token_id: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
     pub issuer: Option<Spanned<String>>,
+    /// The kind of key the token is bound to: `mtls`, `dpop` or `none`.
+    pub binding: Option<Spanned<String>>,
+    /// The `x5t#S256` of a certificate-bound token's client certificate.
+    pub cert_thumbprint: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +228,29 @@ pub struct RawClient {
     pub introspect: Option<bool>,
     /// A changed `secret_hash` revokes the client's tokens issued before the change.
     pub secret_rotation_revokes: Option<bool>,
+    /// `private_key_jwt`: the client's public keys as a JWK Set file.
+    pub jwks_file: Option<Spanned<String>>,
+    /// `private_key_jwt`: the client's public key as a PEM file.
+    pub public_key: Option<Spanned<String>>,
+    /// `private_key_jwt`: the longest lifetime (`exp` - now) of an assertion.
+    pub max_assertion_lifetime: Option<Spanned<String>>,
+    /// `"mtls"` or `"dpop"`: the client's tokens are sender-constrained (RFC 8705 §3,
+    /// RFC 9449).
+    pub token_binding: Option<Spanned<String>>,
+    /// RFC 8414/7591 name of how the client authenticates: `client_secret_basic`,
+    /// `client_secret_post`, `none`, `tls_client_auth`, `self_signed_tls_client_auth`,
+    /// `private_key_jwt`.
+    pub token_endpoint_auth_method: Option<Spanned<String>>,
+    /// `tls_client_auth` (RFC 8705 §2.1.2): exactly one of these.
+    pub tls_client_auth_subject_dn: Option<Spanned<String>>,
+    pub tls_client_auth_san_dns: Option<Spanned<String>>,
+    pub tls_client_auth_san_uri: Option<Spanned<String>>,
+    pub tls_client_auth_san_ip: Option<Spanned<String>>,
+    pub tls_client_auth_san_email: Option<Spanned<String>>,
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): the certificate (a PEM file) or its
+    /// SHA-256 thumbprint (base64url), one or both.
+    pub certificate: Option<Spanned<String>>,
+    pub certificate_thumbprint: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -446,3 +446,62 @@ fn websocket_options_default_off_and_the_query_token_needs_a_websocket_route_wit
     assert_eq!(e.line, 10, "{e}");
     assert!(e.reason.contains("h2c:// upstream speaks only HTTP/2"), "{e}");
 }
+
+#[test]
+fn private_key_jwt_clients_name_one_key_file_and_no_secret() {
+    let client = |body: &str| format!("[[client]]\nid = \"c\"\ngrants = [\"client_credentials\"]\n{body}");
+    let c = parse(&client("token_endpoint_auth_method = \"private_key_jwt\"\npublic_key = \"c.pem\"\n")).unwrap();
+    match &c.clients["c"].auth {
+        ClientAuth::PrivateKeyJwt(k) => {
+            assert!(!k.jwks && k.file.ends_with("c.pem") && k.max_lifetime.as_secs() == 300 && k.line == 12, "{k:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!c.clients["c"].is_public());
+    for (body, why, line) in [
+        ("token_endpoint_auth_method = \"private_key_jwt\"\n", "exactly one of jwks_file and public_key", 11),
+        (
+            "token_endpoint_auth_method = \"private_key_jwt\"\npublic_key = \"a\"\njwks_file = \"b\"\n",
+            "exactly one",
+            11,
+        ),
+        (
+            &format!(
+                "token_endpoint_auth_method = \"private_key_jwt\"\npublic_key = \"a\"\nsecret_hash = \"{HASH}\"\n"
+            ),
+            "takes no secret_hash",
+            13,
+        ),
+        ("public_key = \"a\"\n", "public_key needs token_endpoint_auth_method", 11),
+        (
+            "token_endpoint_auth_method = \"private_key_jwt\"\npublic_key = \"a\"\nmax_assertion_lifetime = \"2h\"\n",
+            "at most 1h",
+            13,
+        ),
+        ("token_endpoint_auth_method = \"client_secret_jwt\"\n", "unknown token_endpoint_auth_method", 11),
+        ("token_endpoint_auth_method = \"client_secret_basic\"\n", "secret_hash", 11),
+    ] {
+        let e = parse(&client(body)).unwrap_err();
+        assert!(e.reason.contains(why), "{body}: {e}");
+        assert_eq!(e.line, line, "{body}: {e}");
+    }
+}
+
+#[test]
+fn dpop_settings_have_defaults_and_refuse_what_is_not_asymmetric() {
+    let d = parse("").unwrap().dpop;
+    assert_eq!(d.algorithms.len(), 4);
+    assert_eq!((d.iat_window.as_secs(), d.nonce), (60, false));
+    let d = parse("[dpop]\nalgorithms = [\"EdDSA\"]\niat_window = \"30s\"\nnonce = true\n").unwrap().dpop;
+    assert_eq!((d.algorithms, d.iat_window.as_secs(), d.nonce), (vec![JwsAlgorithm::EdDSA], 30, true));
+    for (bad, why) in [
+        ("algorithms = [\"HS256\"]", "not supported"),
+        ("algorithms = [\"none\"]", "not supported"),
+        ("iat_window = \"1h\"", "at most 10m"),
+        ("iat_window = \"1500ms\"", "whole seconds"),
+        ("color = 1", "unknown field"),
+    ] {
+        let e = parse(&format!("[dpop]\n{bad}\n")).unwrap_err();
+        assert!(e.reason.contains(why), "{bad}: {e}");
+    }
+}

@@ -189,6 +189,9 @@ pub struct ActiveToken {
     pub jti: Option<String>,
     pub username: Option<String>,
     pub exp: Option<u64>,
+    /// The confirmation claim (RFC 8705 §3.2, RFC 9449 §6.2), as sent: the validator
+    /// reads it strictly and enforces the binding.
+    pub cnf: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -508,6 +511,14 @@ struct Answer {
     iss: Option<String>,
     #[serde(default)]
     jti: Option<String>,
+    /// Kept as sent, `null` included (which the validator refuses): see [`ActiveToken::cnf`].
+    #[serde(default, deserialize_with = "present")]
+    cnf: Option<serde_json::Value>,
+}
+
+/// A member that is present, whatever its value (serde reads `null` as absent otherwise).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -657,6 +668,7 @@ fn judge(settings: &IntrospectionSettings, body: &[u8], now: u64) -> Outcome {
         jti: a.jti,
         username: a.username,
         exp: a.exp,
+        cnf: a.cnf,
     })))
 }
 

@@ -53,6 +53,24 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
+    /// The RFC 7638 JWK SHA-256 thumbprint: the required members, in lexicographic order,
+    /// without whitespace (the `jkt` of DPoP, RFC 9449 §6.1).
+    pub fn thumbprint(&self) -> [u8; 32] {
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let canonical = match &self.material {
+            Material::Rsa { n, e } => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, b64(e), b64(n)),
+            Material::Ec(p) => {
+                let (crv, len) = if p.len() == 65 { ("P-256", 32) } else { ("P-384", 48) };
+                format!(r#"{{"crv":"{crv}","kty":"EC","x":"{}","y":"{}"}}"#, b64(&p[1..1 + len]), b64(&p[1 + len..]))
+            }
+            Material::Ed25519(x) => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, b64(x)),
+        };
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
     /// Does `signature` over `message` verify with this key under `alg`? `alg` must be
     /// one of [`PublicKey::algs`]; anything else is false.
     pub fn verify(&self, alg: JwsAlgorithm, message: &[u8], sig: &[u8]) -> bool {
@@ -139,6 +157,49 @@ impl KeySet {
         }
         self.by_kid.get(kid).is_some_and(|k| &k.fingerprint == fingerprint)
     }
+}
+
+/// One JWK (a DPoP proof's `jwk` header, RFC 9449 §4.2), held to the same rules as a
+/// key of a set: a public signature key only (private members refused), of a type that
+/// fits `allowed`.
+pub fn parse_jwk(jwk: &Value, allowed: &[JwsAlgorithm]) -> Result<PublicKey, String> {
+    key(jwk, allowed, &[0; 32])
+}
+
+/// A set of the one key in a PEM `PUBLIC KEY` (SubjectPublicKeyInfo) file: RSA, EC P-256
+/// or Ed25519, read into its JWK form and held to the rules of [`parse`].
+pub fn from_spki_pem(pem: &[u8], allowed: &[JwsAlgorithm], salt: &[u8; 32]) -> Result<KeySet, String> {
+    use rustls_pki_types::SubjectPublicKeyInfoDer;
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey as Spki;
+
+    let der = SubjectPublicKeyInfoDer::from_pem_slice(pem).map_err(|e| format!("not a PEM public key: {e}"))?;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(der.as_ref())
+        .map_err(|_| "not a SubjectPublicKeyInfo".to_string())?;
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let oid = spki.algorithm.algorithm.to_id_string();
+    let jwk = match (oid.as_str(), spki.parsed()) {
+        (_, Ok(Spki::RSA(rsa))) => {
+            let n: Vec<u8> = rsa.modulus.iter().copied().skip_while(|b| *b == 0).collect();
+            let e: Vec<u8> = rsa.exponent.iter().copied().skip_while(|b| *b == 0).collect();
+            serde_json::json!({"kty": "RSA", "n": b64(&n), "e": b64(&e)})
+        }
+        (_, Ok(Spki::EC(point))) => {
+            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string());
+            let data = point.data();
+            if curve.as_deref() != Some("1.2.840.10045.3.1.7") || data.len() != 65 || data[0] != 4 {
+                return Err("an EC key other than an uncompressed P-256 point".into());
+            }
+            serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&data[1..33]), "y": b64(&data[33..])})
+        }
+        ("1.3.101.112", _) => {
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&spki.subject_public_key.data)})
+        }
+        _ => return Err(format!("key type {oid} not supported (RSA, EC P-256, Ed25519)")),
+    };
+    let k = key(&jwk, allowed, salt)?;
+    Ok(KeySet { by_kid: HashMap::new(), unnamed: vec![Arc::new(k)] })
 }
 
 /// Parse a JWK Set document. Returns the usable keys and, for each key skipped, why

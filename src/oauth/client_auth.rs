@@ -1,7 +1,13 @@
 //! Client authentication at the token endpoint (RFC 6749 §2.3.1): HTTP Basic
-//! (`client_secret_basic`) or body parameters (`client_secret_post`), never both.
+//! (`client_secret_basic`) or body parameters (`client_secret_post`), never both; or the
+//! connection's client certificate (RFC 8705 §2: `tls_client_auth`,
+//! `self_signed_tls_client_auth`) with `client_id` in the body; or a signed client
+//! assertion (`private_key_jwt`, RFC 7523 §2.2), never with a secret. Each client has one
+//! method: a certificate client cannot use a secret, nor a secret client a certificate.
 //!
-//! Secrets are argon2id hashes in config, verified through [`crate::secrets`].
+//! Secrets are argon2id hashes in config, verified through [`crate::secrets`]; assertions
+//! are verified with the client's registered public key ([`crate::tokens::assertion`]) and
+//! their `jti` remembered in the store until they expire, so a replay on any replica fails.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,8 +18,13 @@ use percent_encoding::percent_decode_str;
 
 use super::error::{BadRequest, OAuthError};
 use super::params::Params;
-use crate::config::{Client, ClientAuth};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Client, ClientAuth, TlsName};
 use crate::state::{Gateway, Runtime};
+use crate::store::OnceKind;
+use crate::tls::ClientCert;
+use crate::tokens::{assertion, now_secs, sha256};
 
 pub use crate::secrets::{DUMMY_HASH, Kind, SecretCache, verify_argon2};
 
@@ -79,7 +90,11 @@ pub async fn authenticate(
     source: IpAddr,
     headers: &HeaderMap,
     params: &Params,
+    cert: Option<&ClientCert>,
 ) -> Result<Arc<Client>, OAuthError> {
+    if let Some(assertion) = client_assertion(headers, params)? {
+        return by_assertion(gw, rt, params, assertion).await;
+    }
     let p = presented(headers, params)?;
     let fail = OAuthError::InvalidClient { basic: p.basic };
     let limits = &rt.config.rate_limit;
@@ -117,8 +132,100 @@ pub async fn authenticate(
         }
         // A confidential client without its secret.
         (ClientAuth::Confidential { .. }, None) => return Err(fail),
+        (ClientAuth::TlsClientAuth(name), None) => {
+            // Only a certificate that chained to client_ca vouches for a name.
+            if !cert.is_some_and(|c| c.chained && carries(c, name)) {
+                tracing::warn!(security_event = "wrong_client_certificate", client_id = %client.id, presented = cert.is_some(), "tls_client_auth failed");
+                return Err(fail);
+            }
+        }
+        (ClientAuth::SelfSignedTls { thumbprints }, None) => {
+            let matches = cert
+                .is_some_and(|c| thumbprints.iter().any(|t| bool::from(t.as_bytes().ct_eq(c.thumbprint.as_bytes()))));
+            if !matches {
+                tracing::warn!(security_event = "wrong_client_certificate", client_id = %client.id, presented = cert.is_some(), "self_signed_tls_client_auth failed");
+                return Err(fail);
+            }
+        }
+        // A secret offered by a certificate client: as for an unknown id.
+        (ClientAuth::TlsClientAuth(_) | ClientAuth::SelfSignedTls { .. }, Some(secret)) => {
+            gw.limiter.reserve_client(limits, source, &client.id).await.map_err(OAuthError::RateLimited)?;
+            gw.secrets.verify_dummy(secret).await;
+            return Err(fail);
+        }
+        // It signs assertions; a secret (or nothing) is not how it authenticates.
+        (ClientAuth::PrivateKeyJwt(_), _) => {
+            tracing::debug!(client_id = %client.id, "private_key_jwt client without an assertion");
+            return Err(fail);
+        }
     }
     Ok(client.clone())
+}
+
+/// The `client_assertion` of a request that uses one (both parameters present; the type
+/// RFC 7523's). An assertion with a secret or HTTP Basic is two methods at once.
+fn client_assertion<'p>(headers: &HeaderMap, params: &'p Params) -> Result<Option<&'p str>, OAuthError> {
+    let (kind, assertion) = (params.get("client_assertion_type"), params.get("client_assertion"));
+    if kind.is_none() && assertion.is_none() {
+        return Ok(None);
+    }
+    if params.get("client_secret").is_some() || basic_credentials(headers)?.is_some() {
+        return Err(BadRequest::TwoClientAuthMethods.into());
+    }
+    let kind = kind.ok_or(BadRequest::Missing("client_assertion_type"))?;
+    let assertion = assertion.ok_or(BadRequest::Missing("client_assertion"))?;
+    if kind != assertion::ASSERTION_TYPE {
+        return Err(OAuthError::InvalidClient { basic: false });
+    }
+    Ok(Some(assertion))
+}
+
+/// `private_key_jwt`: the client named by `client_id` (else by the assertion's `iss`)
+/// must use it; the assertion is checked (at most one signature verification), then its
+/// `jti` is recorded once in the shared store.
+async fn by_assertion(gw: &Gateway, rt: &Runtime, params: &Params, assertion: &str) -> Result<Arc<Client>, OAuthError> {
+    let fail = OAuthError::InvalidClient { basic: false };
+    let id = match params.get("client_id") {
+        Some(id) => id.to_string(),
+        None => assertion::unverified_client(assertion).ok_or(fail.clone())?,
+    };
+    let (client, key) = match (rt.config.clients.get(&id), rt.client_keys.get(&id)) {
+        (Some(c), Some(key)) if c.enabled => match &c.auth {
+            ClientAuth::PrivateKeyJwt(k) => (c, (key, k.max_lifetime.as_secs())),
+            _ => return Err(fail),
+        },
+        _ => {
+            tracing::debug!("client assertion for no enabled private_key_jwt client");
+            return Err(fail);
+        }
+    };
+    let config = &rt.config;
+    let token_endpoint = super::metadata::endpoint_url(config, &config.token_path);
+    let audiences = [config.issuer(), token_endpoint.as_str()];
+    let now = now_secs();
+    let verified = assertion::verify(assertion, &client.id, key.0, &audiences, key.1, now).map_err(|e| {
+        tracing::warn!(security_event = "bad_client_assertion", client_id = %client.id, reason = %e, "client assertion refused");
+        fail.clone()
+    })?;
+    let once = sha256(format!("{}\0{}", client.id, verified.jti).as_bytes());
+    if !gw.store.first_use(OnceKind::ClientAssertion, once, verified.remember_until, now).await? {
+        tracing::warn!(security_event = "client_assertion_replay", client_id = %client.id, "client assertion replayed");
+        return Err(fail);
+    }
+    Ok(client.clone())
+}
+
+/// Does `cert` carry the name a `tls_client_auth` client registered (RFC 8705 §2.1.2)?
+/// The subject DN in canonical form ([`crate::dn`]), a DNS name without regard to case,
+/// URIs and email addresses exactly, IP addresses as addresses.
+fn carries(cert: &ClientCert, name: &TlsName) -> bool {
+    match name {
+        TlsName::SubjectDn(dn) => cert.subject_dn.as_deref() == Some(dn.as_str()),
+        TlsName::SanDns(d) => cert.san_dns.iter().any(|c| **c == **d),
+        TlsName::SanUri(u) => cert.san_uri.iter().any(|c| **c == **u),
+        TlsName::SanIp(ip) => cert.san_ip.contains(ip),
+        TlsName::SanEmail(e) => cert.san_email.iter().any(|c| **c == **e),
+    }
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ pub fn preflight(config: &Config, kind: Cors, headers: &HeaderMap) -> Response<B
     if let Some(origin) = allowed(config, headers, None) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(kind.methods()));
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type, dpop"));
         h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static(MAX_AGE));
     }
     resp
@@ -78,7 +78,10 @@ pub fn decorate(config: &Config, kind: Cors, origin: &HeaderMap, client_id: Opti
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         if kind == Cors::Post {
             // Let the page read why it was refused, and when to retry.
-            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("www-authenticate, retry-after"));
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("www-authenticate, retry-after, dpop-nonce"),
+            );
         }
     }
 }

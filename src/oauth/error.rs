@@ -10,6 +10,9 @@ use serde_json::json;
 use crate::http::{Body, json};
 use crate::ratelimit::Throttled;
 
+/// RFC 9449 §8.1: where the server's nonce travels.
+pub const DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
+
 /// An OAuth endpoint's refusal. Its `Display` is the wire `error` and `error_description`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OAuthError {
@@ -46,6 +49,10 @@ pub enum OAuthError {
     /// Too many requests from this source, or too many failed authentications of this
     /// client or user; answered 429 with `Retry-After`.
     RateLimited(Throttled),
+    /// RFC 9449 §5: the `DPoP` proof is missing where required, or invalid (the reason is logged).
+    InvalidDpopProof,
+    /// RFC 9449 §8: the proof lacks a current server nonce; carries a fresh one for `DPoP-Nonce`.
+    UseDpopNonce(String),
 }
 
 /// Why a request is `invalid_request` (§5.2). Names given by the caller are kept as given
@@ -69,6 +76,11 @@ pub enum BadRequest {
     BodyUnreadable,
     /// RFC 7009 §2.1: a client may revoke only its own tokens.
     NotYourToken,
+    /// The client's tokens are certificate-bound (`token_binding = "mtls"`) and the
+    /// connection presented no client certificate (RFC 8705 §3).
+    ClientCertificateRequired,
+    /// The client's tokens are DPoP-bound and the request carries no usable proof.
+    DpopProofRequired,
 }
 
 /// Why a grant is `invalid_grant` (§5.2). The refresh and code answers deliberately do not
@@ -148,6 +160,8 @@ impl OAuthError {
             OAuthError::TemporarilyUnavailable => "temporarily_unavailable",
             // RFC 8628 §3.5's code for "poll less often"; the status and Retry-After say the rest.
             OAuthError::RateLimited(_) => "slow_down",
+            OAuthError::InvalidDpopProof => "invalid_dpop_proof",
+            OAuthError::UseDpopNonce(_) => "use_dpop_nonce",
         }
     }
 
@@ -166,7 +180,9 @@ impl OAuthError {
             | OAuthError::UnauthorizedClient
             | OAuthError::UnsupportedGrantType(_)
             | OAuthError::InvalidScope(_)
-            | OAuthError::InvalidTarget => StatusCode::BAD_REQUEST,
+            | OAuthError::InvalidTarget
+            | OAuthError::InvalidDpopProof
+            | OAuthError::UseDpopNonce(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -188,6 +204,10 @@ impl OAuthError {
                 BadRequest::ContentType => "The request body must be application/x-www-form-urlencoded or application/json. Check the 'Content-Type' header.".into(),
                 BadRequest::BodyUnreadable => "The request body could not be read.".into(),
                 BadRequest::NotYourToken => check("The token was not issued to this client.", "token"),
+                BadRequest::ClientCertificateRequired => {
+                    "This client's tokens are bound to its TLS client certificate; none was presented.".into()
+                }
+                BadRequest::DpopProofRequired => "This client's tokens need a valid DPoP proof.".into(),
             },
             OAuthError::InvalidClient { .. } => "Client authentication failed.".into(),
             OAuthError::InvalidGrant(g) => match g {
@@ -222,6 +242,8 @@ impl OAuthError {
                 "The authorization server is temporarily unable to handle the request.".into()
             }
             OAuthError::RateLimited(t) => format!("Too many requests. Retry after {} seconds.", t.retry_after_secs()).into(),
+            OAuthError::InvalidDpopProof => "The DPoP proof is missing or invalid. Check the 'DPoP' header.".into(),
+            OAuthError::UseDpopNonce(_) => "A DPoP proof with the server-provided nonce is required. Check the 'DPoP-Nonce' header.".into(),
         }
     }
 
@@ -243,6 +265,11 @@ impl OAuthError {
             }
             OAuthError::RateLimited(t) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(t.retry_after_secs()));
+            }
+            OAuthError::UseDpopNonce(nonce) => {
+                if let Ok(v) = HeaderValue::from_str(&nonce) {
+                    h.insert(DPOP_NONCE, v);
+                }
             }
             _ => {}
         }
@@ -306,6 +333,8 @@ mod tests {
             OAuthError::ServerError,
             OAuthError::TemporarilyUnavailable,
             OAuthError::RateLimited(Throttled { retry_after: Duration::from_millis(1500) }),
+            OAuthError::InvalidDpopProof,
+            OAuthError::UseDpopNonce("n".into()),
         ]);
         all
     }

@@ -57,7 +57,8 @@ where
 {
     let (parts, params) = read_post(ctx, req).await?;
     let rt = ctx.rt.clone();
-    let client = client_auth::authenticate(gw, &rt, ctx.source, &parts.headers, &params).await?;
+    let client =
+        client_auth::authenticate(gw, &rt, ctx.source, &parts.headers, &params, ctx.peer.client_cert()).await?;
     outcome.client_id = Some(client.id.clone());
     // §2.1: the endpoint must be protected; a public client proves nothing.
     if client.is_public() {
@@ -127,6 +128,13 @@ async fn access_token(
         "aud": c.aud,
         "jti": c.jti,
     });
+    // RFC 8705 §3.2, RFC 9449 §6.2: a resource server asking learns the binding too.
+    if let Some(cnf) = &c.cnf {
+        v["cnf"] = serde_json::to_value(cnf).unwrap_or(Value::Null);
+        if cnf.jkt().is_some() {
+            v["token_type"] = Value::String("DPoP".into());
+        }
+    }
     // RFC 7662 `username` is the resource owner who authorized the token: none did for a
     // client_credentials token, also one acting as its linked user; `gty` says so instead.
     match c.gty {

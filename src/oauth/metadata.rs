@@ -82,6 +82,22 @@ pub fn document(config: &Config) -> Value {
         // Public clients identify themselves with client_id alone (RFC 7591 §2).
         auth_methods.push("none");
     }
+    // RFC 8705 §2.1.1 / §2.2.1: the certificate methods, where a client uses them.
+    let (tls, self_signed) = certificate_methods(config);
+    if tls {
+        auth_methods.push("tls_client_auth");
+    }
+    if self_signed {
+        auth_methods.push("self_signed_tls_client_auth");
+    }
+    // Introspection is for confidential clients only: every method but none.
+    let introspection_methods: Vec<&str> = auth_methods.iter().copied().filter(|m| *m != "none").collect();
+    let key_jwt = enabled().any(|c| matches!(c.auth, crate::config::ClientAuth::PrivateKeyJwt(_)));
+    let mut introspection_methods = introspection_methods;
+    if key_jwt {
+        auth_methods.push("private_key_jwt");
+        introspection_methods.push("private_key_jwt");
+    }
     let mut response_types = Vec::new();
     if enabled().any(|c| c.grants.contains(&GrantType::AuthorizationCode)) {
         response_types.push("code");
@@ -96,19 +112,44 @@ pub fn document(config: &Config) -> Value {
         "revocation_endpoint": endpoint_url(config, &config.revoke_path),
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint": endpoint_url(config, &config.introspect_path),
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": introspection_methods,
         "grant_types_supported": grants,
         "response_types_supported": response_types,
         "token_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": scopes,
     });
+    // RFC 9449 §5.1: any client may send DPoP proofs.
+    doc["dpop_signing_alg_values_supported"] =
+        json!(config.dpop.algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>());
+    if key_jwt {
+        let algs: Vec<&str> = crate::tokens::assertion::ALGORITHMS.iter().map(|a| a.as_str()).collect();
+        doc["token_endpoint_auth_signing_alg_values_supported"] = json!(algs);
+        doc["revocation_endpoint_auth_signing_alg_values_supported"] = json!(algs);
+        doc["introspection_endpoint_auth_signing_alg_values_supported"] = json!(algs);
+    }
+    // RFC 8705 §3.3: certificate-bound access tokens are issued (and enforced) when the
+    // listeners ask for client certificates. No mtls_endpoint_aliases (§5): the endpoints
+    // are the same, as optional client authentication serves every client on one host.
+    if config.tls.as_ref().is_some_and(|t| t.client_auth != crate::config::ClientAuthMode::None) {
+        doc["tls_client_certificate_bound_access_tokens"] = Value::Bool(true);
+    }
     if !response_types_empty(&doc) {
         doc["authorization_endpoint"] = Value::String(endpoint_url(config, &config.authorize_path));
         // RFC 9207: authorization responses carry `iss`.
         doc["authorization_response_iss_parameter_supported"] = Value::Bool(true);
     }
     doc
+}
+
+/// Whether an enabled client uses `tls_client_auth`, `self_signed_tls_client_auth`.
+fn certificate_methods(config: &Config) -> (bool, bool) {
+    use crate::config::ClientAuth;
+    let enabled = || config.clients.values().filter(|c| c.enabled);
+    (
+        enabled().any(|c| matches!(c.auth, ClientAuth::TlsClientAuth(_))),
+        enabled().any(|c| matches!(c.auth, ClientAuth::SelfSignedTls { .. })),
+    )
 }
 
 /// Where RFC 9728 protected-resource metadata is served: this, then the resource's path.

@@ -2,8 +2,10 @@
 
 pub mod audience;
 pub mod authorize;
+pub mod binding;
 pub mod client_auth;
 pub mod cors;
+pub mod dpop;
 pub mod error;
 pub mod grants;
 pub mod introspect;

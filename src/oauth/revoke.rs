@@ -48,7 +48,8 @@ where
 {
     let (parts, params) = read_post(ctx, req).await?;
     let rt = ctx.rt.clone();
-    let client = client_auth::authenticate(gw, &rt, ctx.source, &parts.headers, &params).await?;
+    let client =
+        client_auth::authenticate(gw, &rt, ctx.source, &parts.headers, &params, ctx.peer.client_cert()).await?;
     outcome.client_id = Some(client.id.clone());
     let token = params.require("token")?;
     let now = now_secs();

@@ -5,11 +5,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, header};
 use http_body::Body as HttpBody;
 
-use super::client_auth;
 use super::error::OAuthError;
 use super::grants::{self, TokenResponse};
 use super::params::Params;
 use super::{BodyError, limited, refused};
+use super::{binding, client_auth};
 use crate::config::{GrantType, Limits};
 use crate::http::Body;
 use crate::ratelimit::Endpoint;
@@ -56,18 +56,21 @@ async fn token(
     outcome.grant = Some(grant);
 
     let rt = &ctx.rt;
-    let client = client_auth::authenticate(gw, rt, ctx.source, &parts.headers, &params).await?;
+    let client = client_auth::authenticate(gw, rt, ctx.source, &parts.headers, &params, ctx.peer.client_cert()).await?;
     outcome.client_id = Some(client.id.clone());
     if !client.grants.contains(&grant) {
         return Err(OAuthError::UnauthorizedClient);
     }
+    let dpop_jkt = super::dpop::proof(gw, ctx, &parts.headers, parts.uri.path()).await?;
+    let binding = binding::requested(&client, ctx.peer, dpop_jkt)?;
+    let binding = binding.as_ref();
     // After the client's not-before (issue 19.8), so a token of the same second is not void.
     let now = gw.validator.issue_time(&client.id, now_secs());
     match grant {
-        GrantType::ClientCredentials => grants::client_credentials::grant(gw, rt, &client, &params, now).await,
-        GrantType::Password => grants::password::grant(gw, rt, &client, &params, now).await,
-        GrantType::AuthorizationCode => grants::authorization_code::grant(gw, rt, &client, &params, now).await,
-        GrantType::RefreshToken => grants::refresh_token::grant(gw, rt, &client, &params, now).await,
+        GrantType::ClientCredentials => grants::client_credentials::grant(gw, rt, &client, &params, binding, now).await,
+        GrantType::Password => grants::password::grant(gw, rt, &client, &params, binding, now).await,
+        GrantType::AuthorizationCode => grants::authorization_code::grant(gw, rt, &client, &params, binding, now).await,
+        GrantType::RefreshToken => grants::refresh_token::grant(gw, rt, &client, &params, binding, now).await,
     }
 }
 

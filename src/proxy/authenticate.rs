@@ -1,13 +1,18 @@
-//! Phase 2, authenticate: the bearer token (RFC 6750 §2.1) through the validator.
+//! Phase 2, authenticate: the bearer token (RFC 6750 §2.1) through the validator, then
+//! its binding (RFC 8705 §3, RFC 9449 §7) against what the request proves.
 
 use std::sync::Arc;
 
 use http::{HeaderMap, header};
 
+use subtle::ConstantTimeEq;
+
 use super::error::ProxyError;
 use crate::config::Route;
+use crate::server::peer::Peer;
 use crate::state::{Gateway, Runtime};
-use crate::tokens::validate::Principal;
+use crate::tokens::binding::Binding;
+use crate::tokens::validate::{Principal, TokenError};
 
 /// The bytes of an RFC 6750 b64token, as a table: a token is checked byte by byte on
 /// every request.
@@ -30,6 +35,15 @@ const B64TOKEN: [bool; 256] = {
 /// bytes outside b64token, `=` before the end) is `invalid_request` (400). RFC 6750 §2.1
 /// allows one or more spaces after the scheme, so `Bearer  t` is read as `t`.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
+    match credentials(headers)? {
+        (Scheme::Bearer, token) => Ok(token),
+        (Scheme::Dpop, _) => Err(ProxyError::MissingToken),
+    }
+}
+
+/// The token and its scheme from `Authorization: Bearer <token>` or `Authorization: DPoP
+/// <token>` (RFC 9449 §7.1, the same token68 syntax), by the rules of [`bearer`].
+pub fn credentials(headers: &HeaderMap) -> Result<(Scheme, &str), ProxyError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Err(ProxyError::MissingToken) };
     if values.next().is_some() {
@@ -42,9 +56,13 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
     // Bearer header written wrong (RFC 7235 §2.1: `auth-scheme [ 1*SP ... ]`).
     let scheme_len = value.bytes().position(|b| !is_tchar(b)).unwrap_or(value.len());
     let (scheme, rest) = value.split_at(scheme_len);
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let kind = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Err(ProxyError::MissingToken);
-    }
+    };
     let Some(rest) = rest.strip_prefix(' ').or(rest.is_empty().then_some("")) else {
         return Err(ProxyError::MalformedRequest("Bearer must be followed by a space"));
     };
@@ -55,7 +73,7 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ProxyError> {
     if !is_b64token(token) {
         return Err(ProxyError::MalformedRequest("the bearer token is not a b64token"));
     }
-    Ok(token)
+    Ok((kind, token))
 }
 
 /// b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
@@ -90,30 +108,98 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// How the token was presented: the `Authorization` scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Bearer` (RFC 6750), also how a certificate-bound token is sent (RFC 8705 §3).
+    Bearer,
+    /// `DPoP` (RFC 9449 §7.1).
+    Dpop,
+}
+
+/// What a request offers as proof that it holds the key a bound token names.
+pub struct Proof<'a> {
+    pub scheme: Scheme,
+    /// The `x5t#S256` thumbprint of the certificate the connection's TLS handshake proved
+    /// possession of, if any.
+    pub client_cert: Option<&'a str>,
+    /// The request's `DPoP` header(s), unparsed: every value, so two of them can be refused.
+    pub dpop: http::header::GetAll<'a, http::HeaderValue>,
+}
+
+impl<'a> Proof<'a> {
+    pub fn of(scheme: Scheme, headers: &'a HeaderMap, peer: &'a Peer) -> Proof<'a> {
+        Proof { scheme, client_cert: peer.client_cert().map(|c| &*c.thumbprint), dpop: headers.get_all("dpop") }
+    }
+}
+
+/// The one place a token's binding is enforced on the proxy path, for every request,
+/// cache hit or not, whoever issued the token (ours, a trusted issuer's `cnf`, an
+/// introspection answer's `cnf`): a bound token is honoured only with proof of
+/// possession of its key. Without a binding, the token is a bearer token and only the
+/// `Bearer` scheme carries it.
+pub fn enforce_binding(p: &Principal, proof: &Proof<'_>) -> Result<(), TokenError> {
+    match (p.binding(), proof.scheme) {
+        (None, Scheme::Bearer) => Ok(()),
+        // RFC 8705 §3: sent as a bearer token, on a connection presenting the certificate
+        // (the thumbprint is public; the handshake proved the key).
+        (Some(Binding::Mtls { x5t_s256 }), Scheme::Bearer) => match proof.client_cert {
+            Some(presented) if bool::from(presented.as_bytes().ct_eq(x5t_s256.as_bytes())) => Ok(()),
+            _ => Err(TokenError::BindingMismatch),
+        },
+        // RFC 9449 §7.1: a DPoP-bound token only with the DPoP scheme, and that scheme only
+        // for a DPoP-bound token; the proof itself is checked by `proxy::dpop` (it needs the
+        // store), after this.
+        (Some(Binding::Dpop { .. }), Scheme::Dpop) => Ok(()),
+        (Some(Binding::Dpop { .. }), Scheme::Bearer) | (_, Scheme::Dpop) => Err(TokenError::BindingMismatch),
+    }
+}
+
 /// The route's accepted issuers decide whose tokens are verified at all: a token of
-/// another issuer is `invalid_token`, never a fetch.
+/// another issuer is `invalid_token`, never a fetch. The binding is enforced after the
+/// validator, on its verdict whether cached or new ([`enforce_binding`]).
 pub async fn authenticate(
     gw: &Gateway,
     rt: &Runtime,
     route: &Route,
-    headers: &HeaderMap,
+    req: &super::dpop::Request<'_>,
 ) -> Result<Arc<Principal>, ProxyError> {
-    authenticate_token(gw, rt, route, bearer(headers)?).await
+    let (scheme, token) = credentials(req.headers)?;
+    authenticate_token(gw, rt, route, req, scheme, token).await
 }
 
-/// Validate `token` (from the header, or a WebSocket handshake's query) for `route`.
+/// Validate `token` (from the Authorization header, or a WebSocket handshake's query,
+/// which is always a bearer token) for `route`, then its binding.
 pub async fn authenticate_token(
     gw: &Gateway,
     rt: &Runtime,
     route: &Route,
+    req: &super::dpop::Request<'_>,
+    scheme: Scheme,
     token: &str,
 ) -> Result<Arc<Principal>, ProxyError> {
+    let (headers, peer) = (req.headers, req.peer);
     let accepts = |name: &str| route.accepts(name);
-    gw.validator
+    // A token refused for the DPoP scheme gets the DPoP challenge (RFC 9449 §7.1).
+    let refused = |e: TokenError| {
+        gw.metrics.bearer_refused(e.label());
+        match scheme {
+            Scheme::Bearer => ProxyError::InvalidToken(e),
+            Scheme::Dpop => ProxyError::InvalidDpopToken(e),
+        }
+    };
+    let principal = gw
+        .validator
         .validate_for(token, &rt.keys, Some(&rt.issuers), &accepts, &rt.config, gw.store.as_ref())
         .await
-        .map_err(|e| {
-            gw.metrics.bearer_refused(e.label());
-            ProxyError::InvalidToken(e)
-        })
+        .map_err(refused)?;
+    enforce_binding(&principal, &Proof::of(scheme, headers, peer)).map_err(refused)?;
+    // The DPoP proof for this request, on every request (the verdict may be cached; the
+    // proof never is).
+    if scheme == Scheme::Dpop
+        && let Some(jkt) = principal.binding().and_then(Binding::jkt)
+    {
+        super::dpop::verify(gw, rt, req, token, jkt).await?;
+    }
+    Ok(principal)
 }

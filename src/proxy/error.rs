@@ -72,17 +72,74 @@ pub enum ProxyError {
     /// The route's quota for this caller is spent (issue 14): retry after this many seconds.
     #[error("route quota exceeded")]
     QuotaExceeded { retry_after: u64, headers: super::quota::QuotaHeaders },
+    /// RFC 9449 §7.1: a DPoP request's proof is missing or invalid.
+    #[error("invalid DPoP proof: {0}")]
+    InvalidDpopProof(crate::tokens::dpop::DpopError),
+    /// RFC 9449 §9: the proof lacks a current server nonce; carries a fresh one.
+    #[error("DPoP nonce required")]
+    UseDpopNonce(String),
+    /// A token sent with the DPoP scheme was refused (RFC 9449 §7.1: the DPoP challenge).
+    #[error("invalid DPoP-bound token: {0}")]
+    InvalidDpopToken(TokenError),
+    /// The replay memory of DPoP proofs cannot be reached: no proof can be accepted.
+    #[error("DPoP replay memory unavailable")]
+    DpopUnavailable,
 }
 
 /// What a route without a `methods` list allows: everything but TRACE and CONNECT.
 const ALLOWED_BY_DEFAULT: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 impl ProxyError {
+    /// `realm` for the Bearer challenge; `dpop_algs` (space-separated) for the DPoP one.
+    pub fn into_response_with(self, realm: &str, dpop_algs: &str) -> Response<Body> {
+        let dpop = |error: &str| -> Option<HeaderValue> {
+            HeaderValue::from_str(&format!("DPoP error=\"{error}\", algs=\"{dpop_algs}\"")).ok()
+        };
+        let (body, www, nonce) = match &self {
+            ProxyError::InvalidDpopProof(_) => (
+                json!({"error": "invalid_dpop_proof", "error_description": "The DPoP proof is missing or invalid."}),
+                dpop("invalid_dpop_proof"),
+                None,
+            ),
+            ProxyError::UseDpopNonce(n) => (
+                json!({"error": "use_dpop_nonce", "error_description": "A DPoP proof with the server-provided nonce is required."}),
+                dpop("use_dpop_nonce"),
+                HeaderValue::from_str(n).ok(),
+            ),
+            ProxyError::InvalidDpopToken(e) => {
+                (json!({"error": "invalid_token", "error_description": e.description()}), dpop("invalid_token"), None)
+            }
+            ProxyError::DpopUnavailable => {
+                let mut resp = json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "temporarily_unavailable", "error_description": "DPoP proofs cannot be checked right now."}),
+                );
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return resp;
+            }
+            _ => return self.into_response(realm),
+        };
+        let mut resp = json(StatusCode::UNAUTHORIZED, &body);
+        let h = resp.headers_mut();
+        if let Some(v) = www {
+            h.insert(header::WWW_AUTHENTICATE, v);
+        }
+        if let Some(n) = nonce {
+            h.insert(http::HeaderName::from_static("dpop-nonce"), n);
+        }
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
     pub fn into_response(self, realm: &str) -> Response<Body> {
         let challenge = |extra: &str| -> Option<HeaderValue> {
             HeaderValue::from_str(&format!("Bearer realm=\"{realm}\"{extra}")).ok()
         };
         let (status, body, www) = match &self {
+            ProxyError::InvalidDpopProof(_)
+            | ProxyError::UseDpopNonce(_)
+            | ProxyError::InvalidDpopToken(_)
+            | ProxyError::DpopUnavailable => return self.into_response_with(realm, "ES256 EdDSA RS256 PS256"),
             ProxyError::NoRoute => (
                 StatusCode::NOT_FOUND,
                 json!({"error": "not_found", "error_description": "No route matches this request."}),
@@ -243,7 +300,11 @@ impl ProxyError {
             ProxyError::MissingToken
             | ProxyError::MalformedRequest(_)
             | ProxyError::InvalidToken(_)
-            | ProxyError::BadQueryToken(_) => 16,
+            | ProxyError::BadQueryToken(_)
+            | ProxyError::InvalidDpopProof(_)
+            | ProxyError::UseDpopNonce(_)
+            | ProxyError::InvalidDpopToken(_) => 16,
+            ProxyError::DpopUnavailable => 14,
             ProxyError::InsufficientScope(_) | ProxyError::ClaimNotMet(_) => 7,
             ProxyError::NoRoute
             | ProxyError::MethodNotAllowed
@@ -263,13 +324,13 @@ impl ProxyError {
     /// trailers-only gRPC answer (HTTP 200, `grpc-status`, a percent-encoded
     /// `grpc-message`, no body), which gRPC clients decode into a status where an HTTP
     /// error would be a generic one. `WWW-Authenticate` and `Cache-Control` stay.
-    pub fn into_wire(self, realm: &str, grpc: bool) -> Response<Body> {
+    pub fn into_wire(self, realm: &str, dpop_algs: &str, grpc: bool) -> Response<Body> {
         if !grpc {
-            return self.into_response(realm);
+            return self.into_response_with(realm, dpop_algs);
         }
         let code = self.grpc_code();
         let message = grpc_message(&self);
-        let resp = self.into_response(realm);
+        let resp = self.into_response_with(realm, dpop_algs);
         let (mut parts, _) = resp.into_parts();
         parts.extensions.insert(GrpcRefusal(parts.status));
         parts.status = StatusCode::OK;
@@ -307,6 +368,10 @@ fn grpc_message(e: &ProxyError) -> String {
         ProxyError::BadHandshake(_) => "bad WebSocket handshake",
         ProxyError::TooManyConnections => "too many connections are open",
         ProxyError::QuotaExceeded { .. } => "the request quota for this route is spent",
+        ProxyError::InvalidDpopProof(_) => "the DPoP proof is missing or invalid",
+        ProxyError::UseDpopNonce(_) => "a DPoP proof with the server-provided nonce is required",
+        ProxyError::InvalidDpopToken(e) => e.description(),
+        ProxyError::DpopUnavailable => "DPoP proofs cannot be checked right now",
     };
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
@@ -341,7 +406,7 @@ mod grpc_tests {
 
     #[test]
     fn refusals_become_trailers_only_grpc_answers() {
-        let resp = ProxyError::MissingToken.into_wire("r", true);
+        let resp = ProxyError::MissingToken.into_wire("r", "ES256", true);
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["grpc-status"], "16");
         assert_eq!(resp.headers()["content-type"], "application/grpc");
@@ -350,13 +415,14 @@ mod grpc_tests {
         assert!(resp.headers().get(header::CONTENT_LENGTH).is_none());
         assert_eq!(resp.extensions().get::<GrpcRefusal>().map(|r| r.0), Some(StatusCode::UNAUTHORIZED));
         assert!(http_body::Body::is_end_stream(resp.body()));
-        let code = |e: ProxyError| e.into_wire("r", true).headers()["grpc-status"].to_str().unwrap().to_string();
+        let code =
+            |e: ProxyError| e.into_wire("r", "ES256", true).headers()["grpc-status"].to_str().unwrap().to_string();
         assert_eq!(code(ProxyError::InsufficientScope("a".into())), "7");
         assert_eq!(code(ProxyError::BadGateway("x".into())), "14");
         assert_eq!(code(ProxyError::GatewayTimeout), "4");
         assert_eq!(code(ProxyError::PayloadTooLarge), "8");
         // Not gRPC: the usual answer.
-        assert_eq!(ProxyError::GatewayTimeout.into_wire("r", false).status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(ProxyError::GatewayTimeout.into_wire("r", "ES256", false).status(), StatusCode::GATEWAY_TIMEOUT);
     }
 
     #[test]

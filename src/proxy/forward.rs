@@ -477,6 +477,8 @@ pub(super) fn upstream_headers(
             || n == "forwarded"
             || n == "x-real-ip"
             || (n == "authorization" && !route.forward_token)
+            // A DPoP proof goes with the token it is bound to (RFC 9449 §7): only with it.
+            || (n == "dpop" && !route.forward_token)
             // httpoxy: CGI makes it HTTP_PROXY, the upstream's outbound proxy.
             || sq_bytes == b"proxy"
             // The request id is the gateway's (set by dispatch); no other spelling beside it.
@@ -543,6 +545,13 @@ pub(super) fn upstream_headers(
         };
         if let Some(iss) = issuer {
             headers.insert(ids.issuer.clone(), value(iss)?);
+        }
+        // Sent for every authenticated request, so an upstream can insist on a
+        // sender-constrained token; the binding was enforced by the authenticate phase.
+        let binding = p.binding();
+        headers.insert(ids.binding.clone(), HeaderValue::from_static(binding.map_or("none", |b| b.kind())));
+        if let Some(x5t) = binding.and_then(|b| b.x5t_s256()) {
+            headers.insert(ids.cert_thumbprint.clone(), value(x5t)?);
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 pub mod access_token;
 pub mod authenticate;
 pub mod authorize;
+pub mod dpop;
 pub mod error;
 pub mod forward;
 pub mod lifetime;
@@ -45,7 +46,7 @@ where
                 }
                 other => tracing::debug!(error = %other, "request refused"),
             }
-            e.into_wire(&ctx.rt.config.realm, grpc)
+            e.into_wire(&ctx.rt.config.realm, &ctx.rt.config.dpop_algs(), grpc)
         }
     };
     (resp, outcome)
@@ -90,14 +91,24 @@ where
     let principal = match &route.access {
         Access::Public => None,
         Access::Scopes(scopes) => {
+            let request = dpop::Request {
+                headers: req.headers(),
+                method: req.method().as_str(),
+                path,
+                peer: ctx.peer,
+                authority: ctx.authority.as_ref(),
+            };
             // RFC 6750 §2.3, opt-in per route, for WebSocket handshakes only.
             let from_query = match wants_websocket && route.websocket && route.websocket_query_token {
                 true => authenticate::query_token(req.uri().query(), req.headers())?,
                 false => None,
             };
             let p = match from_query {
-                Some(token) => authenticate::authenticate_token(gw, rt, route, &token).await?,
-                None => authenticate::authenticate(gw, rt, route, req.headers()).await?,
+                Some(token) => {
+                    let bearer = authenticate::Scheme::Bearer;
+                    authenticate::authenticate_token(gw, rt, route, &request, bearer, &token).await?
+                }
+                None => authenticate::authenticate(gw, rt, route, &request).await?,
             };
             outcome.principal = Some(p.clone());
             // RFC 8707 / RFC 9700 §2.3: a token is for one API; another route's audience

@@ -26,7 +26,6 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Limits};
 use crate::reload::Reloader;
@@ -50,7 +49,7 @@ pub struct Server {
     listeners: Vec<(TcpListener, bool)>,
     admin: Option<TcpListener>,
     /// Swapped by a reload; each new connection takes the one in force.
-    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    tls: Arc<ArcSwapOption<tls::Acceptor>>,
     reloader: Reloader,
 }
 
@@ -61,7 +60,7 @@ impl Server {
         let tls = match &config.tls {
             Some(files) => {
                 tls::ensure_dev_certificate(files)?;
-                Some(TlsAcceptor::from(tls::server_config(files)?))
+                Some(tls::acceptor(files)?)
             }
             None => None,
         };
@@ -212,7 +211,7 @@ async fn sweep_store(gw: Arc<Gateway>) {
 
 struct AcceptCtx {
     gateway: Arc<Gateway>,
-    tls: Option<Arc<ArcSwapOption<TlsAcceptor>>>,
+    tls: Option<Arc<ArcSwapOption<tls::Acceptor>>>,
     graceful: Arc<GracefulShutdown>,
     slots: Arc<Semaphore>,
     /// Turns true when the grace period is over: every connection still open is dropped.
@@ -264,26 +263,31 @@ async fn serve_connection(
     gw: Arc<Gateway>,
     stream: TcpStream,
     addr: SocketAddr,
-    tls: Option<Arc<TlsAcceptor>>,
+    tls: Option<Arc<tls::Acceptor>>,
     graceful: Watcher,
 ) {
     let _open = gw.metrics.connection_opened();
     let limits = gw.runtime().config.limits.clone();
     let activity = Arc::new(Activity::new());
     let io = ActivityIo { inner: stream, activity: activity.clone() };
-    let peer = Peer::new(addr, tls.is_some());
     let seen = activity.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
-        seen.requested.store(true, Ordering::Relaxed);
-        let gw = gw.clone();
-        let peer = peer.clone();
-        // dispatch counts the request in flight until its response is sent in full or
-        // dropped (a streamed answer is still running after its head went out).
-        async move { Ok::<_, Infallible>(dispatch::dispatch(&gw, req, &peer).await) }
-    });
+    // Made once the peer is known: on TLS, after the handshake (the client certificate).
+    let service = move |peer: Peer| {
+        service_fn(move |req: Request<Incoming>| {
+            seen.requested.store(true, Ordering::Relaxed);
+            let gw = gw.clone();
+            let peer = peer.clone();
+            // dispatch counts the request in flight until its response is sent in full or
+            // dropped (a streamed answer is still running after its head went out).
+            async move { Ok::<_, Infallible>(dispatch::dispatch(&gw, req, &peer).await) }
+        })
+    };
     let served = match tls {
-        Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
+        Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.tls.accept(io)).await {
             Ok(Ok(tls_stream)) => {
+                // The same for every request of the connection, HTTP/1.1 or HTTP/2.
+                let cert = acceptor.client_cert(tls_stream.get_ref().1);
+                let svc = service(Peer::new(addr, true).with_client_cert(cert));
                 // ALPN decides, not the first bytes: an h2 connection is never served
                 // HTTP/1.1, and one that chose http/1.1 (or nothing) never HTTP/2.
                 let protocol = match tls_stream.get_ref().1.alpn_protocol() {
@@ -316,6 +320,7 @@ async fn serve_connection(
             }
         },
         None => {
+            let svc = service(Peer::new(addr, false));
             // Plaintext has no ALPN: the first bytes tell HTTP/1.1 from h2c prior knowledge.
             let builder = conn_builder(&limits, Protocol::Sniff);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();

@@ -1,8 +1,11 @@
 //! The connection a request came in on.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::HeaderValue;
+
+pub use crate::tls::ClientCert;
 
 /// Where the request came from, as the listener saw it.
 #[derive(Debug, Clone)]
@@ -12,6 +15,9 @@ pub struct Peer {
     /// The address as text (IPv4-mapped IPv6 shown as IPv4), made once per connection
     /// for `X-Forwarded-For` and the access log.
     ip: HeaderValue,
+    /// The client certificate the TLS handshake proved possession of (`[tls] client_auth`),
+    /// the same for every request of the connection, HTTP/1.1 or HTTP/2.
+    client_cert: Option<Arc<ClientCert>>,
 }
 
 impl Peer {
@@ -19,7 +25,18 @@ impl Peer {
         let text = addr.ip().to_canonical().to_string();
         // An IP address is always valid header text.
         let ip = HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, tls, ip }
+        Peer { addr, tls, ip, client_cert: None }
+    }
+
+    /// The connection presented `cert` in its TLS handshake.
+    pub fn with_client_cert(mut self, cert: Option<Arc<ClientCert>>) -> Peer {
+        self.client_cert = cert;
+        self
+    }
+
+    /// The client certificate of the connection, if one was presented and accepted.
+    pub fn client_cert(&self) -> Option<&ClientCert> {
+        self.client_cert.as_deref()
     }
 
     /// The address as header text, for `X-Forwarded-For`.

@@ -26,8 +26,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Block, BlockKey, CodeGrant, Hash, IssuedAccess, RefreshGrant, Rotate, Rotation, Session, Store, StoreError,
-    StoredRefresh, TakeCode,
+    Block, BlockKey, CodeGrant, Hash, IssuedAccess, OnceKind, RefreshGrant, Rotate, Rotation, Session, Store,
+    StoreError, StoredRefresh, TakeCode,
 };
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -44,6 +44,12 @@ const HEALTH: Table = TableDefinition::new("health");
 const CLIENT_NOT_BEFORE: Table = TableDefinition::new("client_not_before");
 /// Operator blocks: the block key's JSON → the block's JSON (swept once lapsed).
 const BLOCKS: Table = TableDefinition::new("blocks");
+/// One-time identifiers of client assertions: SHA-256 → unix time it may be forgotten.
+const ONCE: Table = TableDefinition::new("once");
+
+/// DPoP proof ids remembered in memory at most (about 80 bytes each): beyond it, after
+/// the lapsed ones are dropped, a proof is refused (fail closed) rather than forgotten.
+const MAX_PROOFS: usize = 1_000_000;
 
 /// How long a used code is remembered so that a replay can be detected and punished.
 const USED_CODE_MEMORY_SECS: u64 = 600;
@@ -76,6 +82,13 @@ struct Family {
 
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    /// DPoP proof ids → when they may be forgotten. In memory, not in the file: a proof
+    /// comes with every request on the proxy path, and a commit (an fsync) each would cap
+    /// the gateway at the disk's rate. The embedded store serves one process, so this is
+    /// every replica's memory; a restart forgets it, but a proof older than the `iat`
+    /// window is refused anyway, so only proofs of the last window could be replayed
+    /// across a restart.
+    proofs: std::sync::Mutex<std::collections::HashMap<Hash, u64>>,
 }
 
 /// Everything the blocking pool needs, shared with it.
@@ -306,7 +319,7 @@ fn open_family_in(txn: &WriteTransaction, family: &str, expires_at: u64) -> Resu
 /// Create every table up front so that readers never see a missing table.
 fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(storage)?;
-    for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS, CLIENT_NOT_BEFORE, BLOCKS] {
+    for table in [CODES, REFRESH, FAMILIES, REVOKED, SESSIONS, CLIENT_NOT_BEFORE, BLOCKS, ONCE] {
         txn.open_table(table).map_err(storage)?;
     }
     txn.commit().map_err(storage)
@@ -486,7 +499,7 @@ impl EmbeddedStore {
         create_tables(&db)?;
         let file = FileIdentity::new(path)?;
         let inner = Inner { db: std::sync::RwLock::new(Some(Arc::new(db))), file, healing: Healing::new(), opener };
-        Ok(EmbeddedStore { inner: Arc::new(inner) })
+        Ok(EmbeddedStore { inner: Arc::new(inner), proofs: Default::default() })
     }
 
     /// Run one write transaction on the blocking pool (commits fsync) and commit it.
@@ -683,6 +696,37 @@ impl Store for EmbeddedStore {
         found
     }
 
+    async fn first_use(&self, kind: OnceKind, id: Hash, expires_at: u64, now: u64) -> Result<bool, StoreError> {
+        match kind {
+            OnceKind::DpopProof => {
+                let mut seen =
+                    self.proofs.lock().map_err(|_| StoreError::Unavailable("proof memory poisoned".into()))?;
+                if seen.get(&id).is_some_and(|exp| *exp > now) {
+                    return Ok(false);
+                }
+                if seen.len() >= MAX_PROOFS {
+                    seen.retain(|_, exp| *exp > now);
+                    if seen.len() >= MAX_PROOFS {
+                        return Err(StoreError::Unavailable("DPoP proof memory full".into()));
+                    }
+                }
+                seen.insert(id, expires_at);
+                Ok(true)
+            }
+            OnceKind::ClientAssertion => {
+                self.write(move |txn| {
+                    let known: Option<u64> = get(txn, ONCE, &id)?;
+                    if known.is_some_and(|exp| exp > now) {
+                        return Ok(false);
+                    }
+                    put(txn, ONCE, &id, &expires_at)?;
+                    Ok(true)
+                })
+                .await
+            }
+        }
+    }
+
     async fn put_session(&self, id: Hash, session: Session) -> Result<(), StoreError> {
         self.write(move |txn| put(txn, SESSIONS, &id, &session)).await
     }
@@ -786,6 +830,7 @@ impl Store for EmbeddedStore {
             sweep(REVOKED, &|v| decode::<u64>(v).is_ok_and(|exp| exp <= now))?;
             sweep(SESSIONS, &|v| decode::<Session>(v).is_ok_and(|s| s.expires_at <= now))?;
             sweep(BLOCKS, &|v| decode::<Block>(v).is_ok_and(|b| !b.live(now)))?;
+            sweep(ONCE, &|v| decode::<u64>(v).is_ok_and(|exp| exp <= now))?;
             Ok(removed)
         })
         .await
@@ -874,6 +919,7 @@ mod tests {
             expires_at: exp,
             audience: None,
             issued_at: 0,
+            binding: None,
         }
     }
 

@@ -83,6 +83,10 @@ pub struct RefreshGrant {
     /// before its client's not-before (disabled, or secret rotated) is refused.
     #[serde(default)]
     pub issued_at: u64,
+    /// The key a public client's refresh token is bound to (RFC 8705 §4, RFC 9449 §5):
+    /// a refresh must prove possession of it. Rotation keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<crate::tokens::binding::Binding>,
 }
 
 /// A refresh token as stored: its grant, and whether it was already rotated away.
@@ -194,6 +198,24 @@ pub enum RevocationEvent {
     ClientResets,
 }
 
+/// What a one-time identifier (a `jti`) belongs to: each kind is remembered apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnceKind {
+    /// A `private_key_jwt` client assertion (RFC 7523 §3 item 7), until its `exp`.
+    ClientAssertion,
+    /// A DPoP proof (RFC 9449 §11.1), for the proof's `iat` window.
+    DpopProof,
+}
+
+impl OnceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnceKind::ClientAssertion => "assertion",
+            OnceKind::DpopProof => "dpop",
+        }
+    }
+}
+
 /// A logged-in browser session at /authorize.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Session {
@@ -250,6 +272,11 @@ pub trait Store: Send + Sync {
 
     async fn put_session(&self, id: Hash, session: Session) -> Result<(), StoreError>;
     async fn get_session(&self, id: Hash, now: u64) -> Result<Option<Session>, StoreError>;
+
+    /// Record a one-time identifier (the SHA-256 of the issuer and `jti`) until
+    /// `expires_at`: true when it was not seen before (first use), false for a replay.
+    /// Atomic: of two replicas racing with the same id, exactly one gets true.
+    async fn first_use(&self, kind: OnceKind, id: Hash, expires_at: u64, now: u64) -> Result<bool, StoreError>;
 
     /// Remove expired records; returns how many.
     async fn sweep(&self, now: u64) -> Result<u64, StoreError>;

@@ -20,6 +20,7 @@
 //! `P sess:<hex>`   session JSON                                      TTL: session lifetime
 //! `P clientnb`     hash client id → not-before (unix time)            no TTL
 //! `P blocks`       hash block key JSON → block JSON                   no TTL (lapsed ones pruned on read)
+//! `P once:<kind>:<hex>` "1": a client assertion's or DPoP proof's jti  TTL: until it may be forgotten
 //! channel `P revocations` (classic pub/sub: on a cluster PUBLISH reaches every node):
 //! "<jti> <exp>" per revoked access token, "block <block JSON>" and "unblock <block key
 //! JSON>" per operator block (issue 16.5), "clientnb", and the heartbeat.
@@ -42,8 +43,8 @@ use redis::{AsyncCommands, IntoConnectionInfo, Script, TlsCertificates};
 use tokio::sync::{Mutex, RwLock, mpsc};
 
 use super::{
-    Block, BlockKey, CodeGrant, Hash, IssuedAccess, RefreshGrant, RevocationEvent, Rotate, Rotation, Session, Store,
-    StoreError, StoredRefresh, TakeCode,
+    Block, BlockKey, CodeGrant, Hash, IssuedAccess, OnceKind, RefreshGrant, RevocationEvent, Rotate, Rotation, Session,
+    Store, StoreError, StoredRefresh, TakeCode,
 };
 use crate::config::RedisMode;
 use crate::tokens::now_secs;
@@ -987,6 +988,23 @@ impl Store for RedisStore {
         let found = conn.c.exists(self.key("rev", jti)).await.map_err(|e| conn.fail(e))?;
         self.down.answered();
         Ok(found)
+    }
+
+    /// `SET NX`: atomic on the server, so of two replicas presenting the same id one wins.
+    async fn first_use(&self, kind: OnceKind, id: Hash, expires_at: u64, now: u64) -> Result<bool, StoreError> {
+        let ttl = expires_at.saturating_sub(now).max(1);
+        let mut conn = self.conn().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key(&format!("once:{}", kind.as_str()), &hex(&id)))
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl)
+            .query_async(&mut conn.c)
+            .await
+            .map_err(|e| conn.fail(e))?;
+        self.down.answered();
+        Ok(set.is_some())
     }
 
     async fn put_session(&self, id: Hash, session: Session) -> Result<(), StoreError> {

@@ -48,6 +48,13 @@ pub enum TokenError {
     /// can be shown neither good nor bad, and is refused like an invalid one.
     #[error("identity provider could not be asked about the token")]
     IntrospectionFailed,
+    /// The token's `cnf` is not one this gateway can read completely (RFC 7800).
+    #[error("token's cnf claim is not a binding the gateway can enforce")]
+    BadBinding,
+    /// A bound token without proof of possession of its key: no client certificate, or
+    /// another one (RFC 8705 §3), or no valid DPoP proof (RFC 9449 §7.1).
+    #[error("token is bound to a key the request does not prove possession of")]
+    BindingMismatch,
 }
 
 impl TokenError {
@@ -74,6 +81,8 @@ impl TokenError {
             TokenError::Blocked => "blocked",
             TokenError::Inactive => "inactive",
             TokenError::IntrospectionFailed => "introspection_failed",
+            TokenError::BadBinding => "bad_binding",
+            TokenError::BindingMismatch => "binding_mismatch",
         }
     }
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::LEEWAY_SECS;
+use super::binding::Binding;
 use super::error::TokenError;
 use super::principal::{ClaimValue, Principal};
 use crate::config::JwsAlgorithm;
@@ -201,13 +202,26 @@ pub(super) async fn verify(
     // The cache drops a verdict LEEWAY_SECS after `expires_at`: this issuer's leeway instead.
     let expires_at = exp.saturating_add(leeway).saturating_sub(LEEWAY_SECS);
     let key_kid = key.kid.as_deref().unwrap_or("");
+    let binding = cnf(claims.get("cnf"))?;
     Principal::build(
         [client_id, subject, &scope, jti, key_kid, audience, issuer.name()],
         kept,
         key.fingerprint,
         expires_at,
     )
+    .map(|p| p.bound_to(binding))
     .ok_or(TokenError::BadClaims)
+}
+
+/// A trusted issuer's `cnf` (in its JWT or its introspection answer) binds the token
+/// exactly as ours does: the proxy path enforces it the same way. One that is not exactly
+/// `x5t#S256` or `jkt` refuses the token: it would otherwise pass as a bearer token
+/// although its issuer meant it to be sender-constrained.
+fn cnf(v: Option<&Value>) -> Result<Option<Binding>, TokenError> {
+    match v {
+        None => Ok(None),
+        Some(v) => Binding::from_json(v).map(Some).map_err(|_| TokenError::BadBinding),
+    }
 }
 
 /// The verdict on a token `issuer` (an introspection issuer) called active. Its `aud` must
@@ -258,7 +272,9 @@ pub(super) fn from_introspection(
         .collect();
     let max_cache = cfg.introspection.as_ref().map_or(0, |i| i.max_cache.as_secs());
     let expires_at = t.exp.unwrap_or(u64::MAX).min(now.saturating_add(max_cache));
+    let binding = cnf(t.cnf.as_ref())?;
     Principal::build([client_id, subject, scope, jti, "", audience, issuer.name()], kept, [0; 32], expires_at)
+        .map(|p| p.bound_to(binding))
         .ok_or(TokenError::BadClaims)
 }
 

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::binding::Binding;
 use super::keys::KeySet;
 pub use super::keys::SignError;
 use super::random_token;
@@ -13,6 +14,9 @@ pub struct IssuedToken {
     pub expires_in: u64,
     pub expires_at: u64,
     pub scope: String,
+    /// `Bearer`, or `DPoP` for a DPoP-bound token (RFC 9449 §5); a certificate-bound
+    /// token is a `Bearer` token (RFC 8705 §3).
+    pub token_type: &'static str,
 }
 
 /// What a grant decided; the token says exactly this.
@@ -23,6 +27,8 @@ pub struct Grant<'a> {
     pub subject: &'a str,
     pub scopes: &'a [String],
     pub lifetime_secs: u64,
+    /// The key the token is bound to (`cnf`), when the client is sender-constrained.
+    pub binding: Option<&'a Binding>,
 }
 
 /// The claims as signed: [`super::AccessClaims`], borrowed.
@@ -38,6 +44,8 @@ struct Claims<'a> {
     scope: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     gty: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<&'a Binding>,
 }
 
 /// Sign an access token for `grant` at time `now`.
@@ -61,7 +69,12 @@ pub fn issue_with_gty(keys: &KeySet, grant: &Grant<'_>, gty: Option<&str>, now: 
         client_id: grant.client_id,
         scope: &scope,
         gty,
+        cnf: grant.binding,
     };
     let access_token = keys.signer().sign_jwt(&claims)?;
-    Ok(IssuedToken { access_token, jti, expires_in: grant.lifetime_secs, expires_at: exp, scope })
+    let token_type = match grant.binding {
+        Some(Binding::Dpop { .. }) => "DPoP",
+        _ => "Bearer",
+    };
+    Ok(IssuedToken { access_token, jti, expires_in: grant.lifetime_secs, expires_at: exp, scope, token_type })
 }

@@ -1,12 +1,16 @@
 //! Access tokens: signing keys, issuance and validation (RFC 9068 JWTs), and the operator
 //! blocks validation enforces.
 
+pub mod assertion;
+pub mod binding;
 mod blocks;
 pub mod cache;
 mod client_reset;
+pub mod dpop;
 mod error;
 mod external;
 pub mod issue;
+pub mod jws;
 pub mod keys;
 mod principal;
 pub mod validate;
@@ -32,6 +36,10 @@ pub struct AccessClaims {
     /// `sub` is the client's linked user): RFC 9700 §4.15. Auth0's claim name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gty: Option<String>,
+    /// The key the token is bound to (RFC 7800 `cnf`; RFC 8705 §3.1, RFC 9449 §6.1),
+    /// parsed strictly: a `cnf` that is not exactly one known member refuses the token.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "binding::present")]
+    pub cnf: Option<binding::Binding>,
 }
 
 /// Seconds since the Unix epoch.

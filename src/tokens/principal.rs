@@ -1,6 +1,7 @@
 //! The verdict on a valid token. Only the validator builds one (`new` is visible inside
 //! `tokens/` alone), so no later phase can act on an unchecked token; the cache keeps them.
 
+use super::binding::Binding;
 use crate::config::SELF_ISSUER;
 
 /// A claim value a route rule may test, as kept in a verdict: text (numbers and booleans
@@ -52,6 +53,9 @@ pub struct Principal {
     /// Issued without a user's consent (`gty`, client_credentials): a subject other than
     /// the client is then the client's linked user, and answers to the link.
     no_consent: bool,
+    /// The key the token is bound to (`cnf`): the proxy path honours it only from whoever
+    /// proves possession (`proxy/authenticate.rs`). Boxed: most tokens have none.
+    binding: Option<Box<Binding>>,
 }
 
 impl Principal {
@@ -84,7 +88,15 @@ impl Principal {
             *end = u16::try_from(text.len()).ok()?;
         }
         let claims = (!claims.is_empty()).then(|| claims.into_boxed_slice());
-        Some(Principal { text: text.into_boxed_str(), ends, claims, key_fingerprint, expires_at, no_consent: false })
+        Some(Principal {
+            text: text.into_boxed_str(),
+            ends,
+            claims,
+            key_fingerprint,
+            expires_at,
+            no_consent: false,
+            binding: None,
+        })
     }
 
     /// The name of the issuer that signed it: [`SELF_ISSUER`] or a `[[trusted_issuer]]`.
@@ -109,6 +121,17 @@ impl Principal {
     pub(super) fn without_consent(mut self, no_consent: bool) -> Principal {
         self.no_consent = no_consent;
         self
+    }
+
+    /// Record the key the token is bound to (its verified `cnf`).
+    pub(super) fn bound_to(mut self, binding: Option<Binding>) -> Principal {
+        self.binding = binding.map(Box::new);
+        self
+    }
+
+    /// The key the token is bound to, if it is sender-constrained.
+    pub fn binding(&self) -> Option<&Binding> {
+        self.binding.as_deref()
     }
 
     /// Was the token issued without a user's consent (client_credentials, `gty`)?

@@ -459,7 +459,8 @@ fn verify(token: &str, keys: &KeySet, rule_claims: &[String], now: u64) -> Resul
     let parts = [c.client_id.as_str(), &c.sub, &c.scope, &c.jti, &key.kid, &c.aud, ""];
     let p = Principal::build(parts, kept, key.fingerprint, c.exp)
         .ok_or(TokenError::BadClaims)?
-        .without_consent(c.gty.is_some());
+        .without_consent(c.gty.is_some())
+        .bound_to(c.cnf);
     Ok((p, c.iat))
 }
 

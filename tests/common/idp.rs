@@ -70,6 +70,68 @@ impl IdpKey {
         jwk
     }
 
+    /// The public key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+    pub fn public_pem(&self) -> String {
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+        let der: PublicKeyX509Der = match &self.signer {
+            Signer::Es256(kp) => kp.public_key().as_der().unwrap(),
+            Signer::Rs256(kp) => kp.public_key().as_der().unwrap(),
+            Signer::Ed(kp) => kp.public_key().as_der().unwrap(),
+        };
+        pem::encode(&pem::Pem::new("PUBLIC KEY", der.as_ref().to_vec()))
+    }
+
+    /// The private key as a PKCS#8 PEM (for a client library that signs with it).
+    pub fn private_pem(&self) -> String {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+        let der: Vec<u8> = match &self.signer {
+            Signer::Es256(kp) => kp.to_pkcs8v1().unwrap().as_ref().to_vec(),
+            Signer::Rs256(kp) => AsDer::<Pkcs8V1Der>::as_der(kp).unwrap().as_ref().to_vec(),
+            Signer::Ed(kp) => AsDer::<Pkcs8V1Der>::as_der(kp).unwrap().as_ref().to_vec(),
+        };
+        pem::encode(&pem::Pem::new("PRIVATE KEY", der))
+    }
+
+    /// The public JWK's RFC 7638 thumbprint, base64url (a DPoP `jkt`).
+    pub fn thumbprint(&self) -> String {
+        let jwk = self.jwk();
+        let canonical = match jwk["kty"].as_str().unwrap() {
+            "EC" => format!(r#"{{"crv":"P-256","kty":"EC","x":{},"y":{}}}"#, jwk["x"], jwk["y"]),
+            "RSA" => format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, jwk["e"], jwk["n"]),
+            _ => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":{}}}"#, jwk["x"]),
+        };
+        b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+
+    /// A DPoP proof (RFC 9449 §4.2) for `htm` `htu`, bound to `token` (`ath`) when given,
+    /// with `nonce` when given; `edit` changes the header and claims before signing.
+    pub fn dpop_proof_with(
+        &self,
+        htm: &str,
+        htu: &str,
+        token: Option<&str>,
+        nonce: Option<&str>,
+        edit: impl FnOnce(&mut Value, &mut Value),
+    ) -> String {
+        let mut jwk = self.jwk();
+        jwk.as_object_mut().unwrap().remove("kid");
+        let mut header = json!({"typ": "dpop+jwt", "alg": self.alg, "jwk": jwk});
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let mut claims = json!({"jti": b64(&rand_bytes()), "htm": htm, "htu": htu, "iat": now});
+        if let Some(t) = token {
+            claims["ath"] = b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes()).as_ref()).into();
+        }
+        if let Some(n) = nonce {
+            claims["nonce"] = n.into();
+        }
+        edit(&mut header, &mut claims);
+        self.sign_text(&header.to_string(), &claims.to_string())
+    }
+
+    pub fn dpop_proof(&self, htm: &str, htu: &str, token: Option<&str>) -> String {
+        self.dpop_proof_with(htm, htu, token, None, |_, _| {})
+    }
+
     /// The public key bytes as an attacker would find them (for algorithm confusion).
     pub fn public_bytes(&self) -> Vec<u8> {
         match &self.signer {
@@ -104,6 +166,12 @@ impl IdpKey {
         let header = json!({"alg": self.alg, "typ": "JWT", "kid": self.kid});
         self.sign_text(&header.to_string(), &claims.to_string())
     }
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    b
 }
 
 /// How the IdP answers JWKS requests.

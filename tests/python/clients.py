@@ -1,16 +1,17 @@
 """Stock Python OAuth clients against a running portcullis, unmodified.
 
-Usage: clients.py BASE_URL CA_FILE
+Usage: clients.py BASE_URL CA_FILE PKJWT_PRIVATE_KEY_PEM
 Each check raises on failure; the script prints one line per passed check.
 """
 import sys
 
 import requests
 from authlib.integrations.requests_client import OAuth2Session
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from oauthlib.oauth2 import BackendApplicationClient, LegacyApplicationClient
 from requests_oauthlib import OAuth2Session as RoSession
 
-BASE, CA = sys.argv[1], sys.argv[2]
+BASE, CA, PKJWT_KEY = sys.argv[1], sys.argv[2], sys.argv[3]
 TOKEN_URL = BASE + "/oauth/token"
 
 
@@ -64,3 +65,24 @@ try:
     check("authlib sees invalid_client", False)
 except Exception as e:  # authlib raises OAuthError with .error
     check("authlib sees invalid_client", getattr(e, "error", "") == "invalid_client")
+
+# authlib: private_key_jwt (RFC 7523) with its stock PrivateKeyJWT, the assertion's aud the
+# token endpoint the metadata names; a fresh jti each time, so two requests both pass.
+meta = requests.get(BASE + "/.well-known/oauth-authorization-server", verify=CA).json()
+check("metadata lists private_key_jwt", "private_key_jwt" in meta["token_endpoint_auth_methods_supported"])
+with open(PKJWT_KEY) as f:
+    private_pem = f.read()
+s = OAuth2Session("pkjwt", private_pem, scope="read", token_endpoint_auth_method="private_key_jwt")
+s.register_client_auth_method(PrivateKeyJWT(meta["token_endpoint"]))
+s.verify = CA
+first = s.fetch_token(TOKEN_URL, grant_type="client_credentials")
+second = s.fetch_token(TOKEN_URL, grant_type="client_credentials")
+check("authlib private_key_jwt", api_status(first["access_token"]) == 200 and api_status(second["access_token"]) == 200)
+# The same assertion twice: the second is a replay.
+from authlib.oauth2.rfc7523 import private_key_jwt_sign
+from authlib.jose import RSAKey
+assertion = private_key_jwt_sign(RSAKey.import_key(private_pem), "pkjwt", meta["token_endpoint"])
+form = {"grant_type": "client_credentials", "client_assertion": assertion,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}
+codes = [requests.post(TOKEN_URL, data=form, verify=CA).status_code for _ in range(2)]
+check("authlib assertion replay refused", codes == [200, 401])

@@ -8,12 +8,18 @@ use toml::Spanned;
 
 use super::Validator;
 use crate::config::ConfigError;
-use crate::config::model::{Client, ClientAuth, GrantType, User};
+use crate::config::model::{AssertionKey, Client, ClientAuth, GrantType, TokenBinding, User};
 use crate::config::raw::{RawClient, RawUser};
 
 /// Long enough for a retried or concurrent refresh, short enough that a stolen, already
 /// rotated token is rarely still worth anything (Auth0's and Hydra's defaults are similar).
 const DEFAULT_REFRESH_REUSE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A client assertion is made for one request: minutes are plenty, and its `jti` is
+/// remembered (to refuse a replay) for as long as it may live.
+const DEFAULT_MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
+/// The ceiling an operator may raise it to (some libraries sign for an hour).
+const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 
 impl Validator<'_> {
     pub(super) fn clients(
@@ -33,9 +39,16 @@ impl Validator<'_> {
             if clients.contains_key(id) {
                 return Err(self.err(c.id.span(), format!("duplicate client id {id:?}")));
             }
-            let auth = match &c.secret_hash {
-                Some(h) => ClientAuth::Confidential { secret_hash: self.argon2id(h, "secret_hash")? },
-                None => ClientAuth::Public,
+            // private_key_jwt has its own keys (clients.rs); every other method, mtls.rs.
+            let key_jwt = c.token_endpoint_auth_method.as_ref().is_some_and(|m| m.get_ref() == "private_key_jwt")
+                || c.jwks_file.is_some()
+                || c.public_key.is_some()
+                || c.max_assertion_lifetime.is_some();
+            let auth = if key_jwt {
+                self.client_auth(c)?
+            } else {
+                let secret = c.secret_hash.as_ref().map(|h| self.argon2id(h, "secret_hash")).transpose()?;
+                self.client_auth_method(c, secret)?
             };
             let mut grants = HashSet::new();
             let mut implicit = false;
@@ -159,6 +172,14 @@ impl Validator<'_> {
                 );
             }
             let cors_origins = c.cors_origins.iter().map(|o| self.origin(o)).collect::<Result<Vec<_>, _>>()?;
+            let token_binding = self.token_binding(&c.token_binding)?;
+            // A token sent in a redirect's fragment is issued to no connection and no proof.
+            if implicit && let Some(b) = &c.token_binding {
+                return Err(self.err(
+                    b.span(),
+                    format!("client {id:?}: token_binding cannot bind implicit-grant tokens; remove \"implicit\" from grants"),
+                ));
+            }
             let client = Client {
                 cors_origins,
                 id: id.clone(),
@@ -178,10 +199,81 @@ impl Validator<'_> {
                 rotate_refresh_tokens,
                 introspect: c.introspect.unwrap_or(false),
                 secret_rotation_revokes: c.secret_rotation_revokes.unwrap_or(false),
+                token_binding,
             };
             clients.insert(id.clone(), Arc::new(client));
         }
         Ok(clients)
+    }
+
+    /// How the client authenticates: `token_endpoint_auth_method` when given, else a
+    /// secret when it has one, else none (public). `private_key_jwt` names its key file
+    /// (`jwks_file` or `public_key`, exactly one) and has no secret.
+    fn client_auth(&self, c: &RawClient) -> Result<ClientAuth, ConfigError> {
+        let method = c.token_endpoint_auth_method.as_ref();
+        let jwt = method.is_some_and(|m| m.get_ref() == "private_key_jwt");
+        if !jwt {
+            for (name, v) in [
+                ("jwks_file", &c.jwks_file),
+                ("public_key", &c.public_key),
+                ("max_assertion_lifetime", &c.max_assertion_lifetime),
+            ] {
+                if let Some(v) = v {
+                    return Err(
+                        self.err(v.span(), format!("{name} needs token_endpoint_auth_method = \"private_key_jwt\""))
+                    );
+                }
+            }
+        }
+        match (method.map(|m| (m.get_ref().as_str(), m.span())), &c.secret_hash) {
+            (None | Some(("client_secret_basic" | "client_secret_post", _)), Some(h)) => {
+                Ok(ClientAuth::Confidential { secret_hash: self.argon2id(h, "secret_hash")? })
+            }
+            (Some(("client_secret_basic" | "client_secret_post", span)), None) => {
+                Err(self.err(span, "client_secret_basic and client_secret_post need secret_hash"))
+            }
+            (None | Some(("none", _)), None) => Ok(ClientAuth::Public),
+            (Some(("none", _)), Some(h)) => Err(self.err(h.span(), "token_endpoint_auth_method = \"none\" takes no secret_hash")),
+            (Some(("private_key_jwt", _)), Some(h)) => {
+                Err(self.err(h.span(), "private_key_jwt takes no secret_hash: the client signs with its private key"))
+            }
+            (Some(("private_key_jwt", span)), None) => {
+                let (file, jwks) = match (&c.jwks_file, &c.public_key) {
+                    (Some(f), None) => (f, true),
+                    (None, Some(f)) => (f, false),
+                    _ => return Err(self.err(span, "private_key_jwt needs exactly one of jwks_file and public_key")),
+                };
+                if file.get_ref().trim().is_empty() {
+                    return Err(self.err(file.span(), "the key file path is empty"));
+                }
+                let max_lifetime = self.duration(&c.max_assertion_lifetime, DEFAULT_MAX_ASSERTION_LIFETIME)?;
+                if let Some(v) = &c.max_assertion_lifetime
+                    && max_lifetime > MAX_ASSERTION_LIFETIME
+                {
+                    return Err(self.err(v.span(), "max_assertion_lifetime may be at most 1h (RFC 7523 asks for short-lived assertions)"));
+                }
+                Ok(ClientAuth::PrivateKeyJwt(AssertionKey {
+                    file: self.path(file.get_ref()),
+                    jwks,
+                    max_lifetime,
+                    line: self.line_of(file.span().start),
+                }))
+            }
+            (Some((other, span)), _) => Err(self.err(
+                span,
+                format!("unknown token_endpoint_auth_method {other:?}: use client_secret_basic, client_secret_post, none or private_key_jwt"),
+            )),
+        }
+    }
+
+    /// `token_binding`: `"mtls"` or `"dpop"`.
+    fn token_binding(&self, raw: &Option<Spanned<String>>) -> Result<Option<TokenBinding>, ConfigError> {
+        let Some(b) = raw else { return Ok(None) };
+        match b.get_ref().as_str() {
+            "mtls" => Ok(Some(TokenBinding::Mtls)),
+            "dpop" => Ok(Some(TokenBinding::Dpop)),
+            other => Err(self.err(b.span(), format!("unknown token_binding {other:?}: use \"mtls\" or \"dpop\""))),
+        }
     }
 
     /// `[[user]]`; a username may not also be a client id: a user's token and the

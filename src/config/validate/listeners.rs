@@ -72,12 +72,16 @@ impl Validator<'_> {
                          self-signed localhost certificate would silently replace them; set dev_certificate = false",
                     );
                 }
+                let client_certs = self.client_certs(t, listeners)?;
                 Some(TlsFiles {
                     cert,
                     key,
                     dev_certificate: t.dev_certificate,
                     line: self.line_of(spanned.span().start),
                     hsts: self.hsts(t)?,
+                    client_auth: client_certs.mode,
+                    client_ca: client_certs.ca,
+                    client_ca_line: client_certs.ca_line,
                 })
             }
         };

@@ -4,10 +4,12 @@
 //! CA) is checked once, when they are loaded.
 
 mod clients;
+mod dpop;
 mod issuers;
 mod keys;
 mod limits;
 mod listeners;
+mod mtls;
 mod paths;
 mod quota;
 mod routes;
@@ -171,6 +173,11 @@ impl Validator<'_> {
         let headers = self.identity_headers(&raw.proxy.headers)?;
         let keys = self.keys(&raw.keys)?;
         let clients = self.clients(&raw.clients, token_lifetime, refresh_token_lifetime)?;
+        for c in &raw.clients {
+            if let Some(client) = clients.get(c.get_ref().id.get_ref()) {
+                self.certificate_clients(c, &client.auth, client.token_binding, tls.as_ref())?;
+            }
+        }
         let users = self.users(&raw.users, &clients)?;
         self.linked_users(&raw.clients, &users)?;
         let default_store = RawStore::default();
@@ -223,6 +230,7 @@ impl Validator<'_> {
             store_sweep_interval: self.duration(&raw_store.sweep_interval, Duration::from_secs(60))?,
             store_line,
             rate_limit: self.rate_limit(&raw.rate_limit)?,
+            dpop: self.dpop(&raw.dpop)?,
             warnings: Vec::new(),
         };
         self.served_paths(&config, &raw.endpoints, raw.issuer.span())?;

@@ -49,8 +49,10 @@ impl Validator<'_> {
             token_id: self.header(&h.token_id, "x-auth-token-id")?,
             user: self.header(&h.user, "x-auth-user")?,
             issuer: self.header(&h.issuer, "x-auth-issuer")?,
+            binding: self.header(&h.binding, "x-auth-binding")?,
+            cert_thumbprint: self.header(&h.cert_thumbprint, "x-auth-cert-thumbprint")?,
         };
-        let raw = [&h.client_id, &h.subject, &h.scope, &h.token_id, &h.user, &h.issuer];
+        let raw = [&h.client_id, &h.subject, &h.scope, &h.token_id, &h.user, &h.issuer, &h.binding, &h.cert_thumbprint];
         for (i, (name, given)) in headers.all().into_iter().zip(raw).enumerate() {
             let Some(given) = given else { continue };
             if reserved_header(name.as_str()) {

@@ -11,6 +11,7 @@ use crate::oauth::params::Params;
 use crate::oauth::users;
 use crate::state::{Gateway, Runtime};
 use crate::store::{CodeGrant, TakeCode};
+use crate::tokens::binding::Binding;
 use crate::tokens::sha256;
 
 /// RFC 7636 §4.1: 43-128 characters of [A-Z a-z 0-9 - . _ ~].
@@ -29,6 +30,7 @@ pub async fn grant(
     rt: &Runtime,
     client: &Client,
     params: &Params,
+    binding: Option<&Binding>,
     now: u64,
 ) -> Result<TokenResponse, OAuthError> {
     let code = params.require("code")?;
@@ -59,6 +61,7 @@ pub async fn grant(
         new_refresh: refresh,
         audience: audience.as_deref(),
         gty: None,
+        binding,
     };
     issue_tokens(gw, rt, what, now).await
 }

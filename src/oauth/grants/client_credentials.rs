@@ -10,6 +10,7 @@ use crate::oauth::error::{BadGrant, OAuthError};
 use crate::oauth::params::Params;
 use crate::oauth::users;
 use crate::state::{Gateway, Runtime};
+use crate::tokens::binding::Binding;
 
 /// §4.4.2: only `scope` is read; the client is already authenticated.
 pub async fn grant(
@@ -17,6 +18,7 @@ pub async fn grant(
     rt: &Runtime,
     client: &Client,
     params: &Params,
+    binding: Option<&Binding>,
     now: u64,
 ) -> Result<TokenResponse, OAuthError> {
     let scopes = resolve_scopes(client, params.get("scope"))?;
@@ -42,6 +44,7 @@ pub async fn grant(
         new_refresh: family.is_some(),
         audience: audience.as_deref(),
         gty: Some(CLIENT_CREDENTIALS),
+        binding,
     };
     issue_tokens(gw, rt, what, now).await
 }

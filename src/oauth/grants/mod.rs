@@ -14,6 +14,7 @@ use crate::config::{Client, split_scopes};
 use crate::http::{Body, full};
 use crate::state::{Gateway, Runtime};
 use crate::store::{IssuedAccess, RefreshGrant};
+use crate::tokens::binding::Binding;
 use crate::tokens::issue::{Grant, IssuedToken, issue_with_gty};
 use crate::tokens::{random_token, sha256};
 
@@ -33,7 +34,7 @@ impl TokenResponse {
     pub fn new(token: IssuedToken, refresh_token: Option<String>) -> Self {
         TokenResponse {
             access_token: token.access_token,
-            token_type: "Bearer",
+            token_type: token.token_type,
             expires_in: token.expires_in,
             expires: token.expires_at,
             scope: token.scope,
@@ -94,17 +95,26 @@ pub fn sign(
     audience: Option<&str>,
     now: u64,
 ) -> Result<IssuedToken, OAuthError> {
-    sign_with(rt, client, subject, scopes, audience, None, now)
+    sign_with(rt, client, subject, scopes, audience, Extra::default(), now)
 }
 
-/// As [`sign`], with the `gty` claim.
+/// The claims beyond who, what and for whom: how the token was minted, what it is bound to.
+#[derive(Default, Clone, Copy)]
+pub struct Extra<'a> {
+    /// The `gty` claim ([`CLIENT_CREDENTIALS`] or none).
+    pub gty: Option<&'static str>,
+    /// The key the token is bound to (`cnf`).
+    pub binding: Option<&'a Binding>,
+}
+
+/// As [`sign`], with the `gty` claim and the binding.
 pub fn sign_with(
     rt: &Runtime,
     client: &Client,
     subject: &str,
     scopes: &[String],
     audience: Option<&str>,
-    gty: Option<&str>,
+    extra: Extra<'_>,
     now: u64,
 ) -> Result<IssuedToken, OAuthError> {
     let grant = Grant {
@@ -114,8 +124,9 @@ pub fn sign_with(
         subject,
         scopes,
         lifetime_secs: client.token_lifetime.as_secs(),
+        binding: extra.binding,
     };
-    issue_with_gty(&rt.keys, &grant, gty, now).map_err(|e| {
+    issue_with_gty(&rt.keys, &grant, extra.gty, now).map_err(|e| {
         tracing::error!(error = %e, "signing an access token failed");
         OAuthError::ServerError
     })
@@ -138,12 +149,15 @@ pub struct Issue<'a> {
     pub audience: Option<&'a str>,
     /// The `gty` claim ([`CLIENT_CREDENTIALS`] or none).
     pub gty: Option<&'static str>,
+    /// The key the access token (and a public client's refresh token) is bound to.
+    pub binding: Option<&'a Binding>,
 }
 
 /// Sign the access token, store a new refresh token if asked, link the access token to
 /// its family (so revoking the family revokes it) and build the response.
 pub async fn issue_tokens(gw: &Gateway, rt: &Runtime, what: Issue<'_>, now: u64) -> Result<TokenResponse, OAuthError> {
-    let token = sign_with(rt, what.client, what.subject, what.scopes, what.audience, what.gty, now)?;
+    let extra = Extra { gty: what.gty, binding: what.binding };
+    let token = sign_with(rt, what.client, what.subject, what.scopes, what.audience, extra, now)?;
     let mut refresh = None;
     if let Some(family) = what.family {
         if what.new_refresh {
@@ -157,6 +171,9 @@ pub async fn issue_tokens(gw: &Gateway, rt: &Runtime, what: Issue<'_>, now: u64)
                 expires_at: now + rt.config.refresh_token_lifetime.as_secs(),
                 audience: what.audience.map(str::to_string),
                 issued_at: now,
+                // RFC 8705 §4 / RFC 9449 §5: a public client's refresh token is bound to the
+                // same key; a confidential client's is bound to its authentication already.
+                binding: what.binding.filter(|_| what.client.is_public()).cloned(),
             };
             gw.store.put_refresh(sha256(secret.as_bytes()), grant).await?;
             refresh = Some(secret);

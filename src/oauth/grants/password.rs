@@ -7,12 +7,14 @@ use crate::oauth::error::OAuthError;
 use crate::oauth::params::Params;
 use crate::oauth::users;
 use crate::state::{Gateway, Runtime};
+use crate::tokens::binding::Binding;
 
 pub async fn grant(
     gw: &Gateway,
     rt: &Runtime,
     client: &Client,
     params: &Params,
+    binding: Option<&Binding>,
     now: u64,
 ) -> Result<TokenResponse, OAuthError> {
     let username = params.require("username")?;
@@ -34,6 +36,7 @@ pub async fn grant(
         new_refresh: family.is_some(),
         audience: audience.as_deref(),
         gty: None,
+        binding,
     };
     issue_tokens(gw, rt, what, now).await
 }

@@ -8,13 +8,14 @@
 //! until it expires.
 
 use super::revocation::{Reason, Revoke, revoke};
-use super::{CLIENT_CREDENTIALS, TokenResponse, scopes_within, sign_with};
+use super::{CLIENT_CREDENTIALS, Extra, TokenResponse, scopes_within, sign_with};
 use crate::config::Client;
 use crate::oauth::error::{BadGrant, OAuthError};
 use crate::oauth::params::Params;
 use crate::oauth::users;
 use crate::state::{Gateway, Runtime};
 use crate::store::{IssuedAccess, Rotate, Rotation};
+use crate::tokens::binding::Binding;
 use crate::tokens::validate::check_holder;
 use crate::tokens::{random_token, sha256};
 
@@ -39,12 +40,18 @@ pub async fn grant(
     rt: &Runtime,
     client: &Client,
     params: &Params,
+    binding: Option<&Binding>,
     now: u64,
 ) -> Result<TokenResponse, OAuthError> {
     let presented = sha256(params.require("refresh_token")?.as_bytes());
     let Some(stored) = gw.store.get_refresh(presented, now).await? else { return Err(invalid()) };
     let current = &stored.grant;
     if current.client_id != client.id {
+        return Err(invalid());
+    }
+    // A bound refresh token (a public client's) is honoured only with its key.
+    if !crate::oauth::binding::refresh_allowed(current.binding.as_ref(), binding) {
+        tracing::warn!(security_event = "refresh_binding_mismatch", client_id = %client.id, "bound refresh token presented without its key");
         return Err(invalid());
     }
     let scopes = refreshed_scopes(&current.scopes, &client.scopes, params.get("scope"))?;
@@ -70,7 +77,7 @@ pub async fn grant(
     // store step, so nothing after it can fail and strand the client with a spent token.
     // No user in the grant: it came from client_credentials, and so does this token.
     let gty = current.user.is_none().then_some(CLIENT_CREDENTIALS);
-    let token = sign_with(rt, client, &current.subject, &scopes, audience.as_deref(), gty, now)?;
+    let token = sign_with(rt, client, &current.subject, &scopes, audience.as_deref(), Extra { gty, binding }, now)?;
     let access = IssuedAccess { jti: token.jti.clone(), expires_at: token.expires_at };
     if !client.rotate_refresh_tokens && !client.is_public() && !stored.spent {
         // RFC 6749 §6: no new refresh token; the presented one stays the client's. Linking
