@@ -3,9 +3,6 @@
 //! A request enters through [`server`], which dispatches it either to an OAuth endpoint
 //! ([`oauth`]) or through the proxy phases ([`proxy`]): route → authenticate → authorize →
 //! forward. [`state::Gateway`] holds what every request reads.
-// The token endpoint's future nests deeply (grant → client auth → shared rate limit →
-// store); the default limit of 128 is too low to compute its layout.
-#![recursion_limit = "256"]
 
 pub mod admin;
 pub mod authority;

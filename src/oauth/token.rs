@@ -31,7 +31,9 @@ where
     }
     let work = async {
         let (parts, params) = read?;
-        token(gw, ctx, parts, params, &mut outcome).await
+        // Boxed: the grants nest deep enough (client auth, shared rate limits, the store)
+        // that the compiler's layout of the whole future would pass its recursion limit.
+        Box::pin(token(gw, ctx, parts, params, &mut outcome)).await
     };
     let result = limited(gw, ctx, Endpoint::Token, work).await;
     match result {
