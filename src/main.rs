@@ -1,7 +1,4 @@
 //! The `portcullis` command: serve | check | hash-secret | gen-key.
-// The connection task's future (TLS, dispatch, the proxy phases with DPoP and quotas, the
-// grants) nests deeper than the default limit of 128 the compiler allows for its layout.
-#![recursion_limit = "256"]
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};

@@ -279,7 +279,10 @@ async fn serve_connection(
             let peer = peer.clone();
             // dispatch counts the request in flight until its response is sent in full or
             // dropped (a streamed answer is still running after its head went out).
-            async move { Ok::<_, Infallible>(dispatch::dispatch(&gw, req, &peer).await) }
+            // Boxed: the request's future (dispatch, the proxy phases, the grants) is large and
+            // deep; boxing keeps the connection future small and within the compiler's
+            // recursion limit for layouts.
+            async move { Ok::<_, Infallible>(Box::pin(dispatch::dispatch(&gw, req, &peer)).await) }
         })
     };
     let served = match tls {
