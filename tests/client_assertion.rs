@@ -13,6 +13,11 @@ const TOKEN_ENDPOINT: &str = "https://gateway.test/oauth/token";
 /// A gateway whose client `signer` authenticates with `key`'s public key as a PEM file
 /// (and `jwkset` with a JWK Set of `set_key`).
 async fn start(key: &IdpKey, set_key: &IdpKey) -> (EchoUpstream, TestGateway, tempfile::TempDir) {
+    start_limited(key, set_key, "enabled = false").await
+}
+
+/// As [`start`], with `limits` the body of `[rate_limit]`.
+async fn start_limited(key: &IdpKey, set_key: &IdpKey, limits: &str) -> (EchoUpstream, TestGateway, tempfile::TempDir) {
     let keys = tempfile::tempdir().unwrap();
     let pem = keys.path().join("signer.pem");
     std::fs::write(&pem, key.public_pem()).unwrap();
@@ -21,7 +26,7 @@ async fn start(key: &IdpKey, set_key: &IdpKey) -> (EchoUpstream, TestGateway, te
     let extra = format!(
         r#"
 [rate_limit]
-enabled = false
+{limits}
 
 [[client]]
 id = "signer"
@@ -39,7 +44,7 @@ scopes = ["read"]
 introspect = true
 "#,
         pem.display(),
-        jwks.display()
+        jwks.display(),
     );
     let up = EchoUpstream::start().await;
     let gw = TestGateway::start_with(up.addr, &extra).await;
@@ -264,4 +269,31 @@ async fn a_reload_reads_the_key_again_and_a_replay_survives_a_restart() {
     assert_eq!(grant(&gw, &replayed).await.0, 200);
     let gw = gw.restart().await;
     assert_refused(&gw, "replay after restart", &replayed).await;
+}
+
+/// Bad assertions spend the (source, client) failure budget like wrong secrets: after
+/// `client_failures` of them even a good one gets 429; good ones spend nothing; an unknown
+/// client id is charged alike (no existence oracle through the 429).
+#[tokio::test]
+async fn bad_assertions_spend_the_client_failure_budget() {
+    let key = IdpKey::es256("c1");
+    let set_key = IdpKey::ed25519("e1");
+    let limits = "client_failures = 3\nclient_failures_window = \"1h\"\nip_burst = 1000\nfailure_cost = 1";
+    let (_up, gw, _keys) = start_limited(&key, &set_key, limits).await;
+    for _ in 0..5 {
+        assert_eq!(grant(&gw, &key.sign(&claims("signer"))).await.0, 200);
+    }
+    let other = IdpKey::es256("c1");
+    for i in 0..3 {
+        assert_refused(&gw, &format!("wrong key {i}"), &other.sign(&claims("signer"))).await;
+    }
+    let (status, v) = grant(&gw, &key.sign(&claims("signer"))).await;
+    assert_eq!(status, 429, "{v}");
+    // Another client from the same source is not locked out.
+    assert_eq!(grant(&gw, &set_key.sign(&claims("jwkset"))).await.0, 200);
+    // An id that names no client: three 401s, then 429, as for a known one.
+    for i in 0..3 {
+        assert_refused(&gw, &format!("ghost {i}"), &other.sign(&claims("ghost"))).await;
+    }
+    assert_eq!(grant(&gw, &other.sign(&claims("ghost"))).await.0, 429);
 }

@@ -93,7 +93,7 @@ pub async fn authenticate(
     cert: Option<&ClientCert>,
 ) -> Result<Arc<Client>, OAuthError> {
     if let Some(assertion) = client_assertion(headers, params)? {
-        return by_assertion(gw, rt, params, assertion).await;
+        return by_assertion(gw, rt, source, params, assertion).await;
     }
     let p = presented(headers, params)?;
     let fail = OAuthError::InvalidClient { basic: p.basic };
@@ -133,19 +133,23 @@ pub async fn authenticate(
         // A confidential client without its secret.
         (ClientAuth::Confidential { .. }, None) => return Err(fail),
         (ClientAuth::TlsClientAuth(name), None) => {
+            gw.limiter.reserve_client(limits, source, &client.id).await.map_err(OAuthError::RateLimited)?;
             // Only a certificate that chained to client_ca vouches for a name.
             if !cert.is_some_and(|c| c.chained && carries(c, name)) {
                 tracing::warn!(security_event = "wrong_client_certificate", client_id = %client.id, presented = cert.is_some(), "tls_client_auth failed");
                 return Err(fail);
             }
+            gw.limiter.release_client(limits, source, &client.id).await;
         }
         (ClientAuth::SelfSignedTls { thumbprints }, None) => {
+            gw.limiter.reserve_client(limits, source, &client.id).await.map_err(OAuthError::RateLimited)?;
             let matches = cert
                 .is_some_and(|c| thumbprints.iter().any(|t| bool::from(t.as_bytes().ct_eq(c.thumbprint.as_bytes()))));
             if !matches {
                 tracing::warn!(security_event = "wrong_client_certificate", client_id = %client.id, presented = cert.is_some(), "self_signed_tls_client_auth failed");
                 return Err(fail);
             }
+            gw.limiter.release_client(limits, source, &client.id).await;
         }
         // A secret offered by a certificate client: as for an unknown id.
         (ClientAuth::TlsClientAuth(_) | ClientAuth::SelfSignedTls { .. }, Some(secret)) => {
@@ -182,28 +186,40 @@ fn client_assertion<'p>(headers: &HeaderMap, params: &'p Params) -> Result<Optio
 
 /// `private_key_jwt`: the client named by `client_id` (else by the assertion's `iss`)
 /// must use it; the assertion is checked (at most one signature verification), then its
-/// `jti` is recorded once in the shared store.
-async fn by_assertion(gw: &Gateway, rt: &Runtime, params: &Params, assertion: &str) -> Result<Arc<Client>, OAuthError> {
+/// `jti` is recorded once in the shared store. Like a secret, each assertion reserves one
+/// failure of the (source, client) budget before it is verified; an id that names no
+/// enabled `private_key_jwt` client is charged alike and costs a dummy verification.
+async fn by_assertion(
+    gw: &Gateway,
+    rt: &Runtime,
+    source: IpAddr,
+    params: &Params,
+    assertion: &str,
+) -> Result<Arc<Client>, OAuthError> {
     let fail = OAuthError::InvalidClient { basic: false };
     let id = match params.get("client_id") {
         Some(id) => id.to_string(),
         None => assertion::unverified_client(assertion).ok_or(fail.clone())?,
     };
-    let (client, key) = match (rt.config.clients.get(&id), rt.client_keys.get(&id)) {
-        (Some(c), Some(key)) if c.enabled => match &c.auth {
-            ClientAuth::PrivateKeyJwt(k) => (c, (key, k.max_lifetime.as_secs())),
-            _ => return Err(fail),
-        },
-        _ => {
-            tracing::debug!("client assertion for no enabled private_key_jwt client");
-            return Err(fail);
-        }
-    };
     let config = &rt.config;
+    let limits = &config.rate_limit;
     let token_endpoint = super::metadata::endpoint_url(config, &config.token_path);
     let audiences = [config.issuer(), token_endpoint.as_str()];
     let now = now_secs();
-    let verified = assertion::verify(assertion, &client.id, key.0, &audiences, key.1, now).map_err(|e| {
+    gw.limiter.reserve_client(limits, source, &id).await.map_err(OAuthError::RateLimited)?;
+    let known = match (config.clients.get(&id), rt.client_keys.get(&id)) {
+        (Some(c), Some(key)) if c.enabled => match &c.auth {
+            ClientAuth::PrivateKeyJwt(k) => Some((c, key, k.max_lifetime.as_secs())),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some((client, key, max_lifetime)) = known else {
+        tracing::debug!("client assertion for no enabled private_key_jwt client");
+        assertion::verify_dummy(assertion, &id, &audiences, DUMMY_MAX_LIFETIME, now);
+        return Err(fail);
+    };
+    let verified = assertion::verify(assertion, &client.id, key, &audiences, max_lifetime, now).map_err(|e| {
         tracing::warn!(security_event = "bad_client_assertion", client_id = %client.id, reason = %e, "client assertion refused");
         fail.clone()
     })?;
@@ -212,8 +228,13 @@ async fn by_assertion(gw: &Gateway, rt: &Runtime, params: &Params, assertion: &s
         tracing::warn!(security_event = "client_assertion_replay", client_id = %client.id, "client assertion replayed");
         return Err(fail);
     }
+    gw.limiter.release_client(limits, source, &client.id).await;
     Ok(client.clone())
 }
+
+/// The lifetime a dummy verification allows: the default of `max_lifetime`, so an
+/// assertion for an unknown id passes the same claim checks a known client's would.
+const DUMMY_MAX_LIFETIME: u64 = 300;
 
 /// Does `cert` carry the name a `tls_client_auth` client registered (RFC 8705 §2.1.2)?
 /// The subject DN in canonical form ([`crate::dn`]), a DNS name without regard to case,
