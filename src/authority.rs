@@ -174,8 +174,10 @@ impl Authority {
 /// ends at its `]`.
 /// The URL a client addressed, without query, as a DPoP proof's `htu` names it (RFC 9449
 /// §4.3): the scheme and authority the client saw — behind a trusted proxy (`trusted`) the
-/// first item of its one `X-Forwarded-Proto` and `X-Forwarded-Host` lines, else the
-/// connection's and the request's own — then the request path. `None` when no authority
+/// last item of its one `X-Forwarded-Proto` and `X-Forwarded-Host` lines (the one the
+/// trusted proxy appended; items before it are the client's to write), else the
+/// connection's and the request's own — then the request path. `Forwarded` is not read:
+/// the gateway never vouches for a caller's `Forwarded` (it rebuilds it for upstreams). `None` when no authority
 /// is known or a forwarded value is not valid (a proof then cannot match: fail closed).
 pub fn public_url(
     headers: &http::HeaderMap,
@@ -184,24 +186,24 @@ pub fn public_url(
     own: Option<&Authority>,
     path: &str,
 ) -> Option<String> {
-    let first = |name: &str| -> Result<Option<&[u8]>, ()> {
+    let last = |name: &str| -> Result<Option<&[u8]>, ()> {
         let mut lines = headers.get_all(name).iter();
         match (lines.next(), lines.next()) {
             (None, _) => Ok(None),
-            (Some(v), None) => Ok(v.as_bytes().split(|b| *b == b',').next().map(crate::cookies::trim)),
+            (Some(v), None) => Ok(v.as_bytes().rsplit(|b| *b == b',').next().map(crate::cookies::trim)),
             _ => Err(()),
         }
     };
     let mut scheme = if tls { "https" } else { "http" };
     let mut authority = own.and_then(|a| a.header_value().to_str().ok().map(str::to_string));
     if trusted {
-        match first("x-forwarded-proto").ok()? {
+        match last("x-forwarded-proto").ok()? {
             None => {}
             Some(p) if p.eq_ignore_ascii_case(b"https") => scheme = "https",
             Some(p) if p.eq_ignore_ascii_case(b"http") => scheme = "http",
             Some(_) => return None,
         }
-        if let Some(h) = first("x-forwarded-host").ok()? {
+        if let Some(h) = last("x-forwarded-host").ok()? {
             let a = Authority::parse(h)?;
             authority = a.header_value().to_str().ok().map(str::to_string);
         }

@@ -93,7 +93,7 @@ async fn a_signed_assertion_authenticates_and_each_attack_is_refused() {
     let (status, v) = grant(&gw, &good).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(api_status(&gw, v["access_token"].as_str().unwrap()).await, 200);
-    for aud in [json!(ISSUER), json!(["https://other.test", TOKEN_ENDPOINT])] {
+    for aud in [json!(ISSUER), json!([ISSUER, TOKEN_ENDPOINT]), json!([TOKEN_ENDPOINT])] {
         let (status, v) = grant(&gw, &key.sign(&with(claims("signer"), "aud", aud.clone()))).await;
         assert_eq!(status, 200, "aud {aud}: {v}");
     }
@@ -111,7 +111,15 @@ async fn a_signed_assertion_authenticates_and_each_attack_is_refused() {
 
     // Another audience, or none.
     let now = portcullis::tokens::now_secs();
-    for aud in [json!("https://gateway.test/oauth/token/"), json!("https://evil.test"), json!(["x"]), json!(7)] {
+    for aud in [
+        json!("https://gateway.test/oauth/token/"),
+        json!("https://evil.test"),
+        json!(["x"]),
+        json!(7),
+        json!(["https://x", TOKEN_ENDPOINT]),
+        json!([TOKEN_ENDPOINT, 7]),
+        json!([]),
+    ] {
         assert_refused(&gw, &format!("aud {aud}"), &key.sign(&with(claims("signer"), "aud", aud))).await;
     }
     let mut no_aud = claims("signer");
@@ -163,6 +171,12 @@ async fn a_signed_assertion_authenticates_and_each_attack_is_refused() {
     assert_refused(&gw, "oversized", &key.sign(&big)).await;
     // Garbage.
     assert_refused(&gw, "garbage", "not.a.jwt").await;
+    // A kid that is not a string (RFC 7515 §4.1.4), on the JWK Set client whose key has one.
+    for kid in [json!(7), json!(null), json!(["e1"])] {
+        let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}).to_string();
+        let a = set_key.sign_text(&header, &claims("jwkset").to_string());
+        assert_refused(&gw, &format!("kid {kid}"), &a).await;
+    }
 
     // A wrong assertion type is invalid_client; an assertion with a secret, two methods.
     let form = [

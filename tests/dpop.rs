@@ -342,7 +342,8 @@ async fn behind_a_trusted_proxy_htu_is_the_forwarded_url() {
                 .header("authorization", format!("DPoP {token}"))
                 .header("DPoP", proof)
                 .header("x-forwarded-proto", proto)
-                .header("x-forwarded-host", "API.example.com, inner.test")
+                // The client wrote the first item; the trusted proxy appended the last.
+                .header("x-forwarded-host", "evil.test, API.example.com")
                 .send()
                 .await
                 .unwrap();
@@ -352,5 +353,27 @@ async fn behind_a_trusted_proxy_htu_is_the_forwarded_url() {
     assert_eq!(send("https://api.example.com/api/x".into(), "https").await, 200);
     assert_eq!(send("https://api.example.com:443/api/x".into(), "https").await, 200);
     assert_eq!(send("https://api.example.com/api/x".into(), "http").await, 401);
+    assert_eq!(send("https://api.example.com/api/x".into(), "https, http").await, 401, "the last proto counts");
+    assert_eq!(send("https://api.example.com/api/x".into(), "http, https").await, 200);
+    assert_eq!(send("https://evil.test/api/x".into(), "https").await, 401, "the client's own item is not read");
     assert_eq!(send(url.clone(), "https").await, 401, "the gateway's own URL is not what the client addressed");
+}
+
+/// RFC 3986 §6.2.2: a path with percent-encoded unreserved characters, and the proof's htu
+/// spelled the same (or the other way), match.
+#[tokio::test]
+async fn htu_and_path_are_compared_after_percent_encoding_normalisation() {
+    let (_up, gw) = setup_with(NO_LIMITS).await;
+    let key = IdpKey::es256("k");
+    let token = dpop_token(&gw, &key).await;
+    for (path, htu_path) in [("/api/%7E", "/api/%7E"), ("/api/%7e", "/api/~"), ("/api/~", "/api/%7E")] {
+        let url = gw.http_url(path);
+        let htu = gw.http_url(htu_path);
+        let proof = key.dpop_proof("GET", &htu, Some(&token));
+        let (status, www, _, v) = call(&gw.client(), &url, "DPoP", &token, &[&proof]).await;
+        assert_eq!(status, 200, "{path} with htu {htu_path}: {www:?} {v}");
+    }
+    // Another path is still another path.
+    let proof = key.dpop_proof("GET", &gw.http_url("/api/%7Ey"), Some(&token));
+    assert_eq!(call(&gw.client(), &gw.http_url("/api/~"), "DPoP", &token, &[&proof]).await.0, 401);
 }

@@ -193,6 +193,11 @@ token_binding = "mtls"
 }
 
 async fn setup_mode(mode: &str) -> Setup {
+    setup_mode_with(mode, "").await
+}
+
+/// As [`setup_mode`], with `extra` appended to the config.
+async fn setup_mode_with(mode: &str, extra: &str) -> Setup {
     let up = EchoUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(dir.path());
@@ -205,7 +210,8 @@ async fn setup_mode(mode: &str) -> Setup {
     std::fs::write(&selfie_file, &selfie.pem).unwrap();
     let text = config_toml(dir.path(), &pki, up.addr, "")
         .replace("[tls]\n", &format!("[tls]\nclient_auth = \"{mode}\"\nclient_ca = \"{}\"\n", ca_path.display()))
-        + &mtls_clients(&selfie, &selfie_file);
+        + &mtls_clients(&selfie, &selfie_file)
+        + extra;
     let gw = TestGateway::start_text(dir, pki, &text).await;
     Setup { _up: up, gw, ca, named, selfie }
 }
@@ -309,6 +315,28 @@ async fn self_signed_clients_are_known_by_their_thumbprint() {
             assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")), "{label} {id}: {v}");
         }
     }
+}
+
+/// Wrong certificates spend the (source, client) failure budget like wrong secrets: after
+/// `client_failures` of them, even the right certificate gets 429 for that client.
+#[tokio::test]
+async fn wrong_certificates_spend_the_client_failure_budget() {
+    let limits =
+        "\n[rate_limit]\nclient_failures = 3\nclient_failures_window = \"1h\"\nip_burst = 1000\nfailure_cost = 1\n";
+    let s = setup_mode_with("optional", limits).await;
+    let gw = &s.gw;
+    let selfie = s.selfie.client(gw, false);
+    for _ in 0..4 {
+        assert_eq!(cert_token(gw, &selfie, "selfie").await.0, 200, "successes spend nothing");
+    }
+    let twin = ClientId::self_signed(plain_params("selfie")).client(gw, false);
+    for i in 0..3 {
+        let (status, v) = cert_token(gw, &twin, "selfie").await;
+        assert_eq!(status, 401, "{i}: {v}");
+    }
+    let (status, v) = cert_token(gw, &selfie, "selfie").await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(cert_token(gw, &selfie, "selfie-file").await.0, 200, "another client is not locked out");
 }
 
 #[tokio::test]

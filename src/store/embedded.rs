@@ -810,6 +810,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        // The DPoP replay memory too, so it fills only with live proofs (and an insert
+        // into a full map, which retains under the lock, stays rare).
+        let proofs = match self.proofs.lock() {
+            Ok(mut seen) => {
+                let before = seen.len();
+                seen.retain(|_, exp| *exp > now);
+                (before - seen.len()) as u64
+            }
+            Err(_) => 0,
+        };
         self.write(move |txn| {
             let mut removed = 0u64;
             // Unreadable records are kept: deleting what we cannot parse could hide a bug.
@@ -831,7 +841,7 @@ impl Store for EmbeddedStore {
             sweep(SESSIONS, &|v| decode::<Session>(v).is_ok_and(|s| s.expires_at <= now))?;
             sweep(BLOCKS, &|v| decode::<Block>(v).is_ok_and(|b| !b.live(now)))?;
             sweep(ONCE, &|v| decode::<u64>(v).is_ok_and(|exp| exp <= now))?;
-            Ok(removed)
+            Ok(removed + proofs)
         })
         .await
     }
@@ -949,6 +959,17 @@ mod tests {
         assert!(s.is_revoked("j1").await.unwrap());
         assert_eq!(s.get_refresh([2; 32], 1002).await.unwrap(), None, "family refresh tokens die with the replay");
         assert_eq!(s.take_code([9; 32], "f3", 1000).await.unwrap(), TakeCode::Unknown);
+    }
+
+    #[tokio::test]
+    async fn the_periodic_sweep_drops_lapsed_dpop_proofs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        assert!(s.first_use(OnceKind::DpopProof, [1; 32], 100, 50).await.unwrap());
+        assert!(s.first_use(OnceKind::DpopProof, [2; 32], 200, 50).await.unwrap());
+        assert_eq!(s.sweep(150).await.unwrap(), 1);
+        assert_eq!(s.proofs.lock().unwrap().len(), 1);
+        assert!(!s.first_use(OnceKind::DpopProof, [2; 32], 200, 160).await.unwrap(), "a live proof is kept");
     }
 
     #[tokio::test]

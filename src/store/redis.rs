@@ -990,12 +990,14 @@ impl Store for RedisStore {
         Ok(found)
     }
 
-    /// `SET NX`: atomic on the server, so of two replicas presenting the same id one wins.
+    /// `SET NX`: atomic on the server, so of two replicas presenting the same id one wins;
+    /// then `WAIT` for `replica_acks` like codes, so a failover does not forget it.
     async fn first_use(&self, kind: OnceKind, id: Hash, expires_at: u64, now: u64) -> Result<bool, StoreError> {
         let ttl = expires_at.saturating_sub(now).max(1);
         let mut conn = self.conn().await?;
+        let key = self.key(&format!("once:{}", kind.as_str()), &hex(&id));
         let set: Option<String> = redis::cmd("SET")
-            .arg(self.key(&format!("once:{}", kind.as_str()), &hex(&id)))
+            .arg(&key)
             .arg("1")
             .arg("NX")
             .arg("EX")
@@ -1003,6 +1005,10 @@ impl Store for RedisStore {
             .query_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
+        // A jti lost with its primary would make the proof or assertion fresh again.
+        if set.is_some() {
+            self.replicated(&mut conn, &key).await?;
+        }
         self.down.answered();
         Ok(set.is_some())
     }

@@ -40,9 +40,16 @@ pub fn thumbprint(der: &[u8]) -> String {
 impl ClientCert {
     /// The leaf of a chain the handshake accepted; `None` if it does not parse (it then
     /// counts as no certificate at all: nothing bound to it and no client authenticated).
+    ///
+    /// The leaf must be within its validity period now: a resumed TLS session carries the
+    /// certificate of its first handshake without verifying it again, so an (unchained,
+    /// self-signed) certificate that has expired since would otherwise keep working.
     pub fn of_chain(chain: &[CertificateDer<'_>], verifier: &ClientVerifier) -> Option<ClientCert> {
         let (leaf, intermediates) = chain.split_first()?;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        if !cert.validity().is_valid() {
+            return None;
+        }
         let (mut dns, mut uri, mut ip, mut email) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // A SAN extension that does not parse (or is repeated) makes the certificate unusable.
         if let Some(san) = cert.subject_alternative_name().ok()? {
@@ -69,5 +76,31 @@ impl ClientCert {
             san_ip: ip.into(),
             san_email: email.into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::client_auth::ClientAuthMode;
+
+    fn self_signed(not_after: (i32, u8, u8)) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["client.test".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn an_expired_leaf_counts_as_no_certificate() {
+        let ca = self_signed((2999, 1, 1));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let verifier = ClientVerifier::new(roots, ClientAuthMode::Optional).unwrap();
+        let valid = ClientCert::of_chain(&[self_signed((2999, 1, 1))], &verifier);
+        assert!(valid.is_some_and(|c| !c.chained));
+        // As on a resumed session, where the handshake verifier does not run again.
+        assert_eq!(ClientCert::of_chain(&[self_signed((2001, 1, 1))], &verifier), None);
     }
 }

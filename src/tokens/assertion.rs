@@ -76,7 +76,7 @@ pub enum AssertionError {
     Jws(#[from] JwsError),
     #[error("iss or sub is not the client id")]
     Subject,
-    #[error("aud is neither the issuer nor the token endpoint")]
+    #[error("aud is neither the issuer nor the token endpoint (or an array with another member)")]
     Audience,
     #[error("exp missing or passed")]
     Expired,
@@ -171,7 +171,11 @@ pub fn verify(
     }
     let aud_ok = match jws.claims.get("aud") {
         Some(Value::String(a)) => audiences.contains(&a.as_str()),
-        Some(Value::Array(list)) => list.iter().any(|a| a.as_str().is_some_and(|a| audiences.contains(&a))),
+        // Every member ours: an array naming a foreign audience too is an assertion
+        // meant for (or replayable at) someone else (rfc7523bis, audience injection).
+        Some(Value::Array(list)) => {
+            !list.is_empty() && list.iter().all(|a| a.as_str().is_some_and(|a| audiences.contains(&a)))
+        }
         _ => false,
     };
     if !aud_ok {
@@ -194,6 +198,11 @@ pub fn verify(
         }
     }
     let jti = jws.claim_str("jti").filter(|j| !j.is_empty() && j.len() <= 256).ok_or(AssertionError::NoJti)?;
+    // RFC 7515 §4.1.4: `kid` is a string; anything else is refused, not read as absent.
+    // Without `kid`, the client's one key of the assertion's algorithm verifies it.
+    if jws.header.get("kid").is_some_and(|k| !k.is_string()) {
+        return Err(AssertionError::Jws(JwsError::Malformed));
+    }
     let kid = if keys.single { None } else { jws.header_str("kid") };
     let key = match keys.set.find(kid, jws.alg) {
         Found::Key(k) => k,

@@ -185,7 +185,10 @@ pub fn header(headers: &http::HeaderMap) -> Result<Option<&str>, DpopError> {
 
 /// An HTTP(S) URL in the form `htu` is compared in (RFC 9449 §4.3 item 9, RFC 3986
 /// §6.2.2–6.2.3): scheme and host lower-cased, the default port dropped, an empty path
-/// made `/`, the query and fragment removed. `None` for anything else.
+/// made `/`, the query and fragment removed, and in the path the percent-encoding of
+/// unreserved characters decoded and other escapes' hex upper-cased (§6.2.2.1–2), so
+/// `/a/%7e` and `/a/~` are one URL however the client or the gateway spelled it.
+/// `None` for anything else.
 pub fn normalise_htu(url: &str) -> Option<String> {
     let mut u = url::Url::parse(url).ok()?;
     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() || !u.username().is_empty() {
@@ -193,7 +196,37 @@ pub fn normalise_htu(url: &str) -> Option<String> {
     }
     u.set_query(None);
     u.set_fragment(None);
+    let path = normalise_escapes(u.path());
+    u.set_path(&path);
     Some(u.into())
+}
+
+/// RFC 3986 §6.2.2.1–2 on a path: `%XX` of an unreserved character decoded, the hex of
+/// the others upper-cased. A `%` not followed by two hex digits is left as it is.
+fn normalise_escapes(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c)))
+        {
+            let c = (h * 16 + l) as u8;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                out.push(c as char);
+            } else {
+                out.push_str(&format!("%{c:02X}"));
+            }
+            i += 3;
+            continue;
+        }
+        // Multi-byte characters are copied whole (a URL's path is ASCII, but be safe).
+        let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
+        out.push(ch);
+        i += ch.len_utf8().max(1);
+    }
+    out
 }
 
 /// The nonce key: derived from the key that protects the login forms (itself derived from
@@ -242,6 +275,11 @@ mod tests {
         assert_eq!(n("ftp://example.com/"), None);
         assert_eq!(n("https://user@example.com/"), None);
         assert_eq!(n("/relative"), None);
+        // RFC 3986 §6.2.2: unreserved escapes decoded, other escapes' hex upper-cased.
+        assert_eq!(n("https://e.com/api/%7E%7e%41x").as_deref(), Some("https://e.com/api/~~Ax"));
+        assert_eq!(n("https://e.com/api/%2f%2F%zz").as_deref(), Some("https://e.com/api/%2F%2F%zz"));
+        assert_eq!(n("https://e.com/api/%7E"), n("https://e.com/api/~"));
+        assert_ne!(n("https://e.com/a%2Fb"), n("https://e.com/a/b"));
     }
 
     #[test]
