@@ -359,14 +359,18 @@ async fn behind_a_trusted_proxy_htu_is_the_forwarded_url() {
     assert_eq!(send(url.clone(), "https").await, 401, "the gateway's own URL is not what the client addressed");
 }
 
-/// RFC 3986 §6.2.2: a path with percent-encoded unreserved characters, and the proof's htu
-/// spelled the same (or the other way), match.
+/// RFC 3986 §6.2.2: the request path and the proof's htu match however escapes of
+/// unreserved characters and the case of escapes' hex are spelled on either side.
 #[tokio::test]
 async fn htu_and_path_are_compared_after_percent_encoding_normalisation() {
     let (_up, gw) = setup_with(NO_LIMITS).await;
     let key = IdpKey::es256("k");
     let token = dpop_token(&gw, &key).await;
-    for (path, htu_path) in [("/api/%7E", "/api/%7E"), ("/api/%7e", "/api/~"), ("/api/~", "/api/%7E")] {
+    // (The proxy refuses a request path with escaped unreserved characters before any
+    // token check; the proof's htu may still spell them so.)
+    let cases =
+        [("/api/~", "/api/%7E"), ("/api/~", "/api/%7e"), ("/api/a%3ab", "/api/a%3Ab"), ("/api/a%3Ab", "/api/a%3ab")];
+    for (path, htu_path) in cases {
         let url = gw.http_url(path);
         let htu = gw.http_url(htu_path);
         let proof = key.dpop_proof("GET", &htu, Some(&token));
