@@ -227,14 +227,12 @@ where
         // Refused (401, 403, 426...): its answer goes back as any answer does.
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::HTTP_11;
-        forward::strip_hop_by_hop(&mut parts.headers);
-        forward::drop_gateway_set_cookies(&mut parts.headers);
+        forward::response_hygiene(&mut parts.headers);
         return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
-    forward::strip_hop_by_hop(&mut parts.headers);
-    forward::drop_gateway_set_cookies(&mut parts.headers);
+    forward::response_hygiene(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     if h2 {
         // RFC 8441 §5: no Sec-WebSocket-Accept over HTTP/2; 200 opens the stream.
