@@ -565,6 +565,7 @@ pub async fn forward<B>(
     req: Request<B>,
     peer: &Peer,
     authority: Option<&Authority>,
+    request_lease: Option<super::lifetime::Lease>,
 ) -> Result<Response<Body>, ProxyError>
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
@@ -612,6 +613,11 @@ where
         let body = body.map_err(|e| BoxError::from(InboundBodyError(e.into())));
         let body = Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed();
         let body = WithoutTrailers(body).boxed();
+        // A streamed request body ends with its token (the client→upstream direction).
+        let body = match request_lease {
+            Some(lease) if !body.is_end_stream() => super::lifetime::EndsWithToken::wrap_request(body, lease),
+            _ => body,
+        };
         if multipart { super::multipart::scanned(body) } else { body }
     };
     let req = Request::from_parts(parts, body);

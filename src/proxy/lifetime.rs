@@ -101,8 +101,31 @@ impl Lease {
     /// per call that says so (callers stop at the first).
     pub fn check(&self) -> Option<Ended> {
         let ended = self.why_ended()?;
-        self.gw.metrics.connection_ended(ended.label());
+        self.count(ended);
         Some(ended)
+    }
+
+    /// [`Lease::check`] without counting: for a watcher that leaves the counting to
+    /// whoever ends the connection ([`Lease::count`]).
+    pub fn lapsed(&self) -> Option<Ended> {
+        self.why_ended()
+    }
+
+    /// Count a connection ended for `why` in the metric.
+    pub fn count(&self, why: Ended) {
+        self.gw.metrics.connection_ended(why.label());
+    }
+
+    /// Wait until the lease lapses (checked every [`CHECK_EVERY`] and at expiry); never
+    /// without a lease. Does not count in the metric.
+    pub async fn lapses(lease: Option<&Lease>) -> Ended {
+        let Some(lease) = lease else { return std::future::pending().await };
+        loop {
+            if let Some(why) = lease.lapsed() {
+                return why;
+            }
+            tokio::time::sleep(CHECK_EVERY.min(lease.expires_in())).await;
+        }
     }
 
     fn why_ended(&self) -> Option<Ended> {
@@ -149,6 +172,8 @@ pub struct EndsWithToken {
     lease: Lease,
     opened: Instant,
     grpc: bool,
+    /// A request body (what goes upstream): ended with an error, never with trailers.
+    request: bool,
     /// Armed at the first wait past [`QUIET_START`]; reset, not reallocated, after.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     state: BodyState,
@@ -171,7 +196,20 @@ impl EndsWithToken {
     pub fn wrap(inner: Body, lease: Lease, headers: &HeaderMap) -> Body {
         use http_body_util::BodyExt;
         let grpc = is_grpc(headers);
-        EndsWithToken { inner, lease, opened: Instant::now(), grpc, timer: None, state: BodyState::Streaming }.boxed()
+        let request = false;
+        EndsWithToken { inner, lease, opened: Instant::now(), grpc, request, timer: None, state: BodyState::Streaming }
+            .boxed()
+    }
+
+    /// The request side: a streamed request body (gRPC client or bidi streaming, RFC 8441)
+    /// ends with its token too, so that the client→upstream direction stops even when the
+    /// response side is not polled (HTTP/2 polls no body without a flow-control window).
+    /// It ends with an error: the upstream sees a reset, never a complete body.
+    pub fn wrap_request(inner: Body, lease: Lease) -> Body {
+        use http_body_util::BodyExt;
+        let opened = Instant::now();
+        EndsWithToken { inner, lease, opened, grpc: false, request: true, timer: None, state: BodyState::Streaming }
+            .boxed()
     }
 
     /// The next moment to look: the next check, or the expiry if sooner.
@@ -185,7 +223,7 @@ impl EndsWithToken {
 
     fn end(&mut self, why: Ended) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         tracing::info!(reason = why.label(), "stream ended with its token");
-        if self.grpc {
+        if self.grpc && !self.request {
             self.state = BodyState::TrailersSent;
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("16"));

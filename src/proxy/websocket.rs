@@ -297,6 +297,21 @@ where
                 up_done = Some(tokio::time::Instant::now() + linger);
             }
             _ = sleep_until(up_done) => return Ok(None),
+            // Outside both directions: a client that stops reading (the write to it blocks)
+            // or keeps sending cannot keep the connection past its token. `down` may still
+            // write the close frame, within its bounds; then both halves are dropped.
+            why = Lease::lapses(lease.as_ref()) => {
+                let graceful = FINISH_FRAME_WITHIN + CLOSE_WITHIN * 3;
+                match tokio::time::timeout(graceful, &mut down).await {
+                    Ok(Ok(Some(_))) => {}
+                    _ => {
+                        if let Some(lease) = &lease {
+                            lease.count(why);
+                        }
+                    }
+                }
+                return Ok(Some(why));
+            }
             r = &mut down => {
                 let ended = r?;
                 // The upstream closed (its FIN is passed on): what the client still sends
@@ -335,10 +350,10 @@ where
                     Some(why) => {
                         finish_frame(from, to, &mut frames, &mut buf).await?;
                         if frames.at_boundary() {
-                            to.write_all(&close_frame(1008, why.close_reason())).await?;
+                            bounded(to.write_all(&close_frame(1008, why.close_reason()))).await?;
                         }
-                        to.flush().await?;
-                        let _ = to.shutdown().await;
+                        bounded(to.flush()).await?;
+                        let _ = bounded(to.shutdown()).await;
                         return Ok(Some(why));
                     }
                 }
@@ -350,6 +365,18 @@ where
         }
         frames.feed(&buf[..n]);
         to.write_all(&buf[..n]).await?;
+    }
+}
+
+/// How long one write of the closing handshake may wait for a client that does not read.
+const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A write on the way out, within [`CLOSE_WITHIN`]: a client that stops reading cannot
+/// hold the close.
+async fn bounded<T>(write: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    match tokio::time::timeout(CLOSE_WITHIN, write).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client did not read the close")),
     }
 }
 
@@ -377,7 +404,7 @@ where
             return Ok(());
         }
         let take = frames.advance(&buf[..n]);
-        to.write_all(&buf[..take]).await?;
+        bounded(to.write_all(&buf[..take])).await?;
     }
     Ok(())
 }
