@@ -557,6 +557,7 @@ pub(super) fn upstream_headers(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn forward<B>(
     rt: &Runtime,
     upstreams: &Upstreams,
