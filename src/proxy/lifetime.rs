@@ -217,8 +217,7 @@ impl EndsWithToken {
         let now = Instant::now();
         let start = self.opened + QUIET_START;
         let next = if now < start { start } else { now + CHECK_EVERY };
-        let at = next.min(now + self.lease.expires_in());
-        tokio::time::Instant::from_std(at)
+        tokio::time::Instant::from_std(sooner(next, now, self.lease.expires_in()))
     }
 
     fn end(&mut self, why: Ended) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -233,6 +232,12 @@ impl EndsWithToken {
         self.state = BodyState::Done;
         Poll::Ready(Some(Err(Box::new(StreamEnded(why)))))
     }
+}
+
+/// `next`, or `now + expires_in` if sooner. A trusted issuer's token may carry a huge
+/// `exp`: an expiry past what an `Instant` can hold is no sooner than anything.
+fn sooner(next: Instant, now: Instant, expires_in: Duration) -> Instant {
+    now.checked_add(expires_in).map_or(next, |expiry| next.min(expiry))
 }
 
 /// `application/grpc`, `application/grpc+proto`, `application/grpc-web`...
@@ -317,5 +322,19 @@ impl HttpBody for EndsWithToken {
             BodyState::Streaming => self.inner.size_hint(),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expiry_past_any_instant_does_not_panic() {
+        let now = Instant::now();
+        let next = now + CHECK_EVERY;
+        assert_eq!(sooner(next, now, Duration::from_secs(u64::MAX)), next);
+        assert_eq!(sooner(next, now, Duration::from_secs(10_000_000_000_000_000_000)), next);
+        assert_eq!(sooner(next, now, Duration::from_millis(10)), now + Duration::from_millis(10));
     }
 }
