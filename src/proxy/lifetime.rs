@@ -87,7 +87,7 @@ impl Lease {
             gw: gw.clone(),
             principal: principal.clone(),
             not_before: gw.validator.client_not_before(principal.client_id()),
-            refused_from: principal.expires_at().saturating_add(LEEWAY_SECS),
+            refused_from: principal.lease_until().saturating_add(LEEWAY_SECS),
         }
     }
 
