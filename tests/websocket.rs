@@ -638,3 +638,43 @@ async fn a_client_that_stops_reading_is_still_cut_off_when_its_token_is_revoked(
     assert_eq!(counter(&gw, "portcullis_connections_ended_total{reason=\"revoked\"}").await, 1.0);
     drop(echo);
 }
+
+#[tokio::test]
+async fn an_upstream_101_to_a_plain_request_is_a_502_and_handshake_fields_are_not_forwarded() {
+    // An upstream that answers every request with a bare 101, then closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+                .await;
+        }
+    });
+    let echo = EchoUpstream::start().await;
+    let routes = format!("[[route]]\nprefix = \"/sw\"\nupstream = \"http://{up}\"\nscopes = [\"read\"]\n");
+    let gw = TestGateway::start_with(echo.addr, &routes).await;
+    let token = svc_token(&gw).await;
+    for client in [gw.client(), https_client(&gw.pki.ca_pem, true)] {
+        let resp = client.get(gw.url("/sw/x")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 502, "{:?}", resp.version());
+    }
+    // No `Connection: upgrade`: not an upgrade, and the handshake's fields do not go up.
+    let resp = gw
+        .client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&token)
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await
+        .unwrap();
+    let echo_seen: Echo = resp.json().await.unwrap();
+    assert!(echo_seen.header("sec-websocket-key").is_none(), "{echo_seen:?}");
+    assert!(echo_seen.header("sec-websocket-version").is_none(), "{echo_seen:?}");
+    assert!(echo_seen.header("upgrade").is_none(), "{echo_seen:?}");
+    drop(echo);
+}

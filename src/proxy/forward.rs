@@ -596,6 +596,9 @@ where
     if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    // Not an upgrade the gateway makes (that is `websocket.rs`): the handshake's own
+    // fields would only invite an upstream to switch protocols on a plain request.
+    remove_where(&mut parts.headers, |n| n.as_str().starts_with("sec-websocket-"));
     parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -634,6 +637,12 @@ where
         Ok(Err(e)) => return Err(ProxyError::BadGateway(error_chain(&*e))),
         Ok(Ok(resp)) => resp,
     };
+    // A 101 to a request the gateway did not upgrade: nothing could follow it (HTTP/1.1 a
+    // bare 101 then EOF; HTTP/2 forbids it), so it is the upstream's fault, like a wrong
+    // WebSocket accept.
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::BadGateway("a 101 to a request that was not an upgrade".into()));
+    }
     let (mut parts, body) = resp.into_parts();
     // The client's connection is ours, not the upstream's: an HTTP/1.0 upstream must not
     // make an HTTP/1.1 client's response HTTP/1.0 (and close its connection). hyper
