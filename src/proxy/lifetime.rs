@@ -193,9 +193,12 @@ enum BodyState {
 pub struct StreamEnded(pub Ended);
 
 impl EndsWithToken {
-    pub fn wrap(inner: Body, lease: Lease, headers: &HeaderMap) -> Body {
+    /// `client_h2`: the client speaks HTTP/2. Only then can it get the gRPC trailers
+    /// (HTTP/1.1 drops trailers, gRPC-Web carries them in the body): anything else is cut
+    /// with an error, never an end that looks complete.
+    pub fn wrap(inner: Body, lease: Lease, headers: &HeaderMap, client_h2: bool) -> Body {
         use http_body_util::BodyExt;
-        let grpc = is_grpc(headers);
+        let grpc = client_h2 && is_grpc(headers) && !is_grpc_web(headers);
         let request = false;
         EndsWithToken { inner, lease, opened: Instant::now(), grpc, request, timer: None, state: BodyState::Streaming }
             .boxed()
@@ -238,6 +241,13 @@ impl EndsWithToken {
 /// `exp`: an expiry past what an `Instant` can hold is no sooner than anything.
 fn sooner(next: Instant, now: Instant, expires_in: Duration) -> Instant {
     now.checked_add(expires_in).map_or(next, |expiry| next.min(expiry))
+}
+
+/// `application/grpc-web`, `application/grpc-web-text`...: trailers travel in the body.
+fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().get(..20).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc-web")))
 }
 
 /// `application/grpc`, `application/grpc+proto`, `application/grpc-web`...
@@ -328,6 +338,13 @@ impl HttpBody for EndsWithToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_web_is_told_apart_from_grpc() {
+        let h = |ct: &'static str| HeaderMap::from_iter([(http::header::CONTENT_TYPE, HeaderValue::from_static(ct))]);
+        assert!(is_grpc(&h("application/grpc+proto")) && !is_grpc_web(&h("application/grpc+proto")));
+        assert!(is_grpc_web(&h("application/grpc-web-text")) && is_grpc_web(&h("APPLICATION/GRPC-WEB")));
+    }
 
     #[test]
     fn an_expiry_past_any_instant_does_not_panic() {

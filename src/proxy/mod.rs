@@ -128,6 +128,8 @@ where
     // Routes without a quota return at once, without touching the limiter.
     let quota = quota::check(gw, route, principal.as_deref(), ctx.source).await?;
     let started = std::time::Instant::now();
+    // gRPC trailers reach only an HTTP/2 client: a stream cut on HTTP/1.1 aborts instead.
+    let client_h2 = req.version() == http::Version::HTTP_2;
     let result = if let Some(handshake) = handshake {
         let (peer, authority) = (ctx.peer, ctx.authority.as_ref());
         websocket::proxy(gw, rt, route, principal.as_deref(), lease, req, peer, authority, handshake).await
@@ -140,7 +142,7 @@ where
         match (result, lease) {
             (Ok(resp), Some(lease)) if !http_body::Body::is_end_stream(resp.body()) => {
                 let (parts, body) = resp.into_parts();
-                let body = lifetime::EndsWithToken::wrap(body, lease, &parts.headers);
+                let body = lifetime::EndsWithToken::wrap(body, lease, &parts.headers, client_h2);
                 Ok(Response::from_parts(parts, body))
             }
             (result, _) => result,
