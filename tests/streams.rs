@@ -530,3 +530,89 @@ async fn a_stream_lasts_past_the_upstream_timeout_and_the_idle_timeout_while_byt
     let rest = resp.bytes().await.unwrap();
     assert_eq!(rest, Bytes::from(format!("data: event {n}\n\n")), "the stream ends cleanly when the upstream's does");
 }
+
+/// An h2c upstream that tells the test the request trailers it got (names, `-` when none)
+/// and answers with trailers of its own: one to keep, the gateway's cookie and another.
+/// (HTTP/2 cannot carry hop-by-hop fields at all: the h2 crate refuses to send them.)
+async fn trailer_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use http_body_util::BodyExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let collected = req.into_body().collect().await.unwrap();
+                        let names = match collected.trailers() {
+                            Some(t) => t.iter().map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?"))).collect(),
+                            None => vec!["-".to_string()],
+                        };
+                        let _ = tx.send(names.join("\n"));
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("x-kept", "1".parse().unwrap());
+                        trailers.append("set-cookie", "__Host-portcullis_session=evil; Path=/".parse().unwrap());
+                        trailers.append("set-cookie", "theirs=1".parse().unwrap());
+                        let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+                            vec![Ok(Frame::data(Bytes::from_static(b"ok"))), Ok(Frame::trailers(trailers))];
+                        Ok::<_, Infallible>(Response::new(StreamBody::new(futures_util::stream::iter(frames))))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn request_trailers_never_reach_the_upstream_and_response_trailers_are_filtered() {
+    use http_body_util::BodyExt;
+    let (up, mut seen) = trailer_upstream().await;
+    let gw = gateway_to(None, up).await;
+    let token = svc_token(&gw).await;
+
+    // HTTP/2 client trailers: forged identity, a credential, a forwarding header, our cookie.
+    let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut forged = http::HeaderMap::new();
+    forged.insert("x-auth-client-id", "root".parse().unwrap());
+    forged.insert("authorization", "Bearer x".parse().unwrap());
+    forged.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+    forged.insert("cookie", "__Host-portcullis_session=S".parse().unwrap());
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+        vec![Ok(Frame::data(Bytes::from_static(b"body"))), Ok(Frame::trailers(forged))];
+    let req = Request::post(gw.http_url("/h2c.Echo/T"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.into_body().collect().await.unwrap();
+    let trailers = got.trailers().cloned().expect("the upstream's trailers reach the client");
+    assert_eq!(trailers["x-kept"], "1");
+    let cookies: Vec<_> = trailers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["theirs=1"], "the gateway's cookie is not set from a trailer");
+    assert_eq!(seen.recv().await.unwrap(), "-", "HTTP/2 request trailers are dropped");
+
+    // HTTP/1.1 chunked trailers to the same h2c route.
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let head = format!(
+        "POST /h2c.Echo/T HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\
+         Trailer: X-Auth-Client-Id\r\nConnection: close\r\n\r\n4\r\nbody\r\n0\r\nX-Auth-Client-Id: root\r\n\
+         Authorization: Bearer x\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out)).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    assert_eq!(seen.recv().await.unwrap(), "-", "HTTP/1.1 request trailers are dropped");
+}

@@ -588,3 +588,93 @@ async fn upgraded_connections_are_bounded_by_max_connections() {
     .await;
     sse_task.abort();
 }
+
+/// A WebSocket upstream that pushes 64 KiB binary messages as fast as it can, and reports
+/// each text message it receives and, at last, `closed` when its connection ends.
+async fn flooding_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else { return };
+        let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+        let (mut sink, mut stream) = ws.split();
+        let flood = tokio::spawn(async move {
+            let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+            while sink.send(Message::Binary(chunk.clone())).await.is_ok() {}
+        });
+        while let Some(Ok(msg)) = stream.next().await {
+            if let Message::Text(t) = msg {
+                let _ = tx.send(t.to_string());
+            }
+        }
+        flood.abort();
+        let _ = tx.send("closed".to_string());
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_still_cut_off_when_its_token_is_revoked() {
+    let (up, mut seen) = flooding_upstream().await;
+    let echo = EchoUpstream::start().await;
+    let routes =
+        format!("[[route]]\nprefix = \"/flood\"\nupstream = \"http://{up}\"\nscopes = [\"read\"]\nwebsocket = true\n");
+    let gw = TestGateway::start_with(echo.addr, &routes).await;
+    let token = svc_token(&gw).await;
+    // The client never reads: the upstream's pushes fill every buffer on the way.
+    let mut ws = connect_plain(&gw, "/flood/x", Some(&token)).await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap(), "before");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    revoke(&gw, &token).await;
+    let revoked_at = Instant::now();
+    // Past the lease's next check: what the client sends now must not reach the upstream.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.send(Message::text("after"))).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await;
+    assert_eq!(next.expect("the upstream's connection is closed in time").as_deref(), Some("closed"));
+    eprintln!("upstream closed {:?} after the revocation", revoked_at.elapsed());
+    assert_eq!(counter(&gw, "portcullis_connections_ended_total{reason=\"revoked\"}").await, 1.0);
+    drop(echo);
+}
+
+#[tokio::test]
+async fn an_upstream_101_to_a_plain_request_is_a_502_and_handshake_fields_are_not_forwarded() {
+    // An upstream that answers every request with a bare 101, then closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+                .await;
+        }
+    });
+    let echo = EchoUpstream::start().await;
+    let routes = format!("[[route]]\nprefix = \"/sw\"\nupstream = \"http://{up}\"\nscopes = [\"read\"]\n");
+    let gw = TestGateway::start_with(echo.addr, &routes).await;
+    let token = svc_token(&gw).await;
+    for client in [gw.client(), https_client(&gw.pki.ca_pem, true)] {
+        let resp = client.get(gw.url("/sw/x")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 502, "{:?}", resp.version());
+    }
+    // No `Connection: upgrade`: not an upgrade, and the handshake's fields do not go up.
+    let resp = gw
+        .client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&token)
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await
+        .unwrap();
+    let echo_seen: Echo = resp.json().await.unwrap();
+    assert!(echo_seen.header("sec-websocket-key").is_none(), "{echo_seen:?}");
+    assert!(echo_seen.header("sec-websocket-version").is_none(), "{echo_seen:?}");
+    assert!(echo_seen.header("upgrade").is_none(), "{echo_seen:?}");
+    drop(echo);
+}

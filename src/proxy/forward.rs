@@ -557,6 +557,7 @@ pub(super) fn upstream_headers(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn forward<B>(
     rt: &Runtime,
     upstreams: &Upstreams,
@@ -565,6 +566,7 @@ pub async fn forward<B>(
     req: Request<B>,
     peer: &Peer,
     authority: Option<&Authority>,
+    request_lease: Option<super::lifetime::Lease>,
 ) -> Result<Response<Body>, ProxyError>
 where
     B: HttpBody<Data = bytes::Bytes> + Send + Sync + 'static,
@@ -594,6 +596,9 @@ where
     if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    // Not an upgrade the gateway makes (that is `websocket.rs`): the handshake's own
+    // fields would only invite an upstream to switch protocols on a plain request.
+    remove_where(&mut parts.headers, |n| n.as_str().starts_with("sec-websocket-"));
     parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -611,6 +616,12 @@ where
     } else {
         let body = body.map_err(|e| BoxError::from(InboundBodyError(e.into())));
         let body = Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed();
+        let body = WithoutTrailers(body).boxed();
+        // A streamed request body ends with its token (the client→upstream direction).
+        let body = match request_lease {
+            Some(lease) if !body.is_end_stream() => super::lifetime::EndsWithToken::wrap_request(body, lease),
+            _ => body,
+        };
         if multipart { super::multipart::scanned(body) } else { body }
     };
     let req = Request::from_parts(parts, body);
@@ -626,14 +637,69 @@ where
         Ok(Err(e)) => return Err(ProxyError::BadGateway(error_chain(&*e))),
         Ok(Ok(resp)) => resp,
     };
+    // A 101 to a request the gateway did not upgrade: nothing could follow it (HTTP/1.1 a
+    // bare 101 then EOF; HTTP/2 forbids it), so it is the upstream's fault, like a wrong
+    // WebSocket accept.
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::BadGateway("a 101 to a request that was not an upgrade".into()));
+    }
     let (mut parts, body) = resp.into_parts();
     // The client's connection is ours, not the upstream's: an HTTP/1.0 upstream must not
     // make an HTTP/1.1 client's response HTTP/1.0 (and close its connection). hyper
     // answers an HTTP/1.0 client in HTTP/1.0 whatever this says.
     parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    drop_gateway_set_cookies(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+    response_hygiene(&mut parts.headers);
+    // Trailers are headers too (HTTP/2 gRPC): the same filter as the response head.
+    let body = body.map_err(BoxError::from).map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            response_hygiene(&mut trailers);
+            http_body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// What an upstream's response head and trailers lose on the way to the client: the
+/// hop-by-hop fields and `Set-Cookie`s of the gateway's own cookies.
+pub(super) fn response_hygiene(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    drop_gateway_set_cookies(headers);
+}
+
+/// A request body without its trailers. Request trailers are never forwarded: they would
+/// reach the upstream past every rule of [`upstream_headers`] (identity names, the token,
+/// forwarding headers, the gateway's cookies), and gRPC clients do not send them. Only
+/// the trailers frame is dropped; the data and the body's end go through unchanged.
+struct WithoutTrailers<B>(B);
+
+impl<B> HttpBody for WithoutTrailers<B>
+where
+    B: HttpBody<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        let inner = &mut self.get_mut().0;
+        loop {
+            match std::pin::Pin::new(&mut *inner).poll_frame(cx) {
+                std::task::Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
 }
 
 /// The request target the upstream gets, in origin-form: the connection already says

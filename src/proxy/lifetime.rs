@@ -87,7 +87,7 @@ impl Lease {
             gw: gw.clone(),
             principal: principal.clone(),
             not_before: gw.validator.client_not_before(principal.client_id()),
-            refused_from: principal.expires_at().saturating_add(LEEWAY_SECS),
+            refused_from: principal.lease_until().saturating_add(LEEWAY_SECS),
         }
     }
 
@@ -101,8 +101,31 @@ impl Lease {
     /// per call that says so (callers stop at the first).
     pub fn check(&self) -> Option<Ended> {
         let ended = self.why_ended()?;
-        self.gw.metrics.connection_ended(ended.label());
+        self.count(ended);
         Some(ended)
+    }
+
+    /// [`Lease::check`] without counting: for a watcher that leaves the counting to
+    /// whoever ends the connection ([`Lease::count`]).
+    pub fn lapsed(&self) -> Option<Ended> {
+        self.why_ended()
+    }
+
+    /// Count a connection ended for `why` in the metric.
+    pub fn count(&self, why: Ended) {
+        self.gw.metrics.connection_ended(why.label());
+    }
+
+    /// Wait until the lease lapses (checked every [`CHECK_EVERY`] and at expiry); never
+    /// without a lease. Does not count in the metric.
+    pub async fn lapses(lease: Option<&Lease>) -> Ended {
+        let Some(lease) = lease else { return std::future::pending().await };
+        loop {
+            if let Some(why) = lease.lapsed() {
+                return why;
+            }
+            tokio::time::sleep(CHECK_EVERY.min(lease.expires_in())).await;
+        }
     }
 
     fn why_ended(&self) -> Option<Ended> {
@@ -149,6 +172,8 @@ pub struct EndsWithToken {
     lease: Lease,
     opened: Instant,
     grpc: bool,
+    /// A request body (what goes upstream): ended with an error, never with trailers.
+    request: bool,
     /// Armed at the first wait past [`QUIET_START`]; reset, not reallocated, after.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     state: BodyState,
@@ -168,10 +193,26 @@ enum BodyState {
 pub struct StreamEnded(pub Ended);
 
 impl EndsWithToken {
-    pub fn wrap(inner: Body, lease: Lease, headers: &HeaderMap) -> Body {
+    /// `client_h2`: the client speaks HTTP/2. Only then can it get the gRPC trailers
+    /// (HTTP/1.1 drops trailers, gRPC-Web carries them in the body): anything else is cut
+    /// with an error, never an end that looks complete.
+    pub fn wrap(inner: Body, lease: Lease, headers: &HeaderMap, client_h2: bool) -> Body {
         use http_body_util::BodyExt;
-        let grpc = is_grpc(headers);
-        EndsWithToken { inner, lease, opened: Instant::now(), grpc, timer: None, state: BodyState::Streaming }.boxed()
+        let grpc = client_h2 && is_grpc(headers) && !is_grpc_web(headers);
+        let request = false;
+        EndsWithToken { inner, lease, opened: Instant::now(), grpc, request, timer: None, state: BodyState::Streaming }
+            .boxed()
+    }
+
+    /// The request side: a streamed request body (gRPC client or bidi streaming, RFC 8441)
+    /// ends with its token too, so that the client→upstream direction stops even when the
+    /// response side is not polled (HTTP/2 polls no body without a flow-control window).
+    /// It ends with an error: the upstream sees a reset, never a complete body.
+    pub fn wrap_request(inner: Body, lease: Lease) -> Body {
+        use http_body_util::BodyExt;
+        let opened = Instant::now();
+        EndsWithToken { inner, lease, opened, grpc: false, request: true, timer: None, state: BodyState::Streaming }
+            .boxed()
     }
 
     /// The next moment to look: the next check, or the expiry if sooner.
@@ -179,13 +220,12 @@ impl EndsWithToken {
         let now = Instant::now();
         let start = self.opened + QUIET_START;
         let next = if now < start { start } else { now + CHECK_EVERY };
-        let at = next.min(now + self.lease.expires_in());
-        tokio::time::Instant::from_std(at)
+        tokio::time::Instant::from_std(sooner(next, now, self.lease.expires_in()))
     }
 
     fn end(&mut self, why: Ended) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         tracing::info!(reason = why.label(), "stream ended with its token");
-        if self.grpc {
+        if self.grpc && !self.request {
             self.state = BodyState::TrailersSent;
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("16"));
@@ -195,6 +235,19 @@ impl EndsWithToken {
         self.state = BodyState::Done;
         Poll::Ready(Some(Err(Box::new(StreamEnded(why)))))
     }
+}
+
+/// `next`, or `now + expires_in` if sooner. A trusted issuer's token may carry a huge
+/// `exp`: an expiry past what an `Instant` can hold is no sooner than anything.
+fn sooner(next: Instant, now: Instant, expires_in: Duration) -> Instant {
+    now.checked_add(expires_in).map_or(next, |expiry| next.min(expiry))
+}
+
+/// `application/grpc-web`, `application/grpc-web-text`...: trailers travel in the body.
+fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().get(..20).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc-web")))
 }
 
 /// `application/grpc`, `application/grpc+proto`, `application/grpc-web`...
@@ -279,5 +332,26 @@ impl HttpBody for EndsWithToken {
             BodyState::Streaming => self.inner.size_hint(),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_web_is_told_apart_from_grpc() {
+        let h = |ct: &'static str| HeaderMap::from_iter([(http::header::CONTENT_TYPE, HeaderValue::from_static(ct))]);
+        assert!(is_grpc(&h("application/grpc+proto")) && !is_grpc_web(&h("application/grpc+proto")));
+        assert!(is_grpc_web(&h("application/grpc-web-text")) && is_grpc_web(&h("APPLICATION/GRPC-WEB")));
+    }
+
+    #[test]
+    fn an_expiry_past_any_instant_does_not_panic() {
+        let now = Instant::now();
+        let next = now + CHECK_EVERY;
+        assert_eq!(sooner(next, now, Duration::from_secs(u64::MAX)), next);
+        assert_eq!(sooner(next, now, Duration::from_secs(10_000_000_000_000_000_000)), next);
+        assert_eq!(sooner(next, now, Duration::from_millis(10)), now + Duration::from_millis(10));
     }
 }

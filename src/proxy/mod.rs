@@ -123,21 +123,26 @@ where
     };
     // The lease that ends a long connection with its token (none on a public route).
     let lease = principal.as_ref().filter(|_| route.end_with_token).map(|p| lifetime::Lease::new(gw, p));
+    // The handshake is validated before the quota is spent on it.
+    let handshake = if wants_websocket { Some(websocket::check(&req, route)?) } else { None };
     // Routes without a quota return at once, without touching the limiter.
     let quota = quota::check(gw, route, principal.as_deref(), ctx.source).await?;
     let started = std::time::Instant::now();
-    let result = if wants_websocket {
-        let handshake = websocket::check(&req, route)?;
+    // gRPC trailers reach only an HTTP/2 client: a stream cut on HTTP/1.1 aborts instead.
+    let client_h2 = req.version() == http::Version::HTTP_2;
+    let result = if let Some(handshake) = handshake {
         let (peer, authority) = (ctx.peer, ctx.authority.as_ref());
         websocket::proxy(gw, rt, route, principal.as_deref(), lease, req, peer, authority, handshake).await
     } else {
+        // A streamed request body ends with the token as the response body does.
+        let request_lease = principal.as_ref().filter(|_| lease.is_some()).map(|p| lifetime::Lease::new(gw, p));
+        let (peer, authority) = (ctx.peer, ctx.authority.as_ref());
         let result =
-            forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, ctx.peer, ctx.authority.as_ref())
-                .await;
+            forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, peer, authority, request_lease).await;
         match (result, lease) {
             (Ok(resp), Some(lease)) if !http_body::Body::is_end_stream(resp.body()) => {
                 let (parts, body) = resp.into_parts();
-                let body = lifetime::EndsWithToken::wrap(body, lease, &parts.headers);
+                let body = lifetime::EndsWithToken::wrap(body, lease, &parts.headers, client_h2);
                 Ok(Response::from_parts(parts, body))
             }
             (result, _) => result,

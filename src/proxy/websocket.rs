@@ -227,14 +227,12 @@ where
         // Refused (401, 403, 426...): its answer goes back as any answer does.
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::HTTP_11;
-        forward::strip_hop_by_hop(&mut parts.headers);
-        forward::drop_gateway_set_cookies(&mut parts.headers);
+        forward::response_hygiene(&mut parts.headers);
         return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
-    forward::strip_hop_by_hop(&mut parts.headers);
-    forward::drop_gateway_set_cookies(&mut parts.headers);
+    forward::response_hygiene(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     if h2 {
         // RFC 8441 §5: no Sec-WebSocket-Accept over HTTP/2; 200 opens the stream.
@@ -299,6 +297,21 @@ where
                 up_done = Some(tokio::time::Instant::now() + linger);
             }
             _ = sleep_until(up_done) => return Ok(None),
+            // Outside both directions: a client that stops reading (the write to it blocks)
+            // or keeps sending cannot keep the connection past its token. `down` may still
+            // write the close frame, within its bounds; then both halves are dropped.
+            why = Lease::lapses(lease.as_ref()) => {
+                let graceful = FINISH_FRAME_WITHIN + CLOSE_WITHIN * 3;
+                match tokio::time::timeout(graceful, &mut down).await {
+                    Ok(Ok(Some(_))) => {}
+                    _ => {
+                        if let Some(lease) = &lease {
+                            lease.count(why);
+                        }
+                    }
+                }
+                return Ok(Some(why));
+            }
             r = &mut down => {
                 let ended = r?;
                 // The upstream closed (its FIN is passed on): what the client still sends
@@ -337,10 +350,10 @@ where
                     Some(why) => {
                         finish_frame(from, to, &mut frames, &mut buf).await?;
                         if frames.at_boundary() {
-                            to.write_all(&close_frame(1008, why.close_reason())).await?;
+                            bounded(to.write_all(&close_frame(1008, why.close_reason()))).await?;
                         }
-                        to.flush().await?;
-                        let _ = to.shutdown().await;
+                        bounded(to.flush()).await?;
+                        let _ = bounded(to.shutdown()).await;
                         return Ok(Some(why));
                     }
                 }
@@ -352,6 +365,18 @@ where
         }
         frames.feed(&buf[..n]);
         to.write_all(&buf[..n]).await?;
+    }
+}
+
+/// How long one write of the closing handshake may wait for a client that does not read.
+const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A write on the way out, within [`CLOSE_WITHIN`]: a client that stops reading cannot
+/// hold the close.
+async fn bounded<T>(write: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    match tokio::time::timeout(CLOSE_WITHIN, write).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client did not read the close")),
     }
 }
 
@@ -379,7 +404,7 @@ where
             return Ok(());
         }
         let take = frames.advance(&buf[..n]);
-        to.write_all(&buf[..take]).await?;
+        bounded(to.write_all(&buf[..take])).await?;
     }
     Ok(())
 }

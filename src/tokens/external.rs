@@ -231,7 +231,7 @@ fn cnf(v: Option<&Value>) -> Result<Option<Binding>, TokenError> {
 /// scope string ([`scope_string`]) are refused. Route rules see the RFC 7662 members the answer
 /// carries: `sub`, `client_id`, `scope`, `aud` (a list), `iss`, `jti`, `username`.
 /// `expires_at` is `exp` capped at `max_cache` from now: nothing vouches for the token
-/// beyond that.
+/// beyond that in the cache; a connection it opened lasts to `exp` ([`Principal::lease_until`]).
 pub(super) fn from_introspection(
     t: &ActiveToken,
     issuer: &Issuer,
@@ -275,6 +275,8 @@ pub(super) fn from_introspection(
     let binding = cnf(t.cnf.as_ref())?;
     Principal::build([client_id, subject, scope, jti, "", audience, issuer.name()], kept, [0; 32], expires_at)
         .map(|p| p.bound_to(binding))
+        // A connection lasts to the token's `exp` (no `exp`: no further than the cache).
+        .map(|p| p.lasting_until(t.exp.unwrap_or(expires_at)))
         .ok_or(TokenError::BadClaims)
 }
 

@@ -50,6 +50,10 @@ pub struct Principal {
     /// under a key with another fingerprint is verified again.
     key_fingerprint: [u8; 32],
     expires_at: u64,
+    /// When a connection let in with the token must end (the token's own `exp`): the same
+    /// as `expires_at` except for an introspected token, whose `expires_at` is the cache's
+    /// deadline (`max_cache`), not the token's.
+    lease_until: u64,
     /// Issued without a user's consent (`gty`, client_credentials): a subject other than
     /// the client is then the client's linked user, and answers to the link.
     no_consent: bool,
@@ -94,6 +98,7 @@ impl Principal {
             claims,
             key_fingerprint,
             expires_at,
+            lease_until: expires_at,
             no_consent: false,
             binding: None,
         })
@@ -177,7 +182,31 @@ impl Principal {
     pub fn expires_at(&self) -> u64 {
         self.expires_at
     }
+
+    /// See the field: the token's own expiry, for what outlives a request.
+    pub fn lease_until(&self) -> u64 {
+        self.lease_until
+    }
+
+    /// The token's own expiry when `expires_at` is a cache deadline.
+    pub(super) fn lasting_until(mut self, exp: u64) -> Principal {
+        self.lease_until = exp;
+        self
+    }
     pub(super) fn key_fingerprint(&self) -> [u8; 32] {
         self.key_fingerprint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_introspected_tokens_lease_keeps_its_exp_while_the_cache_deadline_stays() {
+        let p = Principal::new("svc", "alice", "read", "j", "", "aud", [0; 32], 1_000).unwrap();
+        assert_eq!(p.lease_until(), 1_000, "a JWT: the same moment");
+        let p = p.lasting_until(5_000);
+        assert_eq!((p.expires_at(), p.lease_until()), (1_000, 5_000));
     }
 }
