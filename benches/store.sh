@@ -5,9 +5,8 @@
 #
 #   benches/store.sh
 #
-# - issue: POST /oauth/token grant_type=client_credentials (client secret, argon2id-free:
-#   the bench client's secret hash is the fast kind `hash-secret` makes), a new access
-#   token and, with `refresh_on_client_credentials`, a refresh token stored in Redis.
+# - issue: POST /oauth/token grant_type=client_credentials (client secret), a new access
+#   token and, with `refresh_on_client_credentials`, a new refresh family stored in Redis.
 # - rotate: POST /oauth/token grant_type=refresh_token, each request presenting the
 #   refresh token the previous answer on that chain gave (wrk Lua: a queue of live tokens,
 #   one taken per request, the answer's new one put back), so every request is a real
@@ -187,14 +186,16 @@ stop_gateways() {
     for pid in "${GW_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${GW_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
-# Refresh tokens to start the chains with: CONNS/n per replica, from that replica.
+# Refresh tokens to start the chains with: CONNS/n per replica, from that replica, plus
+# one: wrk calls request() once before the run to check the script (that token is never
+# sent, and without the spare one connection would send "exhausted" all along).
 seed_tokens() { # n
-    local i k per=$((CONNS / $1))
+    local i k per=$((CONNS / $1 + 1))
     for i in $(seq 0 $(($1 - 1))); do
         : >"$WORK/seed$i.txt"
         for k in $(seq "$per"); do
             curl -fsS -u "bench:$SECRET" -d grant_type=client_credentials -d scope=read "http://127.0.0.1:${GW[$i]}/oauth/token" |
-                sed -n 's/.*"refresh_token":"\([^"]*\)".*/\1/p' >>"$WORK/seed$i.txt"
+                grep -o '"refresh_token":"[^"]*"' | cut -d'"' -f4 >>"$WORK/seed$i.txt"
         done
         [ "$(wc -l <"$WORK/seed$i.txt")" = "$per" ] || die "replica $i gave no refresh tokens"
     done
