@@ -12,7 +12,8 @@
 # portcullis one worker thread) runs on CPU $PROXY_CPU. All proxies stay up for the whole
 # run; only the one being measured gets traffic.
 #
-# Knobs (environment): DURATION (s, default 10), WARMUP (s, 2), CONNS (32), ROUNDS (1;
+# Knobs (environment): OLD_CONFIG=1 (leave out the config of the stream and bound rows, for
+# an older PORTCULLIS_BIN; run those rows only without it), DURATION (s, default 10), WARMUP (s, 2), CONNS (32), ROUNDS (1;
 # the table shows the median of each column over the rounds), PORT_BASE (18000),
 # GEN_CPU (0), PROXY_CPU (1), MISS_TOKENS (50000), CACHE_TOKENS (1024),
 # ONLY (extended regex over "proto/scenario", e.g. 'portcullis'), RSS_TOKENS
@@ -131,6 +132,47 @@ ISSUER=https://bench.local
 
 # portcullis: EdDSA signs (token endpoint); the ES256 key verifies the tokens minted below,
 # which HAProxy verifies too (HAProxy 2.6 has no EdDSA).
+# The sections of the bound and stream rows (issues 12, 13). OLD_CONFIG=1 leaves them out,
+# so that a binary from before those issues (PORTCULLIS_BIN) can run the other rows.
+CFG_TLS="" CFG_CLIENTS="" CFG_ROUTES=""
+if [ "${OLD_CONFIG:-0}" != 1 ]; then
+CFG_TLS=$(cat <<EOF
+# The bound rows (issue 13): certificates asked for, not required (wrk presents none).
+client_auth = "optional"
+client_ca = "$ETC/tls.crt"
+EOF
+)
+CFG_CLIENTS=$(cat <<EOF
+# The bound rows (issue 13): a DPoP-bound and an mTLS-bound client.
+[[client]]
+id = "bench-dpop"
+secret_hash = "$HASH"
+grants = ["client_credentials"]
+scopes = ["read"]
+token_binding = "dpop"
+[[client]]
+id = "bench-mtls"
+token_endpoint_auth_method = "self_signed_tls_client_auth"
+certificate = "$ETC/client.crt"
+grants = ["client_credentials"]
+scopes = ["read"]
+token_binding = "mtls"
+EOF
+)
+CFG_ROUTES=$(cat <<EOF
+# The stream rows: a WebSocket route and a gRPC route (h2c upstream).
+[[route]]
+prefix = "/ws"
+upstream = "http://127.0.0.1:$WSUP"
+scopes = ["read"]
+websocket = true
+[[route]]
+prefix = "/bench.Echo"
+upstream = "h2c://127.0.0.1:$GRPCUP"
+scopes = ["read"]
+EOF
+)
+fi
 cat >"$ETC/portcullis.toml" <<EOF
 issuer = "$ISSUER"
 [[listener]]
@@ -142,9 +184,7 @@ tls = true
 [tls]
 cert = "$ETC/tls.crt"
 key = "$ETC/tls.key"
-# The bound rows (issue 13): certificates asked for, not required (wrk presents none).
-client_auth = "optional"
-client_ca = "$ETC/tls.crt"
+$CFG_TLS
 [admin]
 address = "127.0.0.1:$PCADMIN"
 [cache]
@@ -169,20 +209,7 @@ id = "bench"
 secret_hash = "$HASH"
 grants = ["client_credentials"]
 scopes = ["read"]
-# The bound rows (issue 13): a DPoP-bound and an mTLS-bound client.
-[[client]]
-id = "bench-dpop"
-secret_hash = "$HASH"
-grants = ["client_credentials"]
-scopes = ["read"]
-token_binding = "dpop"
-[[client]]
-id = "bench-mtls"
-token_endpoint_auth_method = "self_signed_tls_client_auth"
-certificate = "$ETC/client.crt"
-grants = ["client_credentials"]
-scopes = ["read"]
-token_binding = "mtls"
+$CFG_CLIENTS
 [[route]]
 prefix = "/api"
 upstream = "http://127.0.0.1:$UP"
@@ -193,16 +220,7 @@ prefix = "/ext"
 upstream = "http://127.0.0.1:$UP"
 scopes = ["read"]
 issuers = ["idp"]
-# The stream rows: a WebSocket route and a gRPC route (h2c upstream).
-[[route]]
-prefix = "/ws"
-upstream = "http://127.0.0.1:$WSUP"
-scopes = ["read"]
-websocket = true
-[[route]]
-prefix = "/bench.Echo"
-upstream = "h2c://127.0.0.1:$GRPCUP"
-scopes = ["read"]
+$CFG_ROUTES
 [[trusted_issuer]]
 name = "idp"
 issuer = "http://127.0.0.1:$IDP"
