@@ -12,7 +12,8 @@
 # portcullis one worker thread) runs on CPU $PROXY_CPU. All proxies stay up for the whole
 # run; only the one being measured gets traffic.
 #
-# Knobs (environment): DURATION (s, default 10), WARMUP (s, 2), CONNS (32), ROUNDS (1;
+# Knobs (environment): OLD_CONFIG=1 (leave out the config of the stream and bound rows, for
+# an older PORTCULLIS_BIN; run those rows only without it), DURATION (s, default 10), WARMUP (s, 2), CONNS (32), ROUNDS (1;
 # the table shows the median of each column over the rounds), PORT_BASE (18000),
 # GEN_CPU (0), PROXY_CPU (1), MISS_TOKENS (50000), CACHE_TOKENS (1024),
 # ONLY (extended regex over "proto/scenario", e.g. 'portcullis'), RSS_TOKENS
@@ -64,6 +65,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
@@ -78,10 +80,11 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
     log "building portcullis and the bench helper (release)"
-    cargo build --release --quiet --bin portcullis --example loadkit
+    cargo build --release --quiet --bin portcullis --example loadkit --example streamkit --example boundkit
 fi
 BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 KIT=$ROOT/target/release/examples/loadkit
+SKIT=$ROOT/target/release/examples/streamkit
 
 for p in $(seq "$PORT_BASE" $((PORT_BASE + 40))); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
@@ -94,6 +97,10 @@ HAP=$((PORT_BASE + 20)) HAPS=$((PORT_BASE + 21))
 PC=$((PORT_BASE + 30)) PCS=$((PORT_BASE + 31)) PCADMIN=$((PORT_BASE + 39))
 BARE=$((PORT_BASE + 35))
 IDP=$((PORT_BASE + 36))
+# The stream rows (issue 12): a WebSocket echo upstream, a gRPC (h2c) upstream, and nginx
+# proxying each (upgrade headers; grpc_pass behind an h2 TLS listener).
+WSUP=$((PORT_BASE + 2)) GRPCUP=$((PORT_BASE + 3))
+NGXWS=$((PORT_BASE + 12)) NGXG=$((PORT_BASE + 13))
 
 WORK=$(mktemp -d /tmp/portcullis-load.XXXXXX)
 chmod 755 "$WORK"
@@ -115,6 +122,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
     -keyout "$ETC/tls.key" -out "$ETC/tls.crt" 2>/dev/null
 cat "$ETC/tls.crt" "$ETC/tls.key" >"$ETC/tls.pem"
+# The mTLS-bound row's client: a self-signed certificate (self_signed_tls_client_auth).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-client \
+    -addext basicConstraints=critical,CA:FALSE -keyout "$ETC/client.key" -out "$ETC/client.crt" 2>/dev/null
 
 SECRET=bench-secret
 HASH=$(printf %s "$SECRET" | "$BIN" hash-secret)
@@ -122,6 +132,47 @@ ISSUER=https://bench.local
 
 # portcullis: EdDSA signs (token endpoint); the ES256 key verifies the tokens minted below,
 # which HAProxy verifies too (HAProxy 2.6 has no EdDSA).
+# The sections of the bound and stream rows (issues 12, 13). OLD_CONFIG=1 leaves them out,
+# so that a binary from before those issues (PORTCULLIS_BIN) can run the other rows.
+CFG_TLS="" CFG_CLIENTS="" CFG_ROUTES=""
+if [ "${OLD_CONFIG:-0}" != 1 ]; then
+CFG_TLS=$(cat <<EOF
+# The bound rows (issue 13): certificates asked for, not required (wrk presents none).
+client_auth = "optional"
+client_ca = "$ETC/tls.crt"
+EOF
+)
+CFG_CLIENTS=$(cat <<EOF
+# The bound rows (issue 13): a DPoP-bound and an mTLS-bound client.
+[[client]]
+id = "bench-dpop"
+secret_hash = "$HASH"
+grants = ["client_credentials"]
+scopes = ["read"]
+token_binding = "dpop"
+[[client]]
+id = "bench-mtls"
+token_endpoint_auth_method = "self_signed_tls_client_auth"
+certificate = "$ETC/client.crt"
+grants = ["client_credentials"]
+scopes = ["read"]
+token_binding = "mtls"
+EOF
+)
+CFG_ROUTES=$(cat <<EOF
+# The stream rows: a WebSocket route and a gRPC route (h2c upstream).
+[[route]]
+prefix = "/ws"
+upstream = "http://127.0.0.1:$WSUP"
+scopes = ["read"]
+websocket = true
+[[route]]
+prefix = "/bench.Echo"
+upstream = "h2c://127.0.0.1:$GRPCUP"
+scopes = ["read"]
+EOF
+)
+fi
 cat >"$ETC/portcullis.toml" <<EOF
 issuer = "$ISSUER"
 [[listener]]
@@ -133,6 +184,7 @@ tls = true
 [tls]
 cert = "$ETC/tls.crt"
 key = "$ETC/tls.key"
+$CFG_TLS
 [admin]
 address = "127.0.0.1:$PCADMIN"
 [cache]
@@ -157,6 +209,7 @@ id = "bench"
 secret_hash = "$HASH"
 grants = ["client_credentials"]
 scopes = ["read"]
+$CFG_CLIENTS
 [[route]]
 prefix = "/api"
 upstream = "http://127.0.0.1:$UP"
@@ -167,6 +220,7 @@ prefix = "/ext"
 upstream = "http://127.0.0.1:$UP"
 scopes = ["read"]
 issuers = ["idp"]
+$CFG_ROUTES
 [[trusted_issuer]]
 name = "idp"
 issuer = "http://127.0.0.1:$IDP"
@@ -273,6 +327,26 @@ EOF
             proxy_set_header X-Forwarded-Proto \$scheme;
         }
     }
+    # The stream rows: WebSocket with the upgrade headers; gRPC over h2 TLS to h2c.
+    server {
+        listen 127.0.0.1:$NGXWS;
+        location / {
+            proxy_pass http://127.0.0.1:$WSUP;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host \$host;
+            proxy_read_timeout 300s;
+        }
+    }
+    upstream grpcup { server 127.0.0.1:$GRPCUP; keepalive 16; }
+    server {
+        listen 127.0.0.1:$NGXG ssl http2;
+        location / {
+            grpc_pass grpc://grpcup;
+            grpc_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
 }
 EOF
 } >"$ETC/nginx.conf"
@@ -325,6 +399,10 @@ PORTCULLIS_PID=$!
 # The floor: the least a hyper + tokio proxy does (no auth, no header work, no log).
 start hyper-floor "$PROXY_CPU" "$KIT" bare-proxy --listen "127.0.0.1:$BARE" --upstream "127.0.0.1:$UP"
 BARE_PID=$!
+start ws-echo "$GEN_CPU" "$SKIT" ws-echo --listen "127.0.0.1:$WSUP"
+WSUP_PID=$!
+start grpc-upstream "$GEN_CPU" "$SKIT" grpc-upstream --listen "127.0.0.1:$GRPCUP"
+GRPCUP_PID=$!
 
 wait_port() {
     for _ in $(seq 100); do
@@ -333,7 +411,7 @@ wait_port() {
     done
     die "nothing listens on $1 (logs in $WORK; KEEP=1 keeps them)"
 }
-for p in $IDP $UP $UPS $NGX $NGXS $HAP $HAPS $PC $PCS $PCADMIN $BARE; do wait_port "$p"; done
+for p in $IDP $UP $UPS $NGX $NGXS $HAP $HAPS $PC $PCS $PCADMIN $BARE $WSUP $GRPCUP $NGXWS $NGXG; do wait_port "$p"; done
 for _ in $(seq 100); do
     [ "$(curl -s "http://127.0.0.1:$PCADMIN/metrics" | awk '$1 == "portcullis_issuer_keys{issuer=\"idp\"}" { print $2 }')" = 1 ] && break
     sleep 0.1
@@ -501,6 +579,151 @@ for round in $(seq "$ROUNDS"); do
             if [ -n "$ONLY" ] && ! [[ "$proto/$name" =~ $ONLY ]]; then continue; fi
             run "$round" "$proto" "$name"
         done
+    done
+done
+
+# ---------------------------------------------------------------------------------------
+# 4b. Stream rows (issue 12), same table: proto "ws" is WebSocket echo over ONE upgraded
+# connection, one message in flight (each message a round trip through the proxy); "ws32"
+# the same with up to 32 messages in flight; "grpc" is unary calls over h2 with TLS
+# (h2load, -c $GRPC_CONNS connections x -m $GRPC_STREAMS streams; "direct" is h2c to the
+# upstream). For these rows "req/s" is messages or calls per second and the CPU column is
+# per message or call; p50/p99 are not measured (0) — h2load's mean latency is in the note.
+WS_MESSAGES=${WS_MESSAGES:-100000}
+WS32_MESSAGES=${WS32_MESSAGES:-1000000}
+GRPC_CONNS=${GRPC_CONNS:-4}
+GRPC_STREAMS=${GRPC_STREAMS:-8}
+"$SKIT" grpc-body --text "hello from the bench" --out "$WORK/grpc-body.bin"
+GRPC_BODY_LEN=$(stat -c %s "$WORK/grpc-body.bin")
+run_stream() { # round proto scenario
+    local round=$1 proto=$2 name=$3 pids out n="" note=""
+    case $name in
+        direct) pids=$([ "$proto" = grpc ] && echo "$GRPCUP_PID" || echo "$WSUP_PID") ;;
+        nginx) pids=$(pgrep -P "$NGINX_PID" | tr '\n' ' ') ;;
+        *) pids=$PORTCULLIS_PID ;;
+    esac
+    local user0 sys0 user1 sys1
+    case $proto in
+        ws | ws32)
+            local window=1 url msgs=$WS_MESSAGES
+            [ "$proto" = ws32 ] && window=32 msgs=$WS32_MESSAGES
+            case $name in
+                direct) url=ws://127.0.0.1:$WSUP/ws ;;
+                nginx) url=ws://127.0.0.1:$NGXWS/ws ;;
+                *) url=ws://127.0.0.1:$PC/ws ;;
+            esac
+            taskset -c "$GEN_CPU" "$SKIT" ws-client --url "$url" --token "$TOKEN" --messages $((msgs / 10)) \
+                --window "$window" >/dev/null || die "$proto/$name: the WebSocket warm-up failed"
+            read -r user0 sys0 < <(cpu_ticks $pids)
+            if ! out=$(taskset -c "$GEN_CPU" "$SKIT" ws-client --url "$url" --token "$TOKEN" \
+                --messages "$msgs" --window "$window" 2>&1); then
+                out="msgs_per_s 0"
+                note="NOT VALID: the client failed"
+            fi
+            read -r user1 sys1 < <(cpu_ticks $pids)
+            rps=$(awk '$1 == "msgs_per_s" { print $2 }' <<<"$out")
+            n=$(awk '$1 == "messages" { print $2 }' <<<"$out")
+            n=${n:-0}
+            [ "$n" = "$msgs" ] || note="NOT VALID: $n of $msgs echoes"
+            ;;
+        grpc)
+            local url
+            case $name in
+                direct) url=http://127.0.0.1:$GRPCUP/bench.Echo/Unary ;;
+                nginx) url=https://127.0.0.1:$NGXG/bench.Echo/Unary ;;
+                *) url=https://127.0.0.1:$PCS/bench.Echo/Unary ;;
+            esac
+            local h2=(h2load -t1 -c"$GRPC_CONNS" -m"$GRPC_STREAMS" -d "$WORK/grpc-body.bin"
+                -H 'content-type: application/grpc' -H 'te: trailers' -H "authorization: Bearer $TOKEN")
+            # One call first: it must be answered by the upstream (grpc-status 0, an echo).
+            local probe h2flag=--http2
+            [ "$name" = direct ] && h2flag=--http2-prior-knowledge
+            probe=$(curl -sk "$h2flag" -o /dev/null -D - --data-binary @"$WORK/grpc-body.bin" \
+                -H 'content-type: application/grpc' -H 'te: trailers' -H "authorization: Bearer $TOKEN" \
+                "$url" | tr -d '\r') || true
+            grep -qi '^grpc-status: 0' <<<"$probe" || die "$proto/$name: $url did not answer grpc-status 0: $probe"
+            taskset -c "$GEN_CPU" "${h2[@]}" -D "$WARMUP" "$url" >/dev/null
+            read -r user0 sys0 < <(cpu_ticks $pids)
+            out=$(taskset -c "$GEN_CPU" "${h2[@]}" -D "$DURATION" "$url")
+            read -r user1 sys1 < <(cpu_ticks $pids)
+            echo "$out" >"$WORK/h2load-$round-$proto-$name.txt"
+            rps=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' <<<"$out")
+            n=$(awk '/^requests:/ { print $8 }' <<<"$out")
+            local ok2xx data mean
+            ok2xx=$(awk '/^status codes:/ { print $3 }' <<<"$out")
+            # Every answer must carry the echo: DATA bytes = calls x the message's length.
+            data=$(awk '/^traffic:/ { for (i = 1; i <= NF; i++) if ($(i + 1) == "data") { gsub(/[()]/, "", $i); print $i } }' <<<"$out")
+            mean=$(awk '/^time for request:/ { print $6 }' <<<"$out")
+            note="mean latency $mean"
+            if [ "${ok2xx:-0}" != "$n" ] || [ "${data:-0}" != $((n * GRPC_BODY_LEN)) ]; then
+                note="$note; NOT VALID: $ok2xx of $n 2xx, $data data bytes for $((n * GRPC_BODY_LEN)) expected"
+            fi
+            ;;
+    esac
+    per_req() { awk -v t="$1" -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }'; }
+    local cpu_us user_us sys_us
+    cpu_us=$(per_req $((user1 - user0 + sys1 - sys0)))
+    user_us=$(per_req $((user1 - user0)))
+    sys_us=$(per_req $((sys1 - sys0)))
+    local invalid=0
+    [[ $note == *"NOT VALID"* ]] && invalid=1
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$proto" "${rps:-0}" 0 0 "$invalid" "$cpu_us" "$user_us" "$sys_us" "$note" >>"$RAW"
+    log "$(printf '%-6s %-18s %10s msg/s  cpu %s us/msg (user %s, sys %s)  %s' "$proto" "$name" "$rps" "$cpu_us" "$user_us" "$sys_us" "$note")"
+}
+# The bound rows (issue 13), proto "tls1" (HTTP/1.1 over TLS): all three on boundkit, one
+# client for all (wrk can neither sign a proof per request nor present a certificate).
+# bearer-hit: the bearer token of the wrk rows; dpop-hit: a DPoP-bound token, a fresh
+# proof per request (the client signs on the generator's core); mtls-hit: an mTLS-bound
+# token on connections presenting its certificate.
+BKIT=$ROOT/target/release/examples/boundkit
+run_bound() { # round proto scenario
+    local round=$1 proto=$2 name=$3 args=(--url "https://127.0.0.1:$PCS$PATH_UNDER_TEST" --conns "$CONNS")
+    case $name in
+        bearer-hit) args+=(--mode bearer --token "$TOKEN") ;;
+        dpop-hit) args+=(--mode dpop --basic "bench-dpop:$SECRET") ;;
+        mtls-hit)
+            local mtoken
+            mtoken=$(curl -sk --cert "$ETC/client.crt" --key "$ETC/client.key" -d grant_type=client_credentials \
+                -d client_id=bench-mtls -d scope=read "https://127.0.0.1:$PCS/oauth/token" |
+                sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+            [ -n "$mtoken" ] || die "tls1/mtls-hit: no mTLS-bound token from the token endpoint"
+            args+=(--mode mtls --token "$mtoken" --cert "$ETC/client.crt" --key "$ETC/client.key")
+            ;;
+    esac
+    taskset -c "$GEN_CPU" "$BKIT" load "${args[@]}" --seconds "$WARMUP" >/dev/null || die "$proto/$name: warm-up failed"
+    local user0 sys0 user1 sys1 hits0 miss0 out
+    hits0=$(metric portcullis_validation_cache_hits_total)
+    miss0=$(metric portcullis_validation_cache_misses_total)
+    read -r user0 sys0 < <(cpu_ticks $PORTCULLIS_PID)
+    out=$(taskset -c "$GEN_CPU" "$BKIT" load "${args[@]}" --seconds "$DURATION") || die "$proto/$name: the client failed"
+    read -r user1 sys1 < <(cpu_ticks $PORTCULLIS_PID)
+    local n ok rps note
+    n=$(awk '$1 == "requests" { print $2 }' <<<"$out")
+    ok=$(awk '$1 == "ok" { print $2 }' <<<"$out")
+    rps=$(awk '$1 == "rps" { print $2 }' <<<"$out")
+    per_req() { awk -v t="$1" -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }'; }
+    local cpu_us user_us sys_us
+    cpu_us=$(per_req $((user1 - user0 + sys1 - sys0)))
+    user_us=$(per_req $((user1 - user0)))
+    sys_us=$(per_req $((sys1 - sys0)))
+    note="cache hits $(($(metric portcullis_validation_cache_hits_total) - hits0)) misses $(($(metric portcullis_validation_cache_misses_total) - miss0))"
+    [ "$ok" = "$n" ] || note="$note; NOT VALID: $((n - ok)) answers were not 200"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$proto" "${rps:-0}" 0 0 "$((n - ok))" "$cpu_us" "$user_us" "$sys_us" "$note" >>"$RAW"
+    log "$(printf '%-6s %-18s %10s req/s  cpu %s us/req (user %s, sys %s)  %s' "$proto" "$name" "$rps" "$cpu_us" "$user_us" "$sys_us" "$note")"
+}
+for round in $(seq "$ROUNDS"); do
+    for row in tls1/bearer-hit tls1/dpop-hit tls1/mtls-hit; do
+        if [ -n "$ONLY" ] && ! [[ "$row" =~ $ONLY ]]; then continue; fi
+        run_bound "$round" "${row%%/*}" "${row#*/}"
+    done
+done
+
+STREAM_ORDER=(ws/direct ws/nginx ws/portcullis-ws ws32/direct ws32/nginx ws32/portcullis-ws
+    grpc/direct grpc/nginx grpc/portcullis-grpc)
+for round in $(seq "$ROUNDS"); do
+    for row in "${STREAM_ORDER[@]}"; do
+        if [ -n "$ONLY" ] && ! [[ "$row" =~ $ONLY ]]; then continue; fi
+        run_stream "$round" "${row%%/*}" "${row#*/}"
     done
 done
 
