@@ -374,13 +374,12 @@ return {v, redis.call('HGET', KEYS[2], 'revoked') or '0'}
             // interval, max siblings, the client's not-before ('' for none), expected pend
             // ('' for none), the pending successor's jti, new pend, pend ttl.
             // `pend:<old>` names the successor of a rotation whose answer has not been
-            // confirmed as sent (see `rotate_refresh`): a rotation that finds it takes that
-            // successor back and issues its own instead (the retry of the same request),
-            // without spending a sibling or looking at the reuse interval.
+            // confirmed as sent (see `rotate_refresh`): a rotation that finds it where it
+            // would count a reuse (past the reuse interval or its siblings) takes that
+            // successor back and issues its own instead (the retry of the same request).
             rotate: script(
                 r#"
 local pend = redis.call('GET', KEYS[7]) or ''
-if pend ~= ARGV[11] then return {'busy'} end
 local v = redis.call('GET', KEYS[1])
 if not v then return {'invalid'} end
 local kind, gj = string.sub(v, 1, 1), string.sub(v, 2)
@@ -398,24 +397,24 @@ end
 local outcome = 'rotated'
 -- The reuse interval runs on Redis's clock: one clock for every replica, whatever theirs say.
 local clock = tonumber(redis.call('TIME')[1])
-if pend ~= '' then
-  redis.call('DEL', KEYS[8])
-  if ARGV[12] ~= '' then redis.call('HDEL', KEYS[4], ARGV[12]) end
-end
-if pend ~= '' and kind == 'S' then
-  outcome = 'rolled'
-elseif kind == 'S' then
+if kind == 'S' then
   local at, grace = tonumber(redis.call('GET', KEYS[5]) or ''), tonumber(ARGV[8])
   local siblings = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
-  if grace <= 0 or not at or clock - at > grace or siblings >= tonumber(ARGV[9]) then
+  local sibling = grace > 0 and at and clock - at <= grace and siblings < tonumber(ARGV[9])
+  if not sibling and pend ~= '' and pend == ARGV[11] then
+    redis.call('DEL', KEYS[8])
+    if ARGV[12] ~= '' then redis.call('HDEL', KEYS[4], ARGV[12]) end
+    outcome = 'rolled'
+  elseif not sibling then
     local out = revoke_family(KEYS[3], KEYS[4], now, 600)
     table.insert(out, 1, 'reused')
     return out
+  else
+    redis.call('INCR', KEYS[6])
+    local left = redis.call('TTL', KEYS[1])
+    if left > 0 then redis.call('EXPIRE', KEYS[6], left) end
+    outcome = 'sibling'
   end
-  redis.call('INCR', KEYS[6])
-  local left = redis.call('TTL', KEYS[1])
-  if left > 0 then redis.call('EXPIRE', KEYS[6], left) end
-  outcome = 'sibling'
 else
   redis.call('SET', KEYS[1], 'S' .. gj, 'KEEPTTL')
   local left = redis.call('TTL', KEYS[1])
@@ -429,7 +428,7 @@ if aexp > now then
   redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
   if redis.call('TTL', KEYS[4]) < aexp - now then redis.call('EXPIRE', KEYS[4], aexp - now) end
 end
-redis.call('SET', KEYS[7], ARGV[13], 'EX', tonumber(ARGV[14]))
+if outcome ~= 'sibling' then redis.call('SET', KEYS[7], ARGV[13], 'EX', tonumber(ARGV[14])) end
 return {outcome}
 "#,
             ),
@@ -463,8 +462,10 @@ return 1
             // a roll-forward is not undone (its pend stays: the retry rolls forward again).
             unrotate: Script::new(
                 r#"
-if redis.call('GET', KEYS[6]) ~= ARGV[4] then return 0 end
-redis.call('DEL', KEYS[6])
+if ARGV[1] == 'rotated' then
+  if redis.call('GET', KEYS[6]) ~= ARGV[4] then return 0 end
+  redis.call('DEL', KEYS[6])
+end
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[5], ARGV[3])
 if ARGV[1] == 'rotated' then
@@ -994,13 +995,10 @@ impl Store for RedisStore {
                             conn.fail(e)
                         },
                     )?;
-                if confirmed != 1 {
-                    // A concurrent attempt with the same token rolled this one forward.
-                    return Err(unavailable("a concurrent rotation of the same token took this one's place"));
-                }
+                // 0: a sibling (which leaves the pend alone) or a roll-forward took it over.
+                let _ = confirmed;
                 Ok(if outcome == "sibling" { Rotate::Sibling(grant) } else { Rotate::Rotated(grant) })
             }
-            Some("busy") => Err(unavailable("a concurrent rotation of the same token is under way")),
             Some("reused") => {
                 let revoked = accesses(&reply[1..]);
                 self.revoke_each(&mut conn, &revoked).await?;
