@@ -9,9 +9,8 @@
 //! - every revocation seen by every live gateway within 1 s of its 200;
 //! - proxy 5xx: none; connection failures only on the killed gateway while it was down.
 //!
-//! Rate limits across replicas are counted, not asserted: the shared limits are another
-//! branch's work (issue 14.1); until they are merged each replica keeps its own budget,
-//! and the table shows how many failures three replicas judge against a budget of 20.
+//! - rate limits shared across replicas: wrong secrets for one client, spread over the
+//!   three gateways, are judged at most the budget's 20 times (plus `SHARED_SLACK`).
 //!
 //! Bounded: about a minute of load, a few minutes in all on 2 cores. Needs `redis-server`
 //! and `redis-cli` (`.ci/run` installs them); skipped without them unless `CI` is set.
@@ -726,10 +725,7 @@ async fn chaos() {
         ("revocations (200)", n(&c.revocations).to_string()),
         ("revocations seen late (> 1 s) somewhere", n(&c.revocations_late).to_string()),
         ("slowest revocation seen everywhere", format!("{:?}", *worst.lock().unwrap())),
-        (
-            "wrong secrets judged before 429, 3 gateways",
-            format!("{judged} (budget 20/min; per-replica limiter until issue 14.1's shared limits)"),
-        ),
+        ("wrong secrets judged before 429, 3 gateways", format!("{judged} (budget 20/min, shared through Redis)")),
     ];
     let mut out = String::from("\nchaos run:\n");
     for e in &redis_events {
@@ -756,5 +752,10 @@ async fn chaos() {
     assert_eq!(n(&c.revocations_late), 0, "{out}");
     assert_eq!(n(&c.proxied_5xx), 0, "{out}");
     assert_eq!(n(&c.proxied_other), 0, "{out}");
+    assert!(judged <= 20 + SHARED_SLACK, "{out}");
     assert!(stray.is_empty(), "{out}\n{}", logs());
 }
+
+/// Failures judged past the shared budget of 20: the budget refills continuously (GCRA, 20
+/// a minute: one every 3 s), and the 90 requests take a moment on a loaded machine.
+const SHARED_SLACK: usize = 2;

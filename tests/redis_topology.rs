@@ -501,3 +501,66 @@ async fn an_unacknowledged_take_or_rotation_is_taken_back() {
     let r = plain.rotate_refresh([2; 32], "c", next(20), now).await.unwrap();
     assert!(matches!(r, Rotate::Rotated(_)), "{r:?}");
 }
+
+/// A rotation whose answer never went out and whose undo could not run (the connection
+/// dropped, or the primary died and its replica holds it) stays pending: the retry with
+/// the same token is the same request, served after the reuse interval too, and the
+/// successor of the unanswered attempt is gone. Once an answer went out, the spent token is
+/// a reuse again.
+#[tokio::test]
+async fn a_retry_rolls_an_unanswered_rotation_forward() {
+    use portcullis::config::RedisMode;
+    use portcullis::store::redis::{RedisOptions, RedisStore};
+    use portcullis::store::{IssuedAccess, RefreshGrant, Rotate, Rotation, Store};
+    if !have_redis("redis_topology") {
+        return;
+    }
+    let port = free_port();
+    let _server = Server::plain(port, &[]);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let opts = RedisOptions {
+        url: &url,
+        mode: &RedisMode::Single,
+        timeout: Duration::from_secs(2),
+        ca_file: None,
+        replica_acks: 0,
+    };
+    let store = RedisStore::open(&opts, "roll:").unwrap();
+    let now = portcullis::tokens::now_secs();
+    let refresh = RefreshGrant {
+        family: "f1".into(),
+        client_id: "c".into(),
+        subject: "alice".into(),
+        user: Some("alice".into()),
+        scopes: vec!["read".into()],
+        expires_at: now + 3600,
+        issued_at: now,
+        audience: None,
+        binding: None,
+    };
+    store.put_refresh([2; 32], refresh).await.unwrap();
+    let next = |new: u8| Rotation {
+        new: [new; 32],
+        new_expires_at: now + 3600,
+        access: IssuedAccess { jti: format!("j{new}"), expires_at: now + 600 },
+        reuse_interval: 0,
+    };
+    assert!(matches!(store.rotate_refresh([2; 32], "c", next(10), now).await.unwrap(), Rotate::Rotated(_)));
+    // What an attempt leaves when its reply is lost: the token spent, its successor pending.
+    let pend = format!("roll:{{f:f1}}pend:{}", "02".repeat(32));
+    let successor = format!("{} j10", "0a".repeat(32));
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "set", &pend, &successor, "ex", "60"])
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success());
+    // Strict reuse (interval 0): without the pend this would revoke the family.
+    let r = store.rotate_refresh([2; 32], "c", next(11), now).await.unwrap();
+    assert!(matches!(r, Rotate::Rotated(_)), "{r:?}");
+    assert!(store.get_refresh([10; 32], now).await.unwrap().is_none(), "the unanswered successor is gone");
+    assert!(store.get_refresh([11; 32], now).await.unwrap().is_some(), "the retry's successor lives");
+    // Answered: the spent token is a reuse again, and the family goes.
+    let r = store.rotate_refresh([2; 32], "c", next(12), now).await.unwrap();
+    assert!(matches!(r, Rotate::Reused { .. }), "{r:?}");
+    assert!(store.get_refresh([11; 32], now).await.unwrap().is_none(), "family revoked");
+}

@@ -505,3 +505,18 @@ fn dpop_settings_have_defaults_and_refuse_what_is_not_asymmetric() {
         assert!(e.reason.contains(why), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_redis_url_with_options_or_a_cluster_node_with_a_database_is_refused() {
+    let e = refused("[store]\nkind = \"redis\"\ncluster = [\n\"redis://a:7000\",\n\"redis://b:7001/3\",\n]\n");
+    assert_eq!(e.line, 12, "{}", e.reason);
+    assert!(e.reason.contains("database 0"), "{}", e.reason);
+    assert!(parse("[store]\nkind = \"redis\"\ncluster = [\"redis://a:7000/0\"]\n").is_ok());
+    let e = refused("[store]\nkind = \"redis\"\nurl = \"rediss://a:6380/#insecure\"\n");
+    assert!((e.line, e.reason.contains("fragment")) == (10, true), "{}: {}", e.line, e.reason);
+    let e = refused("[store]\nkind = \"redis\"\nurl = \"rediss://a:6380/?insecure=true\"\n");
+    assert!((e.line, e.reason.contains("query")) == (10, true), "{}: {}", e.line, e.reason);
+    let e = refused("[store]\nkind = \"redis\"\nsentinel = [\"redis://s:26379/#insecure\"]\nservice_name = \"g\"\n");
+    assert_eq!(e.line, 10, "{}", e.reason);
+    assert!(parse("[store]\nkind = \"redis\"\nurl = \"redis://a:6379/2\"\n").is_ok());
+}

@@ -206,6 +206,7 @@ pub struct RedisStore {
     revoke_one: Script,
     untake_code: Script,
     unrotate: Script,
+    confirm_rotation: Script,
 }
 
 /// The message on the revocation channel that says a client not-before was recorded.
@@ -367,11 +368,18 @@ if not v then return {} end
 return {v, redis.call('HGET', KEYS[2], 'revoked') or '0'}
 "#,
             ),
-            // KEYS: old rt, new rt, fam, acc, old at, old sib; ARGV: now, client_id,
+            // KEYS: old rt, new rt, fam, acc, old at, old sib, old pend, the pending
+            // successor's rt (any key of the slot when none); ARGV: now, client_id,
             // expected grant json, new grant json, new ttl, access jti, access exp, reuse
-            // interval, max siblings, the client's not-before ('' for none)
+            // interval, max siblings, the client's not-before ('' for none), expected pend
+            // ('' for none), the pending successor's jti, new pend, pend ttl.
+            // `pend:<old>` names the successor of a rotation whose answer has not been
+            // confirmed as sent (see `rotate_refresh`): a rotation that finds it where it
+            // would count a reuse (past the reuse interval or its siblings) takes that
+            // successor back and issues its own instead (the retry of the same request).
             rotate: script(
                 r#"
+local pend = redis.call('GET', KEYS[7]) or ''
 local v = redis.call('GET', KEYS[1])
 if not v then return {'invalid'} end
 local kind, gj = string.sub(v, 1, 1), string.sub(v, 2)
@@ -392,15 +400,21 @@ local clock = tonumber(redis.call('TIME')[1])
 if kind == 'S' then
   local at, grace = tonumber(redis.call('GET', KEYS[5]) or ''), tonumber(ARGV[8])
   local siblings = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
-  if grace <= 0 or not at or clock - at > grace or siblings >= tonumber(ARGV[9]) then
+  local sibling = grace > 0 and at and clock - at <= grace and siblings < tonumber(ARGV[9])
+  if not sibling and pend ~= '' and pend == ARGV[11] then
+    redis.call('DEL', KEYS[8])
+    if ARGV[12] ~= '' then redis.call('HDEL', KEYS[4], ARGV[12]) end
+    outcome = 'rolled'
+  elseif not sibling then
     local out = revoke_family(KEYS[3], KEYS[4], now, 600)
     table.insert(out, 1, 'reused')
     return out
+  else
+    redis.call('INCR', KEYS[6])
+    local left = redis.call('TTL', KEYS[1])
+    if left > 0 then redis.call('EXPIRE', KEYS[6], left) end
+    outcome = 'sibling'
   end
-  redis.call('INCR', KEYS[6])
-  local left = redis.call('TTL', KEYS[1])
-  if left > 0 then redis.call('EXPIRE', KEYS[6], left) end
-  outcome = 'sibling'
 else
   redis.call('SET', KEYS[1], 'S' .. gj, 'KEEPTTL')
   local left = redis.call('TTL', KEYS[1])
@@ -414,6 +428,7 @@ if aexp > now then
   redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
   if redis.call('TTL', KEYS[4]) < aexp - now then redis.call('EXPIRE', KEYS[4], aexp - now) end
 end
+if outcome ~= 'sibling' then redis.call('SET', KEYS[7], ARGV[13], 'EX', tonumber(ARGV[14])) end
 return {outcome}
 "#,
             ),
@@ -442,10 +457,15 @@ end
 return 1
 "#,
             ),
-            // KEYS: old rt, new rt, old at, old sib, acc; ARGV: outcome, grant json, jti.
-            // Undo a rotation that no replica acknowledged (see `undo`).
+            // KEYS: old rt, new rt, old at, old sib, acc, old pend; ARGV: outcome, grant
+            // json, jti, pend. Undo a rotation that no replica acknowledged (see `undo`);
+            // a roll-forward is not undone (its pend stays: the retry rolls forward again).
             unrotate: Script::new(
                 r#"
+if ARGV[1] == 'rotated' then
+  if redis.call('GET', KEYS[6]) ~= ARGV[4] then return 0 end
+  redis.call('DEL', KEYS[6])
+end
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[5], ARGV[3])
 if ARGV[1] == 'rotated' then
@@ -456,6 +476,15 @@ if ARGV[1] == 'rotated' then
 elseif (tonumber(redis.call('GET', KEYS[4]) or '0') or 0) > 0 then
   redis.call('DECR', KEYS[4])
 end
+return 1
+"#,
+            ),
+            // KEYS: old pend; ARGV: pend. The rotation's answer goes out: no longer pending.
+            // 0: another attempt rolled forward over this one (its successor is gone).
+            confirm_rotation: Script::new(
+                r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
 return 1
 "#,
             ),
@@ -734,6 +763,15 @@ return 'ok'
     }
 }
 
+/// How long a rotation stays pending (`pend:<old>`) when its answer is not confirmed as
+/// sent: the 503 after an unacknowledged WAIT, a connection lost before the reply, or a
+/// failover. A retry with the same token within it is the same request: the unsent
+/// successor is taken back and a new one issued, no sibling spent, whatever the reuse
+/// interval (a failover's retries outlast a short one). Long enough for an election and
+/// its retries; short because a confirmation lost with its primary leaves this window
+/// open to a replay of the spent token.
+const PENDING: Duration = Duration::from_secs(60);
+
 /// Take back a code take or a rotation that no replica acknowledged in time, so that the
 /// 503 the client gets means "nothing changed" while this primary lives: its retry then
 /// rotates (or exchanges) normally instead of spending a sibling per attempt (three, and
@@ -894,6 +932,14 @@ impl Store for RedisStore {
         let index = self.key("rtf", &new_h);
         conn.c.set_ex::<_, _, ()>(&index, &family, ttl).await.map_err(|e| conn.fail(e))?;
         self.replicated(&mut conn, &index).await?;
+        // An earlier attempt with this token whose answer never went out (see `PENDING`).
+        let pend_key = self.fam_key(&family, &format!("pend:{old_h}"));
+        let pend: Option<String> = conn.c.get(&pend_key).await.map_err(|e| conn.fail(e))?;
+        let pend = pend.unwrap_or_default();
+        let (prev_h, prev_jti) = pend.split_once(' ').unwrap_or(("", ""));
+        let prev_key =
+            if prev_h.is_empty() { pend_key.clone() } else { self.fam_key(&family, &format!("rt:{prev_h}")) };
+        let new_pend = format!("{new_h} {}", next.access.jti);
         let reply: Vec<String> = self
             .rotate
             .key(&old_key)
@@ -902,6 +948,8 @@ impl Store for RedisStore {
             .key(self.fam_key(&family, "acc"))
             .key(self.fam_key(&family, &format!("at:{old_h}")))
             .key(self.fam_key(&family, &format!("sib:{old_h}")))
+            .key(&pend_key)
+            .key(&prev_key)
             .arg(now)
             .arg(client_id)
             .arg(&expected)
@@ -912,25 +960,44 @@ impl Store for RedisStore {
             .arg(next.reuse_interval)
             .arg(crate::store::MAX_SIBLINGS)
             .arg(nb.unwrap_or_default())
+            .arg(&pend)
+            .arg(prev_jti)
+            .arg(&new_pend)
+            .arg(PENDING.as_secs())
             .invoke_async(&mut conn.c)
             .await
             .map_err(|e| conn.fail(e))?;
         match reply.first().map(String::as_str) {
-            Some(outcome @ ("rotated" | "sibling")) => {
+            Some(outcome @ ("rotated" | "sibling" | "rolled")) => {
                 // A rotation lost with its primary would make the spent token live again.
                 if let Err(e) = self.replicated(&mut conn, &old_key).await {
-                    let mut call = self.unrotate.key(&old_key);
-                    call.key(self.fam_key(&family, &format!("rt:{new_h}")))
-                        .key(self.fam_key(&family, &format!("at:{old_h}")))
-                        .key(self.fam_key(&family, &format!("sib:{old_h}")))
-                        .key(self.fam_key(&family, "acc"))
-                        .arg(outcome)
-                        .arg(&expected)
-                        .arg(&next.access.jti);
-                    undo(&mut conn, &call).await;
+                    if outcome != "rolled" {
+                        let mut call = self.unrotate.key(&old_key);
+                        call.key(self.fam_key(&family, &format!("rt:{new_h}")))
+                            .key(self.fam_key(&family, &format!("at:{old_h}")))
+                            .key(self.fam_key(&family, &format!("sib:{old_h}")))
+                            .key(self.fam_key(&family, "acc"))
+                            .key(&pend_key)
+                            .arg(outcome)
+                            .arg(&expected)
+                            .arg(&next.access.jti)
+                            .arg(&new_pend);
+                        undo(&mut conn, &call).await;
+                    }
                     return Err(e);
                 }
-                Ok(if outcome == "rotated" { Rotate::Rotated(grant) } else { Rotate::Sibling(grant) })
+                // The answer goes out now: the successor is the client's. Not replicated
+                // (a confirmation lost with its primary leaves the pend to its short TTL).
+                let confirmed: i64 =
+                    self.confirm_rotation.key(&pend_key).arg(&new_pend).invoke_async(&mut conn.c).await.map_err(
+                        |e| {
+                            // Not confirmed: the retry rolls this attempt forward.
+                            conn.fail(e)
+                        },
+                    )?;
+                // 0: a sibling (which leaves the pend alone) or a roll-forward took it over.
+                let _ = confirmed;
+                Ok(if outcome == "sibling" { Rotate::Sibling(grant) } else { Rotate::Rotated(grant) })
             }
             Some("reused") => {
                 let revoked = accesses(&reply[1..]);

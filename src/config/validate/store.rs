@@ -117,6 +117,14 @@ impl Validator<'_> {
         if !matches!(parsed.scheme(), "redis" | "rediss") || parsed.host_str().is_none() {
             return Err(self.err(url.span(), "redis url must be redis://host[:port][/db] or rediss://..."));
         }
+        // The client would read them (`#insecure` turns TLS verification off); the gateway
+        // configures TLS with ca_file and takes no other option, so anything here is refused.
+        if parsed.fragment().is_some() {
+            return Err(self.err(url.span(), "redis url takes no #fragment (TLS is configured with ca_file)"));
+        }
+        if parsed.query().is_some() {
+            return Err(self.err(url.span(), "redis url takes no ?query options"));
+        }
         Ok(parsed)
     }
 
@@ -128,8 +136,11 @@ impl Validator<'_> {
             return Err(self.err(list.span(), format!("{what} = [...] needs at least one node URL")));
         };
         let scheme = self.redis_url(first)?.scheme().to_string();
-        for u in &list.get_ref()[1..] {
+        for u in list.get_ref() {
             let s = self.redis_url(u)?;
+            if what == "cluster" && !matches!(s.path(), "" | "/" | "/0") {
+                return Err(self.err(u.span(), "a Redis Cluster has database 0 only: drop the /db from the node URL"));
+            }
             if s.scheme() != scheme {
                 return Err(self.err(
                     u.span(),
