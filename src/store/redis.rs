@@ -988,15 +988,15 @@ impl Store for RedisStore {
                 }
                 // The answer goes out now: the successor is the client's. Not replicated
                 // (a confirmation lost with its primary leaves the pend to its short TTL).
-                let confirmed: i64 =
+                // The reply (0: a sibling, which leaves the pend alone, or a roll-forward took
+                // it over) changes nothing here.
+                let _: i64 =
                     self.confirm_rotation.key(&pend_key).arg(&new_pend).invoke_async(&mut conn.c).await.map_err(
                         |e| {
                             // Not confirmed: the retry rolls this attempt forward.
                             conn.fail(e)
                         },
                     )?;
-                // 0: a sibling (which leaves the pend alone) or a roll-forward took it over.
-                let _ = confirmed;
                 Ok(if outcome == "sibling" { Rotate::Sibling(grant) } else { Rotate::Rotated(grant) })
             }
             Some("reused") => {
