@@ -1,7 +1,7 @@
 //! The one place where a proxy-path failure becomes a wire response:
 //! RFC 6750 §3 for token problems, JSON bodies for everything else.
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
 use crate::http::{Body, json};
@@ -71,7 +71,7 @@ pub enum ProxyError {
     GatewayTimeout,
     /// The route's quota for this caller is spent (issue 14): retry after this many seconds.
     #[error("route quota exceeded")]
-    QuotaExceeded { retry_after: u64, headers: super::quota::QuotaHeaders },
+    QuotaExceeded { retry_after: u64, headers: QuotaHeaders },
     /// RFC 9449 §7.1: a DPoP request's proof is missing or invalid.
     #[error("invalid DPoP proof: {0}")]
     InvalidDpopProof(crate::tokens::dpop::DpopError),
@@ -88,6 +88,26 @@ pub enum ProxyError {
 
 /// What a route without a `methods` list allows: everything but TRACE and CONNECT.
 const ALLOWED_BY_DEFAULT: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
+
+/// The IETF httpapi draft's fields (draft-ietf-httpapi-ratelimit-headers-09), set by the
+/// quota phase (`quota.rs`); defined here because a refusal carries them.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The two fields of one quota decision.
+#[derive(Debug, Clone)]
+pub struct QuotaHeaders {
+    pub(super) policy: HeaderValue,
+    pub(super) state: HeaderValue,
+}
+
+impl QuotaHeaders {
+    /// Added to what the upstream sent (an upstream's own policies stay listed).
+    pub fn apply(self, headers: &mut http::HeaderMap) {
+        headers.append(RATELIMIT_POLICY, self.policy);
+        headers.append(RATELIMIT, self.state);
+    }
+}
 
 impl ProxyError {
     /// `realm` for the Bearer challenge; `dpop_algs` (space-separated) for the DPoP one.

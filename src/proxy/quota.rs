@@ -7,31 +7,14 @@
 //! `RateLimit-Policy: "default";q=<burst>;w=<seconds to refill it>` and
 //! `RateLimit: "default";r=<units left>;t=<seconds until full again>`.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderValue;
 
 use super::error::ProxyError;
+pub use super::error::{QuotaHeaders, RATELIMIT, RATELIMIT_POLICY};
 use crate::config::{Route, RouteQuota};
 use crate::ratelimit::{quota_caller, whole_secs};
 use crate::state::Gateway;
 use crate::tokens::validate::Principal;
-
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// The two fields of one decision.
-#[derive(Debug, Clone)]
-pub struct QuotaHeaders {
-    policy: HeaderValue,
-    state: HeaderValue,
-}
-
-impl QuotaHeaders {
-    /// Added to what the upstream sent (an upstream's own policies stay listed).
-    pub fn apply(self, headers: &mut HeaderMap) {
-        headers.append(RATELIMIT_POLICY, self.policy);
-        headers.append(RATELIMIT, self.state);
-    }
-}
 
 /// Spend one unit of `route`'s quota for this request, if it has one.
 pub async fn check(
