@@ -183,7 +183,7 @@ impl Metrics {
         });
     }
 
-    /// A long connection ended because its token stopped being valid, by reason (a fixed set).
+    /// A long connection ended because its token stopped being valid, or idle, by reason (a fixed set).
     pub fn connection_ended(&self, reason: &'static str) {
         self.connections_ended.with(&reason, |c| {
             c.fetch_add(1, Ordering::Relaxed);
@@ -317,7 +317,7 @@ impl Metrics {
             &mut out,
             "portcullis_connections_ended_total",
             "counter",
-            "WebSocket connections and streamed responses ended because their token stopped being valid, by reason.",
+            "WebSocket connections and streamed responses ended because their token stopped being valid, or idle, by reason.",
         );
         for (reason, n) in self.connections_ended.snapshot() {
             let n = n.load(Ordering::Relaxed);

@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -676,5 +677,299 @@ async fn an_upstream_101_to_a_plain_request_is_a_502_and_handshake_fields_are_no
     assert!(echo_seen.header("sec-websocket-key").is_none(), "{echo_seen:?}");
     assert!(echo_seen.header("sec-websocket-version").is_none(), "{echo_seen:?}");
     assert!(echo_seen.header("upgrade").is_none(), "{echo_seen:?}");
+    drop(echo);
+}
+
+// ---------------------------------------------------------------------------------------
+// Idle upgraded connections (issue 12: idle policy).
+
+/// A WebSocket upstream that echoes text and reports each text it gets and, at last,
+/// `closed` when its connection ends (by the gateway, or a close frame).
+async fn reporting_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(t) = &msg {
+                        let _ = tx.send(t.to_string());
+                        if ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = tx.send("closed".to_string());
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn idle_routes(up: SocketAddr) -> String {
+    format!(
+        r#"
+[[route]]
+prefix = "/quiet"
+upstream = "http://{up}"
+scopes = ["read"]
+websocket = true
+websocket_idle_timeout = "1s"
+
+[[route]]
+prefix = "/wsr"
+upstream = "http://{up}"
+scopes = ["read"]
+websocket = true
+"#
+    )
+}
+
+/// Wait for a close frame with `code` within `limit`; its reason.
+async fn expect_close<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    code: CloseCode,
+    limit: Duration,
+) -> String {
+    let at = Instant::now();
+    loop {
+        let next = tokio::time::timeout(limit.saturating_sub(at.elapsed()), ws.next()).await;
+        match next.expect("a close frame in time") {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(frame.code, code, "{frame:?}");
+                return frame.reason.to_string();
+            }
+            Some(Ok(Message::Close(None))) => panic!("a close frame without a code"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("the connection failed instead of closing: {e}"),
+            None => panic!("the connection ended without a close frame"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_silent_both_ways_is_closed_after_its_idle_timeout_and_frees_its_place() {
+    let (up, mut seen) = reporting_upstream().await;
+    let echo = EchoUpstream::start().await;
+    let gw = gateway_with_limits(echo.addr, &idle_routes(up), "max_connections = 2\n").await;
+    let token = svc_token(&gw).await;
+    let mut first = connect_plain(&gw, "/quiet/1", Some(&token)).await.unwrap();
+    let mut second = connect_plain(&gw, "/quiet/2", Some(&token)).await.unwrap();
+    echo_once(&mut first, "1").await;
+    let last_byte = Instant::now();
+    echo_once(&mut second, "2").await;
+    // At max_connections: the next handshake is refused.
+    let (status, _, _) = refusal(connect_plain(&gw, "/quiet/3", Some(&token)).await.unwrap_err());
+    assert_eq!(status, 503);
+    // Nothing moves: both are closed with 1001 after the route's 1 s (checked every
+    // quarter of it), and their upstream sockets with them.
+    assert_eq!(expect_close(&mut first, CloseCode::Away, Duration::from_secs(10)).await, "idle timeout");
+    let closed_after = last_byte.elapsed();
+    eprintln!("closed {closed_after:?} after the last byte");
+    assert!(closed_after >= Duration::from_millis(800), "closed too early: {closed_after:?}");
+    assert_eq!(expect_close(&mut second, CloseCode::Away, Duration::from_secs(10)).await, "idle timeout");
+    for expected in ["1", "2", "closed", "closed"] {
+        let got = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.expect("in time");
+        assert_eq!(got.as_deref(), Some(expected));
+    }
+    // Their places are free: a new WebSocket is accepted at max_connections.
+    wait_until("the places are given back", || async { gw.gateway.upgraded.load(Ordering::Acquire) == 0 }).await;
+    let mut third = connect_plain(&gw, "/quiet/4", Some(&token)).await.unwrap();
+    echo_once(&mut third, "4").await;
+    assert_eq!(counter(&gw, "portcullis_connections_ended_total{reason=\"idle\"}").await, 2.0);
+    drop(echo);
+}
+
+#[tokio::test]
+async fn a_websocket_kept_alive_by_pings_is_not_closed_for_idleness() {
+    let (up, mut seen) = reporting_upstream().await;
+    let echo = EchoUpstream::start().await;
+    let gw = TestGateway::start_with(echo.addr, &idle_routes(up)).await;
+    let token = svc_token(&gw).await;
+    let mut ws = connect_plain(&gw, "/quiet/pinged", Some(&token)).await.unwrap();
+    echo_once(&mut ws, "start").await;
+    // Three and a half idle timeouts of pings every 300 ms (the upstream answers pongs):
+    // control frames are bytes too.
+    let until = Instant::now() + Duration::from_millis(3500);
+    let mut pongs = 0;
+    while Instant::now() < until {
+        ws.send(Message::Ping(Bytes::from_static(b"hi"))).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("a pong in time") {
+            Some(Ok(Message::Pong(_))) => pongs += 1,
+            other => panic!("expected a pong, got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(pongs >= 5, "{pongs}");
+    echo_once(&mut ws, "still open").await;
+    assert_eq!(seen.recv().await.as_deref(), Some("start"));
+    assert_eq!(seen.recv().await.as_deref(), Some("still open"));
+    assert_eq!(counter(&gw, "portcullis_connections_ended_total{reason=\"idle\"}").await, 0.0);
+    drop(echo);
+}
+
+/// A masked text frame, as a client sends it (RFC 6455 §5.3).
+fn client_text_frame(text: &str) -> Bytes {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x81, 0x80 | u8::try_from(text.len()).unwrap()];
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    Bytes::from(f)
+}
+
+#[tokio::test]
+async fn a_reset_extended_connect_stream_or_a_dead_h2_connection_frees_its_place_and_upstream_at_once() {
+    let (up, mut seen) = reporting_upstream().await;
+    let echo = EchoUpstream::start().await;
+    // The default idle timeout (60 s): nothing here may wait for it.
+    let gw = TestGateway::start_with(echo.addr, &idle_routes(up)).await;
+    let token = svc_token(&gw).await;
+    let port = gw.https.port();
+    let tls = tls_connect_alpn(&gw, &[b"h2"]).await;
+    let (h2, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut h2 = h2.ready().await.unwrap();
+    // A plain request first: the server's SETTINGS (ENABLE_CONNECT_PROTOCOL) come with it.
+    let (warm, _) = h2
+        .send_request(http::Request::get(format!("https://localhost:{port}/public/")).body(()).unwrap(), true)
+        .unwrap();
+    let _ = warm.await;
+    let open = |h2: &mut h2::client::SendRequest<Bytes>, path: &str| {
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("https://localhost:{port}{path}"))
+            .header("sec-websocket-version", "13")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(h2::ext::Protocol::from_static("websocket"));
+        h2.send_request(req, false).unwrap()
+    };
+
+    // RST_STREAM (CANCEL) on an open WebSocket stream.
+    let (resp, mut stream) = open(&mut h2, "/wsr/reset");
+    assert_eq!(resp.await.unwrap().status(), 200);
+    stream.send_data(client_text_frame("hello"), false).unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().as_deref(), Some("hello"));
+    assert_eq!(gw.gateway.upgraded.load(Ordering::Acquire), 1);
+    let reset_at = Instant::now();
+    stream.send_reset(h2::Reason::CANCEL);
+    let got = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await;
+    assert_eq!(got.expect("the upstream socket is closed promptly").as_deref(), Some("closed"));
+    eprintln!("upstream closed {:?} after the reset", reset_at.elapsed());
+    wait_until("the place is given back", || async { gw.gateway.upgraded.load(Ordering::Acquire) == 0 }).await;
+
+    // The whole HTTP/2 connection dying under an open stream.
+    let (resp, mut stream) = open(&mut h2, "/wsr/dies");
+    assert_eq!(resp.await.unwrap().status(), 200);
+    stream.send_data(client_text_frame("again"), false).unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().as_deref(), Some("again"));
+    let died_at = Instant::now();
+    conn.abort();
+    drop((h2, stream));
+    let got = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await;
+    assert_eq!(got.expect("the upstream socket is closed promptly").as_deref(), Some("closed"));
+    eprintln!("upstream closed {:?} after the connection died", died_at.elapsed());
+    wait_until("the place is given back", || async { gw.gateway.upgraded.load(Ordering::Acquire) == 0 }).await;
+    assert_eq!(counter(&gw, "portcullis_connections_ended_total{reason=\"idle\"}").await, 0.0);
+    drop(echo);
+}
+
+/// A WebSocket upstream that takes a half-close calmly: once the gateway's side ends
+/// (FIN) it reports `eof` and keeps its socket open, silent, as a server may. Only the
+/// gateway can then end the splice.
+async fn half_close_tolerant_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("sec-websocket-key: ").or_else(|| l.strip_prefix("Sec-WebSocket-Key: ")))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            s.write_all(answer.as_bytes()).await.unwrap();
+            let tx = tx.clone();
+            let (mut rd, wr) = s.into_split();
+            kept.push(wr);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while rd.read(&mut buf).await.unwrap_or(0) > 0 {}
+                let _ = tx.send("eof".to_string());
+                // `rd` dropped here; the write half stays open in `kept`.
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_reset_stream_ends_the_splice_even_when_the_upstream_keeps_its_half_open() {
+    let (up, mut seen) = half_close_tolerant_upstream().await;
+    let echo = EchoUpstream::start().await;
+    let routes =
+        format!("[[route]]\nprefix = \"/calm\"\nupstream = \"http://{up}\"\nscopes = [\"read\"]\nwebsocket = true\n");
+    // The default idle timeout (60 s): nothing here may wait for it.
+    let gw = TestGateway::start_with(echo.addr, &routes).await;
+    let token = svc_token(&gw).await;
+    let port = gw.https.port();
+    let tls = tls_connect_alpn(&gw, &[b"h2"]).await;
+    let (h2, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut h2 = h2.ready().await.unwrap();
+    let (warm, _) = h2
+        .send_request(http::Request::get(format!("https://localhost:{port}/public/")).body(()).unwrap(), true)
+        .unwrap();
+    let _ = warm.await;
+    let mut open = |path: &str| {
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("https://localhost:{port}{path}"))
+            .header("sec-websocket-version", "13")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(h2::ext::Protocol::from_static("websocket"));
+        h2.send_request(req, false).unwrap()
+    };
+
+    // An orderly END_STREAM is a half-close: passed on, and the splice stays.
+    let (resp, mut calm) = open("/calm/half");
+    assert_eq!(resp.await.unwrap().status(), 200);
+    calm.send_data(client_text_frame("bye"), true).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap();
+    assert_eq!(got.as_deref(), Some("eof"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(gw.gateway.upgraded.load(Ordering::Acquire), 1, "a half-close is not a reset");
+
+    // RST_STREAM (CANCEL): hyper reads it as an end of stream too, yet it ends everything.
+    let (resp, mut reset) = open("/calm/reset");
+    assert_eq!(resp.await.unwrap().status(), 200);
+    reset.send_data(client_text_frame("hi"), false).unwrap();
+    wait_until("both open", || async { gw.gateway.upgraded.load(Ordering::Acquire) == 2 }).await;
+    let at = Instant::now();
+    reset.send_reset(h2::Reason::CANCEL);
+    let got = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap();
+    assert_eq!(got.as_deref(), Some("eof"));
+    wait_until("the reset stream's place is given back", || async { gw.gateway.upgraded.load(Ordering::Acquire) == 1 })
+        .await;
+    eprintln!("place given back {:?} after the reset", at.elapsed());
+    assert!(at.elapsed() < Duration::from_secs(5), "{:?}", at.elapsed());
     drop(echo);
 }

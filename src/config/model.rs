@@ -437,6 +437,9 @@ pub struct Route {
     /// Accept the token of a WebSocket handshake as the `access_token` query parameter
     /// (RFC 6750 §2.3): browsers cannot set `Authorization` on a WebSocket. Opt-in.
     pub(crate) websocket_query_token: bool,
+    /// No byte either way for this long closes an upgraded connection (pings count);
+    /// `None`: the listener's `idle_timeout`. See [`Route::websocket_idle`].
+    pub(crate) websocket_idle_timeout: Option<Duration>,
     /// End an upgraded connection or a streamed response body once its token expires or
     /// is revoked, blocked, or its client or user disabled (default on).
     pub(crate) end_with_token: bool,
@@ -458,6 +461,11 @@ impl Route {
 
     pub fn claim_rules(&self) -> &[ClaimRule] {
         &self.claims
+    }
+
+    /// How long an upgraded connection on this route may stay silent both ways.
+    pub fn websocket_idle(&self, limits: &Limits) -> Duration {
+        self.websocket_idle_timeout.unwrap_or(limits.idle_timeout)
     }
 }
 

@@ -276,6 +276,9 @@ pub struct RawRoute {
     /// A WebSocket handshake may carry its token as the `access_token` query parameter.
     #[serde(default)]
     pub websocket_query_token: bool,
+    /// An upgraded connection with no byte either way for this long is closed; default the
+    /// listener's `idle_timeout`.
+    pub websocket_idle_timeout: Option<Spanned<String>>,
     /// Long connections (WebSocket, streamed bodies) end when their token stops being
     /// valid; default true.
     pub end_with_token: Option<bool>,

@@ -448,6 +448,21 @@ fn websocket_options_default_off_and_the_query_token_needs_a_websocket_route_wit
 }
 
 #[test]
+fn the_websocket_idle_timeout_defaults_to_the_listeners_and_needs_a_websocket_route() {
+    let route = |extra: &str| format!("[[route]]\nprefix = \"/ws\"\nupstream = \"http://127.0.0.1:1\"\n{extra}");
+    let c = parse(&route("websocket = true\n")).unwrap();
+    assert_eq!(c.routes[0].websocket_idle(&c.limits), c.limits.idle_timeout);
+    let c = parse(&route("websocket = true\nwebsocket_idle_timeout = \"5m\"\n")).unwrap();
+    assert_eq!(c.routes[0].websocket_idle(&c.limits), std::time::Duration::from_secs(300));
+    let e = refused(&route("websocket_idle_timeout = \"5s\"\n"));
+    assert_eq!((e.line, e.reason.as_str()), (11, "websocket_idle_timeout needs websocket = true on the route"));
+    let e = refused(&route("websocket = true\nwebsocket_idle_timeout = \"0s\"\n"));
+    assert_eq!((e.line, e.reason.as_str()), (12, "duration must be greater than zero"));
+    let e = refused(&route("websocket = true\nwebsocket_idle_timeout = \"soon\"\n"));
+    assert_eq!(e.line, 12, "{e}");
+}
+
+#[test]
 fn private_key_jwt_clients_name_one_key_file_and_no_secret() {
     let client = |body: &str| format!("[[client]]\nid = \"c\"\ngrants = [\"client_credentials\"]\n{body}");
     let c = parse(&client("token_endpoint_auth_method = \"private_key_jwt\"\npublic_key = \"c.pem\"\n")).unwrap();

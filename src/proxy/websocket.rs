@@ -13,10 +13,16 @@
 //! ([`super::lifetime`]) the gateway can write its own close frame (1008) between two
 //! frames, never inside one; client to upstream is a plain copy (the upstream just sees
 //! the connection close).
+//!
+//! An upgraded connection has left its listener's slot and idle check, so the splice has
+//! its own: no byte either way for the route's `websocket_idle_timeout` closes both sides
+//! (1001 to the client at a frame boundary). An HTTP/2 client's `RST_STREAM` reads as an
+//! end of stream; the splice tells it from a half-close by its dead send side and ends
+//! at once.
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -245,10 +251,11 @@ where
         parts.version = Version::HTTP_11;
     }
     let route_prefix = route.prefix.clone();
-    // A side that has closed waits for the other at most as long as an idle connection.
-    let linger = rt.config.limits.idle_timeout;
+    // Silent both ways this long ends the splice; a side that has closed waits for the
+    // other at most as long.
+    let idle = route.websocket_idle(&rt.config.limits);
     tokio::spawn(async move {
-        let _open = open;
+        let open = open;
         let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(c), Ok(u)) => (c, u),
             (c, u) => {
@@ -256,9 +263,14 @@ where
                 return;
             }
         };
-        match splice(TokioIo::new(client), TokioIo::new(upstream), lease, linger).await {
-            Ok(Some(why)) => {
+        let client_side = if h2 { ClientSide::H2Stream } else { ClientSide::Connection };
+        match splice(TokioIo::new(client), TokioIo::new(upstream), lease, idle, client_side).await {
+            Ok(Some(Closed::Token(why))) => {
                 tracing::info!(route = %route_prefix, reason = why.label(), "WebSocket closed: its token ended")
+            }
+            Ok(Some(Closed::Idle)) => {
+                open.0.metrics.connection_ended(IDLE_LABEL);
+                tracing::debug!(route = %route_prefix, idle = ?idle, "WebSocket closed: idle");
             }
             Ok(None) => {}
             Err(e) => tracing::debug!(route = %route_prefix, error = %e, "WebSocket splice ended with an error"),
@@ -267,58 +279,120 @@ where
     Ok(Response::from_parts(parts, crate::http::full(Bytes::new())))
 }
 
+/// The `reason` label of `portcullis_connections_ended_total` for a splice closed idle.
+pub const IDLE_LABEL: &str = "idle";
+
+/// Why the gateway closed a splice itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// The token behind it stopped being valid (counted by the lease).
+    Token(Ended),
+    /// No byte either way for the idle timeout.
+    Idle,
+}
+
+/// What the client's side of the splice is: an RFC 8441 stream reads a peer's
+/// `RST_STREAM (CANCEL)` as a plain end of stream (hyper maps it so), which only a write
+/// side that has died tells apart from a half-close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientSide {
+    Connection,
+    H2Stream,
+}
+
+/// After an HTTP/2 client's end of stream, when to look whether its stream was reset
+/// rather than half-closed (hyper notices the reset on the stream's send side, a task of
+/// its own): soon, then every second while the other direction lingers.
+const RESET_PROBES: [std::time::Duration; 4] = [
+    std::time::Duration::ZERO,
+    std::time::Duration::from_millis(20),
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(400),
+];
+
+/// What the splice's watcher tells the upstream-to-client copy (which alone knows the
+/// frame boundaries and holds the client's write side).
+#[derive(Default)]
+struct Signals {
+    /// Idle: write a close frame (1001) if at a frame boundary, and end.
+    idle: tokio::sync::Notify,
+    /// The HTTP/2 client's stream ended: look whether it was reset.
+    client_eof: tokio::sync::Notify,
+}
+
 /// Copy both ways until both sides have closed (a side that half-closes has its FIN
-/// passed on, and the other direction goes on, for at most `linger`), either fails, or
-/// the lease ends: the client then gets a close frame 1008, and both connections are
-/// dropped.
+/// passed on, and the other direction goes on, for at most `idle`), either fails, no byte
+/// has moved either way for `idle` (the client then gets a close frame 1001 if a frame
+/// boundary allows it), or the lease ends (close frame 1008); then both connections are
+/// dropped. Idleness is checked every quarter of `idle`, as the listener's is, so the
+/// close comes between 1 and 1.25 × `idle` after the last byte.
 async fn splice<C, U>(
     client: C,
     upstream: U,
     lease: Option<Lease>,
-    linger: std::time::Duration,
-) -> io::Result<Option<Ended>>
+    idle: std::time::Duration,
+    client_side: ClientSide,
+) -> io::Result<Option<Closed>>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
+    let moved = AtomicBool::new(false);
+    let (mut client_rd, mut client_wr) = tokio::io::split(Moving { inner: client, moved: &moved });
+    let (mut upstream_rd, mut upstream_wr) = tokio::io::split(Moving { inner: upstream, moved: &moved });
+    let signals = Signals::default();
     let up = async {
         tokio::io::copy(&mut client_rd, &mut upstream_wr).await?;
         upstream_wr.shutdown().await
     };
-    let down = downstream(&mut upstream_rd, &mut client_wr, lease.as_ref());
+    let down = downstream(&mut upstream_rd, &mut client_wr, lease.as_ref(), &signals);
     tokio::pin!(up, down);
+    let tick = (idle / 4).max(std::time::Duration::from_millis(50));
+    let mut last_moved = tokio::time::Instant::now();
     let mut up_done: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             r = &mut up, if up_done.is_none() => {
                 r?;
-                up_done = Some(tokio::time::Instant::now() + linger);
+                up_done = Some(tokio::time::Instant::now() + idle);
+                if client_side == ClientSide::H2Stream {
+                    signals.client_eof.notify_one();
+                }
             }
             _ = sleep_until(up_done) => return Ok(None),
+            // Outside both directions, as the lease: a client that stops reading (the write
+            // to it blocks) moves no byte either.
+            _ = tokio::time::sleep(tick) => {
+                if moved.swap(false, Ordering::Relaxed) {
+                    last_moved = tokio::time::Instant::now();
+                } else if last_moved.elapsed() >= idle {
+                    signals.idle.notify_one();
+                    let _ = tokio::time::timeout(CLOSE_WITHIN * 3, &mut down).await;
+                    return Ok(Some(Closed::Idle));
+                }
+            }
             // Outside both directions: a client that stops reading (the write to it blocks)
             // or keeps sending cannot keep the connection past its token. `down` may still
             // write the close frame, within its bounds; then both halves are dropped.
             why = Lease::lapses(lease.as_ref()) => {
                 let graceful = FINISH_FRAME_WITHIN + CLOSE_WITHIN * 3;
                 match tokio::time::timeout(graceful, &mut down).await {
-                    Ok(Ok(Some(_))) => {}
+                    Ok(Ok(Some(Closed::Token(_)))) => {}
                     _ => {
                         if let Some(lease) = &lease {
                             lease.count(why);
                         }
                     }
                 }
-                return Ok(Some(why));
+                return Ok(Some(Closed::Token(why)));
             }
             r = &mut down => {
                 let ended = r?;
                 // The upstream closed (its FIN is passed on): what the client still sends
-                // goes on until it closes too, within `linger`; a lapsed token stops
+                // goes on until it closes too, within `idle`; a lapsed token stops
                 // everything now.
                 if ended.is_none() && up_done.is_none() {
-                    let _ = tokio::time::timeout(linger, &mut up).await;
+                    let _ = tokio::time::timeout(idle, &mut up).await;
                 }
                 return Ok(ended);
             }
@@ -327,8 +401,14 @@ where
 }
 
 /// Upstream to client, frame-aware, checking the lease every [`CHECK_EVERY`] and at
-/// expiry. `Some(why)` when the lease ended it (the close frame is written).
-async fn downstream<R, W>(from: &mut R, to: &mut W, lease: Option<&Lease>) -> io::Result<Option<Ended>>
+/// expiry, and following the watcher's [`Signals`]. `Some(why)` when the gateway ended
+/// it (the close frame is written where a frame boundary allowed it).
+async fn downstream<R, W>(
+    from: &mut R,
+    to: &mut W,
+    lease: Option<&Lease>,
+    signals: &Signals,
+) -> io::Result<Option<Closed>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -337,6 +417,10 @@ where
     let mut frames = Frames::default();
     let next_check = |lease: &Lease| tokio::time::Instant::now() + CHECK_EVERY.min(lease.expires_in());
     let mut check_at = lease.map(next_check);
+    // After an HTTP/2 client's end of stream: the next look at its send side.
+    let mut probes = RESET_PROBES.iter();
+    let mut probe_at: Option<tokio::time::Instant> = None;
+    let mut client_eof = false;
     loop {
         let n = tokio::select! {
             r = from.read(&mut buf) => r?,
@@ -354,9 +438,31 @@ where
                         }
                         bounded(to.flush()).await?;
                         let _ = bounded(to.shutdown()).await;
-                        return Ok(Some(why));
+                        return Ok(Some(Closed::Token(why)));
                     }
                 }
+            }
+            () = signals.idle.notified() => {
+                // Nothing moved for the idle timeout: a frame cut short stays cut (a close
+                // frame inside it would be payload), the connection just closes.
+                if frames.at_boundary() {
+                    bounded(to.write_all(&close_frame(1001, "idle timeout"))).await?;
+                    bounded(to.flush()).await?;
+                }
+                let _ = bounded(to.shutdown()).await;
+                return Ok(Some(Closed::Idle));
+            }
+            () = signals.client_eof.notified(), if !client_eof => {
+                client_eof = true;
+                probe_at = Some(tokio::time::Instant::now());
+                continue;
+            }
+            _ = sleep_until(probe_at) => {
+                // A reset stream's send side has failed: flushing says so.
+                bounded(to.flush()).await?;
+                let wait = probes.next().copied().unwrap_or(std::time::Duration::from_secs(1));
+                probe_at = Some(tokio::time::Instant::now() + wait);
+                continue;
             }
         };
         if n == 0 {
@@ -365,6 +471,54 @@ where
         }
         frames.feed(&buf[..n]);
         to.write_all(&buf[..n]).await?;
+    }
+}
+
+/// One side of the splice, noting that a byte moved (read or written) for the idle check:
+/// a flag, not a clock read per I/O.
+struct Moving<'a, T> {
+    inner: T,
+    moved: &'a AtomicBool,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Moving<'_, T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.moved.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Moving<'_, T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.moved.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

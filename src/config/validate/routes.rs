@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Method;
 use ipnet::IpNet;
@@ -282,6 +283,10 @@ impl Validator<'_> {
             pass_rewrite_headers: r.pass_rewrite_headers,
             websocket: r.websocket,
             websocket_query_token: r.websocket_query_token,
+            websocket_idle_timeout: match &r.websocket_idle_timeout {
+                None => None,
+                Some(_) => Some(self.duration(&r.websocket_idle_timeout, Duration::ZERO)?),
+            },
             end_with_token: r.end_with_token.unwrap_or(true),
             quota: match &r.quota {
                 None => None,
@@ -305,6 +310,11 @@ impl Validator<'_> {
         }
         if r.websocket_query_token && *access == Access::Public {
             return Err(self.err(r.prefix.span(), "websocket_query_token on a public route: it reads no token"));
+        }
+        if let Some(t) = &r.websocket_idle_timeout
+            && !r.websocket
+        {
+            return Err(self.err(t.span(), "websocket_idle_timeout needs websocket = true on the route"));
         }
         Ok(())
     }
