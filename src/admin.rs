@@ -164,6 +164,8 @@ async fn route<B>(gw: &Gateway, req: &Request<B>) -> Result<Response<Body>, Admi
                 },
             );
             crate::metrics::render_blocks(&mut text, &gw.validator.block_stats());
+            let (skipped, open) = gw.validator.revocation_breaker_stats();
+            crate::metrics::render_revocation_breaker(&mut text, skipped, open);
             if let Some(s) = gw.limiter.stats() {
                 crate::metrics::render_ratelimit(&mut text, s.fallbacks, s.local);
             }

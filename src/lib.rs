@@ -4,6 +4,10 @@
 //! ([`oauth`]) or through the proxy phases ([`proxy`]): route → authenticate → authorize →
 //! forward. [`state::Gateway`] holds what every request reads.
 
+// The connection future (TLS, hyper, dispatch, the proxy phases) nests deeply enough that
+// proving it `Send` passes the default depth of 128.
+#![recursion_limit = "256"]
+
 pub mod admin;
 pub mod authority;
 pub mod config;

@@ -571,6 +571,25 @@ pub fn render_ratelimit(out: &mut String, fallbacks: u64, local: bool) {
     let _ = writeln!(out, "portcullis_ratelimit_shared {}", u8::from(!local));
 }
 
+/// The revocation check's breaker (`tokens/breaker.rs`): uncached tokens judged without
+/// asking the store because it was known not to answer, and whether it is open now.
+pub fn render_revocation_breaker(out: &mut String, skipped: u64, open: bool) {
+    header(
+        out,
+        "portcullis_revocation_check_skipped_total",
+        "counter",
+        "Revocation checks of uncached tokens not sent to the store because it was known not to answer (the breaker was open).",
+    );
+    let _ = writeln!(out, "portcullis_revocation_check_skipped_total {skipped}");
+    header(
+        out,
+        "portcullis_revocation_check_breaker_open",
+        "gauge",
+        "1 while the revocation check is skipped because the store does not answer (one probe a second), else 0.",
+    );
+    let _ = writeln!(out, "portcullis_revocation_check_breaker_open {}", u8::from(open));
+}
+
 /// One trusted issuer's key fetching, read when `/metrics` is scraped.
 pub struct IssuerStats {
     pub name: String,

@@ -901,3 +901,76 @@ async fn dpop_proofs_and_client_assertions_replayed_on_the_other_replica_are_ref
     let (status, v) = c.token(&c.b, &form, None).await;
     assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")), "assertion replayed on b: {v}");
 }
+
+/// A metric of `replica`'s `/metrics` (0 when absent).
+async fn replica_metric(c: &Cluster, replica: &Replica, series: &str) -> f64 {
+    let text = c.http.get(replica.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// Hardening: a hung Redis (SIGSTOP) costs the revocation check of an uncached token the
+/// store timeout once; then the breaker answers the check at once — the same verdict a
+/// timeout gives — with one probe a second, until Redis answers again.
+#[tokio::test]
+async fn while_redis_hangs_the_revocation_check_costs_the_timeout_once_then_answers_at_once() {
+    let Some(c) = cluster_with(|t| t.replace("timeout = \"300ms\"", "timeout = \"2s\"")).await else { return };
+    let store_timeout = Duration::from_secs(2);
+    let (status, v) = c.token(&c.a, &[("grant_type", "client_credentials")], Some(("svc", SVC_SECRET))).await;
+    assert_eq!(status, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let pid = libc::pid_t::try_from(c.redis.child.as_ref().unwrap().id()).unwrap();
+    // SAFETY: kill(2) on the test's own redis-server child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let timed = async || {
+        let at = Instant::now();
+        let status = c.get_api(&c.a, &token).await;
+        (status, at.elapsed())
+    };
+    // The first uncached check waits for the store (the verdict is never cached, so every
+    // request of the outage is uncached).
+    let (first, took) = timed().await;
+    let mut later = Vec::new();
+    for _ in 0..6 {
+        later.push(timed().await);
+    }
+    let skipped = replica_metric(&c, &c.a, "portcullis_revocation_check_skipped_total").await;
+    let open = replica_metric(&c, &c.a, "portcullis_revocation_check_breaker_open").await;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    eprintln!("first {took:?}, then {:?}", later.iter().map(|(_, t)| *t).collect::<Vec<_>>());
+    assert_eq!(first, 200, "judged on its own while Redis cannot answer (as after a timeout)");
+    assert!(took >= store_timeout / 2, "the first check waited for the store: {took:?}");
+    assert!(later.iter().all(|(s, _)| *s == 200), "{later:?}");
+    // One probe a second may wait for the store again; the others answer at once.
+    let fast = later.iter().filter(|(_, t)| *t < store_timeout / 2).count();
+    assert!(fast >= later.len() - 2, "{later:?}");
+    assert!(skipped >= fast as f64, "{skipped} skipped, {fast} fast");
+    assert_eq!(open, 1.0);
+
+    // Redis answers again: the breaker closes (a probe gets an answer), logged once, and
+    // checks are made again.
+    let closed = within(Duration::from_secs(15), async || {
+        let (status, t) = timed().await;
+        status == 200
+            && t < store_timeout / 2
+            && replica_metric(&c, &c.a, "portcullis_revocation_check_breaker_open").await == 0.0
+    })
+    .await;
+    assert!(closed.is_some(), "log:\n{}", c.log("a"));
+    let recovered = "revocation check: the store answers again";
+    let logged = within(Duration::from_secs(10), async || c.log("a").contains(recovered)).await;
+    assert!(logged.is_some(), "log:\n{}", c.log("a"));
+    // A token revoked in the store is refused by its check again.
+    let resp = c
+        .http
+        .post(c.b.url("/oauth/revoke"))
+        .basic_auth("svc", Some(SVC_SECRET))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(within(Duration::from_secs(10), async || c.get_api(&c.a, &token).await == 401).await.is_some());
+    let log = c.log("a");
+    assert_eq!(log.matches(recovered).count(), 1, "logged once:\n{log}");
+}

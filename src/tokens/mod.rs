@@ -4,6 +4,7 @@
 pub mod assertion;
 pub mod binding;
 mod blocks;
+mod breaker;
 pub mod cache;
 mod client_reset;
 pub mod dpop;

@@ -16,7 +16,7 @@ use super::keys::{Key, KeySet};
 use super::{AccessClaims, now_secs, sha256};
 use crate::config::Config;
 pub use crate::metrics::{BlockStats, CacheStats};
-use crate::store::{Block, BlockKey, Store};
+use crate::store::{Block, BlockKey, Store, StoreError};
 
 /// Tokens longer than this are refused before any parsing or hashing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -75,6 +75,8 @@ pub struct Validator {
     /// A revocation check failed since the store last answered one: set while the store
     /// is degraded. Its recovery clears the cache (see [`Validator::store_answered`]).
     store_down: AtomicBool,
+    /// Skips the revocation check while the store is known not to answer.
+    breaker: super::breaker::Breaker,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -87,6 +89,7 @@ impl Validator {
             revoked: Revoked { map: RwLock::default(), any: AtomicBool::new(false), max_entries: 1_000_000 },
             blocks: Blocks::default(),
             store_down: AtomicBool::new(false),
+            breaker: super::breaker::Breaker::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -229,7 +232,10 @@ impl Validator {
             return Err(TokenError::Revoked);
         }
         self.check_blocks(config.issuer(), &principal, now)?;
-        match store.is_revoked(principal.token_id()).await {
+        // While the store is known not to answer, the check fails at once, as it would
+        // after the timeout (one request a second still asks: the breaker's probe).
+        let checked = self.revocation_check(store, principal.token_id()).await;
+        match checked {
             Ok(revoked) => {
                 self.store_answered(true);
                 if revoked {
@@ -292,11 +298,32 @@ impl Validator {
         Ok(principal)
     }
 
+    /// Ask the store whether `jti` is revoked, unless its breaker is open: then it fails
+    /// at once, as it would after the timeout (one request a second still asks: the probe).
+    async fn revocation_check(&self, store: &dyn Store, jti: &str) -> Result<bool, StoreError> {
+        if !self.breaker.admit() {
+            return Err(StoreError::Unavailable("known not to answer: not asked (the breaker is open)".into()));
+        }
+        let asked_at = std::time::Instant::now();
+        let asked = store.is_revoked(jti).await;
+        // Only a failure that made the request wait opens the breaker: one that came at
+        // once (an I/O error, a refused connection) costs nothing to repeat, and repeating
+        // it sees the recovery at once.
+        if asked.is_err() && asked_at.elapsed() >= super::breaker::SLOW_FAILURE {
+            self.breaker.failed();
+        }
+        asked
+    }
+
     /// Whether the store could answer a revocation check (or a health probe) just now.
     /// When it answers again after failing, every cached verdict is dropped: revocations
     /// made meanwhile (by another replica, or before a restart) are asked of it again.
     /// Returns whether this call changed the state.
     pub fn store_answered(&self, ok: bool) -> bool {
+        // The store answers (a check, or /metrics's health probe): the breaker closes.
+        if ok && self.breaker.answered() {
+            tracing::warn!("revocation check: the store answers again; every uncached token is checked again");
+        }
         // `store_down` is `!ok` already in the usual case: one load, no write.
         let down = !ok;
         if self.store_down.load(Ordering::Acquire) == down {
@@ -378,6 +405,12 @@ impl Validator {
     /// Requests refused by a block and blocks held, for `/metrics`.
     pub fn block_stats(&self) -> BlockStats {
         self.blocks.stats(now_secs())
+    }
+
+    /// The revocation check's breaker, for `/metrics`: checks skipped because the store
+    /// was known not to answer, and whether it is open now.
+    pub fn revocation_breaker_stats(&self) -> (u64, bool) {
+        self.breaker.stats()
     }
 
     /// Drop every cached verdict (e.g. after the keys changed).
