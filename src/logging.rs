@@ -188,6 +188,8 @@ pub fn access(a: &Access<'_>) {
     if !tracing::enabled!(target: "portcullis::access", tracing::Level::INFO) {
         return;
     }
+    let path = redact_tokens(a.path);
+    let a = &Access { path: &path, ..*a };
     let Some((sink, format)) = ACCESS_SINK.get() else {
         tracing::info!(
             target: "portcullis::access",
@@ -217,6 +219,39 @@ pub fn access(a: &Access<'_>) {
         let _ = format_access(&mut line, *format, a);
         let _ = (&*sink).write_all(line.as_bytes());
     });
+}
+
+/// What the access log prints for a request path: the value of every `access_token`
+/// parameter in it (`;access_token=...`, or `&`/`?`-separated; the name compared
+/// percent-decoded, in any case) replaced by `[redacted]`. The path check refuses such a
+/// path, but the refusal is logged too, and a token must never reach a log. A path
+/// without `=` is returned as it is.
+pub fn redact_tokens(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('=') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    loop {
+        let end = rest.find(['/', ';', '&', '?']).unwrap_or(rest.len());
+        let (piece, tail) = rest.split_at(end);
+        match piece.split_once('=') {
+            Some((name, _))
+                if percent_encoding::percent_decode_str(name)
+                    .decode_utf8_lossy()
+                    .trim()
+                    .eq_ignore_ascii_case("access_token") =>
+            {
+                out.push_str(name);
+                out.push_str("=[redacted]");
+            }
+            _ => out.push_str(piece),
+        }
+        let Some(delim) = tail.chars().next() else { break };
+        out.push(delim);
+        rest = &tail[delim.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::Result {
@@ -367,6 +402,26 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(&*lock(&sink.0), b"one line\n");
+    }
+
+    #[test]
+    fn token_parameters_in_a_path_are_redacted_and_nothing_else_changes() {
+        for (path, logged) in [
+            ("/api/x", "/api/x"),
+            ("/api/a=b;c=d", "/api/a=b;c=d"),
+            ("/api/x;access_token=eyJ.abc.def", "/api/x;access_token=[redacted]"),
+            ("/api/x;access_token=eyJ.abc.def/more", "/api/x;access_token=[redacted]/more"),
+            ("/api;a=1;ACCESS_TOKEN=t1;b=2", "/api;a=1;ACCESS_TOKEN=[redacted];b=2"),
+            ("/api;access%5Ftoken=t2", "/api;access%5Ftoken=[redacted]"),
+            ("/api;access%5ftoken=t3&access_token=t4", "/api;access%5ftoken=[redacted]&access_token=[redacted]"),
+            ("/api?access_token=t5", "/api?access_token=[redacted]"),
+            ("/api;access_token==t6=", "/api;access_token=[redacted]"),
+            ("/api/access_token/x=1", "/api/access_token/x=1"),
+            ("/é;access_token=t7", "/é;access_token=[redacted]"),
+        ] {
+            assert_eq!(redact_tokens(path), logged, "{path}");
+        }
+        assert!(matches!(redact_tokens("/api/x"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]
