@@ -30,6 +30,8 @@ use crate::tokens::keys::KeySet;
 use crate::tokens::validate::{LEEWAY_SECS, TokenError, Validator};
 use crate::tokens::{AccessClaims, now_secs};
 
+pub mod peer;
+
 /// Token endpoint, up to the client lookup: the Content-Type decides form or JSON, the
 /// body becomes [`Params`] (a repeated parameter is refused), `grant_type` is parsed, and
 /// the client's credentials are taken from HTTP Basic or the body. A refusal is rendered

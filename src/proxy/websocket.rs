@@ -578,7 +578,7 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
 /// Where the byte stream is relative to frame boundaries (RFC 6455 §5.2): only lengths
 /// are read, never payloads.
 #[derive(Default)]
-struct Frames {
+pub struct Frames {
     /// The header bytes read so far of the frame being started (at most 14).
     head: [u8; 14],
     have: usize,
@@ -587,11 +587,11 @@ struct Frames {
 }
 
 impl Frames {
-    fn at_boundary(&self) -> bool {
+    pub fn at_boundary(&self) -> bool {
         self.have == 0 && self.payload_left == 0
     }
 
-    fn feed(&mut self, mut data: &[u8]) {
+    pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let n = self.advance(data);
             data = &data[n..];
@@ -600,7 +600,7 @@ impl Frames {
 
     /// Take bytes of `data` up to the end of the current frame (or all of them);
     /// returns how many. A frame whose header is complete and payload empty ends there.
-    fn advance(&mut self, data: &[u8]) -> usize {
+    pub fn advance(&mut self, data: &[u8]) -> usize {
         let mut i = 0;
         while i < data.len() {
             if self.payload_left > 0 {

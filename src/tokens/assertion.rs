@@ -38,6 +38,14 @@ pub struct ClientKey {
     single: bool,
 }
 
+impl ClientKey {
+    /// One key from a PEM public key, as a client's file gives it; for the fuzz targets.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn from_pem(pem: &[u8]) -> Result<ClientKey, String> {
+        Ok(ClientKey { set: jwks::from_spki_pem(pem, &ALGORITHMS, &[0; 32])?, single: true })
+    }
+}
+
 impl ClientKeys {
     /// Read every `private_key_jwt` client's key file. Errors carry the line that names
     /// the file.
