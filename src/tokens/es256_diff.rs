@@ -316,6 +316,71 @@ impl Cases {
     }
 }
 
+/// The `ecdsa_p256` fuzz target's body: one input, judged by both verifiers; panics on a
+/// mismatch. The first byte picks the case:
+/// - 0: a fixed key (its table built once), message and signature from the input
+///   (`msg_len` byte, message, the rest the signature);
+/// - 1: a valid signature of the fixed key over the message, then the input's remaining
+///   bytes XORed into it (an empty rest leaves it valid): near-valid signatures;
+/// - 2: the same, then r or s replaced by the remaining bytes (right-aligned);
+/// - other: a key from the input (65 bytes), then a message and signature as for 0.
+pub fn fuzz_one(data: &[u8]) {
+    static FIXED: std::sync::OnceLock<(Known, Es256Key)> = std::sync::OnceLock::new();
+    let (known, table) = FIXED.get_or_init(|| {
+        let k = Known::new(Rng::new(0xf0).scalar());
+        let t = Es256Key::new(&k.public).unwrap_or_else(|| unreachable!("a valid key builds a table"));
+        (k, t)
+    });
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let split = |rest: &[u8]| -> (Vec<u8>, Vec<u8>) {
+        let Some((&len, rest)) = rest.split_first() else {
+            return (Vec::new(), Vec::new());
+        };
+        let len = (len as usize).min(rest.len());
+        (rest[..len].to_vec(), rest[len..].to_vec())
+    };
+    let (public, ours, message, signature) = match mode {
+        0 => {
+            let (m, sg) = split(rest);
+            (known.public.clone(), table.verify(&m, &sg), m, sg)
+        }
+        1 | 2 => {
+            let (m, tweak) = split(rest);
+            let mut nonce = [0u8; 8];
+            nonce.iter_mut().zip(&m).for_each(|(n, b)| *n = *b);
+            let k = Rng::new(u64::from_le_bytes(nonce)).scalar();
+            let Some((r, s)) = known.sign(&m, &k) else { return };
+            let mut sg = sig(&r, &s);
+            if mode == 1 {
+                sg.iter_mut().zip(&tweak).for_each(|(b, t)| *b ^= t);
+                sg.extend_from_slice(tweak.get(64..).unwrap_or_default());
+            } else if let Some((&which, v)) = tweak.split_first() {
+                let v = &v[..v.len().min(32)];
+                let at = if which & 1 == 0 { 0 } else { 32 };
+                sg[at..at + 32].fill(0);
+                sg[at + 32 - v.len()..at + 32].copy_from_slice(v);
+            }
+            (known.public.clone(), table.verify(&m, &sg), m, sg)
+        }
+        _ => {
+            if rest.len() < 65 {
+                return;
+            }
+            let (key, rest) = rest.split_at(65);
+            let (m, sg) = split(rest);
+            let ours = Es256Key::new(key).is_some_and(|t| t.verify(&m, &sg));
+            (key.to_vec(), ours, m, sg)
+        }
+    };
+    let reference = reference_verify(&public, &message, &signature);
+    assert_eq!(
+        ours, reference,
+        "ES256 mismatch: ours {ours}, aws-lc {reference}; key {public:02x?} message {message:02x?} signature {signature:02x?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +474,27 @@ mod tests {
 
     fn rng_scalar(seed: u64) -> Scalar {
         Rng::new(seed).scalar()
+    }
+
+    /// The fuzz target's body on a spread of inputs (each mode, valid and tweaked).
+    #[test]
+    fn fuzz_entry_agrees() {
+        let mut rng = Rng::new(3);
+        for i in 0..600u64 {
+            let mut data = vec![(i % 4) as u8, rng.below(80) as u8];
+            let mut tail = vec![0u8; rng.below(140) as usize];
+            rng.bytes(&mut tail);
+            if i % 4 == 3 {
+                data.truncate(1);
+                data.extend_from_slice(&Known::new(rng.scalar()).public);
+                data.push(10);
+            }
+            if i % 8 == 1 {
+                tail.clear(); // mode 1 with no tweak: a valid signature
+            }
+            data.extend_from_slice(&tail);
+            fuzz_one(&data);
+        }
     }
 
     #[test]
