@@ -65,7 +65,7 @@ fn run(seed: u64, share: u64) -> (Tally, std::collections::HashMap<&'static str,
     while tally.total < share {
         batches += 1;
         // A new key with x(R) ≥ n every 500 batches (each builds a table).
-        let batch = if batches % 500 == 0 { cases.wrap_batch() } else { cases.batch() };
+        let batch = if batches.is_multiple_of(500) { cases.wrap_batch() } else { cases.batch() };
         for case in batch {
             cases.check(&case, &mut tally, &mut report);
             *kinds.entry(case.kind).or_default() += 1;
