@@ -204,6 +204,12 @@ id = "bench-es256"
 algorithm = "ES256"
 file = "$WORK/es256.pem"
 active = false
+# Verify-only RS256 key: the portcullis-miss-rs256 rows' tokens (issue 17.2).
+[[key]]
+id = "bench-rs256"
+algorithm = "RS256"
+file = "$WORK/rs256.pem"
+active = false
 [[client]]
 id = "bench"
 secret_hash = "$HASH"
@@ -227,6 +233,7 @@ issuer = "http://127.0.0.1:$IDP"
 algorithms = ["ES256"]
 audience = "http://127.0.0.1:$IDP"
 EOF
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rs256.pem" 2>/dev/null
 # The IdP: another portcullis, plaintext on loopback, signing with its own ES256 key;
 # `loadkit mint` with this config makes its tokens (the gateway finds its keys by discovery).
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/idp-es256.pem" 2>/dev/null
@@ -265,6 +272,25 @@ EOF
 log "minting 1 + $MISS_TOKENS ES256 tokens"
 "$KIT" mint --config "$ETC/mint.toml" --count 1 --out "$WORK/token.txt"
 "$KIT" mint --config "$ETC/mint.toml" --count "$MISS_TOKENS" --out "$WORK/tokens.txt"
+# The EdDSA and RS256 miss rows (issue 17.2): the same request and claims, signed by the
+# gateway's EdDSA key and by its verify-only RS256 key.
+for alg in eddsa rs256; do
+    sed -e '/^\[\[key\]\]$/,$d' "$ETC/portcullis.toml" >"$ETC/mint-$alg.toml"
+    if [ $alg = eddsa ]; then kid=bench-ed25519 kalg=EdDSA kfile=ed25519.pem; else kid=bench-rs256 kalg=RS256 kfile=rs256.pem; fi
+    cat >>"$ETC/mint-$alg.toml" <<EOF
+[[key]]
+id = "$kid"
+algorithm = "$kalg"
+file = "$WORK/$kfile"
+[[client]]
+id = "bench"
+secret_hash = "$HASH"
+grants = ["client_credentials"]
+scopes = ["read"]
+EOF
+    log "minting $MISS_TOKENS $kalg tokens"
+    "$KIT" mint --config "$ETC/mint-$alg.toml" --count "$MISS_TOKENS" --out "$WORK/tokens-$alg.txt"
+done
 log "minting 1 + $MISS_TOKENS ES256 tokens of the external issuer"
 "$KIT" mint --config "$ETC/idp.toml" --count 1 --out "$WORK/ext-token.txt"
 "$KIT" mint --config "$ETC/idp.toml" --count "$MISS_TOKENS" --out "$WORK/ext-tokens.txt"
@@ -440,6 +466,8 @@ request = function()
 end
 EOF
 { echo 'BENCH_TOKENS_VAR = "BENCH_EXT_TOKENS"'; cat "$WORK/rotate.lua"; } >"$WORK/extrotate.lua"
+{ echo 'BENCH_TOKENS_VAR = "BENCH_EDDSA_TOKENS"'; cat "$WORK/rotate.lua"; } >"$WORK/rotate-eddsa.lua"
+{ echo 'BENCH_TOKENS_VAR = "BENCH_RS256_TOKENS"'; cat "$WORK/rotate.lua"; } >"$WORK/rotate-rs256.lua"
 cat >"$WORK/token.lua" <<'EOF'
 wrk.method = "POST"
 wrk.body = "grant_type=client_credentials&scope=read"
@@ -449,6 +477,7 @@ EOF
 BASIC=$(printf %s "bench:$SECRET" | base64 -w0)
 export BENCH_TOKEN=$TOKEN BENCH_TOKENS=$WORK/tokens.txt BENCH_BASIC=$BASIC
 export BENCH_EXT_TOKEN=$EXT_TOKEN BENCH_EXT_TOKENS=$WORK/ext-tokens.txt
+export BENCH_EDDSA_TOKENS=$WORK/tokens-eddsa.txt BENCH_RS256_TOKENS=$WORK/tokens-rs256.txt
 
 # scenario -> "port_http port_https path lua expected_status"
 declare -A SC=(
@@ -458,12 +487,14 @@ declare -A SC=(
     [haproxy-jwt]="$HAP $HAPS $PATH_UNDER_TEST bearer 200"
     [portcullis-hit]="$PC $PCS $PATH_UNDER_TEST bearer 200"
     [portcullis-miss]="$PC $PCS $PATH_UNDER_TEST rotate 200"
+    [portcullis-miss-eddsa]="$PC $PCS $PATH_UNDER_TEST rotate-eddsa 200"
+    [portcullis-miss-rs256]="$PC $PCS $PATH_UNDER_TEST rotate-rs256 200"
     [portcullis-401]="$PC $PCS $PATH_UNDER_TEST none 401"
     [portcullis-token]="$PC $PCS /oauth/token token 200"
     [portcullis-ext-hit]="$PC $PCS /ext/hello extbearer 200"
     [portcullis-ext-miss]="$PC $PCS /ext/hello extrotate 200"
 )
-ORDER=(direct nginx hyper-floor haproxy-jwt portcullis-hit portcullis-miss portcullis-401 portcullis-token
+ORDER=(direct nginx hyper-floor haproxy-jwt portcullis-hit portcullis-miss portcullis-miss-eddsa portcullis-miss-rs256 portcullis-401 portcullis-token
     portcullis-ext-hit portcullis-ext-miss)
 
 # Check each endpoint answers as expected before measuring it.
@@ -471,6 +502,8 @@ check() { # proto scenario url lua want
     local args=(-s -k -o /dev/null -w '%{http_code}')
     case $4 in
         bearer | rotate) args+=(-H "Authorization: Bearer $TOKEN") ;;
+        rotate-eddsa) args+=(-H "Authorization: Bearer $(head -1 "$BENCH_EDDSA_TOKENS")") ;;
+        rotate-rs256) args+=(-H "Authorization: Bearer $(head -1 "$BENCH_RS256_TOKENS")") ;;
         extbearer | extrotate) args+=(-H "Authorization: Bearer $EXT_TOKEN") ;;
         token) args+=(-u "bench:$SECRET" -d grant_type=client_credentials -d scope=read) ;;
     esac
@@ -562,7 +595,7 @@ run() { # round proto scenario
     if [ "$want" = 200 ] && [ "${non2xx:-0}" -gt 0 ]; then
         note="${note:+$note; }NOT VALID: ${non2xx} answers were not 2xx"
     fi
-    if [[ $name == portcullis-hit || $name == portcullis-miss || $name == portcullis-ext-* ]]; then
+    if [[ $name == portcullis-hit || $name == portcullis-miss* || $name == portcullis-ext-* ]]; then
         local hits miss
         hits=$(($(metric portcullis_validation_cache_hits_total) - hits0))
         miss=$(($(metric portcullis_validation_cache_misses_total) - miss0))

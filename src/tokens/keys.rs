@@ -176,6 +176,9 @@ impl KeySet {
     }
 
     fn load_in(config: &Config, mode: Mode<'_>) -> Result<Option<KeySet>, KeyError> {
+        // Before any token is verified: jsonwebtoken's ES256 checks under our keys then use
+        // their precomputed tables (see `super::es256`).
+        super::es256::install();
         let mut by_kid = HashMap::new();
         let mut ordered = Vec::new();
         let mut signer = None;
@@ -185,7 +188,7 @@ impl KeySet {
                 complete = false;
                 continue;
             };
-            let key = Arc::new(load_key(kc, config, bytes)?);
+            let key = Arc::new(load_key(kc, config, bytes, mode)?);
             if let Mode::Reload(in_force) = mode
                 && let Some(old) = in_force.served.get(&kc.id)
                 && *old != key.material
@@ -304,7 +307,7 @@ fn read_or_generate(kc: &KeyConfig, config: &Config, mode: Mode<'_>) -> Result<O
     std::fs::read(&kc.file).map(Some).map_err(|source| KeyError::Read { kid: kc.id.clone(), path, source })
 }
 
-fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>) -> Result<Key, KeyError> {
+fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>, mode: Mode<'_>) -> Result<Key, KeyError> {
     let path = kc.file.display().to_string();
     let invalid =
         |reason: String| KeyError::Invalid { kid: kc.id.clone(), path: path.clone(), alg: kc.algorithm, reason };
@@ -375,6 +378,11 @@ fn load_key(kc: &KeyConfig, config: &Config, bytes: Vec<u8>) -> Result<Key, KeyE
                     };
                     let jwk = serde_json::json!({ "kty": "EC", "crv": "P-256", "x": b64url(x), "y": b64url(y) });
                     let decoding = DecodingKey::from_ec_der(public);
+                    // Built once per distinct key (about a millisecond); a key that gets
+                    // no table is verified by aws-lc as before.
+                    if !matches!(mode, Mode::Check) && !super::es256::register(public) {
+                        tracing::debug!(kid = %kc.id, "no precomputed ES256 table for this key; aws-lc verifies it");
+                    }
                     let raw = public.to_vec();
                     (Signer::Ecdsa(kp), decoding, Some(jwk), raw)
                 }

@@ -9,6 +9,9 @@ pub mod cache;
 mod client_reset;
 pub mod dpop;
 mod error;
+pub mod es256;
+#[doc(hidden)]
+pub mod es256_diff;
 mod external;
 pub mod issue;
 pub mod jws;
