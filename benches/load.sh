@@ -15,7 +15,9 @@
 # Knobs (environment): OLD_CONFIG=1 (leave out the config of the stream and bound rows, for
 # an older PORTCULLIS_BIN; run those rows only without it), DURATION (s, default 10), WARMUP (s, 2), CONNS (32), ROUNDS (1;
 # the table shows the median of each column over the rounds), PORT_BASE (18000),
-# GEN_CPU (0), PROXY_CPU (1), MISS_TOKENS (50000), CACHE_TOKENS (1024),
+# GEN_CPU (0), PROXY_CPU (1), PC_THREADS (portcullis's --threads, 1), PC_CPUS (the CPUs
+# portcullis may use, $PROXY_CPU; "0,1" for the two-thread rows), PORTCULLIS_RUNTIME
+# (shared | per-core: portcullis's --runtime), MISS_TOKENS (50000), CACHE_TOKENS (1024),
 # ONLY (extended regex over "proto/scenario", e.g. 'portcullis'), RSS_TOKENS
 # (1000000; 0 skips the memory bench), KEEP=1 keeps the work directory, NO_BUILD=1 uses
 # the binaries already in target/release, PERF (extended regex over "proto/scenario":
@@ -394,7 +396,9 @@ start nginx "$PROXY_CPU" nginx -p "$WORK" -c "$ETC/nginx.conf"
 NGINX_PID=$!
 start haproxy "$PROXY_CPU" haproxy -db -f "$ETC/haproxy.cfg"
 HAPROXY_PID=$!
-PORTCULLIS_WORKER_THREADS=1 start portcullis "$PROXY_CPU" "$BIN" serve --config "$ETC/portcullis.toml"
+# PC_THREADS / PC_CPUS / PORTCULLIS_RUNTIME: the both-cores comparison (docs/performance.md);
+# by default one worker thread on $PROXY_CPU like the other proxies.
+PORTCULLIS_WORKER_THREADS=${PC_THREADS:-1} start portcullis "${PC_CPUS:-$PROXY_CPU}" "$BIN" serve --config "$ETC/portcullis.toml"
 PORTCULLIS_PID=$!
 # The floor: the least a hyper + tokio proxy does (no auth, no header work, no log).
 start hyper-floor "$PROXY_CPU" "$KIT" bare-proxy --listen "127.0.0.1:$BARE" --upstream "127.0.0.1:$UP"
