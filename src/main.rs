@@ -45,11 +45,11 @@ enum Command {
         /// Runtime worker threads (default: one per CPU core).
         #[arg(long, env = "PORTCULLIS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
         threads: Option<u16>,
-        /// How connections are spread over the threads: `per-core` runs one current-thread
-        /// runtime per thread, each with its own SO_REUSEPORT listeners (Linux; elsewhere
-        /// `shared`); `shared` runs one multi-thread runtime.
-        #[arg(long, value_enum, env = "PORTCULLIS_RUNTIME", default_value_t = RuntimeArg::Shared)]
-        runtime: RuntimeArg,
+        /// How connections are spread over the threads: `per-core` (the default) runs one
+        /// current-thread runtime per thread, each with its own SO_REUSEPORT listeners
+        /// (Linux; elsewhere `shared`); `shared` runs one multi-thread runtime.
+        #[arg(long, value_enum, env = "PORTCULLIS_RUNTIME")]
+        runtime: Option<RuntimeArg>,
     },
     /// Validate a configuration and print what it would serve.
     Check {
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Held until main returns: dropping it writes out what is still queued.
     let _log = init_logging(cli.log_format);
-    let default = Command::Serve { config: PathBuf::from("gateway.toml"), threads: None, runtime: RuntimeArg::Shared };
+    let default = Command::Serve { config: PathBuf::from("gateway.toml"), threads: None, runtime: None };
     match cli.command.unwrap_or(default) {
         Command::Serve { config, threads, runtime } => serve(config, threads, runtime, cli.log_format),
         Command::Check { config } => check(config),
@@ -128,13 +128,16 @@ fn fatal(format: LogFormat, error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn serve(path: PathBuf, threads: Option<u16>, model: RuntimeArg, format: LogFormat) -> ExitCode {
+/// The default runtime model is per core: measured against the shared multi-thread runtime
+/// at `--threads 2` it used no more CPU per request and served more (docs/performance.md,
+/// "Both cores").
+fn serve(path: PathBuf, threads: Option<u16>, model: Option<RuntimeArg>, format: LogFormat) -> ExitCode {
     ignore_file_size_signal();
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => return fatal(format, &e),
     };
-    let layout = match model {
+    let layout = match model.unwrap_or(RuntimeArg::PerCore) {
         RuntimeArg::Shared => Layout::shared(),
         RuntimeArg::PerCore => {
             let n = threads.map(usize::from).or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()));
@@ -160,7 +163,7 @@ fn serve(path: PathBuf, threads: Option<u16>, model: RuntimeArg, format: LogForm
         Err(e) => return fatal(format, &format_args!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        if matches!(model, RuntimeArg::PerCore) && layout.model != RuntimeModel::PerCore {
+        if matches!(model, Some(RuntimeArg::PerCore)) && layout.model != RuntimeModel::PerCore {
             tracing::warn!("--runtime per-core needs SO_REUSEPORT load balancing (Linux); running the shared runtime");
         }
         let server = match Server::bind_with(config, layout).await {

@@ -409,9 +409,10 @@ pub struct TestGateway {
     pub accepted: AcceptedPerWorker,
 }
 
-/// The runtime model of the in-process gateways: `PORTCULLIS_RUNTIME=per-core` (the
-/// binary's own variable, so the process-level tests follow it too) runs every suite with
-/// two per-core workers; anything else, the caller's runtime.
+/// The runtime model of the in-process gateways: `PORTCULLIS_RUNTIME=per-core` runs them
+/// with two per-core workers; anything else, on the test's runtime. It is the binary's own
+/// variable: the process-level tests run the binary's default (per core) unless it says
+/// `shared`.
 pub fn test_layout() -> Layout {
     match std::env::var("PORTCULLIS_RUNTIME").as_deref() {
         Ok("per-core") => Layout::per_core(2),
