@@ -15,7 +15,9 @@
 # Knobs (environment): OLD_CONFIG=1 (leave out the config of the stream and bound rows, for
 # an older PORTCULLIS_BIN; run those rows only without it), DURATION (s, default 10), WARMUP (s, 2), CONNS (32), ROUNDS (1;
 # the table shows the median of each column over the rounds), PORT_BASE (18000),
-# GEN_CPU (0), PROXY_CPU (1), MISS_TOKENS (50000), CACHE_TOKENS (1024),
+# GEN_CPU (0), PROXY_CPU (1), PC_THREADS (portcullis's --threads, 1), PC_CPUS (the CPUs
+# portcullis may use, $PROXY_CPU; "0,1" for the two-thread rows), PORTCULLIS_RUNTIME
+# (shared | per-core: portcullis's --runtime), MISS_TOKENS (50000), CACHE_TOKENS (1024),
 # ONLY (extended regex over "proto/scenario", e.g. 'portcullis'), RSS_TOKENS
 # (1000000; 0 skips the memory bench), KEEP=1 keeps the work directory, NO_BUILD=1 uses
 # the binaries already in target/release, PERF (extended regex over "proto/scenario":
@@ -101,6 +103,8 @@ IDP=$((PORT_BASE + 36))
 # proxying each (upgrade headers; grpc_pass behind an h2 TLS listener).
 WSUP=$((PORT_BASE + 2)) GRPCUP=$((PORT_BASE + 3))
 NGXWS=$((PORT_BASE + 12)) NGXG=$((PORT_BASE + 13))
+# The HTTP/2 rows (issue 17): nginx's reverse proxy on an h2 TLS listener.
+NGXH2=$((PORT_BASE + 14))
 
 WORK=$(mktemp -d /tmp/portcullis-load.XXXXXX)
 chmod 755 "$WORK"
@@ -365,6 +369,18 @@ EOF
             proxy_read_timeout 300s;
         }
     }
+    # The h2 rows: the same reverse proxy as above, HTTP/2 by ALPN on the client side.
+    server {
+        listen 127.0.0.1:$NGXH2 ssl http2;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
     upstream grpcup { server 127.0.0.1:$GRPCUP; keepalive 16; }
     server {
         listen 127.0.0.1:$NGXG ssl http2;
@@ -420,7 +436,9 @@ start nginx "$PROXY_CPU" nginx -p "$WORK" -c "$ETC/nginx.conf"
 NGINX_PID=$!
 start haproxy "$PROXY_CPU" haproxy -db -f "$ETC/haproxy.cfg"
 HAPROXY_PID=$!
-PORTCULLIS_WORKER_THREADS=1 start portcullis "$PROXY_CPU" "$BIN" serve --config "$ETC/portcullis.toml"
+# PC_THREADS / PC_CPUS / PORTCULLIS_RUNTIME: the both-cores comparison (docs/performance.md);
+# by default one worker thread on $PROXY_CPU like the other proxies.
+PORTCULLIS_WORKER_THREADS=${PC_THREADS:-1} start portcullis "${PC_CPUS:-$PROXY_CPU}" "$BIN" serve --config "$ETC/portcullis.toml"
 PORTCULLIS_PID=$!
 # The floor: the least a hyper + tokio proxy does (no auth, no header work, no log).
 start hyper-floor "$PROXY_CPU" "$KIT" bare-proxy --listen "127.0.0.1:$BARE" --upstream "127.0.0.1:$UP"
@@ -437,7 +455,7 @@ wait_port() {
     done
     die "nothing listens on $1 (logs in $WORK; KEEP=1 keeps them)"
 }
-for p in $IDP $UP $UPS $NGX $NGXS $HAP $HAPS $PC $PCS $PCADMIN $BARE $WSUP $GRPCUP $NGXWS $NGXG; do wait_port "$p"; done
+for p in $IDP $UP $UPS $NGX $NGXS $HAP $HAPS $PC $PCS $PCADMIN $BARE $WSUP $GRPCUP $NGXWS $NGXG $NGXH2; do wait_port "$p"; done
 for _ in $(seq 100); do
     [ "$(curl -s "http://127.0.0.1:$PCADMIN/metrics" | awk '$1 == "portcullis_issuer_keys{issuer=\"idp\"}" { print $2 }')" = 1 ] && break
     sleep 0.1
@@ -757,6 +775,57 @@ for round in $(seq "$ROUNDS"); do
     for row in "${STREAM_ORDER[@]}"; do
         if [ -n "$ONLY" ] && ! [[ "$row" =~ $ONLY ]]; then continue; fi
         run_stream "$round" "${row%%/*}" "${row#*/}"
+    done
+done
+
+# The HTTP/2 rows (issue 17), proto "h2": h2load over TLS (ALPN h2), the wrk rows' $CONNS
+# connections with $H2_STREAMS streams each, the same request and token. "req/s" and the
+# CPU column are per request; p50/p99 are not measured (0), h2load's mean is in the note. A
+# row is NOT VALID unless every request done got the expected status class (h2load counts
+# them by class: 2xx for nginx and the hit, 4xx for the 401 row, checked as 401 first).
+H2_STREAMS=${H2_STREAMS:-10}
+run_h2() { # round proto scenario
+    local round=$1 proto=$2 name=$3 url pids want=200 auth=(-H "authorization: Bearer $TOKEN")
+    case $name in
+        nginx) url=https://127.0.0.1:$NGXH2$PATH_UNDER_TEST pids=$(pgrep -P "$NGINX_PID" | tr '\n' ' ') ;;
+        portcullis-hit) url=https://127.0.0.1:$PCS$PATH_UNDER_TEST pids=$PORTCULLIS_PID ;;
+        portcullis-401) url=https://127.0.0.1:$PCS$PATH_UNDER_TEST pids=$PORTCULLIS_PID want=401 auth=() ;;
+    esac
+    local probe
+    probe=$(curl -sk --http2 -o /dev/null -w '%{http_code} %{http_version}' "${auth[@]}" "$url") || true
+    [ "$probe" = "$want 2" ] || die "$proto/$name: $url answered \"$probe\", expected \"$want 2\" (status, HTTP version)"
+    local h2=(h2load -t1 -c"$CONNS" -m"$H2_STREAMS" "${auth[@]}")
+    [ "$WARMUP" -gt 0 ] && taskset -c "$GEN_CPU" "${h2[@]}" -D "$WARMUP" "$url" >/dev/null
+    local user0 sys0 user1 sys1 out
+    read -r user0 sys0 < <(cpu_ticks $pids)
+    out=$(taskset -c "$GEN_CPU" "${h2[@]}" -D "$DURATION" "$url")
+    read -r user1 sys1 < <(cpu_ticks $pids)
+    echo "$out" >"$WORK/h2load-$round-$proto-$name.txt"
+    local rps n class got mean note
+    rps=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' <<<"$out")
+    n=$(awk '/^requests:/ { print $6 }' <<<"$out")
+    # "status codes: A 2xx, B 3xx, C 4xx, D 5xx"
+    class=$([ "$want" = 200 ] && echo 3 || echo 7)
+    got=$(awk -v f="$class" '/^status codes:/ { print $f }' <<<"$out")
+    mean=$(awk '/^time for request:/ { print $6 }' <<<"$out")
+    note="mean latency $mean; $H2_STREAMS streams/conn"
+    if [ -z "$n" ] || [ "$n" = 0 ] || [ "${got:-0}" != "$n" ]; then
+        note="$note; NOT VALID: ${got:-0} of ${n:-0} requests answered ${want:0:1}xx"
+    fi
+    per_req() { awk -v t="$1" -v n="$n" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }'; }
+    local cpu_us user_us sys_us invalid=0
+    cpu_us=$(per_req $((user1 - user0 + sys1 - sys0)))
+    user_us=$(per_req $((user1 - user0)))
+    sys_us=$(per_req $((sys1 - sys0)))
+    [[ $note == *"NOT VALID"* ]] && invalid=$((n - ${got:-0}))
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$proto" "${rps:-0}" 0 0 "$invalid" "$cpu_us" "$user_us" "$sys_us" "$note" >>"$RAW"
+    log "$(printf '%-6s %-18s %10s req/s  cpu %s us/req (user %s, sys %s)  %s' "$proto" "$name" "$rps" "$cpu_us" "$user_us" "$sys_us" "$note")"
+}
+H2_ORDER=(h2/nginx h2/portcullis-hit h2/portcullis-401)
+for round in $(seq "$ROUNDS"); do
+    for row in "${H2_ORDER[@]}"; do
+        if [ -n "$ONLY" ] && ! [[ "$row" =~ $ONLY ]]; then continue; fi
+        run_h2 "$round" "${row%%/*}" "${row#*/}"
     done
 done
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::config::Config;
-use portcullis::server::Server;
+use portcullis::server::{Layout, RuntimeModel, Server};
 
 /// mimalloc: the proxy path allocates and frees many small blocks per request (header
 /// maps, bodies, futures); glibc's malloc spent about a tenth of the CPU time on them.
@@ -30,6 +30,12 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum RuntimeArg {
+    Shared,
+    PerCore,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
@@ -39,6 +45,11 @@ enum Command {
         /// Runtime worker threads (default: one per CPU core).
         #[arg(long, env = "PORTCULLIS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
         threads: Option<u16>,
+        /// How connections are spread over the threads: `per-core` (the default) runs one
+        /// current-thread runtime per thread, each with its own SO_REUSEPORT listeners
+        /// (Linux; elsewhere `shared`); `shared` runs one multi-thread runtime.
+        #[arg(long, value_enum, env = "PORTCULLIS_RUNTIME")]
+        runtime: Option<RuntimeArg>,
     },
     /// Validate a configuration and print what it would serve.
     Check {
@@ -58,8 +69,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Held until main returns: dropping it writes out what is still queued.
     let _log = init_logging(cli.log_format);
-    match cli.command.unwrap_or(Command::Serve { config: PathBuf::from("gateway.toml"), threads: None }) {
-        Command::Serve { config, threads } => serve(config, threads, cli.log_format),
+    let default = Command::Serve { config: PathBuf::from("gateway.toml"), threads: None, runtime: None };
+    match cli.command.unwrap_or(default) {
+        Command::Serve { config, threads, runtime } => serve(config, threads, runtime, cli.log_format),
         Command::Check { config } => check(config),
         Command::HashSecret => hash_secret(),
         Command::GenKey { out } => gen_key(out),
@@ -116,15 +128,28 @@ fn fatal(format: LogFormat, error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn serve(path: PathBuf, threads: Option<u16>, format: LogFormat) -> ExitCode {
+/// The default runtime model is per core: measured against the shared multi-thread runtime
+/// at `--threads 2` it used no more CPU per request and served more (docs/performance.md,
+/// "Both cores").
+fn serve(path: PathBuf, threads: Option<u16>, model: Option<RuntimeArg>, format: LogFormat) -> ExitCode {
     ignore_file_size_signal();
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => return fatal(format, &e),
     };
-    // One worker: the current-thread scheduler does the same work without the
-    // cross-thread machinery (work-stealing queues, unparking) a pool of one never uses.
+    let layout = match model.unwrap_or(RuntimeArg::PerCore) {
+        RuntimeArg::Shared => Layout::shared(),
+        RuntimeArg::PerCore => {
+            let n = threads.map(usize::from).or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()));
+            Layout::per_core(n.unwrap_or(1))
+        }
+    };
+    // Per core: this thread's runtime is worker 0 (and runs the background tasks and the
+    // admin listener); `Server::bind_with` starts the others. One worker: the
+    // current-thread scheduler does the same work without the cross-thread machinery
+    // (work-stealing queues, unparking) a pool of one never uses.
     let mut builder = match threads {
+        _ if layout.model == RuntimeModel::PerCore => tokio::runtime::Builder::new_current_thread(),
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -138,10 +163,16 @@ fn serve(path: PathBuf, threads: Option<u16>, format: LogFormat) -> ExitCode {
         Err(e) => return fatal(format, &format_args!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let server = match Server::bind(config).await {
+        if matches!(model, Some(RuntimeArg::PerCore)) && layout.model != RuntimeModel::PerCore {
+            tracing::warn!("--runtime per-core needs SO_REUSEPORT load balancing (Linux); running the shared runtime");
+        }
+        let server = match Server::bind_with(config, layout).await {
             Ok(s) => s,
             Err(e) => return fatal(format, &format_args!("{}: {e}", path.display())),
         };
+        if layout.model == RuntimeModel::PerCore {
+            tracing::info!(threads = layout.threads, "one current-thread runtime per thread, SO_REUSEPORT listeners");
+        }
         for (addr, tls) in server.local_addrs() {
             tracing::info!(address = %addr, scheme = if tls { "https" } else { "http" }, "listening");
         }

@@ -798,6 +798,18 @@ fn raise_nofile_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// Until the gateway has accepted `n` connections, not just let the kernel queue them: per
+/// core (PORTCULLIS_RUNTIME=per-core) each worker's socket has a queue of its own, and a
+/// later connection could be taken before an earlier one still queued on the other.
+async fn until_accepted(gw: &TestGateway, n: usize) {
+    let accepted = async {
+        while gw.accepted.counts().iter().sum::<u64>() < n as u64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), accepted).await.expect("the held connections are accepted");
+}
+
 /// Did the gateway close this connection (EOF or reset) within `wait`?
 async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     let mut buf = [0u8; 16];
@@ -823,6 +835,7 @@ async fn idle_connections_beyond_max_connections_are_refused_cleanly_and_freed()
     for _ in 0..MAX {
         held.push(TcpStream::connect(gw.http).await.unwrap());
     }
+    until_accepted(&gw, MAX).await;
     // Every one beyond is accepted and closed at once, without a byte.
     let extra = futures_util::stream::iter(0..total - MAX)
         .map(|_| async {
@@ -870,6 +883,7 @@ async fn idle_timeout_frees_the_slots_of_idle_connections() {
     for _ in 0..MAX {
         held.push(TcpStream::connect(gw.http).await.unwrap());
     }
+    until_accepted(&gw, MAX).await;
     let mut extra = TcpStream::connect(gw.http).await.unwrap();
     assert!(closed_within(&mut extra, Duration::from_secs(5)).await, "the gateway admitted more than max_connections");
     // The gateway closes each idle one after idle_timeout...

@@ -4,6 +4,7 @@
 
 pub mod context;
 mod dispatch;
+mod listen;
 pub mod peer;
 
 use std::convert::Infallible;
@@ -12,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,7 @@ use crate::config::{Config, Limits};
 use crate::reload::Reloader;
 use crate::state::{Gateway, StartError};
 use crate::tls::{self, TlsError};
+pub use listen::{Layout, RuntimeModel};
 pub use peer::Peer;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot start worker thread {index}: {source}")]
+    Worker { index: usize, source: io::Error },
 }
 
 /// A bound, not yet running gateway.
@@ -51,12 +55,25 @@ pub struct Server {
     /// Swapped by a reload; each new connection takes the one in force.
     tls: Arc<ArcSwapOption<tls::Acceptor>>,
     reloader: Reloader,
+    /// The other worker threads of the per-core model (none in the shared model).
+    workers: Vec<Worker>,
+    /// Connections accepted by each worker (index 0: the caller's runtime).
+    accepted: Arc<[AtomicU64]>,
 }
 
 impl Server {
-    /// Load keys and certificates and bind every listener (port 0 picks a free port).
+    /// Load keys and certificates and bind every listener (port 0 picks a free port); the
+    /// gateway runs on the caller's runtime.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        Server::bind_with(config, Layout::shared()).await
+    }
+
+    /// Like `bind`, with the listeners spread as `layout` says. Per core, every listener
+    /// is bound once per worker (`SO_REUSEPORT`) and the workers' threads are started
+    /// here, so a socket or a thread that cannot be had fails the start, not the run.
+    pub async fn bind_with(config: Config, layout: Layout) -> Result<Server, ServeError> {
         crate::install_crypto_provider();
+        let n_workers = layout.workers();
         let tls = match &config.tls {
             Some(files) => {
                 tls::ensure_dev_certificate(files)?;
@@ -65,10 +82,15 @@ impl Server {
             None => None,
         };
         let mut listeners = Vec::new();
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, bool)>> = (1..n_workers).map(|_| Vec::new()).collect();
         for l in &config.listeners {
-            let listener =
-                TcpListener::bind(l.address).await.map_err(|source| ServeError::Bind { addr: l.address, source })?;
+            let (listener, rest) = listen::bind(l.address, n_workers)
+                .await
+                .map_err(|source| ServeError::Bind { addr: l.address, source })?;
             listeners.push((listener, l.tls));
+            for (own, socket) in per_worker.iter_mut().zip(rest) {
+                own.push((socket, l.tls));
+            }
         }
         let admin = match &config.admin {
             Some(a) => Some(
@@ -86,7 +108,19 @@ impl Server {
         let tls = Arc::new(ArcSwapOption::from(tls.map(Arc::new)));
         // Now, not in `run`: from here on SIGHUP reloads instead of ending the process.
         let reloader = Reloader::new(gateway.clone(), tls.clone());
-        Ok(Server { gateway, listeners, admin, tls, reloader })
+        let mut workers = Vec::with_capacity(per_worker.len());
+        for (i, own) in per_worker.into_iter().enumerate() {
+            let index = i + 1;
+            workers.push(Worker::start(index, own).await.map_err(|source| ServeError::Worker { index, source })?);
+        }
+        let accepted = (0..n_workers).map(|_| AtomicU64::new(0)).collect();
+        Ok(Server { gateway, listeners, admin, tls, reloader, workers, accepted })
+    }
+
+    /// Connections accepted so far by each worker thread (one entry in the shared model);
+    /// a live view, readable while the server runs.
+    pub fn accepted_per_worker(&self) -> AcceptedPerWorker {
+        AcceptedPerWorker(self.accepted.clone())
     }
 
     /// The bound addresses, in config order, with whether each speaks TLS.
@@ -114,23 +148,23 @@ impl Server {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
-        let mut accept_tasks = Vec::new();
-        for (listener, use_tls) in self.listeners {
-            let ctx = AcceptCtx {
-                gateway: self.gateway.clone(),
-                tls: use_tls.then(|| self.tls.clone()),
-                graceful: graceful.clone(),
-                slots: slots.clone(),
-                cut: cut_rx.clone(),
-            };
-            let mut stop = stop_rx.clone();
-            accept_tasks.push(tokio::spawn(async move {
-                tokio::select! {
-                    _ = accept_loop(listener, ctx) => {}
-                    _ = stop.changed() => {}
-                }
-            }));
+        // One connection limit, one drain and one cut for every worker thread.
+        let shared = Shared {
+            gateway: self.gateway.clone(),
+            tls: self.tls.clone(),
+            graceful: graceful.clone(),
+            slots,
+            cut: cut_rx,
+            accepted: self.accepted.clone(),
+        };
+        let accept_tasks = spawn_accept_loops(self.listeners, &shared, 0, &stop_rx);
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::with_capacity(self.workers.len());
+        for w in self.workers {
+            let job = WorkerJob { shared: shared.clone(), stop: stop_rx.clone(), done: done_rx.clone() };
+            workers.push(w.go(job));
         }
+        drop(shared);
         let sweeper = tokio::spawn(sweep_store(self.gateway.clone()));
         let follower = {
             let gw = self.gateway.clone();
@@ -167,6 +201,9 @@ impl Server {
         for t in accept_tasks {
             let _ = t.await;
         }
+        for w in &mut workers {
+            let _ = (&mut w.stopped).await;
+        }
         // The accept tasks held the only other handles; each connection holds a watcher.
         let Ok(graceful) = Arc::try_unwrap(graceful) else {
             tracing::error!("shutdown coordinator still shared; not waiting for connections");
@@ -190,6 +227,10 @@ impl Server {
             );
             let _ = cut_tx.send(true);
         }
+        let _ = done_tx.send(true);
+        for w in workers {
+            let _ = w.exited.await;
+        }
         if let Some(admin) = admin {
             admin.abort();
         }
@@ -209,6 +250,137 @@ async fn sweep_store(gw: Arc<Gateway>) {
     }
 }
 
+/// A live view of the connections each worker thread has accepted.
+#[derive(Clone)]
+pub struct AcceptedPerWorker(Arc<[AtomicU64]>);
+
+impl AcceptedPerWorker {
+    pub fn counts(&self) -> Vec<u64> {
+        self.0.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+    }
+}
+
+/// What every worker's accept loops share: the connection limit (`max_connections` stays
+/// one global limit), the drain, the cut, and the TLS acceptor a reload swaps.
+#[derive(Clone)]
+struct Shared {
+    gateway: Arc<Gateway>,
+    tls: Arc<ArcSwapOption<tls::Acceptor>>,
+    graceful: Arc<GracefulShutdown>,
+    slots: Arc<Semaphore>,
+    cut: tokio::sync::watch::Receiver<bool>,
+    accepted: Arc<[AtomicU64]>,
+}
+
+/// One accept loop task per listener on the current runtime, each ended by `stop`; the
+/// connections it accepts are spawned on the same runtime.
+fn spawn_accept_loops(
+    listeners: Vec<(TcpListener, bool)>,
+    shared: &Shared,
+    worker: usize,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::with_capacity(listeners.len());
+    for (listener, use_tls) in listeners {
+        let ctx = AcceptCtx {
+            gateway: shared.gateway.clone(),
+            tls: use_tls.then(|| shared.tls.clone()),
+            graceful: shared.graceful.clone(),
+            slots: shared.slots.clone(),
+            cut: shared.cut.clone(),
+            accepted: shared.accepted.clone(),
+            worker,
+        };
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = accept_loop(listener, ctx) => {}
+                _ = stop.changed() => {}
+            }
+        }));
+    }
+    tasks
+}
+
+/// The work `Server::run` hands a worker thread.
+struct WorkerJob {
+    shared: Shared,
+    /// Turns true when the listeners stop accepting.
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// Turns true when the connections are finished (or cut): the thread may end.
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A worker thread of the per-core model: its own current-thread runtime, its own socket
+/// for every listener. Started by `bind_with`, it waits for `run` to hand it a job; if the
+/// server is dropped instead, it ends.
+struct Worker {
+    go: tokio::sync::oneshot::Sender<WorkerJob>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+    exited: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// A worker that was handed its job.
+struct Running {
+    /// Its accept loops are over (it holds no more handles on the shared state).
+    stopped: tokio::sync::oneshot::Receiver<()>,
+    /// Its thread has ended.
+    exited: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Worker {
+    async fn start(index: usize, listeners: Vec<(std::net::TcpListener, bool)>) -> io::Result<Worker> {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<io::Result<()>>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<WorkerJob>();
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+        let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new().name(format!("portcullis-w{index}")).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut own = Vec::with_capacity(listeners.len());
+                for (socket, use_tls) in listeners {
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => own.push((l, use_tls)),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let _ = ready_tx.send(Ok(()));
+                let Ok(WorkerJob { shared, stop, mut done }) = go_rx.await else { return };
+                for t in spawn_accept_loops(own, &shared, index, &stop) {
+                    let _ = t.await;
+                }
+                drop(shared);
+                let _ = stopped_tx.send(());
+                // Its connections run on this runtime until they end or are cut.
+                let _ = done.wait_for(|d| *d).await;
+            });
+            // A blocking task (a password hash, a store write) is not waited for forever.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            let _ = exited_tx.send(());
+        })?;
+        match ready_rx.await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::other("the worker thread ended while starting")),
+        }
+        Ok(Worker { go: go_tx, stopped: stopped_rx, exited: exited_rx })
+    }
+
+    fn go(self, job: WorkerJob) -> Running {
+        // A worker that is gone already reports `stopped` and `exited` as closed.
+        let _ = self.go.send(job);
+        Running { stopped: self.stopped, exited: self.exited }
+    }
+}
+
 struct AcceptCtx {
     gateway: Arc<Gateway>,
     tls: Option<Arc<ArcSwapOption<tls::Acceptor>>>,
@@ -216,6 +388,8 @@ struct AcceptCtx {
     slots: Arc<Semaphore>,
     /// Turns true when the grace period is over: every connection still open is dropped.
     cut: tokio::sync::watch::Receiver<bool>,
+    accepted: Arc<[AtomicU64]>,
+    worker: usize,
 }
 
 async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
@@ -234,6 +408,9 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
             drop(stream);
             continue;
         };
+        if let Some(n) = ctx.accepted.get(ctx.worker) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         let _ = stream.set_nodelay(true);
         let gateway = ctx.gateway.clone();
         let tls = match &ctx.tls {

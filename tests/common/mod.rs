@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config::Config;
-use portcullis::server::Server;
+use portcullis::server::{AcceptedPerWorker, Layout, Server};
 use portcullis::state::Gateway;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -405,6 +405,19 @@ pub struct TestGateway {
     pub config_path: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
+    /// Connections accepted by each worker thread (one entry in the shared model).
+    pub accepted: AcceptedPerWorker,
+}
+
+/// The runtime model of the in-process gateways: `PORTCULLIS_RUNTIME=per-core` runs them
+/// with two per-core workers; anything else, on the test's runtime. It is the binary's own
+/// variable: the process-level tests run the binary's default (per core) unless it says
+/// `shared`.
+pub fn test_layout() -> Layout {
+    match std::env::var("PORTCULLIS_RUNTIME").as_deref() {
+        Ok("per-core") => Layout::per_core(2),
+        _ => Layout::shared(),
+    }
 }
 
 impl TestGateway {
@@ -422,10 +435,16 @@ impl TestGateway {
     }
 
     pub async fn start_text(dir: tempfile::TempDir, pki: Pki, text: &str) -> TestGateway {
+        Self::start_layout(dir, pki, text, test_layout()).await
+    }
+
+    /// Start `text` with its listeners spread as `layout` says.
+    pub async fn start_layout(dir: tempfile::TempDir, pki: Pki, text: &str, layout: Layout) -> TestGateway {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
-        let server = Server::bind(config).await.unwrap();
+        let server = Server::bind_with(config, layout).await.unwrap();
+        let accepted = server.accepted_per_worker();
         let addrs = server.local_addrs();
         let https = addrs.iter().find(|(_, tls)| *tls).map(|(a, _)| *a).unwrap();
         let http = addrs.iter().find(|(_, tls)| !*tls).map(|(a, _)| *a).unwrap();
@@ -438,7 +457,7 @@ impl TestGateway {
             },
             std::future::pending(),
         ));
-        TestGateway { dir, pki, https, http, admin, gateway, config_path, stop: Some(stop), task: Some(task) }
+        TestGateway { dir, pki, https, http, admin, gateway, config_path, stop: Some(stop), task: Some(task), accepted }
     }
 
     pub fn url(&self, path: &str) -> String {
