@@ -196,7 +196,13 @@ pub fn of_name(name: &X509Name<'_>) -> Option<String> {
     for rdn in name.iter() {
         let mut attrs = Vec::new();
         for a in rdn.iter() {
-            let t = canonical_type(&a.attr_type().to_id_string());
+            // An attribute type that is no dotted OID (found by the `dn` fuzz target: an
+            // empty one rendered as `=#0000`) cannot be read: no subject, as documented.
+            let id = a.attr_type().to_id_string();
+            if id.is_empty() || !id.split('.').all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit())) {
+                return None;
+            }
+            let t = canonical_type(&id);
             let any = a.attr_value();
             let value = match any.tag() {
                 Tag::Utf8String | Tag::PrintableString | Tag::Ia5String | Tag::NumericString | Tag::VisibleString => {
