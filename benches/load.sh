@@ -15,7 +15,10 @@
 # Knobs (environment): OLD_CONFIG=1 (leave out the config of the stream and bound rows, for
 # an older PORTCULLIS_BIN; run those rows only without it), DURATION (s, default 10), WARMUP (s, 2), CONNS (32), ROUNDS (1;
 # the table shows the median of each column over the rounds), PORT_BASE (18000),
-# GEN_CPU (0), PROXY_CPU (1), MISS_TOKENS (50000), CACHE_TOKENS (1024),
+# GEN_CPU (0), PROXY_CPU (1), MISS_TOKENS (50000), CACHE_TOKENS (1024), ROUTE_COUNT (10000:
+# the routes of the portcullis-hit-10k-routes row's gateway), EXTRA_CLIENTS and EXTRA_USERS
+# (0: that many more [[client]]s and [[user]]s in the main gateway's config, for issue 17's
+# growth figures; all share one precomputed hash, so the config builds at once),
 # ONLY (extended regex over "proto/scenario", e.g. 'portcullis'), RSS_TOKENS
 # (1000000; 0 skips the memory bench), KEEP=1 keeps the work directory, NO_BUILD=1 uses
 # the binaries already in target/release, PERF (extended regex over "proto/scenario":
@@ -96,6 +99,9 @@ NGX=$((PORT_BASE + 10)) NGXS=$((PORT_BASE + 11))
 HAP=$((PORT_BASE + 20)) HAPS=$((PORT_BASE + 21))
 PC=$((PORT_BASE + 30)) PCS=$((PORT_BASE + 31)) PCADMIN=$((PORT_BASE + 39))
 BARE=$((PORT_BASE + 35))
+# The many-routes row (issue 17): a second gateway, the same config plus ROUTE_COUNT routes.
+PCR=$((PORT_BASE + 37)) PCRS=$((PORT_BASE + 34)) PCRADMIN=$((PORT_BASE + 38))
+ROUTE_COUNT=${ROUTE_COUNT:-10000}
 IDP=$((PORT_BASE + 36))
 # The stream rows (issue 12): a WebSocket echo upstream, a gRPC (h2c) upstream, and nginx
 # proxying each (upgrade headers; grpc_pass behind an h2 TLS listener).
@@ -227,6 +233,25 @@ issuer = "http://127.0.0.1:$IDP"
 algorithms = ["ES256"]
 audience = "http://127.0.0.1:$IDP"
 EOF
+# The many-routes gateway: the same config on its own ports and store, plus ROUTE_COUNT
+# public routes that a scan (longest prefix first) examines before /api: half under /api
+# (/api/r<i>, one trie node with ROUTE_COUNT/2 children), half elsewhere (/s<i>/x).
+sed -e "s/127.0.0.1:$PC\"/127.0.0.1:$PCR\"/; s/127.0.0.1:$PCS\"/127.0.0.1:$PCRS\"/" \
+    -e "s/127.0.0.1:$PCADMIN\"/127.0.0.1:$PCRADMIN\"/; s#$RUN/portcullis.redb#$RUN/portcullis-routes.redb#" \
+    "$ETC/portcullis.toml" >"$ETC/routes.toml"
+awk -v n="$ROUTE_COUNT" -v up="http://127.0.0.1:$UP" 'BEGIN {
+    for (i = 0; i < n; i++) {
+        prefix = (i % 2 == 0) ? sprintf("/api/r%d", i) : sprintf("/s%d/x", i)
+        printf "[[route]]\nprefix = \"%s\"\nupstream = \"%s\"\npublic = true\n", prefix, up
+    }
+}' >>"$ETC/routes.toml"
+# Growth (issue 17): more clients and users in the main gateway's config (not the one above).
+awk -v c="${EXTRA_CLIENTS:-0}" -v u="${EXTRA_USERS:-0}" -v h="$HASH" 'BEGIN {
+    for (i = 0; i < c; i++)
+        printf "[[client]]\nid = \"grow-%d\"\nsecret_hash = \"%s\"\ngrants = [\"client_credentials\"]\nscopes = [\"read\"]\n", i, h
+    for (i = 0; i < u; i++)
+        printf "[[user]]\nusername = \"grow-%d\"\npassword_hash = \"%s\"\n", i, h
+}' >>"$ETC/portcullis.toml"
 # The IdP: another portcullis, plaintext on loopback, signing with its own ES256 key;
 # `loadkit mint` with this config makes its tokens (the gateway finds its keys by discovery).
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/idp-es256.pem" 2>/dev/null
@@ -412,6 +437,19 @@ wait_port() {
     die "nothing listens on $1 (logs in $WORK; KEEP=1 keeps them)"
 }
 for p in $IDP $UP $UPS $NGX $NGXS $HAP $HAPS $PC $PCS $PCADMIN $BARE $WSUP $GRPCUP $NGXWS $NGXG; do wait_port "$p"; done
+# After the first gateway has written the key files they share.
+PORTCULLIS_WORKER_THREADS=1 start portcullis-routes "$PROXY_CPU" "$BIN" serve --config "$ETC/routes.toml"
+PORTCULLIS_ROUTES_PID=$!
+for p in $PCR $PCRS $PCRADMIN; do wait_port "$p"; done
+# What a config's size costs before any request: validation time (`check`) and resident memory.
+for c in portcullis routes; do
+    t0=$(date +%s%N)
+    "$BIN" check --config "$ETC/$c.toml" >/dev/null 2>&1 || die "$c.toml refused by check"
+    t1=$(date +%s%N)
+    pid=$PORTCULLIS_PID
+    [ "$c" = routes ] && pid=$PORTCULLIS_ROUTES_PID
+    log "config $c.toml: $(wc -l <"$ETC/$c.toml") lines, check $(((t1 - t0) / 1000000)) ms, gateway RSS $(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status") kB"
+done
 for _ in $(seq 100); do
     [ "$(curl -s "http://127.0.0.1:$PCADMIN/metrics" | awk '$1 == "portcullis_issuer_keys{issuer=\"idp\"}" { print $2 }')" = 1 ] && break
     sleep 0.1
@@ -457,13 +495,14 @@ declare -A SC=(
     [hyper-floor]="$BARE - $PATH_UNDER_TEST bearer 200"
     [haproxy-jwt]="$HAP $HAPS $PATH_UNDER_TEST bearer 200"
     [portcullis-hit]="$PC $PCS $PATH_UNDER_TEST bearer 200"
+    [portcullis-hit-10k-routes]="$PCR - $PATH_UNDER_TEST bearer 200"
     [portcullis-miss]="$PC $PCS $PATH_UNDER_TEST rotate 200"
     [portcullis-401]="$PC $PCS $PATH_UNDER_TEST none 401"
     [portcullis-token]="$PC $PCS /oauth/token token 200"
     [portcullis-ext-hit]="$PC $PCS /ext/hello extbearer 200"
     [portcullis-ext-miss]="$PC $PCS /ext/hello extrotate 200"
 )
-ORDER=(direct nginx hyper-floor haproxy-jwt portcullis-hit portcullis-miss portcullis-401 portcullis-token
+ORDER=(direct nginx hyper-floor haproxy-jwt portcullis-hit portcullis-hit-10k-routes portcullis-miss portcullis-401 portcullis-token
     portcullis-ext-hit portcullis-ext-miss)
 
 # Check each endpoint answers as expected before measuring it.
@@ -491,7 +530,7 @@ cpu_ticks() {
     echo "$user $sys"
 }
 
-metric() { curl -s "http://127.0.0.1:$PCADMIN/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+metric() { curl -s "http://127.0.0.1:${METRIC_PORT:-$PCADMIN}/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 
 to_ms() { # wrk latency ("812.00us", "1.20ms", "1.01s") -> milliseconds
     awk -v v="$1" 'BEGIN {
@@ -522,8 +561,11 @@ run() { # round proto scenario
         nginx) pids=$(pgrep -P "$NGINX_PID" | tr '\n' ' ') ;;
         haproxy-jwt) pids=$HAPROXY_PID ;;
         hyper-floor) pids=$BARE_PID ;;
+        portcullis-hit-10k-routes) pids=$PORTCULLIS_ROUTES_PID ;;
         *) pids=$PORTCULLIS_PID ;;
     esac
+    local METRIC_PORT=$PCADMIN
+    [ "$name" = portcullis-hit-10k-routes ] && METRIC_PORT=$PCRADMIN
     local user0 sys0
     read -r user0 sys0 < <(cpu_ticks $pids)
     local hits0 miss0 note=""
@@ -562,7 +604,7 @@ run() { # round proto scenario
     if [ "$want" = 200 ] && [ "${non2xx:-0}" -gt 0 ]; then
         note="${note:+$note; }NOT VALID: ${non2xx} answers were not 2xx"
     fi
-    if [[ $name == portcullis-hit || $name == portcullis-miss || $name == portcullis-ext-* ]]; then
+    if [[ $name == portcullis-hit* || $name == portcullis-miss || $name == portcullis-ext-* ]]; then
         local hits miss
         hits=$(($(metric portcullis_validation_cache_hits_total) - hits0))
         miss=$(($(metric portcullis_validation_cache_misses_total) - miss0))
