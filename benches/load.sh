@@ -18,7 +18,8 @@
 # GEN_CPU (0), PROXY_CPU (1), MISS_TOKENS (50000), CACHE_TOKENS (1024), ROUTE_COUNT (10000:
 # the routes of the portcullis-hit-10k-routes row's gateway), EXTRA_CLIENTS and EXTRA_USERS
 # (0: that many more [[client]]s and [[user]]s in the main gateway's config, for issue 17's
-# growth figures; all share one precomputed hash, so the config builds at once),
+# growth figures; all share one precomputed hash, so the config builds at once), TOKEN_PAD
+# (0: a scope that many characters longer in the tokens of the hit and miss rows),
 # ONLY (extended regex over "proto/scenario", e.g. 'portcullis'), RSS_TOKENS
 # (1000000; 0 skips the memory bench), KEEP=1 keeps the work directory, NO_BUILD=1 uses
 # the binaries already in target/release, PERF (extended regex over "proto/scenario":
@@ -250,7 +251,7 @@ awk -v c="${EXTRA_CLIENTS:-0}" -v u="${EXTRA_USERS:-0}" -v h="$HASH" 'BEGIN {
     for (i = 0; i < c; i++)
         printf "[[client]]\nid = \"grow-%d\"\nsecret_hash = \"%s\"\ngrants = [\"client_credentials\"]\nscopes = [\"read\"]\n", i, h
     for (i = 0; i < u; i++)
-        printf "[[user]]\nusername = \"grow-%d\"\npassword_hash = \"%s\"\n", i, h
+        printf "[[user]]\nusername = \"user-%d\"\npassword_hash = \"%s\"\n", i, h
 }' >>"$ETC/portcullis.toml"
 # The IdP: another portcullis, plaintext on loopback, signing with its own ES256 key;
 # `loadkit mint` with this config makes its tokens (the gateway finds its keys by discovery).
@@ -287,9 +288,14 @@ secret_hash = "$HASH"
 grants = ["client_credentials"]
 scopes = ["read"]
 EOF
+# TOKEN_PAD (0): a scope of that many more characters in the gateway's tokens (issue 17:
+# the cost of long tokens; the routes ask for "read" only).
+SCOPE=read
+[ "${TOKEN_PAD:-0}" -gt 0 ] && SCOPE="read $(head -c "$TOKEN_PAD" /dev/zero | tr '\0' p)"
 log "minting 1 + $MISS_TOKENS ES256 tokens"
-"$KIT" mint --config "$ETC/mint.toml" --count 1 --out "$WORK/token.txt"
-"$KIT" mint --config "$ETC/mint.toml" --count "$MISS_TOKENS" --out "$WORK/tokens.txt"
+"$KIT" mint --config "$ETC/mint.toml" --scope "$SCOPE" --count 1 --out "$WORK/token.txt"
+"$KIT" mint --config "$ETC/mint.toml" --scope "$SCOPE" --count "$MISS_TOKENS" --out "$WORK/tokens.txt"
+log "token length $(($(wc -c <"$WORK/token.txt") - 1)) bytes"
 log "minting 1 + $MISS_TOKENS ES256 tokens of the external issuer"
 "$KIT" mint --config "$ETC/idp.toml" --count 1 --out "$WORK/ext-token.txt"
 "$KIT" mint --config "$ETC/idp.toml" --count "$MISS_TOKENS" --out "$WORK/ext-tokens.txt"
@@ -430,7 +436,8 @@ start grpc-upstream "$GEN_CPU" "$SKIT" grpc-upstream --listen "127.0.0.1:$GRPCUP
 GRPCUP_PID=$!
 
 wait_port() {
-    for _ in $(seq 100); do
+    # Up to a minute: a config of 100k clients and users takes seconds to load.
+    for _ in $(seq 600); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.1
     done
