@@ -18,6 +18,10 @@
 # GEN_CPU (0), PROXY_CPU (1), PC_THREADS (portcullis's --threads, 1), PC_CPUS (the CPUs
 # portcullis may use, $PROXY_CPU; "0,1" for the two-thread rows), PORTCULLIS_RUNTIME
 # (shared | per-core: portcullis's --runtime), MISS_TOKENS (50000), CACHE_TOKENS (1024),
+# ROUTE_COUNT (10000: the routes of the portcullis-hit-10k-routes row's gateway), EXTRA_CLIENTS and EXTRA_USERS
+# (0: that many more [[client]]s and [[user]]s in the main gateway's config, for issue 17's
+# growth figures; all share one precomputed hash, so the config builds at once), TOKEN_PAD
+# (0: a scope that many characters longer in the tokens of the hit and miss rows),
 # ONLY (extended regex over "proto/scenario", e.g. 'portcullis'), RSS_TOKENS
 # (1000000; 0 skips the memory bench), KEEP=1 keeps the work directory, NO_BUILD=1 uses
 # the binaries already in target/release, PERF (extended regex over "proto/scenario":
@@ -98,6 +102,9 @@ NGX=$((PORT_BASE + 10)) NGXS=$((PORT_BASE + 11))
 HAP=$((PORT_BASE + 20)) HAPS=$((PORT_BASE + 21))
 PC=$((PORT_BASE + 30)) PCS=$((PORT_BASE + 31)) PCADMIN=$((PORT_BASE + 39))
 BARE=$((PORT_BASE + 35))
+# The many-routes row (issue 17): a second gateway, the same config plus ROUTE_COUNT routes.
+PCR=$((PORT_BASE + 37)) PCRS=$((PORT_BASE + 34)) PCRADMIN=$((PORT_BASE + 38))
+ROUTE_COUNT=${ROUTE_COUNT:-10000}
 IDP=$((PORT_BASE + 36))
 # The stream rows (issue 12): a WebSocket echo upstream, a gRPC (h2c) upstream, and nginx
 # proxying each (upgrade headers; grpc_pass behind an h2 TLS listener).
@@ -238,6 +245,25 @@ algorithms = ["ES256"]
 audience = "http://127.0.0.1:$IDP"
 EOF
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rs256.pem" 2>/dev/null
+# The many-routes gateway: the same config on its own ports and store, plus ROUTE_COUNT
+# public routes that a scan (longest prefix first) examines before /api: half under /api
+# (/api/r<i>, one trie node with ROUTE_COUNT/2 children), half elsewhere (/s<i>/x).
+sed -e "s/127.0.0.1:$PC\"/127.0.0.1:$PCR\"/; s/127.0.0.1:$PCS\"/127.0.0.1:$PCRS\"/" \
+    -e "s/127.0.0.1:$PCADMIN\"/127.0.0.1:$PCRADMIN\"/; s#$RUN/portcullis.redb#$RUN/portcullis-routes.redb#" \
+    "$ETC/portcullis.toml" >"$ETC/routes.toml"
+awk -v n="$ROUTE_COUNT" -v up="http://127.0.0.1:$UP" 'BEGIN {
+    for (i = 0; i < n; i++) {
+        prefix = (i % 2 == 0) ? sprintf("/api/r%d", i) : sprintf("/s%d/x", i)
+        printf "[[route]]\nprefix = \"%s\"\nupstream = \"%s\"\npublic = true\n", prefix, up
+    }
+}' >>"$ETC/routes.toml"
+# Growth (issue 17): more clients and users in the main gateway's config (not the one above).
+awk -v c="${EXTRA_CLIENTS:-0}" -v u="${EXTRA_USERS:-0}" -v h="$HASH" 'BEGIN {
+    for (i = 0; i < c; i++)
+        printf "[[client]]\nid = \"grow-%d\"\nsecret_hash = \"%s\"\ngrants = [\"client_credentials\"]\nscopes = [\"read\"]\n", i, h
+    for (i = 0; i < u; i++)
+        printf "[[user]]\nusername = \"user-%d\"\npassword_hash = \"%s\"\n", i, h
+}' >>"$ETC/portcullis.toml"
 # The IdP: another portcullis, plaintext on loopback, signing with its own ES256 key;
 # `loadkit mint` with this config makes its tokens (the gateway finds its keys by discovery).
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/idp-es256.pem" 2>/dev/null
@@ -273,9 +299,14 @@ secret_hash = "$HASH"
 grants = ["client_credentials"]
 scopes = ["read"]
 EOF
+# TOKEN_PAD (0): a scope of that many more characters in the gateway's tokens (issue 17:
+# the cost of long tokens; the routes ask for "read" only).
+SCOPE=read
+[ "${TOKEN_PAD:-0}" -gt 0 ] && SCOPE="read $(head -c "$TOKEN_PAD" /dev/zero | tr '\0' p)"
 log "minting 1 + $MISS_TOKENS ES256 tokens"
-"$KIT" mint --config "$ETC/mint.toml" --count 1 --out "$WORK/token.txt"
-"$KIT" mint --config "$ETC/mint.toml" --count "$MISS_TOKENS" --out "$WORK/tokens.txt"
+"$KIT" mint --config "$ETC/mint.toml" --scope "$SCOPE" --count 1 --out "$WORK/token.txt"
+"$KIT" mint --config "$ETC/mint.toml" --scope "$SCOPE" --count "$MISS_TOKENS" --out "$WORK/tokens.txt"
+log "token length $(($(wc -c <"$WORK/token.txt") - 1)) bytes"
 # The EdDSA and RS256 miss rows (issue 17.2): the same request and claims, signed by the
 # gateway's EdDSA key and by its verify-only RS256 key.
 for alg in eddsa rs256; do
@@ -449,13 +480,27 @@ start grpc-upstream "$GEN_CPU" "$SKIT" grpc-upstream --listen "127.0.0.1:$GRPCUP
 GRPCUP_PID=$!
 
 wait_port() {
-    for _ in $(seq 100); do
+    # Up to a minute: a config of 100k clients and users takes seconds to load.
+    for _ in $(seq 600); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.1
     done
     die "nothing listens on $1 (logs in $WORK; KEEP=1 keeps them)"
 }
 for p in $IDP $UP $UPS $NGX $NGXS $HAP $HAPS $PC $PCS $PCADMIN $BARE $WSUP $GRPCUP $NGXWS $NGXG $NGXH2; do wait_port "$p"; done
+# After the first gateway has written the key files they share.
+PORTCULLIS_WORKER_THREADS=1 start portcullis-routes "$PROXY_CPU" "$BIN" serve --config "$ETC/routes.toml"
+PORTCULLIS_ROUTES_PID=$!
+for p in $PCR $PCRS $PCRADMIN; do wait_port "$p"; done
+# What a config's size costs before any request: validation time (`check`) and resident memory.
+for c in portcullis routes; do
+    t0=$(date +%s%N)
+    "$BIN" check --config "$ETC/$c.toml" >/dev/null 2>&1 || die "$c.toml refused by check"
+    t1=$(date +%s%N)
+    pid=$PORTCULLIS_PID
+    [ "$c" = routes ] && pid=$PORTCULLIS_ROUTES_PID
+    log "config $c.toml: $(wc -l <"$ETC/$c.toml") lines, check $(((t1 - t0) / 1000000)) ms, gateway RSS $(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status") kB"
+done
 for _ in $(seq 100); do
     [ "$(curl -s "http://127.0.0.1:$PCADMIN/metrics" | awk '$1 == "portcullis_issuer_keys{issuer=\"idp\"}" { print $2 }')" = 1 ] && break
     sleep 0.1
@@ -504,6 +549,7 @@ declare -A SC=(
     [hyper-floor]="$BARE - $PATH_UNDER_TEST bearer 200"
     [haproxy-jwt]="$HAP $HAPS $PATH_UNDER_TEST bearer 200"
     [portcullis-hit]="$PC $PCS $PATH_UNDER_TEST bearer 200"
+    [portcullis-hit-10k-routes]="$PCR - $PATH_UNDER_TEST bearer 200"
     [portcullis-miss]="$PC $PCS $PATH_UNDER_TEST rotate 200"
     [portcullis-miss-eddsa]="$PC $PCS $PATH_UNDER_TEST rotate-eddsa 200"
     [portcullis-miss-rs256]="$PC $PCS $PATH_UNDER_TEST rotate-rs256 200"
@@ -512,7 +558,7 @@ declare -A SC=(
     [portcullis-ext-hit]="$PC $PCS /ext/hello extbearer 200"
     [portcullis-ext-miss]="$PC $PCS /ext/hello extrotate 200"
 )
-ORDER=(direct nginx hyper-floor haproxy-jwt portcullis-hit portcullis-miss portcullis-miss-eddsa portcullis-miss-rs256 portcullis-401 portcullis-token
+ORDER=(direct nginx hyper-floor haproxy-jwt portcullis-hit portcullis-hit-10k-routes portcullis-miss portcullis-miss-eddsa portcullis-miss-rs256 portcullis-401 portcullis-token
     portcullis-ext-hit portcullis-ext-miss)
 
 # Check each endpoint answers as expected before measuring it.
@@ -542,7 +588,7 @@ cpu_ticks() {
     echo "$user $sys"
 }
 
-metric() { curl -s "http://127.0.0.1:$PCADMIN/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+metric() { curl -s "http://127.0.0.1:${METRIC_PORT:-$PCADMIN}/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 
 to_ms() { # wrk latency ("812.00us", "1.20ms", "1.01s") -> milliseconds
     awk -v v="$1" 'BEGIN {
@@ -573,8 +619,11 @@ run() { # round proto scenario
         nginx) pids=$(pgrep -P "$NGINX_PID" | tr '\n' ' ') ;;
         haproxy-jwt) pids=$HAPROXY_PID ;;
         hyper-floor) pids=$BARE_PID ;;
+        portcullis-hit-10k-routes) pids=$PORTCULLIS_ROUTES_PID ;;
         *) pids=$PORTCULLIS_PID ;;
     esac
+    local METRIC_PORT=$PCADMIN
+    [ "$name" = portcullis-hit-10k-routes ] && METRIC_PORT=$PCRADMIN
     local user0 sys0
     read -r user0 sys0 < <(cpu_ticks $pids)
     local hits0 miss0 note=""
@@ -613,7 +662,7 @@ run() { # round proto scenario
     if [ "$want" = 200 ] && [ "${non2xx:-0}" -gt 0 ]; then
         note="${note:+$note; }NOT VALID: ${non2xx} answers were not 2xx"
     fi
-    if [[ $name == portcullis-hit || $name == portcullis-miss* || $name == portcullis-ext-* ]]; then
+    if [[ $name == portcullis-hit* || $name == portcullis-miss* || $name == portcullis-ext-* ]]; then
         local hits miss
         hits=$(($(metric portcullis_validation_cache_hits_total) - hits0))
         miss=$(($(metric portcullis_validation_cache_misses_total) - miss0))

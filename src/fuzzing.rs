@@ -519,6 +519,67 @@ pub fn peer_params(data: &[u8]) {
     }
 }
 
+/// Route lookup: the index ([`crate::config::RouteTable`]) against the linear scan it
+/// replaced ([`crate::proxy::route::route_linear`]). Input, one item per line:
+/// `r <prefix> [<host>|-] [<METHOD,METHOD>|-]` declares a route (validated as a config
+/// would be; a set the validator refuses is skipped), `q <METHOD> <host>|- <path>` asks
+/// for one (any path, not only those `is_safe_path` lets through). Both must name the same
+/// route, or none. Returns how many lookups were compared.
+pub fn route(data: &[u8]) -> usize {
+    let Ok(text) = std::str::from_utf8(data) else { return 0 };
+    let mut config = String::from(
+        "issuer = \"https://auth.example\"\n[[listener]]\naddress = \"127.0.0.1:8443\"\ntls = false\n\
+         [[key]]\nid = \"k\"\nfile = \"k.pem\"\n",
+    );
+    // TOML literal strings: no escapes, so any text without `'` or a control character.
+    let literal = |s: &str| (!s.contains('\'') && !s.chars().any(char::is_control)).then(|| format!("'{s}'"));
+    let mut queries = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut words = line.split(' ');
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("r"), Some(prefix), host, methods) => {
+                let Some(prefix) = literal(prefix) else { return 0 };
+                config.push_str(&format!("[[route]]\nprefix = {prefix}\nupstream = \"http://127.0.0.1:{}\"\n", n + 1));
+                if let Some(h) = host.filter(|h| *h != "-") {
+                    let Some(h) = literal(h) else { return 0 };
+                    config.push_str(&format!("host = {h}\n"));
+                }
+                if let Some(ms) = methods.filter(|m| *m != "-") {
+                    let list: Option<Vec<String>> = ms.split(',').map(literal).collect();
+                    let Some(list) = list else { return 0 };
+                    config.push_str(&format!("methods = [{}]\n", list.join(", ")));
+                }
+            }
+            (Some("q"), Some(method), Some(host), path) => {
+                let Ok(method) = http::Method::from_bytes(method.as_bytes()) else { continue };
+                let host = (host != "-").then_some(host);
+                // The rest of the line, spaces included.
+                let path = path.map(|p| line.splitn(4, ' ').nth(3).unwrap_or(p)).unwrap_or("");
+                queries.push((method, host, path));
+            }
+            _ => {}
+        }
+    }
+    let Ok(config) = Config::parse(&config, Path::new("/nonexistent/portcullis-fuzz/gateway.toml")) else { return 0 };
+    for (method, host, path) in &queries {
+        let (host, path) = (*host, *path);
+        let want = crate::proxy::route::route_linear(&config.routes, host, method, path);
+        let got = crate::proxy::route::route(&config.routes, host, method, path);
+        let same = match (want, got) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        assert!(
+            same,
+            "{method} {host:?} {path:?}: the scan chose {:?}, the index {:?}",
+            want.map(|r| (&r.prefix, &r.host, &r.methods)),
+            got.map(|r| (&r.prefix, &r.host, &r.methods))
+        );
+    }
+    queries.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,5 +721,15 @@ mod tests {
             let token = f.sign_segments(kid, h.as_bytes(), c.as_bytes()).unwrap();
             std::fs::write(dir.join(format!("token-{n}-{kid}")), token).unwrap();
         }
+    }
+
+    #[test]
+    fn route_seeds_compare_the_index_with_the_scan() {
+        for seed in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/route")).unwrap() {
+            let seed = seed.unwrap().path();
+            assert!(route(&std::fs::read(&seed).unwrap()) > 0, "{}: a set the validator refuses", seed.display());
+        }
+        assert_eq!(route(b"r /a\nr /A\nq GET - /a"), 0, "case variants of one prefix are refused");
+        assert_eq!(route(b"r /a'b\nq GET - /a"), 0);
     }
 }

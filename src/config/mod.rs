@@ -7,6 +7,7 @@
 
 mod model;
 mod raw;
+mod route_table;
 mod summary;
 mod validate;
 
@@ -25,6 +26,7 @@ pub use model::{
     QuotaPer, RESOURCE_METADATA_PATH, RateLimits, RedisMode, Route, RouteQuota, SELF_ISSUER, StoreConfig, TlsFiles,
     TlsName, TokenBinding, TrustedIssuer, Upstream, User, split_scopes,
 };
+pub use route_table::RouteTable;
 
 /// A configuration that was refused: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,8 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use ipnet::IpNet;
 
+use super::route_table::RouteTable;
+
 /// The grants a client may be allowed. Parsed once, matched everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GrantType {
@@ -714,9 +716,9 @@ pub struct Config {
     pub keys: Vec<KeyConfig>,
     /// `pub`: the reload tests watch clients change.
     pub clients: HashMap<String, Arc<Client>>,
-    /// Sorted longest prefix first, so the first match is the longest.
-    /// `pub`: the reload tests watch routes change.
-    pub routes: Vec<Arc<Route>>,
+    /// Sorted longest prefix first, so the first match is the longest; indexed for the
+    /// proxy's lookup ([`RouteTable::find`]). `pub`: the reload tests watch routes change.
+    pub routes: RouteTable,
     pub(crate) users: HashMap<String, Arc<User>>,
     /// `[[trusted_issuer]]`, in file order.
     pub trusted_issuers: Vec<Arc<TrustedIssuer>>,

@@ -222,7 +222,7 @@ impl Validator<'_> {
             cache_max_client_secrets: self.number(&raw.cache.max_client_secrets, 10_000)?,
             keys,
             clients,
-            routes,
+            routes: crate::config::RouteTable::new(routes),
             users,
             trusted_issuers,
             rule_claims,
