@@ -492,6 +492,44 @@ mod tests {
     }
 
     #[test]
+    fn numbers_and_times_are_written_as_the_formatter_would() {
+        for n in [0, 7, 10, 499, 1_000_000, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+        let mut out = String::new();
+        push_time(&mut out);
+        assert!(humantime::parse_rfc3339(&out).is_ok() && out.len() == "2026-01-01T00:00:00.000000Z".len(), "{out}");
+        // The client is the peer: its text is written as it is; another address is formatted.
+        let a = Access {
+            request_id: "r",
+            peer: "127.0.0.1",
+            client: "127.0.0.1".parse().unwrap(),
+            method: "GET",
+            host: "-",
+            path: "/",
+            route: "-",
+            status: 200,
+            latency_us: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            complete: false,
+            upstream: "-",
+            client_id: "c",
+        };
+        let mut line = String::new();
+        format_access(&mut line, Format::Pretty, &a).unwrap();
+        assert!(line.contains(" peer=127.0.0.1 client=127.0.0.1 method=GET "), "{line}");
+        assert!(line.contains(" status=200 latency_us=0 bytes_in=0 bytes_out=0 complete=false "), "{line}");
+        let a = Access { client: "2001:db8::1".parse().unwrap(), ..a };
+        line.clear();
+        format_access(&mut line, Format::Json, &a).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!((v["fields"]["peer"].as_str(), v["fields"]["client"].as_str()), (Some("127.0.0.1"), Some("2001:db8::1")));
+    }
+
+    #[test]
     fn cached_clock_writes_rfc3339_with_microseconds() {
         use tracing_subscriber::fmt::time::FormatTime;
         for _ in 0..3 {

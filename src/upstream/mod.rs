@@ -39,6 +39,8 @@ enum UpstreamError {
     /// HTTP/2 preface with an HTTP/1.1 error, or closes.
     #[error("no HTTP/2 answer from an h2c:// upstream (does it speak only HTTP/1.1?)")]
     H2cUnanswered(#[source] hyper_util::client::legacy::Error),
+    #[error("upstream response head over max_upstream_header_bytes")]
+    HeadTooLarge,
 }
 
 /// The kept-alive connections to every upstream, HTTP and HTTPS (rustls, platform roots
@@ -48,12 +50,17 @@ pub struct Upstreams {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     /// `h2c://` upstreams: HTTP/2 with prior knowledge.
     h2c: Client<HttpConnector, Body>,
-    /// The `https://` upstreams whose last answer came over HTTP/2: they get `te: trailers`
-    /// (gRPC) and no `Host` beside `:authority`. An HTTP/1.1 one gets no `te` (RFC 9110
-    /// §7.6.1: hop-by-hop); until an upstream has answered, it is taken for HTTP/1.1.
-    https_h2: RwLock<HashSet<Authority>>,
+    /// The `https://` upstreams whose last answer came over HTTP/1.1: they get no `te`
+    /// (RFC 9110 §7.6.1: hop-by-hop). The others may speak HTTP/2 (ALPN decides per
+    /// connection) and keep `te: trailers` for gRPC: until an upstream has answered once,
+    /// a caller's `te: trailers` may reach an HTTP/1.1 one, which reads it as "trailers
+    /// accepted" and nothing more.
+    https_h1: RwLock<HashSet<Authority>>,
     /// HTTP/1.1 only (ALPN `http/1.1`): upgrades (WebSocket) each get a fresh connection.
     upgrades: upgrade::Upgrades,
+    /// `max_upstream_header_bytes`: hyper's read buffer bounds the head only roughly (its
+    /// reads grow, so a head up to about twice this fits), so it is held to this exactly.
+    max_head: usize,
 }
 
 impl Upstreams {
@@ -112,16 +119,17 @@ impl Upstreams {
         Ok(Upstreams {
             client: builder(false).build(https),
             h2c: builder(true).build(http),
-            https_h2: RwLock::default(),
+            https_h1: RwLock::default(),
             upgrades: upgrade::Upgrades::new(http1_only, max_head),
+            max_head,
         })
     }
 
-    /// Does `te: trailers` go to this upstream? Only over HTTP/2 (known by prior
-    /// knowledge for `h2c://`, or from an `https://` upstream's last answer).
-    pub(crate) fn speaks_h2(&self, scheme: &Scheme, authority: &Authority, h2c: bool) -> bool {
+    /// Does `te: trailers` go to this upstream? Only where it may speak HTTP/2: `h2c://`,
+    /// and an `https://` one that has not answered over HTTP/1.1 (see `https_h1`).
+    pub(crate) fn may_speak_h2(&self, scheme: &Scheme, authority: &Authority, h2c: bool) -> bool {
         h2c || (*scheme == Scheme::HTTPS
-            && self.https_h2.read().unwrap_or_else(PoisonError::into_inner).contains(authority))
+            && !self.https_h1.read().unwrap_or_else(PoisonError::into_inner).contains(authority))
     }
 
     /// Send `req` (origin-form target, `Host` set) to `authority` over a kept-alive
@@ -141,30 +149,41 @@ impl Upstreams {
         parts.authority = Some(authority.clone());
         parts.path_and_query = req.uri().path_and_query().cloned();
         *req.uri_mut() = Uri::from_parts(parts)?;
-        if self.speaks_h2(scheme, authority, h2c) {
-            // `Host` would repeat :authority (RFC 9113 §8.3.1).
-            req.headers_mut().remove(http::header::HOST);
-        }
         if h2c {
+            // `Host` would repeat :authority (RFC 9113 §8.3.1). Over TLS the version is
+            // known only once ALPN has picked it: `Host` stays, equal to :authority, which
+            // an intermediary may send (§8.3.1) and an HTTP/1.1 connection needs.
+            req.headers_mut().remove(http::header::HOST);
             *req.version_mut() = Version::HTTP_2;
-            return self.h2c.request(req).await.map_err(|e| {
+            let resp = self.h2c.request(req).await.map_err(|e| -> BoxError {
                 if e.is_connect() { e.into() } else { UpstreamError::H2cUnanswered(e).into() }
-            });
+            })?;
+            return self.bounded(resp);
         }
         let resp = self.client.request(req).await?;
         if *scheme == Scheme::HTTPS {
-            self.learn(authority, resp.version() == Version::HTTP_2);
+            self.learn(authority, resp.version() != Version::HTTP_2);
+        }
+        self.bounded(resp)
+    }
+
+    /// A response whose head (as HTTP/1.1 would spell it) is over `max_head` fails the
+    /// exchange: a 502, as if hyper had refused it.
+    fn bounded(&self, resp: Response<Incoming>) -> Result<Response<Incoming>, BoxError> {
+        let head = resp.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+        if head + "HTTP/1.1 200 OK\r\n\r\n".len() > self.max_head {
+            return Err(UpstreamError::HeadTooLarge.into());
         }
         Ok(resp)
     }
 
-    /// Remember whether an `https://` upstream answered over HTTP/2 (a write only when it
-    /// changed).
-    fn learn(&self, authority: &Authority, h2: bool) {
-        let known = self.https_h2.read().unwrap_or_else(PoisonError::into_inner).contains(authority);
-        if known != h2 {
-            let mut set = self.https_h2.write().unwrap_or_else(PoisonError::into_inner);
-            if h2 {
+    /// Remember whether an `https://` upstream answered over HTTP/1.1 (a write only when
+    /// that changed).
+    fn learn(&self, authority: &Authority, h1: bool) {
+        let known = self.https_h1.read().unwrap_or_else(PoisonError::into_inner).contains(authority);
+        if known != h1 {
+            let mut set = self.https_h1.write().unwrap_or_else(PoisonError::into_inner);
+            if h1 {
                 set.insert(authority.clone());
             } else {
                 set.remove(authority);
