@@ -526,7 +526,10 @@ mod tests {
         line.clear();
         format_access(&mut line, Format::Json, &a).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!((v["fields"]["peer"].as_str(), v["fields"]["client"].as_str()), (Some("127.0.0.1"), Some("2001:db8::1")));
+        assert_eq!(
+            (v["fields"]["peer"].as_str(), v["fields"]["client"].as_str()),
+            (Some("127.0.0.1"), Some("2001:db8::1"))
+        );
     }
 
     #[test]
