@@ -255,30 +255,43 @@ pub fn redact_tokens(path: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::Result {
-    use std::fmt::Write as _;
-    use tracing_subscriber::fmt::time::FormatTime;
-    let time = |out: &mut String| CachedClock.format_time(&mut tracing_subscriber::fmt::format::Writer::new(out));
+    // Pushed piece by piece: `write!` costs its formatting machinery per field, which was
+    // a visible share of a cache hit (docs/performance.md, "The cache-hit path").
+    let client = |out: &mut String| {
+        use std::fmt::Write as _;
+        // The usual case, the client is the peer: its text is at hand.
+        if a.peer.parse::<std::net::IpAddr>().ok() == Some(a.client) {
+            out.push_str(a.peer);
+            Ok(())
+        } else {
+            write!(out, "{}", a.client)
+        }
+    };
     match format {
         Format::Pretty => {
-            time(out)?;
-            write!(
-                out,
-                "  INFO portcullis::access: request_id={} peer={} client={} method={} host={} path={} route={} \
-                 status={} latency_us={} bytes_in={} bytes_out={} complete={} upstream={} client_id=",
-                a.request_id,
-                a.peer,
-                a.client,
-                a.method,
-                a.host,
-                a.path,
-                a.route,
-                a.status,
-                a.latency_us,
-                a.bytes_in,
-                a.bytes_out,
-                a.complete,
-                a.upstream,
-            )?;
+            push_time(out);
+            out.push_str("  INFO portcullis::access: request_id=");
+            out.push_str(a.request_id);
+            out.push_str(" peer=");
+            out.push_str(a.peer);
+            out.push_str(" client=");
+            client(out)?;
+            for (key, value) in [(" method=", a.method), (" host=", a.host), (" path=", a.path), (" route=", a.route)] {
+                out.push_str(key);
+                out.push_str(value);
+            }
+            out.push_str(" status=");
+            push_u64(out, a.status.into());
+            out.push_str(" latency_us=");
+            push_u64(out, a.latency_us);
+            out.push_str(" bytes_in=");
+            push_u64(out, a.bytes_in);
+            out.push_str(" bytes_out=");
+            push_u64(out, a.bytes_out);
+            out.push_str(if a.complete { " complete=true" } else { " complete=false" });
+            out.push_str(" upstream=");
+            out.push_str(a.upstream);
+            out.push_str(" client_id=");
             // Quoted, as tracing writes a string field.
             json_string(out, a.client_id);
             out.push('\n');
@@ -286,19 +299,31 @@ fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::
         }
         Format::Json => {
             out.push_str("{\"timestamp\":\"");
-            time(out)?;
+            push_time(out);
             out.push_str("\",\"level\":\"INFO\",\"fields\":{\"request_id\":");
             json_string(out, a.request_id);
-            write!(out, ",\"peer\":\"{}\",\"client\":\"{}\"", a.peer, a.client)?;
+            out.push_str(",\"peer\":\"");
+            out.push_str(a.peer);
+            out.push_str("\",\"client\":\"");
+            client(out)?;
+            out.push('"');
             for (key, value) in [("method", a.method), ("host", a.host), ("path", a.path), ("route", a.route)] {
-                write!(out, ",\"{key}\":")?;
+                out.push_str(",\"");
+                out.push_str(key);
+                out.push_str("\":");
                 json_string(out, value);
             }
-            write!(
-                out,
-                ",\"status\":{},\"latency_us\":{},\"bytes_in\":{},\"bytes_out\":{},\"complete\":{},\"upstream\":",
-                a.status, a.latency_us, a.bytes_in, a.bytes_out, a.complete
-            )?;
+            for (key, value) in [
+                (",\"status\":", u64::from(a.status)),
+                (",\"latency_us\":", a.latency_us),
+                (",\"bytes_in\":", a.bytes_in),
+                (",\"bytes_out\":", a.bytes_out),
+            ] {
+                out.push_str(key);
+                push_u64(out, value);
+            }
+            out.push_str(if a.complete { ",\"complete\":true" } else { ",\"complete\":false" });
+            out.push_str(",\"upstream\":");
             json_string(out, a.upstream);
             out.push_str(",\"client_id\":");
             json_string(out, a.client_id);
@@ -306,6 +331,56 @@ fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::
             Ok(())
         }
     }
+}
+
+/// `n` in decimal, without the formatting machinery.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
+
+/// The time as [`CachedClock`] writes it, straight into `out`.
+fn push_time(out: &mut String) {
+    let since = std::time::UNIX_EPOCH.elapsed().unwrap_or_default();
+    with_second(since.as_secs(), |text| out.push_str(text));
+    out.push('.');
+    let micros = u64::from(since.subsec_micros());
+    let mut digits = [b'0'; 6];
+    let mut m = micros;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
+    out.push('Z');
+}
+
+/// "YYYY-MM-DDTHH:MM:SS" of the Unix second `secs`, formatted once per second per thread.
+fn with_second<R>(secs: u64, f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        /// Unix second, and "YYYY-MM-DDTHH:MM:SS" for it.
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let whole = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+            let mut text = humantime::format_rfc3339_seconds(whole).to_string();
+            text.pop(); // the trailing 'Z'
+            *cached = (secs, text);
+        }
+        f(&cached.1)
+    })
 }
 
 /// `s` as a JSON string literal, escaped by serde_json as tracing-subscriber's JSON
@@ -326,22 +401,8 @@ pub struct CachedClock;
 
 impl tracing_subscriber::fmt::time::FormatTime for CachedClock {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        thread_local! {
-            /// Unix second, and "YYYY-MM-DDTHH:MM:SS" for it.
-            static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
-        }
-        let now = std::time::SystemTime::now();
-        let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        SECOND.with(|cell| {
-            let mut cached = cell.borrow_mut();
-            if cached.0 != since.as_secs() {
-                let whole = std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs());
-                let mut text = humantime::format_rfc3339_seconds(whole).to_string();
-                text.pop(); // the trailing 'Z'
-                *cached = (since.as_secs(), text);
-            }
-            write!(w, "{}.{:06}Z", cached.1, since.subsec_micros())
-        })
+        let since = std::time::UNIX_EPOCH.elapsed().unwrap_or_default();
+        with_second(since.as_secs(), |text| write!(w, "{}.{:06}Z", text, since.subsec_micros()))
     }
 }
 
@@ -483,6 +544,47 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains("Some("), "{line}");
+    }
+
+    #[test]
+    fn numbers_and_times_are_written_as_the_formatter_would() {
+        for n in [0, 7, 10, 499, 1_000_000, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+        let mut out = String::new();
+        push_time(&mut out);
+        assert!(humantime::parse_rfc3339(&out).is_ok() && out.len() == "2026-01-01T00:00:00.000000Z".len(), "{out}");
+        // The client is the peer: its text is written as it is; another address is formatted.
+        let a = Access {
+            request_id: "r",
+            peer: "127.0.0.1",
+            client: "127.0.0.1".parse().unwrap(),
+            method: "GET",
+            host: "-",
+            path: "/",
+            route: "-",
+            status: 200,
+            latency_us: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            complete: false,
+            upstream: "-",
+            client_id: "c",
+        };
+        let mut line = String::new();
+        format_access(&mut line, Format::Pretty, &a).unwrap();
+        assert!(line.contains(" peer=127.0.0.1 client=127.0.0.1 method=GET "), "{line}");
+        assert!(line.contains(" status=200 latency_us=0 bytes_in=0 bytes_out=0 complete=false "), "{line}");
+        let a = Access { client: "2001:db8::1".parse().unwrap(), ..a };
+        line.clear();
+        format_access(&mut line, Format::Json, &a).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (v["fields"]["peer"].as_str(), v["fields"]["client"].as_str()),
+            (Some("127.0.0.1"), Some("2001:db8::1"))
+        );
     }
 
     #[test]

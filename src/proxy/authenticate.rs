@@ -199,7 +199,8 @@ pub async fn authenticate_token(
     if scheme == Scheme::Dpop
         && let Some(jkt) = principal.binding().and_then(Binding::jkt)
     {
-        super::dpop::verify(gw, rt, req, token, jkt).await?;
+        // Boxed: a bearer hit's future need not be the size of the proof's store calls.
+        Box::pin(super::dpop::verify(gw, rt, req, token, jkt)).await?;
     }
     Ok(principal)
 }

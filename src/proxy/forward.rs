@@ -402,12 +402,21 @@ fn valid_forwarded_host(headers: &HeaderMap) -> bool {
 /// kept, a trusted proxy's neither (proxies pass a client's on unchanged), so no `host=`
 /// or `proto=` the gateway cannot vouch for reaches the upstream.
 fn forwarded(chain: &[std::net::IpAddr], peer: &Peer) -> Option<HeaderValue> {
+    let proto = if peer.tls { "https" } else { "http" };
+    // The usual case, no trusted proxy and an IPv4 peer: the peer's text is at hand.
+    if chain.is_empty() && peer.addr.ip().is_ipv4() {
+        let mut v = Vec::with_capacity(4 + 15 + 12);
+        v.extend_from_slice(b"for=");
+        v.extend_from_slice(peer.ip_header().as_bytes());
+        v.extend_from_slice(b";proto=");
+        v.extend_from_slice(proto.as_bytes());
+        return HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok();
+    }
     // An IPv6 node is bracketed and so must be quoted (RFC 7239 §6).
     let node = |ip: std::net::IpAddr| {
         let ip = ip.to_canonical();
         if ip.is_ipv6() { format!("for=\"[{ip}]\"") } else { format!("for={ip}") }
     };
-    let proto = if peer.tls { "https" } else { "http" };
     let mut value: Vec<String> = chain.iter().map(|ip| node(*ip)).collect();
     value.push(format!("{};proto={proto}", node(peer.addr.ip())));
     HeaderValue::try_from(value.join(", ")).ok()
@@ -586,9 +595,10 @@ where
     let multipart = super::multipart::is_multipart_form(&parts.headers);
 
     // gRPC needs `te: trailers` (RFC 9113 §8.2.2 lets HTTP/2 carry that value alone): kept
-    // for an upstream that may speak HTTP/2 (the pool drops it on HTTP/1.1 connections).
+    // for an upstream that may speak HTTP/2 (one known to speak HTTP/1.1 gets no `te`).
+    let up = &route.upstream;
     let te_trailers =
-        (route.upstream.h2c || route.upstream.scheme == http::uri::Scheme::HTTPS)
+        upstreams.may_speak_h2(&up.scheme, &up.authority, up.h2c)
             && parts.headers.get_all(header::TE).iter().any(|v| {
                 v.as_bytes().split(|b| *b == b',').any(|t| cookies::trim(t).eq_ignore_ascii_case(b"trailers"))
             });

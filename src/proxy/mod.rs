@@ -106,7 +106,7 @@ where
             let p = match from_query {
                 Some(token) => {
                     let bearer = authenticate::Scheme::Bearer;
-                    authenticate::authenticate_token(gw, rt, route, &request, bearer, &token).await?
+                    Box::pin(authenticate::authenticate_token(gw, rt, route, &request, bearer, &token)).await?
                 }
                 None => authenticate::authenticate(gw, rt, route, &request).await?,
             };
@@ -125,17 +125,26 @@ where
     let lease = principal.as_ref().filter(|_| route.end_with_token).map(|p| lifetime::Lease::new(gw, p));
     // The handshake is validated before the quota is spent on it.
     let handshake = if wants_websocket { Some(websocket::check(&req, route)?) } else { None };
-    // Routes without a quota return at once, without touching the limiter.
-    let quota = quota::check(gw, route, principal.as_deref(), ctx.source).await?;
+    // Routes without a quota do not touch the limiter. The limiter's future is boxed, as
+    // are the other cold paths' below: this future is moved whole (a memcpy of every
+    // byte) into the box the server keeps it in, for every request, so it stays as small
+    // as the hit path needs.
+    let quota = match &route.quota {
+        Some(_) => Box::pin(quota::check(gw, route, principal.as_deref(), ctx.source)).await?,
+        None => None,
+    };
     let started = std::time::Instant::now();
     // gRPC trailers reach only an HTTP/2 client: a stream cut on HTTP/1.1 aborts instead.
     let client_h2 = req.version() == http::Version::HTTP_2;
     let result = if let Some(handshake) = handshake {
         let (peer, authority) = (ctx.peer, ctx.authority.as_ref());
-        websocket::proxy(gw, rt, route, principal.as_deref(), lease, req, peer, authority, handshake).await
+        Box::pin(websocket::proxy(gw, rt, route, principal.as_deref(), lease, req, peer, authority, handshake)).await
     } else {
-        // A streamed request body ends with the token as the response body does.
-        let request_lease = principal.as_ref().filter(|_| lease.is_some()).map(|p| lifetime::Lease::new(gw, p));
+        // A streamed request body ends with the token as the response body does; an empty
+        // one (a GET) needs no lease.
+        let streamed = !http_body::Body::is_end_stream(req.body());
+        let request_lease =
+            principal.as_ref().filter(|_| lease.is_some() && streamed).map(|p| lifetime::Lease::new(gw, p));
         let (peer, authority) = (ctx.peer, ctx.authority.as_ref());
         let result =
             forward::forward(rt, &rt.upstreams, route, principal.as_deref(), req, peer, authority, request_lease).await;

@@ -139,21 +139,23 @@ pub(super) async fn dispatch(gw: &Arc<Gateway>, req: Request<Incoming>, peer: &P
     );
     let ctx = Ctx { rt, peer, source, started, authority };
     // The route the metrics and the log name: ours by endpoint, a proxied one by its prefix.
+    // The OAuth endpoints' futures are boxed: this one is moved whole into the server's box
+    // for every request, and the proxy path (the hot one) should not pay for their size.
     let (resp, outcome, label): (_, Outcome, Option<&'static str>) = match endpoint {
         Endpoint::Token => {
-            let (resp, outcome) = crate::oauth::token::handle(gw, &ctx, req).await;
+            let (resp, outcome) = Box::pin(crate::oauth::token::handle(gw, &ctx, req)).await;
             (resp, outcome, Some("oauth:token"))
         }
         Endpoint::Authorize => {
-            let (resp, outcome) = crate::oauth::authorize::handle(gw, &ctx, req).await;
+            let (resp, outcome) = Box::pin(crate::oauth::authorize::handle(gw, &ctx, req)).await;
             (resp, outcome, Some("oauth:authorize"))
         }
         Endpoint::Revoke => {
-            let (resp, outcome) = crate::oauth::revoke::handle(gw, &ctx, req).await;
+            let (resp, outcome) = Box::pin(crate::oauth::revoke::handle(gw, &ctx, req)).await;
             (resp, outcome, Some("oauth:revoke"))
         }
         Endpoint::Introspect => {
-            let (resp, outcome) = crate::oauth::introspect::handle(gw, &ctx, req).await;
+            let (resp, outcome) = Box::pin(crate::oauth::introspect::handle(gw, &ctx, req)).await;
             (resp, outcome, Some("oauth:introspect"))
         }
         Endpoint::Metadata => (crate::oauth::metadata::handle(&ctx, &req), Outcome::default(), Some("oauth:metadata")),
@@ -281,8 +283,14 @@ fn fresh_request_id() -> HeaderValue {
         (u64::from_be_bytes(b), std::collections::hash_map::RandomState::new())
     });
     let n = mixer.hash_one(NEXT.fetch_add(1, Ordering::Relaxed));
-    // Hex digits are always valid header text.
-    HeaderValue::try_from(format!("{prefix:016x}{n:016x}")).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // Hex digits, written without the formatting machinery; always valid header text.
+    let mut hex = [0u8; 32];
+    for (i, d) in hex.iter_mut().enumerate() {
+        let word = if i < 16 { *prefix } else { n };
+        let nibble = (word >> (4 * (15 - i % 16))) & 0xf;
+        *d = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// A request body that counts the bytes read from it (for `bytes_in`).

@@ -1,28 +1,66 @@
 //! The client side: kept-alive connections to the upstreams, built from the config in force.
+//!
+//! hyper-util's pooled `Client` for every request/response exchange: HTTP/1.1 kept alive
+//! per upstream, HTTP/2 multiplexed on one connection per upstream (by ALPN over TLS, with
+//! prior knowledge for `h2c://` on a client of its own), a request the upstream refused
+//! before any byte of it was written (a stale idle connection, a GOAWAY) sent once more on
+//! another connection. It replaced a hand-written pool that drove each HTTP/1.1
+//! connection from the request's own task: measured, that pool cost more CPU per request
+//! than this client (docs/performance.md, "The cache-hit path").
+//! Upgrades (WebSocket) go on fresh HTTP/1.1 connections of their own ([`upgrade`]).
 
-mod pool;
 mod upgrade;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{Request, Response};
-use hyper_rustls::HttpsConnectorBuilder;
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::Config;
 use crate::http::{Body, BoxError};
-use pool::Pool;
-pub use pool::UpstreamBody;
+
+/// How long an idle kept-alive connection is kept, and how many per upstream.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const MAX_IDLE_PER_UPSTREAM: usize = 256;
+
+/// Why no response came from the upstream, where the client's own error would not say.
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    /// What an HTTP/1.1-only upstream behind an `h2c://` route looks like: it answers the
+    /// HTTP/2 preface with an HTTP/1.1 error, or closes.
+    #[error("no HTTP/2 answer from an h2c:// upstream (does it speak only HTTP/1.1?)")]
+    H2cUnanswered(#[source] hyper_util::client::legacy::Error),
+    #[error("upstream response head over max_upstream_header_bytes")]
+    HeadTooLarge,
+}
 
 /// The kept-alive connections to every upstream, HTTP and HTTPS (rustls, platform roots
 /// plus an optional operator CA).
 pub struct Upstreams {
-    pool: Arc<Pool>,
+    /// `http://` and `https://` upstreams; over TLS, h2 or http/1.1 as ALPN picks.
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// `h2c://` upstreams: HTTP/2 with prior knowledge.
+    h2c: Client<HttpConnector, Body>,
+    /// The `https://` upstreams whose last answer came over HTTP/1.1: they get no `te`
+    /// (RFC 9110 §7.6.1: hop-by-hop). The others may speak HTTP/2 (ALPN decides per
+    /// connection) and keep `te: trailers` for gRPC: until an upstream has answered once,
+    /// a caller's `te: trailers` may reach an HTTP/1.1 one, which reads it as "trailers
+    /// accepted" and nothing more.
+    https_h1: RwLock<HashSet<Authority>>,
     /// HTTP/1.1 only (ALPN `http/1.1`): upgrades (WebSocket) each get a fresh connection.
     upgrades: upgrade::Upgrades,
+    /// `max_upstream_header_bytes`: hyper's read buffer bounds the head only roughly (its
+    /// reads grow, so a head up to about twice this fits), so it is held to this exactly.
+    max_head: usize,
 }
 
 impl Upstreams {
@@ -62,22 +100,95 @@ impl Upstreams {
             .with_tls_config(tls)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http);
-        let max_head = config.limits.max_upstream_header_bytes;
-        let upgrades = upgrade::Upgrades::new(http1_only, max_head);
-        Ok(Upstreams { pool: Pool::new(https, std::time::Duration::from_secs(90), 256, max_head), upgrades })
+            .wrap_connector(http.clone());
+        // A response head beyond the read buffer fails the exchange (a 502, not memory):
+        // on HTTP/1.1 the buffer's bound is the head's, on HTTP/2 the header list's.
+        let max_head = config.limits.max_upstream_header_bytes.max(8192);
+        let max_list = u32::try_from(max_head).unwrap_or(u32::MAX);
+        let builder = |h2_only: bool| {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(IDLE_TIMEOUT)
+                .pool_max_idle_per_host(MAX_IDLE_PER_UPSTREAM)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .http1_max_buf_size(max_head)
+                .http2_max_header_list_size(max_list)
+                .http2_only(h2_only);
+            b
+        };
+        Ok(Upstreams {
+            client: builder(false).build(https),
+            h2c: builder(true).build(http),
+            https_h1: RwLock::default(),
+            upgrades: upgrade::Upgrades::new(http1_only, max_head),
+            max_head,
+        })
     }
 
-    /// Send `req` to `authority` over a kept-alive connection, or a new one: HTTP/2 with
-    /// prior knowledge when `h2c`, over TLS what ALPN picks (h2 or http/1.1), else HTTP/1.1.
+    /// Does `te: trailers` go to this upstream? Only where it may speak HTTP/2: `h2c://`,
+    /// and an `https://` one that has not answered over HTTP/1.1 (see `https_h1`).
+    pub(crate) fn may_speak_h2(&self, scheme: &Scheme, authority: &Authority, h2c: bool) -> bool {
+        h2c || (*scheme == Scheme::HTTPS
+            && !self.https_h1.read().unwrap_or_else(PoisonError::into_inner).contains(authority))
+    }
+
+    /// Send `req` (origin-form target, `Host` set) to `authority` over a kept-alive
+    /// connection, or a new one: HTTP/2 with prior knowledge when `h2c`, over TLS what
+    /// ALPN picks (h2 or http/1.1), else HTTP/1.1.
     pub(crate) async fn send(
         &self,
         scheme: &Scheme,
         authority: &Authority,
         h2c: bool,
-        req: Request<Body>,
-    ) -> Result<Response<UpstreamBody>, BoxError> {
-        self.pool.send(scheme, authority, h2c, req).await
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        // The client takes the upstream from an absolute URI; an HTTP/1.1 connection gets
+        // the origin-form back, an HTTP/2 one :scheme, :authority and :path.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        *req.uri_mut() = Uri::from_parts(parts)?;
+        if h2c {
+            // `Host` would repeat :authority (RFC 9113 §8.3.1). Over TLS the version is
+            // known only once ALPN has picked it: `Host` stays, equal to :authority, which
+            // an intermediary may send (§8.3.1) and an HTTP/1.1 connection needs.
+            req.headers_mut().remove(http::header::HOST);
+            *req.version_mut() = Version::HTTP_2;
+            let resp = self.h2c.request(req).await.map_err(|e| -> BoxError {
+                if e.is_connect() { e.into() } else { UpstreamError::H2cUnanswered(e).into() }
+            })?;
+            return self.bounded(resp);
+        }
+        let resp = self.client.request(req).await?;
+        if *scheme == Scheme::HTTPS {
+            self.learn(authority, resp.version() != Version::HTTP_2);
+        }
+        self.bounded(resp)
+    }
+
+    /// A response whose head (as HTTP/1.1 would spell it) is over `max_head` fails the
+    /// exchange: a 502, as if hyper had refused it.
+    fn bounded(&self, resp: Response<Incoming>) -> Result<Response<Incoming>, BoxError> {
+        let head = resp.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+        if head + "HTTP/1.1 200 OK\r\n\r\n".len() > self.max_head {
+            return Err(UpstreamError::HeadTooLarge.into());
+        }
+        Ok(resp)
+    }
+
+    /// Remember whether an `https://` upstream answered over HTTP/1.1 (a write only when
+    /// that changed).
+    fn learn(&self, authority: &Authority, h1: bool) {
+        let known = self.https_h1.read().unwrap_or_else(PoisonError::into_inner).contains(authority);
+        if known != h1 {
+            let mut set = self.https_h1.write().unwrap_or_else(PoisonError::into_inner);
+            if h1 {
+                set.insert(authority.clone());
+            } else {
+                set.remove(authority);
+            }
+        }
     }
 
     /// Send an upgrade request (a WebSocket handshake) on a fresh HTTP/1.1 connection of
