@@ -3,11 +3,8 @@
 //! A request enters through [`server`], which dispatches it either to an OAuth endpoint
 //! ([`oauth`]) or through the proxy phases ([`proxy`]): route → authenticate → authorize →
 //! forward. [`state::Gateway`] holds what every request reads.
-// hyper-util's client in the request future makes its auto-trait proofs deeper than 128.
-#![recursion_limit = "256"]
-
 // The connection future (TLS, hyper, dispatch, the proxy phases) nests deeply enough that
-// proving it `Send` passes the default depth of 128.
+// proving it `Send` (hyper-util's client inside) passes the default depth of 128.
 #![recursion_limit = "256"]
 
 pub mod admin;
