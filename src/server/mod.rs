@@ -335,6 +335,7 @@ impl Worker {
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
         let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new().name(format!("portcullis-w{index}")).spawn(move || {
+            crate::upstream::set_worker(index);
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

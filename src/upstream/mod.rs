@@ -11,8 +11,9 @@
 
 mod upgrade;
 
+use std::cell::Cell;
 use std::collections::HashSet;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -43,13 +44,38 @@ enum UpstreamError {
     HeadTooLarge,
 }
 
-/// The kept-alive connections to every upstream, HTTP and HTTPS (rustls, platform roots
-/// plus an optional operator CA).
-pub struct Upstreams {
+/// Pools kept apart per worker thread (a worker index past it shares one modulo this).
+const MAX_WORKER_POOLS: usize = 64;
+
+thread_local! {
+    /// The worker thread this is, in the per-core runtime model; 0 everywhere else.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Called by a per-core worker thread when it starts: its requests then go over pools of
+/// its own. A connection is driven by the runtime that opened it, so a pool shared by two
+/// current-thread runtimes makes one wake the other on every reuse (measured: eventfd
+/// writes per request, docs/performance.md "Both cores"). The shared multi-thread runtime
+/// keeps one pool (index 0): its workers steal each other's tasks anyway.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index % MAX_WORKER_POOLS));
+}
+
+/// One worker's clients.
+struct Pools {
     /// `http://` and `https://` upstreams; over TLS, h2 or http/1.1 as ALPN picks.
     client: Client<HttpsConnector<HttpConnector>, Body>,
     /// `h2c://` upstreams: HTTP/2 with prior knowledge.
     h2c: Client<HttpConnector, Body>,
+}
+
+/// The kept-alive connections to every upstream, HTTP and HTTPS (rustls, platform roots
+/// plus an optional operator CA).
+pub struct Upstreams {
+    /// Per worker thread, made on its first request.
+    pools: Box<[OnceLock<Pools>]>,
+    /// Makes a worker's [`Pools`] (the connectors and the client settings).
+    make: Box<dyn Fn() -> Pools + Send + Sync>,
     /// The `https://` upstreams whose last answer came over HTTP/1.1: they get no `te`
     /// (RFC 9110 §7.6.1: hop-by-hop). The others may speak HTTP/2 (ALPN decides per
     /// connection) and keep `te: trailers` for gRPC: until an upstream has answered once,
@@ -105,7 +131,8 @@ impl Upstreams {
         // on HTTP/1.1 the buffer's bound is the head's, on HTTP/2 the header list's.
         let max_head = config.limits.max_upstream_header_bytes.max(8192);
         let max_list = u32::try_from(max_head).unwrap_or(u32::MAX);
-        let builder = |h2_only: bool| {
+        let upgrades = upgrade::Upgrades::new(http1_only, max_head);
+        let builder = move |h2_only: bool| {
             let mut b = Client::builder(TokioExecutor::new());
             b.pool_idle_timeout(IDLE_TIMEOUT)
                 .pool_max_idle_per_host(MAX_IDLE_PER_UPSTREAM)
@@ -116,11 +143,13 @@ impl Upstreams {
                 .http2_only(h2_only);
             b
         };
+        let make =
+            move || Pools { client: builder(false).build(https.clone()), h2c: builder(true).build(http.clone()) };
         Ok(Upstreams {
-            client: builder(false).build(https),
-            h2c: builder(true).build(http),
+            pools: (0..MAX_WORKER_POOLS).map(|_| OnceLock::new()).collect(),
+            make: Box::new(make),
             https_h1: RwLock::default(),
-            upgrades: upgrade::Upgrades::new(http1_only, max_head),
+            upgrades,
             max_head,
         })
     }
@@ -155,16 +184,22 @@ impl Upstreams {
             // an intermediary may send (§8.3.1) and an HTTP/1.1 connection needs.
             req.headers_mut().remove(http::header::HOST);
             *req.version_mut() = Version::HTTP_2;
-            let resp = self.h2c.request(req).await.map_err(|e| -> BoxError {
+            let resp = self.pools().h2c.request(req).await.map_err(|e| -> BoxError {
                 if e.is_connect() { e.into() } else { UpstreamError::H2cUnanswered(e).into() }
             })?;
             return self.bounded(resp);
         }
-        let resp = self.client.request(req).await?;
+        let resp = self.pools().client.request(req).await?;
         if *scheme == Scheme::HTTPS {
             self.learn(authority, resp.version() != Version::HTTP_2);
         }
         self.bounded(resp)
+    }
+
+    /// This worker thread's clients.
+    fn pools(&self) -> &Pools {
+        let index = WORKER.with(Cell::get);
+        self.pools.get(index).unwrap_or(&self.pools[0]).get_or_init(&self.make)
     }
 
     /// A response whose head (as HTTP/1.1 would spell it) is over `max_head` fails the
