@@ -168,10 +168,45 @@ async fn http1_only_upstream() -> SocketAddr {
     addr
 }
 
+/// An HTTPS upstream that speaks HTTP/1.1 only (ALPN `http/1.1`) and answers with the
+/// `te` header it received, or `none`.
+fn tls_h1_te_upstream(pki: &Pki) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    portcullis::install_crypto_provider();
+    let (cert, key) = pki.leaf();
+    let certs = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = tls.accept(stream).await else { return };
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("?").to_owned());
+                    let body = te.unwrap_or_else(|| "none".into());
+                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
+}
+
 /// A gateway with the usual test routes plus gRPC routes: `/h2c.Echo` (scope read, to
 /// an h2c upstream), `/tls.Echo` (scope read, to a TLS upstream with h2 by ALPN),
 /// `/admin.Echo` (scope admin), `/down.Echo` (nothing listening), `/h1.Echo` (h2c to an
-/// HTTP/1.1-only upstream), and `/events` (to `events`, an event-stream upstream).
+/// HTTP/1.1-only upstream), `/tlsh1` (to an HTTPS upstream that speaks HTTP/1.1 only and
+/// echoes `te`), and `/events` (to `events`, an event-stream upstream).
 async fn gateway(events: Option<SocketAddr>) -> TestGateway {
     gateway_to(events, grpc_upstream(None).await).await
 }
@@ -182,6 +217,7 @@ async fn gateway_to(events: Option<SocketAddr>, h2c: SocketAddr) -> TestGateway 
     let pki = Pki::create(dir.path());
     let tls = grpc_upstream(Some(&pki)).await;
     let h1 = http1_only_upstream().await;
+    let tls_h1 = tls_h1_te_upstream(&pki);
     let echo = EchoUpstream::start().await;
     let ca = dir.path().join("upstream-ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
@@ -217,11 +253,17 @@ upstream = "h2c://{h1}"
 scopes = ["read"]
 
 [[route]]
+prefix = "/tlsh1"
+upstream = "https://127.0.0.1:{tls_h1_port}"
+scopes = ["read"]
+
+[[route]]
 prefix = "/events"
 upstream = "http://{events}"
 scopes = ["read"]
 "#,
-        tls_port = tls.port()
+        tls_port = tls.port(),
+        tls_h1_port = tls_h1.port()
     ));
     // The echo upstream lives as long as the test's runtime (its task is not aborted).
     std::mem::forget(echo);
@@ -433,6 +475,27 @@ async fn plain_http_over_h2_upstreams_keeps_bodies_and_statuses() {
         let echo: Echo = resp.json().await.unwrap();
         assert!(echo.header("te").is_none(), "{echo:?}");
         assert_eq!(echo.version, "HTTP/1.1", "{echo:?}");
+    }
+}
+
+#[tokio::test]
+async fn te_trailers_never_reaches_an_https_upstream_that_speaks_http1() {
+    // Before the gateway has seen the upstream answer, a plain request's `te: trailers`
+    // stays home; only a gRPC request (which needs HTTP/2) carries it, and once the upstream
+    // has answered over HTTP/1.1 nothing does.
+    let gw = gateway(None).await;
+    let token = svc_token(&gw).await;
+    let get = |grpc: bool| {
+        let mut req = gw.client().get(gw.url("/tlsh1/x")).bearer_auth(&token).header("te", "trailers");
+        if grpc {
+            req = req.header("content-type", "application/grpc");
+        }
+        req.send()
+    };
+    for (grpc, te) in [(false, "none"), (false, "none"), (true, "none"), (false, "none")] {
+        let resp = get(grpc).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), te, "grpc={grpc}");
     }
 }
 

@@ -595,10 +595,10 @@ where
     let multipart = super::multipart::is_multipart_form(&parts.headers);
 
     // gRPC needs `te: trailers` (RFC 9113 §8.2.2 lets HTTP/2 carry that value alone): kept
-    // for an upstream that may speak HTTP/2 (one known to speak HTTP/1.1 gets no `te`).
+    // only where HTTP/2 carries it (`Upstreams::sends_te`).
     let up = &route.upstream;
     let te_trailers =
-        upstreams.may_speak_h2(&up.scheme, &up.authority, up.h2c)
+        upstreams.sends_te(&up.scheme, &up.authority, up.h2c, super::lifetime::is_grpc(&parts.headers))
             && parts.headers.get_all(header::TE).iter().any(|v| {
                 v.as_bytes().split(|b| *b == b',').any(|t| cookies::trim(t).eq_ignore_ascii_case(b"trailers"))
             });

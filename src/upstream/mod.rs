@@ -12,7 +12,7 @@
 mod upgrade;
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -76,12 +76,10 @@ pub struct Upstreams {
     pools: Box<[OnceLock<Pools>]>,
     /// Makes a worker's [`Pools`] (the connectors and the client settings).
     make: Box<dyn Fn() -> Pools + Send + Sync>,
-    /// The `https://` upstreams whose last answer came over HTTP/1.1: they get no `te`
-    /// (RFC 9110 §7.6.1: hop-by-hop). The others may speak HTTP/2 (ALPN decides per
-    /// connection) and keep `te: trailers` for gRPC: until an upstream has answered once,
-    /// a caller's `te: trailers` may reach an HTTP/1.1 one, which reads it as "trailers
-    /// accepted" and nothing more.
-    https_h1: RwLock<HashSet<Authority>>,
+    /// The `https://` upstreams that have answered, and whether their last answer came
+    /// over HTTP/2 (ALPN decides per connection). `te` is hop-by-hop (RFC 9110 §7.6.1):
+    /// `te: trailers` goes only where HTTP/2 carries it (RFC 9113 §8.2.2), for gRPC.
+    https_h2: RwLock<HashMap<Authority, bool>>,
     /// HTTP/1.1 only (ALPN `http/1.1`): upgrades (WebSocket) each get a fresh connection.
     upgrades: upgrade::Upgrades,
     /// `max_upstream_header_bytes`: hyper's read buffer bounds the head only roughly (its
@@ -148,17 +146,25 @@ impl Upstreams {
         Ok(Upstreams {
             pools: (0..MAX_WORKER_POOLS).map(|_| OnceLock::new()).collect(),
             make: Box::new(make),
-            https_h1: RwLock::default(),
+            https_h2: RwLock::default(),
             upgrades,
             max_head,
         })
     }
 
-    /// Does `te: trailers` go to this upstream? Only where it may speak HTTP/2: `h2c://`,
-    /// and an `https://` one that has not answered over HTTP/1.1 (see `https_h1`).
-    pub(crate) fn may_speak_h2(&self, scheme: &Scheme, authority: &Authority, h2c: bool) -> bool {
-        h2c || (*scheme == Scheme::HTTPS
-            && !self.https_h1.read().unwrap_or_else(PoisonError::into_inner).contains(authority))
+    /// Does a caller's `te: trailers` go to this upstream? Over `h2c://`, and to an
+    /// `https://` one whose last answer came over HTTP/2. One that has not answered yet gets
+    /// it only on a gRPC request (`grpc`), which needs it and which an HTTP/1.1-only
+    /// upstream cannot serve anyway: a plain request never carries it to HTTP/1.1.
+    pub(crate) fn sends_te(&self, scheme: &Scheme, authority: &Authority, h2c: bool, grpc: bool) -> bool {
+        if h2c {
+            return true;
+        }
+        if *scheme != Scheme::HTTPS {
+            return false;
+        }
+        let seen = self.https_h2.read().unwrap_or_else(PoisonError::into_inner).get(authority).copied();
+        seen.unwrap_or(grpc)
     }
 
     /// Send `req` (origin-form target, `Host` set) to `authority` over a kept-alive
@@ -191,7 +197,7 @@ impl Upstreams {
         }
         let resp = self.pools().client.request(req).await?;
         if *scheme == Scheme::HTTPS {
-            self.learn(authority, resp.version() != Version::HTTP_2);
+            self.learn(authority, resp.version() == Version::HTTP_2);
         }
         self.bounded(resp)
     }
@@ -212,17 +218,12 @@ impl Upstreams {
         Ok(resp)
     }
 
-    /// Remember whether an `https://` upstream answered over HTTP/1.1 (a write only when
+    /// Remember whether an `https://` upstream answered over HTTP/2 (a write only when
     /// that changed).
-    fn learn(&self, authority: &Authority, h1: bool) {
-        let known = self.https_h1.read().unwrap_or_else(PoisonError::into_inner).contains(authority);
-        if known != h1 {
-            let mut set = self.https_h1.write().unwrap_or_else(PoisonError::into_inner);
-            if h1 {
-                set.insert(authority.clone());
-            } else {
-                set.remove(authority);
-            }
+    fn learn(&self, authority: &Authority, h2: bool) {
+        let known = self.https_h2.read().unwrap_or_else(PoisonError::into_inner).get(authority).copied();
+        if known != Some(h2) {
+            self.https_h2.write().unwrap_or_else(PoisonError::into_inner).insert(authority.clone(), h2);
         }
     }
 
