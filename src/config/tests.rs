@@ -390,7 +390,7 @@ fn drain_delay_may_be_zero_and_a_timeout_past_the_last_latency_bucket_is_warned_
     assert_eq!(c.warnings().iter().map(|w| w.line).collect::<Vec<_>>(), [9], "{:?}", c.warnings());
     assert!(c.warnings()[0].reason.contains("+Inf"), "{:?}", c.warnings());
     assert!(parse("[limits]\ndrain_delay = \"10m\"\n").unwrap().warnings().is_empty());
-    let c = parse("[limits]\ndrain_delay = \"100000d\"\n").unwrap();
+    let c = parse("[limits]\ndrain_delay = \"3650d\"\n").unwrap();
     assert_eq!(c.warnings().iter().map(|w| w.line).collect::<Vec<_>>(), [9], "{:?}", c.warnings());
     assert!(c.warnings()[0].reason.contains("second SIGTERM"), "{:?}", c.warnings());
 }
@@ -460,6 +460,10 @@ fn the_websocket_idle_timeout_defaults_to_the_listeners_and_needs_a_websocket_ro
     assert_eq!((e.line, e.reason.as_str()), (12, "duration must be greater than zero"));
     let e = refused(&route("websocket = true\nwebsocket_idle_timeout = \"soon\"\n"));
     assert_eq!(e.line, 12, "{e}");
+    // A deadline of centuries would overflow `Instant`: refused, like every duration over ten years.
+    let e = refused(&route("websocket = true\nwebsocket_idle_timeout = \"500000000y\"\n"));
+    assert_eq!((e.line, e.reason.as_str()), (12, "duration \"500000000y\" is too long: at most 3650d"));
+    assert!(parse(&route("websocket = true\nwebsocket_idle_timeout = \"3650d\"\n")).is_ok());
 }
 
 #[test]

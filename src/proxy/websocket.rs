@@ -354,7 +354,8 @@ where
         tokio::select! {
             r = &mut up, if up_done.is_none() => {
                 r?;
-                up_done = Some(tokio::time::Instant::now() + idle);
+                let now = tokio::time::Instant::now();
+                up_done = Some(now.checked_add(idle).unwrap_or(now + std::time::Duration::from_secs(86_400 * 365)));
                 if client_side == ClientSide::H2Stream {
                     signals.client_eof.notify_one();
                 }

@@ -27,6 +27,10 @@ use super::ConfigWarning;
 use super::model::Config;
 use super::raw::{RawConfig, RawStore};
 
+/// The longest duration any setting takes (ten years): every deadline computed from one
+/// stays far inside `Instant`'s range.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
 /// The text being validated, to turn spans into line numbers.
 pub(super) struct Validator<'a> {
     pub(super) text: &'a str,
@@ -74,6 +78,10 @@ impl Validator<'_> {
         })?;
         if d.is_zero() {
             return Err(self.err(v.span(), "duration must be greater than zero"));
+        }
+        // Deadlines are `Instant::now() + d`: a duration of centuries would overflow one.
+        if d > MAX_DURATION {
+            return Err(self.err(v.span(), format!("duration {:?} is too long: at most 3650d", v.get_ref())));
         }
         Ok(d)
     }
