@@ -224,10 +224,12 @@ pub fn access(a: &Access<'_>) {
 /// What the access log prints for a request path: the value of every `access_token`
 /// parameter in it (`;access_token=...`, or `&`/`?`-separated; the name compared
 /// percent-decoded, in any case) replaced by `[redacted]`. The path check refuses such a
-/// path, but the refusal is logged too, and a token must never reach a log. A path
-/// without `=` is returned as it is.
+/// path, but the refusal is logged too, and a token must never reach a log. A piece that
+/// only shows `access_token` and an `=` once percent-decoded (`x%26access_token%3Dt`, also
+/// encoded twice) is replaced whole: such a piece cannot be split safely, so it fails
+/// closed. A path with neither `=` nor `%` is returned as it is.
 pub fn redact_tokens(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains('=') {
+    if !path.contains(['=', '%']) {
         return std::borrow::Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
@@ -245,6 +247,7 @@ pub fn redact_tokens(path: &str) -> std::borrow::Cow<'_, str> {
                 out.push_str(name);
                 out.push_str("=[redacted]");
             }
+            _ if hides_a_token(piece) => out.push_str("[redacted]"),
             _ => out.push_str(piece),
         }
         let Some(delim) = tail.chars().next() else { break };
@@ -252,6 +255,24 @@ pub fn redact_tokens(path: &str) -> std::borrow::Cow<'_, str> {
         rest = &tail[delim.len_utf8()..];
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// Whether `piece`, percent-decoded until it no longer changes (a few rounds at most),
+/// holds `access_token` followed by `=`, in any case and with blanks between.
+fn hides_a_token(piece: &str) -> bool {
+    if !piece.contains('%') {
+        return false;
+    }
+    let mut text = piece.to_owned();
+    for _ in 0..4 {
+        let decoded = percent_encoding::percent_decode_str(&text).decode_utf8_lossy().into_owned();
+        if decoded == text {
+            break;
+        }
+        text = decoded;
+    }
+    let lower = text.to_ascii_lowercase();
+    lower.match_indices("access_token").any(|(at, name)| lower[at + name.len()..].trim_start().starts_with('='))
 }
 
 fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::Result {
@@ -479,6 +500,15 @@ mod tests {
             ("/api;access_token==t6=", "/api;access_token=[redacted]"),
             ("/api/access_token/x=1", "/api/access_token/x=1"),
             ("/é;access_token=t7", "/é;access_token=[redacted]"),
+            // An `=` or a separator that only shows once decoded, once or twice.
+            ("/api/x&access_token%3DeyJ.abc", "/api/x&[redacted]"),
+            ("/api/x%26access_token%3deyJ.abc/more", "/api/[redacted]/more"),
+            ("/api;access_token%253Dt8", "/api;[redacted]"),
+            ("/api;ACCESS%5FTOKEN%20%3D%20t9", "/api;[redacted]"),
+            ("/api;x=access_token%3Dt10", "/api;[redacted]"),
+            // Encoded, but no token parameter: kept as it is.
+            ("/api/caf%C3%A9;a=%3D", "/api/caf%C3%A9;a=%3D"),
+            ("/api/access%5Ftoken/x", "/api/access%5Ftoken/x"),
         ] {
             assert_eq!(redact_tokens(path), logged, "{path}");
         }
