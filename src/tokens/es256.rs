@@ -476,6 +476,7 @@ pub fn register(sec1: &[u8]) -> bool {
         return true;
     }
     if registry().read().unwrap_or_else(|e| e.into_inner()).len() >= MAX_TABLES {
+        at_the_cap();
         return false;
     }
     let Some(key) = Es256Key::new(sec1) else {
@@ -483,12 +484,27 @@ pub fn register(sec1: &[u8]) -> bool {
     };
     let mut tables = registry().write().unwrap_or_else(|e| e.into_inner());
     if tables.len() >= MAX_TABLES {
+        drop(tables);
+        at_the_cap();
         return false;
     }
     if !tables.iter().any(|k| k.sec1() == sec1) {
         tables.push(Arc::new(key));
     }
     true
+}
+
+/// Said once per process: tables are never freed (a rotated-out key keeps its table), so a
+/// long-lived gateway that rotates ES256 keys often reaches the cap and its newer keys fall
+/// back to aws-lc, correct but about twice the CPU per cache miss.
+fn at_the_cap() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        tracing::warn!(
+            tables = MAX_TABLES,
+            "ES256 verification tables are all in use; further ES256 keys are verified by aws-lc (slower on cache misses) until the gateway restarts"
+        );
+    });
 }
 
 /// jsonwebtoken's verifier for a registered key.
