@@ -26,7 +26,7 @@ pub use model::{
     QuotaPer, RESOURCE_METADATA_PATH, RateLimits, RedisMode, Route, RouteQuota, SELF_ISSUER, StoreConfig, TlsFiles,
     TlsName, TokenBinding, TrustedIssuer, Upstream, User, split_scopes,
 };
-pub use route_table::RouteTable;
+pub use route_table::{RouteKey, RouteTable};
 
 /// A configuration that was refused: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

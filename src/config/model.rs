@@ -718,7 +718,7 @@ pub struct Config {
     pub clients: HashMap<String, Arc<Client>>,
     /// Sorted longest prefix first, so the first match is the longest; indexed for the
     /// proxy's lookup ([`RouteTable::find`]). `pub`: the reload tests watch routes change.
-    pub routes: RouteTable,
+    pub routes: RouteTable<Route>,
     pub(crate) users: HashMap<String, Arc<User>>,
     /// `[[trusted_issuer]]`, in file order.
     pub trusted_issuers: Vec<Arc<TrustedIssuer>>,

@@ -25,38 +25,66 @@ use std::sync::Arc;
 
 use http::Method;
 
-use super::model::Route;
-
-/// The routes, sorted longest prefix first (derefs to that slice), with their index.
-#[derive(Clone, Default)]
-pub struct RouteTable {
-    list: Vec<Arc<Route>>,
-    /// `nodes[0]` is the root: the `/` prefix.
-    nodes: Vec<Node>,
+/// What the index knows of a route: its normalised prefix, its host filter (normal form)
+/// and its method filter. The index holds routes of any type `R` (the config's `Route`),
+/// so it needs nothing else from the config model.
+pub struct RouteKey<'a> {
+    pub prefix: &'a str,
+    pub host: Option<&'a str>,
+    pub methods: Option<&'a [Method]>,
 }
 
-#[derive(Clone, Default)]
-struct Node {
+/// The routes, sorted longest prefix first (derefs to that slice), with their index.
+#[derive(Clone)]
+pub struct RouteTable<R> {
+    list: Vec<Arc<R>>,
+    /// `nodes[0]` is the root: the `/` prefix.
+    nodes: Vec<Node<R>>,
+}
+
+#[derive(Clone)]
+struct Node<R> {
     /// Unused for the root.
     parent: usize,
     /// By ASCII-lower-cased segment, sorted (bytewise): a binary search per path segment.
     children: Vec<(Box<[u8]>, usize)>,
     /// Routes with a host filter, by host (sorted), each list in the scan's order.
-    hosted: Vec<(Box<str>, Vec<Arc<Route>>)>,
+    hosted: Vec<(Box<str>, Vec<Entry<R>>)>,
     /// Routes without a host filter, in the scan's order.
-    any: Vec<Arc<Route>>,
+    any: Vec<Entry<R>>,
 }
 
-impl RouteTable {
+/// A route and its method filter (`None`: every method).
+#[derive(Clone)]
+struct Entry<R> {
+    methods: Option<Box<[Method]>>,
+    route: Arc<R>,
+}
+
+impl<R> Default for RouteTable<R> {
+    fn default() -> Self {
+        RouteTable { list: Vec::new(), nodes: Vec::new() }
+    }
+}
+
+impl<R> Default for Node<R> {
+    fn default() -> Self {
+        Node { parent: 0, children: Vec::new(), hosted: Vec::new(), any: Vec::new() }
+    }
+}
+
+impl<R> RouteTable<R> {
     /// `list` sorted as the validator sorts it: longest prefix first, then host routes,
-    /// then method-filtered routes, then file order.
-    pub(crate) fn new(list: Vec<Arc<Route>>) -> RouteTable {
+    /// then method-filtered routes, then file order; `key` tells a route's prefix, host
+    /// and methods.
+    pub(crate) fn new(list: Vec<Arc<R>>, key: impl Fn(&R) -> RouteKey<'_>) -> RouteTable<R> {
         let mut nodes = vec![Node::default()];
         for route in &list {
+            let k = key(route);
             let mut at = 0;
-            if route.prefix != "/" {
+            if k.prefix != "/" {
                 // Normalised prefixes start with `/`; anything else never reaches here.
-                let rest = route.prefix.as_bytes().get(1..).unwrap_or_default();
+                let rest = k.prefix.as_bytes().get(1..).unwrap_or_default();
                 for seg in rest.split(|&b| b == b'/') {
                     at = match child(&nodes[at].children, seg) {
                         Ok(i) => nodes[at].children[i].1,
@@ -70,11 +98,12 @@ impl RouteTable {
                 }
             }
             let node = &mut nodes[at];
-            match &route.host {
-                None => node.any.push(route.clone()),
-                Some(h) => match node.hosted.binary_search_by(|(k, _)| (**k).cmp(h.as_str())) {
-                    Ok(i) => node.hosted[i].1.push(route.clone()),
-                    Err(i) => node.hosted.insert(i, (h.as_str().into(), vec![route.clone()])),
+            let entry = Entry { methods: k.methods.map(Box::from), route: route.clone() };
+            match k.host {
+                None => node.any.push(entry),
+                Some(h) => match node.hosted.binary_search_by(|(name, _)| (**name).cmp(h)) {
+                    Ok(i) => node.hosted[i].1.push(entry),
+                    Err(i) => node.hosted.insert(i, (h.into(), vec![entry])),
                 },
             }
         }
@@ -84,7 +113,7 @@ impl RouteTable {
     /// The route for a request: the longest prefix covering `path` whose host and method
     /// filters let it through. `host` in [`crate::authority::Authority`]'s normal form, as
     /// every route's host is, so the two compare exactly.
-    pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Option<&Arc<Route>> {
+    pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Option<&Arc<R>> {
         let mut at = 0;
         if let Some(rest) = path.as_bytes().strip_prefix(b"/") {
             for seg in rest.split(|&b| b == b'/') {
@@ -107,13 +136,13 @@ impl RouteTable {
     }
 }
 
-impl Node {
-    fn pick(&self, host: Option<&str>, method: &Method) -> Option<&Arc<Route>> {
-        let allows = |r: &&Arc<Route>| r.methods.as_ref().is_none_or(|ms| ms.contains(method));
+impl<R> Node<R> {
+    fn pick(&self, host: Option<&str>, method: &Method) -> Option<&Arc<R>> {
+        let allows = |e: &&Entry<R>| e.methods.as_ref().is_none_or(|ms| ms.contains(method));
         let hosted = host
             .and_then(|h| self.hosted.binary_search_by(|(k, _)| (**k).cmp(h)).ok())
             .and_then(|i| self.hosted[i].1.iter().find(allows));
-        hosted.or_else(|| self.any.iter().find(allows))
+        hosted.or_else(|| self.any.iter().find(allows)).map(|e| &e.route)
     }
 }
 
@@ -126,24 +155,24 @@ fn cmp_lower(lower: &[u8], seg: &[u8]) -> Ordering {
     lower.iter().copied().cmp(seg.iter().map(u8::to_ascii_lowercase))
 }
 
-impl Deref for RouteTable {
-    type Target = [Arc<Route>];
+impl<R> Deref for RouteTable<R> {
+    type Target = [Arc<R>];
 
-    fn deref(&self) -> &[Arc<Route>] {
+    fn deref(&self) -> &[Arc<R>] {
         &self.list
     }
 }
 
-impl<'a> IntoIterator for &'a RouteTable {
-    type Item = &'a Arc<Route>;
-    type IntoIter = std::slice::Iter<'a, Arc<Route>>;
+impl<'a, R> IntoIterator for &'a RouteTable<R> {
+    type Item = &'a Arc<R>;
+    type IntoIter = std::slice::Iter<'a, Arc<R>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.list.iter()
     }
 }
 
-impl fmt::Debug for RouteTable {
+impl<R: fmt::Debug> fmt::Debug for RouteTable<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(&self.list).finish()
     }

@@ -14,7 +14,12 @@ use crate::config::{Route, RouteTable};
 /// `host` and each route's host are both in [`crate::authority::Authority`]'s normal form
 /// (lower-case, no trailing dot), so they compare exactly. An index lookup: see
 /// [`RouteTable`]; [`route_linear`] is the plain statement it is tested against.
-pub fn route<'a>(routes: &'a RouteTable, host: Option<&str>, method: &Method, path: &str) -> Option<&'a Arc<Route>> {
+pub fn route<'a>(
+    routes: &'a RouteTable<Route>,
+    host: Option<&str>,
+    method: &Method,
+    path: &str,
+) -> Option<&'a Arc<Route>> {
     routes.find(host, method, path)
 }
 

@@ -230,7 +230,11 @@ impl Validator<'_> {
             cache_max_client_secrets: self.number(&raw.cache.max_client_secrets, 10_000)?,
             keys,
             clients,
-            routes: crate::config::RouteTable::new(routes),
+            routes: crate::config::RouteTable::new(routes, |r| crate::config::RouteKey {
+                prefix: &r.prefix,
+                host: r.host.as_deref(),
+                methods: r.methods.as_deref(),
+            }),
             users,
             trusted_issuers,
             rule_claims,
