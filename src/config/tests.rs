@@ -539,3 +539,12 @@ fn a_redis_url_with_options_or_a_cluster_node_with_a_database_is_refused() {
     assert_eq!(e.line, 10, "{}", e.reason);
     assert!(parse("[store]\nkind = \"redis\"\nurl = \"redis://a:6379/2\"\n").is_ok());
 }
+
+#[test]
+fn the_store_timeout_is_checked_with_the_embedded_store_too() {
+    for bad in ["-1s", "", "0s", "3651d", "99999999999999999999d"] {
+        let e = refused(&format!("[store]\nkind = \"embedded\"\ntimeout = \"{bad}\"\n"));
+        assert_eq!(e.line, 10, "{bad:?}: {e}");
+    }
+    assert!(parse("[store]\nkind = \"embedded\"\ntimeout = \"2s\"\n").is_ok());
+}

@@ -28,6 +28,9 @@ impl Validator<'_> {
                         return Err(self.err(span, format!("{what} is for kind = \"redis\"")));
                     }
                 }
+                // Unused by the embedded store, but a bad value is still refused: it would
+                // be refused the day the store becomes Redis, far from where it was written.
+                self.duration(&raw.timeout, Duration::from_secs(1))?;
                 Ok(StoreConfig::Embedded {
                     path: self.path(raw.path.as_ref().map_or("data/portcullis.redb", |p| p.get_ref())),
                 })
