@@ -122,3 +122,48 @@ mod tests {
         }
     }
 }
+
+/// Would some framework read this (decoded) parameter or field name as `access_token`?
+/// Judged the way the loosest ones read names, so that what one of them would take for a
+/// token is taken out (or refused, or redacted) by the gateway:
+/// - PHP ends a name at a NUL byte, maps `.`, ` ` and `[` to `_`, and reads
+///   `access_token[]` / `access_token[x]` as an array named `access_token`;
+/// - Rack drops brackets (`[access_token]`, `access_token]`), some frameworks drop every
+///   separator (`accessToken`, `access-token`);
+/// - Unicode-aware case-insensitive comparisons (Java's `equalsIgnoreCase`, .NET's
+///   `OrdinalIgnoreCase`) match `ſ` (long s) to `s` and the Kelvin sign to `k`, and
+///   fullwidth forms are folded to ASCII by NFKC.
+///
+/// So: up to a NUL, on its letters and digits only, each folded through upper case to
+/// lower case, the name (or its part before the first `[`) reads `accesstoken`. Names
+/// such as `access_tokens` or `my_access_token` do not.
+pub fn is_access_token_name(name: &str) -> bool {
+    let name = name.split('\0').next().unwrap_or_default();
+    folds_to_access_token(name) || name.split_once('[').is_some_and(|(base, _)| folds_to_access_token(base))
+}
+
+/// Does `s`, on its letters and digits only and case-folded (see [`is_access_token_name`]),
+/// read `accesstoken`?
+fn folds_to_access_token(s: &str) -> bool {
+    let mut want = "accesstoken".chars();
+    for c in folded_alphanumerics(s) {
+        if want.next() != Some(c) {
+            return false;
+        }
+    }
+    want.next().is_none()
+}
+
+/// The letters and digits of `s`, fullwidth forms as ASCII, each through upper case to
+/// lower case (`ſ` → `S` → `s`, `K` (Kelvin) → `k`).
+pub fn folded_alphanumerics(s: &str) -> impl Iterator<Item = char> + '_ {
+    s.chars()
+        .map(|c| match u32::from(c) {
+            // U+FF01..U+FF5E: fullwidth forms of U+0021..U+007E.
+            0xFF01..=0xFF5E => char::from_u32(u32::from(c) - 0xFEE0).unwrap_or(c),
+            _ => c,
+        })
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .filter(|c| c.is_alphanumeric())
+}

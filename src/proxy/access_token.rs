@@ -6,6 +6,7 @@
 use http::header::{self, HeaderMap};
 
 use crate::cookies;
+pub use crate::text::is_access_token_name;
 
 /// Is the request body `application/x-www-form-urlencoded` (RFC 6750 §2.2's form) to any
 /// upstream? Read as loosely as the loosest parser: PHP ends the media type at the first
@@ -19,14 +20,55 @@ pub(super) fn is_form(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Can the gateway read a form (urlencoded or multipart) body as an upstream would, to
+/// take out or refuse its `access_token`? Not when it is compressed (`Content-Encoding`
+/// other than `identity`: ASP.NET Core, Jetty and `mod_deflate` can inflate request bodies)
+/// or in a charset where `access_token` is not its ASCII bytes (UTF-16, UTF-7, EBCDIC...).
+/// Such a body is refused, not forwarded unread.
+pub(super) fn is_readable_form(headers: &HeaderMap) -> bool {
+    let identity = headers.get_all(header::CONTENT_ENCODING).iter().all(|v| {
+        v.as_bytes().split(|&b| b == b',').all(|c| {
+            let c = cookies::trim(c);
+            c.is_empty() || c.eq_ignore_ascii_case(b"identity")
+        })
+    });
+    // Charsets in which every ASCII byte stands for itself.
+    const ASCII_SUPERSETS: [&[u8]; 9] = [
+        b"utf-8",
+        b"utf8",
+        b"us-ascii",
+        b"ascii",
+        b"iso-8859-1",
+        b"latin1",
+        b"iso-8859-15",
+        b"windows-1252",
+        b"cp1252",
+    ];
+    let ascii_charset = headers.get_all(header::CONTENT_TYPE).iter().all(|v| {
+        v.as_bytes().split(|&b| b == b';').skip(1).all(|param| {
+            let param = cookies::trim(param);
+            match param.iter().position(|&b| b == b'=') {
+                Some(eq) if cookies::trim(&param[..eq]).eq_ignore_ascii_case(b"charset") => {
+                    let value = cookies::trim(&param[eq + 1..]);
+                    let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
+                    ASCII_SUPERSETS.iter().any(|c| value.eq_ignore_ascii_case(c))
+                }
+                _ => true,
+            }
+        })
+    });
+    identity && ascii_charset
+}
+
 /// `input` (a query or form body) without its `access_token` parameters, the other
 /// pieces and their separators kept byte for byte; `None` when there is none. Pieces are
 /// separated by `&` and by `;` (which older CGI libraries, Java servlet containers and
 /// Python before 3.9.2 also split on). A name is an access token's by
 /// [`is_access_token_name`].
 pub fn without_access_token(input: &[u8]) -> Option<Vec<u8>> {
-    // Fast path: no `%` and no literal `access` (in any case) means nothing to take out.
-    if !input.contains(&b'%') && !input.windows(6).any(|w| w.eq_ignore_ascii_case(b"access")) {
+    // Fast path: ASCII without `%` and without a literal `access` (in any case) means
+    // nothing to take out (non-ASCII may spell it in look-alikes).
+    if input.is_ascii() && !input.contains(&b'%') && !input.windows(6).any(|w| w.eq_ignore_ascii_case(b"access")) {
         return None;
     }
     let is_token = |piece: &[u8]| {
@@ -56,23 +98,6 @@ pub fn without_access_token(input: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(piece);
     }
     Some(out)
-}
-
-/// Would a framework read this (decoded) parameter name as `access_token`? Compared
-/// without regard to case (RFC 6750 §2.3 names it case-sensitively, but frameworks that
-/// read parameters case-insensitively would still see a token), after PHP's mapping of
-/// `.`, ` ` and `[` to `_` and its dropping of leading spaces, and with PHP's array form
-/// (`access_token[]`, `access_token[x]`) counted too.
-pub fn is_access_token_name(name: &str) -> bool {
-    let name = name.trim_start_matches(' ');
-    let php = |s: &str| {
-        s.len() == 12
-            && s.bytes().zip(b"access_token".iter()).all(|(a, &b)| {
-                let a = if matches!(a, b'.' | b' ' | b'[') { b'_' } else { a };
-                a.eq_ignore_ascii_case(&b)
-            })
-    };
-    php(name) || name.split_once('[').is_some_and(|(base, _)| php(base))
 }
 
 #[cfg(test)]
@@ -116,7 +141,65 @@ mod tests {
         ] {
             assert_eq!(strip(&format!("a=1&{name}=T&b=2")), Some("a=1&b=2".into()), "{name}");
         }
-        // Not PHP's access_token: an array `access` with key `token`, longer names.
-        assert_eq!(strip("access[token]=T&access_tokenx=1&accessXtoken=2"), None);
+        // An array `access` with key `token` squeezes to the name: taken out too (fails
+        // closed); longer names stay.
+        assert_eq!(
+            strip("access[token]=T&access_tokenx=1&accessXtoken=2"),
+            Some("access_tokenx=1&accessXtoken=2".into())
+        );
+    }
+
+    #[test]
+    fn compressed_or_non_ascii_forms_are_not_readable() {
+        use http::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue};
+        let form = |ct: &'static str, ce: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+            if let Some(ce) = ce {
+                h.insert(CONTENT_ENCODING, HeaderValue::from_static(ce));
+            }
+            super::is_readable_form(&h)
+        };
+        let urlencoded = "application/x-www-form-urlencoded";
+        assert!(form(urlencoded, None));
+        assert!(form(urlencoded, Some("identity")));
+        assert!(form("application/x-www-form-urlencoded; charset=UTF-8", None));
+        assert!(form("application/x-www-form-urlencoded; charset=\"utf-8\"", None));
+        assert!(form("multipart/form-data; boundary=x", None));
+        for ce in ["gzip", "GZIP", "deflate", "br", "identity, gzip", "x-gzip"] {
+            assert!(!form(urlencoded, Some(ce)), "{ce}");
+            assert!(!form("multipart/form-data; boundary=x", Some(ce)), "{ce}");
+        }
+        for cs in ["utf-16le", "UTF-16", "utf-7", "cp037", "utf-32", "\"utf-16le\""] {
+            let ct: &'static str =
+                Box::leak(format!("application/x-www-form-urlencoded; charset={cs}").into_boxed_str());
+            assert!(!form(ct, None), "{cs}");
+        }
+    }
+
+    /// Black-box attack, session 26: names PHP (NUL), Rack (brackets) and Unicode-aware
+    /// case-insensitive comparisons read as `access_token`.
+    #[test]
+    fn names_other_frameworks_read_as_access_token_are_taken_out() {
+        for name in [
+            "access_token%00",
+            "access_token%00junk",
+            "[access_token]",
+            "%5Baccess_token%5D",
+            "access_token]",
+            "]access_token",
+            "acce%C5%BFs_token",
+            "access_to%E2%84%AAen",
+            "%EF%BD%81ccess_token",
+            "access%C1%9Ftoken",
+            "accessToken",
+            "access-token",
+        ] {
+            assert_eq!(strip(&format!("a=1&{name}=T&b=2")), Some("a=1&b=2".into()), "{name}");
+        }
+        // Raw UTF-8 look-alikes in a form body (no `%`, no ASCII `access`).
+        assert_eq!(strip("a=1&acce\u{17f}s_token=T"), Some("a=1".into()));
+        assert_eq!(strip("a=1&\u{ff41}\u{ff43}\u{ff43}\u{ff45}\u{ff53}\u{ff53}_token=T"), Some("a=1".into()));
+        assert_eq!(strip("a=1&accesstokens=T&access_token_id=2"), None);
     }
 }

@@ -89,10 +89,17 @@ fn is_b64token(token: &str) -> bool {
 /// (RFC 6750 §2: a client uses one method only).
 pub fn query_token(query: Option<&str>, headers: &HeaderMap) -> Result<Option<String>, ProxyError> {
     let Some(query) = query else { return Ok(None) };
-    let mut found = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "access_token").map(|(_, v)| v);
-    let Some(token) = found.next() else { return Ok(None) };
+    // Every name some framework reads as `access_token` counts (they are all taken out
+    // before forwarding): one look-alike beside the real one is a second token, and a
+    // look-alike alone is not the parameter RFC 6750 names.
+    let mut found =
+        form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| super::access_token::is_access_token_name(k));
+    let Some((name, token)) = found.next() else { return Ok(None) };
     if found.next().is_some() {
         return Err(ProxyError::BadQueryToken("repeated"));
+    }
+    if name != "access_token" {
+        return Err(ProxyError::BadQueryToken("spelled otherwise"));
     }
     if headers.contains_key(header::AUTHORIZATION) {
         return Err(ProxyError::BadQueryToken("beside an Authorization header"));

@@ -50,6 +50,10 @@ pub enum ProxyError {
     /// A multipart body names an `access_token` field (it is never forwarded).
     #[error("access_token field in a multipart body")]
     TokenInBody,
+    /// A form body the gateway cannot read to take out `access_token`: compressed, or in
+    /// a charset that is not ASCII-compatible.
+    #[error("form body compressed or in a non-ASCII charset")]
+    UnreadableForm,
     /// The `access_token` query parameter of a WebSocket handshake is repeated, not a
     /// b64token, or sent beside an Authorization header (RFC 6750 §2: one method only).
     #[error("bad access_token query parameter: {0}")]
@@ -225,6 +229,11 @@ impl ProxyError {
                 json!({"error": "invalid_request", "error_description": "An access token must be sent in the Authorization header, not in a multipart body."}),
                 None,
             ),
+            ProxyError::UnreadableForm => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({"error": "invalid_request", "error_description": "A form body must be sent uncompressed and in UTF-8: the gateway reads it to take out access_token."}),
+                None,
+            ),
             ProxyError::BadRequestBody => (
                 StatusCode::BAD_REQUEST,
                 json!({"error": "invalid_request", "error_description": "The request body could not be read."}),
@@ -333,7 +342,11 @@ impl ProxyError {
             ProxyError::BadHandshake(_) => 3,
             ProxyError::TooManyConnections => 14,
             ProxyError::QuotaExceeded { .. } => 8,
-            ProxyError::UnsafePath | ProxyError::BadHost(_) | ProxyError::BadRequestBody | ProxyError::TokenInBody => 3,
+            ProxyError::UnsafePath
+            | ProxyError::BadHost(_)
+            | ProxyError::BadRequestBody
+            | ProxyError::TokenInBody
+            | ProxyError::UnreadableForm => 3,
             ProxyError::PayloadTooLarge => 8,
             ProxyError::BadGateway(_) => 14,
             ProxyError::GatewayTimeout => 4,
@@ -380,6 +393,7 @@ fn grpc_message(e: &ProxyError) -> String {
         ProxyError::BadHost(_) => "the request authority is invalid",
         ProxyError::BadRequestBody => "the request body could not be read",
         ProxyError::TokenInBody => "an access token must be sent in the authorization metadata",
+        ProxyError::UnreadableForm => "a form body must be sent uncompressed and in UTF-8",
         ProxyError::PayloadTooLarge => "the request body is too large",
         ProxyError::BadGateway(_) => "the upstream service is unavailable",
         ProxyError::GatewayTimeout => "the upstream service did not answer in time",

@@ -7,7 +7,8 @@
 //! The scan fails closed rather than parsing MIME: `name=` or `name*=` (after `;`, a space
 //! or a tab, in any case) whose value reads as `access_token` (see
 //! [`super::access_token::is_access_token_name`]) anywhere in the body refuses it, also inside
-//! a file's contents. A match split across chunks is found: the last bytes of each chunk
+//! a file's contents; so do RFC 2231 continuations (`name*0=`) and RFC 2047 encoded words
+//! in a name, which some parsers decode and the scan does not. A match split across chunks is found: the last bytes of each chunk
 //! are scanned again with the next.
 
 use std::pin::Pin;
@@ -109,6 +110,12 @@ pub fn names_token_field(buf: &[u8]) -> bool {
         if extended {
             i += 1;
             skip_ws(&mut i);
+            // RFC 2231 continuations (`name*0=`, `name*0*=`) spell a name in pieces that
+            // Werkzeug and Python's email module join; RFC 7578 §4.2 does not use them.
+            // Not judged piece by piece: refused.
+            if buf.get(i).is_some_and(u8::is_ascii_digit) {
+                return true;
+            }
         }
         if buf.get(i) != Some(&b'=') {
             continue;
@@ -131,7 +138,9 @@ pub fn names_token_field(buf: &[u8]) -> bool {
             value = &value[p + 1..];
         }
         let decoded = percent_encoding::percent_decode(value).decode_utf8_lossy();
-        if is_access_token_name(&decoded) {
+        // An RFC 2047 encoded word (`=?UTF-8?B?...?=`), which Commons FileUpload decodes in
+        // parameter values: its name cannot be judged without decoding it. Refused.
+        if is_access_token_name(&decoded) || (decoded.contains("=?") && decoded.contains("?=")) {
             return true;
         }
     }
@@ -157,6 +166,13 @@ mod tests {
             "Content-Disposition: form-data; name*=utf-8''access%5Ftoken\r\n",
             "Content-Disposition: form-data; name=\"access%20token\"\r\n",
             "Content-Disposition: form-data; name=\"access[token\"\r\n",
+            // Black-box attack, session 26: continuations, encoded words, NUL, brackets.
+            "Content-Disposition: form-data; name*0=\"access\"; name*1=\"_token\"\r\n",
+            "Content-Disposition: form-data; name*0*=UTF-8''access%5F; name*1=token\r\n",
+            "Content-Disposition: form-data; name=\"=?UTF-8?B?YWNjZXNzX3Rva2Vu?=\"\r\n",
+            "Content-Disposition: form-data; name=\"access_token\0\"\r\n",
+            "Content-Disposition: form-data; name=\"[access_token]\"\r\n",
+            "Content-Disposition: form-data; name=\"access_token]\"\r\n",
         ] {
             assert!(names_token_field(part.as_bytes()), "{part}");
         }
