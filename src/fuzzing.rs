@@ -506,6 +506,9 @@ pub fn peer_params(data: &[u8]) {
             );
         }
     }
+    if let Ok(path) = std::str::from_utf8(data) {
+        logged_path_keeps_no_token(path);
+    }
     let found = crate::proxy::multipart::names_token_field(data);
     let literal: &[u8] = b"; name=\"access_token\"";
     if data.windows(literal.len()).any(|w| w == literal) {
@@ -516,6 +519,45 @@ pub fn peer_params(data: &[u8]) {
             serde_json::from_slice(data).expect("the strict reader accepted what serde_json refuses");
         let obj = loose.as_object().expect("the strict reader accepted a non-object");
         assert_eq!(obj.len(), members.len(), "member counts differ");
+    }
+}
+
+/// The access log's path redaction: no piece of what it logs, percent-decoded until it
+/// stops changing, still holds an `=` and the name `access_token` (in any spelling a
+/// framework reads as it), unless its value is the `[redacted]` put there; and a path that
+/// never mentions the name comes out unchanged.
+fn logged_path_keeps_no_token(path: &str) {
+    let logged = crate::logging::redact_tokens(path);
+    // Every decoding of `s` until it stops changing (at most `rounds`), and whether it stopped.
+    let decodings = |s: &str, rounds: usize| {
+        let mut all = vec![s.to_ascii_lowercase()];
+        for _ in 0..rounds {
+            let last = all.last().map(String::as_str).unwrap_or_default();
+            let next = percent_encoding::percent_decode_str(last).decode_utf8_lossy().to_ascii_lowercase();
+            if next == last {
+                return (all, true);
+            }
+            all.push(next);
+        }
+        (all, false)
+    };
+    // The name on its letters and digits, in any case and look-alike (`text::is_access_token_name`).
+    let mentions = |t: &str| crate::text::folded_alphanumerics(t).collect::<String>().contains("accesstoken");
+    let (whole, settled) = decodings(path, 8);
+    if settled && !whole.iter().any(|t| mentions(t)) {
+        assert_eq!(logged, path, "a path without a token was changed");
+    }
+    for piece in logged.split(['/', ';', '&', '?']) {
+        if piece == "[redacted]" || piece.ends_with("=[redacted]") {
+            continue;
+        }
+        let (texts, _) = decodings(piece, 8);
+        for text in &texts {
+            assert!(
+                !(text.contains('=') && mentions(text)),
+                "a token parameter reached the log: {piece:?} of {path:?}"
+            );
+        }
     }
 }
 

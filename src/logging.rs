@@ -221,6 +221,25 @@ pub fn access(a: &Access<'_>) {
     });
 }
 
+/// Libraries that log peer input at debug level (h2 logs a malformed `:path` whole, with
+/// any token in its query): at most `warn` unless the operator names them in `RUST_LOG`,
+/// so `RUST_LOG=debug` for the gateway does not put callers' tokens in the log.
+const QUIET_DEPENDENCIES: [&str; 5] = ["h2", "hyper", "rustls", "tungstenite", "tokio_tungstenite"];
+
+/// The `EnvFilter` directives for a `RUST_LOG` value (`None`: `info`), with
+/// [`QUIET_DEPENDENCIES`] kept at `warn` where the value does not name them.
+pub fn filter_directives(rust_log: Option<&str>) -> String {
+    let Some(spec) = rust_log.map(str::trim).filter(|s| !s.is_empty()) else { return "info".into() };
+    let named = |dep: &str| spec.split(',').any(|d| d.trim().split(['=', '[', ':']).next() == Some(dep));
+    let mut out = spec.to_owned();
+    for dep in QUIET_DEPENDENCIES.iter().filter(|d| !named(d)) {
+        out.push(',');
+        out.push_str(dep);
+        out.push_str("=warn");
+    }
+    out
+}
+
 /// What the access log prints for a request path: the value of every `access_token`
 /// parameter in it (`;access_token=...`, or `&`/`?`-separated; the name compared
 /// percent-decoded, in any case) replaced by `[redacted]`. The path check refuses such a
@@ -234,45 +253,66 @@ pub fn redact_tokens(path: &str) -> std::borrow::Cow<'_, str> {
     }
     let mut out = String::with_capacity(path.len());
     let mut rest = path;
+    // Inside a redacted value: a `/` does not end it (a base64 token may hold one), only
+    // the next `;`, `&` or `?` does.
+    let mut in_value = false;
     loop {
         let end = rest.find(['/', ';', '&', '?']).unwrap_or(rest.len());
         let (piece, tail) = rest.split_at(end);
-        match piece.split_once('=') {
-            Some((name, _))
-                if percent_encoding::percent_decode_str(name)
-                    .decode_utf8_lossy()
-                    .trim()
-                    .eq_ignore_ascii_case("access_token") =>
-            {
-                out.push_str(name);
-                out.push_str("=[redacted]");
+        if in_value {
+            // Already replaced by the `[redacted]` before it.
+        } else {
+            match piece.split_once('=') {
+                Some((name, _))
+                    if crate::text::is_access_token_name(
+                        percent_encoding::percent_decode_str(name).decode_utf8_lossy().trim(),
+                    ) =>
+                {
+                    out.push_str(name);
+                    out.push_str("=[redacted]");
+                    in_value = true;
+                }
+                _ if hides_a_token(piece) => {
+                    out.push_str("[redacted]");
+                    in_value = true;
+                }
+                _ => out.push_str(piece),
             }
-            _ if hides_a_token(piece) => out.push_str("[redacted]"),
-            _ => out.push_str(piece),
         }
         let Some(delim) = tail.chars().next() else { break };
-        out.push(delim);
+        if delim != '/' {
+            in_value = false;
+        }
+        if !in_value {
+            out.push(delim);
+        }
         rest = &tail[delim.len_utf8()..];
     }
     std::borrow::Cow::Owned(out)
 }
 
-/// Whether `piece`, percent-decoded until it no longer changes (a few rounds at most),
-/// holds `access_token` followed by `=`, in any case and with blanks between.
+/// Whether `piece`, as it is or percent-decoded once or more (until it no longer changes),
+/// holds an `=` and a name some framework reads as `access_token`
+/// ([`crate::text::is_access_token_name`]'s folding: letters and digits only, any case,
+/// look-alikes), anywhere in it. A piece still encoded after eight rounds is taken to hide
+/// one: no real path is encoded that deep, and decoding on would let a crafted path cost
+/// the log quadratic work.
 fn hides_a_token(piece: &str) -> bool {
-    if !piece.contains('%') {
-        return false;
-    }
-    let mut text = piece.to_owned();
-    for _ in 0..4 {
-        let decoded = percent_encoding::percent_decode_str(&text).decode_utf8_lossy().into_owned();
-        if decoded == text {
-            break;
+    let names_a_token = |text: &str| {
+        text.contains('=') && crate::text::folded_alphanumerics(text).collect::<String>().contains("accesstoken")
+    };
+    let mut text = std::borrow::Cow::Borrowed(piece);
+    for _ in 0..8 {
+        if names_a_token(&text) {
+            return true;
         }
-        text = decoded;
+        let decoded = percent_encoding::percent_decode_str(&text).decode_utf8_lossy().into_owned();
+        if decoded == *text {
+            return false;
+        }
+        text = std::borrow::Cow::Owned(decoded);
     }
-    let lower = text.to_ascii_lowercase();
-    lower.match_indices("access_token").any(|(at, name)| lower[at + name.len()..].trim_start().starts_with('='))
+    true
 }
 
 fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::Result {
@@ -487,12 +527,30 @@ mod tests {
     }
 
     #[test]
+    fn dependencies_that_log_peer_input_stay_at_warn_unless_named() {
+        assert_eq!(filter_directives(None), "info");
+        assert_eq!(filter_directives(Some(" ")), "info");
+        assert_eq!(
+            filter_directives(Some("debug")),
+            "debug,h2=warn,hyper=warn,rustls=warn,tungstenite=warn,tokio_tungstenite=warn"
+        );
+        assert_eq!(
+            filter_directives(Some("debug,h2=trace,hyper_util=debug")),
+            "debug,h2=trace,hyper_util=debug,hyper=warn,rustls=warn,tungstenite=warn,tokio_tungstenite=warn"
+        );
+        for spec in ["debug", "portcullis=trace,info"] {
+            assert!(tracing_subscriber::EnvFilter::try_new(filter_directives(Some(spec))).is_ok(), "{spec}");
+        }
+    }
+
+    #[test]
     fn token_parameters_in_a_path_are_redacted_and_nothing_else_changes() {
         for (path, logged) in [
             ("/api/x", "/api/x"),
             ("/api/a=b;c=d", "/api/a=b;c=d"),
             ("/api/x;access_token=eyJ.abc.def", "/api/x;access_token=[redacted]"),
-            ("/api/x;access_token=eyJ.abc.def/more", "/api/x;access_token=[redacted]/more"),
+            // A `/` does not end a value (base64 tokens hold them): redacted up to `;&?`.
+            ("/api/x;access_token=eyJ.abc.def/more", "/api/x;access_token=[redacted]"),
             ("/api;a=1;ACCESS_TOKEN=t1;b=2", "/api;a=1;ACCESS_TOKEN=[redacted];b=2"),
             ("/api;access%5Ftoken=t2", "/api;access%5Ftoken=[redacted]"),
             ("/api;access%5ftoken=t3&access_token=t4", "/api;access%5ftoken=[redacted]&access_token=[redacted]"),
@@ -502,13 +560,33 @@ mod tests {
             ("/é;access_token=t7", "/é;access_token=[redacted]"),
             // An `=` or a separator that only shows once decoded, once or twice.
             ("/api/x&access_token%3DeyJ.abc", "/api/x&[redacted]"),
-            ("/api/x%26access_token%3deyJ.abc/more", "/api/[redacted]/more"),
+            ("/api/x%26access_token%3deyJ.abc/more", "/api/[redacted]"),
             ("/api;access_token%253Dt8", "/api;[redacted]"),
             ("/api;ACCESS%5FTOKEN%20%3D%20t9", "/api;[redacted]"),
             ("/api;x=access_token%3Dt10", "/api;[redacted]"),
+            ("/api;x+access_token=t11", "/api;[redacted]"),
+            // Black-box attack, session 26: look-alike names, and a value with a `/`.
+            ("/api;access_token[]=t13", "/api;access_token[]=[redacted]"),
+            ("/api;access.token=t14", "/api;access.token=[redacted]"),
+            ("/api;access%20token=t15", "/api;access%20token=[redacted]"),
+            ("/api;[access_token]=t16", "/api;[access_token]=[redacted]"),
+            ("/api;access%C1%9Ftoken=t17", "/api;access%C1%9Ftoken=[redacted]"),
+            ("/api;access%EF%BC%BFtoken=t18", "/api;access%EF%BC%BFtoken=[redacted]"),
+            (
+                "/api;\u{ff41}\u{ff43}\u{ff43}\u{ff45}\u{ff53}\u{ff53}_token=t19",
+                "/api;\u{ff41}\u{ff43}\u{ff43}\u{ff45}\u{ff53}\u{ff53}_token=[redacted]",
+            ),
+            ("/api;acce\u{17f}s_token=t20", "/api;acce\u{17f}s_token=[redacted]"),
+            ("/api;access_to\u{212a}en=t21", "/api;access_to\u{212a}en=[redacted]"),
+            ("/api;access_token=A/B/c;d=1", "/api;access_token=[redacted];d=1"),
+            ("/api/x;access_token=A/B?q", "/api/x;access_token=[redacted]?q"),
+            ("/api;access_token%2525252525252525253Dt12", "/api;[redacted]"),
             // Encoded, but no token parameter: kept as it is.
             ("/api/caf%C3%A9;a=%3D", "/api/caf%C3%A9;a=%3D"),
             ("/api/access%5Ftoken/x", "/api/access%5Ftoken/x"),
+            ("/api/%2525;x=%253D", "/api/%2525;x=%253D"),
+            // Still encoded after eight rounds: fails closed, token or not.
+            ("/api/%252525252525252525;a=1", "/api/[redacted];a=1"),
         ] {
             assert_eq!(redact_tokens(path), logged, "{path}");
         }

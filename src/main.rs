@@ -82,7 +82,9 @@ fn main() -> ExitCode {
 /// logs and written to stderr in batches by a dedicated thread (`portcullis::logging`).
 fn init_logging(format: LogFormat) -> portcullis::logging::FlushGuard {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    // `RUST_LOG`, with the libraries that log peer input kept quiet (`logging::filter_directives`).
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(portcullis::logging::filter_directives(rust_log.as_deref()))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = portcullis::logging::BatchedStderr::new();
