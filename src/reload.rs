@@ -47,6 +47,8 @@ impl Trigger {
 /// Re-read `path` and put it in force; on any error nothing changes. A key file may not
 /// be generated, nor the key of an id in force replaced (see `KeySet::reload`).
 pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<tls::Acceptor>, path: &Path) -> Result<(), ConfigError> {
+    // From the read to the swap: an `apply` of a newer configuration waits for it.
+    let _order = gw.reloading();
     let config = Config::load(path)?;
     let (old_issuer, old_audience) = {
         let rt = gw.runtime();
@@ -74,7 +76,7 @@ pub fn reload(gw: &Gateway, tls_slot: &ArcSwapOption<tls::Acceptor>, path: &Path
         None => None,
     };
     // Keys load inside apply; if they fail, neither the runtime nor TLS has changed.
-    gw.apply(config.clone()).map_err(|e| match &e {
+    gw.apply_held(config.clone()).map_err(|e| match &e {
         StartError::Key(k) => config.error_at(config.key_line(k.kid()), e.to_string()),
         StartError::Issuer(line, _) | StartError::ClientKey(line, _) => config.error_at(*line, e.to_string()),
         StartError::UpstreamTls(_) | StartError::Store(_) => config.error_at(0, e.to_string()),

@@ -75,6 +75,10 @@ pub struct Gateway {
     /// Upgraded (WebSocket) connections open: they have left their listener's
     /// `max_connections` slot, so `proxy::websocket` bounds them by the same number.
     pub upgraded: AtomicU64,
+    /// Held from reading a configuration to putting it in force ([`Gateway::reloading`]),
+    /// and by [`Gateway::apply`]: a configuration read before another was applied is never
+    /// put in force after it.
+    reload_lock: std::sync::Mutex<()>,
 }
 
 /// Where the process is in its life. Only `Serving` is ready for traffic.
@@ -125,6 +129,7 @@ impl Gateway {
             requests_cut: AtomicU64::new(0),
             blocks_loaded: AtomicBool::new(false),
             upgraded: AtomicU64::new(0),
+            reload_lock: std::sync::Mutex::new(()),
             runtime: ArcSwap::from_pointee(Runtime { config, keys, upstreams, issuers, client_keys }),
         }))
     }
@@ -290,6 +295,17 @@ impl Gateway {
     /// Cached validation verdicts need no flush: each hit is re-checked against the
     /// runtime in force (client enabled, kid listed, same key file, issuer, audience).
     pub fn apply(&self, config: Config) -> Result<(), StartError> {
+        let _order = self.reloading();
+        self.apply_held(config)
+    }
+
+    /// The lock a reload holds from reading its file to [`Gateway::apply_held`].
+    pub(crate) fn reloading(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.reload_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// [`Gateway::apply`] under the [`Gateway::reloading`] lock the caller holds.
+    pub(crate) fn apply_held(&self, config: Config) -> Result<(), StartError> {
         let keys = KeySet::reload(&config, &self.runtime().keys)?;
         let upstreams = Upstreams::new(&config).map_err(StartError::UpstreamTls)?;
         let client_keys = ClientKeys::load(&config).map_err(|(line, e)| StartError::ClientKey(line, e))?;
