@@ -930,3 +930,73 @@ async fn forwarded_through_a_trusted_proxy_is_rebuilt_from_the_vouched_chain() {
         assert_eq!(echo.header_all("forwarded"), vec![expected], "{xff:?}: {echo:?}");
     }
 }
+
+/// Black-box attack, session 26: what the loosest upstream frameworks read as identity
+/// headers or as `access_token`, end to end. X-Auth-* names with their separators dropped
+/// are removed; look-alike `access_token` names are taken out of queries and forms, refused
+/// in multipart names; compressed or UTF-16 forms are refused (415), not forwarded unread.
+#[tokio::test]
+async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
+    let (_up, gw) = setup().await;
+    let client = gw.client();
+    let token = svc_token(&gw).await;
+    for name in ["XAuthRequestUser", "X-AuthRequestUser", "X-AuthFoo", "XAuthToken", "XAuthSubject"] {
+        let resp = client.get(gw.url("/api/x")).bearer_auth(&token).header(name, "EVIL").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{name}");
+        let echo: Echo = resp.json().await.unwrap();
+        assert!(echo.headers.iter().all(|(_, v)| v != "EVIL"), "{name} reached the upstream: {:?}", echo.headers);
+    }
+    for name in
+        ["access_token%00", "%5Baccess_token%5D", "access_token%5D", "acce%C5%BFs_token", "access_to%E2%84%AAen"]
+    {
+        let resp = client.get(gw.url(&format!("/api/x?a=1&{name}=SECRET"))).bearer_auth(&token).send().await.unwrap();
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.query.as_deref(), Some("a=1"), "{name}");
+        let resp = client
+            .post(gw.url("/public/x"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("a=1&{name}=SECRET"))
+            .send()
+            .await
+            .unwrap();
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.body_sha256, sha256_hex(b"a=1"), "{name}");
+    }
+    let multipart = |disposition: &str| {
+        format!("--XyZ\r\nContent-Disposition: form-data; {disposition}\r\n\r\nSECRET\r\n--XyZ--\r\n")
+    };
+    for disposition in [
+        "name*0=\"access\"; name*1=\"_token\"",
+        "name=\"=?UTF-8?B?YWNjZXNzX3Rva2Vu?=\"",
+        "name=\"[access_token]\"",
+        "name=\"access_token\u{0}\"",
+    ] {
+        let resp = client
+            .post(gw.url("/public/x"))
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(multipart(disposition))
+            .send()
+            .await;
+        // Refused before the part is sent: a 400, or the connection ended under the request.
+        if let Ok(resp) = resp {
+            assert_eq!(resp.status(), 400, "{disposition}");
+        }
+    }
+    let gzip_form: &[u8] = &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3];
+    for (ct, ce, body) in [
+        ("application/x-www-form-urlencoded", Some("gzip"), gzip_form.to_vec()),
+        ("multipart/form-data; boundary=XyZ", Some("gzip"), gzip_form.to_vec()),
+        (
+            "application/x-www-form-urlencoded; charset=utf-16le",
+            None,
+            "a=1".encode_utf16().flat_map(u16::to_le_bytes).collect(),
+        ),
+    ] {
+        let mut req = client.post(gw.url("/public/x")).header("content-type", ct).body(body);
+        if let Some(ce) = ce {
+            req = req.header("content-encoding", ce);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 415, "{ct} {ce:?}");
+    }
+}

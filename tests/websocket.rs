@@ -386,6 +386,12 @@ async fn a_query_token_is_accepted_only_where_opted_in_stripped_and_not_logged()
         connect_plain(&s.gw, &format!("/wsq/q?access_token={token}&access_token={token}"), None).await.unwrap_err(),
     );
     assert_eq!(status, 400);
+    // Nor beside, or as, a name a framework reads as access_token (black-box attack,
+    // session 26: `[access_token]` reached the upstream with the token).
+    for q in [format!("access_token={token}&[access_token]={token}"), format!("access_token%00={token}")] {
+        let (status, _, _) = refusal(connect_plain(&s.gw, &format!("/wsq/q?{q}"), None).await.unwrap_err());
+        assert_eq!(status, 400, "{q}");
+    }
     let (status, _, _) =
         refusal(connect_plain(&s.gw, &format!("/wsq/q?access_token={token}"), Some(&token)).await.unwrap_err());
     assert_eq!(status, 400);
