@@ -83,46 +83,6 @@ pub fn invisible(c: char) -> bool {
         )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identity_values_are_visible_and_unpadded() {
-        for good in ["alice", "a", "Jöhn Doe", "user@example.com", "9f1c-7", "東京", "a\u{00A0}b", "é"] {
-            assert_eq!(check(good, MAX_IDENTITY), Ok(()), "{good:?}");
-        }
-        let x = "x".repeat(MAX_IDENTITY);
-        assert!(is_identity(&x) && !is_identity(&format!("{x}y")));
-        assert_eq!(check("", 9), Err(Untidy::Empty));
-        assert_eq!(check("abc", 2), Err(Untidy::TooLong(2)));
-        for padded in [" alice", "alice ", "   ", "\u{00A0}alice", "alice\u{3000}", "\talice", "alice\n", "\u{2028}a"] {
-            assert_eq!(check(padded, MAX_IDENTITY), Err(Untidy::Padded), "{padded:?}");
-        }
-        for hidden in [
-            "alice\u{0085}x",
-            "al\u{0}ice",
-            "al\u{7F}ice",
-            "al\u{9B}ice",
-            "al\u{200B}ice",
-            "al\u{202E}ice",
-            "al\u{2066}ice",
-            "al\u{FEFF}ice",
-            "al\u{00AD}ice",
-            "al\u{2028}ice",
-            "al\u{2029}ice",
-            "al\u{180E}ice",
-            "al\u{FE0F}ice",
-            "a\u{E0041}b",
-            "a\u{E0001}b",
-            "a\u{E007F}b",
-            "a\u{1D173}b",
-        ] {
-            assert_eq!(check(hidden, MAX_IDENTITY), Err(Untidy::Invisible), "{hidden:?}");
-        }
-    }
-}
-
 /// Would some framework read this (decoded) parameter or field name as `access_token`?
 /// Judged the way the loosest ones read names, so that what one of them would take for a
 /// token is taken out (or refused, or redacted) by the gateway:
@@ -166,4 +126,44 @@ pub fn folded_alphanumerics(s: &str) -> impl Iterator<Item = char> + '_ {
         .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .filter(|c| c.is_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_values_are_visible_and_unpadded() {
+        for good in ["alice", "a", "Jöhn Doe", "user@example.com", "9f1c-7", "東京", "a\u{00A0}b", "é"] {
+            assert_eq!(check(good, MAX_IDENTITY), Ok(()), "{good:?}");
+        }
+        let x = "x".repeat(MAX_IDENTITY);
+        assert!(is_identity(&x) && !is_identity(&format!("{x}y")));
+        assert_eq!(check("", 9), Err(Untidy::Empty));
+        assert_eq!(check("abc", 2), Err(Untidy::TooLong(2)));
+        for padded in [" alice", "alice ", "   ", "\u{00A0}alice", "alice\u{3000}", "\talice", "alice\n", "\u{2028}a"] {
+            assert_eq!(check(padded, MAX_IDENTITY), Err(Untidy::Padded), "{padded:?}");
+        }
+        for hidden in [
+            "alice\u{0085}x",
+            "al\u{0}ice",
+            "al\u{7F}ice",
+            "al\u{9B}ice",
+            "al\u{200B}ice",
+            "al\u{202E}ice",
+            "al\u{2066}ice",
+            "al\u{FEFF}ice",
+            "al\u{00AD}ice",
+            "al\u{2028}ice",
+            "al\u{2029}ice",
+            "al\u{180E}ice",
+            "al\u{FE0F}ice",
+            "a\u{E0041}b",
+            "a\u{E0001}b",
+            "a\u{E007F}b",
+            "a\u{1D173}b",
+        ] {
+            assert_eq!(check(hidden, MAX_IDENTITY), Err(Untidy::Invisible), "{hidden:?}");
+        }
+    }
 }
