@@ -246,9 +246,11 @@ pub fn filter_directives(rust_log: Option<&str>) -> String {
 /// path, but the refusal is logged too, and a token must never reach a log. A piece that
 /// only shows `access_token` and an `=` once percent-decoded (`x%26access_token%3Dt`, also
 /// encoded twice) is replaced whole: such a piece cannot be split safely, so it fails
-/// closed. A path with neither `=` nor `%` is returned as it is.
+/// closed. A path without `=`, `%3D` or `%25` is returned as it is.
 pub fn redact_tokens(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains(['=', '%']) {
+    // Without an `=`, raw or encoded (`%3D`, or `%25` before it), nothing can be a parameter.
+    let encoded_eq = |w: &[u8]| w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"3d") || &w[1..] == b"25");
+    if !path.contains('=') && !path.as_bytes().windows(3).any(encoded_eq) {
         return std::borrow::Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
@@ -591,6 +593,7 @@ mod tests {
             assert_eq!(redact_tokens(path), logged, "{path}");
         }
         assert!(matches!(redact_tokens("/api/x"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(redact_tokens("/api/caf%C3%A9/a%20b"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]
