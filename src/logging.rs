@@ -581,6 +581,12 @@ mod tests {
             ("/api;acce\u{17f}s_token=t20", "/api;acce\u{17f}s_token=[redacted]"),
             ("/api;access_to\u{212a}en=t21", "/api;access_to\u{212a}en=[redacted]"),
             ("/api;access_token=A/B/c;d=1", "/api;access_token=[redacted];d=1"),
+            // Second attack: IIS %u escapes, capital sharp s, NFKC compatibility letters.
+            ("/api;%u0061ccess_token=t22", "/api;%u0061ccess_token=[redacted]"),
+            ("/api;ACCE\u{1e9e}_TOKEN=t23", "/api;ACCE\u{1e9e}_TOKEN=[redacted]"),
+            ("/api;\u{1d41a}\u{1d41c}\u{1d41c}ess_token=t24", "/api;\u{1d41a}\u{1d41c}\u{1d41c}ess_token=[redacted]"),
+            ("/api;a\u{33c4}ess_token=t25", "/api;a\u{33c4}ess_token=[redacted]"),
+            ("/api;x%2526%25u0061ccess_token%253Dt26", "/api;[redacted]"),
             ("/api/x;access_token=A/B?q", "/api/x;access_token=[redacted]?q"),
             ("/api;access_token%2525252525252525253Dt12", "/api;[redacted]"),
             // Encoded, but no token parameter: kept as it is.

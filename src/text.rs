@@ -90,20 +90,21 @@ pub fn invisible(c: char) -> bool {
 ///   `access_token[]` / `access_token[x]` as an array named `access_token`;
 /// - Rack drops brackets (`[access_token]`, `access_token]`), some frameworks drop every
 ///   separator (`accessToken`, `access-token`);
+/// - classic ASP.NET decodes `%uXXXX` (`%u0061ccess_token`);
 /// - Unicode-aware case-insensitive comparisons (Java's `equalsIgnoreCase`, .NET's
-///   `OrdinalIgnoreCase`) match `ſ` (long s) to `s` and the Kelvin sign to `k`, and
-///   fullwidth forms are folded to ASCII by NFKC.
+///   `OrdinalIgnoreCase`, full case folding) match `ſ` (long s) to `s`, the Kelvin sign to
+///   `k`, `ẞ` to `ss`; a reader that normalises to NFKC sees `𝐚`, `ᵃ`, `ª`, `ⓐ` or a
+///   fullwidth `ａ` as `a`.
 ///
-/// So: up to a NUL, on its letters and digits only, each folded through upper case to
-/// lower case, the name (or its part before the first `[`) reads `accesstoken`. Names
-/// such as `access_tokens` or `my_access_token` do not.
+/// So: up to a NUL, `%uXXXX` decoded, NFKC-normalised, case-folded (lower, upper, lower),
+/// on its letters and digits only, the name (or its part before the first `[`) reads
+/// `accesstoken`. Names such as `access_tokens` or `my_access_token` do not.
 pub fn is_access_token_name(name: &str) -> bool {
     let name = name.split('\0').next().unwrap_or_default();
     folds_to_access_token(name) || name.split_once('[').is_some_and(|(base, _)| folds_to_access_token(base))
 }
 
-/// Does `s`, on its letters and digits only and case-folded (see [`is_access_token_name`]),
-/// read `accesstoken`?
+/// Does `s`, folded as [`folded_alphanumerics`] folds it, read `accesstoken`?
 fn folds_to_access_token(s: &str) -> bool {
     let mut want = "accesstoken".chars();
     for c in folded_alphanumerics(s) {
@@ -114,18 +115,36 @@ fn folds_to_access_token(s: &str) -> bool {
     want.next().is_none()
 }
 
-/// The letters and digits of `s`, fullwidth forms as ASCII, each through upper case to
-/// lower case (`ſ` → `S` → `s`, `K` (Kelvin) → `k`).
+/// The letters and digits of `s` as the loosest readers see them (see
+/// [`is_access_token_name`]): `%uXXXX` decoded, NFKC, then each character through lower,
+/// upper and lower case (`ẞ` → `ß` → `SS` → `ss`, `ſ` → `S` → `s`, Kelvin sign → `k`).
 pub fn folded_alphanumerics(s: &str) -> impl Iterator<Item = char> + '_ {
-    s.chars()
-        .map(|c| match u32::from(c) {
-            // U+FF01..U+FF5E: fullwidth forms of U+0021..U+007E.
-            0xFF01..=0xFF5E => char::from_u32(u32::from(c) - 0xFEE0).unwrap_or(c),
-            _ => c,
-        })
+    use unicode_normalization::UnicodeNormalization;
+    percent_u_decoded(s)
+        .nfkc()
+        .flat_map(char::to_lowercase)
         .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .filter(|c| c.is_alphanumeric())
+}
+
+/// `s` with every `%uXXXX` (IIS and classic ASP.NET's non-standard escape) decoded; other
+/// text, invalid escapes included, as it is.
+fn percent_u_decoded(s: &str) -> impl Iterator<Item = char> + '_ {
+    let mut rest = s;
+    std::iter::from_fn(move || {
+        let mut chars = rest.chars();
+        let c = chars.next()?;
+        if c == '%'
+            && let Some(hex) = rest.get(2..6).filter(|_| rest[1..].starts_with(['u', 'U']))
+            && let Some(decoded) = u32::from_str_radix(hex, 16).ok().and_then(char::from_u32)
+        {
+            rest = &rest[6..];
+            return Some(decoded);
+        }
+        rest = chars.as_str();
+        Some(c)
+    })
 }
 
 #[cfg(test)]

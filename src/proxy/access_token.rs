@@ -32,7 +32,26 @@ pub(super) fn is_readable_form(headers: &HeaderMap) -> bool {
             c.is_empty() || c.eq_ignore_ascii_case(b"identity")
         })
     });
-    // Charsets in which every ASCII byte stands for itself.
+    // Every parameter whose name mentions `charset` (`charset*=`, `xcharset=`: a parser
+    // that finds `charset=` by a substring search reads those) must name one of them.
+    let ascii_charset = headers.get_all(header::CONTENT_TYPE).iter().all(|v| {
+        v.as_bytes().split(|&b| b == b';').skip(1).all(|param| {
+            let param = cookies::trim(param);
+            match param.iter().position(|&b| b == b'=') {
+                Some(eq) if param[..eq].windows(7).any(|w| w.eq_ignore_ascii_case(b"charset")) => {
+                    let value = cookies::trim(&param[eq + 1..]);
+                    is_ascii_charset(value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value))
+                }
+                _ => true,
+            }
+        })
+    });
+    identity && ascii_charset
+}
+
+/// Is `name` a charset in which every ASCII byte stands for itself (so `access_token` is
+/// its ASCII bytes)? Only these: anything else (UTF-16, UTF-7, EBCDIC, unknown) is not.
+pub(super) fn is_ascii_charset(name: &[u8]) -> bool {
     const ASCII_SUPERSETS: [&[u8]; 9] = [
         b"utf-8",
         b"utf8",
@@ -44,20 +63,7 @@ pub(super) fn is_readable_form(headers: &HeaderMap) -> bool {
         b"windows-1252",
         b"cp1252",
     ];
-    let ascii_charset = headers.get_all(header::CONTENT_TYPE).iter().all(|v| {
-        v.as_bytes().split(|&b| b == b';').skip(1).all(|param| {
-            let param = cookies::trim(param);
-            match param.iter().position(|&b| b == b'=') {
-                Some(eq) if cookies::trim(&param[..eq]).eq_ignore_ascii_case(b"charset") => {
-                    let value = cookies::trim(&param[eq + 1..]);
-                    let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
-                    ASCII_SUPERSETS.iter().any(|c| value.eq_ignore_ascii_case(c))
-                }
-                _ => true,
-            }
-        })
-    });
-    identity && ascii_charset
+    ASCII_SUPERSETS.iter().any(|c| name.eq_ignore_ascii_case(c))
 }
 
 /// `input` (a query or form body) without its `access_token` parameters, the other
@@ -166,11 +172,13 @@ mod tests {
         assert!(form("application/x-www-form-urlencoded; charset=UTF-8", None));
         assert!(form("application/x-www-form-urlencoded; charset=\"utf-8\"", None));
         assert!(form("multipart/form-data; boundary=x", None));
+        assert!(!form("application/x-www-form-urlencoded; xcharset=utf-16le", None));
         for ce in ["gzip", "GZIP", "deflate", "br", "identity, gzip", "x-gzip"] {
             assert!(!form(urlencoded, Some(ce)), "{ce}");
             assert!(!form("multipart/form-data; boundary=x", Some(ce)), "{ce}");
         }
-        for cs in ["utf-16le", "UTF-16", "utf-7", "cp037", "utf-32", "\"utf-16le\""] {
+        for cs in ["utf-16le", "UTF-16", "utf-7", "cp037", "utf-32", "\"utf-16le\"", "utf-8; charset*=utf-8''utf-16le"]
+        {
             let ct: &'static str =
                 Box::leak(format!("application/x-www-form-urlencoded; charset={cs}").into_boxed_str());
             assert!(!form(ct, None), "{cs}");
@@ -194,6 +202,13 @@ mod tests {
             "access%C1%9Ftoken",
             "accessToken",
             "access-token",
+            // Second attack: IIS %u escapes, capital sharp s, NFKC compatibility letters.
+            "%u0061ccess_token",
+            "%U0061%U0063cess_token",
+            "ACCE%E1%BA%9E_TOKEN",
+            "%F0%9D%90%9Access_token",
+            "a%E3%8F%84ess_token",
+            "%E1%B5%83ccess_token",
         ] {
             assert_eq!(strip(&format!("a=1&{name}=T&b=2")), Some("a=1&b=2".into()), "{name}");
         }

@@ -27,11 +27,15 @@ const MAX_NAME: usize = 256;
 /// and [`MAX_NAME`] bytes fit.
 const CARRY: usize = MAX_NAME + 64;
 
-/// Is the body `multipart/form-data`?
+/// Is the body multipart, as the loosest parser reads a `Content-Type`? Any `multipart/*`
+/// (Rack and Commons FileUpload parse `multipart/mixed` and `related` as forms), its media
+/// type ended at the first `;`, `,` or blank as PHP ends it (`multipart/form-data,
+/// boundary=x`).
 pub fn is_multipart_form(headers: &http::HeaderMap) -> bool {
     headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
-        let essence = v.as_bytes().split(|&b| b == b';').next().unwrap_or_default();
-        crate::cookies::trim(essence).eq_ignore_ascii_case(b"multipart/form-data")
+        let v = crate::cookies::trim(v.as_bytes());
+        let essence = v.split(|&b| matches!(b, b';' | b',' | b' ' | b'\t')).next().unwrap_or_default();
+        essence.len() > 10 && essence[..10].eq_ignore_ascii_case(b"multipart/")
     })
 }
 
@@ -49,12 +53,22 @@ impl std::error::Error for TokenField {}
 
 /// `body`, failing with [`TokenField`] before the chunk that names an `access_token` field.
 pub fn scanned(body: Body) -> Body {
-    http_body_util::BodyExt::boxed(Scanned { inner: body, carry: Vec::new() })
+    http_body_util::BodyExt::boxed(Scanned { inner: body, carry: Vec::new(), finds: names_token_field })
+}
+
+/// `body` without a `Content-Type`, failing with [`TokenField`] before the chunk that holds
+/// an urlencoded `access_token` parameter: Rack reads such a POST body as a form. Streamed
+/// and scanned like a multipart body, not buffered: an untyped body may be any upload.
+pub fn scanned_untyped(body: Body) -> Body {
+    let finds = |window: &[u8]| super::access_token::without_access_token(window).is_some();
+    http_body_util::BodyExt::boxed(Scanned { inner: body, carry: Vec::new(), finds })
 }
 
 struct Scanned {
     inner: Body,
     carry: Vec<u8>,
+    /// Does a window of the body hold what must not pass?
+    finds: fn(&[u8]) -> bool,
 }
 
 impl HttpBody for Scanned {
@@ -68,7 +82,7 @@ impl HttpBody for Scanned {
                 if let Some(data) = frame.data_ref() {
                     let mut window = std::mem::take(&mut this.carry);
                     window.extend_from_slice(data);
-                    if names_token_field(&window) {
+                    if (this.finds)(&window) {
                         return Poll::Ready(Some(Err(Box::new(TokenField))));
                     }
                     let keep = window.len().min(CARRY);
@@ -121,20 +135,36 @@ pub fn names_token_field(buf: &[u8]) -> bool {
             continue;
         }
         i += 1;
-        skip_ws(&mut i);
+        // After the `=`, a folded header line too (`name=\r\n "access_token"`: PHP reads it).
+        while i < buf.len() && matches!(buf[i], b' ' | b'\t' | b'\r' | b'\n') {
+            i += 1;
+        }
         let quoted = buf.get(i) == Some(&b'"');
         if quoted {
             i += 1;
         }
         let rest = &buf[i.min(buf.len())..];
+        // A quoted value ends at its quote, or at the line's end if the quote is never
+        // closed (PHP reads `name="access_token` to the end of the line).
         let end = rest
             .iter()
             .take(MAX_NAME)
-            .position(|&b| if quoted { b == b'"' } else { matches!(b, b';' | b'\r' | b'\n' | b' ' | b'\t') })
+            .position(|&b| {
+                if quoted {
+                    matches!(b, b'"' | b'\r' | b'\n')
+                } else {
+                    matches!(b, b';' | b'\r' | b'\n' | b' ' | b'\t')
+                }
+            })
             .unwrap_or(rest.len().min(MAX_NAME));
         let mut value = &rest[..end];
-        // RFC 2231 / 5987: charset'language'percent-encoded.
+        // RFC 2231 / 5987: charset'language'percent-encoded. A charset in which ASCII is not
+        // itself (Django decodes `utf-16be''%00a%00c...`) cannot be judged here: refused.
         if extended && let Some(p) = value.iter().rposition(|&b| b == b'\'') {
+            let charset = value.split(|&b| b == b'\'').next().unwrap_or_default();
+            if !charset.is_empty() && !super::access_token::is_ascii_charset(charset) {
+                return true;
+            }
             value = &value[p + 1..];
         }
         let decoded = percent_encoding::percent_decode(value).decode_utf8_lossy();
@@ -173,6 +203,11 @@ mod tests {
             "Content-Disposition: form-data; name=\"access_token\0\"\r\n",
             "Content-Disposition: form-data; name=\"[access_token]\"\r\n",
             "Content-Disposition: form-data; name=\"access_token]\"\r\n",
+            // Second attack: an unclosed quote, a fold after `=`, a name in UTF-16 or EBCDIC.
+            "Content-Disposition: form-data; name=\"access_token\r\n\r\nSECRET",
+            "Content-Disposition: form-data; name=\r\n \"access_token\"\r\n",
+            "Content-Disposition: form-data; name*=utf-16be''%00a%00c%00c%00e%00s%00s\r\n",
+            "Content-Disposition: form-data; name*=cp037''%81%83%83\r\n",
         ] {
             assert!(names_token_field(part.as_bytes()), "{part}");
         }
@@ -182,6 +217,7 @@ mod tests {
             "Content-Disposition: form-data; name=\"my_access_token\"\r\n",
             "access_token=SECRET",
             "username=access_token",
+            "Content-Disposition: form-data; name*=utf-8''file\r\n",
         ] {
             assert!(!names_token_field(part.as_bytes()), "{part}");
         }
