@@ -982,6 +982,31 @@ async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
             assert_eq!(resp.status(), 400, "{disposition}");
         }
     }
+    // Second attack: a multipart type PHP or Rack parses, and a body without a media type
+    // (Rack reads it as a form): scanned, refused.
+    for ct in ["multipart/form-data, boundary=XyZ", "multipart/form-data boundary=XyZ", "multipart/mixed; boundary=XyZ"]
+    {
+        let resp = client
+            .post(gw.url("/public/x"))
+            .header("content-type", ct)
+            .body(multipart("name=\"access_token\""))
+            .send()
+            .await;
+        if let Ok(resp) = resp {
+            assert_eq!(resp.status(), 400, "{ct}");
+        }
+    }
+    for url in [gw.http_url("/public/x"), gw.url("/public/x")] {
+        let resp = client.post(&url).body("a=1&access_token=SECRET").send().await;
+        if let Ok(resp) = resp {
+            assert_eq!(resp.status(), 400, "{url}");
+        }
+        let resp = client.post(&url).body("a=1&b=access_token").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.body_sha256, sha256_hex(b"a=1&b=access_token"), "{url}");
+        assert!(echo.header("content-type").is_none(), "{url}");
+    }
     let gzip_form: &[u8] = &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3];
     for (ct, ce, body) in [
         ("application/x-www-form-urlencoded", Some("gzip"), gzip_form.to_vec()),

@@ -226,7 +226,7 @@ impl ProxyError {
             ),
             ProxyError::TokenInBody => (
                 StatusCode::BAD_REQUEST,
-                json!({"error": "invalid_request", "error_description": "An access token must be sent in the Authorization header, not in a multipart body."}),
+                json!({"error": "invalid_request", "error_description": "An access token must be sent in the Authorization header, not in the request body."}),
                 None,
             ),
             ProxyError::UnreadableForm => (

@@ -313,7 +313,7 @@ const REWRITES: [&str; 11] = [
 /// Headers some upstream takes for an authenticated user, squeezed (besides `X-Auth-*`, see
 /// [`is_x_auth`], and the configured identity headers): removed from everyone.
 fn is_identity_claim(sq: &[u8]) -> bool {
-    const PREFIXES: [&[u8]; 26] = [
+    const PREFIXES: [&[u8]; 33] = [
         b"xremoteuser",
         b"xremotegroup",
         b"xremoteextra",
@@ -343,6 +343,14 @@ fn is_identity_claim(sq: &[u8]) -> bool {
         b"oidcclaim",
         b"xshib",
         b"impersonate",
+        // kong-oidc, Kong, WSO2, Envoy jwt_authn, Azure App Service tokens.
+        b"xuserinfo",
+        b"xaccesstoken",
+        b"xidtoken",
+        b"xanonymousconsumer",
+        b"xjwtassertion",
+        b"xjwtpayload",
+        b"xmstoken",
     ];
     PREFIXES.iter().any(|p| sq.starts_with(p))
         || matches!(
@@ -589,6 +597,8 @@ where
     // Any framing (Content-Length, chunked, HTTP/2 DATA frames): a body that has not ended.
     let form = is_form(&parts.headers) && !body.is_end_stream();
     let multipart = super::multipart::is_multipart_form(&parts.headers);
+    // No media type: Rack reads a POST body as a form; it is scanned for `access_token`.
+    let untyped = !parts.headers.contains_key(header::CONTENT_TYPE) && !body.is_end_stream();
     if (form || (multipart && !body.is_end_stream())) && !super::access_token::is_readable_form(&parts.headers) {
         return Err(ProxyError::UnreadableForm);
     }
@@ -631,7 +641,13 @@ where
             Some(lease) if !body.is_end_stream() => super::lifetime::EndsWithToken::wrap_request(body, lease),
             _ => body,
         };
-        if multipart { super::multipart::scanned(body) } else { body }
+        if multipart {
+            super::multipart::scanned(body)
+        } else if untyped {
+            super::multipart::scanned_untyped(body)
+        } else {
+            body
+        }
     };
     let req = Request::from_parts(parts, body);
 
@@ -1012,6 +1028,14 @@ mod tests {
             "x-authenticated-user",
             "x_remote_group",
             "remote_groups",
+            "x-userinfo",
+            "x-access-token",
+            "x-id-token",
+            "x-anonymous-consumer",
+            "x-jwt-assertion",
+            "x-jwt-payload",
+            "x-ms-token-aad-access-token",
+            "x-ms-token-aad-id-token",
             "x-ms-client-principal-name",
             "x-goog-authenticated-user-email",
             "x-goog-iap-jwt-assertion",
