@@ -32,38 +32,55 @@ pub(super) fn is_readable_form(headers: &HeaderMap) -> bool {
             c.is_empty() || c.eq_ignore_ascii_case(b"identity")
         })
     });
-    // Every parameter whose name mentions `charset` (`charset*=`, `xcharset=`: a parser
-    // that finds `charset=` by a substring search reads those) must name one of them.
+    // Every `charset` followed by `=` anywhere in a `Content-Type` (a parameter's name,
+    // `charset*=`, `xcharset=`, or inside another parameter's value: some parsers find it
+    // by a substring search) must name a charset in which ASCII is itself.
     let ascii_charset = headers.get_all(header::CONTENT_TYPE).iter().all(|v| {
-        v.as_bytes().split(|&b| b == b';').skip(1).all(|param| {
-            let param = cookies::trim(param);
-            match param.iter().position(|&b| b == b'=') {
-                Some(eq) if param[..eq].windows(7).any(|w| w.eq_ignore_ascii_case(b"charset")) => {
-                    let value = cookies::trim(&param[eq + 1..]);
-                    is_ascii_charset(value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value))
-                }
-                _ => true,
-            }
+        let v = v.as_bytes();
+        (0..v.len().saturating_sub(6)).filter(|&i| v[i..i + 7].eq_ignore_ascii_case(b"charset")).all(|i| {
+            let rest = &v[i + 7..];
+            let rest = rest.strip_prefix(b"*").unwrap_or(rest);
+            let rest = cookies::trim(rest);
+            let Some(value) = rest.strip_prefix(b"=") else { return true };
+            let value = cookies::trim(value);
+            let end = value.iter().position(|&b| matches!(b, b';' | b',' | b' ' | b'\t')).unwrap_or(value.len());
+            let value = &value[..end];
+            is_ascii_charset(value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value))
         })
     });
     identity && ascii_charset
 }
 
-/// Is `name` a charset in which every ASCII byte stands for itself (so `access_token` is
-/// its ASCII bytes)? Only these: anything else (UTF-16, UTF-7, EBCDIC, unknown) is not.
+/// Is `name` a charset in which every byte below 0x80 that stands alone is its ASCII
+/// character, and `&`, `;` and `=` never occur inside a multi-byte character (so the
+/// byte-level reading of names and separators is the upstream's)? UTF-8, ASCII, the ISO
+/// 8859 and Windows code pages, KOI8, and the East Asian EUC, GB, Big5 and Shift_JIS
+/// encodings are; UTF-16/32, UTF-7, ISO-2022 (escape sequences), EBCDIC and anything
+/// unknown are not.
 pub(super) fn is_ascii_charset(name: &[u8]) -> bool {
-    const ASCII_SUPERSETS: [&[u8]; 9] = [
+    const EXACT: [&[u8]; 14] = [
         b"utf-8",
         b"utf8",
         b"us-ascii",
         b"ascii",
-        b"iso-8859-1",
         b"latin1",
-        b"iso-8859-15",
-        b"windows-1252",
         b"cp1252",
+        b"gb2312",
+        b"gbk",
+        b"gb18030",
+        b"big5",
+        b"shift_jis",
+        b"sjis",
+        b"windows-31j",
+        b"cp932",
     ];
-    ASCII_SUPERSETS.iter().any(|c| name.eq_ignore_ascii_case(c))
+    const FAMILIES: [&[u8]; 5] = [b"iso-8859-", b"windows-125", b"koi8-", b"euc-", b"cp125"];
+    EXACT.iter().any(|c| name.eq_ignore_ascii_case(c))
+        || FAMILIES.iter().any(|f| {
+            name.len() > f.len()
+                && name[..f.len()].eq_ignore_ascii_case(f)
+                && name[f.len()..].iter().all(|b| b.is_ascii_alphanumeric())
+        })
 }
 
 /// `input` (a query or form body) without its `access_token` parameters, the other
@@ -72,38 +89,41 @@ pub(super) fn is_ascii_charset(name: &[u8]) -> bool {
 /// Python before 3.9.2 also split on). A name is an access token's by
 /// [`is_access_token_name`].
 pub fn without_access_token(input: &[u8]) -> Option<Vec<u8>> {
-    // Fast path: ASCII without `%` and without a literal `access` (in any case) means
-    // nothing to take out (non-ASCII may spell it in look-alikes).
-    if input.is_ascii() && !input.contains(&b'%') && !input.windows(6).any(|w| w.eq_ignore_ascii_case(b"access")) {
-        return None;
-    }
-    let is_token = |piece: &[u8]| {
-        let name = piece.split(|&b| b == b'=').next().unwrap_or_default();
-        form_urlencoded::parse(name).next().is_some_and(|(k, v)| v.is_empty() && is_access_token_name(&k))
-    };
-    // Each piece with the separator before it (none for the first).
-    let mut pieces: Vec<(Option<u8>, &[u8])> = Vec::new();
-    let mut sep = None;
-    let mut from = 0;
-    for (i, &b) in input.iter().enumerate() {
-        if b == b'&' || b == b';' {
-            pieces.push((sep, &input[from..i]));
-            sep = Some(b);
-            from = i + 1;
-        }
-    }
-    pieces.push((sep, &input[from..]));
-    if !pieces.iter().any(|(_, p)| is_token(p)) {
+    if !holds_access_token(input) {
         return None;
     }
     let mut out = Vec::with_capacity(input.len());
-    for (i, (sep, piece)) in pieces.into_iter().filter(|(_, p)| !is_token(p)).enumerate() {
-        if i > 0 {
-            out.push(sep.unwrap_or(b'&'));
+    let mut first = true;
+    for piece in input.split(|&b| b == b'&' || b == b';') {
+        if is_token_piece(piece) {
+            continue;
         }
+        // A kept piece other than the first goes with its own separator (the byte before it).
+        let at = piece.as_ptr() as usize - input.as_ptr() as usize;
+        if !first && let Some(&sep) = at.checked_sub(1).and_then(|i| input.get(i)) {
+            out.push(sep);
+        }
+        first = false;
         out.extend_from_slice(piece);
     }
     Some(out)
+}
+
+/// Does `input` (a query or form body) hold an `access_token` parameter? No allocation on
+/// the way; the untyped body scan calls it per chunk.
+pub fn holds_access_token(input: &[u8]) -> bool {
+    // Fast path: ASCII without `%` and without a literal `access` (in any case) means
+    // nothing to take out (non-ASCII may spell it in look-alikes).
+    if input.is_ascii() && !input.contains(&b'%') && !input.windows(6).any(|w| w.eq_ignore_ascii_case(b"access")) {
+        return false;
+    }
+    input.split(|&b| b == b'&' || b == b';').any(is_token_piece)
+}
+
+/// Is this `&`/`;`-separated piece an `access_token` parameter (by its name)?
+fn is_token_piece(piece: &[u8]) -> bool {
+    let name = piece.split(|&b| b == b'=').next().unwrap_or_default();
+    form_urlencoded::parse(name).next().is_some_and(|(k, v)| v.is_empty() && is_access_token_name(&k))
 }
 
 #[cfg(test)]
@@ -173,6 +193,13 @@ mod tests {
         assert!(form("application/x-www-form-urlencoded; charset=\"utf-8\"", None));
         assert!(form("multipart/form-data; boundary=x", None));
         assert!(!form("application/x-www-form-urlencoded; xcharset=utf-16le", None));
+        assert!(!form("application/x-www-form-urlencoded; x=charset=UTF-16LE", None));
+        assert!(!form("application/x-www-form-urlencoded; charset = \"utf-16\"", None));
+        for cs in ["windows-1251", "ISO-8859-2", "KOI8-R", "EUC-JP", "Shift_JIS", "GBK", "Big5", "iso-8859-15"] {
+            let ct: &'static str =
+                Box::leak(format!("application/x-www-form-urlencoded; charset={cs}").into_boxed_str());
+            assert!(form(ct, None), "{cs}");
+        }
         for ce in ["gzip", "GZIP", "deflate", "br", "identity, gzip", "x-gzip"] {
             assert!(!form(urlencoded, Some(ce)), "{ce}");
             assert!(!form("multipart/form-data; boundary=x", Some(ce)), "{ce}");
