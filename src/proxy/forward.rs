@@ -382,10 +382,13 @@ fn is_identity_claim(sq: &[u8]) -> bool {
 /// Is the name in the gateway's `X-Auth-*` namespace, in any spelling (`x_auth_user`,
 /// `x.auth.user`, `xauth-user`, `XAuthRequestUser`)? Squeezed (letters and digits), it
 /// begins `xauth`: a framework that drops separators reads `XAuthSubject` as
-/// `X-Auth-Subject`. `x-authorization` and `x-authz`, which some APIs use for their own
-/// credentials, are left alone: no name of the namespace squeezes to theirs.
+/// `X-Auth-Subject`. Names that are other words are left alone (`X-Authorization`,
+/// `X-Authorisation`, `X-Author`, `X-Authz`, `X-Authy-*`, `X-Authentication-*`,
+/// `X-Authenticity-Token`): APIs use them for their own purposes, and no name the gateway
+/// or oauth2-proxy sets (`X-Auth-Subject`, `X-Auth-Request-User`, ...) squeezes to theirs.
 fn is_x_auth(sq: &[u8]) -> bool {
-    sq.starts_with(b"xauth") && !sq.starts_with(b"xauthoriz") && !sq.starts_with(b"xauthz")
+    const OTHER_WORDS: [&[u8]; 4] = [b"xauthor", b"xauthz", b"xauthy", b"xauthent"];
+    sq.starts_with(b"xauth") && !OTHER_WORDS.iter().any(|w| sq.starts_with(w))
 }
 
 /// Is `X-Forwarded-Host` exactly one line whose comma-separated items are all valid
@@ -596,10 +599,14 @@ where
     let uri = upstream_target(route, &parts.uri)?;
     // Any framing (Content-Length, chunked, HTTP/2 DATA frames): a body that has not ended.
     let form = is_form(&parts.headers) && !body.is_end_stream();
-    let multipart = super::multipart::is_multipart_form(&parts.headers);
-    // No media type: Rack reads a POST body as a form; it is scanned for `access_token`.
-    let untyped = !parts.headers.contains_key(header::CONTENT_TYPE) && !body.is_end_stream();
-    if (form || (multipart && !body.is_end_stream())) && !super::access_token::is_readable_form(&parts.headers) {
+    let has_body = !body.is_end_stream();
+    let multipart = has_body && super::multipart::is_multipart_form(&parts.headers);
+    // No media type (none, or a blank one): Rack reads a POST body as a form; it is
+    // scanned for `access_token`.
+    let untyped = has_body
+        && parts.method == http::Method::POST
+        && parts.headers.get_all(header::CONTENT_TYPE).iter().all(|v| cookies::trim(v.as_bytes()).is_empty());
+    if (form || multipart || untyped) && !super::access_token::is_readable_form(&parts.headers) {
         return Err(ProxyError::UnreadableForm);
     }
 
@@ -607,7 +614,8 @@ where
     // only where HTTP/2 carries it (`Upstreams::sends_te`).
     let up = &route.upstream;
     let te_trailers =
-        upstreams.sends_te(&up.scheme, &up.authority, up.h2c, super::lifetime::is_grpc(&parts.headers))
+        parts.headers.contains_key(header::TE)
+            && upstreams.sends_te(&up.scheme, &up.authority, up.h2c, super::lifetime::is_grpc(&parts.headers))
             && parts.headers.get_all(header::TE).iter().any(|v| {
                 v.as_bytes().split(|b| *b == b',').any(|t| cookies::trim(t).eq_ignore_ascii_case(b"trailers"))
             });
@@ -1017,7 +1025,19 @@ mod tests {
         ] {
             assert!(x_auth(n), "{n}");
         }
-        for n in ["x-authorization", "x-authz", "authorization", "auth-x", "x-oauth-user", "x_authorization_token"] {
+        for n in [
+            "x-authorization",
+            "x-authz",
+            "authorization",
+            "auth-x",
+            "x-oauth-user",
+            "x_authorization_token",
+            "x-authorisation",
+            "x-author",
+            "x-authy-signature",
+            "x-authentication-info",
+            "x-authenticity-token",
+        ] {
             assert!(!x_auth(n), "{n}");
         }
         let id = |n: &str| is_identity_claim(Squeezed::new(n.as_bytes()).bytes());
