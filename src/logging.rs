@@ -246,11 +246,17 @@ pub fn filter_directives(rust_log: Option<&str>) -> String {
 /// path, but the refusal is logged too, and a token must never reach a log. A piece that
 /// only shows `access_token` and an `=` once percent-decoded (`x%26access_token%3Dt`, also
 /// encoded twice) is replaced whole: such a piece cannot be split safely, so it fails
-/// closed. A path without `=`, `%3D` or `%25` is returned as it is.
+/// closed. A path without `=`, `%3D`, `%u` or `%25` is returned as it is.
 pub fn redact_tokens(path: &str) -> std::borrow::Cow<'_, str> {
-    // Without an `=`, raw or encoded (`%3D`, or `%25` before it), nothing can be a parameter.
-    let encoded_eq = |w: &[u8]| w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"3d") || &w[1..] == b"25");
-    if !path.contains('=') && !path.as_bytes().windows(3).any(encoded_eq) {
+    // Without an `=`, raw or encoded (`%3D`, `%u003D`, or `%25` before one), nothing can be
+    // a parameter. One pass: `=`, or a `%` followed by `3d`, `25` or `u`.
+    let bytes = path.as_bytes();
+    let escape = |i: usize| match bytes.get(i + 1..i + 3) {
+        Some(w) => w.eq_ignore_ascii_case(b"3d") || w == b"25" || w[0].eq_ignore_ascii_case(&b'u'),
+        None => bytes.get(i + 1).is_some_and(|c| c.eq_ignore_ascii_case(&b'u')),
+    };
+    let may_hold = bytes.iter().enumerate().any(|(i, &b)| b == b'=' || (b == b'%' && escape(i)));
+    if !may_hold {
         return std::borrow::Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
@@ -308,7 +314,8 @@ fn hides_a_token(piece: &str) -> bool {
         if names_a_token(&text) {
             return true;
         }
-        let decoded = percent_encoding::percent_decode_str(&text).decode_utf8_lossy().into_owned();
+        let decoded: String =
+            crate::text::percent_u_decoded(&percent_encoding::percent_decode_str(&text).decode_utf8_lossy()).collect();
         if decoded == *text {
             return false;
         }
@@ -587,6 +594,7 @@ mod tests {
             ("/api;\u{1d41a}\u{1d41c}\u{1d41c}ess_token=t24", "/api;\u{1d41a}\u{1d41c}\u{1d41c}ess_token=[redacted]"),
             ("/api;a\u{33c4}ess_token=t25", "/api;a\u{33c4}ess_token=[redacted]"),
             ("/api;x%2526%25u0061ccess_token%253Dt26", "/api;[redacted]"),
+            ("/api;access_token%u003DeyJ.t27", "/api;[redacted]"),
             ("/api/x;access_token=A/B?q", "/api/x;access_token=[redacted]?q"),
             ("/api;access_token%2525252525252525253Dt12", "/api;[redacted]"),
             // Encoded, but no token parameter: kept as it is.

@@ -130,7 +130,7 @@ pub fn folded_alphanumerics(s: &str) -> impl Iterator<Item = char> + '_ {
 
 /// `s` with every `%uXXXX` (IIS and classic ASP.NET's non-standard escape) decoded; other
 /// text, invalid escapes included, as it is.
-fn percent_u_decoded(s: &str) -> impl Iterator<Item = char> + '_ {
+pub fn percent_u_decoded(s: &str) -> impl Iterator<Item = char> + '_ {
     let mut rest = s;
     std::iter::from_fn(move || {
         let mut chars = rest.chars();
