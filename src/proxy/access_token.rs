@@ -58,6 +58,8 @@ pub(super) fn is_readable_form(headers: &HeaderMap) -> bool {
 /// encodings are; UTF-16/32, UTF-7, ISO-2022 (escape sequences), EBCDIC and anything
 /// unknown are not.
 pub(super) fn is_ascii_charset(name: &[u8]) -> bool {
+    // Blanks around it are ignored by some decoders (Python's codec lookup): not here.
+    let name = cookies::trim(name);
     const EXACT: [&[u8]; 14] = [
         b"utf-8",
         b"utf8",

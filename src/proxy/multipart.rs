@@ -198,8 +198,16 @@ pub fn names_token_field(buf: &[u8]) -> bool {
         let rest = &buf[i.min(buf.len())..];
         // A quoted value ends at its quote, or at the line's end if the quote is never
         // closed (PHP reads `name="access_token` to the end of the line).
+        // An extended value (`charset'lang'text`) runs to the `;`: a blank inside its
+        // charset (`utf-16 ''...`) is one some decoders ignore.
         let end = rest.iter().take(MAX_NAME).position(|&b| {
-            if quoted { matches!(b, b'"' | b'\r' | b'\n') } else { matches!(b, b';' | b'\r' | b'\n' | b' ' | b'\t') }
+            if quoted {
+                matches!(b, b'"' | b'\r' | b'\n')
+            } else if extended {
+                matches!(b, b';' | b'\r' | b'\n')
+            } else {
+                matches!(b, b';' | b'\r' | b'\n' | b' ' | b'\t')
+            }
         });
         let end = match end {
             Some(end) => end,
@@ -269,6 +277,7 @@ fn joined_continuations(line: &[u8]) -> Option<(String, usize)> {
         let rest = &line[i..];
         let value = match rest.strip_prefix(b"\"") {
             Some(q) => &q[..q.iter().position(|&b| b == b'"')?],
+            None if encoded => &rest[..rest.iter().position(|&b| b == b';').unwrap_or(rest.len())],
             None => &rest[..rest.iter().position(|&b| matches!(b, b';' | b' ' | b'\t')).unwrap_or(rest.len())],
         };
         let value = if encoded {
@@ -389,6 +398,10 @@ mod tests {
             "Content-Disposition: form-data; name*0=\"acc\"; name*2=\"ken\"\r\n",
             "Content-Disposition: form-data; name=\"=?UTF-8?Q?access=5Ftoken?=\"\r\n",
             "Content-Disposition: form-data; name=\"=?UTF-16?B?AGEAYw==?=\"\r\n",
+            // Third attack: a blank in the charset of an extended name.
+            "Content-Disposition: form-data; name*=utf-16be ''%00a%00c\r\n",
+            "Content-Disposition: form-data; name*=utf-8 ''access_token\r\n",
+            "Content-Disposition: form-data; name*=utf 16''%00a\r\n",
         ] {
             assert!(names_token_field(part.as_bytes()), "{part}");
         }
