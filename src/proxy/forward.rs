@@ -313,7 +313,7 @@ const REWRITES: [&str; 11] = [
 /// Headers some upstream takes for an authenticated user, squeezed (besides `X-Auth-*`, see
 /// [`is_x_auth`], and the configured identity headers): removed from everyone.
 fn is_identity_claim(sq: &[u8]) -> bool {
-    const PREFIXES: [&[u8]; 33] = [
+    const PREFIXES: [&[u8]; 38] = [
         b"xremoteuser",
         b"xremotegroup",
         b"xremoteextra",
@@ -351,6 +351,12 @@ fn is_identity_claim(sq: &[u8]) -> bool {
         b"xjwtassertion",
         b"xjwtpayload",
         b"xmstoken",
+        // Shibboleth SP, caddy-security, Hasura session variables.
+        b"shib",
+        b"xtokensubject",
+        b"xtokenuser",
+        b"xhasurauserid",
+        b"xhasurarole",
     ];
     PREFIXES.iter().any(|p| sq.starts_with(p))
         || matches!(
@@ -376,6 +382,8 @@ fn is_identity_claim(sq: &[u8]) -> bool {
                 | b"xauthenticateduserid"
                 | b"authenticateduser"
                 | b"xwebauthuser"
+                | b"persistentid"
+                | b"affiliation"
         )
 }
 
@@ -608,6 +616,11 @@ where
         && parts.headers.get_all(header::CONTENT_TYPE).iter().all(|v| cookies::trim(v.as_bytes()).is_empty());
     if (form || multipart || untyped) && !super::access_token::is_readable_form(&parts.headers) {
         return Err(ProxyError::UnreadableForm);
+    }
+    // One body, one media type (RFC 9110 §8.3): with two, the upstream may read the body as
+    // the type this check did not (a multipart body sent as a form too).
+    if has_body && parts.headers.get_all(header::CONTENT_TYPE).iter().nth(1).is_some() {
+        return Err(ProxyError::BadRequestBody);
     }
 
     // gRPC needs `te: trailers` (RFC 9113 §8.2.2 lets HTTP/2 carry that value alone): kept
@@ -1056,6 +1069,14 @@ mod tests {
             "x-jwt-payload",
             "x-ms-token-aad-access-token",
             "x-ms-token-aad-id-token",
+            "shib-session-id",
+            "shib-identity-provider",
+            "persistent-id",
+            "affiliation",
+            "x-token-subject",
+            "x-token-user-email",
+            "x-hasura-user-id",
+            "x-hasura-role",
             "x-ms-client-principal-name",
             "x-goog-authenticated-user-email",
             "x-goog-iap-jwt-assertion",
