@@ -252,10 +252,16 @@ pub fn redact_tokens(path: &str) -> std::borrow::Cow<'_, str> {
     // a parameter. One pass: `=`, or a `%` followed by `3d`, `25` or `u`.
     let bytes = path.as_bytes();
     let escape = |i: usize| match bytes.get(i + 1..i + 3) {
-        Some(w) => w.eq_ignore_ascii_case(b"3d") || w == b"25" || w[0].eq_ignore_ascii_case(&b'u'),
+        // `%EF`: the UTF-8 lead byte of the fullwidth and small forms of `=`.
+        Some(w) => {
+            w.eq_ignore_ascii_case(b"3d")
+                || w == b"25"
+                || w.eq_ignore_ascii_case(b"ef")
+                || w[0].eq_ignore_ascii_case(&b'u')
+        }
         None => bytes.get(i + 1).is_some_and(|c| c.eq_ignore_ascii_case(&b'u')),
     };
-    let may_hold = bytes.iter().enumerate().any(|(i, &b)| b == b'=' || (b == b'%' && escape(i)));
+    let may_hold = bytes.iter().enumerate().any(|(i, &b)| b == b'=' || b >= 0x80 || (b == b'%' && escape(i)));
     if !may_hold {
         return std::borrow::Cow::Borrowed(path);
     }
@@ -306,8 +312,10 @@ pub fn redact_tokens(path: &str) -> std::borrow::Cow<'_, str> {
 /// one: no real path is encoded that deep, and decoding on would let a crafted path cost
 /// the log quadratic work.
 fn hides_a_token(piece: &str) -> bool {
+    // `=`, or its fullwidth and small forms (NFKC reads them as `=`).
     let names_a_token = |text: &str| {
-        text.contains('=') && crate::text::folded_alphanumerics(text).collect::<String>().contains("accesstoken")
+        text.contains(['=', '\u{ff1d}', '\u{fe66}'])
+            && crate::text::folded_alphanumerics(text).collect::<String>().contains("accesstoken")
     };
     let mut text = std::borrow::Cow::Borrowed(piece);
     for _ in 0..8 {
@@ -595,6 +603,8 @@ mod tests {
             ("/api;a\u{33c4}ess_token=t25", "/api;a\u{33c4}ess_token=[redacted]"),
             ("/api;x%2526%25u0061ccess_token%253Dt26", "/api;[redacted]"),
             ("/api;access_token%u003DeyJ.t27", "/api;[redacted]"),
+            ("/api/x;access_token%EF%BC%9Dt28", "/api/x;[redacted]"),
+            ("/api/x;access_token\u{ff1d}t29", "/api/x;[redacted]"),
             ("/api/x;access_token=A/B?q", "/api/x;access_token=[redacted]?q"),
             ("/api;access_token%2525252525252525253Dt12", "/api;[redacted]"),
             // Encoded, but no token parameter: kept as it is.
