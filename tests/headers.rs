@@ -1024,4 +1024,35 @@ async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 415, "{ct} {ce:?}");
     }
+    // Third attack: two media types for one body (HTTP/1.1 and HTTP/2 alike), a blank in an
+    // extended name's charset, and other products' identity headers.
+    let h2 = https_client(&gw.pki.ca_pem, true);
+    for (client, url) in
+        [(&client, gw.http_url("/public/x")), (&client, gw.url("/public/x")), (&h2, gw.url("/public/x"))]
+    {
+        let resp = client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(multipart("name=\"access_token\""))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{url}");
+    }
+    let resp = client
+        .post(gw.url("/public/x"))
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(multipart("name*=utf-8 ''access_token"))
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 400);
+    }
+    for name in ["Shib-Session-ID", "X-Token-Subject", "X-Hasura-User-Id", "X-Hasura-Role", "Persistent-Id"] {
+        let resp = client.get(gw.url("/api/x")).bearer_auth(&token).header(name, "EVIL").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{name}");
+        let echo: Echo = resp.json().await.unwrap();
+        assert!(echo.headers.iter().all(|(_, v)| v != "EVIL"), "{name} reached the upstream: {:?}", echo.headers);
+    }
 }
