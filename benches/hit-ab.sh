@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# CPU µs per cache hit (user / sys, from /proc) of one gateway worker pinned to CPU 1, while
+# h2load (HTTP/1.1, 8 connections) and the nginx upstream share CPU 0. For A/B runs of two
+# builds on a 2-core machine, where req/s is noise:
+#
+#   KEEP=1 ONLY=portcullis/http benches/hitcost.sh     # prints "kept <dir>": config, token
+#   W=<dir> DIR=<dir with pc-old and pc-new> benches/hit-ab.sh old new old new old new
+#
+# Interleave the builds and compare the means: one pair alone is within the noise.
+set -euo pipefail
+W=${W:?set W to a directory kept by KEEP=1 benches/hitcost.sh}
+DIR=${DIR:-/tmp}
+N=${N:-200000}
+cd "$W"
+TOKEN=$(cat token.txt)
+taskset -c 0 nginx -p "$W" -c "$W/etc/up.conf" >/dev/null 2>&1 &
+UP=$!
+trap 'kill $UP 2>/dev/null || true' EXIT
+sleep 1
+hz=$(getconf CLK_TCK)
+for b in "$@"; do
+    PORTCULLIS_WORKER_THREADS=1 taskset -c 1 "$DIR/pc-$b" serve --config etc/portcullis.toml >"run/gw-$b.log" 2>&1 &
+    pid=$!
+    sleep 1.5
+    taskset -c 0 h2load --h1 -n 5000 -c 8 -H "authorization: Bearer $TOKEN" http://127.0.0.1:18101/api/hello >/dev/null
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    out=$(taskset -c 0 h2load --h1 -n "$N" -c 8 -H "authorization: Bearer $TOKEN" http://127.0.0.1:18101/api/hello)
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    grep -q "status codes: $N 2xx" <<<"$out" || { echo "hit-ab.sh: not all 200 for $b" >&2; exit 1; }
+    rps=$(grep -o "[0-9.]* req/s" <<<"$out" | head -1)
+    python3 -c "u=($u1-$u0)/$hz*1e6/$N; s=($s1-$s0)/$hz*1e6/$N; print(f'$b: {u+s:.2f} µs/hit (user {u:.2f} / sys {s:.2f}), $rps')"
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+done
