@@ -9,16 +9,19 @@
 //! than this client (docs/performance.md, "The cache-hit path").
 //! Upgrades (WebSocket) go on fresh HTTP/1.1 connections of their own ([`upgrade`]).
 
+mod h1;
 mod upgrade;
+
+pub use h1::UpstreamBody;
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -30,8 +33,8 @@ use crate::config::Config;
 use crate::http::{Body, BoxError};
 
 /// How long an idle kept-alive connection is kept, and how many per upstream.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-const MAX_IDLE_PER_UPSTREAM: usize = 256;
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const MAX_IDLE_PER_UPSTREAM: usize = 256;
 
 /// Why no response came from the upstream, where the client's own error would not say.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,8 @@ struct Pools {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     /// `h2c://` upstreams: HTTP/2 with prior knowledge.
     h2c: Client<HttpConnector, Body>,
+    /// `http://` upstreams (HTTP/1.1), on hyper's connections directly ([`h1`]).
+    h1: Arc<h1::H1Pool>,
 }
 
 /// The kept-alive connections to every upstream, HTTP and HTTPS (rustls, platform roots
@@ -141,8 +146,12 @@ impl Upstreams {
                 .http2_only(h2_only);
             b
         };
-        let make =
-            move || Pools { client: builder(false).build(https.clone()), h2c: builder(true).build(http.clone()) };
+        let connect_timeout = config.limits.upstream_connect_timeout;
+        let make = move || Pools {
+            client: builder(false).build(https.clone()),
+            h2c: builder(true).build(http.clone()),
+            h1: h1::H1Pool::new(connect_timeout, max_head),
+        };
         Ok(Upstreams {
             pools: (0..MAX_WORKER_POOLS).map(|_| OnceLock::new()).collect(),
             make: Box::new(make),
@@ -176,7 +185,13 @@ impl Upstreams {
         authority: &Authority,
         h2c: bool,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    ) -> Result<Response<UpstreamBody>, BoxError> {
+        // The usual case: plain HTTP/1.1, origin-form (a CONNECT's authority-form is
+        // hyper-util's to write).
+        if *scheme == Scheme::HTTP && !h2c && req.method() != http::Method::CONNECT {
+            let resp = self.pools().h1.send(authority, req).await?;
+            return self.bounded(resp);
+        }
         // The client takes the upstream from an absolute URI; an HTTP/1.1 connection gets
         // the origin-form back, an HTTP/2 one :scheme, :authority and :path.
         let mut parts = http::uri::Parts::default();
@@ -193,13 +208,13 @@ impl Upstreams {
             let resp = self.pools().h2c.request(req).await.map_err(|e| -> BoxError {
                 if e.is_connect() { e.into() } else { UpstreamError::H2cUnanswered(e).into() }
             })?;
-            return self.bounded(resp);
+            return self.bounded(resp.map(UpstreamBody::from));
         }
         let resp = self.pools().client.request(req).await?;
         if *scheme == Scheme::HTTPS {
             self.learn(authority, resp.version() == Version::HTTP_2);
         }
-        self.bounded(resp)
+        self.bounded(resp.map(UpstreamBody::from))
     }
 
     /// This worker thread's clients.
@@ -210,7 +225,7 @@ impl Upstreams {
 
     /// A response whose head (as HTTP/1.1 would spell it) is over `max_head` fails the
     /// exchange: a 502, as if hyper had refused it.
-    fn bounded(&self, resp: Response<Incoming>) -> Result<Response<Incoming>, BoxError> {
+    fn bounded<B>(&self, resp: Response<B>) -> Result<Response<B>, BoxError> {
         let head = resp.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
         if head + "HTTP/1.1 200 OK\r\n\r\n".len() > self.max_head {
             return Err(UpstreamError::HeadTooLarge.into());
