@@ -1068,6 +1068,8 @@ async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
             "name=access_token,x",
             "name=access_token@x",
             "name=access_token/x",
+            "name*0*=utf-8''acc x; name*1=ess_token",
+            "name*0=acc(x; name*1=ess_token",
         ] {
             let resp = client
                 .post(&url)
@@ -1079,9 +1081,13 @@ async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
                 assert_eq!(resp.status(), 400, "{url} {disposition}");
             }
         }
-        for disposition in
-            ["name=file; filename=\"x(1).txt\"", "name*=utf-8''caf%C3%A9", "name=\"field\"", "name=\"access_token(x\""]
-        {
+        for disposition in [
+            "name=file; filename=\"x(1).txt\"",
+            "name*=utf-8''caf%C3%A9",
+            "name=\"field\"",
+            "name=\"access_token(x\"",
+            "name*0*=utf-8''R%C3%A9sum(1); name*1*=%C3%A9.pdf",
+        ] {
             let body = multipart(disposition);
             let resp = client
                 .post(&url)
