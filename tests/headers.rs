@@ -1101,4 +1101,22 @@ async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
             assert_eq!(echo.body_sha256, sha256_hex(body.as_bytes()), "{url} {disposition}");
         }
     }
+    // Review: every Hasura session variable, and more Shibboleth attribute headers.
+    for (client, url) in [(&client, gw.http_url("/api/x")), (&client, gw.url("/api/x")), (&h2, gw.url("/api/x"))] {
+        for name in [
+            "X-Hasura-Org-Id",
+            "X-Hasura-Allowed-Roles",
+            "X_Hasura_Default_Role",
+            "Subject-Id",
+            "Pairwise-Id",
+            "Targeted-Id",
+            "Unscoped-Affiliation",
+            "Entitlement",
+        ] {
+            let resp = client.get(&url).bearer_auth(&token).header(name, "EVIL").send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{url} {name}");
+            let echo: Echo = resp.json().await.unwrap();
+            assert!(echo.headers.iter().all(|(_, v)| v != "EVIL"), "{name} reached the upstream: {:?}", echo.headers);
+        }
+    }
 }
