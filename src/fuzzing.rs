@@ -514,6 +514,14 @@ pub fn peer_params(data: &[u8]) {
     if data.windows(literal.len()).any(|w| w == literal) {
         assert!(found, "a literal access_token field was missed");
     }
+    // Unquoted, ended by any byte that ends a token (a tspecial, a blank, a control or
+    // non-ASCII byte), as Werkzeug and Python read it.
+    let unquoted: &[u8] = b"; name=access_token";
+    let ends_token = |b: Option<&u8>| b.is_none_or(|b| !b.is_ascii_graphic() || b"()<>@,;:\\\"/[]?={}".contains(b));
+    if data.windows(unquoted.len()).enumerate().any(|(i, w)| w == unquoted && ends_token(data.get(i + unquoted.len())))
+    {
+        assert!(found, "an unquoted access_token field was missed");
+    }
     if let Some(members) = crate::issuers::introspection::unique_object(data) {
         let loose: serde_json::Value =
             serde_json::from_slice(data).expect("the strict reader accepted what serde_json refuses");
@@ -554,8 +562,8 @@ fn logged_path_keeps_no_token(path: &str) {
         let (texts, _) = decodings(piece, 8);
         for text in &texts {
             assert!(
-                // `=`, or its fullwidth and small forms, which NFKC reads as `=`.
-                !(text.contains(['=', '\u{ff1d}', '\u{fe66}']) && mentions(text)),
+                // `=`, or any character NFKC reads as holding one (`＝`, `﹦`, `⁼`, `₌`, `⩴`...).
+                !(unicode_normalization::UnicodeNormalization::nfkc(text.as_str()).any(|c| c == '=') && mentions(text)),
                 "a token parameter reached the log: {piece:?} of {path:?}"
             );
         }
@@ -684,6 +692,15 @@ mod tests {
             "/api/x;access_token\u{ff1d}t;b".as_bytes(),
             b"/api/x;access_token%EF%BC%9Dt",
             b"--x\r\nContent-Disposition: form-data; name*=utf-8 ''access_token\r\n\r\nt",
+            // Review: the other NFKC forms of `=` in a path parameter, raw and escaped; names
+            // read as a run of token characters.
+            "/api/x;access_token\u{207c}t;b".as_bytes(),
+            "/api/x;access_token\u{2a75}t;b".as_bytes(),
+            b"/api/x;access_token%E2%82%8Ct",
+            b"/api/x;access_token%e2%a9%b6t",
+            b"--x\r\nContent-Disposition: form-data; name=access_token(x\r\n\r\nt",
+            b"--x\r\nContent-Disposition: form-data; name*=utf-8''access_token x\r\n\r\nt",
+            b"--x\r\nContent-Disposition: form-data; name*0*=utf-8''acc x; name*1=ess_token\r\n\r\nt",
         ] {
             peer_params(input);
         }

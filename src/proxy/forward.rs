@@ -313,7 +313,7 @@ const REWRITES: [&str; 11] = [
 /// Headers some upstream takes for an authenticated user, squeezed (besides `X-Auth-*`, see
 /// [`is_x_auth`], and the configured identity headers): removed from everyone.
 fn is_identity_claim(sq: &[u8]) -> bool {
-    const PREFIXES: [&[u8]; 38] = [
+    const PREFIXES: [&[u8]; 37] = [
         b"xremoteuser",
         b"xremotegroup",
         b"xremoteextra",
@@ -351,12 +351,11 @@ fn is_identity_claim(sq: &[u8]) -> bool {
         b"xjwtassertion",
         b"xjwtpayload",
         b"xmstoken",
-        // Shibboleth SP, caddy-security, Hasura session variables.
+        // Shibboleth SP, caddy-security, Hasura session variables (every X-Hasura-* is one).
         b"shib",
         b"xtokensubject",
         b"xtokenuser",
-        b"xhasurauserid",
-        b"xhasurarole",
+        b"xhasura",
     ];
     PREFIXES.iter().any(|p| sq.starts_with(p))
         || matches!(
@@ -382,8 +381,14 @@ fn is_identity_claim(sq: &[u8]) -> bool {
                 | b"xauthenticateduserid"
                 | b"authenticateduser"
                 | b"xwebauthuser"
+                // Shibboleth SP attribute headers (SAML attributes under their usual ids).
                 | b"persistentid"
                 | b"affiliation"
+                | b"subjectid"
+                | b"pairwiseid"
+                | b"targetedid"
+                | b"unscopedaffiliation"
+                | b"entitlement"
         )
 }
 
@@ -1077,6 +1082,17 @@ mod tests {
             "x-token-user-email",
             "x-hasura-user-id",
             "x-hasura-role",
+            // Review: every Hasura session variable, more Shibboleth attributes.
+            "x-hasura-org-id",
+            "x-hasura-allowed-roles",
+            "x_hasura_default_role",
+            "x-hasura-admin-secret",
+            "subject-id",
+            "pairwise-id",
+            "targeted-id",
+            "unscoped-affiliation",
+            "entitlement",
+            "subject_id",
             "x-ms-client-principal-name",
             "x-goog-authenticated-user-email",
             "x-goog-iap-jwt-assertion",
@@ -1093,7 +1109,18 @@ mod tests {
         ] {
             assert!(id(n), "{n}");
         }
-        for n in ["x-user-agent", "user-agent", "x-request-id", "x-goog-api-key", "x-client-id", "x-scope"] {
+        for n in [
+            "x-user-agent",
+            "user-agent",
+            "x-request-id",
+            "x-goog-api-key",
+            "x-client-id",
+            "x-scope",
+            "x-has-more",
+            "subject",
+            "x-entitlements-version",
+            "x-target-id",
+        ] {
             assert!(!id(n), "{n}");
         }
         // Configured names compare squeezed, up to 64 letters and digits.

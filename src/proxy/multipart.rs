@@ -8,7 +8,9 @@
 //! or a tab, in any case) whose value reads as `access_token` (see
 //! [`super::access_token::is_access_token_name`]) anywhere in the body refuses it, also inside
 //! a file's contents; so do RFC 2231 continuations (`name*0=`) and RFC 2047 encoded words
-//! in a name, which some parsers decode and the scan does not. A match split across chunks is found: the last bytes of each chunk
+//! in a name, which some parsers decode and the scan does not. An unquoted value is judged
+//! both as it runs to its `;` and cut at its first non-token character, as Werkzeug and
+//! Python's email module read it (`name=access_token(x`). A match split across chunks is found: the last bytes of each chunk
 //! are scanned again with the next.
 
 use std::pin::Pin;
@@ -167,7 +169,7 @@ pub fn names_token_field(buf: &[u8]) -> bool {
                     continue;
                 }
                 match joined_continuations(line) {
-                    Some((name, end)) if !is_access_token_name(&name) => {
+                    Some((names, end)) if !names.iter().any(|name| is_access_token_name(name)) => {
                         // The line's other pieces are judged with this one.
                         at = start + end;
                         continue;
@@ -216,45 +218,71 @@ pub fn names_token_field(buf: &[u8]) -> bool {
             None if rest.len() > MAX_NAME => return true,
             None => rest.len(),
         };
-        let mut value = &rest[..end];
-        // RFC 2231 / 5987: charset'language'percent-encoded. A charset in which ASCII is not
-        // itself (Django decodes `utf-16be''%00a%00c...`) cannot be judged here: refused.
-        if extended && let Some(p) = value.iter().rposition(|&b| b == b'\'') {
-            let charset = value.split(|&b| b == b'\'').next().unwrap_or_default();
-            if !charset.is_empty() && !super::access_token::is_ascii_charset(charset) {
-                return true;
-            }
-            value = &value[p + 1..];
-        }
-        let decoded = percent_encoding::percent_decode(value).decode_utf8_lossy();
-        // RFC 2047 encoded words (`=?UTF-8?B?...?=`), which Commons FileUpload decodes in
-        // parameter values, judged decoded; one that cannot be decoded is refused.
-        let decoded = if decoded.contains("=?") {
-            match encoded_words_decoded(&decoded) {
-                Some(text) => std::borrow::Cow::Owned(text),
-                None => return true,
-            }
-        } else {
-            decoded
-        };
-        if is_access_token_name(&decoded) {
+        let value = &rest[..end];
+        // An unquoted value is also read as a run of token characters (Werkzeug, Python's
+        // email module: `name=access_token(x`, `name*=utf-8''access_token x`): judged cut
+        // there as well.
+        if judged_token_name(value, extended)
+            || (!quoted && token_cuts(value).iter().any(|&cut| cut != value && judged_token_name(cut, extended)))
+        {
             return true;
         }
     }
     false
 }
 
+/// The value of an unquoted parameter as token readers end it: cut at the first byte that
+/// is not an RFC 2045 token character (visible ASCII but the tspecials `()<>@,;:\"/[]?=`),
+/// and at the first that is not an RFC 9110 `tchar` (`{` and `}` too, as Werkzeug's
+/// pattern reads); each `value` whole if it has no such byte.
+fn token_cuts(value: &[u8]) -> [&[u8]; 2] {
+    let rfc2045 = |b: &u8| !b.is_ascii_graphic() || b"()<>@,;:\\\"/[]?=".contains(b);
+    let tchar = |b: &u8| rfc2045(b) || matches!(b, b'{' | b'}');
+    let cut = |p: Option<usize>| &value[..p.unwrap_or(value.len())];
+    [cut(value.iter().position(rfc2045)), cut(value.iter().position(tchar))]
+}
+
+/// Does this `name=` (or, `extended`, `name*=`) value read as `access_token`, or can it not
+/// be judged (refused)?
+fn judged_token_name(mut value: &[u8], extended: bool) -> bool {
+    // RFC 2231 / 5987: charset'language'percent-encoded. A charset in which ASCII is not
+    // itself (Django decodes `utf-16be''%00a%00c...`) cannot be judged here: refused.
+    if extended && let Some(p) = value.iter().rposition(|&b| b == b'\'') {
+        let charset = value.split(|&b| b == b'\'').next().unwrap_or_default();
+        if !charset.is_empty() && !super::access_token::is_ascii_charset(charset) {
+            return true;
+        }
+        value = &value[p + 1..];
+    }
+    let decoded = percent_encoding::percent_decode(value).decode_utf8_lossy();
+    // RFC 2047 encoded words (`=?UTF-8?B?...?=`), which Commons FileUpload decodes in
+    // parameter values, judged decoded; one that cannot be decoded is refused.
+    let decoded = if decoded.contains("=?") {
+        match encoded_words_decoded(&decoded) {
+            Some(text) => std::borrow::Cow::Owned(text),
+            None => return true,
+        }
+    } else {
+        decoded
+    };
+    is_access_token_name(&decoded)
+}
+
 /// The longest run of blanks (and folded line ends) read between `name=` and its value.
 const MAX_BLANK: usize = 64;
 
-/// The name an RFC 2231 continuation spells, `line` starting at its first `name*N`: the
+/// The names an RFC 2231 continuation spells, `line` starting at its first `name*N`: the
 /// values of every `name*N=` / `name*N*=` on that line, in the order of `N`, joined, the
-/// extended ones percent-decoded; and where the line ends. `None` (refused) when the line does not end within the
-/// buffer or [`MAX_NAME`] × 4 bytes, a charset is not ASCII-compatible, or a piece is missing.
-fn joined_continuations(line: &[u8]) -> Option<(String, usize)> {
+/// extended ones percent-decoded — once with each unquoted piece as it runs to its `;`
+/// (or blank, unextended), and once with each cut where [`token_cuts`] cuts it (as
+/// Werkzeug and Python read a piece: `name*0*=utf-8''acc x; name*1=ess_token`); and where
+/// the line ends. `None` (refused) when the line does not end within the buffer or
+/// [`MAX_NAME`] × 4 bytes, a charset is not ASCII-compatible, or a piece is missing.
+fn joined_continuations(line: &[u8]) -> Option<(Vec<String>, usize)> {
+    const READINGS: usize = 3;
     let end = line.iter().take(MAX_NAME * 4).position(|&b| matches!(b, b'\r' | b'\n'))?;
     let line = &line[..end];
-    let mut pieces: Vec<(u32, String)> = Vec::new();
+    let mut pieces: Vec<(u32, [String; READINGS])> = Vec::new();
     let mut at = 0;
     while let Some(found) = find_name(&line[at..]) {
         let mut i = at + found + 4;
@@ -275,31 +303,45 @@ fn joined_continuations(line: &[u8]) -> Option<(String, usize)> {
         }
         i += 1;
         let rest = &line[i..];
-        let value = match rest.strip_prefix(b"\"") {
-            Some(q) => &q[..q.iter().position(|&b| b == b'"')?],
-            None if encoded => &rest[..rest.iter().position(|&b| b == b';').unwrap_or(rest.len())],
-            None => &rest[..rest.iter().position(|&b| matches!(b, b';' | b' ' | b'\t')).unwrap_or(rest.len())],
+        let (value, quoted) = match rest.strip_prefix(b"\"") {
+            Some(q) => (&q[..q.iter().position(|&b| b == b'"')?], true),
+            None if encoded => (&rest[..rest.iter().position(|&b| b == b';').unwrap_or(rest.len())], false),
+            None => (&rest[..rest.iter().position(|&b| matches!(b, b';' | b' ' | b'\t')).unwrap_or(rest.len())], false),
         };
-        let value = if encoded {
-            let mut v = value;
-            if let Some(p) = v.iter().rposition(|&b| b == b'\'') {
-                let charset = v.split(|&b| b == b'\'').next().unwrap_or_default();
-                if !charset.is_empty() && !super::access_token::is_ascii_charset(charset) {
-                    return None;
-                }
-                v = &v[p + 1..];
+        // The piece as it runs, then its token cuts.
+        let readings = match quoted {
+            true => [value; READINGS],
+            false => {
+                let [rfc2045, tchar] = token_cuts(value);
+                [value, rfc2045, tchar]
             }
-            percent_encoding::percent_decode(v).decode_utf8_lossy().into_owned()
-        } else {
-            String::from_utf8_lossy(value).into_owned()
         };
-        pieces.push((index, value));
+        let [whole, rfc2045, tchar] = readings.map(|v| continuation_piece(v, encoded));
+        pieces.push((index, [whole?, rfc2045?, tchar?]));
     }
     pieces.sort_by_key(|(n, _)| *n);
     if pieces.iter().enumerate().any(|(k, (n, _))| u32::try_from(k).ok() != Some(*n)) {
         return None;
     }
-    Some((pieces.into_iter().map(|(_, v)| v).collect(), end))
+    let names = (0..READINGS).map(|k| pieces.iter().map(|(_, v)| v[k].as_str()).collect()).collect();
+    Some((names, end))
+}
+
+/// One piece of a continuation: an extended one (`encoded`) without its `charset'lang'`,
+/// percent-decoded; `None` when its charset is not ASCII-compatible.
+fn continuation_piece(value: &[u8], encoded: bool) -> Option<String> {
+    if !encoded {
+        return Some(String::from_utf8_lossy(value).into_owned());
+    }
+    let mut v = value;
+    if let Some(p) = v.iter().rposition(|&b| b == b'\'') {
+        let charset = v.split(|&b| b == b'\'').next().unwrap_or_default();
+        if !charset.is_empty() && !super::access_token::is_ascii_charset(charset) {
+            return None;
+        }
+        v = &v[p + 1..];
+    }
+    Some(percent_encoding::percent_decode(v).decode_utf8_lossy().into_owned())
 }
 
 /// `text` with its RFC 2047 encoded words (`=?charset?B?base64?=`, `=?charset?Q?text?=`)
@@ -402,6 +444,29 @@ mod tests {
             "Content-Disposition: form-data; name*=utf-16be ''%00a%00c\r\n",
             "Content-Disposition: form-data; name*=utf-8 ''access_token\r\n",
             "Content-Disposition: form-data; name*=utf 16''%00a\r\n",
+            // Review: an unquoted value read as a run of token characters (Werkzeug, Python).
+            "Content-Disposition: form-data; name*=utf-8''access_token x\r\n",
+            "Content-Disposition: form-data; name*=utf-8''access%5Ftoken\tx\r\n",
+            "Content-Disposition: form-data; name*=utf-8''access_token(x)\r\n",
+            "Content-Disposition: form-data; name*=UTF-8'en'access_token/x\r\n",
+            "Content-Disposition: form-data; name=access_token(x\r\n",
+            "Content-Disposition: form-data; name=access_token,x\r\n",
+            "Content-Disposition: form-data; name=access_token\"x\r\n",
+            "Content-Disposition: form-data; name=access_token@x\r\n",
+            "Content-Disposition: form-data; name=access_token/x\r\n",
+            "Content-Disposition: form-data; name=access_token:x\r\n",
+            "Content-Disposition: form-data; name=access_token<x>\r\n",
+            "Content-Disposition: form-data; name=access_token=x\r\n",
+            "Content-Disposition: form-data; name=access_token?x\r\n",
+            "Content-Disposition: form-data; name=access_token\\x\r\n",
+            "Content-Disposition: form-data; name=access_token{x}\r\n",
+            "Content-Disposition: form-data; name=access%5Ftoken(x\r\n",
+            "Content-Disposition: form-data; name=access_token\u{e9}\r\n",
+            // Review: continuations whose pieces are read as runs of token characters.
+            "Content-Disposition: form-data; name*0*=utf-8''acc x; name*1=ess_token\r\n",
+            "Content-Disposition: form-data; name*0=acc(x; name*1=ess_token\r\n",
+            "Content-Disposition: form-data; name*0=access; name*1*=utf-8''_token,x\r\n",
+            "Content-Disposition: form-data; name*0*=utf-8''acc x; name*1*=ess_token{x}\r\n",
         ] {
             assert!(names_token_field(part.as_bytes()), "{part}");
         }
@@ -416,6 +481,16 @@ mod tests {
             "Content-Type: application/pdf; name*0*=UTF-8''R%C3%A9sum; name*1*=%C3%A9.pdf\r\n",
             "Content-Type: application/pdf; name=\"=?UTF-8?B?UsOpc3Vtw6kucGRm?=\"\r\n",
             "Content-Type: text/plain; name=\"=?iso-8859-1?Q?caf=E9.txt?=\"\r\n",
+            // Ordinary uploads: token-cut names that are not access_token.
+            "Content-Disposition: form-data; name=file; filename=\"x(1).txt\"\r\n",
+            "Content-Disposition: form-data; name*=utf-8''caf%C3%A9\r\n",
+            "Content-Disposition: form-data; name=\"field\"\r\n",
+            "Content-Disposition: form-data; name=\"access_token(x\"\r\n",
+            "Content-Disposition: form-data; name=access_tokens(x\r\n",
+            "Content-Disposition: form-data; name=my(access_token\r\n",
+            "Content-Disposition: form-data; name*=utf-8''file%20name(1).txt\r\n",
+            "Content-Type: application/pdf; name*0*=UTF-8''R%C3%A9sum(1); name*1*=%C3%A9.pdf\r\n",
+            "Content-Disposition: form-data; name*0=\"acc(x\"; name*1=\"ess_token\"\r\n",
         ] {
             assert!(!names_token_field(part.as_bytes()), "{part}");
         }
