@@ -104,6 +104,17 @@ pub fn is_access_token_name(name: &str) -> bool {
     folds_to_access_token(name) || name.split_once('[').is_some_and(|(base, _)| folds_to_access_token(base))
 }
 
+/// A header name on its ASCII letters and digits, the first 64 of them: `X-Forwarded-For`,
+/// `x_forwarded.for` and `XForwardedFor` are all `xforwardedfor`, as some upstream reads
+/// them (CGI turns `-` into `_`, some frameworks drop separators). Enough for every family
+/// of names the proxy removes, and a prefix still matches.
+pub fn squeezed_name(name: &[u8]) -> Box<[u8]> {
+    name.iter().copied().filter(u8::is_ascii_alphanumeric).take(SQUEEZED_MAX).collect()
+}
+
+/// How many letters and digits of a header name [`squeezed_name`] keeps.
+pub const SQUEEZED_MAX: usize = 64;
+
 /// Does `s`, folded as [`folded_alphanumerics`] folds it, read `accesstoken`?
 fn folds_to_access_token(s: &str) -> bool {
     let mut want = "accesstoken".chars();

@@ -314,6 +314,137 @@ async fn an_abandoned_response_closes_its_upstream_connection_and_the_next_reque
     assert!(accepted(&up) >= 2, "{}", accepted(&up));
 }
 
+/// An upstream that answers with the request's path, and reads request bodies as real
+/// ones do, well or badly: on `/early/...` it answers at once and reads the body afterwards
+/// (Node.js does, HTTP/1.1 allows it); on `/cl0/...` it answers without ever reading the
+/// body (a static file handler), so the body's bytes are read as the next request.
+async fn body_careless_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut buf: Vec<u8> = Vec::new();
+                let mut chunk = [0u8; 65536];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}", path.len());
+                    if path.contains("/cl0/") {
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let early = path.contains("/early/");
+                    if early && s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    while buf.len() < length {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..length);
+                    if !early && s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// An upstream that answers before reading the request body, while the caller is still
+/// uploading it: that connection is not given to the next request (it would wait behind
+/// the upload until `upstream_timeout`, a 504), whichever worker it lands on.
+#[tokio::test]
+async fn a_connection_still_carrying_an_upload_serves_no_other_request() {
+    let up = EchoUpstream::start().await;
+    let (addr, task) = body_careless_upstream().await;
+    let extra = format!("[[route]]\nprefix = \"/early\"\nupstream = \"http://{addr}\"\npublic = true\n");
+    let gw = TestGateway::start_with(up.addr, &extra).await;
+    // Uploads that stall halfway, each answered at once by the upstream.
+    let mut uploads = Vec::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(gw.http).await.unwrap();
+        let head = format!("POST /early/upload{i} HTTP/1.1\r\nhost: gw\r\ncontent-length: 1000000\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&[b'z'; 100]).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the gateway closed upload {i}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        uploads.push(s);
+    }
+    // Other callers, each on a connection of its own (any worker): their own answer, no 504.
+    for i in 0..8 {
+        let path = format!("/early/after{i}");
+        let resp = reqwest::Client::new().get(gw.http_url(&path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i} waited behind an upload");
+        assert_eq!(resp.text().await.unwrap(), path);
+    }
+    drop(uploads);
+    task.abort();
+}
+
+/// An upstream that leaves a request body unread takes it for the next request on that
+/// connection (CL.0 desync), and its answer goes to whoever sends the next request there.
+/// A caller without a token, on a public route, can make that happen; it must not reach
+/// requests on authenticated routes: they never share a connection with public ones.
+#[tokio::test]
+async fn a_public_callers_desync_never_reaches_authenticated_requests() {
+    let up = EchoUpstream::start().await;
+    let (addr, task) = body_careless_upstream().await;
+    let extra = format!(
+        "[[route]]\nprefix = \"/pubcl\"\nupstream = \"http://{addr}\"\npublic = true\n\n\
+         [[route]]\nprefix = \"/apicl\"\nupstream = \"http://{addr}\"\nscopes = [\"read\"]\n"
+    );
+    let gw = TestGateway::start_with(up.addr, &extra).await;
+    let token = svc_token(&gw).await;
+    let client = reqwest::Client::new();
+    // Warm an authenticated connection, so both kinds have one to reuse.
+    let warm = client.get(gw.http_url("/apicl/warm")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(warm.text().await.unwrap(), "/apicl/warm");
+    for round in 0..5 {
+        // The smuggled request's answer lands on the connection the public POST used.
+        let smuggled = "GET /apicl/smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
+        let attack = client.post(gw.http_url(&format!("/pubcl/cl0/{round}"))).body(smuggled).send().await.unwrap();
+        assert_eq!(attack.status(), 200);
+        let _ = attack.bytes().await;
+        for i in 0..4 {
+            let path = format!("/apicl/victim/{round}/{i}");
+            let resp = reqwest::Client::new().get(gw.http_url(&path)).bearer_auth(&token).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.text().await.unwrap();
+            assert_eq!(body, path, "an authenticated request got another request's answer");
+        }
+    }
+    task.abort();
+}
+
 // ---------------------------------------------------------------------------------------
 // HEAD: headers only, on both protocols, for every answer the gateway builds itself.
 

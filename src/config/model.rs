@@ -651,6 +651,10 @@ pub struct IdentityHeaders {
     pub(crate) binding: HeaderName,
     /// The client certificate thumbprint (`x5t#S256`) of a certificate-bound token.
     pub(crate) cert_thumbprint: HeaderName,
+    /// Each of the names above on its ASCII letters and digits (the first 64 of them), as
+    /// the proxy's header pass compares every request header to them: made once here,
+    /// not once per header of every request.
+    pub(crate) squeezed: Box<[Box<[u8]>]>,
 }
 
 impl IdentityHeaders {
@@ -665,6 +669,11 @@ impl IdentityHeaders {
             &self.binding,
             &self.cert_thumbprint,
         ]
+    }
+
+    /// [`IdentityHeaders::squeezed`] made from the names.
+    pub(crate) fn squeeze(&mut self) {
+        self.squeezed = self.all().iter().map(|n| crate::text::squeezed_name(n.as_str().as_bytes())).collect();
     }
 }
 
@@ -835,7 +844,8 @@ pub fn split_scopes(s: &str) -> Vec<String> {
 
 /// The path of `issuer` without its trailing `/`, empty for none (see [`Config::issuer_path`]).
 pub(crate) fn issuer_path_of(issuer: &str) -> &str {
-    let after_scheme = issuer.split_once("://").map_or("", |(_, rest)| rest);
+    // Read on every request (dispatch): a byte scan, not a substring searcher's set-up.
+    let after_scheme = issuer.as_bytes().windows(3).position(|w| w == b"://").map_or("", |i| &issuer[i + 3..]);
     after_scheme.find('/').map_or("", |i| after_scheme[i..].trim_end_matches('/'))
 }
 

@@ -19,19 +19,20 @@ use crate::tokens::validate::Principal;
 pub use crate::upstream::Upstreams;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    HOP_BY_HOP.contains(&name)
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -46,7 +47,11 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|t| HeaderName::from_bytes(cookies::trim(t)).ok())
+        .map(cookies::trim)
+        // Already hop-by-hop by name (`Connection: keep-alive`, on most answers): not
+        // made into a name again.
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_bytes())))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect()
 }
 
@@ -122,18 +127,19 @@ pub(crate) fn drop_gateway_set_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// A header name squeezed to its ASCII letters and digits: `X-Forwarded-For`,
+/// A header name squeezed to its ASCII letters and digits (the bytes of
+/// [`crate::text::squeezed_name`], on the stack): `X-Forwarded-For`,
 /// `x_forwarded.for` and `XForwardedFor` are all `xforwardedfor`, as some upstream reads
 /// them (CGI turns `-` into `_`, some frameworks drop separators). The first 64 such bytes
 /// of a longer name: enough for every family below, and a prefix still matches.
 struct Squeezed {
-    buf: [u8; 64],
+    buf: [u8; crate::text::SQUEEZED_MAX],
     len: usize,
 }
 
 impl Squeezed {
     fn new(name: &[u8]) -> Squeezed {
-        let mut s = Squeezed { buf: [0; 64], len: 0 };
+        let mut s = Squeezed { buf: [0; crate::text::SQUEEZED_MAX], len: 0 };
         for &b in name.iter().filter(|b| b.is_ascii_alphanumeric()) {
             if s.len == s.buf.len() {
                 break;
@@ -147,11 +153,28 @@ impl Squeezed {
     fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+}
 
-    /// Does `name` (lower case, as a `HeaderName` is) squeeze to the same bytes?
-    fn is(&self, name: &[u8]) -> bool {
-        name.iter().filter(|b| b.is_ascii_alphanumeric()).take(self.buf.len()).eq(self.bytes())
-    }
+/// Standard request headers of no family the header pass removes (a test holds each of
+/// them to that): most of a request's headers, looked at without the family checks.
+fn is_plain_standard(name: &HeaderName) -> bool {
+    const PLAIN: [HeaderName; 14] = [
+        header::ACCEPT,
+        header::ACCEPT_ENCODING,
+        header::ACCEPT_LANGUAGE,
+        header::USER_AGENT,
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CACHE_CONTROL,
+        header::COOKIE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::ORIGIN,
+        header::REFERER,
+        header::PRAGMA,
+        header::RANGE,
+    ];
+    PLAIN.contains(name)
 }
 
 /// Headers about the client's address, certificate, or the scheme, host, port or path
@@ -500,6 +523,10 @@ pub(super) fn upstream_headers(
         // Once per header, on the stack: the name on its letters and digits only.
         let sq = Squeezed::new(b);
         let sq_bytes = sq.bytes();
+        let configured = || ids.squeezed.iter().any(|id| **id == *sq_bytes);
+        if is_plain_standard(name) {
+            return configured();
+        }
         // Ours to set: the upstream's own authority, the address we saw.
         n == "host"
             || n == "x-forwarded-for"
@@ -519,7 +546,7 @@ pub(super) fn upstream_headers(
             // and what other gateways use, in every spelling.
             || is_x_auth(sq_bytes)
             || is_identity_claim(sq_bytes)
-            || ids.all().iter().any(|id| sq.is(id.as_str().as_bytes()))
+            || configured()
     });
 
     if let Some(v) = xff {
@@ -678,7 +705,11 @@ where
     let req = Request::from_parts(parts, body);
 
     let upstream = &route.upstream;
-    let sent = upstreams.send(&upstream.scheme, &upstream.authority, upstream.h2c, req);
+    let traffic = match principal {
+        Some(_) => crate::upstream::Traffic::Authenticated,
+        None => crate::upstream::Traffic::Public,
+    };
+    let sent = upstreams.send(&upstream.scheme, &upstream.authority, upstream.h2c, traffic, req);
     let resp = match tokio::time::timeout(limits.upstream_timeout, sent).await {
         Err(_) => return Err(ProxyError::GatewayTimeout),
         // An undeclared body crossed the limit while being sent: the caller's fault, not the upstream's.
@@ -1021,6 +1052,49 @@ mod tests {
         }
     }
 
+    /// The names [`is_plain_standard`] lets skip the family checks are in no family: were
+    /// one added to a family, this fails until it leaves that list.
+    #[test]
+    fn plain_standard_names_are_in_no_family() {
+        for name in [
+            "accept",
+            "accept-encoding",
+            "accept-language",
+            "user-agent",
+            "content-type",
+            "content-length",
+            "cache-control",
+            "cookie",
+            "if-none-match",
+            "if-modified-since",
+            "origin",
+            "referer",
+            "pragma",
+            "range",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert!(is_plain_standard(&name), "{name}");
+            let sq = Squeezed::new(name.as_str().as_bytes());
+            let sq = sq.bytes();
+            assert!(
+                !(is_hop_by_hop(name.as_str())
+                    || is_forwarding_claim(sq)
+                    || is_rewrite(sq)
+                    || is_x_auth(sq)
+                    || is_identity_claim(sq)
+                    || sq == b"proxy"
+                    || sq == b"xrequestid"
+                    || matches!(
+                        name.as_str(),
+                        "host" | "x-forwarded-for" | "forwarded" | "x-real-ip" | "authorization" | "dpop"
+                    )),
+                "{name}"
+            );
+        }
+        assert!(!is_plain_standard(&HeaderName::from_static("x-forwarded-for")));
+        assert!(!is_plain_standard(&HeaderName::from_static("x-auth-user")));
+    }
+
     #[test]
     fn identity_names_are_matched_in_every_spelling() {
         let x_auth = |n: &str| is_x_auth(Squeezed::new(n.as_bytes()).bytes());
@@ -1124,11 +1198,13 @@ mod tests {
             assert!(!id(n), "{n}");
         }
         // Configured names compare squeezed, up to 64 letters and digits.
+        // (`IdentityHeaders::squeezed`, made with `text::squeezed_name`).
         let sq = Squeezed::new(b"my_identity.header");
-        assert!(sq.is(b"my-identity-header") && !sq.is(b"my-identity-headers"));
+        let configured = |name: &[u8]| *crate::text::squeezed_name(name) == *sq.bytes();
+        assert!(configured(b"my-identity-header") && !configured(b"my-identity-headers"));
         let long = "a-".repeat(70);
         assert_eq!(Squeezed::new(long.as_bytes()).bytes().len(), 64);
-        assert!(Squeezed::new(long.as_bytes()).is("a".repeat(80).as_bytes()));
+        assert_eq!(*crate::text::squeezed_name("a".repeat(80).as_bytes()), *Squeezed::new(long.as_bytes()).bytes());
     }
 }
 

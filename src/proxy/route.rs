@@ -63,33 +63,48 @@ pub fn route_linear<'a>(
 /// we route on is then exactly what the upstream sees. An all-ASCII path (the usual case)
 /// never reaches the normaliser.
 pub fn is_safe_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains(['\\', ';']) || path.contains("//") {
+    // One pass over the bytes (this runs on every request): separators, escapes, dot
+    // segments and whether the normaliser is needed.
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return false;
     }
-    let bytes = path.as_bytes();
+    let dot_segment = |seg: &[u8]| seg == b"." || seg == b"..";
     let mut non_ascii = false;
+    let mut segment = 0;
     let mut i = 0;
     while i < bytes.len() {
-        non_ascii |= bytes[i] >= 0x80;
-        if bytes[i] == b'%' {
-            let Some(hex) = path.get(i + 1..i + 3) else { return false };
-            let Ok(b) = u8::from_str_radix(hex, 16) else { return false };
-            // Only escapes that cannot be decoded into path syntax or an unreserved
-            // character: non-ASCII bytes and reserved delimiters other than '/'.
-            let allowed = b >= 0x80 || b" !\"#$&'()*+,:<=>?@[]^`{|}".contains(&b);
-            if !allowed {
-                return false;
+        match bytes[i] {
+            b'\\' | b';' => return false,
+            b'/' => {
+                if (i > 0 && bytes[i - 1] == b'/') || dot_segment(&bytes[segment..i]) {
+                    return false;
+                }
+                segment = i + 1;
+                i += 1;
             }
-            non_ascii |= b >= 0x80;
-            i += 3;
-        } else {
-            i += 1;
+            b'%' => {
+                let Some(hex) = path.get(i + 1..i + 3) else { return false };
+                let Ok(b) = u8::from_str_radix(hex, 16) else { return false };
+                // Only escapes that cannot be decoded into path syntax or an unreserved
+                // character: non-ASCII bytes and reserved delimiters other than '/'.
+                let allowed = b >= 0x80 || b" !\"#$&'()*+,:<=>?@[]^`{|}".contains(&b);
+                if !allowed {
+                    return false;
+                }
+                non_ascii |= b >= 0x80;
+                i += 3;
+            }
+            b => {
+                non_ascii |= b >= 0x80;
+                i += 1;
+            }
         }
     }
-    if non_ascii && !non_ascii_is_safe(bytes) {
+    if dot_segment(&bytes[segment..]) {
         return false;
     }
-    !path.split('/').any(|seg| seg == "." || seg == "..")
+    !non_ascii || non_ascii_is_safe(bytes)
 }
 
 /// Characters that NFKC leaves alone but that a "best fit" code page mapping (or a
@@ -311,6 +326,62 @@ mod tests {
     fn prefix_match_ignores_case() {
         assert!(under("/api", "/API/x"));
         assert!(!under("/api", "/APIx"));
+    }
+
+    /// The one-pass [`is_safe_path`] against the rule as it was first written (several
+    /// scans), on every path of up to four bytes from an alphabet of the bytes that matter
+    /// and on generated longer ones: the same answer for each.
+    #[test]
+    fn the_one_pass_path_check_answers_as_the_plain_rule() {
+        fn plain(path: &str) -> bool {
+            if !path.starts_with('/') || path.contains(['\\', ';']) || path.contains("//") {
+                return false;
+            }
+            let bytes = path.as_bytes();
+            let mut non_ascii = false;
+            let mut i = 0;
+            while i < bytes.len() {
+                non_ascii |= bytes[i] >= 0x80;
+                if bytes[i] == b'%' {
+                    let Some(hex) = path.get(i + 1..i + 3) else { return false };
+                    let Ok(b) = u8::from_str_radix(hex, 16) else { return false };
+                    if !(b >= 0x80 || b" !\"#$&'()*+,:<=>?@[]^`{|}".contains(&b)) {
+                        return false;
+                    }
+                    non_ascii |= b >= 0x80;
+                    i += 3;
+                } else {
+                    i += 1;
+                }
+            }
+            if non_ascii && !non_ascii_is_safe(bytes) {
+                return false;
+            }
+            !path.split('/').any(|seg| seg == "." || seg == "..")
+        }
+        let alphabet = ["/", ".", "a", "%", "2", "F", "e", ";", "\\", "\u{FF0E}", "\u{00A5}", "%C3", "%41"];
+        let mut paths = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> =
+                paths.iter().flat_map(|p| alphabet.iter().map(move |a| format!("{p}{a}"))).collect();
+            paths.extend(longer);
+            paths.sort();
+            paths.dedup();
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            let mut p = String::from("/");
+            for _ in 0..12 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                p.push_str(alphabet[(state % alphabet.len() as u64) as usize]);
+            }
+            paths.push(p);
+        }
+        for p in &paths {
+            assert_eq!(is_safe_path(p), plain(p), "{p:?}");
+        }
     }
 
     #[test]

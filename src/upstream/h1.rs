@@ -5,10 +5,11 @@
 //! the exchange itself around it: a SipHash of the pool key for every checkout and every
 //! return, boxed futures, and a task spawned per request to wait for the connection to be
 //! idle again (docs/performance.md, "A direct HTTP/1.1 pool"). Here each worker thread has
-//! its own idle list per upstream (no other thread touches it: the lock is never
-//! contended), a connection is driven by a task of its own as hyper-util's are (an earlier
-//! hand-written pool drove it from the request's task and paid for that in system time),
-//! and it goes back to the list when its response body ends, found by the body itself.
+//! its own idle list per upstream and traffic class (no other thread touches it: the lock
+//! is never contended), a connection is driven by a task of its own as hyper-util's are
+//! (an earlier hand-written pool drove it from the request's task and paid for that in
+//! system time), and it goes back to the list when its response body has ended, found by
+//! the body itself, and its request body had been sent whole (docs/security.md).
 //!
 //! Kept from hyper-util's client: the connect timeout, the idle timeout and the number of
 //! idle connections per upstream, the response head bound (`max_buf_size`), and one more
@@ -17,6 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -67,8 +69,19 @@ impl H1Pool {
     pub(super) async fn send(
         self: &Arc<Self>,
         authority: &Authority,
-        mut req: Request<Body>,
+        req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
+        // A connection is reused only once both directions are done: an upstream may answer
+        // before it has read the request body (and read it later, or never), and a
+        // connection still carrying an upload would hold the next request until it ends.
+        let (req, sent) = if req.body().is_end_stream() {
+            (req, None)
+        } else {
+            let sent = Arc::new(AtomicBool::new(false));
+            let req = req.map(|inner| http_body_util::BodyExt::boxed(Uploaded { inner, sent: sent.clone() }));
+            (req, Some(sent))
+        };
+        let mut req = req;
         loop {
             let (mut sender, reused) = match self.checkout(authority) {
                 Some(sender) => (sender, true),
@@ -83,7 +96,8 @@ impl H1Pool {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
                     let mut body = UpstreamBody { inner: body, back: None };
-                    let back = Returning { pool: self.clone(), authority: authority.clone(), sender };
+                    let back =
+                        Returning { pool: self.clone(), authority: authority.clone(), sender, sent: sent.clone() };
                     if body.inner.is_end_stream() {
                         back.give();
                     } else {
@@ -178,11 +192,49 @@ struct Returning {
     pool: Arc<H1Pool>,
     authority: Authority,
     sender: SendRequest<Body>,
+    /// Set once the request body has been sent whole (`None`: the request had none).
+    sent: Option<Arc<AtomicBool>>,
 }
 
 impl Returning {
+    /// Back to the idle list if the request went out whole; otherwise dropped, and hyper
+    /// closes the connection once it is done with it.
     fn give(self) {
-        self.pool.checkin(&self.authority, self.sender);
+        if self.sent.is_none_or(|sent| sent.load(Ordering::Acquire)) {
+            self.pool.checkin(&self.authority, self.sender);
+        }
+    }
+}
+
+/// A request body that says when it has been read to its end.
+struct Uploaded {
+    inner: Body,
+    sent: Arc<AtomicBool>,
+}
+
+impl HttpBody for Uploaded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            self.sent.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

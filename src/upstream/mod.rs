@@ -64,6 +64,18 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index % MAX_WORKER_POOLS));
 }
 
+/// Which requests may share an upstream connection. HTTP/1.1 has no request ids: an
+/// upstream that answers out of turn (a request body it never read, taken as the next
+/// request; bytes past a response's end) hands the next request on that connection
+/// someone else's answer. Requests on public routes, which anyone can send, never share a
+/// connection with authenticated ones, so no caller without a token can make an upstream
+/// answer it with what it meant for a token holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    Authenticated = 0,
+    Public = 1,
+}
+
 /// One worker's clients.
 struct Pools {
     /// `http://` and `https://` upstreams; over TLS, h2 or http/1.1 as ALPN picks.
@@ -77,7 +89,7 @@ struct Pools {
 /// The kept-alive connections to every upstream, HTTP and HTTPS (rustls, platform roots
 /// plus an optional operator CA).
 pub struct Upstreams {
-    /// Per worker thread, made on its first request.
+    /// Per worker thread and per [`Traffic`] class, made on its first request.
     pools: Box<[OnceLock<Pools>]>,
     /// Makes a worker's [`Pools`] (the connectors and the client settings).
     make: Box<dyn Fn() -> Pools + Send + Sync>,
@@ -153,7 +165,7 @@ impl Upstreams {
             h1: h1::H1Pool::new(connect_timeout, max_head),
         };
         Ok(Upstreams {
-            pools: (0..MAX_WORKER_POOLS).map(|_| OnceLock::new()).collect(),
+            pools: (0..MAX_WORKER_POOLS * 2).map(|_| OnceLock::new()).collect(),
             make: Box::new(make),
             https_h2: RwLock::default(),
             upgrades,
@@ -177,19 +189,20 @@ impl Upstreams {
     }
 
     /// Send `req` (origin-form target, `Host` set) to `authority` over a kept-alive
-    /// connection, or a new one: HTTP/2 with prior knowledge when `h2c`, over TLS what
-    /// ALPN picks (h2 or http/1.1), else HTTP/1.1.
+    /// connection of its [`Traffic`] class, or a new one: HTTP/2 with prior knowledge when
+    /// `h2c`, over TLS what ALPN picks (h2 or http/1.1), else HTTP/1.1.
     pub(crate) async fn send(
         &self,
         scheme: &Scheme,
         authority: &Authority,
         h2c: bool,
+        traffic: Traffic,
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
         // The usual case: plain HTTP/1.1, origin-form (a CONNECT's authority-form is
         // hyper-util's to write).
         if *scheme == Scheme::HTTP && !h2c && req.method() != http::Method::CONNECT {
-            let resp = self.pools().h1.send(authority, req).await?;
+            let resp = self.pools(traffic).h1.send(authority, req).await?;
             return self.bounded(resp);
         }
         // The client takes the upstream from an absolute URI; an HTTP/1.1 connection gets
@@ -205,22 +218,22 @@ impl Upstreams {
             // an intermediary may send (§8.3.1) and an HTTP/1.1 connection needs.
             req.headers_mut().remove(http::header::HOST);
             *req.version_mut() = Version::HTTP_2;
-            let resp = self.pools().h2c.request(req).await.map_err(|e| -> BoxError {
+            let resp = self.pools(traffic).h2c.request(req).await.map_err(|e| -> BoxError {
                 if e.is_connect() { e.into() } else { UpstreamError::H2cUnanswered(e).into() }
             })?;
             return self.bounded(resp.map(UpstreamBody::from));
         }
-        let resp = self.pools().client.request(req).await?;
+        let resp = self.pools(traffic).client.request(req).await?;
         if *scheme == Scheme::HTTPS {
             self.learn(authority, resp.version() == Version::HTTP_2);
         }
         self.bounded(resp.map(UpstreamBody::from))
     }
 
-    /// This worker thread's clients.
-    fn pools(&self) -> &Pools {
-        let index = WORKER.with(Cell::get);
-        self.pools.get(index).unwrap_or(&self.pools[0]).get_or_init(&self.make)
+    /// This worker thread's clients for this class of traffic.
+    fn pools(&self, traffic: Traffic) -> &Pools {
+        let index = WORKER.with(Cell::get) * 2 + traffic as usize;
+        self.pools.get(index).unwrap_or(&self.pools[traffic as usize]).get_or_init(&self.make)
     }
 
     /// A response whose head (as HTTP/1.1 would spell it) is over `max_head` fails the

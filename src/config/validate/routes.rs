@@ -43,7 +43,7 @@ impl Validator<'_> {
     /// The identity header names; never one that means something else on the way (a
     /// hop-by-hop, credential, framing or forwarding header), never one name twice.
     pub(super) fn identity_headers(&self, h: &RawHeaders) -> Result<IdentityHeaders, ConfigError> {
-        let headers = IdentityHeaders {
+        let mut headers = IdentityHeaders {
             client_id: self.header(&h.client_id, "x-auth-client-id")?,
             subject: self.header(&h.subject, "x-auth-subject")?,
             scope: self.header(&h.scope, "x-auth-scope")?,
@@ -52,7 +52,9 @@ impl Validator<'_> {
             issuer: self.header(&h.issuer, "x-auth-issuer")?,
             binding: self.header(&h.binding, "x-auth-binding")?,
             cert_thumbprint: self.header(&h.cert_thumbprint, "x-auth-cert-thumbprint")?,
+            squeezed: Box::default(),
         };
+        headers.squeeze();
         let raw = [&h.client_id, &h.subject, &h.scope, &h.token_id, &h.user, &h.issuer, &h.binding, &h.cert_thumbprint];
         for (i, (name, given)) in headers.all().into_iter().zip(raw).enumerate() {
             let Some(given) = given else { continue };
