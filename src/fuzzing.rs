@@ -522,6 +522,13 @@ pub fn peer_params(data: &[u8]) {
     {
         assert!(found, "an unquoted access_token field was missed");
     }
+    // An extended name whose text, after its second `'`, is `access'_token` (Werkzeug and
+    // Python's email module read it there), ended as above.
+    let extended: &[u8] = b"; name*=utf-8'en'access'_token";
+    if data.windows(extended.len()).enumerate().any(|(i, w)| w == extended && ends_token(data.get(i + extended.len())))
+    {
+        assert!(found, "an extended access_token field was missed");
+    }
     if let Some(members) = crate::issuers::introspection::unique_object(data) {
         let loose: serde_json::Value =
             serde_json::from_slice(data).expect("the strict reader accepted what serde_json refuses");
@@ -701,6 +708,9 @@ mod tests {
             b"--x\r\nContent-Disposition: form-data; name=access_token(x\r\n\r\nt",
             b"--x\r\nContent-Disposition: form-data; name*=utf-8''access_token x\r\n\r\nt",
             b"--x\r\nContent-Disposition: form-data; name*0*=utf-8''acc x; name*1=ess_token\r\n\r\nt",
+            // Review: an extended name read after its second `'`.
+            b"--x\r\nContent-Disposition: form-data; name*=utf-8'en'access'_token\r\n\r\nt",
+            b"--x\r\nContent-Disposition: form-data; name*0*=utf-8'en'access'; name*1*=_token\r\n\r\nt",
         ] {
             peer_params(input);
         }

@@ -10,7 +10,10 @@
 //! a file's contents; so do RFC 2231 continuations (`name*0=`) and RFC 2047 encoded words
 //! in a name, which some parsers decode and the scan does not. An unquoted value is judged
 //! both as it runs to its `;` and cut at its first non-token character, as Werkzeug and
-//! Python's email module read it (`name=access_token(x`). A match split across chunks is found: the last bytes of each chunk
+//! Python's email module read it (`name=access_token(x`). An extended value
+//! (`charset'lang'text`) is judged whole, after its last `'` and after its second, where
+//! Werkzeug and Python's email module read it (`utf-8'en'access'_token`), also once
+//! percent-decoded first, as Python splits it. A match split across chunks is found: the last bytes of each chunk
 //! are scanned again with the next.
 
 use std::pin::Pin;
@@ -244,17 +247,22 @@ fn token_cuts(value: &[u8]) -> [&[u8]; 2] {
 
 /// Does this `name=` (or, `extended`, `name*=`) value read as `access_token`, or can it not
 /// be judged (refused)?
-fn judged_token_name(mut value: &[u8], extended: bool) -> bool {
-    // RFC 2231 / 5987: charset'language'percent-encoded. A charset in which ASCII is not
-    // itself (Django decodes `utf-16be''%00a%00c...`) cannot be judged here: refused.
-    if extended && let Some(p) = value.iter().rposition(|&b| b == b'\'') {
-        let charset = value.split(|&b| b == b'\'').next().unwrap_or_default();
-        if !charset.is_empty() && !super::access_token::is_ascii_charset(charset) {
-            return true;
-        }
-        value = &value[p + 1..];
+fn judged_token_name(value: &[u8], extended: bool) -> bool {
+    if !extended {
+        return judged_name(&percent_encoding::percent_decode(value).collect::<Vec<u8>>());
     }
-    let decoded = percent_encoding::percent_decode(value).decode_utf8_lossy();
+    // RFC 2231 / 5987: charset'language'percent-encoded, read in every way a reader splits
+    // it (see [`extended_readings`]). A charset in which ASCII is not itself (Django decodes
+    // `utf-16be''%00a%00c...`) cannot be judged here: refused.
+    match extended_readings(value) {
+        Some(names) => names.iter().any(|name| judged_name(name)),
+        None => true,
+    }
+}
+
+/// Does this percent-decoded name read as `access_token`, or can it not be judged?
+fn judged_name(name: &[u8]) -> bool {
+    let decoded = String::from_utf8_lossy(name);
     // RFC 2047 encoded words (`=?UTF-8?B?...?=`), which Commons FileUpload decodes in
     // parameter values, judged decoded; one that cannot be decoded is refused.
     let decoded = if decoded.contains("=?") {
@@ -268,6 +276,47 @@ fn judged_token_name(mut value: &[u8], extended: bool) -> bool {
     is_access_token_name(&decoded)
 }
 
+/// `value` split at its `'` as RFC 2231 readers split `charset'lang'text`: how many `'` it
+/// holds, its charset (the text before the first, all of it when there is none), and the
+/// text read as the name — whole, after the second `'` (Werkzeug, Python's email module and
+/// Django: the text may hold more, `utf-8'en'access'_token` is `access'_token`; whole when
+/// there are fewer than two), and after the last (whole when there is none).
+fn split_ticks(value: &[u8]) -> (usize, &[u8], [&[u8]; 3]) {
+    let mut ticks = value.iter().enumerate().filter(|&(_, &b)| b == b'\'').map(|(p, _)| p);
+    let first = ticks.next();
+    let second = ticks.next();
+    let count = first.map_or(0, |_| 1) + second.map_or(0, |_| 1) + ticks.count();
+    let last = value.iter().rposition(|&b| b == b'\'');
+    let after = |p: Option<usize>| p.map_or(value, |p| &value[p + 1..]);
+    (count, &value[..first.unwrap_or(value.len())], [value, after(second), after(last)])
+}
+
+/// Is `charset` (before an extended value's first `'`) one in which ASCII is itself? The
+/// empty one is (readers fall back to ASCII, Latin-1 or UTF-8).
+fn ascii_charset(charset: &[u8]) -> bool {
+    charset.is_empty() || super::access_token::is_ascii_charset(charset)
+}
+
+/// The names an extended value (`charset'lang'text`) is read as, each percent-decoded:
+/// whole, after its second `'` and after its last ([`split_ticks`]); and split again after
+/// it is percent-decoded, as Python's email module splits it (`utf-8%27%27access_token` is
+/// `access_token` there). `None` (refused) when a charset is not ASCII-compatible: the text
+/// before the first `'` when there is one, or, decoded, when there are two.
+fn extended_readings(value: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let (count, charset, raw) = split_ticks(value);
+    if count > 0 && !ascii_charset(charset) {
+        return None;
+    }
+    let mut names: Vec<Vec<u8>> = raw.iter().map(|v| percent_encoding::percent_decode(v).collect()).collect();
+    let decoded = names[0].clone();
+    let (count, charset, split) = split_ticks(&decoded);
+    if count >= 2 && !ascii_charset(charset) {
+        return None;
+    }
+    names.extend(split[1..].iter().map(|v| v.to_vec()));
+    Some(names)
+}
+
 /// The longest run of blanks (and folded line ends) read between `name=` and its value.
 const MAX_BLANK: usize = 64;
 
@@ -275,14 +324,23 @@ const MAX_BLANK: usize = 64;
 /// values of every `name*N=` / `name*N*=` on that line, in the order of `N`, joined, the
 /// extended ones percent-decoded — once with each unquoted piece as it runs to its `;`
 /// (or blank, unextended), and once with each cut where [`token_cuts`] cuts it (as
-/// Werkzeug and Python read a piece: `name*0*=utf-8''acc x; name*1=ess_token`); and where
-/// the line ends. `None` (refused) when the line does not end within the buffer or
-/// [`MAX_NAME`] × 4 bytes, a charset is not ASCII-compatible, or a piece is missing.
+/// Werkzeug and Python read a piece: `name*0*=utf-8''acc x; name*1=ess_token`); each of
+/// these with every extended piece whole, after its second `'` (Werkzeug reads each piece
+/// so) and after its last ([`split_ticks`]), and once more joined first and then split at
+/// its `'` as Python's email module splits it (`name*0*=utf-8'en'acc; name*1*=ess'_token`
+/// is `access'_token` there); and where the line ends. `None` (refused) when the line does
+/// not end within the buffer or [`MAX_NAME`] × 4 bytes, a charset is not ASCII-compatible,
+/// or a piece is missing.
 fn joined_continuations(line: &[u8]) -> Option<(Vec<String>, usize)> {
-    const READINGS: usize = 3;
+    /// How a piece is cut: as it runs, and at its first non-token character both ways.
+    const CUTS: usize = 3;
+    /// How an extended piece is split at its `'`: whole, after the second, after the last.
+    const SPLITS: usize = 3;
     let end = line.iter().take(MAX_NAME * 4).position(|&b| matches!(b, b'\r' | b'\n'))?;
     let line = &line[..end];
-    let mut pieces: Vec<(u32, [String; READINGS])> = Vec::new();
+    /// A piece's readings, by cut and then by split.
+    type Readings = [[Vec<u8>; SPLITS]; CUTS];
+    let mut pieces: Vec<(u32, bool, Readings)> = Vec::new();
     let mut at = 0;
     while let Some(found) = find_name(&line[at..]) {
         let mut i = at + found + 4;
@@ -309,39 +367,53 @@ fn joined_continuations(line: &[u8]) -> Option<(Vec<String>, usize)> {
             None => (&rest[..rest.iter().position(|&b| matches!(b, b';' | b' ' | b'\t')).unwrap_or(rest.len())], false),
         };
         // The piece as it runs, then its token cuts.
-        let readings = match quoted {
-            true => [value; READINGS],
+        let cuts = match quoted {
+            true => [value; CUTS],
             false => {
                 let [rfc2045, tchar] = token_cuts(value);
                 [value, rfc2045, tchar]
             }
         };
-        let [whole, rfc2045, tchar] = readings.map(|v| continuation_piece(v, encoded));
-        pieces.push((index, [whole?, rfc2045?, tchar?]));
+        let [whole, rfc2045, tchar] = cuts.map(|v| continuation_piece(v, encoded));
+        pieces.push((index, encoded, [whole?, rfc2045?, tchar?]));
     }
-    pieces.sort_by_key(|(n, _)| *n);
-    if pieces.iter().enumerate().any(|(k, (n, _))| u32::try_from(k).ok() != Some(*n)) {
+    pieces.sort_by_key(|(n, ..)| *n);
+    if pieces.iter().enumerate().any(|(k, (n, ..))| u32::try_from(k).ok() != Some(*n)) {
         return None;
     }
-    let names = (0..READINGS).map(|k| pieces.iter().map(|(_, v)| v[k].as_str()).collect()).collect();
+    let extended = pieces.iter().any(|(_, encoded, _)| *encoded);
+    let mut names = Vec::new();
+    for cut in 0..CUTS {
+        for split in 0..SPLITS {
+            let joined: Vec<u8> = pieces.iter().flat_map(|(.., v)| v[cut][split].iter().copied()).collect();
+            names.push(String::from_utf8_lossy(&joined).into_owned());
+        }
+        if extended {
+            // Python's email module: the pieces joined (the extended ones decoded), then
+            // split at the first two `'` of the whole.
+            let joined: Vec<u8> = pieces.iter().flat_map(|(.., v)| v[cut][0].iter().copied()).collect();
+            let (count, charset, split) = split_ticks(&joined);
+            if count >= 2 && !ascii_charset(charset) {
+                return None;
+            }
+            names.extend(split[1..].iter().map(|v| String::from_utf8_lossy(v).into_owned()));
+        }
+    }
     Some((names, end))
 }
 
-/// One piece of a continuation: an extended one (`encoded`) without its `charset'lang'`,
-/// percent-decoded; `None` when its charset is not ASCII-compatible.
-fn continuation_piece(value: &[u8], encoded: bool) -> Option<String> {
+/// One piece of a continuation, as each split reads it (for an extended one, `encoded`:
+/// [`split_ticks`], each reading percent-decoded; any other as it is); `None` when its
+/// charset is not ASCII-compatible.
+fn continuation_piece(value: &[u8], encoded: bool) -> Option<[Vec<u8>; 3]> {
     if !encoded {
-        return Some(String::from_utf8_lossy(value).into_owned());
+        return Some([value.to_vec(), value.to_vec(), value.to_vec()]);
     }
-    let mut v = value;
-    if let Some(p) = v.iter().rposition(|&b| b == b'\'') {
-        let charset = v.split(|&b| b == b'\'').next().unwrap_or_default();
-        if !charset.is_empty() && !super::access_token::is_ascii_charset(charset) {
-            return None;
-        }
-        v = &v[p + 1..];
+    let (count, charset, split) = split_ticks(value);
+    if count > 0 && !ascii_charset(charset) {
+        return None;
     }
-    Some(percent_encoding::percent_decode(v).decode_utf8_lossy().into_owned())
+    Some(split.map(|v| percent_encoding::percent_decode(v).collect()))
 }
 
 /// `text` with its RFC 2047 encoded words (`=?charset?B?base64?=`, `=?charset?Q?text?=`)
@@ -467,6 +539,25 @@ mod tests {
             "Content-Disposition: form-data; name*0=acc(x; name*1=ess_token\r\n",
             "Content-Disposition: form-data; name*0=access; name*1*=utf-8''_token,x\r\n",
             "Content-Disposition: form-data; name*0*=utf-8''acc x; name*1*=ess_token{x}\r\n",
+            // Review: an extended value read after its second `'` (Werkzeug, Python's email
+            // module, Django), whole when it holds fewer than two, split after it is
+            // percent-decoded (Python); continuations so read, piece by piece or joined.
+            "Content-Disposition: form-data; name*=utf-8'en'access'_token\r\n",
+            "Content-Disposition: form-data; name*=utf-8''access'_token\r\n",
+            "Content-Disposition: form-data; name*=UTF-8'en'access'_token x\r\n",
+            "Content-Disposition: form-data; name*=utf-8'en'access'%5Ftoken\r\n",
+            "Content-Disposition: form-data; name*=utf-8%27%27access_token\r\n",
+            "Content-Disposition: form-data; name*=utf-16be%27%27%00a%00c\r\n",
+            "Content-Disposition: form-data; name*0*=utf-8'en'access'; name*1*=_token\r\n",
+            "Content-Disposition: form-data; name*0*=utf-8'en'access'_tok; name*1*=en\r\n",
+            "Content-Disposition: form-data; name*0*=utf-8%27%27acc; name*1*=ess_token\r\n",
+            "Content-Disposition: form-data; name*0*=utf-16be%27%27; name*1*=%00a\r\n",
+            "Content-Disposition: form-data; name*0*=utf-8''%EF%BD; name*1*=%81ccess_token\r\n",
+            // Read whole (fewer than two `'`) or by a later `'`: refused for their charset too.
+            "Content-Disposition: form-data; name*=access'_token\r\n",
+            "Content-Disposition: form-data; name*=access_token'\r\n",
+            "Content-Disposition: form-data; name*=utf-16be'en'x'y\r\n",
+            "Content-Disposition: form-data; name*0*=utf-8'en'acc; name*1*=ess'_token\r\n",
         ] {
             assert!(names_token_field(part.as_bytes()), "{part}");
         }
@@ -491,6 +582,13 @@ mod tests {
             "Content-Disposition: form-data; name*=utf-8''file%20name(1).txt\r\n",
             "Content-Type: application/pdf; name*0*=UTF-8''R%C3%A9sum(1); name*1*=%C3%A9.pdf\r\n",
             "Content-Disposition: form-data; name*0=\"acc(x\"; name*1=\"ess_token\"\r\n",
+            // Ordinary extended names, with a language, an escaped or a literal `'`.
+            "Content-Disposition: form-data; name*=utf-8'en'file\r\n",
+            "Content-Disposition: form-data; name*=utf-8''l%27%C3%A9t%C3%A9\r\n",
+            "Content-Disposition: form-data; name*=utf-8'en'o'brien\r\n",
+            "Content-Disposition: form-data; name*=o%27brien\r\n",
+            "Content-Type: application/pdf; name*0*=UTF-8'en'R%C3%A9sum; name*1*=%C3%A9.pdf\r\n",
+            "Content-Type: application/pdf; name*0*=UTF-8''l%27%C3%A9t; name*1*=%C3%A9.pdf\r\n",
         ] {
             assert!(!names_token_field(part.as_bytes()), "{part}");
         }
