@@ -13,6 +13,8 @@ DIR=${DIR:-/tmp}
 N=${N:-200000}
 cd "$W"
 TOKEN=$(cat token.txt)
+# The plaintext listener of the kept config (hitcost.sh's PORT_BASE + 1).
+URL="http://$(grep -m1 -o '127\.0\.0\.1:[0-9]*' etc/portcullis.toml)/api/hello"
 taskset -c 0 nginx -p "$W" -c "$W/etc/up.conf" >/dev/null 2>&1 &
 UP=$!
 trap 'kill $UP 2>/dev/null || true' EXIT
@@ -22,9 +24,9 @@ for b in "$@"; do
     PORTCULLIS_WORKER_THREADS=1 taskset -c 1 "$DIR/pc-$b" serve --config etc/portcullis.toml >"run/gw-$b.log" 2>&1 &
     pid=$!
     sleep 1.5
-    taskset -c 0 h2load --h1 -n 5000 -c 8 -H "authorization: Bearer $TOKEN" http://127.0.0.1:18101/api/hello >/dev/null
+    taskset -c 0 h2load --h1 -n 5000 -c 8 -H "authorization: Bearer $TOKEN" "$URL" >/dev/null
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-    out=$(taskset -c 0 h2load --h1 -n "$N" -c 8 -H "authorization: Bearer $TOKEN" http://127.0.0.1:18101/api/hello)
+    out=$(taskset -c 0 h2load --h1 -n "$N" -c 8 -H "authorization: Bearer $TOKEN" "$URL")
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     grep -q "status codes: $N 2xx" <<<"$out" || { echo "hit-ab.sh: not all 200 for $b" >&2; exit 1; }
     rps=$(grep -o "[0-9.]* req/s" <<<"$out" | head -1)
