@@ -13,9 +13,13 @@
 //! Python's email module read it (`name=access_token(x`). An extended value
 //! (`charset'lang'text`) is judged whole, after its last `'` and after its second, where
 //! Werkzeug and Python's email module read it (`utf-8'en'access'_token`), also once
-//! percent-decoded first, as Python splits it. A match split across chunks is found: the last bytes of each chunk
-//! are scanned again with the next.
+//! percent-decoded first, as Python splits it. A name that is not ASCII is read in every
+//! way a reader decodes its bytes ([`readings`]): as UTF-8, as Latin-1, and in the charset
+//! it declares (`name*=iso-8859-1''%AAccess_token` is `ªccess_token`, which NFKC reads as
+//! `access_token`); a declared charset the scan does not know refuses it. A match split
+//! across chunks is found: the last bytes of each chunk are scanned again with the next.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -249,31 +253,75 @@ fn token_cuts(value: &[u8]) -> [&[u8]; 2] {
 /// be judged (refused)?
 fn judged_token_name(value: &[u8], extended: bool) -> bool {
     if !extended {
-        return judged_name(&percent_encoding::percent_decode(value).collect::<Vec<u8>>());
+        return judged_name(&percent_encoding::percent_decode(value).collect::<Vec<u8>>(), &[]);
     }
     // RFC 2231 / 5987: charset'language'percent-encoded, read in every way a reader splits
-    // it (see [`extended_readings`]). A charset in which ASCII is not itself (Django decodes
-    // `utf-16be''%00a%00c...`) cannot be judged here: refused.
+    // it (see [`extended_readings`]), each in every charset it may be read in. A charset in
+    // which ASCII is not itself (Django decodes `utf-16be''%00a%00c...`) cannot be judged
+    // here: refused.
     match extended_readings(value) {
-        Some(names) => names.iter().any(|name| judged_name(name)),
+        Some((names, charsets)) => {
+            let charsets: Vec<&[u8]> = charsets.iter().map(Vec::as_slice).collect();
+            names.iter().any(|name| judged_name(name, &charsets))
+        }
         None => true,
     }
 }
 
-/// Does this percent-decoded name read as `access_token`, or can it not be judged?
-fn judged_name(name: &[u8]) -> bool {
-    let decoded = String::from_utf8_lossy(name);
-    // RFC 2047 encoded words (`=?UTF-8?B?...?=`), which Commons FileUpload decodes in
-    // parameter values, judged decoded; one that cannot be decoded is refused.
-    let decoded = if decoded.contains("=?") {
-        match encoded_words_decoded(&decoded) {
-            Some(text) => std::borrow::Cow::Owned(text),
-            None => return true,
+/// Does this percent-decoded name, read in each of its [`readings`] (`charsets`: those it
+/// declares), read as `access_token`, or can it not be judged?
+fn judged_name(name: &[u8], charsets: &[&[u8]]) -> bool {
+    let Some(texts) = readings(name, charsets) else { return true };
+    texts.iter().any(|decoded| {
+        // RFC 2047 encoded words (`=?UTF-8?B?...?=`), which Commons FileUpload decodes in
+        // parameter values, judged decoded; one that cannot be decoded is refused.
+        if decoded.contains("=?") {
+            match encoded_words_decoded(decoded) {
+                Some(texts) => texts.iter().any(|text| is_access_token_name(text)),
+                None => true,
+            }
+        } else {
+            is_access_token_name(decoded)
         }
-    } else {
-        decoded
+    })
+}
+
+/// The texts a reader may decode a name's `bytes` to: UTF-8 (invalid sequences replaced);
+/// when they are not all ASCII, also Latin-1 byte for byte (Starlette reads a name that is
+/// not UTF-8 so; readers without a charset fall back to it) and each of `charsets` (those
+/// it declares: `iso-8859-1''%AAccess_token` is `ªccess_token`, which NFKC folds to
+/// `access_token`; Shift_JIS and the EUC and GB charsets have fullwidth letters). `None`
+/// (refused) when a declared charset is one the scan cannot decode.
+fn readings<'a>(bytes: &'a [u8], charsets: &[&[u8]]) -> Option<Vec<Cow<'a, str>>> {
+    let mut texts = vec![String::from_utf8_lossy(bytes)];
+    if bytes.is_ascii() {
+        return Some(texts);
+    }
+    texts.push(Cow::Owned(latin1(bytes)));
+    for charset in charsets {
+        texts.push(Cow::Owned(decoded_in(bytes, charset)?));
+    }
+    Some(texts)
+}
+
+/// `bytes` read as ISO 8859-1, one character a byte.
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().copied().map(char::from).collect()
+}
+
+/// `bytes` decoded in `charset` (a label as RFC 2231 and 2047 carry it; the empty one read
+/// as Windows-1252, which is what a Latin-1 label means to web readers); `None` when the
+/// bytes are not ASCII and `encoding_rs` does not know the label (`cp932`, `euc-tw`).
+fn decoded_in(bytes: &[u8], charset: &[u8]) -> Option<String> {
+    if bytes.is_ascii() {
+        return Some(String::from_utf8_lossy(bytes).into_owned());
+    }
+    let charset = crate::cookies::trim(charset);
+    let encoding = match charset.is_empty() {
+        true => encoding_rs::WINDOWS_1252,
+        false => encoding_rs::Encoding::for_label_no_replacement(charset)?,
     };
-    is_access_token_name(&decoded)
+    Some(encoding.decode_without_bom_handling(bytes).0.into_owned())
 }
 
 /// `value` split at its `'` as RFC 2231 readers split `charset'lang'text`: how many `'` it
@@ -297,24 +345,35 @@ fn ascii_charset(charset: &[u8]) -> bool {
     charset.is_empty() || super::access_token::is_ascii_charset(charset)
 }
 
+/// Names (percent-decoded bytes) and the charsets they declare.
+type NamesAndCharsets = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// The names an extended value (`charset'lang'text`) is read as, each percent-decoded:
 /// whole, after its second `'` and after its last ([`split_ticks`]); and split again after
 /// it is percent-decoded, as Python's email module splits it (`utf-8%27%27access_token` is
-/// `access_token` there). `None` (refused) when a charset is not ASCII-compatible: the text
+/// `access_token` there); with the charsets they declare, each name to be read in all of
+/// them (see [`readings`]). `None` (refused) when a charset is not ASCII-compatible: the text
 /// before the first `'` when there is one, or, decoded, when there are two.
-fn extended_readings(value: &[u8]) -> Option<Vec<Vec<u8>>> {
+fn extended_readings(value: &[u8]) -> Option<NamesAndCharsets> {
+    let mut charsets = Vec::new();
     let (count, charset, raw) = split_ticks(value);
-    if count > 0 && !ascii_charset(charset) {
-        return None;
+    if count > 0 {
+        if !ascii_charset(charset) {
+            return None;
+        }
+        charsets.push(charset.to_vec());
     }
     let mut names: Vec<Vec<u8>> = raw.iter().map(|v| percent_encoding::percent_decode(v).collect()).collect();
     let decoded = names[0].clone();
     let (count, charset, split) = split_ticks(&decoded);
-    if count >= 2 && !ascii_charset(charset) {
-        return None;
+    if count >= 2 {
+        if !ascii_charset(charset) {
+            return None;
+        }
+        charsets.push(charset.to_vec());
     }
     names.extend(split[1..].iter().map(|v| v.to_vec()));
-    Some(names)
+    Some((names, charsets))
 }
 
 /// The longest run of blanks (and folded line ends) read between `name=` and its value.
@@ -328,9 +387,12 @@ const MAX_BLANK: usize = 64;
 /// these with every extended piece whole, after its second `'` (Werkzeug reads each piece
 /// so) and after its last ([`split_ticks`]), and once more joined first and then split at
 /// its `'` as Python's email module splits it (`name*0*=utf-8'en'acc; name*1*=ess'_token`
-/// is `access'_token` there); and where the line ends. `None` (refused) when the line does
-/// not end within the buffer or [`MAX_NAME`] × 4 bytes, a charset is not ASCII-compatible,
-/// or a piece is missing.
+/// is `access'_token` there); each joined name in all its [`readings`], every charset a
+/// piece declares among them (Python's email module decodes the joined bytes in the first
+/// piece's: `name*0*=shift_jis''%82; name*1*=%60ccess_token` is `Ａccess_token`); and
+/// where the line ends. `None` (refused) when the line does not end within the buffer or
+/// [`MAX_NAME`] × 4 bytes, a charset is not ASCII-compatible or cannot be decoded, or a
+/// piece is missing.
 fn joined_continuations(line: &[u8]) -> Option<(Vec<String>, usize)> {
     /// How a piece is cut: as it runs, and at its first non-token character both ways.
     const CUTS: usize = 3;
@@ -341,6 +403,8 @@ fn joined_continuations(line: &[u8]) -> Option<(Vec<String>, usize)> {
     /// A piece's readings, by cut and then by split.
     type Readings = [[Vec<u8>; SPLITS]; CUTS];
     let mut pieces: Vec<(u32, bool, Readings)> = Vec::new();
+    // The charsets the pieces declare.
+    let mut charsets: Vec<Vec<u8>> = Vec::new();
     let mut at = 0;
     while let Some(found) = find_name(&line[at..]) {
         let mut i = at + found + 4;
@@ -375,55 +439,74 @@ fn joined_continuations(line: &[u8]) -> Option<(Vec<String>, usize)> {
             }
         };
         let [whole, rfc2045, tchar] = cuts.map(|v| continuation_piece(v, encoded));
-        pieces.push((index, encoded, [whole?, rfc2045?, tchar?]));
+        let [whole, rfc2045, tchar] = [whole?, rfc2045?, tchar?];
+        charsets.extend(whole.1.into_iter().chain(rfc2045.1).chain(tchar.1));
+        pieces.push((index, encoded, [whole.0, rfc2045.0, tchar.0]));
     }
     pieces.sort_by_key(|(n, ..)| *n);
     if pieces.iter().enumerate().any(|(k, (n, ..))| u32::try_from(k).ok() != Some(*n)) {
         return None;
     }
     let extended = pieces.iter().any(|(_, encoded, _)| *encoded);
-    let mut names = Vec::new();
+    let mut joined_names: Vec<Vec<u8>> = Vec::new();
     for cut in 0..CUTS {
         for split in 0..SPLITS {
-            let joined: Vec<u8> = pieces.iter().flat_map(|(.., v)| v[cut][split].iter().copied()).collect();
-            names.push(String::from_utf8_lossy(&joined).into_owned());
+            joined_names.push(pieces.iter().flat_map(|(.., v)| v[cut][split].iter().copied()).collect());
         }
         if extended {
             // Python's email module: the pieces joined (the extended ones decoded), then
             // split at the first two `'` of the whole.
             let joined: Vec<u8> = pieces.iter().flat_map(|(.., v)| v[cut][0].iter().copied()).collect();
             let (count, charset, split) = split_ticks(&joined);
-            if count >= 2 && !ascii_charset(charset) {
-                return None;
+            if count >= 2 {
+                if !ascii_charset(charset) {
+                    return None;
+                }
+                charsets.push(charset.to_vec());
             }
-            names.extend(split[1..].iter().map(|v| String::from_utf8_lossy(v).into_owned()));
+            joined_names.extend(split[1..].iter().map(|v| v.to_vec()));
         }
+    }
+    charsets.sort();
+    charsets.dedup();
+    let charsets: Vec<&[u8]> = charsets.iter().map(Vec::as_slice).collect();
+    let mut names = Vec::new();
+    for joined in &joined_names {
+        names.extend(readings(joined, &charsets)?.into_iter().map(Cow::into_owned));
     }
     Some((names, end))
 }
 
+/// A continuation piece's three splits, and the charset it declares if any.
+type PieceReadings = ([Vec<u8>; 3], Option<Vec<u8>>);
+
 /// One piece of a continuation, as each split reads it (for an extended one, `encoded`:
-/// [`split_ticks`], each reading percent-decoded; any other as it is); `None` when its
-/// charset is not ASCII-compatible.
-fn continuation_piece(value: &[u8], encoded: bool) -> Option<[Vec<u8>; 3]> {
+/// [`split_ticks`], each reading percent-decoded; any other as it is), and the charset it
+/// declares if any; `None` when that charset is not ASCII-compatible.
+fn continuation_piece(value: &[u8], encoded: bool) -> Option<PieceReadings> {
     if !encoded {
-        return Some([value.to_vec(), value.to_vec(), value.to_vec()]);
+        return Some(([value.to_vec(), value.to_vec(), value.to_vec()], None));
     }
     let (count, charset, split) = split_ticks(value);
     if count > 0 && !ascii_charset(charset) {
         return None;
     }
-    Some(split.map(|v| percent_encoding::percent_decode(v).collect()))
+    Some((split.map(|v| percent_encoding::percent_decode(v).collect()), (count > 0).then(|| charset.to_vec())))
 }
 
 /// `text` with its RFC 2047 encoded words (`=?charset?B?base64?=`, `=?charset?Q?text?=`)
-/// decoded; `None` when one is malformed or in a charset that is not ASCII-compatible.
-fn encoded_words_decoded(text: &str) -> Option<String> {
+/// decoded, three ways: every word's bytes as UTF-8, as Latin-1, and in the charset the
+/// word declares (`=?iso-8859-1?Q?=AAccess_token?=` is `ªccess token`); `None` when one is
+/// malformed, in a charset that is not ASCII-compatible, or in one that cannot be decoded
+/// ([`decoded_in`]).
+fn encoded_words_decoded(text: &str) -> Option<[String; 3]> {
     use base64::Engine;
-    let mut out = String::new();
+    let mut out = [String::new(), String::new(), String::new()];
     let mut rest = text;
     while let Some(open) = rest.find("=?") {
-        out.push_str(&rest[..open]);
+        for o in &mut out {
+            o.push_str(&rest[..open]);
+        }
         let word = &rest[open + 2..];
         let (charset, word) = word.split_once('?')?;
         let (coding, word) = word.split_once('?')?;
@@ -440,10 +523,15 @@ fn encoded_words_decoded(text: &str) -> Option<String> {
         } else {
             return None;
         };
-        out.push_str(&String::from_utf8_lossy(&bytes));
+        let [utf8, latin, declared] = &mut out;
+        utf8.push_str(&String::from_utf8_lossy(&bytes));
+        latin.push_str(&latin1(&bytes));
+        declared.push_str(&decoded_in(&bytes, charset.as_bytes())?);
         rest = after;
     }
-    out.push_str(rest);
+    for o in &mut out {
+        o.push_str(rest);
+    }
     Some(out)
 }
 
@@ -558,6 +646,30 @@ mod tests {
             "Content-Disposition: form-data; name*=access_token'\r\n",
             "Content-Disposition: form-data; name*=utf-16be'en'x'y\r\n",
             "Content-Disposition: form-data; name*0*=utf-8'en'acc; name*1*=ess'_token\r\n",
+            // A name read in the charset it declares, not as UTF-8: ª (Latin-1) and fullwidth
+            // letters (Shift_JIS, EUC-JP, GBK, GB2312, Big5) fold to `access_token`; bytes
+            // without a charset read as Latin-1; in continuations and encoded words too.
+            "Content-Disposition: form-data; name*=iso-8859-1''%AAccess_token\r\n",
+            "Content-Disposition: form-data; name*=windows-1252''%AAccess_token\r\n",
+            "Content-Disposition: form-data; name*=shift_jis''%82%60ccess_token\r\n",
+            "Content-Disposition: form-data; name*=sjis'ja'%82%60ccess_token\r\n",
+            "Content-Disposition: form-data; name*=euc-jp''%A3%E1ccess_token\r\n",
+            "Content-Disposition: form-data; name*=gbk''%A3%E1ccess_token\r\n",
+            "Content-Disposition: form-data; name*=gb2312''acc%A3%E5ss_token\r\n",
+            "Content-Disposition: form-data; name*=big5''%A2%CFccess_token\r\n",
+            "Content-Disposition: form-data; name*=shift_jis%27%27%82%60ccess_token\r\n",
+            "Content-Disposition: form-data; name*=''%AAccess_token\r\n",
+            "Content-Disposition: form-data; name*=%AAccess_token\r\n",
+            "Content-Disposition: form-data; name=\"%AAccess_token\"\r\n",
+            "Content-Disposition: form-data; name*0*=shift_jis''%82; name*1*=%60ccess_token\r\n",
+            "Content-Disposition: form-data; name*0*=euc-jp''%A3%E1cc; name*1=ess_token\r\n",
+            "Content-Disposition: form-data; name=\"=?iso-8859-1?Q?=AAccess_token?=\"\r\n",
+            "Content-Disposition: form-data; name=\"=?shift_jis?B?gmBjY2Vzc190b2tlbg==?=\"\r\n",
+            // A charset the scan cannot decode, with bytes that are not ASCII: refused.
+            "Content-Disposition: form-data; name*=cp932''%82%60ccess_token\r\n",
+            "Content-Disposition: form-data; name*=iso-8859-12''caf%E9\r\n",
+            "Content-Disposition: form-data; name*0*=euc-tw''caf; name*1*=%E9\r\n",
+            "Content-Disposition: form-data; name=\"=?cp932?Q?caf=E9?=\"\r\n",
         ] {
             assert!(names_token_field(part.as_bytes()), "{part}");
         }
@@ -589,6 +701,15 @@ mod tests {
             "Content-Disposition: form-data; name*=o%27brien\r\n",
             "Content-Type: application/pdf; name*0*=UTF-8'en'R%C3%A9sum; name*1*=%C3%A9.pdf\r\n",
             "Content-Type: application/pdf; name*0*=UTF-8''l%27%C3%A9t; name*1*=%C3%A9.pdf\r\n",
+            // Ordinary names in legacy charsets (™ is `TM`, which folds to no access token),
+            // and an ASCII name under a label the scan cannot decode.
+            "Content-Disposition: form-data; name*=iso-8859-1''caf%E9\r\n",
+            "Content-Disposition: form-data; name*=windows-1252''access_%99oken\r\n",
+            "Content-Disposition: form-data; name*=shift_jis''%93%FA%96%7B\r\n",
+            "Content-Disposition: form-data; name*=koi8-r''%C6%C1%CA%CC\r\n",
+            "Content-Disposition: form-data; name*=cp932''file\r\n",
+            "Content-Type: application/pdf; name*0*=iso-8859-1''R%E9sum; name*1*=%E9.pdf\r\n",
+            "Content-Type: text/plain; name=\"=?shift_jis?B?k/qWew==?=\"\r\n",
         ] {
             assert!(!names_token_field(part.as_bytes()), "{part}");
         }
