@@ -445,16 +445,11 @@ fn valid_forwarded_host(headers: &HeaderMap) -> bool {
 /// kept, a trusted proxy's neither (proxies pass a client's on unchanged), so no `host=`
 /// or `proto=` the gateway cannot vouch for reaches the upstream.
 fn forwarded(chain: &[std::net::IpAddr], peer: &Peer) -> Option<HeaderValue> {
-    let proto = if peer.tls { "https" } else { "http" };
-    // The usual case, no trusted proxy and an IPv4 peer: the peer's text is at hand.
-    if chain.is_empty() && peer.addr.ip().is_ipv4() {
-        let mut v = Vec::with_capacity(4 + 15 + 12);
-        v.extend_from_slice(b"for=");
-        v.extend_from_slice(peer.ip_header().as_bytes());
-        v.extend_from_slice(b";proto=");
-        v.extend_from_slice(proto.as_bytes());
-        return HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok();
+    // The usual case, no trusted proxy: this hop alone, made once per connection.
+    if chain.is_empty() {
+        return Some(peer.forwarded_header().clone());
     }
+    let proto = if peer.tls { "https" } else { "http" };
     // An IPv6 node is bracketed and so must be quoted (RFC 7239 §6).
     let node = |ip: std::net::IpAddr| {
         let ip = ip.to_canonical();
@@ -478,6 +473,10 @@ fn valid_forwarded_proto(headers: &HeaderMap) -> bool {
 }
 
 /// Rewrite inbound headers for the upstream: hygiene first, then what we vouch for.
+///
+/// The caller's fields that pass go into a new map sized for them and for ours, in one
+/// pass: cheaper than removing the others from the caller's map (a hash and a shift per
+/// removal) and growing it for the fields the gateway adds.
 pub(super) fn upstream_headers(
     headers: &mut HeaderMap,
     rt: &Runtime,
@@ -494,15 +493,20 @@ pub(super) fn upstream_headers(
     // Several X-Forwarded-For lines are one comma-separated list (RFC 9110 §5.3); one the
     // Connection header names is hop-by-hop and not kept.
     let prior_kept = trusted && !listed.contains(&X_FORWARDED_FOR);
-    let xff = match headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>() {
-        prior if prior_kept && !prior.is_empty() => {
-            HeaderValue::try_from(format!("{}, {}", prior.join(", "), peer.ip_text())).ok()
-        }
-        _ => Some(peer.ip_header().clone()),
+    let prior: Vec<&str> = match prior_kept {
+        true => headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect(),
+        false => Vec::new(),
+    };
+    let xff = match prior.is_empty() {
+        false => HeaderValue::try_from(format!("{}, {}", prior.join(", "), peer.ip_text())).ok(),
+        true => Some(peer.ip_header().clone()),
     };
     // The address the gateway acts on (the rate limits, the access log): the peer, or
     // what trusted proxies vouch for in X-Forwarded-For; `Forwarded` names the same chain.
-    let chain = crate::ratelimit::forwarded_chain(&rt.config, peer.addr.ip(), headers);
+    let chain = match trusted {
+        true => crate::ratelimit::forwarded_chain(&rt.config, peer.addr.ip(), headers),
+        false => Vec::new(),
+    };
     let forwarded = forwarded(&chain, peer);
     let client = chain.first().copied().unwrap_or_else(|| peer.addr.ip().to_canonical());
     let real_ip = if client == peer.addr.ip().to_canonical() {
@@ -514,7 +518,7 @@ pub(super) fn upstream_headers(
     // Set by dispatch for every request: ours, so a `Connection` naming it cannot take it away.
     let request_id = headers.get(crate::http::X_REQUEST_ID).cloned();
 
-    remove_where(headers, |name| {
+    let doomed = |name: &HeaderName| {
         let n = name.as_str();
         if is_hop_by_hop(n) || listed.contains(name) {
             return true;
@@ -527,18 +531,19 @@ pub(super) fn upstream_headers(
         if is_plain_standard(name) {
             return configured();
         }
-        // Ours to set: the upstream's own authority, the address we saw.
+        // Ours to set: the upstream's own authority, the address we saw, the request id.
         n == "host"
             || n == "x-forwarded-for"
             || n == "forwarded"
             || n == "x-real-ip"
+            || n == "x-request-id"
             || (n == "authorization" && !route.forward_token)
             // A DPoP proof goes with the token it is bound to (RFC 9449 §7): only with it.
             || (n == "dpop" && !route.forward_token)
             // httpoxy: CGI makes it HTTP_PROXY, the upstream's outbound proxy.
             || sq_bytes == b"proxy"
             // The request id is the gateway's (set by dispatch); no other spelling beside it.
-            || (sq_bytes == b"xrequestid" && n != "x-request-id")
+            || sq_bytes == b"xrequestid"
             // Kept from a trusted proxy in the spellings proxies send; never otherwise.
             || (is_forwarding_claim(sq_bytes) && !(trusted && is_canonical_forwarding_claim(n)))
             || (is_rewrite(sq_bytes) && !(trusted && route.pass_rewrite_headers && REWRITES.contains(&n)))
@@ -547,7 +552,38 @@ pub(super) fn upstream_headers(
             || is_x_auth(sq_bytes)
             || is_identity_claim(sq_bytes)
             || configured()
-    });
+    };
+    let caller = std::mem::take(headers);
+    // Ours: forwarding (5), request id, host, identity (up to 8), `te`.
+    let mut kept = HeaderMap::with_capacity(caller.len() + 16);
+    {
+        use http::header::Entry;
+        // A map's fields come grouped by name, the name given with the first value only.
+        let mut current: Option<http::header::OccupiedEntry<'_, HeaderValue>> = None;
+        for (name, value) in caller {
+            match name {
+                Some(name) if doomed(&name) => current = None,
+                Some(name) => {
+                    current = Some(match kept.entry(name) {
+                        Entry::Vacant(v) => v.insert_entry(value),
+                        Entry::Occupied(mut o) => {
+                            o.append(value);
+                            o
+                        }
+                    })
+                }
+                None => {
+                    if let Some(entry) = current.as_mut() {
+                        entry.append(value);
+                    }
+                }
+            }
+        }
+    }
+    let headers = {
+        *headers = kept;
+        headers
+    };
 
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
@@ -579,38 +615,86 @@ pub(super) fn upstream_headers(
     }
 
     if let Some(p) = principal {
-        let value = |s: &str| {
-            HeaderValue::from_bytes(s.as_bytes()).map_err(|_| ProxyError::BadGateway("identity not encodable".into()))
-        };
-        // A trusted issuer's token may carry no client id or jti: no header then.
-        if !p.client_id().is_empty() {
-            headers.insert(ids.client_id.clone(), value(p.client_id())?);
-        }
-        headers.insert(ids.subject.clone(), value(p.subject())?);
-        headers.insert(ids.scope.clone(), value(p.scope())?);
-        if !p.token_id().is_empty() {
-            headers.insert(ids.token_id.clone(), value(p.token_id())?);
-        }
-        if let Some(user) = p.user() {
-            headers.insert(ids.user.clone(), value(user)?);
-        }
         let issuer = if p.is_own() {
             Some(rt.config.issuer())
         } else {
             rt.issuers.by_name(p.issuer_name()).map(|i| i.config.issuer.as_str())
         };
-        if let Some(iss) = issuer {
-            headers.insert(ids.issuer.clone(), value(iss)?);
+        let v = IdentityValues::of(p, issuer)?;
+        // A trusted issuer's token may carry no client id or jti: no header then.
+        if let Some(client_id) = v.client_id {
+            headers.insert(ids.client_id.clone(), client_id);
+        }
+        let user = v.subject.clone();
+        if let Some(subject) = v.subject {
+            headers.insert(ids.subject.clone(), subject);
+        }
+        if let Some(scope) = v.scope {
+            headers.insert(ids.scope.clone(), scope);
+        }
+        if let Some(token_id) = v.token_id {
+            headers.insert(ids.token_id.clone(), token_id);
+        }
+        // The user is the subject when the token acts for one (the same value).
+        if let Some(user) = p.user().and(user) {
+            headers.insert(ids.user.clone(), user);
+        }
+        if let Some(iss) = v.issuer {
+            headers.insert(ids.issuer.clone(), iss);
         }
         // Sent for every authenticated request, so an upstream can insist on a
         // sender-constrained token; the binding was enforced by the authenticate phase.
         let binding = p.binding();
         headers.insert(ids.binding.clone(), HeaderValue::from_static(binding.map_or("none", |b| b.kind())));
         if let Some(x5t) = binding.and_then(|b| b.x5t_s256()) {
-            headers.insert(ids.cert_thumbprint.clone(), value(x5t)?);
+            let x5t = HeaderValue::from_bytes(x5t.as_bytes())
+                .map_err(|_| ProxyError::BadGateway("identity not encodable".into()))?;
+            headers.insert(ids.cert_thumbprint.clone(), x5t);
         }
     }
     Ok(())
+}
+
+/// The identity header values of a principal, cut from one buffer (two allocations in
+/// all, not one per value). `None` for an empty client id or token id (a trusted issuer's
+/// token may carry neither) and for no issuer.
+struct IdentityValues {
+    client_id: Option<HeaderValue>,
+    subject: Option<HeaderValue>,
+    scope: Option<HeaderValue>,
+    token_id: Option<HeaderValue>,
+    issuer: Option<HeaderValue>,
+}
+
+impl IdentityValues {
+    fn of(p: &Principal, issuer: Option<&str>) -> Result<IdentityValues, ProxyError> {
+        let parts = [p.client_id(), p.subject(), p.scope(), p.token_id(), issuer.unwrap_or("")];
+        let mut buf = bytes::BytesMut::with_capacity(parts.iter().map(|s| s.len()).sum());
+        let mut values = parts.map(|text| {
+            buf.extend_from_slice(text.as_bytes());
+            let piece = buf.split().freeze();
+            HeaderValue::from_maybe_shared(piece)
+                .map_err(|_| ProxyError::BadGateway("identity not encodable".into()))
+                .map(Some)
+        });
+        // Empty client id, token id and issuer: no header. Subject and scope are always sent.
+        for i in [0, 3, 4] {
+            if parts[i].is_empty() {
+                values[i] = Ok(None);
+            }
+        }
+        if issuer.is_none() {
+            values[4] = Ok(None);
+        }
+        let [client_id, subject, scope, token_id, issuer] = values;
+        Ok(IdentityValues {
+            client_id: client_id?,
+            subject: subject?,
+            scope: scope?,
+            token_id: token_id?,
+            issuer: issuer?,
+        })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -15,6 +15,9 @@ pub struct Peer {
     /// The address as text (IPv4-mapped IPv6 shown as IPv4), made once per connection
     /// for `X-Forwarded-For` and the access log.
     ip: HeaderValue,
+    /// `Forwarded` (RFC 7239) naming this hop alone, `for=<ip>;proto=<scheme>`: what the
+    /// upstream gets when no trusted proxy came before the peer, made once per connection.
+    forwarded: HeaderValue,
     /// The client certificate the TLS handshake proved possession of (`[tls] client_auth`),
     /// the same for every request of the connection, HTTP/1.1 or HTTP/2.
     client_cert: Option<Arc<ClientCert>>,
@@ -25,7 +28,12 @@ impl Peer {
         let text = addr.ip().to_canonical().to_string();
         // An IP address is always valid header text.
         let ip = HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, tls, ip, client_cert: None }
+        let proto = if tls { "https" } else { "http" };
+        // An IPv6 node is bracketed and so must be quoted (RFC 7239 §6).
+        let node = if addr.ip().to_canonical().is_ipv6() { format!("\"[{text}]\"") } else { text };
+        let forwarded = HeaderValue::try_from(format!("for={node};proto={proto}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
+        Peer { addr, tls, ip, forwarded, client_cert: None }
     }
 
     /// The connection presented `cert` in its TLS handshake.
@@ -42,6 +50,11 @@ impl Peer {
     /// The address as header text, for `X-Forwarded-For`.
     pub(crate) fn ip_header(&self) -> &HeaderValue {
         &self.ip
+    }
+
+    /// `Forwarded` for this hop alone (see the field).
+    pub(crate) fn forwarded_header(&self) -> &HeaderValue {
+        &self.forwarded
     }
 
     pub fn ip_text(&self) -> &str {
