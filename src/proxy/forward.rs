@@ -769,6 +769,10 @@ where
             None => bytes,
         };
         crate::http::full(bytes)
+    } else if !has_body {
+        // Nothing to read (a GET): an empty body of no size, so no box is allocated for
+        // the limits and wrappers a body that streams goes through.
+        http_body_util::Empty::new().map_err(|never| match never {}).boxed()
     } else {
         let body = body.map_err(|e| BoxError::from(InboundBodyError(e.into())));
         let body = Limited::new(body, limits.max_proxy_body_bytes.try_into().unwrap_or(usize::MAX)).boxed();

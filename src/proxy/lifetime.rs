@@ -196,12 +196,12 @@ impl EndsWithToken {
     /// `client_h2`: the client speaks HTTP/2. Only then can it get the gRPC trailers
     /// (HTTP/1.1 drops trailers, gRPC-Web carries them in the body): anything else is cut
     /// with an error, never an end that looks complete.
-    pub fn wrap(inner: Body, lease: Lease, headers: &HeaderMap, client_h2: bool) -> Body {
+    /// `opened`: when the exchange began (a clock read the caller already made).
+    pub fn wrap(inner: Body, lease: Lease, headers: &HeaderMap, client_h2: bool, opened: Instant) -> Body {
         use http_body_util::BodyExt;
         let grpc = client_h2 && is_grpc(headers) && !is_grpc_web(headers);
         let request = false;
-        EndsWithToken { inner, lease, opened: Instant::now(), grpc, request, timer: None, state: BodyState::Streaming }
-            .boxed()
+        EndsWithToken { inner, lease, opened, grpc, request, timer: None, state: BodyState::Streaming }.boxed()
     }
 
     /// The request side: a streamed request body (gRPC client or bidi streaming, RFC 8441)

@@ -151,7 +151,7 @@ where
         match (result, lease) {
             (Ok(resp), Some(lease)) if !http_body::Body::is_end_stream(resp.body()) => {
                 let (parts, body) = resp.into_parts();
-                let body = lifetime::EndsWithToken::wrap(body, lease, &parts.headers, client_h2);
+                let body = lifetime::EndsWithToken::wrap(body, lease, &parts.headers, client_h2, started);
                 Ok(Response::from_parts(parts, body))
             }
             (result, _) => result,

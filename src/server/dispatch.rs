@@ -123,7 +123,7 @@ pub(super) async fn dispatch(gw: &Arc<Gateway>, req: Request<Incoming>, peer: &P
     let mut unanswered = Unanswered(
         Some(Pending {
             _in_flight: in_flight,
-            peer: peer.clone(),
+            peer: peer.ip_header().clone(),
             client: source,
             method: method.clone(),
             uri: uri.clone(),
@@ -342,7 +342,8 @@ impl Drop for Unanswered {
 struct Pending {
     /// The in-flight gauge counts the request until its line is written.
     _in_flight: GaugeGuard,
-    peer: Peer,
+    /// The peer's address as text (one reference count, not the whole connection's `Peer`).
+    peer: HeaderValue,
     client: IpAddr,
     method: Method,
     /// The path is logged, never the query string (it may carry credentials).
@@ -363,7 +364,7 @@ impl Pending {
         let upstream = o.route.as_deref().map(|r| r.upstream.authority.as_str());
         crate::logging::access(&crate::logging::Access {
             request_id: self.request_id.to_str().unwrap_or("-"),
-            peer: self.peer.ip_text(),
+            peer: self.peer.to_str().unwrap_or("unknown"),
             client: self.client,
             method: self.method.as_str(),
             host: self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
