@@ -1154,36 +1154,20 @@ async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
     for (client, url) in
         [(&client, gw.http_url("/public/x")), (&client, gw.url("/public/x")), (&h2, gw.url("/public/x"))]
     {
-        for disposition in [
-            "name*=iso-8859-1''%AAccess_token",
-            "name*=shift_jis''%82%60ccess_token",
-            "name*0*=euc-jp''%A3%E1cc; name*1=ess_token",
-            "name=\"=?shift_jis?B?gmBjY2Vzc190b2tlbg==?=\"",
-            "name*=cp932''%82%60ccess_token",
-        ] {
-            let resp = client
-                .post(&url)
-                .header("content-type", "multipart/form-data; boundary=XyZ")
-                .body(multipart(disposition))
-                .send()
-                .await;
-            if let Ok(resp) = resp {
-                assert_eq!(resp.status(), 400, "{url} {disposition}");
-            }
-        }
-        for disposition in ["name*=iso-8859-1''caf%E9", "name*=utf-8''caf%C3%A9", "name*=shift_jis''%93%FA%96%7B"] {
-            let body = multipart(disposition);
-            let resp = client
-                .post(&url)
-                .header("content-type", "multipart/form-data; boundary=XyZ")
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200, "{url} {disposition}");
-            let echo: Echo = resp.json().await.unwrap();
-            assert_eq!(echo.body_sha256, sha256_hex(body.as_bytes()), "{url} {disposition}");
-        }
+        judge_multipart(
+            client,
+            &url,
+            &multipart,
+            &[
+                "name*=iso-8859-1''%AAccess_token",
+                "name*=shift_jis''%82%60ccess_token",
+                "name*0*=euc-jp''%A3%E1cc; name*1=ess_token",
+                "name=\"=?shift_jis?B?gmBjY2Vzc190b2tlbg==?=\"",
+                "name*=cp932''%82%60ccess_token",
+            ],
+            &["name*=iso-8859-1''caf%E9", "name*=utf-8''caf%C3%A9", "name*=shift_jis''%93%FA%96%7B"],
+        )
+        .await;
     }
     // Review: every Hasura session variable, and more Shibboleth attribute headers.
     for (client, url) in [(&client, gw.http_url("/api/x")), (&client, gw.url("/api/x")), (&h2, gw.url("/api/x"))] {

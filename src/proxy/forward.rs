@@ -554,8 +554,10 @@ pub(super) fn upstream_headers(
             || configured()
     };
     let caller = std::mem::take(headers);
-    // Ours: forwarding (5), request id, host, identity (up to 8), `te`.
-    let mut kept = HeaderMap::with_capacity(caller.len() + 16);
+    // Ours: forwarding (5), request id, host, identity (up to 8), `te`. Sized by names,
+    // not values (an HTTP/2 request may repeat one name tens of thousands of times), and
+    // never by a size the map refuses (`with_capacity` would panic).
+    let mut kept = HeaderMap::try_with_capacity(caller.keys_len().saturating_add(16)).unwrap_or_default();
     {
         use http::header::Entry;
         // A map's fields come grouped by name, the name given with the first value only.

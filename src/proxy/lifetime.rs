@@ -7,7 +7,7 @@
 //! revocation set, the blocks, the client not-befores — and the configuration in force,
 //! never the signature: a few hash lookups, every [`CHECK_EVERY`]. The expiry is known in
 //! advance and waited for exactly ([`Lease::expires_in`]). [`EndsWithToken`] is the
-//! response-body side: no timer at all until the body has been open for [`QUIET_START`].
+//! response-body side: no lease check until [`QUIET_START`] after its request was forwarded.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,8 +27,8 @@ use crate::tokens::validate::{LEEWAY_SECS, Principal, TokenError, check_holder};
 /// How often a held connection's token is checked again: within a second of a revocation.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
 
-/// A response body is not watched before it has been open this long: the hit path's short
-/// answers never arm a timer.
+/// A response body is not watched before this long after its request was forwarded
+/// (the upstream's wait counts too, so a slow upstream's body is watched sooner).
 pub const QUIET_START: Duration = Duration::from_secs(1);
 
 /// Why a held connection was ended; the metric's `reason` label.
