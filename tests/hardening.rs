@@ -415,6 +415,87 @@ async fn slowloris_headers_are_cut_off_after_the_header_read_timeout() {
     assert_eq!(gw.client().get(gw.url("/public/ok")).send().await.unwrap().status(), 200);
 }
 
+/// hyper's HTTP/1.1 header read timeout is kept by the connection's tick: it must hold for
+/// every head of a keep-alive connection, not only its first, even while bytes keep the
+/// idle timeout away.
+#[tokio::test]
+async fn a_later_head_of_a_keep_alive_connection_is_cut_after_the_header_read_timeout() {
+    let (rec, gw) = recorded_gateway("header_read_timeout = \"1s\"\n").await;
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    // Three whole requests first, each answered on the same connection.
+    for _ in 0..3 {
+        s.write_all(b"GET /public/first HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .expect("a sized answer");
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+    }
+    // Then a head that never ends, a field every 100 ms (well within the 2 s idle timeout).
+    let started = Instant::now();
+    s.write_all(b"GET /public/slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let cut = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"X-Slow: a\r\n").await.is_err() {
+            break started.elapsed();
+        }
+        let mut probe = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "still connected after 15 s");
+    };
+    assert!(cut >= Duration::from_millis(900), "cut after {cut:?}, before the timeout");
+    assert_eq!(rec.paths(), vec!["/public/first"; 3], "the unfinished head reached the upstream");
+    // The same over TLS.
+    let mut tls = tls_connect(&gw).await;
+    tls.write_all(b"GET /public/first HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tls.flush().await.unwrap();
+    let mut first = [0u8; 12];
+    tls.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let started = Instant::now();
+    tls.write_all(b"GET /public/slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut cut = None;
+    while started.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tls.write_all(b"X-Slow: a\r\n").await.is_err() || tls.flush().await.is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        let mut probe = [0u8; 4096];
+        // Skip what is left of the first answer.
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_millis(1), tls.read(&mut probe)).await {
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        };
+        if closed {
+            cut = Some(started.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("a TLS keep-alive head held the connection for 15 s");
+    assert!(cut >= Duration::from_millis(900), "cut after {cut:?}, before the timeout");
+    assert_eq!(gw.client().get(gw.url("/public/ok")).send().await.unwrap().status(), 200);
+}
+
+/// The head of an answer, as text, read a byte at a time up to its blank line.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed in a head: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
 // ---------------------------------------------------------------------------------------
 // Random input from a property-based generator.
 

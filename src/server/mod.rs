@@ -2,6 +2,7 @@
 //! bytes on plaintext), limits and timeouts, graceful shutdown, and the dispatch of each
 //! request.
 
+mod connection;
 pub mod context;
 mod dispatch;
 mod listen;
@@ -13,9 +14,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::Request;
@@ -23,15 +24,16 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::sync::watch;
 
 use crate::config::{Config, Limits};
 use crate::reload::Reloader;
 use crate::state::{Gateway, StartError};
 use crate::tls::{self, TlsError};
+use connection::{Activity, ActivityIo, HeadTimer, Phase};
 pub use listen::{Layout, RuntimeModel};
 pub use peer::Peer;
 
@@ -144,17 +146,16 @@ impl Server {
     /// drain delay and the grace period at once: an operator who asks twice means now.
     pub async fn run(self, shutdown: impl Future<Output = ()>, hurry: impl Future<Output = ()>) {
         let limits = self.gateway.runtime().config.limits.clone();
-        let graceful = Arc::new(GracefulShutdown::new());
+        // Every connection watches the phase; the drain waits for all of them to end.
+        let (phase, _) = watch::channel(Phase::Serving);
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
         // One connection limit, one drain and one cut for every worker thread.
         let shared = Shared {
             gateway: self.gateway.clone(),
             tls: self.tls.clone(),
-            graceful: graceful.clone(),
+            phase: phase.clone(),
             slots,
-            cut: cut_rx,
             accepted: self.accepted.clone(),
         };
         let accept_tasks = spawn_accept_loops(self.listeners, &shared, 0, &stop_rx);
@@ -204,14 +205,11 @@ impl Server {
         for w in &mut workers {
             let _ = (&mut w.stopped).await;
         }
-        // The accept tasks held the only other handles; each connection holds a watcher.
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
-            tracing::error!("shutdown coordinator still shared; not waiting for connections");
-            return;
-        };
+        // No accept loop is left to start a connection: each one open holds a receiver.
+        phase.send_replace(Phase::Draining);
         let grace = if hurried { Duration::ZERO } else { limits.shutdown_grace };
         let finished = tokio::select! {
-            done = tokio::time::timeout(grace, graceful.shutdown()) => done.is_ok(),
+            done = tokio::time::timeout(grace, phase.closed()) => done.is_ok(),
             _ = &mut hurry, if !hurried => {
                 tracing::warn!("second stop signal: ending the grace period now");
                 false
@@ -225,7 +223,7 @@ impl Server {
                 grace = %humantime::format_duration(grace),
                 "grace period over; cutting the requests still running"
             );
-            let _ = cut_tx.send(true);
+            phase.send_replace(Phase::Cut);
         }
         let _ = done_tx.send(true);
         for w in workers {
@@ -266,9 +264,8 @@ impl AcceptedPerWorker {
 struct Shared {
     gateway: Arc<Gateway>,
     tls: Arc<ArcSwapOption<tls::Acceptor>>,
-    graceful: Arc<GracefulShutdown>,
+    phase: watch::Sender<Phase>,
     slots: Arc<Semaphore>,
-    cut: tokio::sync::watch::Receiver<bool>,
     accepted: Arc<[AtomicU64]>,
 }
 
@@ -285,9 +282,8 @@ fn spawn_accept_loops(
         let ctx = AcceptCtx {
             gateway: shared.gateway.clone(),
             tls: use_tls.then(|| shared.tls.clone()),
-            graceful: shared.graceful.clone(),
+            phase: shared.phase.clone(),
             slots: shared.slots.clone(),
-            cut: shared.cut.clone(),
             accepted: shared.accepted.clone(),
             worker,
         };
@@ -385,10 +381,9 @@ impl Worker {
 struct AcceptCtx {
     gateway: Arc<Gateway>,
     tls: Option<Arc<ArcSwapOption<tls::Acceptor>>>,
-    graceful: Arc<GracefulShutdown>,
+    /// The drain and the cut: every connection holds a receiver until it ends.
+    phase: watch::Sender<Phase>,
     slots: Arc<Semaphore>,
-    /// Turns true when the grace period is over: every connection still open is dropped.
-    cut: tokio::sync::watch::Receiver<bool>,
     accepted: Arc<[AtomicU64]>,
     worker: usize,
 }
@@ -425,13 +420,9 @@ async fn accept_loop(listener: TcpListener, ctx: AcceptCtx) {
                 }
             },
         };
-        let graceful = ctx.graceful.watcher();
-        let mut cut = ctx.cut.clone();
+        let phase = ctx.phase.subscribe();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = serve_connection(gateway, stream, addr, tls, graceful) => {}
-                _ = cut.wait_for(|cut| *cut) => {}
-            }
+            serve_connection(gateway, stream, addr, tls, phase).await;
             drop(permit);
         });
     }
@@ -442,7 +433,7 @@ async fn serve_connection(
     stream: TcpStream,
     addr: SocketAddr,
     tls: Option<Arc<tls::Acceptor>>,
-    graceful: Watcher,
+    mut phase: watch::Receiver<Phase>,
 ) {
     let _open = gw.metrics.connection_opened();
     let limits = gw.runtime().config.limits.clone();
@@ -452,7 +443,7 @@ async fn serve_connection(
     // Made once the peer is known: on TLS, after the handshake (the client certificate).
     let service = move |peer: Peer| {
         service_fn(move |req: Request<Incoming>| {
-            seen.requested.store(true, Ordering::Relaxed);
+            seen.request_started();
             let gw = gw.clone();
             let peer = peer.clone();
             // dispatch counts the request in flight until its response is sent in full or
@@ -464,7 +455,7 @@ async fn serve_connection(
         })
     };
     let served = match tls {
-        Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.tls.accept(io)).await {
+        Some(acceptor) => match handshake(&acceptor, io, &limits, &mut phase).await {
             Ok(Ok(tls_stream)) => {
                 // The same for every request of the connection, HTTP/1.1 or HTTP/2.
                 let cert = acceptor.client_cert(tls_stream.get_ref().1);
@@ -475,19 +466,19 @@ async fn serve_connection(
                     Some(b"h2") => Protocol::Http2,
                     _ => Protocol::Http1,
                 };
-                let builder = conn_builder(&limits, protocol);
+                let builder = conn_builder(&limits, protocol, &activity);
                 match protocol {
                     // HTTP/2 upgrades (RFC 8441 extended CONNECT) need no `with_upgrades`.
                     Protocol::Http2 => {
                         let conn = builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned();
-                        run_until_idle(graceful.watch(conn), &activity, &limits).await
+                        connection::drive(conn, &activity, &limits, phase).await
                     }
                     // hyper-util's `serve_connection_with_upgrades` sniffs the first bytes
                     // whatever the builder was told, so the HTTP/2 preface is refused here.
                     _ => {
                         let io = TokioIo::new(NoH2Preface::new(tls_stream));
                         let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-                        run_until_idle(graceful.watch(conn), &activity, &limits).await
+                        connection::drive(conn, &activity, &limits, phase).await
                     }
                 }
             }
@@ -495,21 +486,36 @@ async fn serve_connection(
                 tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
                 return;
             }
-            Err(_) => {
-                tracing::debug!(peer = %addr, "TLS handshake timed out");
+            Err(why) => {
+                tracing::debug!(peer = %addr, "TLS handshake {why}");
                 return;
             }
         },
         None => {
             let svc = service(Peer::new(addr, false));
             // Plaintext has no ALPN: the first bytes tell HTTP/1.1 from h2c prior knowledge.
-            let builder = conn_builder(&limits, Protocol::Sniff);
+            let builder = conn_builder(&limits, Protocol::Sniff, &activity);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
-            run_until_idle(graceful.watch(conn), &activity, &limits).await
+            connection::drive(conn, &activity, &limits, phase).await
         }
     };
     if let Err(e) = served {
         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+    }
+}
+
+/// The TLS handshake, within `tls_handshake_timeout` and until the shutdown's cut.
+async fn handshake(
+    acceptor: &tls::Acceptor,
+    io: ActivityIo,
+    limits: &Limits,
+    phase: &mut watch::Receiver<Phase>,
+) -> Result<io::Result<tokio_rustls::server::TlsStream<ActivityIo>>, &'static str> {
+    tokio::select! {
+        done = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.tls.accept(io)) => {
+            done.map_err(|_| "timed out")
+        }
+        _ = phase.wait_for(|p| *p == Phase::Cut) => Err("cut at the end of the shutdown's grace period"),
     }
 }
 
@@ -586,7 +592,7 @@ enum Protocol {
     Sniff,
 }
 
-fn conn_builder(limits: &Limits, protocol: Protocol) -> auto::Builder<TokioExecutor> {
+fn conn_builder(limits: &Limits, protocol: Protocol, activity: &Arc<Activity>) -> auto::Builder<TokioExecutor> {
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut builder = match protocol {
         Protocol::Http1 => builder.http1_only(),
@@ -595,7 +601,7 @@ fn conn_builder(limits: &Limits, protocol: Protocol) -> auto::Builder<TokioExecu
     };
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(HeadTimer(activity.clone()))
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
@@ -606,109 +612,4 @@ fn conn_builder(limits: &Limits, protocol: Protocol) -> auto::Builder<TokioExecu
         // RFC 8441: WebSocket over HTTP/2 (extended CONNECT with `:protocol`).
         .enable_connect_protocol();
     builder
-}
-
-type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// Drive a connection, closing it once no byte has moved either way for `idle_timeout`
-/// (checked every quarter of it, so it closes between 1 and 1.25 × `idle_timeout` after the
-/// last byte), or when no first request has arrived within `header_read_timeout`. hyper
-/// times out HTTP/1.1 headers itself, but nothing else bounds a client that dribbles the
-/// HTTP/2 preface, or bytes that never make a request, while staying under the idle timeout.
-async fn run_until_idle<F>(conn: F, activity: &Activity, limits: &Limits) -> ConnResult
-where
-    F: Future<Output = ConnResult>,
-{
-    tokio::pin!(conn);
-    let idle = limits.idle_timeout;
-    let tick = (idle / 4).max(Duration::from_millis(100));
-    let first_request = tokio::time::sleep(limits.header_read_timeout);
-    tokio::pin!(first_request);
-    let mut waiting_for_first = true;
-    let mut last_moved = Instant::now();
-    loop {
-        tokio::select! {
-            r = &mut conn => return r,
-            _ = &mut first_request, if waiting_for_first => {
-                if !activity.requested.load(Ordering::Relaxed) {
-                    return Err("no request within the header read timeout".into());
-                }
-                waiting_for_first = false;
-            }
-            _ = tokio::time::sleep(tick) => {
-                if activity.take() {
-                    last_moved = Instant::now();
-                } else if last_moved.elapsed() >= idle {
-                    return Err("idle timeout".into());
-                }
-            }
-        }
-    }
-}
-
-/// Whether a connection moved a byte since the idle check last looked (a flag, not a
-/// timestamp, so the I/O path reads no clock), and whether a request has arrived on it yet.
-struct Activity {
-    moved: AtomicBool,
-    requested: AtomicBool,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity { moved: AtomicBool::new(false), requested: AtomicBool::new(false) }
-    }
-    fn touch(&self) {
-        self.moved.store(true, Ordering::Relaxed);
-    }
-    /// Whether anything moved since the last call.
-    fn take(&self) -> bool {
-        self.moved.swap(false, Ordering::Relaxed)
-    }
-}
-
-/// A socket that records when it last read or wrote, for the idle timeout.
-struct ActivityIo {
-    inner: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for ActivityIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl AsyncWrite for ActivityIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
