@@ -1022,7 +1022,7 @@ async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
             .send()
             .await;
         // Refused before the part is sent: a 400, or the connection ended under the request.
-        refused_with_400(resp, &disposition);
+        refused_with_400(resp, disposition);
     }
     // Second attack: a multipart type PHP or Rack parses, and a body without a media type
     // (Rack reads it as a form): scanned, refused.
@@ -1034,7 +1034,7 @@ async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
             .body(multipart("name=\"access_token\""))
             .send()
             .await;
-        refused_with_400(resp, &ct);
+        refused_with_400(resp, ct);
     }
     for url in [gw.http_url("/public/x"), gw.url("/public/x")] {
         let resp = client.post(&url).body("a=1&access_token=SECRET").send().await;
