@@ -91,6 +91,18 @@ async fn upstream_slower_than_the_timeout_is_504_json() {
     // A quick answer on the same route is fine.
     let echo = echo_get(&gw, "/slow/10", &token).await;
     assert_eq!(echo.path, "/slow/10");
+    // A pooled connection keeps its timer between requests: one left idle past the
+    // timeout serves its next request, and a slow answer on a reused one is a 504 too.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let echo = echo_get(&gw, "/slow/10", &token).await;
+    assert_eq!(echo.path, "/slow/10");
+    let started = std::time::Instant::now();
+    let resp = gw.client().get(gw.url("/slow/5000")).bearer_auth(&token).send().await.unwrap();
+    let (status, _, v) = refused(resp).await;
+    assert_eq!((status, v["error"].as_str()), (504, Some("gateway_timeout")));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1900), "{:?}", started.elapsed());
+    let echo = echo_get(&gw, "/slow/10", &token).await;
+    assert_eq!(echo.path, "/slow/10");
 }
 
 // ---------------------------------------------------------------------------------------

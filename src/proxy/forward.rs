@@ -799,15 +799,16 @@ where
         Some(_) => crate::upstream::Traffic::Authenticated,
         None => crate::upstream::Traffic::Public,
     };
-    let sent = upstreams.send(&upstream.scheme, &upstream.authority, upstream.h2c, traffic, req);
-    let resp = match tokio::time::timeout(limits.upstream_timeout, sent).await {
-        Err(_) => return Err(ProxyError::GatewayTimeout),
+    let sent =
+        upstreams.send(&upstream.scheme, &upstream.authority, upstream.h2c, traffic, req, limits.upstream_timeout);
+    let resp = match sent.await {
+        Err(e) if caused_by::<crate::upstream::UpstreamTimeout>(&*e) => return Err(ProxyError::GatewayTimeout),
         // An undeclared body crossed the limit while being sent: the caller's fault, not the upstream's.
-        Ok(Err(e)) if caused_by::<LengthLimitError>(&*e) => return Err(ProxyError::PayloadTooLarge),
-        Ok(Err(e)) if caused_by::<super::multipart::TokenField>(&*e) => return Err(ProxyError::TokenInBody),
-        Ok(Err(e)) if caused_by::<InboundBodyError>(&*e) => return Err(ProxyError::BadRequestBody),
-        Ok(Err(e)) => return Err(ProxyError::BadGateway(error_chain(&*e))),
-        Ok(Ok(resp)) => resp,
+        Err(e) if caused_by::<LengthLimitError>(&*e) => return Err(ProxyError::PayloadTooLarge),
+        Err(e) if caused_by::<super::multipart::TokenField>(&*e) => return Err(ProxyError::TokenInBody),
+        Err(e) if caused_by::<InboundBodyError>(&*e) => return Err(ProxyError::BadRequestBody),
+        Err(e) => return Err(ProxyError::BadGateway(error_chain(&*e))),
+        Ok(resp) => resp,
     };
     // A 101 to a request the gateway did not upgrade: nothing could follow it (HTTP/1.1 a
     // bare 101 then EOF; HTTP/2 forbids it), so it is the upstream's fault, like a wrong

@@ -31,8 +31,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
-use super::{IDLE_TIMEOUT, MAX_IDLE_PER_UPSTREAM};
+use super::{IDLE_TIMEOUT, MAX_IDLE_PER_UPSTREAM, UpstreamTimeout};
 use crate::http::{Body, BoxError};
 
 /// Why no connection was made, where the socket's own error would not say.
@@ -42,8 +43,17 @@ struct ConnectTimeout;
 
 /// A connection waiting for its next request, and since when.
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Pooled,
     since: Instant,
+}
+
+/// A connection and the timer that bounds its exchanges: one timer wheel entry for the
+/// connection's life, moved to each request's deadline (tokio extends an entry to a later
+/// deadline without the wheel's lock), where a timer per request put an entry on the
+/// wheel and took it off again, each under the lock.
+struct Pooled {
+    sender: SendRequest<Body>,
+    timer: Pin<Box<Sleep>>,
 }
 
 /// One worker's idle HTTP/1.1 connections, per upstream authority.
@@ -66,11 +76,15 @@ impl H1Pool {
 
     /// Send `req` (origin-form target, `Host` set) to `authority` on an idle connection,
     /// or a new one. A request a reused connection gave back unwritten goes on another.
+    /// Fails with [`UpstreamTimeout`] when no response head came within `timeout`
+    /// (connecting, sending and any retry included).
     pub(super) async fn send(
         self: &Arc<Self>,
         authority: &Authority,
         req: Request<Body>,
+        timeout: Duration,
     ) -> Result<Response<UpstreamBody>, BoxError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         // A connection is reused only once both directions are done: an upstream may answer
         // before it has read the request body (and read it later, or never), and a
         // connection still carrying an upload would hold the next request until it ends.
@@ -83,21 +97,37 @@ impl H1Pool {
         };
         let mut req = req;
         loop {
-            let (mut sender, reused) = match self.checkout(authority) {
-                Some(sender) => (sender, true),
-                None => (self.connect(authority).await?, false),
+            let (mut conn, reused) = match self.checkout(authority) {
+                Some(conn) => (conn, true),
+                // Rare (a new connection): a timer of its own for the connect.
+                None => match tokio::time::timeout_at(deadline, self.connect(authority, deadline)).await {
+                    Ok(conn) => (conn?, false),
+                    Err(_) => return Err(UpstreamTimeout.into()),
+                },
             };
+            conn.timer.as_mut().reset(deadline);
             // A returned connection may not have finished its last exchange yet (its task
             // reads the response's end); one that closes instead is dropped.
-            if reused && sender.ready().await.is_err() {
-                continue;
+            if reused {
+                let ready = tokio::select! {
+                    biased;
+                    ready = conn.sender.ready() => ready,
+                    () = conn.timer.as_mut() => return Err(UpstreamTimeout.into()),
+                };
+                if ready.is_err() {
+                    continue;
+                }
             }
-            match sender.try_send_request(req).await {
+            let answered = tokio::select! {
+                biased;
+                answered = conn.sender.try_send_request(req) => answered,
+                () = conn.timer.as_mut() => return Err(UpstreamTimeout.into()),
+            };
+            match answered {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
                     let mut body = UpstreamBody { inner: body, back: None };
-                    let back =
-                        Returning { pool: self.clone(), authority: authority.clone(), sender, sent: sent.clone() };
+                    let back = Returning { pool: self.clone(), authority: authority.clone(), conn, sent: sent.clone() };
                     if body.inner.is_end_stream() {
                         back.give();
                     } else {
@@ -114,20 +144,20 @@ impl H1Pool {
     }
 
     /// The most recently returned live connection to `authority` (the others age out).
-    fn checkout(&self, authority: &Authority) -> Option<SendRequest<Body>> {
+    fn checkout(&self, authority: &Authority) -> Option<Pooled> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(authority)?;
         while let Some(conn) = list.pop_back() {
-            if !conn.sender.is_closed() {
-                return Some(conn.sender);
+            if !conn.conn.sender.is_closed() {
+                return Some(conn.conn);
             }
         }
         None
     }
 
     /// Back to the idle list, newest last; the oldest go past [`IDLE_TIMEOUT`] or the cap.
-    fn checkin(&self, authority: &Authority, sender: SendRequest<Body>) {
-        if sender.is_closed() {
+    fn checkin(&self, authority: &Authority, conn: Pooled) {
+        if conn.sender.is_closed() {
             return;
         }
         let now = Instant::now();
@@ -141,10 +171,10 @@ impl H1Pool {
         {
             list.pop_front();
         }
-        list.push_back(Idle { sender, since: now });
+        list.push_back(Idle { conn, since: now });
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<SendRequest<Body>, BoxError> {
+    async fn connect(&self, authority: &Authority, deadline: tokio::time::Instant) -> Result<Pooled, BoxError> {
         let port = authority.port_u16().unwrap_or(80);
         // `[::1]` is the URI's spelling of an IPv6 host; the socket wants the address.
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
@@ -158,14 +188,15 @@ impl H1Pool {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        Ok(sender)
+        Ok(Pooled { sender, timer: Box::pin(tokio::time::sleep_until(deadline)) })
     }
 
     fn sweep_expired(&self) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         for list in idle.values_mut() {
-            while list.front().is_some_and(|c| c.sender.is_closed() || now.duration_since(c.since) > IDLE_TIMEOUT) {
+            while list.front().is_some_and(|c| c.conn.sender.is_closed() || now.duration_since(c.since) > IDLE_TIMEOUT)
+            {
                 list.pop_front();
             }
         }
@@ -191,7 +222,7 @@ async fn sweep(pool: Weak<H1Pool>) {
 struct Returning {
     pool: Arc<H1Pool>,
     authority: Authority,
-    sender: SendRequest<Body>,
+    conn: Pooled,
     /// Set once the request body has been sent whole (`None`: the request had none).
     sent: Option<Arc<AtomicBool>>,
 }
@@ -201,7 +232,7 @@ impl Returning {
     /// closes the connection once it is done with it.
     fn give(self) {
         if self.sent.is_none_or(|sent| sent.load(Ordering::Acquire)) {
-            self.pool.checkin(&self.authority, self.sender);
+            self.pool.checkin(&self.authority, self.conn);
         }
     }
 }

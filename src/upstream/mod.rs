@@ -36,6 +36,11 @@ use crate::http::{Body, BoxError};
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(super) const MAX_IDLE_PER_UPSTREAM: usize = 256;
 
+/// No response head from the upstream within `[limits] upstream_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from the upstream within the upstream timeout")]
+pub struct UpstreamTimeout;
+
 /// Why no response came from the upstream, where the client's own error would not say.
 #[derive(Debug, thiserror::Error)]
 enum UpstreamError {
@@ -190,8 +195,31 @@ impl Upstreams {
 
     /// Send `req` (origin-form target, `Host` set) to `authority` over a kept-alive
     /// connection of its [`Traffic`] class, or a new one: HTTP/2 with prior knowledge when
-    /// `h2c`, over TLS what ALPN picks (h2 or http/1.1), else HTTP/1.1.
+    /// `h2c`, over TLS what ALPN picks (h2 or http/1.1), else HTTP/1.1. Fails with
+    /// [`UpstreamTimeout`] when no response head came within `timeout`.
     pub(crate) async fn send(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        h2c: bool,
+        traffic: Traffic,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, BoxError> {
+        // The usual case: plain HTTP/1.1, origin-form (a CONNECT's authority-form is
+        // hyper-util's to write). Its pool keeps one timer per connection.
+        if *scheme == Scheme::HTTP && !h2c && req.method() != http::Method::CONNECT {
+            let resp = self.pools(traffic).h1.send(authority, req, timeout).await?;
+            return self.bounded(resp);
+        }
+        match tokio::time::timeout(timeout, self.send_by_client(scheme, authority, h2c, traffic, req)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(UpstreamTimeout.into()),
+        }
+    }
+
+    /// `send` through hyper-util's client: h2c, https, CONNECT.
+    async fn send_by_client(
         &self,
         scheme: &Scheme,
         authority: &Authority,
@@ -199,12 +227,6 @@ impl Upstreams {
         traffic: Traffic,
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, BoxError> {
-        // The usual case: plain HTTP/1.1, origin-form (a CONNECT's authority-form is
-        // hyper-util's to write).
-        if *scheme == Scheme::HTTP && !h2c && req.method() != http::Method::CONNECT {
-            let resp = self.pools(traffic).h1.send(authority, req).await?;
-            return self.bounded(resp);
-        }
         // The client takes the upstream from an absolute URI; an HTTP/1.1 connection gets
         // the origin-form back, an HTTP/2 one :scheme, :authority and :path.
         let mut parts = http::uri::Parts::default();
