@@ -485,6 +485,23 @@ async fn a_later_head_of_a_keep_alive_connection_is_cut_after_the_header_read_ti
     assert_eq!(gw.client().get(gw.url("/public/ok")).send().await.unwrap().status(), 200);
 }
 
+/// The time for the first request starts when the TLS handshake is done, not at the
+/// accept: a slow but legal handshake does not eat into it (a black-box finding against the
+/// first version of the connection's tick, which timed it from the accept).
+#[tokio::test]
+async fn a_slow_tls_handshake_leaves_the_first_request_its_whole_header_read_timeout() {
+    let (rec, gw) = recorded_gateway("header_read_timeout = \"2s\"\ntls_handshake_timeout = \"3s\"\n").await;
+    // The handshake starts 1.5 s after the accept; the request comes 1 s after it ends,
+    // 2.5 s after the accept (past 2 s from the accept, well within 2 s of the handshake).
+    let mut tls = tls_connect_late(&gw, &[b"http/1.1"], Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tls.write_all(b"GET /public/late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got)).await;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(rec.paths(), vec!["/public/late"]);
+}
+
 /// The head of an answer, as text, read a byte at a time up to its blank line.
 async fn read_head(s: &mut TcpStream) -> String {
     let mut head = Vec::new();

@@ -151,7 +151,7 @@ impl Wake for ChoresWaker {
 ///   starting to read it (hyper's own timeout, kept by the tick: within 1.25 × of it);
 /// - no first request has arrived within `header_read_timeout`: nothing else bounds a
 ///   client that dribbles the HTTP/2 preface, or bytes that never make a request, while
-///   staying under the idle timeout;
+///   staying under the idle timeout (timed from the call: after the TLS handshake);
 /// - the shutdown's grace period is over (`Phase::Cut`).
 ///
 /// When the shutdown starts draining, the connection is asked to finish gracefully
@@ -170,9 +170,12 @@ where
     let header_read = limits.header_read_timeout;
     let tick = (idle / 4).min(header_read / 4).max(Duration::from_millis(100));
     let drain = AtomicBool::new(false);
+    // The first request is timed from here, not from the accept: a TLS handshake has a
+    // timeout of its own and does not eat into the time for the first head.
+    let started = Instant::now();
     let chores = async {
         let mut sleep = pin!(tokio::time::sleep(tick));
-        let mut last_moved = Instant::now();
+        let mut last_moved = started;
         let mut watching = true;
         loop {
             match *phase.borrow_and_update() {
@@ -193,7 +196,7 @@ where
                         return "request head not read within the header read timeout";
                     }
                     if !activity.requested.load(Ordering::Relaxed)
-                        && now.saturating_duration_since(activity.opened) >= header_read
+                        && now.saturating_duration_since(started) >= header_read
                     {
                         return "no request within the header read timeout";
                     }

@@ -550,6 +550,16 @@ pub async fn tls_connect_alpn(
     gw: &TestGateway,
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_connect_late(gw, alpn, std::time::Duration::ZERO).await
+}
+
+/// A raw TLS connection offering exactly `alpn`, whose handshake starts `delay` after the
+/// TCP connection is made (a slow client).
+pub async fn tls_connect_late(
+    gw: &TestGateway,
+    alpn: &[&[u8]],
+    delay: std::time::Duration,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     portcullis::install_crypto_provider();
@@ -559,6 +569,7 @@ pub async fn tls_connect_alpn(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
+    tokio::time::sleep(delay).await;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     connector.connect(name, tcp).await.unwrap()
 }
