@@ -731,6 +731,38 @@ async fn upstream_killed_and_restarted_mid_load_is_502_while_down_then_recovers(
     drop(up2);
 }
 
+/// A connection waiting for its upstream's answer is not idle: an answer that comes within
+/// `upstream_timeout` reaches the client even when `idle_timeout` is shorter (a black-box
+/// finding: the connection was closed under the request, with no answer at all), over
+/// HTTP/1.1, TLS and HTTP/2.
+#[tokio::test]
+async fn a_slow_answer_within_the_upstream_timeout_outlasts_a_shorter_idle_timeout() {
+    let up = EchoUpstream::start().await;
+    // upstream_timeout is 3 s; the answer takes 1.8 s; idle_timeout is 1 s (the tick: 250 ms).
+    let gw = gateway_with_limits(up.addr, "", "idle_timeout = \"1s\"\n").await;
+    gw.rewrite_config(|t| t.replace("upstream_timeout = \"2s\"", "upstream_timeout = \"3s\""));
+    assert_eq!(gw.gateway.runtime().config.limits.upstream_timeout, Duration::from_secs(3));
+    let token = svc_token(&gw).await;
+    let h2 = https_client(&gw.pki.ca_pem, true);
+    for (client, url) in
+        [(gw.client(), gw.http_url("/slow/1800")), (gw.client(), gw.url("/slow/1800")), (h2, gw.url("/slow/1800"))]
+    {
+        let resp = client.get(&url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.path, "/slow/1800");
+    }
+    // An idle connection is still closed: a raw one that sent nothing after its answer.
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(format!("GET /api/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "an idle connection stayed open");
+    assert!(buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
+}
+
 #[tokio::test]
 async fn upstream_that_accepts_but_never_answers_is_504_within_the_timeout() {
     // Accepts, then holds every connection without reading or writing a byte.

@@ -11,7 +11,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,8 @@ pub(super) struct Activity {
     opened: Instant,
     moved: AtomicBool,
     requested: AtomicBool,
+    /// Requests whose answer's head is not out yet.
+    in_service: AtomicUsize,
     /// Nanoseconds after `opened` + 1 by which the head being read must be complete; 0
     /// when no head is being read (a request is being served, or HTTP/2).
     head_due: AtomicU64,
@@ -53,6 +55,7 @@ impl Activity {
             opened: Instant::now(),
             moved: AtomicBool::new(false),
             requested: AtomicBool::new(false),
+            in_service: AtomicUsize::new(0),
             head_due: AtomicU64::new(0),
         }
     }
@@ -66,10 +69,14 @@ impl Activity {
         self.moved.swap(false, Ordering::Relaxed)
     }
 
-    /// A request head was read whole (the service is called with it).
-    pub(super) fn request_started(&self) {
+    /// A request head was read whole (the service is called with it). The connection is
+    /// not idle until the guard is dropped (the answer's head is out, or the request was
+    /// given up).
+    pub(super) fn request_started(self: &Arc<Self>) -> InService {
         self.requested.store(true, Ordering::Relaxed);
         self.head_due.store(0, Ordering::Relaxed);
+        self.in_service.fetch_add(1, Ordering::Relaxed);
+        InService(self.clone())
     }
 
     fn head_due_by(&self, deadline: Instant) {
@@ -87,6 +94,15 @@ impl Activity {
                 elapsed >= due - 1
             }
         }
+    }
+}
+
+/// A request being served on a connection: see [`Activity::request_started`].
+pub(super) struct InService(Arc<Activity>);
+
+impl Drop for InService {
+    fn drop(&mut self) {
+        self.0.in_service.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -145,8 +161,9 @@ impl Wake for ChoresWaker {
 }
 
 /// Drive a connection until it ends, closing it when:
-/// - no byte has moved either way for `idle_timeout` (checked every tick, so between 1 and
-///   1.25 × `idle_timeout` after the last byte);
+/// - no byte has moved either way for `idle_timeout`, and no request is waiting for its
+///   answer's head (checked every tick, so between 1 and 1.25 × `idle_timeout` after the
+///   last byte);
 /// - an HTTP/1.1 request head is not in whole within `header_read_timeout` of hyper
 ///   starting to read it (hyper's own timeout, kept by the tick: within 1.25 × of it);
 /// - no first request has arrived within `header_read_timeout`: nothing else bounds a
@@ -187,7 +204,9 @@ where
                 changed = phase.changed(), if watching => watching = changed.is_ok(),
                 () = &mut sleep => {
                     let now = Instant::now();
-                    if activity.take() {
+                    // A connection waiting for an upstream's answer is not idle: the
+                    // upstream timeout bounds that wait.
+                    if activity.take() || activity.in_service.load(Ordering::Relaxed) > 0 {
                         last_moved = now;
                     } else if now.saturating_duration_since(last_moved) >= idle {
                         return "idle timeout";
@@ -279,13 +298,13 @@ mod tests {
 
     #[test]
     fn a_head_is_overdue_only_while_it_is_read_and_past_its_deadline() {
-        let a = Activity::new();
+        let a = Arc::new(Activity::new());
         let now = a.opened + Duration::from_secs(5);
         assert!(!a.head_overdue(now), "no head being read");
         a.head_due_by(a.opened + Duration::from_secs(3));
         assert!(a.head_overdue(now));
         assert!(!a.head_overdue(a.opened + Duration::from_secs(2)));
-        a.request_started();
+        drop(a.request_started());
         assert!(!a.head_overdue(now), "the head came in");
         // A deadline before the connection opened (a clock the timer read earlier).
         a.head_due_by(a.opened.checked_sub(Duration::from_secs(1)).unwrap_or(a.opened));

@@ -443,7 +443,9 @@ async fn serve_connection(
     // Made once the peer is known: on TLS, after the handshake (the client certificate).
     let service = move |peer: Peer| {
         service_fn(move |req: Request<Incoming>| {
-            seen.request_started();
+            // Until its answer's head is out, the connection is waiting for the upstream
+            // (bounded by upstream_timeout), not idle.
+            let waiting = seen.request_started();
             let gw = gw.clone();
             let peer = peer.clone();
             // dispatch counts the request in flight until its response is sent in full or
@@ -451,7 +453,11 @@ async fn serve_connection(
             // Boxed: the request's future (dispatch, the proxy phases, the grants) is large and
             // deep; boxing keeps the connection future small and within the compiler's
             // recursion limit for layouts.
-            async move { Ok::<_, Infallible>(Box::pin(dispatch::dispatch(&gw, req, &peer)).await) }
+            async move {
+                let resp = Box::pin(dispatch::dispatch(&gw, req, &peer)).await;
+                drop(waiting);
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     let served = match tls {
