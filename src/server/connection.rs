@@ -5,7 +5,8 @@
 //! These are chores of the connection, not of its requests: they are looked at by a tick
 //! of the connection's own (a few times per timeout), and polled only when their own
 //! waker fired. The request path pays no timer wheel entry and no lock for them: a
-//! keep-alive request that is served at once costs two atomic stores here.
+//! keep-alive request costs a few uncontended atomic operations here (the head's deadline
+//! noted and cleared, the in-service count up and down, an `Arc` clone).
 
 use std::future::{Future, poll_fn};
 use std::io;

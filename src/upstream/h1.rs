@@ -54,6 +54,10 @@ struct Idle {
 struct Pooled {
     sender: SendRequest<Body>,
     timer: Pin<Box<Sleep>>,
+    /// The runtime whose timer wheel `timer` is on: past 64 per-core workers, two runtimes
+    /// share a pool, and a sleep polled from another runtime than its own fails once that
+    /// one has shut down.
+    runtime: usize,
 }
 
 /// One worker's idle HTTP/1.1 connections, per upstream authority.
@@ -105,7 +109,13 @@ impl H1Pool {
                     Err(_) => return Err(UpstreamTimeout.into()),
                 },
             };
-            conn.timer.as_mut().reset(deadline);
+            let here = super::runtime_index();
+            if conn.runtime == here {
+                conn.timer.as_mut().reset(deadline);
+            } else {
+                conn.timer = Box::pin(tokio::time::sleep_until(deadline));
+                conn.runtime = here;
+            }
             // A returned connection may not have finished its last exchange yet (its task
             // reads the response's end); one that closes instead is dropped.
             if reused {
@@ -188,7 +198,7 @@ impl H1Pool {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        Ok(Pooled { sender, timer: Box::pin(tokio::time::sleep_until(deadline)) })
+        Ok(Pooled { sender, timer: Box::pin(tokio::time::sleep_until(deadline)), runtime: super::runtime_index() })
     }
 
     fn sweep_expired(&self) {

@@ -58,6 +58,14 @@ const MAX_WORKER_POOLS: usize = 64;
 thread_local! {
     /// The worker thread this is, in the per-core runtime model; 0 everywhere else.
     static WORKER: Cell<usize> = const { Cell::new(0) };
+    /// The same, not reduced modulo `MAX_WORKER_POOLS`: tells two runtimes sharing a pool
+    /// apart.
+    static RUNTIME: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Which runtime this thread runs (0: the shared one, or the first per-core worker).
+fn runtime_index() -> usize {
+    RUNTIME.with(Cell::get)
 }
 
 /// Called by a per-core worker thread when it starts: its requests then go over pools of
@@ -67,6 +75,7 @@ thread_local! {
 /// keeps one pool (index 0): its workers steal each other's tasks anyway.
 pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index % MAX_WORKER_POOLS));
+    RUNTIME.with(|r| r.set(index));
 }
 
 /// Which requests may share an upstream connection. HTTP/1.1 has no request ids: an
