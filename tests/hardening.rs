@@ -343,19 +343,7 @@ async fn slowloris_headers_are_cut_off_after_the_header_read_timeout() {
     let (rec, gw) = recorded_gateway("header_read_timeout = \"1s\"\ntls_handshake_timeout = \"1s\"\n").await;
     // Plaintext: a request line, then one header byte every 100 ms, forever.
     let mut s = TcpStream::connect(gw.http).await.unwrap();
-    let started = Instant::now();
-    s.write_all(b"GET /public/slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let cut = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if s.write_all(b"X-Slow: a\r\n").await.is_err() {
-            break started.elapsed();
-        }
-        let mut probe = [0u8; 64];
-        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
-            break started.elapsed();
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "still connected after 15 s");
-    };
+    let cut = dribble_a_head_until_cut(&mut s).await;
     assert!(cut >= Duration::from_millis(900), "cut after {cut:?}, before the timeout");
     eprintln!("slowloris (plaintext) cut after {cut:?}");
 
@@ -435,19 +423,7 @@ async fn a_later_head_of_a_keep_alive_connection_is_cut_after_the_header_read_ti
         s.read_exact(&mut body).await.unwrap();
     }
     // Then a head that never ends, a field every 100 ms (well within the 2 s idle timeout).
-    let started = Instant::now();
-    s.write_all(b"GET /public/slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let cut = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if s.write_all(b"X-Slow: a\r\n").await.is_err() {
-            break started.elapsed();
-        }
-        let mut probe = [0u8; 64];
-        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
-            break started.elapsed();
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "still connected after 15 s");
-    };
+    let cut = dribble_a_head_until_cut(&mut s).await;
     assert!(cut >= Duration::from_millis(900), "cut after {cut:?}, before the timeout");
     assert_eq!(rec.paths(), vec!["/public/first"; 3], "the unfinished head reached the upstream");
     // The same over TLS.
@@ -500,6 +476,24 @@ async fn a_slow_tls_handshake_leaves_the_first_request_its_whole_header_read_tim
     let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got)).await;
     assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
     assert_eq!(rec.paths(), vec!["/public/late"]);
+}
+
+/// A request line, then a header field every 100 ms, for ever: how long until the gateway
+/// closes the connection (at most 15 s).
+async fn dribble_a_head_until_cut(s: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    s.write_all(b"GET /public/slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"X-Slow: a\r\n").await.is_err() {
+            return started.elapsed();
+        }
+        let mut probe = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "still connected after 15 s");
+    }
 }
 
 /// The head of an answer, as text, read a byte at a time up to its blank line.
