@@ -635,6 +635,27 @@ pub struct Upstream {
     /// `h2c://`: HTTP/2 with prior knowledge over cleartext (`scheme` is then `http`). An
     /// `https` upstream speaks what ALPN picks (h2 or http/1.1); an `http` one HTTP/1.1.
     pub(crate) h2c: bool,
+    /// The `Host` every forwarded request carries: the authority without its scheme's
+    /// default port. Made once here, not once per request.
+    pub(crate) host: http::HeaderValue,
+}
+
+impl Upstream {
+    pub(crate) fn new(
+        scheme: http::uri::Scheme,
+        authority: http::uri::Authority,
+        base_path: String,
+        h2c: bool,
+    ) -> Upstream {
+        let default_port = if scheme == http::uri::Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port == default_port => authority.host(),
+            _ => authority.as_str(),
+        };
+        // An `Authority` is valid header text.
+        let host = http::HeaderValue::from_str(host).unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
+        Upstream { scheme, authority, base_path, h2c, host }
+    }
 }
 
 #[derive(Debug, Clone)]

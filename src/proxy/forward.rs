@@ -58,7 +58,8 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 /// Remove the fields `doomed` says go, in one pass over the names (each `remove` hashes
 /// its name, so asking for every name that might be there costs more than looking).
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    let gone: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    // On the stack for the usual few (`Connection` and `Keep-Alive` of an answer).
+    let gone: smallvec::SmallVec<[HeaderName; 4]> = headers.keys().filter(|n| doomed(n)).cloned().collect();
     for name in gone {
         headers.remove(name);
     }
@@ -472,6 +473,14 @@ fn valid_forwarded_proto(headers: &HeaderMap) -> bool {
     }
 }
 
+/// What the upstream request is for: the header pass keeps a caller's
+/// `Sec-WebSocket-*` fields only for the WebSocket handshake the gateway makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    Plain,
+    WebSocket,
+}
+
 /// Rewrite inbound headers for the upstream: hygiene first, then what we vouch for.
 ///
 /// The caller's fields that pass go into a new map sized for them and for ours, in one
@@ -484,6 +493,7 @@ pub(super) fn upstream_headers(
     principal: Option<&Principal>,
     peer: &Peer,
     authority: Option<&Authority>,
+    purpose: Purpose,
 ) -> Result<(), ProxyError> {
     filter_cookies(headers);
     let ids = &rt.config.headers;
@@ -530,6 +540,11 @@ pub(super) fn upstream_headers(
         let configured = || ids.squeezed.iter().any(|id| **id == *sq_bytes);
         if is_plain_standard(name) {
             return configured();
+        }
+        // Not an upgrade the gateway makes (that is `websocket.rs`): the handshake's own
+        // fields would only invite an upstream to switch protocols on a plain request.
+        if purpose == Purpose::Plain && n.starts_with("sec-websocket-") {
+            return true;
         }
         // Ours to set: the upstream's own authority, the address we saw, the request id.
         n == "host"
@@ -750,14 +765,11 @@ where
             && parts.headers.get_all(header::TE).iter().any(|v| {
                 v.as_bytes().split(|b| *b == b',').any(|t| cookies::trim(t).eq_ignore_ascii_case(b"trailers"))
             });
-    upstream_headers(&mut parts.headers, rt, route, principal, peer, authority)?;
+    upstream_headers(&mut parts.headers, rt, route, principal, peer, authority, Purpose::Plain)?;
     if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    // Not an upgrade the gateway makes (that is `websocket.rs`): the handshake's own
-    // fields would only invite an upstream to switch protocols on a plain request.
-    remove_where(&mut parts.headers, |n| n.as_str().starts_with("sec-websocket-"));
-    parts.headers.insert(header::HOST, upstream_host(&route.upstream.scheme, &route.upstream.authority));
+    parts.headers.insert(header::HOST, route.upstream.host.clone());
     parts.uri = uri;
     parts.version = Version::HTTP_11;
 
@@ -915,17 +927,6 @@ where
         Ok(Err(_)) => Err(ProxyError::BadRequestBody),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
-}
-
-/// The `Host` an upstream gets: its own authority, without the scheme's default port.
-pub(super) fn upstream_host(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> HeaderValue {
-    let default_port = if *scheme == http::uri::Scheme::HTTPS { 443 } else { 80 };
-    let host = match authority.port_u16() {
-        Some(port) if port == default_port => authority.host(),
-        _ => authority.as_str(),
-    };
-    // An `Authority` is valid header text.
-    HeaderValue::from_str(host).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
 /// Marks a failure of the caller's request body, so that it is not blamed on the upstream.

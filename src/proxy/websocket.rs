@@ -199,9 +199,9 @@ where
         Handshake::ExtendedConnect => fresh_key()?,
     };
     let uri = forward::upstream_target(route, &parts.uri)?;
-    forward::upstream_headers(&mut parts.headers, rt, route, principal, peer, authority)?;
+    forward::upstream_headers(&mut parts.headers, rt, route, principal, peer, authority, forward::Purpose::WebSocket)?;
     let hs = &mut parts.headers;
-    hs.insert(header::HOST, forward::upstream_host(&route.upstream.scheme, &route.upstream.authority));
+    hs.insert(header::HOST, route.upstream.host.clone());
     hs.remove(header::CONTENT_LENGTH);
     hs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     hs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

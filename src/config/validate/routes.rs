@@ -207,7 +207,7 @@ impl Validator<'_> {
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
             return Err(self.err(r.upstream.span(), format!("bad upstream URL {up:?}")));
         };
-        let upstream = Upstream { scheme, authority, base_path: url.path().trim_end_matches('/').to_string(), h2c };
+        let upstream = Upstream::new(scheme, authority, url.path().trim_end_matches('/').to_string(), h2c);
 
         // Normalised as a request's authority is (lower-case, one trailing dot removed),
         // so that the two compare equal whenever they name the same host.
