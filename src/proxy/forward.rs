@@ -525,11 +525,13 @@ pub(super) fn upstream_headers(
         HeaderValue::try_from(client.to_string()).ok()
     };
 
-    // Set by dispatch for every request: ours, so a `Connection` naming it cannot take it away.
-    let request_id = headers.get(crate::http::X_REQUEST_ID).cloned();
-
     let doomed = |name: &HeaderName| {
         let n = name.as_str();
+        // Set by dispatch for every request (replacing any the caller sent): ours, so it
+        // passes as it is, and a `Connection` naming it cannot take it away.
+        if n == "x-request-id" {
+            return false;
+        }
         if is_hop_by_hop(n) || listed.contains(name) {
             return true;
         }
@@ -551,7 +553,6 @@ pub(super) fn upstream_headers(
             || n == "x-forwarded-for"
             || n == "forwarded"
             || n == "x-real-ip"
-            || n == "x-request-id"
             || (n == "authorization" && !route.forward_token)
             // A DPoP proof goes with the token it is bound to (RFC 9449 §7): only with it.
             || (n == "dpop" && !route.forward_token)
@@ -611,17 +612,15 @@ pub(super) fn upstream_headers(
     if let Some(v) = real_ip {
         headers.insert(X_REAL_IP, v);
     }
-    if let Some(id) = request_id {
-        headers.insert(crate::http::X_REQUEST_ID, id);
-    }
     // A trusted proxy's X-Forwarded-Proto is kept only when it is one line naming http or
-    // https (a chain of them, comma-separated); anything else is replaced by ours.
-    if !valid_forwarded_proto(headers) {
+    // https (a chain of them, comma-separated); anything else is replaced by ours. From
+    // anyone else the pass above has removed both (no lookup for them then).
+    if !(trusted && valid_forwarded_proto(headers)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
     }
     // A trusted proxy's own X-Forwarded-Host is kept only when it is one line of valid
     // authorities (a comma-separated chain of them); anything else is replaced by ours.
-    let theirs = headers.contains_key(X_FORWARDED_HOST);
+    let theirs = trusted && headers.contains_key(X_FORWARDED_HOST);
     if !(theirs && valid_forwarded_host(headers)) {
         if theirs {
             headers.remove(X_FORWARDED_HOST);
