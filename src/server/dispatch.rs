@@ -112,7 +112,8 @@ pub(super) async fn dispatch(gw: &Arc<Gateway>, req: Request<Incoming>, peer: &P
         Err(why) => (Some(why), None),
     };
     // Counted as the handler reads it; the access line reads the count once the answer is sent.
-    let received = Arc::new(AtomicU64::new(0));
+    // None for a request without a body (a GET): nothing to count, no allocation.
+    let received = (!HttpBody::is_end_stream(req.body())).then(|| Arc::new(AtomicU64::new(0)));
     let (mut parts, body) = req.into_parts();
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     let req = Request::from_parts(parts, Counted { inner: body, count: received.clone() });
@@ -270,7 +271,8 @@ fn request_id(trusted: bool, headers: &HeaderMap) -> HeaderValue {
 /// source per request (that cost showed in the hit path's profile).
 fn fresh_request_id() -> HeaderValue {
     use std::hash::BuildHasher;
-    static KEYED: OnceLock<(u64, std::collections::hash_map::RandomState)> = OnceLock::new();
+    /// The process's 64 random bits as hex digits, and the key of the counter's mixer.
+    static KEYED: OnceLock<([u8; 16], std::collections::hash_map::RandomState)> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let (prefix, mixer) = KEYED.get_or_init(|| {
         let mut b = [0u8; 8];
@@ -280,23 +282,31 @@ fn fresh_request_id() -> HeaderValue {
                 .unwrap_or(0)
                 .to_be_bytes();
         }
-        (u64::from_be_bytes(b), std::collections::hash_map::RandomState::new())
+        (hex16(u64::from_be_bytes(b)), std::collections::hash_map::RandomState::new())
     });
     let n = mixer.hash_one(NEXT.fetch_add(1, Ordering::Relaxed));
     // Hex digits, written without the formatting machinery; always valid header text.
     let mut hex = [0u8; 32];
+    hex[..16].copy_from_slice(prefix);
+    hex[16..].copy_from_slice(&hex16(n));
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// `word` as 16 lower-case hex digits, most significant first.
+fn hex16(word: u64) -> [u8; 16] {
+    let mut hex = [0u8; 16];
     for (i, d) in hex.iter_mut().enumerate() {
-        let word = if i < 16 { *prefix } else { n };
-        let nibble = (word >> (4 * (15 - i % 16))) & 0xf;
+        let nibble = (word >> (4 * (15 - i))) & 0xf;
         *d = b"0123456789abcdef"[nibble as usize];
     }
-    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    hex
 }
 
 /// A request body that counts the bytes read from it (for `bytes_in`).
 struct Counted {
     inner: Incoming,
-    count: Arc<AtomicU64>,
+    /// None: the body was empty from the start (it is never counted).
+    count: Option<Arc<AtomicU64>>,
 }
 
 impl HttpBody for Counted {
@@ -307,8 +317,9 @@ impl HttpBody for Counted {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
+            && let Some(count) = &self.count
         {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            count.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         polled
     }
@@ -354,7 +365,7 @@ struct Pending {
     latency_us: u64,
     host: Option<HeaderValue>,
     request_id: HeaderValue,
-    received: Arc<AtomicU64>,
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl Pending {
@@ -377,7 +388,7 @@ impl Pending {
             }),
             status: self.status,
             latency_us: self.latency_us,
-            bytes_in: self.received.load(Ordering::Relaxed),
+            bytes_in: self.received.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)),
             bytes_out: sent,
             complete,
             upstream: upstream.unwrap_or("-"),
@@ -489,6 +500,13 @@ mod tests {
         }
         assert!(is_fresh(&request_id(true, &with_ids(&[b"a", b"b"]))), "two values");
         assert!(is_fresh(&request_id(true, &HeaderMap::new())), "none");
+    }
+
+    #[test]
+    fn hex16_is_the_word_in_lower_case_hex() {
+        assert_eq!(&hex16(0x0123_4567_89ab_cdef), b"0123456789abcdef");
+        assert_eq!(&hex16(0), b"0000000000000000");
+        assert_eq!(&hex16(u64::MAX), b"ffffffffffffffff");
     }
 
     #[test]
