@@ -140,8 +140,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchedStderr {
 pub struct Access<'a> {
     /// The request id (a trusted proxy's `X-Request-Id`, or ours), as sent upstream and back.
     pub request_id: &'a str,
-    /// The connection's address.
+    /// The connection's address, as text and as an address.
     pub peer: &'a str,
+    pub peer_ip: std::net::IpAddr,
     /// The address the gateway acted on: the peer, or behind trusted proxies the client
     /// they name in `X-Forwarded-For`.
     pub client: std::net::IpAddr,
@@ -344,7 +345,7 @@ fn format_access(out: &mut String, format: Format, a: &Access<'_>) -> std::fmt::
     let client = |out: &mut String| {
         use std::fmt::Write as _;
         // The usual case, the client is the peer: its text is at hand.
-        if a.peer.parse::<std::net::IpAddr>().ok() == Some(a.client) {
+        if a.peer_ip == a.client {
             out.push_str(a.peer);
             Ok(())
         } else {
@@ -429,8 +430,10 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    // ASCII digits.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+    // ASCII digits, a char at a time: cheaper than a UTF-8 check of a few bytes.
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// The time as [`CachedClock`] writes it, straight into `out`.
@@ -646,6 +649,7 @@ mod tests {
         let a = Access {
             request_id: "req-1",
             peer: "::1",
+            peer_ip: "::1".parse().unwrap(),
             client: "203.0.113.9".parse().unwrap(),
             method: "GET",
             host: "api.example:8443",
@@ -716,6 +720,7 @@ mod tests {
         let a = Access {
             request_id: "r",
             peer: "127.0.0.1",
+            peer_ip: "127.0.0.1".parse().unwrap(),
             client: "127.0.0.1".parse().unwrap(),
             method: "GET",
             host: "-",

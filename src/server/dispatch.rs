@@ -125,6 +125,8 @@ pub(super) async fn dispatch(gw: &Arc<Gateway>, req: Request<Incoming>, peer: &P
         Some(Pending {
             _in_flight: in_flight,
             peer: peer.ip_header().clone(),
+            // As the text above shows it (an IPv4-mapped address as IPv4).
+            peer_ip: peer.addr.ip().to_canonical(),
             client: source,
             method: method.clone(),
             uri: uri.clone(),
@@ -355,6 +357,7 @@ struct Pending {
     _in_flight: GaugeGuard,
     /// The peer's address as text (one reference count, not the whole connection's `Peer`).
     peer: HeaderValue,
+    peer_ip: IpAddr,
     client: IpAddr,
     method: Method,
     /// The path is logged, never the query string (it may carry credentials).
@@ -376,6 +379,7 @@ impl Pending {
         crate::logging::access(&crate::logging::Access {
             request_id: self.request_id.to_str().unwrap_or("-"),
             peer: self.peer.to_str().unwrap_or("unknown"),
+            peer_ip: self.peer_ip,
             client: self.client,
             method: self.method.as_str(),
             host: self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
