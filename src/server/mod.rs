@@ -450,11 +450,11 @@ async fn serve_connection(
             let peer = peer.clone();
             // dispatch counts the request in flight until its response is sent in full or
             // dropped (a streamed answer is still running after its head went out).
-            // Boxed: the request's future (dispatch, the proxy phases, the grants) is large and
-            // deep; boxing keeps the connection future small and within the compiler's
-            // recursion limit for layouts.
+            // Not boxed here: hyper keeps a service's future in a box of its own (one per
+            // HTTP/1.1 connection, reused for every request; a task per HTTP/2 stream), so
+            // a box here was a second allocation per request (docs/performance.md).
             async move {
-                let resp = Box::pin(dispatch::dispatch(&gw, req, &peer)).await;
+                let resp = dispatch::dispatch(&gw, req, &peer).await;
                 drop(waiting);
                 Ok::<_, Infallible>(resp)
             }
