@@ -8,16 +8,25 @@
 #
 # Interleave the builds and compare the means: one pair alone is within the noise.
 set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=${W:?set W to a directory kept by KEEP=1 benches/hitcost.sh}
 DIR=${DIR:-/tmp}
 N=${N:-200000}
+KIT=${LOADKIT:-$ROOT/target/release/examples/loadkit}
 cd "$W"
+# A fresh token for every invocation (the kept one expires an hour after hitcost.sh made
+# it; every run would then be a 401), signed with the kept config's key.
+if [ -x "$KIT" ]; then
+    "$KIT" mint --config etc/portcullis.toml --count 1 --out token.txt
+fi
 TOKEN=$(cat token.txt)
 # The plaintext listener of the kept config (hitcost.sh's PORT_BASE + 1).
 URL="http://$(grep -m1 -o '127\.0\.0\.1:[0-9]*' etc/portcullis.toml)/api/hello"
 taskset -c 0 nginx -p "$W" -c "$W/etc/up.conf" >/dev/null 2>&1 &
 UP=$!
-trap 'kill $UP 2>/dev/null || true' EXIT
+pid=
+# A failed run (a refused request, h2load missing) leaves no gateway or upstream behind.
+trap 'kill $UP $pid 2>/dev/null || true' EXIT
 sleep 1
 hz=$(getconf CLK_TCK)
 for b in "$@"; do
@@ -33,4 +42,5 @@ for b in "$@"; do
     python3 -c "u=($u1-$u0)/$hz*1e6/$N; s=($s1-$s0)/$hz*1e6/$N; print(f'$b: {u+s:.2f} µs/hit (user {u:.2f} / sys {s:.2f}), $rps')"
     kill "$pid"
     wait "$pid" 2>/dev/null || true
+    pid=
 done
