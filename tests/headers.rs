@@ -1176,3 +1176,28 @@ async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
         }
     }
 }
+
+// Black-box finding (stop 31): `Sec_WebSocket_Key` and other spellings passed the check
+// for the handshake's fields, which looked at the dashed spelling only.
+#[tokio::test]
+async fn websocket_handshake_fields_in_any_spelling_never_reach_the_upstream_of_a_plain_request() {
+    let (rec, gw) = recorded_gateway("").await;
+    let token = gw.token("svc", SVC_SECRET, None).await;
+    let fields = "Sec-WebSocket-Key: dashed\r\nSec_WebSocket_Key: under\r\nSEC_WEBSOCKET_VERSION: 13\r\n\
+                  Sec-WebSocket_Protocol: p\r\nsec.websocket.extensions: e\r\nSec-WebSocket-Accept: forged\r\n";
+    for path in ["/api/ws-fields", "/public/ws-fields"] {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n{fields}\r\n"
+        );
+        let got = raw_bytes(gw.http, req.as_bytes()).await;
+        assert_eq!(statuses(&got), vec![200], "{path}: {}", String::from_utf8_lossy(&got));
+    }
+    let seen = rec.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for s in &seen {
+        for (name, _) in &s.headers {
+            let squeezed: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+            assert!(!squeezed.to_ascii_lowercase().starts_with("secwebsocket"), "{name} reached the upstream: {s:?}");
+        }
+    }
+}

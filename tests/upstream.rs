@@ -578,6 +578,28 @@ async fn fail_closed_an_upstream_response_head_over_the_limit_is_502() {
     assert_eq!(resp.status(), 200);
 }
 
+// Black-box finding (stop 31): an answer with both framings went out with its
+// Content-Length and the chunked body hyper decoded: cut short for an HTTP/1.1 client, a
+// malformed HTTP/2 response (DATA longer than content-length) for an HTTP/2 one.
+#[tokio::test]
+async fn fail_closed_an_upstream_answer_with_both_transfer_encoding_and_content_length_is_502() {
+    let both = fixed_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+    )
+    .await;
+    let gw = TestGateway::start(both.addr).await;
+    for (client, url) in [
+        (gw.client(), gw.http_url("/public/both")),
+        (gw.client(), gw.url("/public/both")),
+        (https_client(&gw.pki.ca_pem, true), gw.url("/public/both")),
+    ] {
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 502, "{url} {:?}", resp.version());
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"], "bad_gateway", "{url}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // An upstream that can be killed outright: listener and every open connection.
 

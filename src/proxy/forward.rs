@@ -543,9 +543,14 @@ pub(super) fn upstream_headers(
         if is_plain_standard(name) {
             return configured();
         }
-        // Not an upgrade the gateway makes (that is `websocket.rs`): the handshake's own
-        // fields would only invite an upstream to switch protocols on a plain request.
-        if purpose == Purpose::Plain && n.starts_with("sec-websocket-") {
+        // The handshake's own fields, in any spelling (CGI reads `Sec_WebSocket_Key` as the
+        // same field): on a plain request they would only invite an upstream to switch
+        // protocols; on the gateway's own handshake (`websocket.rs`, which sets the key and
+        // version itself) only the caller's subprotocols and extensions go on, as spelled
+        // by the RFC.
+        if sq_bytes.starts_with(b"secwebsocket")
+            && !(purpose == Purpose::WebSocket && (n == "sec-websocket-protocol" || n == "sec-websocket-extensions"))
+        {
             return true;
         }
         // Ours to set: the upstream's own authority, the address we saw, the request id.
@@ -826,6 +831,12 @@ where
     // WebSocket accept.
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::BadGateway("a 101 to a request that was not an upgrade".into()));
+    }
+    // Both framings (RFC 9112 §6.3: a sign of response splitting, to be handled as an
+    // error): the body hyper read is chunked, and passing the Content-Length on would cut
+    // it for an HTTP/1.1 client and make the HTTP/2 answer malformed. Fails closed.
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) && resp.headers().contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadGateway("an answer with both Transfer-Encoding and Content-Length".into()));
     }
     let (mut parts, body) = resp.into_parts();
     // The client's connection is ours, not the upstream's: an HTTP/1.0 upstream must not
