@@ -620,6 +620,19 @@ async fn trailer_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver
                         trailers.insert("x-kept", "1".parse().unwrap());
                         trailers.append("set-cookie", "__Host-portcullis_session=evil; Path=/".parse().unwrap());
                         trailers.append("set-cookie", "theirs=1".parse().unwrap());
+                        // Fields a trailer may not carry, the gateway's request id and the
+                        // identity namespace (black-box finding, stop 31).
+                        for (name, value) in [
+                            ("x-request-id", "upstream-trailer"),
+                            ("x_request_id", "upstream-trailer"),
+                            ("content-length", "5"),
+                            ("host", "evil"),
+                            ("location", "/evil"),
+                            ("x-auth-subject", "trailer"),
+                            ("x_auth_client_id", "trailer"),
+                        ] {
+                            trailers.append(http::HeaderName::from_static(name), value.parse().unwrap());
+                        }
                         let frames: Vec<Result<Frame<Bytes>, Infallible>> =
                             vec![Ok(Frame::data(Bytes::from_static(b"ok"))), Ok(Frame::trailers(trailers))];
                         Ok::<_, Infallible>(Response::new(StreamBody::new(futures_util::stream::iter(frames))))
@@ -664,6 +677,8 @@ async fn request_trailers_never_reach_the_upstream_and_response_trailers_are_fil
     assert_eq!(trailers["x-kept"], "1");
     let cookies: Vec<_> = trailers.get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["theirs=1"], "the gateway's cookie is not set from a trailer");
+    let names: Vec<&str> = trailers.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names.len(), 2, "only x-kept and set-cookie pass: {names:?}");
     assert_eq!(seen.recv().await.unwrap(), "-", "HTTP/2 request trailers are dropped");
 
     // HTTP/1.1 chunked trailers to the same h2c route.

@@ -847,7 +847,7 @@ where
     // Trailers are headers too (HTTP/2 gRPC): the same filter as the response head.
     let body = body.map_err(BoxError::from).map_frame(|frame| match frame.into_trailers() {
         Ok(mut trailers) => {
-            response_hygiene(&mut trailers);
+            trailer_hygiene(&mut trailers);
             http_body::Frame::trailers(trailers)
         }
         Err(frame) => frame,
@@ -860,6 +860,40 @@ where
 pub(super) fn response_hygiene(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
     drop_gateway_set_cookies(headers);
+}
+
+/// What an upstream's response trailers lose besides [`response_hygiene`]'s fields: the
+/// fields a trailer may not carry (RFC 9110 §6.5.1: framing, routing, authentication,
+/// response control, content metadata), which a client could otherwise read as the
+/// answer's own (a second `Content-Length`, a `Location`), the gateway's `X-Request-Id`
+/// (the client has it in the head; a second one from the upstream would contradict it)
+/// and the identity namespace, in any spelling. Only trailers pay for this walk.
+fn trailer_hygiene(trailers: &mut HeaderMap) {
+    response_hygiene(trailers);
+    const NOT_IN_TRAILERS: [HeaderName; 18] = [
+        header::CONTENT_LENGTH,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::CONTENT_LANGUAGE,
+        header::CONTENT_LOCATION,
+        header::HOST,
+        header::LOCATION,
+        header::AUTHORIZATION,
+        header::WWW_AUTHENTICATE,
+        header::CACHE_CONTROL,
+        header::EXPIRES,
+        header::DATE,
+        header::AGE,
+        header::VARY,
+        header::RETRY_AFTER,
+        header::ETAG,
+        header::LAST_MODIFIED,
+    ];
+    remove_where(trailers, |n| {
+        let sq = Squeezed::new(n.as_str().as_bytes());
+        NOT_IN_TRAILERS.contains(n) || sq.bytes() == b"xrequestid" || is_x_auth(sq.bytes())
+    });
 }
 
 /// A request body without its trailers. Request trailers are never forwarded: they would
