@@ -474,7 +474,8 @@ fn valid_forwarded_proto(headers: &HeaderMap) -> bool {
 }
 
 /// What the upstream request is for: the header pass keeps a caller's
-/// `Sec-WebSocket-*` fields only for the WebSocket handshake the gateway makes.
+/// `Sec-WebSocket-Protocol` and `-Extensions` only for the WebSocket handshake the gateway
+/// makes, and no other `Sec-WebSocket-*` field ever.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Purpose {
     Plain,
