@@ -40,6 +40,16 @@ pub fn unsupported_transfer_coding(headers: &http::HeaderMap) -> bool {
     fields.next().is_some() || !crate::cookies::trim(first.as_bytes()).eq_ignore_ascii_case(b"chunked")
 }
 
+/// The tokens of every `Connection` line, trimmed, read as bytes: a byte that is not text
+/// beside a name hides no name from the hop-by-hop rule (RFC 9110 §7.6.1).
+pub fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(crate::cookies::trim)
+}
+
 /// The request id: taken from a trusted proxy, made by dispatch otherwise; sent upstream
 /// and back. Here because both dispatch (which sets it) and the proxy (which keeps it
 /// through the header hygiene) name it.

@@ -521,11 +521,19 @@ pub fn source_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
 
 /// The part of `X-Forwarded-For` the trusted proxies vouch for, in order: the source
 /// address [`source_ip`] names first, then the trusted hops after it (the peer itself not
-/// included). Empty when the peer is not trusted or names nobody.
+/// included). Empty when the peer is not trusted, names nobody, or makes its
+/// X-Forwarded-For hop-by-hop.
 pub fn forwarded_chain(config: &Config, peer: IpAddr, headers: &HeaderMap) -> Vec<IpAddr> {
     let peer = peer.to_canonical();
     let mut chain = Vec::new();
     if !config.is_trusted_proxy(peer) {
+        return chain;
+    }
+    // An X-Forwarded-For the message's `Connection` names is hop-by-hop: the gateway does
+    // not forward it (`forward::upstream_headers`), so it vouches for none of it either —
+    // the source, `X-Real-IP` and `Forwarded` are the peer's, as the upstream's
+    // X-Forwarded-For then says.
+    if crate::http::connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"x-forwarded-for")) {
         return chain;
     }
     // A line that is not text stays in the list as a hop that cannot be read (`None`), so
@@ -745,6 +753,17 @@ mod tests {
         assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("10::1"), "10::1 is not in 10.0.0.0/8");
         let h = xff(&["[2001:db8::9]:5678, 10.0.0.2"]);
         assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("2001:db8::9"));
+        // Named in `Connection` (any case, any line, beside a byte that is not text): not
+        // forwarded, so not vouched for either.
+        for connection in
+            [&["X-Forwarded-For"][..], &["close", "keep-alive, x-forwarded-FOR"], &["\u{e9}, x-forwarded-for"]]
+        {
+            let mut h = xff(&["203.0.113.9, 10.0.0.2"]);
+            for c in connection {
+                h.append("connection", http::HeaderValue::from_bytes(c.as_bytes()).unwrap());
+            }
+            assert_eq!(source_ip(&config, ip("10.0.0.1"), &h), ip("10.0.0.1"), "{connection:?}");
+        }
         for bad in
             ["203.0.113.9:", "203.0.113.9:99999", "[2001:db8::9", "[2001:db8::9]x", "2001:db8::9:x", "1.2.3.4:+5"]
         {

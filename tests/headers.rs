@@ -581,7 +581,7 @@ const CANONICAL_CLAIMS: [&str; 20] = [
 
 /// Identity claims other gateways make (the `X-Auth-*` namespace is the gateway's in any
 /// spelling), and httpoxy's `Proxy`: removed from everyone, trusted or not.
-const IDENTITY_CLAIMS: [&str; 19] = [
+const IDENTITY_CLAIMS: [&str; 25] = [
     "Proxy",
     "X-Remote-User",
     "Remote-User",
@@ -601,6 +601,14 @@ const IDENTITY_CLAIMS: [&str; 19] = [
     "X-WebAuth-Groups",
     "Impersonate-User",
     "X-User-Id",
+    // oauth2-proxy's: in the X-Forwarded-* family, which a trusted proxy keeps, but claims
+    // of who the user is (black-box attack, session 31).
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Access-Token",
+    "X_Forwarded_User",
 ];
 
 const REWRITES: [&str; 17] = [
@@ -709,6 +717,16 @@ async fn fail_closed_rewrite_headers_pass_only_from_trusted_proxies_on_routes_th
                 X-Forwarded-For: 203.0.113.9\r\n\r\n";
     let echo = echo_of(&raw_bytes(gw.http, req).await);
     assert_eq!(echo.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{echo:?}");
+    // Nor does the gateway vouch for what it would not forward (black-box attack, session
+    // 31: the chain still named the client in X-Real-IP and Forwarded).
+    assert_eq!(echo.header_all("x-real-ip"), vec!["127.0.0.1"], "{echo:?}");
+    assert_eq!(echo.header_all("forwarded"), vec!["for=127.0.0.1;proto=http"], "{echo:?}");
+    // The same chain, not named in Connection, is vouched for in all three.
+    let req = b"GET /getonly/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n";
+    let echo = echo_of(&raw_bytes(gw.http, req).await);
+    assert_eq!(echo.header_all("x-forwarded-for"), vec!["203.0.113.9, 127.0.0.1"], "{echo:?}");
+    assert_eq!(echo.header_all("x-real-ip"), vec!["203.0.113.9"], "{echo:?}");
+    assert_eq!(echo.header_all("forwarded"), vec!["for=203.0.113.9, for=127.0.0.1;proto=http"], "{echo:?}");
 }
 
 // ---------------------------------------------------------------------------------------

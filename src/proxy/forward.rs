@@ -43,11 +43,7 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// The fields a `Connection` header names: hop-by-hop for this message too. Read as bytes,
 /// so that another byte in the header cannot hide the names it lists.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(cookies::trim)
+    crate::http::connection_tokens(headers)
         // Already hop-by-hop by name (`Connection: keep-alive`, on most answers): not
         // made into a name again.
         .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_bytes())))
@@ -337,7 +333,7 @@ const REWRITES: [&str; 11] = [
 /// Headers some upstream takes for an authenticated user, squeezed (besides `X-Auth-*`, see
 /// [`is_x_auth`], and the configured identity headers): removed from everyone.
 fn is_identity_claim(sq: &[u8]) -> bool {
-    const PREFIXES: [&[u8]; 37] = [
+    const PREFIXES: [&[u8]; 43] = [
         b"xremoteuser",
         b"xremotegroup",
         b"xremoteextra",
@@ -380,6 +376,14 @@ fn is_identity_claim(sq: &[u8]) -> bool {
         b"xtokensubject",
         b"xtokenuser",
         b"xhasura",
+        // oauth2-proxy's user headers: in the `X-Forwarded-*` family a trusted proxy keeps,
+        // but a claim of who the user is (or the user's token), which only the gateway makes.
+        b"xforwardeduser",
+        b"xforwardedemail",
+        b"xforwardedpreferred",
+        b"xforwardedgroup",
+        b"xforwardedaccesstoken",
+        b"xforwardedidtoken",
     ];
     PREFIXES.iter().any(|p| sq.starts_with(p))
         || matches!(
@@ -1317,6 +1321,13 @@ mod tests {
             "impersonate-user",
             "x-user-id",
             "x-roles",
+            // oauth2-proxy's, which a trusted proxy's X-Forwarded-* family would keep.
+            "x-forwarded-user",
+            "x_forwarded_email",
+            "x-forwarded-preferred-username",
+            "x-forwarded-groups",
+            "x-forwarded-access-token",
+            "x.forwarded.id.token",
         ] {
             assert!(id(n), "{n}");
         }
@@ -1331,6 +1342,11 @@ mod tests {
             "subject",
             "x-entitlements-version",
             "x-target-id",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-prefix",
+            "x-forwarded-client-cert",
         ] {
             assert!(!id(n), "{n}");
         }
