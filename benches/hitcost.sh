@@ -8,7 +8,10 @@
 #
 # Knobs: PORTCULLIS_BIN (another build, for a before/after), N, WARM, CONNS (4),
 # PORT_BASE (18100), ONLY (extended regex over "target/proto", e.g. 'portcullis/http'),
-# KEEP=1 keeps the work directory (callgrind files, logs).
+# KEEP=1 keeps the work directory (callgrind files, logs), ROUTE_ACCESS (the route's access
+# line; default `scopes = ["read"]`; `public = true` for a route without authentication).
+# With RUST_LOG=warn the gateway writes no access line. The two together bound what the
+# gateway's own checks cost (docs/performance.md, "sixth round").
 #
 # Method: the process runs under callgrind with one worker thread; after the warm-up (the
 # token's first use is a miss; connections open), the counters are zeroed, N requests
@@ -25,6 +28,7 @@ CONNS=${CONNS:-4}
 PORT_BASE=${PORT_BASE:-18100}
 ONLY=${ONLY:-}
 BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
+ROUTE_ACCESS=${ROUTE_ACCESS:-'scopes = ["read"]'}
 KIT=${LOADKIT:-$ROOT/target/release/examples/loadkit}
 [ -x "$BIN" ] || { echo "hitcost.sh: no $BIN (cargo build --release)" >&2; exit 1; }
 [ -x "$KIT" ] || { echo "hitcost.sh: no $KIT (cargo build --release --example loadkit)" >&2; exit 1; }
@@ -79,7 +83,7 @@ scopes = ["read"]
 [[route]]
 prefix = "/api"
 upstream = "http://127.0.0.1:$UP"
-scopes = ["read"]
+$ROUTE_ACCESS
 EOF
 "$KIT" mint --config "$ETC/portcullis.toml" --count 1 --out "$WORK/token.txt"
 TOKEN=$(cat "$WORK/token.txt")
