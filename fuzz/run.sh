@@ -14,7 +14,7 @@ seconds="${1:-30}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(token_request bearer jwt authorize config header_hygiene peer_params jws dpop assertion cnf dn websocket ecdsa_p256 route)
+    targets=(token_request bearer jwt authorize config header_hygiene upstream_headers peer_params jws dpop assertion cnf dn websocket ecdsa_p256 route)
 fi
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

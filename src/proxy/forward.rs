@@ -481,7 +481,7 @@ fn valid_forwarded_proto(headers: &HeaderMap) -> bool {
 /// `Sec-WebSocket-Protocol` and `-Extensions` only for the WebSocket handshake the gateway
 /// makes, and no other `Sec-WebSocket-*` field ever.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Purpose {
+pub(crate) enum Purpose {
     Plain,
     WebSocket,
 }
@@ -491,7 +491,7 @@ pub(super) enum Purpose {
 /// The caller's fields that pass go into a new map sized for them and for ours, in one
 /// pass: cheaper than removing the others from the caller's map (a hash and a shift per
 /// removal) and growing it for the fields the gateway adds.
-pub(super) fn upstream_headers(
+pub(crate) fn upstream_headers(
     headers: &mut HeaderMap,
     rt: &Runtime,
     route: &Route,
