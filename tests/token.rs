@@ -664,3 +664,83 @@ async fn plaintext_listener_serves_the_token_endpoint_too() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// Black-box attack, stop 34: two `Authorization` fields at an OAuth endpoint acted as the
+/// client of the first (`Basic svc` then `Basic other` got svc's token; good secret then
+/// wrong secret passed), and two `Content-Type`s were read as the first. Both are singleton
+/// fields (RFC 9110 §5.3) and a client uses one authentication method (RFC 6749 §2.3):
+/// refused with 400 invalid_request at /token, /revoke and /introspect, over HTTP/1.1, TLS
+/// and HTTP/2; and a bare `Basic` with no credentials is a failed Basic authentication.
+#[tokio::test]
+async fn fail_closed_repeated_authorization_or_content_type_is_400_at_every_oauth_endpoint() {
+    use base64::Engine;
+    let (_up, gw) = setup().await;
+    let b64 = |id: &str, secret: &str| {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")))
+    };
+    let (svc, other, wrong) = (b64("svc", SVC_SECRET), b64("other", OTHER_SECRET), b64("svc", "wrong"));
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let clients = [
+        ("HTTP/1.1", plain, gw.http_url("")),
+        ("TLS", gw.client(), gw.url("")),
+        ("HTTP/2", https_client(&gw.pki.ca_pem, true), gw.url("")),
+    ];
+    let token = svc_token(&gw).await;
+    for (proto, client, base) in &clients {
+        for (path, body) in [
+            ("/oauth/token", "grant_type=client_credentials".to_string()),
+            ("/oauth/revoke", format!("token={token}")),
+            ("/oauth/introspect", format!("token={token}")),
+        ] {
+            for (what, fields, ctypes) in [
+                ("two clients", vec![svc.as_str(), other.as_str()], vec![FORM]),
+                ("good then wrong secret", vec![svc.as_str(), wrong.as_str()], vec![FORM]),
+                ("Basic then Bearer", vec![svc.as_str(), "Bearer abc"], vec![FORM]),
+                ("two content types", vec![svc.as_str()], vec![FORM, "application/json"]),
+                ("the same content type twice", vec![svc.as_str()], vec![FORM, FORM]),
+            ] {
+                let mut req = client.post(format!("{base}{path}")).body(body.clone());
+                for f in &fields {
+                    req = req.header("authorization", *f);
+                }
+                for ct in &ctypes {
+                    req = req.header("content-type", *ct);
+                }
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                let v: Value = resp.json().await.unwrap_or(Value::Null);
+                assert_eq!(status, 400, "{proto} {path} {what}: {v}");
+                assert_eq!(v["error"], "invalid_request", "{proto} {path} {what}: {v}");
+                let header = if ctypes.len() > 1 { "Content-Type" } else { "Authorization" };
+                assert!(v["error_description"].as_str().unwrap_or("").contains(header), "{proto} {path} {what}: {v}");
+            }
+            // `Basic` alone beside body credentials: a failed Basic authentication.
+            let body = format!("{body}&client_id=svc&client_secret={SVC_SECRET}");
+            let resp = client
+                .post(format!("{base}{path}"))
+                .header("authorization", "Basic")
+                .header("content-type", FORM)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 401, "{proto} {path} bare Basic");
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["error"], "invalid_client", "{proto} {path} bare Basic: {v}");
+        }
+    }
+    // The login and consent forms: two Content-Types are not a form.
+    let resp = gw
+        .client()
+        .post(gw.url("/oauth/authorize"))
+        .header("content-type", FORM)
+        .header("content-type", "application/json")
+        .body("username=alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    // One of each still works.
+    let (status, v, _) = raw(&gw, Some(FORM), "grant_type=client_credentials", Some(("svc", SVC_SECRET))).await;
+    assert_eq!(status, 200, "{v}");
+}

@@ -36,10 +36,20 @@ pub(crate) struct Presented {
 }
 
 /// Parse `Authorization: Basic` if present. Other schemes are not client authentication.
+/// Two `Authorization` fields are refused whatever they hold: taking the first would let
+/// whoever adds the first (a client, or a proxy in front) choose the client.
 pub(crate) fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let mut fields = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = fields.next() else { return Ok(None) };
+    if fields.next().is_some() {
+        return Err(BadRequest::RepeatedHeader("Authorization").into());
+    }
     let bad = || OAuthError::InvalidClient { basic: true };
     let value = value.to_str().map_err(|_| bad())?;
+    // `Basic` with no credentials at all is a failed Basic authentication, not none.
+    if value.trim().eq_ignore_ascii_case("basic") {
+        return Err(bad());
+    }
     let Some((scheme, rest)) = value.split_once(' ') else { return Ok(None) };
     if !scheme.eq_ignore_ascii_case("basic") {
         return Ok(None);
@@ -270,5 +280,19 @@ mod tests {
     fn garbage_basic_is_invalid_client() {
         assert_eq!(basic_credentials(&basic("Basic !!!")), Err(OAuthError::InvalidClient { basic: true }));
         assert_eq!(basic_credentials(&basic("Bearer abc")), Ok(None));
+        // A bare scheme is a failed Basic authentication, not an absent one.
+        for bare in ["Basic", "basic ", " BASIC"] {
+            assert_eq!(basic_credentials(&basic(bare)), Err(OAuthError::InvalidClient { basic: true }), "{bare:?}");
+        }
+    }
+
+    #[test]
+    fn two_authorization_fields_are_refused_whatever_they_hold() {
+        let good = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("svc:s"));
+        for second in [good.as_str(), "Bearer abc", "Basic !!!"] {
+            let mut h = basic(&good);
+            h.append(header::AUTHORIZATION, second.parse().unwrap());
+            assert_eq!(basic_credentials(&h), Err(BadRequest::RepeatedHeader("Authorization").into()), "{second}");
+        }
     }
 }

@@ -66,6 +66,9 @@ pub enum BadRequest {
     Invalid(String),
     /// §3.1: a parameter must not appear more than once.
     Repeated(String),
+    /// A field that may appear once (RFC 9110 §5.3: `Authorization`, `Content-Type`)
+    /// appears more than once: which one the client meant is unknowable, so neither is used.
+    RepeatedHeader(&'static str),
     /// A JSON body that is not one flat object.
     NotJsonObject,
     /// §2.3: Basic and `client_secret` in the body at once.
@@ -197,6 +200,9 @@ impl OAuthError {
                 BadRequest::Missing(p) => check("The request is missing a required parameter.", p),
                 BadRequest::Invalid(p) => check("The request includes an invalid parameter value.", p),
                 BadRequest::Repeated(p) => check("The request includes a parameter more than once.", p),
+                BadRequest::RepeatedHeader(h) => {
+                    format!("The request includes the '{h}' header more than once.").into()
+                }
                 BadRequest::NotJsonObject => "The request body is not a JSON object of parameters.".into(),
                 BadRequest::TwoClientAuthMethods => {
                     check("The request uses more than one client authentication method.", "client_secret")
@@ -298,6 +304,7 @@ mod tests {
             BadRequest::Missing("grant_type"),
             BadRequest::Invalid(hostile.clone()),
             BadRequest::Repeated(hostile.clone()),
+            BadRequest::RepeatedHeader("Authorization"),
             BadRequest::NotJsonObject,
             BadRequest::TwoClientAuthMethods,
             BadRequest::ContentType,

@@ -103,6 +103,10 @@ pub(crate) enum BodyKind {
 }
 
 pub(crate) fn body_kind(headers: &HeaderMap) -> Result<BodyKind, OAuthError> {
+    // Two Content-Types: the body is one or the other, and which is unknowable.
+    if headers.get_all(header::CONTENT_TYPE).iter().nth(1).is_some() {
+        return Err(OAuthError::InvalidRequest(super::error::BadRequest::RepeatedHeader("Content-Type")));
+    }
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
