@@ -166,6 +166,12 @@ async fn every_bad_proof_is_refused_on_the_proxy_path() {
     assert_bad_proof(&gw, "iat old", &token, &[&p(&|_, c| c["iat"] = (now - 120).into())]).await;
     assert_bad_proof(&gw, "iat ahead", &token, &[&p(&|_, c| c["iat"] = (now + 120).into())]).await;
     assert_bad_proof(&gw, "iat text", &token, &[&p(&|_, c| c["iat"] = now.to_string().into())]).await;
+    // jti (RFC 9449 §4.2): empty, missing, not a string, too long. (A black-box report of
+    // an accepted empty jti was its own helper replacing "" with a random one.)
+    assert_bad_proof(&gw, "jti empty", &token, &[&p(&|_, c| c["jti"] = "".into())]).await;
+    assert_bad_proof(&gw, "no jti", &token, &[&p(&|_, c| drop(c.as_object_mut().unwrap().remove("jti")))]).await;
+    assert_bad_proof(&gw, "jti number", &token, &[&p(&|_, c| c["jti"] = 7.into())]).await;
+    assert_bad_proof(&gw, "jti too long", &token, &[&p(&|_, c| c["jti"] = "j".repeat(257).into())]).await;
     // ath: missing, or for another token.
     let other = dpop_token(&gw, &key).await;
     assert_bad_proof(&gw, "no ath", &token, &[&p(&|_, c| drop(c.as_object_mut().unwrap().remove("ath")))]).await;
