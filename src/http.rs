@@ -50,6 +50,61 @@ pub fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8
         .map(crate::cookies::trim)
 }
 
+/// Does every `charset` a `Content-Type` declares name one in which ASCII is itself? Every
+/// `charset` followed by `=` anywhere in a `Content-Type` (a parameter's name, `charset*=`,
+/// `xcharset=`, or inside another parameter's value: some parsers find it by a substring
+/// search) counts. A body in UTF-16, UTF-7 or EBCDIC is refused where the gateway reads it
+/// as bytes (the proxy's form scan, the OAuth endpoints), not misread.
+pub fn ascii_charsets_only(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_TYPE).iter().all(|v| {
+        let v = v.as_bytes();
+        (0..v.len().saturating_sub(6)).filter(|&i| v[i..i + 7].eq_ignore_ascii_case(b"charset")).all(|i| {
+            let rest = &v[i + 7..];
+            let rest = rest.strip_prefix(b"*").unwrap_or(rest);
+            let rest = crate::cookies::trim(rest);
+            let Some(value) = rest.strip_prefix(b"=") else { return true };
+            let value = crate::cookies::trim(value);
+            let end = value.iter().position(|&b| matches!(b, b';' | b',' | b' ' | b'\t')).unwrap_or(value.len());
+            let value = &value[..end];
+            is_ascii_charset(value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value))
+        })
+    })
+}
+
+/// Is `name` a charset in which every byte below 0x80 that stands alone is its ASCII
+/// character, and `&`, `;` and `=` never occur inside a multi-byte character (so the
+/// byte-level reading of names and separators is the upstream's)? UTF-8, ASCII, the ISO
+/// 8859 and Windows code pages, KOI8, and the East Asian EUC, GB, Big5 and Shift_JIS
+/// encodings are; UTF-16/32, UTF-7, ISO-2022 (escape sequences), EBCDIC and anything
+/// unknown are not.
+pub fn is_ascii_charset(name: &[u8]) -> bool {
+    // Blanks around it are ignored by some decoders (Python's codec lookup): not here.
+    let name = crate::cookies::trim(name);
+    const EXACT: [&[u8]; 14] = [
+        b"utf-8",
+        b"utf8",
+        b"us-ascii",
+        b"ascii",
+        b"latin1",
+        b"cp1252",
+        b"gb2312",
+        b"gbk",
+        b"gb18030",
+        b"big5",
+        b"shift_jis",
+        b"sjis",
+        b"windows-31j",
+        b"cp932",
+    ];
+    const FAMILIES: [&[u8]; 5] = [b"iso-8859-", b"windows-125", b"koi8-", b"euc-", b"cp125"];
+    EXACT.iter().any(|c| name.eq_ignore_ascii_case(c))
+        || FAMILIES.iter().any(|f| {
+            name.len() > f.len()
+                && name[..f.len()].eq_ignore_ascii_case(f)
+                && name[f.len()..].iter().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
 /// The request id: taken from a trusted proxy, made by dispatch otherwise; sent upstream
 /// and back. Here because both dispatch (which sets it) and the proxy (which keeps it
 /// through the header hygiene) name it.

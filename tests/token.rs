@@ -486,6 +486,26 @@ async fn every_error_case_has_its_status_and_code() {
             "Content-Type",
         ),
         ("no content type", None, "grant_type=client_credentials".into(), svc, 400, "invalid_request", "Content-Type"),
+        // A charset in which ASCII is not itself: read as bytes, the body is not the
+        // client's (black-box note, stop 34: it was parsed as UTF-8).
+        (
+            "utf-16 form",
+            Some("application/x-www-form-urlencoded; charset=utf-16"),
+            "grant_type=client_credentials".into(),
+            svc,
+            400,
+            "invalid_request",
+            "Content-Type",
+        ),
+        (
+            "utf-7 json",
+            Some("application/json; charset=\"UTF-7\""),
+            "{\"grant_type\":\"client_credentials\"}".into(),
+            svc,
+            400,
+            "invalid_request",
+            "Content-Type",
+        ),
         (
             "unknown client",
             Some(FORM),
@@ -740,7 +760,14 @@ async fn fail_closed_repeated_authorization_or_content_type_is_400_at_every_oaut
         .await
         .unwrap();
     assert_eq!(resp.status(), 415);
-    // One of each still works.
-    let (status, v, _) = raw(&gw, Some(FORM), "grant_type=client_credentials", Some(("svc", SVC_SECRET))).await;
-    assert_eq!(status, 200, "{v}");
+    // One of each still works, also with a charset in which ASCII is itself (Apache
+    // HttpClient's forms declare ISO-8859-1).
+    for ct in [
+        FORM,
+        "application/x-www-form-urlencoded; charset=UTF-8",
+        "application/x-www-form-urlencoded; charset=ISO-8859-1",
+    ] {
+        let (status, v, _) = raw(&gw, Some(ct), "grant_type=client_credentials", Some(("svc", SVC_SECRET))).await;
+        assert_eq!(status, 200, "{ct}: {v}");
+    }
 }

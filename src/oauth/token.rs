@@ -109,6 +109,11 @@ pub(crate) fn body_kind(headers: &HeaderMap) -> Result<BodyKind, OAuthError> {
     }
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    // The parameters are read as bytes of ASCII: a body declared UTF-16 (or UTF-7, EBCDIC)
+    // is not what the client meant once read so, and is refused rather than misread.
+    if !crate::http::ascii_charsets_only(headers) {
+        return Err(OAuthError::InvalidRequest(super::error::BadRequest::ContentType));
+    }
     match essence.as_str() {
         "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
         "application/json" => Ok(BodyKind::Json),

@@ -32,57 +32,7 @@ pub(super) fn is_readable_form(headers: &HeaderMap) -> bool {
             c.is_empty() || c.eq_ignore_ascii_case(b"identity")
         })
     });
-    // Every `charset` followed by `=` anywhere in a `Content-Type` (a parameter's name,
-    // `charset*=`, `xcharset=`, or inside another parameter's value: some parsers find it
-    // by a substring search) must name a charset in which ASCII is itself.
-    let ascii_charset = headers.get_all(header::CONTENT_TYPE).iter().all(|v| {
-        let v = v.as_bytes();
-        (0..v.len().saturating_sub(6)).filter(|&i| v[i..i + 7].eq_ignore_ascii_case(b"charset")).all(|i| {
-            let rest = &v[i + 7..];
-            let rest = rest.strip_prefix(b"*").unwrap_or(rest);
-            let rest = cookies::trim(rest);
-            let Some(value) = rest.strip_prefix(b"=") else { return true };
-            let value = cookies::trim(value);
-            let end = value.iter().position(|&b| matches!(b, b';' | b',' | b' ' | b'\t')).unwrap_or(value.len());
-            let value = &value[..end];
-            is_ascii_charset(value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value))
-        })
-    });
-    identity && ascii_charset
-}
-
-/// Is `name` a charset in which every byte below 0x80 that stands alone is its ASCII
-/// character, and `&`, `;` and `=` never occur inside a multi-byte character (so the
-/// byte-level reading of names and separators is the upstream's)? UTF-8, ASCII, the ISO
-/// 8859 and Windows code pages, KOI8, and the East Asian EUC, GB, Big5 and Shift_JIS
-/// encodings are; UTF-16/32, UTF-7, ISO-2022 (escape sequences), EBCDIC and anything
-/// unknown are not.
-pub(super) fn is_ascii_charset(name: &[u8]) -> bool {
-    // Blanks around it are ignored by some decoders (Python's codec lookup): not here.
-    let name = cookies::trim(name);
-    const EXACT: [&[u8]; 14] = [
-        b"utf-8",
-        b"utf8",
-        b"us-ascii",
-        b"ascii",
-        b"latin1",
-        b"cp1252",
-        b"gb2312",
-        b"gbk",
-        b"gb18030",
-        b"big5",
-        b"shift_jis",
-        b"sjis",
-        b"windows-31j",
-        b"cp932",
-    ];
-    const FAMILIES: [&[u8]; 5] = [b"iso-8859-", b"windows-125", b"koi8-", b"euc-", b"cp125"];
-    EXACT.iter().any(|c| name.eq_ignore_ascii_case(c))
-        || FAMILIES.iter().any(|f| {
-            name.len() > f.len()
-                && name[..f.len()].eq_ignore_ascii_case(f)
-                && name[f.len()..].iter().all(|b| b.is_ascii_alphanumeric())
-        })
+    identity && crate::http::ascii_charsets_only(headers)
 }
 
 /// `input` (a query or form body) without its `access_token` parameters, the other

@@ -342,7 +342,7 @@ fn split_ticks(value: &[u8]) -> (usize, &[u8], [&[u8]; 3]) {
 /// Is `charset` (before an extended value's first `'`) one in which ASCII is itself? The
 /// empty one is (readers fall back to ASCII, Latin-1 or UTF-8).
 fn ascii_charset(charset: &[u8]) -> bool {
-    charset.is_empty() || super::access_token::is_ascii_charset(charset)
+    charset.is_empty() || crate::http::is_ascii_charset(charset)
 }
 
 /// Names (percent-decoded bytes) and the charsets they declare.
@@ -512,7 +512,7 @@ fn encoded_words_decoded(text: &str) -> Option<[String; 3]> {
         let (coding, word) = word.split_once('?')?;
         let (payload, after) = word.split_once("?=")?;
         let charset = charset.split('*').next().unwrap_or_default();
-        if !super::access_token::is_ascii_charset(charset.as_bytes()) {
+        if !crate::http::is_ascii_charset(charset.as_bytes()) {
             return None;
         }
         let bytes = if coding.eq_ignore_ascii_case("b") {
