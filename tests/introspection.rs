@@ -271,6 +271,9 @@ async fn re_enabling_a_client_does_not_revive_its_earlier_tokens() {
     let uncached = svc_token(&gw).await;
     assert_eq!(api_status(&gw, &cached).await, 200);
     let (web_at, web_rt) = password_tokens(&gw).await;
+    // An authorization code still outstanding at the reset (black-box attack, stop 34: it
+    // was exchanged afterwards for a new access token and a new refresh family).
+    let code = spa_code(&gw).await;
 
     let toggle = |id: &str, enabled: bool| {
         let (from, to) = (format!("id = \"{id}\"\n"), format!("id = \"{id}\"\nenabled = false\n"));
@@ -278,9 +281,15 @@ async fn re_enabling_a_client_does_not_revive_its_earlier_tokens() {
     };
     toggle("svc", false);
     toggle("webapp", false);
+    toggle("spa", false);
     assert_eq!(api_status(&gw, &cached).await, 401);
     toggle("svc", true);
     toggle("webapp", true);
+    toggle("spa", true);
+    let (status, v) = exchange_spa_code(&gw, &code).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")), "a code from before the reset: {v}");
+    let (status, v) = exchange_spa_code(&gw, &spa_code(&gw).await).await;
+    assert_eq!(status, 200, "a code issued after the reset, even in its second: {v}");
     assert_invalid_token(&gw, "cached before the disable", &cached).await;
     assert_invalid_token(&gw, "never presented before the disable", &uncached).await;
     assert_invalid_token(&gw, "webapp's access token", &web_at).await;
@@ -297,6 +306,17 @@ async fn re_enabling_a_client_does_not_revive_its_earlier_tokens() {
     let gw = gw.restart().await;
     assert_invalid_token(&gw, "after a restart", &uncached).await;
     assert_eq!(api_status(&gw, &fresh).await, 200);
+}
+
+async fn exchange_spa_code(gw: &TestGateway, code: &str) -> (u16, Value) {
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", "https://spa.test/cb"),
+        ("code_verifier", PKCE_VERIFIER),
+        ("client_id", "spa"),
+    ];
+    token_request(gw, None, &form).await
 }
 
 /// `secret_rotation_revokes = true`: a reload that changes `secret_hash` voids the tokens

@@ -393,6 +393,7 @@ async fn every_store_operation_runs_on_a_cluster() {
             code_challenge: None,
             expires_at: now + 60,
             audience: None,
+            issued_at: now,
         };
         store.put_code(code, grant).await.unwrap();
         assert!(matches!(store.take_code(code, &family, now).await.unwrap(), TakeCode::Taken(_)));
@@ -485,6 +486,7 @@ async fn an_unacknowledged_take_or_rotation_is_taken_back() {
         code_challenge: None,
         expires_at: now + 60,
         audience: None,
+        issued_at: now,
     };
     plain.put_code(code, grant).await.unwrap();
     assert!(strict.take_code(code, "f1", now).await.is_err(), "no replica acknowledged");

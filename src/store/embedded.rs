@@ -946,6 +946,7 @@ mod tests {
             code_challenge: None,
             expires_at: 1060,
             audience: None,
+            issued_at: 1000,
         };
         s.put_code([1; 32], code.clone()).await.unwrap();
         assert_eq!(s.take_code([1; 32], "f1", 1000).await.unwrap(), TakeCode::Taken(code));
@@ -985,6 +986,7 @@ mod tests {
             code_challenge: None,
             expires_at: 100,
             audience: None,
+            issued_at: 40,
         };
         s.put_code([1; 32], code.clone()).await.unwrap();
         assert_eq!(s.take_code([1; 32], "f", 100).await.unwrap(), TakeCode::Unknown);

@@ -44,6 +44,11 @@ pub struct CodeGrant {
     /// in records written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// When the code was issued (after the client's not-before, as tokens are): a client
+    /// reset since voids it like the tokens it held (issue 19.8). 0 in records written
+    /// before it existed: such a code (60 s at most) is void only if its client was reset.
+    #[serde(default)]
+    pub issued_at: u64,
 }
 
 /// An access token that was issued from a grant, so it can be revoked with it.

@@ -237,6 +237,9 @@ async fn finish(gw: &Gateway, rt: &Runtime, req: &AuthRequest, user: &str, post:
     match req.response_type {
         ResponseType::Code => {
             let code = random_token(32);
+            // Issued after the client's not-before, as tokens are: a code of the second of
+            // a reset is not void from birth, and one from before it is (at the exchange).
+            let issued_at = gw.validator.issue_time(&req.client.id, now);
             let grant = CodeGrant {
                 client_id: req.client.id.clone(),
                 redirect_uri: req.redirect_uri.clone(),
@@ -246,6 +249,7 @@ async fn finish(gw: &Gateway, rt: &Runtime, req: &AuthRequest, user: &str, post:
                 code_challenge: req.code_challenge.clone(),
                 expires_at: now + CODE_LIFETIME_SECS,
                 audience: req.audience.clone(),
+                issued_at,
             };
             if let Err(e) = gw.store.put_code(sha256(code.as_bytes()), grant).await {
                 tracing::error!(error = %e, "storing an authorization code failed");

@@ -49,6 +49,13 @@ pub async fn grant(
     if !users::is_active(rt, &grant.user) {
         return Err(BadGrant::Code.into());
     }
+    // A code issued before its client was disabled, removed or had its secret rotated
+    // (`secret_rotation_revokes`) is void like the tokens the client held then: enabling
+    // it again must not let an outstanding code mint a new family (black-box, stop 34).
+    if gw.validator.check_not_before(&client.id, grant.issued_at).is_err() {
+        tracing::info!(client_id = %client.id, "authorization code issued before its client's reset refused");
+        return Err(BadGrant::Code.into());
+    }
     let audience = crate::oauth::audience::within_grant(&rt.config, grant.audience.as_deref(), params)?;
     let refresh = client.grants.contains(&GrantType::RefreshToken);
     let what = Issue {
@@ -122,6 +129,7 @@ mod tests {
             code_challenge: challenge.map(str::to_string),
             expires_at: 0,
             audience: None,
+            issued_at: 0,
         }
     }
 
