@@ -114,9 +114,22 @@ async fn a_blocked_jti_is_refused_at_once_even_cached_and_works_again_when_unblo
 async fn a_blocked_sub_refuses_every_token_of_that_subject_and_only_those() {
     let (_up, gw) = gateway("").await;
     // alice's own token (password grant) and one of the client that acts as her.
-    let (alice, _) = password_tokens(&gw).await;
+    let (alice, alice_refresh) = password_tokens(&gw).await;
     let linked = gw.token("linked", OTHER_SECRET, None).await;
     let svc = svc_token(&gw).await;
+    // Refresh tokens are introspected by the client they were issued to.
+    let refresh_active = async |gw: &TestGateway| {
+        let resp = gw
+            .client()
+            .post(gw.url("/oauth/introspect"))
+            .basic_auth("webapp", Some(SVC_SECRET))
+            .form(&[("token", alice_refresh.as_str())])
+            .send()
+            .await
+            .unwrap();
+        resp.json::<Value>().await.unwrap()["active"].as_bool().unwrap()
+    };
+    assert!(refresh_active(&gw).await);
     for t in [&alice, &linked, &svc] {
         assert_eq!(api_status(&gw, t).await, 200);
     }
@@ -132,6 +145,8 @@ async fn a_blocked_sub_refuses_every_token_of_that_subject_and_only_those() {
     assert_eq!(v.get("warning"), None, "{v}");
     assert_invalid_token(&gw, "alice", &alice).await;
     assert_invalid_token(&gw, "client acting as alice", &linked).await;
+    // Her refresh token introspects inactive too (black-box attack, stop 34: active).
+    assert!(!refresh_active(&gw).await, "a blocked subject's refresh token");
     assert_eq!(api_status(&gw, &svc).await, 200, "another subject");
     let fresh = gw.token("linked", OTHER_SECRET, None).await;
     assert_invalid_token(&gw, "a token issued after the block", &fresh).await;
@@ -141,6 +156,7 @@ async fn a_blocked_sub_refuses_every_token_of_that_subject_and_only_those() {
     assert_eq!(unblock(&gw, json!({"sub": "alice"})).await, 404, "no any-issuer block exists");
     assert_eq!(unblock(&gw, json!({"sub": "alice", "iss": ISSUER})).await, 200);
     assert_eq!(api_status(&gw, &alice).await, 200);
+    assert!(refresh_active(&gw).await, "unblocked");
     assert_eq!(list(&gw).await.len(), 1, "the other issuer's block stays");
 
     // Any issuer, with an expiry in seconds.

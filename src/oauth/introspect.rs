@@ -77,6 +77,9 @@ where
         // No user in the grant: it came from client_credentials (a linked user's, if any).
         && check_holder(&rt.config, &stored.grant.client_id, &stored.grant.subject, stored.grant.user.is_none()).is_ok()
         && gw.validator.check_not_before(&stored.grant.client_id, stored.grant.issued_at).is_ok()
+        // A blocked subject's refresh token is as inactive as its access tokens (a refresh
+        // token has no jti; block values are never empty).
+        && !gw.validator.is_blocked(&rt.config.issuer, "", &stored.grant.subject)
     {
         let grant = stored.grant;
         let mut v = json!({
