@@ -185,13 +185,21 @@ pub(super) async fn verify(
     }
     .ok_or(TokenError::WrongAudience)?;
     let subject = lookup(&claims, &cfg.subject_claim).and_then(Value::as_str).ok_or(TokenError::BadClaims)?;
-    let client_id = match &cfg.client_id_claim {
-        Some(c) => lookup(&claims, c).and_then(Value::as_str),
-        None => claims.get("client_id").or_else(|| claims.get("azp")).and_then(Value::as_str),
+    // Absent is "", but present and not text is refused: an ignored `"jti": 42` would
+    // make a token no jti block can stop, and the upstream would lose what it was sent.
+    fn text_or_absent(v: Option<&Value>) -> Result<&str, TokenError> {
+        match v {
+            None => Ok(""),
+            Some(Value::String(s)) => Ok(s.as_str()),
+            Some(_) => Err(TokenError::BadClaims),
+        }
     }
-    .unwrap_or("");
+    let client_id = text_or_absent(match &cfg.client_id_claim {
+        Some(c) => lookup(&claims, c),
+        None => claims.get("client_id").or_else(|| claims.get("azp")),
+    })?;
     let scope = scopes(&claims, cfg.scope_claim.as_deref()).ok_or(TokenError::BadClaims)?;
-    let jti = claims.get("jti").and_then(Value::as_str).unwrap_or("");
+    let jti = text_or_absent(claims.get("jti"))?;
     if !identities_ok(subject, &[client_id, jti]) {
         return Err(TokenError::BadClaims);
     }
