@@ -274,6 +274,19 @@ async fn garbage_block_requests_are_refused_and_change_nothing() {
     let j = "application/json";
     assert_eq!(raw("application/x-www-form-urlencoded", b"sub=alice".to_vec()).await, 400);
     assert_eq!(raw("text/plain", br#"{"sub":"alice"}"#.to_vec()).await, 400);
+    // A body in a charset where its bytes are not its text, and two Content-Types
+    // (black-box notes, stop 34: both were read as UTF-8 JSON).
+    assert_eq!(raw("application/json; charset=utf-16", br#"{"sub":"alice"}"#.to_vec()).await, 400);
+    let two = http
+        .post(gw.admin_url("/blocks"))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .header("content-type", "text/plain")
+        .body(r#"{"sub":"alice"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two.status(), 400);
     assert_eq!(raw(j, b"not json".to_vec()).await, 400);
     assert_eq!(raw(j, br#"{"sub":"alice","sub":"bob"}"#.to_vec()).await, 400, "duplicate key");
     assert_eq!(raw(j, br#"{"sub":"alice","admin":true}"#.to_vec()).await, 400, "unknown field");

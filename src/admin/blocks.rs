@@ -269,7 +269,10 @@ where
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
-    if !json_type {
+    // One Content-Type, in a charset where the JSON's bytes are its text (as at the OAuth
+    // endpoints): two, or UTF-16, would be a body read as something else than was sent.
+    let one = req.headers().get_all(header::CONTENT_TYPE).iter().nth(1).is_none();
+    if !json_type || !one || !crate::http::ascii_charsets_only(req.headers()) {
         return Err(ApiError::BadRequest("The body must be application/json.".into()));
     }
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
