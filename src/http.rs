@@ -60,6 +60,12 @@ pub fn ascii_charsets_only(headers: &http::HeaderMap) -> bool {
         let v = v.as_bytes();
         (0..v.len().saturating_sub(6)).filter(|&i| v[i..i + 7].eq_ignore_ascii_case(b"charset")).all(|i| {
             let rest = &v[i + 7..];
+            // An RFC 2231 continuation (`charset*0=utf-; charset*1=16`, `charset*0*=...`):
+            // Python's email, Werkzeug and aiohttp join the pieces. No client splits a
+            // charset name, so it is refused rather than joined here.
+            if rest.len() > 1 && rest[0] == b'*' && rest[1].is_ascii_digit() {
+                return false;
+            }
             let rest = rest.strip_prefix(b"*").unwrap_or(rest);
             let rest = crate::cookies::trim(rest);
             let Some(value) = rest.strip_prefix(b"=") else { return true };

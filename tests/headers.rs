@@ -1072,6 +1072,18 @@ async fn what_loose_frameworks_read_as_identity_or_token_never_passes() {
             None,
             "a=1".encode_utf16().flat_map(u16::to_le_bytes).collect(),
         ),
+        // An RFC 2231 continuation, which aiohttp joins to `utf-16` and reads the
+        // access_token from (black-box attack, stop 34: forwarded as if no charset).
+        (
+            "application/x-www-form-urlencoded; charset*0=utf-16",
+            None,
+            "a=1&access_token=SECRET".encode_utf16().flat_map(u16::to_le_bytes).collect(),
+        ),
+        (
+            "application/x-www-form-urlencoded; charset*0=utf-; charset*1=16le",
+            None,
+            "a=1&access_token=SECRET".encode_utf16().flat_map(u16::to_le_bytes).collect(),
+        ),
     ] {
         let mut req = client.post(gw.url("/public/x")).header("content-type", ct).body(body);
         if let Some(ce) = ce {

@@ -459,7 +459,7 @@ async fn untidy_identity_values_are_refused() {
     assert_eq!(status(&gw, "/corp/x", &token("jti", json!("x".repeat(257)))).await, 401, "oversized jti");
     // An identity claim that is there but not text is refused, not ignored (black-box
     // attack, stop 34: a numeric jti passed without one, so no jti block could stop it).
-    for v in [json!(42), json!(true), json!(["x"]), json!({}), json!(null)] {
+    for v in [json!(42), json!(true), json!(["x"]), json!({}), json!(null), json!("")] {
         for claim in ["jti", "client_id", "azp"] {
             assert_eq!(status(&gw, "/corp/x", &token(claim, v.clone())).await, 401, "{claim} = {v}");
         }

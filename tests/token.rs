@@ -498,6 +498,15 @@ async fn every_error_case_has_its_status_and_code() {
             "Content-Type",
         ),
         (
+            "utf-16 by RFC 2231 continuation",
+            Some("application/x-www-form-urlencoded; charset*0=utf-16"),
+            "grant_type=client_credentials".into(),
+            svc,
+            400,
+            "invalid_request",
+            "Content-Type",
+        ),
+        (
             "utf-7 json",
             Some("application/json; charset=\"UTF-7\""),
             "{\"grant_type\":\"client_credentials\"}".into(),

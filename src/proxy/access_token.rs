@@ -147,6 +147,17 @@ mod tests {
         assert!(!form("application/x-www-form-urlencoded; xcharset=utf-16le", None));
         assert!(!form("application/x-www-form-urlencoded; x=charset=UTF-16LE", None));
         assert!(!form("application/x-www-form-urlencoded; charset = \"utf-16\"", None));
+        // RFC 2231 continuations, which Python's email, Werkzeug and aiohttp join (black-box
+        // attack, stop 34: `charset*0=utf-16` passed every charset check as no charset).
+        for ct in [
+            "application/x-www-form-urlencoded; charset*0=utf-16",
+            "application/x-www-form-urlencoded; charset*0=utf-; charset*1=16",
+            "application/x-www-form-urlencoded; charset*0*=utf-8''utf-16",
+            "application/x-www-form-urlencoded; CHARSET*0=cp037",
+            "application/x-www-form-urlencoded; charset*00=utf-16",
+        ] {
+            assert!(!form(ct, None), "{ct}");
+        }
         for cs in ["windows-1251", "ISO-8859-2", "KOI8-R", "EUC-JP", "Shift_JIS", "GBK", "Big5", "iso-8859-15"] {
             let ct: &'static str =
                 Box::leak(format!("application/x-www-form-urlencoded; charset={cs}").into_boxed_str());

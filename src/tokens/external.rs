@@ -185,12 +185,13 @@ pub(super) async fn verify(
     }
     .ok_or(TokenError::WrongAudience)?;
     let subject = lookup(&claims, &cfg.subject_claim).and_then(Value::as_str).ok_or(TokenError::BadClaims)?;
-    // Absent is "", but present and not text is refused: an ignored `"jti": 42` would
-    // make a token no jti block can stop, and the upstream would lose what it was sent.
+    // Absent is "", but present and not a non-empty string is refused: an ignored
+    // `"jti": 42` (or `""`) would make a token no jti block can stop, and the upstream
+    // would lose what it was sent. (`azp` is read only when `client_id` is absent.)
     fn text_or_absent(v: Option<&Value>) -> Result<&str, TokenError> {
         match v {
             None => Ok(""),
-            Some(Value::String(s)) => Ok(s.as_str()),
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
             Some(_) => Err(TokenError::BadClaims),
         }
     }
