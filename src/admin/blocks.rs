@@ -4,10 +4,11 @@
 //!
 //! - `GET /blocks`: `{"blocks": [...]}`, the blocks in the store (what every replica enforces).
 //! - `POST /blocks` with `{"jti" | "sub": "...", "iss"?, "expires_in"?, "reason"?}`: adds (or
-//!   replaces) the block; `201` with the block as stored. A `jti` block lapses by default
-//!   when the longest-lived token this configuration issues would have expired (a `jti`
-//!   names one token, which cannot outlive that); a `sub` block holds until removed unless
-//!   `expires_in` (seconds) is given.
+//!   replaces) the block; `201` with the block as stored. A block holds until removed
+//!   unless `expires_in` (seconds) is given. (A `jti` block used to lapse with the longest
+//!   lifetime this configuration issues; but a trusted issuer's token may live longer, and
+//!   a lifetime lowered then raised by reloads brings an older, longer-lived token back:
+//!   the block would lapse while its token still worked.)
 //! - `DELETE /blocks` with `{"jti" | "sub": "...", "iss"?}`: removes it; `404` if there was none.
 //!
 //! Every request needs `Authorization: Bearer <key>` checked against `[admin] api_key_hash`
@@ -36,7 +37,7 @@ use crate::secrets::Kind;
 use crate::state::{Gateway, Runtime};
 use crate::store::{Block, BlockKey, BlockKind, StoreError};
 use crate::text::{self, MAX_IDENTITY};
-use crate::tokens::{LEEWAY_SECS, now_secs};
+use crate::tokens::now_secs;
 
 pub const PATH: &str = "/blocks";
 
@@ -192,11 +193,11 @@ where
     }
     let body = read_json(req).await?;
     if method == Method::POST {
-        let block = new_block(rt, &body)?;
+        let block = new_block(&body)?;
         let held = gw.validator.block_stats();
         if held.jti_blocks + held.sub_blocks >= MAX_BLOCKS {
             return Err(ApiError::BadRequest(format!(
-                "There are {MAX_BLOCKS} blocks in force already: remove some (or let jti blocks lapse) first."
+                "There are {MAX_BLOCKS} blocks in force already: remove some first."
             )));
         }
         gw.block(block.clone()).await?;
@@ -319,7 +320,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("Bad block: {e}.")))
 }
 
-fn new_block(rt: &Runtime, body: &[u8]) -> Result<Block, ApiError> {
+fn new_block(body: &[u8]) -> Result<Block, ApiError> {
     let r: BlockRequest = parse(body)?;
     let key = key_of(r.jti, r.sub, r.iss)?;
     if let Some(reason) = &r.reason {
@@ -334,9 +335,8 @@ fn new_block(rt: &Runtime, body: &[u8]) -> Result<Block, ApiError> {
             )));
         }
         (Some(n), _) => Some(n),
-        // A jti names one token, which lives no longer than the longest lifetime we issue.
-        (None, BlockKind::Jti) => Some(crate::tokens::keys::max_lifetime_secs(&rt.config) + LEEWAY_SECS),
-        (None, BlockKind::Sub) => None,
+        // Until removed: no lifetime the gateway knows bounds every token a jti may name.
+        (None, _) => None,
     };
     Ok(Block { key, expires_at: expires_in.map(|n| now.saturating_add(n)), created_at: now, reason: r.reason })
 }
