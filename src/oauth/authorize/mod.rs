@@ -85,9 +85,11 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let one =
+    // One Content-Type, in a charset where the form's bytes are its text.
+    let readable =
         headers.get_all(header::CONTENT_TYPE).iter().nth(1).is_none() && crate::http::ascii_charsets_only(headers);
-    if !one || !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+    if !readable || !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    {
         return Err(AuthorizeError::NotAForm);
     }
     let bytes = super::read_small_body(body, headers, &rt.config.limits).await.map_err(|e| match e {
